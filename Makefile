@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh Debian machine (root):
+#   make lab   - boots a local 3+2 lab cluster, prints its timeline, tears it down
+#   make test  - lint, type checks and the test suite (real etcd, HAProxy, keepalived)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps
+LAB_ARGS ?= --control 3 --workers 2
+
+.PHONY: lab test lint typecheck unit deps system-deps venv bench clean
+
+deps: system-deps venv
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# Debian may start the packaged daemons; the project runs its own.
+	@for s in etcd haproxy keepalived; do (systemctl stop $$s 2>/dev/null || service $$s stop 2>/dev/null) >/dev/null || true; done
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lab: deps
+	@$(BIN)/ek8s lab down >/dev/null 2>&1 || true
+	@rc=0; $(BIN)/ek8s lab up $(LAB_ARGS) --json lab-report.json || rc=$$?; \
+	$(BIN)/ek8s lab down; \
+	[ $$rc -eq 0 ] && echo "report: lab-report.json"; exit $$rc
+
+lint: venv
+	$(BIN)/ruff check leader phylactery lab tests scripts
+	$(BIN)/ruff format --check leader phylactery lab tests scripts
+
+typecheck: venv
+	$(BIN)/mypy leader phylactery lab
+
+test: deps lint typecheck
+	$(BIN)/pytest -q -ra
+
+bench: deps
+	$(BIN)/python scripts/bench_lab.py --runs 5
+
+clean:
+	-$(BIN)/ek8s lab down
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

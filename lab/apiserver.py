@@ -1,0 +1,335 @@
+"""EMULATED kube-apiserver for the lab (no Kubernetes binaries can be installed here).
+
+What is real: TLS with the cluster CA, client-certificate authentication, storage of every
+object as JSON in the node's real etcd member (keys as the real API server uses them,
+``/registry/minions/<name>``, ``/registry/secrets/<ns>/<name>`` ...), so the API is exactly
+as available as etcd's quorum.
+
+What is emulated, and only as far as the node agent, Phylactery and the official
+``kubernetes`` client need it:
+
+* ``/healthz``, ``/livez``, ``/readyz`` (anonymous; ``/readyz`` reads etcd), ``/version``;
+* Nodes (list, get, create, delete, status update), ConfigMaps and Secrets in a namespace;
+* the node lifecycle controller: a Node whose kubelet has not posted status for
+  ``node_monitor_grace_s`` reads ``Ready=Unknown``;
+* bootstrap tokens (``bootstrap-token-<id>`` Secrets with ``expiration``) as bearer
+  credentials, the ``cluster-info`` JWS signature per live token, and a CSR endpoint that
+  signs kubelet client certificates at once (the CSR approver and signer);
+* the TTL of the ``kubeadm-certs`` Secret (``ek8s.lab/expires-at`` annotation).
+
+Authorisation is coarse: cluster admins and control-plane components may do anything;
+nodes may manage their own Node; bootstrap tokens may read cluster-info, kubeadm-certs and
+Nodes and submit CSRs; anonymous users reach health endpoints and cluster-info only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+
+from lab import pki
+from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context
+
+log = logging.getLogger("emulated-kube-apiserver")
+ADMIN_GROUPS = {"system:masters", "kubeadm:cluster-admins"}
+KINDS = {"configmaps": "ConfigMap", "secrets": "Secret"}
+
+
+def rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(s: str) -> float:
+    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def jws_signature(token_id: str, token_secret: str, payload: bytes) -> str:
+    """Detached JWS (HS256) over ``payload`` keyed by the token, as the bootstrap signer makes
+    for ``cluster-info`` (``header..signature``)."""
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": token_id}).encode()).rstrip(b"=")
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=")
+    sig = hmac.new(token_secret.encode(), header + b"." + body, hashlib.sha256).digest()
+    return (header + b".." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode()
+
+
+def status_error(code: int, reason: str, message: str) -> web.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}
+    return web.json_response(body, status=code)
+
+
+class User:
+    def __init__(self, name: str, groups: set[str]) -> None:
+        self.name, self.groups = name, groups
+
+    @property
+    def admin(self) -> bool:
+        return bool(self.groups & ADMIN_GROUPS) or self.name.startswith("system:kube-")
+
+    @property
+    def bootstrapper(self) -> bool:
+        return "system:bootstrappers" in self.groups
+
+
+class ApiServer:
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self.conf = conf
+        ctx = client_ssl_context(Path(conf["etcd_ca"]), Path(conf["etcd_cert"]), Path(conf["etcd_key"]))
+        self.etcd = EtcdClient(conf["etcd_servers"], ctx, timeout_s=3.0)
+        self.grace_s = float(conf.get("node_monitor_grace_s", 40.0))
+        self.ca = pki.read_pair(Path(conf["pki_dir"]), "ca")
+
+    # -- storage --------------------------------------------------------------------
+    async def load(self, key: str) -> dict[str, Any] | None:
+        raw = await self.etcd.get(key)
+        obj = json.loads(raw) if raw else None
+        if obj and self._expired(obj):
+            await self.etcd.delete(key)
+            return None
+        return obj
+
+    async def store(self, key: str, obj: dict[str, Any]) -> None:
+        obj.setdefault("metadata", {})["resourceVersion"] = str(time.time_ns())
+        await self.etcd.put(key, json.dumps(obj).encode())
+
+    def _expired(self, obj: dict[str, Any]) -> bool:
+        exp = (obj.get("metadata", {}).get("annotations") or {}).get("ek8s.lab/expires-at")
+        return exp is not None and float(exp) < time.time()
+
+    async def token_valid(self, token_id: str, secret: str | None = None) -> bool:
+        obj = await self.load(f"/registry/secrets/kube-system/bootstrap-token-{token_id}")
+        if obj is None:
+            return False
+        data = {k: base64.b64decode(v).decode() for k, v in obj.get("data", {}).items()}
+        if secret is not None and not hmac.compare_digest(data.get("token-secret", ""), secret):
+            return False
+        exp = data.get("expiration")
+        return not (exp and parse_rfc3339(exp) < time.time())
+
+    # -- authentication -------------------------------------------------------------
+    async def user(self, request: web.Request) -> User | None:
+        transport = request.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        if der:
+            cert = x509.load_der_x509_certificate(der)
+            cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+            orgs = cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
+            return User(str(cn[0].value) if cn else "", {str(o.value) for o in orgs})
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            token = auth[7:].strip()
+            tid, _, secret = token.partition(".")
+            if await self.token_valid(tid, secret):
+                return User(f"system:bootstrap:{tid}", {"system:bootstrappers"})
+            raise web.HTTPUnauthorized(text=json.dumps({"kind": "Status", "message": "Unauthorized"}))
+        return None
+
+    # -- nodes ----------------------------------------------------------------------
+    def _with_lifecycle(self, node: dict[str, Any]) -> dict[str, Any]:
+        """The node lifecycle controller's view: Ready turns Unknown after the grace period."""
+        for cond in node.get("status", {}).get("conditions", []):
+            if cond.get("type") == "Ready" and cond.get("status") == "True":
+                hb = parse_rfc3339(cond.get("lastHeartbeatTime", rfc3339(0)))
+                if time.time() - hb > self.grace_s:
+                    cond.update(status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status.")
+        return node
+
+    async def nodes(self, request: web.Request) -> web.StreamResponse:
+        user = await self.user(request)
+        if user is None:
+            return status_error(403, "Forbidden", 'nodes is forbidden: User "system:anonymous" cannot list resource "nodes"')
+        if request.method == "GET":
+            items = [self._with_lifecycle(json.loads(v)) for _, v in await self.etcd.get_prefix("/registry/minions/")]
+            return web.json_response(
+                {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": str(time.time_ns())}, "items": items}
+            )
+        body = await request.json()
+        name = body.get("metadata", {}).get("name", "")
+        if not (user.admin or user.name == f"system:node:{name}"):
+            return status_error(403, "Forbidden", f"{user.name} may not create node {name}")
+        key = f"/registry/minions/{name}"
+        if await self.load(key) is not None:
+            return status_error(409, "AlreadyExists", f'nodes "{name}" already exists')
+        body.update(kind="Node", apiVersion="v1")
+        body["metadata"].update(creationTimestamp=rfc3339(time.time()), uid=hashlib.sha1(f"{name}{time.time_ns()}".encode()).hexdigest())
+        await self.store(key, body)
+        return web.json_response(body, status=201)
+
+    async def node(self, request: web.Request) -> web.StreamResponse:
+        user = await self.user(request)
+        name = request.match_info["name"]
+        if user is None or not (user.admin or user.bootstrapper or user.name == f"system:node:{name}"):
+            return status_error(403, "Forbidden", f'nodes "{name}" is forbidden')
+        key = f"/registry/minions/{name}"
+        obj = await self.load(key)
+        if request.method == "GET":
+            if obj is None:
+                return status_error(404, "NotFound", f'nodes "{name}" not found')
+            return web.json_response(self._with_lifecycle(obj))
+        if request.method == "DELETE":
+            if not user.admin:
+                return status_error(403, "Forbidden", f"{user.name} may not delete nodes")
+            if obj is None:
+                return status_error(404, "NotFound", f'nodes "{name}" not found')
+            await self.etcd.delete(key)
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": "nodes"}})
+        return status_error(405, "MethodNotAllowed", request.method)
+
+    async def node_status(self, request: web.Request) -> web.StreamResponse:
+        user = await self.user(request)
+        name = request.match_info["name"]
+        if user is None or not (user.admin or user.name == f"system:node:{name}"):
+            return status_error(403, "Forbidden", f'nodes "{name}" is forbidden')
+        key = f"/registry/minions/{name}"
+        obj = await self.load(key)
+        if obj is None:
+            return status_error(404, "NotFound", f'nodes "{name}" not found')
+        obj["status"] = (await request.json()).get("status", {})
+        await self.store(key, obj)
+        return web.json_response(obj)
+
+    # -- configmaps and secrets -------------------------------------------------------
+    async def objects(self, request: web.Request) -> web.StreamResponse:
+        ns, res = request.match_info["ns"], request.match_info["res"]
+        name = request.match_info.get("name")
+        user = await self.user(request)
+        public = ns == "kube-public" and res == "configmaps" and name == "cluster-info" and request.method == "GET"
+        kubeadm_certs = ns == "kube-system" and res == "secrets" and name == "kubeadm-certs" and request.method == "GET"
+        if not (public or (user and (user.admin or (user.bootstrapper and kubeadm_certs)))):
+            who = user.name if user else "system:anonymous"
+            return status_error(403, "Forbidden", f'{res} "{name}" is forbidden: User "{who}" cannot {request.method.lower()} it')
+        prefix = f"/registry/{res}/{ns}/"
+        if name is None:
+            if request.method == "POST":
+                body = await request.json()
+                name = body.get("metadata", {}).get("name", "")
+                if await self.load(prefix + name) is not None:
+                    return status_error(409, "AlreadyExists", f'{res} "{name}" already exists')
+                body.update(kind=KINDS[res], apiVersion="v1")
+                body["metadata"]["namespace"] = ns
+                await self.store(prefix + name, body)
+                return web.json_response(body, status=201)
+            items = [json.loads(v) for _, v in await self.etcd.get_prefix(prefix)]
+            return web.json_response({"kind": KINDS[res] + "List", "apiVersion": "v1", "metadata": {}, "items": items})
+        obj = await self.load(prefix + name)
+        if request.method == "GET":
+            if obj is None:
+                return status_error(404, "NotFound", f'{res} "{name}" not found')
+            if public:
+                obj = await self._signed_cluster_info(obj)
+            return web.json_response(obj)
+        if request.method == "PUT":
+            body = await request.json()
+            body.update(kind=KINDS[res], apiVersion="v1")
+            await self.store(prefix + name, body)
+            return web.json_response(body)
+        if request.method == "DELETE":
+            if obj is None:
+                return status_error(404, "NotFound", f'{res} "{name}" not found')
+            await self.etcd.delete(prefix + name)
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+        return status_error(405, "MethodNotAllowed", request.method)
+
+    async def _signed_cluster_info(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Add ``jws-kubeconfig-<id>`` for every live bootstrap token (the bootstrap signer)."""
+        payload = obj.get("data", {}).get("kubeconfig", "").encode()
+        for key, raw in await self.etcd.get_prefix("/registry/secrets/kube-system/bootstrap-token-"):
+            secret = json.loads(raw)
+            data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+            tid = data.get("token-id", "")
+            if tid and await self.token_valid(tid):
+                obj["data"][f"jws-kubeconfig-{tid}"] = jws_signature(tid, data.get("token-secret", ""), payload)
+        return obj
+
+    # -- certificate signing (approver + signer of kube-controller-manager) ------------
+    async def csr(self, request: web.Request) -> web.StreamResponse:
+        user = await self.user(request)
+        if user is None or not (user.admin or user.bootstrapper):
+            return status_error(403, "Forbidden", "certificatesigningrequests is forbidden")
+        body = await request.json()
+        csr = x509.load_pem_x509_csr(base64.b64decode(body["spec"]["request"]))
+        cn = str(csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value)
+        if not cn.startswith("system:node:"):
+            return status_error(422, "Invalid", "only kubelet client certificates are signed here")
+        cert, _ = pki.issue(self.ca, cn, orgs=("system:nodes",), client=True, public_key=csr.public_key())  # type: ignore[arg-type]
+        body.setdefault("status", {})["certificate"] = base64.b64encode(cert).decode()
+        body["status"]["conditions"] = [{"type": "Approved", "status": "True", "reason": "AutoApproved"}]
+        return web.json_response(body, status=201)
+
+    # -- health -----------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        try:
+            await self.etcd.get("/registry/health")
+        except EtcdError as err:
+            return web.Response(status=500, text=f"[-]etcd failed: {err}\nreadyz check failed")
+        return web.Response(text="ok")
+
+    async def version(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"major": "1", "minor": "32", "gitVersion": self.conf.get("version", "v1.32.1"), "platform": "emulated"})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/livez", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/version", self.version)
+        r.add_route("*", "/api/v1/nodes", self.nodes)
+        r.add_route("*", "/api/v1/nodes/{name}", self.node)
+        r.add_route("*", "/api/v1/nodes/{name}/status", self.node_status)
+        r.add_route("*", "/api/v1/namespaces/{ns}/{res:configmaps|secrets}", self.objects)
+        r.add_route("*", "/api/v1/namespaces/{ns}/{res:configmaps|secrets}/{name}", self.objects)
+        r.add_post("/apis/certificates.k8s.io/v1/certificatesigningrequests", self.csr)
+
+        async def _close(_: web.Application) -> None:
+            await self.etcd.close()
+
+        app.on_cleanup.append(_close)
+        return app
+
+
+def server_ssl(conf: dict[str, Any]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(conf["tls_cert"], conf["tls_key"])
+    ctx.load_verify_locations(conf["client_ca"])
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="EMULATED kube-apiserver (ephemeral-k8s lab only)")
+    parser.add_argument("--config", required=True, help="JSON written by the emulated kubeadm")
+    args = parser.parse_args(argv)
+    conf = json.loads(Path(args.config).read_text())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s emulated-kube-apiserver %(message)s")
+    log.info("serving on %s:%s (emulated; storage in etcd %s)", conf["bind_address"], conf["port"], conf["etcd_servers"])
+    web.run_app(
+        ApiServer(conf).app(),
+        host=conf["bind_address"],
+        port=int(conf["port"]),
+        ssl_context=server_ssl(conf),
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    main()

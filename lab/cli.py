@@ -1,0 +1,146 @@
+"""``ek8s lab``: boot, inspect and remove a local lab cluster (needs root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lab.cluster import Lab, LabError, LabState
+from lab.emulation import Emulation
+
+STAGES = [
+    ("leader_claimed_s", "leader claimed (share `leader` written)"),
+    ("api_ready_s", "API answers behind the VIP"),
+    ("leader_ready_s", "`leader_ready`: join material published"),
+    ("all_nodes_ready_s", "every node Ready"),
+]
+
+
+def _lab(ctx: click.Context) -> Lab:
+    return Lab(Path(ctx.obj["dir"]), ctx.obj["prefix"])
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"ek8s lab: {message}", err=True)
+    sys.exit(code)
+
+
+def print_event(event: dict[str, Any], t: float) -> None:
+    extra = event.get("message", "")
+    click.echo(f"  {t:7.3f}s  {event['node']:<9} {event['event']:<16} {extra}", err=True)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    click.echo("\nStage timeline (seconds since every agent started at the same moment):")
+    prev = 0.0
+    for key, label in STAGES:
+        v = report.get(key)
+        if v is None:
+            click.echo(f"  {label:<44} {'-':>8}")
+            continue
+        click.echo(f"  {label:<44} {v:8.3f}s  (+{v - prev:.3f}s)")
+        prev = v
+    click.echo("\nNodes:")
+    for n in report["nodes"]:
+        click.echo(f"  {n['name']:<10} {n['role']:<8} {n['address']:<12} {'Ready' if n['ready'] else 'NotReady'}")
+    click.echo(
+        f"\netcd members: {report['etcd_members']}   VIP holder: {report['vip_holder']}   "
+        f"generation: {report['generation']}   leader: {report.get('leader')}"
+    )
+    up = ", ".join(f"{k}={v}" for k, v in report["haproxy_backends_up"].items())
+    click.echo(f"HAProxy backends UP per control node: {up}")
+    for k, v in report.get("errors", {}).items():
+        click.echo(f"  ! {k}: {v}")
+    click.echo("(kubeadm, kube-apiserver and kubelet are EMULATED in the lab; etcd, HAProxy, keepalived are real)")
+
+
+def _write_json(path: str | None, report: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+@click.group()
+@click.option("--dir", "directory", default=lambda: os.environ.get("EK8S_LAB_DIR", "/run/ek8s-lab"),
+              show_default="/run/ek8s-lab or $EK8S_LAB_DIR", help="where the lab keeps node roots, share and logs")
+@click.option("--prefix", default=lambda: os.environ.get("EK8S_LAB_PREFIX", "ek8s"), show_default="ek8s",
+              help="network namespace prefix")  # fmt: skip
+@click.pass_context
+def lab(ctx: click.Context, directory: str, prefix: str) -> None:
+    """A local lab cluster: nodes are network namespaces on one machine.
+
+    Real: node agent, Phylactery, etcd, HAProxy, keepalived (VRRP), file locks.
+    EMULATED: kubeadm, kube-apiserver, kubelet (see lab/kubeadm.py).
+    """
+    ctx.obj = {"dir": directory, "prefix": prefix}
+
+
+@lab.command()
+@click.option("--control", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 9))
+@click.option("--distribution", type=click.Choice(["kubeadm", "k3s"]), default="kubeadm", show_default=True)
+@click.option("--json", "json_path", default=None, help="write the report here")
+@click.option("--init-seconds", default=0.0, show_default=True, help="emulated extra time of kubeadm init")
+@click.option("--join-seconds", default=0.0, show_default=True, help="emulated extra time of each kubeadm join")
+@click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
+@click.pass_context
+def up(ctx: click.Context, control: int, workers: int, distribution: str, json_path: str | None,
+       init_seconds: float, join_seconds: float, timeout: float) -> None:  # fmt: skip
+    """Boot a cluster from nothing; return when every node is Ready."""
+    if distribution != "kubeadm":
+        _fail("--distribution k3s is not implemented yet", 2)
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.create(control, workers, Emulation(init_s=init_seconds, join_s=join_seconds))
+        click.echo(f"Booting {control} control + {workers} worker nodes in {the_lab.dir} (namespaces {the_lab.prefix}-*)", err=True)
+        the_lab.start_all(state)
+        the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
+    except LabError as err:
+        _fail(f"{err}\n(the lab is left as it is for inspection; 'ek8s lab down' removes it)")
+    time.sleep(0.2)
+    report = the_lab.report(state)
+    print_report(report)
+    _write_json(json_path, report)
+
+
+@lab.command()
+@click.option("--json", "json_path", default=None, help="write the report here")
+@click.pass_context
+def status(ctx: click.Context, json_path: str | None) -> None:
+    """Show the lab's timeline and the cluster as it is now."""
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+    except LabError as err:
+        _fail(str(err))
+    report = the_lab.report(state)
+    print_report(report)
+    _write_json(json_path, report)
+
+
+@lab.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Remove every namespace, link, process and file the lab made."""
+    removed = _lab(ctx).down()
+    click.echo("Removed: " + (", ".join(removed) if removed else "nothing (no lab)"))
+
+
+@lab.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.pass_context
+def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside NODE's namespace (stdin and exit code pass through)."""
+    the_lab = _lab(ctx)
+    try:
+        state: LabState = the_lab.load()
+        ns = state.node(node).ns
+    except LabError as err:
+        _fail(str(err), 2)
+    os.execvp("ip", ["ip", "netns", "exec", ns, *command])

@@ -1,0 +1,330 @@
+"""The local lab (DESIGN §8): a cluster of network namespaces on one Linux machine.
+
+Real: the node agent and Phylactery (the same code as on a node), etcd, HAProxy, keepalived
+with VRRP, file locks on the shared directory. EMULATED: kubeadm, kube-apiserver and kubelet
+(:mod:`lab.kubeadm`, :mod:`lab.apiserver`, :mod:`lab.kubelet`).
+
+Everything the lab makes is under its directory (default ``/run/ek8s-lab``: node roots,
+the share, logs, ``lab.json``), in namespaces named ``<prefix>-*`` and in
+``/etc/netns/<prefix>-*``; :meth:`Lab.down` removes all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab import netns
+from lab.emulation import ENV as EMULATION_ENV
+from lab.emulation import Emulation
+from leader.fileperm import ensure_dir
+
+NETWORK = "10.0.0"
+PREFIX_LEN = 24
+VIP = f"{NETWORK}.99"
+VIP_NAME = "vip.kubernetes.local"
+MANAGER = f"{NETWORK}.13"
+CLUSTER = "default"
+
+
+class LabError(Exception):
+    """The lab could not do what was asked; the message says what and where to look."""
+
+
+@dataclass
+class LabNode:
+    name: str
+    role: str
+    address: str
+    ns: str
+    root: str
+    config: str
+    log: str
+    pid: int = 0
+
+
+@dataclass
+class LabState:
+    prefix: str
+    dir: str
+    share: str
+    t0: float = 0.0
+    nodes: list[LabNode] = field(default_factory=list)
+    emulation: dict[str, Any] = field(default_factory=dict)
+
+    def node(self, name: str) -> LabNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise LabError(f"no node {name!r} in this lab (nodes: {', '.join(n.name for n in self.nodes)})")
+
+
+def control_address(i: int) -> str:
+    return f"{NETWORK}.{21 + i}"
+
+
+def worker_address(i: int) -> str:
+    return f"{NETWORK}.{41 + i}"
+
+
+class Lab:
+    """One lab, identified by its directory and namespace prefix."""
+
+    def __init__(self, directory: Path = Path("/run/ek8s-lab"), prefix: str = "ek8s") -> None:
+        self.dir = directory
+        self.prefix = prefix
+        self.state_path = directory / "lab.json"
+
+    # -- state --------------------------------------------------------------------------
+    def load(self) -> LabState:
+        try:
+            d = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab at {self.dir} (run 'ek8s lab up' first)") from None
+        d["nodes"] = [LabNode(**n) for n in d["nodes"]]
+        return LabState(**d)
+
+    def save(self, state: LabState) -> None:
+        self.state_path.write_text(json.dumps(asdict(state), indent=1) + "\n")
+
+    @property
+    def share(self) -> Path:
+        return self.dir / "share"
+
+    # -- up -----------------------------------------------------------------------------
+    def create(self, control: int, workers: int, emulation: Emulation, overrides: dict[str, Any] | None = None) -> LabState:
+        """Make namespaces, node roots, node.yaml files and the share; start nothing."""
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, VRRP)")
+        for tool in ("ip", "etcd", "haproxy", "keepalived"):
+            if shutil.which(tool) is None and not Path(emulation.etcd).exists():
+                raise LabError(f"{tool} not found; run 'make lab' or install etcd-server haproxy keepalived iproute2")
+        if self.state_path.exists() or netns.existing(self.prefix):
+            raise LabError(f"a lab already exists ({self.dir}, namespaces {self.prefix}-*); run 'ek8s lab down' first")
+        if control < 1:
+            raise LabError("--control must be at least 1")
+        ensure_dir(self.dir, 0o700)
+        ensure_dir(self.share, 0o700)
+        ensure_dir(self.dir / "logs", 0o700)
+        bin_dir = ensure_dir(self.dir / "bin", 0o700)
+        emu_path = self.dir / "emulation.json"
+        emulation.dump(emu_path)
+        shim = bin_dir / "kubeadm"
+        shim.write_text(
+            "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm.py\n"
+            f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
+        )
+        shim.chmod(0o700)
+        nodes = [(f"control{i}", "control", control_address(i)) for i in range(control)]
+        nodes += [(f"worker{i}", "worker", worker_address(i)) for i in range(workers)]
+        hosts = "127.0.0.1 localhost\n" + f"{VIP} {VIP_NAME}\n" + f"{MANAGER} manager\n"
+        hosts += "".join(f"{addr} {name}\n" for name, _, addr in nodes)
+        state = LabState(prefix=self.prefix, dir=str(self.dir), share=str(self.share), emulation=asdict(emulation))
+        self.save(state)
+        netns.create_hub(self.prefix)
+        for name, role, addr in nodes:
+            ns = netns.add_node(self.prefix, name, addr, PREFIX_LEN, hosts)
+            root = self.dir / "nodes" / name
+            cfg_path = self.dir / "config" / f"{name}.yaml"
+            state.nodes.append(
+                LabNode(name=name, role=role, address=addr, ns=ns, root=str(root), config=str(cfg_path),
+                        log=str(self.dir / "logs" / f"{name}.log"))  # fmt: skip
+            )
+            ensure_dir(cfg_path.parent, 0o700)
+            cfg_path.write_text(yaml.safe_dump(self.node_config(name, role, addr, root, shim, overrides or {}), sort_keys=False))
+        self.save(state)
+        return state
+
+    def node_config(self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The node.yaml Warewulf would render for this node, with the lab's paths."""
+        cfg: dict[str, Any] = {
+            "cluster": CLUSTER,
+            "role": role,
+            "node": {"name": name, "address": address, "interface": "eth0"},
+            "share": {"path": str(self.share)},
+            "vip": {"address": VIP, "hostname": VIP_NAME, "port": 8443, "prefix_length": PREFIX_LEN},
+            "kubernetes": {"kubeadm": str(kubeadm), "extra_sans": [MANAGER]},
+            "root": str(root),
+            "service_manager": "process",
+        }
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                cfg.setdefault(section, {}).update(values)
+            else:
+                cfg[section] = values
+        return cfg
+
+    def boot(self, state: LabState, node: LabNode) -> None:
+        """Start the node's agent in its namespace, as ek8s-node.service would at boot."""
+        ensure_dir(Path(node.root), 0o755)
+        with open(node.log, "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", node.ns, sys.executable, "-m", "leader", "node", "run", "--config", node.config],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, EMULATION_ENV: str(self.dir / "emulation.json")},
+            )
+        node.pid = proc.pid
+
+    def start_all(self, state: LabState) -> None:
+        state.t0 = time.time()
+        for node in state.nodes:
+            self.boot(state, node)
+        self.save(state)
+
+    # -- waiting and reporting ----------------------------------------------------------
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.share / CLUSTER / "events.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def wait_ready(self, state: LabState, timeout_s: float, since: float, names: list[str] | None = None,
+                   progress: Any = None) -> float:  # fmt: skip
+        """Wait for a ``node_ready`` event after ``since`` from each node in ``names`` (all by
+        default). Returns the time of the last one. Raises :class:`LabError` on timeout or when
+        an agent exits."""
+        wanted = set(names or [n.name for n in state.nodes])
+        deadline = time.monotonic() + timeout_s
+        seen: dict[str, float] = {}
+        shown = 0
+        while True:
+            events = self.events()
+            for e in events[shown:]:
+                if e["t"] >= since and progress:
+                    progress(e, e["t"] - state.t0)
+            shown = len(events)
+            for e in events:
+                if e["event"] == "node_ready" and e["t"] >= since and e["node"] in wanted:
+                    seen.setdefault(e["node"], e["t"])
+            if set(seen) >= wanted:
+                return max(seen.values())
+            for n in state.nodes:
+                if n.name in wanted and n.pid and not _alive(n.pid):
+                    raise LabError(f"the agent of {n.name} exited; last lines of {n.log}:\n{_tail(Path(n.log))}")
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(wanted - set(seen)))
+                raise LabError(f"not Ready after {timeout_s:.0f}s: {missing} (logs in {self.dir}/logs)")
+            time.sleep(0.1)
+
+    def probe(self, state: LabState) -> dict[str, Any]:
+        """Ask the cluster from inside a live control node's namespace (see lab.probe)."""
+        controls = [n for n in state.nodes if n.role == "control"]
+        args = ["--kubeconfig", str(self.share / CLUSTER / "kube.config")]
+        for n in controls:
+            args += ["--phylactery", f"{n.name}=http://{n.address}:9999"]
+        for n in controls:
+            if not netns.pids(n.ns):
+                continue
+            res = subprocess.run(
+                ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if res.returncode == 0 and res.stdout.strip():
+                return dict(json.loads(res.stdout))
+        return {"nodes": "no live control node to ask", "phylactery": {}}
+
+    def vip_holder(self, state: LabState) -> str | None:
+        holders = [n.name for n in state.nodes if VIP in netns.addresses(n.ns)]
+        return holders[0] if len(holders) == 1 else (",".join(holders) if holders else None)
+
+    def report(self, state: LabState) -> dict[str, Any]:
+        """The report of DESIGN §8: seconds since the agents started, and the cluster now."""
+        events = [e for e in self.events() if e["t"] >= state.t0]
+
+        def first(name: str) -> float | None:
+            ts = [e["t"] - state.t0 for e in events if e["event"] == name]
+            return round(min(ts), 3) if ts else None
+
+        ready = [e["t"] - state.t0 for e in events if e["event"] == "node_ready"]
+        seen = {e["node"] for e in events if e["event"] == "node_ready"}
+        probe = self.probe(state)
+        api = probe.get("nodes")
+        api_nodes = {n["name"]: n for n in api} if isinstance(api, list) else {}
+        phyl = probe.get("phylactery", {})
+        etcd_counts = [len(s["etcd"]["members"]) for s in phyl.values() if isinstance(s, dict) and s["etcd"]["members"]]
+        cluster = json.loads((self.share / CLUSTER / "cluster.json").read_text()) if (self.share / CLUSTER / "cluster.json").exists() else {}
+        return {
+            "leader_claimed_s": first("leader_claimed"),
+            "api_ready_s": first("api_ready"),
+            "leader_ready_s": first("leader_ready"),
+            "all_nodes_ready_s": round(max(ready), 3) if ready and seen >= {n.name for n in state.nodes} else None,
+            "nodes": [
+                {"name": n.name, "role": n.role, "address": n.address, "ready": bool(api_nodes.get(n.name, {}).get("ready"))}
+                for n in state.nodes
+            ],
+            "etcd_members": max(etcd_counts) if etcd_counts else 0,
+            "haproxy_backends_up": {
+                name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP")) if isinstance(s, dict) else 0
+                for name, s in phyl.items()
+            },
+            "vip_holder": self.vip_holder(state),
+            "generation": cluster.get("generation"),
+            "leader": (cluster.get("leader") or {}).get("node"),
+            "share": str(self.share),
+            "errors": {k: v for k, v in {"api": api if isinstance(api, str) else None,
+                                        **{f"phylactery:{k}": v for k, v in phyl.items() if isinstance(v, str)}}.items() if v},
+        }  # fmt: skip
+
+    # -- down ---------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Remove every namespace, process, /etc/netns entry and file of this lab. Idempotent.
+        Returns what was removed, for the operator."""
+        removed = []
+        try:
+            state: LabState | None = self.load()
+        except (LabError, ValueError, TypeError):
+            state = None
+        for n in state.nodes if state else []:
+            if n.pid and _alive(n.pid):
+                try:
+                    os.killpg(n.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for ns in sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub")):
+            netns.delete(ns)
+            removed.append(f"namespace {ns}")
+        for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
+            shutil.rmtree(etc, ignore_errors=True)
+        if self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+            removed.append(f"directory {self.dir}")
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

@@ -1,0 +1,40 @@
+"""Knobs of the lab's emulated Kubernetes (kubeadm, kube-apiserver, kubelet). Lab only.
+
+The lab writes them to a JSON file and points ``EK8S_EMULATION`` at it; the emulated
+``kubeadm`` shim and the processes it starts read it. Durations are seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ENV = "EK8S_EMULATION"
+
+
+@dataclass(frozen=True)
+class Emulation:
+    init_s: float = 0.0  # extra time `kubeadm init` takes (the PoC measured ~11 s)
+    join_s: float = 0.0  # extra time each `kubeadm join` takes
+    certs_ttl_s: float = 7200.0  # kubeadm-certs Secret lifetime (kubeadm: 2 h)
+    token_ttl_s: float | None = None  # overrides the bootstrap token's ttl when set
+    node_monitor_grace_s: float = 40.0  # kube-controller-manager --node-monitor-grace-period
+    kubelet_interval_s: float = 2.0  # node status update frequency (kubelet default 10 s)
+    python: str = sys.executable
+    etcd: str = "/usr/bin/etcd"
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+
+def load() -> Emulation:
+    """The settings named by ``$EK8S_EMULATION``, or the defaults."""
+    path = os.environ.get(ENV)
+    if not path:
+        return Emulation()
+    data = json.loads(Path(path).read_text())
+    known = {f.name for f in fields(Emulation)}
+    return Emulation(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,630 @@
+"""EMULATED kubeadm for the lab: exactly the subset of kubeadm's CLI the driver calls.
+
+* ``kubeadm init --config F --upload-certs [--rootfs R]``: cluster PKI (ECDSA P-256), a real
+  etcd member (TLS, client-certificate auth, as kubeadm's static pod runs it), the emulated
+  API server, admin.conf/kubelet.conf, the ``kubeadm-config`` ConfigMap, the sealed
+  ``kubeadm-certs`` Secret, the bootstrap token Secret and ``cluster-info``, the emulated
+  kubelet. Uploads go through the control-plane endpoint (the VIP), as kubeadm's do.
+* ``kubeadm join --config F [--rootfs R]``: token discovery (``cluster-info`` JWS for the token,
+  CA pin check), the Node name check, TLS bootstrap (CSR) for workers; for
+  ``controlPlane``: download and unseal ``kubeadm-certs``, ``member add`` in the real etcd,
+  start its etcd member and API server.
+* ``kubeadm reset -f [--rootfs R]``: remove this node's etcd member when etcd answers, stop
+  its processes, wipe ``/etc/kubernetes``, ``/var/lib/etcd``, ``/var/lib/kubelet``.
+
+It refuses as kubeadm (or etcd under it) does: existing manifests or kubelet.conf (preflight),
+an expired or unknown token, a CA hash that does not match, a Ready Node of the same name, an
+expired ``kubeadm-certs`` Secret or a wrong certificate key, a peer URL already in etcd, no
+quorum. Paths are taken relative to ``--rootfs`` (kubeadm chroots there; we prefix).
+Durations from ``$EK8S_EMULATION`` (``init_s``, ``join_s``) are spent where kubeadm waits for
+the control plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hmac
+import ipaddress
+import json
+import os
+import shutil
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab import emulation, pki
+from leader.fileperm import ensure_dir, write_atomic
+from leader.joinmaterial import TOKEN_RE, ca_cert_hash
+from leader.services import ProcessServices
+from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context
+
+CERT_FILES = ["ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key"]
+
+
+class KubeadmError(Exception):
+    pass
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Root:
+    """Node paths under ``--rootfs``."""
+
+    def __init__(self, rootfs: str | None) -> None:
+        self.root = Path(rootfs or "/")
+
+    def __call__(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    @property
+    def pki(self) -> Path:
+        return self("/etc/kubernetes/pki")
+
+
+# -- a minimal API client (urllib; the real kubeadm uses client-go) ---------------------
+class Api:
+    def __init__(self, server: str, ctx: ssl.SSLContext, bearer: str | None = None) -> None:
+        self.server, self.ctx, self.bearer = server.rstrip("/"), ctx, bearer
+
+    def call(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.bearer:
+            headers["Authorization"] = f"Bearer {self.bearer}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:
+                raw = resp.read()
+                return int(resp.status), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            return int(err.code), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
+
+    def wait(self, method: str, path: str, body: object | None = None, timeout_s: float = 60.0) -> tuple[int, Any]:
+        """Retry until the endpoint answers at all (kubeadm's API client retries likewise)."""
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self.call(method, path, body)
+            except (OSError, urllib.error.URLError) as err:
+                last = err
+                time.sleep(0.05)
+        raise KubeadmError(f"{self.server}{path}: no answer in {timeout_s:.0f}s: {last}")
+
+
+def ctx_for(ca_pem: bytes | None, cert: pki.Pair | None = None, workdir: Path | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else ssl._create_unverified_context()
+    if cert is not None and workdir is not None:
+        pem = workdir / "client.pem"
+        write_atomic(pem, cert[0] + cert[1])
+        ctx.load_cert_chain(str(pem))
+    return ctx
+
+
+def load_docs(path: Path) -> dict[str, dict[str, Any]]:
+    docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+    for d in docs.values():
+        if d.get("apiVersion") != "kubeadm.k8s.io/v1beta4":
+            raise KubeadmError(f"{path}: unsupported apiVersion {d.get('apiVersion')!r} for {d['kind']}")
+    return docs
+
+
+# -- control-plane pieces ---------------------------------------------------------------
+def node_certs(r: Root, name: str, address: str, cluster: dict[str, Any], ca: pki.Pair, etcd_ca: pki.Pair) -> None:
+    """apiserver, etcd server/peer, etcd clients: what each control-plane node makes itself."""
+    endpoint_host = cluster["controlPlaneEndpoint"].rsplit(":", 1)[0]
+    service_ip = str(next(ipaddress.IPv4Network(cluster["networking"]["serviceSubnet"]).hosts()))
+    sans = [*cluster.get("apiServer", {}).get("certSANs", []), endpoint_host]
+    ips = tuple(s for s in sans if _is_ip(s)) + (address, service_ip)
+    dns = (name, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+    dns += tuple(s for s in sans if not _is_ip(s))
+    pki.write_pair(r.pki, "apiserver", pki.issue(ca, "kube-apiserver", dns=dns, ips=ips, server=True))
+    pki.write_pair(r.pki, "apiserver-etcd-client", pki.issue(etcd_ca, "kube-apiserver-etcd-client", client=True))
+    etcd_dir = r.pki / "etcd"
+    both = {"dns": (name, "localhost"), "ips": (address, "127.0.0.1"), "server": True, "client": True}
+    pki.write_pair(etcd_dir, "server", pki.issue(etcd_ca, name, **both))  # type: ignore[arg-type]
+    pki.write_pair(etcd_dir, "peer", pki.issue(etcd_ca, name, **both))  # type: ignore[arg-type]
+    pki.write_pair(etcd_dir, "healthcheck-client", pki.issue(etcd_ca, "kube-etcd-healthcheck-client", client=True))
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
+
+
+def etcd_client(r: Root, endpoints: list[str]) -> EtcdClient:
+    ctx = client_ssl_context(r.pki / "etcd/ca.crt", r.pki / "apiserver-etcd-client.crt", r.pki / "apiserver-etcd-client.key")
+    return EtcdClient(endpoints, ctx, timeout_s=5.0)
+
+
+def start_etcd(r: Root, emu: emulation.Emulation, name: str, address: str, initial_cluster: str, state: str) -> None:
+    d = r.pki / "etcd"
+    argv = [
+        emu.etcd,
+        f"--name={name}",
+        f"--data-dir={r('/var/lib/etcd')}",
+        f"--advertise-client-urls=https://{address}:2379",
+        f"--listen-client-urls=https://127.0.0.1:2379,https://{address}:2379",
+        f"--listen-peer-urls=https://{address}:2380",
+        f"--initial-advertise-peer-urls=https://{address}:2380",
+        f"--initial-cluster={initial_cluster}",
+        f"--initial-cluster-state={state}",
+        f"--cert-file={d / 'server.crt'}",
+        f"--key-file={d / 'server.key'}",
+        "--client-cert-auth=true",
+        f"--trusted-ca-file={d / 'ca.crt'}",
+        f"--peer-cert-file={d / 'peer.crt'}",
+        f"--peer-key-file={d / 'peer.key'}",
+        "--peer-client-cert-auth=true",
+        f"--peer-trusted-ca-file={d / 'ca.crt'}",
+        "--strict-reconfig-check=true",
+        "--snapshot-count=10000",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
+    ensure_dir(r("/var/lib/etcd"))
+    ensure_dir(r("/etc/kubernetes/manifests"))
+    write_atomic(r("/etc/kubernetes/manifests/etcd.yaml"), yaml.safe_dump({"emulated": True, "command": argv}))
+    ProcessServices(r.root).start("etcd", argv)
+    say(f"[etcd] Started etcd member {name!r} (real etcd, {state} cluster)")
+
+
+async def _wait_etcd(client: EtcdClient, timeout_s: float, learner: bool = False) -> None:
+    """Until the member answers (a learner refuses reads, so only its status is asked)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await client.status()
+            if not learner:
+                await client.get("/registry/health")
+            return
+        except EtcdError as err:
+            if time.monotonic() > deadline:
+                raise KubeadmError(f"[etcd] local etcd member not healthy after {timeout_s:.0f}s: {err}") from err
+            await asyncio.sleep(0.05)
+
+
+def start_apiserver(r: Root, emu: emulation.Emulation, address: str, port: int, version: str) -> None:
+    conf = {
+        "bind_address": "0.0.0.0",
+        "advertise_address": address,
+        "port": port,
+        "version": version,
+        "tls_cert": str(r.pki / "apiserver.crt"),
+        "tls_key": str(r.pki / "apiserver.key"),
+        "client_ca": str(r.pki / "ca.crt"),
+        "pki_dir": str(r.pki),
+        "etcd_servers": ["https://127.0.0.1:2379"],
+        "etcd_ca": str(r.pki / "etcd/ca.crt"),
+        "etcd_cert": str(r.pki / "apiserver-etcd-client.crt"),
+        "etcd_key": str(r.pki / "apiserver-etcd-client.key"),
+        "node_monitor_grace_s": emu.node_monitor_grace_s,
+    }
+    path = r("/etc/kubernetes/manifests/kube-apiserver.json")
+    ensure_dir(path.parent)
+    write_atomic(path, json.dumps(conf, indent=1))
+    write_atomic(r("/etc/kubernetes/manifests/kube-apiserver.yaml"), yaml.safe_dump({"emulated": True, "config": str(path)}))
+    ProcessServices(r.root).start("kube-apiserver", [emu.python, "-m", "lab.apiserver", "--config", str(path)])
+    say("[control-plane] Started the emulated kube-apiserver")
+
+
+def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0) -> None:
+    api = Api(f"https://{address}:{port}", ctx_for(ca_pem))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            code, _ = api.call("GET", "/readyz", timeout=2)
+            if code == 200:
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.05)
+    raise KubeadmError(f"[api-check] the API server at {address}:{port} is not ready after {timeout_s:.0f}s")
+
+
+def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool) -> None:
+    argv = [
+        emu.python, "-m", "lab.kubelet",
+        "--kubeconfig", str(r("/etc/kubernetes/kubelet.conf")),
+        "--node-name", name, "--node-ip", address,
+        "--interval", str(emu.kubelet_interval_s),
+        "--pki-dir", str(r("/var/lib/kubelet/pki")),
+    ]  # fmt: skip
+    if control_plane:
+        argv.append("--control-plane")
+    ensure_dir(r("/var/lib/kubelet"))
+    ProcessServices(r.root).start("kubelet", argv)
+    say("[kubelet-start] Started the emulated kubelet")
+
+
+def _b64(b: bytes | str) -> str:
+    return base64.b64encode(b.encode() if isinstance(b, str) else b).decode()
+
+
+# -- init -------------------------------------------------------------------------------
+def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
+    emu = emulation.load()
+    ic, cc = docs["InitConfiguration"], docs["ClusterConfiguration"]
+    name = ic["nodeRegistration"]["name"]
+    address = ic["localAPIEndpoint"]["advertiseAddress"]
+    port = int(ic["localAPIEndpoint"].get("bindPort", 6443))
+    endpoint = cc["controlPlaneEndpoint"]
+    say(f"[init] Using Kubernetes version: {cc['kubernetesVersion']} (EMULATED kubeadm, ephemeral-k8s lab)")
+    if r("/etc/kubernetes/manifests/kube-apiserver.yaml").exists():
+        raise KubeadmError(
+            "[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]: "
+            "/etc/kubernetes/manifests/kube-apiserver.yaml already exists"
+        )
+    started = time.monotonic()
+    ca, etcd_ca, fp_ca = pki.new_ca("kubernetes"), pki.new_ca("etcd-ca"), pki.new_ca("front-proxy-ca")
+    pki.write_pair(r.pki, "ca", ca)
+    pki.write_pair(r.pki / "etcd", "ca", etcd_ca)
+    pki.write_pair(r.pki, "front-proxy-ca", fp_ca)
+    pub, key = pki.sa_keypair()
+    write_atomic(r.pki / "sa.pub", pub)
+    write_atomic(r.pki / "sa.key", key)
+    node_certs(r, name, address, cc, ca, etcd_ca)
+    say("[certs] Generated the cluster PKI (ECDSA-P256)")
+    cluster_name = cc.get("clusterName", "kubernetes")
+    server = f"https://{endpoint}"
+    admin = pki.issue(ca, "kubernetes-admin", orgs=("kubeadm:cluster-admins",), client=True)
+    write_atomic(r("/etc/kubernetes/admin.conf"), pki.kubeconfig(server, ca[0], admin, "kubernetes-admin", cluster_name))
+    superadmin = pki.issue(ca, "kubernetes-super-admin", orgs=("system:masters",), client=True)
+    write_atomic(r("/etc/kubernetes/super-admin.conf"), pki.kubeconfig(server, ca[0], superadmin, "kubernetes-super-admin", cluster_name))
+    kubelet = pki.issue(ca, f"system:node:{name}", orgs=("system:nodes",), client=True)
+    write_atomic(r("/etc/kubernetes/kubelet.conf"), pki.kubeconfig(server, ca[0], kubelet, f"system:node:{name}", cluster_name))
+    say("[kubeconfig] Wrote admin.conf, super-admin.conf and kubelet.conf")
+
+    start_etcd(r, emu, name, address, f"{name}=https://{address}:2380", "new")
+    start_apiserver(r, emu, address, port, cc["kubernetesVersion"])
+
+    async def _etcd_up() -> None:
+        async with etcd_client(r, ["https://127.0.0.1:2379"]) as c:
+            await _wait_etcd(c, 60)
+
+    asyncio.run(_etcd_up())
+    wait_local_api(address, port, ca[0])
+    say(f"[wait-control-plane] The control plane is up after {time.monotonic() - started:.2f}s")
+    if emu.init_s:
+        say(f"[wait-control-plane] emulating {emu.init_s:.1f}s more of kubeadm init")
+        time.sleep(emu.init_s)
+
+    # From here kubeadm talks to the control-plane endpoint (the VIP through HAProxy).
+    api = Api(server, ctx_for(ca[0], superadmin, r.pki))
+    code, body = api.wait("POST", "/api/v1/namespaces/kube-system/configmaps", {
+        "metadata": {"name": "kubeadm-config"},
+        "data": {"ClusterConfiguration": yaml.safe_dump(cc)},
+    }, timeout_s=120)  # fmt: skip
+    _expect(code, body, "[upload-config] kubeadm-config", (201, 409))
+    say(f"[upload-config] Stored the configuration in ConfigMap kubeadm-config through {endpoint}")
+    if upload_certs:
+        upload_certificates(r, api, ic["certificateKey"], emu)
+    start_kubelet(r, emu, name, address, control_plane=True)
+    token = ic["bootstrapTokens"][0]
+    create_token(api, token["token"], token.get("ttl", "86400s"), emu)
+    kubeconfig = yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "", "cluster": {"server": server, "certificate-authority-data": _b64(ca[0])}}],
+    })  # fmt: skip
+    code, body = api.call("POST", "/api/v1/namespaces/kube-public/configmaps", {
+        "metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig},
+    })  # fmt: skip
+    _expect(code, body, "[bootstrap-token] cluster-info", (201, 409))
+    say("[bootstrap-token] Created the cluster-info ConfigMap in kube-public")
+    say(f"Your Kubernetes control-plane has initialized successfully! (emulated, {time.monotonic() - started:.2f}s)")
+
+
+def _expect(code: int, body: Any, what: str, ok: tuple[int, ...]) -> None:
+    if code not in ok:
+        msg = body.get("message") if isinstance(body, dict) else body
+        raise KubeadmError(f"{what}: HTTP {code}: {msg}")
+
+
+def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.Emulation) -> None:
+    data = {f.replace("/", "-"): _b64(pki.seal(certificate_key, (r.pki / f).read_bytes())) for f in CERT_FILES}
+    secret = {
+        "metadata": {"name": "kubeadm-certs", "annotations": {"ek8s.lab/expires-at": str(time.time() + emu.certs_ttl_s)}},
+        "type": "Opaque",
+        "data": data,
+    }
+    code, body = api.call("PUT", "/api/v1/namespaces/kube-system/secrets/kubeadm-certs", secret)
+    _expect(code, body, "[upload-certs] kubeadm-certs", (200, 201))
+    say('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace')
+
+
+def create_token(api: Api, token: str, ttl: str, emu: emulation.Emulation) -> None:
+    m = TOKEN_RE.match(token)
+    if not m:
+        raise KubeadmError(f'[bootstrap-token] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"')
+    seconds = emu.token_ttl_s if emu.token_ttl_s is not None else _duration(ttl)
+    expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+    secret = {
+        "metadata": {"name": f"bootstrap-token-{m.group(1)}"},
+        "type": "bootstrap.kubernetes.io/token",
+        "data": {
+            "token-id": _b64(m.group(1)),
+            "token-secret": _b64(m.group(2)),
+            "expiration": _b64(expiration),
+            "usage-bootstrap-authentication": _b64("true"),
+            "usage-bootstrap-signing": _b64("true"),
+            "auth-extra-groups": _b64("system:bootstrappers:kubeadm:default-node-token"),
+        },
+    }
+    code, body = api.call("PUT", f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{m.group(1)}", secret)
+    _expect(code, body, "[bootstrap-token] token secret", (200, 201))
+    say(f"[bootstrap-token] Created bootstrap token {m.group(1)} (expires {expiration})")
+
+
+def _duration(ttl: str) -> float:
+    """Go durations as kubeadm prints them (``24h0m0s``, ``86400s``, ``2h``)."""
+    total, num = 0.0, ""
+    units = {"h": 3600, "m": 60, "s": 1}
+    for ch in ttl:
+        if ch.isdigit() or ch == ".":
+            num += ch
+        elif ch in units and num:
+            total += float(num) * units[ch]
+            num = ""
+        else:
+            raise KubeadmError(f"invalid token ttl {ttl!r}")
+    return total
+
+
+# -- join -------------------------------------------------------------------------------
+def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
+    """Token discovery: fetch cluster-info anonymously, check the JWS for our token id and
+    the CA pin. Returns (server URL, CA PEM, token)."""
+    bt = jc["discovery"]["bootstrapToken"]
+    token, endpoint = bt["token"], bt["apiServerEndpoint"]
+    m = TOKEN_RE.match(token)
+    if not m:
+        raise KubeadmError(f'[discovery] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"')
+    tid, tsecret = m.group(1), m.group(2)
+    api = Api(f"https://{endpoint}", ctx_for(None))
+    code, cm = api.wait("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info", timeout_s=60)
+    _expect(code, cm, "[discovery] cluster-info", (200,))
+    kubeconfig = cm["data"]["kubeconfig"]
+    sig = cm["data"].get(f"jws-kubeconfig-{tid}")
+    if not sig:
+        raise KubeadmError(
+            "couldn't validate the identity of the API Server: could not find a JWS signature in the "
+            f'cluster-info ConfigMap for token ID "{tid}" (the token is unknown or has expired)'
+        )
+    from lab.apiserver import jws_signature
+
+    if not hmac.compare_digest(sig, jws_signature(tid, tsecret, kubeconfig.encode())):
+        raise KubeadmError("couldn't validate the identity of the API Server: failed to verify JWS signature of received cluster info object")
+    doc = yaml.safe_load(kubeconfig)
+    ca_pem = base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"])
+    actual = ca_cert_hash(ca_pem)
+    pins = bt.get("caCertHashes") or []
+    if pins and actual not in pins:
+        raise KubeadmError(f'cluster CA found in cluster-info ConfigMap is invalid: none of the public keys "{actual}" are pinned')
+    say(f"[discovery] Cluster info signature and contents are valid; CA pinned ({actual[:19]}...)")
+    return f"https://{endpoint}", ca_pem, token
+
+
+def check_node_name(api: Api, name: str) -> None:
+    code, node = api.call("GET", f"/api/v1/nodes/{name}")
+    if code != 200:
+        return
+    for c in node.get("status", {}).get("conditions", []):
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            raise KubeadmError(
+                f'a Node with name "{name}" and status "Ready" already exists in the cluster. You must delete the '
+                "existing Node or change the name of this new joining Node"
+            )
+
+
+def join(r: Root, docs: dict[str, dict[str, Any]]) -> None:
+    emu = emulation.load()
+    jc = docs["JoinConfiguration"]
+    name = jc["nodeRegistration"]["name"]
+    control = jc.get("controlPlane")
+    say(f"[preflight] Running pre-flight checks (EMULATED kubeadm, ephemeral-k8s lab) for {name}")
+    if r("/etc/kubernetes/kubelet.conf").exists():
+        raise KubeadmError(
+            "[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: "
+            "/etc/kubernetes/kubelet.conf already exists"
+        )
+    started = time.monotonic()
+    server, ca_pem, token = discover(jc)
+    ensure_dir(r.pki)
+    boot = Api(server, ctx_for(ca_pem), bearer=token)
+    check_node_name(boot, name)
+    cluster_name = "kubernetes"
+    if control:
+        address = control["localAPIEndpoint"]["advertiseAddress"]
+        port = int(control["localAPIEndpoint"].get("bindPort", 6443))
+        download_certs(r, boot, control["certificateKey"])
+        ca = pki.read_pair(r.pki, "ca")
+        admin = pki.issue(ca, "kubernetes-admin", orgs=("kubeadm:cluster-admins",), client=True)
+        api = Api(server, ctx_for(ca_pem, admin, r.pki))
+        code, cm = api.call("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+        _expect(code, cm, "[preflight] kubeadm-config", (200,))
+        cc = yaml.safe_load(cm["data"]["ClusterConfiguration"])
+        cluster_name = cc.get("clusterName", cluster_name)
+        node_certs(r, name, address, cc, ca, pki.read_pair(r.pki / "etcd", "ca"))
+        write_atomic(r("/etc/kubernetes/admin.conf"), pki.kubeconfig(server, ca_pem, admin, "kubernetes-admin", cluster_name))
+        kubelet = pki.issue(ca, f"system:node:{name}", orgs=("system:nodes",), client=True)
+        say("[certs] Using the existing cluster CA; generated this node's certificates")
+        join_etcd(r, emu, api, name, address)
+        start_apiserver(r, emu, address, port, cc.get("kubernetesVersion", "v1.32.1"))
+        wait_local_api(address, port, ca_pem)
+    else:
+        csr_pem, key = pki.new_csr(f"system:node:{name}", ("system:nodes",))
+        code, body = boot.call("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", {
+            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"generateName": "csr-"},
+            "spec": {"request": _b64(csr_pem), "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                     "usages": ["digital signature", "client auth"]},
+        })  # fmt: skip
+        _expect(code, body, "[kubelet-start] TLS bootstrap", (201,))
+        kubelet = (base64.b64decode(body["status"]["certificate"]), key)
+        write_atomic(r.pki / "ca.crt", ca_pem)
+        say("[kubelet-start] TLS bootstrap: the kubelet client certificate was signed")
+    write_atomic(r("/etc/kubernetes/kubelet.conf"), pki.kubeconfig(server, ca_pem, kubelet, f"system:node:{name}", cluster_name))
+    if emu.join_s:
+        say(f"[kubelet-start] emulating {emu.join_s:.1f}s more of kubeadm join")
+        time.sleep(emu.join_s)
+    address_ip = next(a["value"] for a in jc["nodeRegistration"].get("kubeletExtraArgs", []) if a["name"] == "node-ip")
+    start_kubelet(r, emu, name, address_ip, control_plane=bool(control))
+    what = "control-plane node" if control else "node"
+    say(f"This {what} has joined the cluster (emulated, {time.monotonic() - started:.2f}s)")
+
+
+def download_certs(r: Root, api: Api, certificate_key: str) -> None:
+    code, secret = api.call("GET", "/api/v1/namespaces/kube-system/secrets/kubeadm-certs")
+    if code == 404:
+        raise KubeadmError(
+            'error downloading certs: error downloading the secret: secret "kubeadm-certs" was not found in the '
+            '"kube-system" Namespace. This Secret might have expired. Please, run `kubeadm init phase upload-certs '
+            "--upload-certs` on a control plane to generate a new one"
+        )
+    _expect(code, secret, "[download-certs]", (200,))
+    from cryptography.exceptions import InvalidTag
+
+    for f in CERT_FILES:
+        try:
+            data = pki.unseal(certificate_key, base64.b64decode(secret["data"][f.replace("/", "-")]))
+        except (InvalidTag, ValueError) as err:
+            raise KubeadmError(
+                "error downloading certs: error decoding secret data with provided key: cipher: message authentication failed"
+            ) from err
+        path = r.pki / f
+        ensure_dir(path.parent)
+        write_atomic(path, data)
+    say('[download-certs] Downloaded the certificates from Secret "kubeadm-certs"')
+
+
+def join_etcd(r: Root, emu: emulation.Emulation, api: Api, name: str, address: str) -> None:
+    code, nodes = api.call("GET", "/api/v1/nodes")
+    _expect(code, nodes, "[etcd] list control-plane nodes", (200,))
+    endpoints = [
+        f"https://{a['address']}:2379"
+        for n in nodes["items"]
+        if "node-role.kubernetes.io/control-plane" in n["metadata"].get("labels", {})
+        for a in n.get("status", {}).get("addresses", [])
+        if a["type"] == "InternalIP" and a["address"] != address
+    ]
+    if not endpoints:
+        raise KubeadmError("[etcd] no control-plane node with an etcd member found")
+    peer = f"https://{address}:2380"
+
+    async def _add() -> tuple[int, str]:
+        async with etcd_client(r, endpoints) as c:
+            new, members = await _retry(lambda: c.member_add([peer], learner=True), f"adding etcd learner {peer}")
+            parts = [f"{m.name or name}={m.peer_urls[0]}" for m in members if m.peer_urls]
+            return new.id, ",".join(parts)
+
+    member_id, initial = asyncio.run(_add())
+    say(f"[etcd] Added etcd learner {name} ({peer}); initial cluster {initial}")
+    start_etcd(r, emu, name, address, initial, "existing")
+
+    async def _promote() -> None:
+        async with etcd_client(r, ["https://127.0.0.1:2379"]) as c:
+            await _wait_etcd(c, 60, learner=True)
+        async with etcd_client(r, endpoints) as c:
+            await _retry(lambda: c.member_promote(member_id), f"promoting etcd learner {name}")
+        async with etcd_client(r, ["https://127.0.0.1:2379"]) as c:
+            await _wait_etcd(c, 60)
+
+    asyncio.run(_promote())
+    say("[etcd] The local etcd member is healthy and has joined the cluster")
+
+
+# kubeadm retries etcd membership changes with exponential backoff (its etcd client's
+# addRemoveBackoff): transient refusals such as "unhealthy cluster" (etcd's 5 s connectivity
+# guard after a member joined) or "learner not in sync" clear by themselves.
+RETRY_STEPS, RETRY_FIRST_S, RETRY_FACTOR = 12, 0.25, 1.5
+
+
+async def _retry(call: Any, what: str) -> Any:
+    delay = RETRY_FIRST_S
+    for step in range(1, RETRY_STEPS + 1):
+        try:
+            return await call()
+        except EtcdError as err:
+            transient = any(s in str(err) for s in ("unhealthy cluster", "in sync", "not enough started", "no etcd endpoint"))
+            if not transient or step == RETRY_STEPS:
+                raise KubeadmError(f"[etcd] error {what}: {err}") from err
+            say(f"[etcd] {what}: {err}; retrying in {delay:.2f}s")
+            await asyncio.sleep(delay)
+            delay *= RETRY_FACTOR
+    raise AssertionError("unreachable")
+
+
+# -- reset ------------------------------------------------------------------------------
+def reset(r: Root) -> None:
+    say("[reset] Resetting this node (EMULATED kubeadm, ephemeral-k8s lab)")
+    services = ProcessServices(r.root)
+    if (r.pki / "apiserver-etcd-client.crt").exists() and services.is_running("etcd"):
+
+        async def _remove() -> None:
+            async with etcd_client(r, ["https://127.0.0.1:2379"]) as c:
+                me = (await c.status()).get("header", {}).get("member_id")
+                if me is not None and len(await c.member_list()) > 1:
+                    await c.member_remove(int(me))
+                    say("[reset] Removed this node's etcd member")
+
+        try:
+            asyncio.run(asyncio.wait_for(_remove(), 5))
+        except (EtcdError, TimeoutError, OSError) as err:
+            say(f"[reset] could not remove this node's etcd member (continuing): {err}")
+    for svc in ("kubelet", "kube-apiserver", "etcd"):
+        services.stop(svc)
+    for d in ("/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet"):
+        shutil.rmtree(r(d), ignore_errors=True)
+    say("[reset] Stopped the emulated control plane and kubelet; deleted /etc/kubernetes, /var/lib/etcd, /var/lib/kubelet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kubeadm", description="EMULATED kubeadm (ephemeral-k8s lab only)")
+    p.add_argument("--rootfs", default=None)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd in ("init", "join"):
+        sp = sub.add_parser(cmd)
+        sp.add_argument("--config", required=True)
+        sp.add_argument("--rootfs", default=None)
+        if cmd == "init":
+            sp.add_argument("--upload-certs", action="store_true")
+    sp = sub.add_parser("reset")
+    sp.add_argument("-f", "--force", action="store_true")
+    sp.add_argument("--rootfs", default=None)
+    args = p.parse_args(argv)
+    r = Root(args.rootfs)
+    os.umask(0o077)
+    try:
+        if args.cmd == "reset":
+            if not args.force:
+                raise KubeadmError("the emulated kubeadm only supports non-interactive 'reset -f'")
+            reset(r)
+        else:
+            docs = load_docs(r(args.config))
+            if args.cmd == "init":
+                init(r, docs, args.upload_certs)
+            else:
+                join(r, docs)
+    except (KubeadmError, OSError, KeyError, EtcdError) as err:
+        print(f"error execution phase {args.cmd}: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

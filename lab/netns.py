@@ -1,0 +1,109 @@
+"""Network namespaces for the lab, through iproute2's ``ip`` (lab only).
+
+Layout: a hub namespace ``<prefix>-hub`` holds the bridge ``br0``; each node is a namespace
+``<prefix>-<node>`` whose ``eth0`` is one end of a veth pair, the other end (``v-<node>``)
+enslaved to the bridge in the hub. Nothing is created in the machine's own namespace, so the
+reference addresses (10.0.0.0/24) never appear on the host. ``ip netns exec`` bind-mounts
+``/etc/netns/<ns>/hosts`` over ``/etc/hosts``; the lab writes one per node with the VIP name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+class NetnsError(Exception):
+    pass
+
+
+def ip(*args: str, check: bool = True) -> str:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise NetnsError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def existing(prefix: str) -> list[str]:
+    """Names of namespaces that start with ``<prefix>-``."""
+    out = ip("netns", "list", check=False)
+    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(prefix + "-")]
+
+
+def create_hub(prefix: str) -> str:
+    hub = f"{prefix}-hub"
+    ip("netns", "add", hub)
+    ip("-n", hub, "link", "set", "lo", "up")
+    ip("-n", hub, "link", "add", "br0", "type", "bridge")
+    ip("-n", hub, "link", "set", "br0", "up")
+    return hub
+
+
+def add_node(prefix: str, node: str, address: str, prefix_len: int, hosts: str) -> str:
+    """Create the node's namespace and link it to the hub bridge. Returns the namespace."""
+    ns, hub = f"{prefix}-{node}", f"{prefix}-hub"
+    veth = f"v-{node}"[:15]
+    ip("netns", "add", ns)
+    ip("-n", hub, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    ip("-n", hub, "link", "set", veth, "master", "br0", "up")
+    ip("-n", ns, "link", "set", "lo", "up")
+    ip("-n", ns, "addr", "add", f"{address}/{prefix_len}", "dev", "eth0")
+    ip("-n", ns, "link", "set", "eth0", "up")
+    etc = Path("/etc/netns") / ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "hosts").write_text(hosts)
+    return ns
+
+
+def set_link(prefix: str, node: str, up: bool) -> None:
+    """Bring a node's cable up or down (both ends, as pulling it would)."""
+    state = "up" if up else "down"
+    ip("-n", f"{prefix}-{node}", "link", "set", "eth0", state, check=False)
+    ip("-n", f"{prefix}-hub", "link", "set", f"v-{node}"[:15], state, check=False)
+
+
+def pids(ns: str) -> list[int]:
+    out = ip("netns", "pids", ns, check=False)
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def kill_all(ns: str, grace_s: float = 2.0, sig: int = signal.SIGTERM) -> int:
+    """Signal every process in ``ns`` (SIGKILL after ``grace_s``); returns how many there were."""
+    victims = pids(ns)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and pids(ns):
+        time.sleep(0.05)
+    for pid in pids(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pids(ns):
+        time.sleep(0.05)
+    return len(victims)
+
+
+def delete(ns: str) -> None:
+    """Kill what runs in ``ns``, delete it and its ``/etc/netns`` directory."""
+    kill_all(ns)
+    ip("netns", "delete", ns, check=False)
+    shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+def addresses(ns: str) -> list[str]:
+    """IPv4 addresses configured in ``ns`` (any interface)."""
+    import json
+
+    out = ip("-n", ns, "-j", "addr", "show", check=False)
+    try:
+        links = json.loads(out or "[]")
+    except ValueError:
+        return []
+    return [a["local"] for link in links for a in link.get("addr_info", []) if a.get("family") == "inet"]

@@ -1,0 +1,58 @@
+"""Run inside one lab node's namespace (``ek8s lab`` calls it through ``ip netns exec``):
+read the cluster as an operator would and print one JSON document.
+
+* Nodes, from the API behind the VIP, with the admin kubeconfig (``kube.config``) on the share
+  (official ``kubernetes`` client);
+* each control node's Phylactery ``GET /v1/status`` (HAProxy backends, etcd members, VIP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
+    from kubernetes import client, config
+
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        items = api.list_node(_request_timeout=5).items
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    out = []
+    for n in items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+        ips = [a.address for a in (n.status.addresses or []) if a.type == "InternalIP"]
+        out.append({"name": n.metadata.name, "ready": ready, "address": ips[0] if ips else None})
+    return out
+
+
+def phylactery_status(url: str) -> dict[str, Any] | str:
+    try:
+        with urllib.request.urlopen(url + "/v1/status", timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--kubeconfig", type=Path, required=True)
+    p.add_argument("--phylactery", action="append", default=[], help="name=url")
+    args = p.parse_args(argv)
+    statuses = {}
+    for item in args.phylactery:
+        name, _, url = item.partition("=")
+        statuses[name] = phylactery_status(url)
+    doc = {"nodes": api_nodes(args.kubeconfig) if args.kubeconfig.exists() else "no kube.config yet", "phylactery": statuses}
+    json.dump(doc, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

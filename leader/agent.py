@@ -1,0 +1,319 @@
+"""The node agent: boot -> elect -> init | join -> watch (DESIGN §2, §4).
+
+Like Patroni's HA cycle, each pass of :meth:`Agent.run` reads one snapshot of the share,
+decides, acts, and says in one sentence what it did and why; the sentences go to the log and,
+for milestones, to ``events.jsonl`` (the lab's timeline is made of them).
+
+Milestone events: ``boot``, ``leader_claimed``, ``phylactery_up``, ``api_ready``,
+``leader_ready``, ``join_started``, ``joined``, ``join_failed``, ``node_ready``, ``deposed``,
+``generation_changed``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from leader import probes
+from leader.config import NodeConfig
+from leader.drivers import DriverError, driver_for
+from leader.election import boot_id, rule_for
+from leader.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
+from leader.logs import get_logger
+from leader.services import service_manager
+from leader.share import EpochSuperseded, Heartbeat, JoinMaterial, ShareStore
+from leader.drivers.kubeadm import CERTIFICATE_KEY_TTL_S, TOKEN_TTL_S
+
+log = get_logger("ek8s.agent", "agent")
+
+
+class JoinFailed(Exception):
+    """Every join attempt failed; the message has the last reason."""
+
+
+class Agent:
+    """One node's agent. ``config_path`` is passed on to Phylactery."""
+
+    def __init__(self, cfg: NodeConfig, config_path: Path) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
+        self.driver = driver_for(cfg)
+        self.services = service_manager(cfg.service_manager, cfg.root)
+        self.boot_id = boot_id(cfg.root)
+        self.phase = "boot"
+        self.generation = 0
+        self.previous: Heartbeat | None = None
+        self._stop = threading.Event()
+
+    # -- small helpers ------------------------------------------------------------------
+    def say(self, phase: str, message: str, event: str | None = None, **fields: object) -> None:
+        """Log one decision; with ``event``, also append it to the share's timeline."""
+        self.phase = phase
+        log.info(message, extra={"phase": phase, **fields})
+        if event:
+            self.store.record_event(event, self.generation, message, role=self.cfg.role, **fields)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.heartbeat(self.boot_id, self.cfg.role, self.phase, self.generation)
+            except OSError as err:
+                log.warning("heartbeat failed", extra={"phase": "heartbeat", "error": str(err)})
+            self._stop.wait(self.cfg.timeouts.heartbeat_interval_s)
+
+    def _wait(self, what: str, check: Callable[[], bool], timeout_s: float, interval_s: float | None = None) -> None:
+        """Poll ``check`` every ``interval_s`` (default ``timeouts.poll_interval_s``) until it
+        returns True; log progress every 10 s; raise ``TimeoutError`` after ``timeout_s``."""
+        interval = interval_s or self.cfg.timeouts.poll_interval_s
+        start = time.monotonic()
+        next_note = start + 10
+        while not check():
+            now = time.monotonic()
+            if now - start > timeout_s:
+                raise TimeoutError(f"{what}: not done after {timeout_s:.0f}s")
+            if now > next_note:
+                log.info(f"still waiting: {what}", extra={"phase": self.phase, "waited_s": round(now - start, 1)})
+                next_note = now + 10
+            time.sleep(interval)
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code (1 when joining gave up)."""
+        self.store.ensure()
+        self.previous = self.store.read_heartbeat(self.cfg.node.name)
+        self.say("boot", f"booting as {self.cfg.role} node {self.cfg.node.name} ({self.cfg.node.address})", "boot",
+                 boot_id=self.boot_id)  # fmt: skip
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self.prepare_host, name="prepare-host", daemon=True).start()
+        init_failures = 0
+        rule = rule_for(self.cfg.role, self.cfg.node.name, self.boot_id, self.cfg.timeouts.lease_ttl_s)
+        try:
+            while True:
+                state, action, why = self.store.attempt_leadership(self.cfg.node.address, self.boot_id, rule)
+                self.generation = state.generation
+                if action == "lead":
+                    self.say("election", f"I lead generation {state.generation} with epoch {state.epoch}: {why}",
+                             "leader_claimed", epoch=state.epoch)  # fmt: skip
+                    try:
+                        self.lead(state.epoch)
+                    except EpochSuperseded as err:
+                        self.say("election", f"deposed ({err}); resetting and following the new leader", "deposed")
+                        self.driver.reset()
+                        continue
+                    except (DriverError, TimeoutError) as err:
+                        init_failures += 1
+                        self.say("init", f"init failed ({init_failures}x): {err}", "init_failed")
+                        self.driver.reset()
+                        if init_failures >= self.cfg.timeouts.join_attempts:
+                            raise JoinFailed(f"kubeadm init failed {init_failures} times: {err}") from err
+                        time.sleep(self.cfg.timeouts.join_backoff_s * init_failures)
+                        continue
+                elif action == "follow":
+                    self.say("election", f"following: {why}")
+                    self.follow()
+                    continue
+                else:
+                    self.say("election", f"joining: {why}")
+                    self.join()
+                if not self.watch():
+                    continue
+                return 0
+        except JoinFailed as err:
+            self.say("join", f"giving up: {err}", "join_failed")
+            return 1
+        finally:
+            self._stop.set()
+
+    def prepare_host(self) -> None:
+        """Kernel settings Kubernetes needs (a real node only; the lab's nodes share a kernel)."""
+        if self.cfg.root != Path("/"):
+            return
+        import subprocess
+
+        for mod in ("overlay", "br_netfilter"):
+            subprocess.run(["modprobe", mod], capture_output=True, check=False)
+        for key, value in (
+            ("net/ipv4/ip_forward", "1"),
+            ("net/bridge/bridge-nf-call-iptables", "1"),
+            ("net/bridge/bridge-nf-call-ip6tables", "1"),
+        ):
+            try:
+                Path("/proc/sys", key).write_text(value)
+            except OSError as err:
+                log.warning("cannot set sysctl", extra={"phase": "prepare", "key": key, "error": str(err)})
+
+    # -- leader -------------------------------------------------------------------------
+    def start_phylactery(self) -> None:
+        """Start Phylactery (it brings up HAProxy and keepalived) and wait until it serves."""
+        url = f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+        if probes.phylactery_healthy(url, 0.5):
+            return
+        argv = [sys.executable, "-m", "leader", "phylactery", "--config", str(self.config_path)]
+        self.services.start("phylactery", argv)
+        self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(url, 0.5), 60, 0.05)
+        self.say(self.phase, "Phylactery, HAProxy and keepalived are up", "phylactery_up")
+
+    def lead(self, epoch: int) -> None:
+        """Initialise the generation: kubeadm init, publish join material, mark ready."""
+        self.phase = "init"
+        if self.driver.is_joined():
+            self.say("init", "leftovers of an earlier init/join found; running kubeadm reset first")
+            self.driver.reset()
+        self.start_phylactery()
+        token, certificate_key = generate_token(), generate_certificate_key()
+        self.say("init", "running kubeadm init (certificates uploaded with our certificate key)")
+        result = self.driver.init(token, certificate_key, self.generation)
+        self.store.check_epoch(epoch)
+        vip_url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
+        self._wait("API behind the VIP", lambda: probes.api_ready(vip_url, result.ca_cert_pem), 120, 0.05)
+        self.say("init", f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}", "api_ready")
+        now = time.time()
+        self.store.publish_join_material(
+            JoinMaterial(
+                generation=self.generation,
+                epoch=epoch,
+                api_server_endpoint=f"{self.cfg.vip.hostname}:{self.cfg.vip.port}",
+                token=token,
+                token_expires_at=now + TOKEN_TTL_S,
+                ca_cert_hashes=[ca_cert_hash(result.ca_cert_pem)],
+                certificate_key=certificate_key,
+                certificate_key_expires_at=now + CERTIFICATE_KEY_TTL_S,
+                ca_cert=result.ca_cert_pem.decode(),
+                published_by=self.cfg.node.name,
+            )
+        )
+        self.store.write_admin_kubeconfig(result.admin_kubeconfig)
+        self.apply_manifests()
+        self.store.mark_ready(epoch)
+        self.say("init", f"generation {self.generation} is ready; join material published", "leader_ready")
+        self.wait_node_ready()
+
+    def apply_manifests(self) -> None:
+        """Apply ``kubernetes.manifests`` (the CNI first) with the admin kubeconfig."""
+        if not self.cfg.kubernetes.manifests:
+            return
+        from kubernetes import config, utils
+
+        api = config.new_client_from_config(config_file=str(self.driver.admin_kubeconfig))
+        for manifest in self.cfg.kubernetes.manifests:
+            path = self.cfg.host_path(manifest)
+            self.say("init", f"applying {manifest}")
+            utils.create_from_yaml(api, str(path))
+
+    # -- followers ----------------------------------------------------------------------
+    def follow(self) -> None:
+        """Wait until the generation is ready, or until its leader looks dead (then return to
+        run the election again). Control nodes bring Phylactery up meanwhile."""
+        self.phase = "follow"
+        ttl = self.cfg.timeouts.lease_ttl_s
+        if self.cfg.is_control:
+            self.start_phylactery()
+        last_lease_check = 0.0
+        while True:
+            state = self.store.read_state()
+            if state.ready or state.generation != self.generation:
+                return
+            now = time.monotonic()
+            if now - last_lease_check >= 1.0:
+                last_lease_check = now
+                if not self.store.snapshot().leader_alive(ttl):
+                    return
+            time.sleep(self.cfg.timeouts.poll_interval_s)
+
+    def _phylactery_urls(self) -> list[str]:
+        return [m.phylactery_url for m in self.store.members(self.generation) if m.name != self.cfg.node.name]
+
+    def prune_self(self) -> bool:
+        """Ask a live Phylactery to remove this node's stale Node and etcd member."""
+        token = self.store.read_token()
+        body = {"name": self.cfg.node.name, "address": self.cfg.node.address}
+        for url in self._phylactery_urls():
+            try:
+                status, answer = probes.phylactery_post(url, "/v1/prune", token, body)
+            except OSError as err:
+                log.info("Phylactery did not answer", extra={"phase": "join", "url": url, "error": str(err)})
+                continue
+            if status == 200:
+                self.say("join", f"pruned my stale state through {url}", "pruned",
+                         deleted_nodes=answer.get("deleted_nodes"),
+                         removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])])  # fmt: skip
+                return True
+            log.info("Phylactery refused the prune", extra={"phase": "join", "url": url, "status": status, "answer": answer})
+        return False
+
+    def _needs_prune(self, attempt: int) -> bool:
+        """Skip the prune only when this node has never been part of this generation."""
+        prev = self.previous
+        first_time = prev is None or prev.generation != self.generation
+        return attempt > 1 or not first_time
+
+    def join(self) -> None:
+        """Join the ready generation; retries with ``kubeadm reset -f`` and backoff."""
+        self.phase = "join"
+        if self.cfg.is_control:
+            self.start_phylactery()
+        if self.driver.is_joined():
+            self.say("join", "leftovers of an earlier join found; running kubeadm reset first")
+            self.driver.reset()
+        attempts = self.cfg.timeouts.join_attempts
+        last_error = ""
+        for attempt in range(1, attempts + 1):
+            material = self.store.read_join_material()
+            if self._needs_prune(attempt):
+                self.prune_self()
+            held = False
+            try:
+                if self.cfg.is_control:
+                    self._wait("control-plane join slot", self._take_join_slot, self.cfg.timeouts.command_s)
+                    held = True
+                self.say("join", f"running kubeadm join as {self.cfg.role} (attempt {attempt}/{attempts})",
+                         "join_started", attempt=attempt)  # fmt: skip
+                if self.cfg.is_control:
+                    self.driver.join_control_plane(material)
+                else:
+                    self.driver.join_worker(material)
+                self.say("join", "kubeadm join succeeded", "joined", attempt=attempt)
+                break
+            except DriverError as err:
+                last_error = str(err)
+                self.say("join", f"join attempt {attempt} failed: {err}", "join_failed", attempt=attempt)
+                self.driver.reset()
+                if attempt == attempts:
+                    raise JoinFailed(last_error) from err
+                time.sleep(self.cfg.timeouts.join_backoff_s * attempt)
+            finally:
+                if held:
+                    self.store.release_join_slot()
+        self.wait_node_ready()
+
+    def _take_join_slot(self) -> bool:
+        holder = self.store.try_join_slot(self.boot_id, self.cfg.timeouts.lease_ttl_s)
+        if holder is not None and self.phase != "join-wait":
+            self.phase = "join-wait"
+            log.info(f"{holder} is joining the control plane; waiting for my turn", extra={"phase": "join"})
+        return holder is None
+
+    def wait_node_ready(self) -> None:
+        kubeconfig = self.driver.kubelet_kubeconfig
+        self._wait("my Node Ready", lambda: probes.node_ready(kubeconfig, self.cfg.node.name) is True,
+                   self.cfg.timeouts.node_ready_s)  # fmt: skip
+        self.say("ready", f"node {self.cfg.node.name} is Ready", "node_ready")
+
+    # -- steady state -------------------------------------------------------------------
+    def watch(self) -> bool:
+        """Follow the generation. Returns False when a new generation starts (the caller
+        resets and runs the election again), True when asked to stop."""
+        self.phase = "watch"
+        while not self._stop.is_set():
+            state = self.store.read_state()
+            if state.generation != self.generation:
+                self.say("watch", f"generation {state.generation} replaced {self.generation}; resetting to follow it",
+                         "generation_changed")  # fmt: skip
+                self.driver.reset()
+                return False
+            self._stop.wait(max(1.0, self.cfg.timeouts.poll_interval_s))
+        return True

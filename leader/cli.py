@@ -1,0 +1,94 @@
+"""``ek8s``: one CLI for nodes, operators and the lab.
+
+Exit codes: 0 success, 1 operational failure, 2 invalid input or config (the message names
+the file and the field; nothing is written anywhere).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from leader import __version__
+from leader.config import ConfigError, NodeConfig, load_config
+
+DEFAULT_CONFIG = "/etc/ek8s/node.yaml"
+
+
+def _load(path: str) -> NodeConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        click.echo(f"ek8s: {err}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ek8s")
+def cli() -> None:
+    """Highly available Kubernetes on stateless Warewulf nodes.
+
+    On a node, systemd runs `ek8s node run` (the agent) and `ek8s phylactery` (control
+    nodes). On one Linux machine, `ek8s lab` runs the whole boot flow in network namespaces.
+    """
+
+
+@cli.group()
+def node() -> None:
+    """The node agent (started by ek8s-node.service)."""
+
+
+@node.command("run")
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="node.yaml")
+def node_run(config_path: str) -> None:
+    """Elect, initialise or join the cluster, then follow it (runs until stopped)."""
+    cfg = _load(config_path)
+    from leader.agent import Agent
+    from leader.logs import setup_logging
+
+    setup_logging(cfg.node.name)
+    sys.exit(Agent(cfg, Path(config_path).resolve()).run())
+
+
+@cli.command()
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="node.yaml")
+def phylactery(config_path: str) -> None:
+    """Serve Phylactery on this control node (HTTP, port 9999 by default)."""
+    cfg = _load(config_path)
+    if not cfg.is_control:
+        click.echo(f"ek8s: {config_path}: role: Phylactery runs on control nodes only", err=True)
+        sys.exit(2)
+    from leader.logs import setup_logging
+    from phylactery.app import run
+    from phylactery.service import Phylactery
+
+    setup_logging(cfg.node.name)
+    run(Phylactery(cfg))
+
+
+@cli.group()
+def config() -> None:
+    """Check node.yaml."""
+
+
+@config.command("check")
+@click.argument("path", default=DEFAULT_CONFIG)
+def config_check(path: str) -> None:
+    """Validate PATH and print the effective settings (exit 2 when invalid)."""
+    import yaml
+
+    cfg = _load(path)
+    click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+def _register_lab() -> None:
+    from lab.cli import lab
+
+    cli.add_command(lab)
+
+
+def main() -> None:
+    _register_lab()
+    cli(prog_name="ek8s")

@@ -1,0 +1,218 @@
+"""The node's facts and settings: ``/etc/ek8s/node.yaml``, validated on load.
+
+Warewulf renders this file per node from its registry (overlay template ``node.yaml.ww``);
+the lab writes it for each emulated node. The schema is documented field by field in
+``docs/config.md``. Every decision the agent takes starts from a :class:`NodeConfig`.
+
+Loading never writes anything: an invalid file raises :class:`ConfigError`, which the CLI
+turns into exit code 2 with the file name and the dotted path of the offending field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Kubernetes release tag as kubeadm's kubernetesVersion accepts it ("v1.32.1").
+_K8S_VERSION = re.compile(r"^v1\.\d+\.\d+$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """node.yaml cannot be used. ``str()`` names the file and each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeFacts(_Strict):
+    """This node as Warewulf knows it."""
+
+    name: str
+    address: str
+    interface: str = "eth0"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NODE_NAME.match(v):
+            raise ValueError("must be a lower-case RFC 1123 label (a-z, 0-9, '-'), as for a Node")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return str(ipaddress.IPv4Address(v))
+
+
+class ShareSettings(_Strict):
+    """The NFS share every node mounts (``/share`` in the proof of concept)."""
+
+    path: Path = Path("/share")
+
+
+class VipSettings(_Strict):
+    """The control-plane endpoint: keepalived's virtual address, HAProxy's frontend port."""
+
+    address: str = "10.0.0.99"
+    prefix_length: int = Field(24, ge=1, le=32)
+    hostname: str = "vip.kubernetes.local"
+    port: int = Field(8443, ge=1, le=65535)
+    virtual_router_id: int = Field(51, ge=1, le=255)
+    # VRRPv3 advertisement interval; a backup takes over after 3 intervals plus skew, so 0.5 s
+    # moves the VIP within ~1.8 s (VRRPv2's whole seconds would need 3.6 s).
+    advert_interval_s: float = Field(0.5, ge=0.01, le=40.95)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return str(ipaddress.IPv4Address(v))
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        if not _HOSTNAME.match(v):
+            raise ValueError("must be a DNS name")
+        return v
+
+
+class KubernetesSettings(_Strict):
+    """What kubeadm is asked to build (kubeadm.k8s.io/v1beta4 ClusterConfiguration)."""
+
+    distribution: Literal["kubeadm", "k3s"] = "kubeadm"
+    version: str = "v1.32.1"
+    pod_subnet: str = "10.249.0.0/16"
+    service_subnet: str = "10.96.0.0/12"
+    api_server_port: int = Field(6443, ge=1, le=65535)
+    extra_sans: list[str] = Field(default_factory=lambda: ["10.0.0.13"])
+    # The kubeadm executable; the lab points this at its emulated kubeadm.
+    kubeadm: str = "kubeadm"
+    # Manifests applied by the leader once the control plane is up (the CNI first).
+    manifests: list[Path] = Field(default_factory=list)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not _K8S_VERSION.match(v):
+            raise ValueError("must look like v1.32.1")
+        return v
+
+    @field_validator("pod_subnet", "service_subnet")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return str(ipaddress.IPv4Network(v, strict=True))
+
+
+class PhylacterySettings(_Strict):
+    port: int = Field(9999, ge=1, le=65535)
+    reconcile_interval_s: Seconds = 30.0
+
+
+class Timeouts(_Strict):
+    """Every wait the agent does, in seconds."""
+
+    lease_ttl_s: Seconds = 30.0
+    heartbeat_interval_s: Seconds = 2.0
+    poll_interval_s: float = Field(0.2, gt=0, le=5)
+    leader_ready_s: Seconds = 900.0
+    join_attempts: int = Field(5, ge=1, le=100)
+    join_backoff_s: Seconds = 2.0
+    node_ready_s: Seconds = 300.0
+    command_s: Seconds = 600.0
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Timeouts:
+        if self.heartbeat_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError("heartbeat_interval_s must be at most half of lease_ttl_s")
+        return self
+
+
+class NodeConfig(_Strict):
+    """The whole of node.yaml. ``root`` prefixes every path the agent touches on the node."""
+
+    cluster: str = "default"
+    role: Literal["control", "worker"]
+    node: NodeFacts
+    share: ShareSettings = ShareSettings()
+    vip: VipSettings = VipSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    phylactery: PhylacterySettings = PhylacterySettings()
+    timeouts: Timeouts = Timeouts()
+    root: Path = Path("/")
+    service_manager: Literal["systemd", "process"] = "systemd"
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str) -> str:
+        if not _NODE_NAME.match(v):
+            raise ValueError("must be a lower-case RFC 1123 label; it names a share directory")
+        return v
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+    @model_validator(mode="after")
+    def _distribution(self) -> NodeConfig:
+        if self.kubernetes.distribution != "kubeadm":
+            raise ValueError("kubernetes.distribution: only 'kubeadm' is implemented so far")
+        return self
+
+    @property
+    def is_control(self) -> bool:
+        return self.role == "control"
+
+    def host_path(self, path: str | Path) -> Path:
+        """Map an absolute node path (``/etc/kubernetes``) under :attr:`root`."""
+        p = Path(path)
+        return self.root / p.relative_to("/") if p.is_absolute() else self.root / p
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid node config"]
+    for e in err.errors():
+        loc = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: Path) -> NodeConfig:
+    """Validate already-parsed YAML. Raises :class:`ConfigError` naming ``source``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: invalid node config\n  (top level): must be a mapping")
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate node.yaml.
+
+    Returns the frozen :class:`NodeConfig`. Raises :class:`ConfigError` when the file is
+    missing, is not YAML, or fails validation; the message names the file and every bad
+    field by its dotted path (``kubernetes.pod_subnet: ...``). Reads only.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read node config: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return parse_config(data, p)

@@ -1,0 +1,151 @@
+"""Phylactery's HTTP API (aiohttp, JSON). Every mutating call needs the cluster's bearer token.
+
+=====================  =====  ==========================================================
+``GET /healthz``       no     liveness: ``{"ok": true, "node": ...}``
+``GET /v1/status``     no     node, role, generation, members, HAProxy backends, etcd members
+``POST /v1/refresh``   yes    re-read members, regenerate, reload if changed (coalesced)
+``POST /v1/prune``     yes    body ``{"name": str, "address": "a.b.c.d"}``: remove that
+                              node's stale Node and etcd member
+=====================  =====  ==========================================================
+
+The token is ``<share>/<cluster>/phylactery.token`` (0600), compared in constant time. Errors
+are JSON ``{"error": "..."}`` with a 4xx status (401 no/bad token, 400 bad body, 409 asked to
+prune the serving node) or 503 when a store needed for pruning does not answer; never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import signal
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from leader.logs import get_logger
+from phylactery.prune import PruneError
+from phylactery.service import Phylactery
+
+log = get_logger(__name__, "http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PHYLACTERY: web.AppKey[Phylactery] = web.AppKey("phylactery", Phylactery)
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; log unexpected ones with their traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        return error(500, "internal error; see the Phylactery log")
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every non-GET request needs ``Authorization: Bearer <cluster token>``."""
+    if request.method not in ("GET", "HEAD"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        expected = request.app[TOKEN]
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            return error(401, "missing or invalid bearer token")
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """200 once HAProxy and keepalived run with a config from the registry, 503 before."""
+    p = request.app[PHYLACTERY]
+    return web.json_response({"ok": p.started, "node": p.cfg.node.name}, status=200 if p.started else 503)
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    return web.json_response(await request.app[PHYLACTERY].status())
+
+
+async def refresh(request: web.Request) -> web.StreamResponse:
+    request.app[PHYLACTERY].request_refresh()
+    return web.json_response({"accepted": True}, status=202)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(reason="body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(reason="body must be a JSON object")
+    return body
+
+
+async def prune(request: web.Request) -> web.StreamResponse:
+    body = await _json_body(request)
+    name, address = body.get("name"), body.get("address")
+    if not isinstance(name, str) or not name:
+        return error(400, "field 'name': a node name (string) is required")
+    if not isinstance(address, str):
+        return error(400, "field 'address': an IPv4 address (string) is required")
+    try:
+        address = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        return error(400, f"field 'address': {address!r} is not an IPv4 address")
+    p = request.app[PHYLACTERY]
+    try:
+        result = await p.prune(name, address)
+    except ValueError as err:
+        return error(409, str(err))
+    except PruneError as err:
+        return error(503, str(err))
+    log.info("pruned", extra=result.to_json())
+    return web.json_response(result.to_json())
+
+
+def make_app(phylactery: Phylactery, token: str) -> web.Application:
+    """The aiohttp application; starting Phylactery itself is :func:`run`'s job."""
+    app = web.Application(middlewares=[json_errors, bearer_auth], client_max_size=64 * 1024)
+    app[PHYLACTERY] = phylactery
+    app[TOKEN] = token
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/refresh", refresh)
+    app.router.add_post("/v1/prune", prune)
+    return app
+
+
+def run(phylactery: Phylactery) -> None:
+    """Start Phylactery (register, apply configs, notify peers), then serve until SIGTERM."""
+
+    async def _main() -> None:
+        # Serve first: peers that register meanwhile can ask us to refresh (the request is
+        # kept and handled once start() has applied the first config).
+        phylactery.store.ensure()
+        app = make_app(phylactery, phylactery.store.read_token())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host="0.0.0.0", port=phylactery.cfg.phylactery.port, reuse_address=True)
+        await site.start()
+        log.info("serving", extra={"port": phylactery.cfg.phylactery.port})
+        await phylactery.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        await phylactery.stop()
+        await runner.cleanup()
+
+    asyncio.run(_main())

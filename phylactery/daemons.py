@@ -1,0 +1,157 @@
+"""The I/O edge for HAProxy and keepalived: validate, install atomically, reload, read state.
+
+A :class:`ManagedDaemon` applies a rendered config only when it differs from the installed
+one: the text goes to a temporary file beside the target, is checked by the daemon itself
+(``haproxy -c -f``, ``keepalived --config-test -f``), renamed over the target, then the
+running daemon is reloaded (HAProxy master-worker reload on SIGUSR2, keepalived on SIGHUP,
+or ``systemctl reload``). A daemon is never restarted, so established connections survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leader.fileperm import EXEC_MODE, FILE_MODE, ensure_dir, write_atomic
+from leader.logs import get_logger
+from leader.services import ServiceManager
+
+log = get_logger(__name__, "reconcile")
+
+
+class ConfigRejected(Exception):
+    """The daemon's own check refused a rendered config; nothing was installed."""
+
+
+@dataclass
+class ManagedDaemon:
+    """One daemon whose config Phylactery owns.
+
+    ``check_argv`` is the validation command with ``{config}`` standing for the file to check;
+    ``start_argv`` starts it in process mode (systemd units have their own).
+    """
+
+    name: str
+    config_path: Path
+    check_argv: list[str]
+    start_argv: list[str]
+    reload_signal: int
+    services: ServiceManager
+    reloads: int = 0
+    starts: int = 0
+    extra_files: dict[Path, tuple[str, int]] = field(default_factory=dict)
+
+    def installed(self) -> str | None:
+        try:
+            return self.config_path.read_text()
+        except FileNotFoundError:
+            return None
+
+    def validate(self, text: str) -> None:
+        """Run the daemon's check on ``text``; raise :class:`ConfigRejected` with its output."""
+        ensure_dir(self.config_path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.config_path.name}.", suffix=".check", dir=self.config_path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            argv = [a.replace("{config}", tmp) for a in self.check_argv]
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                raise ConfigRejected(f"{' '.join(argv)} exited {res.returncode}: {(res.stdout + res.stderr).strip()}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def apply(self, text: str) -> str:
+        """Install ``text`` and make the daemon use it. Returns what was done:
+        ``"unchanged"``, ``"started"`` or ``"reloaded"``. Raises :class:`ConfigRejected`."""
+        for path, (content, mode) in self.extra_files.items():
+            ensure_dir(path.parent)
+            if not path.exists() or path.read_text() != content:
+                write_atomic(path, content, mode)
+        running = self.services.is_running(self.name)
+        if text == self.installed() and running:
+            return "unchanged"
+        if text != self.installed():
+            self.validate(text)
+            write_atomic(self.config_path, text, FILE_MODE)
+        if running:
+            self.services.reload(self.name, self.reload_signal)
+            self.reloads += 1
+            log.info("reloaded", extra={"daemon": self.name, "reloads": self.reloads})
+            return "reloaded"
+        self.services.start(self.name, self.start_argv)
+        self.starts += 1
+        log.info("started", extra={"daemon": self.name})
+        return "started"
+
+    def stop(self) -> None:
+        self.services.stop(self.name)
+
+
+def haproxy(root: Path, services: ServiceManager) -> ManagedDaemon:
+    """HAProxy in master-worker mode (``-W``), foreground (``-db``), config under ``root``."""
+    cfg = root / "etc/haproxy/haproxy.cfg"
+    return ManagedDaemon(
+        name="haproxy",
+        config_path=cfg,
+        check_argv=["haproxy", "-c", "-q", "-f", "{config}"],
+        start_argv=["haproxy", "-W", "-db", "-f", str(cfg)],
+        reload_signal=signal.SIGUSR2,
+        services=services,
+    )
+
+
+def haproxy_stats_socket(root: Path) -> Path:
+    return root / "run/haproxy/admin.sock"
+
+
+def keepalived(root: Path, services: ServiceManager, check_script: str) -> ManagedDaemon:
+    """keepalived, VRRP subsystem only, foreground, pid files under ``root`` (several run on
+    one host in the lab)."""
+    cfg = root / "etc/keepalived/keepalived.conf"
+    run = root / "run/keepalived"
+    return ManagedDaemon(
+        name="keepalived",
+        config_path=cfg,
+        check_argv=["keepalived", "--config-test", "-f", "{config}"],
+        start_argv=[
+            "keepalived", "--vrrp", "--dont-fork", "--log-console", "--no-syslog", "--log-detail",
+            "-f", str(cfg), "-p", str(run / "keepalived.pid"), "-r", str(run / "vrrp.pid"),
+        ],  # fmt: skip
+        reload_signal=signal.SIGHUP,
+        services=services,
+        extra_files={root / "etc/keepalived/check_haproxy.sh": (check_script, EXEC_MODE)},
+    )
+
+
+def backend_states(stats_socket: Path, backend: str = "kube-apiserver", timeout_s: float = 2.0) -> dict[str, str]:
+    """``{server name: status}`` from HAProxy's ``show stat`` (CSV, HAProxy management
+    guide §9.3); status is ``UP``, ``DOWN``, ``MAINT``, ``no check``... Empty when HAProxy
+    does not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(str(stats_socket))
+            s.sendall(b"show stat\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return {}
+    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    header = lines[0][2:].split(",")
+    out = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == backend and row.get("svname") not in ("BACKEND", "FRONTEND", None):
+            out[row["svname"]] = row.get("status", "")
+    return out

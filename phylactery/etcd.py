@@ -1,0 +1,174 @@
+"""etcd's v3 API through its JSON gateway (grpc-gateway), over HTTPS with a client certificate.
+
+kubeadm's etcd accepts only client-certificate TLS (``--client-cert-auth``); ``aetcd`` opens
+plaintext gRPC channels only and ``etcd3`` does not import with protobuf >= 4, so this module
+speaks the gateway's JSON over aiohttp instead. Paths and shapes are etcd's
+``etcdserverpb`` messages as the gateway maps them (checked against etcd 3.4):
+
+* ``POST /v3/cluster/member/list|add|remove``, ``POST /v3/maintenance/status``;
+* ``POST /v3/kv/range|put|deleterange`` with base64 keys and values.
+
+64-bit ids (member ``ID``, revisions) travel as decimal strings in the gateway's JSON; this
+module hands them out as ``int``. Use a client certificate signed by the etcd CA
+(``apiserver-etcd-client`` or ``healthcheck-client``), never etcd's server key pair.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+
+class EtcdError(Exception):
+    """etcd refused or could not be reached. ``str()`` has the endpoint, path and etcd's
+    own message (``etcdserver: peerURL exists``, ``etcdserver: unhealthy cluster``...)."""
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool = False
+
+    @property
+    def peer_hosts(self) -> set[str]:
+        """Hosts of the peer URLs, parsed (never a substring match of an address)."""
+        return {urlsplit(u).hostname or "" for u in self.peer_urls}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": f"{self.id:x}",
+            "name": self.name,
+            "peer_urls": list(self.peer_urls),
+            "client_urls": list(self.client_urls),
+            "is_learner": self.is_learner,
+        }
+
+
+def client_ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """TLS context trusting the etcd CA and presenting a client certificate."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _b64(s: str | bytes) -> str:
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
+
+
+def _member(d: dict[str, Any]) -> EtcdMember:
+    return EtcdMember(
+        id=int(d.get("ID", 0)),
+        name=d.get("name", ""),
+        peer_urls=tuple(d.get("peerURLs", ())),
+        client_urls=tuple(d.get("clientURLs", ())),
+        is_learner=bool(d.get("isLearner", False)),
+    )
+
+
+class EtcdClient:
+    """A few etcd v3 calls against one or more client URLs (tried in order).
+
+    ``endpoints`` are ``https://host:2379`` URLs; ``ssl_context`` from
+    :func:`client_ssl_context`; ``timeout_s`` bounds each request in seconds. Use as an async
+    context manager or call :meth:`close`.
+    """
+
+    def __init__(self, endpoints: list[str], ssl_context: ssl.SSLContext, timeout_s: float = 5.0) -> None:
+        self.endpoints = endpoints
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> EtcdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._ssl)
+            )
+        return self._session
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``path`` on the first endpoint that answers; raise
+        :class:`EtcdError` with etcd's message on a refusal or when none answers."""
+        errors = []
+        for ep in self.endpoints:
+            url = ep.rstrip("/") + path
+            try:
+                async with self._http().post(url, json=body) as resp:
+                    data = await resp.json(content_type=None)
+                    if resp.status != 200 or (isinstance(data, dict) and "error" in data):
+                        msg = data.get("message") or data.get("error") if isinstance(data, dict) else data
+                        raise EtcdError(f"{url}: HTTP {resp.status}: {msg}")
+                    return data if isinstance(data, dict) else {}
+            except EtcdError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
+                errors.append(f"{url}: {type(err).__name__}: {err}")
+        raise EtcdError("no etcd endpoint answered: " + "; ".join(errors))
+
+    # -- cluster membership -----------------------------------------------------------
+    async def member_list(self) -> list[EtcdMember]:
+        data = await self.call("/v3/cluster/member/list", {})
+        return [_member(m) for m in data.get("members", [])]
+
+    async def member_add(self, peer_urls: list[str], learner: bool = False) -> tuple[EtcdMember, list[EtcdMember]]:
+        """Add a member (a non-voting learner with ``learner``); returns (the new member, every
+        member). etcd refuses a peer URL that exists and, with ``--strict-reconfig-check``, any
+        add while the member handling it has not been connected to every voting member for
+        5 s (``etcdserver: unhealthy cluster``) or a voting add that would lose quorum."""
+        body: dict[str, Any] = {"peerURLs": peer_urls}
+        if learner:
+            body["isLearner"] = True
+        data = await self.call("/v3/cluster/member/add", body)
+        return _member(data["member"]), [_member(m) for m in data.get("members", [])]
+
+    async def member_promote(self, member_id: int) -> None:
+        """Make a learner a voting member; etcd refuses until it has caught up with the leader."""
+        await self.call("/v3/cluster/member/promote", {"ID": str(member_id)})
+
+    async def member_remove(self, member_id: int) -> None:
+        await self.call("/v3/cluster/member/remove", {"ID": str(member_id)})
+
+    async def status(self) -> dict[str, Any]:
+        """``/v3/maintenance/status`` of the first endpoint that answers."""
+        return await self.call("/v3/maintenance/status", {})
+
+    # -- key-value --------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        data = await self.call("/v3/kv/range", {"key": _b64(key)})
+        kvs = data.get("kvs") or []
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+
+    async def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        data = await self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
+        return [
+            (base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")))
+            for kv in data.get("kvs") or []
+        ]
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    async def delete(self, key: str) -> int:
+        data = await self.call("/v3/kv/deleterange", {"key": _b64(key)})
+        return int(data.get("deleted", 0))

@@ -1,0 +1,113 @@
+"""Remove what a rebooted node left behind, so that kubeadm lets it join again.
+
+kubeadm refuses to join a node whose name belongs to a Node that is still Ready, and a new
+etcd member cannot be added while a member with the same peer URL exists. Before every join
+the node asks a live Phylactery to run :func:`prune_node`, which is idempotent (pruning
+twice, or a node that left nothing behind, removes nothing and succeeds):
+
+* Kubernetes Nodes named ``name`` or whose ``InternalIP`` is ``address`` (official
+  ``kubernetes`` client, this node's admin kubeconfig);
+* etcd members named ``name`` or whose peer URL's host is ``address`` (parsed, never a
+  substring match), through the etcd JSON gateway with the ``apiserver-etcd-client``
+  certificate.
+
+The serving node never prunes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phylactery.etcd import EtcdClient, EtcdError, EtcdMember, client_ssl_context
+
+
+class PruneError(Exception):
+    """A store needed for pruning did not answer (the caller should try another node)."""
+
+
+@dataclass
+class PruneResult:
+    name: str
+    address: str
+    deleted_nodes: list[str] = field(default_factory=list)
+    removed_etcd_members: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "deleted_nodes": self.deleted_nodes,
+            "removed_etcd_members": self.removed_etcd_members,
+        }
+
+
+def stale_members(members: list[EtcdMember], name: str, address: str, keep_id: int | None) -> list[EtcdMember]:
+    """Members that belong to the node ``name``/``address``, never the member ``keep_id``."""
+    return [
+        m for m in members if m.id != keep_id and (m.name == name or address in m.peer_hosts)
+    ]
+
+
+def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    try:
+        nodes = api.list_node(_request_timeout=5).items
+    except (ApiException, OSError, Exception) as err:  # urllib3 raises its own MaxRetryError
+        raise PruneError(f"kubernetes API: cannot list nodes: {err}") from err
+    doomed = []
+    for n in nodes:
+        ips = {a.address for a in (n.status.addresses or []) if a.type == "InternalIP"} if n.status else set()
+        if n.metadata.name != keep and (n.metadata.name == name or address in ips):
+            doomed.append(n.metadata.name)
+    deleted = []
+    for node_name in doomed:
+        try:
+            api.delete_node(node_name, _request_timeout=5)
+            deleted.append(node_name)
+        except ApiException as err:
+            if err.status != 404:
+                raise PruneError(f"kubernetes API: cannot delete node {node_name}: {err.reason}") from err
+    return deleted
+
+
+async def delete_nodes(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
+    """Delete matching Nodes; returns their names. Raises :class:`PruneError`."""
+    if not kubeconfig.exists():
+        raise PruneError(f"{kubeconfig}: no admin kubeconfig on this node yet")
+    return await asyncio.to_thread(_delete_nodes_sync, kubeconfig, name, address, keep)
+
+
+async def remove_etcd_members(pki: Path, endpoint: str, name: str, address: str) -> list[EtcdMember]:
+    """Remove matching etcd members through ``endpoint`` (this node's member); returns them."""
+    ctx = client_ssl_context(pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key")
+    async with EtcdClient([endpoint], ctx, timeout_s=5.0) as etcd:
+        try:
+            me = int((await etcd.status()).get("header", {}).get("member_id", 0))
+            doomed = stale_members(await etcd.member_list(), name, address, keep_id=me)
+            for m in doomed:
+                await etcd.member_remove(m.id)
+        except EtcdError as err:
+            raise PruneError(f"etcd: {err}") from err
+    return doomed
+
+
+async def prune_node(
+    *, name: str, address: str, self_name: str, kubeconfig: Path, pki: Path, etcd_endpoint: str, kinds: tuple[str, ...]
+) -> PruneResult:
+    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``). Raises :class:`PruneError`
+    when a store does not answer, ``ValueError`` when asked to prune the serving node."""
+    if name == self_name:
+        raise ValueError(f"refusing to prune {name}: that is this node")
+    result = PruneResult(name=name, address=address)
+    if "etcd_member" in kinds and (pki / "apiserver-etcd-client.crt").exists():
+        removed = await remove_etcd_members(pki, etcd_endpoint, name, address)
+        result.removed_etcd_members = [m.to_json() for m in removed]
+    if "node" in kinds:
+        result.deleted_nodes = await delete_nodes(kubeconfig, name, address, keep=self_name)
+    return result

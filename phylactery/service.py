@@ -1,0 +1,254 @@
+"""Phylactery: keeps HAProxy and keepalived in line with the control plane (DESIGN §6).
+
+On start it registers its node in the member registry, renders and applies HAProxy and
+keepalived (starting them if needed), then asks every other registered Phylactery to refresh.
+After that it reconciles whenever asked (``POST /v1/refresh``) and every
+``phylactery.reconcile_interval_s`` seconds, so a refresh that never arrived heals anyway.
+
+Refreshes coalesce: while a reconcile runs, any number of further requests cause at most one
+more reconcile, and an unchanged config is never reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import aiohttp
+import psutil
+
+from leader.config import NodeConfig
+from leader.election import boot_id
+from leader.fileperm import ensure_dir
+from leader.logs import get_logger
+from leader.services import service_manager
+from leader.share import MemberRecord, ShareStore
+from phylactery import daemons, render
+from phylactery.prune import PruneResult, prune_node
+
+log = get_logger(__name__, "phylactery")
+
+
+class Phylactery:
+    """One node's service. ``cfg`` is the node's validated node.yaml (a control node)."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
+        self.services = service_manager(cfg.service_manager, cfg.root)
+        self.boot_id = boot_id(cfg.root)
+        self.haproxy = daemons.haproxy(cfg.root, self.services)
+        self.keepalived = daemons.keepalived(
+            cfg.root, self.services, render.render_check_script(cfg.vip.port)
+        )
+        self.stats_socket = daemons.haproxy_stats_socket(cfg.root)
+        self.generation = 0
+        self.last_reconcile: dict[str, Any] = {}
+        self.started = False
+        self._dirty = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register, apply configs once (HAProxy and keepalived running on return), notify
+        peers, then keep reconciling in the background."""
+        ensure_dir(self.stats_socket.parent)
+        ensure_dir(self.cfg.root / "run/keepalived")
+        self.store.ensure()
+        await self.register()
+        await self.reconcile("start")
+        self._tasks = [
+            asyncio.create_task(self._reconciler()),
+            asyncio.create_task(self._periodic()),
+            asyncio.create_task(self._notify_peers()),
+        ]
+        # Import the kubernetes client now, off the request path (it takes ~0.3 s).
+        self._tasks.append(asyncio.create_task(asyncio.to_thread(_warm_imports)))
+        self.started = True
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def register(self) -> None:
+        state = await asyncio.to_thread(self.store.read_state)
+        self.generation = state.generation
+        record = MemberRecord(
+            name=self.cfg.node.name,
+            address=self.cfg.node.address,
+            phylactery_url=self.url,
+            boot_id=self.boot_id,
+            generation=state.generation,
+        )
+        await asyncio.to_thread(self.store.register_member, record)
+        log.info("registered in the member registry", extra={"generation": state.generation})
+
+    # -- reconcile --------------------------------------------------------------------
+    def request_refresh(self) -> None:
+        """Ask for a reconcile soon; many requests while one runs make one more run."""
+        self._dirty.set()
+
+    async def _reconciler(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.reconcile("refresh")
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.phylactery.reconcile_interval_s)
+            self._dirty.set()
+
+    async def reconcile(self, reason: str) -> dict[str, Any]:
+        """Re-read the registry, render both configs, apply what changed."""
+        state = await asyncio.to_thread(self.store.read_state)
+        if state.generation != self.generation:
+            await self.register()
+        members = await asyncio.to_thread(self.store.members, state.generation)
+        if not any(m.name == self.cfg.node.name for m in members):
+            await self.register()
+            members = await asyncio.to_thread(self.store.members, state.generation)
+        c = self.cfg
+        haproxy_cfg = render.render_haproxy(
+            node=c.node.name,
+            cluster=c.cluster,
+            generation=state.generation,
+            members=[render.Backend(m.name, m.address) for m in members],
+            frontend_port=c.vip.port,
+            api_port=c.kubernetes.api_server_port,
+            stats_socket=str(self.stats_socket),
+        )
+        keepalived_cfg = render.render_keepalived(
+            node=c.node.name,
+            cluster=c.cluster,
+            generation=state.generation,
+            address=c.node.address,
+            interface=c.node.interface,
+            peers=[m.address for m in members],
+            vip=c.vip.address,
+            prefix_length=c.vip.prefix_length,
+            virtual_router_id=c.vip.virtual_router_id,
+            advert_int=c.vip.advert_interval_s,
+            is_leader=state.leader is not None and state.leader.node == c.node.name,
+            check_script=str(c.root / "etc/keepalived/check_haproxy.sh"),
+        )
+        result = {
+            "reason": reason,
+            "at": time.time(),
+            "generation": state.generation,
+            "members": [m.name for m in members],
+            "haproxy": await asyncio.to_thread(self.haproxy.apply, haproxy_cfg),
+            "keepalived": await asyncio.to_thread(self.keepalived.apply, keepalived_cfg),
+        }
+        self.last_reconcile = result
+        if result["haproxy"] != "unchanged" or result["keepalived"] != "unchanged":
+            log.info(
+                "reconciled",
+                extra={k: v for k, v in result.items() if k not in ("at",)},
+            )
+        return result
+
+    async def _notify_peers(self) -> None:
+        """POST /v1/refresh to every other registered Phylactery (best effort)."""
+        token = await asyncio.to_thread(self.store.read_token)
+        members = await asyncio.to_thread(self.store.members, self.generation)
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+
+            async def _one(m: MemberRecord) -> None:
+                try:
+                    async with http.post(
+                        m.phylactery_url + "/v1/refresh", headers={"Authorization": f"Bearer {token}"}
+                    ) as resp:
+                        log.info("asked peer to refresh", extra={"peer": m.name, "status": resp.status})
+                except (aiohttp.ClientError, TimeoutError, OSError) as err:
+                    log.info("peer did not take the refresh", extra={"peer": m.name, "error": str(err)})
+
+            await asyncio.gather(*(_one(m) for m in members if m.name != self.cfg.node.name))
+
+    # -- prune and status -------------------------------------------------------------
+    async def prune(self, name: str, address: str) -> PruneResult:
+        from leader.drivers import driver_for
+
+        driver = driver_for(self.cfg)
+        return await prune_node(
+            name=name,
+            address=address,
+            self_name=self.cfg.node.name,
+            kubeconfig=driver.admin_kubeconfig,
+            pki=self.cfg.host_path("/etc/kubernetes/pki"),
+            etcd_endpoint="https://127.0.0.1:2379",
+            kinds=driver.prune_kinds,
+        )
+
+    def vip_held(self) -> bool:
+        return any(
+            a.address == self.cfg.vip.address
+            for addrs in psutil.net_if_addrs().values()
+            for a in addrs
+        )
+
+    async def status(self) -> dict[str, Any]:
+        """The ``GET /v1/status`` document (keys documented in docs/phylactery.md)."""
+        state = await asyncio.to_thread(self.store.read_state)
+        members = await asyncio.to_thread(self.store.members, state.generation)
+        backends = await asyncio.to_thread(daemons.backend_states, self.stats_socket)
+        etcd: dict[str, Any]
+        try:
+            etcd = {"members": await self._etcd_members(), "error": None}
+        except Exception as err:  # report, never fail the status call
+            etcd = {"members": [], "error": str(err)}
+        return {
+            "node": self.cfg.node.name,
+            "role": self.cfg.role,
+            "cluster": self.cfg.cluster,
+            "generation": state.generation,
+            "ready": state.ready,
+            "leader": state.leader.node if state.leader else None,
+            "members": [
+                {"name": m.name, "address": m.address, "phylactery_url": m.phylactery_url, "boot_id": m.boot_id}
+                for m in members
+            ],
+            "haproxy": {
+                "running": self.services.is_running("haproxy"),
+                "reloads": self.haproxy.reloads,
+                "backends": [{"name": n, "status": s} for n, s in sorted(backends.items())],
+            },
+            "keepalived": {
+                "running": self.services.is_running("keepalived"),
+                "reloads": self.keepalived.reloads,
+                "vip": self.cfg.vip.address,
+                "vip_held": self.vip_held(),
+            },
+            "etcd": etcd,
+            "last_reconcile": self.last_reconcile,
+        }
+
+    async def _etcd_members(self) -> list[dict[str, Any]]:
+        from phylactery.etcd import EtcdClient, client_ssl_context
+
+        pki = self.cfg.host_path("/etc/kubernetes/pki")
+        if not (pki / "apiserver-etcd-client.crt").exists():
+            return []
+        ctx = client_ssl_context(pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key")
+        async with EtcdClient(["https://127.0.0.1:2379"], ctx, timeout_s=2.0) as etcd:
+            return [m.to_json() for m in await etcd.member_list()]
+
+
+def _warm_imports() -> None:
+    import kubernetes.client  # noqa: F401
+    import kubernetes.config  # noqa: F401
+
