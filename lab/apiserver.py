@@ -41,7 +41,7 @@ from aiohttp import web
 from cryptography import x509
 
 from lab import pki
-from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context
+from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
 
 log = logging.getLogger("emulated-kube-apiserver")
 ADMIN_GROUPS = {"system:masters", "kubeadm:cluster-admins"}
@@ -66,7 +66,14 @@ def jws_signature(token_id: str, token_secret: str, payload: bytes) -> str:
 
 
 def status_error(code: int, reason: str, message: str) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return web.json_response(body, status=code)
 
 
@@ -91,18 +98,30 @@ class ApiServer:
         self.grace_s = float(conf.get("node_monitor_grace_s", 40.0))
         self.ca = pki.read_pair(Path(conf["pki_dir"]), "ca")
 
-    # -- storage --------------------------------------------------------------------
+    # -- storage (retrying etcd's transient refusals, like the real storage layer) ---------
+    async def get(self, key: str) -> bytes | None:
+        return await retry_transient(lambda: self.etcd.get(key), steps=6)
+
+    async def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+        return await retry_transient(lambda: self.etcd.get_prefix(prefix), steps=6)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await retry_transient(lambda: self.etcd.put(key, value), steps=6)
+
+    async def delete(self, key: str) -> int:
+        return await retry_transient(lambda: self.etcd.delete(key), steps=6)
+
     async def load(self, key: str) -> dict[str, Any] | None:
-        raw = await self.etcd.get(key)
+        raw = await self.get(key)
         obj = json.loads(raw) if raw else None
         if obj and self._expired(obj):
-            await self.etcd.delete(key)
+            await self.delete(key)
             return None
         return obj
 
     async def store(self, key: str, obj: dict[str, Any]) -> None:
         obj.setdefault("metadata", {})["resourceVersion"] = str(time.time_ns())
-        await self.etcd.put(key, json.dumps(obj).encode())
+        await self.put(key, json.dumps(obj).encode())
 
     def _expired(self, obj: dict[str, Any]) -> bool:
         exp = (obj.get("metadata", {}).get("annotations") or {}).get("ek8s.lab/expires-at")
@@ -144,17 +163,26 @@ class ApiServer:
             if cond.get("type") == "Ready" and cond.get("status") == "True":
                 hb = parse_rfc3339(cond.get("lastHeartbeatTime", rfc3339(0)))
                 if time.time() - hb > self.grace_s:
-                    cond.update(status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status.")
+                    cond.update(
+                        status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status."
+                    )
         return node
 
     async def nodes(self, request: web.Request) -> web.StreamResponse:
         user = await self.user(request)
         if user is None:
-            return status_error(403, "Forbidden", 'nodes is forbidden: User "system:anonymous" cannot list resource "nodes"')
+            return status_error(
+                403, "Forbidden", 'nodes is forbidden: User "system:anonymous" cannot list resource "nodes"'
+            )
         if request.method == "GET":
-            items = [self._with_lifecycle(json.loads(v)) for _, v in await self.etcd.get_prefix("/registry/minions/")]
+            items = [self._with_lifecycle(json.loads(v)) for _, v in await self.get_prefix("/registry/minions/")]
             return web.json_response(
-                {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": str(time.time_ns())}, "items": items}
+                {
+                    "kind": "NodeList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(time.time_ns())},
+                    "items": items,
+                }
             )
         body = await request.json()
         name = body.get("metadata", {}).get("name", "")
@@ -164,7 +192,9 @@ class ApiServer:
         if await self.load(key) is not None:
             return status_error(409, "AlreadyExists", f'nodes "{name}" already exists')
         body.update(kind="Node", apiVersion="v1")
-        body["metadata"].update(creationTimestamp=rfc3339(time.time()), uid=hashlib.sha1(f"{name}{time.time_ns()}".encode()).hexdigest())
+        body["metadata"].update(
+            creationTimestamp=rfc3339(time.time()), uid=hashlib.sha1(f"{name}{time.time_ns()}".encode()).hexdigest()
+        )
         await self.store(key, body)
         return web.json_response(body, status=201)
 
@@ -184,8 +214,10 @@ class ApiServer:
                 return status_error(403, "Forbidden", f"{user.name} may not delete nodes")
             if obj is None:
                 return status_error(404, "NotFound", f'nodes "{name}" not found')
-            await self.etcd.delete(key)
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": "nodes"}})
+            await self.delete(key)
+            return web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": "nodes"}}
+            )
         return status_error(405, "MethodNotAllowed", request.method)
 
     async def node_status(self, request: web.Request) -> web.StreamResponse:
@@ -210,7 +242,9 @@ class ApiServer:
         kubeadm_certs = ns == "kube-system" and res == "secrets" and name == "kubeadm-certs" and request.method == "GET"
         if not (public or (user and (user.admin or (user.bootstrapper and kubeadm_certs)))):
             who = user.name if user else "system:anonymous"
-            return status_error(403, "Forbidden", f'{res} "{name}" is forbidden: User "{who}" cannot {request.method.lower()} it')
+            return status_error(
+                403, "Forbidden", f'{res} "{name}" is forbidden: User "{who}" cannot {request.method.lower()} it'
+            )
         prefix = f"/registry/{res}/{ns}/"
         if name is None:
             if request.method == "POST":
@@ -222,7 +256,7 @@ class ApiServer:
                 body["metadata"]["namespace"] = ns
                 await self.store(prefix + name, body)
                 return web.json_response(body, status=201)
-            items = [json.loads(v) for _, v in await self.etcd.get_prefix(prefix)]
+            items = [json.loads(v) for _, v in await self.get_prefix(prefix)]
             return web.json_response({"kind": KINDS[res] + "List", "apiVersion": "v1", "metadata": {}, "items": items})
         obj = await self.load(prefix + name)
         if request.method == "GET":
@@ -239,14 +273,14 @@ class ApiServer:
         if request.method == "DELETE":
             if obj is None:
                 return status_error(404, "NotFound", f'{res} "{name}" not found')
-            await self.etcd.delete(prefix + name)
+            await self.delete(prefix + name)
             return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
         return status_error(405, "MethodNotAllowed", request.method)
 
     async def _signed_cluster_info(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Add ``jws-kubeconfig-<id>`` for every live bootstrap token (the bootstrap signer)."""
         payload = obj.get("data", {}).get("kubeconfig", "").encode()
-        for key, raw in await self.etcd.get_prefix("/registry/secrets/kube-system/bootstrap-token-"):
+        for _, raw in await self.get_prefix("/registry/secrets/kube-system/bootstrap-token-"):
             secret = json.loads(raw)
             data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
             tid = data.get("token-id", "")
@@ -281,7 +315,9 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def version(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"major": "1", "minor": "32", "gitVersion": self.conf.get("version", "v1.32.1"), "platform": "emulated"})
+        return web.json_response(
+            {"major": "1", "minor": "32", "gitVersion": self.conf.get("version", "v1.32.1"), "platform": "emulated"}
+        )
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -318,7 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     conf = json.loads(Path(args.config).read_text())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s emulated-kube-apiserver %(message)s")
-    log.info("serving on %s:%s (emulated; storage in etcd %s)", conf["bind_address"], conf["port"], conf["etcd_servers"])
+    log.info(
+        "serving on %s:%s (emulated; storage in etcd %s)", conf["bind_address"], conf["port"], conf["etcd_servers"]
+    )
     web.run_app(
         ApiServer(conf).app(),
         host=conf["bind_address"],

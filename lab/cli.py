@@ -66,10 +66,19 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
 
 
 @click.group()
-@click.option("--dir", "directory", default=lambda: os.environ.get("EK8S_LAB_DIR", "/run/ek8s-lab"),
-              show_default="/run/ek8s-lab or $EK8S_LAB_DIR", help="where the lab keeps node roots, share and logs")
-@click.option("--prefix", default=lambda: os.environ.get("EK8S_LAB_PREFIX", "ek8s"), show_default="ek8s",
-              help="network namespace prefix")  # fmt: skip
+@click.option(
+    "--dir",
+    "directory",
+    default=lambda: os.environ.get("EK8S_LAB_DIR", "/run/ek8s-lab"),
+    show_default="/run/ek8s-lab or $EK8S_LAB_DIR",
+    help="where the lab keeps node roots, share and logs",
+)
+@click.option(
+    "--prefix",
+    default=lambda: os.environ.get("EK8S_LAB_PREFIX", "ek8s"),
+    show_default="ek8s",
+    help="network namespace prefix",
+)
 @click.pass_context
 def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     """A local lab cluster: nodes are network namespaces on one machine.
@@ -89,15 +98,26 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @click.option("--join-seconds", default=0.0, show_default=True, help="emulated extra time of each kubeadm join")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.pass_context
-def up(ctx: click.Context, control: int, workers: int, distribution: str, json_path: str | None,
-       init_seconds: float, join_seconds: float, timeout: float) -> None:  # fmt: skip
+def up(
+    ctx: click.Context,
+    control: int,
+    workers: int,
+    distribution: str,
+    json_path: str | None,
+    init_seconds: float,
+    join_seconds: float,
+    timeout: float,
+) -> None:
     """Boot a cluster from nothing; return when every node is Ready."""
     if distribution != "kubeadm":
         _fail("--distribution k3s is not implemented yet", 2)
     the_lab = _lab(ctx)
     try:
         state = the_lab.create(control, workers, Emulation(init_s=init_seconds, join_s=join_seconds))
-        click.echo(f"Booting {control} control + {workers} worker nodes in {the_lab.dir} (namespaces {the_lab.prefix}-*)", err=True)
+        click.echo(
+            f"Booting {control} control + {workers} worker nodes in {the_lab.dir} (namespaces {the_lab.prefix}-*)",
+            err=True,
+        )
         the_lab.start_all(state)
         the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
     except LabError as err:
@@ -143,4 +163,7 @@ def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
         ns = state.node(node).ns
     except LabError as err:
         _fail(str(err), 2)
-    os.execvp("ip", ["ip", "netns", "exec", ns, *command])
+    argv = list(command[1:] if command and command[0] == "--" else command)
+    if not argv:
+        _fail("no command given (ek8s lab exec NODE -- COMMAND...)", 2)
+    os.execvp("ip", ["ip", "netns", "exec", ns, *argv])

@@ -11,6 +11,7 @@ the share, logs, ``lab.json``), in namespaces named ``<prefix>-*`` and in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -102,7 +103,9 @@ class Lab:
         return self.dir / "share"
 
     # -- up -----------------------------------------------------------------------------
-    def create(self, control: int, workers: int, emulation: Emulation, overrides: dict[str, Any] | None = None) -> LabState:
+    def create(
+        self, control: int, workers: int, emulation: Emulation, overrides: dict[str, Any] | None = None
+    ) -> LabState:
         """Make namespaces, node roots, node.yaml files and the share; start nothing."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
@@ -113,6 +116,11 @@ class Lab:
             raise LabError(f"a lab already exists ({self.dir}, namespaces {self.prefix}-*); run 'ek8s lab down' first")
         if control < 1:
             raise LabError("--control must be at least 1")
+        # HAProxy's stats socket lives at <dir>/nodes/<node>/run/haproxy/admin.sock; a UNIX
+        # socket path has at most 107 bytes.
+        longest = len(str(self.dir / "nodes" / "control0" / "run/haproxy/admin.sock"))
+        if longest > 100:
+            raise LabError(f"--dir {self.dir} is too long for UNIX socket paths below it; use a shorter one")
         ensure_dir(self.dir, 0o700)
         ensure_dir(self.share, 0o700)
         ensure_dir(self.dir / "logs", 0o700)
@@ -137,15 +145,26 @@ class Lab:
             root = self.dir / "nodes" / name
             cfg_path = self.dir / "config" / f"{name}.yaml"
             state.nodes.append(
-                LabNode(name=name, role=role, address=addr, ns=ns, root=str(root), config=str(cfg_path),
-                        log=str(self.dir / "logs" / f"{name}.log"))  # fmt: skip
+                LabNode(
+                    name=name,
+                    role=role,
+                    address=addr,
+                    ns=ns,
+                    root=str(root),
+                    config=str(cfg_path),
+                    log=str(self.dir / "logs" / f"{name}.log"),
+                )
             )
             ensure_dir(cfg_path.parent, 0o700)
-            cfg_path.write_text(yaml.safe_dump(self.node_config(name, role, addr, root, shim, overrides or {}), sort_keys=False))
+            cfg_path.write_text(
+                yaml.safe_dump(self.node_config(name, role, addr, root, shim, overrides or {}), sort_keys=False)
+            )
         self.save(state)
         return state
 
-    def node_config(self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    def node_config(
+        self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
+    ) -> dict[str, Any]:
         """The node.yaml Warewulf would render for this node, with the lab's paths."""
         cfg: dict[str, Any] = {
             "cluster": CLUSTER,
@@ -169,7 +188,19 @@ class Lab:
         ensure_dir(Path(node.root), 0o755)
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", node.ns, sys.executable, "-m", "leader", "node", "run", "--config", node.config],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    node.ns,
+                    sys.executable,
+                    "-m",
+                    "leader",
+                    "node",
+                    "run",
+                    "--config",
+                    node.config,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -198,8 +229,9 @@ class Lab:
                 continue
         return out
 
-    def wait_ready(self, state: LabState, timeout_s: float, since: float, names: list[str] | None = None,
-                   progress: Any = None) -> float:  # fmt: skip
+    def wait_ready(
+        self, state: LabState, timeout_s: float, since: float, names: list[str] | None = None, progress: Any = None
+    ) -> float:
         """Wait for a ``node_ready`` event after ``since`` from each node in ``names`` (all by
         default). Returns the time of the last one. Raises :class:`LabError` on timeout or when
         an agent exits."""
@@ -237,8 +269,10 @@ class Lab:
                 continue
             res = subprocess.run(
                 ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if res.returncode == 0 and res.stdout.strip():
                 return dict(json.loads(res.stdout))
         return {"nodes": "no live control node to ask", "phylactery": {}}
@@ -262,28 +296,45 @@ class Lab:
         api_nodes = {n["name"]: n for n in api} if isinstance(api, list) else {}
         phyl = probe.get("phylactery", {})
         etcd_counts = [len(s["etcd"]["members"]) for s in phyl.values() if isinstance(s, dict) and s["etcd"]["members"]]
-        cluster = json.loads((self.share / CLUSTER / "cluster.json").read_text()) if (self.share / CLUSTER / "cluster.json").exists() else {}
+        cluster = (
+            json.loads((self.share / CLUSTER / "cluster.json").read_text())
+            if (self.share / CLUSTER / "cluster.json").exists()
+            else {}
+        )
         return {
             "leader_claimed_s": first("leader_claimed"),
             "api_ready_s": first("api_ready"),
             "leader_ready_s": first("leader_ready"),
             "all_nodes_ready_s": round(max(ready), 3) if ready and seen >= {n.name for n in state.nodes} else None,
             "nodes": [
-                {"name": n.name, "role": n.role, "address": n.address, "ready": bool(api_nodes.get(n.name, {}).get("ready"))}
+                {
+                    "name": n.name,
+                    "role": n.role,
+                    "address": n.address,
+                    "ready": bool(api_nodes.get(n.name, {}).get("ready")),
+                }
                 for n in state.nodes
             ],
             "etcd_members": max(etcd_counts) if etcd_counts else 0,
             "haproxy_backends_up": {
-                name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP")) if isinstance(s, dict) else 0
+                name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP"))
+                if isinstance(s, dict)
+                else 0
                 for name, s in phyl.items()
             },
             "vip_holder": self.vip_holder(state),
             "generation": cluster.get("generation"),
             "leader": (cluster.get("leader") or {}).get("node"),
             "share": str(self.share),
-            "errors": {k: v for k, v in {"api": api if isinstance(api, str) else None,
-                                        **{f"phylactery:{k}": v for k, v in phyl.items() if isinstance(v, str)}}.items() if v},
-        }  # fmt: skip
+            "errors": {
+                k: v
+                for k, v in {
+                    "api": api if isinstance(api, str) else None,
+                    **{f"phylactery:{k}": v for k, v in phyl.items() if isinstance(v, str)},
+                }.items()
+                if v
+            },
+        }
 
     # -- down ---------------------------------------------------------------------------
     def down(self) -> list[str]:
@@ -296,10 +347,8 @@ class Lab:
             state = None
         for n in state.nodes if state else []:
             if n.pid and _alive(n.pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(n.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         for ns in sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub")):
             netns.delete(ns)
             removed.append(f"namespace {ns}")

@@ -44,9 +44,18 @@ from lab import emulation, pki
 from leader.fileperm import ensure_dir, write_atomic
 from leader.joinmaterial import TOKEN_RE, ca_cert_hash
 from leader.services import ProcessServices
-from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context
+from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
 
-CERT_FILES = ["ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key"]
+CERT_FILES = [
+    "ca.crt",
+    "ca.key",
+    "sa.key",
+    "sa.pub",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+]
 
 
 class KubeadmError(Exception):
@@ -126,7 +135,7 @@ def node_certs(r: Root, name: str, address: str, cluster: dict[str, Any], ca: pk
     endpoint_host = cluster["controlPlaneEndpoint"].rsplit(":", 1)[0]
     service_ip = str(next(ipaddress.IPv4Network(cluster["networking"]["serviceSubnet"]).hosts()))
     sans = [*cluster.get("apiServer", {}).get("certSANs", []), endpoint_host]
-    ips = tuple(s for s in sans if _is_ip(s)) + (address, service_ip)
+    ips = (*(s for s in sans if _is_ip(s)), address, service_ip)
     dns = (name, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
     dns += tuple(s for s in sans if not _is_ip(s))
     pki.write_pair(r.pki, "apiserver", pki.issue(ca, "kube-apiserver", dns=dns, ips=ips, server=True))
@@ -147,7 +156,9 @@ def _is_ip(s: str) -> bool:
 
 
 def etcd_client(r: Root, endpoints: list[str]) -> EtcdClient:
-    ctx = client_ssl_context(r.pki / "etcd/ca.crt", r.pki / "apiserver-etcd-client.crt", r.pki / "apiserver-etcd-client.key")
+    ctx = client_ssl_context(
+        r.pki / "etcd/ca.crt", r.pki / "apiserver-etcd-client.crt", r.pki / "apiserver-etcd-client.key"
+    )
     return EtcdClient(endpoints, ctx, timeout_s=5.0)
 
 
@@ -217,7 +228,9 @@ def start_apiserver(r: Root, emu: emulation.Emulation, address: str, port: int, 
     path = r("/etc/kubernetes/manifests/kube-apiserver.json")
     ensure_dir(path.parent)
     write_atomic(path, json.dumps(conf, indent=1))
-    write_atomic(r("/etc/kubernetes/manifests/kube-apiserver.yaml"), yaml.safe_dump({"emulated": True, "config": str(path)}))
+    write_atomic(
+        r("/etc/kubernetes/manifests/kube-apiserver.yaml"), yaml.safe_dump({"emulated": True, "config": str(path)})
+    )
     ProcessServices(r.root).start("kube-apiserver", [emu.python, "-m", "lab.apiserver", "--config", str(path)])
     say("[control-plane] Started the emulated kube-apiserver")
 
@@ -238,12 +251,20 @@ def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60
 
 def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool) -> None:
     argv = [
-        emu.python, "-m", "lab.kubelet",
-        "--kubeconfig", str(r("/etc/kubernetes/kubelet.conf")),
-        "--node-name", name, "--node-ip", address,
-        "--interval", str(emu.kubelet_interval_s),
-        "--pki-dir", str(r("/var/lib/kubelet/pki")),
-    ]  # fmt: skip
+        emu.python,
+        "-m",
+        "lab.kubelet",
+        "--kubeconfig",
+        str(r("/etc/kubernetes/kubelet.conf")),
+        "--node-name",
+        name,
+        "--node-ip",
+        address,
+        "--interval",
+        str(emu.kubelet_interval_s),
+        "--pki-dir",
+        str(r("/var/lib/kubelet/pki")),
+    ]
     if control_plane:
         argv.append("--control-plane")
     ensure_dir(r("/var/lib/kubelet"))
@@ -266,7 +287,8 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
     say(f"[init] Using Kubernetes version: {cc['kubernetesVersion']} (EMULATED kubeadm, ephemeral-k8s lab)")
     if r("/etc/kubernetes/manifests/kube-apiserver.yaml").exists():
         raise KubeadmError(
-            "[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]: "
+            "[preflight] Some fatal errors occurred:\n\t"
+            "[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]: "
             "/etc/kubernetes/manifests/kube-apiserver.yaml already exists"
         )
     started = time.monotonic()
@@ -282,11 +304,18 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
     cluster_name = cc.get("clusterName", "kubernetes")
     server = f"https://{endpoint}"
     admin = pki.issue(ca, "kubernetes-admin", orgs=("kubeadm:cluster-admins",), client=True)
-    write_atomic(r("/etc/kubernetes/admin.conf"), pki.kubeconfig(server, ca[0], admin, "kubernetes-admin", cluster_name))
+    write_atomic(
+        r("/etc/kubernetes/admin.conf"), pki.kubeconfig(server, ca[0], admin, "kubernetes-admin", cluster_name)
+    )
     superadmin = pki.issue(ca, "kubernetes-super-admin", orgs=("system:masters",), client=True)
-    write_atomic(r("/etc/kubernetes/super-admin.conf"), pki.kubeconfig(server, ca[0], superadmin, "kubernetes-super-admin", cluster_name))
+    write_atomic(
+        r("/etc/kubernetes/super-admin.conf"),
+        pki.kubeconfig(server, ca[0], superadmin, "kubernetes-super-admin", cluster_name),
+    )
     kubelet = pki.issue(ca, f"system:node:{name}", orgs=("system:nodes",), client=True)
-    write_atomic(r("/etc/kubernetes/kubelet.conf"), pki.kubeconfig(server, ca[0], kubelet, f"system:node:{name}", cluster_name))
+    write_atomic(
+        r("/etc/kubernetes/kubelet.conf"), pki.kubeconfig(server, ca[0], kubelet, f"system:node:{name}", cluster_name)
+    )
     say("[kubeconfig] Wrote admin.conf, super-admin.conf and kubelet.conf")
 
     start_etcd(r, emu, name, address, f"{name}=https://{address}:2380", "new")
@@ -305,10 +334,15 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
 
     # From here kubeadm talks to the control-plane endpoint (the VIP through HAProxy).
     api = Api(server, ctx_for(ca[0], superadmin, r.pki))
-    code, body = api.wait("POST", "/api/v1/namespaces/kube-system/configmaps", {
-        "metadata": {"name": "kubeadm-config"},
-        "data": {"ClusterConfiguration": yaml.safe_dump(cc)},
-    }, timeout_s=120)  # fmt: skip
+    code, body = api.wait(
+        "POST",
+        "/api/v1/namespaces/kube-system/configmaps",
+        {
+            "metadata": {"name": "kubeadm-config"},
+            "data": {"ClusterConfiguration": yaml.safe_dump(cc)},
+        },
+        timeout_s=120,
+    )
     _expect(code, body, "[upload-config] kubeadm-config", (201, 409))
     say(f"[upload-config] Stored the configuration in ConfigMap kubeadm-config through {endpoint}")
     if upload_certs:
@@ -316,13 +350,21 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
     start_kubelet(r, emu, name, address, control_plane=True)
     token = ic["bootstrapTokens"][0]
     create_token(api, token["token"], token.get("ttl", "86400s"), emu)
-    kubeconfig = yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "", "cluster": {"server": server, "certificate-authority-data": _b64(ca[0])}}],
-    })  # fmt: skip
-    code, body = api.call("POST", "/api/v1/namespaces/kube-public/configmaps", {
-        "metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig},
-    })  # fmt: skip
+    kubeconfig = yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "", "cluster": {"server": server, "certificate-authority-data": _b64(ca[0])}}],
+        }
+    )
+    code, body = api.call(
+        "POST",
+        "/api/v1/namespaces/kube-public/configmaps",
+        {
+            "metadata": {"name": "cluster-info"},
+            "data": {"kubeconfig": kubeconfig},
+        },
+    )
     _expect(code, body, "[bootstrap-token] cluster-info", (201, 409))
     say("[bootstrap-token] Created the cluster-info ConfigMap in kube-public")
     say(f"Your Kubernetes control-plane has initialized successfully! (emulated, {time.monotonic() - started:.2f}s)")
@@ -337,7 +379,10 @@ def _expect(code: int, body: Any, what: str, ok: tuple[int, ...]) -> None:
 def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.Emulation) -> None:
     data = {f.replace("/", "-"): _b64(pki.seal(certificate_key, (r.pki / f).read_bytes())) for f in CERT_FILES}
     secret = {
-        "metadata": {"name": "kubeadm-certs", "annotations": {"ek8s.lab/expires-at": str(time.time() + emu.certs_ttl_s)}},
+        "metadata": {
+            "name": "kubeadm-certs",
+            "annotations": {"ek8s.lab/expires-at": str(time.time() + emu.certs_ttl_s)},
+        },
         "type": "Opaque",
         "data": data,
     }
@@ -349,7 +394,9 @@ def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.
 def create_token(api: Api, token: str, ttl: str, emu: emulation.Emulation) -> None:
     m = TOKEN_RE.match(token)
     if not m:
-        raise KubeadmError(f'[bootstrap-token] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"')
+        raise KubeadmError(
+            f'[bootstrap-token] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"'
+        )
     seconds = emu.token_ttl_s if emu.token_ttl_s is not None else _duration(ttl)
     expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
     secret = {
@@ -392,7 +439,9 @@ def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
     token, endpoint = bt["token"], bt["apiServerEndpoint"]
     m = TOKEN_RE.match(token)
     if not m:
-        raise KubeadmError(f'[discovery] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"')
+        raise KubeadmError(
+            f'[discovery] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"'
+        )
     tid, tsecret = m.group(1), m.group(2)
     api = Api(f"https://{endpoint}", ctx_for(None))
     code, cm = api.wait("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info", timeout_s=60)
@@ -407,13 +456,18 @@ def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
     from lab.apiserver import jws_signature
 
     if not hmac.compare_digest(sig, jws_signature(tid, tsecret, kubeconfig.encode())):
-        raise KubeadmError("couldn't validate the identity of the API Server: failed to verify JWS signature of received cluster info object")
+        raise KubeadmError(
+            "couldn't validate the identity of the API Server: "
+            "failed to verify JWS signature of received cluster info object"
+        )
     doc = yaml.safe_load(kubeconfig)
     ca_pem = base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"])
     actual = ca_cert_hash(ca_pem)
     pins = bt.get("caCertHashes") or []
     if pins and actual not in pins:
-        raise KubeadmError(f'cluster CA found in cluster-info ConfigMap is invalid: none of the public keys "{actual}" are pinned')
+        raise KubeadmError(
+            f'cluster CA found in cluster-info ConfigMap is invalid: none of the public keys "{actual}" are pinned'
+        )
     say(f"[discovery] Cluster info signature and contents are valid; CA pinned ({actual[:19]}...)")
     return f"https://{endpoint}", ca_pem, token
 
@@ -459,7 +513,9 @@ def join(r: Root, docs: dict[str, dict[str, Any]]) -> None:
         cc = yaml.safe_load(cm["data"]["ClusterConfiguration"])
         cluster_name = cc.get("clusterName", cluster_name)
         node_certs(r, name, address, cc, ca, pki.read_pair(r.pki / "etcd", "ca"))
-        write_atomic(r("/etc/kubernetes/admin.conf"), pki.kubeconfig(server, ca_pem, admin, "kubernetes-admin", cluster_name))
+        write_atomic(
+            r("/etc/kubernetes/admin.conf"), pki.kubeconfig(server, ca_pem, admin, "kubernetes-admin", cluster_name)
+        )
         kubelet = pki.issue(ca, f"system:node:{name}", orgs=("system:nodes",), client=True)
         say("[certs] Using the existing cluster CA; generated this node's certificates")
         join_etcd(r, emu, api, name, address)
@@ -467,17 +523,27 @@ def join(r: Root, docs: dict[str, dict[str, Any]]) -> None:
         wait_local_api(address, port, ca_pem)
     else:
         csr_pem, key = pki.new_csr(f"system:node:{name}", ("system:nodes",))
-        code, body = boot.call("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", {
-            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-            "metadata": {"generateName": "csr-"},
-            "spec": {"request": _b64(csr_pem), "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
-                     "usages": ["digital signature", "client auth"]},
-        })  # fmt: skip
+        code, body = boot.call(
+            "POST",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            {
+                "apiVersion": "certificates.k8s.io/v1",
+                "kind": "CertificateSigningRequest",
+                "metadata": {"generateName": "csr-"},
+                "spec": {
+                    "request": _b64(csr_pem),
+                    "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                    "usages": ["digital signature", "client auth"],
+                },
+            },
+        )
         _expect(code, body, "[kubelet-start] TLS bootstrap", (201,))
         kubelet = (base64.b64decode(body["status"]["certificate"]), key)
         write_atomic(r.pki / "ca.crt", ca_pem)
         say("[kubelet-start] TLS bootstrap: the kubelet client certificate was signed")
-    write_atomic(r("/etc/kubernetes/kubelet.conf"), pki.kubeconfig(server, ca_pem, kubelet, f"system:node:{name}", cluster_name))
+    write_atomic(
+        r("/etc/kubernetes/kubelet.conf"), pki.kubeconfig(server, ca_pem, kubelet, f"system:node:{name}", cluster_name)
+    )
     if emu.join_s:
         say(f"[kubelet-start] emulating {emu.join_s:.1f}s more of kubeadm join")
         time.sleep(emu.join_s)
@@ -503,7 +569,8 @@ def download_certs(r: Root, api: Api, certificate_key: str) -> None:
             data = pki.unseal(certificate_key, base64.b64decode(secret["data"][f.replace("/", "-")]))
         except (InvalidTag, ValueError) as err:
             raise KubeadmError(
-                "error downloading certs: error decoding secret data with provided key: cipher: message authentication failed"
+                "error downloading certs: error decoding secret data with provided key: "
+                "cipher: message authentication failed"
             ) from err
         path = r.pki / f
         ensure_dir(path.parent)
@@ -547,25 +614,12 @@ def join_etcd(r: Root, emu: emulation.Emulation, api: Api, name: str, address: s
     say("[etcd] The local etcd member is healthy and has joined the cluster")
 
 
-# kubeadm retries etcd membership changes with exponential backoff (its etcd client's
-# addRemoveBackoff): transient refusals such as "unhealthy cluster" (etcd's 5 s connectivity
-# guard after a member joined) or "learner not in sync" clear by themselves.
-RETRY_STEPS, RETRY_FIRST_S, RETRY_FACTOR = 12, 0.25, 1.5
-
-
 async def _retry(call: Any, what: str) -> Any:
-    delay = RETRY_FIRST_S
-    for step in range(1, RETRY_STEPS + 1):
-        try:
-            return await call()
-        except EtcdError as err:
-            transient = any(s in str(err) for s in ("unhealthy cluster", "in sync", "not enough started", "no etcd endpoint"))
-            if not transient or step == RETRY_STEPS:
-                raise KubeadmError(f"[etcd] error {what}: {err}") from err
-            say(f"[etcd] {what}: {err}; retrying in {delay:.2f}s")
-            await asyncio.sleep(delay)
-            delay *= RETRY_FACTOR
-    raise AssertionError("unreachable")
+    """kubeadm retries etcd membership changes with exponential backoff; so does this."""
+    try:
+        return await retry_transient(call, on_retry=lambda err, d: say(f"[etcd] {what}: {err}; retrying in {d:.2f}s"))
+    except EtcdError as err:
+        raise KubeadmError(f"[etcd] error {what}: {err}") from err
 
 
 # -- reset ------------------------------------------------------------------------------
@@ -589,7 +643,10 @@ def reset(r: Root) -> None:
         services.stop(svc)
     for d in ("/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet"):
         shutil.rmtree(r(d), ignore_errors=True)
-    say("[reset] Stopped the emulated control plane and kubelet; deleted /etc/kubernetes, /var/lib/etcd, /var/lib/kubelet")
+    say(
+        "[reset] Stopped the emulated control plane and kubelet; "
+        "deleted /etc/kubernetes, /var/lib/etcd, /var/lib/kubelet"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -627,4 +684,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

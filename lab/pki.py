@@ -58,9 +58,7 @@ def new_ca(cn: str) -> Pair:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, True, False, False, True, True, False, False), critical=True)
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
@@ -118,9 +116,7 @@ def new_csr(cn: str, orgs: tuple[str, ...]) -> tuple[bytes, bytes]:
 def sa_keypair() -> Pair:
     """(``sa.pub``, ``sa.key``): the service-account signing key pair."""
     key = _key()
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return pub, _key_pem(key)
 
 
@@ -142,12 +138,8 @@ def kubeconfig(server: str, ca_pem: bytes, cert: Pair, user: str, cluster: str) 
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
-        ],
-        "users": [
-            {"name": user, "user": {"client-certificate-data": b64(cert[0]), "client-key-data": b64(cert[1])}}
-        ],
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(cert[0]), "client-key-data": b64(cert[1])}}],
         "contexts": [{"name": f"{user}@{cluster}", "context": {"cluster": cluster, "user": user}}],
         "current-context": f"{user}@{cluster}",
     }

@@ -26,9 +26,13 @@ def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
         return f"{type(err).__name__}: {err}"
     out = []
     for n in items:
-        ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
-        ips = [a.address for a in (n.status.addresses or []) if a.type == "InternalIP"]
-        out.append({"name": n.metadata.name, "ready": ready, "address": ips[0] if ips else None})
+        status = n.status
+        conditions = (status.conditions if status else None) or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+        ips = [a.address for a in ((status.addresses if status else None) or []) if a.type == "InternalIP"]
+        out.append(
+            {"name": n.metadata.name if n.metadata else None, "ready": ready, "address": ips[0] if ips else None}
+        )
     return out
 
 
@@ -49,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.phylactery:
         name, _, url = item.partition("=")
         statuses[name] = phylactery_status(url)
-    doc = {"nodes": api_nodes(args.kubeconfig) if args.kubeconfig.exists() else "no kube.config yet", "phylactery": statuses}
+    doc = {
+        "nodes": api_nodes(args.kubeconfig) if args.kubeconfig.exists() else "no kube.config yet",
+        "phylactery": statuses,
+    }
     json.dump(doc, sys.stdout)
     return 0
 

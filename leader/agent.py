@@ -20,12 +20,12 @@ from pathlib import Path
 from leader import probes
 from leader.config import NodeConfig
 from leader.drivers import DriverError, driver_for
+from leader.drivers.kubeadm import CERTIFICATE_KEY_TTL_S, TOKEN_TTL_S
 from leader.election import boot_id, rule_for
 from leader.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
 from leader.logs import get_logger
 from leader.services import service_manager
 from leader.share import EpochSuperseded, Heartbeat, JoinMaterial, ShareStore
-from leader.drivers.kubeadm import CERTIFICATE_KEY_TTL_S, TOKEN_TTL_S
 
 log = get_logger("ek8s.agent", "agent")
 
@@ -85,8 +85,12 @@ class Agent:
         """Run until stopped; returns the process exit code (1 when joining gave up)."""
         self.store.ensure()
         self.previous = self.store.read_heartbeat(self.cfg.node.name)
-        self.say("boot", f"booting as {self.cfg.role} node {self.cfg.node.name} ({self.cfg.node.address})", "boot",
-                 boot_id=self.boot_id)  # fmt: skip
+        self.say(
+            "boot",
+            f"booting as {self.cfg.role} node {self.cfg.node.name} ({self.cfg.node.address})",
+            "boot",
+            boot_id=self.boot_id,
+        )
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self.prepare_host, name="prepare-host", daemon=True).start()
         init_failures = 0
@@ -96,8 +100,12 @@ class Agent:
                 state, action, why = self.store.attempt_leadership(self.cfg.node.address, self.boot_id, rule)
                 self.generation = state.generation
                 if action == "lead":
-                    self.say("election", f"I lead generation {state.generation} with epoch {state.epoch}: {why}",
-                             "leader_claimed", epoch=state.epoch)  # fmt: skip
+                    self.say(
+                        "election",
+                        f"I lead generation {state.generation} with epoch {state.epoch}: {why}",
+                        "leader_claimed",
+                        epoch=state.epoch,
+                    )
                     try:
                         self.lead(state.epoch)
                     except EpochSuperseded as err:
@@ -238,11 +246,17 @@ class Agent:
                 log.info("Phylactery did not answer", extra={"phase": "join", "url": url, "error": str(err)})
                 continue
             if status == 200:
-                self.say("join", f"pruned my stale state through {url}", "pruned",
-                         deleted_nodes=answer.get("deleted_nodes"),
-                         removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])])  # fmt: skip
+                self.say(
+                    "join",
+                    f"pruned my stale state through {url}",
+                    "pruned",
+                    deleted_nodes=answer.get("deleted_nodes"),
+                    removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
+                )
                 return True
-            log.info("Phylactery refused the prune", extra={"phase": "join", "url": url, "status": status, "answer": answer})
+            log.info(
+                "Phylactery refused the prune", extra={"phase": "join", "url": url, "status": status, "answer": answer}
+            )
         return False
 
     def _needs_prune(self, attempt: int) -> bool:
@@ -270,8 +284,12 @@ class Agent:
                 if self.cfg.is_control:
                     self._wait("control-plane join slot", self._take_join_slot, self.cfg.timeouts.command_s)
                     held = True
-                self.say("join", f"running kubeadm join as {self.cfg.role} (attempt {attempt}/{attempts})",
-                         "join_started", attempt=attempt)  # fmt: skip
+                self.say(
+                    "join",
+                    f"running kubeadm join as {self.cfg.role} (attempt {attempt}/{attempts})",
+                    "join_started",
+                    attempt=attempt,
+                )
                 if self.cfg.is_control:
                     self.driver.join_control_plane(material)
                 else:
@@ -299,8 +317,11 @@ class Agent:
 
     def wait_node_ready(self) -> None:
         kubeconfig = self.driver.kubelet_kubeconfig
-        self._wait("my Node Ready", lambda: probes.node_ready(kubeconfig, self.cfg.node.name) is True,
-                   self.cfg.timeouts.node_ready_s)  # fmt: skip
+        self._wait(
+            "my Node Ready",
+            lambda: probes.node_ready(kubeconfig, self.cfg.node.name) is True,
+            self.cfg.timeouts.node_ready_s,
+        )
         self.say("ready", f"node {self.cfg.node.name} is Ready", "node_ready")
 
     # -- steady state -------------------------------------------------------------------
@@ -311,8 +332,11 @@ class Agent:
         while not self._stop.is_set():
             state = self.store.read_state()
             if state.generation != self.generation:
-                self.say("watch", f"generation {state.generation} replaced {self.generation}; resetting to follow it",
-                         "generation_changed")  # fmt: skip
+                self.say(
+                    "watch",
+                    f"generation {state.generation} replaced {self.generation}; resetting to follow it",
+                    "generation_changed",
+                )
                 self.driver.reset()
                 return False
             self._stop.wait(max(1.0, self.cfg.timeouts.poll_interval_s))

@@ -40,8 +40,7 @@ def decide(snap: Snapshot, *, role: str, node: str, boot_id: str, lease_ttl_s: f
     if leader is None:
         return "lead", f"no leader recorded for generation {max(state.generation, 1)}"
     return "lead", (
-        f"leader {leader.node} (epoch {leader.epoch}) has no heartbeat younger than "
-        f"{lease_ttl_s:.0f}s; taking over"
+        f"leader {leader.node} (epoch {leader.epoch}) has no heartbeat younger than {lease_ttl_s:.0f}s; taking over"
     )
 
 

@@ -40,7 +40,5 @@ def ca_cert_hash(ca_pem: bytes) -> str:
     Raises ``ValueError`` if ``ca_pem`` is not a PEM certificate.
     """
     cert = x509.load_pem_x509_certificate(ca_pem)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()

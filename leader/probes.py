@@ -62,7 +62,9 @@ def phylactery_healthy(base_url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def phylactery_post(base_url: str, path: str, token: str, body: dict[str, Any], timeout_s: float = 15.0) -> tuple[int, Any]:
+def phylactery_post(
+    base_url: str, path: str, token: str, body: dict[str, Any], timeout_s: float = 15.0
+) -> tuple[int, Any]:
     """POST JSON with the bearer token; returns (HTTP status, parsed JSON or text).
     Raises ``OSError``/``URLError`` when the service does not answer."""
     req = urllib.request.Request(

@@ -111,12 +111,7 @@ class Snapshot:
     def leader_alive(self, ttl_s: float) -> bool:
         """The recorded leader's own boot heartbeats, fresher than ``ttl_s`` (seconds)."""
         hb, leader = self.leader_heartbeat, self.state.leader
-        return (
-            leader is not None
-            and hb is not None
-            and hb.boot_id == leader.boot_id
-            and hb.age_s < ttl_s
-        )
+        return leader is not None and hb is not None and hb.boot_id == leader.boot_id and hb.age_s < ttl_s
 
 
 @dataclass(frozen=True)
@@ -267,9 +262,7 @@ class ShareStore:
         }
         write_atomic(self._heartbeat_path(self.node), json.dumps(payload))
 
-    def attempt_leadership(
-        self, address: str, boot_id: str, decide: Any
-    ) -> tuple[ClusterState, str, str]:
+    def attempt_leadership(self, address: str, boot_id: str, decide: Any) -> tuple[ClusterState, str, str]:
         """Run one election round under the lock.
 
         ``decide(snapshot) -> (action, why)`` is the pure election rule
@@ -324,8 +317,7 @@ class ShareStore:
             self._write_state(state)
             write_atomic(
                 self.dir / "leader_ready",
-                json.dumps({"generation": state.generation, "epoch": epoch, "node": self.node, "ready_at": now})
-                + "\n",
+                json.dumps({"generation": state.generation, "epoch": epoch, "node": self.node, "ready_at": now}) + "\n",
             )
             return state
 

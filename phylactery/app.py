@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import signal
 import ipaddress
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 

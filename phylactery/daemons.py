@@ -53,9 +53,17 @@ class ManagedDaemon:
         except FileNotFoundError:
             return None
 
+    def write_extra_files(self) -> None:
+        """Files the config refers to (keepalived's track script), rewritten when changed."""
+        for path, (content, mode) in self.extra_files.items():
+            ensure_dir(path.parent)
+            if not path.exists() or path.read_text() != content:
+                write_atomic(path, content, mode)
+
     def validate(self, text: str) -> None:
         """Run the daemon's check on ``text``; raise :class:`ConfigRejected` with its output."""
         ensure_dir(self.config_path.parent)
+        self.write_extra_files()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.config_path.name}.", suffix=".check", dir=self.config_path.parent)
         try:
             with os.fdopen(fd, "w") as f:
@@ -71,10 +79,7 @@ class ManagedDaemon:
     def apply(self, text: str) -> str:
         """Install ``text`` and make the daemon use it. Returns what was done:
         ``"unchanged"``, ``"started"`` or ``"reloaded"``. Raises :class:`ConfigRejected`."""
-        for path, (content, mode) in self.extra_files.items():
-            ensure_dir(path.parent)
-            if not path.exists() or path.read_text() != content:
-                write_atomic(path, content, mode)
+        self.write_extra_files()
         running = self.services.is_running(self.name)
         if text == self.installed() and running:
             return "unchanged"
@@ -101,7 +106,7 @@ def haproxy(root: Path, services: ServiceManager) -> ManagedDaemon:
     return ManagedDaemon(
         name="haproxy",
         config_path=cfg,
-        check_argv=["haproxy", "-c", "-q", "-f", "{config}"],
+        check_argv=["haproxy", "-c", "-f", "{config}"],
         start_argv=["haproxy", "-W", "-db", "-f", str(cfg)],
         reload_signal=signal.SIGUSR2,
         services=services,
@@ -122,9 +127,19 @@ def keepalived(root: Path, services: ServiceManager, check_script: str) -> Manag
         config_path=cfg,
         check_argv=["keepalived", "--config-test", "-f", "{config}"],
         start_argv=[
-            "keepalived", "--vrrp", "--dont-fork", "--log-console", "--no-syslog", "--log-detail",
-            "-f", str(cfg), "-p", str(run / "keepalived.pid"), "-r", str(run / "vrrp.pid"),
-        ],  # fmt: skip
+            "keepalived",
+            "--vrrp",
+            "--dont-fork",
+            "--log-console",
+            "--no-syslog",
+            "--log-detail",
+            "-f",
+            str(cfg),
+            "-p",
+            str(run / "keepalived.pid"),
+            "-r",
+            str(run / "vrrp.pid"),
+        ],
         reload_signal=signal.SIGHUP,
         services=services,
         extra_files={root / "etc/keepalived/check_haproxy.sh": (check_script, EXEC_MODE)},

@@ -15,8 +15,10 @@ module hands them out as ``int``. Use a client certificate signed by the etcd CA
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,49 @@ def _member(d: dict[str, Any]) -> EtcdMember:
     )
 
 
+# etcd refusals that clear by themselves: the strict reconfiguration check refuses member
+# add/remove until the handling member has been connected to its peers for 5 s
+# (HealthInterval), a learner cannot be promoted before it caught up, an endpoint may be
+# starting. kubeadm's etcd client retries these with exponential backoff; so do we.
+TRANSIENT = (
+    "unhealthy cluster",
+    "in sync with leader",
+    "not enough started members",
+    "no etcd endpoint answered",
+    "leader changed",
+    "no leader",
+    "request timed out",
+)
+
+
+def is_transient(err: EtcdError) -> bool:
+    return any(t in str(err) for t in TRANSIENT)
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[Any]],
+    *,
+    steps: int = 12,
+    first_delay_s: float = 0.25,
+    factor: float = 1.5,
+    on_retry: Callable[[EtcdError, float], None] | None = None,
+) -> Any:
+    """Await ``call()``, retrying transient :class:`EtcdError` with exponential backoff
+    (0.25 s x 1.5^n, 12 steps: about 60 s in all). Other errors propagate at once."""
+    delay = first_delay_s
+    for step in range(1, steps + 1):
+        try:
+            return await call()
+        except EtcdError as err:
+            if not is_transient(err) or step == steps:
+                raise
+            if on_retry is not None:
+                on_retry(err, delay)
+            await asyncio.sleep(delay)
+            delay *= factor
+    raise AssertionError("unreachable")
+
+
 class EtcdClient:
     """A few etcd v3 calls against one or more client URLs (tried in order).
 
@@ -101,9 +146,7 @@ class EtcdClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._ssl)
-            )
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=self._ssl))
         return self._session
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

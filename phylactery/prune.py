@@ -17,11 +17,12 @@ The serving node never prunes itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phylactery.etcd import EtcdClient, EtcdError, EtcdMember, client_ssl_context
+from phylactery.etcd import EtcdClient, EtcdError, EtcdMember, client_ssl_context, retry_transient
 
 
 class PruneError(Exception):
@@ -46,9 +47,7 @@ class PruneResult:
 
 def stale_members(members: list[EtcdMember], name: str, address: str, keep_id: int | None) -> list[EtcdMember]:
     """Members that belong to the node ``name``/``address``, never the member ``keep_id``."""
-    return [
-        m for m in members if m.id != keep_id and (m.name == name or address in m.peer_hosts)
-    ]
+    return [m for m in members if m.id != keep_id and (m.name == name or address in m.peer_hosts)]
 
 
 def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
@@ -60,11 +59,12 @@ def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> 
         nodes = api.list_node(_request_timeout=5).items
     except (ApiException, OSError, Exception) as err:  # urllib3 raises its own MaxRetryError
         raise PruneError(f"kubernetes API: cannot list nodes: {err}") from err
-    doomed = []
+    doomed: list[str] = []
     for n in nodes:
+        node_name = n.metadata.name if n.metadata else None
         ips = {a.address for a in (n.status.addresses or []) if a.type == "InternalIP"} if n.status else set()
-        if n.metadata.name != keep and (n.metadata.name == name or address in ips):
-            doomed.append(n.metadata.name)
+        if node_name and node_name != keep and (node_name == name or address in ips):
+            doomed.append(node_name)
     deleted = []
     for node_name in doomed:
         try:
@@ -91,7 +91,7 @@ async def remove_etcd_members(pki: Path, endpoint: str, name: str, address: str)
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
             doomed = stale_members(await etcd.member_list(), name, address, keep_id=me)
             for m in doomed:
-                await etcd.member_remove(m.id)
+                await retry_transient(functools.partial(etcd.member_remove, m.id), steps=8)
         except EtcdError as err:
             raise PruneError(f"etcd: {err}") from err
     return doomed

@@ -43,8 +43,10 @@ def render_haproxy(
     api_port: int,
     stats_socket: str,
     check_interval: str = "1s",
+    frontend_bind: str = "",
 ) -> str:
-    """haproxy.cfg text. ``members`` are sorted by name so the output is stable."""
+    """haproxy.cfg text. ``members`` are sorted by name so the output is stable;
+    ``frontend_bind`` empty binds every address (the VIP comes and goes)."""
     return _env.get_template("haproxy.cfg.j2").render(
         node=node,
         cluster=cluster,
@@ -54,6 +56,7 @@ def render_haproxy(
         api_port=api_port,
         stats_socket=stats_socket,
         check_interval=check_interval,
+        frontend_bind=frontend_bind,
     )
 
 

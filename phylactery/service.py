@@ -40,9 +40,7 @@ class Phylactery:
         self.services = service_manager(cfg.service_manager, cfg.root)
         self.boot_id = boot_id(cfg.root)
         self.haproxy = daemons.haproxy(cfg.root, self.services)
-        self.keepalived = daemons.keepalived(
-            cfg.root, self.services, render.render_check_script(cfg.vip.port)
-        )
+        self.keepalived = daemons.keepalived(cfg.root, self.services, render.render_check_script(cfg.vip.port))
         self.stats_socket = daemons.haproxy_stats_socket(cfg.root)
         self.generation = 0
         self.last_reconcile: dict[str, Any] = {}
@@ -195,11 +193,7 @@ class Phylactery:
         )
 
     def vip_held(self) -> bool:
-        return any(
-            a.address == self.cfg.vip.address
-            for addrs in psutil.net_if_addrs().values()
-            for a in addrs
-        )
+        return any(a.address == self.cfg.vip.address for addrs in psutil.net_if_addrs().values() for a in addrs)
 
     async def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document (keys documented in docs/phylactery.md)."""
@@ -243,12 +237,13 @@ class Phylactery:
         pki = self.cfg.host_path("/etc/kubernetes/pki")
         if not (pki / "apiserver-etcd-client.crt").exists():
             return []
-        ctx = client_ssl_context(pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key")
+        ctx = client_ssl_context(
+            pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key"
+        )
         async with EtcdClient(["https://127.0.0.1:2379"], ctx, timeout_s=2.0) as etcd:
             return [m.to_json() for m in await etcd.member_list()]
 
 
 def _warm_imports() -> None:
-    import kubernetes.client  # noqa: F401
+    import kubernetes.client
     import kubernetes.config  # noqa: F401
-

@@ -1,0 +1,99 @@
+"""The whole boot flow in the lab: 3 control + 2 workers from nothing, then nothing left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lab import netns
+
+PREFIX = "ek8st"
+
+
+def ek8s(lab_dir: Path, *args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "leader", "lab", "--dir", str(lab_dir), "--prefix", PREFIX, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def lab_processes(lab_dir: Path) -> list[str]:
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(lab_dir) in cmd:
+            out.append(f"{p.info['pid']}: {cmd[:120]}")
+    return out
+
+
+@pytest.fixture
+def lab_dir() -> Iterator[Path]:
+    d = Path(f"/run/{PREFIX}-{uuid.uuid4().hex[:8]}")  # short: UNIX socket paths live below it
+    try:
+        yield d
+    finally:
+        res = ek8s(d, "down", timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert netns.existing(PREFIX) == []
+        assert lab_processes(d) == []
+        assert not d.exists()
+        assert not list(Path("/etc/netns").glob(f"{PREFIX}-*"))
+
+
+@pytest.mark.lab
+def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "r.json"
+    res = ek8s(lab_dir, "up", "--control", "3", "--workers", "2", "--json", str(report_path), "--timeout", "120")
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads(report_path.read_text())
+    for key in (
+        "leader_claimed_s",
+        "api_ready_s",
+        "leader_ready_s",
+        "all_nodes_ready_s",
+        "nodes",
+        "etcd_members",
+        "haproxy_backends_up",
+        "vip_holder",
+        "generation",
+        "share",
+    ):
+        assert key in r, key
+    assert 0 < r["leader_claimed_s"] <= r["api_ready_s"] <= r["leader_ready_s"] <= r["all_nodes_ready_s"]
+    assert [(n["name"], n["role"], n["ready"]) for n in r["nodes"]] == [
+        ("control0", "control", True),
+        ("control1", "control", True),
+        ("control2", "control", True),
+        ("worker0", "worker", True),
+        ("worker1", "worker", True),
+    ]
+    assert r["etcd_members"] == 3
+    assert r["haproxy_backends_up"] == {"control0": 3, "control1": 3, "control2": 3}
+    assert r["vip_holder"] in {"control0", "control1", "control2"}
+    assert r["generation"] == 1
+    assert "Stage timeline" in res.stdout and "EMULATED" in res.stdout
+    # The lab's addresses exist only inside its namespaces, never on the host.
+    host = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True).stdout
+    assert "10.0.0.99" not in host and "10.0.0.21" not in host
+    # Share secrets are root-only.
+    share = Path(r["share"]) / "default"
+    for p in (share / "kube.config", share / "join.json", share / "phylactery.token"):
+        assert p.stat().st_mode & 0o777 == 0o600
+    assert (share / "leader_ready").exists() and (share / "leader").read_text().split()[0] == r["leader"]
+    # exec passes stdin and the exit code through.
+    ex = ek8s(lab_dir, "exec", "worker0", "--", "sh", "-c", "read x; ip -4 -o addr show eth0; exit $x", input="7\n")
+    assert ex.returncode == 7 and "10.0.0.41" in ex.stdout
+    st = ek8s(lab_dir, "status", "--json", str(tmp_path / "s.json"))
+    assert st.returncode == 0, st.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["etcd_members"] == 3
+
+
+def test_lab_refuses_a_second_lab_and_down_is_idempotent(lab_dir: Path) -> None:
+    assert ek8s(lab_dir, "down").returncode == 0
+    res = ek8s(lab_dir, "status")
+    assert res.returncode == 1 and "no lab" in res.stderr
