@@ -326,6 +326,15 @@ class Lab:
             "generation": cluster.get("generation"),
             "leader": (cluster.get("leader") or {}).get("node"),
             "share": str(self.share),
+            "events": [
+                {
+                    "t": round(e["t"] - state.t0, 3),
+                    "node": e["node"],
+                    "event": e["event"],
+                    **{k: e[k] for k in ("kubeadm_s", "attempt", "epoch") if k in e},
+                }
+                for e in events
+            ],
             "errors": {
                 k: v
                 for k, v in {

@@ -48,6 +48,8 @@ class Agent:
         self.generation = 0
         self.previous: Heartbeat | None = None
         self._stop = threading.Event()
+        self._phylactery_started = False
+        self._phylactery_up = False
 
     # -- small helpers ------------------------------------------------------------------
     def say(self, phase: str, message: str, event: str | None = None, **fields: object) -> None:
@@ -93,6 +95,11 @@ class Agent:
         )
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self.prepare_host, name="prepare-host", daemon=True).start()
+        threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+        if self.cfg.is_control:
+            # Phylactery registers this node and brings up HAProxy and keepalived while the
+            # election and kubeadm run; kubeadm reaches the VIP only once its API is up.
+            self.start_phylactery(wait=False)
         init_failures = 0
         rule = rule_for(self.cfg.role, self.cfg.node.name, self.boot_id, self.cfg.timeouts.lease_ttl_s)
         try:
@@ -155,15 +162,18 @@ class Agent:
                 log.warning("cannot set sysctl", extra={"phase": "prepare", "key": key, "error": str(err)})
 
     # -- leader -------------------------------------------------------------------------
-    def start_phylactery(self) -> None:
-        """Start Phylactery (it brings up HAProxy and keepalived) and wait until it serves."""
-        url = f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
-        if probes.phylactery_healthy(url, 0.5):
-            return
-        argv = [sys.executable, "-m", "leader", "phylactery", "--config", str(self.config_path)]
-        self.services.start("phylactery", argv)
-        self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(url, 0.5), 60, 0.05)
-        self.say(self.phase, "Phylactery, HAProxy and keepalived are up", "phylactery_up")
+    def start_phylactery(self, wait: bool = True) -> None:
+        """Start Phylactery (it brings up HAProxy and keepalived); with ``wait``, return once
+        it serves ``/healthz`` (HAProxy and keepalived running with a rendered config)."""
+        if not self._phylactery_started:
+            argv = [sys.executable, "-m", "leader", "phylactery", "--config", str(self.config_path)]
+            self.services.start("phylactery", argv)
+            self._phylactery_started = True
+        if wait and not self._phylactery_up:
+            url = f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+            self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(url, 0.5), 60, 0.05)
+            self._phylactery_up = True
+            self.say(self.phase, "Phylactery, HAProxy and keepalived are up", "phylactery_up")
 
     def lead(self, epoch: int) -> None:
         """Initialise the generation: kubeadm init, publish join material, mark ready."""
@@ -171,14 +181,21 @@ class Agent:
         if self.driver.is_joined():
             self.say("init", "leftovers of an earlier init/join found; running kubeadm reset first")
             self.driver.reset()
-        self.start_phylactery()
         token, certificate_key = generate_token(), generate_certificate_key()
         self.say("init", "running kubeadm init (certificates uploaded with our certificate key)")
+        started = time.monotonic()
         result = self.driver.init(token, certificate_key, self.generation)
+        kubeadm_s = round(time.monotonic() - started, 3)
         self.store.check_epoch(epoch)
+        self.start_phylactery()
         vip_url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
         self._wait("API behind the VIP", lambda: probes.api_ready(vip_url, result.ca_cert_pem), 120, 0.05)
-        self.say("init", f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}", "api_ready")
+        self.say(
+            "init",
+            f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}",
+            "api_ready",
+            kubeadm_s=kubeadm_s,
+        )
         now = time.time()
         self.store.publish_join_material(
             JoinMaterial(
@@ -290,11 +307,18 @@ class Agent:
                     "join_started",
                     attempt=attempt,
                 )
+                started = time.monotonic()
                 if self.cfg.is_control:
                     self.driver.join_control_plane(material)
                 else:
                     self.driver.join_worker(material)
-                self.say("join", "kubeadm join succeeded", "joined", attempt=attempt)
+                self.say(
+                    "join",
+                    "kubeadm join succeeded",
+                    "joined",
+                    attempt=attempt,
+                    kubeadm_s=round(time.monotonic() - started, 3),
+                )
                 break
             except DriverError as err:
                 last_error = str(err)
@@ -341,3 +365,9 @@ class Agent:
                 return False
             self._stop.wait(max(1.0, self.cfg.timeouts.poll_interval_s))
         return True
+
+
+def _warm_imports() -> None:
+    """Import the kubernetes client (~0.3 s) while we wait, not when the Node check needs it."""
+    import kubernetes.client  # noqa: F401
+    import kubernetes.config  # noqa: F401

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Benchmark the lab's boot from nothing: N runs of `ek8s lab up` (torn down after each).
+
+Prints medians (and p90/max) of the report's stages and a breakdown of where the seconds
+go, computed from the events every agent wrote to the share. Speed is measured here, never in
+a timed test: run it on a quiet machine and compare medians, not single runs.
+
+    .venv/bin/python scripts/bench_lab.py --runs 5
+    .venv/bin/python scripts/bench_lab.py --runs 3 --init-seconds 11 --join-seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+LAB = ["--dir", "/run/ek8s-bench", "--prefix", "ek8sb"]
+
+
+def ek8s(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "leader", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path) -> dict[str, Any]:
+    ek8s("down")
+    try:
+        res = ek8s(
+            "up",
+            "--control",
+            str(control),
+            "--workers",
+            str(workers),
+            "--json",
+            str(out),
+            "--init-seconds",
+            str(init_s),
+            "--join-seconds",
+            str(join_s),
+            "--timeout",
+            "300",
+        )
+        if res.returncode != 0:
+            raise SystemExit(f"lab up failed:\n{res.stdout}\n{res.stderr}")
+        return dict(json.loads(out.read_text()))
+    finally:
+        ek8s("down")
+
+
+def breakdown(r: dict[str, Any]) -> dict[str, float]:
+    """Where the seconds of one run went (see docs/benchmarks.md for each line)."""
+    ev = r["events"]
+
+    def times(name: str, node: str | None = None) -> list[float]:
+        return [e["t"] for e in ev if e["event"] == name and (node is None or e["node"] == node)]
+
+    leader = r["leader"]
+    api = next(e for e in ev if e["event"] == "api_ready")
+    joins = [e for e in ev if e["event"] == "joined"]
+    roles = {n["name"]: n["role"] for n in r["nodes"]}
+    cp_started = sorted(
+        (e["t"], e["node"]) for e in ev if e["event"] == "join_started" and roles[e["node"]] == "control"
+    )
+    cp_joined = sorted((e["t"], e["node"]) for e in joins if roles[e["node"]] == "control")
+    first_start = min(e["t"] for e in ev if e["event"] == "join_started")
+    out = {
+        "agent_start_s (python start of an agent, median node)": statistics.median(
+            min(times("boot", n["name"])) for n in r["nodes"]
+        ),
+        "election_s (boot -> leader_claimed)": r["leader_claimed_s"] - min(times("boot", leader)),
+        "kubeadm_init_s (emulated command, incl. etcd + apiserver start)": api["kubeadm_s"],
+        "after_init_s (api_ready - claim - kubeadm init: VIP wait)": r["api_ready_s"]
+        - r["leader_claimed_s"]
+        - api["kubeadm_s"],
+        "publish_s (api_ready -> leader_ready)": r["leader_ready_s"] - r["api_ready_s"],
+        "notice_ready_s (leader_ready -> first join_started)": first_start - r["leader_ready_s"],
+        "worker_join_s (kubeadm join, median)": statistics.median(
+            [e["kubeadm_s"] for e in joins if roles[e["node"]] == "worker"] or [0.0]
+        ),
+        "control_join_s (kubeadm join, median)": statistics.median(
+            [e["kubeadm_s"] for e in joins if roles[e["node"]] == "control"] or [0.0]
+        ),
+        "slot_handoff_s (control joined -> next control join_started)": statistics.median(
+            [s - j for (j, _), (s, _) in zip(cp_joined, cp_started[1:], strict=False)] or [0.0]
+        ),
+        "ready_after_join_s (joined -> node_ready, median)": statistics.median(
+            [min(times("node_ready", e["node"])) - e["t"] for e in joins]
+        ),
+    }
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def summarize(values: list[float]) -> str:
+    values = sorted(values)
+    p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
+    return f"{statistics.median(values):8.3f} {p90:8.3f} {max(values):8.3f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--control", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--init-seconds", type=float, default=0.0)
+    p.add_argument("--join-seconds", type=float, default=0.0)
+    p.add_argument("--json", type=Path, default=Path("bench-lab.json"), help="all reports and the summary")
+    args = p.parse_args()
+    reports = []
+    for i in range(args.runs):
+        r = one_run(args.control, args.workers, args.init_seconds, args.join_seconds, Path(f"/tmp/ek8s-bench-{i}.json"))
+        reports.append(r)
+        print(f"run {i + 1}/{args.runs}: all_nodes_ready_s={r['all_nodes_ready_s']}", file=sys.stderr, flush=True)
+    stages = ["leader_claimed_s", "api_ready_s", "leader_ready_s", "all_nodes_ready_s"]
+    print(
+        f"\n{args.runs} runs, {args.control} control + {args.workers} workers, emulated init "
+        f"{args.init_seconds:g} s, join {args.join_seconds:g} s"
+    )
+    print(f"{'stage (s since agents started)':<66} {'median':>8} {'p90':>8} {'max':>8}")
+    for s in stages:
+        print(f"{s:<66} {summarize([r[s] for r in reports])}")
+    print(f"\n{'where the seconds go':<66} {'median':>8} {'p90':>8} {'max':>8}")
+    parts = [breakdown(r) for r in reports]
+    for key in parts[0]:
+        print(f"{key:<66} {summarize([b[key] for b in parts])}")
+    if args.init_seconds or args.join_seconds:
+        bound = args.init_seconds + (args.control - 1) * args.join_seconds
+        med = statistics.median(r["all_nodes_ready_s"] for r in reports)
+        print(
+            f"\ninit + {args.control - 1} serial control-plane joins = {bound:g} s; median all_nodes_ready_s "
+            f"{med:.3f} s is {med - bound:+.3f} s from it"
+        )
+    args.json.write_text(json.dumps({"reports": reports, "breakdown": parts}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
