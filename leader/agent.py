@@ -369,5 +369,5 @@ class Agent:
 
 def _warm_imports() -> None:
     """Import the kubernetes client (~0.3 s) while we wait, not when the Node check needs it."""
-    import kubernetes.client  # noqa: F401
+    import kubernetes.client
     import kubernetes.config  # noqa: F401

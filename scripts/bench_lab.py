@@ -98,7 +98,7 @@ def breakdown(r: dict[str, Any]) -> dict[str, float]:
 
 def summarize(values: list[float]) -> str:
     values = sorted(values)
-    p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
+    p90 = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
     return f"{statistics.median(values):8.3f} {p90:8.3f} {max(values):8.3f}"
 
 
