@@ -32,8 +32,9 @@ $(BIN)/.installed: pyproject.toml
 lab: deps
 	@$(BIN)/ek8s lab down >/dev/null 2>&1 || true
 	@rc=0; $(BIN)/ek8s lab up $(LAB_ARGS) --json lab-report.json || rc=$$?; \
-	$(BIN)/ek8s lab down; \
-	[ $$rc -eq 0 ] && echo "report: lab-report.json"; exit $$rc
+	if [ $$rc -eq 0 ]; then echo; echo "== ek8s lab status"; $(BIN)/ek8s lab status || rc=$$?; fi; \
+	echo; $(BIN)/ek8s lab down; \
+	if [ $$rc -eq 0 ]; then echo "report: lab-report.json"; fi; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check leader phylactery lab tests scripts

@@ -94,8 +94,15 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 9))
 @click.option("--distribution", type=click.Choice(["kubeadm", "k3s"]), default="kubeadm", show_default=True)
 @click.option("--json", "json_path", default=None, help="write the report here")
-@click.option("--init-seconds", default=0.0, show_default=True, help="emulated extra time of kubeadm init")
-@click.option("--join-seconds", default=0.0, show_default=True, help="emulated extra time of each kubeadm join")
+@click.option(
+    "--init-seconds",
+    default=0.0,
+    show_default=True,
+    help="emulated kubeadm init lasts this long in all (0: as fast as it runs)",
+)
+@click.option(
+    "--join-seconds", default=0.0, show_default=True, help="each emulated kubeadm join lasts this long in all"
+)
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.pass_context
 def up(

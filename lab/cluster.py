@@ -326,6 +326,7 @@ class Lab:
             "generation": cluster.get("generation"),
             "leader": (cluster.get("leader") or {}).get("node"),
             "share": str(self.share),
+            "emulated_kubeadm": self.timings(state),
             "events": [
                 {
                     "t": round(e["t"] - state.t0, 3),
@@ -344,6 +345,20 @@ class Lab:
                 if v
             },
         }
+
+    def timings(self, state: LabState) -> list[dict[str, Any]]:
+        """Per-phase seconds of every emulated kubeadm command since the agents started."""
+        try:
+            lines = (self.dir / "timings.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if d["t"] >= state.t0:
+                    out.append(d | {"t": round(d["t"] - state.t0, 3)})
+        return out
 
     # -- down ---------------------------------------------------------------------------
     def down(self) -> list[str]:

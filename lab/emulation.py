@@ -17,8 +17,8 @@ ENV = "EK8S_EMULATION"
 
 @dataclass(frozen=True)
 class Emulation:
-    init_s: float = 0.0  # extra time `kubeadm init` takes (the PoC measured ~11 s)
-    join_s: float = 0.0  # extra time each `kubeadm join` takes
+    init_s: float = 0.0  # total duration of `kubeadm init` (the PoC measured ~11 s); 0: as fast as it runs
+    join_s: float = 0.0  # total duration of each `kubeadm join`; 0: as fast as it runs
     certs_ttl_s: float = 7200.0  # kubeadm-certs Secret lifetime (kubeadm: 2 h)
     token_ttl_s: float | None = None  # overrides the bootstrap token's ttl when set
     node_monitor_grace_s: float = 40.0  # kube-controller-manager --node-monitor-grace-period

@@ -96,6 +96,27 @@ def breakdown(r: dict[str, Any]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def kubeadm_phases(reports: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """``{"init" | "join control (1st)" | "join control (2nd)" | "join worker": {phase: [s, ...]}}``."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in reports:
+        roles = {n["name"]: n["role"] for n in r["nodes"]}
+        control_joins = 0
+        for t in sorted(r.get("emulated_kubeadm", []), key=lambda t: t["t"]):
+            if not t["ok"] or t["command"] == "reset":
+                continue
+            if t["command"] == "init":
+                kind = "init"
+            elif roles.get(t["node"]) == "control":
+                control_joins += 1
+                kind = f"join control (#{control_joins})"
+            else:
+                kind = "join worker"
+            for phase, seconds in t["phases"].items():
+                out.setdefault(kind, {}).setdefault(phase, []).append(seconds)
+    return out
+
+
 def summarize(values: list[float]) -> str:
     values = sorted(values)
     p90 = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
@@ -128,6 +149,10 @@ def main() -> int:
     parts = [breakdown(r) for r in reports]
     for key in parts[0]:
         print(f"{key:<66} {summarize([b[key] for b in parts])}")
+    print(f"\n{'emulated kubeadm phases (s)':<66} {'median':>8} {'p90':>8} {'max':>8}")
+    for kind, rows in sorted(kubeadm_phases(reports).items()):
+        for phase, values in rows.items():
+            print(f"{kind + ' / ' + phase:<66} {summarize(values)}")
     if args.init_seconds or args.join_seconds:
         bound = args.init_seconds + (args.control - 1) * args.join_seconds
         med = statistics.median(r["all_nodes_ready_s"] for r in reports)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from lab import netns
 
@@ -91,6 +92,58 @@ def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path)
     st = ek8s(lab_dir, "status", "--json", str(tmp_path / "s.json"))
     assert st.returncode == 0, st.stderr
     assert json.loads((tmp_path / "s.json").read_text())["etcd_members"] == 3
+    check_emulated_kubeadm_refusals(lab_dir, share)
+
+
+def emulated_join(lab_dir: Path, root: str, join: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """Run the lab's emulated kubeadm join from control0's namespace with a scratch node root."""
+    node_root = lab_dir / root
+    (node_root / "run").mkdir(parents=True, exist_ok=True)
+    (node_root / "run/join.yaml").write_text(yaml.safe_dump(join))
+    cmd = [str(lab_dir / "bin/kubeadm"), "join", "--config", "/run/join.yaml", "--rootfs", str(node_root)]
+    return ek8s(lab_dir, "exec", "control0", "--", *cmd, timeout=120)
+
+
+def check_emulated_kubeadm_refusals(lab_dir: Path, share: Path) -> None:
+    """The emulation refuses what kubeadm (or etcd under it) refuses."""
+    material = json.loads((share / "join.json").read_text())
+
+    def join(
+        name: str, address: str, token: str = material["token"], pins: list[str] | None = None, key: str | None = None
+    ) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "apiVersion": "kubeadm.k8s.io/v1beta4",
+            "kind": "JoinConfiguration",
+            "discovery": {
+                "bootstrapToken": {
+                    "apiServerEndpoint": material["api_server_endpoint"],
+                    "token": token,
+                    "caCertHashes": pins or material["ca_cert_hashes"],
+                }
+            },
+            "nodeRegistration": {"name": name, "kubeletExtraArgs": [{"name": "node-ip", "value": address}]},
+        }
+        if key is not None:
+            doc["controlPlane"] = {
+                "localAPIEndpoint": {"advertiseAddress": address, "bindPort": 6443},
+                "certificateKey": key,
+            }
+        return doc
+
+    cases = [
+        (join("worker0", "10.0.0.41"), 'a Node with name "worker0" and status "Ready" already exists'),
+        (
+            join("intruder", "10.0.0.77", token="zzzzzz.0123456789abcdef"),
+            'JWS signature in the cluster-info ConfigMap for token ID "zzzzzz"',
+        ),
+        (join("intruder", "10.0.0.77", pins=["sha256:" + "0" * 64]), "none of the public keys"),
+        (join("intruder", "10.0.0.77", key="ab" * 32), "message authentication failed"),
+        (join("intruder", "10.0.0.22", key=material["certificate_key"]), "Peer URLs already exists"),
+    ]
+    for i, (doc, refusal) in enumerate(cases):
+        res = emulated_join(lab_dir, f"scratch{i}", doc)
+        assert res.returncode == 1, (refusal, res.stdout, res.stderr)
+        assert refusal in res.stderr, (refusal, res.stderr)
 
 
 def test_lab_refuses_a_second_lab_and_down_is_idempotent(lab_dir: Path) -> None:
