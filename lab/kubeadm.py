@@ -191,31 +191,54 @@ def etcd_client(r: Root, endpoints: list[str]) -> EtcdClient:
     return EtcdClient(endpoints, ctx, timeout_s=5.0)
 
 
-def start_etcd(r: Root, emu: emulation.Emulation, name: str, address: str, initial_cluster: str, state: str) -> None:
-    d = r.pki / "etcd"
-    argv = [
-        emu.etcd,
+def etcd_argv(
+    etcd: str,
+    name: str,
+    data_dir: Path,
+    pki_etcd: Path,
+    client_urls: list[str],
+    peer_url: str,
+    initial_cluster: str,
+    state: str,
+) -> list[str]:
+    """etcd's command line as kubeadm's static pod sets it: TLS with client certificates on
+    both the client and the peer side. ``client_urls[0]`` is advertised; all are listened on."""
+    return [
+        etcd,
         f"--name={name}",
-        f"--data-dir={r('/var/lib/etcd')}",
-        f"--advertise-client-urls=https://{address}:2379",
-        f"--listen-client-urls=https://127.0.0.1:2379,https://{address}:2379",
-        f"--listen-peer-urls=https://{address}:2380",
-        f"--initial-advertise-peer-urls=https://{address}:2380",
+        f"--data-dir={data_dir}",
+        f"--advertise-client-urls={client_urls[0]}",
+        f"--listen-client-urls={','.join(client_urls)}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
         f"--initial-cluster={initial_cluster}",
         f"--initial-cluster-state={state}",
-        f"--cert-file={d / 'server.crt'}",
-        f"--key-file={d / 'server.key'}",
+        f"--cert-file={pki_etcd / 'server.crt'}",
+        f"--key-file={pki_etcd / 'server.key'}",
         "--client-cert-auth=true",
-        f"--trusted-ca-file={d / 'ca.crt'}",
-        f"--peer-cert-file={d / 'peer.crt'}",
-        f"--peer-key-file={d / 'peer.key'}",
+        f"--trusted-ca-file={pki_etcd / 'ca.crt'}",
+        f"--peer-cert-file={pki_etcd / 'peer.crt'}",
+        f"--peer-key-file={pki_etcd / 'peer.key'}",
         "--peer-client-cert-auth=true",
-        f"--peer-trusted-ca-file={d / 'ca.crt'}",
+        f"--peer-trusted-ca-file={pki_etcd / 'ca.crt'}",
         "--strict-reconfig-check=true",
         "--snapshot-count=10000",
         "--logger=zap",
         "--log-outputs=stderr",
     ]
+
+
+def start_etcd(r: Root, emu: emulation.Emulation, name: str, address: str, initial_cluster: str, state: str) -> None:
+    argv = etcd_argv(
+        emu.etcd,
+        name,
+        r("/var/lib/etcd"),
+        r.pki / "etcd",
+        [f"https://{address}:2379", "https://127.0.0.1:2379"],
+        f"https://{address}:2380",
+        initial_cluster,
+        state,
+    )
     ensure_dir(r("/var/lib/etcd"))
     ensure_dir(r("/etc/kubernetes/manifests"))
     write_atomic(r("/etc/kubernetes/manifests/etcd.yaml"), yaml.safe_dump({"emulated": True, "command": argv}))

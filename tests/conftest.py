@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab import pki
+from lab.kubeadm import etcd_argv
 from phylactery.etcd import EtcdClient, client_ssl_context
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,29 +105,11 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     try:
         for name, host, cport, pport in spec:
             log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+            argv = etcd_argv(
+                "etcd", name, tmp_path / name, d, [f"https://{host}:{cport}"], f"https://{host}:{pport}", initial, "new"
+            )
             proc = subprocess.Popen(
-                [
-                    "etcd",
-                    f"--name={name}",
-                    f"--data-dir={tmp_path / name}",
-                    f"--listen-client-urls=https://{host}:{cport}",
-                    f"--advertise-client-urls=https://{host}:{cport}",
-                    f"--listen-peer-urls=https://{host}:{pport}",
-                    f"--initial-advertise-peer-urls=https://{host}:{pport}",
-                    f"--initial-cluster={initial}",
-                    "--initial-cluster-state=new",
-                    f"--cert-file={d / 'server.crt'}",
-                    f"--key-file={d / 'server.key'}",
-                    "--client-cert-auth=true",
-                    f"--trusted-ca-file={d / 'ca.crt'}",
-                    f"--peer-cert-file={d / 'peer.crt'}",
-                    f"--peer-key-file={d / 'peer.key'}",
-                    "--peer-client-cert-auth=true",
-                    f"--peer-trusted-ca-file={d / 'ca.crt'}",
-                    "--logger=zap",
-                    "--log-outputs=stderr",
-                    f"--listen-metrics-urls=http://{host}:{free_port(host)}",
-                ],
+                [*argv, f"--listen-metrics-urls=http://{host}:{free_port(host)}"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
