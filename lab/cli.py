@@ -65,6 +65,23 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
         Path(path).write_text(json.dumps(report, indent=1) + "\n")
 
 
+def _overrides(settings: tuple[str, ...]) -> dict[str, Any]:
+    """``("timeouts.lease_ttl_s=6", ...)`` -> ``{"timeouts": {"lease_ttl_s": 6}}`` (values are YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in settings:
+        field, sep, raw = item.partition("=")
+        if not sep or not field:
+            _fail(f"--set {item!r}: expected FIELD=VALUE", 2)
+        *parents, leaf = field.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
 @click.group()
 @click.option(
     "--dir",
@@ -104,6 +121,13 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     "--join-seconds", default=0.0, show_default=True, help="each emulated kubeadm join lasts this long in all"
 )
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="node.yaml field for every node, e.g. --set timeouts.lease_ttl_s=6 (repeatable)",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -114,13 +138,16 @@ def up(
     init_seconds: float,
     join_seconds: float,
     timeout: float,
+    settings: tuple[str, ...],
 ) -> None:
     """Boot a cluster from nothing; return when every node is Ready."""
     if distribution != "kubeadm":
         _fail("--distribution k3s is not implemented yet", 2)
     the_lab = _lab(ctx)
     try:
-        state = the_lab.create(control, workers, Emulation(init_s=init_seconds, join_s=join_seconds))
+        state = the_lab.create(
+            control, workers, Emulation(init_s=init_seconds, join_s=join_seconds), _overrides(settings)
+        )
         click.echo(
             f"Booting {control} control + {workers} worker nodes in {the_lab.dir} (namespaces {the_lab.prefix}-*)",
             err=True,
@@ -148,6 +175,66 @@ def status(ctx: click.Context, json_path: str | None) -> None:
     report = the_lab.report(state)
     print_report(report)
     _write_json(json_path, report)
+
+
+@lab.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--all", "all_nodes", is_flag=True, help="reboot every node at once (without an ek8s reset)")
+@click.option("--json", "json_path", default=None, help="write the report (with rejoin_s) here")
+@click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for the nodes to be Ready again")
+@click.pass_context
+def reboot(ctx: click.Context, nodes: tuple[str, ...], all_nodes: bool, json_path: str | None, timeout: float) -> None:
+    """Reboot NODES: stop their processes, wipe their roots (tmpfs), boot them; wait until Ready."""
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+        targets = state.nodes if all_nodes else [state.node(n) for n in nodes]
+        if not targets:
+            raise LabError("name a node to reboot, or --all")
+        started = time.time()
+        for n in targets:
+            the_lab.stop_node(state, n, crash=False)
+        booted = time.time()
+        for n in targets:
+            the_lab.boot_node(state, n)
+        click.echo(f"{', '.join(n.name for n in targets)}: stopped in {booted - started:.2f}s, booting", err=True)
+        ready = the_lab.wait_ready(state, timeout, since=booted, names=[n.name for n in targets], progress=print_event)
+    except LabError as err:
+        _fail(str(err))
+    report = the_lab.report(state)
+    report["rejoin_s"] = round(ready - booted, 3)
+    report["rebooted"] = [n.name for n in targets]
+    print_report(report)
+    click.echo(f"\n{', '.join(report['rebooted'])} Ready again {report['rejoin_s']:.3f}s after booting")
+    _write_json(json_path, report)
+
+
+@lab.command()
+@click.argument("node")
+@click.pass_context
+def crash(ctx: click.Context, node: str) -> None:
+    """Crash NODE: SIGKILL every process and pull its cable at once; it stays down."""
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+        the_lab.stop_node(state, state.node(node), crash=True)
+    except LabError as err:
+        _fail(str(err))
+    click.echo(f"{node} crashed (processes killed, link down); 'ek8s lab boot {node}' brings it back")
+
+
+@lab.command()
+@click.argument("node")
+@click.pass_context
+def boot(ctx: click.Context, node: str) -> None:
+    """Boot NODE (after a crash) with a fresh root; returns at once."""
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+        the_lab.boot_node(state, state.node(node))
+    except LabError as err:
+        _fail(str(err))
+    click.echo(f"{node} is booting")
 
 
 @lab.command()

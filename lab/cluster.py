@@ -176,11 +176,7 @@ class Lab:
             "root": str(root),
             "service_manager": "process",
         }
-        for section, values in overrides.items():
-            if isinstance(values, dict):
-                cfg.setdefault(section, {}).update(values)
-            else:
-                cfg[section] = values
+        _merge(cfg, overrides)
         return cfg
 
     def boot(self, state: LabState, node: LabNode) -> None:
@@ -208,6 +204,30 @@ class Lab:
                 env={**os.environ, EMULATION_ENV: str(self.dir / "emulation.json")},
             )
         node.pid = proc.pid
+
+    # -- faults -------------------------------------------------------------------------
+    def stop_node(self, state: LabState, node: LabNode, crash: bool) -> None:
+        """Stop every process of ``node``: SIGTERM first (a clean shutdown), or SIGKILL with
+        the cable pulled at the same moment (``crash``: nothing it held answers any more)."""
+        if crash:
+            netns.set_link(self.prefix, node.name, up=False)
+            netns.kill_all(node.ns, grace_s=0.0, sig=signal.SIGKILL)
+        else:
+            netns.kill_all(node.ns, grace_s=5.0)
+        node.pid = 0
+        self.save(state)
+
+    def boot_node(self, state: LabState, node: LabNode) -> float:
+        """Boot ``node`` as a PXE boot would: a fresh root (its tmpfs is gone), cable in,
+        agent started. Returns the boot time (Unix seconds)."""
+        if node.pid and _alive(node.pid):
+            raise LabError(f"{node.name} is running; reboot or crash it first")
+        shutil.rmtree(node.root, ignore_errors=True)
+        netns.set_link(self.prefix, node.name, up=True)
+        booted = time.time()
+        self.boot(state, node)
+        self.save(state)
+        return booted
 
     def start_all(self, state: LabState) -> None:
         state.t0 = time.time()
@@ -382,6 +402,14 @@ class Lab:
             shutil.rmtree(self.dir, ignore_errors=True)
             removed.append(f"directory {self.dir}")
         return removed
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _alive(pid: int) -> bool:

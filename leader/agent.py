@@ -34,6 +34,10 @@ class JoinFailed(Exception):
     """Every join attempt failed; the message has the last reason."""
 
 
+class GenerationChanged(Exception):
+    """The generation this node works on was replaced; run the election again."""
+
+
 class Agent:
     """One node's agent. ``config_path`` is passed on to Phylactery."""
 
@@ -105,6 +109,8 @@ class Agent:
         try:
             while True:
                 state, action, why = self.store.attempt_leadership(self.cfg.node.address, self.boot_id, rule)
+                if state.generation != self.generation and self.generation and self._phylactery_started:
+                    self.refresh_phylactery()
                 self.generation = state.generation
                 if action == "lead":
                     self.say(
@@ -133,7 +139,11 @@ class Agent:
                     continue
                 else:
                     self.say("election", f"joining: {why}")
-                    self.join()
+                    try:
+                        self.join()
+                    except GenerationChanged as err:
+                        self.say("election", f"{err}; running the election again")
+                        continue
                 if not self.watch():
                     continue
                 return 0
@@ -174,6 +184,14 @@ class Agent:
             self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(url, 0.5), 60, 0.05)
             self._phylactery_up = True
             self.say(self.phase, "Phylactery, HAProxy and keepalived are up", "phylactery_up")
+
+    def refresh_phylactery(self) -> None:
+        """Ask the local Phylactery to reconcile now (it re-registers in a new generation)."""
+        url = f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+        try:
+            probes.phylactery_post(url, "/v1/refresh", self.store.read_token(), {}, timeout_s=2)
+        except OSError as err:
+            log.info("local Phylactery did not take the refresh", extra={"phase": self.phase, "error": str(err)})
 
     def lead(self, epoch: int) -> None:
         """Initialise the generation: kubeadm init, publish join material, mark ready."""
@@ -250,7 +268,7 @@ class Agent:
             time.sleep(self.cfg.timeouts.poll_interval_s)
 
     def _phylactery_urls(self) -> list[str]:
-        return [m.phylactery_url for m in self.store.members(self.generation) if m.name != self.cfg.node.name]
+        return [m.phylactery_url for m in self.store.members() if m.name != self.cfg.node.name]
 
     def prune_self(self) -> bool:
         """Ask a live Phylactery to remove this node's stale Node and etcd member."""
@@ -290,6 +308,7 @@ class Agent:
         if self.driver.is_joined():
             self.say("join", "leftovers of an earlier join found; running kubeadm reset first")
             self.driver.reset()
+        self.await_live_control_plane()
         attempts = self.cfg.timeouts.join_attempts
         last_error = ""
         for attempt in range(1, attempts + 1):
@@ -331,6 +350,48 @@ class Agent:
                 if held:
                     self.store.release_join_slot()
         self.wait_node_ready()
+
+    def await_live_control_plane(self) -> None:
+        """Return once the API answers behind the VIP. When it stays silent for
+        ``timeouts.cluster_lost_grace_s`` the cluster is lost (every node rebooted without a
+        reset, or etcd lost quorum): a control node starts a new generation if
+        ``on_cluster_lost`` is ``reinit``. Raises :class:`GenerationChanged` when the
+        generation moves on, by our hand or another node's."""
+        url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
+        grace = self.cfg.timeouts.cluster_lost_grace_s
+        silent_since = time.monotonic()
+        noted = reported = False
+        while True:
+            state = self.store.read_state()
+            if state.generation != self.generation:
+                raise GenerationChanged(f"generation {state.generation} replaced {self.generation}")
+            try:
+                ca = self.store.read_join_material().ca_cert.encode()
+            except (FileNotFoundError, ValueError):
+                ca = b""
+            if ca and probes.api_ready(url, ca, timeout_s=1.0):
+                return
+            silent = time.monotonic() - silent_since
+            if not noted:
+                log.info(
+                    f"generation {self.generation} is marked ready but its API does not answer behind the VIP; "
+                    f"waiting up to {grace:.0f}s before calling the cluster lost",
+                    extra={"phase": "join"},
+                )
+                noted = True
+            if silent >= grace and self.cfg.is_control and not reported:
+                why = (
+                    f"cluster lost: generation {self.generation} is marked ready but no API answered behind "
+                    f"{self.cfg.vip.address}:{self.cfg.vip.port} for {silent:.0f}s"
+                )
+                if self.cfg.on_cluster_lost == "reinit":
+                    new = self.store.start_generation(why + "; starting a new generation", expected=self.generation)
+                    outcome = f"started generation {new.generation}" if new else "another node started a new one"
+                    self.say("join", f"{why}; {outcome}", "cluster_lost")
+                    raise GenerationChanged(why)
+                self.say("join", f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
+                reported = True
+            time.sleep(max(self.cfg.timeouts.poll_interval_s, 0.5))
 
     def _take_join_slot(self) -> bool:
         holder = self.store.try_join_slot(self.boot_id, self.cfg.timeouts.lease_ttl_s)

@@ -83,6 +83,52 @@ def config_check(path: str) -> None:
     click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
+@cli.command()
+@click.option("--cluster", default="default", show_default=True, help="cluster name (share directory)")
+@click.option("--share", "share_path", default="/share", show_default=True, type=click.Path(path_type=Path))
+@click.option("--reboot", is_flag=True, help="also reboot the nodes (otherwise running agents rebuild by themselves)")
+@click.option(
+    "--reboot-command",
+    default="wwctl ssh {nodes} reboot",
+    show_default=True,
+    help="{nodes} becomes the comma-separated node names known to the share",
+)
+@click.option("--reason", default="ek8s reset by the operator", show_default=True)
+def reset(cluster: str, share_path: Path, reboot: bool, reboot_command: str, reason: str) -> None:
+    """Start a new generation of the cluster: every node resets and the cluster is rebuilt.
+
+    Running agents notice the new generation within a second, run `kubeadm reset -f` and
+    elect a new leader; with --reboot the nodes are rebooted as well (the proof of concept's
+    rebuild-and-restart.sh).
+    """
+    import shlex
+    import subprocess
+
+    from leader.share import ShareStore
+
+    if not (share_path / cluster / "cluster.json").exists():
+        click.echo(
+            f"ek8s: no cluster {cluster!r} under {share_path} (no {share_path / cluster / 'cluster.json'})", err=True
+        )
+        sys.exit(1)
+    store = ShareStore(share_path, cluster, "operator")
+    state = store.start_generation(reason)
+    assert state is not None
+    store.record_event("generation_started", state.generation, reason)
+    click.echo(f"cluster {cluster}: generation {state.generation} started ({reason})")
+    if reboot:
+        nodes = sorted(p.name for p in (share_path / cluster / "heartbeats").iterdir() if not p.name.startswith("."))
+        if not nodes:
+            click.echo("ek8s: no node has ever reported to this share; nothing to reboot", err=True)
+            sys.exit(1)
+        argv = [a.replace("{nodes}", ",".join(nodes)) for a in shlex.split(reboot_command)]
+        click.echo("running: " + " ".join(argv))
+        res = subprocess.run(argv, check=False)
+        if res.returncode != 0:
+            click.echo(f"ek8s: {argv[0]} exited {res.returncode}", err=True)
+            sys.exit(1)
+
+
 def _register_lab() -> None:
     from lab.cli import lab
 

@@ -125,6 +125,9 @@ class Timeouts(_Strict):
     heartbeat_interval_s: Seconds = 2.0
     poll_interval_s: float = Field(0.2, gt=0, le=5)
     leader_ready_s: Seconds = 900.0
+    # A ready generation whose API has not answered behind the VIP for this long is lost
+    # (every node rebooted without a reset, or etcd lost quorum); see on_cluster_lost.
+    cluster_lost_grace_s: Seconds = 60.0
     join_attempts: int = Field(5, ge=1, le=100)
     join_backoff_s: Seconds = 2.0
     node_ready_s: Seconds = 300.0
@@ -148,6 +151,9 @@ class NodeConfig(_Strict):
     kubernetes: KubernetesSettings = KubernetesSettings()
     phylactery: PhylacterySettings = PhylacterySettings()
     timeouts: Timeouts = Timeouts()
+    # What a control node does with a lost cluster: start a new generation ("reinit") or
+    # keep waiting for the operator ("wait"). ("restore" from etcd snapshots is planned.)
+    on_cluster_lost: Literal["reinit", "wait"] = "reinit"
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
 

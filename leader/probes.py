@@ -39,9 +39,14 @@ def node_ready(kubeconfig: Path, name: str) -> bool | None:
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
-    key = str(kubeconfig)
+    # Keyed by content: after a reset the same path holds other credentials and another CA.
+    try:
+        key = kubeconfig.read_text()
+    except FileNotFoundError:
+        return None
     if key not in _core_api:
-        _core_api[key] = client.CoreV1Api(config.new_client_from_config(config_file=key))
+        _core_api.clear()
+        _core_api[key] = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
     try:
         node = _core_api[key].read_node(name, _request_timeout=2)
     except ApiException:

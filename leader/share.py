@@ -321,6 +321,32 @@ class ShareStore:
             )
             return state
 
+    def start_generation(self, reason: str, expected: int | None = None) -> ClusterState | None:
+        """Begin generation ``current + 1`` with no leader (``ek8s reset``, a lost cluster).
+
+        With ``expected``, only if the generation is still ``expected`` (several nodes may
+        conclude the same thing at once; one bump is enough). Removes the previous
+        generation's ``leader``, ``leader_ready``, ``join.json`` and ``kube.config``. Returns
+        the new state, or None when another node already moved on.
+        """
+        with self._locked():
+            state = self.read_state()
+            if expected is not None and state.generation != expected:
+                return None
+            state = ClusterState(
+                generation=state.generation + 1,
+                epoch=state.epoch,
+                leader=None,
+                ready=False,
+                reason=reason,
+                updated_at=time.time(),
+            )
+            self._write_state(state)
+            for name in ("leader_ready", "leader", "join.json", "kube.config"):
+                (self.dir / name).unlink(missing_ok=True)
+            write_atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
+            return state
+
     def check_epoch(self, epoch: int) -> None:
         """Raise :class:`EpochSuperseded` if ``epoch`` is no longer the current one."""
         state = self.read_state()
@@ -354,7 +380,11 @@ class ShareStore:
         write_atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
 
     def members(self, generation: int | None = None) -> list[MemberRecord]:
-        """Registered control nodes, sorted by name; only ``generation``'s if given."""
+        """Registered control nodes, sorted by name; only ``generation``'s if given.
+
+        HAProxy backends and keepalived peers come from every record whatever its generation:
+        the set of control nodes outlives a generation, and right after a new one starts its
+        members re-register one by one (dead backends are marked DOWN by health checks)."""
         out = []
         for p in sorted((self.dir / "members").glob("*.json")):
             try:

@@ -79,7 +79,10 @@ class Phylactery:
                 await t
 
     async def register(self) -> None:
+        """Write this node's member record for the current generation; on a change of
+        generation (after the first start), tell the peers so they re-read the registry."""
         state = await asyncio.to_thread(self.store.read_state)
+        changed = self.started and state.generation != self.generation
         self.generation = state.generation
         record = MemberRecord(
             name=self.cfg.node.name,
@@ -90,6 +93,8 @@ class Phylactery:
         )
         await asyncio.to_thread(self.store.register_member, record)
         log.info("registered in the member registry", extra={"generation": state.generation})
+        if changed:
+            self._tasks.append(asyncio.create_task(self._notify_peers()))
 
     # -- reconcile --------------------------------------------------------------------
     def request_refresh(self) -> None:
@@ -115,10 +120,10 @@ class Phylactery:
         state = await asyncio.to_thread(self.store.read_state)
         if state.generation != self.generation:
             await self.register()
-        members = await asyncio.to_thread(self.store.members, state.generation)
+        members = await asyncio.to_thread(self.store.members)
         if not any(m.name == self.cfg.node.name for m in members):
             await self.register()
-            members = await asyncio.to_thread(self.store.members, state.generation)
+            members = await asyncio.to_thread(self.store.members)
         c = self.cfg
         haproxy_cfg = render.render_haproxy(
             node=c.node.name,
@@ -162,7 +167,7 @@ class Phylactery:
     async def _notify_peers(self) -> None:
         """POST /v1/refresh to every other registered Phylactery (best effort)."""
         token = await asyncio.to_thread(self.store.read_token)
-        members = await asyncio.to_thread(self.store.members, self.generation)
+        members = await asyncio.to_thread(self.store.members)
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as http:
 
@@ -198,7 +203,7 @@ class Phylactery:
     async def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document (keys documented in docs/phylactery.md)."""
         state = await asyncio.to_thread(self.store.read_state)
-        members = await asyncio.to_thread(self.store.members, state.generation)
+        members = await asyncio.to_thread(self.store.members)
         backends = await asyncio.to_thread(daemons.backend_states, self.stats_socket)
         etcd: dict[str, Any]
         try:

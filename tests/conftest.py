@@ -132,3 +132,26 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
             if m.proc.poll() is None:
                 os.killpg(m.proc.pid, signal.SIGKILL)
             m.proc.wait(timeout=10)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Remember each phase's outcome on the item, so fixtures can keep logs of failed tests."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def keep_logs_if_failed(request: pytest.FixtureRequest, lab_dir: Path, dest: Path) -> None:
+    """Copy a lab's logs next to the test's tmp files when the test failed (before `down`)."""
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.failed or not lab_dir.exists():
+        return
+    for log in list(lab_dir.glob("logs/*.log")) + list(lab_dir.glob("nodes/*/var/log/ek8s/*.log")):
+        target = dest / "lab-logs" / log.relative_to(lab_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, target)
+    events = lab_dir / "share/default/events.jsonl"
+    if events.exists():
+        shutil.copy(events, dest / "lab-logs/events.jsonl")
+    print(f"lab logs kept in {dest / 'lab-logs'}")
