@@ -54,6 +54,8 @@ class Agent:
         self._stop = threading.Event()
         self._phylactery_started = False
         self._phylactery_up = False
+        self._silent_since: float | None = None
+        self._lost_reported = False
 
     # -- small helpers ------------------------------------------------------------------
     def say(self, phase: str, message: str, event: str | None = None, **fields: object) -> None:
@@ -352,46 +354,53 @@ class Agent:
         self.wait_node_ready()
 
     def await_live_control_plane(self) -> None:
-        """Return once the API answers behind the VIP. When it stays silent for
-        ``timeouts.cluster_lost_grace_s`` the cluster is lost (every node rebooted without a
-        reset, or etcd lost quorum): a control node starts a new generation if
-        ``on_cluster_lost`` is ``reinit``. Raises :class:`GenerationChanged` when the
-        generation moves on, by our hand or another node's."""
-        url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
-        grace = self.cfg.timeouts.cluster_lost_grace_s
-        silent_since = time.monotonic()
-        noted = reported = False
+        """Return once the API answers behind the VIP; raises :class:`GenerationChanged` when
+        the generation moves on (by our hand, see :meth:`control_plane_alive`, or another's)."""
+        self._silent_since = None
         while True:
             state = self.store.read_state()
             if state.generation != self.generation:
                 raise GenerationChanged(f"generation {state.generation} replaced {self.generation}")
-            try:
-                ca = self.store.read_join_material().ca_cert.encode()
-            except (FileNotFoundError, ValueError):
-                ca = b""
-            if ca and probes.api_ready(url, ca, timeout_s=1.0):
+            if self.control_plane_alive():
                 return
-            silent = time.monotonic() - silent_since
-            if not noted:
-                log.info(
-                    f"generation {self.generation} is marked ready but its API does not answer behind the VIP; "
-                    f"waiting up to {grace:.0f}s before calling the cluster lost",
-                    extra={"phase": "join"},
-                )
-                noted = True
-            if silent >= grace and self.cfg.is_control and not reported:
-                why = (
-                    f"cluster lost: generation {self.generation} is marked ready but no API answered behind "
-                    f"{self.cfg.vip.address}:{self.cfg.vip.port} for {silent:.0f}s"
-                )
-                if self.cfg.on_cluster_lost == "reinit":
-                    new = self.store.start_generation(why + "; starting a new generation", expected=self.generation)
-                    outcome = f"started generation {new.generation}" if new else "another node started a new one"
-                    self.say("join", f"{why}; {outcome}", "cluster_lost")
-                    raise GenerationChanged(why)
-                self.say("join", f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
-                reported = True
             time.sleep(max(self.cfg.timeouts.poll_interval_s, 0.5))
+
+    def control_plane_alive(self) -> bool:
+        """Does the API answer behind the VIP? When it has been silent for
+        ``timeouts.cluster_lost_grace_s`` the cluster is lost (every node rebooted without a
+        reset, or etcd lost quorum): a control node applies ``on_cluster_lost``; ``reinit``
+        starts a new generation and raises :class:`GenerationChanged`."""
+        try:
+            ca = self.store.read_join_material().ca_cert.encode()
+        except (FileNotFoundError, ValueError):
+            ca = b""
+        url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
+        if ca and probes.api_ready(url, ca, timeout_s=1.0):
+            self._silent_since, self._lost_reported = None, False
+            return True
+        grace = self.cfg.timeouts.cluster_lost_grace_s
+        now = time.monotonic()
+        if self._silent_since is None:
+            self._silent_since = now
+            log.info(
+                f"the API of generation {self.generation} does not answer behind the VIP; "
+                f"calling the cluster lost if it stays silent for {grace:.0f}s",
+                extra={"phase": self.phase},
+            )
+        silent = now - self._silent_since
+        if silent >= grace and self.cfg.is_control and not self._lost_reported:
+            why = (
+                f"cluster lost: generation {self.generation} is marked ready but no API answered behind "
+                f"{self.cfg.vip.address}:{self.cfg.vip.port} for {silent:.0f}s"
+            )
+            if self.cfg.on_cluster_lost == "reinit":
+                new = self.store.start_generation(why + "; starting a new generation", expected=self.generation)
+                outcome = f"started generation {new.generation}" if new else "another node started a new one"
+                self.say(self.phase, f"{why}; {outcome}", "cluster_lost")
+                raise GenerationChanged(why)
+            self.say(self.phase, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
+            self._lost_reported = True
+        return False
 
     def _take_join_slot(self) -> bool:
         holder = self.store.try_join_slot(self.boot_id, self.cfg.timeouts.lease_ttl_s)
@@ -412,8 +421,10 @@ class Agent:
     # -- steady state -------------------------------------------------------------------
     def watch(self) -> bool:
         """Follow the generation. Returns False when a new generation starts (the caller
-        resets and runs the election again), True when asked to stop."""
+        resets and runs the election again), True when asked to stop. Checks every second
+        that the API answers behind the VIP (quorum loss shows there first)."""
         self.phase = "watch"
+        self._silent_since = None
         while not self._stop.is_set():
             state = self.store.read_state()
             if state.generation != self.generation:
@@ -424,6 +435,10 @@ class Agent:
                 )
                 self.driver.reset()
                 return False
+            try:
+                self.control_plane_alive()
+            except GenerationChanged:
+                continue  # the next pass sees the new generation, resets and returns
             self._stop.wait(max(1.0, self.cfg.timeouts.poll_interval_s))
         return True
 

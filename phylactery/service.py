@@ -205,11 +205,7 @@ class Phylactery:
         state = await asyncio.to_thread(self.store.read_state)
         members = await asyncio.to_thread(self.store.members)
         backends = await asyncio.to_thread(daemons.backend_states, self.stats_socket)
-        etcd: dict[str, Any]
-        try:
-            etcd = {"members": await self._etcd_members(), "error": None}
-        except Exception as err:  # report, never fail the status call
-            etcd = {"members": [], "error": str(err)}
+        etcd = await self._etcd_status()
         return {
             "node": self.cfg.node.name,
             "role": self.cfg.role,
@@ -236,17 +232,28 @@ class Phylactery:
             "last_reconcile": self.last_reconcile,
         }
 
-    async def _etcd_members(self) -> list[dict[str, Any]]:
-        from phylactery.etcd import EtcdClient, client_ssl_context
+    async def _etcd_status(self) -> dict[str, Any]:
+        """``{"members": [...], "quorum": bool | None, "error": str | None}`` of the local etcd
+        member. The member list is served locally (etcd 3.4), so quorum is checked with a
+        linearizable read; None when this node runs no etcd member yet."""
+        from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context
 
         pki = self.cfg.host_path("/etc/kubernetes/pki")
         if not (pki / "apiserver-etcd-client.crt").exists():
-            return []
+            return {"members": [], "quorum": None, "error": None}
         ctx = client_ssl_context(
             pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key"
         )
+        out: dict[str, Any] = {"members": [], "quorum": None, "error": None}
         async with EtcdClient(["https://127.0.0.1:2379"], ctx, timeout_s=2.0) as etcd:
-            return [m.to_json() for m in await etcd.member_list()]
+            try:
+                out["members"] = [m.to_json() for m in await etcd.member_list()]
+                await etcd.get("/registry/health")
+                out["quorum"] = True
+            except (EtcdError, OSError) as err:
+                out["quorum"] = False if out["members"] else None
+                out["error"] = str(err)
+        return out
 
 
 def _warm_imports() -> None:

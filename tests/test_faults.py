@@ -183,6 +183,21 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     r = healthy(lab, state)
     assert r["generation"] == generation + 2
 
+    # 6. Quorum loss: 2 of 3 control nodes crash together. The survivor reports it, calls the
+    #    cluster lost after the grace period and (on_cluster_lost: reinit) starts a new
+    #    generation; the crashed nodes join it when they boot.
+    survivor, *doomed = CONTROL
+    for n in doomed:
+        lab.stop_node(state, state.node(n), crash=True)
+    wait_for(lambda: phylactery_status(state, survivor)["etcd"]["quorum"] is False, 10, 0.5, "quorum loss reported")
+    lab.wait_ready(state, 120, since=time.time(), names=[survivor, "worker0", "worker1"])
+    assert store.read_state().generation == generation + 3
+    booted = time.time()
+    for n in doomed:
+        lab.boot_node(state, state.node(n))
+    lab.wait_ready(state, 120, since=booted, names=doomed)
+    healthy(lab, state)
+
 
 @pytest.mark.lab
 def test_leader_crash_during_init_is_replaced_and_does_not_split_the_cluster(lab: Lab) -> None:

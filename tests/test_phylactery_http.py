@@ -111,5 +111,5 @@ def test_status_and_healthz_documented_keys(tmp_path: Path) -> None:
     }
     assert set(status["haproxy"]) >= {"running", "reloads", "backends"}
     assert set(status["keepalived"]) >= {"running", "vip", "vip_held"}
-    assert set(status["etcd"]) == {"members", "error"}
+    assert set(status["etcd"]) == {"members", "quorum", "error"}
     assert status["node"] == "control0" and status["role"] == "control"
