@@ -120,6 +120,8 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @click.option(
     "--join-seconds", default=0.0, show_default=True, help="each emulated kubeadm join lasts this long in all"
 )
+@click.option("--certs-ttl", default=7200.0, show_default=True, help="emulated lifetime of the kubeadm-certs Secret")
+@click.option("--token-ttl", default=None, type=float, help="emulated lifetime of bootstrap tokens (default: as asked)")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(
     "--set",
@@ -137,6 +139,8 @@ def up(
     json_path: str | None,
     init_seconds: float,
     join_seconds: float,
+    certs_ttl: float,
+    token_ttl: float | None,
     timeout: float,
     settings: tuple[str, ...],
 ) -> None:
@@ -146,7 +150,10 @@ def up(
     the_lab = _lab(ctx)
     try:
         state = the_lab.create(
-            control, workers, Emulation(init_s=init_seconds, join_s=join_seconds), _overrides(settings)
+            control,
+            workers,
+            Emulation(init_s=init_seconds, join_s=join_seconds, certs_ttl_s=certs_ttl, token_ttl_s=token_ttl),
+            _overrides(settings),
         )
         click.echo(
             f"Booting {control} control + {workers} worker nodes in {the_lab.dir} (namespaces {the_lab.prefix}-*)",

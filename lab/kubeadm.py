@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import shutil
 import ssl
 import sys
@@ -723,28 +724,69 @@ def reset(r: Root) -> None:
     )
 
 
+def admin_api(r: Root) -> Api:
+    """The API through the control-plane endpoint with this node's admin.conf, as kubeadm's
+    token and upload-certs commands use it."""
+    path = r("/etc/kubernetes/admin.conf")
+    if not path.exists():
+        raise KubeadmError(f"{path} not found: run this on a control-plane node")
+    server, ca_pem, cert = pki.parse_kubeconfig(path.read_bytes())
+    return Api(server, ctx_for(ca_pem, cert, r.pki))
+
+
+def token_create(r: Root, token: str, ttl: str) -> None:
+    """``kubeadm token create TOKEN --ttl D``."""
+    create_token(admin_api(r), token, ttl, emulation.load())
+    print(token, flush=True)
+
+
+def upload_certs(r: Root, certificate_key: str) -> None:
+    """``kubeadm init phase upload-certs --upload-certs --certificate-key KEY``."""
+    if not re.fullmatch(r"[0-9a-f]{64}", certificate_key):
+        raise KubeadmError("the certificate key must be 32 bytes, hex-encoded (64 characters)")
+    upload_certificates(r, admin_api(r), certificate_key, emulation.load())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kubeadm", description="EMULATED kubeadm (ephemeral-k8s lab only)")
     p.add_argument("--rootfs", default=None)
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in ("init", "join"):
         sp = sub.add_parser(cmd)
-        sp.add_argument("--config", required=True)
+        sp.add_argument("--config")
         sp.add_argument("--rootfs", default=None)
         if cmd == "init":
             sp.add_argument("--upload-certs", action="store_true")
+            sp.add_argument("--certificate-key", default=None)
+            sp.add_argument("phase", nargs="*", help="'phase upload-certs' only")
     sp = sub.add_parser("reset")
     sp.add_argument("-f", "--force", action="store_true")
+    sp.add_argument("--rootfs", default=None)
+    sp = sub.add_parser("token")
+    sp.add_argument("action", choices=["create"])
+    sp.add_argument("token")
+    sp.add_argument("--ttl", default="24h0m0s")
     sp.add_argument("--rootfs", default=None)
     args = p.parse_args(argv)
     r = Root(args.rootfs)
     os.umask(0o077)
+    command = "upload-certs" if args.cmd == "init" and args.phase else args.cmd
     try:
         if args.cmd == "reset":
             if not args.force:
                 raise KubeadmError("the emulated kubeadm only supports non-interactive 'reset -f'")
             reset(r)
+        elif args.cmd == "token":
+            token_create(r, args.token, args.ttl)
+        elif args.cmd == "init" and args.phase:
+            if args.phase != ["phase", "upload-certs"] or not args.upload_certs or not args.certificate_key:
+                raise KubeadmError(
+                    "the emulation supports 'init phase upload-certs --upload-certs --certificate-key KEY'"
+                )
+            upload_certs(r, args.certificate_key)
         else:
+            if not args.config:
+                raise KubeadmError("--config is required")
             docs = load_docs(r(args.config))
             if args.cmd == "init":
                 init(r, docs, args.upload_certs)
@@ -752,9 +794,9 @@ def main(argv: list[str] | None = None) -> int:
                 join(r, docs)
     except (KubeadmError, OSError, KeyError, EtcdError) as err:
         print(f"error execution phase {args.cmd}: {err}", file=sys.stderr, flush=True)
-        PHASES.save(args.cmd, ok=False)
+        PHASES.save(command, ok=False)
         return 1
-    PHASES.save(args.cmd, ok=True)
+    PHASES.save(command, ok=True)
     return 0
 
 

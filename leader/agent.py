@@ -296,6 +296,25 @@ class Agent:
             )
         return False
 
+    def ensure_join_material(self) -> None:
+        """Ask a live Phylactery to make sure join.json is still accepted by the API."""
+        token = self.store.read_token()
+        for url in self._phylactery_urls():
+            try:
+                status, answer = probes.phylactery_post(url, "/v1/join-material", token, {}, timeout_s=60)
+            except OSError as err:
+                log.info("Phylactery did not answer", extra={"phase": "join", "url": url, "error": str(err)})
+                continue
+            if status == 200:
+                if answer.get("refreshed"):
+                    self.say(
+                        "join",
+                        f"join material refreshed through {url}: {', '.join(answer['refreshed'])}",
+                        "join_material_refreshed",
+                    )
+                return
+            log.info("Phylactery could not ensure join material", extra={"phase": "join", "url": url, "answer": answer})
+
     def _needs_prune(self, attempt: int) -> bool:
         """Skip the prune only when this node has never been part of this generation."""
         prev = self.previous
@@ -314,9 +333,12 @@ class Agent:
         attempts = self.cfg.timeouts.join_attempts
         last_error = ""
         for attempt in range(1, attempts + 1):
-            material = self.store.read_join_material()
             if self._needs_prune(attempt):
+                # A rejoin may come days after init: the uploaded certificates (2 h) and the
+                # token (24 h) may have expired. A live Phylactery replaces what did.
+                self.ensure_join_material()
                 self.prune_self()
+            material = self.store.read_join_material()
             held = False
             try:
                 if self.cfg.is_control:

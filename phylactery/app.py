@@ -6,6 +6,8 @@
 ``POST /v1/refresh``   yes    re-read members, regenerate, reload if changed (coalesced)
 ``POST /v1/prune``     yes    body ``{"name": str, "address": "a.b.c.d"}``: remove that
                               node's stale Node and etcd member
+``POST /v1/join-material`` yes  make sure ``join.json`` holds a token and certificate key
+                              the API still accepts (refresh what expired)
 =====================  =====  ==========================================================
 
 The token is ``<share>/<cluster>/phylactery.token`` (0600), compared in constant time. Errors
@@ -113,6 +115,22 @@ async def prune(request: web.Request) -> web.StreamResponse:
     return web.json_response(result.to_json())
 
 
+async def join_material(request: web.Request) -> web.StreamResponse:
+    """Ensure the published join material is still accepted (refresh what expired)."""
+    from leader.drivers import DriverError
+
+    try:
+        result = await request.app[PHYLACTERY].ensure_join_material()
+    except LookupError as err:
+        return error(409, str(err))
+    except PruneError as err:
+        return error(503, str(err))
+    except DriverError as err:
+        log.error("join material refresh failed", extra={"error": str(err)})
+        return error(503, f"kubeadm failed: {err}")
+    return web.json_response(result)
+
+
 def make_app(phylactery: Phylactery, token: str) -> web.Application:
     """The aiohttp application; starting Phylactery itself is :func:`run`'s job."""
     app = web.Application(middlewares=[json_errors, bearer_auth], client_max_size=64 * 1024)
@@ -122,6 +140,7 @@ def make_app(phylactery: Phylactery, token: str) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/refresh", refresh)
     app.router.add_post("/v1/prune", prune)
+    app.router.add_post("/v1/join-material", join_material)
     return app
 
 

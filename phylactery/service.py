@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,6 +47,7 @@ class Phylactery:
         self.generation = 0
         self.last_reconcile: dict[str, Any] = {}
         self.started = False
+        self._join_material_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -182,6 +185,61 @@ class Phylactery:
 
             await asyncio.gather(*(_one(m) for m in members if m.name != self.cfg.node.name))
 
+    # -- join material ----------------------------------------------------------------
+    async def ensure_join_material(self) -> dict[str, Any]:
+        """Make sure ``join.json`` holds a bootstrap token and a certificate key that the API
+        still accepts; replace what expired (kubeadm deletes ``kubeadm-certs`` after 2 h and a
+        token after its TTL). Serialised, so a burst of joiners causes one refresh.
+
+        Returns ``{"refreshed": [...], "token_expires_at", "certificate_key_expires_at"}``
+        (no secrets). Raises ``LookupError`` when the generation is not ready, ``PruneError``
+        when the API does not answer, ``DriverError`` when kubeadm fails.
+        """
+        from leader.drivers import driver_for
+        from leader.drivers.kubeadm import CERTIFICATE_KEY_TTL_S, TOKEN_TTL_S
+        from leader.joinmaterial import generate_certificate_key, generate_token
+
+        async with self._join_material_lock:
+            state = await asyncio.to_thread(self.store.read_state)
+            try:
+                material = await asyncio.to_thread(self.store.read_join_material)
+            except FileNotFoundError:
+                material = None
+            if not state.ready or material is None or material.generation != state.generation:
+                raise LookupError(f"generation {state.generation} is not ready; the leader publishes join material")
+            driver = driver_for(self.cfg)
+            token_ok, certs_ok = await asyncio.to_thread(
+                check_join_material, driver.admin_kubeconfig, material.token, material.certificate_key_expires_at
+            )
+            refreshed = []
+            now = time.time()
+            token = material.token if token_ok else generate_token()
+            key = material.certificate_key if certs_ok else generate_certificate_key()
+            if not (token_ok and certs_ok):
+                await asyncio.to_thread(
+                    driver.refresh_join_material, None if token_ok else token, None if certs_ok else key
+                )
+                refreshed = [n for n, ok in (("token", token_ok), ("certificate_key", certs_ok)) if not ok]
+                material = replace(
+                    material,
+                    epoch=state.epoch,
+                    token=token,
+                    token_expires_at=material.token_expires_at if token_ok else now + TOKEN_TTL_S,
+                    certificate_key=key,
+                    certificate_key_expires_at=material.certificate_key_expires_at
+                    if certs_ok
+                    else now + CERTIFICATE_KEY_TTL_S,
+                    published_by=self.cfg.node.name,
+                    published_at=now,
+                )
+                await asyncio.to_thread(self.store.publish_join_material, material)
+                log.info("join material refreshed", extra={"refreshed": refreshed})
+            return {
+                "refreshed": refreshed,
+                "token_expires_at": material.token_expires_at,
+                "certificate_key_expires_at": material.certificate_key_expires_at,
+            }
+
     # -- prune and status -------------------------------------------------------------
     async def prune(self, name: str, address: str) -> PruneResult:
         from leader.drivers import driver_for
@@ -254,6 +312,44 @@ class Phylactery:
                 out["quorum"] = False if out["members"] else None
                 out["error"] = str(err)
         return out
+
+
+def check_join_material(kubeconfig: Path, token: str, certificate_key_expires_at: float) -> tuple[bool, bool]:
+    """(token still valid, uploaded certificates still there), asked of the API with this
+    node's admin kubeconfig: the ``bootstrap-token-<id>`` Secret with an ``expiration`` more
+    than 5 minutes away, and the ``kubeadm-certs`` Secret (which kubeadm garbage-collects
+    with its 2-hour owner token). Raises ``PruneError`` when the API does not answer."""
+    import base64
+    import datetime as dt
+
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    from phylactery.prune import PruneError
+
+    if not kubeconfig.exists():
+        raise PruneError(f"{kubeconfig}: no admin kubeconfig on this node yet")
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    margin = time.time() + 300
+
+    def secret(name: str) -> Any:
+        try:
+            return api.read_namespaced_secret(name, "kube-system", _request_timeout=5)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise PruneError(f"kubernetes API: {err.reason}") from err
+        except Exception as err:  # urllib3 connection errors
+            raise PruneError(f"kubernetes API: {err}") from err
+
+    token_secret = secret(f"bootstrap-token-{token.split('.')[0]}")
+    token_ok = False
+    if token_secret is not None and token_secret.data:
+        raw = base64.b64decode(token_secret.data.get("expiration", "")).decode()
+        expires = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp() if raw else 0.0
+        token_ok = not raw or expires > margin
+    certs_ok = secret("kubeadm-certs") is not None and certificate_key_expires_at > margin
+    return token_ok, certs_ok
 
 
 def _warm_imports() -> None:

@@ -103,7 +103,7 @@ def kubeadm_phases(reports: list[dict[str, Any]]) -> dict[str, dict[str, list[fl
         roles = {n["name"]: n["role"] for n in r["nodes"]}
         control_joins = 0
         for t in sorted(r.get("emulated_kubeadm", []), key=lambda t: t["t"]):
-            if not t["ok"] or t["command"] == "reset":
+            if not t["ok"] or t["command"] not in ("init", "join"):
                 continue
             if t["command"] == "init":
                 kind = "init"

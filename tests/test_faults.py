@@ -224,3 +224,17 @@ def test_leader_crash_during_init_is_replaced_and_does_not_split_the_cluster(lab
     lab.wait_ready(state, 120, since=booted, names=[first])
     r = healthy(lab, state)
     assert r["generation"] == 1 and store.read_state().epoch == 2
+
+
+@pytest.mark.lab
+def test_expired_join_material_is_refreshed_for_a_rebooting_control_node(lab: Lab) -> None:
+    state = boot_lab(lab, {}, Emulation(certs_ttl_s=5.0, token_ttl_s=5.0))
+    share = Path(state.share) / "default"
+    before = json.loads((share / "join.json").read_text())
+    time.sleep(6)  # the bootstrap token and the kubeadm-certs Secret have expired
+    reboot(lab, state, "control1" if lab.report(state)["leader"] != "control1" else "control2")
+    after = json.loads((share / "join.json").read_text())
+    assert after["token"] != before["token"] and after["certificate_key"] != before["certificate_key"]
+    store = ShareStore(Path(state.share), "default", "test")
+    assert any(e["event"] == "join_material_refreshed" for e in store.events())
+    healthy(lab, state)

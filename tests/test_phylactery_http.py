@@ -13,7 +13,7 @@ from leader.config import parse_config
 from phylactery.app import make_app
 from phylactery.service import Phylactery
 
-POSTS = ["/v1/refresh", "/v1/prune"]
+POSTS = ["/v1/refresh", "/v1/prune", "/v1/join-material"]
 
 
 def make_phylactery(tmp_path: Path) -> Phylactery:
@@ -86,6 +86,11 @@ def test_prune_of_the_serving_node_is_refused_and_unreachable_stores_give_503(tm
     )
     assert s1 == 409 and "this node" in a1["error"]
     assert s2 == 503 and "kubeconfig" in a2["error"]
+
+
+def test_join_material_before_the_generation_is_ready_is_a_409(tmp_path: Path) -> None:
+    [(status, body)] = call(tmp_path, [("POST", "/v1/join-material", {"Authorization": "Bearer {token}"}, {})])
+    assert status == 409 and "not ready" in body["error"]
 
 
 def test_refresh_with_token_is_accepted(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ class Driver(Protocol):
     def join_worker(self, material: JoinMaterial) -> None:
         """Join this node as a worker."""
 
+    def refresh_join_material(self, token: str | None, certificate_key: str | None) -> None:
+        """On a control node: create bootstrap token ``token`` and/or upload the control-plane
+        certificates sealed with ``certificate_key`` (None: leave that part alone)."""
+
     def reset(self) -> None:
         """Undo init/join on this node (``kubeadm reset -f``); never raises for "nothing to
         reset"."""

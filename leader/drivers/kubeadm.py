@@ -19,6 +19,7 @@ added and the config path is given relative to that root, as kubeadm's ``--rootf
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +40,12 @@ CERTIFICATE_KEY_TTL_S = 2 * 3600.0
 TOKEN_TTL_S = 24 * 3600.0
 
 log = get_logger(__name__, "kubeadm")
+_SECRETS = re.compile(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b|(?<!sha256:)\b[0-9a-f]{64}\b")
+
+
+def redact(text: str) -> str:
+    """Hide bootstrap token secrets and certificate keys before anything reaches the log."""
+    return _SECRETS.sub(lambda m: f"{m.group(1)}.<redacted>" if m.group(1) else "<redacted>", text)
 
 
 def _node_registration(cfg: NodeConfig) -> dict[str, Any]:
@@ -144,7 +151,7 @@ class KubeadmDriver:
         if self.cfg.root != Path("/"):
             argv += ["--rootfs", str(self.cfg.root)]
         started = time.monotonic()
-        log.info("running kubeadm", extra={"command": " ".join(argv)})
+        log.info("running kubeadm", extra={"command": redact(" ".join(argv))})
         try:
             res = subprocess.run(
                 argv,
@@ -155,14 +162,16 @@ class KubeadmDriver:
             )
         except subprocess.TimeoutExpired as err:
             out = (err.stdout or "") if isinstance(err.stdout, str) else ""
-            raise DriverError(argv, -1, out + f"\ntimed out after {self.cfg.timeouts.command_s}s") from err
+            raise DriverError(
+                [redact(a) for a in argv], -1, redact(out) + f"\ntimed out after {self.cfg.timeouts.command_s}s"
+            ) from err
         except OSError as err:
-            raise DriverError(argv, 127, str(err)) from err
-        output = res.stdout + res.stderr
+            raise DriverError([redact(a) for a in argv], 127, str(err)) from err
+        output = redact(res.stdout + res.stderr)
         for line in output.splitlines():
             log.info(line, extra={"source": "kubeadm"})
         if res.returncode != 0:
-            raise DriverError(argv, res.returncode, output)
+            raise DriverError([redact(a) for a in argv], res.returncode, output)
         log.info("kubeadm finished", extra={"seconds": round(time.monotonic() - started, 3)})
         return output
 
@@ -181,6 +190,15 @@ class KubeadmDriver:
     def join_worker(self, material: JoinMaterial) -> None:
         path = self._write_config("join.yaml", render_join_config(self.cfg, material))
         self._run(["join", "--config", path])
+
+    def refresh_join_material(self, token: str | None, certificate_key: str | None) -> None:
+        """``kubeadm token create TOKEN --ttl 86400s`` and
+        ``kubeadm init phase upload-certs --upload-certs --certificate-key KEY`` (they use
+        this node's /etc/kubernetes/admin.conf)."""
+        if token is not None:
+            self._run(["token", "create", token, "--ttl", f"{int(TOKEN_TTL_S)}s"])
+        if certificate_key is not None:
+            self._run(["init", "phase", "upload-certs", "--upload-certs", "--certificate-key", certificate_key])
 
     def reset(self) -> None:
         self._run(["reset", "-f"])
