@@ -229,6 +229,38 @@ class Lab:
         self.save(state)
         return booted
 
+    def reboot_nodes(self, state: LabState, names: list[str], timeout_s: float = 180) -> float:
+        """Reboot ``names`` together (clean stop, wiped roots, boot); return seconds from boot
+        to the last ``node_ready``."""
+        for name in names:
+            self.stop_node(state, state.node(name), crash=False)
+        booted = time.time()
+        for name in names:
+            self.boot_node(state, state.node(name))
+        return self.wait_ready(state, timeout_s, since=booted, names=names) - booted
+
+    def wait_whole(self, state: LabState, timeout_s: float = 60) -> dict[str, Any]:
+        """Wait until the cluster is whole: every node Ready in the API and no other Node, one
+        etcd member per control node, every HAProxy with exactly the control nodes UP, one VIP
+        holder. Returns the report; raises :class:`LabError` with the last one on timeout."""
+        control = sorted(n.name for n in state.nodes if n.role == "control")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            r = self.report(state)
+            nodes = r["nodes"]
+            whole = (
+                all(n["ready"] for n in nodes)
+                and r["api_nodes"] == sorted(n.name for n in state.nodes)
+                and r["etcd_members"] == len(control)
+                and all(r["haproxy_backends_up"].get(c) == len(control) for c in control)
+                and r["vip_holder"] in control
+            )
+            if whole:
+                return r
+            if time.monotonic() > deadline:
+                raise LabError(f"cluster not whole after {timeout_s:.0f}s: {json.dumps(r)[:2000]}")
+            time.sleep(0.5)
+
     def start_all(self, state: LabState) -> None:
         state.t0 = time.time()
         for node in state.nodes:
@@ -335,6 +367,7 @@ class Lab:
                 }
                 for n in state.nodes
             ],
+            "api_nodes": sorted(api_nodes),
             "etcd_members": max(etcd_counts) if etcd_counts else 0,
             "haproxy_backends_up": {
                 name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP"))

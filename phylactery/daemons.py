@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class ManagedDaemon:
     reloads: int = 0
     starts: int = 0
     extra_files: dict[Path, tuple[str, int]] = field(default_factory=dict)
+    before_reload: Callable[[], None] | None = None
 
     def installed(self) -> str | None:
         try:
@@ -87,6 +89,8 @@ class ManagedDaemon:
             self.validate(text)
             write_atomic(self.config_path, text, FILE_MODE)
         if running:
+            if self.before_reload is not None:
+                self.before_reload()
             self.services.reload(self.name, self.reload_signal)
             self.reloads += 1
             log.info("reloaded", extra={"daemon": self.name, "reloads": self.reloads})
@@ -101,9 +105,11 @@ class ManagedDaemon:
 
 
 def haproxy(root: Path, services: ServiceManager) -> ManagedDaemon:
-    """HAProxy in master-worker mode (``-W``), foreground (``-db``), config under ``root``."""
+    """HAProxy in master-worker mode (``-W``), foreground (``-db``), config under ``root``.
+    Before each reload the servers' states are saved for the new worker to load."""
     cfg = root / "etc/haproxy/haproxy.cfg"
     return ManagedDaemon(
+        before_reload=lambda: save_server_state(haproxy_stats_socket(root), haproxy_server_state_file(root)),
         name="haproxy",
         config_path=cfg,
         check_argv=["haproxy", "-c", "-f", "{config}"],
@@ -115,6 +121,32 @@ def haproxy(root: Path, services: ServiceManager) -> ManagedDaemon:
 
 def haproxy_stats_socket(root: Path) -> Path:
     return root / "run/haproxy/admin.sock"
+
+
+def haproxy_server_state_file(root: Path) -> Path:
+    return root / "run/haproxy/server-state"
+
+
+def _stats_command(stats_socket: Path, command: str, timeout_s: float = 2.0) -> str:
+    """Send one command to HAProxy's stats socket; '' when HAProxy does not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(str(stats_socket))
+            s.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return ""
+    return b"".join(chunks).decode(errors="replace")
+
+
+def save_server_state(stats_socket: Path, state_file: Path) -> None:
+    """``show servers state`` into ``state_file`` (HAProxy management guide, "server-state-file")."""
+    text = _stats_command(stats_socket, "show servers state")
+    if text.strip():
+        write_atomic(state_file, text)
 
 
 def keepalived(root: Path, services: ServiceManager, check_script: str) -> ManagedDaemon:
@@ -150,17 +182,8 @@ def backend_states(stats_socket: Path, backend: str = "kube-apiserver", timeout_
     """``{server name: status}`` from HAProxy's ``show stat`` (CSV, HAProxy management
     guide §9.3); status is ``UP``, ``DOWN``, ``MAINT``, ``no check``... Empty when HAProxy
     does not answer."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout_s)
-            s.connect(str(stats_socket))
-            s.sendall(b"show stat\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-    except OSError:
-        return {}
-    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    text = _stats_command(stats_socket, "show stat", timeout_s)
+    lines = text.splitlines()
     if not lines or not lines[0].startswith("# "):
         return {}
     header = lines[0][2:].split(",")

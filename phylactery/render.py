@@ -44,6 +44,7 @@ def render_haproxy(
     stats_socket: str,
     check_interval: str = "1s",
     frontend_bind: str = "",
+    server_state_file: str = "/run/haproxy/server-state",
 ) -> str:
     """haproxy.cfg text. ``members`` are sorted by name so the output is stable;
     ``frontend_bind`` empty binds every address (the VIP comes and goes)."""
@@ -57,6 +58,7 @@ def render_haproxy(
         stats_socket=stats_socket,
         check_interval=check_interval,
         frontend_bind=frontend_bind,
+        server_state_file=server_state_file,
     )
 
 

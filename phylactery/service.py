@@ -136,6 +136,7 @@ class Phylactery:
             frontend_port=c.vip.port,
             api_port=c.kubernetes.api_server_port,
             stats_socket=str(self.stats_socket),
+            server_state_file=str(daemons.haproxy_server_state_file(c.root)),
         )
         keepalived_cfg = render.render_keepalived(
             node=c.node.name,

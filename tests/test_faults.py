@@ -48,20 +48,8 @@ def boot_lab(lab: Lab, overrides: dict[str, Any], emulation: Emulation | None = 
     return state
 
 
-def healthy(lab: Lab, state: LabState, control: list[str] | None = None) -> dict[str, Any]:
-    """Wait until the cluster looks whole again and return the report."""
-    control = control or CONTROL
-
-    def whole() -> dict[str, Any] | None:
-        r = lab.report(state)
-        nodes = {n["name"]: n["ready"] for n in r["nodes"]}
-        backends_ok = all(r["haproxy_backends_up"].get(c) == len(control) for c in control)
-        vip = r["vip_holder"]
-        if all(nodes.values()) and r["etcd_members"] == len(control) and backends_ok and vip in control:
-            return r
-        return None
-
-    return wait_for(whole, 60, 0.5, "cluster whole again")
+def healthy(lab: Lab, state: LabState) -> dict[str, Any]:
+    return lab.wait_whole(state, 60)
 
 
 def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
@@ -70,13 +58,7 @@ def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
 
 
 def reboot(lab: Lab, state: LabState, *names: str) -> float:
-    for n in names:
-        lab.stop_node(state, state.node(n), crash=False)
-    booted = time.time()
-    for n in names:
-        lab.boot_node(state, state.node(n))
-    ready = lab.wait_ready(state, 180, since=booted, names=list(names))
-    return ready - booted
+    return lab.reboot_nodes(state, list(names))
 
 
 def exec_in(state: LabState, node: str, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Measure how the lab cluster heals: reboots, a soak of random reboots, VIP failover, HAProxy
+reloads under load, a leader crash during init, a full reboot without reset.
+
+Each part boots its own 3 control + 2 worker lab (under /run/ek8s-fbench, namespaces ek8sfb-*)
+and tears it down. Figures are printed and written as JSON; docs/benchmarks.md quotes them.
+
+    .venv/bin/python scripts/bench_faults.py                 # everything (~10 minutes)
+    .venv/bin/python scripts/bench_faults.py --only reboot vip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lab.cluster import Lab, LabState
+from lab.emulation import Emulation
+from leader.share import ShareStore
+
+PROBE = r"""
+import ssl, sys, time, urllib.request
+ctx = ssl._create_unverified_context()
+end = time.time() + float(sys.argv[1])
+timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
+while time.time() < end:
+    t = time.time()
+    try:
+        with urllib.request.urlopen("https://10.0.0.99:8443/readyz", context=ctx, timeout=timeout) as r:
+            ok = r.status == 200
+    except Exception:
+        ok = False
+    print(f"{t:.3f} {int(ok)}", flush=True)
+    time.sleep(max(0.0, 0.1 - (time.time() - t)))
+"""
+
+
+def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
+    lab = Lab(Path("/run/ek8s-fbench"), "ek8sfb")
+    lab.down()
+    state = lab.create(3, 2, emulation or Emulation(), overrides or {})
+    lab.start_all(state)
+    if wait:
+        lab.wait_ready(state, 180, since=state.t0)
+        lab.wait_whole(state)
+    return lab, state
+
+
+def med(values: list[float]) -> dict[str, float]:
+    v = sorted(values)
+    return {"median": round(statistics.median(v), 3), "max": round(max(v), 3), "min": round(min(v), 3), "n": len(v)}
+
+
+def bench_reboot(n: int) -> dict[str, Any]:
+    lab, state = fresh_lab()
+    try:
+        out = {}
+        for role, names in (("control", ["control0", "control1", "control2"]), ("worker", ["worker0", "worker1"])):
+            times = []
+            for i in range(n):
+                times.append(lab.reboot_nodes(state, [names[i % len(names)]]))
+                lab.wait_whole(state)
+            out[role] = med(times)
+            print(f"reboot {role}: rejoin_s {out[role]}", flush=True)
+        return out
+    finally:
+        lab.down()
+
+
+def bench_soak(n: int) -> dict[str, Any]:
+    lab, state = fresh_lab()
+    rng = random.Random(42)
+    try:
+        ok, times = 0, []
+        for i in range(n):
+            name = rng.choice([node.name for node in state.nodes])
+            times.append(lab.reboot_nodes(state, [name]))
+            lab.wait_whole(state)  # raises when anything stale is left
+            ok += 1
+            print(f"soak {i + 1}/{n}: {name} rejoined in {times[-1]:.2f}s, cluster whole", flush=True)
+        return {"rejoined": ok, "of": n, "rejoin_s": med(times)}
+    finally:
+        lab.down()
+
+
+def probe_gap(state: LabState, seconds: float, action: Any) -> float:
+    """Longest time without an answer from the VIP seen by a 10 Hz probe on worker0."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", state.node("worker0").ns, sys.executable, "-c", PROBE, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    action()
+    out, _ = proc.communicate(timeout=seconds + 30)
+    samples = [(float(t), ok == "1") for t, ok in (line.split() for line in out.splitlines())]
+    gap, last_ok = 0.0, None
+    for t, ok in samples:
+        if ok:
+            if last_ok is not None:
+                gap = max(gap, t - last_ok)
+            last_ok = t
+    return gap
+
+
+def bench_vip(n: int) -> dict[str, Any]:
+    lab, state = fresh_lab()
+    try:
+        gaps = []
+        for _ in range(n):
+            holder = lab.report(state)["vip_holder"]
+            gaps.append(probe_gap(state, 8.0, lambda h=holder: lab.stop_node(state, state.node(h), crash=True)))
+            print(f"VIP failover after crashing {holder}: longest gap {gaps[-1]:.2f}s", flush=True)
+            booted = time.time()
+            lab.boot_node(state, state.node(holder))
+            lab.wait_ready(state, 120, since=booted, names=[holder])
+            lab.wait_whole(state)
+        return {"gap_s": med(gaps)}
+    finally:
+        lab.down()
+
+
+def bench_reload_under_load(changes: int) -> dict[str, Any]:
+    """A client on worker0 loops through the VIP while ``changes`` membership changes (a member
+    record appears or disappears, every Phylactery is told to refresh) are applied."""
+    lab, state = fresh_lab()
+    members = Path(state.share) / "default/members"
+    token = (Path(state.share) / "default/phylactery.token").read_text().strip()
+    controls = [n for n in state.nodes if n.role == "control"]
+    try:
+        before = sum(lab.probe(state)["phylactery"][c.name]["haproxy"]["reloads"] for c in controls)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", state.node("worker0").ns, sys.executable, "-c", PROBE, str(changes * 0.5 + 3), "5"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        ghost = members / "ghost.json"
+        for i in range(changes):
+            if i % 2 == 0:
+                ghost.write_text(
+                    json.dumps(
+                        {
+                            "name": "ghost",
+                            "address": "10.0.0.60",
+                            "phylactery_url": "http://10.0.0.60:9999",
+                            "boot_id": "x",
+                            "generation": 1,
+                            "registered_at": 0,
+                        }
+                    )
+                )
+                ghost.chmod(0o600)
+            else:
+                ghost.unlink()
+            curls = " & ".join(
+                f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' http://{c.address}:9999/v1/refresh"
+                for c in controls
+            )
+            subprocess.run(["ip", "netns", "exec", state.node("worker1").ns, "sh", "-c", curls + "; wait"], check=True)
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=60)
+        results = [line.split()[1] == "1" for line in out.splitlines()]
+        after = sum(lab.probe(state)["phylactery"][c.name]["haproxy"]["reloads"] for c in controls)
+        r = {"requests": len(results), "failed": results.count(False), "reloads": after - before, "changes": changes}
+        print(f"reload under load: {r}", flush=True)
+        return r
+    finally:
+        lab.down()
+
+
+def bench_leader_crash(ttl: float, init_s: float) -> dict[str, Any]:
+    lab, state = fresh_lab(
+        {"timeouts": {"lease_ttl_s": ttl, "heartbeat_interval_s": 1}}, Emulation(init_s=init_s), wait=False
+    )
+    store = ShareStore(Path(state.share), "default", "bench")
+    try:
+        while True:
+            try:
+                leader = store.read_state().leader
+            except FileNotFoundError:
+                leader = None
+            if leader:
+                break
+            time.sleep(0.05)
+        crashed = time.time()
+        lab.stop_node(state, state.node(leader.node), crash=True)
+        survivors = [n.name for n in state.nodes if n.name != leader.node]
+        ready = [e for e in store.events() if e["event"] == "leader_ready"]
+        while not ready:
+            time.sleep(0.1)
+            ready = [e for e in store.events() if e["event"] == "leader_ready"]
+        lab.wait_ready(state, 180, since=state.t0, names=survivors)
+        r = {
+            "lease_ttl_s": ttl,
+            "init_s": init_s,
+            "ready_after_crash_s": round(ready[0]["t"] - crashed, 3),
+            "bound_s": ttl + init_s + 3,
+        }
+        print(f"leader crash during init: {r}", flush=True)
+        return r
+    finally:
+        lab.down()
+
+
+def bench_full_reboot(grace: float) -> dict[str, Any]:
+    lab, state = fresh_lab({"timeouts": {"cluster_lost_grace_s": grace}})
+    store = ShareStore(Path(state.share), "default", "bench")
+    try:
+        generation = store.read_state().generation
+        for n in state.nodes:
+            lab.stop_node(state, n, crash=False)
+        booted = time.time()
+        for n in state.nodes:
+            lab.boot_node(state, n)
+        while True:
+            s = store.read_state()
+            if s.generation > generation and s.ready:
+                break
+            time.sleep(0.1)
+        ready_events = [e for e in store.events() if e["event"] == "leader_ready" and e["generation"] > generation]
+        claim = [e for e in store.events() if e["event"] == "leader_claimed" and e["generation"] > generation]
+        all_ready = lab.wait_ready(state, 180, since=booted)
+        r = {
+            "grace_s": grace,
+            "new_generation_ready_s": round(ready_events[0]["t"] - booted, 3),
+            "init_s": round(ready_events[0]["t"] - claim[0]["t"], 3),
+            "all_nodes_ready_s": round(all_ready - booted, 3),
+        }
+        print(f"full reboot without reset: {r}", flush=True)
+        return r
+    finally:
+        lab.down()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parts = ["reboot", "soak", "vip", "reload", "leader", "full"]
+    p.add_argument("--only", nargs="*", choices=parts, default=parts)
+    p.add_argument("--reboots", type=int, default=10)
+    p.add_argument("--soak", type=int, default=20)
+    p.add_argument("--json", type=Path, default=Path("bench-faults.json"))
+    args = p.parse_args()
+    results: dict[str, Any] = {}
+    if "reboot" in args.only:
+        results["reboot"] = bench_reboot(args.reboots)
+    if "soak" in args.only:
+        results["soak"] = bench_soak(args.soak)
+    if "vip" in args.only:
+        results["vip_failover"] = bench_vip(5)
+    if "reload" in args.only:
+        results["reload_under_load"] = bench_reload_under_load(20)
+    if "leader" in args.only:
+        results["leader_crash_during_init"] = bench_leader_crash(10.0, 5.0)
+    if "full" in args.only:
+        results["full_reboot_without_reset"] = bench_full_reboot(10.0)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
