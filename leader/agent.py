@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from leader import probes
@@ -324,8 +325,6 @@ class Agent:
     def join(self) -> None:
         """Join the ready generation; retries with ``kubeadm reset -f`` and backoff."""
         self.phase = "join"
-        if self.cfg.is_control:
-            self.start_phylactery()
         if self.driver.is_joined():
             self.say("join", "leftovers of an earlier join found; running kubeadm reset first")
             self.driver.reset()
@@ -334,10 +333,16 @@ class Agent:
         last_error = ""
         for attempt in range(1, attempts + 1):
             if self._needs_prune(attempt):
-                # A rejoin may come days after init: the uploaded certificates (2 h) and the
-                # token (24 h) may have expired. A live Phylactery replaces what did.
-                self.ensure_join_material()
-                self.prune_self()
+                # Other nodes' Phylacteries do both, side by side: a rejoin may come days after
+                # init (uploaded certificates last 2 h, the token 24 h), and a rebooted node
+                # leaves its Node and etcd member behind.
+                with ThreadPoolExecutor(2) as pool:
+                    material_done = pool.submit(self.ensure_join_material)
+                    pruned = pool.submit(self.prune_self)
+                    material_done.result()
+                    pruned.result()
+            if self.cfg.is_control:
+                self.start_phylactery()  # our HAProxy and keepalived run before kubeadm does
             material = self.store.read_join_material()
             held = False
             try:

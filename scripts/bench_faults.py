@@ -58,8 +58,8 @@ def med(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(v), 3), "max": round(max(v), 3), "min": round(min(v), 3), "n": len(v)}
 
 
-def bench_reboot(n: int) -> dict[str, Any]:
-    lab, state = fresh_lab()
+def bench_reboot(n: int, join_s: float = 0.0) -> dict[str, Any]:
+    lab, state = fresh_lab(emulation=Emulation(join_s=join_s))
     try:
         out = {}
         for role, names in (("control", ["control0", "control1", "control2"]), ("worker", ["worker0", "worker1"])):
@@ -67,7 +67,7 @@ def bench_reboot(n: int) -> dict[str, Any]:
             for i in range(n):
                 times.append(lab.reboot_nodes(state, [names[i % len(names)]]))
                 lab.wait_whole(state)
-            out[role] = med(times)
+            out[role] = med(times) | {"join_s": join_s}
             print(f"reboot {role}: rejoin_s {out[role]}", flush=True)
         return out
     finally:
@@ -246,11 +246,12 @@ def main() -> int:
     p.add_argument("--only", nargs="*", choices=parts, default=parts)
     p.add_argument("--reboots", type=int, default=10)
     p.add_argument("--soak", type=int, default=20)
+    p.add_argument("--join-seconds", type=float, default=0.0, help="emulated kubeadm join duration for the reboots")
     p.add_argument("--json", type=Path, default=Path("bench-faults.json"))
     args = p.parse_args()
     results: dict[str, Any] = {}
     if "reboot" in args.only:
-        results["reboot"] = bench_reboot(args.reboots)
+        results["reboot"] = bench_reboot(args.reboots, args.join_seconds)
     if "soak" in args.only:
         results["soak"] = bench_soak(args.soak)
     if "vip" in args.only:
