@@ -265,11 +265,12 @@ class ApiServer:
             if public:
                 obj = await self._signed_cluster_info(obj)
             return web.json_response(obj)
-        if request.method == "PUT":
+        if request.method == "PUT":  # create or replace
             body = await request.json()
             body.update(kind=KINDS[res], apiVersion="v1")
+            body.setdefault("metadata", {}).update(name=name, namespace=ns)
             await self.store(prefix + name, body)
-            return web.json_response(body)
+            return web.json_response(body, status=200 if obj is not None else 201)
         if request.method == "DELETE":
             if obj is None:
                 return status_error(404, "NotFound", f'{res} "{name}" not found')

@@ -340,7 +340,7 @@ def _b64(b: bytes | str) -> str:
 
 
 # -- init -------------------------------------------------------------------------------
-def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
+def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool, ignore: set[str] | None = None) -> None:
     emu = emulation.load()
     ic, cc = docs["InitConfiguration"], docs["ClusterConfiguration"]
     name = ic["nodeRegistration"]["name"]
@@ -355,6 +355,14 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
             "[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]: "
             "/etc/kubernetes/manifests/kube-apiserver.yaml already exists"
         )
+    etcd_dir = r("/var/lib/etcd")
+    if etcd_dir.exists() and any(etcd_dir.iterdir()):
+        if "DirAvailable--var-lib-etcd" not in (ignore or set()):
+            raise KubeadmError(
+                "[preflight] Some fatal errors occurred:\n\t"
+                "[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty"
+            )
+        say("[preflight] /var/lib/etcd is not empty: starting etcd on the existing (restored) data")
     started = time.monotonic()
     ca, etcd_ca, fp_ca = pki.new_ca("kubernetes"), pki.new_ca("etcd-ca"), pki.new_ca("front-proxy-ca")
     pki.write_pair(r.pki, "ca", ca)
@@ -400,15 +408,15 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
     # From here kubeadm talks to the control-plane endpoint (the VIP through HAProxy).
     api = Api(server, ctx_for(ca[0], superadmin, r.pki))
     code, body = api.wait(
-        "POST",
-        "/api/v1/namespaces/kube-system/configmaps",
+        "PUT",
+        "/api/v1/namespaces/kube-system/configmaps/kubeadm-config",
         {
             "metadata": {"name": "kubeadm-config"},
             "data": {"ClusterConfiguration": yaml.safe_dump(cc)},
         },
         timeout_s=120,
     )
-    _expect(code, body, "[upload-config] kubeadm-config", (201, 409))
+    _expect(code, body, "[upload-config] kubeadm-config", (200, 201))
     say(f"[upload-config] Stored the configuration in ConfigMap kubeadm-config through {endpoint}")
     PHASES.mark("vip_wait_and_upload_config")
     if upload_certs:
@@ -424,14 +432,14 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool) -> None:
         }
     )
     code, body = api.call(
-        "POST",
-        "/api/v1/namespaces/kube-public/configmaps",
+        "PUT",
+        "/api/v1/namespaces/kube-public/configmaps/cluster-info",
         {
             "metadata": {"name": "cluster-info"},
             "data": {"kubeconfig": kubeconfig},
         },
     )
-    _expect(code, body, "[bootstrap-token] cluster-info", (201, 409))
+    _expect(code, body, "[bootstrap-token] cluster-info", (200, 201))
     say("[bootstrap-token] Created the cluster-info ConfigMap in kube-public")
     PHASES.mark("upload_certs_token_kubelet")
     pad_to(emu.init_s, "init")
@@ -758,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "init":
             sp.add_argument("--upload-certs", action="store_true")
             sp.add_argument("--certificate-key", default=None)
+            sp.add_argument("--ignore-preflight-errors", default="")
             sp.add_argument("phase", nargs="*", help="'phase upload-certs' only")
     sp = sub.add_parser("reset")
     sp.add_argument("-f", "--force", action="store_true")
@@ -789,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise KubeadmError("--config is required")
             docs = load_docs(r(args.config))
             if args.cmd == "init":
-                init(r, docs, args.upload_certs)
+                init(r, docs, args.upload_certs, set(filter(None, args.ignore_preflight_errors.split(","))))
             else:
                 join(r, docs)
     except (KubeadmError, OSError, KeyError, EtcdError) as err:

@@ -123,7 +123,7 @@ class Agent:
                         epoch=state.epoch,
                     )
                     try:
-                        self.lead(state.epoch)
+                        self.lead(state.epoch, Path(state.restore_from) if state.restore_from else None)
                     except EpochSuperseded as err:
                         self.say("election", f"deposed ({err}); resetting and following the new leader", "deposed")
                         self.driver.reset()
@@ -196,16 +196,19 @@ class Agent:
         except OSError as err:
             log.info("local Phylactery did not take the refresh", extra={"phase": self.phase, "error": str(err)})
 
-    def lead(self, epoch: int) -> None:
-        """Initialise the generation: kubeadm init, publish join material, mark ready."""
+    def lead(self, epoch: int, restore_from: Path | None = None) -> None:
+        """Initialise the generation: kubeadm init (etcd restored from ``restore_from`` when the
+        generation was started from a snapshot), publish join material, mark ready."""
         self.phase = "init"
         if self.driver.is_joined():
             self.say("init", "leftovers of an earlier init/join found; running kubeadm reset first")
             self.driver.reset()
         token, certificate_key = generate_token(), generate_certificate_key()
+        if restore_from is not None:
+            self.say("init", f"restoring etcd from the snapshot {restore_from}", "etcd_restore")
         self.say("init", "running kubeadm init (certificates uploaded with our certificate key)")
         started = time.monotonic()
-        result = self.driver.init(token, certificate_key, self.generation)
+        result = self.driver.init(token, certificate_key, self.generation, restore_from)
         kubeadm_s = round(time.monotonic() - started, 3)
         self.store.check_epoch(epoch)
         self.start_phylactery()
@@ -271,7 +274,16 @@ class Agent:
             time.sleep(self.cfg.timeouts.poll_interval_s)
 
     def _phylactery_urls(self) -> list[str]:
-        return [m.phylactery_url for m in self.store.members() if m.name != self.cfg.node.name]
+        """Other control nodes' Phylacteries, those with the freshest heartbeat first (a dead
+        node costs a connection timeout)."""
+        now = self.store.share_now()
+        ranked = []
+        for m in self.store.members():
+            if m.name == self.cfg.node.name:
+                continue
+            hb = self.store.read_heartbeat(m.name, now)
+            ranked.append((hb.age_s if hb is not None else float("inf"), m.phylactery_url))
+        return [url for _, url in sorted(ranked)]
 
     def prune_self(self) -> bool:
         """Ask a live Phylactery to remove this node's stale Node and etcd member."""
@@ -420,9 +432,14 @@ class Agent:
                 f"cluster lost: generation {self.generation} is marked ready but no API answered behind "
                 f"{self.cfg.vip.address}:{self.cfg.vip.port} for {silent:.0f}s"
             )
-            if self.cfg.on_cluster_lost == "reinit":
-                new = self.store.start_generation(why + "; starting a new generation", expected=self.generation)
-                outcome = f"started generation {new.generation}" if new else "another node started a new one"
+            if self.cfg.on_cluster_lost in ("reinit", "restore"):
+                snapshots = self.store.snapshots() if self.cfg.on_cluster_lost == "restore" else []
+                source = snapshots[0] if snapshots else None
+                plan = f"restoring etcd from {source.name}" if source else "starting from nothing"
+                if self.cfg.on_cluster_lost == "restore" and source is None:
+                    plan += " (on_cluster_lost is 'restore' but the share holds no snapshot)"
+                new = self.store.start_generation(f"{why}; {plan}", expected=self.generation, restore_from=source)
+                outcome = f"started generation {new.generation}, {plan}" if new else "another node started a new one"
                 self.say(self.phase, f"{why}; {outcome}", "cluster_lost")
                 raise GenerationChanged(why)
             self.say(self.phase, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")

@@ -116,6 +116,10 @@ class KubernetesSettings(_Strict):
 class PhylacterySettings(_Strict):
     port: int = Field(9999, ge=1, le=65535)
     reconcile_interval_s: Seconds = 30.0
+    # The generation's leader saves an etcd snapshot to the share this often (0: never) and
+    # keeps the newest ``snapshots_keep`` (on_cluster_lost: restore starts from the latest).
+    snapshot_interval_s: float = Field(300.0, ge=0)
+    snapshots_keep: int = Field(5, ge=1, le=1000)
 
 
 class Timeouts(_Strict):
@@ -151,9 +155,10 @@ class NodeConfig(_Strict):
     kubernetes: KubernetesSettings = KubernetesSettings()
     phylactery: PhylacterySettings = PhylacterySettings()
     timeouts: Timeouts = Timeouts()
-    # What a control node does with a lost cluster: start a new generation ("reinit") or
-    # keep waiting for the operator ("wait"). ("restore" from etcd snapshots is planned.)
-    on_cluster_lost: Literal["reinit", "wait"] = "reinit"
+    # What a control node does with a lost cluster: start a new generation ("reinit"), start
+    # one from the latest etcd snapshot on the share ("restore"; reinit when there is none),
+    # or keep waiting for the operator ("wait").
+    on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
 

@@ -71,7 +71,9 @@ class PhaseLogger(logging.LoggerAdapter):
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = dict(self.extra or {})
-        extra.update(kwargs.get("extra") or {})
+        for key, value in (kwargs.get("extra") or {}).items():
+            # logging refuses extras that shadow LogRecord attributes ("name", "args"...).
+            extra[f"{key}_" if key in _RESERVED else key] = value
         kwargs["extra"] = extra
         return msg, kwargs
 

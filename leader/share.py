@@ -68,6 +68,7 @@ class ClusterState:
     ready_at: float | None = None
     reason: str = ""
     updated_at: float = 0.0
+    restore_from: str | None = None  # snapshot the generation's leader initialises etcd from
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,6 +86,7 @@ class ClusterState:
             ready_at=d.get("ready_at"),
             reason=str(d.get("reason", "")),
             updated_at=float(d.get("updated_at", 0.0)),
+            restore_from=d.get("restore_from"),
         )
 
 
@@ -321,7 +323,9 @@ class ShareStore:
             )
             return state
 
-    def start_generation(self, reason: str, expected: int | None = None) -> ClusterState | None:
+    def start_generation(
+        self, reason: str, expected: int | None = None, restore_from: Path | None = None
+    ) -> ClusterState | None:
         """Begin generation ``current + 1`` with no leader (``ek8s reset``, a lost cluster).
 
         With ``expected``, only if the generation is still ``expected`` (several nodes may
@@ -340,6 +344,7 @@ class ShareStore:
                 ready=False,
                 reason=reason,
                 updated_at=time.time(),
+                restore_from=str(restore_from) if restore_from else None,
             )
             self._write_state(state)
             for name in ("leader_ready", "leader", "join.json", "kube.config"):
@@ -394,6 +399,24 @@ class ShareStore:
             if generation is None or m.generation == generation:
                 out.append(m)
         return out
+
+    # -- etcd snapshots ---------------------------------------------------------------
+    def save_snapshot(self, generation: int, data: bytes, keep: int) -> Path:
+        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic) and delete all but the
+        newest ``keep``. Returns the new file."""
+        d = ensure_dir(self.dir / "snapshots")
+        path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
+        write_atomic(path, data)
+        for old in self.snapshots()[keep:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def snapshots(self) -> list[Path]:
+        """Saved snapshots, newest first."""
+        d = self.dir / "snapshots"
+        if not d.exists():
+            return []
+        return sorted(d.glob("gen*-*.db"), key=lambda p: int(p.stem.rsplit("-", 1)[1]), reverse=True)
 
     # -- control-plane join slot ------------------------------------------------------
     def try_join_slot(self, boot_id: str, ttl_s: float) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -194,6 +195,31 @@ class EtcdClient:
     async def status(self) -> dict[str, Any]:
         """``/v3/maintenance/status`` of the first endpoint that answers."""
         return await self.call("/v3/maintenance/status", {})
+
+    async def snapshot(self, timeout_s: float = 120.0) -> bytes:
+        """The whole backend as ``etcdctl snapshot save`` would write it: the gateway streams
+        ``POST /v3/maintenance/snapshot`` as JSON lines ``{"result": {"blob": <base64>}}``."""
+        errors = []
+        for ep in self.endpoints:
+            url = ep.rstrip("/") + "/v3/maintenance/snapshot"
+            try:
+                async with self._http().post(url, json={}, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                    if resp.status != 200:
+                        raise EtcdError(f"{url}: HTTP {resp.status}: {(await resp.text())[:200]}")
+                    blobs = []
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        msg = json.loads(line)
+                        if "error" in msg:
+                            raise EtcdError(f"{url}: {msg['error'].get('message', msg['error'])}")
+                        blobs.append(base64.b64decode(msg.get("result", {}).get("blob", "")))
+                    return b"".join(blobs)
+            except EtcdError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
+                errors.append(f"{url}: {type(err).__name__}: {err}")
+        raise EtcdError("no etcd endpoint answered: " + "; ".join(errors))
 
     # -- key-value --------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:

@@ -69,6 +69,7 @@ class Phylactery:
             asyncio.create_task(self._reconciler()),
             asyncio.create_task(self._periodic()),
             asyncio.create_task(self._notify_peers()),
+            asyncio.create_task(self._snapshots()),
         ]
         # Import the kubernetes client now, off the request path (it takes ~0.3 s).
         self._tasks.append(asyncio.create_task(asyncio.to_thread(_warm_imports)))
@@ -167,6 +168,39 @@ class Phylactery:
                 extra={k: v for k, v in result.items() if k not in ("at",)},
             )
         return result
+
+    async def _snapshots(self) -> None:
+        """On the generation's leader: save an etcd snapshot to the share every
+        ``snapshot_interval_s`` (the newest ``snapshots_keep`` are kept)."""
+        interval = self.cfg.phylactery.snapshot_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.save_snapshot()
+            except Exception as err:  # keep trying; the log says why
+                log.warning("etcd snapshot failed", extra={"error": str(err)})
+
+    async def save_snapshot(self) -> Path | None:
+        """One snapshot if this node leads a ready generation and runs an etcd member."""
+        from phylactery.etcd import EtcdClient, client_ssl_context
+
+        state = await asyncio.to_thread(self.store.read_state)
+        pki = self.cfg.host_path("/etc/kubernetes/pki")
+        leads = state.ready and state.leader is not None and state.leader.node == self.cfg.node.name
+        if not leads or not (pki / "apiserver-etcd-client.crt").exists():
+            return None
+        ctx = client_ssl_context(
+            pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key"
+        )
+        async with EtcdClient(["https://127.0.0.1:2379"], ctx) as etcd:
+            data = await etcd.snapshot()
+        path = await asyncio.to_thread(
+            self.store.save_snapshot, state.generation, data, self.cfg.phylactery.snapshots_keep
+        )
+        log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(data)})
+        return path
 
     async def _notify_peers(self) -> None:
         """POST /v1/refresh to every other registered Phylactery (best effort)."""

@@ -80,8 +80,10 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     leader = lab.report(state)["leader"]
 
     # 1. Reboots (tmpfs: the root is wiped): a worker, a control node, the leader.
+    store = ShareStore(Path(state.share), "default", "test")
     for name in ("worker0", next(c for c in CONTROL if c != leader), leader):
         reboot(lab, state, name)
+        assert any(e["event"] == "pruned" and e["node"] == name for e in store.events()), f"{name} not pruned"
         r = healthy(lab, state)
         assert sorted(n["name"] for n in r["nodes"]) == ALL, "no Node left over"
         assert etcd_member_names(lab, state, "control0" if name != "control0" else "control1") == CONTROL
@@ -125,7 +127,6 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     assert burst.returncode == 0
     time.sleep(1.0)
     assert phylactery_status(state, "control0")["haproxy"]["reloads"] - before <= 2
-    store = ShareStore(Path(state.share), "default", "test")
     ghost = Path(state.share) / "default/members/ghost.json"
     ghost.write_text(
         json.dumps(
@@ -220,3 +221,41 @@ def test_expired_join_material_is_refreshed_for_a_rebooting_control_node(lab: La
     store = ShareStore(Path(state.share), "default", "test")
     assert any(e["event"] == "join_material_refreshed" for e in store.events())
     healthy(lab, state)
+
+
+KUBECTL_PY = """
+import json, sys
+from kubernetes import client, config
+api = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
+if sys.argv[2] == "create":
+    api.create_namespaced_config_map("default", {"metadata": {"name": "precious"}, "data": {"kept": "yes"}})
+print(json.dumps(api.read_namespaced_config_map("precious", "default").data))
+"""
+
+
+@pytest.mark.lab
+def test_quorum_loss_with_restore_brings_back_objects_from_the_latest_snapshot(lab: Lab) -> None:
+    overrides = {
+        "on_cluster_lost": "restore",
+        "timeouts": {"cluster_lost_grace_s": 6},
+        "phylactery": {"snapshot_interval_s": 1, "snapshots_keep": 3},
+    }
+    state = boot_lab(lab, overrides)
+    kubeconfig = str(Path(state.share) / "default/kube.config")
+    created = exec_in(state, "worker0", sys.executable, "-c", KUBECTL_PY, kubeconfig, "create")
+    assert created.returncode == 0, created.stderr
+    after = time.time() * 1000
+    store = ShareStore(Path(state.share), "default", "test")
+    wait_for(lambda: (s := store.snapshots()) and int(s[0].stem.rsplit("-", 1)[1]) > after + 500, 20, 0.2, "snapshot")
+    assert len(store.snapshots()) <= 3 and all(p.stat().st_mode & 0o777 == 0o600 for p in store.snapshots())
+    survivor, *doomed = CONTROL
+    for n in doomed:
+        lab.stop_node(state, state.node(n), crash=True)
+    lab.wait_ready(state, 120, since=time.time(), names=[survivor, "worker0", "worker1"])
+    new = store.read_state()
+    assert new.generation == 2 and new.restore_from is not None
+    lost = [e for e in store.events() if e["event"] == "cluster_lost"]
+    assert "restoring etcd from gen1-" in lost[-1]["message"]
+    read = exec_in(state, "worker0", sys.executable, "-c", KUBECTL_PY, kubeconfig, "read")
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout) == {"kept": "yes"}

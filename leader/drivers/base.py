@@ -37,8 +37,9 @@ class InitResult:
 class Driver(Protocol):
     name: str
 
-    def init(self, token: str, certificate_key: str, generation: int) -> InitResult:
-        """Create the control plane on this node; raises :class:`DriverError`."""
+    def init(self, token: str, certificate_key: str, generation: int, restore_from: Path | None = None) -> InitResult:
+        """Create the control plane on this node, with etcd's data restored from the snapshot
+        file ``restore_from`` if given; raises :class:`DriverError`."""
 
     def join_control_plane(self, material: JoinMaterial) -> None:
         """Join this node as a control-plane node (adds its etcd member)."""

@@ -19,7 +19,9 @@ added and the config path is given relative to that root, as kubeadm's ``--rootf
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -175,13 +177,43 @@ class KubeadmDriver:
         log.info("kubeadm finished", extra={"seconds": round(time.monotonic() - started, 3)})
         return output
 
-    def init(self, token: str, certificate_key: str, generation: int) -> InitResult:
+    def init(self, token: str, certificate_key: str, generation: int, restore_from: Path | None = None) -> InitResult:
         path = self._write_config("init.yaml", render_init_config(self.cfg, token, certificate_key))
-        self._run(["init", "--config", path, "--upload-certs"])
+        args = ["init", "--config", path, "--upload-certs"]
+        if restore_from is not None:
+            self.restore_etcd(restore_from)
+            # kubeadm's documented way to start a control plane on an existing etcd data dir.
+            args.append("--ignore-preflight-errors=DirAvailable--var-lib-etcd")
+        self._run(args)
         return InitResult(
             admin_kubeconfig=self.admin_kubeconfig.read_bytes(),
             ca_cert_pem=self.cfg.host_path("/etc/kubernetes/pki/ca.crt").read_bytes(),
         )
+
+    def restore_etcd(self, snapshot: Path) -> None:
+        """``etcdctl snapshot restore`` (etcd 3.4; ``etcdutl`` from 3.5 on) into
+        ``/var/lib/etcd`` as a one-member cluster of this node, as kubeadm's etcd expects it."""
+        data_dir = self.cfg.host_path("/var/lib/etcd")
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        tool = shutil.which("etcdutl") or "etcdctl"
+        peer = f"https://{self.cfg.node.address}:2380"
+        argv = [
+            tool,
+            "snapshot",
+            "restore",
+            str(snapshot),
+            f"--name={self.cfg.node.name}",
+            f"--initial-cluster={self.cfg.node.name}={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--data-dir={data_dir}",
+        ]
+        log.info("restoring etcd", extra={"command": " ".join(argv)})
+        res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=300)
+        if res.returncode != 0:
+            raise DriverError(argv, res.returncode, res.stdout + res.stderr)
+        os.chmod(data_dir, 0o700)
 
     def join_control_plane(self, material: JoinMaterial) -> None:
         path = self._write_config("join.yaml", render_join_config(self.cfg, material))
