@@ -1,0 +1,48 @@
+"""`ek8s reset`: a new generation on the share, and the reboot command it runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from leader.election import rule_for
+from leader.share import ShareStore
+
+
+def ek8s(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "leader", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path, "lab", "control0")
+    store.ensure()
+    state, _, _ = store.attempt_leadership("10.0.0.21", "b0", rule_for("control", "control0", "b0", 30))
+    store.mark_ready(state.epoch)
+    store.write_admin_kubeconfig(b"old")
+    for node in ("control0", "worker0"):
+        ShareStore(tmp_path, "lab", node).heartbeat("b", "control", "watch", 1)
+    res = ek8s(
+        "reset", "--cluster", "lab", "--share", str(tmp_path), "--reboot", "--reboot-command", "echo rebooting {nodes}"
+    )
+    assert res.returncode == 0, res.stderr
+    assert "generation 2 started" in res.stdout
+    assert "rebooting control0,worker0" in res.stdout  # the command's own output
+    new = store.read_state()
+    assert new.generation == 2 and new.leader is None and not new.ready
+    assert not (tmp_path / "lab/leader_ready").exists() and not (tmp_path / "lab/kube.config").exists()
+    assert store.events()[-1]["event"] == "generation_started"
+
+
+def test_reset_of_an_unknown_cluster_fails_and_writes_nothing(tmp_path: Path) -> None:
+    res = ek8s("reset", "--cluster", "nope", "--share", str(tmp_path))
+    assert res.returncode == 1 and "no cluster 'nope'" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_reboot_command_exits_1(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path, "default", "control0")
+    store.ensure()
+    store.heartbeat("b", "control", "watch", 0)
+    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--reboot-command", "false {nodes}")
+    assert res.returncode == 1 and "exited 1" in res.stderr
