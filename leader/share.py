@@ -384,6 +384,10 @@ class ShareStore:
         """Write ``members/<name>.json`` (each node writes only its own record)."""
         write_atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
 
+    def remove_member(self, name: str) -> None:
+        """Delete ``members/<name>.json`` (a control node taken out of service for good)."""
+        (self.dir / "members" / f"{name}.json").unlink(missing_ok=True)
+
     def members(self, generation: int | None = None) -> list[MemberRecord]:
         """Registered control nodes, sorted by name; only ``generation``'s if given.
 

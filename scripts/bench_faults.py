@@ -23,7 +23,7 @@ from typing import Any
 
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
-from leader.share import ShareStore
+from leader.share import MemberRecord, ShareStore
 
 PROBE = r"""
 import ssl, sys, time, urllib.request
@@ -131,7 +131,6 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
     """A client on worker0 loops through the VIP while ``changes`` membership changes (a member
     record appears or disappears, every Phylactery is told to refresh) are applied."""
     lab, state = fresh_lab()
-    members = Path(state.share) / "default/members"
     token = (Path(state.share) / "default/phylactery.token").read_text().strip()
     controls = [n for n in state.nodes if n.role == "control"]
     try:
@@ -142,24 +141,12 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
             text=True,
         )
         time.sleep(1.0)
-        ghost = members / "ghost.json"
+        store = ShareStore(Path(state.share), "default", "bench")
         for i in range(changes):
             if i % 2 == 0:
-                ghost.write_text(
-                    json.dumps(
-                        {
-                            "name": "ghost",
-                            "address": "10.0.0.60",
-                            "phylactery_url": "http://10.0.0.60:9999",
-                            "boot_id": "x",
-                            "generation": 1,
-                            "registered_at": 0,
-                        }
-                    )
-                )
-                ghost.chmod(0o600)
+                store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
             else:
-                ghost.unlink()
+                store.remove_member("ghost")
             curls = " & ".join(
                 f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' http://{c.address}:9999/v1/refresh"
                 for c in controls

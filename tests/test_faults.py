@@ -21,7 +21,7 @@ import pytest
 from lab import netns
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
-from leader.share import ShareStore
+from leader.share import MemberRecord, ShareStore
 from tests.conftest import keep_logs_if_failed, wait_for
 
 CONTROL = ["control0", "control1", "control2"]
@@ -127,22 +127,9 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     assert burst.returncode == 0
     time.sleep(1.0)
     assert phylactery_status(state, "control0")["haproxy"]["reloads"] - before <= 2
-    ghost = Path(state.share) / "default/members/ghost.json"
-    ghost.write_text(
-        json.dumps(
-            {
-                "name": "ghost",
-                "address": "10.0.0.60",
-                "phylactery_url": "http://10.0.0.60:9999",
-                "boot_id": "x",
-                "generation": 1,
-                "registered_at": 0,
-            }
-        )
-    )
-    ghost.chmod(0o600)
+    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
     wait_for(lambda: "ghost" in {b["name"] for b in phylactery_status(state, "control1")["haproxy"]["backends"]}, 10)
-    ghost.unlink()
+    store.remove_member("ghost")
     wait_for(
         lambda: "ghost" not in {b["name"] for b in phylactery_status(state, "control1")["haproxy"]["backends"]}, 10
     )
