@@ -128,7 +128,6 @@ class Timeouts(_Strict):
     lease_ttl_s: Seconds = 30.0
     heartbeat_interval_s: Seconds = 2.0
     poll_interval_s: float = Field(0.2, gt=0, le=5)
-    leader_ready_s: Seconds = 900.0
     # A ready generation whose API has not answered behind the VIP for this long is lost
     # (every node rebooted without a reset, or etcd lost quorum); see on_cluster_lost.
     cluster_lost_grace_s: Seconds = 60.0
