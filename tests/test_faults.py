@@ -246,3 +246,22 @@ def test_quorum_loss_with_restore_brings_back_objects_from_the_latest_snapshot(l
     read = exec_in(state, "worker0", sys.executable, "-c", KUBECTL_PY, kubeconfig, "read")
     assert read.returncode == 0, read.stderr
     assert json.loads(read.stdout) == {"kept": "yes"}
+
+
+@pytest.mark.lab
+def test_quorum_loss_with_wait_records_it_and_waits_for_ek8s_reset(lab: Lab) -> None:
+    state = boot_lab(lab, {"on_cluster_lost": "wait", "timeouts": {"cluster_lost_grace_s": 4}})
+    store = ShareStore(Path(state.share), "default", "test")
+    survivor, *doomed = CONTROL
+    for n in doomed:
+        lab.stop_node(state, state.node(n), crash=True)
+    lost = wait_for(lambda: [e for e in store.events() if e["event"] == "cluster_lost"], 30, 0.5, "cluster_lost")
+    assert "waiting for 'ek8s reset'" in lost[0]["message"]
+    time.sleep(3)
+    assert store.read_state().generation == 1, "'wait' must not start a generation by itself"
+    res = subprocess.run(
+        [sys.executable, "-m", "leader", "reset", "--share", state.share], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    lab.wait_ready(state, 120, since=time.time(), names=[survivor, "worker0", "worker1"])
+    assert store.read_state().generation == 2
