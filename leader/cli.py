@@ -129,6 +129,52 @@ def reset(cluster: str, share_path: Path, reboot: bool, reboot_command: str, rea
             sys.exit(1)
 
 
+@cli.command()
+@click.option("--cluster", default="default", show_default=True)
+@click.option("--share", "share_path", default="/share", show_default=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
+@click.option("--watch", is_flag=True, help="refresh until interrupted")
+@click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes with --watch")
+def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float) -> None:
+    """The cluster at a glance: generation, leader, nodes, etcd members, VIP holder."""
+    import json as jsonlib
+
+    from leader.status import collect, render
+
+    while True:
+        try:
+            doc = collect(share_path, cluster)
+        except FileNotFoundError:
+            click.echo(f"ek8s: no cluster {cluster!r} under {share_path}", err=True)
+            sys.exit(1)
+        text = jsonlib.dumps(doc, indent=1) if as_json else render(doc)
+        if not watch:
+            click.echo(text)
+            return
+        click.clear()
+        click.echo(text)
+        import time
+
+        time.sleep(interval)
+
+
+@cli.command()
+@click.option("--cluster", default="default", show_default=True)
+@click.option("--share", "share_path", default="/share", show_default=True, type=click.Path(path_type=Path))
+@click.option("--check", is_flag=True, help="print nothing; exit 0 when the admin kubeconfig is there, 1 otherwise")
+def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
+    """Print the admin kubeconfig (server: the VIP name and port) for kubectl on this host."""
+    path = share_path / cluster / "kube.config"
+    try:
+        data = path.read_text()
+    except OSError:
+        if not check:
+            click.echo(f"ek8s: {path}: no admin kubeconfig (is the generation ready?)", err=True)
+        sys.exit(1)
+    if not check:
+        click.echo(data, nl=False)
+
+
 def _register_lab() -> None:
     from lab.cli import lab
 

@@ -92,6 +92,18 @@ def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path)
     st = ek8s(lab_dir, "status", "--json", str(tmp_path / "s.json"))
     assert st.returncode == 0, st.stderr
     assert json.loads((tmp_path / "s.json").read_text())["etcd_members"] == 3
+    # The operator's view (ek8s status), from a host that reaches the nodes.
+    st = ek8s(
+        lab_dir, "exec", "worker0", "--", sys.executable, "-m", "leader", "status", "--share", r["share"], "--json"
+    )
+    assert st.returncode == 0, st.stderr
+    doc = json.loads(st.stdout)
+    assert doc["generation"] == 1 and doc["ready"] and doc["leader"] == r["leader"]
+    assert [(n["name"], n["ready"], n["phase"]) for n in doc["nodes"]] == [
+        (n, True, "watch") for n in ("control0", "control1", "control2", "worker0", "worker1")
+    ]
+    assert doc["etcd_members"] == ["control0", "control1", "control2"] and doc["etcd_quorum"] is True
+    assert doc["vip_holder"] == r["vip_holder"]
     check_emulated_kubeadm_refusals(lab_dir, share)
 
 

@@ -1,4 +1,4 @@
-"""`ek8s reset`: a new generation on the share, and the reboot command it runs."""
+"""Operator commands on the share: `ek8s reset`, `ek8s kubeconfig`, `ek8s status`."""
 
 from __future__ import annotations
 
@@ -46,3 +46,25 @@ def test_a_failing_reboot_command_exits_1(tmp_path: Path) -> None:
     store.heartbeat("b", "control", "watch", 0)
     res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--reboot-command", "false {nodes}")
     assert res.returncode == 1 and "exited 1" in res.stderr
+
+
+def test_kubeconfig_check_and_print(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path, "default", "control0")
+    store.ensure()
+    missing = ek8s("kubeconfig", "--share", str(tmp_path), "--check")
+    assert missing.returncode == 1 and missing.stdout == "" and missing.stderr == ""
+    store.write_admin_kubeconfig(b"apiVersion: v1\nkind: Config\n")
+    present = ek8s("kubeconfig", "--share", str(tmp_path), "--check")
+    assert present.returncode == 0 and present.stdout == ""
+    printed = ek8s("kubeconfig", "--share", str(tmp_path))
+    assert printed.returncode == 0 and printed.stdout == "apiVersion: v1\nkind: Config\n"
+
+
+def test_status_without_reachable_nodes_shows_unknowns(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path, "default", "control0")
+    store.ensure()
+    store.heartbeat("b0", "control", "init", 1)
+    res = ek8s("status", "--share", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "generation 0 (not ready)" in res.stdout and "control0" in res.stdout and "init" in res.stdout
+    assert ek8s("status", "--share", str(tmp_path), "--cluster", "nope").returncode == 1

@@ -1,0 +1,127 @@
+"""``ek8s status``: the cluster at a glance, for the operator on the Warewulf server.
+
+Everything comes from the share (``cluster.json``, heartbeats, events, member registry) plus,
+best effort with short timeouts, each control node's Phylactery ``GET /v1/status`` (etcd
+members, VIP holder, HAProxy backends) and the API behind the VIP with the admin kubeconfig
+(Node readiness). What cannot be reached is shown as unknown, never as an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from leader.share import ShareStore
+
+
+def _phylactery(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url + "/v1/status", timeout=1.5) as resp:
+            return dict(json.loads(resp.read()))
+    except (OSError, ValueError):
+        return None
+
+
+def _api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
+    """``{node: Ready}`` from the API behind the VIP, or None when it does not answer."""
+    if not kubeconfig.exists():
+        return None
+    try:
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        out: dict[str, bool] = {}
+        for n in api.list_node(_request_timeout=3).items:
+            conditions = (n.status.conditions if n.status else None) or []
+            out[(n.metadata.name if n.metadata else None) or "?"] = any(
+                c.type == "Ready" and c.status == "True" for c in conditions
+            )
+        return out
+    except Exception:
+        return None
+
+
+def collect(share: Path, cluster: str) -> dict[str, Any]:
+    """The status document (``--json`` prints it as is). Raises ``FileNotFoundError`` when
+    the share holds no such cluster."""
+    store = ShareStore(share, cluster, "status")
+    state = store.read_state()
+    members = store.members()
+    with ThreadPoolExecutor(max(1, len(members) + 1)) as pool:
+        statuses = dict(
+            zip([m.name for m in members], pool.map(_phylactery, [m.phylactery_url for m in members]), strict=True)
+        )
+        api = pool.submit(_api_nodes, store.admin_kubeconfig_path).result()
+    heartbeat_dir = share / cluster / "heartbeats"
+    names = (
+        sorted(p.name for p in heartbeat_dir.iterdir() if not p.name.startswith(".")) if heartbeat_dir.exists() else []
+    )
+    names = sorted(set(names) | set(api or {}))
+    last: dict[str, dict[str, Any]] = {}
+    for e in store.events():
+        last[e["node"]] = e
+    nodes = []
+    for name in names:
+        hb = store.read_heartbeat(name, store.share_now())
+        event = last.get(name)
+        nodes.append(
+            {
+                "name": name,
+                "role": hb.role if hb else None,
+                "phase": hb.phase if hb else None,
+                "heartbeat_age_s": round(hb.age_s, 1) if hb else None,
+                "ready": api.get(name) if api is not None else None,
+                "last_event": {"event": event["event"], "t": event["t"], "message": event.get("message", "")}
+                if event
+                else None,
+            }
+        )
+    answered = [s for s in statuses.values() if s]
+    etcd = next((s["etcd"] for s in answered if s["etcd"]["members"]), None)
+    vip_holders = [name for name, s in statuses.items() if s and s["keepalived"]["vip_held"]]
+    return {
+        "cluster": cluster,
+        "generation": state.generation,
+        "epoch": state.epoch,
+        "ready": state.ready,
+        "reason": state.reason,
+        "leader": state.leader.node if state.leader else None,
+        "api_reachable": api is not None,
+        "nodes": nodes,
+        "etcd_members": sorted(m["name"] for m in etcd["members"]) if etcd else None,
+        "etcd_quorum": etcd.get("quorum") if etcd else None,
+        "vip_holder": vip_holders[0] if len(vip_holders) == 1 else (vip_holders or None),
+        "haproxy_backends_up": {
+            name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP")) if s else None
+            for name, s in statuses.items()
+        },
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    """A readable table of :func:`collect`'s document."""
+
+    def yn(v: object) -> str:
+        return "?" if v is None else ("yes" if v else "no")
+
+    lines = [
+        f"cluster {doc['cluster']}  generation {doc['generation']} ({'ready' if doc['ready'] else 'not ready'})  "
+        f"leader {doc['leader'] or '-'} (epoch {doc['epoch']})  VIP holder {doc['vip_holder'] or '?'}",
+        f"etcd members: {', '.join(doc['etcd_members']) if doc['etcd_members'] else '?'}"
+        f"  quorum: {yn(doc['etcd_quorum'])}   API behind the VIP: {yn(doc['api_reachable'])}",
+    ]
+    if not doc["ready"] and doc["reason"]:
+        lines.append(f"reason: {doc['reason']}")
+    lines.append("")
+    lines.append(f"{'NODE':<12}{'ROLE':<9}{'PHASE':<11}{'READY':<7}{'HEARTBEAT':<11}LAST EVENT")
+    for n in doc["nodes"]:
+        age = f"{n['heartbeat_age_s']:.1f}s ago" if n["heartbeat_age_s"] is not None else "-"
+        ev = n["last_event"]
+        when = time.strftime("%H:%M:%S", time.localtime(ev["t"])) if ev else ""
+        event = f"{ev['event']} ({when})" if ev else "-"
+        lines.append(f"{n['name']:<12}{n['role'] or '?':<9}{n['phase'] or '?':<11}{yn(n['ready']):<7}{age:<11}{event}")
+    return "\n".join(lines)
