@@ -483,6 +483,11 @@ class Agent:
                 self.control_plane_alive()
             except GenerationChanged:
                 continue  # the next pass sees the new generation, resets and returns
+            if self.cfg.is_control and not self.services.is_running("phylactery"):
+                # Supervision: Phylactery in turn restarts HAProxy and keepalived when it reconciles.
+                self.say("watch", "Phylactery is not running; starting it again", "phylactery_restarted")
+                self._phylactery_started = self._phylactery_up = False
+                self.start_phylactery()
             self._stop.wait(max(1.0, self.cfg.timeouts.poll_interval_s))
         return True
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +108,18 @@ def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path)
     assert doc["etcd_members"] == ["control0", "control1", "control2"] and doc["etcd_quorum"] is True
     assert doc["vip_holder"] == r["vip_holder"]
     check_emulated_kubeadm_refusals(lab_dir, share)
+    # Supervision: a Phylactery that dies is started again by the node's agent.
+    pidfile = lab_dir / "nodes/control1/run/ek8s/services/phylactery.pid"
+    old_pid = int(pidfile.read_text().split()[0])
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = ek8s(lab_dir, "exec", "worker0", "--", "curl", "-sf", "-m", "1", "http://10.0.0.22:9999/healthz")
+        if probe.returncode == 0 and int(pidfile.read_text().split()[0]) != old_pid:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("Phylactery on control1 was not restarted")
 
 
 def emulated_join(lab_dir: Path, root: str, join: dict[str, object]) -> subprocess.CompletedProcess[str]:
