@@ -161,10 +161,10 @@ def up(
         )
         the_lab.start_all(state)
         the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
+        # Every node Ready does not yet mean every HAProxy has seen the last API server come up.
+        report = the_lab.wait_whole(state, 15)
     except LabError as err:
         _fail(f"{err}\n(the lab is left as it is for inspection; 'ek8s lab down' removes it)")
-    time.sleep(0.2)
-    report = the_lab.report(state)
     print_report(report)
     _write_json(json_path, report)
 
