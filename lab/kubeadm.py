@@ -45,7 +45,7 @@ from lab import emulation, pki
 from leader.fileperm import ensure_dir, write_atomic
 from leader.joinmaterial import TOKEN_RE, ca_cert_hash
 from leader.services import ProcessServices
-from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
+from phylactery.etcd import EtcdClient, EtcdError, kubeadm_client_context, retry_transient
 
 CERT_FILES = [
     "ca.crt",
@@ -186,10 +186,7 @@ def _is_ip(s: str) -> bool:
 
 
 def etcd_client(r: Root, endpoints: list[str]) -> EtcdClient:
-    ctx = client_ssl_context(
-        r.pki / "etcd/ca.crt", r.pki / "apiserver-etcd-client.crt", r.pki / "apiserver-etcd-client.key"
-    )
-    return EtcdClient(endpoints, ctx, timeout_s=5.0)
+    return EtcdClient(endpoints, kubeadm_client_context(r.pki), timeout_s=5.0)
 
 
 def etcd_argv(

@@ -183,16 +183,19 @@ class Agent:
             self.services.start("phylactery", argv)
             self._phylactery_started = True
         if wait and not self._phylactery_up:
-            url = f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
-            self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(url, 0.5), 60, 0.05)
+            self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(self.phylactery_url, 0.5), 60, 0.05)
             self._phylactery_up = True
             self.say(self.phase, "Phylactery, HAProxy and keepalived are up", "phylactery_up")
 
+    @property
+    def phylactery_url(self) -> str:
+        """This node's own Phylactery."""
+        return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+
     def refresh_phylactery(self) -> None:
         """Ask the local Phylactery to reconcile now (it re-registers in a new generation)."""
-        url = f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
         try:
-            probes.phylactery_post(url, "/v1/refresh", self.store.read_token(), {}, timeout_s=2)
+            probes.phylactery_post(self.phylactery_url, "/v1/refresh", self.store.read_token(), {}, timeout_s=2)
         except OSError as err:
             log.info("local Phylactery did not take the refresh", extra={"phase": self.phase, "error": str(err)})
 

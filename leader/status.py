@@ -65,8 +65,9 @@ def collect(share: Path, cluster: str) -> dict[str, Any]:
     for e in store.events():
         last[e["node"]] = e
     nodes = []
+    now = store.share_now()
     for name in names:
-        hb = store.read_heartbeat(name, store.share_now())
+        hb = store.read_heartbeat(name, now)
         event = last.get(name)
         nodes.append(
             {

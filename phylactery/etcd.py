@@ -63,6 +63,12 @@ def client_ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def kubeadm_client_context(pki: Path) -> ssl.SSLContext:
+    """:func:`client_ssl_context` for the ``apiserver-etcd-client`` pair of a kubeadm PKI
+    directory (``/etc/kubernetes/pki``): the client kubeadm itself uses for etcd."""
+    return client_ssl_context(pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key")
+
+
 def _b64(s: str | bytes) -> str:
     return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
 

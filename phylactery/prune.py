@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phylactery.etcd import EtcdClient, EtcdError, EtcdMember, client_ssl_context, retry_transient
+from phylactery.etcd import EtcdClient, EtcdError, EtcdMember, kubeadm_client_context, retry_transient
 
 
 class PruneError(Exception):
@@ -85,8 +85,7 @@ async def delete_nodes(kubeconfig: Path, name: str, address: str, keep: str) -> 
 
 async def remove_etcd_members(pki: Path, endpoint: str, name: str, address: str) -> list[EtcdMember]:
     """Remove matching etcd members through ``endpoint`` (this node's member); returns them."""
-    ctx = client_ssl_context(pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key")
-    async with EtcdClient([endpoint], ctx, timeout_s=5.0) as etcd:
+    async with EtcdClient([endpoint], kubeadm_client_context(pki), timeout_s=5.0) as etcd:
         try:
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
             doomed = stale_members(await etcd.member_list(), name, address, keep_id=me)

@@ -184,16 +184,14 @@ class Phylactery:
 
     async def save_snapshot(self) -> Path | None:
         """One snapshot if this node leads a ready generation and runs an etcd member."""
-        from phylactery.etcd import EtcdClient, client_ssl_context
+        from phylactery.etcd import EtcdClient, kubeadm_client_context
 
         state = await asyncio.to_thread(self.store.read_state)
         pki = self.cfg.host_path("/etc/kubernetes/pki")
         leads = state.ready and state.leader is not None and state.leader.node == self.cfg.node.name
         if not leads or not (pki / "apiserver-etcd-client.crt").exists():
             return None
-        ctx = client_ssl_context(
-            pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key"
-        )
+        ctx = kubeadm_client_context(pki)
         async with EtcdClient(["https://127.0.0.1:2379"], ctx) as etcd:
             data = await etcd.snapshot()
         path = await asyncio.to_thread(
@@ -329,14 +327,12 @@ class Phylactery:
         """``{"members": [...], "quorum": bool | None, "error": str | None}`` of the local etcd
         member. The member list is served locally (etcd 3.4), so quorum is checked with a
         linearizable read; None when this node runs no etcd member yet."""
-        from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context
+        from phylactery.etcd import EtcdClient, EtcdError, kubeadm_client_context
 
         pki = self.cfg.host_path("/etc/kubernetes/pki")
         if not (pki / "apiserver-etcd-client.crt").exists():
             return {"members": [], "quorum": None, "error": None}
-        ctx = client_ssl_context(
-            pki / "etcd/ca.crt", pki / "apiserver-etcd-client.crt", pki / "apiserver-etcd-client.key"
-        )
+        ctx = kubeadm_client_context(pki)
         out: dict[str, Any] = {"members": [], "quorum": None, "error": None}
         async with EtcdClient(["https://127.0.0.1:2379"], ctx, timeout_s=2.0) as etcd:
             try:

@@ -22,7 +22,7 @@ import pytest
 
 from lab import pki
 from lab.kubeadm import etcd_argv
-from phylactery.etcd import EtcdClient, client_ssl_context
+from phylactery.etcd import EtcdClient, kubeadm_client_context
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,12 +74,7 @@ class EtcdCluster:
     members: list[EtcdMemberProc]
 
     def client(self, member: int = 0) -> EtcdClient:
-        ctx = client_ssl_context(
-            self.pki_dir / "etcd/ca.crt",
-            self.pki_dir / "apiserver-etcd-client.crt",
-            self.pki_dir / "apiserver-etcd-client.key",
-        )
-        return EtcdClient([self.members[member].client_url], ctx)
+        return EtcdClient([self.members[member].client_url], kubeadm_client_context(self.pki_dir))
 
 
 def make_etcd_pki(pki_dir: Path, hosts: list[str]) -> None:

@@ -215,13 +215,13 @@ class KubeadmDriver:
             raise DriverError(argv, res.returncode, res.stdout + res.stderr)
         os.chmod(data_dir, 0o700)
 
-    def join_control_plane(self, material: JoinMaterial) -> None:
+    def _join(self, material: JoinMaterial) -> None:
+        # The JoinConfiguration carries a controlPlane section on control nodes (node.yaml role).
         path = self._write_config("join.yaml", render_join_config(self.cfg, material))
         self._run(["join", "--config", path])
 
-    def join_worker(self, material: JoinMaterial) -> None:
-        path = self._write_config("join.yaml", render_join_config(self.cfg, material))
-        self._run(["join", "--config", path])
+    join_control_plane = _join
+    join_worker = _join
 
     def refresh_join_material(self, token: str | None, certificate_key: str | None) -> None:
         """``kubeadm token create TOKEN --ttl 86400s`` and
