@@ -175,12 +175,18 @@ def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
         click.echo(data, nl=False)
 
 
-def _register_lab() -> None:
-    from lab.cli import lab
+def _register() -> None:
+    from leader.wwcli import overlay, warewulf
 
+    cli.add_command(overlay)
+    cli.add_command(warewulf)
+    try:  # the lab (and its emulated kubeadm) is never shipped to nodes
+        from lab.cli import lab
+    except ImportError:
+        return
     cli.add_command(lab)
 
 
 def main() -> None:
-    _register_lab()
+    _register()
     cli(prog_name="ek8s")

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
-_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Kubernetes release tag as kubeadm's kubernetesVersion accepts it ("v1.32.1").
 _K8S_VERSION = re.compile(r"^v1\.\d+\.\d+$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
@@ -45,7 +45,7 @@ class NodeFacts(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NODE_NAME.match(v):
+        if not NODE_NAME_RE.match(v):
             raise ValueError("must be a lower-case RFC 1123 label (a-z, 0-9, '-'), as for a Node")
         return v
 
@@ -164,9 +164,15 @@ class NodeConfig(_Strict):
     @field_validator("cluster")
     @classmethod
     def _cluster(cls, v: str) -> str:
-        if not _NODE_NAME.match(v):
+        if not NODE_NAME_RE.match(v):
             raise ValueError("must be a lower-case RFC 1123 label; it names a share directory")
         return v
+
+    @field_validator("share", "vip", "kubernetes", "phylactery", "timeouts", mode="before")
+    @classmethod
+    def _empty_section(cls, v: object) -> object:
+        # A section rendered with no keys (Warewulf tags absent) reads as null: use the defaults.
+        return {} if v is None else v
 
     @field_validator("root")
     @classmethod
@@ -191,8 +197,9 @@ class NodeConfig(_Strict):
         return self.root / p.relative_to("/") if p.is_absolute() else self.root / p
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid node config"]
+def format_errors(path: Path, err: ValidationError, what: str = "node config") -> str:
+    """One line for the file, then ``  dotted.field: message`` per error (shared with the inventory)."""
+    lines = [f"{path}: invalid {what}"]
     for e in err.errors():
         loc = ".".join(str(part) for part in e["loc"]) or "(top level)"
         lines.append(f"  {loc}: {e['msg']}")
@@ -206,7 +213,7 @@ def parse_config(data: object, source: Path) -> NodeConfig:
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+        raise ConfigError(format_errors(source, err)) from None
 
 
 def load_config(path: str | Path) -> NodeConfig:
