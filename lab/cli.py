@@ -189,8 +189,11 @@ def status(ctx: click.Context, json_path: str | None) -> None:
 @click.option("--all", "all_nodes", is_flag=True, help="reboot every node at once (without an ek8s reset)")
 @click.option("--json", "json_path", default=None, help="write the report (with rejoin_s) here")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for the nodes to be Ready again")
+@click.option("--no-wait", is_flag=True, help="return once the nodes are booting (as `wwctl ssh ... reboot` does)")
 @click.pass_context
-def reboot(ctx: click.Context, nodes: tuple[str, ...], all_nodes: bool, json_path: str | None, timeout: float) -> None:
+def reboot(
+    ctx: click.Context, nodes: tuple[str, ...], all_nodes: bool, json_path: str | None, timeout: float, no_wait: bool
+) -> None:
     """Reboot NODES: stop their processes, wipe their roots (tmpfs), boot them; wait until Ready."""
     the_lab = _lab(ctx)
     try:
@@ -205,6 +208,8 @@ def reboot(ctx: click.Context, nodes: tuple[str, ...], all_nodes: bool, json_pat
         for n in targets:
             the_lab.boot_node(state, n)
         click.echo(f"{', '.join(n.name for n in targets)}: stopped in {booted - started:.2f}s, booting", err=True)
+        if no_wait:
+            return
         ready = the_lab.wait_ready(state, timeout, since=booted, names=[n.name for n in targets], progress=print_event)
     except LabError as err:
         _fail(str(err))
@@ -257,11 +262,12 @@ def down(ctx: click.Context) -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.pass_context
 def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside NODE's namespace (stdin and exit code pass through)."""
+    """Run COMMAND inside NODE's namespace (stdin and exit code pass through). NODE may be
+    `manager`, the Warewulf server's stand-in at 10.0.0.13."""
     the_lab = _lab(ctx)
     try:
         state: LabState = the_lab.load()
-        ns = state.node(node).ns
+        ns = state.manager if node == "manager" and state.manager else state.node(node).ns
     except LabError as err:
         _fail(str(err), 2)
     argv = list(command[1:] if command and command[0] == "--" else command)

@@ -62,6 +62,9 @@ class LabState:
     t0: float = 0.0
     nodes: list[LabNode] = field(default_factory=list)
     emulation: dict[str, Any] = field(default_factory=dict)
+    # The Warewulf server's stand-in (10.0.0.13): a namespace on the bridge with no node
+    # processes, from which operator commands (ek8s status, ek8s bench) run.
+    manager: str = ""
 
     def node(self, name: str) -> LabNode:
         for n in self.nodes:
@@ -140,6 +143,7 @@ class Lab:
         state = LabState(prefix=self.prefix, dir=str(self.dir), share=str(self.share), emulation=asdict(emulation))
         self.save(state)
         netns.create_hub(self.prefix)
+        state.manager = netns.add_node(self.prefix, "manager", MANAGER, PREFIX_LEN, hosts)
         for name, role, addr in nodes:
             ns = netns.add_node(self.prefix, name, addr, PREFIX_LEN, hosts)
             root = self.dir / "nodes" / name

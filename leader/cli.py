@@ -176,8 +176,10 @@ def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
 
 
 def _register() -> None:
+    from leader.benchcli import bench
     from leader.wwcli import overlay, warewulf
 
+    cli.add_command(bench)
     cli.add_command(overlay)
     cli.add_command(warewulf)
     try:  # the lab (and its emulated kubeadm) is never shipped to nodes

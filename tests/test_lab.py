@@ -177,3 +177,28 @@ def test_lab_refuses_a_second_lab_and_down_is_idempotent(lab_dir: Path) -> None:
     assert ek8s(lab_dir, "down").returncode == 0
     res = ek8s(lab_dir, "status")
     assert res.returncode == 1 and "no lab" in res.stderr
+
+
+@pytest.mark.lab
+def test_bench_three_runs_against_the_lab_writes_csv_and_png(lab_dir: Path, tmp_path: Path) -> None:
+    from leader.bench import COLUMNS, read_csv
+
+    res = ek8s(lab_dir, "up", "--control", "1", "--workers", "1", "--timeout", "120")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "leader", "bench", "--lab", str(lab_dir), "--lab-prefix", PREFIX]
+    res = subprocess.run([*cmd, "--runs", "3", "--out", str(out), "--timeout", "120"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (out / "deployment-times.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
+    rows = read_csv(out / "deployment-times.csv")
+    assert len(rows) == 3
+    for row in rows:
+        assert all(v >= 0 for v in row) and row[0] > 0 and row[4] > 0
+        assert abs(sum(row[:5]) - row[5]) < 0.01
+    assert (out / "deployment-times.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Aggregated" in res.stdout and "PoC" in res.stdout
+    # Each run was a rebuild: generation 1 from `up`, then one per run; the cluster is whole.
+    state = json.loads((lab_dir / "share" / "default" / "cluster.json").read_text())
+    assert state["generation"] == 4 and state["ready"]
+    status = ek8s(lab_dir, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
