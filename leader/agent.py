@@ -57,6 +57,7 @@ class Agent:
         self._phylactery_up = False
         self._silent_since: float | None = None
         self._lost_reported = False
+        self._host_prepared = threading.Event()
 
     # -- small helpers ------------------------------------------------------------------
     def say(self, phase: str, message: str, event: str | None = None, **fields: object) -> None:
@@ -157,9 +158,35 @@ class Agent:
             self._stop.set()
 
     def prepare_host(self) -> None:
-        """Kernel settings Kubernetes needs (a real node only; the lab's nodes share a kernel)."""
-        if self.cfg.root != Path("/"):
+        """Kernel settings Kubernetes needs and the baked image archives imported, beside the
+        election (a real node only; the lab's nodes share a kernel and pull nothing)."""
+        try:
+            if self.cfg.root == Path("/"):
+                self._prepare_kernel()
+                self._import_images()
+        finally:
+            self._host_prepared.set()
+
+    def _import_images(self) -> None:
+        from leader.images import archives, import_archives
+
+        directory = self.cfg.kubernetes.image_archives
+        if not archives(directory):
             return
+        result = import_archives(directory, workers=4, timeout_s=self.cfg.timeouts.command_s)
+        self.say(
+            "prepare",
+            f"imported {len(result.imported)} image archives in {result.seconds:.1f}s",
+            "images_imported",
+            failed=len(result.failed),
+        )
+
+    def wait_host_prepared(self) -> None:
+        """Block until :meth:`prepare_host` is done (kubeadm needs the images)."""
+        if not self._host_prepared.is_set():
+            self._wait("image import", self._host_prepared.is_set, self.cfg.timeouts.command_s)
+
+    def _prepare_kernel(self) -> None:
         import subprocess
 
         for mod in ("overlay", "br_netfilter"):
@@ -211,6 +238,7 @@ class Agent:
             self.say("init", f"restoring etcd from the snapshot {restore_from}", "etcd_restore")
         self.say("init", "running kubeadm init (certificates uploaded with our certificate key)")
         started = time.monotonic()
+        self.wait_host_prepared()
         result = self.driver.init(token, certificate_key, self.generation, restore_from)
         kubeadm_s = round(time.monotonic() - started, 3)
         self.store.check_epoch(epoch)
@@ -344,6 +372,7 @@ class Agent:
             self.say("join", "leftovers of an earlier join found; running kubeadm reset first")
             self.driver.reset()
         self.await_live_control_plane()
+        self.wait_host_prepared()
         attempts = self.cfg.timeouts.join_attempts
         last_error = ""
         for attempt in range(1, attempts + 1):

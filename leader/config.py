@@ -99,6 +99,8 @@ class KubernetesSettings(_Strict):
     kubeadm: str = "kubeadm"
     # Manifests applied by the leader once the control plane is up (the CNI first).
     manifests: list[Path] = Field(default_factory=list)
+    # Offline image archives baked into the node image; imported at boot beside the election.
+    image_archives: Path = Path("/var/lib/ek8s/images")
 
     @field_validator("version")
     @classmethod

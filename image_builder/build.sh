@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Build the ek8s node images with podman or docker and import them into Warewulf:
+# `wwctl image import` on Warewulf 4.6+, `wwctl container import` on 4.5 (from `wwctl version`).
+#
+#   image_builder/build.sh [--kubernetes-version v1.32.1] [--variants "base control"]
+#                          [--runtime podman|docker] [--no-import] [--dry-run]
+#
+# Variants: base (workers), control (base + HAProxy, keepalived), k3s. Images are named
+# ek8s-<variant> in Warewulf, as warewulf_conf/inventory.yaml expects. Run images/export.sh
+# first so the offline images are baked in.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+version="v1.32.1"
+variants="base control"
+runtime=""
+do_import=1
+dry_run=0
+workdir="${TMPDIR:-/tmp}"
+
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --kubernetes-version) version="$2"; shift 2 ;;
+        --variants) variants="$2"; shift 2 ;;
+        --runtime) runtime="$2"; shift 2 ;;
+        --no-import) do_import=0; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "build.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+case "$version" in
+    v1.[0-9]*.[0-9]*) ;;
+    *) echo "build.sh: --kubernetes-version must look like v1.32.1" >&2; exit 2 ;;
+esac
+for v in $variants; do
+    case "$v" in
+        base|control|k3s) ;;
+        *) echo "build.sh: unknown variant '$v' (base, control, k3s)" >&2; exit 2 ;;
+    esac
+done
+case " $variants " in
+    *" control "*) case " $variants " in *" base "*) ;; *) variants="base $variants" ;; esac ;;
+esac
+if [ -z "$runtime" ]; then
+    for candidate in podman docker; do
+        if command -v "$candidate" >/dev/null 2>&1; then runtime="$candidate"; break; fi
+    done
+fi
+case "$runtime" in
+    podman|docker) ;;
+    "") echo "build.sh: need podman or docker" >&2; exit 1 ;;
+    *) echo "build.sh: --runtime must be podman or docker" >&2; exit 2 ;;
+esac
+
+run() {
+    echo "+ $*"
+    if [ "$dry_run" -eq 0 ]; then "$@"; fi
+}
+
+# Warewulf 4.5 calls node images "containers"; 4.6 renamed them "images".
+import_verb=""
+if [ "$do_import" -eq 1 ]; then
+    if ! ww_version="$(wwctl version 2>/dev/null)"; then
+        echo "build.sh: wwctl not found or failing; use --no-import to only build" >&2
+        exit 1
+    fi
+    case "$ww_version" in
+        *4.5.*) import_verb="container" ;;
+        *4.[6-9].*|*4.1[0-9].*) import_verb="image" ;;
+        *) echo "build.sh: unsupported Warewulf version: ${ww_version}" >&2; exit 1 ;;
+    esac
+fi
+
+# ek8s's dependencies for the image, from pyproject.toml (the code itself is in the overlay).
+python3 - "$repo/pyproject.toml" > "$repo/image_builder/requirements-node.txt" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+PY
+if [ ! -d "$repo/images/archives" ]; then
+    echo "build.sh: note: images/archives is missing; nodes will pull images (run images/export.sh)" >&2
+    run mkdir -p "$repo/images/archives"
+fi
+
+for v in $variants; do
+    tag="localhost/ek8s-${v}:${version}"
+    base="ghcr.io/warewulf/warewulf-rockylinux:9"
+    if [ "$v" = control ]; then base="localhost/ek8s-base:${version}"; fi
+    run "$runtime" build -f "$repo/image_builder/Containerfile.${v}" \
+        --build-arg "KUBERNETES_VERSION=${version}" --build-arg "BASE_IMAGE=${base}" \
+        -t "$tag" "$repo"
+    if [ "$do_import" -eq 1 ]; then
+        archive="${workdir}/ek8s-${v}-${version}.tar"
+        run "$runtime" save -o "$archive" "$tag"
+        run wwctl "$import_verb" import --force "$archive" "ek8s-${v}"
+        run rm -f "$archive"
+    fi
+done
+echo "done: ${variants} (Kubernetes ${version}); next: ek8s warewulf apply (docs/warewulf.md)"
