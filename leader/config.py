@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -25,6 +25,8 @@ _K8S_VERSION = re.compile(r"^v1\.\d+\.\d+$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 
 Seconds = Annotated[float, Field(gt=0)]
+# A dotted IPv4 address as ipaddress parses it (leading zeros are refused as ambiguous).
+IPv4 = Annotated[str, AfterValidator(lambda v: str(ipaddress.IPv4Address(v)))]
 
 
 class ConfigError(Exception):
@@ -39,7 +41,7 @@ class NodeFacts(_Strict):
     """This node as Warewulf knows it."""
 
     name: str
-    address: str
+    address: IPv4
     interface: str = "eth0"
 
     @field_validator("name")
@@ -48,11 +50,6 @@ class NodeFacts(_Strict):
         if not NODE_NAME_RE.match(v):
             raise ValueError("must be a lower-case RFC 1123 label (a-z, 0-9, '-'), as for a Node")
         return v
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        return str(ipaddress.IPv4Address(v))
 
 
 class ShareSettings(_Strict):
@@ -64,7 +61,7 @@ class ShareSettings(_Strict):
 class VipSettings(_Strict):
     """The control-plane endpoint: keepalived's virtual address, HAProxy's frontend port."""
 
-    address: str = "10.0.0.99"
+    address: IPv4 = "10.0.0.99"
     prefix_length: int = Field(24, ge=1, le=32)
     hostname: str = "vip.kubernetes.local"
     port: int = Field(8443, ge=1, le=65535)
@@ -72,11 +69,6 @@ class VipSettings(_Strict):
     # VRRPv3 advertisement interval; a backup takes over after 3 intervals plus skew, so 0.5 s
     # moves the VIP within ~1.8 s (VRRPv2's whole seconds would need 3.6 s).
     advert_interval_s: float = Field(0.5, ge=0.01, le=40.95)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        return str(ipaddress.IPv4Address(v))
 
     @field_validator("hostname")
     @classmethod

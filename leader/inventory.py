@@ -22,7 +22,7 @@ import hostlist
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from leader.config import NODE_NAME_RE, KubernetesSettings, VipSettings, format_errors
+from leader.config import NODE_NAME_RE, IPv4, KubernetesSettings, VipSettings, format_errors
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _WW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -42,8 +42,8 @@ class WarewulfSettings(_Strict):
     version: Literal["auto", "4.5", "4.6"] = "auto"
     netdev: str = "net0"
     netmask: str = "255.255.255.0"
-    gateway: str | None = None
-    nameservers: list[str] = Field(default_factory=list)
+    gateway: IPv4 | None = None
+    nameservers: list[IPv4] = Field(default_factory=list)
     profile: str | None = None  # default: "ek8s-<cluster>"
     system_overlays: list[str] | None = None
     runtime_overlays: list[str] | None = None
@@ -53,16 +53,6 @@ class WarewulfSettings(_Strict):
     def _netmask(cls, v: str) -> str:
         ipaddress.IPv4Network(f"0.0.0.0/{v}")
         return v
-
-    @field_validator("gateway")
-    @classmethod
-    def _gateway(cls, v: str | None) -> str | None:
-        return None if v is None else str(ipaddress.IPv4Address(v))
-
-    @field_validator("nameservers")
-    @classmethod
-    def _nameservers(cls, v: list[str]) -> list[str]:
-        return [str(ipaddress.IPv4Address(a)) for a in v]
 
     @field_validator("profile", "netdev")
     @classmethod
@@ -98,7 +88,7 @@ class NodeGroup(_Strict):
 
     name: str
     role: Literal["control", "worker"]
-    address: str
+    address: IPv4
     mac: list[str]
 
     @field_validator("mac", mode="before")
@@ -114,11 +104,6 @@ class NodeGroup(_Strict):
             if not _MAC.match(m):
                 raise ValueError(f"{m!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
         return out
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        return str(ipaddress.IPv4Address(v))
 
     @field_validator("name")
     @classmethod
