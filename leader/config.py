@@ -29,6 +29,15 @@ Seconds = Annotated[float, Field(gt=0)]
 IPv4 = Annotated[str, AfterValidator(lambda v: str(ipaddress.IPv4Address(v)))]
 
 
+def _cluster_name(v: str) -> str:
+    if not NODE_NAME_RE.match(v):
+        raise ValueError("must be a lower-case RFC 1123 label; it names a share directory")
+    return v
+
+
+ClusterName = Annotated[str, AfterValidator(_cluster_name)]
+
+
 class ConfigError(Exception):
     """node.yaml cannot be used. ``str()`` names the file and each bad field."""
 
@@ -94,6 +103,13 @@ class KubernetesSettings(_Strict):
     # Offline image archives baked into the node image; imported at boot beside the election.
     image_archives: Path = Path("/var/lib/ek8s/images")
 
+    @field_validator("distribution")
+    @classmethod
+    def _distribution(cls, v: str) -> str:
+        if v != "kubeadm":
+            raise ValueError("only 'kubeadm' is implemented so far")
+        return v
+
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
@@ -140,7 +156,7 @@ class Timeouts(_Strict):
 class NodeConfig(_Strict):
     """The whole of node.yaml. ``root`` prefixes every path the agent touches on the node."""
 
-    cluster: str = "default"
+    cluster: ClusterName = "default"
     role: Literal["control", "worker"]
     node: NodeFacts
     share: ShareSettings = ShareSettings()
@@ -155,13 +171,6 @@ class NodeConfig(_Strict):
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
 
-    @field_validator("cluster")
-    @classmethod
-    def _cluster(cls, v: str) -> str:
-        if not NODE_NAME_RE.match(v):
-            raise ValueError("must be a lower-case RFC 1123 label; it names a share directory")
-        return v
-
     @field_validator("share", "vip", "kubernetes", "phylactery", "timeouts", mode="before")
     @classmethod
     def _empty_section(cls, v: object) -> object:
@@ -174,12 +183,6 @@ class NodeConfig(_Strict):
         if not v.is_absolute():
             raise ValueError("must be an absolute path")
         return v
-
-    @model_validator(mode="after")
-    def _distribution(self) -> NodeConfig:
-        if self.kubernetes.distribution != "kubeadm":
-            raise ValueError("kubernetes.distribution: only 'kubeadm' is implemented so far")
-        return self
 
     @property
     def is_control(self) -> bool:

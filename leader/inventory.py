@@ -22,7 +22,7 @@ import hostlist
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from leader.config import NODE_NAME_RE, IPv4, KubernetesSettings, VipSettings, format_errors
+from leader.config import NODE_NAME_RE, ClusterName, IPv4, KubernetesSettings, VipSettings, format_errors
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _WW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -138,7 +138,7 @@ class Node(BaseModel):
 class Inventory(_Strict):
     """The whole inventory file."""
 
-    cluster: str = "default"
+    cluster: ClusterName = "default"
     warewulf: WarewulfSettings = WarewulfSettings()
     share: ShareExport = ShareExport()
     vip: VipSettings = VipSettings()
@@ -149,17 +149,8 @@ class Inventory(_Strict):
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     nodes: list[NodeGroup]
 
-    @field_validator("cluster")
-    @classmethod
-    def _cluster(cls, v: str) -> str:
-        if not NODE_NAME_RE.match(v):
-            raise ValueError("must be a lower-case RFC 1123 label; it names a share directory")
-        return v
-
     @model_validator(mode="after")
     def _consistent(self) -> Inventory:
-        if self.kubernetes.distribution != "kubeadm":
-            raise ValueError("kubernetes.distribution: only 'kubeadm' is implemented so far")
         nodes = self.expanded()
         seen: dict[str, str] = {}
         for n in nodes:

@@ -194,6 +194,8 @@ def test_plan_is_valid_shell(tmp_path: Path) -> None:
         ({"vip": {"address": "10.0.0.21"}}, "vip.address"),
         ({"vip": {"address": "10.9.0.1"}}, "vip.address"),
         ({"kubernetes": {"version": "1.32"}}, "kubernetes.version"),
+        ({"kubernetes": {"distribution": "k3s"}}, "kubernetes.distribution"),
+        ({"cluster": "EK8S"}, "cluster"),
         ({"warewulf": {"netmask": "255.0.255.0"}}, "warewulf.netmask"),
         ({"share": {"path": "share"}}, "share.path"),
         ({"colour": "blue"}, "colour"),
