@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leader.share import ShareStore
+from leader.status import api_nodes
 
 COLUMNS = ["Stage 1", "Stage 2", "Stage 3", "Stage 4", "Stage 5", "Aggregated"]
 STAGE_NAMES = [
@@ -70,28 +71,11 @@ def _healthz(api: str) -> bool:
         return False
 
 
-def _ready_nodes(kubeconfig: Path) -> int:
-    from kubernetes import client, config
-
-    try:
-        api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-        items = api.list_node(_request_timeout=2).items
-    except Exception:
-        return -1
-    ready = 0
-    for n in items:
-        conditions = (n.status.conditions if n.status else None) or []
-        ready += any(c.type == "Ready" and c.status == "True" for c in conditions)
-    return ready
-
-
 def _boot_ids(store: ShareStore) -> dict[str, tuple[str, str]]:
+    """``{node: (boot id, role)}`` of every heartbeat; ages are not needed, so no clock read."""
     out = {}
-    hb_dir = store.dir / "heartbeats"
-    for p in hb_dir.iterdir() if hb_dir.exists() else []:
-        if p.name.startswith("."):
-            continue
-        hb = store.read_heartbeat(p.name)
+    for name in store.heartbeat_names():
+        hb = store.read_heartbeat(name, now=0.0)
         if hb is not None:
             out[hb.node] = (hb.boot_id, hb.role)
     return out
@@ -107,9 +91,7 @@ def run_once(target: Target, timeout_s: float = 600, say: Callable[[str], None] 
     before = _boot_ids(store)
     expected = target.nodes or len(before)
     t0 = time.time()
-    state = store.start_generation("ek8s bench: rebuild from nothing")
-    assert state is not None
-    store.record_event("generation_started", state.generation, "ek8s bench")
+    state = store.rebuild("ek8s bench: rebuild from nothing")
     names = ",".join(sorted(before))
     argv = [a.replace("{nodes}", names) for a in shlex.split(target.reboot_command)]
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -129,7 +111,8 @@ def run_once(target: Target, timeout_s: float = 600, say: Callable[[str], None] 
         return s.generation >= state.generation and s.ready
 
     def all_ready() -> bool:
-        return _ready_nodes(store.admin_kubeconfig_path) >= expected
+        ready = api_nodes(store.admin_kubeconfig_path)
+        return ready is not None and sum(ready.values()) >= expected
 
     checks = [control_up, leader, lambda: _healthz(target.api), ready, all_ready]
     ends: list[float] = []

@@ -96,6 +96,7 @@ def bench(
 
 def _exec_in_lab_manager(lab_dir: str, prefix: str, runs: int, out_dir: Path, baseline: Path, timeout: float) -> None:
     from lab.cluster import CLUSTER, VIP_NAME, Lab, LabError
+    from leader.config import VipSettings
 
     the_lab = Lab(Path(lab_dir), prefix)
     try:
@@ -107,7 +108,7 @@ def _exec_in_lab_manager(lab_dir: str, prefix: str, runs: int, out_dir: Path, ba
         click.echo("ek8s: this lab has no manager namespace (made by an older ek8s); run lab down and up", err=True)
         sys.exit(1)
     reboot = f"{sys.executable} -m leader lab --dir {lab_dir} --prefix {prefix} reboot --all --no-wait"
-    port = 8443
+    port = VipSettings().port  # the lab's nodes use node.yaml's default
     control = sum(n.role == "control" for n in state.nodes)
     argv = [
         "ip", "netns", "exec", state.manager, sys.executable, "-m", "leader", "bench",

@@ -112,12 +112,10 @@ def reset(cluster: str, share_path: Path, reboot: bool, reboot_command: str, rea
         )
         sys.exit(1)
     store = ShareStore(share_path, cluster, "operator")
-    state = store.start_generation(reason)
-    assert state is not None
-    store.record_event("generation_started", state.generation, reason)
+    state = store.rebuild(reason)
     click.echo(f"cluster {cluster}: generation {state.generation} started ({reason})")
     if reboot:
-        nodes = sorted(p.name for p in (share_path / cluster / "heartbeats").iterdir() if not p.name.startswith("."))
+        nodes = store.heartbeat_names()
         if not nodes:
             click.echo("ek8s: no node has ever reported to this share; nothing to reboot", err=True)
             sys.exit(1)

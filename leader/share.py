@@ -242,6 +242,11 @@ class ShareStore:
             age_s=max(0.0, now - mtime),
         )
 
+    def heartbeat_names(self) -> list[str]:
+        """Every node that ever reported to this cluster's share, sorted."""
+        hb_dir = self.dir / "heartbeats"
+        return sorted(p.name for p in hb_dir.iterdir() if not p.name.startswith(".")) if hb_dir.exists() else []
+
     def snapshot(self) -> Snapshot:
         """Read ``cluster.json`` and the leader's heartbeat once, on the share's clock."""
         state = self.read_state()
@@ -351,6 +356,14 @@ class ShareStore:
                 (self.dir / name).unlink(missing_ok=True)
             write_atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
             return state
+
+    def rebuild(self, reason: str) -> ClusterState:
+        """The operator's rebuild (``ek8s reset``, ``ek8s bench``): a new generation, recorded
+        as the event ``generation_started``. Returns the new state."""
+        state = self.start_generation(reason)
+        assert state is not None  # without ``expected`` a new generation always starts
+        self.record_event("generation_started", state.generation, reason)
+        return state
 
     def check_epoch(self, epoch: int) -> None:
         """Raise :class:`EpochSuperseded` if ``epoch`` is no longer the current one."""

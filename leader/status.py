@@ -26,7 +26,7 @@ def _phylactery(url: str) -> dict[str, Any] | None:
         return None
 
 
-def _api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
+def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
     """``{node: Ready}`` from the API behind the VIP, or None when it does not answer."""
     if not kubeconfig.exists():
         return None
@@ -55,12 +55,8 @@ def collect(share: Path, cluster: str) -> dict[str, Any]:
         statuses = dict(
             zip([m.name for m in members], pool.map(_phylactery, [m.phylactery_url for m in members]), strict=True)
         )
-        api = pool.submit(_api_nodes, store.admin_kubeconfig_path).result()
-    heartbeat_dir = share / cluster / "heartbeats"
-    names = (
-        sorted(p.name for p in heartbeat_dir.iterdir() if not p.name.startswith(".")) if heartbeat_dir.exists() else []
-    )
-    names = sorted(set(names) | set(api or {}))
+        api = pool.submit(api_nodes, store.admin_kubeconfig_path).result()
+    names = sorted(set(store.heartbeat_names()) | set(api or {}))
     last: dict[str, dict[str, Any]] = {}
     for e in store.events():
         last[e["node"]] = e
