@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh Debian machine (root):
 #   make lab   - boots a local 3+2 lab cluster, prints its timeline, tears it down
-#   make test  - lint, type checks and the test suite (real etcd, HAProxy, keepalived)
+#   make test  - lint, type checks and the three test tiers (unit, integration, lab)
+# make unit runs the first tier alone: no root, no daemons, seconds.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt
 LAB_ARGS ?= --control 3 --workers 2
 
-.PHONY: lab test lint typecheck unit deps system-deps venv bench clean
+.PHONY: lab test lint typecheck unit integration labtests deps system-deps venv bench clean
 
 deps: system-deps venv
 
@@ -36,15 +37,26 @@ lab: deps
 	echo; $(BIN)/ek8s lab down; \
 	if [ $$rc -eq 0 ]; then echo "report: lab-report.json"; fi; exit $$rc
 
+PACKAGES := core leader phylactery manager lab
+
 lint: venv
-	$(BIN)/ruff check leader phylactery lab tests scripts
-	$(BIN)/ruff format --check leader phylactery lab tests scripts
+	$(BIN)/ruff check $(PACKAGES) tests scripts
+	$(BIN)/ruff format --check $(PACKAGES) tests scripts
 
 typecheck: venv
-	$(BIN)/mypy leader phylactery lab
+	$(BIN)/mypy $(PACKAGES)
+
+unit: venv
+	$(BIN)/pytest -q -ra tests/unit
+
+integration: deps
+	$(BIN)/pytest -q -ra tests/integration
+
+labtests: deps
+	$(BIN)/pytest -q -ra tests/lab
 
 test: deps lint typecheck
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra tests/unit tests/integration tests/lab
 
 bench: deps
 	$(BIN)/python scripts/bench_lab.py --runs 5

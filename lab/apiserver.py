@@ -40,8 +40,8 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from core.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
 from lab import pki
-from phylactery.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
 
 log = logging.getLogger("emulated-kube-apiserver")
 ADMIN_GROUPS = {"system:masters", "kubeadm:cluster-admins"}

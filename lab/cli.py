@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lab.cluster import Lab, LabError, LabState
+from lab.cluster import CLUSTER, VIP_NAME, Lab, LabError, LabState
 from lab.emulation import Emulation
 
 STAGES = [
@@ -274,3 +274,36 @@ def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
     if not argv:
         _fail("no command given (ek8s lab exec NODE -- COMMAND...)", 2)
     os.execvp("ip", ["ip", "netns", "exec", ns, *argv])
+
+
+@lab.command(name="bench")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 200), help="rebuilds to measure")
+@click.option("--out", "out_dir", default="bench-results", show_default=True, type=click.Path(path_type=Path))
+@click.option("--baseline", default=None, type=click.Path(dir_okay=False, path_type=Path), help="see `ek8s bench`")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds one rebuild may take")
+@click.pass_context
+def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, timeout: float) -> None:
+    """Run `ek8s bench` against this lab from its `manager` namespace (10.0.0.13), as from a
+    Warewulf server: each run is `ek8s reset` plus `ek8s lab reboot --all --no-wait`."""
+    from core.config import VipSettings
+
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+    except LabError as err:
+        _fail(str(err))
+    if not state.manager:
+        _fail("this lab has no manager namespace (made by an older ek8s); run lab down and up")
+    reboot = f"{sys.executable} -m manager lab --dir {the_lab.dir} --prefix {the_lab.prefix} reboot --all --no-wait"
+    port = VipSettings().port  # the lab's nodes use node.yaml's default
+    control = sum(n.role == "control" for n in state.nodes)
+    argv = [
+        "ip", "netns", "exec", state.manager, sys.executable, "-m", "manager", "bench",
+        "--runs", str(runs), "--out", str(out_dir.resolve()),
+        "--share", str(the_lab.share), "--cluster", CLUSTER, "--api", f"https://{VIP_NAME}:{port}",
+        "--nodes", str(len(state.nodes)), "--reboot-command", reboot, "--timeout", str(timeout),
+        "--label", f"the lab ({control} control + {len(state.nodes) - control} workers, EMULATED kubeadm)",
+    ]  # fmt: skip
+    if baseline is not None:
+        argv += ["--baseline", str(baseline.resolve())]
+    os.execvp(argv[0], argv)

@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
+from core.fileperm import ensure_dir
 from lab import netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
-from leader.fileperm import ensure_dir
 
 NETWORK = "10.0.0"
 PREFIX_LEN = 24
@@ -196,7 +196,6 @@ class Lab:
                     sys.executable,
                     "-m",
                     "leader",
-                    "node",
                     "run",
                     "--config",
                     node.config,

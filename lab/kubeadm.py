@@ -41,11 +41,11 @@ from typing import Any
 
 import yaml
 
+from core.etcd import EtcdClient, EtcdError, kubeadm_client_context, retry_transient
+from core.fileperm import ensure_dir, write_atomic
+from core.joinmaterial import TOKEN_RE, ca_cert_hash
+from core.services import ProcessServices
 from lab import emulation, pki
-from leader.fileperm import ensure_dir, write_atomic
-from leader.joinmaterial import TOKEN_RE, ca_cert_hash
-from leader.services import ProcessServices
-from phylactery.etcd import EtcdClient, EtcdError, kubeadm_client_context, retry_transient
 
 CERT_FILES = [
     "ca.crt",

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from leader.fileperm import ensure_dir, write_atomic
+from core.fileperm import ensure_dir, write_atomic
 
 Pair = tuple[bytes, bytes]  # (certificate PEM, private key PEM)
 

@@ -1,3 +1,5 @@
-"""ephemeral-k8s node agent: election on the share, kubeadm driver, join and watch."""
+"""The node agent (``ek8s-node.service``): elect, initialise or join, watch, as a state machine.
 
-__version__ = "0.1.0"
+Runs on every node; see :mod:`leader.states` for the decisions and :mod:`leader.agent` for
+the loop that carries them out.
+"""

@@ -1,527 +1,669 @@
-"""The node agent: boot -> elect -> init | join -> watch (DESIGN §2, §4).
+"""The node agent: boot -> elect -> init | join -> watch, as a state machine.
 
-Like Patroni's HA cycle, each pass of :meth:`Agent.run` reads one snapshot of the share,
-decides, acts, and says in one sentence what it did and why; the sentences go to the log and,
-for milestones, to ``events.jsonl`` (the lab's timeline is made of them).
+Like Patroni's HA cycle, :meth:`Agent.run_cycle` reads one snapshot of the share, checks the
+generation in exactly one place, runs the handler of the current :class:`State` and returns
+the sentence saying what it decided and why; :meth:`Agent.run` logs each new sentence (and
+"still ..." every 10 s while a wait goes on) and records milestones in ``events.jsonl``.
+Long actions run as one background job (:class:`leader.states.Jobs`) that cycles observe and
+cancel; SIGTERM stops the agent cleanly (exit 0, after releasing the join slot and an
+unfinished leader claim).
 
-Milestone events: ``boot``, ``leader_claimed``, ``phylactery_up``, ``api_ready``,
-``leader_ready``, ``join_started``, ``joined``, ``join_failed``, ``node_ready``, ``deposed``,
-``generation_changed``.
+Milestone events (docs/share-protocol.md): ``boot``, ``leader_claimed``, ``phylactery_up``,
+``api_ready``, ``leader_ready``, ``init_failed``, ``join_started``, ``pruned``,
+``join_material_refreshed``, ``joined``, ``join_failed``, ``node_ready``, ``deposed``,
+``generation_changed``, ``cluster_lost``, ``phylactery_restarted``, ``stopped``.
+
+Everything the agent touches comes in through its constructor (store, driver, services,
+probes, clock, executor), so every transition is unit-tested without root
+(``tests/unit/test_agent_states.py``); :meth:`Agent.for_node` wires the real ones.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Protocol
 
-from leader import probes
-from leader.config import NodeConfig
-from leader.drivers import DriverError, driver_for
-from leader.drivers.kubeadm import CERTIFICATE_KEY_TTL_S, TOKEN_TTL_S
-from leader.election import boot_id, rule_for
-from leader.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
-from leader.logs import get_logger
-from leader.services import service_manager
-from leader.share import EpochSuperseded, Heartbeat, JoinMaterial, ShareStore
+from core import probes
+from core.bootid import boot_id
+from core.config import NodeConfig
+from core.drivers import Credentials, Driver, DriverError, InitResult, driver_for
+from core.logs import get_logger
+from core.services import ServiceError, ServiceManager, service_manager
+from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
+from leader import peers
+from leader.election import rule_for
+from leader.host import prepare_host
+from leader.states import CYCLE_S, Jobs, State
 
 log = get_logger("ek8s.agent", "agent")
 
+PHYLACTERY_UP_S = 60.0  # Phylactery must serve /healthz this soon after init or before a join
+API_UP_S = 120.0  # the API must answer behind the VIP this soon after kubeadm init
+LEASE_CHECK_S = 1.0  # a follower judges the leader's lease at most this often
+PROGRESS_S = 10.0  # while a wait goes on, say so this often
 
-class JoinFailed(Exception):
-    """Every join attempt failed; the message has the last reason."""
+
+class Probes(Protocol):
+    """What the agent asks over the network (bounded in time, never raising for "no")."""
+
+    def api_ready(self, ca_pem: bytes) -> bool:
+        """The API answers ``/readyz`` behind the VIP with a certificate ``ca_pem`` signed."""
+        ...
+
+    def node_ready(self) -> bool | None:
+        """This node's Node is Ready (None: absent or the API did not answer)."""
+        ...
+
+    def phylactery_healthy(self, url: str) -> bool: ...
+
+    def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+        """POST to a Phylactery; raises ``OSError`` when it does not answer."""
+        ...
 
 
-class GenerationChanged(Exception):
-    """The generation this node works on was replaced; run the election again."""
+class NodeProbes:
+    """:class:`Probes` for one node, through :mod:`core.probes`."""
+
+    def __init__(self, cfg: NodeConfig, driver: Driver) -> None:
+        self.vip_url = f"https://{cfg.vip.address}:{cfg.vip.port}/readyz"
+        self.kubeconfig = driver.kubelet_kubeconfig
+        self.node = cfg.node.name
+
+    def api_ready(self, ca_pem: bytes) -> bool:
+        return probes.api_ready(self.vip_url, ca_pem, timeout_s=1.0)
+
+    def node_ready(self) -> bool | None:
+        return probes.node_ready(self.kubeconfig, self.node)
+
+    def phylactery_healthy(self, url: str) -> bool:
+        return probes.phylactery_healthy(url, 0.5)
+
+    def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+        return probes.phylactery_post(url, path, token, body, timeout_s)
 
 
 class Agent:
-    """One node's agent. ``config_path`` is passed on to Phylactery."""
+    """One node's agent. ``config_path`` is handed to Phylactery when the agent starts it."""
 
-    def __init__(self, cfg: NodeConfig, config_path: Path) -> None:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        *,
+        store: ShareStore,
+        driver: Driver,
+        services: ServiceManager,
+        probes: Probes,
+        boot_id: str,
+        config_path: Path,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.store = store
+        self.driver = driver
+        self.services = services
+        self.probes = probes
+        self.boot_id = boot_id
         self.config_path = config_path
-        self.store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
-        self.driver = driver_for(cfg)
-        self.services = service_manager(cfg.service_manager, cfg.root)
-        self.boot_id = boot_id(cfg.root)
-        self.phase = "boot"
+        self.clock = clock
+        self.wake = threading.Event()  # set by a finished job and by stop(): cycle now
+        self.jobs = Jobs(
+            executor or ThreadPoolExecutor(1, thread_name_prefix="kubeadm"), driver.abort, clock, self.wake.set
+        )
+        self._prepare = prepare
+        self.host_prepared = threading.Event()
+        self.stop_requested = threading.Event()
+        self.rule = rule_for(cfg.role, cfg.node.name, boot_id, cfg.timeouts.lease_ttl_s)
+
+        self.state = State.ELECT
+        self.entered_at = clock()
         self.generation = 0
-        self.previous: Heartbeat | None = None
-        self._stop = threading.Event()
-        self._phylactery_started = False
-        self._phylactery_up = False
-        self._silent_since: float | None = None
-        self._lost_reported = False
-        self._host_prepared = threading.Event()
+        self.fence: Fence | None = None  # our claim while we lead an unready generation
+        self.previous: Heartbeat | None = None  # this node's heartbeat from before this boot
+        self.init_result: InitResult | None = None
+        self.init_failures = 0
+        self.join_attempt = 0
+        self.slot_held = False
+        self.after_reset = State.ELECT
+        self.resume_at = 0.0
+        self.silent_since: float | None = None
+        self.lost_reported = False
+        self.api_seen = False
+        self.phylactery_started = False
+        self.phylactery_up = False
+        self._ca: tuple[int, bytes] | None = None  # (generation, cluster CA PEM)
+        self._credentials: Credentials | None = None
+        self.kubeadm_s = 0.0
 
-    # -- small helpers ------------------------------------------------------------------
-    def say(self, phase: str, message: str, event: str | None = None, **fields: object) -> None:
-        """Log one decision; with ``event``, also append it to the share's timeline."""
-        self.phase = phase
-        log.info(message, extra={"phase": phase, **fields})
-        if event:
-            self.store.record_event(event, self.generation, message, role=self.cfg.role, **fields)
+    @classmethod
+    def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
+        """The agent with the real store, driver, service manager and probes of node.yaml."""
+        driver = driver_for(cfg)
+        agent = cls(
+            cfg,
+            store=ShareStore(cfg.share.path, cfg.cluster, cfg.node.name),
+            driver=driver,
+            services=service_manager(cfg.service_manager, cfg.root),
+            probes=NodeProbes(cfg, driver),
+            boot_id=boot_id(cfg.root),
+            config_path=config_path,
+        )
+        agent._prepare = agent._prepare_host
+        return agent
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.store.heartbeat(self.boot_id, self.cfg.role, self.phase, self.generation)
-            except OSError as err:
-                log.warning("heartbeat failed", extra={"phase": "heartbeat", "error": str(err)})
-            self._stop.wait(self.cfg.timeouts.heartbeat_interval_s)
-
-    def _wait(self, what: str, check: Callable[[], bool], timeout_s: float, interval_s: float | None = None) -> None:
-        """Poll ``check`` every ``interval_s`` (default ``timeouts.poll_interval_s``) until it
-        returns True; log progress every 10 s; raise ``TimeoutError`` after ``timeout_s``."""
-        interval = interval_s or self.cfg.timeouts.poll_interval_s
-        start = time.monotonic()
-        next_note = start + 10
-        while not check():
-            now = time.monotonic()
-            if now - start > timeout_s:
-                raise TimeoutError(f"{what}: not done after {timeout_s:.0f}s")
-            if now > next_note:
-                log.info(f"still waiting: {what}", extra={"phase": self.phase, "waited_s": round(now - start, 1)})
-                next_note = now + 10
-            time.sleep(interval)
-
-    # -- the loop -----------------------------------------------------------------------
+    # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
-        """Run until stopped; returns the process exit code (1 when joining gave up)."""
+        """Boot, then run cycles until SIGTERM (returns 0) or until every attempt failed
+        (returns 1). Logs each new sentence with the state as ``phase``."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.boot()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._run_prepare, name="prepare-host", daemon=True).start()
+        threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+        last, said_at, since = "", 0.0, self.clock()
+        while not self.stop_requested.is_set():
+            before = self.state
+            try:
+                sentence = self.run_cycle()
+            except (ShareError, OSError) as err:
+                # The share (NFS) hiccupped: nothing was decided; try again next cycle.
+                sentence = f"cannot read the share: {err}"
+            now = self.clock()
+            if sentence != last:
+                log.info(sentence, extra={"phase": self.state.value})
+                last, said_at, since = sentence, now, now
+            elif now - said_at >= PROGRESS_S:
+                log.info(f"still: {sentence}", extra={"phase": self.state.value, "waited_s": round(now - since)})
+                said_at = now
+            if self.state is State.FAILED:
+                self.shutdown("gave up")
+                return 1
+            if self.state is before:
+                self.wake.wait(self.cycle_s())
+            self.wake.clear()
+        self.shutdown("SIGTERM")
+        return 0
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop after the current cycle (the SIGTERM handler)."""
+        self.stop_requested.set()
+        self.wake.set()
+
+    def cycle_s(self) -> float:
+        """Seconds until the next cycle in the current state."""
+        return CYCLE_S.get(self.state) or self.cfg.timeouts.poll_interval_s
+
+    def run_cycle(self) -> str:
+        """One cycle: one snapshot of the share, the generation checked here and only here,
+        then the current state's handler. Returns the sentence saying what it decided."""
+        if self.state in (State.FAILED, State.STOPPED):
+            return f"{self.state.value}: nothing more to do"
+        snap = self.store.snapshot(leases=self.state is State.FOLLOW)
+        if self.generation and snap.state.generation != self.generation and self.state is not State.ELECT:
+            return self._generation_replaced(snap)
+        handler: Callable[[Snapshot], str] = getattr(self, f"_on_{self.state.name.lower()}")
+        return handler(snap)
+
+    def boot(self) -> None:
+        """What happens once per boot before the first cycle: the share's directory, the
+        previous heartbeat (did this node belong to the generation before?), the ``boot``
+        event, and Phylactery on control nodes (HAProxy and keepalived come up beside the
+        election, before kubeadm needs the VIP)."""
         self.store.ensure()
         self.previous = self.store.read_heartbeat(self.cfg.node.name)
-        self.say(
+        self.store.heartbeat(self.boot_id, self.cfg.role, self.state.value, self.generation)
+        self._event(
             "boot",
             f"booting as {self.cfg.role} node {self.cfg.node.name} ({self.cfg.node.address})",
-            "boot",
             boot_id=self.boot_id,
         )
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
-        threading.Thread(target=self.prepare_host, name="prepare-host", daemon=True).start()
-        threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
         if self.cfg.is_control:
-            # Phylactery registers this node and brings up HAProxy and keepalived while the
-            # election and kubeadm run; kubeadm reaches the VIP only once its API is up.
-            self.start_phylactery(wait=False)
-        init_failures = 0
-        rule = rule_for(self.cfg.role, self.cfg.node.name, self.boot_id, self.cfg.timeouts.lease_ttl_s)
+            self.start_phylactery()
+
+    def shutdown(self, why: str) -> None:
+        """Stop the running job, give back the join slot and an unfinished leader claim, and
+        say so on the share (best effort: a share that does not answer is only logged)."""
+        self.stop_requested.set()
+        self.jobs.cancel(wait_s=10.0)
         try:
-            while True:
-                state, action, why = self.store.attempt_leadership(self.cfg.node.address, self.boot_id, rule)
-                if state.generation != self.generation and self.generation and self._phylactery_started:
-                    self.refresh_phylactery()
-                self.generation = state.generation
-                if action == "lead":
-                    self.say(
-                        "election",
-                        f"I lead generation {state.generation} with epoch {state.epoch}: {why}",
-                        "leader_claimed",
-                        epoch=state.epoch,
-                    )
-                    try:
-                        self.lead(state.epoch, Path(state.restore_from) if state.restore_from else None)
-                    except EpochSuperseded as err:
-                        self.say("election", f"deposed ({err}); resetting and following the new leader", "deposed")
-                        self.driver.reset()
-                        continue
-                    except (DriverError, TimeoutError) as err:
-                        init_failures += 1
-                        self.say("init", f"init failed ({init_failures}x): {err}", "init_failed")
-                        self.driver.reset()
-                        if init_failures >= self.cfg.timeouts.join_attempts:
-                            raise JoinFailed(f"kubeadm init failed {init_failures} times: {err}") from err
-                        time.sleep(self.cfg.timeouts.join_backoff_s * init_failures)
-                        continue
-                elif action == "follow":
-                    self.say("election", f"following: {why}")
-                    self.follow()
-                    continue
-                else:
-                    self.say("election", f"joining: {why}")
-                    try:
-                        self.join()
-                    except GenerationChanged as err:
-                        self.say("election", f"{err}; running the election again")
-                        continue
-                if not self.watch():
-                    continue
-                return 0
-        except JoinFailed as err:
-            self.say("join", f"giving up: {err}", "join_failed")
-            return 1
-        finally:
-            self._stop.set()
+            self._release_slot()
+            if self.fence is not None and self.store.release_leadership(
+                self.fence, f"{self.cfg.node.name} stopped ({why}) before its generation was ready"
+            ):
+                log.info("released my unfinished leader claim", extra={"phase": self.state.value})
+            self._event("stopped", f"agent stopped ({why}) in state {self.state.value}")
+        except (OSError, ShareError) as err:
+            log.warning("could not release my share state", extra={"phase": self.state.value, "error": str(err)})
+        log.info(f"stopped ({why})", extra={"phase": self.state.value})
+        self.state = State.STOPPED
 
-    def prepare_host(self) -> None:
-        """Kernel settings Kubernetes needs and the baked image archives imported, beside the
-        election (a real node only; the lab's nodes share a kernel and pull nothing)."""
-        try:
-            if self.cfg.root == Path("/"):
-                self._prepare_kernel()
-                self._import_images()
-        finally:
-            self._host_prepared.set()
+    # -- transitions ----------------------------------------------------------------------
+    def _go(self, state: State, sentence: str, event: str | None = None, **fields: object) -> str:
+        """Enter ``state``; record ``event`` with ``sentence`` on the share's timeline."""
+        self.state = state
+        self.entered_at = self.clock()
+        if event:
+            self._event(event, sentence, **fields)
+        return sentence
 
-    def _import_images(self) -> None:
-        from leader.images import archives, import_archives
+    def _event(self, event: str, message: str, **fields: object) -> None:
+        self.store.record_event(event, self.generation, message, role=self.cfg.role, **fields)
 
-        directory = self.cfg.kubernetes.image_archives
-        if not archives(directory):
-            return
-        result = import_archives(directory, workers=4, timeout_s=self.cfg.timeouts.command_s)
-        self.say(
-            "prepare",
-            f"imported {len(result.imported)} image archives in {result.seconds:.1f}s",
-            "images_imported",
-            failed=len(result.failed),
-        )
+    def _in_state_s(self) -> float:
+        return self.clock() - self.entered_at
 
-    def wait_host_prepared(self) -> None:
-        """Block until :meth:`prepare_host` is done (kubeadm needs the images)."""
-        if not self._host_prepared.is_set():
-            self._wait("image import", self._host_prepared.is_set, self.cfg.timeouts.command_s)
-
-    def _prepare_kernel(self) -> None:
-        import subprocess
-
-        for mod in ("overlay", "br_netfilter"):
-            subprocess.run(["modprobe", mod], capture_output=True, check=False)
-        for key, value in (
-            ("net/ipv4/ip_forward", "1"),
-            ("net/bridge/bridge-nf-call-iptables", "1"),
-            ("net/bridge/bridge-nf-call-ip6tables", "1"),
-        ):
-            try:
-                Path("/proc/sys", key).write_text(value)
-            except OSError as err:
-                log.warning("cannot set sysctl", extra={"phase": "prepare", "key": key, "error": str(err)})
-
-    # -- leader -------------------------------------------------------------------------
-    def start_phylactery(self, wait: bool = True) -> None:
-        """Start Phylactery (it brings up HAProxy and keepalived); with ``wait``, return once
-        it serves ``/healthz`` (HAProxy and keepalived running with a rendered config)."""
-        if not self._phylactery_started:
-            argv = [sys.executable, "-m", "leader", "phylactery", "--config", str(self.config_path)]
-            self.services.start("phylactery", argv)
-            self._phylactery_started = True
-        if wait and not self._phylactery_up:
-            self._wait("Phylactery /healthz", lambda: probes.phylactery_healthy(self.phylactery_url, 0.5), 60, 0.05)
-            self._phylactery_up = True
-            self.say(self.phase, "Phylactery, HAProxy and keepalived are up", "phylactery_up")
-
-    @property
-    def phylactery_url(self) -> str:
-        """This node's own Phylactery."""
-        return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
-
-    def refresh_phylactery(self) -> None:
-        """Ask the local Phylactery to reconcile now (it re-registers in a new generation)."""
-        try:
-            probes.phylactery_post(self.phylactery_url, "/v1/refresh", self.store.read_token(), {}, timeout_s=2)
-        except OSError as err:
-            log.info("local Phylactery did not take the refresh", extra={"phase": self.phase, "error": str(err)})
-
-    def lead(self, epoch: int, restore_from: Path | None = None) -> None:
-        """Initialise the generation: kubeadm init (etcd restored from ``restore_from`` when the
-        generation was started from a snapshot), publish join material, mark ready."""
-        self.phase = "init"
-        if self.driver.is_joined():
-            self.say("init", "leftovers of an earlier init/join found; running kubeadm reset first")
-            self.driver.reset()
-        token, certificate_key = generate_token(), generate_certificate_key()
-        if restore_from is not None:
-            self.say("init", f"restoring etcd from the snapshot {restore_from}", "etcd_restore")
-        self.say("init", "running kubeadm init (certificates uploaded with our certificate key)")
-        started = time.monotonic()
-        self.wait_host_prepared()
-        result = self.driver.init(token, certificate_key, self.generation, restore_from)
-        kubeadm_s = round(time.monotonic() - started, 3)
-        self.store.check_epoch(epoch)
-        self.start_phylactery()
-        vip_url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
-        self._wait("API behind the VIP", lambda: probes.api_ready(vip_url, result.ca_cert_pem), 120, 0.05)
-        self.say(
-            "init",
-            f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}",
-            "api_ready",
-            kubeadm_s=kubeadm_s,
-        )
-        now = time.time()
-        self.store.publish_join_material(
-            JoinMaterial(
-                generation=self.generation,
-                epoch=epoch,
-                api_server_endpoint=f"{self.cfg.vip.hostname}:{self.cfg.vip.port}",
-                token=token,
-                token_expires_at=now + TOKEN_TTL_S,
-                ca_cert_hashes=[ca_cert_hash(result.ca_cert_pem)],
-                certificate_key=certificate_key,
-                certificate_key_expires_at=now + CERTIFICATE_KEY_TTL_S,
-                ca_cert=result.ca_cert_pem.decode(),
-                published_by=self.cfg.node.name,
+    def _generation_replaced(self, snap: Snapshot) -> str:
+        """The only place a new generation is noticed: stop what runs, reset if this node holds
+        anything of the old one, then run the election again."""
+        old, new = self.generation, snap.state.generation
+        had_job = self.jobs.current is not None
+        self.jobs.cancel()
+        self._release_slot()
+        self.fence = None
+        self.generation = new
+        if self.phylactery_started:
+            self.refresh_phylactery()
+        if had_job or self.driver.is_joined():
+            return self._reset(
+                State.ELECT, f"generation {new} replaced {old}; resetting to follow it", "generation_changed"
             )
+        return self._go(
+            State.ELECT, f"generation {new} replaced {old}; running the election again", "generation_changed"
         )
-        self.store.write_admin_kubeconfig(result.admin_kubeconfig)
+
+    def _reset(
+        self, then: State, sentence: str, event: str | None = None, backoff_s: float = 0.0, **fields: object
+    ) -> str:
+        """Run the driver's reset in the background; then, after ``backoff_s``, enter ``then``."""
+        self.jobs.cancel()
+        self.jobs.start("reset", self.driver.reset)
+        self.after_reset = then
+        self.resume_at = self.clock() + backoff_s
+        return self._go(State.RESET, sentence, event, **fields)
+
+    def _deposed(self, why: str) -> str:
+        self.fence = None
+        return self._reset(State.ELECT, f"deposed ({why}); resetting and following the new leader", "deposed")
+
+    def _init_failed(self, why: str) -> str:
+        """A failed init, publish or first Node Ready as leader: reset and elect again after a
+        backoff, or give up after ``timeouts.join_attempts`` failures."""
+        self.init_failures += 1
+        n, attempts = self.init_failures, self.cfg.timeouts.join_attempts
+        self._event("init_failed", f"init failed ({n}x): {why}")
+        if n >= attempts:
+            return self._go(State.FAILED, f"giving up: init failed {n} times: {why}", "join_failed")
+        backoff = self.cfg.timeouts.join_backoff_s * n
+        return self._reset(
+            State.ELECT,
+            f"init failed ({n}/{attempts}): {why}; resetting, electing again in {backoff:g}s",
+            backoff_s=backoff,
+        )
+
+    def _join_failed(self, why: str) -> str:
+        """A failed join (or first Node Ready after it): reset and join again after a
+        backoff, or give up after ``timeouts.join_attempts`` attempts."""
+        n, attempts = self.join_attempt, self.cfg.timeouts.join_attempts
+        self._event("join_failed", f"join attempt {n} failed: {why}", attempt=n)
+        if n >= attempts:
+            return self._go(State.FAILED, f"giving up: join failed {n} times: {why}", "join_failed")
+        backoff = self.cfg.timeouts.join_backoff_s * n
+        return self._reset(
+            State.JOIN,
+            f"join attempt {n}/{attempts} failed: {why}; resetting, retrying in {backoff:g}s",
+            backoff_s=backoff,
+        )
+
+    # -- handlers, one per state ----------------------------------------------------------
+    def _on_elect(self, snap: Snapshot) -> str:
+        state, action, why = self.store.attempt_leadership(self.cfg.node.address, self.boot_id, self.rule)
+        if self.generation and state.generation != self.generation and self.phylactery_started:
+            self.refresh_phylactery()
+        self.generation = state.generation
+        if action == "lead":
+            self.fence = state.claim()
+            self.init_result, self.api_seen = None, False
+            epoch = self.fence.epoch if self.fence else state.epoch
+            return self._go(
+                State.LEAD,
+                f"I lead generation {state.generation} with epoch {epoch}: {why}",
+                "leader_claimed",
+                epoch=epoch,
+            )
+        if action == "follow":
+            return self._go(State.FOLLOW, f"following: {why}")
+        self.join_attempt = 0
+        return self._go(State.JOIN, f"joining: {why}")
+
+    def _on_follow(self, snap: Snapshot) -> str:
+        state = snap.state
+        leader = state.leader
+        if state.ready:
+            return self._go(State.ELECT, f"generation {state.generation} is ready; electing to join it")
+        if self._in_state_s() >= LEASE_CHECK_S and not snap.leader_alive(self.cfg.timeouts.lease_ttl_s):
+            who = f"leader {leader.node}" if leader else "no leader"
+            return self._go(State.ELECT, f"{who} holds no live lease; running the election again")
+        if leader is None:
+            return "waiting for a control node to lead"
+        return f"waiting for {leader.node} to make generation {state.generation} ready"
+
+    def _on_lead(self, snap: Snapshot) -> str:
+        if self.fence is None or not self.fence.holds(snap.state):
+            return self._deposed(f"the share records epoch {snap.state.epoch}")
+        if self.jobs.current is None:
+            if not self._host_ready():
+                return "waiting for the host preparation (image import) before kubeadm init"
+            credentials = self.driver.new_credentials()
+            restore = Path(snap.state.restore_from) if snap.state.restore_from else None
+            if restore is not None:
+                self._event("etcd_restore", f"restoring etcd from the snapshot {restore}")
+            self._credentials = credentials
+            self.jobs.start("init", lambda: self._run_init(credentials, restore))
+            return f"running {self.driver.name} init" + (f" with etcd restored from {restore.name}" if restore else "")
+        job = self.jobs.take()
+        if job is None:
+            return f"{self.driver.name} init is running"
+        error = job.error()
+        if error is not None:
+            if isinstance(error, (DriverError, OSError)):
+                return self._init_failed(str(error))
+            raise error
+        self.init_result = job.result()
+        self.kubeadm_s = round(self.clock() - job.started, 3)
+        return self._go(State.PUBLISH, f"{self.driver.name} init finished in {self.kubeadm_s:.1f}s")
+
+    def _run_init(self, credentials: Credentials, restore: Path | None) -> InitResult:
+        if self.driver.is_joined():
+            log.info("leftovers of an earlier init/join found; resetting first", extra={"phase": "lead"})
+            self.driver.reset()
+        return self.driver.init(credentials, restore)
+
+    def _on_publish(self, snap: Snapshot) -> str:
+        if self.fence is None or not self.fence.holds(snap.state):
+            return self._deposed(f"the share records epoch {snap.state.epoch}")
+        assert self.init_result is not None
+        if self.cfg.is_control and not self.phylactery_up and not self._phylactery_healthy():
+            if self._in_state_s() > PHYLACTERY_UP_S:
+                return self._init_failed(f"Phylactery did not serve /healthz within {PHYLACTERY_UP_S:.0f}s")
+            return "waiting for my Phylactery (HAProxy and keepalived) to serve /healthz"
+        if not self.api_seen:
+            if not self.probes.api_ready(self.init_result.ca_cert_pem):
+                if self._in_state_s() > API_UP_S:
+                    return self._init_failed(f"the API did not answer behind the VIP within {API_UP_S:.0f}s")
+                return f"waiting for the API behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}"
+            self.api_seen = True
+            self._event(
+                "api_ready",
+                f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}",
+                kubeadm_s=self.kubeadm_s,
+            )
+            fence, result, credentials = self.fence, self.init_result, self._credentials
+            assert credentials is not None
+            self.jobs.start("publish", lambda: self._publish(fence, result, credentials))
+            return "the API answers behind the VIP; publishing join material and applying manifests"
+        job = self.jobs.take()
+        if job is None:
+            return "publishing join material and applying manifests"
+        error = job.error()
+        if isinstance(error, EpochSuperseded):
+            return self._deposed(str(error))
+        if error is not None:
+            from kubernetes.utils import FailToCreateError
+
+            if isinstance(error, (OSError, ShareError, FailToCreateError, *probes.kube_errors())):
+                return self._init_failed(f"publishing failed: {error}")
+            raise error
+        self.fence = None  # the generation is ready: nothing of the claim is left to release
+        return self._go(State.AWAIT_NODE, f"generation {self.generation} is ready; join material published")
+
+    def _publish(self, fence: Fence, result: InitResult, credentials: Credentials) -> None:
+        """Join material, the operator's kubeconfig, manifests, then ready: every share write
+        fenced by our claim (a deposed leader writes nothing)."""
+        material = self.driver.join_material(result, credentials, fence.generation, fence.epoch)
+        self.store.publish_join_material(fence, material)
+        self.store.write_admin_kubeconfig(fence, result.admin_kubeconfig)
         self.apply_manifests()
-        self.store.mark_ready(epoch)
-        self.say("init", f"generation {self.generation} is ready; join material published", "leader_ready")
-        self.wait_node_ready()
+        self.store.mark_ready(fence)
+        # Recorded here, not a cycle later: the timeline's leader_ready is when joiners can start.
+        self._event("leader_ready", f"generation {fence.generation} is ready; join material published")
 
     def apply_manifests(self) -> None:
         """Apply ``kubernetes.manifests`` (the CNI first) with the admin kubeconfig."""
         if not self.cfg.kubernetes.manifests:
             return
-        from kubernetes import config, utils
+        from kubernetes import utils
 
-        api = config.new_client_from_config(config_file=str(self.driver.admin_kubeconfig))
+        api = probes.kube_client(self.driver.admin_kubeconfig)
         for manifest in self.cfg.kubernetes.manifests:
-            path = self.cfg.host_path(manifest)
-            self.say("init", f"applying {manifest}")
-            utils.create_from_yaml(api, str(path))
+            log.info(f"applying {manifest}", extra={"phase": self.state.value})
+            utils.create_from_yaml(api, str(self.cfg.host_path(manifest)))
 
-    # -- followers ----------------------------------------------------------------------
-    def follow(self) -> None:
-        """Wait until the generation is ready, or until its leader looks dead (then return to
-        run the election again). Control nodes bring Phylactery up meanwhile."""
-        self.phase = "follow"
-        ttl = self.cfg.timeouts.lease_ttl_s
+    def _on_join(self, snap: Snapshot) -> str:
+        job = self.jobs.take()
+        if job is not None:
+            self._release_slot()
+            error = job.error()
+            if error is not None:
+                if isinstance(error, (DriverError, OSError, ShareError)):
+                    return self._join_failed(str(error))
+                raise error
+            return self._go(
+                State.AWAIT_NODE,
+                f"{self.driver.name} join succeeded",
+                "joined",
+                attempt=self.join_attempt,
+                kubeadm_s=round(self.clock() - job.started, 3),
+            )
+        if self.jobs.running:
+            return f"{self.driver.name} join is running (attempt {self.join_attempt})"
+        if not self._api_alive():
+            return self._judge_silence("before joining")
+        if not self._host_ready():
+            return "waiting for the host preparation (image import) before joining"
         if self.cfg.is_control:
-            self.start_phylactery()
-        last_lease_check = 0.0
-        while True:
-            state = self.store.read_state()
-            if state.ready or state.generation != self.generation:
-                return
-            now = time.monotonic()
-            if now - last_lease_check >= 1.0:
-                last_lease_check = now
-                if not self.store.snapshot().leader_alive(ttl):
-                    return
-            time.sleep(self.cfg.timeouts.poll_interval_s)
+            if not self.phylactery_up and not self._phylactery_healthy():
+                return "waiting for my Phylactery (HAProxy and keepalived) before joining the control plane"
+            holder = self.store.try_join_slot(self.boot_id, self.cfg.timeouts.lease_ttl_s)
+            if holder is not None:
+                return f"{holder} is joining the control plane; waiting for my turn"
+            self.slot_held = True
+        self.join_attempt += 1
+        prune = self._needs_prune()
+        self.jobs.start("join", lambda: self._run_join(prune))
+        attempts = self.cfg.timeouts.join_attempts
+        sentence = f"running {self.driver.name} join as {self.cfg.role} (attempt {self.join_attempt}/{attempts})"
+        self._event("join_started", sentence, attempt=self.join_attempt)
+        return sentence
 
-    def _phylactery_urls(self) -> list[str]:
-        """Other control nodes' Phylacteries, those with the freshest heartbeat first (a dead
-        node costs a connection timeout)."""
-        now = self.store.share_now()
-        ranked = []
-        for m in self.store.members():
-            if m.name == self.cfg.node.name:
-                continue
-            hb = self.store.read_heartbeat(m.name, now)
-            ranked.append((hb.age_s if hb is not None else float("inf"), m.phylactery_url))
-        return [url for _, url in sorted(ranked)]
+    def _needs_prune(self) -> bool:
+        """Prune unless this node has never been part of this generation (a first join
+        leaves nothing behind to prune)."""
+        prev = self.previous
+        return self.join_attempt > 1 or (prev is not None and prev.generation == self.generation)
 
-    def prune_self(self) -> bool:
-        """Ask a live Phylactery to remove this node's stale Node and etcd member."""
-        token = self.store.read_token()
-        body = {"name": self.cfg.node.name, "address": self.cfg.node.address}
-        for url in self._phylactery_urls():
-            try:
-                status, answer = probes.phylactery_post(url, "/v1/prune", token, body)
-            except OSError as err:
-                log.info("Phylactery did not answer", extra={"phase": "join", "url": url, "error": str(err)})
-                continue
-            if status == 200:
-                self.say(
-                    "join",
-                    f"pruned my stale state through {url}",
+    def _run_join(self, prune: bool) -> None:
+        """The join job: leftovers reset, stale state pruned and join material renewed by
+        other control nodes (side by side), then the driver's join."""
+        if self.driver.is_joined():
+            self.driver.reset()
+        if prune:
+            with ThreadPoolExecutor(2) as pool:
+                renewed = pool.submit(peers.ensure_join_material, self.store, self.probes.post, self.cfg.node.name)
+                pruned = pool.submit(
+                    peers.prune_self, self.store, self.probes.post, self.cfg.node.name, self.cfg.node.address
+                )
+                refreshed, (ok, answer) = renewed.result(), pruned.result()
+            if refreshed:
+                self._event("join_material_refreshed", f"join material refreshed: {', '.join(refreshed)}")
+            if ok:
+                self._event(
                     "pruned",
+                    f"pruned my stale state through {answer.get('url')}",
                     deleted_nodes=answer.get("deleted_nodes"),
                     removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
                 )
-                return True
-            log.info(
-                "Phylactery refused the prune", extra={"phase": "join", "url": url, "status": status, "answer": answer}
+        self.driver.join(self.store.read_join_material())
+
+    def _on_await_node(self, snap: Snapshot) -> str:
+        if self.probes.node_ready():
+            self.init_failures = 0
+            return self._go(State.WATCH, f"node {self.cfg.node.name} is Ready", "node_ready")
+        if self._in_state_s() > self.cfg.timeouts.node_ready_s:
+            why = f"my Node was not Ready within {self.cfg.timeouts.node_ready_s:.0f}s"
+            led = (
+                snap.state.leader is not None
+                and snap.state.leader.node == self.cfg.node.name
+                and self.join_attempt == 0
             )
-        return False
+            return self._init_failed(why) if led else self._join_failed(why)
+        return f"waiting for my Node {self.cfg.node.name} to be Ready"
 
-    def ensure_join_material(self) -> None:
-        """Ask a live Phylactery to make sure join.json is still accepted by the API."""
-        token = self.store.read_token()
-        for url in self._phylactery_urls():
+    def _on_watch(self, snap: Snapshot) -> str:
+        if self.cfg.is_control and self.phylactery_started and not self.services.is_running("phylactery"):
+            # Supervision: Phylactery in turn restarts HAProxy and keepalived when it reconciles.
+            self.phylactery_started = self.phylactery_up = False
+            self._event("phylactery_restarted", "Phylactery is not running; starting it again")
+            self.start_phylactery()
+        if self._api_alive():
+            return f"no action: generation {self.generation} is healthy"
+        return self._judge_silence("while watching")
+
+    def _on_lost(self, snap: Snapshot) -> str:
+        if self._api_alive():
+            self.lost_reported = False
+            return self._go(State.WATCH, f"the API of generation {self.generation} answers again")
+        return f"generation {self.generation} is lost; on_cluster_lost is 'wait': waiting for 'ek8s reset'"
+
+    def _on_reset(self, snap: Snapshot) -> str:
+        job = self.jobs.running
+        if job is not None:
+            return f"{self.driver.name} reset is running"
+        done = self.jobs.take()
+        if done is not None and done.error() is not None:
+            log.warning("reset failed; going on", extra={"phase": "reset", "error": str(done.error())})
+        left = self.resume_at - self.clock()
+        if left > 0:
+            return f"backing off before {self.after_reset.value}"
+        return self._go(self.after_reset, f"reset done; {self.after_reset.value} again")
+
+    # -- the API behind the VIP, and a lost cluster ---------------------------------------
+    def _cluster_ca(self) -> bytes:
+        """The generation's CA (from ``join.json``, read once per generation)."""
+        if self._ca is None or self._ca[0] != self.generation:
             try:
-                status, answer = probes.phylactery_post(url, "/v1/join-material", token, {}, timeout_s=60)
-            except OSError as err:
-                log.info("Phylactery did not answer", extra={"phase": "join", "url": url, "error": str(err)})
-                continue
-            if status == 200:
-                if answer.get("refreshed"):
-                    self.say(
-                        "join",
-                        f"join material refreshed through {url}: {', '.join(answer['refreshed'])}",
-                        "join_material_refreshed",
-                    )
-                return
-            log.info("Phylactery could not ensure join material", extra={"phase": "join", "url": url, "answer": answer})
+                ca = self.store.read_join_material().ca_cert.encode()
+            except (FileNotFoundError, ValueError, TypeError, ShareError):
+                return b""
+            self._ca = (self.generation, ca)
+        return self._ca[1]
 
-    def _needs_prune(self, attempt: int) -> bool:
-        """Skip the prune only when this node has never been part of this generation."""
-        prev = self.previous
-        first_time = prev is None or prev.generation != self.generation
-        return attempt > 1 or not first_time
-
-    def join(self) -> None:
-        """Join the ready generation; retries with ``kubeadm reset -f`` and backoff."""
-        self.phase = "join"
-        if self.driver.is_joined():
-            self.say("join", "leftovers of an earlier join found; running kubeadm reset first")
-            self.driver.reset()
-        self.await_live_control_plane()
-        self.wait_host_prepared()
-        attempts = self.cfg.timeouts.join_attempts
-        last_error = ""
-        for attempt in range(1, attempts + 1):
-            if self._needs_prune(attempt):
-                # Other nodes' Phylacteries do both, side by side: a rejoin may come days after
-                # init (uploaded certificates last 2 h, the token 24 h), and a rebooted node
-                # leaves its Node and etcd member behind.
-                with ThreadPoolExecutor(2) as pool:
-                    material_done = pool.submit(self.ensure_join_material)
-                    pruned = pool.submit(self.prune_self)
-                    material_done.result()
-                    pruned.result()
-            if self.cfg.is_control:
-                self.start_phylactery()  # our HAProxy and keepalived run before kubeadm does
-            material = self.store.read_join_material()
-            held = False
-            try:
-                if self.cfg.is_control:
-                    self._wait("control-plane join slot", self._take_join_slot, self.cfg.timeouts.command_s)
-                    held = True
-                self.say(
-                    "join",
-                    f"running kubeadm join as {self.cfg.role} (attempt {attempt}/{attempts})",
-                    "join_started",
-                    attempt=attempt,
-                )
-                started = time.monotonic()
-                if self.cfg.is_control:
-                    self.driver.join_control_plane(material)
-                else:
-                    self.driver.join_worker(material)
-                self.say(
-                    "join",
-                    "kubeadm join succeeded",
-                    "joined",
-                    attempt=attempt,
-                    kubeadm_s=round(time.monotonic() - started, 3),
-                )
-                break
-            except DriverError as err:
-                last_error = str(err)
-                self.say("join", f"join attempt {attempt} failed: {err}", "join_failed", attempt=attempt)
-                self.driver.reset()
-                if attempt == attempts:
-                    raise JoinFailed(last_error) from err
-                time.sleep(self.cfg.timeouts.join_backoff_s * attempt)
-            finally:
-                if held:
-                    self.store.release_join_slot()
-        self.wait_node_ready()
-
-    def await_live_control_plane(self) -> None:
-        """Return once the API answers behind the VIP; raises :class:`GenerationChanged` when
-        the generation moves on (by our hand, see :meth:`control_plane_alive`, or another's)."""
-        self._silent_since = None
-        while True:
-            state = self.store.read_state()
-            if state.generation != self.generation:
-                raise GenerationChanged(f"generation {state.generation} replaced {self.generation}")
-            if self.control_plane_alive():
-                return
-            time.sleep(max(self.cfg.timeouts.poll_interval_s, 0.5))
-
-    def control_plane_alive(self) -> bool:
-        """Does the API answer behind the VIP? When it has been silent for
-        ``timeouts.cluster_lost_grace_s`` the cluster is lost (every node rebooted without a
-        reset, or etcd lost quorum): a control node applies ``on_cluster_lost``; ``reinit``
-        starts a new generation and raises :class:`GenerationChanged`."""
-        try:
-            ca = self.store.read_join_material().ca_cert.encode()
-        except (FileNotFoundError, ValueError):
-            ca = b""
-        url = f"https://{self.cfg.vip.address}:{self.cfg.vip.port}/readyz"
-        if ca and probes.api_ready(url, ca, timeout_s=1.0):
-            self._silent_since, self._lost_reported = None, False
+    def _api_alive(self) -> bool:
+        ca = self._cluster_ca()
+        if ca and self.probes.api_ready(ca):
+            self.silent_since = None
             return True
-        grace = self.cfg.timeouts.cluster_lost_grace_s
-        now = time.monotonic()
-        if self._silent_since is None:
-            self._silent_since = now
-            log.info(
-                f"the API of generation {self.generation} does not answer behind the VIP; "
-                f"calling the cluster lost if it stays silent for {grace:.0f}s",
-                extra={"phase": self.phase},
-            )
-        silent = now - self._silent_since
-        if silent >= grace and self.cfg.is_control and not self._lost_reported:
-            why = (
-                f"cluster lost: generation {self.generation} is marked ready but no API answered behind "
-                f"{self.cfg.vip.address}:{self.cfg.vip.port} for {silent:.0f}s"
-            )
-            if self.cfg.on_cluster_lost in ("reinit", "restore"):
-                snapshots = self.store.snapshots() if self.cfg.on_cluster_lost == "restore" else []
-                source = snapshots[0] if snapshots else None
-                plan = f"restoring etcd from {source.name}" if source else "starting from nothing"
-                if self.cfg.on_cluster_lost == "restore" and source is None:
-                    plan += " (on_cluster_lost is 'restore' but the share holds no snapshot)"
-                new = self.store.start_generation(f"{why}; {plan}", expected=self.generation, restore_from=source)
-                outcome = f"started generation {new.generation}, {plan}" if new else "another node started a new one"
-                self.say(self.phase, f"{why}; {outcome}", "cluster_lost")
-                raise GenerationChanged(why)
-            self.say(self.phase, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
-            self._lost_reported = True
+        if self.silent_since is None:
+            self.silent_since = self.clock()
         return False
 
-    def _take_join_slot(self) -> bool:
-        holder = self.store.try_join_slot(self.boot_id, self.cfg.timeouts.lease_ttl_s)
-        if holder is not None and self.phase != "join-wait":
-            self.phase = "join-wait"
-            log.info(f"{holder} is joining the control plane; waiting for my turn", extra={"phase": "join"})
-        return holder is None
+    def _judge_silence(self, when: str) -> str:
+        """The API of a ready generation is silent: after ``timeouts.cluster_lost_grace_s`` a
+        control node applies ``on_cluster_lost`` (every node rebooted without a reset, or etcd
+        lost quorum): ``reinit``/``restore`` start a new generation (the next cycle follows
+        it), ``wait`` enters LOST."""
+        grace = self.cfg.timeouts.cluster_lost_grace_s
+        silent = self.clock() - (self.silent_since or self.clock())
+        vip = f"{self.cfg.vip.address}:{self.cfg.vip.port}"
+        if silent < grace or not self.cfg.is_control:
+            return f"the API of generation {self.generation} does not answer behind {vip} {when} (grace {grace:.0f}s)"
+        why = f"cluster lost: generation {self.generation} is marked ready but no API answered"
+        why += f" behind {vip} for {silent:.0f}s"
+        if self.cfg.on_cluster_lost == "wait":
+            self.lost_reported = True
+            return self._go(State.LOST, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
+        snapshots = self.store.snapshots() if self.cfg.on_cluster_lost == "restore" else []
+        source = snapshots[0] if snapshots else None
+        plan = f"restoring etcd from {source.name}" if source else "starting from nothing"
+        if self.cfg.on_cluster_lost == "restore" and source is None:
+            plan += " (on_cluster_lost is 'restore' but the share holds no snapshot)"
+        new = self.store.start_generation(f"{why}; {plan}", expected=self.generation, restore_from=source)
+        outcome = f"started generation {new.generation}, {plan}" if new else "another node started a new one"
+        sentence = f"{why}; {outcome}"
+        self._event("cluster_lost", sentence)
+        self.silent_since = None
+        return sentence
 
-    def wait_node_ready(self) -> None:
-        kubeconfig = self.driver.kubelet_kubeconfig
-        self._wait(
-            "my Node Ready",
-            lambda: probes.node_ready(kubeconfig, self.cfg.node.name) is True,
-            self.cfg.timeouts.node_ready_s,
-        )
-        self.say("ready", f"node {self.cfg.node.name} is Ready", "node_ready")
+    # -- Phylactery, the join slot, the host ----------------------------------------------
+    @property
+    def phylactery_url(self) -> str:
+        """This node's own Phylactery."""
+        return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
 
-    # -- steady state -------------------------------------------------------------------
-    def watch(self) -> bool:
-        """Follow the generation. Returns False when a new generation starts (the caller
-        resets and runs the election again), True when asked to stop. Checks every second
-        that the API answers behind the VIP (quorum loss shows there first)."""
-        self.phase = "watch"
-        self._silent_since = None
-        while not self._stop.is_set():
-            state = self.store.read_state()
-            if state.generation != self.generation:
-                self.say(
-                    "watch",
-                    f"generation {state.generation} replaced {self.generation}; resetting to follow it",
-                    "generation_changed",
-                )
-                self.driver.reset()
-                return False
+    def start_phylactery(self) -> None:
+        """Start Phylactery (it brings up HAProxy and keepalived); returns at once."""
+        argv = [sys.executable, "-m", "phylactery", "--config", str(self.config_path)]
+        try:
+            self.services.start("phylactery", argv)
+            self.phylactery_started = True
+        except ServiceError as err:
+            log.error("cannot start Phylactery", extra={"phase": self.state.value, "error": str(err)})
+
+    def _phylactery_healthy(self) -> bool:
+        if self.probes.phylactery_healthy(self.phylactery_url):
+            if not self.phylactery_up:
+                self.phylactery_up = True
+                self._event("phylactery_up", "Phylactery, HAProxy and keepalived are up")
+            return True
+        return False
+
+    def refresh_phylactery(self) -> None:
+        """Ask the local Phylactery to reconcile now (it re-registers in a new generation)."""
+        try:
+            self.probes.post(self.phylactery_url, "/v1/refresh", self.store.read_token(), {}, 2.0)
+        except OSError as err:
+            log.info("local Phylactery did not take the refresh", extra={"phase": self.state.value, "error": str(err)})
+
+    def _release_slot(self) -> None:
+        if self.slot_held:
+            self.store.release_join_slot()
+            self.slot_held = False
+
+    def _host_ready(self) -> bool:
+        """The host preparation is done, or has taken longer than ``timeouts.command_s`` (then
+        kubeadm's own preflight names what is missing)."""
+        return self.host_prepared.is_set() or self._in_state_s() > self.cfg.timeouts.command_s
+
+    def _run_prepare(self) -> None:
+        try:
+            if self._prepare is not None:
+                self._prepare()
+        finally:
+            self.host_prepared.set()
+
+    def _prepare_host(self) -> None:
+        result = prepare_host(self.cfg)
+        if result is not None:
+            self._event(
+                "images_imported",
+                f"imported {len(result.imported)} image archives in {result.seconds:.1f}s",
+                failed=len(result.failed),
+            )
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_requested.is_set():
             try:
-                self.control_plane_alive()
-            except GenerationChanged:
-                continue  # the next pass sees the new generation, resets and returns
-            if self.cfg.is_control and not self.services.is_running("phylactery"):
-                # Supervision: Phylactery in turn restarts HAProxy and keepalived when it reconciles.
-                self.say("watch", "Phylactery is not running; starting it again", "phylactery_restarted")
-                self._phylactery_started = self._phylactery_up = False
-                self.start_phylactery()
-            self._stop.wait(max(1.0, self.cfg.timeouts.poll_interval_s))
-        return True
+                self.store.heartbeat(self.boot_id, self.cfg.role, self.state.value, self.generation)
+            except OSError as err:
+                log.warning("heartbeat failed", extra={"phase": "heartbeat", "error": str(err)})
+            self.stop_requested.wait(self.cfg.timeouts.heartbeat_interval_s)
 
 
 def _warm_imports() -> None:

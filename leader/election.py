@@ -1,6 +1,6 @@
 """The election rule (DESIGN §4), a pure function of a share snapshot.
 
-It runs under the share's lock (:meth:`leader.share.ShareStore.attempt_leadership`), so
+It runs under the share's lock (:meth:`core.share.ShareStore.attempt_leadership`), so
 among control nodes booting at the same moment exactly one sees "no live leader" and claims.
 
 * the generation is ready                       -> ``join``
@@ -14,9 +14,8 @@ Every outcome comes with a sentence saying why, which the agent logs and records
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
-from leader.share import Snapshot
+from core.share import Snapshot
 
 Decision = tuple[str, str]
 
@@ -51,27 +50,3 @@ def rule_for(role: str, node: str, boot_id: str, lease_ttl_s: float) -> Callable
         return decide(snap, role=role, node=node, boot_id=boot_id, lease_ttl_s=lease_ttl_s)
 
     return _rule
-
-
-def boot_id(root: Path) -> str:
-    """This boot's identity.
-
-    On a real node (``root`` is ``/``) the kernel's ``/proc/sys/kernel/random/boot_id``. In
-    the lab all nodes share one kernel, so each node root gets its own id in
-    ``<root>/run/ek8s/boot_id``, created on first use; wiping the root (a lab reboot) makes a
-    new one, as a reboot would.
-    """
-    if root == Path("/"):
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    path = root / "run/ek8s/boot_id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        import uuid
-
-        from leader.fileperm import ensure_dir, write_atomic
-
-        ensure_dir(path.parent)
-        value = str(uuid.uuid4())
-        write_atomic(path, value + "\n")
-        return value

@@ -28,7 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
-from leader.logs import get_logger
+from core.drivers import ApiUnavailable, DriverError
+from core.logs import get_logger
+from core.share import EpochSuperseded
 from phylactery.prune import PruneError
 from phylactery.service import Phylactery
 
@@ -117,17 +119,15 @@ async def prune(request: web.Request) -> web.StreamResponse:
 
 async def join_material(request: web.Request) -> web.StreamResponse:
     """Ensure the published join material is still accepted (refresh what expired)."""
-    from leader.drivers import DriverError
-
     try:
         result = await request.app[PHYLACTERY].ensure_join_material()
     except LookupError as err:
         return error(409, str(err))
-    except PruneError as err:
+    except (ApiUnavailable, EpochSuperseded) as err:
         return error(503, str(err))
     except DriverError as err:
         log.error("join material refresh failed", extra={"error": str(err)})
-        return error(503, f"kubeadm failed: {err}")
+        return error(503, f"{request.app[PHYLACTERY].driver.name} failed: {err}")
     return web.json_response(result)
 
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leader.fileperm import EXEC_MODE, FILE_MODE, ensure_dir, write_atomic
-from leader.logs import get_logger
-from leader.services import ServiceManager
+from core.fileperm import EXEC_MODE, FILE_MODE, ensure_dir, write_atomic
+from core.logs import get_logger
+from core.services import ServiceManager
 
 log = get_logger(__name__, "reconcile")
 

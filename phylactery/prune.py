@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phylactery.etcd import EtcdClient, EtcdError, EtcdMember, kubeadm_client_context, retry_transient
+from core.etcd import EtcdClient, EtcdError, EtcdMember, retry_transient
+from core.probes import kube_client, kube_errors
 
 
 class PruneError(Exception):
@@ -51,13 +53,13 @@ def stale_members(members: list[EtcdMember], name: str, address: str, keep_id: i
 
 
 def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
     try:
+        api = client.CoreV1Api(kube_client(kubeconfig))
         nodes = api.list_node(_request_timeout=5).items
-    except (ApiException, OSError, Exception) as err:  # urllib3 raises its own MaxRetryError
+    except kube_errors() as err:
         raise PruneError(f"kubernetes API: cannot list nodes: {err}") from err
     doomed: list[str] = []
     for n in nodes:
@@ -73,6 +75,8 @@ def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> 
         except ApiException as err:
             if err.status != 404:
                 raise PruneError(f"kubernetes API: cannot delete node {node_name}: {err.reason}") from err
+        except kube_errors() as err:
+            raise PruneError(f"kubernetes API: cannot delete node {node_name}: {err}") from err
     return deleted
 
 
@@ -83,9 +87,11 @@ async def delete_nodes(kubeconfig: Path, name: str, address: str, keep: str) -> 
     return await asyncio.to_thread(_delete_nodes_sync, kubeconfig, name, address, keep)
 
 
-async def remove_etcd_members(pki: Path, endpoint: str, name: str, address: str) -> list[EtcdMember]:
-    """Remove matching etcd members through ``endpoint`` (this node's member); returns them."""
-    async with EtcdClient([endpoint], kubeadm_client_context(pki), timeout_s=5.0) as etcd:
+async def remove_etcd_members(endpoint: str, context: ssl.SSLContext, name: str, address: str) -> list[EtcdMember]:
+    """Remove the members of ``name``/``address`` (:func:`stale_members`) through
+    ``endpoint`` (this node's own member, never removed), retrying etcd's transient refusals.
+    Returns the removed members; raises :class:`PruneError` when etcd does not answer."""
+    async with EtcdClient([endpoint], context, timeout_s=5.0) as etcd:
         try:
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
             doomed = stale_members(await etcd.member_list(), name, address, keep_id=me)
@@ -97,15 +103,24 @@ async def remove_etcd_members(pki: Path, endpoint: str, name: str, address: str)
 
 
 async def prune_node(
-    *, name: str, address: str, self_name: str, kubeconfig: Path, pki: Path, etcd_endpoint: str, kinds: tuple[str, ...]
+    *,
+    name: str,
+    address: str,
+    self_name: str,
+    kubeconfig: Path,
+    etcd_endpoint: str,
+    etcd_context: ssl.SSLContext | None,
+    kinds: tuple[str, ...],
 ) -> PruneResult:
-    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``). Raises :class:`PruneError`
-    when a store does not answer, ``ValueError`` when asked to prune the serving node."""
+    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``; the driver's
+    ``prune_kinds``). ``etcd_context`` is None while the serving node runs no etcd member
+    (then no member is removed). Raises :class:`PruneError` when a store does not answer,
+    ``ValueError`` when asked to prune the serving node."""
     if name == self_name:
         raise ValueError(f"refusing to prune {name}: that is this node")
     result = PruneResult(name=name, address=address)
-    if "etcd_member" in kinds and (pki / "apiserver-etcd-client.crt").exists():
-        removed = await remove_etcd_members(pki, etcd_endpoint, name, address)
+    if "etcd_member" in kinds and etcd_context is not None:
+        removed = await remove_etcd_members(etcd_endpoint, etcd_context, name, address)
         result.removed_etcd_members = [m.to_json() for m in removed]
     if "node" in kinds:
         result.deleted_nodes = await delete_nodes(kubeconfig, name, address, keep=self_name)

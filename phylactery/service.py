@@ -14,19 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 
-from leader.config import NodeConfig
-from leader.election import boot_id
-from leader.fileperm import ensure_dir
-from leader.logs import get_logger
-from leader.services import service_manager
-from leader.share import MemberRecord, ShareStore
+from core.bootid import boot_id
+from core.config import NodeConfig
+from core.drivers import Driver
+from core.etcd import EtcdClient, EtcdError
+from core.fileperm import ensure_dir
+from core.logs import get_logger
+from core.services import ServiceError, service_manager
+from core.share import MemberRecord, ShareError, ShareStore
 from phylactery import daemons, render
 from phylactery.prune import PruneResult, prune_node
 
@@ -34,10 +35,12 @@ log = get_logger(__name__, "phylactery")
 
 
 class Phylactery:
-    """One node's service. ``cfg`` is the node's validated node.yaml (a control node)."""
+    """One node's service. ``cfg`` is the node's validated node.yaml (a control node);
+    ``driver`` answers everything distribution-specific (PKI, etcd, join material, prunes)."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, driver: Driver) -> None:
         self.cfg = cfg
+        self.driver = driver
         self.store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
         self.services = service_manager(cfg.service_manager, cfg.root)
         self.boot_id = boot_id(cfg.root)
@@ -111,8 +114,9 @@ class Phylactery:
             self._dirty.clear()
             try:
                 await self.reconcile("refresh")
-            except Exception:
-                log.exception("reconcile failed")
+            except (daemons.ConfigRejected, ServiceError, ShareError, OSError) as err:
+                # The next refresh or period tries again; the installed configs stay as they were.
+                log.error("reconcile failed", extra={"error": str(err)})
 
     async def _periodic(self) -> None:
         while True:
@@ -179,20 +183,19 @@ class Phylactery:
             await asyncio.sleep(interval)
             try:
                 await self.save_snapshot()
-            except Exception as err:  # keep trying; the log says why
+            except (EtcdError, OSError) as err:  # keep trying; the log says why
                 log.warning("etcd snapshot failed", extra={"error": str(err)})
 
     async def save_snapshot(self) -> Path | None:
-        """One snapshot if this node leads a ready generation and runs an etcd member."""
-        from phylactery.etcd import EtcdClient, kubeadm_client_context
-
+        """One snapshot to the share if this node leads a ready generation and runs an etcd
+        member; returns its path, or None when this node is not the one to take it. Raises
+        :class:`core.etcd.EtcdError` when etcd does not answer, ``OSError`` from the share."""
         state = await asyncio.to_thread(self.store.read_state)
-        pki = self.cfg.host_path("/etc/kubernetes/pki")
         leads = state.ready and state.leader is not None and state.leader.node == self.cfg.node.name
-        if not leads or not (pki / "apiserver-etcd-client.crt").exists():
+        ctx = self.driver.etcd_client_context() if leads else None
+        if ctx is None:
             return None
-        ctx = kubeadm_client_context(pki)
-        async with EtcdClient(["https://127.0.0.1:2379"], ctx) as etcd:
+        async with EtcdClient([self.driver.etcd_endpoint], ctx) as etcd:
             data = await etcd.snapshot()
         path = await asyncio.to_thread(
             self.store.save_snapshot, state.generation, data, self.cfg.phylactery.snapshots_keep
@@ -220,52 +223,26 @@ class Phylactery:
 
     # -- join material ----------------------------------------------------------------
     async def ensure_join_material(self) -> dict[str, Any]:
-        """Make sure ``join.json`` holds a bootstrap token and a certificate key that the API
-        still accepts; replace what expired (kubeadm deletes ``kubeadm-certs`` after 2 h and a
-        token after its TTL). Serialised, so a burst of joiners causes one refresh.
+        """Make sure ``join.json`` holds join material that the API still accepts; the driver
+        replaces what expired (kubeadm deletes ``kubeadm-certs`` after 2 h and a token after
+        its TTL). Serialised, so a burst of joiners causes one renewal.
 
         Returns ``{"refreshed": [...], "token_expires_at", "certificate_key_expires_at"}``
-        (no secrets). Raises ``LookupError`` when the generation is not ready, ``PruneError``
-        when the API does not answer, ``DriverError`` when kubeadm fails.
+        (Unix seconds; no secrets). Raises ``LookupError`` when the generation is not ready,
+        :class:`core.drivers.ApiUnavailable` when the API does not answer,
+        :class:`core.drivers.DriverError` when the distribution's command fails.
         """
-        from leader.drivers import driver_for
-        from leader.drivers.kubeadm import CERTIFICATE_KEY_TTL_S, TOKEN_TTL_S
-        from leader.joinmaterial import generate_certificate_key, generate_token
-
         async with self._join_material_lock:
             state = await asyncio.to_thread(self.store.read_state)
             try:
-                material = await asyncio.to_thread(self.store.read_join_material)
+                published = await asyncio.to_thread(self.store.read_join_material)
             except FileNotFoundError:
-                material = None
-            if not state.ready or material is None or material.generation != state.generation:
+                published = None
+            if not state.ready or published is None or published.generation != state.generation:
                 raise LookupError(f"generation {state.generation} is not ready; the leader publishes join material")
-            driver = driver_for(self.cfg)
-            token_ok, certs_ok = await asyncio.to_thread(
-                check_join_material, driver.admin_kubeconfig, material.token, material.certificate_key_expires_at
-            )
-            refreshed = []
-            now = time.time()
-            token = material.token if token_ok else generate_token()
-            key = material.certificate_key if certs_ok else generate_certificate_key()
-            if not (token_ok and certs_ok):
-                await asyncio.to_thread(
-                    driver.refresh_join_material, None if token_ok else token, None if certs_ok else key
-                )
-                refreshed = [n for n, ok in (("token", token_ok), ("certificate_key", certs_ok)) if not ok]
-                material = replace(
-                    material,
-                    epoch=state.epoch,
-                    token=token,
-                    token_expires_at=material.token_expires_at if token_ok else now + TOKEN_TTL_S,
-                    certificate_key=key,
-                    certificate_key_expires_at=material.certificate_key_expires_at
-                    if certs_ok
-                    else now + CERTIFICATE_KEY_TTL_S,
-                    published_by=self.cfg.node.name,
-                    published_at=now,
-                )
-                await asyncio.to_thread(self.store.publish_join_material, material)
+            material, refreshed = await asyncio.to_thread(self.driver.renew_join_material, published)
+            if refreshed:
+                await asyncio.to_thread(self.store.refresh_join_material, material)
                 log.info("join material refreshed", extra={"refreshed": refreshed})
             return {
                 "refreshed": refreshed,
@@ -275,17 +252,17 @@ class Phylactery:
 
     # -- prune and status -------------------------------------------------------------
     async def prune(self, name: str, address: str) -> PruneResult:
-        from leader.drivers import driver_for
-
-        driver = driver_for(self.cfg)
+        """Remove what the node ``name``/``address`` left behind (:func:`prune_node` with what
+        the driver says to prune). Raises ``ValueError`` for this node itself and
+        :class:`phylactery.prune.PruneError` when the API or etcd does not answer."""
         return await prune_node(
             name=name,
             address=address,
             self_name=self.cfg.node.name,
-            kubeconfig=driver.admin_kubeconfig,
-            pki=self.cfg.host_path("/etc/kubernetes/pki"),
-            etcd_endpoint="https://127.0.0.1:2379",
-            kinds=driver.prune_kinds,
+            kubeconfig=self.driver.admin_kubeconfig,
+            etcd_endpoint=self.driver.etcd_endpoint,
+            etcd_context=self.driver.etcd_client_context(),
+            kinds=self.driver.prune_kinds,
         )
 
     def vip_held(self) -> bool:
@@ -327,14 +304,11 @@ class Phylactery:
         """``{"members": [...], "quorum": bool | None, "error": str | None}`` of the local etcd
         member. The member list is served locally (etcd 3.4), so quorum is checked with a
         linearizable read; None when this node runs no etcd member yet."""
-        from phylactery.etcd import EtcdClient, EtcdError, kubeadm_client_context
-
-        pki = self.cfg.host_path("/etc/kubernetes/pki")
-        if not (pki / "apiserver-etcd-client.crt").exists():
+        ctx = self.driver.etcd_client_context()
+        if ctx is None:
             return {"members": [], "quorum": None, "error": None}
-        ctx = kubeadm_client_context(pki)
         out: dict[str, Any] = {"members": [], "quorum": None, "error": None}
-        async with EtcdClient(["https://127.0.0.1:2379"], ctx, timeout_s=2.0) as etcd:
+        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
             try:
                 out["members"] = [m.to_json() for m in await etcd.member_list()]
                 await etcd.get("/registry/health")
@@ -343,44 +317,6 @@ class Phylactery:
                 out["quorum"] = False if out["members"] else None
                 out["error"] = str(err)
         return out
-
-
-def check_join_material(kubeconfig: Path, token: str, certificate_key_expires_at: float) -> tuple[bool, bool]:
-    """(token still valid, uploaded certificates still there), asked of the API with this
-    node's admin kubeconfig: the ``bootstrap-token-<id>`` Secret with an ``expiration`` more
-    than 5 minutes away, and the ``kubeadm-certs`` Secret (which kubeadm garbage-collects
-    with its 2-hour owner token). Raises ``PruneError`` when the API does not answer."""
-    import base64
-    import datetime as dt
-
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-
-    from phylactery.prune import PruneError
-
-    if not kubeconfig.exists():
-        raise PruneError(f"{kubeconfig}: no admin kubeconfig on this node yet")
-    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
-    margin = time.time() + 300
-
-    def secret(name: str) -> Any:
-        try:
-            return api.read_namespaced_secret(name, "kube-system", _request_timeout=5)
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise PruneError(f"kubernetes API: {err.reason}") from err
-        except Exception as err:  # urllib3 connection errors
-            raise PruneError(f"kubernetes API: {err}") from err
-
-    token_secret = secret(f"bootstrap-token-{token.split('.')[0]}")
-    token_ok = False
-    if token_secret is not None and token_secret.data:
-        raw = base64.b64decode(token_secret.data.get("expiration", "")).decode()
-        expires = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp() if raw else 0.0
-        token_ok = not raw or expires > margin
-    certs_ok = secret("kubeadm-certs") is not None and certificate_key_expires_at > margin
-    return token_ok, certs_ok
 
 
 def _warm_imports() -> None:

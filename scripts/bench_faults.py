@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.share import MemberRecord, ShareStore
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
-from leader.share import MemberRecord, ShareStore
 
 PROBE = r"""
 import ssl, sys, time, urllib.request

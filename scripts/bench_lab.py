@@ -24,7 +24,7 @@ LAB = ["--dir", "/run/ek8s-bench", "--prefix", "ek8sb"]
 
 def ek8s(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "leader", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "manager", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -1,0 +1,33 @@
+"""This boot's identity: what tells a node's incarnations apart.
+
+On a RAM-root node a new boot id proves that everything the node held in RAM (etcd's data
+among it) is gone, which the recovery rules rely on (docs/recovery.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def boot_id(root: Path) -> str:
+    """This boot's identity.
+
+    On a real node (``root`` is ``/``) the kernel's ``/proc/sys/kernel/random/boot_id``. In
+    the lab all nodes share one kernel, so each node root gets its own id in
+    ``<root>/run/ek8s/boot_id``, created on first use; wiping the root (a lab reboot) makes a
+    new one, as a reboot would.
+    """
+    if root == Path("/"):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    path = root / "run/ek8s/boot_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import uuid
+
+        from core.fileperm import ensure_dir, write_atomic
+
+        ensure_dir(path.parent)
+        value = str(uuid.uuid4())
+        write_atomic(path, value + "\n")
+        return value

@@ -1,0 +1,33 @@
+"""What every command line of the project shares: reading node.yaml or exiting 2.
+
+Exit codes (docs/architecture.md): 0 success, 1 operational failure, 2 invalid input or config,
+with a message naming the file and the field, and nothing written anywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+from core.config import ConfigError, NodeConfig, load_config
+
+DEFAULT_CONFIG = "/etc/ek8s/node.yaml"
+CONFIG_OPTION = click.option(
+    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="the node's node.yaml"
+)
+
+
+def fail(message: str, code: int = 1, prog: str = "ek8s") -> NoReturn:
+    """Print ``<prog>: <message>`` to stderr and exit with ``code``."""
+    click.echo(f"{prog}: {message}", err=True)
+    sys.exit(code)
+
+
+def load_or_exit(path: str, prog: str = "ek8s") -> NodeConfig:
+    """:func:`core.config.load_config`, or exit 2 with its message (file and dotted field)."""
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        fail(str(err), 2, prog)

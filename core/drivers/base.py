@@ -1,0 +1,118 @@
+"""The driver interface: what the agent and Phylactery ask of a Kubernetes distribution.
+
+kubeadm implements it (:mod:`core.drivers.kubeadm`); k3s is next. A driver turns the agent's
+decisions into the distribution's own commands, and it alone knows the distribution's files
+(PKI, kubeconfigs), its etcd (endpoint, client credentials), its join credentials and their
+lifetimes, and what a rebooted node leaves behind. Nothing above it hard-codes any of that.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from core.share import JoinMaterial
+
+
+class DriverError(Exception):
+    """A distribution command failed. ``str()`` names the command, its exit code and the
+    last lines it printed, which is what an operator needs in journald."""
+
+    def __init__(self, command: list[str], returncode: int, output: str) -> None:
+        tail = "\n".join(output.strip().splitlines()[-12:])
+        super().__init__(f"{' '.join(command)} exited {returncode}: {tail}")
+        self.command = command
+        self.returncode = returncode
+        self.output = output
+
+
+class ApiUnavailable(Exception):
+    """The cluster's API (or etcd) did not answer a question the driver had to ask; the caller
+    should ask another control node or try again later."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The secrets the agent generates before init, in the distribution's formats (kubeadm:
+    bootstrap token ``[a-z0-9]{6}.[a-z0-9]{16}`` and a 64-hex-digit certificate key)."""
+
+    token: str
+    certificate_key: str
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What ``init`` leaves behind: the admin kubeconfig (for the operator only) and the
+    cluster CA certificate (PEM), from which the discovery pin is computed."""
+
+    admin_kubeconfig: bytes
+    ca_cert_pem: bytes
+
+
+class Driver(Protocol):
+    """One distribution on one node (the node's role comes from node.yaml)."""
+
+    name: str
+    # What Phylactery must remove before this node rejoins: "node" and "etcd_member" (kubeadm),
+    # plus "node_password" for k3s.
+    prune_kinds: tuple[str, ...]
+
+    def new_credentials(self) -> Credentials:
+        """Fresh join credentials for ``init``."""
+        ...
+
+    def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
+        """Create the control plane on this node, with etcd's data restored from the snapshot
+        file ``restore_from`` if given. Raises :class:`DriverError`."""
+        ...
+
+    def join_material(self, result: InitResult, credentials: Credentials, generation: int, epoch: int) -> JoinMaterial:
+        """The join material to publish after ``init`` (never the admin kubeconfig)."""
+        ...
+
+    def join(self, material: JoinMaterial) -> None:
+        """Join this node: as a control-plane node (adds its etcd member) or as a worker, as
+        node.yaml's role says. Raises :class:`DriverError`."""
+        ...
+
+    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+        """On a control node: check ``material`` against the API and replace what expired.
+        Returns (the material to publish, names of the parts refreshed; empty when all was
+        still valid). Raises :class:`ApiUnavailable` or :class:`DriverError`."""
+        ...
+
+    def reset(self) -> None:
+        """Undo init/join on this node; never raises for "nothing to reset". Raises
+        :class:`DriverError` when the reset command itself fails."""
+        ...
+
+    def abort(self) -> None:
+        """Stop the command this driver is running (from another thread), if any; the call
+        running it then raises :class:`DriverError`."""
+        ...
+
+    def is_joined(self) -> bool:
+        """Whether this node holds a kubelet kubeconfig from a completed init/join."""
+        ...
+
+    @property
+    def kubelet_kubeconfig(self) -> Path:
+        """The node's own credentials, as a host path."""
+        ...
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """The cluster-admin kubeconfig on a control node, as a host path."""
+        ...
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """This control node's own etcd member, ``https://127.0.0.1:2379``."""
+        ...
+
+    def etcd_client_context(self) -> ssl.SSLContext | None:
+        """TLS context with a client certificate for this node's etcd (never etcd's server
+        key pair), or None while this node runs no etcd member."""
+        ...

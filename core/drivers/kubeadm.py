@@ -1,0 +1,380 @@
+"""The kubeadm driver: config files, not flag soup.
+
+The renderers are pure functions producing ``kubeadm.k8s.io/v1beta4`` documents
+(InitConfiguration + ClusterConfiguration, JoinConfiguration), following the kubeadm
+configuration reference:
+
+* ``controlPlaneEndpoint`` is the VIP's hostname and HAProxy port, so every node reaches the
+  API through keepalived + HAProxy;
+* ``apiServer.certSANs`` holds the VIP address and name plus ``kubernetes.extra_sans`` (the
+  Warewulf manager's address in the proof of concept);
+* the agent supplies the bootstrap token and the certificate key, so join material is known
+  before ``kubeadm init --upload-certs`` finishes;
+* ``encryptionAlgorithm: ECDSA-P256`` (v1beta4, Kubernetes 1.31+) for fast key generation.
+
+Commands run are ``kubeadm init --config F --upload-certs``, ``kubeadm join --config F``,
+``kubeadm reset -f``, and on a control node ``kubeadm token create`` and ``kubeadm init phase
+upload-certs`` to renew join material. When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
+added and the config path is given relative to that root, as kubeadm's ``--rootfs`` expects.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import NodeConfig
+from core.drivers.base import ApiUnavailable, Credentials, DriverError, InitResult
+from core.fileperm import ensure_dir, write_atomic
+from core.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
+from core.logs import get_logger
+from core.share import JoinMaterial
+
+API_VERSION = "kubeadm.k8s.io/v1beta4"
+CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
+# kubeadm deletes the kubeadm-certs Secret together with its owner token after two hours
+# (cmd/kubeadm/app/phases/copycerts, DefaultCertTokenDuration); bootstrap tokens last 24 h by
+# default (kubeadm's DefaultTokenDuration).
+CERTIFICATE_KEY_TTL_S = 2 * 3600.0
+TOKEN_TTL_S = 24 * 3600.0
+# Join material closer than this to its expiry is renewed before a node joins with it.
+RENEW_MARGIN_S = 300.0
+# kubeadm's etcd: the local member's client URL (static pod etcd.yaml, --advertise-client-urls
+# on the node address and --listen-client-urls on 127.0.0.1) and the PKI directory.
+ETCD_ENDPOINT = "https://127.0.0.1:2379"
+PKI_DIR = "/etc/kubernetes/pki"
+
+log = get_logger(__name__, "kubeadm")
+_SECRETS = re.compile(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b|(?<!sha256:)\b[0-9a-f]{64}\b")
+
+
+def redact(text: str) -> str:
+    """Hide bootstrap token secrets and certificate keys before anything reaches the log."""
+    return _SECRETS.sub(lambda m: f"{m.group(1)}.<redacted>" if m.group(1) else "<redacted>", text)
+
+
+def _node_registration(cfg: NodeConfig) -> dict[str, Any]:
+    return {
+        "name": cfg.node.name,
+        "criSocket": CRI_SOCKET,
+        "kubeletExtraArgs": [{"name": "node-ip", "value": cfg.node.address}],
+        # Workers carry no taint; control nodes keep kubeadm's default control-plane taint.
+    }
+
+
+def render_init_config(cfg: NodeConfig, token: str, certificate_key: str) -> str:
+    """InitConfiguration + ClusterConfiguration as one multi-document YAML string."""
+    init = {
+        "apiVersion": API_VERSION,
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [
+            {
+                "token": token,
+                "ttl": f"{int(TOKEN_TTL_S)}s",
+                "usages": ["signing", "authentication"],
+                "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+                "description": f"ephemeral-k8s join token for cluster {cfg.cluster}",
+            }
+        ],
+        "certificateKey": certificate_key,
+        "localAPIEndpoint": {
+            "advertiseAddress": cfg.node.address,
+            "bindPort": cfg.kubernetes.api_server_port,
+        },
+        "nodeRegistration": _node_registration(cfg),
+    }
+    sans = [cfg.vip.address, cfg.vip.hostname, *cfg.kubernetes.extra_sans]
+    cluster = {
+        "apiVersion": API_VERSION,
+        "kind": "ClusterConfiguration",
+        "clusterName": cfg.cluster,
+        "kubernetesVersion": cfg.kubernetes.version,
+        "controlPlaneEndpoint": f"{cfg.vip.hostname}:{cfg.vip.port}",
+        "encryptionAlgorithm": "ECDSA-P256",
+        "networking": {
+            "podSubnet": cfg.kubernetes.pod_subnet,
+            "serviceSubnet": cfg.kubernetes.service_subnet,
+        },
+        "apiServer": {"certSANs": list(dict.fromkeys(sans))},
+    }
+    return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+def render_join_config(cfg: NodeConfig, material: JoinMaterial) -> str:
+    """JoinConfiguration; with a ``controlPlane`` section on control nodes."""
+    join: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": material.api_server_endpoint,
+                "token": material.token,
+                "caCertHashes": list(material.ca_cert_hashes),
+            }
+        },
+        "nodeRegistration": _node_registration(cfg),
+    }
+    if cfg.is_control:
+        join["controlPlane"] = {
+            "localAPIEndpoint": {
+                "advertiseAddress": cfg.node.address,
+                "bindPort": cfg.kubernetes.api_server_port,
+            },
+            "certificateKey": material.certificate_key,
+        }
+    return yaml.safe_dump(join, sort_keys=False)
+
+
+class KubeadmDriver:
+    """Runs the kubeadm executable named in node.yaml (``kubernetes.kubeadm``).
+
+    One command at a time; :meth:`abort` (from another thread) kills the running one.
+    """
+
+    name = "kubeadm"
+    prune_kinds: tuple[str, ...] = ("node", "etcd_member")
+    etcd_endpoint = ETCD_ENDPOINT
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self._config_dir = Path("/run/ek8s/kubeadm")  # node path; holds the token, 0700
+        self._proc: subprocess.Popen[str] | None = None
+        self._aborted = threading.Event()
+
+    # -- files this distribution keeps on the node -------------------------------------
+    @property
+    def kubelet_kubeconfig(self) -> Path:
+        return self.cfg.host_path("/etc/kubernetes/kubelet.conf")
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.cfg.host_path("/etc/kubernetes/admin.conf")
+
+    @property
+    def pki_dir(self) -> Path:
+        """``/etc/kubernetes/pki`` as a host path."""
+        return self.cfg.host_path(PKI_DIR)
+
+    def is_joined(self) -> bool:
+        return self.kubelet_kubeconfig.exists()
+
+    def etcd_client_context(self) -> ssl.SSLContext | None:
+        """The ``apiserver-etcd-client`` pair kubeadm's API server uses for etcd, or None
+        before init/join made it."""
+        from core.etcd import kubeadm_client_context
+
+        if not (self.pki_dir / "apiserver-etcd-client.crt").exists():
+            return None
+        return kubeadm_client_context(self.pki_dir)
+
+    # -- running kubeadm ------------------------------------------------------------------
+    def _write_config(self, name: str, text: str) -> str:
+        host_dir = ensure_dir(self.cfg.host_path(self._config_dir))
+        write_atomic(host_dir / name, text)
+        return str(self._config_dir / name)
+
+    def _run(self, args: list[str]) -> str:
+        """Run kubeadm with ``args`` (``--rootfs`` added in the lab); returns its output.
+        Raises :class:`DriverError` on a non-zero exit, a timeout (``timeouts.command_s``),
+        a missing executable, or :meth:`abort`."""
+        argv = [self.cfg.kubernetes.kubeadm, *args]
+        if self.cfg.root != Path("/"):
+            argv += ["--rootfs", str(self.cfg.root)]
+        shown = [redact(a) for a in argv]
+        started = time.monotonic()
+        log.info("running kubeadm", extra={"command": " ".join(shown)})
+        self._aborted.clear()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,  # abort() stops kubeadm and whatever it started
+            )
+        except OSError as err:
+            raise DriverError(shown, 127, str(err)) from err
+        self._proc = proc
+        try:
+            out, _ = proc.communicate(timeout=self.cfg.timeouts.command_s)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+            out, _ = proc.communicate()
+            raise DriverError(
+                shown, -1, redact(out or "") + f"\ntimed out after {self.cfg.timeouts.command_s}s"
+            ) from None
+        finally:
+            self._proc = None
+        output = redact(out or "")
+        for line in output.splitlines():
+            log.info(line, extra={"source": "kubeadm"})
+        if self._aborted.is_set():
+            raise DriverError(shown, proc.returncode, output + "\naborted by the agent")
+        if proc.returncode != 0:
+            raise DriverError(shown, proc.returncode, output)
+        log.info("kubeadm finished", extra={"seconds": round(time.monotonic() - started, 3)})
+        return output
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def abort(self) -> None:
+        """Kill the running kubeadm and its process group (SIGKILL: kubeadm leaves partial
+        state either way, and the agent runs ``kubeadm reset -f`` next)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._aborted.set()
+            self._kill(proc)
+
+    # -- the interface ------------------------------------------------------------------
+    def new_credentials(self) -> Credentials:
+        return Credentials(token=generate_token(), certificate_key=generate_certificate_key())
+
+    def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
+        """``kubeadm init --config F --upload-certs`` (with etcd restored first when
+        ``restore_from`` names a snapshot)."""
+        text = render_init_config(self.cfg, credentials.token, credentials.certificate_key)
+        path = self._write_config("init.yaml", text)
+        args = ["init", "--config", path, "--upload-certs"]
+        if restore_from is not None:
+            self.restore_etcd(restore_from)
+            # kubeadm's documented way to start a control plane on an existing etcd data dir.
+            args.append("--ignore-preflight-errors=DirAvailable--var-lib-etcd")
+        self._run(args)
+        return InitResult(
+            admin_kubeconfig=self.admin_kubeconfig.read_bytes(),
+            ca_cert_pem=(self.pki_dir / "ca.crt").read_bytes(),
+        )
+
+    def join_material(self, result: InitResult, credentials: Credentials, generation: int, epoch: int) -> JoinMaterial:
+        """Token, ``sha256:`` CA pin and certificate key, with kubeadm's lifetimes."""
+        now = time.time()
+        return JoinMaterial(
+            generation=generation,
+            epoch=epoch,
+            api_server_endpoint=f"{self.cfg.vip.hostname}:{self.cfg.vip.port}",
+            token=credentials.token,
+            token_expires_at=now + TOKEN_TTL_S,
+            ca_cert_hashes=[ca_cert_hash(result.ca_cert_pem)],
+            certificate_key=credentials.certificate_key,
+            certificate_key_expires_at=now + CERTIFICATE_KEY_TTL_S,
+            ca_cert=result.ca_cert_pem.decode(),
+            published_by=self.cfg.node.name,
+        )
+
+    def restore_etcd(self, snapshot: Path) -> None:
+        """``etcdutl snapshot restore`` (``etcdctl`` on etcd 3.4) into ``/var/lib/etcd`` as a
+        one-member cluster of this node, as kubeadm's etcd expects it. Raises
+        :class:`DriverError` when the tool fails or takes more than 300 s."""
+        data_dir = self.cfg.host_path("/var/lib/etcd")
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        tool = shutil.which("etcdutl") or "etcdctl"
+        peer = f"https://{self.cfg.node.address}:2380"
+        argv = [
+            tool,
+            "snapshot",
+            "restore",
+            str(snapshot),
+            f"--name={self.cfg.node.name}",
+            f"--initial-cluster={self.cfg.node.name}={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--data-dir={data_dir}",
+        ]
+        log.info("restoring etcd", extra={"command": " ".join(argv)})
+        try:
+            res = subprocess.run(
+                argv, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=300
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise DriverError(argv, 127, str(err)) from err
+        if res.returncode != 0:
+            raise DriverError(argv, res.returncode, res.stdout + res.stderr)
+        os.chmod(data_dir, 0o700)
+
+    def join(self, material: JoinMaterial) -> None:
+        """``kubeadm join --config F``; the JoinConfiguration has a ``controlPlane`` section on
+        control nodes (node.yaml's role), so one method serves both."""
+        path = self._write_config("join.yaml", render_join_config(self.cfg, material))
+        self._run(["join", "--config", path])
+
+    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+        """Ask the API (this node's admin kubeconfig) whether the token's
+        ``bootstrap-token-<id>`` Secret and the ``kubeadm-certs`` Secret are still there and
+        more than :data:`RENEW_MARGIN_S` from expiry; renew what is not with
+        ``kubeadm token create TOKEN --ttl 86400s`` and ``kubeadm init phase upload-certs
+        --upload-certs --certificate-key KEY``."""
+        token_ok, certs_ok = self._join_material_valid(material)
+        if token_ok and certs_ok:
+            return material, []
+        now = time.time()
+        token = material.token if token_ok else generate_token()
+        key = material.certificate_key if certs_ok else generate_certificate_key()
+        if not token_ok:
+            self._run(["token", "create", token, "--ttl", f"{int(TOKEN_TTL_S)}s"])
+        if not certs_ok:
+            self._run(["init", "phase", "upload-certs", "--upload-certs", "--certificate-key", key])
+        renewed = replace(
+            material,
+            token=token,
+            token_expires_at=material.token_expires_at if token_ok else now + TOKEN_TTL_S,
+            certificate_key=key,
+            certificate_key_expires_at=material.certificate_key_expires_at if certs_ok else now + CERTIFICATE_KEY_TTL_S,
+            published_by=self.cfg.node.name,
+            published_at=now,
+        )
+        return renewed, [n for n, ok in (("token", token_ok), ("certificate_key", certs_ok)) if not ok]
+
+    def _join_material_valid(self, material: JoinMaterial) -> tuple[bool, bool]:
+        """(token still valid, uploaded certificates still there). Raises
+        :class:`ApiUnavailable` when the API does not answer."""
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        from core.probes import kube_client, kube_errors
+
+        if not self.admin_kubeconfig.exists():
+            raise ApiUnavailable(f"{self.admin_kubeconfig}: no admin kubeconfig on this node yet")
+        margin = time.time() + RENEW_MARGIN_S
+
+        def secret(name: str) -> Any:
+            try:
+                api = client.CoreV1Api(kube_client(self.admin_kubeconfig))
+                return api.read_namespaced_secret(name, "kube-system", _request_timeout=5)
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise ApiUnavailable(f"kubernetes API: {err.reason}") from err
+            except kube_errors() as err:
+                raise ApiUnavailable(f"kubernetes API: {err}") from err
+
+        token_secret = secret(f"bootstrap-token-{material.token.split('.')[0]}")
+        token_ok = False
+        if token_secret is not None and token_secret.data:
+            raw = base64.b64decode(token_secret.data.get("expiration", "")).decode()
+            expires = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp() if raw else 0.0
+            token_ok = not raw or expires > margin
+        certs_ok = secret("kubeadm-certs") is not None and material.certificate_key_expires_at > margin
+        return token_ok, certs_ok
+
+    def reset(self) -> None:
+        """``kubeadm reset -f``."""
+        self._run(["reset", "-f"])

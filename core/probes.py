@@ -1,0 +1,127 @@
+"""Questions asked over the network, each bounded in time, none of which raise for "no".
+
+* :func:`api_ready` - ``GET https://<vip>:<port>/readyz`` (anonymous, TLS checked against the
+  cluster CA): the API behind the VIP answers (kube-apiserver's ``/readyz`` is readable
+  without credentials through the ``system:public-info-viewer`` ClusterRole);
+* :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client);
+* :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
+  HTTP API (docs/phylactery.md).
+
+HTTP to Phylactery and the readyz probe use the standard library (``urllib``), which starts
+in milliseconds; the agent must not pay aiohttp's import on its critical path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+@functools.cache
+def kube_errors() -> tuple[type[BaseException], ...]:
+    """What a call through the ``kubernetes`` client raises when the answer is "not now", for
+    ``except kube_errors():`` (imported on first use, not at start-up).
+
+    ``ApiException``: the API answered with an error status; urllib3's ``HTTPError``
+    (``MaxRetryError``, ``ProtocolError``, timeouts): it did not answer; ``ConfigException``,
+    ``ValueError``, ``KeyError``: the kubeconfig is unusable (half-written, or replaced by a
+    reset); ``OSError``: the kubeconfig or a file it names is gone.
+    """
+    from kubernetes.client.rest import ApiException
+    from kubernetes.config.config_exception import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    return (ApiException, HTTPError, ConfigException, OSError, ValueError, KeyError)
+
+
+def api_ready(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> bool:
+    """True when ``url`` (``https://host:port/readyz``) answers 200 within ``timeout_s``
+    seconds with a certificate that ``ca_pem`` (PEM bytes) signed; False otherwise."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    ctx.check_hostname = False  # the VIP address is a SAN, but callers may use either name
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError, ssl.SSLError):
+        return False
+
+
+_clients: dict[str, Any] = {}
+
+
+def kube_client(kubeconfig: Path) -> Any:
+    """A ``kubernetes.client.ApiClient`` for ``kubeconfig``, cached by the file's content
+    (after a reset the same path holds other credentials and another CA). Raises what
+    :func:`kube_errors` lists when the file is missing or unusable."""
+    from kubernetes import config
+
+    key = kubeconfig.read_text()
+    if key not in _clients:
+        if len(_clients) >= 4:  # a process uses one or two kubeconfigs; old ones are stale
+            _clients.pop(next(iter(_clients)))
+        _clients[key] = config.new_client_from_config(config_file=str(kubeconfig))
+    return _clients[key]
+
+
+def node_ready(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | None:
+    """The ``Ready`` condition of Node ``name`` as the API behind ``kubeconfig`` reports it:
+    True or False, or None when the Node does not exist, the kubeconfig is missing, or the API
+    does not answer within ``timeout_s`` seconds."""
+    from kubernetes import client
+
+    try:
+        node = client.CoreV1Api(kube_client(kubeconfig)).read_node(name, _request_timeout=timeout_s)
+    except kube_errors():
+        return None
+    for cond in (node.status.conditions or []) if node.status else []:
+        if cond.type == "Ready":
+            return bool(cond.status == "True")
+    return False
+
+
+def phylactery_healthy(base_url: str, timeout_s: float = 1.0) -> bool:
+    """``GET <base_url>/healthz`` answered 200 (HAProxy and keepalived run) within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(base_url + "/healthz", timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def phylactery_get(base_url: str, path: str, timeout_s: float = 1.5) -> dict[str, Any] | None:
+    """``GET <base_url><path>`` parsed as a JSON object, or None when Phylactery does not
+    answer within ``timeout_s`` seconds or answers something else."""
+    try:
+        with urllib.request.urlopen(base_url + path, timeout=timeout_s) as resp:
+            data = json.loads(resp.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def phylactery_post(
+    base_url: str, path: str, token: str, body: dict[str, Any], timeout_s: float = 15.0
+) -> tuple[int, Any]:
+    """POST ``body`` as JSON with ``Authorization: Bearer <token>``; returns (HTTP status,
+    parsed JSON, or the text when it is not JSON). Raises ``OSError`` (``URLError`` is one)
+    when Phylactery does not answer within ``timeout_s`` seconds."""
+    req = urllib.request.Request(
+        base_url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return int(resp.status), json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return int(err.code), json.loads(raw)
+        except json.JSONDecodeError:
+            return int(err.code), raw.decode(errors="replace")

@@ -1,0 +1,583 @@
+"""The share (NFS) protocol, v1: the cluster's coordination store.
+
+Everything about the file layout under ``<share>/<cluster>/`` lives in this module; the rest of
+the code speaks to :class:`ShareStore` through a few verbs (read a snapshot, attempt to lead,
+heartbeat, mark ready, publish join material, register a member, record an event), the way
+Patroni's DCS classes hide etcd/Consul/ZooKeeper. ``docs/share-protocol.md`` documents every
+file and field.
+
+NFS rules followed here (DESIGN §3):
+
+* mutual exclusion with ``filelock`` on ``cluster.lock``, a file that is never deleted
+  (``flock`` on NFS becomes a POSIX lock arbitrated by the server); the lock is held only for
+  short read-decide-write sections, never across ``kubeadm init``;
+* every write is atomic (temp + fsync + rename, :mod:`core.fileperm`), ``0700``/``0600``;
+* waits re-``open()`` files that already exist (``cluster.json`` exists from the first boot on)
+  instead of waiting for a file to appear, because the NFS client caches negative lookups;
+* liveness is judged on the share's clock: a heartbeat's mtime is compared with the mtime of
+  a probe file this node has just touched on the same share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from core.fileperm import append_line, ensure_dir, touch, write_atomic
+
+PROTOCOL = 1
+LOCK_TIMEOUT_S = 30.0
+
+
+class ShareError(Exception):
+    """The share is unusable (unreadable state, lock not obtained in time, bad JSON)."""
+
+
+class EpochSuperseded(Exception):
+    """The caller's claim is no longer the current one (a newer epoch, a new generation, or
+    the claim was released); the caller must stop acting as leader. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A leader's proof of its claim, returned by :meth:`ShareStore.attempt_leadership`:
+    leader-only writes carry it, and the store refuses them once any part has changed."""
+
+    generation: int
+    epoch: int
+    node: str
+
+    def holds(self, state: ClusterState) -> bool:
+        """Whether ``state`` (read under the lock) still records this claim."""
+        leader = state.leader
+        return (
+            state.generation == self.generation
+            and state.epoch == self.epoch
+            and leader is not None
+            and leader.node == self.node
+            and leader.epoch == self.epoch
+        )
+
+
+@dataclass(frozen=True)
+class LeaderRecord:
+    """Who leads the current generation. ``epoch`` grows by one with every claim, ever."""
+
+    node: str
+    address: str
+    boot_id: str
+    epoch: int
+    claimed_at: float
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """Contents of ``cluster.json``, the one record every decision starts from."""
+
+    generation: int = 0
+    epoch: int = 0
+    leader: LeaderRecord | None = None
+    ready: bool = False
+    ready_at: float | None = None
+    reason: str = ""
+    updated_at: float = 0.0
+    restore_from: str | None = None  # snapshot the generation's leader initialises etcd from
+
+    def claim(self) -> Fence | None:
+        """The recorded leader's claim as a :class:`Fence`, or None without a leader."""
+        if self.leader is None:
+            return None
+        return Fence(generation=self.generation, epoch=self.leader.epoch, node=self.leader.node)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["protocol"] = PROTOCOL
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClusterState:
+        leader = d.get("leader")
+        return cls(
+            generation=int(d.get("generation", 0)),
+            epoch=int(d.get("epoch", 0)),
+            leader=LeaderRecord(**leader) if leader else None,
+            ready=bool(d.get("ready", False)),
+            ready_at=d.get("ready_at"),
+            reason=str(d.get("reason", "")),
+            updated_at=float(d.get("updated_at", 0.0)),
+            restore_from=d.get("restore_from"),
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """``heartbeats/<node>``: what a node last said about itself, and how old that is."""
+
+    node: str
+    boot_id: str
+    role: str
+    phase: str
+    generation: int
+    age_s: float  # share clock: probe mtime - heartbeat mtime
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of the share taken at one moment.
+
+    ``now`` is the share's clock (Unix seconds) and ``leader_heartbeat`` the recorded
+    leader's heartbeat, both read only when the snapshot was taken ``with leases``
+    (``leases_read``); a cycle that needs no lease pays neither the probe write nor the read.
+    """
+
+    state: ClusterState
+    now: float = 0.0
+    leader_heartbeat: Heartbeat | None = None
+    leases_read: bool = True
+
+    def leader_alive(self, ttl_s: float) -> bool:
+        """The recorded leader's own boot heartbeats, fresher than ``ttl_s`` (seconds).
+        Raises ``RuntimeError`` on a snapshot taken without leases."""
+        if not self.leases_read:
+            raise RuntimeError("snapshot taken without leases: leader liveness unknown")
+        hb, leader = self.leader_heartbeat, self.state.leader
+        return leader is not None and hb is not None and hb.boot_id == leader.boot_id and hb.age_s < ttl_s
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """``members/<node>.json``: one control node of the current generation."""
+
+    name: str
+    address: str
+    phylactery_url: str
+    boot_id: str
+    generation: int
+    registered_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class JoinMaterial:
+    """``join.json``: what kubeadm needs to join, never the admin kubeconfig.
+
+    ``token`` is a kubeadm bootstrap token (``[a-z0-9]{6}.[a-z0-9]{16}``), ``ca_cert_hashes``
+    the ``sha256:<hex>`` pins of the cluster CA's SubjectPublicKeyInfo, ``certificate_key`` the
+    64-hex-digit AES-256 key that decrypts the ``kubeadm-certs`` Secret. Times are Unix seconds.
+    """
+
+    generation: int
+    epoch: int
+    api_server_endpoint: str
+    token: str
+    token_expires_at: float
+    ca_cert_hashes: list[str]
+    certificate_key: str
+    certificate_key_expires_at: float
+    ca_cert: str
+    published_by: str
+    published_at: float = field(default_factory=time.time)
+
+
+class ShareStore:
+    """The cluster directory ``<share>/<cluster>/`` and its verbs.
+
+    ``node`` is the name of the node using the store (it names the node's heartbeat and probe
+    files). Every method may raise ``OSError`` from the file system and :class:`ShareError`.
+    """
+
+    def __init__(self, share: Path, cluster: str, node: str) -> None:
+        self.dir = share / cluster
+        self.cluster = cluster
+        self.node = node
+        self._lock = FileLock(str(self.dir / "cluster.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
+        self._events_lock = FileLock(str(self.dir / "events.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
+
+    # -- layout (private) -------------------------------------------------------------
+    @property
+    def _state_path(self) -> Path:
+        return self.dir / "cluster.json"
+
+    def _heartbeat_path(self, node: str) -> Path:
+        return self.dir / "heartbeats" / node
+
+    @property
+    def events_path(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    @property
+    def admin_kubeconfig_path(self) -> Path:
+        return self.dir / "kube.config"
+
+    @property
+    def token_path(self) -> Path:
+        return self.dir / "phylactery.token"
+
+    # -- set-up -----------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the cluster directory, its subdirectories, ``cluster.json`` (generation 0,
+        no leader) and the Phylactery bearer token if missing. Idempotent; under the lock."""
+        ensure_dir(self.dir)
+        for sub in ("heartbeats", "members"):
+            ensure_dir(self.dir / sub)
+        with self._locked():
+            if not self._state_path.exists():
+                self._write_state(ClusterState(reason="share initialised", updated_at=time.time()))
+            if not self.token_path.exists():
+                write_atomic(self.token_path, secrets.token_urlsafe(32) + "\n")
+            slot = self.dir / "join_slot.json"
+            if not slot.exists():
+                write_atomic(slot, json.dumps({"holder": None}))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            with self._lock:
+                yield
+        except TimeoutError as err:
+            raise ShareError(f"{self.dir}/cluster.lock: not obtained in {LOCK_TIMEOUT_S}s") from err
+
+    # -- reading ----------------------------------------------------------------------
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ShareError(f"{path}: not valid JSON: {err}") from None
+
+    def read_state(self) -> ClusterState:
+        """Re-open ``cluster.json`` (close-to-open revalidation) and parse it."""
+        return ClusterState.from_json(self._read_json(self._state_path))
+
+    def share_now(self) -> float:
+        """The share's clock, in Unix seconds: the mtime of our probe file, just touched."""
+        return touch(self.dir / "heartbeats" / f".probe-{self.node}")
+
+    def read_heartbeat(self, node: str, now: float | None = None) -> Heartbeat | None:
+        """The heartbeat of ``node`` with its age on the share clock, or None if absent."""
+        now = self.share_now() if now is None else now
+        try:
+            with open(self._heartbeat_path(node)) as f:
+                mtime = os.fstat(f.fileno()).st_mtime
+                d = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return Heartbeat(
+            node=d.get("node", node),
+            boot_id=d.get("boot_id", ""),
+            role=d.get("role", ""),
+            phase=d.get("phase", ""),
+            generation=int(d.get("generation", 0)),
+            age_s=max(0.0, now - mtime),
+        )
+
+    def heartbeat_names(self) -> list[str]:
+        """Every node that ever reported to this cluster's share, sorted."""
+        hb_dir = self.dir / "heartbeats"
+        return sorted(p.name for p in hb_dir.iterdir() if not p.name.startswith(".")) if hb_dir.exists() else []
+
+    def exists(self) -> bool:
+        """Whether the share holds this cluster (its ``cluster.json``)."""
+        return self._state_path.exists()
+
+    def snapshot(self, leases: bool = True) -> Snapshot:
+        """Read ``cluster.json`` once; with ``leases`` also the share's clock (one probe
+        touch) and the leader's heartbeat. Raises ``FileNotFoundError`` before
+        :meth:`ensure`, :class:`ShareError` on bad JSON, ``OSError`` from the share."""
+        state = self.read_state()
+        if not leases:
+            return Snapshot(state=state, leases_read=False)
+        now = self.share_now()
+        hb = self.read_heartbeat(state.leader.node, now) if state.leader else None
+        return Snapshot(state=state, now=now, leader_heartbeat=hb)
+
+    # -- writing ----------------------------------------------------------------------
+    def _write_state(self, state: ClusterState) -> None:
+        write_atomic(self._state_path, json.dumps(state.to_json(), indent=1) + "\n")
+
+    def heartbeat(self, boot_id: str, role: str, phase: str, generation: int) -> None:
+        """Rewrite ``heartbeats/<node>``; its new mtime is the share's clock."""
+        payload = {
+            "node": self.node,
+            "boot_id": boot_id,
+            "role": role,
+            "phase": phase,
+            "generation": generation,
+        }
+        write_atomic(self._heartbeat_path(self.node), json.dumps(payload))
+
+    def attempt_leadership(self, address: str, boot_id: str, decide: Any) -> tuple[ClusterState, str, str]:
+        """Run one election round under the lock.
+
+        ``decide(snapshot) -> (action, why)`` is the pure election rule
+        (:func:`leader.election.decide`); action is ``"lead"``, ``"follow"`` or ``"join"``.
+        On ``"lead"`` this writes the claim (``epoch + 1``; generation 1 on a fresh share),
+        the ``leader`` file of the proof of concept and a first heartbeat before releasing
+        the lock. Returns ``(state after the round, action, why)``.
+        """
+        with self._locked():
+            snap = self.snapshot()
+            action, why = decide(snap)
+            state = snap.state
+            if action == "lead":
+                now = time.time()
+                record = LeaderRecord(
+                    node=self.node,
+                    address=address,
+                    boot_id=boot_id,
+                    epoch=state.epoch + 1,
+                    claimed_at=now,
+                )
+                state = replace(
+                    state,
+                    generation=max(state.generation, 1),
+                    epoch=record.epoch,
+                    leader=record,
+                    ready=False,
+                    ready_at=None,
+                    reason=why,
+                    updated_at=now,
+                )
+                self.heartbeat(boot_id, "control", "init", state.generation)
+                self._write_state(state)
+                write_atomic(
+                    self.dir / "leader",
+                    f"{self.node}\n" + json.dumps(asdict(record) | {"generation": state.generation}) + "\n",
+                )
+            return state, action, why
+
+    @contextmanager
+    def _fenced(self, fence: Fence) -> Iterator[ClusterState]:
+        """The one path of leader-only writes: under the lock, with ``fence`` checked against
+        ``cluster.json`` re-read there. Raises :class:`EpochSuperseded` (nothing written)."""
+        with self._locked():
+            state = self.read_state()
+            if not fence.holds(state):
+                current = f"generation {state.generation}, epoch {state.epoch}, leader "
+                current += state.leader.node if state.leader else "none"
+                raise EpochSuperseded(
+                    f"claim of {fence.node} (generation {fence.generation}, epoch {fence.epoch}) "
+                    f"superseded: the share records {current}"
+                )
+            yield state
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise :class:`EpochSuperseded` unless ``fence`` is still the current claim."""
+        with self._fenced(fence):
+            pass
+
+    def publish_join_material(self, fence: Fence, material: JoinMaterial) -> None:
+        """Write ``join.json`` (leader-only, fenced): the first join material of the generation."""
+        with self._fenced(fence):
+            write_atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
+
+    def write_admin_kubeconfig(self, fence: Fence, content: bytes) -> None:
+        """``kube.config`` (leader-only, fenced): the admin kubeconfig, for the operator only,
+        never a join credential."""
+        with self._fenced(fence):
+            write_atomic(self.admin_kubeconfig_path, content)
+
+    def mark_ready(self, fence: Fence) -> ClusterState:
+        """Declare the generation ready (``cluster.json`` and ``leader_ready``; leader-only,
+        fenced). Returns the new state; raises :class:`EpochSuperseded` for a deposed leader,
+        which must reset itself instead."""
+        with self._fenced(fence) as state:
+            now = time.time()
+            state = replace(state, ready=True, ready_at=now, reason="control plane up", updated_at=now)
+            self._write_state(state)
+            write_atomic(
+                self.dir / "leader_ready",
+                json.dumps({"generation": state.generation, "epoch": fence.epoch, "node": self.node, "ready_at": now})
+                + "\n",
+            )
+            return state
+
+    def release_leadership(self, fence: Fence, reason: str) -> bool:
+        """Give up a claim whose generation is not ready yet (an agent stopped during init),
+        so that another control node takes over now instead of after the lease. Returns
+        whether it was released; a ready generation, or a claim already superseded, is kept."""
+        try:
+            with self._fenced(fence) as state:
+                if state.ready:
+                    return False
+                self._write_state(replace(state, leader=None, reason=reason, updated_at=time.time()))
+                (self.dir / "leader").unlink(missing_ok=True)
+                return True
+        except EpochSuperseded:
+            return False
+
+    def start_generation(
+        self, reason: str, expected: int | None = None, restore_from: Path | None = None
+    ) -> ClusterState | None:
+        """Begin generation ``current + 1`` with no leader (``ek8s reset``, a lost cluster).
+
+        With ``expected``, only if the generation is still ``expected`` (several nodes may
+        conclude the same thing at once; one bump is enough). Removes the previous
+        generation's ``leader``, ``leader_ready``, ``join.json`` and ``kube.config``. Returns
+        the new state, or None when another node already moved on.
+        """
+        with self._locked():
+            state = self.read_state()
+            if expected is not None and state.generation != expected:
+                return None
+            state = ClusterState(
+                generation=state.generation + 1,
+                epoch=state.epoch,
+                leader=None,
+                ready=False,
+                reason=reason,
+                updated_at=time.time(),
+                restore_from=str(restore_from) if restore_from else None,
+            )
+            self._write_state(state)
+            for name in ("leader_ready", "leader", "join.json", "kube.config"):
+                (self.dir / name).unlink(missing_ok=True)
+            write_atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
+            return state
+
+    def rebuild(self, reason: str) -> ClusterState:
+        """The operator's rebuild (``ek8s reset``, ``ek8s bench``): a new generation, recorded
+        as the event ``generation_started``. Returns the new state."""
+        state = self.start_generation(reason)
+        assert state is not None  # without ``expected`` a new generation always starts
+        self.record_event("generation_started", state.generation, reason)
+        return state
+
+    # -- join material and admin kubeconfig -------------------------------------------------
+    def refresh_join_material(self, material: JoinMaterial) -> None:
+        """Replace ``join.json`` with refreshed material (any live control node's Phylactery,
+        not only the leader): only while ``material.generation`` is the current, ready
+        generation. Raises :class:`EpochSuperseded` otherwise (nothing written)."""
+        with self._locked():
+            state = self.read_state()
+            if not state.ready or state.generation != material.generation:
+                raise EpochSuperseded(
+                    f"join material of generation {material.generation} not written: the share records "
+                    f"generation {state.generation} ({'ready' if state.ready else 'not ready'})"
+                )
+            write_atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
+
+    def read_join_material(self) -> JoinMaterial:
+        """Parse ``join.json``. Raises ``FileNotFoundError`` before the leader published it."""
+        return JoinMaterial(**self._read_json(self.dir / "join.json"))
+
+    def read_admin_kubeconfig(self) -> bytes | None:
+        """``kube.config`` for the operator (``ek8s kubeconfig``), or None before a leader
+        wrote it for the current generation."""
+        try:
+            return self.admin_kubeconfig_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def read_token(self) -> str:
+        """The Phylactery bearer token (``phylactery.token``, 0600)."""
+        return self.token_path.read_text().strip()
+
+    # -- members ----------------------------------------------------------------------
+    def register_member(self, member: MemberRecord) -> None:
+        """Write ``members/<name>.json`` (each node writes only its own record)."""
+        write_atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
+
+    def remove_member(self, name: str) -> None:
+        """Delete ``members/<name>.json`` (a control node taken out of service for good)."""
+        (self.dir / "members" / f"{name}.json").unlink(missing_ok=True)
+
+    def members(self, generation: int | None = None) -> list[MemberRecord]:
+        """Registered control nodes, sorted by name; only ``generation``'s if given.
+
+        HAProxy backends and keepalived peers come from every record whatever its generation:
+        the set of control nodes outlives a generation, and right after a new one starts its
+        members re-register one by one (dead backends are marked DOWN by health checks)."""
+        out = []
+        for p in sorted((self.dir / "members").glob("*.json")):
+            try:
+                m = MemberRecord(**self._read_json(p))
+            except (FileNotFoundError, ShareError, TypeError):
+                continue
+            if generation is None or m.generation == generation:
+                out.append(m)
+        return out
+
+    # -- etcd snapshots ---------------------------------------------------------------
+    def save_snapshot(self, generation: int, data: bytes, keep: int) -> Path:
+        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic) and delete all but the
+        newest ``keep``. Returns the new file."""
+        d = ensure_dir(self.dir / "snapshots")
+        path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
+        write_atomic(path, data)
+        for old in self.snapshots()[keep:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def snapshots(self) -> list[Path]:
+        """Saved snapshots, newest first."""
+        d = self.dir / "snapshots"
+        if not d.exists():
+            return []
+        return sorted(d.glob("gen*-*.db"), key=lambda p: int(p.stem.rsplit("-", 1)[1]), reverse=True)
+
+    # -- control-plane join slot ------------------------------------------------------
+    def try_join_slot(self, boot_id: str, ttl_s: float) -> str | None:
+        """Take the control-plane join slot unless a live node holds it.
+
+        Control-plane joins run one at a time (each adds an etcd member; etcd refuses a second
+        ``member add`` while the previous member has not started). The slot is a lease, not
+        a held lock: its holder is dead once its heartbeat is older than ``ttl_s``. Returns
+        None when taken, or the name of the live holder.
+        """
+        with self._locked():
+            path = self.dir / "join_slot.json"
+            holder = self._read_json(path).get("holder")
+            if holder and holder["node"] != self.node:
+                hb = self.read_heartbeat(holder["node"])
+                if hb is not None and hb.boot_id == holder["boot_id"] and hb.age_s < ttl_s:
+                    return str(holder["node"])
+            write_atomic(
+                path,
+                json.dumps({"holder": {"node": self.node, "boot_id": boot_id, "since": time.time()}}),
+            )
+            return None
+
+    def release_join_slot(self) -> None:
+        """Free the slot if we hold it."""
+        with self._locked():
+            path = self.dir / "join_slot.json"
+            holder = self._read_json(path).get("holder")
+            if holder and holder["node"] == self.node:
+                write_atomic(path, json.dumps({"holder": None}))
+
+    # -- events -----------------------------------------------------------------------
+    def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:
+        """Append one JSON line to ``events.jsonl`` (``t`` in Unix seconds)."""
+        line = {
+            "t": time.time(),
+            "node": self.node,
+            "generation": generation,
+            "event": event,
+            "message": message,
+            **fields,
+        }
+        with self._events_lock:
+            append_line(self.events_path, json.dumps(line, sort_keys=False))
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event so far, oldest first. Unparseable lines are skipped."""
+        out = []
+        try:
+            with open(self.events_path) as f:
+                for raw in f:
+                    try:
+                        out.append(json.loads(raw))
+                    except json.JSONDecodeError:
+                        continue
+        except FileNotFoundError:
+            pass
+        return out

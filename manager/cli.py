@@ -1,0 +1,172 @@
+"""``ek8s``: the one command for operators, on the Warewulf server and on nodes alike.
+
+It composes the programs below it (``ek8s node`` is :mod:`leader.cli`, ``ek8s phylactery`` is
+:mod:`phylactery.cli`) with the manager's own commands, and adds command groups that packages
+above it register under the ``ek8s.commands`` entry point (the lab's ``ek8s lab``), so that no
+import runs up the layers (docs/architecture.md).
+
+Exit codes: 0 success, 1 operational failure, 2 invalid input or config (the message names
+the file and the field; nothing is written anywhere).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import click
+
+from core import __version__
+from core.cli import fail, load_or_exit
+from core.share import ShareStore
+from leader.cli import node
+from manager.benchcli import bench
+from manager.wwcli import overlay, warewulf
+from phylactery.cli import phylactery
+
+PLUGIN_GROUP = "ek8s.commands"
+SHARE_OPTION = click.option(
+    "--share", "share_path", default="/share", show_default=True, type=click.Path(path_type=Path), help="the share"
+)
+CLUSTER_OPTION = click.option("--cluster", default="default", show_default=True, help="cluster name (share directory)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ek8s")
+def cli() -> None:
+    """Highly available Kubernetes on stateless Warewulf nodes.
+
+    On a node, systemd runs `ek8s-node run` (the agent, also `ek8s node run`) and
+    `ek8s-phylactery` (control nodes, also `ek8s phylactery`). On the Warewulf server,
+    `ek8s warewulf`, `ek8s overlay`, `ek8s status`, `ek8s reset` and `ek8s bench` manage
+    clusters; `ek8s lab` runs the whole boot flow on one Linux machine.
+    """
+
+
+cli.add_command(node)
+cli.add_command(phylactery)
+cli.add_command(bench)
+cli.add_command(overlay)
+cli.add_command(warewulf)
+
+
+@cli.group()
+def config() -> None:
+    """Check node.yaml."""
+
+
+@config.command("check")
+@click.argument("path", default="/etc/ek8s/node.yaml")
+def config_check(path: str) -> None:
+    """Validate PATH and print the effective settings (exit 2 when invalid)."""
+    import yaml
+
+    cfg = load_or_exit(path)
+    click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+def _existing_store(share_path: Path, cluster: str, who: str) -> ShareStore:
+    store = ShareStore(share_path, cluster, who)
+    if not store.exists():
+        fail(f"no cluster {cluster!r} under {share_path} (no {store.dir}/cluster.json)")
+    return store
+
+
+@cli.command()
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option("--reboot", is_flag=True, help="also reboot the nodes (otherwise running agents rebuild by themselves)")
+@click.option(
+    "--reboot-command",
+    default="wwctl ssh {nodes} reboot",
+    show_default=True,
+    help="{nodes} becomes the comma-separated node names known to the share",
+)
+@click.option("--reboot-timeout", default=300.0, show_default=True, help="seconds the reboot command may take")
+@click.option("--reason", default="ek8s reset by the operator", show_default=True)
+def reset(
+    cluster: str, share_path: Path, reboot: bool, reboot_command: str, reboot_timeout: float, reason: str
+) -> None:
+    """Start a new generation of the cluster: every node resets and the cluster is rebuilt.
+
+    Running agents notice the new generation within a second, run `kubeadm reset -f` and
+    elect a new leader; with --reboot the nodes are rebooted as well (the proof of concept's
+    rebuild-and-restart.sh).
+    """
+    store = _existing_store(share_path, cluster, "operator")
+    state = store.rebuild(reason)
+    click.echo(f"cluster {cluster}: generation {state.generation} started ({reason})")
+    if not reboot:
+        return
+    nodes = store.heartbeat_names()
+    if not nodes:
+        fail("no node has ever reported to this share; nothing to reboot")
+    argv = [a.replace("{nodes}", ",".join(nodes)) for a in shlex.split(reboot_command)]
+    click.echo("running: " + " ".join(argv))
+    try:
+        res = subprocess.run(argv, check=False, timeout=reboot_timeout)
+    except subprocess.TimeoutExpired:
+        fail(f"{argv[0]} did not finish within {reboot_timeout:.0f}s")
+    except OSError as err:
+        fail(f"{argv[0]}: {err.strerror}")
+    if res.returncode != 0:
+        fail(f"{argv[0]} exited {res.returncode}")
+
+
+@cli.command()
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
+@click.option("--watch", is_flag=True, help="refresh until interrupted")
+@click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes with --watch")
+def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float) -> None:
+    """The cluster at a glance: generation, leader, nodes, etcd members, VIP holder."""
+    import json as jsonlib
+
+    from manager.status import collect, render
+
+    store = _existing_store(share_path, cluster, "status")
+    while True:
+        doc = collect(store)
+        text = jsonlib.dumps(doc, indent=1) if as_json else render(doc)
+        if not watch:
+            click.echo(text)
+            return
+        click.clear()
+        click.echo(text)
+        time.sleep(interval)
+
+
+@cli.command()
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option("--check", is_flag=True, help="print nothing; exit 0 when the admin kubeconfig is there, 1 otherwise")
+def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
+    """Print the admin kubeconfig (server: the VIP name and port) for kubectl on this host."""
+    store = ShareStore(share_path, cluster, "operator")
+    data = store.read_admin_kubeconfig()
+    if data is None:
+        if check:
+            sys.exit(1)
+        fail(f"{store.dir}: no admin kubeconfig (is the generation ready?)")
+    if not check:
+        click.echo(data.decode(), nl=False)
+
+
+def _register_plugins() -> None:
+    """Add the command groups packages above this one declare under ``ek8s.commands``."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name not in cli.commands:
+            try:
+                cli.add_command(ep.load(), ep.name)
+            except ImportError:  # e.g. the lab's extras are not installed on this host
+                continue
+
+
+def main() -> None:
+    _register_plugins()
+    cli(prog_name="ek8s")

@@ -1,0 +1,234 @@
+"""The site's node inventory (``warewulf_conf/inventory.yaml``), validated like node.yaml.
+
+An inventory names one cluster and its nodes as the operator knows them: name, MAC address,
+IPv4 address, role. Names may be hostlists (``control[0-2]``, Slurm/Warewulf syntax, expanded
+with ``python-hostlist``); a hostlist entry takes its first ``address`` and counts up, as
+``wwctl node add n[1-4] --ipaddr`` does, and a list of ``mac`` addresses, one per node.
+
+The cluster-wide settings reuse node.yaml's own models (:class:`core.config.VipSettings`,
+:class:`core.config.KubernetesSettings`), so a value the inventory accepts is one the node
+accepts. :func:`load_inventory` raises :class:`InventoryError` (exit 2 in the CLI) naming the
+file and the dotted field (``nodes.1.mac``); nothing is written or run before it passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+import hostlist
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.config import NODE_NAME_RE, ClusterName, IPv4, KubernetesSettings, VipSettings, format_errors
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_WW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used. ``str()`` names the file and each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WarewulfSettings(_Strict):
+    """How the nodes look to Warewulf. Overlay lists ``None`` mean the version's defaults."""
+
+    version: Literal["auto", "4.5", "4.6"] = "auto"
+    netdev: str = "net0"
+    netmask: str = "255.255.255.0"
+    gateway: IPv4 | None = None
+    nameservers: list[IPv4] = Field(default_factory=list)
+    profile: str | None = None  # default: "ek8s-<cluster>"
+    system_overlays: list[str] | None = None
+    runtime_overlays: list[str] | None = None
+
+    @field_validator("netmask")
+    @classmethod
+    def _netmask(cls, v: str) -> str:
+        ipaddress.IPv4Network(f"0.0.0.0/{v}")
+        return v
+
+    @field_validator("profile", "netdev")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _WW_NAME.match(v):
+            raise ValueError("must be letters, digits, '.', '_' or '-'")
+        return v
+
+
+class ShareExport(_Strict):
+    """The NFS share: exported by the Warewulf server (to its own network, as Warewulf's
+    exports template does), mounted by every node at ``path``."""
+
+    path: Path = Path("/share")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: Path) -> Path:
+        if not v.is_absolute() or v == Path("/"):
+            raise ValueError("must be an absolute path other than /")
+        return v
+
+
+class NodeImages(_Strict):
+    """Warewulf node image (4.5: "container") per role, built by image_builder/."""
+
+    control: str = "ek8s-control"
+    worker: str = "ek8s-base"
+
+
+class NodeGroup(_Strict):
+    """One inventory entry: a node, or a hostlist of nodes with consecutive addresses."""
+
+    name: str
+    role: Literal["control", "worker"]
+    address: IPv4
+    mac: list[str]
+
+    @field_validator("mac", mode="before")
+    @classmethod
+    def _mac_list(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("mac")
+    @classmethod
+    def _macs(cls, v: list[str]) -> list[str]:
+        out = [m.lower().replace("-", ":") for m in v]
+        for m in out:
+            if not _MAC.match(m):
+                raise ValueError(f"{m!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+        return out
+
+    @field_validator("name")
+    @classmethod
+    def _hostlist(cls, v: str) -> str:
+        try:
+            names = hostlist.expand_hostlist(v)
+        except hostlist.BadHostlist as err:
+            raise ValueError(f"not a hostlist: {err}") from None
+        for n in names:
+            if not NODE_NAME_RE.match(n):
+                raise ValueError(f"{n!r} must be a lower-case RFC 1123 label, as for a Kubernetes Node")
+        return v
+
+    @model_validator(mode="after")
+    def _one_mac_each(self) -> NodeGroup:
+        n = len(hostlist.expand_hostlist(self.name))
+        if len(self.mac) != n:
+            raise ValueError(f"mac: {self.name} is {n} node(s) but {len(self.mac)} MAC address(es) are given")
+        return self
+
+
+class Node(BaseModel):
+    """One expanded node."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    role: Literal["control", "worker"]
+    address: str
+    mac: str
+
+
+class Inventory(_Strict):
+    """The whole inventory file."""
+
+    cluster: ClusterName = "default"
+    warewulf: WarewulfSettings = WarewulfSettings()
+    share: ShareExport = ShareExport()
+    vip: VipSettings = VipSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    node_images: NodeImages = NodeImages()
+    # Manifest the leader applies once the API is up (the CNI), as a path inside the node image.
+    cni_manifest: Path | None = Path("/opt/ek8s/manifests/cni.yaml")
+    on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
+    nodes: list[NodeGroup]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Inventory:
+        nodes = self.expanded()
+        seen: dict[str, str] = {}
+        for n in nodes:
+            for kind, value in (("name", n.name), ("address", n.address), ("mac", n.mac)):
+                key = f"{kind}:{value}"
+                if key in seen:
+                    raise ValueError(f"nodes: {kind} {value} is used by both {seen[key]} and {n.name}")
+                seen[key] = n.name
+        if not any(n.role == "control" for n in nodes):
+            raise ValueError("nodes: at least one control node is needed")
+        if f"address:{self.vip.address}" in seen:
+            raise ValueError(f"vip.address: {self.vip.address} is also a node's address")
+        net = self.network
+        for n in nodes:
+            if ipaddress.IPv4Address(n.address) not in net:
+                raise ValueError(f"nodes: {n.name} ({n.address}) is outside the nodes' network {net}")
+        if ipaddress.IPv4Address(self.vip.address) not in net:
+            raise ValueError(f"vip.address: {self.vip.address} is outside the nodes' network {net}")
+        return self
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        """The nodes' network: the first node's address with ``warewulf.netmask``."""
+        first = self.nodes[0].address
+        return ipaddress.IPv4Network(f"{first}/{self.warewulf.netmask}", strict=False)
+
+    @property
+    def profile(self) -> str:
+        """The Warewulf profile that carries the cluster-wide tags."""
+        return self.warewulf.profile or f"ek8s-{self.cluster}"
+
+    def expanded(self) -> list[Node]:
+        """Every node, hostlists expanded, in file order. Addresses count up within an entry."""
+        out: list[Node] = []
+        for group in self.nodes:
+            start = ipaddress.IPv4Address(group.address)
+            for i, name in enumerate(hostlist.expand_hostlist(group.name)):
+                out.append(Node(name=name, role=group.role, address=str(start + i), mac=group.mac[i]))
+        return out
+
+    def cluster_tags(self) -> dict[str, str]:
+        """Tags on the cluster's profile, read by the overlay's ``node.yaml.ww`` (keys ``ek8s_*``)."""
+        tags = {
+            "ek8s_cluster": self.cluster,
+            "ek8s_share": str(self.share.path),
+            "ek8s_vip": self.vip.address,
+            "ek8s_vip_prefix": str(self.vip.prefix_length),
+            "ek8s_vip_hostname": self.vip.hostname,
+            "ek8s_vip_port": str(self.vip.port),
+            "ek8s_vrid": str(self.vip.virtual_router_id),
+            "ek8s_distribution": self.kubernetes.distribution,
+            "ek8s_k8s_version": self.kubernetes.version,
+            "ek8s_pod_subnet": self.kubernetes.pod_subnet,
+            "ek8s_service_subnet": self.kubernetes.service_subnet,
+            "ek8s_on_cluster_lost": self.on_cluster_lost,
+        }
+        if self.cni_manifest is not None:
+            tags["ek8s_cni_manifest"] = str(self.cni_manifest)
+        return tags
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read and validate an inventory file.
+
+    Returns the frozen :class:`Inventory`. Raises :class:`InventoryError` when the file is
+    missing, not YAML, or invalid; the message names the file and each bad field by its
+    dotted path (``nodes.0.mac``). Reads only.
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as err:
+        raise InventoryError(f"{p}: cannot read inventory: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise InventoryError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise InventoryError(f"{p}: invalid inventory\n  (top level): must be a mapping")
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as err:
+        raise InventoryError(format_errors(p, err, "inventory")) from None

@@ -1,0 +1,111 @@
+"""``ek8s overlay build``: the Warewulf overlays with the project's own code in them.
+
+Two overlays come out, each a Warewulf overlay directory (``<name>/rootfs/...``):
+
+- ``ek8s`` (system overlay): the units, ``/etc/ek8s/node.yaml.ww``, sysctls and modules, and
+  the code that runs on nodes (``core``, ``leader``, ``phylactery``) under ``/opt/ek8s/lib``
+  with the wrappers ``ek8s-node`` and ``ek8s-phylactery`` in ``/usr/local/sbin`` (what the
+  units run). Heavy dependencies (aiohttp, pydantic, kubernetes...) come from the
+  node image, so a code change needs an overlay rebuild, not an image rebuild (DESIGN §7).
+- ``ek8s-hosts`` (system and runtime overlay): ``/etc/hosts.ww`` with the VIP's name.
+
+The operator's code (``manager``) and the emulation (``lab``) are never copied: nodes run the
+real kubeadm and are managed from the Warewulf server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import core
+import leader
+import phylactery
+
+MARKER = ".ek8s-overlay"
+OVERLAYS = ("ek8s", "ek8s-hosts")
+
+# The programs that run on a node: wrapper name -> Python package run with ``-m``.
+PROGRAMS = {"ek8s-node": "leader", "ek8s-phylactery": "phylactery"}
+NODE_PACKAGES = (core, leader, phylactery)
+
+WRAPPER = """#!/bin/sh
+# {name}: the project's code from this overlay (/opt/ek8s/lib, found from this script's own
+# place, /usr/local/sbin), its dependencies from the node image.
+lib="$(cd "$(dirname "$0")/../../.." && pwd)/opt/ek8s/lib"
+PYTHONPATH="${{lib}}${{PYTHONPATH:+:$PYTHONPATH}}"
+export PYTHONPATH
+exec "${{EK8S_PYTHON:-python3.11}}" -m {package} "$@"
+"""
+
+
+class OverlayError(Exception):
+    """The overlay cannot be built where asked."""
+
+
+def source_dir() -> Path:
+    """The checked-in overlay trees (``overlay/`` next to the ``leader`` package)."""
+    src = Path(leader.__file__).resolve().parents[1] / "overlay"
+    if not (src / "ek8s" / "rootfs").is_dir():
+        raise OverlayError(f"{src}: overlay sources not found (run from a checkout of ephemeral-k8s)")
+    return src
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("ephemeral-k8s")
+    except PackageNotFoundError:
+        v = "unknown"
+    repo = Path(leader.__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        rev = ""
+    return f"{v} {rev}".strip()
+
+
+def _ignore(_dir: str, names: list[str]) -> list[str]:
+    return [n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))]
+
+
+def build(out: Path) -> list[Path]:
+    """Write the overlays under ``out`` (e.g. ``/var/lib/warewulf/overlays``); return their dirs.
+
+    Idempotent: an overlay directory made by an earlier build (it has ``.ek8s-overlay``) is
+    replaced whole; any other existing directory of the same name is refused with
+    :class:`OverlayError`, before anything is written.
+    """
+    src = source_dir()
+    targets = [out / name for name in OVERLAYS]
+    for t in targets:
+        if t.exists() and not (t / MARKER).exists():
+            raise OverlayError(f"{t} exists and was not made by `ek8s overlay build`; refusing to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    version = _version()
+    for name, t in zip(OVERLAYS, targets, strict=True):
+        if t.exists():
+            shutil.rmtree(t)
+        shutil.copytree(src / name, t, symlinks=True, ignore=_ignore)
+        (t / MARKER).write_text(f"{version}\n")
+    root = out / "ek8s" / "rootfs"
+    lib = root / "opt" / "ek8s" / "lib"
+    for pkg in NODE_PACKAGES:
+        assert pkg.__file__ is not None
+        pkg_dir = Path(pkg.__file__).resolve().parent
+        shutil.copytree(pkg_dir, lib / pkg_dir.name, ignore=_ignore)
+    (root / "opt" / "ek8s" / "VERSION").write_text(f"{version}\n")
+    for name, package in PROGRAMS.items():
+        wrapper = root / "usr" / "local" / "sbin" / name
+        wrapper.parent.mkdir(parents=True, exist_ok=True)
+        wrapper.write_text(WRAPPER.format(name=name, package=package))
+        wrapper.chmod(0o755)
+    return targets

@@ -1,0 +1,123 @@
+"""``ek8s status``: the cluster at a glance, for the operator on the Warewulf server.
+
+Everything comes from the share (``cluster.json``, heartbeats, events, member registry) plus,
+best effort with short timeouts, each control node's Phylactery ``GET /v1/status`` (etcd
+members, VIP holder, HAProxy backends) and the API behind the VIP with the admin kubeconfig
+(Node readiness). What cannot be reached is shown as unknown, never as an error.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from core import probes
+from core.share import ShareStore
+
+
+def _phylactery(url: str) -> dict[str, Any] | None:
+    """``GET <url>/v1/status`` (docs/phylactery.md), or None when it does not answer in 1.5 s."""
+    return probes.phylactery_get(url, "/v1/status", timeout_s=1.5)
+
+
+def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
+    """``{node name: Ready condition is True}`` from the API named in ``kubeconfig`` (the
+    admin kubeconfig: the VIP), or None when there is no kubeconfig or the API does not answer
+    within 3 s."""
+    if not kubeconfig.exists():
+        return None
+    from kubernetes import client
+
+    try:
+        api = client.CoreV1Api(probes.kube_client(kubeconfig))
+        items = api.list_node(_request_timeout=3).items
+    except probes.kube_errors():
+        return None
+    out: dict[str, bool] = {}
+    for n in items:
+        conditions = (n.status.conditions if n.status else None) or []
+        out[(n.metadata.name if n.metadata else None) or "?"] = any(
+            c.type == "Ready" and c.status == "True" for c in conditions
+        )
+    return out
+
+
+def collect(store: ShareStore) -> dict[str, Any]:
+    """The status document of the cluster behind ``store`` (``--json`` prints it as is; keys
+    in docs/architecture.md). Raises ``FileNotFoundError`` when the share holds no such
+    cluster and ``OSError`` when the share cannot be read."""
+    state = store.read_state()
+    members = store.members()
+    with ThreadPoolExecutor(max(1, len(members) + 1)) as pool:
+        statuses = dict(
+            zip([m.name for m in members], pool.map(_phylactery, [m.phylactery_url for m in members]), strict=True)
+        )
+        api = pool.submit(api_nodes, store.admin_kubeconfig_path).result()
+    names = sorted(set(store.heartbeat_names()) | set(api or {}))
+    last: dict[str, dict[str, Any]] = {}
+    for e in store.events():
+        last[e["node"]] = e
+    nodes = []
+    now = store.share_now()
+    for name in names:
+        hb = store.read_heartbeat(name, now)
+        event = last.get(name)
+        nodes.append(
+            {
+                "name": name,
+                "role": hb.role if hb else None,
+                "phase": hb.phase if hb else None,
+                "heartbeat_age_s": round(hb.age_s, 1) if hb else None,
+                "ready": api.get(name) if api is not None else None,
+                "last_event": {"event": event["event"], "t": event["t"], "message": event.get("message", "")}
+                if event
+                else None,
+            }
+        )
+    answered = [s for s in statuses.values() if s]
+    etcd = next((s["etcd"] for s in answered if s["etcd"]["members"]), None)
+    vip_holders = [name for name, s in statuses.items() if s and s["keepalived"]["vip_held"]]
+    return {
+        "cluster": store.cluster,
+        "generation": state.generation,
+        "epoch": state.epoch,
+        "ready": state.ready,
+        "reason": state.reason,
+        "leader": state.leader.node if state.leader else None,
+        "api_reachable": api is not None,
+        "nodes": nodes,
+        "etcd_members": sorted(m["name"] for m in etcd["members"]) if etcd else None,
+        "etcd_quorum": etcd.get("quorum") if etcd else None,
+        "vip_holder": vip_holders[0] if len(vip_holders) == 1 else (vip_holders or None),
+        "haproxy_backends_up": {
+            name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP")) if s else None
+            for name, s in statuses.items()
+        },
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    """A readable table of :func:`collect`'s document."""
+
+    def yn(v: object) -> str:
+        return "?" if v is None else ("yes" if v else "no")
+
+    lines = [
+        f"cluster {doc['cluster']}  generation {doc['generation']} ({'ready' if doc['ready'] else 'not ready'})  "
+        f"leader {doc['leader'] or '-'} (epoch {doc['epoch']})  VIP holder {doc['vip_holder'] or '?'}",
+        f"etcd members: {', '.join(doc['etcd_members']) if doc['etcd_members'] else '?'}"
+        f"  quorum: {yn(doc['etcd_quorum'])}   API behind the VIP: {yn(doc['api_reachable'])}",
+    ]
+    if not doc["ready"] and doc["reason"]:
+        lines.append(f"reason: {doc['reason']}")
+    lines.append("")
+    lines.append(f"{'NODE':<12}{'ROLE':<9}{'PHASE':<11}{'READY':<7}{'HEARTBEAT':<11}LAST EVENT")
+    for n in doc["nodes"]:
+        age = f"{n['heartbeat_age_s']:.1f}s ago" if n["heartbeat_age_s"] is not None else "-"
+        ev = n["last_event"]
+        when = time.strftime("%H:%M:%S", time.localtime(ev["t"])) if ev else ""
+        event = f"{ev['event']} ({when})" if ev else "-"
+        lines.append(f"{n['name']:<12}{n['role'] or '?':<9}{n['phase'] or '?':<11}{yn(n['ready']):<7}{age:<11}{event}")
+    return "\n".join(lines)

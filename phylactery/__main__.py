@@ -1,0 +1,3 @@
+from phylactery.cli import main
+
+main()

@@ -1,0 +1,181 @@
+"""Rendered configs checked by the real daemons; HAProxy reloads under load drop nothing."""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.services import ProcessServices
+from lab import pki
+from phylactery import daemons, render
+from tests.conftest import free_port, wait_for
+
+
+def haproxy_cfg(root: Path, backends: list[render.Backend], port: int, api_port: int) -> str:
+    return render.render_haproxy(
+        node="control0",
+        cluster="default",
+        generation=1,
+        members=backends,
+        frontend_port=port,
+        api_port=api_port,
+        stats_socket=str(daemons.haproxy_stats_socket(root)),
+        frontend_bind="127.0.0.1",
+    )
+
+
+def keepalived_cfg(root: Path, peers: list[str]) -> str:
+    return render.render_keepalived(
+        node="control0",
+        cluster="default",
+        generation=1,
+        address="10.0.0.21",
+        interface="eth0",
+        peers=peers,
+        vip="10.0.0.99",
+        prefix_length=24,
+        virtual_router_id=51,
+        advert_int=0.5,
+        is_leader=True,
+        check_script=str(root / "etc/keepalived/check_haproxy.sh"),
+    )
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"ok from {self.server.server_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def tls_backends(tmp_path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Two HTTPS servers (stand-ins for API servers) on 127.0.0.2 and 127.0.0.3, one port."""
+    ca = pki.new_ca("test-ca")
+    hosts = ["127.0.0.2", "127.0.0.3"]
+    pki.write_pair(tmp_path, "srv", pki.issue(ca, "srv", ips=tuple(hosts), server=True))
+    port = free_port("127.0.0.2")
+    servers = []
+    for h in hosts:
+        srv = http.server.ThreadingHTTPServer((h, port), _Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    try:
+        yield port, hosts
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+
+
+@pytest.fixture
+def haproxy_daemon(tmp_path: Path) -> Iterator[daemons.ManagedDaemon]:
+    root = tmp_path / "root"
+    services = ProcessServices(root)
+    d = daemons.haproxy(root, services)
+    daemons.haproxy_stats_socket(root).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield d
+    finally:
+        d.stop()
+        assert not services.is_running("haproxy")
+
+
+def test_rendered_haproxy_config_passes_haproxy_check(tmp_path: Path, haproxy_daemon: daemons.ManagedDaemon) -> None:
+    cfg = haproxy_cfg(
+        tmp_path, [render.Backend("control0", "10.0.0.21"), render.Backend("control1", "10.0.0.22")], 8443, 6443
+    )
+    haproxy_daemon.validate(cfg)  # raises ConfigRejected if haproxy -c refuses
+    with pytest.raises(daemons.ConfigRejected, match="haproxy"):
+        haproxy_daemon.validate(cfg.replace("balance roundrobin", "balance nonsense"))
+    assert not haproxy_daemon.config_path.exists(), "a rejected config is never installed"
+
+
+def test_haproxy_reload_under_load_drops_no_request(
+    tmp_path: Path, haproxy_daemon: daemons.ManagedDaemon, tls_backends
+) -> None:  # type: ignore[no-untyped-def]
+    api_port, hosts = tls_backends
+    root = haproxy_daemon.config_path.parents[2]
+    front = free_port()
+    one = [render.Backend("control0", hosts[0])]
+    two = [*one, render.Backend("control1", hosts[1])]
+    assert haproxy_daemon.apply(haproxy_cfg(root, one, front, api_port)) == "started"
+    assert haproxy_daemon.apply(haproxy_cfg(root, one, front, api_port)) == "unchanged"
+    ctx = ssl._create_unverified_context()
+    url = f"https://127.0.0.1:{front}/"
+    wait_for(lambda: _get(url, ctx), 10, 0.05, "HAProxy frontend answers")
+    stop = threading.Event()
+    counts = {"ok": 0, "failed": 0}
+    errors: list[str] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(url, context=ctx, timeout=5) as resp:
+                    resp.read()
+                counts["ok"] += 1
+            except Exception as err:
+                counts["failed"] += 1
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(20):
+            time.sleep(0.15)
+            assert haproxy_daemon.apply(haproxy_cfg(root, two if i % 2 == 0 else one, front, api_port)) == "reloaded"
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert haproxy_daemon.reloads == 20
+    assert counts["ok"] > 40, counts
+    assert counts["failed"] == 0, errors[:5]
+
+
+def _get(url: str, ctx: ssl.SSLContext) -> bool:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=1) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def test_backend_states_come_from_the_stats_socket(
+    tmp_path: Path, haproxy_daemon: daemons.ManagedDaemon, tls_backends
+) -> None:  # type: ignore[no-untyped-def]
+    api_port, hosts = tls_backends
+    root = haproxy_daemon.config_path.parents[2]
+    members = [render.Backend("alive", hosts[0]), render.Backend("dead", "127.0.0.9")]
+    haproxy_daemon.apply(haproxy_cfg(root, members, free_port(), api_port))
+    sock = daemons.haproxy_stats_socket(root)
+    states = wait_for(lambda: (s := daemons.backend_states(sock)) and s.get("dead", "").startswith("DOWN") and s, 15)
+    assert states["alive"].startswith("UP")
+
+
+@pytest.mark.parametrize("peers", [["10.0.0.22", "10.0.0.23"], []], ids=["unicast", "alone"])
+def test_rendered_keepalived_config_passes_config_test(tmp_path: Path, peers: list[str]) -> None:
+    root = tmp_path / "root"
+    d = daemons.keepalived(root, ProcessServices(root), render.render_check_script(8443))
+    cfg = keepalived_cfg(root, peers)
+    d.validate(cfg)
+    assert ("unicast_peer" in cfg) == bool(peers)
+    with pytest.raises(daemons.ConfigRejected):
+        d.validate(cfg.replace("virtual_router_id 51", "virtual_router_id 999"))

@@ -1,0 +1,142 @@
+"""Prune against a real 3-member etcd cluster with TLS, and Nodes through the API
+(the emulated kube-apiserver storing them in that etcd, the official kubernetes client)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from core.etcd import kubeadm_client_context
+from lab import pki
+from phylactery.prune import PruneError, prune_node, stale_members
+from tests.conftest import free_port, wait_for
+from tests.integration.conftest import EtcdCluster
+
+
+def members(cluster: EtcdCluster) -> list[tuple[str, set[str]]]:
+    async def _list():  # type: ignore[no-untyped-def]
+        async with cluster.client() as c:
+            return [(m.name, m.peer_hosts) for m in await c.member_list()]
+
+    return sorted(asyncio.run(_list()))
+
+
+@pytest.fixture
+def api(etcd_cluster: EtcdCluster, tmp_path: Path) -> Iterator[Path]:
+    """An emulated API server on 127.0.0.1 backed by the etcd cluster; yields admin.conf."""
+    d = etcd_cluster.pki_dir
+    ca = pki.new_ca("kubernetes")
+    pki.write_pair(d, "ca", ca)
+    pki.write_pair(d, "apiserver", pki.issue(ca, "kube-apiserver", ips=("127.0.0.1",), server=True))
+    port = free_port()
+    conf = {
+        "bind_address": "127.0.0.1",
+        "port": port,
+        "tls_cert": str(d / "apiserver.crt"),
+        "tls_key": str(d / "apiserver.key"),
+        "client_ca": str(d / "ca.crt"),
+        "pki_dir": str(d),
+        "etcd_servers": [m.client_url for m in etcd_cluster.members],
+        "etcd_ca": str(d / "etcd/ca.crt"),
+        "etcd_cert": str(d / "apiserver-etcd-client.crt"),
+        "etcd_key": str(d / "apiserver-etcd-client.key"),
+    }
+    (tmp_path / "apiserver.json").write_text(json.dumps(conf))
+    admin = tmp_path / "admin.conf"
+    cert = pki.issue(ca, "kubernetes-admin", orgs=("kubeadm:cluster-admins",), client=True)
+    admin.write_bytes(pki.kubeconfig(f"https://127.0.0.1:{port}", ca[0], cert, "kubernetes-admin", "test"))
+    log = open(tmp_path / "apiserver.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.apiserver", "--config", str(tmp_path / "apiserver.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        core = client.CoreV1Api(config.new_client_from_config(config_file=str(admin)))
+
+        def up() -> bool:
+            try:
+                core.list_node(_request_timeout=1)
+                return True
+            except Exception:
+                return False
+
+        wait_for(up, 20, 0.1, "emulated API server answers")
+        for i, m in enumerate(etcd_cluster.members):
+            core.create_node(
+                {"metadata": {"name": f"node{i}"}, "status": {"addresses": [{"type": "InternalIP", "address": m.host}]}}
+            )
+        yield admin
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def node_names(admin: Path) -> list[str]:
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(admin)))
+    return sorted(n.metadata.name for n in core.list_node().items)
+
+
+def run_prune(cluster: EtcdCluster, admin: Path, name: str, address: str):  # type: ignore[no-untyped-def]
+    return asyncio.run(
+        prune_node(
+            name=name,
+            address=address,
+            self_name="node0",
+            kubeconfig=admin,
+            etcd_endpoint=cluster.members[0].client_url,
+            etcd_context=kubeadm_client_context(cluster.pki_dir),
+            kinds=("node", "etcd_member"),
+        )
+    )
+
+
+def test_prune_by_name_removes_member_and_node_and_keeps_the_others(etcd_cluster: EtcdCluster, api: Path) -> None:
+    result = run_prune(etcd_cluster, api, "node1", "10.9.9.9")
+    assert [m["name"] for m in result.removed_etcd_members] == ["node1"]
+    assert result.deleted_nodes == ["node1"]
+    assert [name for name, _ in members(etcd_cluster)] == ["node0", "node2"]
+    assert node_names(api) == ["node0", "node2"]
+    # Idempotent: a second prune finds nothing and succeeds.
+    again = run_prune(etcd_cluster, api, "node1", "10.9.9.9")
+    assert again.removed_etcd_members == [] and again.deleted_nodes == []
+
+
+def test_prune_by_peer_address_only(etcd_cluster: EtcdCluster, api: Path) -> None:
+    result = run_prune(etcd_cluster, api, "renamed-node", "127.0.0.3")
+    assert [m["name"] for m in result.removed_etcd_members] == ["node2"]
+    assert result.deleted_nodes == ["node2"]
+    assert members(etcd_cluster) == [("node0", {"127.0.0.1"}), ("node1", {"127.0.0.2"})]
+
+
+def test_prune_refuses_the_serving_node(etcd_cluster: EtcdCluster, api: Path) -> None:
+    with pytest.raises(ValueError, match="this node"):
+        run_prune(etcd_cluster, api, "node0", "127.0.0.1")
+    assert len(members(etcd_cluster)) == 3
+
+
+def test_prune_reports_an_unreachable_api(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    with pytest.raises(PruneError, match="no admin kubeconfig"):
+        run_prune(etcd_cluster, tmp_path / "missing.conf", "node1", "127.0.0.2")
+
+
+def test_address_match_is_not_a_substring_match() -> None:
+    from core.etcd import EtcdMember
+
+    ms = [
+        EtcdMember(1, "a", ("https://10.0.0.2:2380",), ()),
+        EtcdMember(2, "b", ("https://10.0.0.21:2380",), ()),
+        EtcdMember(3, "c", ("https://10.0.0.22:2380",), ()),
+    ]
+    assert [m.name for m in stale_members(ms, "x", "10.0.0.2", keep_id=None)] == ["a"]
+    assert stale_members(ms, "a", "10.0.0.2", keep_id=1) == []

@@ -1,0 +1,401 @@
+"""The Warewulf side: overlay templates (Go text/template, 4.5 and 4.6 data shapes), the
+inventory, `ek8s warewulf plan|apply` against a stand-in wwctl, `ek8s overlay build`.
+
+Golden files live in tests/golden/overlay and tests/golden/warewulf; regenerate them with
+EK8S_UPDATE_GOLDEN=1 after a deliberate change, and read the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import load_config
+from manager.inventory import Inventory, load_inventory
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+INVENTORY = ROOT / "warewulf_conf" / "inventory.yaml"
+EK8S = [sys.executable, "-m", "manager"]
+UPDATE = os.environ.get("EK8S_UPDATE_GOLDEN") == "1"
+VERSIONS = ("4.5", "4.6")
+SERVER = {"ipaddr": "10.0.0.13", "netmask": "255.255.255.0", "network": "10.0.0.0", "buildhost": "wwserver"}
+
+
+def check_golden(path: Path, text: str) -> None:
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with EK8S_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{path} differs from the rendered output"
+
+
+def registry_fixture(inv: Inventory) -> dict[str, object]:
+    """What Warewulf's registry holds once `ek8s warewulf apply` ran for ``inv``: the nodes
+    with their netdev and tags (the cluster profile's merged under each node's own)."""
+    nodes = []
+    for n in inv.expanded():
+        nodes.append(
+            {
+                "id": n.name,
+                "image": inv.node_images.control if n.role == "control" else inv.node_images.worker,
+                "profiles": ["default", inv.profile],
+                "primary_netdev": "default",
+                "root": "tmpfs",
+                "netdevs": {
+                    "default": {
+                        "device": inv.warewulf.netdev,
+                        "hwaddr": n.mac,
+                        "ipaddr": n.address,
+                        "netmask": inv.warewulf.netmask,
+                    }
+                },
+                "tags": inv.cluster_tags() | {"ek8s_role": n.role},
+            }
+        )
+    return {"server": SERVER, "nodes": nodes}
+
+
+@pytest.fixture(scope="module")
+def wwtemplate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go renderer (tests/wwtemplate), built with Debian's golang-go."""
+    go = shutil.which("go")
+    assert go, "Go is needed for the template checks (apt-get install golang-go; `make test` does)"
+    out = tmp_path_factory.mktemp("go") / "wwtemplate"
+    env = os.environ | {"GOCACHE": str(out.parent / "cache"), "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
+    subprocess.run([go, "build", "-o", str(out), "main.go"], cwd=ROOT / "tests" / "wwtemplate", env=env, check=True)
+    return out
+
+
+def render(tool: Path, fixture: Path, version: str, node: str, template: Path) -> subprocess.CompletedProcess[str]:
+    argv = [str(tool), "-version", version, "-data", str(fixture), "-node", node, str(template)]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+TEMPLATES = sorted(p.relative_to(ROOT / "overlay") for p in (ROOT / "overlay").rglob("*.ww"))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_overlay_templates_render_with_warewulf_data(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    inv = load_inventory(INVENTORY)
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(registry_fixture(inv)))
+    assert len(TEMPLATES) == 4, TEMPLATES
+    for node in ("control0", "worker1"):
+        for tpl in TEMPLATES:
+            res = render(wwtemplate, fixture, version, node, ROOT / "overlay" / tpl)
+            assert res.returncode == 0, f"{tpl} for {node} on {version}: {res.stderr}"
+            rel = Path(*tpl.parts[2:]).with_suffix("")  # overlay name and rootfs/ dropped, .ww too
+            check_golden(GOLDEN / "overlay" / version / node / rel, res.stdout)
+
+
+def test_both_versions_render_the_same_files() -> None:
+    for rendered in (GOLDEN / "overlay" / "4.5").rglob("*"):
+        if rendered.is_file():
+            other = GOLDEN / "overlay" / "4.6" / rendered.relative_to(GOLDEN / "overlay" / "4.5")
+            assert rendered.read_text() == other.read_text(), rendered
+
+
+def test_rendered_node_yaml_is_the_inventory(tmp_path: Path) -> None:
+    inv = load_inventory(INVENTORY)
+    for node in inv.expanded():
+        path = GOLDEN / "overlay" / "4.6" / node.name / "etc" / "ek8s" / "node.yaml"
+        if not path.exists():  # golden files exist for control0 and worker1
+            continue
+        cfg = load_config(path)
+        assert (cfg.node.name, cfg.node.address, cfg.node.interface, cfg.role) == (
+            node.name,
+            node.address,
+            "net0",
+            node.role,
+        )
+        assert cfg.cluster == "ek8s" and cfg.vip == inv.vip and cfg.share.path == Path("/share")
+        assert cfg.kubernetes.version == "v1.32.1" and cfg.kubernetes.extra_sans == ["10.0.0.13"]
+        assert cfg.kubernetes.manifests == [Path("/opt/ek8s/manifests/cni.yaml")]
+        assert cfg.service_manager == "systemd"
+    hosts = (GOLDEN / "overlay" / "4.5" / "control0" / "etc" / "hosts").read_text()
+    assert "10.0.0.99 vip.kubernetes.local" in hosts
+    assert "10.0.0.23 control2 control2-default control2-net0" in hosts
+
+
+def test_version_shapes_are_enforced(wwtemplate: Path, tmp_path: Path) -> None:
+    """The renderer is not lenient: 4.5's .Get on .AllNodes fails on 4.6 data and vice versa."""
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(registry_fixture(load_inventory(INVENTORY))))
+    get = tmp_path / "get.ww"
+    get.write_text("{{ range .AllNodes }}{{ .Id.Get }} {{ end }}")
+    plain = tmp_path / "plain.ww"
+    plain.write_text("{{ range .AllNodes }}{{ range .NetDevs }}{{ .Ipaddr.To4 }}{{ end }}{{ end }}")
+    assert render(wwtemplate, fixture, "4.5", "control0", get).returncode == 0
+    res = render(wwtemplate, fixture, "4.6", "control0", get)
+    assert res.returncode == 1 and "Get" in res.stderr
+    assert render(wwtemplate, fixture, "4.6", "control0", plain).returncode == 0
+    assert render(wwtemplate, fixture, "4.5", "control0", plain).returncode == 1
+
+
+def test_node_without_tags_renders_a_node_yaml_that_names_the_missing_fact(wwtemplate: Path, tmp_path: Path) -> None:
+    data = registry_fixture(load_inventory(INVENTORY))
+    data["nodes"][0]["tags"] = {}  # type: ignore[index]
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(data))
+    res = render(wwtemplate, fixture, "4.6", "control0", ROOT / "overlay/ek8s/rootfs/etc/ek8s/node.yaml.ww")
+    assert res.returncode == 0, res.stderr
+    (tmp_path / "node.yaml").write_text(res.stdout)
+    out = subprocess.run([*EK8S, "config", "check", str(tmp_path / "node.yaml")], capture_output=True, text=True)
+    assert out.returncode == 2 and "role" in out.stderr
+
+
+# -- inventory and plan -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_plan_golden(version: str) -> None:
+    res = subprocess.run(
+        [*EK8S, "warewulf", "plan", "--offline", "--version", version, str(INVENTORY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    check_golden(GOLDEN / "warewulf" / f"plan-{version}.sh", res.stdout)
+    nfs = subprocess.run(
+        [*EK8S, "warewulf", "nfs", "--version", version, str(INVENTORY)], capture_output=True, text=True, check=True
+    )
+    check_golden(GOLDEN / "warewulf" / f"nfs-{version}.yaml", nfs.stdout)
+    assert "no_root_squash" in nfs.stdout and "lookupcache=positive" in nfs.stdout
+
+
+def test_plan_is_valid_shell(tmp_path: Path) -> None:
+    for version in VERSIONS:
+        subprocess.run(["sh", "-n", str(GOLDEN / "warewulf" / f"plan-{version}.sh")], check=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"nodes": [{"name": "control[0-2]", "role": "control", "address": "10.0.0.21", "mac": "52:54:00:00:00:21"}]},
+         "nodes.0"),
+        ({"nodes": [{"name": "Control0", "role": "control", "address": "10.0.0.21", "mac": "52:54:00:00:00:21"}]},
+         "nodes.0.name"),
+        ({"nodes": [{"name": "c[0-", "role": "control", "address": "10.0.0.21", "mac": "52:54:00:00:00:21"}]},
+         "nodes.0.name"),
+        ({"nodes": [{"name": "c0", "role": "control", "address": "10.0.0.21", "mac": "52:54:00:00:00"}]},
+         "nodes.0.mac"),
+        ({"nodes": [{"name": "c0", "role": "boss", "address": "10.0.0.21", "mac": "52:54:00:00:00:21"}]},
+         "nodes.0.role"),
+        ({"nodes": [{"name": "w0", "role": "worker", "address": "10.0.0.21", "mac": "52:54:00:00:00:21"}]},
+         "at least one control node"),
+        ({"vip": {"address": "10.0.0.21"}}, "vip.address"),
+        ({"vip": {"address": "10.9.0.1"}}, "vip.address"),
+        ({"kubernetes": {"version": "1.32"}}, "kubernetes.version"),
+        ({"kubernetes": {"distribution": "k3s"}}, "kubernetes.distribution"),
+        ({"cluster": "EK8S"}, "cluster"),
+        ({"warewulf": {"netmask": "255.0.255.0"}}, "warewulf.netmask"),
+        ({"share": {"path": "share"}}, "share.path"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)  # fmt: skip
+def test_invalid_inventory_exits_2_naming_the_field(tmp_path: Path, change: dict[str, object], field: str) -> None:
+    data = yaml.safe_load(INVENTORY.read_text()) | change
+    bad = tmp_path / "inventory.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    log = tmp_path / "wwctl.log"
+    for cmd in (["plan", "--offline"], ["apply"]):
+        res = subprocess.run(
+            [*EK8S, "warewulf", *cmd, "--version", "4.6", "--wwctl", str(_stand_in(tmp_path, log)), str(bad)],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert field in res.stderr and str(bad) in res.stderr
+    assert not log.exists(), "nothing may run for an invalid inventory"
+
+
+def test_hostlist_expansion_counts_addresses() -> None:
+    nodes = load_inventory(INVENTORY).expanded()
+    assert [(n.name, n.address) for n in nodes] == [
+        ("control0", "10.0.0.21"),
+        ("control1", "10.0.0.22"),
+        ("control2", "10.0.0.23"),
+        ("worker0", "10.0.0.41"),
+        ("worker1", "10.0.0.42"),
+    ]
+
+
+# -- apply against a stand-in wwctl --------------------------------------------------------
+
+STAND_IN = r'''#!{python}
+"""Stand-in wwctl (tests only): records argv, keeps names in a JSON registry, fails on demand."""
+import json, os, sys
+log, state = os.environ["WWCTL_LOG"], os.environ["WWCTL_STATE"]
+argv = sys.argv[1:]
+with open(log, "a") as f:
+    f.write(json.dumps(argv) + "\n")
+fail = os.environ.get("WWCTL_FAIL")
+if fail and fail in " ".join(argv):
+    print("Error: stand-in failure for " + fail, file=sys.stderr)
+    sys.exit(255)
+reg = json.load(open(state)) if os.path.exists(state) else {{"node": [], "profile": []}}
+if argv == ["version"]:
+    print("wwctl version: " + os.environ.get("WWCTL_VERSION", "4.6.1"))
+elif argv[1:2] == ["list"]:
+    print("NODE NAME   PROFILES   NETWORK" if argv[0] == "node" else "PROFILE NAME   COMMENT/DESCRIPTION")
+    print("=" * 40)
+    for name in reg[argv[0]]:
+        print(name + "   default")
+elif argv[1:2] == ["add"]:
+    if argv[2] in reg[argv[0]]:
+        print("Error: " + argv[2] + " already exists", file=sys.stderr)
+        sys.exit(255)
+    reg[argv[0]].append(argv[2])
+    json.dump(reg, open(state, "w"))
+'''
+
+
+def _stand_in(tmp_path: Path, log: Path) -> Path:
+    tool = tmp_path / "wwctl"
+    tool.write_text(STAND_IN.format(python=sys.executable))
+    tool.chmod(0o755)
+    return tool
+
+
+def _apply(tmp_path: Path, log: Path, version: str, fail: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"WWCTL_LOG": str(log), "WWCTL_STATE": str(tmp_path / "state.json"), "WWCTL_VERSION": version}
+    if fail:
+        env["WWCTL_FAIL"] = fail
+    inv = yaml.safe_load(INVENTORY.read_text())
+    inv["share"]["path"] = str(tmp_path / "share")  # the stand-in run makes the share here
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    argv = [*EK8S, "warewulf", "apply", "--wwctl", str(_stand_in(tmp_path, log))]
+    return subprocess.run(
+        [*argv, "--conf-dir", str(tmp_path / "etc"), str(path)], capture_output=True, text=True, env=env
+    )
+
+
+def _calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("version", "image_flag"), [("4.5.8", "--container"), ("4.6.1", "--image")])
+def test_apply_runs_the_plan_and_is_idempotent(tmp_path: Path, version: str, image_flag: str) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\nnfs:\n  export paths:\n  - path: /home\n")
+    (etc / "nodes.conf").write_text("nodeprofiles:\n  default: {}\nnodes: {}\n")
+    log = tmp_path / "wwctl.log"
+    res = _apply(tmp_path, log, version)
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = _calls(log)
+    assert calls[0] == ["version"] and ["node", "list"] in calls and ["profile", "list"] in calls
+    adds = [c for c in calls if c[1:2] == ["add"]]
+    assert adds == [["profile", "add", "ek8s-ek8s"]] + [
+        ["node", "add", n] for n in ("control0", "control1", "control2", "worker0", "worker1")
+    ]
+    sets = [c for c in calls if c[:2] == ["node", "set"]]
+    assert len(sets) == 5 and all(image_flag in c and "tmpfs" in c for c in sets)
+    assert calls[-2:] == [["configure", "--all"], ["overlay", "build"]]
+    share = tmp_path / "share"
+    assert share.is_dir() and (share.stat().st_mode & 0o777) == 0o700
+    conf = yaml.safe_load((etc / "warewulf.conf").read_text())
+    assert [e["path"] for e in conf["nfs"]["export paths"]] == ["/home", str(share)]
+    assert "no_root_squash" in conf["nfs"]["export paths"][1]["export options"]
+    nodes_conf = yaml.safe_load((etc / "nodes.conf").read_text())
+    if version.startswith("4.6"):
+        fstab = nodes_conf["nodeprofiles"]["ek8s-ek8s"]["resources"]["fstab"]
+        assert fstab[0]["file"] == str(share) and "lookupcache=positive" in fstab[0]["mntops"]
+    else:
+        assert "lookupcache=positive" in conf["nfs"]["export paths"][1]["mount options"]
+        assert "ek8s-ek8s" not in nodes_conf["nodeprofiles"]
+    # Second run: nothing added again, the files unchanged.
+    before = ((etc / "warewulf.conf").read_text(), (etc / "nodes.conf").read_text())
+    log.unlink()
+    res = _apply(tmp_path, log, version)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not [c for c in _calls(log) if c[1:2] == ["add"]]
+    assert ((etc / "warewulf.conf").read_text(), (etc / "nodes.conf").read_text()) == before
+    assert "merged" not in res.stdout
+
+
+def test_apply_stops_at_the_first_failure_with_its_output(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    log = tmp_path / "wwctl.log"
+    res = _apply(tmp_path, log, "4.6.1", fail="node set control1")
+    assert res.returncode == 1
+    assert "stand-in failure for node set control1" in res.stdout
+    assert "were not run" in res.stdout
+    calls = _calls(log)
+    assert calls[-1][:3] == ["node", "set", "control1"]
+    assert ["node", "add", "control2"] not in calls and ["overlay", "build"] not in calls
+
+
+def test_wwctl_version_parsing() -> None:
+    from manager.wwplan import WarewulfError, parse_version
+
+    assert parse_version("wwctl version: 4.5.8-1.el9") == "4.5"
+    assert parse_version("Warewulf Version: v4.6.1") == "4.6"
+    assert parse_version("4.7.0") == "4.6"
+    with pytest.raises(WarewulfError):
+        parse_version("4.4.1")
+    with pytest.raises(WarewulfError):
+        parse_version("command not found")
+
+
+# -- overlay build ---------------------------------------------------------------------------
+
+
+def test_overlay_build(tmp_path: Path) -> None:
+    out = tmp_path / "overlays"
+    res = subprocess.run([*EK8S, "overlay", "build", "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    root = out / "ek8s" / "rootfs"
+    for rel in (
+        "etc/ek8s/node.yaml.ww",
+        "etc/systemd/system/ek8s-node.service.ww",
+        "etc/systemd/system/phylactery.service.ww",
+        "etc/sysctl.d/90-ek8s-kubernetes.conf",
+        "etc/modules-load.d/ek8s-kubernetes.conf",
+        "opt/ek8s/lib/leader/agent.py",
+        "opt/ek8s/lib/core/share.py",
+        "opt/ek8s/lib/phylactery/templates/haproxy.cfg.j2",
+        "opt/ek8s/VERSION",
+    ):
+        assert (root / rel).is_file(), rel
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/ek8s-node.service") == (
+        "../ek8s-node.service"
+    )
+    assert (out / "ek8s-hosts" / "rootfs" / "etc" / "hosts.ww").is_file()
+    # Nodes receive only what runs on nodes: no operator code, no emulation.
+    shipped = sorted(p.name for p in (root / "opt/ek8s/lib").iterdir())
+    assert shipped == ["core", "leader", "phylactery"]
+    assert not list(root.rglob("__pycache__"))
+    # Each wrapper puts the overlay's own code first and runs its program with `python -m`.
+    shim = tmp_path / "python-shim"
+    shim.write_text('#!/bin/sh\necho "$PYTHONPATH" "$@"\n')
+    shim.chmod(0o755)
+    for name, package, args, expected_help in (
+        ("ek8s-node", "leader", ["run"], "Elect, initialise or join"),
+        ("ek8s-phylactery", "phylactery", ["--config", "x"], "Serve Phylactery"),
+    ):
+        wrapper = root / "usr/local/sbin" / name
+        assert wrapper.stat().st_mode & 0o111
+        env = {"PATH": os.environ["PATH"], "EK8S_PYTHON": str(shim)}
+        shown = subprocess.run([str(wrapper), *args], capture_output=True, text=True, env=env, check=True)
+        assert shown.stdout.split() == [str(root / "opt/ek8s/lib"), "-m", package, *args]
+        # Run from the overlay alone (cwd elsewhere): the shipped packages import by themselves.
+        env["EK8S_PYTHON"] = sys.executable
+        helped = subprocess.run([str(wrapper), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert helped.returncode == 0 and expected_help in helped.stdout, helped.stderr
+    # Idempotent; and a directory it did not make is refused before anything is written.
+    assert subprocess.run([*EK8S, "overlay", "build", "--out", str(out)], capture_output=True).returncode == 0
+    foreign = tmp_path / "foreign"
+    (foreign / "ek8s-hosts").mkdir(parents=True)
+    res = subprocess.run([*EK8S, "overlay", "build", "--out", str(foreign)], capture_output=True, text=True)
+    assert res.returncode == 2 and "refusing" in res.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["ek8s-hosts"]

@@ -1,0 +1,399 @@
+"""Every transition of the node agent, asserted by the sentence its cycle returns (as Patroni
+tests its HA cycle), with the real share store on a temp dir and fake driver and probes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.share import MemberRecord, ShareStore
+from leader.agent import API_UP_S, LEASE_CHECK_S
+from leader.election import rule_for
+from tests.unit.agent_fakes import Harness, age_heartbeat, ready_generation
+
+
+def lead_to_publish(h: Harness) -> None:
+    assert h.cycle().startswith("I lead generation 1 with epoch 1")
+    assert h.cycle() == "running kubeadm init"
+    h.finish_jobs()
+    assert h.cycle().startswith("kubeadm init finished")
+    assert h.state == "PUBLISH"
+
+
+# -- ELECT ----------------------------------------------------------------------------------
+
+
+def test_first_control_node_leads_a_fresh_share(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.cycle() == "I lead generation 1 with epoch 1: no leader recorded for generation 1"
+    assert h.state == "LEAD"
+    assert [e["epoch"] for e in h.events("leader_claimed")] == [1]
+    assert h.services.started == ["phylactery"], "Phylactery starts at boot, beside the election"
+
+
+def test_second_control_node_follows_a_live_leader(tmp_path: Path) -> None:
+    Harness(tmp_path, "control0").cycle()
+    h = Harness(tmp_path, "control1")
+    assert h.cycle().startswith("following: control0 leads epoch 1 (heartbeat ")
+    assert h.state == "FOLLOW"
+
+
+def test_workers_never_lead(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "worker0", role="worker")
+    assert h.cycle() == "following: no leader yet; workers never lead"
+    assert h.state == "FOLLOW"
+    assert h.services.started == [], "workers run no Phylactery"
+
+
+def test_ready_generation_is_joined(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker")
+    assert h.cycle() == "joining: generation 1 is ready (leader control0, epoch 1)"
+    assert h.state == "JOIN"
+
+
+# -- FOLLOW ---------------------------------------------------------------------------------
+
+
+def test_follower_waits_then_elects_when_the_generation_is_ready(tmp_path: Path) -> None:
+    leader = Harness(tmp_path, "control0")
+    lead_to_publish(leader)
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.cycle()
+    assert h.cycle() == "waiting for control0 to make generation 1 ready"
+    leader.probes.api = True
+    leader.cycle()
+    leader.finish_jobs()
+    assert leader.cycle() == "generation 1 is ready; join material published"
+    assert h.cycle() == "generation 1 is ready; electing to join it"
+    assert h.state == "ELECT"
+    assert h.cycle().startswith("joining: generation 1 is ready")
+
+
+def test_follower_takes_over_from_a_leader_whose_lease_ran_out(tmp_path: Path) -> None:
+    dead = Harness(tmp_path, "control0")
+    dead.cycle()
+    h = Harness(tmp_path, "control1")
+    h.cycle()
+    assert h.state == "FOLLOW"
+    age_heartbeat(h.store, "control0", 31)
+    h.clock.advance(LEASE_CHECK_S)
+    assert h.cycle() == "leader control0 holds no live lease; running the election again"
+    assert h.cycle() == (
+        "I lead generation 1 with epoch 2: leader control0 (epoch 1) has no heartbeat younger than 30s; taking over"
+    )
+
+
+def test_follower_does_not_judge_the_lease_more_than_once_a_second(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.cycle()
+    assert h.cycle() == "waiting for a control node to lead"
+    h.clock.advance(LEASE_CHECK_S)
+    assert h.cycle() == "no leader holds no live lease; running the election again"
+
+
+# -- LEAD and PUBLISH -----------------------------------------------------------------------
+
+
+def test_leader_initialises_publishes_and_marks_ready(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    lead_to_publish(h)
+    h.probes.phylactery = False
+    assert h.cycle() == "waiting for my Phylactery (HAProxy and keepalived) to serve /healthz"
+    h.probes.phylactery = True
+    assert h.cycle() == "waiting for the API behind the VIP 10.0.0.99:8443"
+    assert h.events("phylactery_up")
+    h.probes.api = True
+    assert h.cycle() == "the API answers behind the VIP; publishing join material and applying manifests"
+    assert h.cycle() == "publishing join material and applying manifests"
+    assert h.store.read_admin_kubeconfig() is None
+    h.finish_jobs()
+    assert h.cycle() == "generation 1 is ready; join material published"
+    assert h.state == "AWAIT_NODE"
+    state = h.store.read_state()
+    assert state.ready and state.epoch == 1
+    assert h.store.read_admin_kubeconfig() == b"admin kubeconfig"
+    assert h.store.read_join_material().epoch == 1
+    assert h.events("api_ready") and h.events("leader_ready")
+
+
+def test_leader_waits_for_host_preparation_before_init(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.agent.host_prepared.clear()
+    h.cycle()
+    assert h.cycle() == "waiting for the host preparation (image import) before kubeadm init"
+    h.agent.host_prepared.set()
+    assert h.cycle() == "running kubeadm init"
+
+
+def test_failed_init_resets_backs_off_and_elects_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.driver.fail.add("init")
+    h.cycle()
+    h.cycle()
+    h.finish_jobs()
+    assert h.cycle() == (
+        "init failed (1/3): kubeadm init exited 1: emulated init failure; resetting, electing again in 2s"
+    )
+    assert h.state == "RESET" and h.events("init_failed")
+    assert h.cycle() == "kubeadm reset is running"
+    h.finish_jobs()
+    assert h.cycle() == "backing off before elect"
+    h.clock.advance(2)
+    assert h.cycle() == "reset done; elect again"
+    assert h.cycle() == "I lead generation 1 with epoch 2: I still hold epoch 1 but my agent restarted; claiming again"
+    assert h.driver.calls == ["init", "reset"]
+
+
+def test_init_that_keeps_failing_gives_up(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.driver.fail.add("init")
+    for n in (1, 2):
+        h.cycle()  # elect
+        h.cycle()  # start init
+        h.finish_jobs()
+        assert h.cycle().startswith(f"init failed ({n}/3)")
+        h.finish_jobs()
+        h.clock.advance(10)
+        h.cycle()  # reset done
+    h.cycle()
+    h.cycle()
+    h.finish_jobs()
+    assert h.cycle() == "giving up: init failed 3 times: kubeadm init exited 1: emulated init failure"
+    assert h.state == "FAILED"
+
+
+def test_api_that_never_answers_after_init_fails_the_init(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    lead_to_publish(h)
+    h.clock.advance(API_UP_S + 1)
+    assert h.cycle().startswith("init failed (1/3): the API did not answer behind the VIP within 120s")
+
+
+def test_deposed_leader_aborts_init_resets_and_writes_nothing(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.cycle()
+    h.cycle()  # kubeadm init running
+    other = ShareStore(h.cfg.share.path, "default", "control1")
+    age_heartbeat(other, "control0", 31)
+    _, action, _ = other.attempt_leadership("10.0.0.22", "boot-control1", rule_for("control", "control1", "x", 30))
+    assert action == "lead"
+    assert h.cycle() == "deposed (the share records epoch 2); resetting and following the new leader"
+    assert h.driver.aborted == 1 and h.state == "RESET" and h.events("deposed")
+
+
+def test_leader_deposed_while_publishing_writes_no_kubeconfig(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    lead_to_publish(h)
+    h.probes.api = True
+    h.cycle()  # publish job submitted, not run yet
+    other = ShareStore(h.cfg.share.path, "default", "control1")
+    age_heartbeat(other, "control0", 31)
+    other.attempt_leadership("10.0.0.22", "boot-control1", rule_for("control", "control1", "x", 30))
+    h.finish_jobs()  # the job runs against the new claim: its first fenced write refuses
+    assert h.cycle().startswith("deposed (the share records epoch 2)")
+    assert h.store.read_admin_kubeconfig() is None
+    assert not h.store.read_state().ready
+
+
+# -- JOIN -----------------------------------------------------------------------------------
+
+
+def test_join_waits_for_a_live_api_then_joins(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.cycle()
+    assert h.cycle() == "the API of generation 1 does not answer behind 10.0.0.99:8443 before joining (grace 60s)"
+    h.probes.api = True
+    assert h.cycle() == "running kubeadm join as worker (attempt 1/3)"
+    assert h.cycle() == "kubeadm join is running (attempt 1)"
+    h.finish_jobs()
+    assert h.cycle() == "kubeadm join succeeded"
+    assert h.state == "AWAIT_NODE" and h.events("join_started") and h.events("joined")
+    assert h.probes.posts == [], "a node that never belonged to this generation skips the prune"
+
+
+def test_control_plane_joins_one_at_a_time(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    first, second = Harness(tmp_path, "control1"), Harness(tmp_path, "control2")
+    for h in (first, second):
+        h.probes.api = True
+        h.cycle()
+    assert first.cycle() == "running kubeadm join as control (attempt 1/3)"
+    assert second.cycle() == "control1 is joining the control plane; waiting for my turn"
+    first.finish_jobs()
+    first.cycle()
+    assert second.cycle() == "running kubeadm join as control (attempt 1/3)"
+
+
+def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    before = Harness(tmp_path, "worker0", role="worker")
+    before.store.heartbeat("old-boot", "worker", "watch", 1)  # this node was part of generation 1
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    h.probes.api = True
+    h.driver.fail.add("join")
+    h.cycle()
+    h.cycle()
+    h.finish_jobs()
+    assert (
+        h.cycle() == "join attempt 1/3 failed: kubeadm join exited 1: emulated join failure; resetting, retrying in 2s"
+    )
+    asked = {path: body for _, path, body in h.probes.posts}
+    assert asked == {"/v1/join-material": {}, "/v1/prune": {"name": "worker0", "address": "10.0.0.41"}}
+    assert h.events("pruned") and h.events("join_failed")
+    h.finish_jobs()
+    h.clock.advance(2)
+    assert h.cycle() == "reset done; join again"
+    h.driver.fail.clear()
+    assert h.cycle() == "running kubeadm join as worker (attempt 2/3)"
+
+
+# -- AWAIT_NODE, WATCH, LOST ------------------------------------------------------------------
+
+
+def joined_worker(tmp_path: Path) -> Harness:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.probes.api = True
+    h.cycle()
+    h.cycle()
+    h.finish_jobs()
+    h.cycle()
+    assert h.state == "AWAIT_NODE"
+    return h
+
+
+def test_node_ready_enters_watch(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path)
+    assert h.cycle() == "waiting for my Node worker0 to be Ready"
+    h.probes.node = True
+    assert h.cycle() == "node worker0 is Ready"
+    assert h.state == "WATCH" and h.events("node_ready")
+    assert h.cycle() == "no action: generation 1 is healthy"
+
+
+def test_node_never_ready_counts_as_a_failed_join(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path)
+    h.clock.advance(h.cfg.timeouts.node_ready_s + 1)
+    assert h.cycle().startswith("join attempt 1/3 failed: my Node was not Ready within 300s")
+
+
+def test_new_generation_resets_and_elects(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path)
+    h.probes.node = True
+    h.cycle()
+    ShareStore(h.cfg.share.path, "default", "operator").rebuild("ek8s reset by the operator")
+    assert h.cycle() == "generation 2 replaced 1; resetting to follow it"
+    assert h.state == "RESET" and h.events("generation_changed")
+    h.finish_jobs()
+    assert h.cycle() == "reset done; elect again"
+    assert h.cycle() == "following: no leader yet; workers never lead"
+    assert h.driver.calls[-1] == "reset"
+
+
+def test_new_generation_before_joining_needs_no_reset(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.cycle()
+    ShareStore(h.cfg.share.path, "default", "operator").rebuild("reset")
+    assert h.cycle() == "generation 2 replaced 1; running the election again"
+    assert h.state == "ELECT" and "reset" not in h.driver.calls
+
+
+def watching_control(tmp_path: Path, **settings: object) -> Harness:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "control1", **settings)
+    h.probes.api = h.probes.node = True
+    h.cycle()
+    h.cycle()
+    h.finish_jobs()
+    h.cycle()
+    h.cycle()
+    assert h.state == "WATCH"
+    return h
+
+
+def test_silent_api_past_the_grace_period_starts_a_new_generation(tmp_path: Path) -> None:
+    h = watching_control(tmp_path)
+    h.probes.api = False
+    assert h.cycle() == "the API of generation 1 does not answer behind 10.0.0.99:8443 while watching (grace 60s)"
+    h.clock.advance(61)
+    assert h.cycle() == (
+        "cluster lost: generation 1 is marked ready but no API answered behind 10.0.0.99:8443 for 61s; "
+        "started generation 2, starting from nothing"
+    )
+    assert h.events("cluster_lost") and h.store.read_state().generation == 2
+    assert h.cycle() == "generation 2 replaced 1; resetting to follow it"
+
+
+def test_workers_never_declare_the_cluster_lost(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path)
+    h.probes.node = True
+    h.cycle()
+    h.probes.api = False
+    h.cycle()
+    h.clock.advance(600)
+    assert h.cycle().startswith("the API of generation 1 does not answer")
+    assert h.store.read_state().generation == 1
+
+
+def test_on_cluster_lost_wait_enters_lost_until_the_api_returns(tmp_path: Path) -> None:
+    h = watching_control(tmp_path, on_cluster_lost="wait")
+    h.probes.api = False
+    h.cycle()
+    h.clock.advance(61)
+    assert h.cycle().endswith("on_cluster_lost is 'wait': waiting for 'ek8s reset'")
+    assert h.state == "LOST" and h.store.read_state().generation == 1
+    assert h.cycle() == "generation 1 is lost; on_cluster_lost is 'wait': waiting for 'ek8s reset'"
+    h.probes.api = True
+    assert h.cycle() == "the API of generation 1 answers again"
+    assert h.state == "WATCH"
+
+
+def test_dead_phylactery_is_started_again(tmp_path: Path) -> None:
+    h = watching_control(tmp_path)
+    h.services.running.discard("phylactery")
+    h.cycle()
+    assert h.services.started == ["phylactery", "phylactery"] and h.events("phylactery_restarted")
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+def test_sigterm_during_init_aborts_and_releases_the_claim(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.cycle()
+    h.cycle()  # kubeadm init running
+    h.agent.shutdown("SIGTERM")
+    assert h.state == "STOPPED" and h.driver.aborted == 1
+    state = h.store.read_state()
+    assert state.leader is None and "control0 stopped (SIGTERM) before its generation was ready" in state.reason
+    assert h.events("stopped")
+    # Another control node leads at once instead of waiting out the lease.
+    assert Harness(tmp_path, "control1").cycle().startswith("I lead generation 1 with epoch 2")
+
+
+def test_sigterm_while_waiting_for_the_join_slot_releases_it(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "control1")
+    h.probes.api = True
+    h.cycle()
+    h.cycle()  # holds the join slot, join running
+    h.agent.shutdown("SIGTERM")
+    other = ShareStore(h.cfg.share.path, "default", "control2")
+    assert other.try_join_slot("boot-control2", 30) is None, "the slot was released"
+
+
+@pytest.mark.timeout(30)
+def test_run_returns_0_when_stopped(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "worker0", role="worker")
+    codes: list[int] = []
+    t = threading.Thread(target=lambda: codes.append(h.agent.run()))
+    t.start()
+    h.agent.stop()
+    t.join(10)
+    assert codes == [0] and h.state == "STOPPED"

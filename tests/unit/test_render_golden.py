@@ -1,0 +1,108 @@
+"""Golden tests of the pure renderers: a change to a rendered file is a reviewed change.
+
+Regenerate after an intended change with ``EK8S_UPDATE_GOLDEN=1 pytest tests/unit/test_render_golden.py``
+and read the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import parse_config
+from core.drivers.kubeadm import render_init_config, render_join_config
+from core.share import JoinMaterial
+from phylactery import render
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+TOKEN = "abcdef.0123456789abcdef"
+KEY = "0123456789abcdef" * 4
+
+
+def cfg(role: str, name: str, address: str):  # type: ignore[no-untyped-def]
+    return parse_config({"role": role, "node": {"name": name, "address": address}}, Path("node.yaml"))
+
+
+MATERIAL = JoinMaterial(
+    generation=1,
+    epoch=1,
+    api_server_endpoint="vip.kubernetes.local:8443",
+    token=TOKEN,
+    token_expires_at=0.0,
+    ca_cert_hashes=["sha256:" + "ab" * 32],
+    certificate_key=KEY,
+    certificate_key_expires_at=0.0,
+    ca_cert="",
+    published_by="control0",
+    published_at=0.0,
+)
+
+CASES = {
+    "haproxy.cfg": lambda: render.render_haproxy(
+        node="control0",
+        cluster="default",
+        generation=1,
+        frontend_port=8443,
+        api_port=6443,
+        stats_socket="/run/haproxy/admin.sock",
+        members=[
+            render.Backend("control1", "10.0.0.22"),
+            render.Backend("control0", "10.0.0.21"),
+            render.Backend("control2", "10.0.0.23"),
+        ],
+    ),
+    "keepalived.conf": lambda: render.render_keepalived(
+        node="control0",
+        cluster="default",
+        generation=1,
+        address="10.0.0.21",
+        interface="eth0",
+        peers=["10.0.0.21", "10.0.0.23", "10.0.0.22"],
+        vip="10.0.0.99",
+        prefix_length=24,
+        virtual_router_id=51,
+        advert_int=0.5,
+        is_leader=False,
+        check_script="/etc/keepalived/check_haproxy.sh",
+    ),
+    "keepalived-alone-leader.conf": lambda: render.render_keepalived(
+        node="control0",
+        cluster="default",
+        generation=1,
+        address="10.0.0.21",
+        interface="eth0",
+        peers=["10.0.0.21"],
+        vip="10.0.0.99",
+        prefix_length=24,
+        virtual_router_id=51,
+        advert_int=0.5,
+        is_leader=True,
+        check_script="/etc/keepalived/check_haproxy.sh",
+    ),
+    "check_haproxy.sh": lambda: render.render_check_script(8443),
+    "kubeadm-init.yaml": lambda: render_init_config(cfg("control", "control0", "10.0.0.21"), TOKEN, KEY),
+    "kubeadm-join-control.yaml": lambda: render_join_config(cfg("control", "control1", "10.0.0.22"), MATERIAL),
+    "kubeadm-join-worker.yaml": lambda: render_join_config(cfg("worker", "worker0", "10.0.0.41"), MATERIAL),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rendered_file_matches_golden(name: str) -> None:
+    text = CASES[name]()
+    path = GOLDEN / name
+    if os.environ.get("EK8S_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; regenerate with EK8S_UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_kubeadm_documents_use_v1beta4_and_the_vip_endpoint() -> None:
+    init, cluster = yaml.safe_load_all(CASES["kubeadm-init.yaml"]())
+    assert init["kind"] == "InitConfiguration" and cluster["kind"] == "ClusterConfiguration"
+    assert {init["apiVersion"], cluster["apiVersion"]} == {"kubeadm.k8s.io/v1beta4"}
+    assert cluster["controlPlaneEndpoint"] == "vip.kubernetes.local:8443"
+    assert {"10.0.0.99", "vip.kubernetes.local", "10.0.0.13"} <= set(cluster["apiServer"]["certSANs"])
+    worker = yaml.safe_load(CASES["kubeadm-join-worker.yaml"]())
+    assert "controlPlane" not in worker and worker["discovery"]["bootstrapToken"]["token"] == TOKEN
