@@ -124,6 +124,8 @@ class KubernetesSettings(_Strict):
 
 
 class PhylacterySettings(_Strict):
+    """Phylactery's port and periods (seconds): reconciles, etcd snapshots to the share."""
+
     port: int = Field(9999, ge=1, le=65535)
     reconcile_interval_s: Seconds = 30.0
     # The generation's leader saves an etcd snapshot to the share this often (0: never) and
@@ -186,6 +188,7 @@ class NodeConfig(_Strict):
 
     @property
     def is_control(self) -> bool:
+        """Whether this node is a control node (runs etcd, the API, Phylactery)."""
         return self.role == "control"
 
     def host_path(self, path: str | Path) -> Path:

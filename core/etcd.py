@@ -35,6 +35,8 @@ class EtcdError(Exception):
 
 @dataclass(frozen=True)
 class EtcdMember:
+    """One member as ``/v3/cluster/member/list`` reports it (``ID`` as an int, URLs as strings)."""
+
     id: int
     name: str
     peer_urls: tuple[str, ...]
@@ -47,6 +49,7 @@ class EtcdMember:
         return {urlsplit(u).hostname or "" for u in self.peer_urls}
 
     def to_json(self) -> dict[str, Any]:
+        """The member for JSON answers: ``id`` in hex (as ``etcdctl member list`` prints it)."""
         return {
             "id": f"{self.id:x}",
             "name": self.name,
@@ -99,6 +102,7 @@ TRANSIENT = (
 
 
 def is_transient(err: EtcdError) -> bool:
+    """Whether ``err`` is one of :data:`TRANSIENT`, refusals that clear by themselves."""
     return any(t in str(err) for t in TRANSIENT)
 
 
@@ -147,6 +151,7 @@ class EtcdClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the HTTP session (idempotent)."""
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -177,6 +182,7 @@ class EtcdClient:
 
     # -- cluster membership -----------------------------------------------------------
     async def member_list(self) -> list[EtcdMember]:
+        """Every member, learners included (``POST /v3/cluster/member/list``)."""
         data = await self.call("/v3/cluster/member/list", {})
         return [_member(m) for m in data.get("members", [])]
 
@@ -196,6 +202,7 @@ class EtcdClient:
         await self.call("/v3/cluster/member/promote", {"ID": str(member_id)})
 
     async def member_remove(self, member_id: int) -> None:
+        """Remove member ``member_id``; etcd refuses a removal that would lose quorum."""
         await self.call("/v3/cluster/member/remove", {"ID": str(member_id)})
 
     async def status(self) -> dict[str, Any]:
@@ -229,11 +236,13 @@ class EtcdClient:
 
     # -- key-value --------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when absent (a linearizable read: it needs quorum)."""
         data = await self.call("/v3/kv/range", {"key": _b64(key)})
         kvs = data.get("kvs") or []
         return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
     async def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+        """``(key, value)`` pairs of every key starting with ``prefix`` (non-empty)."""
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         data = await self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
         return [
@@ -242,8 +251,10 @@ class EtcdClient:
         ]
 
     async def put(self, key: str, value: bytes) -> None:
+        """Set ``key`` to ``value``."""
         await self.call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
 
     async def delete(self, key: str) -> int:
+        """Delete ``key``; returns how many keys were deleted (0 or 1)."""
         data = await self.call("/v3/kv/deleterange", {"key": _b64(key)})
         return int(data.get("deleted", 0))

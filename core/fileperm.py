@@ -1,7 +1,7 @@
 """Every file mode the project writes comes from here.
 
 The share is also mounted on login nodes where untrusted users work, so everything on it is
-root-only: directories ``0700``, files ``0600`` (DESIGN §3). Node-local secrets (PKI,
+root-only: directories ``0700``, files ``0600`` (docs/share-protocol.md). Node-local secrets (PKI,
 kubeconfigs, rendered configs with peers) follow the same rule.
 
 Writes are atomic in the POSIX/NFS sense: a temporary file in the same directory, ``fsync``,

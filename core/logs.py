@@ -34,6 +34,7 @@ class LogfmtFormatter(logging.Formatter):
         self.node = node
 
     def format(self, record: logging.LogRecord) -> str:
+        """One logfmt line for ``record`` (fields from ``extra`` after ``msg``)."""
         t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         parts = [f"{t}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}"]
         node = getattr(record, "node", None) or self.node
@@ -70,6 +71,7 @@ class PhaseLogger(logging.LoggerAdapter):
         super().__init__(logger, {"phase": phase})
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        """Add the phase and the call's ``extra`` fields, renaming those that shadow LogRecord attributes."""
         extra = dict(self.extra or {})
         for key, value in (kwargs.get("extra") or {}).items():
             # logging refuses extras that shadow LogRecord attributes ("name", "args"...).
@@ -79,4 +81,5 @@ class PhaseLogger(logging.LoggerAdapter):
 
 
 def get_logger(name: str, phase: str) -> PhaseLogger:
+    """A :class:`PhaseLogger` named ``name`` whose lines carry ``phase=<phase>``."""
     return PhaseLogger(logging.getLogger(name), phase)

@@ -29,6 +29,8 @@ class ServiceError(Exception):
 
 
 class ServiceManager(Protocol):
+    """Start, reload, stop and inspect the node's daemons (HAProxy, keepalived, Phylactery)."""
+
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Start ``name`` unless it runs. ``argv`` is used in process mode only (systemd
         units carry their own ``ExecStart``)."""
@@ -39,9 +41,13 @@ class ServiceManager(Protocol):
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
         """Stop ``name`` if it runs; SIGKILL after ``timeout_s`` seconds."""
 
-    def is_running(self, name: str) -> bool: ...
+    def is_running(self, name: str) -> bool:
+        """Whether ``name`` runs now."""
+        ...
 
-    def pid(self, name: str) -> int | None: ...
+    def pid(self, name: str) -> int | None:
+        """The main pid of a running ``name``, else None."""
+        ...
 
 
 # Services this process started; polled so that an exited one does not stay a zombie.
@@ -63,6 +69,7 @@ class ProcessServices:
         return self.run_dir / f"{name}.pid"
 
     def log_path(self, name: str) -> Path:
+        """``<root>/var/log/ek8s/<name>.log``, the service's output in process mode."""
         return self.log_dir / f"{name}.log"
 
     def _proc(self, name: str) -> psutil.Process | None:
@@ -79,13 +86,17 @@ class ProcessServices:
             return None
 
     def pid(self, name: str) -> int | None:
+        """The pid of a running ``name`` (pid file and start time match), else None."""
         proc = self._proc(name)
         return proc.pid if proc else None
 
     def is_running(self, name: str) -> bool:
+        """Whether ``name`` runs (a zombie or a reused pid does not count)."""
         return self._proc(name) is not None
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``argv`` detached (own session, output to :meth:`log_path`) unless ``name``
+        runs. Raises :class:`ServiceError` when it cannot start."""
         if self.is_running(name):
             return
         ensure_dir(self.run_dir)
@@ -108,12 +119,14 @@ class ProcessServices:
         _CHILDREN.append(proc)
 
     def reload(self, name: str, sig: int) -> None:
+        """Send ``sig`` to the running ``name``. Raises :class:`ServiceError` when it is not running."""
         proc = self._proc(name)
         if proc is None:
             raise ServiceError(f"{name}: not running, cannot reload")
         proc.send_signal(sig)
 
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
+        """SIGTERM the service's process group, SIGKILL after ``timeout_s`` seconds; forget its pid file."""
         proc = self._proc(name)
         if proc is None:
             return
@@ -140,20 +153,25 @@ class SystemdServices:
             raise ServiceError(f"systemctl {what} failed ({res.returncode}): {res.stderr.strip()}")
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """``systemctl start <name>.service``; raises :class:`ServiceError` on failure."""
         self._check(self._systemctl("start", f"{name}.service"), f"start {name}")
 
     def reload(self, name: str, sig: int) -> None:
         # haproxy.service: ExecReload sends SIGUSR2 to the master (master-worker reload);
         # keepalived.service: ExecReload sends SIGHUP. Never a restart.
+        """``systemctl reload <name>.service`` (the unit's ExecReload); raises :class:`ServiceError`."""
         self._check(self._systemctl("reload", f"{name}.service"), f"reload {name}")
 
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
+        """``systemctl stop <name>.service``; raises :class:`ServiceError` on failure."""
         self._check(self._systemctl("stop", f"{name}.service"), f"stop {name}")
 
     def is_running(self, name: str) -> bool:
+        """``systemctl is-active --quiet <name>.service`` succeeded."""
         return self._systemctl("is-active", "--quiet", f"{name}.service").returncode == 0
 
     def pid(self, name: str) -> int | None:
+        """The unit's ``MainPID``, or None when it has none."""
         res = self._systemctl("show", "--property=MainPID", "--value", f"{name}.service")
         pid = int(res.stdout.strip() or 0)
         return pid or None

@@ -6,7 +6,7 @@ heartbeat, mark ready, publish join material, register a member, record an event
 Patroni's DCS classes hide etcd/Consul/ZooKeeper. ``docs/share-protocol.md`` documents every
 file and field.
 
-NFS rules followed here (DESIGN §3):
+NFS rules followed here (docs/share-protocol.md):
 
 * mutual exclusion with ``filelock`` on ``cluster.lock``, a file that is never deleted
   (``flock`` on NFS becomes a POSIX lock arbitrated by the server); the lock is held only for
@@ -99,12 +99,14 @@ class ClusterState:
         return Fence(generation=self.generation, epoch=self.leader.epoch, node=self.leader.node)
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON object written to ``cluster.json`` (with ``protocol``)."""
         d = asdict(self)
         d["protocol"] = PROTOCOL
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ClusterState:
+        """Parse ``cluster.json``; missing keys take their defaults (older writers)."""
         leader = d.get("leader")
         return cls(
             generation=int(d.get("generation", 0)),
@@ -211,14 +213,17 @@ class ShareStore:
 
     @property
     def events_path(self) -> Path:
+        """``events.jsonl``, the append-only timeline (read it with :meth:`events`)."""
         return self.dir / "events.jsonl"
 
     @property
     def admin_kubeconfig_path(self) -> Path:
+        """``kube.config``, for clients that need a file path (the operator's kubectl)."""
         return self.dir / "kube.config"
 
     @property
     def token_path(self) -> Path:
+        """``phylactery.token``, the cluster's bearer token (0600)."""
         return self.dir / "phylactery.token"
 
     # -- set-up -----------------------------------------------------------------------

@@ -60,7 +60,9 @@ class Probes(Protocol):
         """This node's Node is Ready (None: absent or the API did not answer)."""
         ...
 
-    def phylactery_healthy(self, url: str) -> bool: ...
+    def phylactery_healthy(self, url: str) -> bool:
+        """The Phylactery at ``url`` serves ``/healthz`` (HAProxy and keepalived run)."""
+        ...
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         """POST to a Phylactery; raises ``OSError`` when it does not answer."""
@@ -76,15 +78,19 @@ class NodeProbes:
         self.node = cfg.node.name
 
     def api_ready(self, ca_pem: bytes) -> bool:
+        """``GET /readyz`` behind the VIP, 1 s timeout."""
         return probes.api_ready(self.vip_url, ca_pem, timeout_s=1.0)
 
     def node_ready(self) -> bool | None:
+        """This node's Ready condition through its kubelet kubeconfig."""
         return probes.node_ready(self.kubeconfig, self.node)
 
     def phylactery_healthy(self, url: str) -> bool:
+        """``GET <url>/healthz``, 0.5 s timeout."""
         return probes.phylactery_healthy(url, 0.5)
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+        """POST to a Phylactery with the bearer token (:func:`core.probes.phylactery_post`)."""
         return probes.phylactery_post(url, path, token, body, timeout_s)
 
 

@@ -46,4 +46,5 @@ def check(path: str) -> None:
 
 
 def main() -> None:
+    """Entry point of ``ek8s-node`` (``python -m leader``)."""
     node(prog_name="ek8s-node")

@@ -1,4 +1,4 @@
-"""The election rule (DESIGN §4), a pure function of a share snapshot.
+"""The election rule (docs/architecture.md), a pure function of a share snapshot.
 
 It runs under the share's lock (:meth:`core.share.ShareStore.attempt_leadership`), so
 among control nodes booting at the same moment exactly one sees "no live leader" and claims.

@@ -62,6 +62,7 @@ class Job:
 
     @property
     def running(self) -> bool:
+        """Whether the action has not finished yet."""
         return not self.future.done()
 
     def error(self) -> BaseException | None:
@@ -69,6 +70,7 @@ class Job:
         return self.future.exception()
 
     def result(self) -> Any:
+        """The action's return value (raises what it raised; call once it is done)."""
         return self.future.result()
 
 
@@ -106,6 +108,7 @@ class Jobs:
 
     @property
     def running(self) -> Job | None:
+        """The job still running, or None."""
         job = self.current
         return job if job is not None and job.running else None
 

@@ -41,6 +41,7 @@ TOKEN: web.AppKey[str] = web.AppKey("token", str)
 
 
 def error(status: int, message: str) -> web.Response:
+    """A JSON error answer ``{"error": message}`` with HTTP ``status``."""
     return web.json_response({"error": message}, status=status)
 
 
@@ -77,10 +78,12 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/status``: the document of :meth:`Phylactery.status` (keys in docs/phylactery.md)."""
     return web.json_response(await request.app[PHYLACTERY].status())
 
 
 async def refresh(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/refresh``: 202, and a reconcile soon (requests coalesce)."""
     request.app[PHYLACTERY].request_refresh()
     return web.json_response({"accepted": True}, status=202)
 
@@ -96,6 +99,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def prune(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/prune`` with ``{"name", "address"}``: 200 with what was removed; 400 bad
+    body, 409 the serving node, 503 a store did not answer."""
     body = await _json_body(request)
     name, address = body.get("name"), body.get("address")
     if not isinstance(name, str) or not name:

@@ -31,4 +31,5 @@ def phylactery(config_path: str) -> None:
 
 
 def main() -> None:
+    """Entry point of ``ek8s-phylactery`` (``python -m phylactery``)."""
     phylactery(prog_name="ek8s-phylactery")

@@ -50,6 +50,7 @@ class ManagedDaemon:
     before_reload: Callable[[], None] | None = None
 
     def installed(self) -> str | None:
+        """The installed config's text, or None before the first install."""
         try:
             return self.config_path.read_text()
         except FileNotFoundError:
@@ -101,6 +102,7 @@ class ManagedDaemon:
         return "started"
 
     def stop(self) -> None:
+        """Stop the daemon through the service manager."""
         self.services.stop(self.name)
 
 
@@ -120,10 +122,12 @@ def haproxy(root: Path, services: ServiceManager) -> ManagedDaemon:
 
 
 def haproxy_stats_socket(root: Path) -> Path:
+    """HAProxy's admin socket, ``<root>/run/haproxy/admin.sock`` (a UNIX path: at most 107 bytes)."""
     return root / "run/haproxy/admin.sock"
 
 
 def haproxy_server_state_file(root: Path) -> Path:
+    """Where server states are saved before a reload (``server-state-file``)."""
     return root / "run/haproxy/server-state"
 
 

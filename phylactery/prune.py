@@ -33,12 +33,15 @@ class PruneError(Exception):
 
 @dataclass
 class PruneResult:
+    """What one prune removed: Node names and etcd members (JSON as ``POST /v1/prune`` answers)."""
+
     name: str
     address: str
     deleted_nodes: list[str] = field(default_factory=list)
     removed_etcd_members: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """The answer of ``POST /v1/prune``."""
         return {
             "name": self.name,
             "address": self.address,

@@ -29,6 +29,8 @@ _env = Environment(
 
 @dataclass(frozen=True)
 class Backend:
+    """One control node as HAProxy sees it: server name and API server address."""
+
     name: str
     address: str
 

@@ -1,4 +1,4 @@
-"""Phylactery: keeps HAProxy and keepalived in line with the control plane (DESIGN §6).
+"""Phylactery: keeps HAProxy and keepalived in line with the control plane (docs/phylactery.md).
 
 On start it registers its node in the member registry, renders and applies HAProxy and
 keepalived (starting them if needed), then asks every other registered Phylactery to refresh.
@@ -57,6 +57,7 @@ class Phylactery:
 
     @property
     def url(self) -> str:
+        """This node's Phylactery base URL, ``http://<node address>:<port>``."""
         return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
 
     # -- lifecycle --------------------------------------------------------------------
@@ -79,6 +80,7 @@ class Phylactery:
         self.started = True
 
     async def stop(self) -> None:
+        """Cancel the background tasks (reconciler, periodic reconcile, snapshots, peer notices)."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -266,6 +268,7 @@ class Phylactery:
         )
 
     def vip_held(self) -> bool:
+        """Whether the VIP is on one of this node's interfaces (``psutil.net_if_addrs``)."""
         return any(a.address == self.cfg.vip.address for addrs in psutil.net_if_addrs().values() for a in addrs)
 
     async def status(self) -> dict[str, Any]:

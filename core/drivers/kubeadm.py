@@ -158,10 +158,12 @@ class KubeadmDriver:
     # -- files this distribution keeps on the node -------------------------------------
     @property
     def kubelet_kubeconfig(self) -> Path:
+        """``/etc/kubernetes/kubelet.conf`` as a host path (written by init and join)."""
         return self.cfg.host_path("/etc/kubernetes/kubelet.conf")
 
     @property
     def admin_kubeconfig(self) -> Path:
+        """``/etc/kubernetes/admin.conf`` as a host path (control nodes)."""
         return self.cfg.host_path("/etc/kubernetes/admin.conf")
 
     @property
@@ -170,6 +172,7 @@ class KubeadmDriver:
         return self.cfg.host_path(PKI_DIR)
 
     def is_joined(self) -> bool:
+        """Whether ``kubelet.conf`` exists: an init or join completed and was not reset."""
         return self.kubelet_kubeconfig.exists()
 
     def etcd_client_context(self) -> ssl.SSLContext | None:
@@ -245,6 +248,7 @@ class KubeadmDriver:
 
     # -- the interface ------------------------------------------------------------------
     def new_credentials(self) -> Credentials:
+        """A new bootstrap token and certificate key (:mod:`core.joinmaterial`)."""
         return Credentials(token=generate_token(), certificate_key=generate_certificate_key())
 
     def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:

@@ -1,0 +1,95 @@
+"""The share store on a temp dir: the fenced path of leader-only writes, and its verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.share import EpochSuperseded, Fence, ShareStore
+from leader.election import rule_for
+from tests.unit.agent_fakes import age_heartbeat, material
+
+
+def claim(store: ShareStore, node: str) -> Fence:
+    state, action, _ = store.attempt_leadership(
+        "10.0.0.21", f"boot-{node}", rule_for("control", node, f"boot-{node}", 30)
+    )
+    assert action == "lead"
+    fence = state.claim()
+    assert fence is not None and fence.node == node
+    return fence
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ShareStore:
+    s = ShareStore(tmp_path, "default", "control0")
+    s.ensure()
+    return s
+
+
+def test_the_current_claim_writes_everything(store: ShareStore) -> None:
+    fence = claim(store, "control0")
+    store.publish_join_material(fence, material(1, 1))
+    store.write_admin_kubeconfig(fence, b"admin")
+    state = store.mark_ready(fence)
+    assert state.ready and store.read_admin_kubeconfig() == b"admin"
+    assert (store.dir / "leader_ready").exists()
+
+
+@pytest.mark.parametrize("what", ["join material", "kubeconfig", "ready"])
+@pytest.mark.parametrize("how", ["newer epoch", "new generation", "claim released"])
+def test_a_superseded_claim_writes_nothing(store: ShareStore, tmp_path: Path, what: str, how: str) -> None:
+    fence = claim(store, "control0")
+    if how == "newer epoch":
+        other = ShareStore(tmp_path, "default", "control1")
+        age_heartbeat(other, "control0", 31)
+        claim(other, "control1")
+    elif how == "new generation":  # same epoch: only the generation tells the claims apart
+        store.rebuild("ek8s reset")
+    else:
+        assert store.release_leadership(fence, "stopped")
+    write = {
+        "join material": lambda: store.publish_join_material(fence, material(1, 1)),
+        "kubeconfig": lambda: store.write_admin_kubeconfig(fence, b"admin"),
+        "ready": lambda: store.mark_ready(fence),
+    }[what]
+    with pytest.raises(EpochSuperseded, match="superseded"):
+        write()
+    assert store.read_admin_kubeconfig() is None
+    assert not (store.dir / "join.json").exists() and not (store.dir / "leader_ready").exists()
+    assert not store.read_state().ready
+
+
+def test_a_ready_generation_keeps_its_leader_when_it_stops(store: ShareStore) -> None:
+    fence = claim(store, "control0")
+    store.mark_ready(fence)
+    assert not store.release_leadership(fence, "stopped")
+    assert store.read_state().leader is not None
+
+
+def test_refreshed_join_material_only_for_the_current_ready_generation(store: ShareStore) -> None:
+    fence = claim(store, "control0")
+    with pytest.raises(EpochSuperseded):
+        store.refresh_join_material(material(1, 1))  # not ready yet
+    store.publish_join_material(fence, material(1, 1))
+    store.mark_ready(fence)
+    store.refresh_join_material(material(1, 1))
+    store.rebuild("ek8s reset")
+    with pytest.raises(EpochSuperseded):
+        store.refresh_join_material(material(1, 1))
+
+
+def test_snapshot_without_leases_refuses_to_judge_the_leader(store: ShareStore) -> None:
+    claim(store, "control0")
+    snap = store.snapshot(leases=False)
+    assert snap.state.leader is not None and snap.leader_heartbeat is None
+    with pytest.raises(RuntimeError):
+        snap.leader_alive(30)
+    assert store.snapshot().leader_alive(30)
+
+
+def test_exists_and_kubeconfig_before_anything(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path, "nope", "operator")
+    assert not store.exists() and store.read_admin_kubeconfig() is None
+    assert not (tmp_path / "nope").exists(), "asking writes nothing"
