@@ -136,6 +136,7 @@ class Agent:
         self.init_result: InitResult | None = None
         self.init_failures = 0
         self.join_attempt = 0
+        self.pruned_for = 0  # the join attempt the last prune was made for
         self.slot_held = False
         self.after_reset = State.ELECT
         self.resume_at = 0.0
@@ -346,7 +347,7 @@ class Agent:
             )
         if action == "follow":
             return self._go(State.FOLLOW, f"following: {why}")
-        self.join_attempt = 0
+        self.join_attempt = self.pruned_for = 0
         return self._go(State.JOIN, f"joining: {why}")
 
     def _on_follow(self, snap: Snapshot) -> str:
@@ -454,7 +455,13 @@ class Agent:
 
     def _on_join(self, snap: Snapshot) -> str:
         job = self.jobs.take()
-        if job is not None:
+        if job is not None and job.name == "prune":
+            error = job.error()
+            if error is not None:
+                if not isinstance(error, (OSError, ShareError)):
+                    raise error
+                log.warning("prune before joining failed", extra={"phase": "join", "error": str(error)})
+        elif job is not None:
             self._release_slot()
             error = job.error()
             if error is not None:
@@ -468,10 +475,21 @@ class Agent:
                 attempt=self.join_attempt,
                 kubeadm_s=round(self.clock() - job.started, 3),
             )
-        if self.jobs.running:
+        running = self.jobs.running
+        if running is not None:
+            if running.name == "prune":
+                return "asking the other control nodes to prune my stale state and renew the join material"
             return f"{self.driver.name} join is running (attempt {self.join_attempt})"
         if not self._api_alive():
             return self._judge_silence("before joining")
+        attempt = self.join_attempt + 1
+        if self._needs_prune(attempt) and self.pruned_for != attempt:
+            # Beside our own Phylactery's start-up, not after it: other nodes' Phylacteries do
+            # both, since a rejoin may come days after init (certificates last 2 h, the token
+            # 24 h) and a rebooted node leaves its Node and etcd member behind.
+            self.pruned_for = attempt
+            self.jobs.start("prune", self._prune_and_renew)
+            return "asking the other control nodes to prune my stale state and renew the join material"
         if not self._host_ready():
             return "waiting for the host preparation (image import) before joining"
         if self.cfg.is_control:
@@ -481,41 +499,42 @@ class Agent:
             if holder is not None:
                 return f"{holder} is joining the control plane; waiting for my turn"
             self.slot_held = True
-        self.join_attempt += 1
-        prune = self._needs_prune()
-        self.jobs.start("join", lambda: self._run_join(prune))
+        self.join_attempt = attempt
+        self.jobs.start("join", self._run_join)
         attempts = self.cfg.timeouts.join_attempts
-        sentence = f"running {self.driver.name} join as {self.cfg.role} (attempt {self.join_attempt}/{attempts})"
-        self._event("join_started", sentence, attempt=self.join_attempt)
+        sentence = f"running {self.driver.name} join as {self.cfg.role} (attempt {attempt}/{attempts})"
+        self._event("join_started", sentence, attempt=attempt)
         return sentence
 
-    def _needs_prune(self) -> bool:
+    def _needs_prune(self, attempt: int) -> bool:
         """Prune unless this node has never been part of this generation (a first join
         leaves nothing behind to prune)."""
         prev = self.previous
-        return self.join_attempt > 1 or (prev is not None and prev.generation == self.generation)
+        return attempt > 1 or (prev is not None and prev.generation == self.generation)
 
-    def _run_join(self, prune: bool) -> None:
-        """The join job: leftovers reset, stale state pruned and join material renewed by
-        other control nodes (side by side), then the driver's join."""
+    def _prune_and_renew(self) -> None:
+        """The prune job: other control nodes' Phylacteries renew the join material and
+        remove this node's stale Node and etcd member, side by side."""
+        post = self.probes.post
+        name, address = self.cfg.node.name, self.cfg.node.address
+        with ThreadPoolExecutor(2) as pool:
+            renewed = pool.submit(peers.ensure_join_material, self.store, post, name)
+            pruned = pool.submit(peers.prune_self, self.store, post, name, address)
+            refreshed, (ok, answer) = renewed.result(), pruned.result()
+        if refreshed:
+            self._event("join_material_refreshed", f"join material refreshed: {', '.join(refreshed)}")
+        if ok:
+            self._event(
+                "pruned",
+                f"pruned my stale state through {answer.get('url')}",
+                deleted_nodes=answer.get("deleted_nodes"),
+                removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
+            )
+
+    def _run_join(self) -> None:
+        """The join job: leftovers of an earlier attempt reset, then the driver's join."""
         if self.driver.is_joined():
             self.driver.reset()
-        if prune:
-            with ThreadPoolExecutor(2) as pool:
-                renewed = pool.submit(peers.ensure_join_material, self.store, self.probes.post, self.cfg.node.name)
-                pruned = pool.submit(
-                    peers.prune_self, self.store, self.probes.post, self.cfg.node.name, self.cfg.node.address
-                )
-                refreshed, (ok, answer) = renewed.result(), pruned.result()
-            if refreshed:
-                self._event("join_material_refreshed", f"join material refreshed: {', '.join(refreshed)}")
-            if ok:
-                self._event(
-                    "pruned",
-                    f"pruned my stale state through {answer.get('url')}",
-                    deleted_nodes=answer.get("deleted_nodes"),
-                    removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
-                )
         self.driver.join(self.store.read_join_material())
 
     def _on_await_node(self, snap: Snapshot) -> str:
@@ -533,7 +552,7 @@ class Agent:
         return f"waiting for my Node {self.cfg.node.name} to be Ready"
 
     def _on_watch(self, snap: Snapshot) -> str:
-        if self.cfg.is_control and self.phylactery_started and not self.services.is_running("phylactery"):
+        if self.cfg.is_control and not self.services.is_running("phylactery"):
             # Supervision: Phylactery in turn restarts HAProxy and keepalived when it reconciles.
             self.phylactery_started = self.phylactery_up = False
             self._event("phylactery_restarted", "Phylactery is not running; starting it again")

@@ -237,11 +237,12 @@ def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> 
     h.probes.api = True
     h.driver.fail.add("join")
     h.cycle()
-    h.cycle()
+    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
     h.finish_jobs()
-    assert (
-        h.cycle() == "join attempt 1/3 failed: kubeadm join exited 1: emulated join failure; resetting, retrying in 2s"
-    )
+    assert h.cycle() == "running kubeadm join as worker (attempt 1/3)"
+    h.finish_jobs()
+    failed = "join attempt 1/3 failed: kubeadm join exited 1: emulated join failure; resetting, retrying in 2s"
+    assert h.cycle() == failed
     asked = {path: body for _, path, body in h.probes.posts}
     assert asked == {"/v1/join-material": {}, "/v1/prune": {"name": "worker0", "address": "10.0.0.41"}}
     assert h.events("pruned") and h.events("join_failed")
@@ -249,7 +250,10 @@ def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> 
     h.clock.advance(2)
     assert h.cycle() == "reset done; join again"
     h.driver.fail.clear()
+    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
+    h.finish_jobs()
     assert h.cycle() == "running kubeadm join as worker (attempt 2/3)"
+    assert [p[1] for p in h.probes.posts].count("/v1/prune") == 2, "every retry prunes again"
 
 
 # -- AWAIT_NODE, WATCH, LOST ------------------------------------------------------------------
