@@ -3,7 +3,7 @@
 One event per line, logfmt-style, so ``journalctl -u ek8s-node`` reads like a story and
 ``grep phase=join`` finds every join step::
 
-    2026-11-22T03:59:01.203Z level=info node=control0 phase=election msg="I am the leader" epoch=1
+    2026-11-22T03:59:01.203Z level=info node=control0 phase=lead msg="I lead generation 1 with epoch 1: ..."
 
 Use :func:`get_logger` and pass fields with ``extra={"phase": ..., ...}`` or through
 :class:`PhaseLogger`.
@@ -65,7 +65,7 @@ def setup_logging(node: str | None = None, level: int = logging.INFO) -> None:
 
 
 class PhaseLogger(logging.LoggerAdapter):
-    """A logger that stamps every line with a phase (election, init, join, watch...)."""
+    """A logger that stamps every line with a phase (the agent's state: elect, lead, join, watch...)."""
 
     def __init__(self, logger: logging.Logger, phase: str) -> None:
         super().__init__(logger, {"phase": phase})

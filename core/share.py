@@ -351,7 +351,7 @@ class ShareStore:
                     reason=why,
                     updated_at=now,
                 )
-                self.heartbeat(boot_id, "control", "init", state.generation)
+                self.heartbeat(boot_id, "control", "lead", state.generation)
                 self._write_state(state)
                 write_atomic(
                     self.dir / "leader",

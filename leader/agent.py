@@ -45,7 +45,7 @@ log = get_logger("ek8s.agent", "agent")
 
 PHYLACTERY_UP_S = 60.0  # Phylactery must serve /healthz this soon after init or before a join
 API_UP_S = 120.0  # the API must answer behind the VIP this soon after kubeadm init
-LEASE_CHECK_S = 1.0  # a follower judges the leader's lease at most this often
+LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at most this often
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
 
 
@@ -141,6 +141,7 @@ class Agent:
         self.after_reset = State.ELECT
         self.resume_at = 0.0
         self.silent_since: float | None = None
+        self.lease_checked_at = clock()
         self.lost_reported = False
         self.api_seen = False
         self.phylactery_started = False
@@ -249,8 +250,12 @@ class Agent:
             self._event("stopped", f"agent stopped ({why}) in state {self.state.value}")
         except (OSError, ShareError) as err:
             log.warning("could not release my share state", extra={"phase": self.state.value, "error": str(err)})
-        log.info(f"stopped ({why})", extra={"phase": self.state.value})
         self.state = State.STOPPED
+        try:
+            self.store.heartbeat(self.boot_id, self.cfg.role, self.state.value, self.generation)
+        except OSError as err:
+            log.warning("last heartbeat failed", extra={"phase": "stopped", "error": str(err)})
+        log.info(f"stopped ({why})", extra={"phase": self.state.value})
 
     # -- transitions ----------------------------------------------------------------------
     def _go(self, state: State, sentence: str, event: str | None = None, **fields: object) -> str:
@@ -276,6 +281,7 @@ class Agent:
         self._release_slot()
         self.fence = None
         self.generation = new
+        self.silent_since, self.lost_reported = None, False  # silence is judged per generation
         if self.phylactery_started:
             self.refresh_phylactery()
         if had_job or self.driver.is_joined():
@@ -346,6 +352,7 @@ class Agent:
                 epoch=epoch,
             )
         if action == "follow":
+            self.lease_checked_at = self.clock()
             return self._go(State.FOLLOW, f"following: {why}")
         self.join_attempt = self.pruned_for = 0
         return self._go(State.JOIN, f"joining: {why}")
@@ -355,9 +362,13 @@ class Agent:
         leader = state.leader
         if state.ready:
             return self._go(State.ELECT, f"generation {state.generation} is ready; electing to join it")
-        if self._in_state_s() >= LEASE_CHECK_S and not snap.leader_alive(self.cfg.timeouts.lease_ttl_s):
-            who = f"leader {leader.node}" if leader else "no leader"
-            return self._go(State.ELECT, f"{who} holds no live lease; running the election again")
+        now = self.clock()
+        if self.cfg.is_control and now - self.lease_checked_at >= LEASE_CHECK_S:
+            # Workers never lead: only a ready generation moves them on.
+            self.lease_checked_at = now
+            if not snap.leader_alive(self.cfg.timeouts.lease_ttl_s):
+                who = f"leader {leader.node} holds" if leader else "nobody holds"
+                return self._go(State.ELECT, f"{who} no live lease; running the election again")
         if leader is None:
             return "waiting for a control node to lead"
         return f"waiting for {leader.node} to make generation {state.generation} ready"
@@ -543,12 +554,11 @@ class Agent:
             return self._go(State.WATCH, f"node {self.cfg.node.name} is Ready", "node_ready")
         if self._in_state_s() > self.cfg.timeouts.node_ready_s:
             why = f"my Node was not Ready within {self.cfg.timeouts.node_ready_s:.0f}s"
-            led = (
-                snap.state.leader is not None
-                and snap.state.leader.node == self.cfg.node.name
-                and self.join_attempt == 0
-            )
-            return self._init_failed(why) if led else self._join_failed(why)
+            if self.join_attempt == 0:
+                # The leader: its control plane serves the ready generation; resetting it would
+                # take the cluster down for a kubelet or CNI problem. Keep it, and say so.
+                return f"{why}; my control plane serves generation {self.generation}, so I keep it and wait"
+            return self._join_failed(why)
         return f"waiting for my Node {self.cfg.node.name} to be Ready"
 
     def _on_watch(self, snap: Snapshot) -> str:

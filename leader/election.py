@@ -28,7 +28,7 @@ def decide(snap: Snapshot, *, role: str, node: str, boot_id: str, lease_ttl_s: f
         return "join", f"generation {state.generation} is ready (leader {leader.node}, epoch {state.epoch})"
     if leader is not None and snap.leader_alive(lease_ttl_s):
         if leader.node == node and leader.boot_id == boot_id:
-            return "lead", f"I still hold epoch {leader.epoch} but my agent restarted; claiming again"
+            return "lead", f"I still hold epoch {leader.epoch} (my init failed or my agent restarted); claiming again"
         hb = snap.leader_heartbeat
         age = f"{hb.age_s:.1f}s" if hb else "?"
         return "follow", f"{leader.node} leads epoch {leader.epoch} (heartbeat {age} old)"

@@ -4,7 +4,8 @@ The agent (:mod:`leader.agent`) is always in exactly one :class:`State`; each cy
 snapshot of the share, checks the generation in one place, and runs the handler of its state,
 which returns the sentence it logs. Long actions (kubeadm init, join, reset, publishing) run
 as a :class:`Job` on a single background thread, so a cycle never blocks on them: it sees them
-running, finished or failed, and can abort them when the generation moves on; a job that ends wakes the loop at once.
+running, finished or failed, and can abort them when the generation moves on (the one time
+a cycle waits for a job, bounded by :meth:`Jobs.cancel`); a job that ends wakes the loop at once.
 
 The states, and what moves the agent between them (docs/architecture.md has the diagram)::
 
@@ -112,7 +113,7 @@ class Jobs:
         job = self.current
         return job if job is not None and job.running else None
 
-    def cancel(self, wait_s: float = 30.0) -> None:
+    def cancel(self, wait_s: float = 10.0) -> None:
         """Abort the running job, wait up to ``wait_s`` seconds for it to end, forget it."""
         job = self.current
         if job is None:

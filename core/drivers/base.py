@@ -55,8 +55,8 @@ class Driver(Protocol):
     """One distribution on one node (the node's role comes from node.yaml)."""
 
     name: str
-    # What Phylactery must remove before this node rejoins: "node" and "etcd_member" (kubeadm),
-    # plus "node_password" for k3s.
+    # What Phylactery must remove before this node rejoins: "node" and "etcd_member" (kubeadm;
+    # phylactery/prune.py implements these two).
     prune_kinds: tuple[str, ...]
 
     def new_credentials(self) -> Credentials:

@@ -86,12 +86,24 @@ def test_follower_takes_over_from_a_leader_whose_lease_ran_out(tmp_path: Path) -
     )
 
 
-def test_follower_does_not_judge_the_lease_more_than_once_a_second(tmp_path: Path) -> None:
+def test_follower_judges_the_lease_at_most_once_a_second(tmp_path: Path) -> None:
+    Harness(tmp_path, "control0").cycle()
+    h = Harness(tmp_path, "control1")
+    h.cycle()
+    age_heartbeat(h.store, "control0", 31)
+    h.clock.advance(LEASE_CHECK_S / 2)
+    assert h.cycle() == "waiting for control0 to make generation 1 ready"
+    h.clock.advance(LEASE_CHECK_S / 2)
+    assert h.cycle() == "leader control0 holds no live lease; running the election again"
+
+
+def test_workers_wait_without_a_leader_and_do_not_run_elections(tmp_path: Path) -> None:
     h = Harness(tmp_path, "worker0", role="worker")
     h.cycle()
-    assert h.cycle() == "waiting for a control node to lead"
-    h.clock.advance(LEASE_CHECK_S)
-    assert h.cycle() == "no leader holds no live lease; running the election again"
+    for _ in range(5):
+        h.clock.advance(LEASE_CHECK_S)
+        assert h.cycle() == "waiting for a control node to lead"
+    assert h.state == "FOLLOW"
 
 
 # -- LEAD and PUBLISH -----------------------------------------------------------------------
@@ -143,7 +155,8 @@ def test_failed_init_resets_backs_off_and_elects_again(tmp_path: Path) -> None:
     assert h.cycle() == "backing off before elect"
     h.clock.advance(2)
     assert h.cycle() == "reset done; elect again"
-    assert h.cycle() == "I lead generation 1 with epoch 2: I still hold epoch 1 but my agent restarted; claiming again"
+    again = "I still hold epoch 1 (my init failed or my agent restarted); claiming again"
+    assert h.cycle() == f"I lead generation 1 with epoch 2: {again}"
     assert h.driver.calls == ["init", "reset"]
 
 
@@ -401,3 +414,95 @@ def test_run_returns_0_when_stopped(tmp_path: Path) -> None:
     h.agent.stop()
     t.join(10)
     assert codes == [0] and h.state == "STOPPED"
+
+
+# -- the transitions into FAILED and LOST from every state that has them ---------------------
+
+
+def test_publish_that_fails_counts_as_a_failed_init(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    lead_to_publish(h)
+    h.probes.api = True
+    h.cycle()
+    (h.store.dir / "join.json").mkdir()  # the share refuses the write: rename over a directory
+    h.finish_jobs()
+    assert h.cycle().startswith("init failed (1/3): publishing failed: ")
+    assert h.state == "RESET" and not h.store.read_state().ready
+
+
+def test_phylactery_that_never_serves_fails_the_init(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.probes.phylactery = False
+    lead_to_publish(h)
+    h.clock.advance(61)
+    assert h.cycle() == (
+        "init failed (1/3): Phylactery did not serve /healthz within 60s; resetting, electing again in 2s"
+    )
+
+
+def test_join_that_keeps_failing_gives_up(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.probes.api = True
+    h.driver.fail.add("join")
+    h.cycle()
+    for attempt in (1, 2, 3):
+        if attempt > 1:  # a retry prunes first
+            assert h.cycle().startswith("asking the other control nodes to prune")
+            h.finish_jobs()
+        assert h.cycle() == f"running kubeadm join as worker (attempt {attempt}/3)"
+        h.finish_jobs()
+        sentence = h.cycle()
+        if attempt < 3:
+            assert sentence.startswith(f"join attempt {attempt}/3 failed")
+            h.finish_jobs()
+            h.clock.advance(2 * attempt)
+            assert h.cycle() == "reset done; join again"
+    assert sentence == "giving up: join failed 3 times: kubeadm join exited 1: emulated join failure"
+    assert h.state == "FAILED"
+
+
+def test_leader_whose_node_is_never_ready_keeps_its_control_plane(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    lead_to_publish(h)
+    h.probes.api = True
+    h.cycle()
+    h.finish_jobs()
+    h.cycle()
+    assert h.state == "AWAIT_NODE"
+    h.clock.advance(h.cfg.timeouts.node_ready_s + 1)
+    assert h.cycle() == (
+        "my Node was not Ready within 300s; my control plane serves generation 1, so I keep it and wait"
+    )
+    assert h.state == "AWAIT_NODE" and "reset" not in h.driver.calls
+
+
+def test_joining_control_node_with_on_cluster_lost_wait_enters_lost(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "control1", on_cluster_lost="wait")
+    h.cycle()
+    assert h.cycle().startswith("the API of generation 1 does not answer")
+    h.clock.advance(61)
+    assert h.cycle().endswith("on_cluster_lost is 'wait': waiting for 'ek8s reset'")
+    assert h.state == "LOST"
+
+
+def test_silence_of_an_old_generation_does_not_count_in_the_new_one(tmp_path: Path) -> None:
+    h = watching_control(tmp_path)
+    h.probes.api = False
+    h.cycle()
+    h.clock.advance(59)  # generation 1 silent for 59 s
+    h.cycle()
+    ShareStore(h.cfg.share.path, "default", "operator").rebuild("ek8s reset")
+    h.cycle()  # generation 2 replaced 1: reset
+    h.finish_jobs()
+    h.cycle()  # reset done
+    h.clock.advance(2)
+    assert "cluster lost" not in h.agent._judge_silence("while watching")
+
+
+@pytest.mark.timeout(30)
+def test_run_returns_1_when_every_attempt_failed(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "worker0", role="worker", timeouts__join_attempts=1)
+    h.agent.state = h.agent.state.FAILED
+    assert h.agent.run() == 1 and h.state == "STOPPED"
