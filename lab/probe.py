@@ -9,11 +9,15 @@ read the cluster as an operator would and print one JSON document.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from core.probes import kube_errors
 
 
 def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
@@ -22,7 +26,7 @@ def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
     try:
         api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
         items = api.list_node(_request_timeout=5).items
-    except Exception as err:
+    except kube_errors() as err:
         return f"{type(err).__name__}: {err}"
     out = []
     for n in items:
@@ -40,7 +44,7 @@ def phylactery_status(url: str) -> dict[str, Any] | str:
     try:
         with urllib.request.urlopen(url + "/v1/status", timeout=5) as resp:
             return dict(json.loads(resp.read()))
-    except Exception as err:
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
         return f"{type(err).__name__}: {err}"
 
 

@@ -26,7 +26,7 @@ from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
 
 PROBE = r"""
-import ssl, sys, time, urllib.request
+import http.client, ssl, sys, time, urllib.request
 ctx = ssl._create_unverified_context()
 end = time.time() + float(sys.argv[1])
 timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
@@ -35,7 +35,7 @@ while time.time() < end:
     try:
         with urllib.request.urlopen("https://10.0.0.99:8443/readyz", context=ctx, timeout=timeout) as r:
             ok = r.status == 200
-    except Exception:
+    except (OSError, http.client.HTTPException):  # refused, reset, timed out, TLS, a cut-off answer
         ok = False
     print(f"{t:.3f} {int(ok)}", flush=True)
     time.sleep(max(0.0, 0.1 - (time.time() - t)))
