@@ -37,6 +37,12 @@ MOUNT_OPTIONS = "defaults,hard,lookupcache=positive"
 # Default overlay lists of a fresh Warewulf install, which 4.5 nodes must repeat.
 BASE_OVERLAYS_45 = (["wwinit"], ["generic"])
 
+# Seconds a wwctl query (version, node list, profile list) and a plan step may take. A step
+# can be long: `wwctl overlay build` renders every node's overlays, `wwctl configure --all`
+# restarts DHCP, TFTP and NFS.
+WWCTL_QUERY_TIMEOUT_S = 120.0
+STEP_TIMEOUT_S = 600.0
+
 
 class WarewulfError(Exception):
     """wwctl is missing, or its answer cannot be read."""
@@ -88,9 +94,13 @@ def parse_version(text: str) -> str:
 
 def _wwctl(wwctl: str, *args: str) -> str:
     try:
-        res = subprocess.run([wwctl, *args], capture_output=True, text=True, timeout=120, check=False)
+        res = subprocess.run([wwctl, *args], capture_output=True, text=True, timeout=WWCTL_QUERY_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise WarewulfError(f"{wwctl}: not found (is Warewulf installed? or pass --version)") from None
+    except subprocess.TimeoutExpired:
+        raise WarewulfError(f"{wwctl} {' '.join(args)}: no answer within {WWCTL_QUERY_TIMEOUT_S:.0f}s") from None
+    except OSError as err:
+        raise WarewulfError(f"{wwctl}: {err.strerror}") from None
     if res.returncode != 0:
         raise WarewulfError(f"{wwctl} {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
     return res.stdout
@@ -294,9 +304,16 @@ def apply(
             merged_fstab = True
         say(f"[{i}/{total}] {step.shell()}")
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False)
         except FileNotFoundError:
             say(f"ek8s: step {i} failed: {argv[0]} not found")
+            return 1
+        except subprocess.TimeoutExpired as err:
+            say(f"ek8s: step {i}/{total} killed after {STEP_TIMEOUT_S:.0f}s; the steps after it were not run")
+            for partial in (err.stdout, err.stderr):  # bytes (or None) whatever ``text`` says
+                shown = partial.decode(errors="replace") if isinstance(partial, bytes) else ""
+                if shown.strip():
+                    say(shown.rstrip())
             return 1
         if res.returncode != 0:
             say(f"ek8s: step {i}/{total} failed (exit {res.returncode}); the steps after it were not run")
