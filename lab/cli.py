@@ -13,6 +13,7 @@ import click
 
 from lab.cluster import CLUSTER, VIP_NAME, Lab, LabError, LabState
 from lab.emulation import Emulation
+from lab.netns import NetnsError
 
 STAGES = [
     ("leader_claimed_s", "leader claimed (share `leader` written)"),
@@ -163,7 +164,7 @@ def up(
         the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
         # Every node Ready does not yet mean every HAProxy has seen the last API server come up.
         report = the_lab.wait_whole(state, 15)
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(f"{err}\n(the lab is left as it is for inspection; 'ek8s lab down' removes it)")
     print_report(report)
     _write_json(json_path, report)
@@ -177,7 +178,7 @@ def status(ctx: click.Context, json_path: str | None) -> None:
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     report = the_lab.report(state)
     print_report(report)
@@ -211,7 +212,7 @@ def reboot(
         if no_wait:
             return
         ready = the_lab.wait_ready(state, timeout, since=booted, names=[n.name for n in targets], progress=print_event)
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     report = the_lab.report(state)
     report["rejoin_s"] = round(ready - booted, 3)
@@ -230,7 +231,7 @@ def crash(ctx: click.Context, node: str) -> None:
     try:
         state = the_lab.load()
         the_lab.stop_node(state, state.node(node), crash=True)
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     click.echo(f"{node} crashed (processes killed, link down); 'ek8s lab boot {node}' brings it back")
 
@@ -244,7 +245,7 @@ def boot(ctx: click.Context, node: str) -> None:
     try:
         state = the_lab.load()
         the_lab.boot_node(state, state.node(node))
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     click.echo(f"{node} is booting")
 
@@ -268,7 +269,7 @@ def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
     try:
         state: LabState = the_lab.load()
         ns = state.manager if node == "manager" and state.manager else state.node(node).ns
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err), 2)
     argv = list(command[1:] if command and command[0] == "--" else command)
     if not argv:
@@ -290,7 +291,7 @@ def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, t
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     if not state.manager:
         _fail("this lab has no manager namespace (made by an older ek8s); run lab down and up")

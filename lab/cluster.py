@@ -36,6 +36,9 @@ VIP = f"{NETWORK}.99"
 VIP_NAME = "vip.kubernetes.local"
 MANAGER = f"{NETWORK}.13"
 CLUSTER = "default"
+# Seconds one run of lab.probe may take: the API call (5 s timeout, retried by the client)
+# and one 5 s Phylactery call per control node.
+PROBE_TIMEOUT_S = 60.0
 
 
 class LabError(Exception):
@@ -322,12 +325,15 @@ class Lab:
         for n in controls:
             if not netns.pids(n.ns):
                 continue
-            res = subprocess.run(
-                ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            try:
+                res = subprocess.run(
+                    ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=PROBE_TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired:
+                continue  # as for a probe that failed: ask the next control node
             if res.returncode == 0 and res.stdout.strip():
                 return dict(json.loads(res.stdout))
         return {"nodes": "no live control node to ask", "phylactery": {}}

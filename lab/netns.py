@@ -22,8 +22,16 @@ class NetnsError(Exception):
     pass
 
 
+IP_TIMEOUT_S = 30.0  # one `ip` command; they take milliseconds unless the kernel is stuck
+
+
 def ip(*args: str, check: bool = True) -> str:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    try:
+        res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise NetnsError(f"ip {' '.join(args)}: no answer within {IP_TIMEOUT_S:.0f}s") from None
+    except OSError as err:
+        raise NetnsError(f"ip: {err.strerror} (install iproute2)") from None
     if check and res.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {res.stderr.strip()}")
     return res.stdout
