@@ -42,6 +42,13 @@ while time.time() < end:
 """
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Kill the VIP probe if it still runs (a bench part failed or it overran), and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
     lab = Lab(Path("/run/ek8s-fbench"), "ek8sfb")
     lab.down()
@@ -97,9 +104,12 @@ def probe_gap(state: LabState, seconds: float, action: Any) -> float:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
-    action()
-    out, _ = proc.communicate(timeout=seconds + 30)
+    try:
+        time.sleep(1.0)
+        action()
+        out, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        _stop(proc)
     samples = [(float(t), ok == "1") for t, ok in (line.split() for line in out.splitlines())]
     gap, last_ok = 0.0, None
     for t, ok in samples:
@@ -140,20 +150,28 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)
-        store = ShareStore(Path(state.share), "default", "bench")
-        for i in range(changes):
-            if i % 2 == 0:
-                store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
-            else:
-                store.remove_member("ghost")
-            curls = " & ".join(
-                f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' http://{c.address}:9999/v1/refresh"
-                for c in controls
-            )
-            subprocess.run(["ip", "netns", "exec", state.node("worker1").ns, "sh", "-c", curls + "; wait"], check=True)
-            time.sleep(0.5)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            time.sleep(1.0)
+            store = ShareStore(Path(state.share), "default", "bench")
+            for i in range(changes):
+                if i % 2 == 0:
+                    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
+                else:
+                    store.remove_member("ghost")
+                curls = " & ".join(
+                    f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' "
+                    f"http://{c.address}:9999/v1/refresh"
+                    for c in controls
+                )
+                subprocess.run(
+                    ["ip", "netns", "exec", state.node("worker1").ns, "sh", "-c", curls + "; wait"],
+                    check=True,
+                    timeout=30,
+                )
+                time.sleep(0.5)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            _stop(proc)
         results = [line.split()[1] == "1" for line in out.splitlines()]
         after = sum(lab.probe(state)["phylactery"][c.name]["haproxy"]["reloads"] for c in controls)
         r = {"requests": len(results), "failed": results.count(False), "reloads": after - before, "changes": changes}

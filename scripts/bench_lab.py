@@ -23,13 +23,16 @@ LAB = ["--dir", "/run/ek8s-bench", "--prefix", "ek8sb"]
 
 
 def ek8s(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "manager", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "manager", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"ek8s lab {' '.join(args)}: not finished after {timeout:.0f}s") from None
 
 
 def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path) -> dict[str, Any]:
-    ek8s("down")
+    ek8s("down", timeout=120)
     try:
         res = ek8s(
             "up",
@@ -50,7 +53,7 @@ def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path)
             raise SystemExit(f"lab up failed:\n{res.stdout}\n{res.stderr}")
         return dict(json.loads(out.read_text()))
     finally:
-        ek8s("down")
+        ek8s("down", timeout=120)
 
 
 def breakdown(r: dict[str, Any]) -> dict[str, float]:
