@@ -33,11 +33,15 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def print_event(event: dict[str, Any], t: float) -> None:
+    """One line on stderr for a share event (docs/share-protocol.md): ``t`` (seconds since the
+    agents started), node, event and its message."""
     extra = event.get("message", "")
     click.echo(f"  {t:7.3f}s  {event['node']:<9} {event['event']:<16} {extra}", err=True)
 
 
 def print_report(report: dict[str, Any]) -> None:
+    """:meth:`lab.cluster.Lab.report`'s document as text on stdout: the stage timeline with
+    each stage's increment, the nodes, etcd, VIP, HAProxy, and what the probe could not read."""
     click.echo("\nStage timeline (seconds since every agent started at the same moment):")
     prev = 0.0
     for key, label in STAGES:
@@ -145,7 +149,11 @@ def up(
     timeout: float,
     settings: tuple[str, ...],
 ) -> None:
-    """Boot a cluster from nothing; return when every node is Ready."""
+    """Boot a cluster from nothing; return when every node is Ready.
+
+    Exit 1 (the lab is left for inspection) when it cannot be made or is not whole in time;
+    exit 2 for --distribution k3s or a --set without '='.
+    """
     if distribution != "kubeadm":
         _fail("--distribution k3s is not implemented yet", 2)
     the_lab = _lab(ctx)
@@ -174,7 +182,7 @@ def up(
 @click.option("--json", "json_path", default=None, help="write the report here")
 @click.pass_context
 def status(ctx: click.Context, json_path: str | None) -> None:
-    """Show the lab's timeline and the cluster as it is now."""
+    """Show the lab's timeline and the cluster as it is now (exit 1 when there is no lab)."""
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
@@ -195,7 +203,10 @@ def status(ctx: click.Context, json_path: str | None) -> None:
 def reboot(
     ctx: click.Context, nodes: tuple[str, ...], all_nodes: bool, json_path: str | None, timeout: float, no_wait: bool
 ) -> None:
-    """Reboot NODES: stop their processes, wipe their roots (tmpfs), boot them; wait until Ready."""
+    """Reboot NODES: stop their processes, wipe their roots (tmpfs), boot them; wait until Ready.
+
+    Exit 1 when there is no lab, a node is unknown, or they are not Ready within --timeout.
+    """
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()

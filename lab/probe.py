@@ -21,6 +21,10 @@ from core.probes import kube_errors
 
 
 def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
+    """Every Node the API lists, as ``{"name", "ready", "address"}`` (``ready``: the Ready
+    condition is True; ``address``: the first InternalIP string or None). When the kubeconfig
+    is unusable or the API does not answer within 5 s (per attempt; the client retries), the
+    error as ``"<type>: <message>"`` instead; never raises for that."""
     from kubernetes import client, config
 
     try:
@@ -41,6 +45,8 @@ def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
 
 
 def phylactery_status(url: str) -> dict[str, Any] | str:
+    """Phylactery's ``GET <url>/v1/status`` (docs/phylactery.md) as a dict, or the error as
+    ``"<type>: <message>"`` when it does not answer within 5 s or answers something else."""
     try:
         with urllib.request.urlopen(url + "/v1/status", timeout=5) as resp:
             return dict(json.loads(resp.read()))
@@ -49,6 +55,9 @@ def phylactery_status(url: str) -> dict[str, Any] | str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``--kubeconfig PATH --phylactery NAME=URL...``: print ``{"nodes": ..., "phylactery":
+    {NAME: ...}}`` as JSON on one line (what :meth:`lab.cluster.Lab.probe` parses) and
+    return 0. ``nodes`` is "no kube.config yet" before the first generation is ready."""
     p = argparse.ArgumentParser()
     p.add_argument("--kubeconfig", type=Path, required=True)
     p.add_argument("--phylactery", action="append", default=[], help="name=url")
