@@ -50,6 +50,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
+    """(Lab, LabState) of a new 3 control + 2 worker lab, any earlier one removed, agents
+    started; with ``wait``, returned once every node is Ready (180 s) and the cluster whole.
+    ``overrides`` are node.yaml fields. Raises :class:`lab.cluster.LabError`."""
     lab = Lab(Path("/run/ek8s-fbench"), "ek8sfb")
     lab.down()
     state = lab.create(3, 2, emulation or Emulation(), overrides or {})
@@ -61,11 +64,14 @@ def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | No
 
 
 def med(values: list[float]) -> dict[str, float]:
+    """``{median, max, min, n}`` of ``values`` (seconds, rounded to 1 ms)."""
     v = sorted(values)
     return {"median": round(statistics.median(v), 3), "max": round(max(v), 3), "min": round(min(v), 3), "n": len(v)}
 
 
 def bench_reboot(n: int, join_s: float = 0.0) -> dict[str, Any]:
+    """Reboot one node at a time, ``n`` control and ``n`` worker reboots (round robin), each
+    waited until the cluster is whole; ``{role: med(rejoin_s) | {join_s}}``."""
     lab, state = fresh_lab(emulation=Emulation(join_s=join_s))
     try:
         out = {}
@@ -82,6 +88,8 @@ def bench_reboot(n: int, join_s: float = 0.0) -> dict[str, Any]:
 
 
 def bench_soak(n: int) -> dict[str, Any]:
+    """``n`` reboots of random nodes (seed 42), the cluster whole after each (else
+    :class:`lab.cluster.LabError`); ``{rejoined, of, rejoin_s}``."""
     lab, state = fresh_lab()
     rng = random.Random(42)
     try:
@@ -121,6 +129,9 @@ def probe_gap(state: LabState, seconds: float, action: Any) -> float:
 
 
 def bench_vip(n: int) -> dict[str, Any]:
+    """Crash the VIP holder ``n`` times while :func:`probe_gap` watches the API through the
+    VIP for 8 s; the crashed node is booted and the cluster made whole again each time.
+    ``{gap_s: med(longest gaps)}``."""
     lab, state = fresh_lab()
     try:
         gaps = []
@@ -182,6 +193,9 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
 
 
 def bench_leader_crash(ttl: float, init_s: float) -> dict[str, Any]:
+    """Crash the first leader during its ``kubeadm init`` (``init_s`` seconds, lease TTL
+    ``ttl`` seconds) and time the first ``leader_ready`` after it; ``bound_s`` is
+    ``ttl + init_s + 3``. Waits for the leader and for ``leader_ready`` without a deadline."""
     lab, state = fresh_lab(
         {"timeouts": {"lease_ttl_s": ttl, "heartbeat_interval_s": 1}}, Emulation(init_s=init_s), wait=False
     )
@@ -216,6 +230,9 @@ def bench_leader_crash(ttl: float, init_s: float) -> dict[str, Any]:
 
 
 def bench_full_reboot(grace: float) -> dict[str, Any]:
+    """Stop and boot every node at once without ``ek8s reset`` (``cluster_lost_grace_s`` is
+    ``grace`` seconds) and time the new generation: ready and all nodes Ready (seconds from
+    boot), init (claim to ready). Waits for the new generation without a deadline."""
     lab, state = fresh_lab({"timeouts": {"cluster_lost_grace_s": grace}})
     store = ShareStore(Path(state.share), "default", "bench")
     try:
@@ -246,6 +263,8 @@ def bench_full_reboot(grace: float) -> dict[str, Any]:
 
 
 def main() -> int:
+    """Run the parts chosen with ``--only`` (all by default), print the results and write them
+    to ``--json``; returns 0. Needs root, as ``ek8s lab``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["reboot", "soak", "vip", "reload", "leader", "full"]
     p.add_argument("--only", nargs="*", choices=parts, default=parts)
