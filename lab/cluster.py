@@ -49,8 +49,8 @@ class LabError(Exception):
 class LabNode:
     """One node as ``lab.json`` records it. ``role`` is "control" or "worker"; ``address`` an
     IPv4 address string; ``ns`` its namespace; ``root`` the directory standing in for its
-    tmpfs root; ``config`` its node.yaml; ``log`` the agent's log; ``pid`` the process group
-    leader of its agent (``ip netns exec ... -m leader run``), 0 when stopped."""
+    tmpfs root; ``config`` its node.yaml; ``log`` the agent's log; ``pid`` its agent's process
+    id (``ip netns exec`` execs the agent, in a session of its own), 0 when stopped."""
 
     name: str
     role: str
@@ -99,7 +99,8 @@ def worker_address(i: int) -> str:
 class Lab:
     """One lab, identified by its directory and namespace prefix (namespaces ``<prefix>-*``).
 
-    Methods that touch namespaces raise :class:`lab.netns.NetnsError` when ``ip`` fails.
+    Methods that touch namespaces raise :class:`lab.netns.NetnsError` when an ``ip`` command
+    that must succeed fails, or any ``ip`` command hangs or cannot start.
     """
 
     def __init__(self, directory: Path = Path("/run/ek8s-lab"), prefix: str = "ek8s") -> None:
