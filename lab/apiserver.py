@@ -49,16 +49,21 @@ KINDS = {"configmaps": "ConfigMap", "secrets": "Secret"}
 
 
 def rfc3339(t: float) -> str:
+    """Unix seconds as the API's timestamp format, UTC to the second (``...T15:04:05Z``)."""
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(s: str) -> float:
+    """Inverse of :func:`rfc3339`: Unix seconds. Raises ``ValueError`` on any other format
+    (fractional seconds or an offset included)."""
     return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 def jws_signature(token_id: str, token_secret: str, payload: bytes) -> str:
-    """Detached JWS (HS256) over ``payload`` keyed by the token, as the bootstrap signer makes
-    for ``cluster-info`` (``header..signature``)."""
+    """Detached JWS (HS256, ``kid`` the token id) over ``payload`` keyed by the token secret,
+    as the bootstrap signer writes into ``cluster-info`` as ``jws-kubeconfig-<token id>``
+    (``pkg/controller/bootstrap/bootstrapsigner.go``, ``k8s.io/cluster-bootstrap/token/jws``
+    ``ComputeDetachedSignature``). Returns ``header..signature`` (base64url, no padding)."""
     header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": token_id}).encode()).rstrip(b"=")
     body = base64.urlsafe_b64encode(payload).rstrip(b"=")
     sig = hmac.new(token_secret.encode(), header + b"." + body, hashlib.sha256).digest()
@@ -66,6 +71,9 @@ def jws_signature(token_id: str, token_secret: str, payload: bytes) -> str:
 
 
 def status_error(code: int, reason: str, message: str) -> web.Response:
+    """A ``v1 Status`` failure (apimachinery ``metav1.Status``) with HTTP status ``code`` and
+    ``reason`` such as ``NotFound``, ``Forbidden``, ``AlreadyExists``, as the API server
+    answers an error; the ``kubernetes`` client raises it as ``ApiException``."""
     body = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -78,19 +86,36 @@ def status_error(code: int, reason: str, message: str) -> web.Response:
 
 
 class User:
+    """Who a request comes from: the client certificate's CN and O (name and groups, as the
+    API server's x509 authenticator reads them), or ``system:bootstrap:<token id>`` in
+    ``system:bootstrappers`` for a valid bootstrap token. Never anonymous: that is None."""
+
     def __init__(self, name: str, groups: set[str]) -> None:
         self.name, self.groups = name, groups
 
     @property
     def admin(self) -> bool:
+        """May do anything: groups ``system:masters`` (super-admin.conf) or
+        ``kubeadm:cluster-admins`` (admin.conf, kubeadm 1.29+), or a ``system:kube-*``
+        component. Stands in for RBAC, which is not emulated."""
         return bool(self.groups & ADMIN_GROUPS) or self.name.startswith("system:kube-")
 
     @property
     def bootstrapper(self) -> bool:
+        """Authenticated with a bootstrap token (group ``system:bootstrappers``)."""
         return "system:bootstrappers" in self.groups
 
 
 class ApiServer:
+    """The emulated API server's handlers and storage.
+
+    ``conf`` is the JSON :func:`lab.kubeadm.start_apiserver` writes: ``pki_dir`` (the cluster
+    CA, to sign kubelet CSRs), ``etcd_servers`` (client URLs) with ``etcd_ca``, ``etcd_cert``,
+    ``etcd_key`` (paths), ``node_monitor_grace_s`` (seconds), ``version``; :func:`main` reads
+    the rest. Raises ``OSError`` when a file it names cannot be read. A handler whose etcd call
+    still fails after the retries ends in aiohttp's plain HTTP 500.
+    """
+
     def __init__(self, conf: dict[str, Any]) -> None:
         self.conf = conf
         ctx = client_ssl_context(Path(conf["etcd_ca"]), Path(conf["etcd_cert"]), Path(conf["etcd_key"]))
@@ -100,18 +125,27 @@ class ApiServer:
 
     # -- storage (retrying etcd's transient refusals, like the real storage layer) ---------
     async def get(self, key: str) -> bytes | None:
+        """The raw value at ``key`` in etcd, or None. Transient etcd refusals are retried
+        (6 steps, about 3 s of backoff); raises :class:`core.etcd.EtcdError` after that, as
+        for any other refusal."""
         return await retry_transient(lambda: self.etcd.get(key), steps=6)
 
     async def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+        """(key, raw value) of every key under ``prefix``, in etcd's order; retries as :meth:`get`."""
         return await retry_transient(lambda: self.etcd.get_prefix(prefix), steps=6)
 
     async def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` at ``key``; retries as :meth:`get`."""
         await retry_transient(lambda: self.etcd.put(key, value), steps=6)
 
     async def delete(self, key: str) -> int:
+        """Delete ``key``; returns how many keys went (0 or 1). Retries as :meth:`get`."""
         return await retry_transient(lambda: self.etcd.delete(key), steps=6)
 
     async def load(self, key: str) -> dict[str, Any] | None:
+        """The object at ``key`` (JSON), or None when absent or past its
+        ``ek8s.lab/expires-at`` annotation (Unix seconds; deleted then, as the garbage collector
+        deletes ``kubeadm-certs`` with the token that owns it). Raises as :meth:`get`."""
         raw = await self.get(key)
         obj = json.loads(raw) if raw else None
         if obj and self._expired(obj):
@@ -120,6 +154,8 @@ class ApiServer:
         return obj
 
     async def store(self, key: str, obj: dict[str, Any]) -> None:
+        """Write ``obj`` as JSON with a new ``metadata.resourceVersion`` (a nanosecond clock,
+        not etcd's revision: the emulation has no watch or optimistic concurrency)."""
         obj.setdefault("metadata", {})["resourceVersion"] = str(time.time_ns())
         await self.put(key, json.dumps(obj).encode())
 
@@ -128,6 +164,9 @@ class ApiServer:
         return exp is not None and float(exp) < time.time()
 
     async def token_valid(self, token_id: str, secret: str | None = None) -> bool:
+        """Whether ``bootstrap-token-<token_id>`` exists in ``kube-system``, has not passed its
+        ``expiration`` (RFC 3339) and, when ``secret`` is given, holds that ``token-secret``
+        (the Secret format of ``k8s.io/cluster-bootstrap/token/api``)."""
         obj = await self.load(f"/registry/secrets/kube-system/bootstrap-token-{token_id}")
         if obj is None:
             return False
@@ -139,6 +178,10 @@ class ApiServer:
 
     # -- authentication -------------------------------------------------------------
     async def user(self, request: web.Request) -> User | None:
+        """The request's :class:`User` from its client certificate (the TLS layer has checked
+        it against the cluster CA) or its ``Authorization: Bearer <id>.<secret>`` bootstrap
+        token; None for an anonymous request. Raises ``web.HTTPUnauthorized`` (401) for a
+        bearer token that is unknown, expired or wrong, as the real API server refuses it."""
         transport = request.transport
         sslobj = transport.get_extra_info("ssl_object") if transport else None
         der = sslobj.getpeercert(binary_form=True) if sslobj else None
@@ -169,6 +212,9 @@ class ApiServer:
         return node
 
     async def nodes(self, request: web.Request) -> web.StreamResponse:
+        """``/api/v1/nodes``: GET lists every Node (Ready as the lifecycle controller would
+        judge it; any authenticated user), any other method (POST) creates one (admins, or the
+        node itself: ``system:node:<name>``): 201, or 409 AlreadyExists. 403 when anonymous."""
         user = await self.user(request)
         if user is None:
             return status_error(
@@ -199,6 +245,9 @@ class ApiServer:
         return web.json_response(body, status=201)
 
     async def node(self, request: web.Request) -> web.StreamResponse:
+        """``/api/v1/nodes/{name}``: GET (admins, bootstrap tokens, the node itself; kubeadm
+        join reads the Node this way for its same-name check) and DELETE (admins); 404 when
+        absent, 405 for other methods."""
         user = await self.user(request)
         name = request.match_info["name"]
         if user is None or not (user.admin or user.bootstrapper or user.name == f"system:node:{name}"):
@@ -221,6 +270,9 @@ class ApiServer:
         return status_error(405, "MethodNotAllowed", request.method)
 
     async def node_status(self, request: web.Request) -> web.StreamResponse:
+        """``/api/v1/nodes/{name}/status``: replace the Node's ``status`` with the body's (any
+        method; admins or the node itself), as the kubelet's status update does; 404 when
+        the Node does not exist."""
         user = await self.user(request)
         name = request.match_info["name"]
         if user is None or not (user.admin or user.name == f"system:node:{name}"):
@@ -235,6 +287,13 @@ class ApiServer:
 
     # -- configmaps and secrets -------------------------------------------------------
     async def objects(self, request: web.Request) -> web.StreamResponse:
+        """ConfigMaps and Secrets in a namespace: POST creates in the collection (any other
+        method lists it); GET, PUT (create or replace: 201 or 200) and DELETE by name; 405 for
+        other methods by name. Admins may do all; anyone may GET
+        ``kube-public/cluster-info`` (signed per live token on the way out, see
+        :func:`jws_signature`); bootstrap tokens may GET ``kube-system/kubeadm-certs``
+        (kubeadm grants this through the ``kubeadm:get-kubeadm-certs`` Role). Other requests
+        get 403."""
         ns, res = request.match_info["ns"], request.match_info["res"]
         name = request.match_info.get("name")
         user = await self.user(request)
@@ -291,6 +350,11 @@ class ApiServer:
 
     # -- certificate signing (approver + signer of kube-controller-manager) ------------
     async def csr(self, request: web.Request) -> web.StreamResponse:
+        """``POST /apis/certificates.k8s.io/v1/certificatesigningrequests`` (bootstrap tokens,
+        admins): a CSR whose CN starts with ``system:node:`` comes back at once with
+        ``status.certificate`` (base64 PEM, 1 year, O ``system:nodes``) and an ``Approved``
+        condition, as kube-controller-manager's approver and signer would do later (422 for
+        other CNs). The CSR is not stored."""
         user = await self.user(request)
         if user is None or not (user.admin or user.bootstrapper):
             return status_error(403, "Forbidden", "certificatesigningrequests is forbidden")
@@ -306,9 +370,12 @@ class ApiServer:
 
     # -- health -----------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """``/healthz`` and ``/livez``: always ``ok`` (200), anonymous."""
         return web.Response(text="ok")
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """``/readyz``, anonymous: ``ok`` (200) when the local etcd member answers a read
+        (one try, 3 s), otherwise 500 with ``[-]etcd failed: ...``, like the real check."""
         try:
             await self.etcd.get("/registry/health")
         except EtcdError as err:
@@ -316,11 +383,14 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def version(self, request: web.Request) -> web.StreamResponse:
+        """``/version``: ``major``, ``minor`` 32, ``gitVersion`` from the config, ``platform``
+        ``emulated``."""
         return web.json_response(
             {"major": "1", "minor": "32", "gitVersion": self.conf.get("version", "v1.32.1"), "platform": "emulated"}
         )
 
     def app(self) -> web.Application:
+        """The aiohttp application with every route above; closes the etcd client on cleanup."""
         app = web.Application()
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -342,6 +412,9 @@ class ApiServer:
 
 
 def server_ssl(conf: dict[str, Any]) -> ssl.SSLContext:
+    """TLS server context from ``conf``'s ``tls_cert``/``tls_key`` (paths); client
+    certificates are optional (anonymous and bearer requests have none) and, when sent, must
+    chain to ``client_ca``. Raises ``OSError`` (``ssl.SSLError``) on unusable files."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(conf["tls_cert"], conf["tls_key"])
     ctx.load_verify_locations(conf["client_ca"])
@@ -350,6 +423,8 @@ def server_ssl(conf: dict[str, Any]) -> ssl.SSLContext:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``--config FILE``: serve on ``bind_address:port`` from that JSON until SIGTERM or
+    SIGINT. Raises ``OSError``, ``KeyError`` or ``ValueError`` on an unusable config."""
     parser = argparse.ArgumentParser(description="EMULATED kube-apiserver (ephemeral-k8s lab only)")
     parser.add_argument("--config", required=True, help="JSON written by the emulated kubeadm")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ import click
 
 from lab.cluster import CLUSTER, VIP_NAME, Lab, LabError, LabState
 from lab.emulation import Emulation
+from lab.netns import NetnsError
 
 STAGES = [
     ("leader_claimed_s", "leader claimed (share `leader` written)"),
@@ -32,11 +33,15 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def print_event(event: dict[str, Any], t: float) -> None:
+    """One line on stderr for a share event (docs/share-protocol.md): ``t`` (seconds since the
+    agents started), node, event and its message."""
     extra = event.get("message", "")
     click.echo(f"  {t:7.3f}s  {event['node']:<9} {event['event']:<16} {extra}", err=True)
 
 
 def print_report(report: dict[str, Any]) -> None:
+    """:meth:`lab.cluster.Lab.report`'s document as text on stdout: the stage timeline with
+    each stage's increment, the nodes, etcd, VIP, HAProxy, and what the probe could not read."""
     click.echo("\nStage timeline (seconds since every agent started at the same moment):")
     prev = 0.0
     for key, label in STAGES:
@@ -144,7 +149,11 @@ def up(
     timeout: float,
     settings: tuple[str, ...],
 ) -> None:
-    """Boot a cluster from nothing; return when every node is Ready."""
+    """Boot a cluster from nothing; return when every node is Ready.
+
+    Exit 1 (the lab is left for inspection) when it cannot be made or is not whole in time;
+    exit 2 for --distribution k3s or a --set without '='.
+    """
     if distribution != "kubeadm":
         _fail("--distribution k3s is not implemented yet", 2)
     the_lab = _lab(ctx)
@@ -163,7 +172,7 @@ def up(
         the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
         # Every node Ready does not yet mean every HAProxy has seen the last API server come up.
         report = the_lab.wait_whole(state, 15)
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(f"{err}\n(the lab is left as it is for inspection; 'ek8s lab down' removes it)")
     print_report(report)
     _write_json(json_path, report)
@@ -173,11 +182,11 @@ def up(
 @click.option("--json", "json_path", default=None, help="write the report here")
 @click.pass_context
 def status(ctx: click.Context, json_path: str | None) -> None:
-    """Show the lab's timeline and the cluster as it is now."""
+    """Show the lab's timeline and the cluster as it is now (exit 1 when there is no lab)."""
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     report = the_lab.report(state)
     print_report(report)
@@ -194,7 +203,10 @@ def status(ctx: click.Context, json_path: str | None) -> None:
 def reboot(
     ctx: click.Context, nodes: tuple[str, ...], all_nodes: bool, json_path: str | None, timeout: float, no_wait: bool
 ) -> None:
-    """Reboot NODES: stop their processes, wipe their roots (tmpfs), boot them; wait until Ready."""
+    """Reboot NODES: stop their processes, wipe their roots (tmpfs), boot them; wait until Ready.
+
+    Exit 1 when there is no lab, a node is unknown, or they are not Ready within --timeout.
+    """
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
@@ -211,7 +223,7 @@ def reboot(
         if no_wait:
             return
         ready = the_lab.wait_ready(state, timeout, since=booted, names=[n.name for n in targets], progress=print_event)
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     report = the_lab.report(state)
     report["rejoin_s"] = round(ready - booted, 3)
@@ -230,7 +242,7 @@ def crash(ctx: click.Context, node: str) -> None:
     try:
         state = the_lab.load()
         the_lab.stop_node(state, state.node(node), crash=True)
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     click.echo(f"{node} crashed (processes killed, link down); 'ek8s lab boot {node}' brings it back")
 
@@ -244,7 +256,7 @@ def boot(ctx: click.Context, node: str) -> None:
     try:
         state = the_lab.load()
         the_lab.boot_node(state, state.node(node))
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     click.echo(f"{node} is booting")
 
@@ -268,7 +280,7 @@ def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
     try:
         state: LabState = the_lab.load()
         ns = state.manager if node == "manager" and state.manager else state.node(node).ns
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err), 2)
     argv = list(command[1:] if command and command[0] == "--" else command)
     if not argv:
@@ -290,7 +302,7 @@ def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, t
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
-    except LabError as err:
+    except (LabError, NetnsError) as err:
         _fail(str(err))
     if not state.manager:
         _fail("this lab has no manager namespace (made by an older ek8s); run lab down and up")

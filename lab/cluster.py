@@ -1,4 +1,4 @@
-"""The local lab (DESIGN §8): a cluster of network namespaces on one Linux machine.
+"""The local lab (docs/lab.md): a cluster of network namespaces on one Linux machine.
 
 Real: the node agent and Phylactery (the same code as on a node), etcd, HAProxy, keepalived
 with VRRP, file locks on the shared directory. EMULATED: kubeadm, kube-apiserver and kubelet
@@ -36,6 +36,9 @@ VIP = f"{NETWORK}.99"
 VIP_NAME = "vip.kubernetes.local"
 MANAGER = f"{NETWORK}.13"
 CLUSTER = "default"
+# Seconds one run of lab.probe may take: the API call (5 s timeout, retried by the client)
+# and one 5 s Phylactery call per control node.
+PROBE_TIMEOUT_S = 60.0
 
 
 class LabError(Exception):
@@ -44,6 +47,11 @@ class LabError(Exception):
 
 @dataclass
 class LabNode:
+    """One node as ``lab.json`` records it. ``role`` is "control" or "worker"; ``address`` an
+    IPv4 address string; ``ns`` its namespace; ``root`` the directory standing in for its
+    tmpfs root; ``config`` its node.yaml; ``log`` the agent's log; ``pid`` its agent's process
+    id (``ip netns exec`` execs the agent, in a session of its own), 0 when stopped."""
+
     name: str
     role: str
     address: str
@@ -56,6 +64,10 @@ class LabNode:
 
 @dataclass
 class LabState:
+    """``lab.json``: the namespace ``prefix``, the lab's ``dir`` and ``share`` (paths as
+    strings), ``t0`` (Unix seconds when :meth:`Lab.start_all` started the agents; 0 before),
+    the nodes, the :class:`lab.emulation.Emulation` as a dict, and the manager namespace."""
+
     prefix: str
     dir: str
     share: str
@@ -67,6 +79,7 @@ class LabState:
     manager: str = ""
 
     def node(self, name: str) -> LabNode:
+        """The node called ``name``; raises :class:`LabError` naming the lab's nodes otherwise."""
         for n in self.nodes:
             if n.name == name:
                 return n
@@ -74,15 +87,21 @@ class LabState:
 
 
 def control_address(i: int) -> str:
+    """``control<i>``'s address: ``10.0.0.<21 + i>``."""
     return f"{NETWORK}.{21 + i}"
 
 
 def worker_address(i: int) -> str:
+    """``worker<i>``'s address: ``10.0.0.<41 + i>``."""
     return f"{NETWORK}.{41 + i}"
 
 
 class Lab:
-    """One lab, identified by its directory and namespace prefix."""
+    """One lab, identified by its directory and namespace prefix (namespaces ``<prefix>-*``).
+
+    Methods that touch namespaces raise :class:`lab.netns.NetnsError` when an ``ip`` command
+    that must succeed fails, or any ``ip`` command hangs or cannot start.
+    """
 
     def __init__(self, directory: Path = Path("/run/ek8s-lab"), prefix: str = "ek8s") -> None:
         self.dir = directory
@@ -91,6 +110,9 @@ class Lab:
 
     # -- state --------------------------------------------------------------------------
     def load(self) -> LabState:
+        """Read ``lab.json``. Raises :class:`LabError` when there is none; ``ValueError``,
+        ``TypeError`` or ``KeyError`` when it is not a lab's (:meth:`down` tolerates the first
+        two)."""
         try:
             d = json.loads(self.state_path.read_text())
         except FileNotFoundError:
@@ -99,17 +121,26 @@ class Lab:
         return LabState(**d)
 
     def save(self, state: LabState) -> None:
+        """Write ``state`` to ``lab.json`` (not atomically: one writer, the ``ek8s lab`` command)."""
         self.state_path.write_text(json.dumps(asdict(state), indent=1) + "\n")
 
     @property
     def share(self) -> Path:
+        """The directory every node mounts as its share (``<dir>/share``)."""
         return self.dir / "share"
 
     # -- up -----------------------------------------------------------------------------
     def create(
         self, control: int, workers: int, emulation: Emulation, overrides: dict[str, Any] | None = None
     ) -> LabState:
-        """Make namespaces, node roots, node.yaml files and the share; start nothing."""
+        """Make namespaces, node roots, node.yaml files and the share; start nothing.
+
+        ``control`` and ``workers`` are node counts; ``emulation`` is written to
+        ``emulation.json`` for the ``bin/kubeadm`` shim; ``overrides`` are node.yaml fields
+        (nested dicts) merged into every node's. Returns the state, saved in ``lab.json``.
+        Raises :class:`LabError` when not root, a tool is missing, a lab exists already,
+        ``control`` < 1 or ``dir`` is too long for the UNIX sockets below it.
+        """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
         for tool in ("ip", "etcd", "haproxy", "keepalived"):
@@ -169,7 +200,9 @@ class Lab:
     def node_config(
         self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
     ) -> dict[str, Any]:
-        """The node.yaml Warewulf would render for this node, with the lab's paths."""
+        """The node.yaml Warewulf would render for this node (docs/config.md), with the lab's
+        paths: its own root, the emulated ``kubeadm``, ``service_manager: process``; the VIP
+        ``10.0.0.99`` as ``vip.kubernetes.local:8443``. ``overrides`` are merged last."""
         cfg: dict[str, Any] = {
             "cluster": CLUSTER,
             "role": role,
@@ -184,7 +217,9 @@ class Lab:
         return cfg
 
     def boot(self, state: LabState, node: LabNode) -> None:
-        """Start the node's agent in its namespace, as ek8s-node.service would at boot."""
+        """Start the node's agent in its namespace, as ek8s-node.service would at boot; its
+        output goes to ``node.log``. Not waited for (it runs until stopped, so no timeout):
+        :meth:`stop_node` and :meth:`down` end it. Sets ``node.pid``; the caller saves."""
         ensure_dir(Path(node.root), 0o755)
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
@@ -210,8 +245,9 @@ class Lab:
 
     # -- faults -------------------------------------------------------------------------
     def stop_node(self, state: LabState, node: LabNode, crash: bool) -> None:
-        """Stop every process of ``node``: SIGTERM first (a clean shutdown), or SIGKILL with
-        the cable pulled at the same moment (``crash``: nothing it held answers any more)."""
+        """Stop every process of ``node``: SIGTERM first (a clean shutdown, SIGKILL after 5 s),
+        or SIGKILL with the cable pulled at the same moment (``crash``: nothing it held answers
+        any more). Saves the state."""
         if crash:
             netns.set_link(self.prefix, node.name, up=False)
             netns.kill_all(node.ns, grace_s=0.0, sig=signal.SIGKILL)
@@ -222,7 +258,8 @@ class Lab:
 
     def boot_node(self, state: LabState, node: LabNode) -> float:
         """Boot ``node`` as a PXE boot would: a fresh root (its tmpfs is gone), cable in,
-        agent started. Returns the boot time (Unix seconds)."""
+        agent started. Returns the boot time (Unix seconds). Raises :class:`LabError` while its
+        agent still runs."""
         if node.pid and _alive(node.pid):
             raise LabError(f"{node.name} is running; reboot or crash it first")
         shutil.rmtree(node.root, ignore_errors=True)
@@ -234,7 +271,7 @@ class Lab:
 
     def reboot_nodes(self, state: LabState, names: list[str], timeout_s: float = 180) -> float:
         """Reboot ``names`` together (clean stop, wiped roots, boot); return seconds from boot
-        to the last ``node_ready``."""
+        to the last ``node_ready``. Raises :class:`LabError` as :meth:`wait_ready`."""
         for name in names:
             self.stop_node(state, state.node(name), crash=False)
         booted = time.time()
@@ -245,7 +282,8 @@ class Lab:
     def wait_whole(self, state: LabState, timeout_s: float = 60) -> dict[str, Any]:
         """Wait until the cluster is whole: every node Ready in the API and no other Node, one
         etcd member per control node, every HAProxy with exactly the control nodes UP, one VIP
-        holder. Returns the report; raises :class:`LabError` with the last one on timeout."""
+        holder. Polls :meth:`report` every 0.5 s; returns it; raises :class:`LabError` with
+        the last one when ``timeout_s`` seconds pass."""
         control = sorted(n.name for n in state.nodes if n.role == "control")
         deadline = time.monotonic() + timeout_s
         while True:
@@ -265,6 +303,7 @@ class Lab:
             time.sleep(0.5)
 
     def start_all(self, state: LabState) -> None:
+        """Boot every node's agent at (nearly) the same moment; ``t0`` records it. Saves."""
         state.t0 = time.time()
         for node in state.nodes:
             self.boot(state, node)
@@ -272,6 +311,8 @@ class Lab:
 
     # -- waiting and reporting ----------------------------------------------------------
     def events(self) -> list[dict[str, Any]]:
+        """The share's ``events.jsonl`` (docs/share-protocol.md), oldest first; unparseable
+        lines are skipped, and there are none before the first agent writes one."""
         try:
             lines = (self.share / CLUSTER / "events.jsonl").read_text().splitlines()
         except FileNotFoundError:
@@ -288,8 +329,9 @@ class Lab:
         self, state: LabState, timeout_s: float, since: float, names: list[str] | None = None, progress: Any = None
     ) -> float:
         """Wait for a ``node_ready`` event after ``since`` from each node in ``names`` (all by
-        default). Returns the time of the last one. Raises :class:`LabError` on timeout or when
-        an agent exits."""
+        default). ``since`` is in Unix seconds; ``progress(event, seconds since t0)`` sees
+        every event from ``since`` on, once. Returns the time of the last one (Unix seconds). Raises :class:`LabError`
+        after ``timeout_s`` seconds, or when a waited-for agent exits (with its log's tail)."""
         wanted = set(names or [n.name for n in state.nodes])
         deadline = time.monotonic() + timeout_s
         seen: dict[str, float] = {}
@@ -314,7 +356,9 @@ class Lab:
             time.sleep(0.1)
 
     def probe(self, state: LabState) -> dict[str, Any]:
-        """Ask the cluster from inside a live control node's namespace (see lab.probe)."""
+        """Ask the cluster from inside a live control node's namespace (:mod:`lab.probe`): its
+        document, from the first control node that answers within ``PROBE_TIMEOUT_S`` seconds,
+        or ``{"nodes": "no live control node to ask", "phylactery": {}}``."""
         controls = [n for n in state.nodes if n.role == "control"]
         args = ["--kubeconfig", str(self.share / CLUSTER / "kube.config")]
         for n in controls:
@@ -322,22 +366,29 @@ class Lab:
         for n in controls:
             if not netns.pids(n.ns):
                 continue
-            res = subprocess.run(
-                ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            try:
+                res = subprocess.run(
+                    ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=PROBE_TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired:
+                continue  # as for a probe that failed: ask the next control node
             if res.returncode == 0 and res.stdout.strip():
                 return dict(json.loads(res.stdout))
         return {"nodes": "no live control node to ask", "phylactery": {}}
 
     def vip_holder(self, state: LabState) -> str | None:
+        """The node whose namespace has the VIP, the names joined by commas when several do
+        (split brain), or None."""
         holders = [n.name for n in state.nodes if VIP in netns.addresses(n.ns)]
         return holders[0] if len(holders) == 1 else (",".join(holders) if holders else None)
 
     def report(self, state: LabState) -> dict[str, Any]:
-        """The report of DESIGN §8: seconds since the agents started, and the cluster now."""
+        """The report (keys in docs/lab.md, "Report"): seconds since the agents started, and
+        the cluster now, plus ``emulated_kubeadm`` (:meth:`timings`). Never raises for a
+        cluster that does not answer: what the probe could not read is under ``errors``."""
         events = [e for e in self.events() if e["t"] >= state.t0]
 
         def first(name: str) -> float | None:
@@ -403,7 +454,9 @@ class Lab:
         }
 
     def timings(self, state: LabState) -> list[dict[str, Any]]:
-        """Per-phase seconds of every emulated kubeadm command since the agents started."""
+        """Every emulated kubeadm command since the agents started, from ``timings.jsonl``
+        (:class:`lab.kubeadm.Phases`): ``{t, node, command, ok, phases: {name: seconds}}`` with
+        ``t`` in seconds since ``t0``."""
         try:
             lines = (self.dir / "timings.jsonl").read_text().splitlines()
         except FileNotFoundError:
@@ -419,7 +472,7 @@ class Lab:
     # -- down ---------------------------------------------------------------------------
     def down(self) -> list[str]:
         """Remove every namespace, process, /etc/netns entry and file of this lab. Idempotent.
-        Returns what was removed, for the operator."""
+        Returns what was removed (``namespace <name>``, ``directory <path>``), for the operator."""
         removed = []
         try:
             state: LabState | None = self.load()

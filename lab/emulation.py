@@ -17,6 +17,11 @@ ENV = "EK8S_EMULATION"
 
 @dataclass(frozen=True)
 class Emulation:
+    """The knobs, seconds as floats. ``python`` runs the emulated kube-apiserver and kubelet
+    (``-m lab.apiserver``, ``-m lab.kubelet``); ``etcd`` is the real etcd binary the emulated
+    kubeadm starts. Set by ``ek8s lab up`` (``--init-seconds``, ``--join-seconds``,
+    ``--certs-ttl``, ``--token-ttl``)."""
+
     init_s: float = 0.0  # total duration of `kubeadm init` (the PoC measured ~11 s); 0: as fast as it runs
     join_s: float = 0.0  # total duration of each `kubeadm join`; 0: as fast as it runs
     certs_ttl_s: float = 7200.0  # kubeadm-certs Secret lifetime (kubeadm: 2 h)
@@ -27,11 +32,14 @@ class Emulation:
     etcd: str = "/usr/bin/etcd"
 
     def dump(self, path: Path) -> None:
+        """Write the settings to ``path`` as JSON (what :func:`load` reads). Raises ``OSError``."""
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
 
 
 def load() -> Emulation:
-    """The settings named by ``$EK8S_EMULATION``, or the defaults."""
+    """The settings named by ``$EK8S_EMULATION``, or the defaults when it is unset; unknown
+    keys are ignored. Raises ``OSError`` when the file cannot be read and ``ValueError``
+    (``json.JSONDecodeError``) when it is not JSON."""
     path = os.environ.get(ENV)
     if not path:
         return Emulation()

@@ -11,13 +11,37 @@
   start its etcd member and API server.
 * ``kubeadm reset -f [--rootfs R]``: remove this node's etcd member when etcd answers, stop
   its processes, wipe ``/etc/kubernetes``, ``/var/lib/etcd``, ``/var/lib/kubelet``.
+* ``kubeadm token create TOKEN --ttl D`` and ``kubeadm init phase upload-certs --upload-certs
+  --certificate-key KEY``, through the control-plane endpoint with the node's admin.conf.
 
-It refuses as kubeadm (or etcd under it) does: existing manifests or kubelet.conf (preflight),
-an expired or unknown token, a CA hash that does not match, a Ready Node of the same name, an
-expired ``kubeadm-certs`` Secret or a wrong certificate key, a peer URL already in etcd, no
-quorum. Paths are taken relative to ``--rootfs`` (kubeadm chroots there; we prefix).
-Durations from ``$EK8S_EMULATION`` (``init_s``, ``join_s``) are spent where kubeadm waits for
-the control plane.
+It refuses, with messages modelled on kubeadm 1.32's, where kubeadm does (paths under
+``cmd/kubeadm/app/`` in kubernetes/kubernetes): existing manifests or kubelet.conf
+(``preflight/checks.go``), an expired or unknown token and a CA hash that does not match
+(``discovery/token/token.go``), a Ready Node of the same name (``cmd/phases/join/kubelet.go``),
+an expired ``kubeadm-certs`` Secret or a wrong certificate key
+(``phases/copycerts/copycerts.go``). The real etcd under it refuses a peer URL already in its
+member list and a membership change without quorum.
+
+Where it differs from kubeadm 1.32:
+
+* a join whose peer URL is still a member fails here on etcd's refusal; kubeadm 1.32 skips
+  ``member add`` and reuses the stale member (``util/etcd/etcd.go``, kubernetes#127491), and
+  the new node's empty etcd crash-loops (etcd-io/etcd#10254);
+* no check-etcd phase (``cmd/phases/join/checketcd.go``, ``CheckLocalEtcdClusterStatus``): a
+  dead member still blocks a control-plane join, but through etcd refusing the member add
+  (``etcdserver: unhealthy cluster``, retried for about a minute) instead of kubeadm's "etcd
+  cluster is not healthy";
+* discovery fails at once when ``cluster-info`` has no signature for the token, where kubeadm
+  polls until its discovery timeout (``DefaultDiscoveryTimeout``, 5 min);
+* the same-name Node check runs right after discovery, where kubeadm runs it in kubelet-start,
+  after control-plane-prepare (certificates, kubeconfigs, manifests) and check-etcd;
+* ``reset`` removes the member through the local etcd, only while it runs, where kubeadm finds
+  etcd through the API server and removes the member by peer URL
+  (``cmd/phases/reset/removeetcdmember.go``).
+
+Paths are taken relative to ``--rootfs`` (kubeadm chroots there; we prefix). Durations from
+``$EK8S_EMULATION`` (``init_s``, ``join_s``) are spent where kubeadm waits for the control
+plane. docs/lab.md says what else is emulated.
 """
 
 from __future__ import annotations
@@ -60,7 +84,8 @@ CERT_FILES = [
 
 
 class KubeadmError(Exception):
-    pass
+    """A refusal or failure; :func:`main` prints ``error execution phase <command>: <message>``
+    on stderr, as kubeadm does (kubeadm names its phase, e.g. ``kubelet-start``), and exits 1."""
 
 
 class Phases:
@@ -76,11 +101,14 @@ class Phases:
         self.node = ""
 
     def mark(self, name: str) -> None:
+        """Charge the seconds since the last mark to phase ``name`` (added up if repeated)."""
         now = time.time()
         self.phases[name] = round(self.phases.get(name, 0.0) + now - self.last, 3)
         self.last = now
 
     def save(self, command: str, ok: bool) -> None:
+        """Append ``{t, node, command, ok, phases}`` to ``timings.jsonl`` beside the file
+        ``$EK8S_EMULATION`` names; nothing without it. Raises ``OSError``."""
         path = os.environ.get(emulation.ENV)
         if not path:
             return
@@ -93,6 +121,7 @@ PHASES = Phases()
 
 
 def say(msg: str) -> None:
+    """One line of progress on stdout, flushed (the driver logs kubeadm's output as it comes)."""
     print(msg, flush=True)
 
 
@@ -107,15 +136,23 @@ class Root:
 
     @property
     def pki(self) -> Path:
+        """``/etc/kubernetes/pki`` under the root (kubeadm's ``certificatesDir`` default)."""
         return self("/etc/kubernetes/pki")
 
 
 # -- a minimal API client (urllib; the real kubeadm uses client-go) ---------------------
 class Api:
+    """An API server at ``server`` (``https://host:port``) over ``ctx``, optionally with a
+    bootstrap token as bearer (``<id>.<secret>``)."""
+
     def __init__(self, server: str, ctx: ssl.SSLContext, bearer: str | None = None) -> None:
         self.server, self.ctx, self.bearer = server.rstrip("/"), ctx, bearer
 
     def call(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+        """One request with ``body`` as JSON. Returns (HTTP status, the answer parsed as JSON
+        when it starts with ``{``, else its text); error statuses are returned, not raised.
+        Raises ``OSError`` (``URLError``, ``ssl.SSLError``, a timeout after ``timeout``
+        seconds) when there is no answer."""
         headers = {"Content-Type": "application/json"}
         if self.bearer:
             headers["Authorization"] = f"Bearer {self.bearer}"
@@ -130,7 +167,9 @@ class Api:
             return int(err.code), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
 
     def wait(self, method: str, path: str, body: object | None = None, timeout_s: float = 60.0) -> tuple[int, Any]:
-        """Retry until the endpoint answers at all (kubeadm's API client retries likewise)."""
+        """:meth:`call` every 50 ms until the endpoint answers at all (kubeadm's API client
+        retries likewise); returns that answer. Raises :class:`KubeadmError` after
+        ``timeout_s`` seconds without one."""
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -143,6 +182,9 @@ class Api:
 
 
 def ctx_for(ca_pem: bytes | None, cert: pki.Pair | None = None, workdir: Path | None = None) -> ssl.SSLContext:
+    """A TLS client context trusting ``ca_pem`` (no verification at all when None, as
+    kubeadm's first, insecure request for ``cluster-info``); with ``cert`` and ``workdir``,
+    it presents that client certificate (written to ``workdir/client.pem``, 0600)."""
     ctx = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else ssl._create_unverified_context()
     if cert is not None and workdir is not None:
         pem = workdir / "client.pem"
@@ -152,6 +194,10 @@ def ctx_for(ca_pem: bytes | None, cert: pki.Pair | None = None, workdir: Path | 
 
 
 def load_docs(path: Path) -> dict[str, dict[str, Any]]:
+    """The documents of a kubeadm ``--config`` file by ``kind`` (``InitConfiguration``,
+    ``ClusterConfiguration``, ``JoinConfiguration``). Raises :class:`KubeadmError` unless each
+    is ``kubeadm.k8s.io/v1beta4`` (the only API version the driver writes), ``OSError`` and
+    ``yaml.YAMLError``."""
     docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
     for d in docs.values():
         if d.get("apiVersion") != "kubeadm.k8s.io/v1beta4":
@@ -161,7 +207,13 @@ def load_docs(path: Path) -> dict[str, dict[str, Any]]:
 
 # -- control-plane pieces ---------------------------------------------------------------
 def node_certs(r: Root, name: str, address: str, cluster: dict[str, Any], ca: pki.Pair, etcd_ca: pki.Pair) -> None:
-    """apiserver, etcd server/peer, etcd clients: what each control-plane node makes itself."""
+    """apiserver, etcd server/peer, etcd clients: what each control-plane node makes itself
+    (``phases/certs/certlist.go``). SANs as ``util/pkiutil/pki_helpers.go`` gives them: the
+    apiserver's node name, ``kubernetes.default.svc...``, the first service IP, ``address``
+    (an IPv4 string), the endpoint's host and ``certSANs``; etcd's node name, ``localhost``,
+    ``address`` and ``127.0.0.1`` (kubeadm also adds ``::1``). Raises ``KeyError`` when
+    ``cluster`` (a ClusterConfiguration dict) lacks ``controlPlaneEndpoint`` or
+    ``networking.serviceSubnet``, ``OSError`` on write."""
     endpoint_host = cluster["controlPlaneEndpoint"].rsplit(":", 1)[0]
     service_ip = str(next(ipaddress.IPv4Network(cluster["networking"]["serviceSubnet"]).hosts()))
     sans = [*cluster.get("apiServer", {}).get("certSANs", []), endpoint_host]
@@ -186,6 +238,8 @@ def _is_ip(s: str) -> bool:
 
 
 def etcd_client(r: Root, endpoints: list[str]) -> EtcdClient:
+    """An etcd client for ``endpoints`` (``https://host:2379``) with the node's
+    ``healthcheck-client`` certificate, as kubeadm's own etcd calls use; 5 s per request."""
     return EtcdClient(endpoints, kubeadm_client_context(r.pki), timeout_s=5.0)
 
 
@@ -199,8 +253,11 @@ def etcd_argv(
     initial_cluster: str,
     state: str,
 ) -> list[str]:
-    """etcd's command line as kubeadm's static pod sets it: TLS with client certificates on
-    both the client and the peer side. ``client_urls[0]`` is advertised; all are listened on."""
+    """etcd's command line as kubeadm's static pod sets it (``phases/etcd/local.go``,
+    ``getEtcdCommand``): TLS with client certificates on both the client and the peer side.
+    ``client_urls[0]`` is advertised; all are listened on. ``state`` is ``new`` or
+    ``existing``; ``initial_cluster`` is ``name=peer URL,...``. ``--strict-reconfig-check``
+    is etcd's default, spelled out; kubeadm's metrics URL and corruption check are left out."""
     return [
         etcd,
         f"--name={name}",
@@ -227,6 +284,9 @@ def etcd_argv(
 
 
 def start_etcd(r: Root, emu: emulation.Emulation, name: str, address: str, initial_cluster: str, state: str) -> None:
+    """Start the real etcd (``emu.etcd``) as a detached process, as the kubelet would run the
+    static pod, with its data in ``/var/lib/etcd``; write ``manifests/etcd.yaml`` (the
+    command line, what preflight looks for). Returns without waiting for it to answer."""
     argv = etcd_argv(
         emu.etcd,
         name,
@@ -260,6 +320,9 @@ async def _wait_etcd(client: EtcdClient, timeout_s: float, learner: bool = False
 
 
 def start_apiserver(r: Root, emu: emulation.Emulation, address: str, port: int, version: str) -> None:
+    """Start :mod:`lab.apiserver` on ``0.0.0.0:port`` (``port`` is ``bindPort``, 6443 by
+    default) with storage in the local etcd member, from ``manifests/kube-apiserver.json``; a
+    ``kube-apiserver.yaml`` marker is what preflight looks for. Returns without waiting."""
     conf = {
         "bind_address": "0.0.0.0",
         "advertise_address": address,
@@ -286,6 +349,9 @@ def start_apiserver(r: Root, emu: emulation.Emulation, address: str, port: int, 
 
 
 def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0) -> None:
+    """Poll ``https://address:port/readyz`` (this node's API server, not the VIP) every 50 ms
+    until 200, as kubeadm's wait-control-plane does. Raises :class:`KubeadmError` after
+    ``timeout_s`` seconds (kubeadm waits up to 4 min)."""
     api = Api(f"https://{address}:{port}", ctx_for(ca_pem))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -300,6 +366,9 @@ def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60
 
 
 def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool) -> None:
+    """Start :mod:`lab.kubelet` for Node ``name`` at ``address`` (IPv4 string) with the
+    node's ``kubelet.conf``; control-plane Nodes get the ``node-role.kubernetes.io/
+    control-plane`` label. Returns without waiting."""
     argv = [
         emu.python,
         "-m",
@@ -338,6 +407,17 @@ def _b64(b: bytes | str) -> str:
 
 # -- init -------------------------------------------------------------------------------
 def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool, ignore: set[str] | None = None) -> None:
+    """``kubeadm init``: preflight, the cluster PKI, admin.conf, super-admin.conf and
+    kubelet.conf (``phases/kubeconfig``), etcd and the API server, then through the
+    control-plane endpoint: the ``kubeadm-config`` ConfigMap (waiting up to 120 s for the VIP),
+    ``kubeadm-certs`` (with ``upload_certs``), the kubelet, the bootstrap token and
+    ``cluster-info`` (``phases/bootstraptoken/clusterinfo``).
+
+    ``docs`` from :func:`load_docs`; ``ignore`` holds preflight check names, of which only
+    ``DirAvailable--var-lib-etcd`` means anything here (start etcd on restored data). Raises
+    :class:`KubeadmError` on a preflight error or a component that does not come up within
+    60 s; ``KeyError`` when a document lacks a field the driver always writes.
+    """
     emu = emulation.load()
     ic, cc = docs["InitConfiguration"], docs["ClusterConfiguration"]
     name = ic["nodeRegistration"]["name"]
@@ -450,6 +530,11 @@ def _expect(code: int, body: Any, what: str, ok: tuple[int, ...]) -> None:
 
 
 def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.Emulation) -> None:
+    """The ``kubeadm-certs`` Secret: each of ``CERT_FILES`` sealed with ``certificate_key``
+    (:func:`lab.pki.seal`), keys with ``/`` turned to ``-`` (``copycerts.go``). kubeadm
+    gives it an owner reference to a 2 h token so that it goes with the token; here it
+    carries an ``ek8s.lab/expires-at`` annotation ``emu.certs_ttl_s`` seconds ahead. Raises
+    :class:`KubeadmError` unless the API answers 200 or 201, ``OSError`` for a missing file."""
     data = {f.replace("/", "-"): _b64(pki.seal(certificate_key, (r.pki / f).read_bytes())) for f in CERT_FILES}
     secret = {
         "metadata": {
@@ -465,6 +550,12 @@ def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.
 
 
 def create_token(api: Api, token: str, ttl: str, emu: emulation.Emulation) -> None:
+    """The ``bootstrap-token-<id>`` Secret for ``token`` (``<id>.<secret>``) as kubeadm writes
+    it (``apis/bootstraptoken/v1/utils.go``; format in ``k8s.io/cluster-bootstrap/token/api``):
+    usable for authentication and signing, extra group
+    ``system:bootstrappers:kubeadm:default-node-token``, ``expiration`` in RFC 3339. ``ttl``
+    is a Go duration (``24h0m0s``, ``86400s``); ``emu.token_ttl_s`` overrides it. Raises
+    :class:`KubeadmError` for a malformed token or ttl, or when the API refuses the Secret."""
     m = TOKEN_RE.match(token)
     if not m:
         raise KubeadmError(
@@ -506,8 +597,12 @@ def _duration(ttl: str) -> float:
 
 # -- join -------------------------------------------------------------------------------
 def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
-    """Token discovery: fetch cluster-info anonymously, check the JWS for our token id and
-    the CA pin. Returns (server URL, CA PEM, token)."""
+    """Token discovery (``discovery/token/token.go``): fetch ``cluster-info`` anonymously
+    without checking TLS (waiting up to 60 s for an answer), check the JWS for our token id
+    and the CA pin (``sha256:<hex>`` of the CA's SubjectPublicKeyInfo, ``util/pubkeypin``).
+    ``jc`` is the JoinConfiguration dict. Returns (``https://`` server URL, CA PEM, token).
+    Raises :class:`KubeadmError` at once on any refusal (kubeadm polls for a missing signature
+    until its discovery timeout, and asks a second time over verified TLS)."""
     bt = jc["discovery"]["bootstrapToken"]
     token, endpoint = bt["token"], bt["apiServerEndpoint"]
     m = TOKEN_RE.match(token)
@@ -546,6 +641,8 @@ def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
 
 
 def check_node_name(api: Api, name: str) -> None:
+    """Raise :class:`KubeadmError` when a Node ``name`` exists and its Ready condition is True
+    (``cmd/phases/join/kubelet.go``); a NotReady or Unknown Node is fine, as in kubeadm."""
     code, node = api.call("GET", f"/api/v1/nodes/{name}")
     if code != 200:
         return
@@ -558,6 +655,14 @@ def check_node_name(api: Api, name: str) -> None:
 
 
 def join(r: Root, docs: dict[str, dict[str, Any]]) -> None:
+    """``kubeadm join``: preflight (``kubelet.conf`` must not exist), :func:`discover`, the
+    same-name Node check, then on a control node :func:`download_certs`, its own certificates,
+    admin.conf, :func:`join_etcd` and the API server; on a worker the kubelet's TLS bootstrap
+    (a CSR signed at once by the emulated API server). Then ``kubelet.conf`` and the kubelet.
+
+    ``docs`` from :func:`load_docs`. Raises :class:`KubeadmError` on each refusal the module
+    lists, ``KeyError`` when the JoinConfiguration lacks a field the driver always writes.
+    """
     emu = emulation.load()
     jc = docs["JoinConfiguration"]
     name = jc["nodeRegistration"]["name"]
@@ -631,6 +736,10 @@ def join(r: Root, docs: dict[str, dict[str, Any]]) -> None:
 
 
 def download_certs(r: Root, api: Api, certificate_key: str) -> None:
+    """Fetch ``kubeadm-certs`` with the bootstrap token and write each file, unsealed with
+    ``certificate_key``, under the node's pki directory (``copycerts.go``, ``DownloadCerts``).
+    Raises :class:`KubeadmError` when the Secret is gone (expired) or the key does not open
+    it, with kubeadm's messages."""
     code, secret = api.call("GET", "/api/v1/namespaces/kube-system/secrets/kubeadm-certs")
     if code == 404:
         raise KubeadmError(
@@ -656,6 +765,13 @@ def download_certs(r: Root, api: Api, certificate_key: str) -> None:
 
 
 def join_etcd(r: Root, emu: emulation.Emulation, api: Api, name: str, address: str) -> None:
+    """Add this node's etcd member as a learner, start it, wait for it, promote it: kubeadm
+    1.32's EtcdLearnerMode (``util/etcd/etcd.go``, ``AddMemberAsLearner``, ``MemberPromote``),
+    retrying etcd's transient refusals with backoff as kubeadm does. The other members'
+    client URLs are ``https://<InternalIP>:2379`` of the control-plane Nodes (kubeadm reads
+    them from the etcd Pods). Raises :class:`KubeadmError` when there is none, when etcd
+    refuses for good (a peer URL that is still a member: see the module), or when the local
+    member is not healthy within 60 s."""
     code, nodes = api.call("GET", "/api/v1/nodes")
     _expect(code, nodes, "[etcd] list control-plane nodes", (200,))
     endpoints = [
@@ -704,6 +820,11 @@ async def _retry(call: Any, what: str) -> Any:
 
 # -- reset ------------------------------------------------------------------------------
 def reset(r: Root) -> None:
+    """``kubeadm reset -f``: remove this node's etcd member through the local etcd when it
+    runs and is not the last member (5 s at most; a failure is printed and ignored, as
+    kubeadm's ``phases/reset/removeetcdmember.go`` does), stop the kubelet, API server and
+    etcd, and delete ``/etc/kubernetes``, ``/var/lib/etcd`` and ``/var/lib/kubelet``. Never
+    raises for "nothing to reset"."""
     say("[reset] Resetting this node (EMULATED kubeadm, ephemeral-k8s lab)")
     services = ProcessServices(r.root)
     if (r.pki / "apiserver-etcd-client.crt").exists() and services.is_running("etcd"):
@@ -753,6 +874,11 @@ def upload_certs(r: Root, certificate_key: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``kubeadm`` shim's entry: ``init``, ``init phase upload-certs``, ``join``,
+    ``reset -f`` and ``token create``, each with ``--rootfs``. Returns 0, or 1 after printing
+    ``error execution phase <command>: <message>`` on stderr for a :class:`KubeadmError`,
+    ``OSError``, ``KeyError`` or :class:`core.etcd.EtcdError`; records the phases either way
+    (:class:`Phases`). argparse exits 2 on bad arguments."""
     p = argparse.ArgumentParser(prog="kubeadm", description="EMULATED kubeadm (ephemeral-k8s lab only)")
     p.add_argument("--rootfs", default=None)
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -25,6 +25,7 @@ from lab.pki import parse_kubeconfig
 
 
 def rfc3339(t: float) -> str:
+    """Unix seconds as the API's timestamp format, UTC to the second (``2006-01-02T15:04:05Z``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
@@ -50,6 +51,17 @@ def _request(server: str, ctx: ssl.SSLContext, method: str, path: str, body: obj
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the emulated kubelet until SIGTERM (exit 0); never returns otherwise.
+
+    ``--kubeconfig`` is the node's ``kubelet.conf``; ``--node-ip`` an IPv4 address string;
+    ``--interval`` seconds between status updates; ``--pki-dir`` where the client certificate
+    PEM goes (a temporary directory by default). Registers the Node (201 or 409 both count),
+    then every interval PUTs ``/api/v1/nodes/<name>/status`` with Ready=True, as the kubelet's
+    node status updates do (``pkg/kubelet/kubelet_node_status.go``; the real default interval
+    is 10 s); a 404 (the Node was deleted) registers it again. Network errors are printed and
+    retried. Raises at start what :func:`lab.pki.parse_kubeconfig` raises, or ``OSError``
+    (``ssl.SSLError`` is one) when the kubeconfig cannot be read or used.
+    """
     p = argparse.ArgumentParser(description="EMULATED kubelet (ephemeral-k8s lab only)")
     p.add_argument("--kubeconfig", type=Path, required=True)
     p.add_argument("--node-name", required=True)

@@ -19,23 +19,35 @@ from pathlib import Path
 
 
 class NetnsError(Exception):
-    pass
+    """An ``ip`` command failed (its stderr is the message), hung, or could not start."""
+
+
+IP_TIMEOUT_S = 30.0  # one `ip` command; they take milliseconds unless the kernel is stuck
 
 
 def ip(*args: str, check: bool = True) -> str:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    """Run ``ip ARGS...`` and return its stdout. Raises :class:`NetnsError` when it exits
+    non-zero (only with ``check``), runs over ``IP_TIMEOUT_S`` seconds or cannot start."""
+    try:
+        res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise NetnsError(f"ip {' '.join(args)}: no answer within {IP_TIMEOUT_S:.0f}s") from None
+    except OSError as err:
+        raise NetnsError(f"ip: {err.strerror} (install iproute2)") from None
     if check and res.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {res.stderr.strip()}")
     return res.stdout
 
 
 def existing(prefix: str) -> list[str]:
-    """Names of namespaces that start with ``<prefix>-``."""
+    """Names of namespaces that start with ``<prefix>-`` (``ip netns list``)."""
     out = ip("netns", "list", check=False)
     return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(prefix + "-")]
 
 
 def create_hub(prefix: str) -> str:
+    """Create the namespace ``<prefix>-hub`` with the bridge ``br0`` up; return its name.
+    Raises :class:`NetnsError` (for instance when it exists already)."""
     hub = f"{prefix}-hub"
     ip("netns", "add", hub)
     ip("-n", hub, "link", "set", "lo", "up")
@@ -45,7 +57,11 @@ def create_hub(prefix: str) -> str:
 
 
 def add_node(prefix: str, node: str, address: str, prefix_len: int, hosts: str) -> str:
-    """Create the node's namespace and link it to the hub bridge. Returns the namespace."""
+    """Create the node's namespace ``<prefix>-<node>``: ``eth0`` with ``address/prefix_len``
+    (an IPv4 address string and a prefix length), its peer ``v-<node>`` (cut to 15 characters,
+    the kernel's limit for interface names) on the hub's bridge, and ``hosts`` (the file's
+    text) as ``/etc/netns/<ns>/hosts``. Returns the namespace. Raises :class:`NetnsError`, or
+    ``OSError`` when the hosts file cannot be written."""
     ns, hub = f"{prefix}-{node}", f"{prefix}-hub"
     veth = f"v-{node}"[:15]
     ip("netns", "add", ns)
@@ -68,12 +84,14 @@ def set_link(prefix: str, node: str, up: bool) -> None:
 
 
 def pids(ns: str) -> list[int]:
+    """Process ids running in ``ns`` (``ip netns pids``); empty when there is no such namespace."""
     out = ip("netns", "pids", ns, check=False)
     return [int(p) for p in out.split() if p.isdigit()]
 
 
 def kill_all(ns: str, grace_s: float = 2.0, sig: int = signal.SIGTERM) -> int:
-    """Signal every process in ``ns`` (SIGKILL after ``grace_s``); returns how many there were."""
+    """Send ``sig`` to every process in ``ns``, SIGKILL what is left after ``grace_s`` seconds,
+    and wait up to 5 s more for them to go. Returns how many there were at first."""
     victims = pids(ns)
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):

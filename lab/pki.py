@@ -46,7 +46,8 @@ def _name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
 
 
 def new_ca(cn: str) -> Pair:
-    """A self-signed CA (``kubernetes``, ``etcd-ca``, ``front-proxy-ca``)."""
+    """A self-signed CA named ``cn`` (kubeadm's are ``kubernetes``, ``etcd-ca`` and
+    ``front-proxy-ca``), valid 10 years as kubeadm's (``CA_VALIDITY``). Returns PEM bytes."""
     key = _key()
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -75,8 +76,11 @@ def issue(
     client: bool = False,
     public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> Pair:
-    """A leaf certificate signed by ``ca``. With ``public_key`` (from a CSR) no key is made
-    and the returned key PEM is empty."""
+    """A leaf certificate for ``cn`` (organisations ``orgs``: Kubernetes reads them as groups)
+    signed by ``ca``, valid 1 year as kubeadm's (``LEAF_VALIDITY``), with DNS and IP address
+    SANs (``ips`` are address strings) and the server and/or client auth extended key usage.
+    Returns PEM bytes; with ``public_key`` (from a CSR) no key is made and the returned key PEM
+    is empty. Raises ``ValueError`` for a string in ``ips`` that is not an address."""
     ca_cert = x509.load_pem_x509_certificate(ca[0])
     ca_key = serialization.load_pem_private_key(ca[1], None)
     key = None if public_key is not None else _key()
@@ -121,7 +125,8 @@ def sa_keypair() -> Pair:
 
 
 def write_pair(directory: Path, name: str, pair: Pair) -> None:
-    """``<name>.crt`` and ``<name>.key`` at 0600 in ``directory`` (0700)."""
+    """``<name>.crt`` and ``<name>.key`` at 0600 in ``directory`` (0700), written atomically;
+    no ``.key`` when the key PEM is empty. Raises ``OSError``."""
     ensure_dir(directory)
     write_atomic(directory / f"{name}.crt", pair[0])
     if pair[1]:
@@ -129,11 +134,14 @@ def write_pair(directory: Path, name: str, pair: Pair) -> None:
 
 
 def read_pair(directory: Path, name: str) -> Pair:
+    """``<name>.crt`` and ``<name>.key`` from ``directory`` (PEM bytes). Raises ``OSError``."""
     return (directory / f"{name}.crt").read_bytes(), (directory / f"{name}.key").read_bytes()
 
 
 def kubeconfig(server: str, ca_pem: bytes, cert: Pair, user: str, cluster: str) -> bytes:
-    """A kubeconfig (``clientcmd`` v1) with embedded certificate data."""
+    """A kubeconfig (``clientcmd`` v1, as YAML bytes) with embedded certificate data: one
+    cluster (``server`` is an ``https://host:port`` URL), one user, context ``user@cluster``,
+    as kubeadm writes ``admin.conf`` and ``kubelet.conf``."""
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     doc = {
         "apiVersion": "v1",
@@ -147,8 +155,10 @@ def kubeconfig(server: str, ca_pem: bytes, cert: Pair, user: str, cluster: str) 
 
 
 def parse_kubeconfig(data: bytes) -> tuple[str, bytes, Pair]:
-    """(server URL, CA PEM, (client cert PEM, client key PEM)) of a kubeconfig written by
-    :func:`kubeconfig`."""
+    """(server URL, CA PEM, (client cert PEM, client key PEM)) of the first cluster and user
+    of a kubeconfig like :func:`kubeconfig`'s; the pair is empty bytes for a user without
+    certificate data. Raises ``KeyError``, ``IndexError``, ``TypeError`` or ``ValueError``
+    (bad base64) on another shape, ``yaml.YAMLError`` when it is not YAML."""
     doc = yaml.safe_load(data)
     cluster = doc["clusters"][0]["cluster"]
     user = doc["users"][0]["user"]
@@ -161,11 +171,15 @@ def parse_kubeconfig(data: bytes) -> tuple[str, bytes, Pair]:
 
 
 def seal(certificate_key: str, data: bytes) -> bytes:
-    """AES-256-GCM with a random nonce prepended, as kubeadm seals ``kubeadm-certs``."""
+    """AES-256-GCM with a random nonce prepended, as kubeadm seals each ``kubeadm-certs``
+    entry (``cmd/kubeadm/app/util/crypto/crypto.go``, ``EncryptBytes``). ``certificate_key``
+    is hex (kubeadm's: 64 digits, AES-256); raises ``ValueError`` when it is not hex or not
+    16, 24 or 32 bytes."""
     nonce = os.urandom(12)
     return nonce + AESGCM(bytes.fromhex(certificate_key)).encrypt(nonce, data, None)
 
 
 def unseal(certificate_key: str, blob: bytes) -> bytes:
-    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` on a wrong key."""
+    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` on a wrong key
+    or altered data, ``ValueError`` on a key :func:`seal` would refuse."""
     return AESGCM(bytes.fromhex(certificate_key)).decrypt(blob[:12], blob[12:], None)

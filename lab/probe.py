@@ -9,20 +9,28 @@ read the cluster as an operator would and print one JSON document.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from core.probes import kube_errors
+
 
 def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
+    """Every Node the API lists, as ``{"name", "ready", "address"}`` (``ready``: the Ready
+    condition is True; ``address``: the first InternalIP string or None). When the kubeconfig
+    is unusable or the API does not answer within 5 s (per attempt; the client retries), the
+    error as ``"<type>: <message>"`` instead; never raises for that."""
     from kubernetes import client, config
 
     try:
         api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
         items = api.list_node(_request_timeout=5).items
-    except Exception as err:
+    except kube_errors() as err:
         return f"{type(err).__name__}: {err}"
     out = []
     for n in items:
@@ -37,14 +45,19 @@ def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
 
 
 def phylactery_status(url: str) -> dict[str, Any] | str:
+    """Phylactery's ``GET <url>/v1/status`` (docs/phylactery.md) as a dict, or the error as
+    ``"<type>: <message>"`` when it does not answer within 5 s or answers something else."""
     try:
         with urllib.request.urlopen(url + "/v1/status", timeout=5) as resp:
             return dict(json.loads(resp.read()))
-    except Exception as err:
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
         return f"{type(err).__name__}: {err}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``--kubeconfig PATH --phylactery NAME=URL...``: print ``{"nodes": ..., "phylactery":
+    {NAME: ...}}`` as JSON on one line (what :meth:`lab.cluster.Lab.probe` parses) and
+    return 0. ``nodes`` is "no kube.config yet" before the first generation is ready."""
     p = argparse.ArgumentParser()
     p.add_argument("--kubeconfig", type=Path, required=True)
     p.add_argument("--phylactery", action="append", default=[], help="name=url")

@@ -45,13 +45,16 @@ POLL_S = 0.1
 
 
 class BenchError(Exception):
-    """A run did not finish: names the stage and how long it waited."""
+    """A run did not finish (the message names the stage and how long it waited, or how the
+    reboot command failed), or the plot cannot be drawn."""
 
 
 @dataclass(frozen=True)
 class Target:
-    """The cluster under test. ``api`` is ``https://<vip>:<port>``; ``nodes`` how many Nodes
-    must be Ready (default: every node that ever reported to the share)."""
+    """The cluster under test. ``share`` and ``cluster`` name its directory on the share;
+    ``api`` is ``https://<vip>:<port>``; ``reboot_command`` is split as by a shell, with
+    ``{nodes}`` replaced by the comma-separated node names; ``nodes`` is how many Nodes must be
+    Ready (default: every node that ever reported to the share)."""
 
     share: Path
     cluster: str
@@ -82,10 +85,12 @@ def _boot_ids(store: ShareStore) -> dict[str, tuple[str, str]]:
 
 
 def run_once(target: Target, timeout_s: float = 600, say: Callable[[str], None] = print) -> list[float]:
-    """One rebuild. Returns the five stage durations and their sum (seconds, ``COLUMNS`` order).
+    """One rebuild. Returns the five stage durations and their sum (seconds as floats rounded
+    to 1 ms, ``COLUMNS`` order); ``say`` gets one line per stage as it ends.
 
-    Raises :class:`BenchError` when a stage does not end within ``timeout_s`` of the start, or
-    when the reboot command fails.
+    Raises :class:`BenchError` when a stage does not end within ``timeout_s`` seconds of the
+    start, or when the reboot command cannot start, exits non-zero or outlasts ``timeout_s``;
+    ``OSError`` or :class:`core.share.ShareError` when the share cannot be read.
     """
     store = ShareStore(target.share, target.cluster, "bench")
     before = _boot_ids(store)
@@ -131,7 +136,8 @@ def run_once(target: Target, timeout_s: float = 600, say: Callable[[str], None] 
 
 
 def write_csv(path: Path, rows: list[list[float]]) -> None:
-    """The proof of concept's format: header ``COLUMNS``, one row per run, 9 decimals."""
+    """The proof of concept's format: header ``COLUMNS``, one row per run, 9 decimals.
+    Raises ``OSError`` when ``path`` cannot be written."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS)
@@ -140,7 +146,9 @@ def write_csv(path: Path, rows: list[list[float]]) -> None:
 
 
 def read_csv(path: Path) -> list[list[float]]:
-    """Rows of a file in the proof of concept's format. Raises ``ValueError`` on other columns."""
+    """Rows (seconds as floats) of a file in the proof of concept's format. Raises ``OSError``
+    when it cannot be read, ``ValueError`` on other columns or a value that is not a number,
+    ``StopIteration`` when the file is empty."""
     with open(path, newline="") as f:
         r = csv.reader(f)
         header = next(r)
@@ -150,13 +158,17 @@ def read_csv(path: Path) -> list[list[float]]:
 
 
 def medians(rows: list[list[float]]) -> list[float]:
+    """Per column of ``rows`` (seconds, ``COLUMNS`` order), the median rounded to 0.01 s.
+    ``rows`` must not be empty and must all have the same length (``ValueError`` otherwise)."""
     return [round(statistics.median(col), 2) for col in zip(*rows, strict=True)]
 
 
 def write_plot(path: Path, ours: list[list[float]], baseline: list[list[float]], title: str) -> None:
-    """Box plots per stage: the proof of concept's runs (grey) beside ours (blue), as PNG.
+    """Box plots per stage: the proof of concept's runs (grey) beside ours (blue), as PNG
+    (1000x500 pixels). ``ours`` and ``baseline`` are rows as :func:`read_csv` returns them.
 
-    Raises :class:`BenchError` when matplotlib is not installed (extra ``bench``)."""
+    Raises :class:`BenchError` when matplotlib is not installed (extra ``bench``), ``OSError``
+    when ``path`` cannot be written."""
     try:
         import matplotlib
     except ImportError:

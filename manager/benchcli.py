@@ -52,7 +52,9 @@ def bench(
     Each run is `ek8s reset` plus a reboot of every node. Writes deployment-times.csv (the
     proof of concept's columns) and deployment-times.png (box plots beside the baseline) to
     --out. For the lab, `ek8s lab bench` runs this command in the lab's `manager` namespace
-    (10.0.0.13), as from a Warewulf server.
+    (10.0.0.13), as from a Warewulf server. Exit 2 when --baseline cannot be read; exit 1 when
+    the share holds no such cluster, a run does not finish within --timeout, or the plot cannot
+    be drawn (the CSV is written all the same).
     """
     try:
         base_rows = read_csv(baseline)

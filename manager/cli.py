@@ -95,7 +95,8 @@ def reset(
 
     Running agents notice the new generation within a second, run `kubeadm reset -f` and
     elect a new leader; with --reboot the nodes are rebooted as well (the proof of concept's
-    rebuild-and-restart.sh).
+    rebuild-and-restart.sh). Exit 1 when the share holds no such cluster, no node ever
+    reported (--reboot), or the reboot command fails, cannot start or outlasts --reboot-timeout.
     """
     store = _existing_store(share_path, cluster, "operator")
     state = store.rebuild(reason)
@@ -124,7 +125,11 @@ def reset(
 @click.option("--watch", is_flag=True, help="refresh until interrupted")
 @click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes with --watch")
 def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float) -> None:
-    """The cluster at a glance: generation, leader, nodes, etcd members, VIP holder."""
+    """The cluster at a glance: generation, leader, nodes, etcd members, VIP holder.
+
+    Read from the share, each control node's Phylactery and the API behind the VIP; what does
+    not answer shows as '?'. Exit 1 when the share holds no such cluster.
+    """
     import json as jsonlib
 
     from manager.status import collect, render
@@ -146,7 +151,10 @@ def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval:
 @SHARE_OPTION
 @click.option("--check", is_flag=True, help="print nothing; exit 0 when the admin kubeconfig is there, 1 otherwise")
 def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
-    """Print the admin kubeconfig (server: the VIP name and port) for kubectl on this host."""
+    """Print the admin kubeconfig (server: the VIP name and port) for kubectl on this host.
+
+    It is the share's kube.config, written by the generation's leader. Exit 1 when there is none.
+    """
     store = ShareStore(share_path, cluster, "operator")
     data = store.read_admin_kubeconfig()
     if data is None:
@@ -168,5 +176,7 @@ def _register_plugins() -> None:
 
 
 def main() -> None:
+    """The ``ek8s`` console script (``[project.scripts]`` in pyproject.toml): add the plugin
+    groups, then run :func:`cli`. Never returns; exits 0, 1 or 2 as the module says."""
     _register_plugins()
     cli(prog_name="ek8s")

@@ -37,7 +37,15 @@ class _Strict(BaseModel):
 
 
 class WarewulfSettings(_Strict):
-    """How the nodes look to Warewulf. Overlay lists ``None`` mean the version's defaults."""
+    """How the nodes look to Warewulf (``wwctl node set`` flags, see :func:`manager.wwplan.plan`).
+
+    ``version`` "auto" asks ``wwctl version``. ``netdev`` is the device name (``--netdev``),
+    ``netmask`` a dotted IPv4 mask, ``gateway`` and ``nameservers`` IPv4 address strings (the
+    nameservers become network tags ``DNS1``, ``DNS2``...). ``profile`` defaults to
+    ``ek8s-<cluster>``. Overlay lists ``None`` mean the version's defaults (4.5: ``wwinit`` and
+    ``generic``, repeated on every node; 4.6: the ``default`` profile's, to which the cluster
+    profile appends ek8s's overlays).
+    """
 
     version: Literal["auto", "4.5", "4.6"] = "auto"
     netdev: str = "net0"
@@ -84,7 +92,12 @@ class NodeImages(_Strict):
 
 
 class NodeGroup(_Strict):
-    """One inventory entry: a node, or a hostlist of nodes with consecutive addresses."""
+    """One inventory entry: a node, or a hostlist of nodes with consecutive addresses.
+
+    ``name`` is a hostlist (``control[0-2]``) of RFC 1123 labels; ``address`` the IPv4 address
+    string of its first node; ``mac`` one MAC per node, stored lower-case with colons (a single
+    string and ``-`` separators are accepted).
+    """
 
     name: str
     role: Literal["control", "worker"]
@@ -126,7 +139,7 @@ class NodeGroup(_Strict):
 
 
 class Node(BaseModel):
-    """One expanded node."""
+    """One expanded node: ``address`` an IPv4 address string, ``mac`` ``aa:bb:cc:dd:ee:ff``."""
 
     model_config = ConfigDict(frozen=True)
     name: str
@@ -136,7 +149,13 @@ class Node(BaseModel):
 
 
 class Inventory(_Strict):
-    """The whole inventory file."""
+    """The whole inventory file (``warewulf_conf/inventory.yaml``; docs/warewulf.md).
+
+    Validation also refuses a name, address or MAC used twice, no control node, and a VIP that
+    is a node's address or outside the nodes' network (``ValueError`` inside pydantic, which
+    :func:`load_inventory` reports as :class:`InventoryError`). Only the fields
+    :meth:`cluster_tags` lists reach the nodes.
+    """
 
     cluster: ClusterName = "default"
     warewulf: WarewulfSettings = WarewulfSettings()
@@ -192,7 +211,8 @@ class Inventory(_Strict):
         return out
 
     def cluster_tags(self) -> dict[str, str]:
-        """Tags on the cluster's profile, read by the overlay's ``node.yaml.ww`` (keys ``ek8s_*``)."""
+        """Tags on the cluster's profile, read by the overlay's ``node.yaml.ww`` (keys ``ek8s_*``,
+        values strings as Warewulf stores tags; ``ek8s_cni_manifest`` only when set)."""
         tags = {
             "ek8s_cluster": self.cluster,
             "ek8s_share": str(self.share.path),

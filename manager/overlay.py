@@ -6,7 +6,8 @@ Two overlays come out, each a Warewulf overlay directory (``<name>/rootfs/...``)
   the code that runs on nodes (``core``, ``leader``, ``phylactery``) under ``/opt/ek8s/lib``
   with the wrappers ``ek8s-node`` and ``ek8s-phylactery`` in ``/usr/local/sbin`` (what the
   units run). Heavy dependencies (aiohttp, pydantic, kubernetes...) come from the
-  node image, so a code change needs an overlay rebuild, not an image rebuild (DESIGN §7).
+  node image, so a code change needs an overlay rebuild, not an image rebuild
+  (docs/warewulf.md, "3. The overlays").
 - ``ek8s-hosts`` (system and runtime overlay): ``/etc/hosts.ww`` with the VIP's name.
 
 The operator's code (``manager``) and the emulation (``lab``) are never copied: nodes run the
@@ -41,11 +42,14 @@ exec "${{EK8S_PYTHON:-python3.11}}" -m {package} "$@"
 
 
 class OverlayError(Exception):
-    """The overlay cannot be built where asked."""
+    """The overlay cannot be built where asked: its sources are missing, or the target
+    directory exists and was not made by ``ek8s overlay build``."""
 
 
 def source_dir() -> Path:
-    """The checked-in overlay trees (``overlay/`` next to the ``leader`` package)."""
+    """The checked-in overlay trees (``overlay/`` next to the ``leader`` package). Raises
+    :class:`OverlayError` when ``overlay/ek8s/rootfs`` is not there (an installed, not
+    checked-out, copy of the code)."""
     src = Path(leader.__file__).resolve().parents[1] / "overlay"
     if not (src / "ek8s" / "rootfs").is_dir():
         raise OverlayError(f"{src}: overlay sources not found (run from a checkout of ephemeral-k8s)")
@@ -80,9 +84,11 @@ def _ignore(_dir: str, names: list[str]) -> list[str]:
 def build(out: Path) -> list[Path]:
     """Write the overlays under ``out`` (e.g. ``/var/lib/warewulf/overlays``); return their dirs.
 
-    Idempotent: an overlay directory made by an earlier build (it has ``.ek8s-overlay``) is
+    Returns ``[out/ek8s, out/ek8s-hosts]``. Idempotent: an overlay directory made by an earlier
+    build (it has ``.ek8s-overlay``, which holds the package version and ``git describe``) is
     replaced whole; any other existing directory of the same name is refused with
-    :class:`OverlayError`, before anything is written.
+    :class:`OverlayError`, before anything is written. Raises ``OSError`` (``shutil``) when
+    ``out`` cannot be written; Warewulf renders the result with ``wwctl overlay build``.
     """
     src = source_dir()
     targets = [out / name for name in OVERLAYS]

@@ -24,8 +24,8 @@ def _phylactery(url: str) -> dict[str, Any] | None:
 
 def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
     """``{node name: Ready condition is True}`` from the API named in ``kubeconfig`` (the
-    admin kubeconfig: the VIP), or None when there is no kubeconfig or the API does not answer
-    within 3 s."""
+    admin kubeconfig: the VIP), or None when there is no kubeconfig, it is unusable, or the
+    API does not answer within 3 s (what :func:`core.probes.kube_errors` lists)."""
     if not kubeconfig.exists():
         return None
     from kubernetes import client
@@ -45,9 +45,22 @@ def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
 
 
 def collect(store: ShareStore) -> dict[str, Any]:
-    """The status document of the cluster behind ``store`` (``--json`` prints it as is; keys
-    in docs/architecture.md). Raises ``FileNotFoundError`` when the share holds no such
-    cluster and ``OSError`` when the share cannot be read."""
+    """The status document of the cluster behind ``store``; ``--json`` prints it as is.
+
+    Keys: ``cluster``, ``generation``, ``epoch``, ``ready``, ``reason``, ``leader`` (node name
+    or None) from ``cluster.json``; ``api_reachable``; ``nodes``, one dict per node that ever
+    reported or that the API lists (``name``, ``role``, ``phase``, ``heartbeat_age_s`` on the
+    share's clock, ``ready`` from the API, ``last_event`` ``{event, t, message}`` with ``t`` in
+    Unix seconds); ``etcd_members`` (sorted names) and ``etcd_quorum`` from the first
+    Phylactery that lists members; ``vip_holder`` (a name, a list when several hold it, or
+    None); ``haproxy_backends_up`` (per control node, backends whose status starts with
+    ``UP``). Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the
+    API with a 3 s timeout per attempt (the client retries a failed connection). Touches this
+    store's probe file on the share to read the share's clock.
+
+    Raises ``FileNotFoundError`` when the share holds no such cluster,
+    :class:`core.share.ShareError` when ``cluster.json`` is not JSON, and ``OSError`` when the
+    share cannot be read."""
     state = store.read_state()
     members = store.members()
     with ThreadPoolExecutor(max(1, len(members) + 1)) as pool:
@@ -99,7 +112,8 @@ def collect(store: ShareStore) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """A readable table of :func:`collect`'s document."""
+    """A readable table of :func:`collect`'s document: two summary lines, then one line per
+    node; unknowns print as ``?``, event times in local time (``HH:MM:SS``)."""
 
     def yn(v: object) -> str:
         return "?" if v is None else ("yes" if v else "no")

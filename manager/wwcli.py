@@ -51,7 +51,8 @@ def overlay() -> None:
 def overlay_build(out: Path) -> None:
     """Assemble the overlays with this checkout's code in them (idempotent).
 
-    Then `wwctl overlay build` renders them per node (docs/warewulf.md).
+    Then `wwctl overlay build` renders them per node (docs/warewulf.md). Exit 2 when the
+    overlay sources are missing or OUT holds an 'ek8s' or 'ek8s-hosts' this command did not make.
     """
     from manager.overlay import OverlayError, build
 
@@ -87,7 +88,11 @@ def _common(f: Callable[..., None]) -> Callable[..., None]:
 @_common
 @click.option("--offline", is_flag=True, help="do not read the registry: plan as if Warewulf held nothing yet")
 def warewulf_plan(inventory: str, ww_version: str, wwctl: str, offline: bool) -> None:
-    """Print the idempotent wwctl commands (and the NFS entries) for INVENTORY."""
+    """Print the idempotent wwctl commands (and the NFS entries) for INVENTORY.
+
+    Exit 2 when INVENTORY is invalid, 1 when wwctl cannot be asked (for the version when
+    neither --version nor the inventory names one, for the registry without --offline).
+    """
     from manager.wwplan import Registry, WarewulfError, plan, read_registry, render_plan
 
     inv = _inventory(inventory)
@@ -112,7 +117,11 @@ def warewulf_plan(inventory: str, ww_version: str, wwctl: str, offline: bool) ->
     help="where warewulf.conf and nodes.conf are",
 )
 def warewulf_apply(inventory: str, ww_version: str, wwctl: str, conf_dir: Path) -> None:
-    """Run the plan for INVENTORY; stop at the first failing command and show its output."""
+    """Run the plan for INVENTORY; stop at the first failing command and show its output.
+
+    Exit 2 when INVENTORY is invalid, 1 when wwctl cannot be asked or a step fails or runs
+    over 10 minutes.
+    """
     from manager.wwplan import WarewulfError, apply, plan, read_registry
 
     inv = _inventory(inventory)
@@ -129,7 +138,10 @@ def warewulf_apply(inventory: str, ww_version: str, wwctl: str, conf_dir: Path) 
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--version", "ww_version", type=click.Choice(["4.5", "4.6"]), default="4.6", show_default=True)
 def warewulf_nfs(inventory: str, ww_version: str) -> None:
-    """Print the share's entries for warewulf.conf (and nodes.conf on 4.6) as YAML."""
+    """Print the share's entries for warewulf.conf (and nodes.conf on 4.6) as YAML.
+
+    Exit 2 when INVENTORY is invalid.
+    """
     from manager.wwplan import nfs_entries
 
     inv = _inventory(inventory)

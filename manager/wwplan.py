@@ -37,14 +37,22 @@ MOUNT_OPTIONS = "defaults,hard,lookupcache=positive"
 # Default overlay lists of a fresh Warewulf install, which 4.5 nodes must repeat.
 BASE_OVERLAYS_45 = (["wwinit"], ["generic"])
 
+# Seconds a wwctl query (version, node list, profile list) and a plan step may take. A step
+# can be long: `wwctl overlay build` renders every node's overlays, `wwctl configure --all`
+# restarts DHCP, TFTP and NFS.
+WWCTL_QUERY_TIMEOUT_S = 120.0
+STEP_TIMEOUT_S = 600.0
+
 
 class WarewulfError(Exception):
-    """wwctl is missing, or its answer cannot be read."""
+    """wwctl is missing, cannot run, fails or does not answer in time, or its answer cannot
+    be read."""
 
 
 @dataclass(frozen=True)
 class Step:
-    """One command of the plan: ``argv`` and the reason, printed as a comment above it."""
+    """One command of the plan: ``argv`` (``argv[0]`` is ``wwctl`` or a plain command such as
+    ``install``) and ``why``, printed as a comment above it."""
 
     argv: list[str]
     why: str
@@ -65,7 +73,8 @@ class Step:
 
 @dataclass
 class Registry:
-    """What Warewulf already holds: node and profile names."""
+    """What Warewulf already holds: node and profile names (as :func:`read_registry` reads
+    them; empty for ``ek8s warewulf plan --offline``)."""
 
     nodes: set[str] = field(default_factory=set)
     profiles: set[str] = field(default_factory=set)
@@ -88,16 +97,22 @@ def parse_version(text: str) -> str:
 
 def _wwctl(wwctl: str, *args: str) -> str:
     try:
-        res = subprocess.run([wwctl, *args], capture_output=True, text=True, timeout=120, check=False)
+        res = subprocess.run([wwctl, *args], capture_output=True, text=True, timeout=WWCTL_QUERY_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise WarewulfError(f"{wwctl}: not found (is Warewulf installed? or pass --version)") from None
+    except subprocess.TimeoutExpired:
+        raise WarewulfError(f"{wwctl} {' '.join(args)}: no answer within {WWCTL_QUERY_TIMEOUT_S:.0f}s") from None
+    except OSError as err:
+        raise WarewulfError(f"{wwctl}: {err.strerror}") from None
     if res.returncode != 0:
         raise WarewulfError(f"{wwctl} {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
     return res.stdout
 
 
 def detect_version(wwctl: str = "wwctl") -> str:
-    """Ask ``wwctl version``. Returns "4.5" or "4.6"; raises :class:`WarewulfError`."""
+    """Ask ``wwctl version``. Returns "4.5" or "4.6"; raises :class:`WarewulfError` when
+    ``wwctl`` is missing, fails, takes over ``WWCTL_QUERY_TIMEOUT_S`` or prints no version
+    of 4.5 or later."""
     return parse_version(_wwctl(wwctl, "version"))
 
 
@@ -113,7 +128,8 @@ def _names(table: str) -> set[str]:
 
 
 def read_registry(wwctl: str = "wwctl") -> Registry:
-    """Node and profile names Warewulf already has (``wwctl node list``, ``wwctl profile list``)."""
+    """Node and profile names Warewulf already has (``wwctl node list``, ``wwctl profile list``:
+    the first column of their tables). Raises :class:`WarewulfError` as :func:`detect_version`."""
     return Registry(nodes=_names(_wwctl(wwctl, "node", "list")), profiles=_names(_wwctl(wwctl, "profile", "list")))
 
 
@@ -125,7 +141,9 @@ def plan(inv: Inventory, version: str, registry: Registry | None = None) -> list
     """The wwctl commands that make Warewulf match ``inv``, in order.
 
     ``version`` is "4.5" or "4.6"; ``registry`` what exists already (``None``: nothing).
-    Share preparation on the server comes first; NFS entries are in :func:`nfs_entries`.
+    Share preparation on the server comes first (``install -d`` of the share, root-only),
+    then the profile, each node, ``wwctl configure --all`` and ``wwctl overlay build``; NFS
+    entries are in :func:`nfs_entries`. Pure: reads and runs nothing, raises nothing.
     """
     reg = registry or Registry()
     v45 = version == "4.5"
@@ -198,7 +216,8 @@ def nfs_entries(inv: Inventory, version: str) -> dict[str, Any]:
 
 
 def render_plan(inv: Inventory, version: str, steps: list[Step]) -> str:
-    """The plan as a shell script an operator can read or run (``ek8s warewulf plan``)."""
+    """The plan as a POSIX shell script (``set -e``, one commented command per step, the NFS
+    entries as comments) an operator can read or run (``ek8s warewulf plan``)."""
     lines = [
         "#!/bin/sh",
         f"# ek8s warewulf plan: cluster {inv.cluster}, Warewulf {version}, {len(inv.expanded())} nodes.",
@@ -249,8 +268,11 @@ def _merge_fstab(conf: dict[str, Any], profile: str, fstab: list[dict[str, Any]]
 def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
     """Merge the share's entry into ``warewulf.conf`` or ``nodes.conf`` at ``path``.
 
-    Returns whether the file changed. A changed file is first copied to ``<path>.ek8s-backup``
-    (comments are not kept: PyYAML round trip). Raises ``OSError`` or ``yaml.YAMLError``.
+    ``which`` is "warewulf.conf" or "nodes.conf" (nothing to merge for "nodes.conf" on 4.5).
+    Returns whether the file changed. The entry for the share's path (an ``export paths`` item,
+    or a ``fstab`` resource of the cluster profile with the same ``file``) is replaced, others
+    are kept. A changed file is first copied to ``<path>.ek8s-backup`` (comments are not kept:
+    PyYAML round trip). Raises ``OSError`` or ``yaml.YAMLError``.
     """
     entries = nfs_entries(inv, version)
     if which not in entries:
@@ -276,7 +298,13 @@ def apply(
     say: Any = print,
 ) -> int:
     """Run ``steps`` in order, merging the NFS entries where they belong; stop at the first
-    failure, show its output, and return 1 (0 when every step passed)."""
+    failure, show its output through ``say``, and return 1 (0 when every step passed).
+
+    ``wwctl`` replaces ``argv[0]`` of the wwctl steps; ``conf_dir`` holds ``warewulf.conf``
+    and, on 4.6, ``nodes.conf`` (merged just before ``wwctl configure``, once the profile
+    exists). A step whose command is not found or runs over ``STEP_TIMEOUT_S`` seconds fails.
+    Raises what :func:`merge_conf` raises.
+    """
     total = len(steps)
     merged_fstab = False
     if (conf_dir / "warewulf.conf").exists():
@@ -294,9 +322,16 @@ def apply(
             merged_fstab = True
         say(f"[{i}/{total}] {step.shell()}")
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False)
         except FileNotFoundError:
             say(f"ek8s: step {i} failed: {argv[0]} not found")
+            return 1
+        except subprocess.TimeoutExpired as err:
+            say(f"ek8s: step {i}/{total} killed after {STEP_TIMEOUT_S:.0f}s; the steps after it were not run")
+            for partial in (err.stdout, err.stderr):  # bytes (or None) whatever ``text`` says
+                shown = partial.decode(errors="replace") if isinstance(partial, bytes) else ""
+                if shown.strip():
+                    say(shown.rstrip())
             return 1
         if res.returncode != 0:
             say(f"ek8s: step {i}/{total} failed (exit {res.returncode}); the steps after it were not run")

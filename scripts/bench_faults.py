@@ -26,7 +26,7 @@ from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
 
 PROBE = r"""
-import ssl, sys, time, urllib.request
+import http.client, ssl, sys, time, urllib.request
 ctx = ssl._create_unverified_context()
 end = time.time() + float(sys.argv[1])
 timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
@@ -35,14 +35,24 @@ while time.time() < end:
     try:
         with urllib.request.urlopen("https://10.0.0.99:8443/readyz", context=ctx, timeout=timeout) as r:
             ok = r.status == 200
-    except Exception:
+    except (OSError, http.client.HTTPException):  # refused, reset, timed out, TLS, a cut-off answer
         ok = False
     print(f"{t:.3f} {int(ok)}", flush=True)
     time.sleep(max(0.0, 0.1 - (time.time() - t)))
 """
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Kill the VIP probe if it still runs (a bench part failed or it overran), and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
+    """(Lab, LabState) of a new 3 control + 2 worker lab, any earlier one removed, agents
+    started; with ``wait``, returned once every node is Ready (180 s) and the cluster whole.
+    ``overrides`` are node.yaml fields. Raises :class:`lab.cluster.LabError`."""
     lab = Lab(Path("/run/ek8s-fbench"), "ek8sfb")
     lab.down()
     state = lab.create(3, 2, emulation or Emulation(), overrides or {})
@@ -54,11 +64,14 @@ def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | No
 
 
 def med(values: list[float]) -> dict[str, float]:
+    """``{median, max, min, n}`` of ``values`` (seconds, rounded to 1 ms)."""
     v = sorted(values)
     return {"median": round(statistics.median(v), 3), "max": round(max(v), 3), "min": round(min(v), 3), "n": len(v)}
 
 
 def bench_reboot(n: int, join_s: float = 0.0) -> dict[str, Any]:
+    """Reboot one node at a time, ``n`` control and ``n`` worker reboots (round robin), each
+    waited until the cluster is whole; ``{role: med(rejoin_s) | {join_s}}``."""
     lab, state = fresh_lab(emulation=Emulation(join_s=join_s))
     try:
         out = {}
@@ -75,6 +88,8 @@ def bench_reboot(n: int, join_s: float = 0.0) -> dict[str, Any]:
 
 
 def bench_soak(n: int) -> dict[str, Any]:
+    """``n`` reboots of random nodes (seed 42), the cluster whole after each (else
+    :class:`lab.cluster.LabError`); ``{rejoined, of, rejoin_s}``."""
     lab, state = fresh_lab()
     rng = random.Random(42)
     try:
@@ -97,9 +112,12 @@ def probe_gap(state: LabState, seconds: float, action: Any) -> float:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
-    action()
-    out, _ = proc.communicate(timeout=seconds + 30)
+    try:
+        time.sleep(1.0)
+        action()
+        out, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        _stop(proc)
     samples = [(float(t), ok == "1") for t, ok in (line.split() for line in out.splitlines())]
     gap, last_ok = 0.0, None
     for t, ok in samples:
@@ -111,6 +129,9 @@ def probe_gap(state: LabState, seconds: float, action: Any) -> float:
 
 
 def bench_vip(n: int) -> dict[str, Any]:
+    """Crash the VIP holder ``n`` times while :func:`probe_gap` watches the API through the
+    VIP for 8 s; the crashed node is booted and the cluster made whole again each time.
+    ``{gap_s: med(longest gaps)}``."""
     lab, state = fresh_lab()
     try:
         gaps = []
@@ -140,20 +161,28 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)
-        store = ShareStore(Path(state.share), "default", "bench")
-        for i in range(changes):
-            if i % 2 == 0:
-                store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
-            else:
-                store.remove_member("ghost")
-            curls = " & ".join(
-                f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' http://{c.address}:9999/v1/refresh"
-                for c in controls
-            )
-            subprocess.run(["ip", "netns", "exec", state.node("worker1").ns, "sh", "-c", curls + "; wait"], check=True)
-            time.sleep(0.5)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            time.sleep(1.0)
+            store = ShareStore(Path(state.share), "default", "bench")
+            for i in range(changes):
+                if i % 2 == 0:
+                    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
+                else:
+                    store.remove_member("ghost")
+                curls = " & ".join(
+                    f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' "
+                    f"http://{c.address}:9999/v1/refresh"
+                    for c in controls
+                )
+                subprocess.run(
+                    ["ip", "netns", "exec", state.node("worker1").ns, "sh", "-c", curls + "; wait"],
+                    check=True,
+                    timeout=30,
+                )
+                time.sleep(0.5)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            _stop(proc)
         results = [line.split()[1] == "1" for line in out.splitlines()]
         after = sum(lab.probe(state)["phylactery"][c.name]["haproxy"]["reloads"] for c in controls)
         r = {"requests": len(results), "failed": results.count(False), "reloads": after - before, "changes": changes}
@@ -164,6 +193,9 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
 
 
 def bench_leader_crash(ttl: float, init_s: float) -> dict[str, Any]:
+    """Crash the first leader during its ``kubeadm init`` (``init_s`` seconds, lease TTL
+    ``ttl`` seconds) and time the first ``leader_ready`` after it; ``bound_s`` is
+    ``ttl + init_s + 3``. Waits for the leader and for ``leader_ready`` without a deadline."""
     lab, state = fresh_lab(
         {"timeouts": {"lease_ttl_s": ttl, "heartbeat_interval_s": 1}}, Emulation(init_s=init_s), wait=False
     )
@@ -198,6 +230,9 @@ def bench_leader_crash(ttl: float, init_s: float) -> dict[str, Any]:
 
 
 def bench_full_reboot(grace: float) -> dict[str, Any]:
+    """Stop and boot every node at once without ``ek8s reset`` (``cluster_lost_grace_s`` is
+    ``grace`` seconds) and time the new generation: ready and all nodes Ready (seconds from
+    boot), init (claim to ready). Waits for the new generation without a deadline."""
     lab, state = fresh_lab({"timeouts": {"cluster_lost_grace_s": grace}})
     store = ShareStore(Path(state.share), "default", "bench")
     try:
@@ -228,6 +263,8 @@ def bench_full_reboot(grace: float) -> dict[str, Any]:
 
 
 def main() -> int:
+    """Run the parts chosen with ``--only`` (all by default), print the results and write them
+    to ``--json``; returns 0. Needs root, as ``ek8s lab``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = ["reboot", "soak", "vip", "reload", "leader", "full"]
     p.add_argument("--only", nargs="*", choices=parts, default=parts)

@@ -23,13 +23,21 @@ LAB = ["--dir", "/run/ek8s-bench", "--prefix", "ek8sb"]
 
 
 def ek8s(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "manager", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
-    )
+    """``ek8s lab ARGS`` on the bench's own lab (``/run/ek8s-bench``, namespaces ``ek8sb-*``),
+    output captured. Exits the script (``SystemExit``) when it runs over ``timeout`` seconds."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "manager", "lab", *LAB, *args], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"ek8s lab {' '.join(args)}: not finished after {timeout:.0f}s") from None
 
 
 def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path) -> dict[str, Any]:
-    ek8s("down")
+    """One ``ek8s lab up`` from nothing (emulated kubeadm durations ``init_s`` and ``join_s``
+    seconds); returns its report (docs/lab.md), also written to ``out``. The lab is removed
+    before and after. Exits the script when ``up`` fails."""
+    ek8s("down", timeout=120)
     try:
         res = ek8s(
             "up",
@@ -50,7 +58,7 @@ def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path)
             raise SystemExit(f"lab up failed:\n{res.stdout}\n{res.stderr}")
         return dict(json.loads(out.read_text()))
     finally:
-        ek8s("down")
+        ek8s("down", timeout=120)
 
 
 def breakdown(r: dict[str, Any]) -> dict[str, float]:
@@ -118,12 +126,16 @@ def kubeadm_phases(reports: list[dict[str, Any]]) -> dict[str, dict[str, list[fl
 
 
 def summarize(values: list[float]) -> str:
+    """Median, p90 (the sorted value at 90 % of the way, index rounded) and max of ``values``
+    (seconds), as three 8-wide columns."""
     values = sorted(values)
     p90 = values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
     return f"{statistics.median(values):8.3f} {p90:8.3f} {max(values):8.3f}"
 
 
 def main() -> int:
+    """Run the benchmark (arguments in the module's docstring), print the tables, write every
+    report and breakdown to ``--json``; returns 0. Needs root, as ``ek8s lab``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--control", type=int, default=3)
