@@ -29,14 +29,15 @@ def kube_errors() -> tuple[type[BaseException], ...]:
 
     ``ApiException``: the API answered with an error status; urllib3's ``HTTPError``
     (``MaxRetryError``, ``ProtocolError``, timeouts): it did not answer; ``ConfigException``,
-    ``ValueError``, ``KeyError``: the kubeconfig is unusable (half-written, or replaced by a
+    ``YAMLError``, ``ValueError``, ``KeyError``: the kubeconfig is unusable (half-written, or replaced by a
     reset); ``OSError``: the kubeconfig or a file it names is gone.
     """
     from kubernetes.client.rest import ApiException
     from kubernetes.config.config_exception import ConfigException
     from urllib3.exceptions import HTTPError
+    from yaml import YAMLError
 
-    return (ApiException, HTTPError, ConfigException, OSError, ValueError, KeyError)
+    return (ApiException, HTTPError, ConfigException, YAMLError, OSError, ValueError, KeyError)
 
 
 def api_ready(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from core.fileperm import ensure_dir
+from core.share import ShareStore
 from lab import netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
@@ -143,8 +144,8 @@ class Lab:
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
-        for tool in ("ip", "etcd", "haproxy", "keepalived"):
-            if shutil.which(tool) is None and not Path(emulation.etcd).exists():
+        for tool in ("ip", emulation.etcd, "haproxy", "keepalived"):
+            if shutil.which(tool) is None:
                 raise LabError(f"{tool} not found; run 'make lab' or install etcd-server haproxy keepalived iproute2")
         if self.state_path.exists() or netns.existing(self.prefix):
             raise LabError(f"a lab already exists ({self.dir}, namespaces {self.prefix}-*); run 'ek8s lab down' first")
@@ -313,17 +314,11 @@ class Lab:
     def events(self) -> list[dict[str, Any]]:
         """The share's ``events.jsonl`` (docs/share-protocol.md), oldest first; unparseable
         lines are skipped, and there are none before the first agent writes one."""
-        try:
-            lines = (self.share / CLUSTER / "events.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
+        return self.store().events()
+
+    def store(self) -> ShareStore:
+        """The lab's share, read through the share store like any operator tool."""
+        return ShareStore(self.share, CLUSTER, "lab")
 
     def wait_ready(
         self, state: LabState, timeout_s: float, since: float, names: list[str] | None = None, progress: Any = None
@@ -360,7 +355,7 @@ class Lab:
         document, from the first control node that answers within ``PROBE_TIMEOUT_S`` seconds,
         or ``{"nodes": "no live control node to ask", "phylactery": {}}``."""
         controls = [n for n in state.nodes if n.role == "control"]
-        args = ["--kubeconfig", str(self.share / CLUSTER / "kube.config")]
+        args = ["--kubeconfig", str(self.store().admin_kubeconfig_path)]
         for n in controls:
             args += ["--phylactery", f"{n.name}=http://{n.address}:9999"]
         for n in controls:
@@ -402,11 +397,8 @@ class Lab:
         api_nodes = {n["name"]: n for n in api} if isinstance(api, list) else {}
         phyl = probe.get("phylactery", {})
         etcd_counts = [len(s["etcd"]["members"]) for s in phyl.values() if isinstance(s, dict) and s["etcd"]["members"]]
-        cluster = (
-            json.loads((self.share / CLUSTER / "cluster.json").read_text())
-            if (self.share / CLUSTER / "cluster.json").exists()
-            else {}
-        )
+        store = self.store()
+        cluster = store.read_state().to_json() if store.exists() else {}
         return {
             "leader_claimed_s": first("leader_claimed"),
             "api_ready_s": first("api_ready"),
