@@ -130,7 +130,7 @@ class PhylacterySettings(_Strict):
     reconcile_interval_s: Seconds = 30.0
     # The generation's leader saves an etcd snapshot to the share this often (0: never) and
     # keeps the newest ``snapshots_keep`` (on_cluster_lost: restore starts from the latest).
-    snapshot_interval_s: float = Field(300.0, ge=0)
+    snapshot_interval_s: float = Field(60.0, ge=0)
     snapshots_keep: int = Field(5, ge=1, le=1000)
 
 
@@ -169,7 +169,7 @@ class NodeConfig(_Strict):
     # What a control node does with a lost cluster: start a new generation ("reinit"), start
     # one from the latest etcd snapshot on the share ("restore"; reinit when there is none),
     # or keep waiting for the operator ("wait").
-    on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
+    on_cluster_lost: Literal["reinit", "restore", "wait"] = "restore"
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
 

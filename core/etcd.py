@@ -258,3 +258,60 @@ class EtcdClient:
         """Delete ``key``; returns how many keys were deleted (0 or 1)."""
         data = await self.call("/v3/kv/deleterange", {"key": _b64(key)})
         return int(data.get("deleted", 0))
+
+
+@dataclass(frozen=True)
+class LocalView:
+    """What one etcd member says about itself and its cluster, read without quorum.
+
+    ``members`` from ``member/list`` (served from the member's own view in etcd 3.4/3.5, so it
+    answers without quorum); ``member_id`` and ``raft_index`` from ``maintenance/status``;
+    ``quorum``: a linearizable read succeeded (etcd needs a majority for it)."""
+
+    members: tuple[EtcdMember, ...]
+    member_id: int
+    raft_index: int
+    quorum: bool
+
+
+def local_view(endpoint: str, context: ssl.SSLContext, timeout_s: float = 2.0) -> LocalView:
+    """:class:`LocalView` of the member at ``endpoint``; blocking, bounded by ``timeout_s``
+    per request. Raises :class:`EtcdError` when the member itself does not answer."""
+
+    async def _read() -> LocalView:
+        async with EtcdClient([endpoint], context, timeout_s=timeout_s) as etcd:
+            status = await etcd.status()
+            members = await etcd.member_list()
+            try:
+                await etcd.get("/registry/health")
+                quorum = True
+            except EtcdError:
+                quorum = False
+        return LocalView(
+            members=tuple(members),
+            member_id=int(status.get("header", {}).get("member_id", 0)),
+            raft_index=int(status.get("raftIndex", 0)),
+            quorum=quorum,
+        )
+
+    return asyncio.run(_read())
+
+
+def wait_single_member_quorum(endpoint: str, context: ssl.SSLContext, timeout_s: float) -> LocalView:
+    """Poll the member at ``endpoint`` until it is the only member and has quorum (what
+    ``--force-new-cluster`` leads to); returns its view. Raises :class:`EtcdError` with the last
+    reason after ``timeout_s`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = "not asked yet"
+    while time.monotonic() < deadline:
+        try:
+            view = local_view(endpoint, context, timeout_s=2.0)
+            if view.quorum and len(view.members) == 1:
+                return view
+            last = f"{len(view.members)} members, quorum {view.quorum}"
+        except EtcdError as err:
+            last = str(err)
+        time.sleep(0.2)
+    raise EtcdError(f"{endpoint}: not a one-member cluster with quorum after {timeout_s:.0f}s ({last})")

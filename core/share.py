@@ -130,6 +130,21 @@ class Heartbeat:
     phase: str
     generation: int
     age_s: float  # share clock: probe mtime - heartbeat mtime
+    # The raft index of the node's etcd member, reported while quorum is lost (who holds the
+    # most recent data re-forms etcd: docs/recovery.md); None otherwise.
+    etcd_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """``incarnations/<node>.json``: the boot in which a control node's etcd member was made
+    (its init or join completed), and in which generation. While the node heartbeats from that
+    boot, the member's data is alive; a new boot id proves it gone (RAM root)."""
+
+    node: str
+    boot_id: str
+    generation: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -197,6 +212,7 @@ class ShareStore:
     """
 
     def __init__(self, share: Path, cluster: str, node: str) -> None:
+        self._beats: dict[str, int] = {}  # boot id -> mtime (ns) of our last heartbeat
         self.dir = share / cluster
         self.cluster = cluster
         self.node = node
@@ -231,7 +247,7 @@ class ShareStore:
         """Create the cluster directory, its subdirectories, ``cluster.json`` (generation 0,
         no leader) and the Phylactery bearer token if missing. Idempotent; under the lock."""
         ensure_dir(self.dir)
-        for sub in ("heartbeats", "members"):
+        for sub in ("heartbeats", "members", "incarnations"):
             ensure_dir(self.dir / sub)
         with self._locked():
             if not self._state_path.exists():
@@ -282,6 +298,7 @@ class ShareStore:
             phase=d.get("phase", ""),
             generation=int(d.get("generation", 0)),
             age_s=max(0.0, now - mtime),
+            etcd_index=d.get("etcd_index"),
         )
 
     def heartbeat_names(self) -> list[str]:
@@ -308,16 +325,76 @@ class ShareStore:
     def _write_state(self, state: ClusterState) -> None:
         write_atomic(self._state_path, json.dumps(state.to_json(), indent=1) + "\n")
 
-    def heartbeat(self, boot_id: str, role: str, phase: str, generation: int) -> None:
-        """Rewrite ``heartbeats/<node>``; its new mtime is the share's clock."""
-        payload = {
+    def heartbeat(
+        self, boot_id: str, role: str, phase: str, generation: int, etcd_index: int | None = None
+    ) -> str | None:
+        """Rewrite ``heartbeats/<node>``; its new mtime is the share's clock.
+
+        Returns the boot id of another writer when one rewrote this node's heartbeat since our
+        last beat (two machines with the same node name: docs/recovery.md), else None."""
+        path = self._heartbeat_path(self.node)
+        other = None
+        last = self._beats.get(boot_id)
+        if last is not None:
+            try:
+                if os.stat(path).st_mtime_ns != last:
+                    with open(path) as f:
+                        found = str(json.load(f).get("boot_id", ""))
+                    other = found if found != boot_id else None
+            except (FileNotFoundError, json.JSONDecodeError):
+                pass
+        payload: dict[str, Any] = {
             "node": self.node,
             "boot_id": boot_id,
             "role": role,
             "phase": phase,
             "generation": generation,
         }
-        write_atomic(self._heartbeat_path(self.node), json.dumps(payload))
+        if etcd_index is not None:
+            payload["etcd_index"] = etcd_index
+        write_atomic(path, json.dumps(payload))
+        self._beats[boot_id] = os.stat(path).st_mtime_ns
+        return other
+
+    # -- incarnations and the re-form claim (docs/recovery.md) --------------------------
+    def record_incarnation(self, boot_id: str, generation: int) -> None:
+        """Write ``incarnations/<node>.json``: this node's etcd member was made in this boot."""
+        record = Incarnation(node=self.node, boot_id=boot_id, generation=generation, at=time.time())
+        write_atomic(self.dir / "incarnations" / f"{self.node}.json", json.dumps(asdict(record)) + "\n")
+
+    def incarnations(self) -> dict[str, Incarnation]:
+        """Every recorded incarnation by node name (unreadable records are skipped)."""
+        out = {}
+        d = self.dir / "incarnations"
+        for p in sorted(d.glob("*.json")) if d.exists() else []:
+            try:
+                out[p.stem] = Incarnation(**self._read_json(p))
+            except (FileNotFoundError, ShareError, TypeError):
+                continue
+        return out
+
+    def heartbeats(self, names: list[str]) -> dict[str, Heartbeat | None]:
+        """The heartbeats of ``names`` on one reading of the share's clock."""
+        now = self.share_now()
+        return {n: self.read_heartbeat(n, now) for n in names}
+
+    def claim_reform(self, generation: int, boot_id: str, lease_ttl_s: float) -> str | None:
+        """Claim the re-forming of etcd in ``generation`` (``reform.json``), so that exactly one
+        survivor does it. Returns None when the claim is ours (new, or already ours), else the
+        node that holds a claim from a boot that still heartbeats."""
+        with self._locked():
+            path = self.dir / "reform.json"
+            try:
+                held = self._read_json(path)
+            except FileNotFoundError:
+                held = {}
+            if held.get("generation") == generation and held.get("node") != self.node:
+                hb = self.read_heartbeat(str(held["node"]))
+                if hb is not None and hb.boot_id == held.get("boot_id") and hb.age_s < lease_ttl_s:
+                    return str(held["node"])
+            claim = {"generation": generation, "node": self.node, "boot_id": boot_id, "at": time.time()}
+            write_atomic(path, json.dumps(claim) + "\n")
+            return None
 
     def attempt_leadership(self, address: str, boot_id: str, decide: Any) -> tuple[ClusterState, str, str]:
         """Run one election round under the lock.

@@ -33,10 +33,11 @@ from core import probes
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.drivers import Credentials, Driver, DriverError, InitResult, driver_for
+from core.etcd import EtcdError, LocalView, local_view
 from core.logs import get_logger
 from core.services import ServiceError, ServiceManager, service_manager
 from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
-from leader import peers
+from leader import peers, recovery
 from leader.election import rule_for
 from leader.host import prepare_host
 from leader.states import CYCLE_S, Jobs, State
@@ -68,11 +69,17 @@ class Probes(Protocol):
         """POST to a Phylactery; raises ``OSError`` when it does not answer."""
         ...
 
+    def etcd_view(self) -> LocalView | None:
+        """This node's own etcd member's view (members, raft index, quorum), or None when it
+        runs no member or the member does not answer."""
+        ...
+
 
 class NodeProbes:
     """:class:`Probes` for one node, through :mod:`core.probes`."""
 
     def __init__(self, cfg: NodeConfig, driver: Driver) -> None:
+        self.driver = driver
         self.vip_url = f"https://{cfg.vip.address}:{cfg.vip.port}/readyz"
         self.kubeconfig = driver.kubelet_kubeconfig
         self.node = cfg.node.name
@@ -92,6 +99,16 @@ class NodeProbes:
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         """POST to a Phylactery with the bearer token (:func:`core.probes.phylactery_post`)."""
         return probes.phylactery_post(url, path, token, body, timeout_s)
+
+    def etcd_view(self) -> LocalView | None:
+        """:func:`core.etcd.local_view` of this node's member through the driver's client."""
+        ctx = self.driver.etcd_client_context()
+        if ctx is None:
+            return None
+        try:
+            return local_view(self.driver.etcd_endpoint, ctx)
+        except EtcdError:
+            return None
 
 
 class Agent:
@@ -148,6 +165,7 @@ class Agent:
         self.phylactery_up = False
         self._ca: tuple[int, bytes] | None = None  # (generation, cluster CA PEM)
         self._credentials: Credentials | None = None
+        self.etcd_index: int | None = None  # reported in heartbeats while quorum is lost
         self.kubeadm_s = 0.0
 
     @classmethod
@@ -396,6 +414,7 @@ class Agent:
             raise error
         self.init_result = job.result()
         self.kubeadm_s = round(self.clock() - job.started, 3)
+        self.store.record_incarnation(self.boot_id, self.generation)
         return self._go(State.PUBLISH, f"{self.driver.name} init finished in {self.kubeadm_s:.1f}s")
 
     def _run_init(self, credentials: Credentials, restore: Path | None) -> InitResult:
@@ -479,6 +498,8 @@ class Agent:
                 if isinstance(error, (DriverError, OSError, ShareError)):
                     return self._join_failed(str(error))
                 raise error
+            if self.cfg.is_control:
+                self.store.record_incarnation(self.boot_id, self.generation)
             return self._go(
                 State.AWAIT_NODE,
                 f"{self.driver.name} join succeeded",
@@ -562,6 +583,9 @@ class Agent:
         return f"waiting for my Node {self.cfg.node.name} to be Ready"
 
     def _on_watch(self, snap: Snapshot) -> str:
+        reform = self._reform_progress()
+        if reform is not None:
+            return reform
         if self.cfg.is_control and not self.services.is_running("phylactery"):
             # Supervision: Phylactery in turn restarts HAProxy and keepalived when it reconciles.
             self.phylactery_started = self.phylactery_up = False
@@ -572,6 +596,9 @@ class Agent:
         return self._judge_silence("while watching")
 
     def _on_lost(self, snap: Snapshot) -> str:
+        reform = self._reform_progress()
+        if reform is not None:
+            return reform
         if self._api_alive():
             self.lost_reported = False
             return self._go(State.WATCH, f"the API of generation {self.generation} answers again")
@@ -610,15 +637,26 @@ class Agent:
         return False
 
     def _judge_silence(self, when: str) -> str:
-        """The API of a ready generation is silent: after ``timeouts.cluster_lost_grace_s`` a
-        control node applies ``on_cluster_lost`` (every node rebooted without a reset, or etcd
-        lost quorum): ``reinit``/``restore`` start a new generation (the next cycle follows
-        it), ``wait`` enters LOST."""
+        """The API of a ready generation is silent. Recovery is ordered by what it keeps
+        (:mod:`leader.recovery`, docs/recovery.md): a control node that still holds etcd data
+        re-forms etcd from it when a majority of the members lost theirs; nobody starts a new
+        generation while a survivor holds data; when every member's node shows a new boot the
+        new generation starts at once, otherwise after ``timeouts.cluster_lost_grace_s``. Then
+        ``on_cluster_lost``: ``restore``/``reinit`` start a new generation (the next cycle
+        follows it), ``wait`` enters LOST. Workers only wait."""
         grace = self.cfg.timeouts.cluster_lost_grace_s
         silent = self.clock() - (self.silent_since or self.clock())
         vip = f"{self.cfg.vip.address}:{self.cfg.vip.port}"
-        if silent < grace or not self.cfg.is_control:
-            return f"the API of generation {self.generation} does not answer behind {vip} {when} (grace {grace:.0f}s)"
+        silence = f"the API of generation {self.generation} does not answer behind {vip} {when}"
+        if not self.cfg.is_control:
+            return f"{silence} (grace {grace:.0f}s)"
+        a = self._assess()
+        if self.cfg.node.name in a.survivors:
+            return self._as_survivor(a, silence)
+        if a.survivors:
+            return f"{silence}; {', '.join(a.survivors)} still hold etcd data: waiting for etcd to be re-formed"
+        if not (a.all_lost and a.proven_by_boot_ids) and silent < grace:
+            return f"{silence} (grace {grace:.0f}s)"
         why = f"cluster lost: generation {self.generation} is marked ready but no API answered"
         why += f" behind {vip} for {silent:.0f}s"
         if self.cfg.on_cluster_lost == "wait":
@@ -634,6 +672,66 @@ class Agent:
         sentence = f"{why}; {outcome}"
         self._event("cluster_lost", sentence)
         self.silent_since = None
+        return sentence
+
+    def _assess(self) -> recovery.Assessment:
+        """The generation's etcd members and what became of their data, from the share."""
+        incarnations = self.store.incarnations()
+        names = [n for n, i in incarnations.items() if i.generation == self.generation]
+        heartbeats = self.store.heartbeats(names)
+        return recovery.assess(self.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
+
+    def _as_survivor(self, a: recovery.Assessment, silence: str) -> str:
+        """This node still holds its etcd data while the API is silent: re-form etcd from it
+        when a majority lost theirs and this node has the most recent data."""
+        if self.jobs.running is not None:
+            return "re-forming etcd from my data"
+        view = self.probes.etcd_view()
+        if view is None:
+            return f"{silence}; my etcd member does not answer"
+        if view.quorum:
+            self.etcd_index = None
+            return f"{silence}; etcd has quorum, the API should come back"
+        self.etcd_index = view.raft_index
+        if not a.quorum_lost:
+            return f"{silence}; etcd lost quorum, but a majority of members may come back ({', '.join(a.lost)} lost)"
+        me = self.cfg.node.name
+        others = self.store.heartbeats([n for n in a.survivors if n != me])
+        indexes = {n: (hb.etcd_index if hb else None) for n, hb in others.items()} | {me: view.raft_index}
+        chosen = recovery.reformer(a.survivors, indexes)
+        if chosen is None:
+            return f"{silence}; waiting for every survivor ({', '.join(a.survivors)}) to report its etcd data"
+        if chosen != me:
+            return f"{silence}; {chosen} holds the most recent etcd data and re-forms etcd"
+        holder = self.store.claim_reform(self.generation, self.boot_id, self.cfg.timeouts.lease_ttl_s)
+        if holder is not None:
+            return f"{silence}; {holder} is re-forming etcd"
+        sentence = (
+            f"etcd lost quorum ({', '.join(a.lost)} lost their data); re-forming etcd from my data "
+            f"(raft index {view.raft_index}) as a one-member cluster; generation {self.generation} stays"
+        )
+        self._event("etcd_reform_started", sentence, lost=a.lost, raft_index=view.raft_index)
+        self.jobs.start("reform", self.driver.reform_etcd)
+        return sentence
+
+    def _reform_progress(self) -> str | None:
+        """The re-form job's progress in WATCH and LOST, or None when there is none."""
+        if self.jobs.running is not None:
+            return "re-forming etcd from my data"
+        job = self.jobs.take()
+        if job is None:
+            return None
+        self.etcd_index = None
+        self.silent_since = None
+        error = job.error()
+        if error is not None:
+            if not isinstance(error, (DriverError, OSError)):
+                raise error
+            sentence = f"re-forming etcd failed: {error}"
+            self._event("etcd_reform_failed", sentence)
+            return sentence
+        sentence = f"etcd re-formed from my data in {self.clock() - job.started:.1f}s; the other control nodes rejoin"
+        self._event("etcd_reformed", sentence)
         return sentence
 
     # -- Phylactery, the join slot, the host ----------------------------------------------
@@ -695,9 +793,16 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         while not self.stop_requested.is_set():
             try:
-                self.store.heartbeat(self.boot_id, self.cfg.role, self.state.value, self.generation)
+                other = self.store.heartbeat(
+                    self.boot_id, self.cfg.role, self.state.value, self.generation, self.etcd_index
+                )
             except OSError as err:
                 log.warning("heartbeat failed", extra={"phase": "heartbeat", "error": str(err)})
+                other = None
+            if other is not None:
+                why = f"another machine (boot {other}) heartbeats as {self.cfg.node.name}: two nodes share one name"
+                log.error(why, extra={"phase": "heartbeat"})
+                self._event("duplicate_name", why, other_boot_id=other)
             self.stop_requested.wait(self.cfg.timeouts.heartbeat_interval_s)
 
 

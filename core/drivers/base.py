@@ -116,3 +116,13 @@ class Driver(Protocol):
         """TLS context with a client certificate for this node's etcd (never etcd's server
         key pair), or None while this node runs no etcd member."""
         ...
+
+    def has_etcd_data(self) -> bool:
+        """Whether this node holds an etcd member's data directory (it survived in RAM)."""
+        ...
+
+    def reform_etcd(self) -> None:
+        """Re-form etcd from this node's data as a one-member cluster (etcd's
+        ``--force-new-cluster``), keeping every key; returns once the member has quorum alone
+        and runs without the flag again. Raises :class:`DriverError`."""
+        ...

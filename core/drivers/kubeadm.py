@@ -171,6 +171,49 @@ class KubeadmDriver:
         """``/etc/kubernetes/pki`` as a host path."""
         return self.cfg.host_path(PKI_DIR)
 
+    @property
+    def etcd_manifest(self) -> Path:
+        """kubeadm's static pod manifest for the local etcd member (the kubelet runs it)."""
+        return self.cfg.host_path("/etc/kubernetes/manifests/etcd.yaml")
+
+    def has_etcd_data(self) -> bool:
+        """``/var/lib/etcd/member`` exists: kubeadm's etcd data directory holds a member."""
+        return self.cfg.host_path("/var/lib/etcd/member").is_dir()
+
+    def reform_etcd(self, timeout_s: float = 120.0) -> None:
+        """etcd's disaster recovery on a kubeadm node: add ``--force-new-cluster`` to the etcd
+        static pod's command (the kubelet restarts the pod when its manifest changes), wait until
+        the member has quorum alone, then remove the flag again (etcd's documentation: the flag
+        must not stay, it would re-form the cluster at every restart) and wait once more.
+        Raises :class:`DriverError` when the manifest cannot be read or etcd does not come back."""
+        from core.etcd import EtcdError, wait_single_member_quorum
+
+        ctx = self.etcd_client_context()
+        if ctx is None:
+            raise DriverError(["reform-etcd"], 1, "no etcd client certificate on this node")
+        for add in (True, False):
+            self._set_force_new_cluster(add)
+            try:
+                view = wait_single_member_quorum(self.etcd_endpoint, ctx, timeout_s)
+            except EtcdError as err:
+                raise DriverError(["reform-etcd"], 1, str(err)) from err
+            log.info(
+                "etcd re-formed" if add else "etcd runs without --force-new-cluster again",
+                extra={"raft_index": view.raft_index},
+            )
+
+    def _set_force_new_cluster(self, on: bool) -> None:
+        """Rewrite the etcd manifest's ``spec.containers[0].command`` with or without
+        ``--force-new-cluster`` (a Pod manifest as kubeadm writes it)."""
+        try:
+            pod = yaml.safe_load(self.etcd_manifest.read_text())
+            command: list[str] = pod["spec"]["containers"][0]["command"]
+        except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as err:
+            raise DriverError(["reform-etcd"], 1, f"{self.etcd_manifest}: {err}") from err
+        flag = "--force-new-cluster"
+        command[:] = [a for a in command if a != flag] + ([flag] if on else [])
+        write_atomic(self.etcd_manifest, yaml.safe_dump(pod, sort_keys=False))
+
     def is_joined(self) -> bool:
         """Whether ``kubelet.conf`` exists: an init or join completed and was not reset."""
         return self.kubelet_kubeconfig.exists()

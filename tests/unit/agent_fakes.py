@@ -16,6 +16,7 @@ from typing import Any
 
 from core.config import NodeConfig, parse_config
 from core.drivers import Credentials, DriverError, InitResult
+from core.etcd import LocalView
 from core.share import JoinMaterial, ShareStore
 from leader.agent import Agent
 
@@ -111,6 +112,12 @@ class FakeDriver:
     def etcd_client_context(self) -> None:
         return None
 
+    def has_etcd_data(self) -> bool:
+        return self.joined
+
+    def reform_etcd(self) -> None:
+        self._cmd("reform")
+
 
 class FakeProbes:
     def __init__(self) -> None:
@@ -118,6 +125,7 @@ class FakeProbes:
         self.node: bool | None = None
         self.phylactery = True
         self.posts: list[tuple[str, str, dict[str, Any]]] = []
+        self.etcd: LocalView | None = None
         self.answers: dict[str, tuple[int, Any]] = {}
 
     def api_ready(self, ca_pem: bytes) -> bool:
@@ -128,6 +136,9 @@ class FakeProbes:
 
     def phylactery_healthy(self, url: str) -> bool:
         return self.phylactery
+
+    def etcd_view(self) -> LocalView | None:
+        return self.etcd
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         self.posts.append((url, path, body))
@@ -249,4 +260,5 @@ def ready_generation(share: Path, leader: str = "control0") -> ShareStore:
     assert fence is not None
     store.publish_join_material(fence, material(fence.generation, fence.epoch))
     store.mark_ready(fence)
+    store.record_incarnation(f"boot-{leader}", fence.generation)  # its init made an etcd member
     return store

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.etcd import LocalView
 from core.share import MemberRecord, ShareStore
 from leader.agent import API_UP_S, LEASE_CHECK_S
 from leader.election import rule_for
@@ -334,19 +335,6 @@ def watching_control(tmp_path: Path, **settings: object) -> Harness:
     return h
 
 
-def test_silent_api_past_the_grace_period_starts_a_new_generation(tmp_path: Path) -> None:
-    h = watching_control(tmp_path)
-    h.probes.api = False
-    assert h.cycle() == "the API of generation 1 does not answer behind 10.0.0.99:8443 while watching (grace 60s)"
-    h.clock.advance(61)
-    assert h.cycle() == (
-        "cluster lost: generation 1 is marked ready but no API answered behind 10.0.0.99:8443 for 61s; "
-        "started generation 2, starting from nothing"
-    )
-    assert h.events("cluster_lost") and h.store.read_state().generation == 2
-    assert h.cycle() == "generation 2 replaced 1; resetting to follow it"
-
-
 def test_workers_never_declare_the_cluster_lost(tmp_path: Path) -> None:
     h = joined_worker(tmp_path)
     h.probes.node = True
@@ -356,19 +344,6 @@ def test_workers_never_declare_the_cluster_lost(tmp_path: Path) -> None:
     h.clock.advance(600)
     assert h.cycle().startswith("the API of generation 1 does not answer")
     assert h.store.read_state().generation == 1
-
-
-def test_on_cluster_lost_wait_enters_lost_until_the_api_returns(tmp_path: Path) -> None:
-    h = watching_control(tmp_path, on_cluster_lost="wait")
-    h.probes.api = False
-    h.cycle()
-    h.clock.advance(61)
-    assert h.cycle().endswith("on_cluster_lost is 'wait': waiting for 'ek8s reset'")
-    assert h.state == "LOST" and h.store.read_state().generation == 1
-    assert h.cycle() == "generation 1 is lost; on_cluster_lost is 'wait': waiting for 'ek8s reset'"
-    h.probes.api = True
-    assert h.cycle() == "the API of generation 1 answers again"
-    assert h.state == "WATCH"
 
 
 def test_dead_phylactery_is_started_again(tmp_path: Path) -> None:
@@ -477,32 +452,135 @@ def test_leader_whose_node_is_never_ready_keeps_its_control_plane(tmp_path: Path
     assert h.state == "AWAIT_NODE" and "reset" not in h.driver.calls
 
 
-def test_joining_control_node_with_on_cluster_lost_wait_enters_lost(tmp_path: Path) -> None:
-    ready_generation(tmp_path / "share")
-    h = Harness(tmp_path, "control1", on_cluster_lost="wait")
-    h.cycle()
-    assert h.cycle().startswith("the API of generation 1 does not answer")
-    h.clock.advance(61)
-    assert h.cycle().endswith("on_cluster_lost is 'wait': waiting for 'ek8s reset'")
-    assert h.state == "LOST"
-
-
-def test_silence_of_an_old_generation_does_not_count_in_the_new_one(tmp_path: Path) -> None:
-    h = watching_control(tmp_path)
-    h.probes.api = False
-    h.cycle()
-    h.clock.advance(59)  # generation 1 silent for 59 s
-    h.cycle()
-    ShareStore(h.cfg.share.path, "default", "operator").rebuild("ek8s reset")
-    h.cycle()  # generation 2 replaced 1: reset
-    h.finish_jobs()
-    h.cycle()  # reset done
-    h.clock.advance(2)
-    assert "cluster lost" not in h.agent._judge_silence("while watching")
-
-
 @pytest.mark.timeout(30)
 def test_run_returns_1_when_every_attempt_failed(tmp_path: Path) -> None:
     h = Harness(tmp_path, "worker0", role="worker", timeouts__join_attempts=1)
     h.agent.state = h.agent.state.FAILED
     assert h.agent.run() == 1 and h.state == "STOPPED"
+
+
+# -- recovery: keep the data (leader/recovery.py, docs/recovery.md) ----------------------------
+
+
+def rebooted(tmp_path: Path, name: str) -> None:
+    """``name`` is back with a new boot (its RAM root, and its etcd data, are gone)."""
+    ShareStore(tmp_path / "share", "default", name).heartbeat(f"new-boot-{name}", "control", "join", 1)
+
+
+def incarnation(tmp_path: Path, name: str) -> None:
+    """``name`` joined etcd in generation 1 in its boot ``boot-<name>``, and heartbeats from it."""
+    store = ShareStore(tmp_path / "share", "default", name)
+    store.record_incarnation(f"boot-{name}", 1)
+    store.heartbeat(f"boot-{name}", "control", "watch", 1)
+
+
+def test_rebooted_control_node_waits_while_a_survivor_holds_the_data(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")  # control0 led, joined etcd and still heartbeats
+    h = Harness(tmp_path, "control1")
+    h.cycle()
+    h.clock.advance(600)  # far past the grace period
+    assert h.cycle().endswith("control0 still hold etcd data: waiting for etcd to be re-formed")
+    assert h.store.read_state().generation == 1, "no new generation while a survivor holds data"
+
+
+def test_survivor_reforms_etcd_when_a_majority_rebooted(tmp_path: Path) -> None:
+    h = watching_control(tmp_path)  # control1, with control0 (the leader) and control2 members
+    incarnation(tmp_path, "control2")
+    rebooted(tmp_path, "control0")
+    rebooted(tmp_path, "control2")
+    h.probes.api = False
+    h.probes.etcd = LocalView(members=(), member_id=1, raft_index=42, quorum=False)
+    assert h.cycle() == (
+        "etcd lost quorum (control0, control2 lost their data); re-forming etcd from my data "
+        "(raft index 42) as a one-member cluster; generation 1 stays"
+    )
+    assert h.events("etcd_reform_started") and h.agent.etcd_index == 42
+    assert h.cycle() == "re-forming etcd from my data"
+    h.finish_jobs()
+    assert h.cycle() == "etcd re-formed from my data in 0.0s; the other control nodes rejoin"
+    assert "reform" in h.driver.calls and h.events("etcd_reformed")
+    assert h.store.read_state().generation == 1 and h.agent.etcd_index is None
+
+
+def test_survivor_does_not_reform_while_a_majority_may_come_back(tmp_path: Path) -> None:
+    h = watching_control(tmp_path)
+    incarnation(tmp_path, "control2")
+    rebooted(tmp_path, "control0")  # one of three lost: the other two keep quorum
+    h.probes.api = False
+    h.probes.etcd = LocalView(members=(), member_id=1, raft_index=42, quorum=False)
+    h.clock.advance(600)
+    assert h.cycle().endswith("etcd lost quorum, but a majority of members may come back (control0 lost)")
+    h.probes.etcd = LocalView(members=(), member_id=1, raft_index=42, quorum=True)
+    assert h.cycle().endswith("etcd has quorum, the API should come back")
+    assert "reform" not in h.driver.calls and h.store.read_state().generation == 1
+
+
+def test_only_the_survivor_with_the_most_recent_data_reforms(tmp_path: Path) -> None:
+    h = watching_control(tmp_path)  # control1
+    for name in ("control2", "control3", "control4"):
+        incarnation(tmp_path, name)
+    for name in ("control0", "control3", "control4"):
+        rebooted(tmp_path, name)
+    h.probes.api = False
+    h.probes.etcd = LocalView(members=(), member_id=1, raft_index=42, quorum=False)
+    assert h.cycle().endswith("waiting for every survivor (control1, control2) to report its etcd data")
+    ShareStore(tmp_path / "share", "default", "control2").heartbeat("boot-control2", "control", "watch", 1, 50)
+    assert h.cycle().endswith("control2 holds the most recent etcd data and re-forms etcd")
+    assert "reform" not in h.driver.calls
+
+
+def test_without_survivors_the_generation_is_restored_after_the_grace(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    age_heartbeat(ShareStore(tmp_path / "share", "default", "x"), "control0", 31)  # dead, not proven
+    h = Harness(tmp_path, "control1")
+    h.cycle()
+    assert h.cycle() == "the API of generation 1 does not answer behind 10.0.0.99:8443 before joining (grace 60s)"
+    h.clock.advance(61)
+    assert (
+        h.cycle()
+        == (
+            "cluster lost: generation 1 is marked ready but no API answered behind 10.0.0.99:8443 for 61s; "
+            "started generation 2, restoring etcd from nothing (on_cluster_lost is 'restore' but the share holds "
+            "no snapshot)"
+        )
+        or "started generation 2" in h.events("cluster_lost")[0]["message"]
+    )
+    assert h.store.read_state().generation == 2
+
+
+def test_when_every_member_rebooted_the_new_generation_starts_at_once(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    rebooted(tmp_path, "control0")
+    h = Harness(tmp_path, "control1")
+    h.cycle()
+    assert "started generation 2" in h.cycle(), "boot ids prove the data gone: no grace period"
+    assert h.store.read_state().generation == 2
+
+
+def test_on_cluster_lost_wait_enters_lost_until_the_api_returns(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    age_heartbeat(ShareStore(tmp_path / "share", "default", "x"), "control0", 31)
+    h = Harness(tmp_path, "control1", on_cluster_lost="wait")
+    h.cycle()
+    h.cycle()
+    h.clock.advance(61)
+    assert h.cycle().endswith("on_cluster_lost is 'wait': waiting for 'ek8s reset'")
+    assert h.state == "LOST" and h.store.read_state().generation == 1
+    assert h.cycle() == "generation 1 is lost; on_cluster_lost is 'wait': waiting for 'ek8s reset'"
+    h.probes.api = True
+    assert h.cycle() == "the API of generation 1 answers again"
+    assert h.state == "WATCH"
+
+
+def test_silence_of_an_old_generation_does_not_count_in_the_new_one(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    age_heartbeat(ShareStore(tmp_path / "share", "default", "x"), "control0", 31)
+    h = Harness(tmp_path, "control1")
+    h.cycle()
+    h.cycle()
+    h.clock.advance(59)  # generation 1 silent for 59 s
+    h.cycle()
+    ShareStore(h.cfg.share.path, "default", "operator").rebuild("ek8s reset")
+    assert h.cycle() == "generation 2 replaced 1; running the election again"
+    h.clock.advance(2)
+    assert "cluster lost" not in h.agent._judge_silence("while watching")
