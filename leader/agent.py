@@ -29,7 +29,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from core import probes
+from core import probes, recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.drivers import Credentials, Driver, DriverError, InitResult, driver_for
@@ -37,7 +37,7 @@ from core.etcd import EtcdError, LocalView, local_view
 from core.logs import get_logger
 from core.services import ServiceError, ServiceManager, service_manager
 from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
-from leader import peers, recovery
+from leader import peers
 from leader.election import rule_for
 from leader.host import prepare_host
 from leader.states import CYCLE_S, Jobs, State
@@ -48,6 +48,11 @@ PHYLACTERY_UP_S = 60.0  # Phylactery must serve /healthz this soon after init or
 API_UP_S = 120.0  # the API must answer behind the VIP this soon after kubeadm init
 LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at most this often
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
+
+
+class PruneFailed(Exception):
+    """No Phylactery pruned this node's stale state (none answered, or one refused because
+    another incarnation of the node is alive); the join does not go ahead."""
 
 
 class Probes(Protocol):
@@ -488,9 +493,10 @@ class Agent:
         if job is not None and job.name == "prune":
             error = job.error()
             if error is not None:
-                if not isinstance(error, (OSError, ShareError)):
+                if not isinstance(error, (PruneFailed, OSError, ShareError)):
                     raise error
-                log.warning("prune before joining failed", extra={"phase": "join", "error": str(error)})
+                self.join_attempt += 1  # a failed prune is a failed attempt: no join follows it
+                return self._join_failed(str(error))
         elif job is not None:
             self._release_slot()
             error = job.error()
@@ -551,17 +557,20 @@ class Agent:
         name, address = self.cfg.node.name, self.cfg.node.address
         with ThreadPoolExecutor(2) as pool:
             renewed = pool.submit(peers.ensure_join_material, self.store, post, name)
-            pruned = pool.submit(peers.prune_self, self.store, post, name, address)
+            pruned = pool.submit(peers.prune_self, self.store, post, name, address, self.boot_id)
             refreshed, (ok, answer) = renewed.result(), pruned.result()
         if refreshed:
             self._event("join_material_refreshed", f"join material refreshed: {', '.join(refreshed)}")
-        if ok:
-            self._event(
-                "pruned",
-                f"pruned my stale state through {answer.get('url')}",
-                deleted_nodes=answer.get("deleted_nodes"),
-                removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
-            )
+        if not ok:
+            # A member left behind would be reused by kubeadm's join and crash-loop
+            # (kubernetes/kubernetes#127491): never join after a failed prune.
+            raise PruneFailed(f"no Phylactery pruned my stale state: {answer.get('errors')}")
+        self._event(
+            "pruned",
+            f"pruned my stale state through {answer.get('url')}",
+            deleted_nodes=answer.get("deleted_nodes"),
+            removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
+        )
 
     def _run_join(self) -> None:
         """The join job: leftovers of an earlier attempt reset, then the driver's join."""
@@ -638,7 +647,7 @@ class Agent:
 
     def _judge_silence(self, when: str) -> str:
         """The API of a ready generation is silent. Recovery is ordered by what it keeps
-        (:mod:`leader.recovery`, docs/recovery.md): a control node that still holds etcd data
+        (:mod:`core.recovery`, docs/recovery.md): a control node that still holds etcd data
         re-forms etcd from it when a majority of the members lost theirs; nobody starts a new
         generation while a survivor holds data; when every member's node shows a new boot the
         new generation starts at once, otherwise after ``timeouts.cluster_lost_grace_s``. Then

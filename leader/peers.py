@@ -35,14 +35,17 @@ def peer_urls(store: ShareStore, me: str) -> list[str]:
     return [url for _, url in sorted(ranked)]
 
 
-def prune_self(store: ShareStore, post: Post, name: str, address: str) -> tuple[bool, dict[str, Any]]:
-    """Ask a live Phylactery to prune ``name``/``address``. Returns (pruned, the answer:
-    ``deleted_nodes``, ``removed_etcd_members``, ``url``; or ``errors`` per peer)."""
+def prune_self(store: ShareStore, post: Post, name: str, address: str, boot_id: str) -> tuple[bool, dict[str, Any]]:
+    """Ask a live Phylactery to prune what ``name``/``address`` left behind before this boot
+    (``boot_id``: Phylactery refuses while another incarnation of the node is alive). Returns
+    (pruned, the answer: ``deleted_nodes``, ``removed_etcd_members``, ``url``; or ``errors`` per
+    peer, with a 409 refusal among them)."""
     token = store.read_token()
     errors: dict[str, Any] = {}
+    body = {"name": name, "address": address, "boot_id": boot_id}
     for url in peer_urls(store, name):
         try:
-            status, answer = post(url, "/v1/prune", token, {"name": name, "address": address}, 15.0)
+            status, answer = post(url, "/v1/prune", token, body, 15.0)
         except OSError as err:
             errors[url] = str(err)
             continue

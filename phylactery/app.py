@@ -31,7 +31,7 @@ from aiohttp import web
 from core.drivers import ApiUnavailable, DriverError
 from core.logs import get_logger
 from core.share import EpochSuperseded
-from phylactery.prune import PruneError
+from phylactery.prune import PruneError, PruneRefused
 from phylactery.service import Phylactery
 
 log = get_logger(__name__, "http")
@@ -99,22 +99,26 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def prune(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/prune`` with ``{"name", "address"}``: 200 with what was removed; 400 bad
-    body, 409 the serving node, 503 a store did not answer."""
+    """``POST /v1/prune`` with ``{"name", "address", "boot_id"}`` (the requester's boot):
+    200 with what was removed; 400 bad body; 409 the serving node, or a node whose current
+    incarnation is alive (docs/recovery.md); 503 a store did not answer."""
     body = await _json_body(request)
-    name, address = body.get("name"), body.get("address")
+    name, address, boot = body.get("name"), body.get("address"), body.get("boot_id")
     if not isinstance(name, str) or not name:
         return error(400, "field 'name': a node name (string) is required")
     if not isinstance(address, str):
         return error(400, "field 'address': an IPv4 address (string) is required")
+    if not isinstance(boot, str) or not boot:
+        return error(400, "field 'boot_id': the requester's boot id (string) is required")
     try:
         address = str(ipaddress.IPv4Address(address))
     except ValueError:
         return error(400, f"field 'address': {address!r} is not an IPv4 address")
     p = request.app[PHYLACTERY]
     try:
-        result = await p.prune(name, address)
-    except ValueError as err:
+        result = await p.prune(name, address, boot)
+    except (ValueError, PruneRefused) as err:
+        log.warning("prune refused", extra={"node_": name, "error": str(err)})
         return error(409, str(err))
     except PruneError as err:
         return error(503, str(err))

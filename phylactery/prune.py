@@ -31,6 +31,24 @@ class PruneError(Exception):
     """A store needed for pruning did not answer (the caller should try another node)."""
 
 
+class PruneRefused(Exception):
+    """The node asked about is not stale: its current incarnation is alive (a fresh heartbeat
+    from another boot, or an etcd member that still answers). Nothing was removed."""
+
+
+async def member_answers(member: EtcdMember, context: ssl.SSLContext, timeout_s: float = 1.0) -> bool:
+    """Whether ``member`` answers ``maintenance/status`` on one of its client URLs: a member
+    whose node rebooted (RAM root) or died does not; a live one does."""
+    if not member.client_urls:
+        return False
+    async with EtcdClient(list(member.client_urls), context, timeout_s=timeout_s) as etcd:
+        try:
+            await etcd.status()
+        except EtcdError:
+            return False
+    return True
+
+
 @dataclass
 class PruneResult:
     """What one prune removed: Node names and etcd members (JSON as ``POST /v1/prune`` answers)."""
@@ -98,6 +116,9 @@ async def remove_etcd_members(endpoint: str, context: ssl.SSLContext, name: str,
         try:
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
             doomed = stale_members(await etcd.member_list(), name, address, keep_id=me)
+            for m in doomed:
+                if await member_answers(m, context):
+                    raise PruneRefused(f"etcd member {m.name} ({', '.join(m.client_urls)}) answers: {name} is alive")
             for m in doomed:
                 await retry_transient(functools.partial(etcd.member_remove, m.id), steps=8)
         except EtcdError as err:

@@ -29,7 +29,7 @@ from core.logs import get_logger
 from core.services import ServiceError, service_manager
 from core.share import MemberRecord, ShareError, ShareStore
 from phylactery import daemons, render
-from phylactery.prune import PruneResult, prune_node
+from phylactery.prune import PruneRefused, PruneResult, prune_node
 
 log = get_logger(__name__, "phylactery")
 
@@ -253,10 +253,19 @@ class Phylactery:
             }
 
     # -- prune and status -------------------------------------------------------------
-    async def prune(self, name: str, address: str) -> PruneResult:
-        """Remove what the node ``name``/``address`` left behind (:func:`prune_node` with what
-        the driver says to prune). Raises ``ValueError`` for this node itself and
+    async def prune(self, name: str, address: str, boot_id: str) -> PruneResult:
+        """Remove what the node ``name``/``address`` left behind in an earlier boot (:func:`prune_node`
+        with what the driver says to prune), asked by its incarnation ``boot_id``. Raises
+        ``ValueError`` for this node itself, :class:`phylactery.prune.PruneRefused` when another
+        incarnation of the node is alive (its heartbeat is fresh and from another boot: two
+        machines with one name, or a request that is not the node's own), and
         :class:`phylactery.prune.PruneError` when the API or etcd does not answer."""
+        hb = await asyncio.to_thread(self.store.read_heartbeat, name)
+        if hb is not None and hb.boot_id != boot_id and hb.age_s < self.cfg.timeouts.lease_ttl_s:
+            raise PruneRefused(
+                f"{name} is alive in another boot ({hb.boot_id}, heartbeat {hb.age_s:.1f}s old) than the "
+                f"requester's ({boot_id}): two machines with one name, or not its own request; nothing removed"
+            )
         return await prune_node(
             name=name,
             address=address,

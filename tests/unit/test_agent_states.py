@@ -258,7 +258,10 @@ def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> 
     failed = "join attempt 1/3 failed: kubeadm join exited 1: emulated join failure; resetting, retrying in 2s"
     assert h.cycle() == failed
     asked = {path: body for _, path, body in h.probes.posts}
-    assert asked == {"/v1/join-material": {}, "/v1/prune": {"name": "worker0", "address": "10.0.0.41"}}
+    assert asked == {
+        "/v1/join-material": {},
+        "/v1/prune": {"name": "worker0", "address": "10.0.0.41", "boot_id": "boot-worker0"},
+    }
     assert h.events("pruned") and h.events("join_failed")
     h.finish_jobs()
     h.clock.advance(2)
@@ -418,6 +421,7 @@ def test_phylactery_that_never_serves_fails_the_init(tmp_path: Path) -> None:
 def test_join_that_keeps_failing_gives_up(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     h = Harness(tmp_path, "worker0", role="worker")
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
     h.probes.api = True
     h.driver.fail.add("join")
     h.cycle()
@@ -459,7 +463,7 @@ def test_run_returns_1_when_every_attempt_failed(tmp_path: Path) -> None:
     assert h.agent.run() == 1 and h.state == "STOPPED"
 
 
-# -- recovery: keep the data (leader/recovery.py, docs/recovery.md) ----------------------------
+# -- recovery: keep the data (core/recovery.py, docs/recovery.md) ----------------------------
 
 
 def rebooted(tmp_path: Path, name: str) -> None:
@@ -584,3 +588,17 @@ def test_silence_of_an_old_generation_does_not_count_in_the_new_one(tmp_path: Pa
     assert h.cycle() == "generation 2 replaced 1; running the election again"
     h.clock.advance(2)
     assert "cluster lost" not in h.agent._judge_silence("while watching")
+
+
+def test_a_refused_prune_stops_the_join(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    ShareStore(tmp_path / "share", "default", "worker0").heartbeat("old-boot", "worker", "watch", 1)
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    h.probes.api = True
+    h.probes.answers["/v1/prune"] = (409, {"error": "worker0 is alive in another boot"})
+    h.cycle()
+    h.cycle()
+    h.finish_jobs()
+    assert h.cycle().startswith("join attempt 1/3 failed: no Phylactery pruned my stale state:")
+    assert "join" not in h.driver.calls, "no kubeadm join after a failed prune"

@@ -63,10 +63,11 @@ def test_every_post_needs_the_bearer_token(tmp_path: Path, path: str, auth: str 
     [
         ("{not json", "JSON"),
         ("[1, 2]", "object"),
-        ({"address": "10.0.0.22"}, "name"),
-        ({"name": "control1"}, "address"),
-        ({"name": "control1", "address": "10.0.0.300"}, "address"),
-        ({"name": "control1", "address": 7}, "address"),
+        ({"address": "10.0.0.22", "boot_id": "b"}, "name"),
+        ({"name": "control1", "boot_id": "b"}, "address"),
+        ({"name": "control1", "address": "10.0.0.300", "boot_id": "b"}, "address"),
+        ({"name": "control1", "address": 7, "boot_id": "b"}, "address"),
+        ({"name": "control1", "address": "10.0.0.22"}, "boot_id"),
     ],
 )
 def test_malformed_prune_bodies_get_400_with_a_json_error(tmp_path: Path, body: Any, field: str) -> None:
@@ -81,12 +82,25 @@ def test_prune_of_the_serving_node_is_refused_and_unreachable_stores_give_503(tm
     (s1, a1), (s2, a2) = call(
         tmp_path,
         [
-            ("POST", "/v1/prune", auth, {"name": "control0", "address": "10.0.0.21"}),
-            ("POST", "/v1/prune", auth, {"name": "control1", "address": "10.0.0.22"}),
+            ("POST", "/v1/prune", auth, {"name": "control0", "address": "10.0.0.21", "boot_id": "b"}),
+            ("POST", "/v1/prune", auth, {"name": "control1", "address": "10.0.0.22", "boot_id": "b"}),
         ],
     )
     assert s1 == 409 and "this node" in a1["error"]
     assert s2 == 503 and "kubeconfig" in a2["error"]
+
+
+def test_prune_of_a_node_alive_in_another_boot_is_refused(tmp_path: Path) -> None:
+    from core.share import ShareStore
+
+    share = ShareStore(tmp_path / "share", "default", "control1")
+    share.ensure()
+    share.heartbeat("boot-that-runs", "control", "watch", 1)  # control1 is alive, in this boot
+    auth = {"Authorization": "Bearer {token}"}
+    [(status, answer)] = call(
+        tmp_path, [("POST", "/v1/prune", auth, {"name": "control1", "address": "10.0.0.22", "boot_id": "another"})]
+    )
+    assert status == 409 and "alive in another boot (boot-that-runs" in answer["error"]
 
 
 def test_join_material_before_the_generation_is_ready_is_a_409(tmp_path: Path) -> None:

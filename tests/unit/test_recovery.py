@@ -1,9 +1,9 @@
-"""Who still holds the data, and who re-forms etcd from it (leader/recovery.py)."""
+"""Who still holds the data, and who re-forms etcd from it (core/recovery.py)."""
 
 from __future__ import annotations
 
+from core.recovery import Fate, assess, fate, reformer
 from core.share import Heartbeat, Incarnation
-from leader.recovery import Fate, assess, fate, reformer
 
 TTL = 30.0
 
