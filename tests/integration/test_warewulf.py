@@ -38,8 +38,8 @@ def check_golden(path: Path, text: str) -> None:
 
 
 def registry_fixture(inv: Inventory) -> dict[str, object]:
-    """What Warewulf's registry holds once `ek8s warewulf apply` ran for ``inv``: the nodes
-    with their netdev and tags (the cluster profile's merged under each node's own)."""
+    """What Warewulf's registry holds once `ek8s warewulf apply` ran for ``inv``: the cluster
+    profile with the cluster's tags, the nodes with their netdev, profiles and own tags."""
     nodes = []
     for n in inv.expanded():
         nodes.append(
@@ -57,10 +57,11 @@ def registry_fixture(inv: Inventory) -> dict[str, object]:
                         "netmask": inv.warewulf.netmask,
                     }
                 },
-                "tags": inv.cluster_tags() | {"ek8s_role": n.role},
+                "tags": {"ek8s_role": n.role},
             }
         )
-    return {"server": SERVER, "nodes": nodes}
+    profiles = {"default": {"tags": {}}, inv.profile: {"tags": inv.cluster_tags()}}
+    return {"server": SERVER, "profiles": profiles, "nodes": nodes}
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,13 @@ def wwtemplate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def render(tool: Path, fixture: Path, version: str, node: str, template: Path) -> subprocess.CompletedProcess[str]:
-    argv = [str(tool), "-version", version, "-data", str(fixture), "-node", node, str(template)]
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
+def render(
+    tool: Path, fixture: Path, version: str, node: str, template: Path, out: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(tool), "-version", version, "-data", str(fixture), "-node", node]
+    if out is not None:
+        argv += ["-out", str(out)]
+    return subprocess.run([*argv, str(template)], capture_output=True, text=True, check=False, timeout=60)
 
 
 TEMPLATES = sorted(p.relative_to(ROOT / "overlay") for p in (ROOT / "overlay").rglob("*.ww"))
@@ -150,6 +155,77 @@ def test_node_without_tags_renders_a_node_yaml_that_names_the_missing_fact(wwtem
     (tmp_path / "node.yaml").write_text(res.stdout)
     out = subprocess.run([*EK8S, "config", "check", str(tmp_path / "node.yaml")], capture_output=True, text=True)
     assert out.returncode == 2 and "role" in out.stderr
+
+
+def _render_text(tool: Path, tmp_path: Path, data: dict[str, object], version: str, text: str) -> tuple[int, str, str]:
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(data))
+    tpl = tmp_path / "t.ww"
+    tpl.write_text(text)
+    res = render(tool, fixture, version, "control0", tpl)
+    return res.returncode, res.stdout, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("version", "warning"),
+    [("4.5", "Profile not found for node 'control0': ek8s-ek8s"), ("4.6", "profile not found: ek8s-ek8s")],
+)
+def test_renderer_merges_tags_only_from_profiles_that_exist(
+    wwtemplate: Path, tmp_path: Path, version: str, warning: str
+) -> None:
+    """Warewulf skips a node's missing profile with a warning and renders on
+    (4.5 node/constructors.go:195-199, 4.6 node/mergo.go:147-150); the node's own tags win."""
+    data = registry_fixture(load_inventory(INVENTORY))
+    text = '{{ index .Tags "ek8s_cluster" }}|{{ index .Tags "ek8s_role" }}'
+    assert _render_text(wwtemplate, tmp_path, data, version, text) == (0, "ek8s|control", "")
+    del data["profiles"]["ek8s-ek8s"]  # type: ignore[attr-defined]
+    code, out, err = _render_text(wwtemplate, tmp_path, data, version, text)
+    assert (code, out) == (0, "|control") and warning in err
+
+
+def test_renderer_data_types_are_warewulfs(wwtemplate: Path, tmp_path: Path) -> None:
+    """Receivers and field types as in v4.5.8 / v4.6.5 (tests/wwtemplate/main.go cites them)."""
+    data = registry_fixture(load_inventory(INVENTORY))
+    node = data["nodes"][0]  # type: ignore[index]
+    node["netdevs"]["ib"] = {"device": "ib0", "ipaddr": "10.1.0.21", "onboot": "false"}
+    # 4.5 marks only the primary device; the others' Primary is empty, not "false".
+    text = "{{ range $n, $d := .NetDevs }}{{ $n }}=[{{ $d.Primary }}] {{ end }}"
+    assert _render_text(wwtemplate, tmp_path, data, "4.5", text)[1] == "default=[true] ib=[] "
+    # 4.6: Primary() reads an unexported field that the gob copy behind the top-level fields
+    # drops; .ThisNode keeps it.
+    text = "{{ range $n, $d := .ThisNode.NetDevs }}{{ $n }}={{ $d.Primary }} {{ end }}"
+    assert _render_text(wwtemplate, tmp_path, data, "4.6", text)[1] == "default=true ib=false "
+    # 4.6 OnBoot is a string type: "false" is true inside {{if}}; .Bool reads it.
+    text = '{{ with index .NetDevs "ib" }}{{ if .OnBoot }}if{{ end }} {{ .OnBoot.Bool }}{{ end }}'
+    assert _render_text(wwtemplate, tmp_path, data, "4.6", text)[1] == "if false"
+    # Pointer receivers: 4.6 Id() works on the addressable .ThisNode and .AllNodes entries,
+    # not on the embedded node of the template data, which Warewulf passes by value.
+    assert _render_text(wwtemplate, tmp_path, data, "4.6", "{{ .ThisNode.Id }}")[1] == "control0"
+    code, _, err = _render_text(wwtemplate, tmp_path, data, "4.6", "{{ .Node.Id }}")
+    assert code == 1 and "can't evaluate field Id" in err
+    assert _render_text(wwtemplate, tmp_path, data, "4.5", "{{ .ThisNode.Id.Get }}")[1] == "control0"
+    # An empty address: 4.6's net.IP prints "<nil>", 4.5's string is empty.
+    node["netdevs"]["default"]["ipaddr"] = ""
+    text = '{{ with index .NetDevs "default" }}[{{ .Ipaddr }}]{{ end }}'
+    assert _render_text(wwtemplate, tmp_path, data, "4.6", text)[1] == "[<nil>]"
+    assert _render_text(wwtemplate, tmp_path, data, "4.5", text)[1] == "[]"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_renderer_writes_like_warewulf(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    """-out writes as CarefulWriteBuffer does: an existing file is kept as .wwbackup unless the
+    template calls {{ nobackup }}; {{ abort }} writes nothing."""
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(registry_fixture(load_inventory(INVENTORY))))
+    for case, (text, backup) in enumerate((("new", True), ("{{ nobackup }}new", False), ("{{ abort }}new", False))):
+        out = tmp_path / str(case) / "hosts"
+        out.parent.mkdir()
+        out.write_text("old")
+        tpl = tmp_path / "hosts.ww"
+        tpl.write_text(text)
+        assert render(wwtemplate, fixture, version, "control0", tpl, out=out).returncode == 0
+        assert out.with_name("hosts.wwbackup").exists() == backup
+        assert out.read_text() == ("old" if "abort" in text else "new")
 
 
 # -- inventory and plan -----------------------------------------------------------------
