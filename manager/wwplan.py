@@ -11,7 +11,8 @@ Version differences (Warewulf 4.6.0 release notes): 4.5 names node images "conta
 lists of a node's profiles, so the cluster profile adds only ek8s's overlays there while 4.5
 nodes get their whole lists. NFS: 4.5 mounts exports listed in ``warewulf.conf`` with
 ``mount: true`` and their ``mount options``; 4.6 exports from ``warewulf.conf`` but mounts
-from an ``fstab`` resource of a profile in ``nodes.conf``.
+from an ``fstab`` resource of a profile in ``nodes.conf``. ``profile add`` takes ``--yes`` on
+4.5 only (4.5 asks for confirmation; 4.6.5 has no such flag).
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ def parse_version(text: str) -> str:
 
 def _wwctl(wwctl: str, *args: str) -> str:
     try:
-        res = subprocess.run([wwctl, *args], capture_output=True, text=True, timeout=120, check=False)
+        res = subprocess.run(
+            [wwctl, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False
+        )
     except FileNotFoundError:
         raise WarewulfError(f"{wwctl}: not found (is Warewulf installed? or pass --version)") from None
+    except subprocess.TimeoutExpired:
+        raise WarewulfError(f"{wwctl} {' '.join(args)} did not answer in 120 s") from None
     if res.returncode != 0:
         raise WarewulfError(f"{wwctl} {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
     return res.stdout
@@ -139,7 +144,11 @@ def plan(inv: Inventory, version: str, registry: Registry | None = None) -> list
         )
     ]
     if profile not in reg.profiles:
-        steps.append(Step(["wwctl", "profile", "add", profile], f"cluster profile for {inv.cluster}"))
+        # 4.5 asks for confirmation unless --yes, and without a terminal adds nothing and
+        # exits 0 (v4.5.8 internal/app/wwctl/profile/add/main.go:77-88, --yes at
+        # profile/add/root.go:70); 4.6.5's `profile add` has no --yes and refuses it.
+        add = ["wwctl", "profile", "add", profile, *(["--yes"] if v45 else [])]
+        steps.append(Step(add, f"cluster profile for {inv.cluster}"))
     profile_set = ["wwctl", "profile", "set", profile, "--yes"]
     for key, value in inv.cluster_tags().items():
         profile_set += ["--tagadd", f"{key}={value}"]
@@ -267,6 +276,23 @@ def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
     return changed
 
 
+def _profile_missing(wwctl: str, profile: str) -> str | None:
+    """After ``wwctl profile add``: why ``profile`` is not in ``wwctl profile list``, or None.
+
+    Warewulf can exit 0 without adding it: 4.5 asks for confirmation unless --yes and takes
+    no answer as "no" (v4.5.8 internal/app/wwctl/profile/add/main.go:77-88). Every node would
+    then render without the cluster's facts, with only a warning
+    (``node/constructors.go:197``), so the absence is an error here.
+    """
+    try:
+        names = _names(_wwctl(wwctl, "profile", "list"))
+    except WarewulfError as err:
+        return str(err)
+    if profile in names:
+        return None
+    return f"`wwctl profile add {profile}` exited 0 but {profile} is not in `wwctl profile list`"
+
+
 def apply(
     inv: Inventory,
     version: str,
@@ -276,7 +302,11 @@ def apply(
     say: Any = print,
 ) -> int:
     """Run ``steps`` in order, merging the NFS entries where they belong; stop at the first
-    failure, show its output, and return 1 (0 when every step passed)."""
+    failure, show its output, and return 1 (0 when every step passed).
+
+    Commands get no terminal (stdin is /dev/null), so a confirmation prompt cannot wait
+    unseen; after ``profile add`` the profile must be listed (:func:`_profile_missing`).
+    """
     total = len(steps)
     merged_fstab = False
     if (conf_dir / "warewulf.conf").exists():
@@ -294,9 +324,14 @@ def apply(
             merged_fstab = True
         say(f"[{i}/{total}] {step.shell()}")
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+            res = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, check=False
+            )
         except FileNotFoundError:
             say(f"ek8s: step {i} failed: {argv[0]} not found")
+            return 1
+        except subprocess.TimeoutExpired:
+            say(f"ek8s: step {i}/{total} did not finish in 600 s; the steps after it were not run")
             return 1
         if res.returncode != 0:
             say(f"ek8s: step {i}/{total} failed (exit {res.returncode}); the steps after it were not run")
@@ -304,5 +339,13 @@ def apply(
                 if stream.strip():
                     say(stream.rstrip())
             return 1
+        if step.argv[:3] == ["wwctl", "profile", "add"]:
+            missing = _profile_missing(wwctl, step.argv[3])
+            if missing:
+                say(f"ek8s: step {i}/{total} failed: {missing}; the steps after it were not run")
+                for stream in (res.stdout, res.stderr):
+                    if stream.strip():
+                        say(stream.rstrip())
+                return 1
     say(f"done: {total} steps; boot the nodes (wwctl power on / reboot) to build the cluster")
     return 0

@@ -307,9 +307,27 @@ def test_hostlist_expansion_counts_addresses() -> None:
 # -- apply against a stand-in wwctl --------------------------------------------------------
 
 STAND_IN = r'''#!{python}
-"""Stand-in wwctl (tests only): records argv, keeps names in a JSON registry, fails on demand."""
+"""Stand-in wwctl (tests only): a registry in a JSON file, with Warewulf's behaviour per version
+where ek8s depends on it (WWCTL_VERSION, read from the v4.5.8 / v4.6.5 tags):
+
+- 4.5 `profile add` asks "Are you sure you add the profile" unless --yes
+  (internal/app/wwctl/profile/add/main.go:77-88, --yes at profile/add/root.go:70); with no
+  terminal to answer, promptui's answer is "no": nothing is added and it exits 0.
+- 4.6.5 `profile add` has no --yes (profile/add/root.go): "ERROR: unknown flag: --yes", exit
+  255 (cmd/wwctl/main.go:18-24; the root command silences cobra's own message).
+- `profile set` and `node set` ask too unless --yes (4.5 profile/set/main.go:67-79,
+  node/set/main.go:81; 4.6.5 profile/set/main.go:74-86, node/set/main.go:76-88): "no", exit 0.
+- `profile set` on a profile that does not exist changes nothing and exits 0 (4.5
+  api/profile/profile.go ProfileSetParameterCheck only visits existing profiles; 4.6.5
+  api/profile/set.go:64-67 warns "invalid profile").
+- 4.5 has no `image` command and no --image/--system-overlays/--runtime-overlays; 4.6 keeps
+  --container/--wwinit/--runtime as deprecated aliases (wwctl/flags/flags.go).
+- A fresh registry has the profile `default`.
+Records every argv in WWCTL_LOG; fails on demand when WWCTL_FAIL is part of the command line.
+"""
 import json, os, sys
 log, state = os.environ["WWCTL_LOG"], os.environ["WWCTL_STATE"]
+v45 = os.environ.get("WWCTL_VERSION", "4.6.1").startswith("4.5.")
 argv = sys.argv[1:]
 with open(log, "a") as f:
     f.write(json.dumps(argv) + "\n")
@@ -317,20 +335,93 @@ fail = os.environ.get("WWCTL_FAIL")
 if fail and fail in " ".join(argv):
     print("Error: stand-in failure for " + fail, file=sys.stderr)
     sys.exit(255)
-reg = json.load(open(state)) if os.path.exists(state) else {{"node": [], "profile": []}}
+reg = json.load(open(state)) if os.path.exists(state) else {{"profile": {{"default": {{"tags": {{}}}}}}, "node": {{}}}}
+
+def die(msg):
+    print("ERROR: " + msg, file=sys.stderr)
+    sys.exit(255)
+
+def save():
+    json.dump(reg, open(state, "w"), indent=1)
+
+VALUED = {{"--profile", "--container", "--image", "--root", "--netname", "--netdev", "--hwaddr", "--ipaddr",
+          "--netmask", "--gateway", "--nettagadd", "--tagadd", "--wwinit", "--runtime", "--system-overlays",
+          "--runtime-overlays"}}
+ONLY_46 = {{"--image", "--system-overlays", "--runtime-overlays"}}
+
+def options(args, allowed_flags):
+    opts, rest, i = {{}}, [], 0
+    while i < len(args):
+        a = args[i]
+        if a in VALUED and not (v45 and a in ONLY_46):
+            opts.setdefault(a, []).append(args[i + 1])
+            i += 2
+        elif a in allowed_flags:
+            opts[a] = True
+            i += 1
+        elif a.startswith("-"):
+            die("unknown flag: " + a)
+        else:
+            rest.append(a)
+            i += 1
+    return opts, rest
+
+def tags(opts, key="--tagadd"):
+    out = {{}}
+    for value in opts.get(key, []):
+        for pair in value.split(","):
+            k, _, v = pair.partition("=")
+            out[k] = v
+    return out
+
 if argv == ["version"]:
-    print("wwctl version: " + os.environ.get("WWCTL_VERSION", "4.6.1"))
-elif argv[1:2] == ["list"]:
-    print("NODE NAME   PROFILES   NETWORK" if argv[0] == "node" else "PROFILE NAME   COMMENT/DESCRIPTION")
+    print("wwctl version:\t " + os.environ.get("WWCTL_VERSION", "4.6.1"))
+    sys.exit(0)
+if argv[:1] == ["image"] and v45:
+    die('unknown command "image" for "wwctl"')
+kind, verb, args = argv[0], argv[1], argv[2:]
+if verb == "list":
+    print("NODE NAME   PROFILES   NETWORK" if kind == "node" else "PROFILE NAME   COMMENT/DESCRIPTION")
     print("=" * 40)
-    for name in reg[argv[0]]:
+    for name in reg[kind]:
         print(name + "   default")
-elif argv[1:2] == ["add"]:
-    if argv[2] in reg[argv[0]]:
-        print("Error: " + argv[2] + " already exists", file=sys.stderr)
-        sys.exit(255)
-    reg[argv[0]].append(argv[2])
-    json.dump(reg, open(state, "w"))
+elif verb == "add":
+    opts, names = options(args, {{"--yes"}} if (kind, v45) == ("profile", True) else set())
+    if names[0] in reg[kind]:
+        die(kind + " with name " + names[0] + " already exists")
+    if kind == "profile" and v45 and "--yes" not in opts:
+        print("Are you sure you add the profile " + str(names) + "? [y/N] ")
+        sys.exit(0)  # no terminal: promptui returns "no"
+    fresh = {{"tags": {{}}}} if kind == "profile" else {{"profiles": ["default"], "tags": {{}}, "netdevs": {{}}}}
+    reg[kind][names[0]] = fresh
+    save()
+elif verb == "set":
+    opts, names = options(args, {{"--yes"}})
+    if "--yes" not in opts:
+        print("Are you sure you want to modify 1 " + kind + "(s)? [y/N] ")
+        sys.exit(0)
+    for name in names:
+        entry = reg[kind].get(name)
+        if entry is None:
+            print("WARN   : invalid " + kind + ": " + name, file=sys.stderr)
+            continue
+        entry["tags"].update(tags(opts))
+        if "--profile" in opts:
+            entry["profiles"] = opts["--profile"][-1].split(",")
+        for flag, key in (("--container", "image"), ("--image", "image"), ("--root", "root"),
+                          ("--wwinit", "system_overlays"), ("--system-overlays", "system_overlays"),
+                          ("--runtime", "runtime_overlays"), ("--runtime-overlays", "runtime_overlays")):
+            if flag in opts:
+                value = opts[flag][-1]
+                entry[key] = value.split(",") if key.endswith("overlays") else value
+        if "--netname" in opts:
+            dev = entry.setdefault("netdevs", {{}}).setdefault(opts["--netname"][-1], {{}})
+            for flag, key in (("--netdev", "device"), ("--hwaddr", "hwaddr"), ("--ipaddr", "ipaddr"),
+                              ("--netmask", "netmask"), ("--gateway", "gateway")):
+                if flag in opts:
+                    dev[key] = opts[flag][-1]
+            dev.setdefault("tags", {{}}).update(tags(opts, "--nettagadd"))
+    save()
 '''
 
 
@@ -341,7 +432,9 @@ def _stand_in(tmp_path: Path, log: Path) -> Path:
     return tool
 
 
-def _apply(tmp_path: Path, log: Path, version: str, fail: str | None = None) -> subprocess.CompletedProcess[str]:
+def _apply(
+    tmp_path: Path, log: Path, version: str, fail: str | None = None, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"WWCTL_LOG": str(log), "WWCTL_STATE": str(tmp_path / "state.json"), "WWCTL_VERSION": version}
     if fail:
         env["WWCTL_FAIL"] = fail
@@ -349,14 +442,79 @@ def _apply(tmp_path: Path, log: Path, version: str, fail: str | None = None) -> 
     inv["share"]["path"] = str(tmp_path / "share")  # the stand-in run makes the share here
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(inv))
-    argv = [*EK8S, "warewulf", "apply", "--wwctl", str(_stand_in(tmp_path, log))]
+    argv = [*EK8S, "warewulf", "apply", *extra, "--wwctl", str(_stand_in(tmp_path, log))]
     return subprocess.run(
-        [*argv, "--conf-dir", str(tmp_path / "etc"), str(path)], capture_output=True, text=True, env=env
+        [*argv, "--conf-dir", str(tmp_path / "etc"), str(path)], capture_output=True, text=True, env=env, timeout=120
     )
 
 
 def _calls(log: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def fixture_from_stand_in(state: Path) -> dict[str, object]:
+    """The renderer's fixture from what the stand-in wwctl holds after a run: its profiles as
+    they are (a profile never created is absent) and its nodes with their own settings."""
+    reg = json.loads(state.read_text())
+    nodes = [{"id": name, "primary_netdev": "default", **entry} for name, entry in reg["node"].items()]
+    return {"server": SERVER, "profiles": reg["profile"], "nodes": nodes}
+
+
+@pytest.mark.parametrize("version", ["4.5.8", "4.6.1"])
+def test_apply_then_render_gives_every_node_its_cluster_facts(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    """Defect 1 of issue 9: on 4.5 `profile add` without --yes adds nothing and exits 0, and the
+    nodes render a node.yaml without the cluster's facts. From `apply` to the node.yaml each
+    node reads: the profile exists and every node gets the inventory's cluster, VIP and share."""
+    (tmp_path / "etc").mkdir()
+    log = tmp_path / "wwctl.log"
+    res = _apply(tmp_path, log, version)
+    assert res.returncode == 0, res.stdout + res.stderr
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(fixture_from_stand_in(tmp_path / "state.json")))
+    inv = load_inventory(tmp_path / "inventory.yaml")
+    for node in inv.expanded():
+        out = render(wwtemplate, fixture, version[:3], node.name, ROOT / "overlay/ek8s/rootfs/etc/ek8s/node.yaml.ww")
+        assert out.returncode == 0 and "not found" not in out.stderr, out.stderr
+        path = tmp_path / f"{node.name}.yaml"
+        path.write_text(out.stdout)
+        check = subprocess.run([*EK8S, "config", "check", str(path)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        cfg = load_config(path)
+        assert (cfg.cluster, cfg.role, cfg.node.address) == (inv.cluster, node.role, node.address)
+        assert cfg.vip == inv.vip and cfg.share.path == inv.share.path
+
+
+@pytest.mark.parametrize(
+    ("planned", "server", "expected"),
+    [
+        ("4.6", "4.5.8", "ek8s-ek8s is not in `wwctl profile list`"),  # 4.5 took "no" for an answer
+        ("4.5", "4.6.1", "ERROR: unknown flag: --yes"),  # 4.6.5 has no --yes on profile add
+    ],
+)
+def test_apply_stops_when_the_profile_is_not_made(tmp_path: Path, planned: str, server: str, expected: str) -> None:
+    """A plan for the wrong version: the stand-in answers as that Warewulf would, and apply
+    stops right after `profile add` instead of setting nodes on a profile that is not there."""
+    (tmp_path / "etc").mkdir()
+    log = tmp_path / "wwctl.log"
+    res = _apply(tmp_path, log, server, extra=("--version", planned))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert expected in res.stdout and "were not run" in res.stdout
+    calls = _calls(log)
+    assert calls[-1] == ["profile", "list"] if planned == "4.6" else calls[-1][:2] == ["profile", "add"]
+    assert not [c for c in calls if c[:1] == ["node"] and c[1:2] != ["list"]]
+
+
+def test_profile_add_per_version() -> None:
+    """4.5 needs --yes on `profile add` (its prompt answers "no" without a terminal); 4.6.5's
+    `profile add` has no --yes and refuses it."""
+    from manager.wwplan import plan
+
+    inv = load_inventory(INVENTORY)
+    adds = {v: [s.argv for s in plan(inv, v) if s.argv[1:3] == ["profile", "add"]] for v in VERSIONS}
+    assert adds == {
+        "4.5": [["wwctl", "profile", "add", "ek8s-ek8s", "--yes"]],
+        "4.6": [["wwctl", "profile", "add", "ek8s-ek8s"]],
+    }
 
 
 @pytest.mark.parametrize(("version", "image_flag"), [("4.5.8", "--container"), ("4.6.1", "--image")])
@@ -371,7 +529,8 @@ def test_apply_runs_the_plan_and_is_idempotent(tmp_path: Path, version: str, ima
     calls = _calls(log)
     assert calls[0] == ["version"] and ["node", "list"] in calls and ["profile", "list"] in calls
     adds = [c for c in calls if c[1:2] == ["add"]]
-    assert adds == [["profile", "add", "ek8s-ek8s"]] + [
+    profile_add = ["profile", "add", "ek8s-ek8s", *(["--yes"] if version.startswith("4.5") else [])]
+    assert adds == [profile_add] + [
         ["node", "add", n] for n in ("control0", "control1", "control2", "worker0", "worker1")
     ]
     sets = [c for c in calls if c[:2] == ["node", "set"]]

@@ -7,7 +7,7 @@ set -e
 install -d -m 0700 -o root -g root /share
 
 # cluster profile for ek8s
-wwctl profile add ek8s-ek8s
+wwctl profile add ek8s-ek8s --yes
 
 # cluster-wide facts for node.yaml.ww (tags ek8s_*)
 wwctl profile set ek8s-ek8s \
