@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import load_config
+from core.config import WAREWULF_FACTS, load_config
 from manager.inventory import Inventory, load_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,6 +155,74 @@ def test_node_without_tags_renders_a_node_yaml_that_names_the_missing_fact(wwtem
     (tmp_path / "node.yaml").write_text(res.stdout)
     out = subprocess.run([*EK8S, "config", "check", str(tmp_path / "node.yaml")], capture_output=True, text=True)
     assert out.returncode == 2 and "role" in out.stderr
+
+
+NODE_YAML_WW = ROOT / "overlay/ek8s/rootfs/etc/ek8s/node.yaml.ww"
+
+
+def _check_rendered(
+    tool: Path, tmp_path: Path, data: dict[str, object], version: str
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str], Path]:
+    """Render node.yaml.ww for control0 from ``data``, then `ek8s config check` it."""
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(data))
+    rendered = render(tool, fixture, version, "control0", NODE_YAML_WW)
+    assert rendered.returncode == 0, rendered.stderr
+    path = tmp_path / "node.yaml"
+    path.write_text(rendered.stdout)
+    check = subprocess.run([*EK8S, "config", "check", str(path)], capture_output=True, text=True, timeout=60)
+    return rendered, check, path
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_node_yaml_without_its_profile_is_refused_naming_the_missing_facts(
+    wwtemplate: Path, tmp_path: Path, version: str
+) -> None:
+    """A node whose profile is missing renders without the cluster's facts (Warewulf only
+    warns); node.yaml says it was rendered by Warewulf, so ek8s refuses it (exit 2) and names
+    each missing fact and its tag instead of running as cluster "default"."""
+    data = registry_fixture(load_inventory(INVENTORY))
+    del data["profiles"]["ek8s-ek8s"]  # type: ignore[attr-defined]
+    rendered, check, path = _check_rendered(wwtemplate, tmp_path, data, version)
+    assert "ek8s-ek8s" in rendered.stderr  # Warewulf's warning, the only sign on the server
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert str(path) in check.stderr and "node control0" in check.stderr and "Traceback" not in check.stderr
+    for dotted, tag in WAREWULF_FACTS.items():
+        assert f"  {dotted}: missing (profile tag {tag})" in check.stderr
+    assert "node.address" not in check.stderr
+    # One tag deleted from the profile: that fact alone.
+    data = registry_fixture(load_inventory(INVENTORY))
+    del data["profiles"]["ek8s-ek8s"]["tags"]["ek8s_vip"]  # type: ignore[index]
+    _, check, _ = _check_rendered(wwtemplate, tmp_path, data, version)
+    assert check.returncode == 2 and check.stderr.count(": missing (") == 1
+    assert "vip.address: missing (profile tag ek8s_vip)" in check.stderr
+
+
+@pytest.mark.parametrize(("version", "shown"), [("4.5", "''"), ("4.6", "'<nil>'")])
+def test_empty_node_address_is_refused_naming_the_node_and_field(
+    wwtemplate: Path, tmp_path: Path, version: str, shown: str
+) -> None:
+    """4.5 renders an empty address as "", 4.6 as "<nil>" (an empty net.IP)."""
+    data = registry_fixture(load_inventory(INVENTORY))
+    data["nodes"][0]["netdevs"]["default"]["ipaddr"] = ""  # type: ignore[index]
+    rendered, check, _ = _check_rendered(wwtemplate, tmp_path, data, version)
+    assert f"address: {shown.replace(chr(39), chr(34))}" in rendered.stdout
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert "node.address:" in check.stderr and f"control0 has no address ({shown})" in check.stderr
+    assert "wwctl node set control0" in check.stderr
+
+
+def test_required_facts_are_the_profile_tags_the_template_reads() -> None:
+    """core.config.WAREWULF_FACTS, the plan's profile tags and node.yaml.ww agree: every
+    required fact is a tag the plan sets and the template reads; only the CNI manifest is
+    optional."""
+    tags = load_inventory(INVENTORY).cluster_tags()
+    template = NODE_YAML_WW.read_text()
+    assert set(tags) - set(WAREWULF_FACTS.values()) == {"ek8s_cni_manifest"}
+    for dotted, tag in WAREWULF_FACTS.items():
+        assert f'index .Tags "{tag}"' in template, tag
+        leaf = dotted.rsplit(".", 1)[-1]
+        assert f"{leaf}: {{{{ printf" in template, dotted
 
 
 def _render_text(tool: Path, tmp_path: Path, data: dict[str, object], version: str, text: str) -> tuple[int, str, str]:
