@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the ek8s node images with podman or docker and import them into Warewulf:
-# `wwctl image import` on Warewulf 4.6+, `wwctl container import` on 4.5 (from `wwctl version`).
+# Build the ek8s node images with podman or docker, import them into Warewulf and build them
+# there: `wwctl image import --build` on Warewulf 4.6+, `wwctl container import --build` on 4.5
+# (from `wwctl version`).
 #
 #   image_builder/build.sh [--kubernetes-version v1.32.1] [--variants "base control"]
 #                          [--runtime podman|docker] [--no-import] [--dry-run]
@@ -18,7 +19,7 @@ do_import=1
 dry_run=0
 workdir="${TMPDIR:-/tmp}"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -96,7 +97,10 @@ for v in $variants; do
     if [ "$do_import" -eq 1 ]; then
         archive="${workdir}/ek8s-${v}-${version}.tar"
         run "$runtime" save -o "$archive" "$tag"
-        run wwctl "$import_verb" import --force "$archive" "ek8s-${v}"
+        # --build: Warewulf builds an imported image only when asked (4.5.8
+        # internal/pkg/api/container/container.go:243, 4.6.5 internal/pkg/api/image/image.go:175;
+        # the flag defaults to false); nodes get a 404 for an unbuilt one.
+        run wwctl "$import_verb" import --force --build "$archive" "ek8s-${v}"
         run rm -f "$archive"
     fi
 done
