@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the ek8s node images with podman or docker, import them into Warewulf and build them
 # there: `wwctl image import --build` on Warewulf 4.6+, `wwctl container import --build` on 4.5
-# (from `wwctl version`).
+# (from `wwctl version`). Needs Python 3.11 (python3.11, or EK8S_PYTHON) for pyproject.toml.
 #
 #   image_builder/build.sh [--kubernetes-version v1.32.1] [--variants "base control"]
 #                          [--runtime podman|docker] [--no-import] [--dry-run]
@@ -76,8 +76,25 @@ if [ "$do_import" -eq 1 ]; then
     esac
 fi
 
-# ek8s's dependencies for the image, from pyproject.toml (the code itself is in the overlay).
-python3 - "$repo/pyproject.toml" > "$repo/image_builder/requirements-node.txt" <<'PY'
+# ek8s's dependencies for the image, from pyproject.toml (the code itself is in the overlay),
+# read with tomllib: Python 3.11 or later, the python3.11 the README installs (Rocky 9's
+# python3 is 3.9). The check runs under whatever it finds, so it is kept to Python 2/3 syntax.
+python="${EK8S_PYTHON:-}"
+if [ -z "$python" ]; then
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1; then python="$candidate"; break; fi
+    done
+fi
+if [ -z "$python" ] || ! command -v "$python" >/dev/null 2>&1; then
+    echo "build.sh: python3.11 not found (dnf install python3.11, or set EK8S_PYTHON)" >&2
+    exit 1
+fi
+if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    found="$("$python" -c 'import sys; print("%d.%d" % tuple(sys.version_info[:2]))' 2>/dev/null || echo unknown)"
+    echo "build.sh: ${python} is Python ${found}; 3.11 or later is needed (dnf install python3.11, or set EK8S_PYTHON)" >&2
+    exit 1
+fi
+"$python" - "$repo/pyproject.toml" > "$repo/image_builder/requirements-node.txt" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["dependencies"]))
