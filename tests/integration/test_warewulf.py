@@ -296,6 +296,21 @@ def test_renderer_writes_like_warewulf(wwtemplate: Path, tmp_path: Path, version
         assert out.read_text() == ("old" if "abort" in text else "new")
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_hosts_replaces_etc_hosts_without_a_wwbackup(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    """ek8s-hosts comes after the overlay that wrote /etc/hosts first; Warewulf would keep
+    that one as /etc/hosts.wwbackup in the node's root unless the template says nobackup."""
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(registry_fixture(load_inventory(INVENTORY))))
+    hosts = tmp_path / "root" / "etc" / "hosts"
+    hosts.parent.mkdir(parents=True)
+    hosts.write_text("127.0.0.1 localhost\n")  # from Warewulf's own hosts overlay
+    res = render(wwtemplate, fixture, version, "control0", ROOT / "overlay/ek8s-hosts/rootfs/etc/hosts.ww", out=hosts)
+    assert res.returncode == 0, res.stderr
+    assert "vip.kubernetes.local" in hosts.read_text()
+    assert sorted(p.name for p in hosts.parent.iterdir()) == ["hosts"]
+
+
 # -- inventory and plan -----------------------------------------------------------------
 
 
