@@ -144,8 +144,9 @@ class Inventory(_Strict):
     vip: VipSettings = VipSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     node_images: NodeImages = NodeImages()
-    # Manifest the leader applies once the API is up (the CNI), as a path inside the node image.
-    cni_manifest: Path | None = Path("/opt/ek8s/manifests/cni.yaml")
+    # Manifest the leader applies once the API is up (the CNI), as a path inside the node image
+    # (image_builder/Containerfile.base puts it there; not under /opt, which Warewulf exports).
+    cni_manifest: Path | None = Path("/usr/local/lib/ek8s/manifests/cni.yaml")
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     nodes: list[NodeGroup]
 

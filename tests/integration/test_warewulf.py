@@ -123,7 +123,7 @@ def test_rendered_node_yaml_is_the_inventory(tmp_path: Path) -> None:
         )
         assert cfg.cluster == "ek8s" and cfg.vip == inv.vip and cfg.share.path == Path("/share")
         assert cfg.kubernetes.version == "v1.32.1" and cfg.kubernetes.extra_sans == ["10.0.0.13"]
-        assert cfg.kubernetes.manifests == [Path("/opt/ek8s/manifests/cni.yaml")]
+        assert cfg.kubernetes.manifests == [Path("/usr/local/lib/ek8s/manifests/cni.yaml")]
         assert cfg.service_manager == "systemd"
     hosts = (GOLDEN / "overlay" / "4.5" / "control0" / "etc" / "hosts").read_text()
     assert "10.0.0.99 vip.kubernetes.local" in hosts
@@ -679,10 +679,10 @@ def test_overlay_build(tmp_path: Path) -> None:
         "etc/systemd/system/phylactery.service.ww",
         "etc/sysctl.d/90-ek8s-kubernetes.conf",
         "etc/modules-load.d/ek8s-kubernetes.conf",
-        "opt/ek8s/lib/leader/agent.py",
-        "opt/ek8s/lib/core/share.py",
-        "opt/ek8s/lib/phylactery/templates/haproxy.cfg.j2",
-        "opt/ek8s/VERSION",
+        "usr/local/lib/ek8s/python/leader/agent.py",
+        "usr/local/lib/ek8s/python/core/share.py",
+        "usr/local/lib/ek8s/python/phylactery/templates/haproxy.cfg.j2",
+        "usr/local/lib/ek8s/VERSION",
     ):
         assert (root / rel).is_file(), rel
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/ek8s-node.service") == (
@@ -690,7 +690,7 @@ def test_overlay_build(tmp_path: Path) -> None:
     )
     assert (out / "ek8s-hosts" / "rootfs" / "etc" / "hosts.ww").is_file()
     # Nodes receive only what runs on nodes: no operator code, no emulation.
-    shipped = sorted(p.name for p in (root / "opt/ek8s/lib").iterdir())
+    shipped = sorted(p.name for p in (root / "usr/local/lib/ek8s/python").iterdir())
     assert shipped == ["core", "leader", "phylactery"]
     assert not list(root.rglob("__pycache__"))
     # Each wrapper puts the overlay's own code first and runs its program with `python -m`.
@@ -705,7 +705,7 @@ def test_overlay_build(tmp_path: Path) -> None:
         assert wrapper.stat().st_mode & 0o111
         env = {"PATH": os.environ["PATH"], "EK8S_PYTHON": str(shim)}
         shown = subprocess.run([str(wrapper), *args], capture_output=True, text=True, env=env, check=True)
-        assert shown.stdout.split() == [str(root / "opt/ek8s/lib"), "-m", package, *args]
+        assert shown.stdout.split() == [str(root / "usr/local/lib/ek8s/python"), "-m", package, *args]
         # Run from the overlay alone (cwd elsewhere): the shipped packages import by themselves.
         env["EK8S_PYTHON"] = sys.executable
         helped = subprocess.run([str(wrapper), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
