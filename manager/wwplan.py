@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from manager import yamlfile
 from manager.inventory import Inventory
 
 # Export and mount options of the share. no_root_squash: the agents run as root and keep the
@@ -255,16 +256,41 @@ def _merge_fstab(conf: dict[str, Any], profile: str, fstab: list[dict[str, Any]]
     return True
 
 
+class ConfError(Exception):
+    """``warewulf.conf`` or ``nodes.conf`` cannot be read or is not a YAML mapping."""
+
+
+def read_conf(path: Path) -> dict[str, Any]:
+    """Warewulf's ``warewulf.conf`` or ``nodes.conf`` at ``path`` as a mapping (empty file: ``{}``).
+
+    Read with :func:`manager.yamlfile.load`, so a value a person left unquoted, such as a MAC
+    ``hwaddr: 52:54:00:00:00:21``, stays the string Warewulf (Go's YAML) reads, not a base-60
+    number that a rewrite would corrupt. Raises :class:`ConfError` naming the file.
+    """
+    try:
+        conf = yamlfile.load(path.read_text())
+    except OSError as err:
+        raise ConfError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfError(f"{path}: not valid YAML: {err}") from None
+    if conf is None:
+        return {}
+    if not isinstance(conf, dict):
+        raise ConfError(f"{path}: the top level must be a mapping, as Warewulf writes it")
+    return conf
+
+
 def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
     """Merge the share's entry into ``warewulf.conf`` or ``nodes.conf`` at ``path``.
 
     Returns whether the file changed. A changed file is first copied to ``<path>.ek8s-backup``
-    (comments are not kept: PyYAML round trip). Raises ``OSError`` or ``yaml.YAMLError``.
+    (comments are not kept: PyYAML round trip; values keep their meaning, see
+    :func:`read_conf`). Raises :class:`ConfError` or ``OSError``.
     """
     entries = nfs_entries(inv, version)
     if which not in entries:
         return False
-    conf = yaml.safe_load(path.read_text()) or {}
+    conf = read_conf(path)
     if which == "warewulf.conf":
         changed = _merge_export(conf, entries[which]["nfs"]["export paths"][0])
     else:
@@ -302,25 +328,38 @@ def apply(
     say: Any = print,
 ) -> int:
     """Run ``steps`` in order, merging the NFS entries where they belong; stop at the first
-    failure, show its output, and return 1 (0 when every step passed).
+    failure, show its output, and return 1 (0 when every step passed; 2, with nothing run,
+    when ``warewulf.conf`` or ``nodes.conf`` in ``conf_dir`` cannot be read as YAML).
 
     Commands get no terminal (stdin is /dev/null), so a confirmation prompt cannot wait
     unseen; after ``profile add`` the profile must be listed (:func:`_profile_missing`).
     """
     total = len(steps)
     merged_fstab = False
-    if (conf_dir / "warewulf.conf").exists():
-        if merge_conf(conf_dir / "warewulf.conf", inv, version, "warewulf.conf"):
-            say(f"merged the share's NFS export into {conf_dir / 'warewulf.conf'} (backup: .ek8s-backup)")
-    else:
-        say(f"warning: {conf_dir / 'warewulf.conf'} not found; add the NFS export yourself (see plan)")
+    try:
+        # Both files are read before anything runs: one that cannot be read stops here (exit 2).
+        for name in ("warewulf.conf", "nodes.conf"):
+            if (conf_dir / name).exists():
+                read_conf(conf_dir / name)
+        if (conf_dir / "warewulf.conf").exists():
+            if merge_conf(conf_dir / "warewulf.conf", inv, version, "warewulf.conf"):
+                say(f"merged the share's NFS export into {conf_dir / 'warewulf.conf'} (backup: .ek8s-backup)")
+        else:
+            say(f"warning: {conf_dir / 'warewulf.conf'} not found; add the NFS export yourself (see plan)")
+    except (ConfError, OSError) as err:
+        say(f"ek8s: {err}; nothing was run")
+        return 2
     for i, step in enumerate(steps, 1):
         argv = [wwctl, *step.argv[1:]] if step.argv[0] == "wwctl" else step.argv
         if step.argv[:2] == ["wwctl", "configure"] and not merged_fstab and version != "4.5":
             # 4.6: the profile exists now; its fstab resource must be in before configure.
             nodes_conf = conf_dir / "nodes.conf"
-            if nodes_conf.exists() and merge_conf(nodes_conf, inv, version, "nodes.conf"):
-                say(f"merged the share's fstab resource into {nodes_conf} (backup: .ek8s-backup)")
+            try:
+                if nodes_conf.exists() and merge_conf(nodes_conf, inv, version, "nodes.conf"):
+                    say(f"merged the share's fstab resource into {nodes_conf} (backup: .ek8s-backup)")
+            except (ConfError, OSError) as err:
+                say(f"ek8s: before step {i}/{total}: {err}; the steps from there were not run")
+                return 1
             merged_fstab = True
         say(f"[{i}/{total}] {step.shell()}")
         try:

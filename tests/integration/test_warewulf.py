@@ -376,6 +376,68 @@ def test_invalid_inventory_exits_2_naming_the_field(tmp_path: Path, change: dict
     assert not log.exists(), "nothing may run for an invalid inventory"
 
 
+def test_unquoted_macs_read_as_written(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads an unquoted all-decimal MAC as a base-60 integer
+    (52:54:00:00:00:21 -> 41135040021); the inventory reads it as written, as Warewulf's Go
+    YAML would, and a MAC that still arrives as a number is refused naming the field."""
+    text = INVENTORY.read_text().replace('"', "")
+    assert "mac: [52:54:00:00:00:21, 52:54:00:00:00:22" in text
+    text += "  - {name: worker9, role: worker, address: 10.0.0.49, mac: 52:54:00:00:00:49}\n"
+    path = tmp_path / "inventory.yaml"
+    path.write_text(text)
+    assert [n.mac for n in load_inventory(path).expanded()] == [
+        f"52:54:00:00:00:{last}" for last in (21, 22, 23, 41, 42, 49)
+    ]
+    res = subprocess.run(
+        [*EK8S, "warewulf", "plan", "--offline", "--version", "4.6", str(path)], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "--hwaddr 52:54:00:00:00:49" in res.stdout, res.stderr
+    path.write_text(text.replace("mac: 52:54:00:00:00:49", "mac: 525400000049"))
+    res = subprocess.run([*EK8S, "warewulf", "plan", "--offline", str(path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "nodes.2.mac" in res.stderr and "is a number, not a MAC" in res.stderr
+
+
+@pytest.mark.parametrize("version", ["4.5.8", "4.6.1"])
+def test_apply_keeps_colon_values_in_warewulf_files(tmp_path: Path, version: str) -> None:
+    """`apply` rewrites warewulf.conf (and nodes.conf on 4.6); values a person left unquoted,
+    such as a node's hwaddr, come back meaning what they meant, to PyYAML and to Warewulf."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "warewulf.conf").write_text(
+        "ipaddr: 10.0.0.13\ntftp:\n  ipxe:\n    00:09: ipxe-snponly-x86_64.efi\n"
+        "nfs:\n  export paths:\n  - path: /home\n    export options: 10:30\n"
+    )
+    nodes_conf = (
+        "nodeprofiles:\n  default:\n    comment: 1:30.5\nnodes:\n  n1:\n    network devices:\n"
+        "      default:\n        hwaddr: 52:54:00:00:00:21\n"
+    )
+    (etc / "nodes.conf").write_text(nodes_conf)
+    res = _apply(tmp_path, tmp_path / "wwctl.log", version)
+    assert res.returncode == 0, res.stdout + res.stderr
+    conf = yaml.safe_load((etc / "warewulf.conf").read_text())
+    assert conf["tftp"]["ipxe"] == {"00:09": "ipxe-snponly-x86_64.efi"}
+    assert conf["nfs"]["export paths"][0]["export options"] == "10:30"
+    if version.startswith("4.5"):  # 4.5 mounts from warewulf.conf: nodes.conf is not touched
+        assert (etc / "nodes.conf").read_text() == nodes_conf
+        return
+    nodes = yaml.safe_load((etc / "nodes.conf").read_text())
+    assert nodes["nodes"]["n1"]["network devices"]["default"]["hwaddr"] == "52:54:00:00:00:21"
+    assert nodes["nodeprofiles"]["default"]["comment"] == "1:30.5"
+    assert "ek8s-ek8s" in nodes["nodeprofiles"]
+
+
+def test_apply_refuses_an_unreadable_warewulf_file_before_running_anything(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\n")
+    (etc / "nodes.conf").write_text("nodes: [unclosed\n")
+    log = tmp_path / "wwctl.log"
+    res = _apply(tmp_path, log, "4.6.1")
+    assert res.returncode == 2 and "nodes.conf: not valid YAML" in res.stdout and "nothing was run" in res.stdout
+    assert all(c[1:2] == ["list"] or c == ["version"] for c in _calls(log))
+    assert (etc / "warewulf.conf").read_text() == "ipaddr: 10.0.0.13\n"
+
+
 def test_hostlist_expansion_counts_addresses() -> None:
     nodes = load_inventory(INVENTORY).expanded()
     assert [(n.name, n.address) for n in nodes] == [
