@@ -6,6 +6,11 @@ the lab writes it for each emulated node. The schema is documented field by fiel
 
 Loading never writes anything: an invalid file raises :class:`ConfigError`, which the CLI
 turns into exit code 2 with the file name and the dotted path of the offending field.
+
+A node.yaml that Warewulf rendered says so (``rendered_by: warewulf``) and must then carry
+every fact of :data:`WAREWULF_FACTS` instead of taking the defaults: Warewulf renders a node
+whose profile is missing without the profile's tags, with only a warning, and such a file
+would otherwise pass as ``cluster: default`` with the default VIP.
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -36,6 +50,26 @@ def _cluster_name(v: str) -> str:
 
 
 ClusterName = Annotated[str, AfterValidator(_cluster_name)]
+
+# The facts a node.yaml rendered by Warewulf must carry (dotted node.yaml path -> the cluster
+# profile's tag that node.yaml.ww reads it from; manager.inventory.Inventory.cluster_tags sets
+# them all). Every cluster-wide fact the plan always sets: a default would let one node
+# disagree with the others (another share directory, VIP, VRRP id or pod subnet). The CNI
+# manifest (ek8s_cni_manifest) is optional: an inventory may have none.
+WAREWULF_FACTS: dict[str, str] = {
+    "cluster": "ek8s_cluster",
+    "share.path": "ek8s_share",
+    "vip.address": "ek8s_vip",
+    "vip.prefix_length": "ek8s_vip_prefix",
+    "vip.hostname": "ek8s_vip_hostname",
+    "vip.port": "ek8s_vip_port",
+    "vip.virtual_router_id": "ek8s_vrid",
+    "kubernetes.distribution": "ek8s_distribution",
+    "kubernetes.version": "ek8s_k8s_version",
+    "kubernetes.pod_subnet": "ek8s_pod_subnet",
+    "kubernetes.service_subnet": "ek8s_service_subnet",
+    "on_cluster_lost": "ek8s_on_cluster_lost",
+}
 
 
 class ConfigError(Exception):
@@ -58,6 +92,19 @@ class NodeFacts(_Strict):
     def _name(cls, v: str) -> str:
         if not NODE_NAME_RE.match(v):
             raise ValueError("must be a lower-case RFC 1123 label (a-z, 0-9, '-'), as for a Node")
+        return v
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address_given(cls, v: object, info: ValidationInfo) -> object:
+        # Warewulf renders a node without an address on its primary device as "" (4.5, a
+        # string) or "<nil>" (4.6, an empty net.IP's String()).
+        if v is None or (isinstance(v, str) and v.strip() in ("", "<nil>")):
+            name = info.data.get("name", "this node")
+            raise ValueError(
+                f"{name} has no address ({v!r}); set one on its primary network device "
+                f"(`wwctl node set {name} --netname NETWORK --ipaddr ADDRESS`) and rebuild the overlays"
+            )
         return v
 
 
@@ -172,6 +219,8 @@ class NodeConfig(_Strict):
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "restore"
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
+    # Who wrote the file: "warewulf" (overlay template node.yaml.ww) requires WAREWULF_FACTS.
+    rendered_by: Literal["warewulf"] | None = None
 
     @field_validator("share", "vip", "kubernetes", "phylactery", "timeouts", mode="before")
     @classmethod
@@ -206,10 +255,49 @@ def format_errors(path: Path, err: ValidationError, what: str = "node config") -
     return "\n".join(lines)
 
 
+def missing_warewulf_facts(data: dict[str, object]) -> list[str]:
+    """The :data:`WAREWULF_FACTS` (dotted paths, in that order) absent from parsed node.yaml
+    ``data``, plus ``node.address``; empty when the file was not rendered by Warewulf."""
+    if data.get("rendered_by") != "warewulf":
+        return []
+    missing = []
+    for dotted in (*WAREWULF_FACTS, "node.address"):
+        value: object = data
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            missing.append(dotted)
+    return missing
+
+
+def _missing_facts_error(source: Path, data: dict[str, object], missing: list[str]) -> str:
+    node = data.get("node")
+    name = node.get("name") if isinstance(node, dict) else None
+    name = name if isinstance(name, str) else "NODE"
+    lines = [
+        f"{source}: invalid node config",
+        f"  rendered by Warewulf without facts of node {name}'s cluster profile: is the profile missing?"
+        f" (Warewulf renders on with a warning, 'Profile not found'; see `wwctl node list -a {name}`)",
+    ]
+    for dotted in missing:
+        tag = WAREWULF_FACTS.get(dotted)
+        how = f"profile tag {tag}" if tag else f"`wwctl node set {name} --ipaddr`"
+        lines.append(f"  {dotted}: missing ({how})")
+    return "\n".join(lines)
+
+
 def parse_config(data: object, source: Path) -> NodeConfig:
-    """Validate already-parsed YAML. Raises :class:`ConfigError` naming ``source``."""
+    """Validate already-parsed YAML. Raises :class:`ConfigError` naming ``source``.
+
+    A file rendered by Warewulf (``rendered_by: warewulf``) without some of
+    :data:`WAREWULF_FACTS` is refused before anything else, one line per missing fact with
+    the profile tag that should have carried it.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: invalid node config\n  (top level): must be a mapping")
+    missing = missing_warewulf_facts(data)
+    if missing:
+        raise ConfigError(_missing_facts_error(source, data, missing))
     try:
         return NodeConfig.model_validate(data)
     except ValidationError as err:

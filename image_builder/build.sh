@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the ek8s node images with podman or docker and import them into Warewulf:
-# `wwctl image import` on Warewulf 4.6+, `wwctl container import` on 4.5 (from `wwctl version`).
+# Build the ek8s node images with podman or docker, import them into Warewulf and build them
+# there: `wwctl image import --build` on Warewulf 4.6+, `wwctl container import --build` on 4.5
+# (from `wwctl version`). Needs Python 3.11 (python3.11, or EK8S_PYTHON) for pyproject.toml.
 #
 #   image_builder/build.sh [--kubernetes-version v1.32.1] [--variants "base control"]
 #                          [--runtime podman|docker] [--no-import] [--dry-run]
@@ -18,7 +19,7 @@ do_import=1
 dry_run=0
 workdir="${TMPDIR:-/tmp}"
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -75,8 +76,25 @@ if [ "$do_import" -eq 1 ]; then
     esac
 fi
 
-# ek8s's dependencies for the image, from pyproject.toml (the code itself is in the overlay).
-python3 - "$repo/pyproject.toml" > "$repo/image_builder/requirements-node.txt" <<'PY'
+# ek8s's dependencies for the image, from pyproject.toml (the code itself is in the overlay),
+# read with tomllib: Python 3.11 or later, the python3.11 the README installs (Rocky 9's
+# python3 is 3.9). The check runs under whatever it finds, so it is kept to Python 2/3 syntax.
+python="${EK8S_PYTHON:-}"
+if [ -z "$python" ]; then
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1; then python="$candidate"; break; fi
+    done
+fi
+if [ -z "$python" ] || ! command -v "$python" >/dev/null 2>&1; then
+    echo "build.sh: python3.11 not found (dnf install python3.11, or set EK8S_PYTHON)" >&2
+    exit 1
+fi
+if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    found="$("$python" -c 'import sys; print("%d.%d" % tuple(sys.version_info[:2]))' 2>/dev/null || echo unknown)"
+    echo "build.sh: ${python} is Python ${found}; 3.11 or later is needed (dnf install python3.11, or set EK8S_PYTHON)" >&2
+    exit 1
+fi
+"$python" - "$repo/pyproject.toml" > "$repo/image_builder/requirements-node.txt" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["dependencies"]))
@@ -96,7 +114,10 @@ for v in $variants; do
     if [ "$do_import" -eq 1 ]; then
         archive="${workdir}/ek8s-${v}-${version}.tar"
         run "$runtime" save -o "$archive" "$tag"
-        run wwctl "$import_verb" import --force "$archive" "ek8s-${v}"
+        # --build: Warewulf builds an imported image only when asked (4.5.8
+        # internal/pkg/api/container/container.go:243, 4.6.5 internal/pkg/api/image/image.go:175;
+        # the flag defaults to false); nodes get a 404 for an unbuilt one.
+        run wwctl "$import_verb" import --force --build "$archive" "ek8s-${v}"
         run rm -f "$archive"
     fi
 done

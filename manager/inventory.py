@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.config import NODE_NAME_RE, ClusterName, IPv4, KubernetesSettings, VipSettings, format_errors
+from manager import yamlfile
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _WW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -107,7 +108,11 @@ class NodeGroup(_Strict):
     @field_validator("mac", mode="before")
     @classmethod
     def _mac_list(cls, v: object) -> object:
-        return [v] if isinstance(v, str) else v
+        items = v if isinstance(v, list) else [v]
+        for item in items:
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                raise ValueError(f"{item!r} is a number, not a MAC address (aa:bb:cc:dd:ee:ff)")
+        return items
 
     @field_validator("mac")
     @classmethod
@@ -163,8 +168,9 @@ class Inventory(_Strict):
     vip: VipSettings = VipSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     node_images: NodeImages = NodeImages()
-    # Manifest the leader applies once the API is up (the CNI), as a path inside the node image.
-    cni_manifest: Path | None = Path("/opt/ek8s/manifests/cni.yaml")
+    # Manifest the leader applies once the API is up (the CNI), as a path inside the node image
+    # (image_builder/Containerfile.base puts it there; not under /opt, which Warewulf exports).
+    cni_manifest: Path | None = Path("/usr/local/lib/ek8s/manifests/cni.yaml")
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     nodes: list[NodeGroup]
 
@@ -237,11 +243,12 @@ def load_inventory(path: str | Path) -> Inventory:
 
     Returns the frozen :class:`Inventory`. Raises :class:`InventoryError` when the file is
     missing, not YAML, or invalid; the message names the file and each bad field by its
-    dotted path (``nodes.0.mac``). Reads only.
+    dotted path (``nodes.0.mac``). Reads only. Unquoted MACs such as ``52:54:00:00:00:21``
+    read as written, not as YAML 1.1 base-60 numbers (:func:`manager.yamlfile.load`).
     """
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yamlfile.load(p.read_text())
     except OSError as err:
         raise InventoryError(f"{p}: cannot read inventory: {err.strerror}") from None
     except yaml.YAMLError as err:

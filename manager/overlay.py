@@ -3,11 +3,14 @@
 Two overlays come out, each a Warewulf overlay directory (``<name>/rootfs/...``):
 
 - ``ek8s`` (system overlay): the units, ``/etc/ek8s/node.yaml.ww``, sysctls and modules, and
-  the code that runs on nodes (``core``, ``leader``, ``phylactery``) under ``/opt/ek8s/lib``
-  with the wrappers ``ek8s-node`` and ``ek8s-phylactery`` in ``/usr/local/sbin`` (what the
-  units run). Heavy dependencies (aiohttp, pydantic, kubernetes...) come from the
-  node image, so a code change needs an overlay rebuild, not an image rebuild
-  (docs/warewulf.md, "3. The overlays").
+  the code that runs on nodes (``core``, ``leader``, ``phylactery``) under
+  ``/usr/local/lib/ek8s/python`` with the wrappers ``ek8s-node`` and ``ek8s-phylactery`` in
+  ``/usr/local/sbin`` (what the units run). Heavy dependencies (aiohttp, pydantic,
+  kubernetes...) come from the node image, so a code change needs an overlay rebuild, not an
+  image rebuild (docs/warewulf.md). Not under ``/opt``: Warewulf exports the server's ``/opt`` to
+  the nodes by default (v4.5.8 ``etc/warewulf.conf``: ``mount: false``; v4.6.5
+  ``etc/nodes.conf``, the default profile's ``fstab``: ``noauto``), and a site that mounts
+  it would hide whatever the overlay put there.
 - ``ek8s-hosts`` (system and runtime overlay): ``/etc/hosts.ww`` with the VIP's name.
 
 The operator's code (``manager``) and the emulation (``lab``) are never copied: nodes run the
@@ -31,10 +34,14 @@ OVERLAYS = ("ek8s", "ek8s-hosts")
 PROGRAMS = {"ek8s-node": "leader", "ek8s-phylactery": "phylactery"}
 NODE_PACKAGES = (core, leader, phylactery)
 
+# Where the overlay puts the code, relative to the node's root; the node image puts the CNI
+# manifest beside it (LIB_DIR/manifests, image_builder/Containerfile.base).
+LIB_DIR = Path("usr/local/lib/ek8s")
+
 WRAPPER = """#!/bin/sh
-# {name}: the project's code from this overlay (/opt/ek8s/lib, found from this script's own
-# place, /usr/local/sbin), its dependencies from the node image.
-lib="$(cd "$(dirname "$0")/../../.." && pwd)/opt/ek8s/lib"
+# {name}: the project's code from this overlay (/usr/local/lib/ek8s/python, found from this
+# script's own place, /usr/local/sbin), its dependencies from the node image.
+lib="$(cd "$(dirname "$0")/.." && pwd)/lib/ek8s/python"
 PYTHONPATH="${{lib}}${{PYTHONPATH:+:$PYTHONPATH}}"
 export PYTHONPATH
 exec "${{EK8S_PYTHON:-python3.11}}" -m {package} "$@"
@@ -103,12 +110,12 @@ def build(out: Path) -> list[Path]:
         shutil.copytree(src / name, t, symlinks=True, ignore=_ignore)
         (t / MARKER).write_text(f"{version}\n")
     root = out / "ek8s" / "rootfs"
-    lib = root / "opt" / "ek8s" / "lib"
+    lib = root / LIB_DIR / "python"
     for pkg in NODE_PACKAGES:
         assert pkg.__file__ is not None
         pkg_dir = Path(pkg.__file__).resolve().parent
         shutil.copytree(pkg_dir, lib / pkg_dir.name, ignore=_ignore)
-    (root / "opt" / "ek8s" / "VERSION").write_text(f"{version}\n")
+    (root / LIB_DIR / "VERSION").write_text(f"{version}\n")
     for name, package in PROGRAMS.items():
         wrapper = root / "usr" / "local" / "sbin" / name
         wrapper.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ Version differences (Warewulf 4.6.0 release notes): 4.5 names node images "conta
 lists of a node's profiles, so the cluster profile adds only ek8s's overlays there while 4.5
 nodes get their whole lists. NFS: 4.5 mounts exports listed in ``warewulf.conf`` with
 ``mount: true`` and their ``mount options``; 4.6 exports from ``warewulf.conf`` but mounts
-from an ``fstab`` resource of a profile in ``nodes.conf``.
+from an ``fstab`` resource of a profile in ``nodes.conf``. ``profile add`` takes ``--yes`` on
+4.5 only (4.5 asks for confirmation; 4.6.5 has no such flag).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from manager import yamlfile
 from manager.inventory import Inventory
 
 # Export and mount options of the share. no_root_squash: the agents run as root and keep the
@@ -97,7 +99,14 @@ def parse_version(text: str) -> str:
 
 def _wwctl(wwctl: str, *args: str) -> str:
     try:
-        res = subprocess.run([wwctl, *args], capture_output=True, text=True, timeout=WWCTL_QUERY_TIMEOUT_S, check=False)
+        res = subprocess.run(
+            [wwctl, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=WWCTL_QUERY_TIMEOUT_S,
+            check=False,
+        )
     except FileNotFoundError:
         raise WarewulfError(f"{wwctl}: not found (is Warewulf installed? or pass --version)") from None
     except subprocess.TimeoutExpired:
@@ -157,7 +166,11 @@ def plan(inv: Inventory, version: str, registry: Registry | None = None) -> list
         )
     ]
     if profile not in reg.profiles:
-        steps.append(Step(["wwctl", "profile", "add", profile], f"cluster profile for {inv.cluster}"))
+        # 4.5 asks for confirmation unless --yes, and without a terminal adds nothing and
+        # exits 0 (v4.5.8 internal/app/wwctl/profile/add/main.go:77-88, --yes at
+        # profile/add/root.go:70); 4.6.5's `profile add` has no --yes and refuses it.
+        add = ["wwctl", "profile", "add", profile, *(["--yes"] if v45 else [])]
+        steps.append(Step(add, f"cluster profile for {inv.cluster}"))
     profile_set = ["wwctl", "profile", "set", profile, "--yes"]
     for key, value in inv.cluster_tags().items():
         profile_set += ["--tagadd", f"{key}={value}"]
@@ -265,6 +278,30 @@ def _merge_fstab(conf: dict[str, Any], profile: str, fstab: list[dict[str, Any]]
     return True
 
 
+class ConfError(Exception):
+    """``warewulf.conf`` or ``nodes.conf`` cannot be read or is not a YAML mapping."""
+
+
+def read_conf(path: Path) -> dict[str, Any]:
+    """Warewulf's ``warewulf.conf`` or ``nodes.conf`` at ``path`` as a mapping (empty file: ``{}``).
+
+    Read with :func:`manager.yamlfile.load`, so a value a person left unquoted, such as a MAC
+    ``hwaddr: 52:54:00:00:00:21``, stays the string Warewulf (Go's YAML) reads, not a base-60
+    number that a rewrite would corrupt. Raises :class:`ConfError` naming the file.
+    """
+    try:
+        conf = yamlfile.load(path.read_text())
+    except OSError as err:
+        raise ConfError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfError(f"{path}: not valid YAML: {err}") from None
+    if conf is None:
+        return {}
+    if not isinstance(conf, dict):
+        raise ConfError(f"{path}: the top level must be a mapping, as Warewulf writes it")
+    return conf
+
+
 def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
     """Merge the share's entry into ``warewulf.conf`` or ``nodes.conf`` at ``path``.
 
@@ -272,12 +309,13 @@ def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
     Returns whether the file changed. The entry for the share's path (an ``export paths`` item,
     or a ``fstab`` resource of the cluster profile with the same ``file``) is replaced, others
     are kept. A changed file is first copied to ``<path>.ek8s-backup`` (comments are not kept:
-    PyYAML round trip). Raises ``OSError`` or ``yaml.YAMLError``.
+    PyYAML round trip; values keep their meaning, see :func:`read_conf`). Raises
+    :class:`ConfError` or ``OSError``.
     """
     entries = nfs_entries(inv, version)
     if which not in entries:
         return False
-    conf = yaml.safe_load(path.read_text()) or {}
+    conf = read_conf(path)
     if which == "warewulf.conf":
         changed = _merge_export(conf, entries[which]["nfs"]["export paths"][0])
     else:
@@ -289,6 +327,23 @@ def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
     return changed
 
 
+def _profile_missing(wwctl: str, profile: str) -> str | None:
+    """After ``wwctl profile add``: why ``profile`` is not in ``wwctl profile list``, or None.
+
+    Warewulf can exit 0 without adding it: 4.5 asks for confirmation unless --yes and takes
+    no answer as "no" (v4.5.8 internal/app/wwctl/profile/add/main.go:77-88). Every node would
+    then render without the cluster's facts, with only a warning
+    (``node/constructors.go:197``), so the absence is an error here.
+    """
+    try:
+        names = _names(_wwctl(wwctl, "profile", "list"))
+    except WarewulfError as err:
+        return str(err)
+    if profile in names:
+        return None
+    return f"`wwctl profile add {profile}` exited 0 but {profile} is not in `wwctl profile list`"
+
+
 def apply(
     inv: Inventory,
     version: str,
@@ -298,31 +353,47 @@ def apply(
     say: Any = print,
 ) -> int:
     """Run ``steps`` in order, merging the NFS entries where they belong; stop at the first
-    failure, show its output through ``say``, and return 1 (0 when every step passed).
+    failure, show its output through ``say``, and return 1 (0 when every step passed; 2, with
+    nothing run, when ``warewulf.conf`` or ``nodes.conf`` in ``conf_dir`` cannot be read as YAML).
 
     ``wwctl`` replaces ``argv[0]`` of the wwctl steps; ``conf_dir`` holds ``warewulf.conf``
     and, on 4.6, ``nodes.conf`` (merged just before ``wwctl configure``, once the profile
-    exists). A step whose command is not found or runs over ``STEP_TIMEOUT_S`` seconds fails.
-    Raises what :func:`merge_conf` raises.
+    exists). Commands get no terminal (stdin is /dev/null), so a confirmation prompt cannot
+    wait unseen; after ``profile add`` the profile must be listed (:func:`_profile_missing`).
+    A step whose command is not found or runs over ``STEP_TIMEOUT_S`` seconds fails.
     """
     total = len(steps)
     merged_fstab = False
-    if (conf_dir / "warewulf.conf").exists():
-        if merge_conf(conf_dir / "warewulf.conf", inv, version, "warewulf.conf"):
-            say(f"merged the share's NFS export into {conf_dir / 'warewulf.conf'} (backup: .ek8s-backup)")
-    else:
-        say(f"warning: {conf_dir / 'warewulf.conf'} not found; add the NFS export yourself (see plan)")
+    try:
+        # Both files are read before anything runs: one that cannot be read stops here (exit 2).
+        for name in ("warewulf.conf", "nodes.conf"):
+            if (conf_dir / name).exists():
+                read_conf(conf_dir / name)
+        if (conf_dir / "warewulf.conf").exists():
+            if merge_conf(conf_dir / "warewulf.conf", inv, version, "warewulf.conf"):
+                say(f"merged the share's NFS export into {conf_dir / 'warewulf.conf'} (backup: .ek8s-backup)")
+        else:
+            say(f"warning: {conf_dir / 'warewulf.conf'} not found; add the NFS export yourself (see plan)")
+    except (ConfError, OSError) as err:
+        say(f"ek8s: {err}; nothing was run")
+        return 2
     for i, step in enumerate(steps, 1):
         argv = [wwctl, *step.argv[1:]] if step.argv[0] == "wwctl" else step.argv
         if step.argv[:2] == ["wwctl", "configure"] and not merged_fstab and version != "4.5":
             # 4.6: the profile exists now; its fstab resource must be in before configure.
             nodes_conf = conf_dir / "nodes.conf"
-            if nodes_conf.exists() and merge_conf(nodes_conf, inv, version, "nodes.conf"):
-                say(f"merged the share's fstab resource into {nodes_conf} (backup: .ek8s-backup)")
+            try:
+                if nodes_conf.exists() and merge_conf(nodes_conf, inv, version, "nodes.conf"):
+                    say(f"merged the share's fstab resource into {nodes_conf} (backup: .ek8s-backup)")
+            except (ConfError, OSError) as err:
+                say(f"ek8s: before step {i}/{total}: {err}; the steps from there were not run")
+                return 1
             merged_fstab = True
         say(f"[{i}/{total}] {step.shell()}")
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False)
+            res = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False
+            )
         except FileNotFoundError:
             say(f"ek8s: step {i} failed: {argv[0]} not found")
             return 1
@@ -339,5 +410,13 @@ def apply(
                 if stream.strip():
                     say(stream.rstrip())
             return 1
+        if step.argv[:3] == ["wwctl", "profile", "add"]:
+            missing = _profile_missing(wwctl, step.argv[3])
+            if missing:
+                say(f"ek8s: step {i}/{total} failed: {missing}; the steps after it were not run")
+                for stream in (res.stdout, res.stderr):
+                    if stream.strip():
+                        say(stream.rstrip())
+                return 1
     say(f"done: {total} steps; boot the nodes (wwctl power on / reboot) to build the cluster")
     return 0

@@ -3,10 +3,14 @@ Containerfile, and build.sh / export.sh choosing their commands (stand-in tools,
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,30 +88,91 @@ def test_containerfile_structure(variant: str) -> None:
         assert "ARG K3S_VERSION" in path.read_text() and "airgap" in text
 
 
+WWCTL = r'''#!{python}
+"""Stand-in wwctl for build.sh (tests only): node images in a JSON registry (WWCTL_STATE).
+
+As Warewulf does (v4.5.8 / v4.6.5): `import` builds the image only with --build (4.5
+internal/pkg/api/container/container.go:243, flag default false at
+internal/app/wwctl/container/imprt/root.go:44; 4.6 internal/pkg/api/image/image.go:175,
+internal/app/wwctl/image/imprt/root.go:45); `build NAME` builds it. 4.5 has no `image`
+command; 4.6 keeps `container` as an alias of `image` (internal/app/wwctl/image/root.go:25).
+An existing name needs --force or --update; a source that is not a file is refused.
+"""
+import json, os, sys
+version = {version!r}
+argv = sys.argv[1:]
+state = os.environ["WWCTL_STATE"]
+reg = json.load(open(state)) if os.path.exists(state) else {{}}
+def die(msg):
+    print("ERROR: " + msg, file=sys.stderr)
+    sys.exit(255)
+if argv == ["version"]:
+    print("wwctl version:\t " + version)
+    sys.exit(0)
+if argv[0] not in ("container", "image", "vnfs") or (argv[0] == "image" and version.startswith("4.5.")):
+    die("unknown command %r for \"wwctl\"" % argv[0])
+flags = [a for a in argv[2:] if a.startswith("-")]
+args = [a for a in argv[2:] if not a.startswith("-")]
+for flag in flags:
+    if flag not in ("--force", "-f", "--update", "-u", "--build", "-b"):
+        die("unknown flag: " + flag)
+if argv[1] == "import":
+    source, name = args[0], args[1] if len(args) > 1 else os.path.basename(args[0])
+    if not os.path.isfile(source):
+        die("invalid dir or uri: " + source)
+    if name in reg and not {{"--force", "-f", "--update", "-u"}} & set(flags):
+        die("VNFS Name exists, specify --force, --update, or choose a different name: " + name)
+    reg[name] = {{"built": bool({{"--build", "-b"}} & set(flags))}}
+elif argv[1] == "build":
+    for name in args:
+        if name not in reg:
+            die("image not found: " + name)
+        reg[name]["built"] = True
+else:
+    die("unknown command %r" % argv[1])
+json.dump(reg, open(state, "w"))
+'''
+
+# Saves an archive where `save -o FILE` asks; everything else succeeds silently.
+PODMAN = """#!/bin/sh
+if [ "$1" = save ]; then
+    while [ $# -gt 0 ]; do
+        if [ "$1" = -o ]; then : > "$2"; fi
+        shift
+    done
+fi
+exit 0
+"""
+
+
 def _stand_ins(tmp_path: Path, ww_version: str | None) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "podman").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "podman").write_text(PODMAN)
     if ww_version:
-        (bin_dir / "wwctl").write_text(f"#!/bin/sh\necho 'wwctl version: {ww_version}'\n")
+        (bin_dir / "wwctl").write_text(WWCTL.format(python=sys.executable, version=ww_version))
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     path = f"{bin_dir}:/usr/bin:/bin"
-    return {"PATH": path, "TMPDIR": str(tmp_path), "HOME": str(tmp_path)}
+    return {"PATH": path, "TMPDIR": str(tmp_path), "HOME": str(tmp_path), "WWCTL_STATE": str(tmp_path / "ww.json")}
 
 
 @pytest.fixture
-def keep_generated() -> object:
+def keep_generated() -> Iterator[None]:
+    """Remove what a build.sh run writes into the checkout, unless it was there before."""
     req = BUILDER / "requirements-node.txt"
-    existed = req.exists()
+    archives = ROOT / "images" / "archives"
+    existed = req.exists(), archives.exists()
     yield
-    if not existed:
+    if not existed[0]:
         req.unlink(missing_ok=True)
+    if not existed[1] and archives.is_dir() and not any(archives.iterdir()):
+        archives.rmdir()
 
 
 @pytest.mark.parametrize(("ww_version", "verb"), [("4.5.8-1.el9", "container"), ("4.6.1", "image")])
 def test_build_imports_with_the_warewulf_versions_verb(
-    tmp_path: Path, keep_generated: object, ww_version: str, verb: str
+    tmp_path: Path, keep_generated: None, ww_version: str, verb: str
 ) -> None:
     env = _stand_ins(tmp_path, ww_version)
     res = subprocess.run(
@@ -118,13 +183,13 @@ def test_build_imports_with_the_warewulf_versions_verb(
     builds = [ln for ln in lines if " build " in ln]
     assert len(builds) == 2 and "Containerfile.base" in builds[0] and "Containerfile.control" in builds[1]
     assert "BASE_IMAGE=localhost/ek8s-base:v1.32.1" in builds[1]
-    assert f"+ wwctl {verb} import --force {tmp_path}/ek8s-base-v1.32.1.tar ek8s-base" in lines
-    assert f"+ wwctl {verb} import --force {tmp_path}/ek8s-control-v1.32.1.tar ek8s-control" in lines
+    assert f"+ wwctl {verb} import --force --build {tmp_path}/ek8s-base-v1.32.1.tar ek8s-base" in lines
+    assert f"+ wwctl {verb} import --force --build {tmp_path}/ek8s-control-v1.32.1.tar ek8s-control" in lines
     deps = (BUILDER / "requirements-node.txt").read_text().split()
     assert any(d.startswith("aiohttp") for d in deps) and any(d.startswith("pydantic") for d in deps)
 
 
-def test_build_refuses_bad_input_and_missing_tools(tmp_path: Path, keep_generated: object) -> None:
+def test_build_refuses_bad_input_and_missing_tools(tmp_path: Path, keep_generated: None) -> None:
     env = _stand_ins(tmp_path, None)
     bad = subprocess.run([str(BUILDER / "build.sh"), "--variants", "gpu"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown variant" in bad.stderr
@@ -158,3 +223,69 @@ def test_export_lists_every_image_once(tmp_path: Path) -> None:
         env=env | {"HOME": os.environ.get("HOME", "/root")},
     )
     assert missing.returncode == 2 and "kubeadm config images list" in missing.stderr
+
+
+@pytest.mark.parametrize("ww_version", ["4.5.8-1.el9", "4.6.1"])
+def test_build_builds_what_it_imports(tmp_path: Path, keep_generated: None, ww_version: str) -> None:
+    """Defect 2 of issue 9: Warewulf builds an imported image only with --build; an unbuilt
+    one gives nodes a 404 at the image stage. After build.sh every image it made is built."""
+    env = _stand_ins(tmp_path, ww_version)
+    res = subprocess.run(
+        [str(BUILDER / "build.sh"), "--variants", "control"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    images = json.loads((tmp_path / "ww.json").read_text())
+    assert images == {"ek8s-base": {"built": True}, "ek8s-control": {"built": True}}
+    assert not list(tmp_path.glob("*.tar")), "the archives are removed after the import"
+
+
+def _python39(tmp_path: Path) -> Path:
+    """A Python 3.9, as Rocky 9's python3 is: a real one if installed (python3.9 on PATH or
+    under pyenv), else a stand-in that reports 3.9 and has no tomllib (new in 3.11)."""
+    candidates = [
+        shutil.which("python3.9"),
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))),
+    ]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == "(3, 9)":
+            return Path(candidate)
+    fake = tmp_path / "python3.9-stand-in"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "sys.modules['tomllib'] = None  # `import tomllib` fails, as on 3.9\n"
+        "sys.version_info = (3, 9, 18, 'final', 0)\n"
+        "args = sys.argv[1:]\n"
+        "code = args[1] if args[0] == '-c' else sys.stdin.read()\n"
+        "sys.argv = args[1:] if args[0] == '-c' else args\n"
+        "exec(compile(code, '<stdin>', 'exec'), {'__name__': '__main__'})\n"
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_build_runs_where_python3_is_rocky9s(tmp_path: Path, keep_generated: None) -> None:
+    """Defect 3 of issue 9: on Rocky 9 `python3` is 3.9, which has no tomllib; build.sh's
+    Python runs under the python3.11 the README installs, and says so when there is none."""
+    env = _stand_ins(tmp_path, "4.6.1")
+    bin_dir = tmp_path / "bin"
+    old = _python39(tmp_path)
+    (bin_dir / "python3").symlink_to(old)
+    (bin_dir / "python3.11").symlink_to(sys.executable)
+    res = subprocess.run([str(BUILDER / "build.sh"), "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    deps = (BUILDER / "requirements-node.txt").read_text().split()
+    assert any(d.startswith("pydantic") for d in deps)
+    # The interpreter check itself runs under the oldest Python it may meet, and refuses it.
+    res = subprocess.run(
+        [str(BUILDER / "build.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env | {"EK8S_PYTHON": str(old)},
+        timeout=120,
+    )
+    assert res.returncode == 1 and "3.11 or later" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert " build " not in res.stdout, "nothing is built before the check"

@@ -1,24 +1,48 @@
 // wwtemplate renders a Warewulf overlay template (.ww) with Go's text/template against data
 // shaped like Warewulf's own template data, for Warewulf 4.5 or 4.6. It exists to test the
 // ek8s overlay without a Warewulf server: a template that uses a field the real data does
-// not have, or reads a value the wrong way for a version, fails here as it would in wwctl.
+// not have, reads a value the wrong way for a version, or calls a method the real receiver
+// does not allow, fails here as it would in wwctl.
 //
-// Standard library only. Shapes, from Warewulf's internal/pkg/overlay/datastructure.go and
-// its debug overlay (template-variables.md.ww):
-//   - 4.5: the rendered node's fields are plain (node.NodeConf, filled by GetFrom); the
-//     entries of .AllNodes are node.NodeInfo, whose values are node.Entry, read with .Get.
-//   - 4.6+: everything is node.Node with plain values (addresses as net.IP).
+// Standard library only. What it reproduces, from the v4.5.8 and v4.6.5 tags:
+//   - The data. 4.5 (internal/pkg/overlay/datastructure.go): the rendered node's fields are
+//     plain strings (node.NodeConf filled by GetFrom, node/transformers.go:26), the entries
+//     of .AllNodes are node.NodeInfo whose values are node.Entry with pointer-receiver
+//     methods (Get, Defined, node/methods.go:215, :429). 4.6 (same file): node.Node with
+//     plain values, addresses as net.IP (an empty one prints "<nil>"), Id() a method with a
+//     pointer receiver (node/methods.go:330), OnBoot a wwtype.WWbool, i.e. a string
+//     (wwtype/wwbool.go:13), so "false" is true inside {{if}}; the top-level node fields
+//     are a gob copy (datastructure.go:101-109), which drops the unexported id and primary.
+//   - Primary devices. 4.5 sets Primary to "true" on the primary device only and leaves it
+//     empty elsewhere (node/constructors.go:204-217); 4.6 marks it in an unexported field
+//     read with Primary() (node/methods.go:358-380). Both take the first device by name
+//     when none is named primary.
+//   - Profiles. A node's tags are its profiles' tags, in the order listed, under its own;
+//     a profile that does not exist is skipped with a warning only (4.5
+//     node/constructors.go:195-199, 4.6 node/mergo.go:147-150), so its facts are silently
+//     missing, as on a real server.
+//   - Rendering. The data is passed by value (tmpl.Execute(&buffer, data), 4.5
+//     overlay/overlay.go:408, 4.6 :1211), option missingkey=default, Warewulf's template
+//     functions (4.5 overlay.go:366-403, 4.6 :1156-1183; sprig's, which 4.6 adds, are not
+//     modelled: a template using them fails here). With -out the file is written as
+//     CarefulWriteBuffer does (4.5 overlay.go:322, 4.6 :1129): an existing file is first
+//     copied to FILE.wwbackup unless the template called {{ nobackup }}, and nothing is
+//     written when it called {{ abort }}.
 //
-// Usage: wwtemplate -version 4.5|4.6 -data FIXTURE.json -node NAME TEMPLATE.ww
+// Usage: wwtemplate -version 4.5|4.6 -data FIXTURE.json -node NAME [-out FILE] TEMPLATE.ww
 package main
 
 import (
+	"bytes"
+	"encoding/gob"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"sort"
+	"strings"
 	"text/template"
 )
 
@@ -29,6 +53,11 @@ type fixtureNetDev struct {
 	Hwaddr  string `json:"hwaddr"`
 	Ipaddr  string `json:"ipaddr"`
 	Netmask string `json:"netmask"`
+	OnBoot  string `json:"onboot"` // as stored in nodes.conf: "", "true", "false"...
+}
+
+type fixtureProfile struct {
+	Tags map[string]string `json:"tags"`
 }
 
 type fixtureNode struct {
@@ -37,7 +66,7 @@ type fixtureNode struct {
 	Profiles []string                 `json:"profiles"`
 	Primary  string                   `json:"primary_netdev"`
 	NetDevs  map[string]fixtureNetDev `json:"netdevs"`
-	Tags     map[string]string        `json:"tags"` // node tags merged over its profiles' tags
+	Tags     map[string]string        `json:"tags"` // the node's own tags
 	Root     string                   `json:"root"`
 	Overlays []string                 `json:"system_overlays"`
 	Runtime  []string                 `json:"runtime_overlays"`
@@ -50,32 +79,84 @@ type fixture struct {
 		Network   string `json:"network"`
 		BuildHost string `json:"buildhost"`
 	} `json:"server"`
-	Nodes []fixtureNode `json:"nodes"`
+	Profiles map[string]fixtureProfile `json:"profiles"`
+	Nodes    []fixtureNode             `json:"nodes"`
+}
+
+// mergedTags is what Warewulf hands a template as the node's tags: each existing profile's
+// tags in the order the node lists them (a later profile wins), then the node's own.
+func mergedTags(f fixture, n fixtureNode, version string) map[string]string {
+	tags := map[string]string{}
+	for _, p := range n.Profiles {
+		prof, ok := f.Profiles[p]
+		if !ok {
+			if version == "4.5" {
+				fmt.Fprintf(os.Stderr, "WARN   : Profile not found for node '%s': %s\n", n.Id, p)
+			} else {
+				fmt.Fprintf(os.Stderr, "WARN   : profile not found: %s\n", p)
+			}
+			continue
+		}
+		for k, v := range prof.Tags {
+			tags[k] = v
+		}
+	}
+	for k, v := range n.Tags {
+		tags[k] = v
+	}
+	return tags
+}
+
+// primaryName is the node's primary device: the one named, else the first by name.
+func primaryName(n fixtureNode) string {
+	if _, ok := n.NetDevs[n.Primary]; ok {
+		return n.Primary
+	}
+	names := make([]string, 0, len(n.NetDevs))
+	for name := range n.NetDevs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	if len(names) > 0 {
+		return names[0]
+	}
+	return n.Primary
 }
 
 // ---- Warewulf 4.5 ----
 
-// Entry is 4.5's node.Entry: a value with its origin (node, profile, default), read with Get.
+// Entry is 4.5's node.Entry: a value with its origin (node, profile, default). Its methods
+// have pointer receivers, so they work only on addressable values (a slice element, a
+// field reached through a pointer), as in Warewulf.
 type Entry struct{ value string }
 
-func (e Entry) Get() string   { return e.value }
-func (e Entry) Defined() bool { return e.value != "" }
-func (e Entry) Print() string { return e.value }
-func (e Entry) GetB() bool    { return e.value == "true" }
+func (e *Entry) Get() string   { return e.value }
+func (e *Entry) Defined() bool { return e.value != "" }
+func (e *Entry) Print() string {
+	if e.value == "" {
+		return "--"
+	}
+	return e.value
+}
+func (e *Entry) GetB() bool {
+	v := strings.ToLower(e.value)
+	return e.value != "" && v != "false" && v != "no" && v != "0"
+}
 
 type NetDevEntry struct {
-	Device, Hwaddr, Ipaddr, Netmask, Type, OnBoot, Primary Entry
+	Type, OnBoot, Device, Hwaddr, Ipaddr, Netmask, Primary Entry
 	Tags                                                   map[string]*Entry
 }
 
 type NodeInfo struct {
 	Id, Comment, ClusterName, ContainerName, Root, PrimaryNetDev Entry
+	Profiles, SystemOverlay, RuntimeOverlay                      Entry
 	NetDevs                                                      map[string]*NetDevEntry
 	Tags                                                         map[string]*Entry
 }
 
 type NetDevs45 struct {
-	Device, Hwaddr, Ipaddr, IpCIDR, Netmask, Type, OnBoot, Primary string
+	Type, OnBoot, Device, Hwaddr, Ipaddr, IpCIDR, Netmask, Primary string
 	Tags                                                           map[string]string
 }
 
@@ -88,99 +169,230 @@ type NodeConf45 struct {
 
 type Template45 struct {
 	Id, Hostname, BuildHost, BuildTime, BuildTimeUnix, BuildSource string
-	Ipaddr, Ipaddr6, Netmask, Network, NetworkCIDR                 string
+	Ipaddr, Ipaddr6, Netmask, Network, NetworkCIDR, Overlay        string
 	Ipv6                                                           bool
 	AllNodes                                                       []NodeInfo
 	NodeConf45
 	Container string
+	ThisNode  *NodeInfo
+}
+
+// onboot45: 4.5 gives every device the defaults' "onboot: true" unless it sets its own
+// (node/constructors.go:23-40, FallBackConf and defaults.conf).
+func onboot45(d fixtureNetDev) string {
+	if d.OnBoot != "" {
+		return d.OnBoot
+	}
+	return "true"
+}
+
+// primary45: "true" on the primary device, empty (not "false") on the others.
+func primary45(name, primary string) string {
+	if name == primary {
+		return "true"
+	}
+	return ""
+}
+
+func info45(f fixture, o fixtureNode) NodeInfo {
+	primary := primaryName(o)
+	info := NodeInfo{Id: Entry{o.Id}, ContainerName: Entry{o.Image}, Root: Entry{o.Root},
+		PrimaryNetDev: Entry{primary}, Profiles: Entry{strings.Join(o.Profiles, ",")},
+		NetDevs: map[string]*NetDevEntry{}, Tags: map[string]*Entry{}}
+	for k, v := range mergedTags(f, o, "4.5") {
+		info.Tags[k] = &Entry{v}
+	}
+	for name, d := range o.NetDevs {
+		info.NetDevs[name] = &NetDevEntry{Type: Entry{"ethernet"}, OnBoot: Entry{onboot45(d)},
+			Device: Entry{d.Device}, Hwaddr: Entry{d.Hwaddr}, Ipaddr: Entry{d.Ipaddr},
+			Netmask: Entry{d.Netmask}, Primary: Entry{primary45(name, primary)}, Tags: map[string]*Entry{}}
+	}
+	return info
 }
 
 func data45(f fixture, n fixtureNode) Template45 {
 	t := Template45{Id: n.Id, Hostname: n.Id, BuildHost: f.Server.BuildHost, BuildSource: "ek8s-test",
 		Ipaddr: f.Server.Ipaddr, Netmask: f.Server.Netmask, Network: f.Server.Network, Container: n.Image}
-	t.NodeConf45 = NodeConf45{ContainerName: n.Image, Root: n.Root, PrimaryNetDev: n.Primary,
-		SystemOverlay: n.Overlays, RuntimeOverlay: n.Runtime, Profiles: n.Profiles,
-		NetDevs: map[string]*NetDevs45{}, Tags: n.Tags}
-	for name, d := range n.NetDevs {
-		t.NetDevs[name] = &NetDevs45{Device: d.Device, Hwaddr: d.Hwaddr, Ipaddr: d.Ipaddr, Netmask: d.Netmask,
-			Type: "ethernet", OnBoot: "true", Primary: fmt.Sprint(name == n.Primary), Tags: map[string]string{}}
+	primary := primaryName(n)
+	tags := map[string]string{}
+	for k, v := range mergedTags(f, n, "4.5") {
+		if v != "" { // GetFrom keeps only tags with a value (transformers.go:80-83)
+			tags[k] = v
+		}
 	}
+	t.NodeConf45 = NodeConf45{ContainerName: n.Image, Root: n.Root, PrimaryNetDev: primary,
+		SystemOverlay: n.Overlays, RuntimeOverlay: n.Runtime, Profiles: n.Profiles,
+		NetDevs: map[string]*NetDevs45{}, Tags: tags}
+	for name, d := range n.NetDevs {
+		cidr := net.IPNet{IP: net.ParseIP(d.Ipaddr), Mask: net.IPMask(net.ParseIP(d.Netmask))}
+		t.NetDevs[name] = &NetDevs45{Type: "ethernet", OnBoot: onboot45(d), Device: d.Device, Hwaddr: d.Hwaddr,
+			Ipaddr: d.Ipaddr, IpCIDR: cidr.String(), Netmask: d.Netmask, Primary: primary45(name, primary),
+			Tags: map[string]string{}}
+	}
+	this := info45(f, n)
+	t.ThisNode = &this
 	for _, o := range f.Nodes {
-		info := NodeInfo{Id: Entry{o.Id}, ContainerName: Entry{o.Image}, Root: Entry{o.Root},
-			PrimaryNetDev: Entry{o.Primary}, NetDevs: map[string]*NetDevEntry{}, Tags: map[string]*Entry{}}
-		for k, v := range o.Tags {
-			info.Tags[k] = &Entry{v}
-		}
-		for name, d := range o.NetDevs {
-			info.NetDevs[name] = &NetDevEntry{Device: Entry{d.Device}, Hwaddr: Entry{d.Hwaddr},
-				Ipaddr: Entry{d.Ipaddr}, Netmask: Entry{d.Netmask}, Type: Entry{"ethernet"},
-				Primary: Entry{fmt.Sprint(name == o.Primary)}, Tags: map[string]*Entry{}}
-		}
-		t.AllNodes = append(t.AllNodes, info)
+		t.AllNodes = append(t.AllNodes, info45(f, o))
 	}
 	return t
 }
 
 // ---- Warewulf 4.6+ ----
 
-type NetDev struct {
-	Device, Hwaddr, Type string
-	Ipaddr, Netmask      net.IP
-	OnBoot               bool
-	Tags                 map[string]string
+// WWbool is 4.6's wwtype.WWbool: a string, so any non-empty value, "false" included, is
+// true inside {{if}}; .Bool reads it as a boolean.
+type WWbool string
+
+func (v WWbool) Bool() bool {
+	switch strings.ToLower(string(v)) {
+	case "yes", "true", "1", "t":
+		return true
+	}
+	return false
 }
 
-// Node is 4.6's node.Node; its name is a method there, which templates call like a field.
-type Node struct {
+func (v WWbool) BoolDefaultTrue() bool {
+	switch strings.ToLower(string(v)) {
+	case "no", "false", "0", "f":
+		return false
+	}
+	return true
+}
+
+type NetDev struct {
+	Type    string
+	OnBoot  WWbool
+	Device  string
+	Hwaddr  string
+	Ipaddr  net.IP
+	Netmask net.IP
+	Tags    map[string]string
+	primary bool
+}
+
+func (dev *NetDev) Primary() bool { return dev.primary }
+
+// Profile holds what a profile and a node may set (node.Profile).
+type Profile struct {
 	id                                    string
-	Comment, ClusterName, ImageName, Root string
-	PrimaryNetDev                         string
-	SystemOverlay, RuntimeOverlay         []string
 	Profiles                              []string
+	Comment, ClusterName, ImageName, Root string
+	RuntimeOverlay, SystemOverlay         []string
 	NetDevs                               map[string]*NetDev
 	Tags                                  map[string]string
+	PrimaryNetDev                         string
 }
 
-func (n Node) Id() string { return n.id }
+// Node is 4.6's node.Node; its name is a method with a pointer receiver.
+type Node struct {
+	id           string
+	Discoverable WWbool
+	AssetKey     string
+	Profile
+}
+
+func (n *Node) Id() string { return n.id }
 
 type Template46 struct {
-	Id, Hostname, BuildHost, BuildTime, BuildTimeUnix, BuildSource, Overlay string
-	Ipaddr, Ipaddr6, Netmask, Network, NetworkCIDR                          string
-	Ipv6                                                                    bool
-	AllNodes                                                                []Node
+	Id, Hostname, BuildHost, BuildTime, BuildTimeUnix, BuildSource string
+	Ipaddr, IpCIDR, Netmask, Network, NetworkCIDR, Overlay         string
+	Ipaddr6                                                        string
+	Ipv6                                                           bool
+	AllNodes                                                       []Node
 	Node
-	ThisNode *Node
+	Container     string
+	ContainerName string
+	ThisNode      *Node
 }
 
-func node46(o fixtureNode) Node {
-	n := Node{id: o.Id, ImageName: o.Image, Root: o.Root, PrimaryNetDev: o.Primary,
+func node46(f fixture, o fixtureNode) Node {
+	primary := primaryName(o)
+	n := Node{id: o.Id, Profile: Profile{ImageName: o.Image, Root: o.Root, PrimaryNetDev: primary,
 		SystemOverlay: o.Overlays, RuntimeOverlay: o.Runtime, Profiles: o.Profiles,
-		NetDevs: map[string]*NetDev{}, Tags: o.Tags}
+		NetDevs: map[string]*NetDev{}, Tags: mergedTags(f, o, "4.6")}}
 	for name, d := range o.NetDevs {
-		n.NetDevs[name] = &NetDev{Device: d.Device, Hwaddr: d.Hwaddr, Type: "ethernet", OnBoot: true,
-			Ipaddr: net.ParseIP(d.Ipaddr).To4(), Netmask: net.ParseIP(d.Netmask).To4(), Tags: map[string]string{}}
+		n.NetDevs[name] = &NetDev{Type: "ethernet", OnBoot: WWbool(d.OnBoot), Device: d.Device, Hwaddr: d.Hwaddr,
+			Ipaddr: net.ParseIP(d.Ipaddr), Netmask: net.ParseIP(d.Netmask), Tags: map[string]string{},
+			primary: name == primary}
 	}
 	return n
 }
 
-func data46(f fixture, n fixtureNode) Template46 {
-	this := node46(n)
+func data46(f fixture, n fixtureNode) (Template46, error) {
+	this := node46(f, n)
 	t := Template46{Id: n.Id, Hostname: n.Id, BuildHost: f.Server.BuildHost, BuildSource: "ek8s-test",
 		Overlay: "ek8s", Ipaddr: f.Server.Ipaddr, Netmask: f.Server.Netmask, Network: f.Server.Network,
-		Node: this, ThisNode: &this}
+		Container: n.Image, ContainerName: n.Image, ThisNode: &this}
 	for _, o := range f.Nodes {
-		t.AllNodes = append(t.AllNodes, node46(o))
+		t.AllNodes = append(t.AllNodes, node46(f, o))
 	}
-	return t
+	// The top-level node fields are a gob copy, as InitStruct makes them.
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(this); err != nil {
+		return t, err
+	}
+	err := gob.NewDecoder(&buf).Decode(&t)
+	return t, err
+}
+
+// ---- rendering ----
+
+type outcome struct{ writeFile, backupFile bool }
+
+func funcs(version string, out *outcome) template.FuncMap {
+	unsupported := func(name string) func(...any) (string, error) {
+		return func(...any) (string, error) { return "", fmt.Errorf("%s is not modelled by wwtemplate", name) }
+	}
+	m := template.FuncMap{
+		"Include":      unsupported("Include"),
+		"IncludeFrom":  unsupported("IncludeFrom"),
+		"IncludeBlock": unsupported("IncludeBlock"),
+		"basename":     path.Base,
+		"inc":          func(i int) int { return i + 1 },
+		"dec":          func(i int) int { return i - 1 },
+		"file":         func(s string) string { return fmt.Sprintf("{{ /* file \"%s\" */ }}", s) },
+		"IgnitionJson": unsupported("IgnitionJson"),
+		"abort":        func() string { out.writeFile = false; return "" },
+		"nobackup":     func() string { out.backupFile = false; return "" },
+	}
+	if version == "4.5" {
+		m["split"] = strings.Split
+		m["tr"] = func(s, old, new string) string { return strings.ReplaceAll(s, old, new) }
+		m["replace"] = func(s, old, new string) string { return strings.ReplaceAll(s, old, new) }
+	} else {
+		m["ImportLink"] = unsupported("ImportLink")
+		m["softlink"] = func(s string) string { return fmt.Sprintf("{{ /* softlink \"%s\" */ }}", s) }
+		m["readlink"] = unsupported("readlink")
+		m["UniqueField"] = unsupported("UniqueField")
+		m["SystemdEscape"] = unsupported("SystemdEscape")
+		m["SystemdEscapePath"] = unsupported("SystemdEscapePath")
+	}
+	return m
+}
+
+// carefulWrite writes like Warewulf's CarefulWriteBuffer: FILE.wwbackup first, from an
+// existing FILE, unless the template called nobackup (or a backup exists already).
+func carefulWrite(dest string, content []byte, backup bool) error {
+	if backup {
+		if _, err := os.Stat(dest + ".wwbackup"); os.IsNotExist(err) {
+			if old, err := os.ReadFile(dest); err == nil {
+				if err := os.WriteFile(dest+".wwbackup", old, 0o644); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return os.WriteFile(dest, content, 0o644)
 }
 
 func main() {
 	version := flag.String("version", "4.6", "Warewulf version whose data shape to use: 4.5 or 4.6")
-	dataPath := flag.String("data", "", "fixture JSON (server and nodes)")
+	dataPath := flag.String("data", "", "fixture JSON (server, profiles and nodes)")
 	nodeName := flag.String("node", "", "the node to render for")
+	outPath := flag.String("out", "", "write the result here as Warewulf does (.wwbackup, nobackup, abort)")
 	flag.Parse()
 	if flag.NArg() != 1 || *dataPath == "" || *nodeName == "" {
-		fmt.Fprintln(os.Stderr, "usage: wwtemplate -version 4.5|4.6 -data FIXTURE.json -node NAME TEMPLATE.ww")
+		fmt.Fprintln(os.Stderr, "usage: wwtemplate -version 4.5|4.6 -data FIXTURE.json -node NAME [-out FILE] TEMPLATE.ww")
 		os.Exit(2)
 	}
 	raw, err := os.ReadFile(*dataPath)
@@ -204,33 +416,40 @@ func main() {
 		fmt.Fprintf(os.Stderr, "node %q is not in the fixture\n", *nodeName)
 		os.Exit(2)
 	}
-	tmpl, err := template.New(flag.Arg(0)).ParseFiles(flag.Arg(0))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "parse:", err)
-		os.Exit(1)
-	}
-	tmpl = tmpl.Lookup(baseName(flag.Arg(0)))
 	var data any
 	switch *version {
 	case "4.5":
 		data = data45(f, *this)
 	case "4.6":
-		data = data46(f, *this)
+		if data, err = data46(f, *this); err != nil {
+			fmt.Fprintln(os.Stderr, "gob:", err)
+			os.Exit(2)
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "unknown version %q (4.5 or 4.6)\n", *version)
 		os.Exit(2)
 	}
-	if err := tmpl.Execute(os.Stdout, data); err != nil {
+	out := outcome{writeFile: true, backupFile: true}
+	name := path.Base(flag.Arg(0))
+	tmpl, err := template.New(name).Option("missingkey=default").Funcs(funcs(*version, &out)).ParseFiles(flag.Arg(0))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "parse:", err)
+		os.Exit(1)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, data); err != nil { // by value, as Warewulf passes it
 		fmt.Fprintln(os.Stderr, "execute:", err)
 		os.Exit(1)
 	}
-}
-
-func baseName(p string) string {
-	for i := len(p) - 1; i >= 0; i-- {
-		if p[i] == '/' {
-			return p[i+1:]
-		}
+	if *outPath == "" {
+		os.Stdout.Write(buf.Bytes())
+		return
 	}
-	return p
+	if !out.writeFile {
+		return
+	}
+	if err := carefulWrite(*outPath, buf.Bytes(), out.backupFile); err != nil {
+		fmt.Fprintln(os.Stderr, "write:", err)
+		os.Exit(1)
+	}
 }

@@ -7,7 +7,7 @@ set -e
 install -d -m 0700 -o root -g root /share
 
 # cluster profile for ek8s
-wwctl profile add ek8s-ek8s
+wwctl profile add ek8s-ek8s --yes
 
 # cluster-wide facts for node.yaml.ww (tags ek8s_*)
 wwctl profile set ek8s-ek8s \
@@ -24,7 +24,7 @@ wwctl profile set ek8s-ek8s \
     --tagadd ek8s_pod_subnet=10.249.0.0/16 \
     --tagadd ek8s_service_subnet=10.96.0.0/12 \
     --tagadd ek8s_on_cluster_lost=reinit \
-    --tagadd ek8s_cni_manifest=/opt/ek8s/manifests/cni.yaml
+    --tagadd ek8s_cni_manifest=/usr/local/lib/ek8s/manifests/cni.yaml
 
 # new control node
 wwctl node add control0

@@ -24,7 +24,7 @@ wwctl profile set ek8s-ek8s \
     --tagadd ek8s_pod_subnet=10.249.0.0/16 \
     --tagadd ek8s_service_subnet=10.96.0.0/12 \
     --tagadd ek8s_on_cluster_lost=reinit \
-    --tagadd ek8s_cni_manifest=/opt/ek8s/manifests/cni.yaml \
+    --tagadd ek8s_cni_manifest=/usr/local/lib/ek8s/manifests/cni.yaml \
     --system-overlays ek8s,ek8s-hosts \
     --runtime-overlays ek8s-hosts
 
