@@ -94,6 +94,17 @@ def assess(
     return Assessment(generation, fates)
 
 
+def reapable(members: Sequence[str], a: Assessment) -> str | None:
+    """The etcd member to remove next (by name), or None: one whose node rebooted or is dead,
+    and only while the members left after its removal keep a majority of live ones (etcd's
+    own rule: removing a member must not cost quorum). Unknown members count as not alive."""
+    lost = [m for m in members if a.fates.get(m) in (Fate.REBOOTED, Fate.DEAD)]
+    if not lost:
+        return None
+    alive = sum(1 for m in members if a.fates.get(m) is Fate.ALIVE)
+    return lost[0] if alive > (len(members) - 1) // 2 else None
+
+
 def reformer(survivors: Sequence[str], indexes: Mapping[str, int | None]) -> str | None:
     """Which survivor re-forms etcd: the one with the most recent data (highest raft index it
     reported in its heartbeat), ties to the lowest name. None while a survivor has not reported

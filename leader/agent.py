@@ -48,6 +48,7 @@ PHYLACTERY_UP_S = 60.0  # Phylactery must serve /healthz this soon after init or
 API_UP_S = 120.0  # the API must answer behind the VIP this soon after kubeadm init
 LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at most this often
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
+MEMBER_CHECK_S = 5.0  # a watching control node checks its etcd member is still listed this often
 
 
 class PruneFailed(Exception):
@@ -171,6 +172,9 @@ class Agent:
         self._ca: tuple[int, bytes] | None = None  # (generation, cluster CA PEM)
         self._credentials: Credentials | None = None
         self.etcd_index: int | None = None  # reported in heartbeats while quorum is lost
+        self.member_checked_at = clock()
+        self.member_missing = 0  # consecutive checks that did not find this node's etcd member
+        self.must_prune = False  # rejoining after the member was removed: prune first
         self.kubeadm_s = 0.0
 
     @classmethod
@@ -506,6 +510,7 @@ class Agent:
                 raise error
             if self.cfg.is_control:
                 self.store.record_incarnation(self.boot_id, self.generation)
+            self.must_prune = False
             return self._go(
                 State.AWAIT_NODE,
                 f"{self.driver.name} join succeeded",
@@ -548,7 +553,7 @@ class Agent:
         """Prune unless this node has never been part of this generation (a first join
         leaves nothing behind to prune)."""
         prev = self.previous
-        return attempt > 1 or (prev is not None and prev.generation == self.generation)
+        return attempt > 1 or self.must_prune or (prev is not None and prev.generation == self.generation)
 
     def _prune_and_renew(self) -> None:
         """The prune job: other control nodes' Phylacteries renew the join material and
@@ -600,9 +605,30 @@ class Agent:
             self.phylactery_started = self.phylactery_up = False
             self._event("phylactery_restarted", "Phylactery is not running; starting it again")
             self.start_phylactery()
-        if self._api_alive():
-            return f"no action: generation {self.generation} is healthy"
-        return self._judge_silence("while watching")
+        if not self._api_alive():
+            return self._judge_silence("while watching")
+        if self.cfg.is_control and self.clock() - self.member_checked_at >= MEMBER_CHECK_S:
+            removed = self._member_removed()
+            if removed is not None:
+                return removed
+        return f"no action: generation {self.generation} is healthy"
+
+    def _member_removed(self) -> str | None:
+        """Is this node's etcd member still listed? A member removed behind the node's back
+        (``etcdctl member remove``, a prune of a live node) shuts its etcd down; after two
+        checks :data:`MEMBER_CHECK_S` apart that miss it, reset and rejoin (pruned first)."""
+        self.member_checked_at = self.clock()
+        view = self.probes.etcd_view()
+        if view is not None and any(m.name == self.cfg.node.name for m in view.members):
+            self.member_missing = 0
+            return None
+        self.member_missing += 1
+        if self.member_missing < 2:
+            return None
+        self.member_missing = 0
+        self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+        why = "my etcd member is no longer in the cluster (removed, or its etcd stopped answering)"
+        return self._reset(State.JOIN, f"{why}; resetting and rejoining", "member_removed")
 
     def _on_lost(self, snap: Snapshot) -> str:
         reform = self._reform_progress()

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import psutil
 
+from core import recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.drivers import Driver
@@ -32,6 +33,7 @@ from phylactery import daemons, render
 from phylactery.prune import PruneRefused, PruneResult, prune_node
 
 log = get_logger(__name__, "phylactery")
+REAP_INTERVAL_S = 5.0  # how often the reaper looks for members whose node lost its data
 
 
 class Phylactery:
@@ -74,6 +76,7 @@ class Phylactery:
             asyncio.create_task(self._periodic()),
             asyncio.create_task(self._notify_peers()),
             asyncio.create_task(self._snapshots()),
+            asyncio.create_task(self._reaper()),
         ]
         # Import the kubernetes client now, off the request path (it takes ~0.3 s).
         self._tasks.append(asyncio.create_task(asyncio.to_thread(_warm_imports)))
@@ -204,6 +207,46 @@ class Phylactery:
         )
         log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(data)})
         return path
+
+    async def _reaper(self) -> None:
+        """Every ``REAP_INTERVAL_S``: :meth:`reap_one`, on one control node at a time."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self.reap_one()
+            except (EtcdError, OSError, ShareError) as err:
+                log.warning("reaping dead etcd members failed", extra={"error": str(err)})
+
+    async def reap_one(self) -> str | None:
+        """Remove one etcd member whose node rebooted (new boot id: its data is gone) or has
+        been dead past the lease TTL, while the remaining members keep quorum; kubeadm's
+        check-etcd refuses every control-plane join while any listed member is unreachable
+        (``cmd/kubeadm/app/phases/etcd/local.go``, ``CheckLocalEtcdClusterStatus``). Only the
+        first live survivor by name reaps, one member per call; each removal is recorded as
+        the ``member_reaped`` event. Returns the removed member's name, or None."""
+        ctx = self.driver.etcd_client_context()
+        if ctx is None:
+            return None
+        state = await asyncio.to_thread(self.store.read_state)
+        incarnations = await asyncio.to_thread(self.store.incarnations)
+        names = [n for n, i in incarnations.items() if i.generation == state.generation]
+        heartbeats = await asyncio.to_thread(self.store.heartbeats, names)
+        a = recovery.assess(state.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
+        if not a.survivors or a.survivors[0] != self.cfg.node.name:
+            return None
+        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=3.0) as etcd:
+            members = await etcd.member_list()
+            name = recovery.reapable([m.name for m in members], a)
+            if name is None:
+                return None
+            doomed = next(m for m in members if m.name == name)
+            remaining = len(members) - 1
+            await etcd.member_remove(doomed.id)
+        fate = a.fates[doomed.name].value
+        why = f"removed etcd member {doomed.name}: its node {fate} (data gone); {remaining} members left"
+        log.info(why, extra={"member": doomed.name})
+        await asyncio.to_thread(self.store.record_event, "member_reaped", state.generation, why, member=doomed.name)
+        return doomed.name
 
     async def _notify_peers(self) -> None:
         """POST /v1/refresh to every other registered Phylactery (best effort)."""

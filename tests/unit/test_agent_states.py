@@ -602,3 +602,27 @@ def test_a_refused_prune_stops_the_join(tmp_path: Path) -> None:
     h.finish_jobs()
     assert h.cycle().startswith("join attempt 1/3 failed: no Phylactery pruned my stale state:")
     assert "join" not in h.driver.calls, "no kubeadm join after a failed prune"
+
+
+def test_member_removed_behind_the_nodes_back_resets_and_rejoins_pruned(tmp_path: Path) -> None:
+    from core.etcd import EtcdMember
+
+    h = watching_control(tmp_path)
+    me = EtcdMember(2, "control1", ("https://10.0.0.22:2380",), ("https://10.0.0.22:2379",))
+    other = EtcdMember(1, "control0", ("https://10.0.0.21:2380",), ("https://10.0.0.21:2379",))
+    h.probes.etcd = LocalView(members=(other, me), member_id=2, raft_index=9, quorum=True)
+    h.clock.advance(5)
+    assert h.cycle() == "no action: generation 1 is healthy"
+    h.probes.etcd = LocalView(members=(other,), member_id=2, raft_index=9, quorum=True)
+    h.clock.advance(5)
+    assert h.cycle() == "no action: generation 1 is healthy", "one miss is not enough"
+    h.clock.advance(5)
+    assert h.cycle() == (
+        "my etcd member is no longer in the cluster (removed, or its etcd stopped answering); resetting and rejoining"
+    )
+    assert h.state == "RESET" and h.events("member_removed")
+    h.finish_jobs()
+    h.clock.advance(1)
+    assert h.cycle() == "reset done; join again"
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"

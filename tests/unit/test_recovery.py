@@ -57,3 +57,17 @@ def test_the_survivor_with_the_most_recent_data_reforms() -> None:
     assert reformer(["c0", "c1"], {"c0": 12, "c1": 12}) == "c0"
     assert reformer(["c0", "c1"], {"c0": 12}) is None, "wait until every survivor reported"
     assert reformer([], {}) is None
+
+
+def test_reap_one_lost_member_at_a_time_and_only_while_quorum_holds() -> None:
+    from core.recovery import reapable
+
+    members = ["c0", "c1", "c2"]
+    one_dead = assess(1, {n: inc(n, n) for n in members}, {"c0": hb("c0", "c0"), "c1": hb("c1", "c1")}, TTL)
+    assert reapable(members, one_dead) == "c2", "3 members, 2 alive: removing c2 leaves 2 of 2"
+    two_lost = assess(1, {n: inc(n, n) for n in members}, {"c0": hb("c0", "c0"), "c1": hb("c1", "new")}, TTL)
+    assert reapable(members, two_lost) is None, "1 alive of 3: removing one leaves 1 of 2, no quorum"
+    assert reapable(["c0", "c1"], one_dead) is None, "nothing lost among the listed members"
+    five = [f"c{i}" for i in range(5)]
+    a = assess(1, {n: inc(n, n) for n in five}, {n: hb(n, n) for n in five[:3]}, TTL)
+    assert reapable(five, a) == "c3" and reapable(["c0", "c1", "c2", "c4"], a) == "c4"
