@@ -20,6 +20,7 @@ NFS rules followed here (docs/share-protocol.md):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -590,14 +591,30 @@ class ShareStore:
 
     # -- etcd snapshots ---------------------------------------------------------------
     def save_snapshot(self, generation: int, data: bytes, keep: int) -> Path:
-        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic) and delete all but the
-        newest ``keep``. Returns the new file."""
+        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic) with its checksum beside it
+        (``.db.sha256``, ``sha256sum`` format, written after the snapshot: a snapshot without
+        one is incomplete) and delete all but the newest ``keep``. Returns the new file."""
         d = ensure_dir(self.dir / "snapshots")
         path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
         write_atomic(path, data)
+        write_atomic(_checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
         for old in self.snapshots()[keep:]:
             old.unlink(missing_ok=True)
+            _checksum_path(old).unlink(missing_ok=True)
         return path
+
+    def newest_valid_snapshot(self) -> Path | None:
+        """The newest snapshot whose content matches its checksum, or None. A snapshot that
+        does not (cut short, damaged on the share, no checksum yet) is skipped."""
+        for path in self.snapshots():
+            try:
+                expected = _checksum_path(path).read_text().split()[0]
+                actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            except (OSError, IndexError):
+                continue
+            if expected == actual:
+                return path
+        return None
 
     def snapshots(self) -> list[Path]:
         """Saved snapshots, newest first."""
@@ -663,3 +680,8 @@ class ShareStore:
         except FileNotFoundError:
             pass
         return out
+
+
+def _checksum_path(snapshot: Path) -> Path:
+    """``<snapshot>.sha256`` beside a snapshot file."""
+    return snapshot.with_name(snapshot.name + ".sha256")

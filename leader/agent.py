@@ -697,8 +697,7 @@ class Agent:
         if self.cfg.on_cluster_lost == "wait":
             self.lost_reported = True
             return self._go(State.LOST, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
-        snapshots = self.store.snapshots() if self.cfg.on_cluster_lost == "restore" else []
-        source = snapshots[0] if snapshots else None
+        source = self.store.newest_valid_snapshot() if self.cfg.on_cluster_lost == "restore" else None
         plan = f"restoring etcd from {source.name}" if source else "starting from nothing"
         if self.cfg.on_cluster_lost == "restore" and source is None:
             plan += " (on_cluster_lost is 'restore' but the share holds no snapshot)"

@@ -180,16 +180,33 @@ class Phylactery:
 
     async def _snapshots(self) -> None:
         """On the generation's leader: save an etcd snapshot to the share every
-        ``snapshot_interval_s`` (the newest ``snapshots_keep`` are kept)."""
+        ``snapshot_interval_s``, and at once after every change of the etcd membership (the
+        newest ``snapshots_keep`` are kept), so a restore never brings back members that left."""
         interval = self.cfg.phylactery.snapshot_interval_s
         if interval <= 0:
             return
+        last_at, last_members = time.monotonic(), frozenset[int]()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, 1.0))
             try:
-                await self.save_snapshot()
+                members = await self._member_ids()
+                changed = members is not None and members != last_members and bool(last_members)
+                if members is not None and not last_members:
+                    last_members = members
+                if changed or time.monotonic() - last_at >= interval:
+                    # Tried once per interval on every control node; only the leader saves.
+                    last_at, last_members = time.monotonic(), members or last_members
+                    await self.save_snapshot()
             except (EtcdError, OSError) as err:  # keep trying; the log says why
                 log.warning("etcd snapshot failed", extra={"error": str(err)})
+
+    async def _member_ids(self) -> frozenset[int] | None:
+        """The IDs of the etcd members as the local member lists them (None without one)."""
+        ctx = self.driver.etcd_client_context()
+        if ctx is None:
+            return None
+        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
+            return frozenset(m.id for m in await etcd.member_list())
 
     async def save_snapshot(self) -> Path | None:
         """One snapshot to the share if this node leads a ready generation and runs an etcd

@@ -330,11 +330,27 @@ class KubeadmDriver:
         """``etcdutl snapshot restore`` (``etcdctl`` on etcd 3.4) into ``/var/lib/etcd`` as a
         one-member cluster of this node, as kubeadm's etcd expects it. Raises
         :class:`DriverError` when the tool fails or takes more than 300 s."""
+        tool = shutil.which("etcdutl") or "etcdctl"
+        # Check the file first (etcd's own integrity check of a snapshot), before anything of
+        # this node's is removed.
+        try:
+            checked = subprocess.run(
+                [tool, "snapshot", "status", str(snapshot)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "ETCDCTL_API": "3"},
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise DriverError([tool, "snapshot", "status"], 127, str(err)) from err
+        if checked.returncode != 0:
+            raise DriverError(
+                [tool, "snapshot", "status", str(snapshot)], checked.returncode, checked.stdout + checked.stderr
+            )
         data_dir = self.cfg.host_path("/var/lib/etcd")
         if data_dir.exists():
             shutil.rmtree(data_dir)
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        tool = shutil.which("etcdutl") or "etcdctl"
         peer = f"https://{self.cfg.node.address}:2380"
         argv = [
             tool,

@@ -93,3 +93,22 @@ def test_exists_and_kubeconfig_before_anything(tmp_path: Path) -> None:
     store = ShareStore(tmp_path, "nope", "operator")
     assert not store.exists() and store.read_admin_kubeconfig() is None
     assert not (tmp_path / "nope").exists(), "asking writes nothing"
+
+
+def test_snapshots_carry_a_checksum_and_a_damaged_one_is_skipped(store: ShareStore) -> None:
+    import time
+
+    first = store.save_snapshot(1, b"first", keep=3)
+    time.sleep(0.002)
+    second = store.save_snapshot(1, b"second", keep=3)
+    assert store.newest_valid_snapshot() == second
+    assert (second.parent / (second.name + ".sha256")).read_text().split() == [
+        "16367aacb67a4a017c8da8ab95682ccb390863780f7114dda0a0e0c55644c7c4",
+        second.name,
+    ]
+    second.write_bytes(b"secon")  # cut short on the share
+    assert store.newest_valid_snapshot() == first
+    for i in range(4):
+        time.sleep(0.002)
+        store.save_snapshot(1, b"x%d" % i, keep=3)
+    assert len(store.snapshots()) == 3 and len(list(first.parent.glob("*.sha256"))) == 3
