@@ -63,20 +63,25 @@ def test_containerfile_structure(variant: str) -> None:
     assert set(words) <= INSTRUCTIONS, f"unknown instruction in {path.name}: {set(words) - INSTRUCTIONS}"
     first = words.index("FROM")
     assert words[:first] == ["ARG"] * first, "only ARGs may precede FROM"
-    assert words.count("FROM") == 1
+    stages = [a for w, a in steps if w == "FROM"]
+    # One image, plus at most a named stage to copy etcd's tools from (the base variant).
+    assert len(stages) == 1 or (len(stages) == 2 and stages[0] == "${ETCD_IMAGE} AS etcd"), stages
     text = " ".join(a for _, a in steps)
     assert ":latest" not in text and "ADD" not in words, "pin every image and download"
     assert any(w == "LABEL" and "org.opencontainers.image.title" in a for w, a in steps)
     for word, args in steps:
         if word == "RUN" and "dnf -y install" in args:
             assert "dnf clean all" in args, f"{path.name}: clean dnf's cache in the same layer"
-        if word == "COPY":
+        if word == "COPY" and args.startswith("--from=etcd "):
+            assert variant == "base" and "/usr/local/bin/etcdutl" in args
+        elif word == "COPY":
             src = args.split()[0]
             assert (ROOT / src).exists() or src in {
                 "image_builder/requirements-node.txt",  # written by build.sh
                 "images/archives/",  # written by images/export.sh (build.sh makes it if missing)
             }, f"{path.name}: COPY source {src} does not exist"
     if variant == "base":
+        assert re.search(r"ARG ETCD_IMAGE=registry\.k8s\.io/etcd:3\.5\.16-0", path.read_text()), "pin etcd"
         assert re.search(r'"kubelet-\$\{v\}" "kubeadm-\$\{v\}" "kubectl-\$\{v\}"', text), "pin the node packages"
         assert "ARG KUBERNETES_VERSION" in path.read_text()
         for pkg in ("containerd.io", "conntrack-tools", "iproute", "python3.11"):
