@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from core import probes
+from core import probes, recovery
 from core.share import ShareStore
 
 
@@ -92,6 +92,9 @@ def collect(store: ShareStore) -> dict[str, Any]:
     answered = [s for s in statuses.values() if s]
     etcd = next((s["etcd"] for s in answered if s["etcd"]["members"]), None)
     vip_holders = [name for name, s in statuses.items() if s and s["keepalived"]["vip_held"]]
+    etcd_names = sorted(m["name"] for m in etcd["members"]) if etcd else None
+    snapshots = store.snapshots()
+    snapshot_age = round(now - snapshots[0].stat().st_mtime, 1) if snapshots else None
     return {
         "cluster": store.cluster,
         "generation": state.generation,
@@ -108,7 +111,69 @@ def collect(store: ShareStore) -> dict[str, Any]:
             name: sum(1 for b in s["haproxy"]["backends"] if b["status"].startswith("UP")) if s else None
             for name, s in statuses.items()
         },
+        "newest_snapshot_age_s": snapshot_age,
+        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age),
     }
+
+
+def attention(
+    store: ShareStore,
+    generation: int,
+    nodes: list[dict[str, Any]],
+    etcd_members: list[str] | None,
+    snapshot_age_s: float | None,
+    lease_ttl_s: float = 30.0,
+) -> list[dict[str, str]]:
+    """What is degraded, each as ``{"problem", "heals"}`` (what heals it by itself, or what
+    the operator must do): etcd members without a live node, control nodes without a member,
+    two machines with one node name (``duplicate_name`` events of the last 10 minutes), no
+    snapshot on the share or an old one (docs/recovery.md)."""
+    out: list[dict[str, str]] = []
+    incarnations = store.incarnations()
+    names = [n for n, i in incarnations.items() if i.generation == generation]
+    a = recovery.assess(generation, incarnations, store.heartbeats(names), lease_ttl_s)
+    if etcd_members is not None:
+        for m in etcd_members:
+            fate = a.fates.get(m)
+            if fate in (recovery.Fate.REBOOTED, recovery.Fate.DEAD):
+                heals = "its node rejoins (pruned first), or Phylactery removes it while quorum holds"
+                out.append({"problem": f"etcd member {m}: its node {fate.value}, the data is gone", "heals": heals})
+        for n in nodes:
+            if n["role"] == "control" and n["phase"] == "watch" and n["name"] not in etcd_members:
+                out.append(
+                    {
+                        "problem": f"control node {n['name']} has no etcd member",
+                        "heals": "its agent resets and rejoins within 10 s",
+                    }
+                )
+        if a.quorum_lost:
+            heals = (
+                f"{a.survivors[0]} re-forms etcd from its data"
+                if a.survivors
+                else "a new generation restores a snapshot"
+            )
+            out.append({"problem": f"etcd quorum lost ({', '.join(a.lost)} lost their data)", "heals": heals})
+    recent = time.time() - 600
+    for e in store.events():
+        if e["event"] == "duplicate_name" and e["t"] >= recent:
+            out.append(
+                {
+                    "problem": f"two machines heartbeat as {e['node']}",
+                    "heals": "nothing: give one of them another name in Warewulf (wwctl node set), then reboot it",
+                }
+            )
+    if snapshot_age_s is None:
+        out.append(
+            {"problem": "no etcd snapshot on the share", "heals": "the leader's Phylactery saves one every interval"}
+        )
+    elif snapshot_age_s > 600:
+        out.append(
+            {
+                "problem": f"the newest etcd snapshot is {snapshot_age_s:.0f}s old",
+                "heals": "check the leader's Phylactery log (etcd snapshot failed)",
+            }
+        )
+    return out
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -126,6 +191,8 @@ def render(doc: dict[str, Any]) -> str:
     ]
     if not doc["ready"] and doc["reason"]:
         lines.append(f"reason: {doc['reason']}")
+    for item in doc.get("attention") or []:
+        lines.append(f"! {item['problem']} -> {item['heals']}")
     lines.append("")
     lines.append(f"{'NODE':<12}{'ROLE':<9}{'PHASE':<11}{'READY':<7}{'HEARTBEAT':<11}LAST EVENT")
     for n in doc["nodes"]:

@@ -72,3 +72,27 @@ def test_status_without_reachable_nodes_shows_unknowns(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "generation 0 (not ready)" in res.stdout and "control0" in res.stdout and "init" in res.stdout
     assert ek8s("status", "--share", str(tmp_path), "--cluster", "nope").returncode == 1
+
+
+def test_status_names_what_is_degraded_and_what_heals_it(tmp_path: Path) -> None:
+    from manager.status import attention
+
+    store = ShareStore(tmp_path, "default", "operator")
+    store.ensure()
+    for node in ("control0", "control1", "control2"):
+        s = ShareStore(tmp_path, "default", node)
+        s.record_incarnation(f"b-{node}", 1)
+        s.heartbeat(f"b-{node}" if node != "control2" else "new-boot", "control", "watch", 1)
+    store.record_event("duplicate_name", 1, "another machine heartbeats as control1")
+    nodes = [{"name": "control1", "role": "control", "phase": "watch"}]
+    found = attention(store, 1, nodes, ["control0", "control2"], None)
+    problems = [f["problem"] for f in found]
+    assert problems == [
+        "etcd member control2: its node rebooted, the data is gone",
+        "control node control1 has no etcd member",
+        "two machines heartbeat as operator",
+        "no etcd snapshot on the share",
+    ]
+    assert all(f["heals"] for f in found)
+    res = ek8s("status", "--share", str(tmp_path))
+    assert res.returncode == 0 and "! no etcd snapshot on the share" in res.stdout, res.stdout + res.stderr
