@@ -262,14 +262,144 @@ def bench_full_reboot(grace: float) -> dict[str, Any]:
         lab.down()
 
 
+CONFIGMAPS_PY = r"""
+import json, sys, time
+from kubernetes import client, config
+api = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
+if sys.argv[2] == "create":
+    for name in sys.argv[3:]:
+        api.create_namespaced_config_map(
+            "default", {"metadata": {"name": name}, "data": {"created": str(time.time())}}
+        )
+print(json.dumps({i.metadata.name: float(i.data["created"]) for i in api.list_namespaced_config_map("default").items
+                  if i.data and "created" in i.data}))
+"""
+
+
+def configmaps(state: LabState, verb: str, *names: str) -> dict[str, float]:
+    """Create ConfigMaps ``names`` (``create``) through the API behind the VIP, from worker0;
+    returns every bench ConfigMap with its creation time (Unix seconds)."""
+    kubeconfig = str(Path(state.share) / "default/kube.config")
+    res = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            state.node("worker0").ns,
+            sys.executable,
+            "-c",
+            CONFIGMAPS_PY,
+            kubeconfig,
+            verb,
+            *names,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"configmaps {verb}: {res.stderr[-1000:]}")
+    return {k: float(v) for k, v in json.loads(res.stdout).items()}
+
+
+def first_event(store: ShareStore, name: str, since: float, timeout_s: float = 180) -> float:
+    """The time (Unix s) of the first ``name`` event after ``since``; RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ts = [e["t"] for e in store.events() if e["event"] == name and e["t"] >= since]
+        if ts:
+            return min(ts)
+        time.sleep(0.1)
+    raise RuntimeError(f"no {name} event within {timeout_s:.0f}s")
+
+
+def bench_quorum_reboot(n: int) -> dict[str, Any]:
+    """Reboot 2 of 3 control nodes at once, ``n`` times: seconds from the reboot to the API
+    answering again (the survivor's ``etcd_reformed``) and to both Ready; objects kept."""
+    lab, state = fresh_lab()
+    store = ShareStore(Path(state.share), "default", "bench")
+    try:
+        api_s, ready_s, kept = [], [], 0
+        for i in range(n):
+            configmaps(state, "create", f"quorum-{i}")
+            booted = time.time()
+            ready_s.append(lab.reboot_nodes(state, ["control1", "control2"]))
+            api_s.append(first_event(store, "etcd_reformed", booted) - booted)
+            lab.wait_whole(state)
+            kept += all(f"quorum-{j}" in configmaps(state, "read") for j in range(i + 1))
+            print(f"quorum reboot {i + 1}/{n}: API {api_s[-1]:.2f}s, Ready {ready_s[-1]:.2f}s", flush=True)
+        return {"api_answers_s": med(api_s), "all_ready_s": med(ready_s), "objects_kept_runs": kept, "of": n}
+    finally:
+        lab.down()
+
+
+def bench_full_restore(n: int, interval_s: float) -> dict[str, Any]:
+    """Reboot every node at once, ``n`` times, right after ConfigMaps were created one after another:
+    seconds to every node Ready, and the RPO (reboot time minus the creation time of the
+    newest object that survived), with snapshots every ``interval_s`` seconds."""
+    lab, state = fresh_lab({"phylactery": {"snapshot_interval_s": interval_s}})
+    try:
+        ready_s, rpo_s = [], []
+        for i in range(n):
+            for k in range(int(interval_s * 1.5)):  # each call takes about a second (a new process)
+                configmaps(state, "create", f"full-{i}-{k}")
+            rebooted = time.time()
+            ready_s.append(lab.reboot_nodes(state, [node.name for node in state.nodes], timeout_s=300))
+            lab.wait_whole(state)
+            created = configmaps(state, "read")
+            rpo_s.append(rebooted - max(created.values()))
+            print(f"full reboot {i + 1}/{n}: Ready {ready_s[-1]:.2f}s, RPO {rpo_s[-1]:.2f}s", flush=True)
+        return {"all_ready_s": med(ready_s), "rpo_s": med(rpo_s), "snapshot_interval_s": interval_s}
+    finally:
+        lab.down()
+
+
+REMOVE_MEMBER_PY = r"""
+import asyncio, sys
+from pathlib import Path
+from core.etcd import EtcdClient, kubeadm_client_context
+async def main():
+    async with EtcdClient(["https://127.0.0.1:2379"], kubeadm_client_context(Path(sys.argv[1]))) as etcd:
+        victim = next(m for m in await etcd.member_list() if m.name == sys.argv[2])
+        await etcd.member_remove(victim.id)
+asyncio.run(main())
+"""
+
+
+def bench_removed_member(n: int) -> dict[str, Any]:
+    """Remove control1's etcd member behind its back (``etcdctl member remove`` from control0),
+    ``n`` times: seconds until control1 notices (``member_removed``) and is Ready again."""
+    lab, state = fresh_lab()
+    store = ShareStore(Path(state.share), "default", "bench")
+    try:
+        notice_s, heal_s = [], []
+        for i in range(n):
+            pki = Path(state.node("control0").root) / "etc/kubernetes/pki"
+            removed = time.time()
+            subprocess.run(
+                ["ip", "netns", "exec", state.node("control0").ns, sys.executable, "-c", REMOVE_MEMBER_PY, str(pki),
+                 "control1"],
+                check=True,
+                timeout=60,
+            )  # fmt: skip
+            notice_s.append(first_event(store, "member_removed", removed) - removed)
+            heal_s.append(lab.wait_ready(state, 180, since=removed, names=["control1"]) - removed)
+            lab.wait_whole(state)
+            print(f"removed member {i + 1}/{n}: noticed {notice_s[-1]:.2f}s, Ready {heal_s[-1]:.2f}s", flush=True)
+        return {"noticed_s": med(notice_s), "ready_again_s": med(heal_s)}
+    finally:
+        lab.down()
+
+
 def main() -> int:
     """Run the parts chosen with ``--only`` (all by default), print the results and write them
     to ``--json``; returns 0. Needs root, as ``ek8s lab``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["reboot", "soak", "vip", "reload", "leader", "full"]
+    parts = ["reboot", "soak", "vip", "reload", "leader", "full", "quorum", "restore", "removed"]
     p.add_argument("--only", nargs="*", choices=parts, default=parts)
     p.add_argument("--reboots", type=int, default=10)
     p.add_argument("--soak", type=int, default=20)
+    p.add_argument("--data-runs", type=int, default=3, help="runs of the quorum, restore and removed parts")
     p.add_argument("--join-seconds", type=float, default=0.0, help="emulated kubeadm join duration for the reboots")
     p.add_argument("--json", type=Path, default=Path("bench-faults.json"))
     args = p.parse_args()
@@ -284,6 +414,12 @@ def main() -> int:
         results["reload_under_load"] = bench_reload_under_load(20)
     if "leader" in args.only:
         results["leader_crash_during_init"] = bench_leader_crash(10.0, 5.0)
+    if "quorum" in args.only:
+        results["two_of_three_control_rebooted"] = bench_quorum_reboot(args.data_runs)
+    if "restore" in args.only:
+        results["every_node_rebooted_restore"] = bench_full_restore(args.data_runs, 10.0)
+    if "removed" in args.only:
+        results["member_removed_behind_its_back"] = bench_removed_member(args.data_runs)
     if "full" in args.only:
         results["full_reboot_without_reset"] = bench_full_reboot(10.0)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
