@@ -270,8 +270,8 @@ def test_every_node_rebooted_restores_the_newest_snapshot(lab: Lab) -> None:
     healthy(lab, state)
     new = store.read_state()
     assert new.generation == 2 and new.restore_from is not None
-    lost = [e for e in store.events() if e["event"] == "cluster_lost"]
-    assert "restoring etcd from gen1-" in lost[-1]["message"]
+    started = [e for e in store.events() if e["event"] == "cluster_lost" and "started generation 2" in e["message"]]
+    assert len(started) == 1 and "restoring etcd from gen1-" in started[0]["message"]
     assert kubectl(state, kubeconfig, "read", "precious") == {"kept": "yes"}
 
 
