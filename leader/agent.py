@@ -27,13 +27,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core import probes, recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.drivers import Credentials, Driver, DriverError, InitResult, driver_for
-from core.etcd import EtcdError, LocalView, local_view
 from core.logs import get_logger
 from core.services import ServiceError, ServiceManager, service_manager
 from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
@@ -41,6 +40,9 @@ from leader import peers
 from leader.election import rule_for
 from leader.host import prepare_host
 from leader.states import CYCLE_S, Jobs, State
+
+if TYPE_CHECKING:  # core.etcd imports aiohttp (~0.15 s): not on the agent's start-up path
+    from core.etcd import LocalView
 
 log = get_logger("ek8s.agent", "agent")
 
@@ -108,6 +110,8 @@ class NodeProbes:
 
     def etcd_view(self) -> LocalView | None:
         """:func:`core.etcd.local_view` of this node's member through the driver's client."""
+        from core.etcd import EtcdError, local_view
+
         ctx = self.driver.etcd_client_context()
         if ctx is None:
             return None

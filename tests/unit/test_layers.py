@@ -57,3 +57,15 @@ def test_node_packages_import_nothing_that_is_not_shipped_to_nodes() -> None:
 def test_every_project_package_is_placed_in_a_layer() -> None:
     packages = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
     assert packages == set(ALLOWED)
+
+
+def test_the_agent_starts_without_aiohttp() -> None:
+    """The agent is on every boot's critical path: aiohttp (etcd's gateway client, ~0.15 s to
+    import) and the kubernetes client are imported only when first needed."""
+    import subprocess
+    import sys
+
+    code = "import sys, leader.agent, leader.cli; print(sorted({'aiohttp', 'kubernetes'} & set(sys.modules)))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
