@@ -338,33 +338,27 @@ class Agent:
         return self._reset(State.ELECT, f"deposed ({why}); resetting and following the new leader", "deposed")
 
     def _init_failed(self, why: str) -> str:
-        """A failed init, publish or first Node Ready as leader: reset and elect again after a
-        backoff, or give up after ``timeouts.join_attempts`` failures."""
+        """A failed init or publish as leader: reset and elect again after a backoff."""
         self.init_failures += 1
-        n, attempts = self.init_failures, self.cfg.timeouts.join_attempts
+        n = self.init_failures
         self._event("init_failed", f"init failed ({n}x): {why}")
-        if n >= attempts:
-            return self._go(State.FAILED, f"giving up: init failed {n} times: {why}", "join_failed")
-        backoff = self.cfg.timeouts.join_backoff_s * n
-        return self._reset(
-            State.ELECT,
-            f"init failed ({n}/{attempts}): {why}; resetting, electing again in {backoff:g}s",
-            backoff_s=backoff,
-        )
+        return self._attempt_failed("init", n, State.ELECT, f"init failed ({n}/{{N}})", "electing again", why)
 
     def _join_failed(self, why: str) -> str:
-        """A failed join (or first Node Ready after it): reset and join again after a
-        backoff, or give up after ``timeouts.join_attempts`` attempts."""
-        n, attempts = self.join_attempt, self.cfg.timeouts.join_attempts
+        """A failed prune, join, or first Node Ready after a join: reset and join again."""
+        n = self.join_attempt
         self._event("join_failed", f"join attempt {n} failed: {why}", attempt=n)
+        return self._attempt_failed("join", n, State.JOIN, f"join attempt {n}/{{N}} failed", "retrying", why)
+
+    def _attempt_failed(self, what: str, n: int, then: State, failed: str, retry: str, why: str) -> str:
+        """Failure number ``n`` of ``what``: reset, then ``then`` after ``join_backoff_s`` x n;
+        or give up (FAILED) at ``timeouts.join_attempts``."""
+        attempts = self.cfg.timeouts.join_attempts
         if n >= attempts:
-            return self._go(State.FAILED, f"giving up: join failed {n} times: {why}", "join_failed")
+            return self._go(State.FAILED, f"giving up: {what} failed {n} times: {why}", "join_failed")
         backoff = self.cfg.timeouts.join_backoff_s * n
-        return self._reset(
-            State.JOIN,
-            f"join attempt {n}/{attempts} failed: {why}; resetting, retrying in {backoff:g}s",
-            backoff_s=backoff,
-        )
+        sentence = f"{failed.format(N=attempts)}: {why}; resetting, {retry} in {backoff:g}s"
+        return self._reset(then, sentence, backoff_s=backoff)
 
     # -- handlers, one per state ----------------------------------------------------------
     def _on_elect(self, snap: Snapshot) -> str:

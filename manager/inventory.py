@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Literal
 
 import hostlist
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.config import NODE_NAME_RE, ClusterName, IPv4, KubernetesSettings, VipSettings, format_errors
@@ -247,12 +246,7 @@ def load_inventory(path: str | Path) -> Inventory:
     read as written, not as YAML 1.1 base-60 numbers (:func:`manager.yamlfile.load`).
     """
     p = Path(path)
-    try:
-        data = yamlfile.load(p.read_text())
-    except OSError as err:
-        raise InventoryError(f"{p}: cannot read inventory: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise InventoryError(f"{p}: not valid YAML: {err}") from None
+    data = yamlfile.read(p, InventoryError, "inventory")
     if not isinstance(data, dict):
         raise InventoryError(f"{p}: invalid inventory\n  (top level): must be a mapping")
     try:

@@ -289,12 +289,7 @@ def read_conf(path: Path) -> dict[str, Any]:
     ``hwaddr: 52:54:00:00:00:21``, stays the string Warewulf (Go's YAML) reads, not a base-60
     number that a rewrite would corrupt. Raises :class:`ConfError` naming the file.
     """
-    try:
-        conf = yamlfile.load(path.read_text())
-    except OSError as err:
-        raise ConfError(f"{path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfError(f"{path}: not valid YAML: {err}") from None
+    conf = yamlfile.read(path, ConfError)
     if conf is None:
         return {}
     if not isinstance(conf, dict):

@@ -16,6 +16,7 @@ the same to PyYAML and to Warewulf.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -59,3 +60,14 @@ def load(text: str) -> Any:
     Returns the document (``None`` for an empty one). Raises :class:`yaml.YAMLError`.
     """
     return yaml.load(text, Loader=_NoBase60Loader)  # a SafeLoader subclass: safe
+
+
+def read(path: Path, error: type[Exception], what: str = "") -> Any:
+    """:func:`load` the file at ``path``; an unreadable file or invalid YAML raises ``error``
+    with a message naming the file and, if given, ``what`` it is (``cannot read inventory``)."""
+    try:
+        return load(path.read_text())
+    except OSError as err:
+        raise error(f"{path}: cannot read{' ' + what if what else ''}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from None
