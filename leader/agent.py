@@ -20,6 +20,7 @@ probes, clock, executor), so every transition is unit-tested without root
 
 from __future__ import annotations
 
+import random
 import signal
 import sys
 import threading
@@ -176,6 +177,8 @@ class Agent:
         self.member_missing = 0  # consecutive checks that did not find this node's etcd member
         self.must_prune = False  # rejoining after the member was removed: prune first
         self.kubeadm_s = 0.0
+        self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
+        self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
 
     @classmethod
     def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
@@ -233,19 +236,41 @@ class Agent:
         self.wake.set()
 
     def cycle_s(self) -> float:
-        """Seconds until the next cycle in the current state."""
-        return CYCLE_S.get(self.state) or self.cfg.timeouts.poll_interval_s
+        """Seconds until the next cycle in the current state. Workers keep to the share's
+        load budget (docs/share-protocol.md): in WATCH every ``worker_watch_interval_s``, in
+        FOLLOW a backoff with jitter up to ``worker_follow_max_s``."""
+        t = self.cfg.timeouts
+        if not self.cfg.is_control and self.state is State.WATCH:
+            return t.worker_watch_interval_s
+        if not self.cfg.is_control and self.state is State.FOLLOW:
+            first = max(t.poll_interval_s, t.worker_follow_max_s / 2)
+            return follow_backoff_s(self._in_state_s(), first, t.worker_follow_max_s, self.jitter)
+        return CYCLE_S.get(self.state) or t.poll_interval_s
 
     def run_cycle(self) -> str:
         """One cycle: one snapshot of the share, the generation checked here and only here,
         then the current state's handler. Returns the sentence saying what it decided."""
         if self.state in (State.FAILED, State.STOPPED):
             return f"{self.state.value}: nothing more to do"
-        snap = self.store.snapshot(leases=self.state is State.FOLLOW)
+        snap = self._snapshot()
         if self.generation and snap.state.generation != self.generation and self.state is not State.ELECT:
             return self._generation_replaced(snap)
         handler: Callable[[Snapshot], str] = getattr(self, f"_on_{self.state.name.lower()}")
         return handler(snap)
+
+    def _snapshot(self) -> Snapshot:
+        """The cycle's snapshot of the share. In a healthy WATCH the last one is reused until
+        it is ``watch_share_interval_s`` old (``worker_share_interval_s`` on workers): a new
+        generation is noticed that much later, or at once when the API falls silent. Only a
+        following control node reads leases (workers never lead)."""
+        now, t = self.clock(), self.cfg.timeouts
+        every = t.watch_share_interval_s if self.cfg.is_control else t.worker_share_interval_s
+        cached = self._last_snap
+        if self.state is State.WATCH and self.silent_since is None and cached and now - cached[0] < every:
+            return cached[1]
+        snap = self.store.snapshot(leases=self.state is State.FOLLOW and self.cfg.is_control)
+        self._last_snap = (now, snap)
+        return snap
 
     def boot(self) -> None:
         """What happens once per boot before the first cycle: the share's directory, the
@@ -824,12 +849,24 @@ class Agent:
                 failed=len(result.failed),
             )
 
+    def heartbeat_due(self, last_at: float, last_phase: str) -> bool:
+        """Whether to heartbeat now, ``last_at`` (clock) being the last beat, which said
+        ``last_phase``: on a new phase, and every :meth:`core.config.Timeouts.heartbeat_every_s`
+        (a control node beats faster outside a healthy WATCH, and while it reports its raft
+        index for an etcd re-form)."""
+        steady = self.state is State.WATCH and self.silent_since is None and self.etcd_index is None
+        every = self.cfg.timeouts.heartbeat_every_s(self.cfg.role, steady)
+        return self.state.value != last_phase or self.clock() - last_at >= every
+
     def _heartbeat_loop(self) -> None:
-        while not self.stop_requested.is_set():
+        last_at, last_phase = self.clock(), self.state.value  # boot() just beat
+        tick = min(1.0, self.cfg.timeouts.heartbeat_interval_s)
+        while not self.stop_requested.wait(tick):
+            if not self.heartbeat_due(last_at, last_phase):
+                continue
+            last_at, last_phase = self.clock(), self.state.value
             try:
-                other = self.store.heartbeat(
-                    self.boot_id, self.cfg.role, self.state.value, self.generation, self.etcd_index
-                )
+                other = self.store.heartbeat(self.boot_id, self.cfg.role, last_phase, self.generation, self.etcd_index)
             except OSError as err:
                 log.warning("heartbeat failed", extra={"phase": "heartbeat", "error": str(err)})
                 other = None
@@ -837,7 +874,14 @@ class Agent:
                 why = f"another machine (boot {other}) heartbeats as {self.cfg.node.name}: two nodes share one name"
                 log.error(why, extra={"phase": "heartbeat"})
                 self._event("duplicate_name", why, other_boot_id=other)
-            self.stop_requested.wait(self.cfg.timeouts.heartbeat_interval_s)
+
+
+def follow_backoff_s(waited_s: float, first_s: float, max_s: float, jitter: Callable[[], float]) -> float:
+    """The wait before a following worker's next look at the share: ``first_s`` doubling
+    with every 2 s waited (``waited_s``) up to ``max_s``, then drawn between half of it and
+    all of it with ``jitter()`` in [0, 1), so that many workers' polls spread out."""
+    base = min(max_s, first_s * 2 ** (waited_s / 2.0))
+    return base * (0.5 + 0.5 * jitter())
 
 
 def _warm_imports() -> None:
