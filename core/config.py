@@ -181,6 +181,16 @@ class PhylacterySettings(_Strict):
     snapshots_keep: int = Field(5, ge=1, le=1000)
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics (docs/metrics.md): every agent writes its own in node_exporter's
+    textfile collector format to ``textfile_dir/ek8s.prom`` (atomically, at most every
+    ``textfile_interval_s`` seconds and on a new phase); Phylactery serves them with its own
+    at ``GET /metrics`` on control nodes."""
+
+    textfile_dir: Path = Path("/var/lib/node_exporter/textfile_collector")
+    textfile_interval_s: Seconds = 15.0
+
+
 class Timeouts(_Strict):
     """Every wait the agent does, in seconds."""
 
@@ -245,6 +255,7 @@ class NodeConfig(_Strict):
     kubernetes: KubernetesSettings = KubernetesSettings()
     phylactery: PhylacterySettings = PhylacterySettings()
     timeouts: Timeouts = Timeouts()
+    metrics: MetricsSettings = MetricsSettings()
     # What a control node does with a lost cluster: start a new generation ("reinit"), start
     # one from the latest etcd snapshot on the share ("restore"; reinit when there is none),
     # or keep waiting for the operator ("wait").
@@ -271,6 +282,11 @@ class NodeConfig(_Strict):
     def is_control(self) -> bool:
         """Whether this node is a control node (runs etcd, the API, Phylactery)."""
         return self.role == "control"
+
+    @property
+    def metrics_textfile(self) -> Path:
+        """The agent's node_exporter textfile, ``<metrics.textfile_dir>/ek8s.prom`` under :attr:`root`."""
+        return self.host_path(self.metrics.textfile_dir) / "ek8s.prom"
 
     def host_path(self, path: str | Path) -> Path:
         """Map an absolute node path (``/etc/kubernetes``) under :attr:`root`."""

@@ -41,6 +41,7 @@ from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore
 from leader import peers
 from leader.election import rule_for
 from leader.host import prepare_host
+from leader.metrics import AgentMetrics
 from leader.states import CYCLE_S, Jobs, State
 
 log = get_logger("ek8s.agent", "agent")
@@ -179,6 +180,8 @@ class Agent:
         self.kubeadm_s = 0.0
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
         self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
+        self.metrics = AgentMetrics(store, cfg.node.name, cfg.role)
+        self.metrics_written_at: float | None = None
 
     @classmethod
     def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
@@ -221,6 +224,7 @@ class Agent:
             elif now - said_at >= PROGRESS_S:
                 log.info(f"still: {sentence}", extra={"phase": self.state.value, "waited_s": round(now - since)})
                 said_at = now
+            self.export_metrics()
             if self.state is State.FAILED:
                 self.shutdown("gave up")
                 return 1
@@ -308,6 +312,7 @@ class Agent:
         except OSError as err:
             log.warning("last heartbeat failed", extra={"phase": "stopped", "error": str(err)})
         log.info(f"stopped ({why})", extra={"phase": self.state.value})
+        self.export_metrics(force=True)
 
     # -- transitions ----------------------------------------------------------------------
     def _go(self, state: State, sentence: str, event: str | None = None, **fields: object) -> str:
@@ -319,6 +324,7 @@ class Agent:
         return sentence
 
     def _event(self, event: str, message: str, **fields: object) -> None:
+        self.metrics.on_event(event, fields)
         self.store.record_event(event, self.generation, message, role=self.cfg.role, **fields)
 
     def _in_state_s(self) -> float:
@@ -857,6 +863,19 @@ class Agent:
         steady = self.state is State.WATCH and self.silent_since is None and self.etcd_index is None
         every = self.cfg.timeouts.heartbeat_every_s(self.cfg.role, steady)
         return self.state.value != last_phase or self.clock() - last_at >= every
+
+    def export_metrics(self, force: bool = False) -> None:
+        """Write the metrics textfile (:mod:`leader.metrics`) on a new phase and at most every
+        ``metrics.textfile_interval_s``; a node-local write, never the share."""
+        changed = self.metrics.observe(self.state.value, self.generation)
+        now, last = self.clock(), self.metrics_written_at
+        if not (force or changed or last is None or now - last >= self.cfg.metrics.textfile_interval_s):
+            return
+        self.metrics_written_at = now
+        try:
+            self.metrics.write(self.cfg.metrics_textfile)
+        except OSError as err:
+            log.warning("cannot write the metrics textfile", extra={"phase": self.state.value, "error": str(err)})
 
     def _heartbeat_loop(self) -> None:
         last_at, last_phase = self.clock(), self.state.value  # boot() just beat
