@@ -242,13 +242,18 @@ class Agent:
     def cycle_s(self) -> float:
         """Seconds until the next cycle in the current state. Workers keep to the share's
         load budget (docs/share-protocol.md): in WATCH every ``worker_watch_interval_s``, in
-        FOLLOW a backoff with jitter up to ``worker_follow_max_s``."""
+        FOLLOW a backoff with jitter up to ``worker_follow_max_s``, in JOIN and AWAIT_NODE
+        between half of ``worker_follow_max_s`` and all of it (jitter)."""
         t = self.cfg.timeouts
         if not self.cfg.is_control and self.state is State.WATCH:
             return t.worker_watch_interval_s
         if not self.cfg.is_control and self.state is State.FOLLOW:
             first = max(t.poll_interval_s, t.worker_follow_max_s / 2)
             return follow_backoff_s(self._in_state_s(), first, t.worker_follow_max_s, self.jitter)
+        if not self.cfg.is_control and self.state in (State.JOIN, State.AWAIT_NODE):
+            # Each such cycle may probe the API behind the VIP (a TLS handshake): a hundred
+            # workers polling every 0.2 s starve the API servers; a finished join wakes the loop.
+            return follow_backoff_s(60.0, t.poll_interval_s, t.worker_follow_max_s, self.jitter)
         return CYCLE_S.get(self.state) or t.poll_interval_s
 
     def run_cycle(self) -> str:

@@ -135,3 +135,12 @@ def test_100_workers_waiting_for_leader_ready_cost_less_than_100_ops_per_second(
         total += run_for(h, 60)
         assert h.state == "FOLLOW"
     assert total < 100, f"{total:.1f} share ops/s for 100 waiting workers"
+
+
+def test_joining_and_waiting_workers_probe_the_api_at_most_once_a_second(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path)  # AWAIT_NODE
+    for draw in (0.0, 0.999):
+        h.agent.jitter = lambda d=draw: d  # type: ignore[misc]
+        assert 1.0 <= h.agent.cycle_s() <= 2.0
+    control = watching_control(tmp_path / "c")
+    assert control.agent.cycle_s() == 1.0  # control nodes: CYCLE_S
