@@ -203,7 +203,7 @@ class Timeouts(_Strict):
     # the VIP this often.
     steady_heartbeat_interval_s: Seconds = 10.0
     watch_share_interval_s: Seconds = 5.0
-    worker_heartbeat_interval_s: Seconds = 60.0
+    worker_heartbeat_interval_s: Seconds = 90.0
     worker_watch_interval_s: float = Field(10.0, ge=1, le=60)
     worker_share_interval_s: Seconds = 30.0
     # A worker waiting for a ready generation polls cluster.json with a backoff up to this

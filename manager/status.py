@@ -184,7 +184,7 @@ def node_problem(node: dict[str, Any], api_reachable: bool, timeouts: Timeouts |
     """Why ``node`` (one of :func:`collect`'s ``nodes``) needs the operator's attention, or
     None: not Ready in the API (or absent from it), a phase other than ``watch``, no heartbeat,
     or a heartbeat older than the role's liveness TTL (:meth:`core.config.Timeouts.liveness_ttl_s`:
-    30 s for control nodes, 180 s for workers, which heartbeat every 60 s)."""
+    30 s for control nodes, 270 s for workers, which heartbeat every 90 s)."""
     t = timeouts or Timeouts()
     if node["role"] is None:
         return "no heartbeat on the share"

@@ -21,7 +21,7 @@ from lab.emulation import Emulation
 from tests.conftest import keep_logs_if_failed
 
 WORKERS = 25
-WINDOW_S = 90.0  # longer than a worker's heartbeat interval (60 s) and three share reads
+WINDOW_S = 90.0  # a worker's heartbeat interval: at most two beats and four reads in it
 TEXTFILE = "var/lib/node_exporter/textfile_collector/ek8s.prom"
 
 

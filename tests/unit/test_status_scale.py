@@ -40,7 +40,7 @@ def doc(nodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def big() -> dict[str, Any]:
     nodes = [node(f"control{i}", "control") for i in range(3)]
-    nodes += [node(f"worker{i}", "worker", age=50.0) for i in range(100)]  # workers beat every 60 s
+    nodes += [node(f"worker{i}", "worker", age=80.0) for i in range(100)]  # workers beat every 90 s
     nodes[10] = node("worker7", "worker", ready=False)
     nodes[50] = node("worker47", "worker", phase="join", ready=None)
     nodes[2] = node("control2", "control", age=45.0)
@@ -48,8 +48,8 @@ def big() -> dict[str, Any]:
 
 
 def test_problems_follow_the_role_liveness() -> None:
-    assert node_problem(node("w", "worker", age=120.0), True) is None  # a worker beats every 60 s
-    assert node_problem(node("w", "worker", age=200.0), True) == "heartbeat 200s old"
+    assert node_problem(node("w", "worker", age=200.0), True) is None  # a worker beats every 90 s
+    assert node_problem(node("w", "worker", age=300.0), True) == "heartbeat 300s old"
     assert node_problem(node("c", "control", age=31.0), True) == "heartbeat 31s old"
     assert node_problem(node("w", "worker", phase="failed"), True) == "phase failed"
     assert node_problem(node("w", "worker", ready=False), True) == "not Ready"
