@@ -181,11 +181,34 @@ class PhylacterySettings(_Strict):
     snapshots_keep: int = Field(5, ge=1, le=1000)
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics (docs/metrics.md): every agent writes its own in node_exporter's
+    textfile collector format to ``textfile_dir/ek8s.prom`` (atomically, at most every
+    ``textfile_interval_s`` seconds and on a new phase); Phylactery serves them with its own
+    at ``GET /metrics`` on control nodes."""
+
+    textfile_dir: Path = Path("/var/lib/node_exporter/textfile_collector")
+    textfile_interval_s: Seconds = 15.0
+
+
 class Timeouts(_Strict):
     """Every wait the agent does, in seconds."""
 
     lease_ttl_s: Seconds = 30.0
     heartbeat_interval_s: Seconds = 2.0
+    # The share's load budget in steady state (docs/share-protocol.md): a control node in WATCH
+    # heartbeats this often (its freshness feeds the lease TTL and etcd recovery) and re-reads
+    # cluster.json this often; a worker heartbeats this often in every state (its liveness is
+    # its Node's Ready condition) and, in WATCH, reads cluster.json and probes the API behind
+    # the VIP this often.
+    steady_heartbeat_interval_s: Seconds = 10.0
+    watch_share_interval_s: Seconds = 5.0
+    worker_heartbeat_interval_s: Seconds = 90.0
+    worker_watch_interval_s: float = Field(10.0, ge=1, le=60)
+    worker_share_interval_s: Seconds = 30.0
+    # A worker waiting for a ready generation polls cluster.json with a backoff up to this
+    # (each wait drawn between half of it and all of it: jitter).
+    worker_follow_max_s: float = Field(2.0, gt=0, le=60)
     poll_interval_s: float = Field(0.2, gt=0, le=5)
     # A ready generation whose API has not answered behind the VIP for this long is lost
     # (every node rebooted without a reset, or etcd lost quorum); see on_cluster_lost.
@@ -201,6 +224,25 @@ class Timeouts(_Strict):
             raise ValueError("heartbeat_interval_s must be at most half of lease_ttl_s")
         return self
 
+    def heartbeat_every_s(self, role: str, steady: bool) -> float:
+        """How often a node of ``role`` heartbeats: a worker every
+        ``worker_heartbeat_interval_s``; a control node every ``heartbeat_interval_s``, or in
+        steady state every ``steady_heartbeat_interval_s`` but at least three times per lease
+        TTL (its lease, the join slot and etcd recovery judge its heartbeat's freshness)."""
+        if role != "control":
+            return self.worker_heartbeat_interval_s
+        if not steady:
+            return self.heartbeat_interval_s
+        return max(self.heartbeat_interval_s, min(self.steady_heartbeat_interval_s, self.lease_ttl_s / 3))
+
+    def liveness_ttl_s(self, role: str) -> float:
+        """How old a heartbeat of a node of ``role`` may be while the node counts as alive:
+        the lease TTL for control nodes, three worker heartbeats (at least the lease TTL) for
+        workers, which heartbeat rarely."""
+        if role == "control":
+            return self.lease_ttl_s
+        return max(self.lease_ttl_s, 3 * self.worker_heartbeat_interval_s)
+
 
 class NodeConfig(_Strict):
     """The whole of node.yaml. ``root`` prefixes every path the agent touches on the node."""
@@ -213,6 +255,7 @@ class NodeConfig(_Strict):
     kubernetes: KubernetesSettings = KubernetesSettings()
     phylactery: PhylacterySettings = PhylacterySettings()
     timeouts: Timeouts = Timeouts()
+    metrics: MetricsSettings = MetricsSettings()
     # What a control node does with a lost cluster: start a new generation ("reinit"), start
     # one from the latest etcd snapshot on the share ("restore"; reinit when there is none),
     # or keep waiting for the operator ("wait").
@@ -239,6 +282,11 @@ class NodeConfig(_Strict):
     def is_control(self) -> bool:
         """Whether this node is a control node (runs etcd, the API, Phylactery)."""
         return self.role == "control"
+
+    @property
+    def metrics_textfile(self) -> Path:
+        """The agent's node_exporter textfile, ``<metrics.textfile_dir>/ek8s.prom`` under :attr:`root`."""
+        return self.host_path(self.metrics.textfile_dir) / "ek8s.prom"
 
     def host_path(self, path: str | Path) -> Path:
         """Map an absolute node path (``/etc/kubernetes``) under :attr:`root`."""

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,38 @@ from core.fileperm import append_line, ensure_dir, touch, write_atomic
 
 PROTOCOL = 1
 LOCK_TIMEOUT_S = 30.0
+
+
+OP_KINDS = ("reads", "stats", "writes", "renames", "fsyncs", "locks")
+
+
+class OpCounters:
+    """How many operations one :class:`ShareStore` made on the share, by kind (thread-safe).
+
+    ``reads``: a file opened and read; ``stats``: a ``stat``, an existence check, a directory
+    listing or a glob; ``writes``: a file created, written, touched, appended to or removed;
+    ``renames`` and ``fsyncs``; ``locks``: an acquisition of ``cluster.lock`` or
+    ``events.lock``. An atomic write counts one write, one fsync and one rename.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(OP_KINDS, 0)
+
+    def add(self, **kinds: int) -> None:
+        """Count ``kinds`` (e.g. ``reads=1``); an unknown kind raises ``KeyError``."""
+        with self._lock:
+            for kind, n in kinds.items():
+                if kind not in self._counts:
+                    raise KeyError(kind)
+                self._counts[kind] += n
+
+    def snapshot(self) -> dict[str, int]:
+        """The counts so far by kind, and ``total``: a new dict, safe to keep."""
+        with self._lock:
+            out = dict(self._counts)
+        out["total"] = sum(out.values())
+        return out
 
 
 class ShareError(Exception):
@@ -217,6 +250,7 @@ class ShareStore:
         self.dir = share / cluster
         self.cluster = cluster
         self.node = node
+        self.ops = OpCounters()  # this store's operations on the share (operation_counts())
         self._lock = FileLock(str(self.dir / "cluster.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
         self._events_lock = FileLock(str(self.dir / "events.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
 
@@ -243,6 +277,31 @@ class ShareStore:
         """``phylactery.token``, the cluster's bearer token (0600)."""
         return self.dir / "phylactery.token"
 
+    # -- counted file system operations (every access to the share goes through these) --
+    def operation_counts(self) -> dict[str, int]:
+        """This store's share operations so far by kind, with ``total`` (:class:`OpCounters`)."""
+        return self.ops.snapshot()
+
+    def _atomic(self, path: Path, data: bytes | str) -> None:
+        self.ops.add(writes=1, fsyncs=1, renames=1)
+        write_atomic(path, data)
+
+    def _exists(self, path: Path) -> bool:
+        self.ops.add(stats=1)
+        return path.exists()
+
+    def _unlink(self, path: Path) -> None:
+        self.ops.add(writes=1)
+        path.unlink(missing_ok=True)
+
+    def _glob(self, d: Path, pattern: str) -> list[Path]:
+        """``d.glob(pattern)``, sorted; empty when ``d`` is missing (one listing)."""
+        self.ops.add(stats=1)
+        try:
+            return sorted(d.glob(pattern))
+        except FileNotFoundError:
+            return []
+
     # -- set-up -----------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the cluster directory, its subdirectories, ``cluster.json`` (generation 0,
@@ -250,17 +309,19 @@ class ShareStore:
         ensure_dir(self.dir)
         for sub in ("heartbeats", "members", "incarnations"):
             ensure_dir(self.dir / sub)
+        self.ops.add(stats=4)
         with self._locked():
-            if not self._state_path.exists():
+            if not self._exists(self._state_path):
                 self._write_state(ClusterState(reason="share initialised", updated_at=time.time()))
-            if not self.token_path.exists():
-                write_atomic(self.token_path, secrets.token_urlsafe(32) + "\n")
+            if not self._exists(self.token_path):
+                self._atomic(self.token_path, secrets.token_urlsafe(32) + "\n")
             slot = self.dir / "join_slot.json"
-            if not slot.exists():
-                write_atomic(slot, json.dumps({"holder": None}))
+            if not self._exists(slot):
+                self._atomic(slot, json.dumps({"holder": None}))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        self.ops.add(locks=1)
         try:
             with self._lock:
                 yield
@@ -269,6 +330,7 @@ class ShareStore:
 
     # -- reading ----------------------------------------------------------------------
     def _read_json(self, path: Path) -> dict[str, Any]:
+        self.ops.add(reads=1)
         try:
             with open(path) as f:
                 return json.load(f)
@@ -281,13 +343,16 @@ class ShareStore:
 
     def share_now(self) -> float:
         """The share's clock, in Unix seconds: the mtime of our probe file, just touched."""
+        self.ops.add(writes=1, stats=1)
         return touch(self.dir / "heartbeats" / f".probe-{self.node}")
 
     def read_heartbeat(self, node: str, now: float | None = None) -> Heartbeat | None:
         """The heartbeat of ``node`` with its age on the share clock, or None if absent."""
         now = self.share_now() if now is None else now
+        self.ops.add(reads=1)
         try:
             with open(self._heartbeat_path(node)) as f:
+                self.ops.add(stats=1)
                 mtime = os.fstat(f.fileno()).st_mtime
                 d = json.load(f)
         except (FileNotFoundError, json.JSONDecodeError):
@@ -304,12 +369,11 @@ class ShareStore:
 
     def heartbeat_names(self) -> list[str]:
         """Every node that ever reported to this cluster's share, sorted."""
-        hb_dir = self.dir / "heartbeats"
-        return sorted(p.name for p in hb_dir.iterdir() if not p.name.startswith(".")) if hb_dir.exists() else []
+        return [p.name for p in self._glob(self.dir / "heartbeats", "*") if not p.name.startswith(".")]
 
     def exists(self) -> bool:
         """Whether the share holds this cluster (its ``cluster.json``)."""
-        return self._state_path.exists()
+        return self._exists(self._state_path)
 
     def snapshot(self, leases: bool = True) -> Snapshot:
         """Read ``cluster.json`` once; with ``leases`` also the share's clock (one probe
@@ -324,7 +388,7 @@ class ShareStore:
 
     # -- writing ----------------------------------------------------------------------
     def _write_state(self, state: ClusterState) -> None:
-        write_atomic(self._state_path, json.dumps(state.to_json(), indent=1) + "\n")
+        self._atomic(self._state_path, json.dumps(state.to_json(), indent=1) + "\n")
 
     def heartbeat(
         self, boot_id: str, role: str, phase: str, generation: int, etcd_index: int | None = None
@@ -338,7 +402,9 @@ class ShareStore:
         last = self._beats.get(boot_id)
         if last is not None:
             try:
+                self.ops.add(stats=1)
                 if os.stat(path).st_mtime_ns != last:
+                    self.ops.add(reads=1)
                     with open(path) as f:
                         found = str(json.load(f).get("boot_id", ""))
                     other = found if found != boot_id else None
@@ -353,7 +419,8 @@ class ShareStore:
         }
         if etcd_index is not None:
             payload["etcd_index"] = etcd_index
-        write_atomic(path, json.dumps(payload))
+        self._atomic(path, json.dumps(payload))
+        self.ops.add(stats=1)
         self._beats[boot_id] = os.stat(path).st_mtime_ns
         return other
 
@@ -361,13 +428,12 @@ class ShareStore:
     def record_incarnation(self, boot_id: str, generation: int) -> None:
         """Write ``incarnations/<node>.json``: this node's etcd member was made in this boot."""
         record = Incarnation(node=self.node, boot_id=boot_id, generation=generation, at=time.time())
-        write_atomic(self.dir / "incarnations" / f"{self.node}.json", json.dumps(asdict(record)) + "\n")
+        self._atomic(self.dir / "incarnations" / f"{self.node}.json", json.dumps(asdict(record)) + "\n")
 
     def incarnations(self) -> dict[str, Incarnation]:
         """Every recorded incarnation by node name (unreadable records are skipped)."""
         out = {}
-        d = self.dir / "incarnations"
-        for p in sorted(d.glob("*.json")) if d.exists() else []:
+        for p in self._glob(self.dir / "incarnations", "*.json"):
             try:
                 out[p.stem] = Incarnation(**self._read_json(p))
             except (FileNotFoundError, ShareError, TypeError):
@@ -394,7 +460,7 @@ class ShareStore:
                 if hb is not None and hb.boot_id == held.get("boot_id") and hb.age_s < lease_ttl_s:
                     return str(held["node"])
             claim = {"generation": generation, "node": self.node, "boot_id": boot_id, "at": time.time()}
-            write_atomic(path, json.dumps(claim) + "\n")
+            self._atomic(path, json.dumps(claim) + "\n")
             return None
 
     def attempt_leadership(self, address: str, boot_id: str, decide: Any) -> tuple[ClusterState, str, str]:
@@ -431,7 +497,7 @@ class ShareStore:
                 )
                 self.heartbeat(boot_id, "control", "lead", state.generation)
                 self._write_state(state)
-                write_atomic(
+                self._atomic(
                     self.dir / "leader",
                     f"{self.node}\n" + json.dumps(asdict(record) | {"generation": state.generation}) + "\n",
                 )
@@ -460,13 +526,13 @@ class ShareStore:
     def publish_join_material(self, fence: Fence, material: JoinMaterial) -> None:
         """Write ``join.json`` (leader-only, fenced): the first join material of the generation."""
         with self._fenced(fence):
-            write_atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
+            self._atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
 
     def write_admin_kubeconfig(self, fence: Fence, content: bytes) -> None:
         """``kube.config`` (leader-only, fenced): the admin kubeconfig, for the operator only,
         never a join credential."""
         with self._fenced(fence):
-            write_atomic(self.admin_kubeconfig_path, content)
+            self._atomic(self.admin_kubeconfig_path, content)
 
     def mark_ready(self, fence: Fence) -> ClusterState:
         """Declare the generation ready (``cluster.json`` and ``leader_ready``; leader-only,
@@ -476,7 +542,7 @@ class ShareStore:
             now = time.time()
             state = replace(state, ready=True, ready_at=now, reason="control plane up", updated_at=now)
             self._write_state(state)
-            write_atomic(
+            self._atomic(
                 self.dir / "leader_ready",
                 json.dumps({"generation": state.generation, "epoch": fence.epoch, "node": self.node, "ready_at": now})
                 + "\n",
@@ -492,7 +558,7 @@ class ShareStore:
                 if state.ready:
                     return False
                 self._write_state(replace(state, leader=None, reason=reason, updated_at=time.time()))
-                (self.dir / "leader").unlink(missing_ok=True)
+                self._unlink(self.dir / "leader")
                 return True
         except EpochSuperseded:
             return False
@@ -522,8 +588,8 @@ class ShareStore:
             )
             self._write_state(state)
             for name in ("leader_ready", "leader", "join.json", "kube.config"):
-                (self.dir / name).unlink(missing_ok=True)
-            write_atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
+                self._unlink(self.dir / name)
+            self._atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
             return state
 
     def rebuild(self, reason: str) -> ClusterState:
@@ -546,7 +612,7 @@ class ShareStore:
                     f"join material of generation {material.generation} not written: the share records "
                     f"generation {state.generation} ({'ready' if state.ready else 'not ready'})"
                 )
-            write_atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
+            self._atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
 
     def read_join_material(self) -> JoinMaterial:
         """Parse ``join.json``. Raises ``FileNotFoundError`` before the leader published it."""
@@ -555,6 +621,7 @@ class ShareStore:
     def read_admin_kubeconfig(self) -> bytes | None:
         """``kube.config`` for the operator (``ek8s kubeconfig``), or None before a leader
         wrote it for the current generation."""
+        self.ops.add(reads=1)
         try:
             return self.admin_kubeconfig_path.read_bytes()
         except FileNotFoundError:
@@ -562,16 +629,17 @@ class ShareStore:
 
     def read_token(self) -> str:
         """The Phylactery bearer token (``phylactery.token``, 0600)."""
+        self.ops.add(reads=1)
         return self.token_path.read_text().strip()
 
     # -- members ----------------------------------------------------------------------
     def register_member(self, member: MemberRecord) -> None:
         """Write ``members/<name>.json`` (each node writes only its own record)."""
-        write_atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
+        self._atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
 
     def remove_member(self, name: str) -> None:
         """Delete ``members/<name>.json`` (a control node taken out of service for good)."""
-        (self.dir / "members" / f"{name}.json").unlink(missing_ok=True)
+        self._unlink(self.dir / "members" / f"{name}.json")
 
     def members(self, generation: int | None = None) -> list[MemberRecord]:
         """Registered control nodes, sorted by name; only ``generation``'s if given.
@@ -580,7 +648,7 @@ class ShareStore:
         the set of control nodes outlives a generation, and right after a new one starts its
         members re-register one by one (dead backends are marked DOWN by health checks)."""
         out = []
-        for p in sorted((self.dir / "members").glob("*.json")):
+        for p in self._glob(self.dir / "members", "*.json"):
             try:
                 m = MemberRecord(**self._read_json(p))
             except (FileNotFoundError, ShareError, TypeError):
@@ -594,19 +662,21 @@ class ShareStore:
         """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic) with its checksum beside it
         (``.db.sha256``, ``sha256sum`` format, written after the snapshot: a snapshot without
         one is incomplete) and delete all but the newest ``keep``. Returns the new file."""
+        self.ops.add(stats=1)
         d = ensure_dir(self.dir / "snapshots")
         path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
         write_atomic(path, data)
-        write_atomic(_checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+        self._atomic(_checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
         for old in self.snapshots()[keep:]:
-            old.unlink(missing_ok=True)
-            _checksum_path(old).unlink(missing_ok=True)
+            self._unlink(old)
+            self._unlink(_checksum_path(old))
         return path
 
     def newest_valid_snapshot(self) -> Path | None:
         """The newest snapshot whose content matches its checksum, or None. A snapshot that
         does not (cut short, damaged on the share, no checksum yet) is skipped."""
         for path in self.snapshots():
+            self.ops.add(reads=2)
             try:
                 expected = _checksum_path(path).read_text().split()[0]
                 actual = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -618,10 +688,8 @@ class ShareStore:
 
     def snapshots(self) -> list[Path]:
         """Saved snapshots, newest first."""
-        d = self.dir / "snapshots"
-        if not d.exists():
-            return []
-        return sorted(d.glob("gen*-*.db"), key=lambda p: int(p.stem.rsplit("-", 1)[1]), reverse=True)
+        paths = self._glob(self.dir / "snapshots", "gen*-*.db")
+        return sorted(paths, key=lambda p: int(p.stem.rsplit("-", 1)[1]), reverse=True)
 
     # -- control-plane join slot ------------------------------------------------------
     def try_join_slot(self, boot_id: str, ttl_s: float) -> str | None:
@@ -639,7 +707,7 @@ class ShareStore:
                 hb = self.read_heartbeat(holder["node"])
                 if hb is not None and hb.boot_id == holder["boot_id"] and hb.age_s < ttl_s:
                     return str(holder["node"])
-            write_atomic(
+            self._atomic(
                 path,
                 json.dumps({"holder": {"node": self.node, "boot_id": boot_id, "since": time.time()}}),
             )
@@ -651,7 +719,7 @@ class ShareStore:
             path = self.dir / "join_slot.json"
             holder = self._read_json(path).get("holder")
             if holder and holder["node"] == self.node:
-                write_atomic(path, json.dumps({"holder": None}))
+                self._atomic(path, json.dumps({"holder": None}))
 
     # -- events -----------------------------------------------------------------------
     def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:
@@ -664,12 +732,14 @@ class ShareStore:
             "message": message,
             **fields,
         }
+        self.ops.add(locks=1, writes=1, fsyncs=1)
         with self._events_lock:
             append_line(self.events_path, json.dumps(line, sort_keys=False))
 
     def events(self) -> list[dict[str, Any]]:
         """Every event so far, oldest first. Unparseable lines are skipped."""
         out = []
+        self.ops.add(reads=1)
         try:
             with open(self.events_path) as f:
                 for raw in f:

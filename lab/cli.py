@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from lab.cluster import CLUSTER, VIP_NAME, Lab, LabError, LabState
+from lab.cluster import CLUSTER, MAX_CONTROL, MAX_WORKERS, VIP_NAME, Lab, LabError, LabState
 from lab.emulation import Emulation
 from lab.netns import NetnsError
 
@@ -112,8 +112,8 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 
 
 @lab.command()
-@click.option("--control", default=3, show_default=True, type=click.IntRange(1, 9))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 9))
+@click.option("--control", default=3, show_default=True, type=click.IntRange(1, MAX_CONTROL))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, MAX_WORKERS))
 @click.option("--distribution", type=click.Choice(["kubeadm", "k3s"]), default="kubeadm", show_default=True)
 @click.option("--json", "json_path", default=None, help="write the report here")
 @click.option(

@@ -92,9 +92,17 @@ def control_address(i: int) -> str:
     return f"{NETWORK}.{21 + i}"
 
 
+MAX_CONTROL = 9  # control<i> at 10.0.0.21-29
+MAX_WORKERS = 213  # worker<i> at 10.0.0.41-98, then 10.0.0.100-254 (docs/lab.md)
+
+
 def worker_address(i: int) -> str:
-    """``worker<i>``'s address: ``10.0.0.<41 + i>``."""
-    return f"{NETWORK}.{41 + i}"
+    """``worker<i>``'s address: ``10.0.0.<41 + i>`` for the first 58 (the reference plan),
+    then ``10.0.0.<100 + i - 58>``, skipping the VIP (``.99``), up to ``worker212`` at
+    ``.254``. Raises ``ValueError`` beyond :data:`MAX_WORKERS`."""
+    if not 0 <= i < MAX_WORKERS:
+        raise ValueError(f"worker{i}: the lab's /24 holds workers 0-{MAX_WORKERS - 1}")
+    return f"{NETWORK}.{41 + i}" if i < 58 else f"{NETWORK}.{100 + i - 58}"
 
 
 class Lab:

@@ -20,6 +20,7 @@ probes, clock, executor), so every transition is unit-tested without root
 
 from __future__ import annotations
 
+import random
 import signal
 import sys
 import threading
@@ -39,6 +40,7 @@ from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore
 from leader import peers
 from leader.election import rule_for
 from leader.host import prepare_host
+from leader.metrics import AgentMetrics
 from leader.states import CYCLE_S, Jobs, State
 
 if TYPE_CHECKING:  # core.etcd imports aiohttp (~0.15 s): not on the agent's start-up path
@@ -180,6 +182,10 @@ class Agent:
         self.member_missing = 0  # consecutive checks that did not find this node's etcd member
         self.must_prune = False  # rejoining after the member was removed: prune first
         self.kubeadm_s = 0.0
+        self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
+        self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
+        self.metrics = AgentMetrics(store, cfg.node.name, cfg.role)
+        self.metrics_written_at: float | None = None
 
     @classmethod
     def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
@@ -222,6 +228,7 @@ class Agent:
             elif now - said_at >= PROGRESS_S:
                 log.info(f"still: {sentence}", extra={"phase": self.state.value, "waited_s": round(now - since)})
                 said_at = now
+            self.export_metrics()
             if self.state is State.FAILED:
                 self.shutdown("gave up")
                 return 1
@@ -237,19 +244,46 @@ class Agent:
         self.wake.set()
 
     def cycle_s(self) -> float:
-        """Seconds until the next cycle in the current state."""
-        return CYCLE_S.get(self.state) or self.cfg.timeouts.poll_interval_s
+        """Seconds until the next cycle in the current state. Workers keep to the share's
+        load budget (docs/share-protocol.md): in WATCH every ``worker_watch_interval_s``, in
+        FOLLOW a backoff with jitter up to ``worker_follow_max_s``, in JOIN and AWAIT_NODE
+        between half of ``worker_follow_max_s`` and all of it (jitter)."""
+        t = self.cfg.timeouts
+        if not self.cfg.is_control and self.state is State.WATCH:
+            return t.worker_watch_interval_s
+        if not self.cfg.is_control and self.state is State.FOLLOW:
+            first = max(t.poll_interval_s, t.worker_follow_max_s / 2)
+            return follow_backoff_s(self._in_state_s(), first, t.worker_follow_max_s, self.jitter)
+        if not self.cfg.is_control and self.state in (State.JOIN, State.AWAIT_NODE):
+            # Each such cycle may probe the API behind the VIP (a TLS handshake): a hundred
+            # workers polling every 0.2 s starve the API servers; a finished join wakes the loop.
+            return follow_backoff_s(60.0, t.poll_interval_s, t.worker_follow_max_s, self.jitter)
+        return CYCLE_S.get(self.state) or t.poll_interval_s
 
     def run_cycle(self) -> str:
         """One cycle: one snapshot of the share, the generation checked here and only here,
         then the current state's handler. Returns the sentence saying what it decided."""
         if self.state in (State.FAILED, State.STOPPED):
             return f"{self.state.value}: nothing more to do"
-        snap = self.store.snapshot(leases=self.state is State.FOLLOW)
+        snap = self._snapshot()
         if self.generation and snap.state.generation != self.generation and self.state is not State.ELECT:
             return self._generation_replaced(snap)
         handler: Callable[[Snapshot], str] = getattr(self, f"_on_{self.state.name.lower()}")
         return handler(snap)
+
+    def _snapshot(self) -> Snapshot:
+        """The cycle's snapshot of the share. In a healthy WATCH the last one is reused until
+        it is ``watch_share_interval_s`` old (``worker_share_interval_s`` on workers): a new
+        generation is noticed that much later, or at once when the API falls silent. Only a
+        following control node reads leases (workers never lead)."""
+        now, t = self.clock(), self.cfg.timeouts
+        every = t.watch_share_interval_s if self.cfg.is_control else t.worker_share_interval_s
+        cached = self._last_snap
+        if self.state is State.WATCH and self.silent_since is None and cached and now - cached[0] < every:
+            return cached[1]
+        snap = self.store.snapshot(leases=self.state is State.FOLLOW and self.cfg.is_control)
+        self._last_snap = (now, snap)
+        return snap
 
     def boot(self) -> None:
         """What happens once per boot before the first cycle: the share's directory, the
@@ -287,6 +321,7 @@ class Agent:
         except OSError as err:
             log.warning("last heartbeat failed", extra={"phase": "stopped", "error": str(err)})
         log.info(f"stopped ({why})", extra={"phase": self.state.value})
+        self.export_metrics(force=True)
 
     # -- transitions ----------------------------------------------------------------------
     def _go(self, state: State, sentence: str, event: str | None = None, **fields: object) -> str:
@@ -298,6 +333,7 @@ class Agent:
         return sentence
 
     def _event(self, event: str, message: str, **fields: object) -> None:
+        self.metrics.on_event(event, fields)
         self.store.record_event(event, self.generation, message, role=self.cfg.role, **fields)
 
     def _in_state_s(self) -> float:
@@ -822,12 +858,37 @@ class Agent:
                 failed=len(result.failed),
             )
 
+    def heartbeat_due(self, last_at: float, last_phase: str) -> bool:
+        """Whether to heartbeat now, ``last_at`` (clock) being the last beat, which said
+        ``last_phase``: on a new phase, and every :meth:`core.config.Timeouts.heartbeat_every_s`
+        (a control node beats faster outside a healthy WATCH, and while it reports its raft
+        index for an etcd re-form)."""
+        steady = self.state is State.WATCH and self.silent_since is None and self.etcd_index is None
+        every = self.cfg.timeouts.heartbeat_every_s(self.cfg.role, steady)
+        return self.state.value != last_phase or self.clock() - last_at >= every
+
+    def export_metrics(self, force: bool = False) -> None:
+        """Write the metrics textfile (:mod:`leader.metrics`) on a new phase and at most every
+        ``metrics.textfile_interval_s``; a node-local write, never the share."""
+        changed = self.metrics.observe(self.state.value, self.generation)
+        now, last = self.clock(), self.metrics_written_at
+        if not (force or changed or last is None or now - last >= self.cfg.metrics.textfile_interval_s):
+            return
+        self.metrics_written_at = now
+        try:
+            self.metrics.write(self.cfg.metrics_textfile)
+        except OSError as err:
+            log.warning("cannot write the metrics textfile", extra={"phase": self.state.value, "error": str(err)})
+
     def _heartbeat_loop(self) -> None:
-        while not self.stop_requested.is_set():
+        last_at, last_phase = self.clock(), self.state.value  # boot() just beat
+        tick = min(1.0, self.cfg.timeouts.heartbeat_interval_s)
+        while not self.stop_requested.wait(tick):
+            if not self.heartbeat_due(last_at, last_phase):
+                continue
+            last_at, last_phase = self.clock(), self.state.value
             try:
-                other = self.store.heartbeat(
-                    self.boot_id, self.cfg.role, self.state.value, self.generation, self.etcd_index
-                )
+                other = self.store.heartbeat(self.boot_id, self.cfg.role, last_phase, self.generation, self.etcd_index)
             except OSError as err:
                 log.warning("heartbeat failed", extra={"phase": "heartbeat", "error": str(err)})
                 other = None
@@ -835,7 +896,14 @@ class Agent:
                 why = f"another machine (boot {other}) heartbeats as {self.cfg.node.name}: two nodes share one name"
                 log.error(why, extra={"phase": "heartbeat"})
                 self._event("duplicate_name", why, other_boot_id=other)
-            self.stop_requested.wait(self.cfg.timeouts.heartbeat_interval_s)
+
+
+def follow_backoff_s(waited_s: float, first_s: float, max_s: float, jitter: Callable[[], float]) -> float:
+    """The wait before a following worker's next look at the share: ``first_s`` doubling
+    with every 2 s waited (``waited_s``) up to ``max_s``, then drawn between half of it and
+    all of it with ``jitter()`` in [0, 1), so that many workers' polls spread out."""
+    base = min(max_s, first_s * 2 ** (waited_s / 2.0))
+    return base * (0.5 + 0.5 * jitter())
 
 
 def _warm_imports() -> None:

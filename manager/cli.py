@@ -124,8 +124,10 @@ def reset(
 @click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
 @click.option("--watch", is_flag=True, help="refresh until interrupted")
 @click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes with --watch")
-def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float) -> None:
-    """The cluster at a glance: generation, leader, nodes, etcd members, VIP holder.
+@click.option("--all", "all_nodes", is_flag=True, help="list every node, not only those that need attention")
+def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float, all_nodes: bool) -> None:
+    """The cluster at a glance: generation, leader, a line per role, the nodes that need
+    attention (every node with --all, or when there are at most 12), etcd members, VIP holder.
 
     Read from the share, each control node's Phylactery and the API behind the VIP; what does
     not answer shows as '?'. Exit 1 when the share holds no such cluster.
@@ -137,7 +139,7 @@ def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval:
     store = _existing_store(share_path, cluster, "status")
     while True:
         doc = collect(store)
-        text = jsonlib.dumps(doc, indent=1) if as_json else render(doc)
+        text = jsonlib.dumps(doc, indent=1) if as_json else render(doc, all_nodes)
         if not watch:
             click.echo(text)
             return

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core import probes, recovery
+from core.config import Timeouts
 from core.share import ShareStore
 
 
@@ -176,9 +177,53 @@ def attention(
     return out
 
 
-def render(doc: dict[str, Any]) -> str:
-    """A readable table of :func:`collect`'s document: two summary lines, then one line per
-    node; unknowns print as ``?``, event times in local time (``HH:MM:SS``)."""
+HEALTHY_PHASE = "watch"
+
+
+def node_problem(node: dict[str, Any], api_reachable: bool, timeouts: Timeouts | None = None) -> str | None:
+    """Why ``node`` (one of :func:`collect`'s ``nodes``) needs the operator's attention, or
+    None: not Ready in the API (or absent from it), a phase other than ``watch``, no heartbeat,
+    or a heartbeat older than the role's liveness TTL (:meth:`core.config.Timeouts.liveness_ttl_s`:
+    30 s for control nodes, 270 s for workers, which heartbeat every 90 s)."""
+    t = timeouts or Timeouts()
+    if node["role"] is None:
+        return "no heartbeat on the share"
+    age = node["heartbeat_age_s"]
+    if age is not None and age >= t.liveness_ttl_s(node["role"]):
+        return f"heartbeat {age:.0f}s old"
+    if node["phase"] != HEALTHY_PHASE:
+        return f"phase {node['phase']}"
+    if api_reachable and node["ready"] is None:
+        return "not in the API"
+    if node["ready"] is False:
+        return "not Ready"
+    return None
+
+
+def role_summary(doc: dict[str, Any]) -> list[str]:
+    """One line per role: how many nodes, how many Ready, how many need attention, and the
+    phases they are in (``control: 3 nodes, 3 Ready, 0 need attention; watch 3``)."""
+    lines = []
+    for role in ("control", "worker", None):
+        nodes = [n for n in doc["nodes"] if n["role"] == role]
+        if not nodes:
+            continue
+        ready = sum(1 for n in nodes if n["ready"])
+        bad = sum(1 for n in nodes if node_problem(n, doc["api_reachable"]))
+        phases: dict[str, int] = {}
+        for n in nodes:
+            phases[n["phase"] or "?"] = phases.get(n["phase"] or "?", 0) + 1
+        spread = ", ".join(f"{p} {c}" for p, c in sorted(phases.items(), key=lambda pc: (-pc[1], pc[0])))
+        ready_s = f"{ready} Ready" if doc["api_reachable"] else "Ready ?"
+        lines.append(f"{role or 'unknown'}: {len(nodes)} nodes, {ready_s}, {bad} need attention; {spread}")
+    return lines
+
+
+def render(doc: dict[str, Any], all_nodes: bool = False) -> str:
+    """A readable view of :func:`collect`'s document: two summary lines, one line per role,
+    then the nodes that need attention first (:func:`node_problem`), then, with
+    ``all_nodes`` or while there are at most 12 nodes, every other node; unknowns print as
+    ``?``, event times in local time (``HH:MM:SS``)."""
 
     def yn(v: object) -> str:
         return "?" if v is None else ("yes" if v else "no")
@@ -193,12 +238,25 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"reason: {doc['reason']}")
     for item in doc.get("attention") or []:
         lines.append(f"! {item['problem']} -> {item['heals']}")
+    lines += role_summary(doc)
     lines.append("")
-    lines.append(f"{'NODE':<12}{'ROLE':<9}{'PHASE':<11}{'READY':<7}{'HEARTBEAT':<11}LAST EVENT")
-    for n in doc["nodes"]:
+    problems = {n["name"]: node_problem(n, doc["api_reachable"]) for n in doc["nodes"]}
+    flagged = [n for n in doc["nodes"] if problems[n["name"]]]
+    healthy = [n for n in doc["nodes"] if not problems[n["name"]]]
+    show_all = all_nodes or len(doc["nodes"]) <= 12
+    shown = flagged + (healthy if show_all else [])
+    if shown:
+        lines.append(f"{'NODE':<12}{'ROLE':<9}{'PHASE':<11}{'READY':<7}{'HEARTBEAT':<11}{'ATTENTION':<22}LAST EVENT")
+    for n in shown:
         age = f"{n['heartbeat_age_s']:.1f}s ago" if n["heartbeat_age_s"] is not None else "-"
         ev = n["last_event"]
         when = time.strftime("%H:%M:%S", time.localtime(ev["t"])) if ev else ""
         event = f"{ev['event']} ({when})" if ev else "-"
-        lines.append(f"{n['name']:<12}{n['role'] or '?':<9}{n['phase'] or '?':<11}{yn(n['ready']):<7}{age:<11}{event}")
+        problem = problems[n["name"]] or "-"
+        lines.append(
+            f"{n['name']:<12}{n['role'] or '?':<9}{n['phase'] or '?':<11}{yn(n['ready']):<7}{age:<11}"
+            f"{problem:<22}{event}"
+        )
+    if not show_all and healthy:
+        lines.append(f"({len(healthy)} healthy nodes not listed; --all lists every node)")
     return "\n".join(lines)

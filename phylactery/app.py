@@ -3,6 +3,7 @@
 =====================  =====  ==========================================================
 ``GET /healthz``       no     liveness: ``{"ok": true, "node": ...}``
 ``GET /v1/status``     no     node, role, generation, members, HAProxy backends, etcd members
+``GET /metrics``       no     Prometheus text format: Phylactery's and the agent's metrics
 ``POST /v1/refresh``   yes    re-read members, regenerate, reload if changed (coalesced)
 ``POST /v1/prune``     yes    body ``{"name": str, "address": "a.b.c.d"}``: remove that
                               node's stale Node and etcd member
@@ -31,6 +32,7 @@ from aiohttp import web
 from core.drivers import ApiUnavailable, DriverError
 from core.logs import get_logger
 from core.share import EpochSuperseded
+from phylactery import metrics
 from phylactery.prune import PruneError, PruneRefused
 from phylactery.service import Phylactery
 
@@ -38,6 +40,7 @@ log = get_logger(__name__, "http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PHYLACTERY: web.AppKey[Phylactery] = web.AppKey("phylactery", Phylactery)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
+PRUNES: web.AppKey[metrics.PruneCounts] = web.AppKey("prunes", metrics.PruneCounts)
 
 
 def error(status: int, message: str) -> web.Response:
@@ -115,13 +118,17 @@ async def prune(request: web.Request) -> web.StreamResponse:
     except ValueError:
         return error(400, f"field 'address': {address!r} is not an IPv4 address")
     p = request.app[PHYLACTERY]
+    counts = request.app[PRUNES].by_outcome
     try:
         result = await p.prune(name, address, boot)
     except (ValueError, PruneRefused) as err:
         log.warning("prune refused", extra={"node_": name, "error": str(err)})
+        counts["refused"] += 1
         return error(409, str(err))
     except PruneError as err:
+        counts["failed"] += 1
         return error(503, str(err))
+    counts["pruned"] += 1
     log.info("pruned", extra=result.to_json())
     return web.json_response(result.to_json())
 
@@ -140,13 +147,21 @@ async def join_material(request: web.Request) -> web.StreamResponse:
     return web.json_response(result)
 
 
+async def prometheus(request: web.Request) -> web.StreamResponse:
+    """``GET /metrics``: Prometheus text format (docs/metrics.md), no token needed."""
+    body = await metrics.render(request.app[PHYLACTERY], request.app[PRUNES])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 def make_app(phylactery: Phylactery, token: str) -> web.Application:
     """The aiohttp application; starting Phylactery itself is :func:`run`'s job."""
     app = web.Application(middlewares=[json_errors, bearer_auth], client_max_size=64 * 1024)
     app[PHYLACTERY] = phylactery
     app[TOKEN] = token
+    app[PRUNES] = metrics.PruneCounts()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_post("/v1/refresh", refresh)
     app.router.add_post("/v1/prune", prune)
     app.router.add_post("/v1/join-material", join_material)

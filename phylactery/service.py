@@ -321,7 +321,7 @@ class Phylactery:
         machines with one name, or a request that is not the node's own), and
         :class:`phylactery.prune.PruneError` when the API or etcd does not answer."""
         hb = await asyncio.to_thread(self.store.read_heartbeat, name)
-        if hb is not None and hb.boot_id != boot_id and hb.age_s < self.cfg.timeouts.lease_ttl_s:
+        if hb is not None and hb.boot_id != boot_id and hb.age_s < self.cfg.timeouts.liveness_ttl_s(hb.role):
             raise PruneRefused(
                 f"{name} is alive in another boot ({hb.boot_id}, heartbeat {hb.age_s:.1f}s old) than the "
                 f"requester's ({boot_id}): two machines with one name, or not its own request; nothing removed"

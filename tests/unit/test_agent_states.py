@@ -308,6 +308,9 @@ def test_new_generation_resets_and_elects(tmp_path: Path) -> None:
     h.probes.node = True
     h.cycle()
     ShareStore(h.cfg.share.path, "default", "operator").rebuild("ek8s reset by the operator")
+    # A healthy watching worker re-reads cluster.json every worker_share_interval_s (30 s).
+    assert h.cycle() == "no action: generation 1 is healthy"
+    h.clock.advance(30)
     assert h.cycle() == "generation 2 replaced 1; resetting to follow it"
     assert h.state == "RESET" and h.events("generation_changed")
     h.finish_jobs()

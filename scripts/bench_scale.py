@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""The lab at scale (docs/benchmarks.md, "Scale"): for each size, boot 3 control nodes and N
+workers from nothing, wait until every node is Ready, then measure the share's load.
+
+Per run: ``leader_ready_s``, ``all_nodes_ready_s`` and the time from ``leader_ready`` to the last
+worker's ``node_ready`` (events on the share); the lab's peak memory (sum of the RSS of every
+process in the lab's namespaces, sampled every second from boot to all Ready); CPU seconds of
+our agents and Phylacteries against the emulated and real parts (kubeadm, API server, kubelet;
+etcd, HAProxy, keepalived); share operations per node per second during formation (each
+agent's counters at its first textfile after all Ready, over the seconds since boot) and in
+steady state (over ``--steady-s`` seconds afterwards), from the share store's counters that
+every agent writes to its metrics textfile.
+
+Run it alone, under the lab lock, as root:
+
+    flock /tmp/ek8s-lab.lock .venv/bin/python scripts/bench_scale.py --workers 2 25 50 100 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab import netns
+from lab.cluster import Lab
+
+TEXTFILE = "var/lib/node_exporter/textfile_collector/ek8s.prom"
+PAGE = 4096
+TICKS = 100  # USER_HZ
+
+
+def _proc(pid: int) -> tuple[str, int, float] | None:
+    """(command line, RSS bytes, CPU seconds) of ``pid``, or None when it is gone."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+    return cmd, rss, (int(stat[11]) + int(stat[12])) / TICKS
+
+
+def kind(cmd: str) -> str:
+    """Which part a process is: ours (agent, phylactery), emulated, or a real daemon."""
+    for needle, name in (
+        ("-m leader", "agent"),
+        ("-m phylactery", "phylactery"),
+        ("lab.kubeadm", "emulated kubeadm"),
+        ("lab.apiserver", "emulated API server"),
+        ("lab.kubelet", "emulated kubelet"),
+        ("etcd", "etcd"),
+        ("haproxy", "haproxy"),
+        ("keepalived", "keepalived"),
+    ):
+        if needle in cmd:
+            return name
+    return "other"
+
+
+def lab_processes(lab: Lab) -> dict[int, tuple[str, int, float]]:
+    out = {}
+    for n in lab.load().nodes:
+        for pid in netns.pids(n.ns):
+            p = _proc(pid)
+            if p is not None:
+                out[pid] = p
+    return out
+
+
+def agent_ops(root: Path) -> tuple[float, float]:
+    """(the agent's share operations so far, when its textfile was written)."""
+    path = root / TEXTFILE
+    total = 0.0
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            if s.name == "ek8s_share_operations_total" and s.labels.get("process") == "agent":
+                total += s.value
+    return total, path.stat().st_mtime
+
+
+STRACE_CALLS = (
+    "openat,newfstatat,statx,stat,lstat,fstat,rename,renameat,renameat2,fsync,"
+    "utimensat,unlink,unlinkat,flock,getdents64,mkdir,fchmod,write,read"
+)
+
+
+def strace_counts(path: Path, share: str) -> dict[str, int]:
+    """System calls in an ``strace -f -y`` log that touched the share (a path or an fd under it)."""
+    counts: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if share not in line or "resumed>" in line:
+            continue
+        call = line.split(None, 1)[1].split("(", 1)[0] if line[:1].isdigit() else line.split("(", 1)[0]
+        counts[call] = counts.get(call, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def one_run(workers: int, steady_s: float, strace_node: str | None = None) -> dict[str, Any]:
+    lab = Lab(Path("/run/ek8s-scale"), "ek8sc")
+    lab.down()
+    from lab.emulation import Emulation
+
+    state = lab.create(3, workers, Emulation())
+    peak, cpu_seen = [0], {}  # peak RSS; CPU seconds by pid (last seen), processes end
+
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            procs = lab_processes(lab)
+            peak[0] = max(peak[0], sum(rss for _, rss, _ in procs.values()))
+            for pid, (cmd, _, cpu) in procs.items():
+                cpu_seen[pid] = (kind(cmd), cpu)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        lab.start_all(state)
+        sampler.start()
+        last = lab.wait_ready(state, 900, since=state.t0)
+        stop.set()
+        sampler.join()
+        report_events = lab.events()
+        leader_ready = min(e["t"] for e in report_events if e["event"] == "leader_ready")
+        worker_ready = [e["t"] for e in report_events if e["event"] == "node_ready" and e["node"].startswith("worker")]
+        time.sleep(16)  # every agent's textfile rewritten in WATCH
+        formed = {n.name: (n.role, *agent_ops(Path(n.root))) for n in state.nodes}
+        tracer = None
+        if strace_node:
+            trace = Path(f"/tmp/bench-scale-strace-{strace_node}.log")
+            pid = state.node(strace_node).pid
+            argv = ["strace", "-f", "-y", "-qq", "-e", f"trace={STRACE_CALLS}", "-o", str(trace), "-p", str(pid)]
+            tracer = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+            ops_before = agent_ops(Path(state.node(strace_node).root))
+        time.sleep(steady_s)
+        strace_doc = None
+        if tracer is not None and strace_node:
+            tracer.terminate()
+            tracer.wait(10)
+            ops_after = agent_ops(Path(state.node(strace_node).root))
+            strace_doc = {
+                "node": strace_node,
+                "seconds": steady_s,
+                "syscalls_on_share": strace_counts(trace, str(lab.share)),
+                "counted_ops": ops_after[0] - ops_before[0],
+                "counted_over_s": round(ops_after[1] - ops_before[1], 1),
+            }
+        steady: dict[str, list[float]] = {"control": [], "worker": []}
+        formation: dict[str, list[float]] = {"control": [], "worker": []}
+        for n in state.nodes:
+            role, ops0, at0 = formed[n.name]
+            ops1, at1 = agent_ops(Path(n.root))
+            steady[role].append((ops1 - ops0) / max(1.0, at1 - at0))
+            formation[role].append(ops0 / max(1.0, at0 - state.t0))
+        cpu: dict[str, float] = {}
+        for k, c in cpu_seen.values():
+            cpu[k] = round(cpu.get(k, 0.0) + c, 1)
+        return {
+            "workers": workers,
+            "leader_ready_s": round(leader_ready - state.t0, 2),
+            "all_nodes_ready_s": round(last - state.t0, 2),
+            "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
+            "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
+            "peak_rss_mib": round(peak[0] / 2**20),
+            "cpu_s": cpu,
+            "share_ops_per_s_steady": {r: _stats(v) for r, v in steady.items() if v},
+            "share_ops_per_s_formation": {r: _stats(v) for r, v in formation.items() if v},
+            "strace": strace_doc,
+        }
+    finally:
+        stop.set()
+        lab.down()
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[2, 25, 50, 100])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--steady-s", type=float, default=90.0)
+    p.add_argument("--json", type=Path, default=Path("bench-scale.json"))
+    p.add_argument("--strace", metavar="NODE", help="strace NODE's agent during the steady window (first run)")
+    args = p.parse_args()
+    results = []
+    for workers in args.workers:
+        for run in range(args.runs):
+            try:
+                r = one_run(workers, args.steady_s, args.strace if run == 0 else None)
+            except Exception as err:  # one failed size must not cost the others
+                r = {"workers": workers, "error": f"{type(err).__name__}: {err}"[:2000]}
+            r["run"] = run + 1
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

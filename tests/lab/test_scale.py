@@ -1,0 +1,93 @@
+"""The lab at scale: 3 control nodes and 25 workers boot together, every node becomes Ready,
+the cluster is whole, and the steady-state share load of every agent, read from the share
+store's counters (the agents' metrics textfiles), keeps to the budget of docs/share-protocol.md:
+at most 0.2 operations per second per worker and 1 per control node. Phylactery's
+``/metrics`` answers with the documented metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab import netns
+from lab.cluster import Lab, LabState
+from lab.emulation import Emulation
+from tests.conftest import keep_logs_if_failed
+
+WORKERS = 25
+WINDOW_S = 90.0  # a worker's heartbeat interval: at most two beats and four reads in it
+TEXTFILE = "var/lib/node_exporter/textfile_collector/ek8s.prom"
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    the_lab = Lab(Path(f"/run/ek8ss-{uuid.uuid4().hex[:8]}"), "ek8ss")
+    try:
+        yield the_lab
+    finally:
+        keep_logs_if_failed(request, the_lab.dir, tmp_path)
+        the_lab.down()
+        assert netns.existing("ek8ss") == []
+
+
+def share_ops(root: Path) -> tuple[float, float]:
+    """(total share operations of the node's agent, when its textfile was written)."""
+    path = root / TEXTFILE
+    mtime = path.stat().st_mtime
+    total = 0.0
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            if s.name == "ek8s_share_operations_total" and s.labels.get("process") == "agent":
+                total += s.value
+    return total, mtime
+
+
+@pytest.mark.lab
+def test_3_plus_25_all_ready_within_the_share_load_budget(lab: Lab) -> None:
+    state: LabState = lab.create(3, WORKERS, Emulation())
+    lab.start_all(state)
+    last_ready = lab.wait_ready(state, 400, since=state.t0)
+    lab.wait_whole(state, 120)
+    print(f"3 + {WORKERS}: all nodes Ready {last_ready - state.t0:.1f}s after boot")
+
+    time.sleep(15)  # every agent has entered WATCH and written its textfile since
+    first = {n.name: share_ops(Path(n.root)) for n in state.nodes}
+    time.sleep(WINDOW_S)
+    rates = {}
+    for n in state.nodes:
+        ops, at = share_ops(Path(n.root))
+        ops0, at0 = first[n.name]
+        assert at - at0 >= WINDOW_S - 20, f"{n.name}: textfile not rewritten"
+        rates[n.name] = (ops - ops0) / (at - at0)
+    print("steady share ops/s:", {k: round(v, 3) for k, v in rates.items()})
+    for n in state.nodes:
+        budget = 1.0 if n.role == "control" else 0.2
+        assert rates[n.name] <= budget, f"{n.name}: {rates[n.name]:.3f} share ops/s > {budget}"
+
+    control0 = state.node("control0")
+    res = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            state.node("worker0").ns,
+            "curl",
+            "-sf",
+            "-m",
+            "5",
+            f"http://{control0.address}:9999/metrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    names = {f.name for f in text_string_to_metric_families(res.stdout)}
+    for name in ("ek8s_phylactery_generation", "ek8s_haproxy_backends_up", "ek8s_etcd_members", "ek8s_agent_phase"):
+        assert name in names

@@ -1,0 +1,106 @@
+"""Prometheus metrics: Phylactery's ``GET /metrics`` (with the agent's textfile appended) and
+the agent's node_exporter textfile; every metric named here is in docs/metrics.md."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from phylactery.app import make_app
+from tests.unit.agent_fakes import Harness
+from tests.unit.test_agent_states import joined_worker
+from tests.unit.test_phylactery_http import make_phylactery
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value for every sample of a Prometheus text exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def scrape(tmp_path: Path, agent_text: bytes = b"") -> tuple[int, str, str]:
+    async def _run() -> tuple[int, str, str]:
+        p = make_phylactery(tmp_path)
+        p.generation = 3
+        if agent_text:
+            p.cfg.metrics_textfile.parent.mkdir(parents=True)
+            p.cfg.metrics_textfile.write_bytes(agent_text)
+        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+            resp = await client.get("/metrics")  # no token: read-only, like /healthz
+            return resp.status, resp.headers["Content-Type"], await resp.text()
+
+    return asyncio.run(_run())
+
+
+def test_phylactery_serves_its_metrics_without_a_token(tmp_path: Path) -> None:
+    status, content_type, text = scrape(tmp_path)
+    assert status == 200 and content_type.startswith("text/plain")
+    got = samples(text)
+    assert got["ek8s_phylactery_generation"] == 3
+    assert got['ek8s_phylactery_info{node="control0",role="control"}'] == 1
+    assert got["ek8s_haproxy_backends_up"] == 0  # no HAProxy in a unit test
+    assert got['ek8s_phylactery_reloads_total{daemon="haproxy"}'] == 0
+    assert got['ek8s_phylactery_prunes_total{outcome="pruned"}'] == 0
+    assert got['ek8s_share_operations_total{kind="reads",process="phylactery"}'] >= 1
+
+
+def test_phylactery_appends_the_agents_textfile(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path / "w")
+    h.agent.export_metrics(force=True)
+    _, _, text = scrape(tmp_path, h.cfg.metrics_textfile.read_bytes())
+    got = samples(text)
+    assert got["ek8s_phylactery_generation"] == 3 and got["ek8s_agent_generation"] == 1
+
+
+def test_the_agent_writes_its_textfile_on_a_new_phase_and_counts_joins(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path)
+    h.probes.node = True
+    h.agent.export_metrics()
+    path = h.cfg.metrics_textfile
+    assert path.name == "ek8s.prom" and str(path).startswith(str(tmp_path / "roots" / "worker0"))
+    assert path.stat().st_mode & 0o777 == 0o644
+    got = samples(path.read_text())
+    assert got['ek8s_agent_phase{phase="await-node"}'] == 1 and got['ek8s_agent_phase{phase="watch"}'] == 0
+    assert got['ek8s_agent_join_duration_seconds_count{kind="join"}'] == 1
+    assert got['ek8s_agent_join_duration_seconds_count{kind="rejoin"}'] == 0
+    assert got['ek8s_agent_info{node="worker0",role="worker"}'] == 1
+    assert got['ek8s_share_operations_total{kind="writes",process="agent"}'] >= 1
+    before = path.stat().st_mtime_ns
+    h.agent.export_metrics()  # same phase, within metrics.textfile_interval_s: not rewritten
+    assert path.stat().st_mtime_ns == before
+    h.cycle()
+    h.agent.export_metrics()
+    assert samples(path.read_text())['ek8s_agent_phase{phase="watch"}'] == 1
+    assert not list(path.parent.glob(".*.tmp")), "written atomically"
+
+
+def test_a_prune_before_a_join_counts_as_a_rejoin(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.agent.metrics.on_event("pruned", {})
+    h.agent.metrics.on_event("joined", {"kubeadm_s": 7.5})
+    got = samples(h.agent.metrics.text().decode())
+    assert got["ek8s_agent_prunes_total"] == 1
+    assert got['ek8s_agent_join_duration_seconds_sum{kind="rejoin"}'] == 7.5
+
+
+def test_every_metric_is_documented(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path / "w")
+    h.agent.export_metrics(force=True)
+    _, _, text = scrape(tmp_path, h.cfg.metrics_textfile.read_bytes())
+    names = {f.name for f in text_string_to_metric_families(text)}
+    doc = DOC.read_text()
+    documented = set(re.findall(r"^\| `(ek8s_[a-z_]+)`", doc, re.M))
+    # Families the scrape may leave out (no etcd member, no snapshot in a unit test).
+    optional = {"ek8s_etcd_members", "ek8s_etcd_snapshot_age_seconds"}
+    assert names - {d.removesuffix("_total") for d in documented} == set()
+    assert {d.removesuffix("_total") for d in documented} - names <= optional
