@@ -17,7 +17,7 @@ from kubernetes import client, config
 
 from core.etcd import kubeadm_client_context
 from lab import pki
-from phylactery.prune import PruneError, prune_node, stale_members
+from phylactery.prune import PruneError, PruneRefused, prune_node, stale_members
 from tests.conftest import free_port, wait_for
 from tests.integration.conftest import EtcdCluster
 
@@ -101,7 +101,21 @@ def run_prune(cluster: EtcdCluster, admin: Path, name: str, address: str):  # ty
     )
 
 
+def reboot_member(cluster: EtcdCluster, index: int) -> None:
+    """The member's node rebooted: its etcd (and its data, in RAM) is gone."""
+    proc = cluster.members[index].proc
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def test_prune_refuses_a_member_that_still_answers(etcd_cluster: EtcdCluster, api: Path) -> None:
+    with pytest.raises(PruneRefused, match="node1 is alive"):
+        run_prune(etcd_cluster, api, "node1", "10.9.9.9")
+    assert len(members(etcd_cluster)) == 3 and "node1" in node_names(api), "nothing removed"
+
+
 def test_prune_by_name_removes_member_and_node_and_keeps_the_others(etcd_cluster: EtcdCluster, api: Path) -> None:
+    reboot_member(etcd_cluster, 1)
     result = run_prune(etcd_cluster, api, "node1", "10.9.9.9")
     assert [m["name"] for m in result.removed_etcd_members] == ["node1"]
     assert result.deleted_nodes == ["node1"]
@@ -113,6 +127,7 @@ def test_prune_by_name_removes_member_and_node_and_keeps_the_others(etcd_cluster
 
 
 def test_prune_by_peer_address_only(etcd_cluster: EtcdCluster, api: Path) -> None:
+    reboot_member(etcd_cluster, 2)
     result = run_prune(etcd_cluster, api, "renamed-node", "127.0.0.3")
     assert [m["name"] for m in result.removed_etcd_members] == ["node2"]
     assert result.deleted_nodes == ["node2"]
@@ -126,6 +141,7 @@ def test_prune_refuses_the_serving_node(etcd_cluster: EtcdCluster, api: Path) ->
 
 
 def test_prune_reports_an_unreachable_api(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    reboot_member(etcd_cluster, 1)
     with pytest.raises(PruneError, match="no admin kubeconfig"):
         run_prune(etcd_cluster, tmp_path / "missing.conf", "node1", "127.0.0.2")
 
