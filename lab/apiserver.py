@@ -10,8 +10,12 @@ What is emulated, and only as far as the node agent, Phylactery and the official
 
 * ``/healthz``, ``/livez``, ``/readyz`` (anonymous; ``/readyz`` reads etcd), ``/version``;
 * Nodes (list, get, create, delete, status update), ConfigMaps and Secrets in a namespace;
-* the node lifecycle controller: a Node whose kubelet has not posted status for
-  ``node_monitor_grace_s`` reads ``Ready=Unknown``;
+* kube-controller-manager's node lifecycle controller (:class:`NodeLifecycle`): a Node whose
+  status this API server has not seen change for ``node_monitor_grace_s`` seconds (40 s,
+  ``--node-monitor-grace-period``) since it first saw it gets ``Ready=Unknown``, written
+  to etcd as the real controller writes it. Timed from the first observation, not from
+  ``lastHeartbeatTime``: after a restart (an etcd restore, a new control node) the Nodes
+  whose stored condition is still True read Ready for the grace period;
 * bootstrap tokens (``bootstrap-token-<id>`` Secrets with ``expiration``) as bearer
   credentials, the ``cluster-info`` JWS signature per live token, and a CSR endpoint that
   signs kubelet client certificates at once (the CSR approver and signer);
@@ -106,10 +110,86 @@ class User:
         return "system:bootstrappers" in self.groups
 
 
+class NodeLifecycle:
+    """kube-controller-manager's node lifecycle controller, as far as Ready goes
+    (``pkg/controller/nodelifecycle/node_lifecycle_controller.go``, ``tryUpdateNodeHealth``).
+
+    For each Node it keeps when it last saw the Node's status change (``probeTimestamp``), set
+    to *now* when it sees the Node for the first time ("Missing timestamp for Node %s.
+    Assuming now as a timestamp."). A Node whose Ready condition is True and whose status has
+    not changed for ``grace_s`` seconds since then gets Ready ``Unknown``
+    (``NodeStatusUnknown``, "Kubelet stopped posting node status."), written to the Node in
+    etcd. So a controller that starts over (each emulated API server runs one; the real one
+    restarts with its leader election, e.g. after an etcd restore) leaves Nodes stored Ready
+    as Ready for ``grace_s`` seconds from its first look, however old their last heartbeat.
+    ``now`` is ``time.monotonic`` (tests may pass a fake)."""
+
+    def __init__(self, server: ApiServer, grace_s: float, now: Any = time.monotonic) -> None:
+        self.server, self.grace_s, self.now = server, grace_s, now
+        self.probe: dict[str, tuple[str, float]] = {}  # node -> (status as seen, when it changed)
+
+    @staticmethod
+    def _ready(node: dict[str, Any]) -> dict[str, Any] | None:
+        for cond in node.get("status", {}).get("conditions", []):
+            if cond.get("type") == "Ready":
+                return dict(cond)
+        return None
+
+    async def monitor(self) -> list[str]:
+        """One pass (``--node-monitor-period``): list the Nodes, time each, mark the overdue
+        ones Unknown. Returns the names marked. Raises :class:`core.etcd.EtcdError` when etcd
+        does not answer (the next pass tries again)."""
+        marked = []
+        seen = set()
+        for key, raw in await self.server.get_prefix("/registry/minions/"):
+            node = json.loads(raw)
+            name = key.rsplit("/", 1)[1]
+            seen.add(name)
+            observed = json.dumps(node.get("status", {}), sort_keys=True)
+            prev = self.probe.get(name)
+            if prev is None:
+                log.info("Missing timestamp for Node %s. Assuming now as a timestamp.", name)
+            if prev is None or prev[0] != observed:
+                self.probe[name] = (observed, self.now())
+                continue
+            ready = self._ready(node)
+            if ready is None or ready.get("status") != "True" or self.now() - prev[1] <= self.grace_s:
+                continue
+            # Re-read right before writing: a kubelet that posted meanwhile wins.
+            current = await self.server.load(key)
+            if current is None or json.dumps(current.get("status", {}), sort_keys=True) != observed:
+                continue
+            for cond in current["status"]["conditions"]:
+                if cond.get("type") == "Ready":
+                    cond.update(
+                        status="Unknown",
+                        reason="NodeStatusUnknown",
+                        message="Kubelet stopped posting node status.",
+                        lastTransitionTime=rfc3339(time.time()),
+                    )
+            await self.server.store(key, current)
+            self.probe[name] = (json.dumps(current["status"], sort_keys=True), self.now())
+            log.info("node %s: Ready -> Unknown (no status change for %.0fs)", name, self.grace_s)
+            marked.append(name)
+        for gone in set(self.probe) - seen:
+            del self.probe[gone]
+        return marked
+
+    async def run(self, period_s: float = 1.0) -> None:
+        """:meth:`monitor` every ``period_s`` seconds (the real ``--node-monitor-period`` is
+        5 s) until cancelled; etcd errors are logged and retried."""
+        while True:
+            try:
+                await self.monitor()
+            except EtcdError as err:
+                log.info("node lifecycle: etcd: %s", err)
+            await asyncio.sleep(period_s)
+
+
 class ApiServer:
     """The emulated API server's handlers and storage.
 
-    ``conf`` is the JSON :func:`lab.kubeadm.start_apiserver` writes: ``pki_dir`` (the cluster
+    ``conf`` is the JSON :func:`lab.kubeadm.write_apiserver_manifest` writes: ``pki_dir`` (the cluster
     CA, to sign kubelet CSRs), ``etcd_servers`` (client URLs) with ``etcd_ca``, ``etcd_cert``,
     ``etcd_key`` (paths), ``node_monitor_grace_s`` (seconds), ``version``; :func:`main` reads
     the rest. Raises ``OSError`` when a file it names cannot be read. A handler whose etcd call
@@ -200,28 +280,19 @@ class ApiServer:
         return None
 
     # -- nodes ----------------------------------------------------------------------
-    def _with_lifecycle(self, node: dict[str, Any]) -> dict[str, Any]:
-        """The node lifecycle controller's view: Ready turns Unknown after the grace period."""
-        for cond in node.get("status", {}).get("conditions", []):
-            if cond.get("type") == "Ready" and cond.get("status") == "True":
-                hb = parse_rfc3339(cond.get("lastHeartbeatTime", rfc3339(0)))
-                if time.time() - hb > self.grace_s:
-                    cond.update(
-                        status="Unknown", reason="NodeStatusUnknown", message="Kubelet stopped posting node status."
-                    )
-        return node
 
     async def nodes(self, request: web.Request) -> web.StreamResponse:
-        """``/api/v1/nodes``: GET lists every Node (Ready as the lifecycle controller would
-        judge it; any authenticated user), any other method (POST) creates one (admins, or the
-        node itself: ``system:node:<name>``): 201, or 409 AlreadyExists. 403 when anonymous."""
+        """``/api/v1/nodes``: GET lists every Node (as stored: the kubelets' status, Ready
+        Unknown where :class:`NodeLifecycle` wrote it; any authenticated user), any other
+        method (POST) creates one (admins, or the node itself: ``system:node:<name>``): 201, or
+        409 AlreadyExists. 403 when anonymous."""
         user = await self.user(request)
         if user is None:
             return status_error(
                 403, "Forbidden", 'nodes is forbidden: User "system:anonymous" cannot list resource "nodes"'
             )
         if request.method == "GET":
-            items = [self._with_lifecycle(json.loads(v)) for _, v in await self.get_prefix("/registry/minions/")]
+            items = [json.loads(v) for _, v in await self.get_prefix("/registry/minions/")]
             return web.json_response(
                 {
                     "kind": "NodeList",
@@ -257,7 +328,7 @@ class ApiServer:
         if request.method == "GET":
             if obj is None:
                 return status_error(404, "NotFound", f'nodes "{name}" not found')
-            return web.json_response(self._with_lifecycle(obj))
+            return web.json_response(obj)
         if request.method == "DELETE":
             if not user.admin:
                 return status_error(403, "Forbidden", f"{user.name} may not delete nodes")
@@ -390,7 +461,8 @@ class ApiServer:
         )
 
     def app(self) -> web.Application:
-        """The aiohttp application with every route above; closes the etcd client on cleanup."""
+        """The aiohttp application with every route above and the :class:`NodeLifecycle`
+        controller running beside them; closes the etcd client on cleanup."""
         app = web.Application()
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -404,9 +476,18 @@ class ApiServer:
         r.add_route("*", "/api/v1/namespaces/{ns}/{res:configmaps|secrets}/{name}", self.objects)
         r.add_post("/apis/certificates.k8s.io/v1/certificatesigningrequests", self.csr)
 
+        lifecycle = NodeLifecycle(self, self.grace_s)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def _start(_: web.Application) -> None:
+            tasks.append(asyncio.create_task(lifecycle.run()))
+
         async def _close(_: web.Application) -> None:
+            for task in tasks:
+                task.cancel()
             await self.etcd.close()
 
+        app.on_startup.append(_start)
         app.on_cleanup.append(_close)
         return app
 

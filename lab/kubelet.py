@@ -1,10 +1,38 @@
-"""EMULATED kubelet for the lab: registers its Node and posts status, nothing else.
+"""EMULATED kubelet for the lab: static pods from a manifest directory, Node registration and
+status, nothing else.
 
-It reads the node's ``kubelet.conf`` (client certificate ``system:node:<name>``), creates the
-Node if missing, and every ``--interval`` seconds replaces the Node's status with
-``Ready=True`` and a fresh ``lastHeartbeatTime`` (what kubelet's node status updates do). When
-it stops posting, the emulated API server's node lifecycle controller turns Ready Unknown
-after the grace period. Standard library only, so it starts in a few tens of milliseconds.
+Static pods (``pkg/kubelet/config/file.go``, ``pkg/kubelet/kuberuntime``): every
+``--check-interval`` seconds (0.1 s by default; the real kubelet watches the directory with
+inotify and re-lists it every 20 s) it reads ``--pod-manifest-path``. Each file there that is
+not hidden (the real kubelet skips names starting with ``.``, so an atomic write through a
+``.name.tmp`` file is never half-read) and decodes as a ``v1`` ``Pod`` is a desired pod; its
+first container's ``command`` + ``args`` is run directly (no image, no container runtime) as
+the node service named after the container (``etcd``, ``kube-apiserver``) through
+:class:`core.services.ProcessServices`, so pid file and log are where ``kubeadm reset`` and
+``ek8s lab down`` find them (``<root>/run/ek8s/services/<name>.pid``,
+``<root>/var/log/ek8s/<name>.log``). As the real kubelet does:
+
+* a changed command (the container's hash changes) stops the running process (SIGTERM,
+  SIGKILL after 30 s, the pod's default grace period) and starts the new command at once;
+* a manifest that disappears, or no longer decodes as a Pod (the real file source drops it,
+  logging "Could not process manifest file"), stops its process;
+* a process that exits is restarted with CrashLoopBackOff: at once the first time, then 10 s,
+  20 s, 40 s ... at most 300 s after its previous start (``kuberuntime_manager.go``
+  ``doBackOff``, ``flowcontrol.Backoff``); a changed command starts from no back-off;
+* a process of a known static pod (``STATIC_SERVICES``) that runs with no manifest for it, or
+  with another command than its manifest's, is stopped or restarted when the kubelet starts
+  (the real kubelet kills containers of pods it no longer wants); one that runs exactly the
+  manifest's command is adopted, not restarted;
+* stopping the kubelet (SIGTERM) leaves its static pods running, as stopping the kubelet
+  service leaves containers running.
+
+Node status (``pkg/kubelet/kubelet_node_status.go``), in a thread of its own so a slow API
+never delays the static pods: it reads ``--kubeconfig`` (client certificate
+``system:node:<name>``), registers the Node (retried every 0.2 s until the API answers, as
+the kubelet retries registration with back-off), and every ``--interval`` seconds replaces
+its status with ``Ready=True`` and a fresh ``lastHeartbeatTime``. When it stops posting, the
+emulated kube-controller-manager in :mod:`lab.apiserver` turns Ready Unknown after the grace
+period. A 404 (the Node was deleted) registers it again.
 """
 
 from __future__ import annotations
@@ -16,12 +44,29 @@ import signal
 import ssl
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lab.pki import parse_kubeconfig
+import psutil
+import yaml
+
+from core.services import ProcessServices
+
+# The static pods kubeadm writes; a running one of these with no manifest is stopped at start.
+STATIC_SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+BACKOFF_INITIAL_S = 10.0  # kubelet's CrashLoopBackOff: initial 10 s, doubling
+BACKOFF_MAX_S = 300.0  # ... up to 5 min
+STOP_GRACE_S = 30.0  # a Pod's default terminationGracePeriodSeconds
+
+
+def log(msg: str) -> None:
+    """One line on stdout (the service log), with the time as the kubelet's klog has it."""
+    print(f"{time.strftime('%H:%M:%S')} emulated kubelet: {msg}", flush=True)
 
 
 def rfc3339(t: float) -> str:
@@ -29,7 +74,158 @@ def rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+# -- static pods ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StaticPod:
+    """A manifest's pod: ``service`` is its first container's name, ``argv`` that container's
+    ``command`` + ``args``, ``pod`` ``<metadata.name>-<node>_<namespace>`` as kubelet events
+    name a static pod."""
+
+    service: str
+    argv: tuple[str, ...]
+    pod: str
+
+
+def read_manifest(path: Path, node: str) -> StaticPod:
+    """The :class:`StaticPod` in ``path``. Raises ``ValueError`` when the file is not a ``v1``
+    ``Pod`` with a first container that has a name and a command, ``OSError`` when it cannot
+    be read, ``yaml.YAMLError`` when it is not YAML."""
+    doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if not isinstance(doc, dict) or doc.get("apiVersion") != "v1" or doc.get("kind") != "Pod":
+        raise ValueError("not a v1 Pod")
+    meta = doc.get("metadata") or {}
+    containers = (doc.get("spec") or {}).get("containers") or []
+    if not containers or not containers[0].get("name") or not containers[0].get("command"):
+        raise ValueError("the Pod's first container needs a name and a command")
+    c = containers[0]
+    argv = tuple(str(a) for a in [*c["command"], *(c.get("args") or [])])
+    pod = f"{meta.get('name', c['name'])}-{node}_{meta.get('namespace', 'default')}"
+    return StaticPod(str(c["name"]), argv, pod)
+
+
+class StaticPods:
+    """The static pods of one node: :meth:`sync` makes the running processes match the
+    manifests in ``manifest_dir``; ``now`` is ``time.monotonic`` (tests may pass a fake)."""
+
+    def __init__(self, manifest_dir: Path, root: Path, node: str, now: Any = time.monotonic) -> None:
+        self.dir, self.node, self.now = manifest_dir, node, now
+        self.services = ProcessServices(root)
+        self.started: dict[str, float] = {}  # service -> when we last started it
+        self.backoff: dict[str, float] = {}  # service -> back-off for its next restart
+        self.argv: dict[str, tuple[str, ...]] = {}  # service -> the command we run for it
+        self.waiting: set[str] = set()  # services in back-off, already logged
+        self.bad: dict[Path, str] = {}  # manifests that do not decode, already logged
+
+    def desired(self) -> dict[str, StaticPod]:
+        """service -> :class:`StaticPod` for every manifest that decodes (a missing directory
+        is no pods)."""
+        out: dict[str, StaticPod] = {}
+        try:
+            paths = sorted(p for p in self.dir.iterdir() if not p.name.startswith(".") and p.is_file())
+        except FileNotFoundError:
+            return out
+        for path in paths:
+            try:
+                sp = read_manifest(path, self.node)
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                if self.bad.get(path) != str(err):
+                    log(f'Could not process manifest file path="{path}": {err}')
+                    self.bad[path] = str(err)
+                continue
+            self.bad.pop(path, None)
+            out[sp.service] = sp
+        return out
+
+    def _running_argv(self, service: str) -> tuple[str, ...] | None:
+        pid = self.services.pid(service)
+        if pid is None:
+            return None
+        try:
+            return tuple(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            return None
+
+    def adopt(self) -> None:
+        """At start: adopt what runs exactly as its manifest says; stop static-pod services
+        that run without a manifest (a changed command is restarted by the next :meth:`sync`)."""
+        want = self.desired()
+        for service in sorted(set(STATIC_SERVICES) | set(want)):
+            running = self._running_argv(service)
+            if running is None:
+                continue
+            if service not in want:
+                log(f"killing {service}: no static pod manifest for it")
+                self.services.stop(service, STOP_GRACE_S)
+            elif running == want[service].argv:
+                log(f'adopted running container {service} of static pod "{want[service].pod}"')
+                self.argv[service] = running
+                self.started[service] = self.now()
+            else:
+                self.argv[service] = running  # sync() sees the difference and restarts it
+
+    def sync(self) -> None:
+        """One pass: start, restart (changed command, or exited after its back-off) and stop
+        (manifest gone) as the module says. Raises :class:`core.services.ServiceError` when a
+        command cannot be started at all (the caller logs it and tries again)."""
+        want = self.desired()
+        for service in [s for s in self.argv if s not in want]:
+            log(f"static pod of {service} removed: stopping its container")
+            self.services.stop(service, STOP_GRACE_S)
+            self.argv.pop(service, None)
+            self.started.pop(service, None)
+            self.backoff.pop(service, None)
+            self.waiting.discard(service)
+        for service, sp in want.items():
+            running = self.services.is_running(service)
+            known = self.argv.get(service)
+            if known is not None and known != sp.argv:
+                if running:
+                    log(f'container {service} of static pod "{sp.pod}" has a changed command: killing it to restart')
+                    self.services.stop(service, STOP_GRACE_S)
+                self.backoff.pop(service, None)  # a new container hash: no back-off history
+                self.started.pop(service, None)
+                running = False
+            if running:
+                continue
+            last = self.started.get(service)
+            if last is not None and self.now() - last > 2 * BACKOFF_MAX_S:
+                self.backoff.pop(service, None)  # it ran long enough: its back-off is forgotten
+            if last is not None:
+                delay = self.backoff.get(service, 0.0)
+                if self.now() - last < delay:
+                    if service not in self.waiting:
+                        log(
+                            f"Back-off {delay:g}s restarting failed container={service} pod={sp.pod} "
+                            f"(see {self.services.log_path(service)})"
+                        )
+                        self.waiting.add(service)
+                    continue
+                self.backoff[service] = min(BACKOFF_MAX_S, max(BACKOFF_INITIAL_S, 2 * delay))
+                log(f'container {service} of static pod "{sp.pod}" exited: restarting it')
+            else:
+                log(f'starting container {service} of static pod "{sp.pod}"')
+            self.waiting.discard(service)
+            self.services.start(service, list(sp.argv))
+            self.argv[service] = sp.argv
+            self.started[service] = self.now()
+
+
+def run_static_pods(pods: StaticPods, interval_s: float, stop: threading.Event) -> None:
+    """:meth:`StaticPods.adopt`, then :meth:`StaticPods.sync` every ``interval_s`` seconds
+    until ``stop`` is set; errors are logged and the next pass tries again."""
+    pods.adopt()
+    while not stop.is_set():
+        try:
+            pods.sync()
+        except Exception as err:  # the kubelet keeps going whatever one pass hits
+            log(f"static pod sync failed: {type(err).__name__}: {err}")
+        stop.wait(interval_s)
+
+
+# -- node status ------------------------------------------------------------------------
 def _context(kubeconfig: Path, workdir: Path) -> tuple[str, ssl.SSLContext]:
+    from lab.pki import parse_kubeconfig
+
     server, ca, (cert, key) = parse_kubeconfig(kubeconfig.read_bytes())
     ctx = ssl.create_default_context(cadata=ca.decode())
     pem = workdir / "kubelet-client-current.pem"
@@ -39,41 +235,19 @@ def _context(kubeconfig: Path, workdir: Path) -> tuple[str, ssl.SSLContext]:
     return server, ctx
 
 
-def _request(server: str, ctx: ssl.SSLContext, method: str, path: str, body: object) -> int:
+def _request(server: str, ctx: ssl.SSLContext, method: str, path: str, body: object, timeout: float = 5) -> int:
     req = urllib.request.Request(
         server + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as err:
         return int(err.code)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the emulated kubelet until SIGTERM (exit 0); never returns otherwise.
-
-    ``--kubeconfig`` is the node's ``kubelet.conf``; ``--node-ip`` an IPv4 address string;
-    ``--interval`` seconds between status updates; ``--pki-dir`` where the client certificate
-    PEM goes (a temporary directory by default). Registers the Node (201 or 409 both count),
-    then every interval PUTs ``/api/v1/nodes/<name>/status`` with Ready=True, as the kubelet's
-    node status updates do (``pkg/kubelet/kubelet_node_status.go``; the real default interval
-    is 10 s); a 404 (the Node was deleted) registers it again. Network errors are printed and
-    retried. Raises at start what :func:`lab.pki.parse_kubeconfig` raises, or ``OSError``
-    (``ssl.SSLError`` is one) when the kubeconfig cannot be read or used.
-    """
-    p = argparse.ArgumentParser(description="EMULATED kubelet (ephemeral-k8s lab only)")
-    p.add_argument("--kubeconfig", type=Path, required=True)
-    p.add_argument("--node-name", required=True)
-    p.add_argument("--node-ip", required=True)
-    p.add_argument("--control-plane", action="store_true")
-    p.add_argument("--interval", type=float, default=2.0)
-    p.add_argument("--pki-dir", type=Path, default=None)
-    args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    workdir = args.pki_dir or Path(tempfile.mkdtemp())
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    server, ctx = _context(args.kubeconfig, workdir)
+def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop: threading.Event) -> None:
+    """Register the Node and post its status until ``stop`` is set (see the module)."""
     labels = {"kubernetes.io/hostname": args.node_name, "kubernetes.io/os": "linux"}
     if args.control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
@@ -95,12 +269,16 @@ def main(argv: list[str] | None = None) -> int:
         "systemUUID": args.node_name,
     }
     registered = False
-    while True:
+    failed = ""
+    while not stop.is_set():
         try:
             if not registered:
-                code = _request(server, ctx, "POST", "/api/v1/nodes", node)
+                code = _request(server, ctx, "POST", "/api/v1/nodes", node, timeout=2)
                 registered = code in (201, 409)
-                print(f"emulated kubelet: register node {args.node_name}: HTTP {code}", flush=True)
+                log(f"register node {args.node_name}: HTTP {code}")
+                if not registered:
+                    stop.wait(0.2)
+                    continue
             now = rfc3339(time.time())
             status = {
                 "addresses": [
@@ -123,9 +301,63 @@ def main(argv: list[str] | None = None) -> int:
             if code == 404:  # deleted (pruned) while we run: register again, as kubelet does
                 registered = False
                 continue
+            failed = ""
         except (OSError, urllib.error.URLError) as err:
-            print(f"emulated kubelet: status update failed: {err}", flush=True)
-        time.sleep(args.interval)
+            if str(err) != failed:  # once per distinct failure, not every 0.2 s
+                log(f"{'registration' if not registered else 'status update'} failed: {err}")
+                failed = str(err)
+            if not registered:
+                stop.wait(0.2)
+                continue
+        stop.wait(args.interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the emulated kubelet until SIGTERM (exit 0, leaving static pods running).
+
+    ``--kubeconfig`` is the node's ``kubelet.conf``; ``--node-ip`` an IPv4 address string;
+    ``--interval`` seconds between status updates (the real default is 10 s);
+    ``--pki-dir`` where the client certificate PEM goes (a temporary directory by default);
+    ``--pod-manifest-path`` the static pod directory (``/etc/kubernetes/manifests`` on a
+    node; none: no static pods); ``--node-root`` the node's root, below which services keep
+    pid files and logs (``/`` on a node); ``--check-interval`` seconds between two reads of
+    the manifests. Raises at start what :func:`lab.pki.parse_kubeconfig` raises, or
+    ``OSError`` (``ssl.SSLError`` is one) when the kubeconfig cannot be read or used.
+    """
+    p = argparse.ArgumentParser(description="EMULATED kubelet (ephemeral-k8s lab only)")
+    p.add_argument("--kubeconfig", type=Path, required=True)
+    p.add_argument("--node-name", required=True)
+    p.add_argument("--node-ip", required=True)
+    p.add_argument("--control-plane", action="store_true")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--pki-dir", type=Path, default=None)
+    p.add_argument("--pod-manifest-path", type=Path, default=None)
+    p.add_argument("--node-root", type=Path, default=Path("/"))
+    p.add_argument("--check-interval", type=float, default=0.1)
+    args = p.parse_args(argv)
+    stop = threading.Event()
+    pods_thread: threading.Thread | None = None
+
+    def _terminate(*_: object) -> None:
+        # Let a static pod pass finish (a process started but not yet in its pid file would
+        # be lost to `kubeadm reset`), then exit; the static pods keep running.
+        stop.set()
+        if pods_thread is not None:
+            pods_thread.join(timeout=3)
+        sys.stdout.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    log(f"starting for node {args.node_name} (static pods from {args.pod_manifest_path})")
+    if args.pod_manifest_path is not None:
+        pods = StaticPods(args.pod_manifest_path, args.node_root, args.node_name)
+        pods_thread = threading.Thread(target=run_static_pods, args=(pods, args.check_interval, stop), daemon=True)
+        pods_thread.start()
+    workdir = args.pki_dir or Path(tempfile.mkdtemp())
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    server, ctx = _context(args.kubeconfig, workdir)
+    post_status(args, server, ctx, stop)
+    return 0
 
 
 if __name__ == "__main__":

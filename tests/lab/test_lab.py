@@ -157,20 +157,43 @@ def check_emulated_kubeadm_refusals(lab_dir: Path, share: Path) -> None:
             }
         return doc
 
+    ready = 'error execution phase kubelet-start: a Node with name "{}" and status "Ready" already exists'
     cases = [
-        (join("worker0", "10.0.0.41"), 'a Node with name "worker0" and status "Ready" already exists'),
+        (join("worker0", "10.0.0.41"), ready.format("worker0")),
         (
             join("intruder", "10.0.0.77", token="zzzzzz.0123456789abcdef"),
+            "error execution phase preflight: couldn't validate the identity of the API Server: could not find a "
             'JWS signature in the cluster-info ConfigMap for token ID "zzzzzz"',
         ),
-        (join("intruder", "10.0.0.77", pins=["sha256:" + "0" * 64]), "none of the public keys"),
-        (join("intruder", "10.0.0.77", key="ab" * 32), "message authentication failed"),
-        (join("intruder", "10.0.0.22", key=material["certificate_key"]), "Peer URLs already exists"),
+        (
+            join("intruder", "10.0.0.77", pins=["sha256:" + "0" * 64]),
+            "error execution phase preflight: cluster CA found in cluster-info ConfigMap is invalid: none of the "
+            "public keys",
+        ),
+        (
+            join("intruder", "10.0.0.77", key="ab" * 32),
+            "error execution phase control-plane-prepare/download-certs: error downloading certs: error decoding "
+            "secret data with provided key: cipher: message authentication failed",
+        ),
+        # kubeadm 1.32 checks the Node name in kubelet-start, after control-plane-prepare and
+        # check-etcd: the refused control-plane join leaves certificates, admin.conf and the
+        # kube-apiserver manifest behind, and adds no etcd member.
+        (join("control1", "10.0.0.22", key=material["certificate_key"]), ready.format("control1")),
     ]
     for i, (doc, refusal) in enumerate(cases):
         res = emulated_join(lab_dir, f"scratch{i}", doc)
         assert res.returncode == 1, (refusal, res.stdout, res.stderr)
         assert refusal in res.stderr, (refusal, res.stderr)
+    last = lab_dir / f"scratch{len(cases) - 1}"
+    assert "[check-etcd] Checking that the etcd cluster is healthy" in res.stdout
+    for left in (
+        "etc/kubernetes/pki/apiserver.crt",
+        "etc/kubernetes/admin.conf",
+        "etc/kubernetes/manifests/kube-apiserver.yaml",
+    ):
+        assert (last / left).exists(), left
+    for absent in ("etc/kubernetes/kubelet.conf", "etc/kubernetes/manifests/etcd.yaml"):
+        assert not (last / absent).exists(), absent
 
 
 def test_lab_refuses_a_second_lab_and_down_is_idempotent(lab_dir: Path) -> None:
