@@ -1442,20 +1442,24 @@ def remove_etcd_member_phase(r: Root, cfg: ResetConfig | None, timeouts: Timeout
         say(f"[reset] Deleted contents of the etcd data directory: {_shown(r, data_dir)}")
 
 
-def reset(r: Root) -> None:
+def reset(r: Root, skip_phases: frozenset[str] = frozenset()) -> None:
     """``kubeadm reset -f`` (``cmd/reset.go``): :func:`reset_config`, preflight, the
     ``remove-etcd-member`` phase (:func:`remove_etcd_member_phase`), then ``cleanup-node``:
     stop the kubelet, then the static pods' processes (kube-apiserver, etcd: kubeadm removes
     their containers), delete ``/etc/kubernetes``, ``/var/lib/kubelet`` and whatever is left
     in ``/var/lib/etcd``. A member that cannot be removed is a warning, never an error; the
-    etcd retries take up to ``EtcdAPICall`` (2 min) when etcd keeps refusing. Never raises
-    for "nothing to reset"."""
+    etcd retries take up to ``EtcdAPICall`` (2 min) when etcd keeps refusing. ``skip_phases``
+    (``--skip-phases``, kubeadm's ``reset`` phases: ``remove-etcd-member``, ...) leaves those
+    out. Never raises for "nothing to reset"."""
     say("[reset] Resetting this node (EMULATED kubeadm, ephemeral-k8s lab)")
     timeouts = Timeouts()
     cfg = reset_config(r)
     say("[preflight] Running pre-flight checks")
-    with phase("remove-etcd-member"):
-        remove_etcd_member_phase(r, cfg, timeouts)
+    if "remove-etcd-member" in skip_phases:
+        say("[reset] Skipping phase remove-etcd-member")
+    else:
+        with phase("remove-etcd-member"):
+            remove_etcd_member_phase(r, cfg, timeouts)
     with phase("cleanup-node"):
         services = ProcessServices(r.root)
         say("[reset] Stopping the kubelet service")
@@ -1521,6 +1525,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("reset")
     sp.add_argument("-f", "--force", action="store_true")
     sp.add_argument("--rootfs", default=None)
+    sp.add_argument("--skip-phases", default="")
     sp = sub.add_parser("token")
     sp.add_argument("action", choices=["create"])
     sp.add_argument("token")
@@ -1534,7 +1539,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "reset":
             if not args.force:
                 raise KubeadmError("the emulated kubeadm only supports non-interactive 'reset -f'")
-            reset(r)
+            reset(r, frozenset(p for p in args.skip_phases.split(",") if p))
         elif args.cmd == "token":
             token_create(r, args.token, args.ttl)
         elif args.cmd == "init" and args.phase:

@@ -353,18 +353,28 @@ class Agent:
             self.refresh_phylactery()
         if had_job or self.driver.is_joined():
             return self._reset(
-                State.ELECT, f"generation {new} replaced {old}; resetting to follow it", "generation_changed"
+                State.ELECT,
+                f"generation {new} replaced {old}; resetting to follow it",
+                "generation_changed",
+                whole_cluster=True,
             )
         return self._go(
             State.ELECT, f"generation {new} replaced {old}; running the election again", "generation_changed"
         )
 
     def _reset(
-        self, then: State, sentence: str, event: str | None = None, backoff_s: float = 0.0, **fields: object
+        self,
+        then: State,
+        sentence: str,
+        event: str | None = None,
+        backoff_s: float = 0.0,
+        whole_cluster: bool = False,
+        **fields: object,
     ) -> str:
-        """Run the driver's reset in the background; then, after ``backoff_s``, enter ``then``."""
+        """Run the driver's reset in the background; then, after ``backoff_s``, enter ``then``.
+        ``whole_cluster``: a new generation, every node resets (see the driver's ``reset``)."""
         self.jobs.cancel()
-        self.jobs.start("reset", self.driver.reset)
+        self.jobs.start("reset", lambda: self.driver.reset(whole_cluster))
         self.after_reset = then
         self.resume_at = self.clock() + backoff_s
         return self._go(State.RESET, sentence, event, **fields)

@@ -83,9 +83,10 @@ class Driver(Protocol):
         still valid). Raises :class:`ApiUnavailable` or :class:`DriverError`."""
         ...
 
-    def reset(self) -> None:
-        """Undo init/join on this node; never raises for "nothing to reset". Raises
-        :class:`DriverError` when the reset command itself fails."""
+    def reset(self, whole_cluster: bool = False) -> None:
+        """Undo init/join on this node; never raises for "nothing to reset". With
+        ``whole_cluster`` every other node resets too (a new generation), so nothing needs to
+        be removed from the old cluster. Raises :class:`DriverError` when the command fails."""
         ...
 
     def abort(self) -> None:

@@ -438,6 +438,15 @@ class KubeadmDriver:
         certs_ok = secret("kubeadm-certs") is not None and material.certificate_key_expires_at > margin
         return token_ok, certs_ok
 
-    def reset(self) -> None:
-        """``kubeadm reset -f``."""
-        self._run(["reset", "-f"])
+    def reset(self, whole_cluster: bool = False) -> None:
+        """``kubeadm reset -f``. The kube-apiserver static pod's manifest goes first, so that
+        the kubelet stops it at once and no client behind the VIP reaches an API server of a
+        cluster being torn down while the reset runs. With ``whole_cluster`` (a new generation:
+        every member is being reset), ``--skip-phases=remove-etcd-member``: removing this
+        member through an etcd that is losing its members only waits out kubeadm's etcd
+        retries (up to 2 min, ``EtcdAPICall``)."""
+        self.cfg.host_path("/etc/kubernetes/manifests/kube-apiserver.yaml").unlink(missing_ok=True)
+        args = ["reset", "-f"]
+        if whole_cluster:
+            args.append("--skip-phases=remove-etcd-member")
+        self._run(args)

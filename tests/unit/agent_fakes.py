@@ -67,6 +67,7 @@ class FakeDriver:
         self.fail: set[str] = set()
         self.joined = False
         self.aborted = 0
+        self.whole_cluster_resets = 0
 
     def _cmd(self, name: str) -> None:
         self.calls.append(name)
@@ -91,8 +92,9 @@ class FakeDriver:
     def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
         return material, []
 
-    def reset(self) -> None:
+    def reset(self, whole_cluster: bool = False) -> None:
         self._cmd("reset")
+        self.whole_cluster_resets += int(whole_cluster)
         self.joined = False
 
     def abort(self) -> None:

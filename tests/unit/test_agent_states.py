@@ -314,6 +314,7 @@ def test_new_generation_resets_and_elects(tmp_path: Path) -> None:
     assert h.cycle() == "generation 2 replaced 1; resetting to follow it"
     assert h.state == "RESET" and h.events("generation_changed")
     h.finish_jobs()
+    assert h.driver.whole_cluster_resets == 1, "the old cluster is torn down whole: no member removal"
     assert h.cycle() == "reset done; elect again"
     assert h.cycle() == "following: no leader yet; workers never lead"
     assert h.driver.calls[-1] == "reset"
