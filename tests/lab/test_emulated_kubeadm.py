@@ -271,7 +271,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
 
     for on in (True, False):
         old = set_force_new_cluster(on)
-        wait_for(lambda old=old: services.pid("etcd") not in (None, old), 20, 0.1, "etcd restarted by the kubelet")
+        wait_for(lambda old=old: services.pid("etcd") not in (None, old), 60, 0.1, "etcd restarted by the kubelet")
         pid = services.pid("etcd")
         assert pid is not None and ("--force-new-cluster" in psutil.Process(pid).cmdline()) == on
         wait_for(lambda: quorum(state, lead), 30, 0.5, "etcd answers reads")
