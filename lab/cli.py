@@ -125,8 +125,18 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @click.option(
     "--join-seconds", default=0.0, show_default=True, help="each emulated kubeadm join lasts this long in all"
 )
-@click.option("--certs-ttl", default=7200.0, show_default=True, help="emulated lifetime of the kubeadm-certs Secret")
-@click.option("--token-ttl", default=None, type=float, help="emulated lifetime of bootstrap tokens (default: as asked)")
+@click.option(
+    "--certs-ttl",
+    default=7200.0,
+    show_default=True,
+    help="emulated lifetime of the kubeadm-certs Secret that kubeadm init uploads (renewals: 2 h)",
+)
+@click.option(
+    "--token-ttl",
+    default=None,
+    type=float,
+    help="emulated lifetime of kubeadm init's bootstrap token (default and renewals: the ttl asked for)",
+)
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(
     "--set",

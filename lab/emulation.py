@@ -24,8 +24,11 @@ class Emulation:
 
     init_s: float = 0.0  # total duration of `kubeadm init` (the PoC measured ~11 s); 0: as fast as it runs
     join_s: float = 0.0  # total duration of each `kubeadm join`; 0: as fast as it runs
-    certs_ttl_s: float = 7200.0  # kubeadm-certs Secret lifetime (kubeadm: 2 h)
-    token_ttl_s: float | None = None  # overrides the bootstrap token's ttl when set
+    # The lifetimes of what `kubeadm init` creates: a short one makes a cluster whose join
+    # material has run out. Renewals (`kubeadm token create`, `init phase upload-certs`) get
+    # kubeadm's own lifetimes (the ttl asked for; 2 h), as they would on a real cluster.
+    certs_ttl_s: float = 7200.0  # init's kubeadm-certs Secret (kubeadm: 2 h)
+    token_ttl_s: float | None = None  # init's bootstrap token; None: the InitConfiguration's ttl
     node_monitor_grace_s: float = 40.0  # kube-controller-manager --node-monitor-grace-period
     kubelet_interval_s: float = 2.0  # node status update frequency (kubelet default 10 s)
     python: str = sys.executable

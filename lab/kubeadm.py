@@ -111,6 +111,7 @@ from core.joinmaterial import TOKEN_RE, ca_cert_hash
 from core.services import ProcessServices
 from lab import emulation, pki
 
+CERTS_TTL_S = 7200.0  # the kubeadm-certs Secret's lifetime (constants.go: DefaultCertTokenDuration, 2 h)
 CERT_FILES = [
     "ca.crt",
     "ca.key",
@@ -964,10 +965,11 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool, ignore: s
     PHASES.mark("vip_wait_and_upload_config")
     if upload_certs:
         with phase("upload-certs"):
-            upload_certificates(r, api, ic["certificateKey"], emu)
+            upload_certificates(r, api, ic["certificateKey"], emu.certs_ttl_s)
     with phase("bootstrap-token"):
         token = ic["bootstrapTokens"][0]
-        create_token(api, token["token"], token.get("ttl", "86400s"), emu)
+        ttl = token.get("ttl", "86400s")
+        create_token(api, token["token"], f"{emu.token_ttl_s}s" if emu.token_ttl_s is not None else ttl)
         kubeconfig = yaml.safe_dump(
             {
                 "apiVersion": "v1",
@@ -996,17 +998,18 @@ def _expect(code: int, body: Any, what: str, ok: tuple[int, ...]) -> None:
         raise KubeadmError(f"{what}: HTTP {code}: {msg}")
 
 
-def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.Emulation) -> None:
+def upload_certificates(r: Root, api: Api, certificate_key: str, ttl_s: float = CERTS_TTL_S) -> None:
     """The ``kubeadm-certs`` Secret: each of ``CERT_FILES`` sealed with ``certificate_key``
     (:func:`lab.pki.seal`), keys with ``/`` turned to ``-`` (``copycerts.go``). kubeadm
     gives it an owner reference to a 2 h token so that it goes with the token; here it
-    carries an ``ek8s.lab/expires-at`` annotation ``emu.certs_ttl_s`` seconds ahead. Raises
+    carries an ``ek8s.lab/expires-at`` annotation ``ttl_s`` seconds ahead (2 h; ``kubeadm
+    init`` passes the emulation's ``certs_ttl_s``). Raises
     :class:`KubeadmError` unless the API answers 200 or 201, ``OSError`` for a missing file."""
     data = {f.replace("/", "-"): _b64(pki.seal(certificate_key, (r.pki / f).read_bytes())) for f in CERT_FILES}
     secret = {
         "metadata": {
             "name": "kubeadm-certs",
-            "annotations": {"ek8s.lab/expires-at": str(time.time() + emu.certs_ttl_s)},
+            "annotations": {"ek8s.lab/expires-at": str(time.time() + ttl_s)},
         },
         "type": "Opaque",
         "data": data,
@@ -1016,19 +1019,20 @@ def upload_certificates(r: Root, api: Api, certificate_key: str, emu: emulation.
     say('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace')
 
 
-def create_token(api: Api, token: str, ttl: str, emu: emulation.Emulation) -> None:
+def create_token(api: Api, token: str, ttl: str) -> None:
     """The ``bootstrap-token-<id>`` Secret for ``token`` (``<id>.<secret>``) as kubeadm writes
     it (``apis/bootstraptoken/v1/utils.go``; format in ``k8s.io/cluster-bootstrap/token/api``):
     usable for authentication and signing, extra group
     ``system:bootstrappers:kubeadm:default-node-token``, ``expiration`` in RFC 3339. ``ttl``
-    is a Go duration (``24h0m0s``, ``86400s``); ``emu.token_ttl_s`` overrides it. Raises
+    is a Go duration (``24h0m0s``, ``86400s``; ``kubeadm init`` passes the emulation's
+    ``token_ttl_s`` when set). Raises
     :class:`KubeadmError` for a malformed token or ttl, or when the API refuses the Secret."""
     m = TOKEN_RE.match(token)
     if not m:
         raise KubeadmError(
             f'[bootstrap-token] the bootstrap token "{token}" was not of the form "[a-z0-9]{{6}}.[a-z0-9]{{16}}"'
         )
-    seconds = emu.token_ttl_s if emu.token_ttl_s is not None else _duration(ttl)
+    seconds = _duration(ttl)
     expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
     secret = {
         "metadata": {"name": f"bootstrap-token-{m.group(1)}"},
@@ -1491,7 +1495,7 @@ def admin_api(r: Root) -> Api:
 
 def token_create(r: Root, token: str, ttl: str) -> None:
     """``kubeadm token create TOKEN --ttl D``."""
-    create_token(admin_api(r), token, ttl, emulation.load())
+    create_token(admin_api(r), token, ttl)
     print(token, flush=True)
 
 
@@ -1499,7 +1503,7 @@ def upload_certs(r: Root, certificate_key: str) -> None:
     """``kubeadm init phase upload-certs --upload-certs --certificate-key KEY``."""
     if not re.fullmatch(r"[0-9a-f]{64}", certificate_key):
         raise KubeadmError("the certificate key must be 32 bytes, hex-encoded (64 characters)")
-    upload_certificates(r, admin_api(r), certificate_key, emulation.load())
+    upload_certificates(r, admin_api(r), certificate_key)
 
 
 def main(argv: list[str] | None = None) -> int:
