@@ -27,9 +27,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,82 +39,15 @@ from core.services import ProcessServices
 from lab import netns
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
-from tests.conftest import keep_logs_if_failed, wait_for
+from tests.conftest import wait_for
+from tests.lab.kit import etcdctl, in_ns, kubectl, members
 
-PREFIX = "ek8sk"
-
-KUBECTL_PY = """
-import json, sys
-from kubernetes import client, config
-api = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
-op, arg = sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
-if op == "create":
-    body = {"metadata": {"name": arg}, "data": {"kept": "yes"}}
-    api.create_namespaced_config_map("default", body, _request_timeout=5)
-    print("{}")
-elif op == "read":
-    print(json.dumps(api.read_namespaced_config_map(arg, "default", _request_timeout=5).data))
-elif op == "delete-node":
-    api.delete_node(arg, _request_timeout=5)
-    print("{}")
-elif op == "ready":
-    n = api.read_node(arg, _request_timeout=5)
-    print(json.dumps({c.type: c.status for c in n.status.conditions}))
-"""
-
-
-@pytest.fixture
-def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
-    the_lab = Lab(Path(f"/run/{PREFIX}-{uuid.uuid4().hex[:8]}"), PREFIX)
-    try:
-        yield the_lab
-    finally:
-        keep_logs_if_failed(request, the_lab.dir, tmp_path)
-        the_lab.down()
-        assert netns.existing(PREFIX) == []
-        assert not the_lab.dir.exists()
-
-
-def in_ns(state: LabState, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", state.node(node).ns, *argv], capture_output=True, text=True, timeout=timeout
-    )
+LAB_PREFIX = "ek8sk"
 
 
 def kubeadm(lab: Lab, state: LabState, node: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """The lab's emulated kubeadm on ``node``, as the node agent runs it (``--rootfs``)."""
     return in_ns(state, node, str(lab.dir / "bin/kubeadm"), *args, "--rootfs", state.node(node).root, timeout=timeout)
-
-
-def kubectl(state: LabState, via: str, *args: str) -> Any:
-    """An API call through the VIP with the operator's kubeconfig, from ``via``'s namespace;
-    its JSON answer, or None when it failed."""
-    kubeconfig = str(Path(state.share) / "default/kube.config")
-    res = in_ns(state, via, sys.executable, "-c", KUBECTL_PY, kubeconfig, *args)
-    return json.loads(res.stdout) if res.returncode == 0 else None
-
-
-def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace."""
-    node = state.node(via)
-    pki = Path(node.root) / "etc/kubernetes/pki/etcd"
-    return subprocess.run(
-        [
-            "ip", "netns", "exec", node.ns, "etcdctl", f"--endpoints=https://{node.address}:2379",
-            f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'healthcheck-client.crt'}",
-            f"--key={pki / 'healthcheck-client.key'}", "--command-timeout=3s", *args,
-        ],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
-    )  # fmt: skip
-
-
-def members(state: LabState, via: str) -> dict[str, int] | None:
-    """etcd's member list (name -> id) as ``etcdctl member list`` shows it from ``via``'s
-    member (etcd 3.4 answers it from its own view, quorum or not), or None."""
-    res = etcdctl(state, via, "-w", "json", "member", "list")
-    if res.returncode != 0:
-        return None
-    return {m.get("name", ""): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
 
 
 def etcd_leader(state: LabState, via: str) -> str:
@@ -194,7 +124,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
     # knows no commit index for it, and the empty etcd then catches up as that member).
     gone, cut = (n for n in ("control2", "control1", "control0") if n != lead)
     gone_addr = state.node(gone).address
-    assert kubectl(state, lead, "create", "precious") == {}
+    assert kubectl(state, lead, "create", "precious") == {"kept": "yes"}
     before = members(state, lead)
     assert before is not None and sorted(before) == ["control0", "control1", "control2"]
 

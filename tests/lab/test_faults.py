@@ -11,66 +11,21 @@ import json
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from core.share import MemberRecord, ShareStore
-from lab import netns
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
-from tests.conftest import keep_logs_if_failed, wait_for
+from tests.conftest import wait_for
+from tests.lab.kit import ALL, CONTROL, boot_lab, etcd_member_names, healthy, in_ns, kubectl, phylactery_status
 
-CONTROL = ["control0", "control1", "control2"]
-ALL = [*CONTROL, "worker0", "worker1"]
-
-
-@pytest.fixture
-def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
-    the_lab = Lab(Path(f"/run/ek8sf-{uuid.uuid4().hex[:8]}"), "ek8sf")
-    try:
-        yield the_lab
-    finally:
-        keep_logs_if_failed(request, the_lab.dir, tmp_path)
-        the_lab.down()
-        assert netns.existing("ek8sf") == []
-        assert not the_lab.dir.exists()
-
-
-def boot_lab(lab: Lab, overrides: dict[str, Any], emulation: Emulation | None = None, wait: bool = True) -> LabState:
-    state = lab.create(3, 2, emulation or Emulation(), overrides)
-    lab.start_all(state)
-    if wait:
-        lab.wait_ready(state, 180, since=state.t0)
-    return state
-
-
-def healthy(lab: Lab, state: LabState) -> dict[str, Any]:
-    return lab.wait_whole(state, 60)
-
-
-def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
-    r = lab.probe(state)
-    return sorted(m["name"] for m in r["phylactery"][via]["etcd"]["members"])
+LAB_PREFIX = "ek8sf"
 
 
 def reboot(lab: Lab, state: LabState, *names: str) -> float:
     return lab.reboot_nodes(state, list(names))
-
-
-def exec_in(state: LabState, node: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", state.node(node).ns, *argv], capture_output=True, text=True, timeout=60
-    )
-
-
-def phylactery_status(state: LabState, node: str) -> dict[str, Any]:
-    res = exec_in(state, "worker0", "curl", "-sf", "-m", "5", f"http://{state.node(node).address}:9999/v1/status")
-    assert res.returncode == 0, res.stderr
-    return dict(json.loads(res.stdout))
 
 
 @pytest.mark.lab
@@ -97,7 +52,7 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     others = [c for c in CONTROL if c != holder]
     wait_for(lambda: lab.vip_holder(state) in others, 10, 0.1, "VIP moved")
     wait_for(
-        lambda: exec_in(state, "worker1", "curl", "-sk", "-m", "3", "https://10.0.0.99:8443/readyz").stdout == "ok",
+        lambda: in_ns(state, "worker1", "curl", "-sk", "-m", "3", "https://10.0.0.99:8443/readyz").stdout == "ok",
         10,
         0.2,
         "API behind the moved VIP",
@@ -118,7 +73,7 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     # 3. 50 refreshes in a burst cause at most 2 reloads; a registry change that no refresh
     #    announced is healed by the periodic reconcile (2 s here).
     before = phylactery_status(state, "control0")["haproxy"]["reloads"]
-    burst = exec_in(
+    burst = in_ns(
         state,
         "worker0",
         "sh",
@@ -159,21 +114,20 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab) -> None:
     # 6. Quorum loss: 2 of 3 control nodes crash together and stay down. Past the lease TTL their
     #    data counts as gone; the survivor re-forms etcd from its own data (nothing is lost, the
     #    generation stays) and the crashed nodes rejoin through the normal path when they boot.
-    kubeconfig = str(Path(state.share) / "default/kube.config")
-    assert kubectl(state, kubeconfig, "create", "before-crash") == {"kept": "yes"}
+    assert kubectl(state, "worker0", "create", "before-crash") == {"kept": "yes"}
     survivor, *doomed = CONTROL
     for n in doomed:
         lab.stop_node(state, state.node(n), crash=True)
     reformed = wait_for(lambda: [e for e in store.events() if e["event"] == "etcd_reformed"], 90, 0.5, "re-formed")
     assert reformed[-1]["node"] == survivor
     assert store.read_state().generation == generation + 2
-    assert kubectl(state, kubeconfig, "read", "before-crash") == {"kept": "yes"}
+    assert kubectl(state, "worker0", "read", "before-crash") == {"kept": "yes"}
     booted = time.time()
     for n in doomed:
         lab.boot_node(state, state.node(n))
     lab.wait_ready(state, 120, since=booted, names=doomed)
     healthy(lab, state)
-    assert kubectl(state, kubeconfig, "read", "before-crash") == {"kept": "yes"}
+    assert kubectl(state, "worker0", "read", "before-crash") == {"kept": "yes"}
 
 
 @pytest.mark.lab
@@ -217,32 +171,13 @@ def test_expired_join_material_is_refreshed_for_a_rebooting_control_node(lab: La
     healthy(lab, state)
 
 
-KUBECTL_PY = """
-import json, sys
-from kubernetes import client, config
-api = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
-if sys.argv[2] == "create":
-    api.create_namespaced_config_map("default", {"metadata": {"name": sys.argv[3]}, "data": {"kept": "yes"}})
-print(json.dumps(api.read_namespaced_config_map(sys.argv[3], "default").data))
-"""
-
-
-def kubectl(state: LabState, kubeconfig: str, verb: str, name: str) -> dict[str, Any]:
-    """Create (``create``) or read (``read``) the ConfigMap ``name`` through the API behind
-    the VIP, from worker0; returns its data. Fails the test when the API refuses."""
-    res = exec_in(state, "worker0", sys.executable, "-c", KUBECTL_PY, kubeconfig, verb, name)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return dict(json.loads(res.stdout))
-
-
 @pytest.mark.lab
 def test_two_of_three_control_nodes_rebooted_reform_from_the_survivor_and_keep_every_object(lab: Lab) -> None:
     state = boot_lab(lab, {})
     store = ShareStore(Path(state.share), "default", "test")
-    kubeconfig = str(Path(state.share) / "default/kube.config")
     names = [f"object-{i}" for i in range(5)]
     for name in names:
-        assert kubectl(state, kubeconfig, "create", name) == {"kept": "yes"}
+        assert kubectl(state, "worker0", "create", name) == {"kept": "yes"}
     survivor, *rebooted = CONTROL
     started = time.time()
     reboot(lab, state, *rebooted)  # new boot ids: their etcd data is provably gone
@@ -252,7 +187,7 @@ def test_two_of_three_control_nodes_rebooted_reform_from_the_survivor_and_keep_e
     assert store.read_state().generation == 1, "the cluster was kept, not rebuilt"
     assert not [e for e in store.events() if e["event"] == "cluster_lost" and e["t"] >= started]
     for name in names:
-        assert kubectl(state, kubeconfig, "read", name) == {"kept": "yes"}
+        assert kubectl(state, "worker0", "read", name) == {"kept": "yes"}
     assert etcd_member_names(lab, state, survivor) == CONTROL
 
 
@@ -260,8 +195,7 @@ def test_two_of_three_control_nodes_rebooted_reform_from_the_survivor_and_keep_e
 def test_every_node_rebooted_restores_the_newest_snapshot(lab: Lab) -> None:
     overrides = {"phylactery": {"snapshot_interval_s": 1, "snapshots_keep": 3}}
     state = boot_lab(lab, overrides)
-    kubeconfig = str(Path(state.share) / "default/kube.config")
-    assert kubectl(state, kubeconfig, "create", "precious") == {"kept": "yes"}
+    assert kubectl(state, "worker0", "create", "precious") == {"kept": "yes"}
     after = time.time() * 1000
     store = ShareStore(Path(state.share), "default", "test")
     wait_for(lambda: (s := store.snapshots()) and int(s[0].stem.rsplit("-", 1)[1]) > after + 500, 20, 0.2, "snapshot")
@@ -272,7 +206,7 @@ def test_every_node_rebooted_restores_the_newest_snapshot(lab: Lab) -> None:
     assert new.generation == 2 and new.restore_from is not None
     started = [e for e in store.events() if e["event"] == "cluster_lost" and "started generation 2" in e["message"]]
     assert len(started) == 1 and "restoring etcd from gen1-" in started[0]["message"]
-    assert kubectl(state, kubeconfig, "read", "precious") == {"kept": "yes"}
+    assert kubectl(state, "worker0", "read", "precious") == {"kept": "yes"}
 
 
 @pytest.mark.lab

@@ -8,32 +8,18 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab import netns
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
-from tests.conftest import keep_logs_if_failed
 
 WORKERS = 25
 WINDOW_S = 90.0  # a worker's heartbeat interval: at most two beats and four reads in it
+LAB_PREFIX = "ek8ss"
 TEXTFILE = "var/lib/node_exporter/textfile_collector/ek8s.prom"
-
-
-@pytest.fixture
-def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
-    the_lab = Lab(Path(f"/run/ek8ss-{uuid.uuid4().hex[:8]}"), "ek8ss")
-    try:
-        yield the_lab
-    finally:
-        keep_logs_if_failed(request, the_lab.dir, tmp_path)
-        the_lab.down()
-        assert netns.existing("ek8ss") == []
 
 
 def share_ops(root: Path) -> tuple[float, float]:
