@@ -149,6 +149,10 @@ class KubernetesSettings(_Strict):
     manifests: list[Path] = Field(default_factory=list)
     # Offline image archives baked into the node image; imported at boot beside the election.
     image_archives: Path = Path("/var/lib/ek8s/images")
+    # At most this many workers join and wait for their Node Ready at once (a slot on the
+    # share, timeouts.worker_join_slot_s at most): the API servers answer every joiner's TLS
+    # handshakes and bootstrap calls. Control-plane joins run one at a time regardless.
+    worker_join_concurrency: int = Field(10, ge=1, le=1000)
 
     @field_validator("distribution")
     @classmethod
@@ -214,6 +218,8 @@ class Timeouts(_Strict):
     # (every node rebooted without a reset, or etcd lost quorum); see on_cluster_lost.
     cluster_lost_grace_s: Seconds = 60.0
     join_attempts: int = Field(5, ge=1, le=100)
+    # A worker holds a join slot (kubernetes.worker_join_concurrency) at most this long.
+    worker_join_slot_s: Seconds = 120.0
     join_backoff_s: Seconds = 2.0
     node_ready_s: Seconds = 300.0
     command_s: Seconds = 600.0

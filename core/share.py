@@ -587,7 +587,7 @@ class ShareStore:
                 restore_from=str(restore_from) if restore_from else None,
             )
             self._write_state(state)
-            for name in ("leader_ready", "leader", "join.json", "kube.config"):
+            for name in ("leader_ready", "leader", "join.json", "kube.config", "worker_join_slots.json"):
                 self._unlink(self.dir / name)
             self._atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
             return state
@@ -720,6 +720,50 @@ class ShareStore:
             holder = self._read_json(path).get("holder")
             if holder and holder["node"] == self.node:
                 self._atomic(path, json.dumps({"holder": None}))
+
+    # -- worker join slots -------------------------------------------------------------
+    def try_worker_join_slot(self, boot_id: str, capacity: int, hold_s: float) -> int | None:
+        """Take one of ``capacity`` worker join slots (``worker_join_slots.json``), so that at
+        most that many workers join and wait for their Node at once: each joining worker costs
+        the API servers TLS handshakes, bootstrap-token lookups and a CSR, and at 100 workers
+        together the API behind the VIP stopped answering its health checks
+        (docs/benchmarks.md, scale). A slot is held until its holder releases it or for
+        ``hold_s`` seconds (workers heartbeat too rarely to judge a holder by it); a node that
+        holds one and booted again takes it over. The file is read without the lock first, so
+        a worker waiting for a full set of slots costs one read per look.
+
+        Returns None when this node holds a slot now, else the number of live holders."""
+        path = self.dir / "worker_join_slots.json"
+
+        def live() -> dict[str, Any]:
+            try:
+                holders = self._read_json(path).get("holders") or {}
+            except FileNotFoundError:
+                return {}
+            now = time.time()  # the nodes' clocks (NTP), not the share's: hold_s is minutes
+            return {n: h for n, h in holders.items() if now - float(h.get("since", 0)) < hold_s}
+
+        peek = live()
+        if self.node not in peek and len(peek) >= capacity:
+            return len(peek)
+        with self._locked():
+            holders = live()
+            if self.node not in holders and len(holders) >= capacity:
+                return len(holders)
+            holders[self.node] = {"boot_id": boot_id, "since": time.time()}
+            self._atomic(path, json.dumps({"holders": holders}))
+            return None
+
+    def release_worker_join_slot(self) -> None:
+        """Give back this node's worker join slot, if it holds one."""
+        path = self.dir / "worker_join_slots.json"
+        with self._locked():
+            try:
+                holders = self._read_json(path).get("holders") or {}
+            except FileNotFoundError:
+                return
+            if holders.pop(self.node, None) is not None:
+                self._atomic(path, json.dumps({"holders": holders}))
 
     # -- events -----------------------------------------------------------------------
     def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:

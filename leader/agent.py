@@ -374,6 +374,7 @@ class Agent:
         """Run the driver's reset in the background; then, after ``backoff_s``, enter ``then``.
         ``whole_cluster``: a new generation, every node resets (see the driver's ``reset``)."""
         self.jobs.cancel()
+        self._release_slot()
         self.jobs.start("reset", lambda: self.driver.reset(whole_cluster))
         self.after_reset = then
         self.resume_at = self.clock() + backoff_s
@@ -546,7 +547,8 @@ class Agent:
                 self.join_attempt += 1  # a failed prune is a failed attempt: no join follows it
                 return self._join_failed(str(error))
         elif job is not None:
-            self._release_slot()
+            if self.cfg.is_control:
+                self._release_slot()  # a worker keeps its slot until its Node is Ready
             error = job.error()
             if error is not None:
                 if isinstance(error, (DriverError, OSError, ShareError)):
@@ -567,6 +569,13 @@ class Agent:
             if running.name == "prune":
                 return "asking the other control nodes to prune my stale state and renew the join material"
             return f"{self.driver.name} join is running (attempt {self.join_attempt})"
+        if not self.cfg.is_control and not self.slot_held:
+            # Before the API probe: a worker waiting for a slot costs one share read a look.
+            k = self.cfg.kubernetes.worker_join_concurrency
+            busy = self.store.try_worker_join_slot(self.boot_id, k, self.cfg.timeouts.worker_join_slot_s)
+            if busy is not None:
+                return f"all {busy} worker join slots are taken ({k} workers join at once); waiting for one"
+            self.slot_held = True
         if not self._api_alive():
             return self._judge_silence("before joining")
         attempt = self.join_attempt + 1
@@ -630,6 +639,7 @@ class Agent:
     def _on_await_node(self, snap: Snapshot) -> str:
         if self.probes.node_ready():
             self.init_failures = 0
+            self._release_slot()
             return self._go(State.WATCH, f"node {self.cfg.node.name} is Ready", "node_ready")
         if self._in_state_s() > self.cfg.timeouts.node_ready_s:
             why = f"my Node was not Ready within {self.cfg.timeouts.node_ready_s:.0f}s"
@@ -843,8 +853,13 @@ class Agent:
             log.info("local Phylactery did not take the refresh", extra={"phase": self.state.value, "error": str(err)})
 
     def _release_slot(self) -> None:
+        """Give back the join slot this node holds: the control-plane slot after its join,
+        a worker's once its Node is Ready; either on a reset, a new generation or a stop."""
         if self.slot_held:
-            self.store.release_join_slot()
+            if self.cfg.is_control:
+                self.store.release_join_slot()
+            else:
+                self.store.release_worker_join_slot()
             self.slot_held = False
 
     def _host_ready(self) -> bool:

@@ -242,6 +242,41 @@ def test_control_plane_joins_one_at_a_time(tmp_path: Path) -> None:
     assert second.cycle() == "running kubeadm join as control (attempt 1/3)"
 
 
+def test_workers_join_k_at_a_time_and_a_waiting_worker_does_not_probe_the_api(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    workers = [Harness(tmp_path, f"worker{i}", role="worker", kubernetes__worker_join_concurrency=2) for i in range(3)]
+    for h in workers:
+        h.probes.api = True
+        h.cycle()
+    first, second, third = workers
+    assert first.cycle() == "running kubeadm join as worker (attempt 1/3)"
+    assert second.cycle() == "running kubeadm join as worker (attempt 1/3)"
+    third.probes.api = False  # a probe would answer "does not answer behind the VIP"
+    assert third.cycle() == "all 2 worker join slots are taken (2 workers join at once); waiting for one"
+    first.finish_jobs()
+    assert first.cycle() == "kubeadm join succeeded"
+    assert third.cycle().startswith("all 2 worker join slots are taken"), "the slot is held until the Node is Ready"
+    first.probes.node = True
+    assert first.cycle() == "node worker0 is Ready"
+    third.probes.api = True
+    assert third.cycle() == "running kubeadm join as worker (attempt 1/3)"
+
+
+def test_a_failed_worker_join_gives_its_slot_back(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker", kubernetes__worker_join_concurrency=1)
+    other = Harness(tmp_path, "worker1", role="worker", kubernetes__worker_join_concurrency=1)
+    for w in (h, other):
+        w.probes.api = True
+        w.cycle()
+    h.driver.fail.add("join")
+    assert h.cycle() == "running kubeadm join as worker (attempt 1/3)"
+    assert other.cycle().startswith("all 1 worker join slots are taken")
+    h.finish_jobs()
+    assert h.cycle().startswith("join attempt 1/3 failed")
+    assert other.cycle() == "running kubeadm join as worker (attempt 1/3)"
+
+
 def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     before = Harness(tmp_path, "worker0", role="worker")

@@ -112,3 +112,17 @@ def test_snapshots_carry_a_checksum_and_a_damaged_one_is_skipped(store: ShareSto
         time.sleep(0.002)
         store.save_snapshot(1, b"x%d" % i, keep=3)
     assert len(store.snapshots()) == 3 and len(list(first.parent.glob("*.sha256"))) == 3
+
+
+def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_own(tmp_path: Path) -> None:
+    stores = [ShareStore(tmp_path, "default", f"worker{i}") for i in range(3)]
+    stores[0].ensure()
+    assert stores[0].try_worker_join_slot("b0", 2, 120) is None
+    assert stores[1].try_worker_join_slot("b1", 2, 120) is None
+    assert stores[2].try_worker_join_slot("b2", 2, 120) == 2, "both slots are held"
+    assert stores[0].try_worker_join_slot("b0-again", 2, 120) is None, "a rebooted holder keeps its own slot"
+    stores[1].release_worker_join_slot()
+    assert stores[2].try_worker_join_slot("b2", 2, 120) is None
+    assert stores[1].try_worker_join_slot("b1", 2, 0.0) is None, "with a 0 s hold every holder has expired"
+    path = tmp_path / "default/worker_join_slots.json"
+    assert path.stat().st_mode & 0o777 == 0o600
