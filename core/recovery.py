@@ -94,11 +94,13 @@ def assess(
     return Assessment(generation, fates)
 
 
-def reapable(members: Sequence[str], a: Assessment) -> str | None:
+def reapable(members: Sequence[str], a: Assessment, joining: str | None = None) -> str | None:
     """The etcd member to remove next (by name), or None: one whose node rebooted or is dead,
     and only while the members left after its removal keep a majority of live ones (etcd's
-    own rule: removing a member must not cost quorum). Unknown members count as not alive."""
-    lost = [m for m in members if a.fates.get(m) in (Fate.REBOOTED, Fate.DEAD)]
+    own rule: removing a member must not cost quorum). Unknown members count as not alive.
+    Never ``joining``'s, the node in a control-plane join: its new member is listed (and does
+    not answer yet) before its join records the new incarnation."""
+    lost = [m for m in members if m != joining and a.fates.get(m) in (Fate.REBOOTED, Fate.DEAD)]
     if not lost:
         return None
     alive = sum(1 for m in members if a.fates.get(m) is Fate.ALIVE)

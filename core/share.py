@@ -702,16 +702,28 @@ class ShareStore:
         """
         with self._locked():
             path = self.dir / "join_slot.json"
-            holder = self._read_json(path).get("holder")
-            if holder and holder["node"] != self.node:
-                hb = self.read_heartbeat(holder["node"])
-                if hb is not None and hb.boot_id == holder["boot_id"] and hb.age_s < ttl_s:
-                    return str(holder["node"])
+            holder = self.join_slot_holder(ttl_s)
+            if holder is not None and holder != self.node:
+                return holder
             self._atomic(
                 path,
                 json.dumps({"holder": {"node": self.node, "boot_id": boot_id, "since": time.time()}}),
             )
             return None
+
+    def join_slot_holder(self, ttl_s: float) -> str | None:
+        """The node that holds the control-plane join slot and is alive (its heartbeat, from
+        the boot that took the slot, is younger than ``ttl_s``), or None."""
+        try:
+            holder = self._read_json(self.dir / "join_slot.json").get("holder")
+        except FileNotFoundError:
+            return None
+        if not holder:
+            return None
+        hb = self.read_heartbeat(holder["node"])
+        if hb is not None and hb.boot_id == holder["boot_id"] and hb.age_s < ttl_s:
+            return str(holder["node"])
+        return None
 
     def release_join_slot(self) -> None:
         """Free the slot if we hold it."""

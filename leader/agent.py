@@ -547,15 +547,16 @@ class Agent:
                 self.join_attempt += 1  # a failed prune is a failed attempt: no join follows it
                 return self._join_failed(str(error))
         elif job is not None:
-            if self.cfg.is_control:
-                self._release_slot()  # a worker keeps its slot until its Node is Ready
             error = job.error()
             if error is not None:
                 if isinstance(error, (DriverError, OSError, ShareError)):
-                    return self._join_failed(str(error))
+                    return self._join_failed(str(error))  # the reset gives the slot back
                 raise error
             if self.cfg.is_control:
+                # The incarnation before the slot goes: until then Phylactery's reaper must
+                # not take the new member, listed under this name, for the old boot's.
                 self.store.record_incarnation(self.boot_id, self.generation)
+                self._release_slot()  # a worker keeps its slot until its Node is Ready
             self.must_prune = False
             return self._go(
                 State.AWAIT_NODE,

@@ -30,7 +30,7 @@ from core.logs import get_logger
 from core.services import ServiceError, service_manager
 from core.share import MemberRecord, ShareError, ShareStore
 from phylactery import daemons, render
-from phylactery.prune import PruneRefused, PruneResult, prune_node
+from phylactery.prune import PruneRefused, PruneResult, member_answers, prune_node
 
 log = get_logger(__name__, "phylactery")
 REAP_INTERVAL_S = 5.0  # how often the reaper looks for members whose node lost its data
@@ -239,21 +239,30 @@ class Phylactery:
         been dead past the lease TTL, while the remaining members keep quorum; kubeadm's
         check-etcd refuses every control-plane join while any listed member is unreachable
         (``cmd/kubeadm/app/phases/etcd/local.go``, ``CheckLocalEtcdClusterStatus``). Only the
-        first live survivor by name reaps, one member per call; each removal is recorded as
-        the ``member_reaped`` event. Returns the removed member's name, or None."""
+        node whose member leads etcd reaps, one member per call, and it reads the share (the
+        members' incarnations and heartbeats) only when a member does not answer, so a healthy
+        cluster's reaper costs the share nothing. Each removal is recorded as the
+        ``member_reaped`` event. Returns the removed member's name, or None."""
         ctx = self.driver.etcd_client_context()
         if ctx is None:
             return None
-        state = await asyncio.to_thread(self.store.read_state)
-        incarnations = await asyncio.to_thread(self.store.incarnations)
-        names = [n for n, i in incarnations.items() if i.generation == state.generation]
-        heartbeats = await asyncio.to_thread(self.store.heartbeats, names)
-        a = recovery.assess(state.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
-        if not a.survivors or a.survivors[0] != self.cfg.node.name:
-            return None
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=3.0) as etcd:
+            status = await etcd.status()
+            me = int(status.get("header", {}).get("member_id", 0))
+            if me != int(status.get("leader", -1)):
+                return None
             members = await etcd.member_list()
-            name = recovery.reapable([m.name for m in members], a)
+            others = [m for m in members if m.id != me]
+            answers = await asyncio.gather(*(member_answers(m, ctx) for m in others))
+            if all(answers):
+                return None
+            state = await asyncio.to_thread(self.store.read_state)
+            incarnations = await asyncio.to_thread(self.store.incarnations)
+            names = [n for n, i in incarnations.items() if i.generation == state.generation]
+            heartbeats = await asyncio.to_thread(self.store.heartbeats, names)
+            a = recovery.assess(state.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
+            joining = await asyncio.to_thread(self.store.join_slot_holder, self.cfg.timeouts.lease_ttl_s)
+            name = recovery.reapable([m.name for m in members], a, joining)
             if name is None:
                 return None
             doomed = next(m for m in members if m.name == name)

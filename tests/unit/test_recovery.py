@@ -68,6 +68,7 @@ def test_reap_one_lost_member_at_a_time_and_only_while_quorum_holds() -> None:
     two_lost = assess(1, {n: inc(n, n) for n in members}, {"c0": hb("c0", "c0"), "c1": hb("c1", "new")}, TTL)
     assert reapable(members, two_lost) is None, "1 alive of 3: removing one leaves 1 of 2, no quorum"
     assert reapable(["c0", "c1"], one_dead) is None, "nothing lost among the listed members"
+    assert reapable(members, one_dead, joining="c2") is None, "the member of a node in its join is not reaped"
     five = [f"c{i}" for i in range(5)]
     a = assess(1, {n: inc(n, n) for n in five}, {n: hb(n, n) for n in five[:3]}, TTL)
     assert reapable(five, a) == "c3" and reapable(["c0", "c1", "c2", "c4"], a) == "c4"
