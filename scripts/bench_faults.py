@@ -327,7 +327,10 @@ def bench_quorum_reboot(n: int) -> dict[str, Any]:
             api_s.append(first_event(store, "etcd_reformed", booted) - booted)
             lab.wait_whole(state)
             kept += all(f"quorum-{j}" in configmaps(state, "read") for j in range(i + 1))
-            print(f"quorum reboot {i + 1}/{n}: API {api_s[-1]:.2f}s, Ready {ready_s[-1]:.2f}s", flush=True)
+            print(
+                f"quorum reboot {i + 1}/{n}: API {api_s[-1]:.2f}s, Ready {ready_s[-1]:.2f}s, objects kept in {kept}/{i + 1}",
+                flush=True,
+            )
         return {"api_answers_s": med(api_s), "all_ready_s": med(ready_s), "objects_kept_runs": kept, "of": n}
     finally:
         lab.down()
@@ -357,11 +360,12 @@ def bench_full_restore(n: int, interval_s: float) -> dict[str, Any]:
 REMOVE_MEMBER_PY = r"""
 import asyncio, sys
 from pathlib import Path
-from core.etcd import EtcdClient, kubeadm_client_context
+from core.etcd import EtcdClient, kubeadm_client_context, retry_transient
 async def main():
     async with EtcdClient(["https://127.0.0.1:2379"], kubeadm_client_context(Path(sys.argv[1]))) as etcd:
         victim = next(m for m in await etcd.member_list() if m.name == sys.argv[2])
-        await etcd.member_remove(victim.id)
+        # etcd's strict reconfiguration check refuses ("unhealthy cluster") within 5 s of a join
+        await retry_transient(lambda: etcd.member_remove(victim.id))
 asyncio.run(main())
 """
 
