@@ -328,7 +328,8 @@ def bench_quorum_reboot(n: int) -> dict[str, Any]:
             lab.wait_whole(state)
             kept += all(f"quorum-{j}" in configmaps(state, "read") for j in range(i + 1))
             print(
-                f"quorum reboot {i + 1}/{n}: API {api_s[-1]:.2f}s, Ready {ready_s[-1]:.2f}s, objects kept in {kept}/{i + 1}",
+                f"quorum reboot {i + 1}/{n}: API {api_s[-1]:.2f}s, Ready {ready_s[-1]:.2f}s, "
+                f"objects kept in {kept}/{i + 1} runs",
                 flush=True,
             )
         return {"api_answers_s": med(api_s), "all_ready_s": med(ready_s), "objects_kept_runs": kept, "of": n}
