@@ -580,7 +580,7 @@ class Agent:
         if not self._api_alive():
             return self._judge_silence("before joining")
         attempt = self.join_attempt + 1
-        if self._needs_prune(attempt) and self.pruned_for != attempt:
+        if self._needs_prune(attempt, snap.state.restore_from is not None) and self.pruned_for != attempt:
             # Beside our own Phylactery's start-up, not after it: other nodes' Phylacteries do
             # both, since a rejoin may come days after init (certificates last 2 h, the token
             # 24 h) and a rebooted node leaves its Node and etcd member behind.
@@ -603,11 +603,15 @@ class Agent:
         self._event("join_started", sentence, attempt=attempt)
         return sentence
 
-    def _needs_prune(self, attempt: int) -> bool:
+    def _needs_prune(self, attempt: int, restored: bool) -> bool:
         """Prune unless this node has never been part of this generation (a first join
-        leaves nothing behind to prune)."""
+        leaves nothing behind to prune). A generation restored from a snapshot (``restored``)
+        holds the Nodes of the one before, which kube-controller-manager shows Ready for its
+        node-monitor-grace-period (40 s) after the restore; kubeadm's join refuses a name whose
+        Node is Ready, so every first join of a restored generation prunes too."""
         prev = self.previous
-        return attempt > 1 or self.must_prune or (prev is not None and prev.generation == self.generation)
+        same_generation = prev is not None and prev.generation == self.generation
+        return attempt > 1 or self.must_prune or restored or same_generation
 
     def _prune_and_renew(self) -> None:
         """The prune job: other control nodes' Phylacteries renew the join material and

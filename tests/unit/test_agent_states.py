@@ -12,7 +12,7 @@ from core.etcd import LocalView
 from core.share import MemberRecord, ShareStore
 from leader.agent import API_UP_S, LEASE_CHECK_S
 from leader.election import rule_for
-from tests.unit.agent_fakes import Harness, age_heartbeat, ready_generation
+from tests.unit.agent_fakes import Harness, age_heartbeat, material, ready_generation
 
 
 def lead_to_publish(h: Harness) -> None:
@@ -227,6 +227,24 @@ def test_join_waits_for_a_live_api_then_joins(tmp_path: Path) -> None:
     assert h.cycle() == "kubeadm join succeeded"
     assert h.state == "AWAIT_NODE" and h.events("join_started") and h.events("joined")
     assert h.probes.posts == [], "a node that never belonged to this generation skips the prune"
+
+
+def test_a_first_join_of_a_restored_generation_prunes(tmp_path: Path) -> None:
+    store = ready_generation(tmp_path / "share")
+    snapshot = tmp_path / "share/default/snapshots/gen1-1.db"
+    new = store.start_generation("every node rebooted", expected=1, restore_from=snapshot)
+    assert new is not None
+    state, action, _ = store.attempt_leadership("10.0.0.21", "boot-control0b", rule_for("control", "control0", "b", 30))
+    fence = state.claim()
+    assert action == "lead" and fence is not None
+    store.publish_join_material(fence, material(fence.generation, fence.epoch))
+    store.mark_ready(fence)
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0b", 2))
+    h.probes.api = True
+    h.cycle()
+    # Its Node, restored from the snapshot, reads Ready for 40 s: kubeadm join would refuse it.
+    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
 
 
 def test_control_plane_joins_one_at_a_time(tmp_path: Path) -> None:
