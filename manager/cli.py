@@ -11,18 +11,21 @@ the file and the field; nothing is written anywhere).
 
 from __future__ import annotations
 
+import functools
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import click
 
 from core import __version__
 from core.cli import fail, load_or_exit
-from core.share import ShareStore
+from core.share import ShareError, ShareStore
 from leader.cli import node
 from manager.benchcli import bench
 from manager.wwcli import overlay, warewulf
@@ -69,6 +72,23 @@ def config_check(path: str) -> None:
     click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
+def share_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a share that cannot be read (``OSError``: permissions, a stale NFS handle) or holds
+    a damaged file (:class:`core.share.ShareError`) into one line on stderr and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ShareError as err:
+            fail(f"the share holds a damaged file: {err}")
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            fail(f"cannot use the share: {where}{err.strerror or err}")
+
+    return wrapper
+
+
 def _existing_store(share_path: Path, cluster: str, who: str) -> ShareStore:
     store = ShareStore(share_path, cluster, who)
     if not store.exists():
@@ -88,6 +108,7 @@ def _existing_store(share_path: Path, cluster: str, who: str) -> ShareStore:
 )
 @click.option("--reboot-timeout", default=300.0, show_default=True, help="seconds the reboot command may take")
 @click.option("--reason", default="ek8s reset by the operator", show_default=True)
+@share_errors
 def reset(
     cluster: str, share_path: Path, reboot: bool, reboot_command: str, reboot_timeout: float, reason: str
 ) -> None:
@@ -125,12 +146,13 @@ def reset(
 @click.option("--watch", is_flag=True, help="refresh until interrupted")
 @click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes with --watch")
 @click.option("--all", "all_nodes", is_flag=True, help="list every node, not only those that need attention")
+@share_errors
 def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float, all_nodes: bool) -> None:
     """The cluster at a glance: generation, leader, a line per role, the nodes that need
     attention (every node with --all, or when there are at most 12), etcd members, VIP holder.
 
     Read from the share, each control node's Phylactery and the API behind the VIP; what does
-    not answer shows as '?'. Exit 1 when the share holds no such cluster.
+    not answer shows as '?'. Exit 1 when the share holds no such cluster or cannot be read.
     """
     import json as jsonlib
 
@@ -152,6 +174,7 @@ def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval:
 @CLUSTER_OPTION
 @SHARE_OPTION
 @click.option("--check", is_flag=True, help="print nothing; exit 0 when the admin kubeconfig is there, 1 otherwise")
+@share_errors
 def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
     """Print the admin kubeconfig (server: the VIP name and port) for kubectl on this host.
 

@@ -42,6 +42,16 @@ def test_reset_of_an_unknown_cluster_fails_and_writes_nothing(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_damaged_share_is_one_line_and_exit_1_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default/cluster.json").write_text("{damaged")
+    for args in (["status"], ["reset"]):
+        res = ek8s(*args, "--share", str(tmp_path))
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "the share holds a damaged file: " in res.stderr and "cluster.json: not valid JSON" in res.stderr
+    assert (tmp_path / "default/cluster.json").read_text() == "{damaged", "reset wrote nothing"
+
+
 def test_a_failing_reboot_command_exits_1(tmp_path: Path) -> None:
     store = ShareStore(tmp_path, "default", "control0")
     store.ensure()
