@@ -245,13 +245,26 @@ def render_plan(inv: Inventory, version: str, steps: list[Step]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _merge_export(conf: dict[str, Any], entry: dict[str, Any]) -> bool:
-    nfs = conf.setdefault("nfs", {}) or {}
-    conf["nfs"] = nfs
+def _child(node: dict[str, Any], key: str, kind: type, field: str, path: Path) -> Any:
+    """``node[key]``, made an empty ``kind`` (dict or list) when absent or null. Raises
+    :class:`ConfError` naming ``path`` and the dotted ``field`` when it holds something else."""
+    value = node.get(key)
+    if value is None:
+        value = kind()
+        node[key] = value
+    if not isinstance(value, kind):
+        shape = "a mapping" if kind is dict else "a list"
+        raise ConfError(
+            f"{path}: field {field!r} must be {shape}, as Warewulf writes it (found {type(value).__name__})"
+        )
+    return value
+
+
+def _merge_export(conf: dict[str, Any], entry: dict[str, Any], path: Path) -> bool:
+    nfs = _child(conf, "nfs", dict, "nfs", path)
     changed = nfs.get("enabled") is not True
     nfs["enabled"] = True
-    paths = nfs.setdefault("export paths", []) or []
-    nfs["export paths"] = paths
+    paths = _child(nfs, "export paths", list, "nfs.export paths", path)
     for i, existing in enumerate(paths):
         if isinstance(existing, dict) and existing.get("path") == entry["path"]:
             if existing != entry:
@@ -262,15 +275,11 @@ def _merge_export(conf: dict[str, Any], entry: dict[str, Any]) -> bool:
     return True
 
 
-def _merge_fstab(conf: dict[str, Any], profile: str, fstab: list[dict[str, Any]]) -> bool:
-    profiles = conf.setdefault("nodeprofiles", {}) or {}
-    conf["nodeprofiles"] = profiles
-    prof = profiles.setdefault(profile, {}) or {}
-    profiles[profile] = prof
-    resources = prof.setdefault("resources", {}) or {}
-    prof["resources"] = resources
-    entries = resources.setdefault("fstab", []) or []
-    resources["fstab"] = entries
+def _merge_fstab(conf: dict[str, Any], profile: str, fstab: list[dict[str, Any]], path: Path) -> bool:
+    profiles = _child(conf, "nodeprofiles", dict, "nodeprofiles", path)
+    prof = _child(profiles, profile, dict, f"nodeprofiles.{profile}", path)
+    resources = _child(prof, "resources", dict, f"nodeprofiles.{profile}.resources", path)
+    entries = _child(resources, "fstab", list, f"nodeprofiles.{profile}.resources.fstab", path)
     kept = [e for e in entries if not (isinstance(e, dict) and e.get("file") == fstab[0]["file"])]
     if kept + fstab == entries:
         return False
@@ -312,10 +321,10 @@ def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
         return False
     conf = read_conf(path)
     if which == "warewulf.conf":
-        changed = _merge_export(conf, entries[which]["nfs"]["export paths"][0])
+        changed = _merge_export(conf, entries[which]["nfs"]["export paths"][0], path)
     else:
         fstab = entries[which]["nodeprofiles"][inv.profile]["resources"]["fstab"]
-        changed = _merge_fstab(conf, inv.profile, fstab)
+        changed = _merge_fstab(conf, inv.profile, fstab, path)
     if changed:
         shutil.copy2(path, path.with_name(path.name + ".ek8s-backup"))
         path.write_text(yaml.safe_dump(conf, sort_keys=False))
@@ -363,7 +372,10 @@ def apply(
         # Both files are read before anything runs: one that cannot be read stops here (exit 2).
         for name in ("warewulf.conf", "nodes.conf"):
             if (conf_dir / name).exists():
-                read_conf(conf_dir / name)
+                conf = read_conf(conf_dir / name)
+                if name == "nodes.conf" and version != "4.5":  # its merge comes later: try it now
+                    fstab = nfs_entries(inv, version)[name]["nodeprofiles"][inv.profile]["resources"]["fstab"]
+                    _merge_fstab(conf, inv.profile, fstab, conf_dir / name)
         if (conf_dir / "warewulf.conf").exists():
             if merge_conf(conf_dir / "warewulf.conf", inv, version, "warewulf.conf"):
                 say(f"merged the share's NFS export into {conf_dir / 'warewulf.conf'} (backup: .ek8s-backup)")

@@ -438,6 +438,29 @@ def test_apply_refuses_an_unreadable_warewulf_file_before_running_anything(tmp_p
     assert (etc / "warewulf.conf").read_text() == "ipaddr: 10.0.0.13\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "field"),
+    [
+        ("warewulf.conf", "ipaddr: 10.0.0.13\nnfs: yes\n", "nfs"),
+        ("warewulf.conf", "nfs:\n  export paths: /srv/share\n", "nfs.export paths"),
+        ("nodes.conf", "nodeprofiles: []\n", "nodeprofiles"),
+    ],
+)
+def test_apply_refuses_a_warewulf_file_of_the_wrong_shape_naming_the_field(
+    tmp_path: Path, name: str, text: str, field: str
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\n")
+    (etc / "nodes.conf").write_text("nodeprofiles: {}\n")
+    (etc / name).write_text(text)
+    log = tmp_path / "wwctl.log"
+    res = _apply(tmp_path, log, "4.6.1")
+    assert res.returncode == 2 and f"field {field!r} must be a" in res.stdout and "nothing was run" in res.stdout
+    assert all(c[1:2] == ["list"] or c == ["version"] for c in _calls(log))
+    assert (etc / name).read_text() == text and not list(etc.glob("*.ek8s-backup"))
+
+
 def test_hostlist_expansion_counts_addresses() -> None:
     nodes = load_inventory(INVENTORY).expanded()
     assert [(n.name, n.address) for n in nodes] == [
