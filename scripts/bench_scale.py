@@ -184,6 +184,39 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "max": round(max(values), 3)}
 
 
+def plot(reports: list[dict[str, Any]], path: Path) -> None:
+    """Draw how formation time and share load grow with the number of workers: medians per
+    size of ``all_nodes_ready_s``, ``leader_ready_s`` and the median steady share operations
+    per second of a worker and a control node (reports with an ``error`` are left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for r in reports:
+        if "error" not in r:
+            by_size.setdefault(int(r["workers"]), []).append(r)
+    sizes = sorted(by_size)
+
+    def series(get: Any) -> list[float]:
+        return [statistics.median(get(r) for r in by_size[n]) for n in sizes]
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, series(lambda r: r["all_nodes_ready_s"]), "o-", label="every node Ready")
+    left.plot(sizes, series(lambda r: r["leader_ready_s"]), "s--", label="leader_ready")
+    left.set(xlabel="workers (3 control nodes)", ylabel="seconds from boot", title="Formation (lab, 2 cores)")
+    left.legend()
+    right.plot(sizes, series(lambda r: r["share_ops_per_s_steady"]["control"]["median"]), "o-", label="control node")
+    right.plot(sizes, series(lambda r: r["share_ops_per_s_steady"]["worker"]["median"]), "s-", label="worker")
+    right.axhline(1.0, color="grey", linestyle=":", label="budget, control")
+    right.axhline(0.2, color="grey", linestyle="--", label="budget, worker")
+    right.set(xlabel="workers (3 control nodes)", ylabel="share operations / s", title="Steady share load per node")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[2, 25, 50, 100])
@@ -191,7 +224,13 @@ def main() -> int:
     p.add_argument("--steady-s", type=float, default=90.0)
     p.add_argument("--json", type=Path, default=Path("bench-scale.json"))
     p.add_argument("--strace", metavar="NODE", help="strace NODE's agent during the steady window (first run)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="draw the reports (with --from, without running)")
+    p.add_argument("--from", dest="sources", type=Path, nargs="+", metavar="JSON", help="reports of earlier runs")
     args = p.parse_args()
+    if args.sources:
+        reports = [r for src in args.sources for r in json.loads(src.read_text())]
+        plot(reports, args.plot or Path("scale.png"))
+        return 0
     results = []
     for workers in args.workers:
         for run in range(args.runs):
@@ -203,6 +242,8 @@ def main() -> int:
             print(json.dumps(r), flush=True)
             results.append(r)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot:
+        plot(results, args.plot)
     return 0
 
 
