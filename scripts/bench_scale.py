@@ -104,12 +104,15 @@ def strace_counts(path: Path, share: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def one_run(workers: int, steady_s: float, strace_node: str | None = None) -> dict[str, Any]:
+def one_run(
+    workers: int, steady_s: float, strace_node: str | None = None, join_concurrency: int | None = None
+) -> dict[str, Any]:
     lab = Lab(Path("/run/ek8s-scale"), "ek8sc")
     lab.down()
     from lab.emulation import Emulation
 
-    state = lab.create(3, workers, Emulation())
+    overrides = {"kubernetes": {"worker_join_concurrency": join_concurrency}} if join_concurrency else {}
+    state = lab.create(3, workers, Emulation(), overrides)
     peak, cpu_seen = [0], {}  # peak RSS; CPU seconds by pid (last seen), processes end
 
     stop = threading.Event()
@@ -224,6 +227,7 @@ def main() -> int:
     p.add_argument("--steady-s", type=float, default=90.0)
     p.add_argument("--json", type=Path, default=Path("bench-scale.json"))
     p.add_argument("--strace", metavar="NODE", help="strace NODE's agent during the steady window (first run)")
+    p.add_argument("--join-concurrency", type=int, help="kubernetes.worker_join_concurrency (default: node.yaml's)")
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the reports (with --from, without running)")
     p.add_argument("--from", dest="sources", type=Path, nargs="+", metavar="JSON", help="reports of earlier runs")
     args = p.parse_args()
@@ -235,7 +239,8 @@ def main() -> int:
     for workers in args.workers:
         for run in range(args.runs):
             try:
-                r = one_run(workers, args.steady_s, args.strace if run == 0 else None)
+                r = one_run(workers, args.steady_s, args.strace if run == 0 else None, args.join_concurrency)
+                r["worker_join_concurrency"] = args.join_concurrency or 10
             except Exception as err:  # one failed size must not cost the others
                 r = {"workers": workers, "error": f"{type(err).__name__}: {err}"[:2000]}
             r["run"] = run + 1
