@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from core.share import ShareStore
+from core.cli import existing_store
 from manager.bench import COLUMNS, BenchError, Target, medians, read_csv, run_once, write_csv, write_plot
 
 BASELINE = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deployment-times.csv"
@@ -61,9 +61,7 @@ def bench(
     except (OSError, ValueError) as err:
         click.echo(f"ek8s: --baseline: {err}", err=True)
         sys.exit(2)
-    if not ShareStore(share_path, cluster, "bench").exists():
-        click.echo(f"ek8s: no cluster {cluster!r} under {share_path}", err=True)
-        sys.exit(1)
+    existing_store(share_path, cluster, "bench")
     target = Target(share=share_path, cluster=cluster, api=api, reboot_command=reboot_command, nodes=nodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[float]] = []

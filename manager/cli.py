@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from core import __version__
-from core.cli import fail, load_or_exit
+from core.cli import existing_store, fail, load_or_exit
 from core.share import ShareError, ShareStore
 from leader.cli import node
 from manager.benchcli import bench
@@ -89,13 +89,6 @@ def share_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _existing_store(share_path: Path, cluster: str, who: str) -> ShareStore:
-    store = ShareStore(share_path, cluster, who)
-    if not store.exists():
-        fail(f"no cluster {cluster!r} under {share_path} (no {store.dir}/cluster.json)")
-    return store
-
-
 @cli.command()
 @CLUSTER_OPTION
 @SHARE_OPTION
@@ -119,7 +112,7 @@ def reset(
     rebuild-and-restart.sh). Exit 1 when the share holds no such cluster, no node ever
     reported (--reboot), or the reboot command fails, cannot start or outlasts --reboot-timeout.
     """
-    store = _existing_store(share_path, cluster, "operator")
+    store = existing_store(share_path, cluster, "operator")
     state = store.rebuild(reason)
     click.echo(f"cluster {cluster}: generation {state.generation} started ({reason})")
     if not reboot:
@@ -158,7 +151,7 @@ def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval:
 
     from manager.status import collect, render
 
-    store = _existing_store(share_path, cluster, "status")
+    store = existing_store(share_path, cluster, "status")
     while True:
         doc = collect(store)
         text = jsonlib.dumps(doc, indent=1) if as_json else render(doc, all_nodes)
