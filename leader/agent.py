@@ -525,6 +525,9 @@ class Agent:
         self.store.mark_ready(fence)
         # Recorded here, not a cycle later: the timeline's leader_ready is when joiners can start.
         self._event("leader_ready", f"generation {fence.generation} is ready; join material published")
+        # My Phylactery learns at once that it serves the ready generation's leader (keepalived's
+        # priority, etcd snapshots), not at its next periodic reconcile.
+        self.refresh_phylactery()
 
     def apply_manifests(self) -> None:
         """Apply ``kubernetes.manifests`` (the CNI first) with the admin kubeconfig."""

@@ -33,6 +33,7 @@ from phylactery import daemons, render
 from phylactery.prune import PruneRefused, PruneResult, member_answers, prune_node
 
 log = get_logger(__name__, "phylactery")
+SNAPSHOT_TAKER_CHECK_S = 5.0  # how often a control node asks whether its member leads etcd
 REAP_INTERVAL_S = 5.0  # how often the reaper looks for members whose node lost its data
 
 
@@ -179,26 +180,45 @@ class Phylactery:
         return result
 
     async def _snapshots(self) -> None:
-        """On the generation's leader: save an etcd snapshot to the share every
+        """On the node whose member leads etcd: save an etcd snapshot to the share every
         ``snapshot_interval_s``, and at once after every change of the etcd membership (the
-        newest ``snapshots_keep`` are kept), so a restore never brings back members that left."""
+        newest ``snapshots_keep`` are kept), so a restore never brings back members that left.
+        Whether this node's member leads is asked every :data:`SNAPSHOT_TAKER_CHECK_S`; only
+        the leader's node asks for the member list every second."""
         interval = self.cfg.phylactery.snapshot_interval_s
         if interval <= 0:
             return
         last_at, last_members = time.monotonic(), frozenset[int]()
+        takes, checked_at = False, -SNAPSHOT_TAKER_CHECK_S
         while True:
             await asyncio.sleep(min(interval, 1.0))
             try:
+                if time.monotonic() - checked_at >= SNAPSHOT_TAKER_CHECK_S:
+                    checked_at, takes = time.monotonic(), await self._leads_etcd()
+                if not takes:
+                    last_members = frozenset()
+                    continue
                 members = await self._member_ids()
                 changed = members is not None and members != last_members and bool(last_members)
                 if members is not None and not last_members:
                     last_members = members
                 if changed or time.monotonic() - last_at >= interval:
-                    # Tried once per interval on every control node; only the leader saves.
                     last_at, last_members = time.monotonic(), members or last_members
                     await self.save_snapshot()
             except (EtcdError, OSError) as err:  # keep trying; the log says why
                 log.warning("etcd snapshot failed", extra={"error": str(err)})
+
+    async def _leads_etcd(self) -> bool:
+        """Whether this node's etcd member is the etcd leader (``maintenance/status``: its
+        ``header.member_id`` is the ``leader``). False without a local member. A leader that
+        loses its quorum steps down (etcd's check-quorum), so its data is the cluster's newest.
+        Raises :class:`core.etcd.EtcdError` when the local member does not answer."""
+        ctx = self.driver.etcd_client_context()
+        if ctx is None:
+            return False
+        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
+            status = await etcd.status()
+        return int(status.get("header", {}).get("member_id", 0)) == int(status.get("leader", -1))
 
     async def _member_ids(self) -> frozenset[int] | None:
         """The IDs of the etcd members as the local member lists them (None without one)."""
@@ -209,13 +229,13 @@ class Phylactery:
             return frozenset(m.id for m in await etcd.member_list())
 
     async def save_snapshot(self) -> Path | None:
-        """One snapshot to the share if this node leads a ready generation and runs an etcd
-        member; returns its path, or None when this node is not the one to take it. Raises
+        """One snapshot to the share if the generation is ready and this node's member leads
+        etcd (any control node: the generation's first leader may be gone for good); returns
+        its path, or None when this node is not the one to take it. Raises
         :class:`core.etcd.EtcdError` when etcd does not answer, ``OSError`` from the share."""
         state = await asyncio.to_thread(self.store.read_state)
-        leads = state.ready and state.leader is not None and state.leader.node == self.cfg.node.name
-        ctx = self.driver.etcd_client_context() if leads else None
-        if ctx is None:
+        ctx = self.driver.etcd_client_context()
+        if ctx is None or not state.ready or not await self._leads_etcd():
             return None
         async with EtcdClient([self.driver.etcd_endpoint], ctx) as etcd:
             data = await etcd.snapshot()
