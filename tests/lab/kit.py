@@ -30,6 +30,9 @@ elif op == "read":
 elif op == "delete-node":
     api.delete_node(arg, _request_timeout=5)
     print("{}")
+elif op == "delete-secret":
+    api.delete_namespaced_secret(arg, "kube-system", _request_timeout=5)
+    print("{}")
 elif op == "ready":
     n = api.read_node(arg, _request_timeout=5)
     print(json.dumps({c.type: c.status for c in n.status.conditions}))
@@ -60,8 +63,9 @@ def in_ns(state: LabState, node: str, *argv: str, timeout: float = 60) -> subpro
 def kubectl(state: LabState, via: str, *args: str) -> Any:
     """An API call through the VIP with the operator's kubeconfig, from ``via``'s namespace:
     ``create NAME`` / ``read NAME`` (a ConfigMap in ``default`` with ``{"kept": "yes"}``; its
-    data), ``delete-node NAME`` (``{}``), ``ready NAME`` (the Node's conditions). Its JSON
-    answer, or None when the API refused or did not answer."""
+    data), ``delete-node NAME`` and ``delete-secret NAME`` (in kube-system; ``{}``),
+    ``ready NAME`` (the Node's conditions). Its JSON answer, or None when the API refused or
+    did not answer."""
     kubeconfig = str(Path(state.share) / "default/kube.config")
     res = in_ns(state, via, sys.executable, "-c", KUBECTL_PY, kubeconfig, *args)
     return json.loads(res.stdout) if res.returncode == 0 else None
