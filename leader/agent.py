@@ -162,6 +162,7 @@ class Agent:
         self.generation = 0
         self.fence: Fence | None = None  # our claim while we lead an unready generation
         self.previous: Heartbeat | None = None  # this node's heartbeat from before this boot
+        self.resume_checked = False  # the first ELECT asks whether a restart can resume
         self.init_result: InitResult | None = None
         self.init_failures = 0
         self.join_attempt = 0
@@ -380,6 +381,29 @@ class Agent:
         self.resume_at = self.clock() + backoff_s
         return self._go(State.RESET, sentence, event, **fields)
 
+    def _resume(self, snap: Snapshot) -> str | None:
+        """The agent was restarted within the same boot (``systemctl restart ek8s-node``, an
+        upgrade): when this node still serves the ready generation - joined, its Node Ready,
+        on a control node its etcd member listed - watch it again instead of resetting. A
+        reset here would throw away an etcd member that holds the cluster's data (on a lone
+        control node: all of it). Returns the sentence, or None to take the normal path."""
+        prev, st = self.previous, snap.state
+        if prev is None or prev.boot_id != self.boot_id or prev.generation != st.generation or not st.ready:
+            return None
+        if not self.driver.is_joined():
+            return None
+        self.generation = st.generation
+        if not self._api_alive() or not self.probes.node_ready():
+            return None
+        listed = ""
+        if self.cfg.is_control:
+            view = self.probes.etcd_view()
+            if view is None or not any(m.name == self.cfg.node.name for m in view.members):
+                return None
+            listed = ", its etcd member listed"
+        why = f"restarted within the same boot: this node serves generation {st.generation} (Node Ready{listed})"
+        return self._go(State.WATCH, f"{why}; resuming without a reset", "resumed")
+
     def _deposed(self, why: str) -> str:
         self.fence = None
         return self._reset(State.ELECT, f"deposed ({why}); resetting and following the new leader", "deposed")
@@ -409,6 +433,11 @@ class Agent:
 
     # -- handlers, one per state ----------------------------------------------------------
     def _on_elect(self, snap: Snapshot) -> str:
+        if not self.resume_checked:
+            self.resume_checked = True
+            resumed = self._resume(snap)
+            if resumed is not None:
+                return resumed
         state, action, why = self.store.attempt_leadership(self.cfg.node.address, self.boot_id, self.rule)
         if self.generation and state.generation != self.generation and self.phylactery_started:
             self.refresh_phylactery()

@@ -683,3 +683,43 @@ def test_member_removed_behind_the_nodes_back_resets_and_rejoins_pruned(tmp_path
     assert h.cycle() == "reset done; join again"
     h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
     assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
+
+
+def test_an_agent_restarted_within_the_boot_resumes_without_a_reset(tmp_path: Path) -> None:
+    from core.etcd import EtcdMember
+
+    first = joined_worker(tmp_path)
+    first.probes.node = True
+    first.cycle()
+    assert first.state == "WATCH"
+    first.agent.shutdown("SIGTERM")  # systemctl restart ek8s-node: same boot id
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.driver.joined, h.probes.api, h.probes.node = True, True, True
+    assert h.cycle() == (
+        "restarted within the same boot: this node serves generation 1 (Node Ready); resuming without a reset"
+    )
+    assert h.state == "WATCH" and h.events("resumed") and h.driver.calls == []
+
+    # A control node resumes only while its etcd member is listed; otherwise the normal path.
+    store = ShareStore(tmp_path / "share", "default", "control1")
+    store.heartbeat("boot-control1", "control", "watch", 1)
+    c = Harness(tmp_path, "control1")
+    c.driver.joined, c.probes.api, c.probes.node = True, True, True
+    c.probes.etcd = LocalView(members=(), member_id=2, raft_index=9, quorum=True)
+    assert not c.cycle().startswith("restarted within the same boot")
+    me = EtcdMember(2, "control1", ("https://10.0.0.22:2380",), ("https://10.0.0.22:2379",))
+    store.heartbeat("boot-control1", "control", "watch", 1)
+    c2 = Harness(tmp_path, "control1")
+    c2.driver.joined, c2.probes.api, c2.probes.node = True, True, True
+    c2.probes.etcd = LocalView(members=(me,), member_id=2, raft_index=9, quorum=True)
+    assert c2.cycle().endswith("(Node Ready, its etcd member listed); resuming without a reset")
+
+
+def test_a_rebooted_node_does_not_resume(tmp_path: Path) -> None:
+    first = joined_worker(tmp_path)
+    first.probes.node = True
+    first.cycle()
+    first.store.heartbeat("an-earlier-boot", "worker", "watch", 1)  # the node rebooted since
+    h = Harness(tmp_path, "worker0", role="worker")
+    h.driver.joined, h.probes.api, h.probes.node = True, True, True
+    assert h.cycle().startswith("joining: generation 1 is ready")
