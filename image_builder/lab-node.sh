@@ -80,5 +80,11 @@ chmod 0755 "$tmp/usr/bin/kubeadm"
 rm -rf "$tmp/var/lib/apt/lists/"* "$tmp/var/cache/apt/"*.bin "$tmp/var/cache/apt/archives/"*.deb
 echo "ek8s-lab-node" > "$tmp/etc/hostname"
 
+# The image's users exist and its caches are current: mark /etc and /var updated after the
+# last change to /usr, so the units with ConditionNeedsUpdate= (systemd-sysusers, ldconfig,
+# journal-catalog-update, systemd-update-done) do not run at every boot of a RAM root.
+in_image systemd-sysusers
+touch "$tmp/etc/.updated" "$tmp/var/.updated"
+
 rm -rf "$out"
 mv "$tmp" "$out"
