@@ -196,14 +196,9 @@ def wait_running(netns_name: str, timeout_s: float, launcher: int) -> int:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    return True
+    from lab.runners import alive
+
+    return alive(pid)
 
 
 def copy_tree(src: Path, dst: Path, skip_suffix: str = "") -> None:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import psutil
 import yaml
 
 from core.fileperm import ensure_dir
@@ -75,15 +76,20 @@ def runner(mode: str) -> NodeRunner:
     raise ValueError(f"unknown lab mode {mode!r} ({PROCESSES} or {MACHINES})")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: reaped when it is our child, and a zombie (whose
+    parent, such as an ``ek8s lab up`` that started it, has not reaped it) counts as gone."""
     with contextlib.suppress(ChildProcessError):
         waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    return True
+        if waited:
+            return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+_alive = alive
 
 
 class ProcessRunner:
