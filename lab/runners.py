@@ -44,6 +44,26 @@ MACHINE_BOOT_TIMEOUT_S = 120.0
 MACHINE_STOP_TIMEOUT_S = 60.0
 
 
+# The EMULATED kubelet as a machine runs it: like the kubelet package's unit with kubeadm's
+# drop-in (10-kubeadm.conf), flags from /var/lib/kubelet/kubeadm-flags.env, which the emulated
+# kubeadm writes before `systemctl restart kubelet`. KillMode=process: the static pods (etcd,
+# the API server) outlive a kubelet restart, as containers in containerd do.
+KUBELET_UNIT = """[Unit]
+Description=EMULATED kubelet (ephemeral-k8s lab: lab/kubelet.py)
+Wants=network-online.target
+After=network-online.target
+ConditionPathExists=/var/lib/kubelet/kubeadm-flags.env
+
+[Service]
+Environment=PYTHONPATH=/usr/local/lib/ek8s/python EK8S_EMULATION=/var/lib/ek8s-lab/emulation.json
+EnvironmentFile=/var/lib/kubelet/kubeadm-flags.env
+ExecStart=/usr/bin/python3.11 -m lab.kubelet $KUBELET_KUBEADM_ARGS
+KillMode=process
+Restart=always
+RestartSec=1
+"""
+
+
 class RunnerError(Exception):
     """A node could not be configured, booted or stopped; the message says which and why."""
 
@@ -146,8 +166,8 @@ class MachineRunner:
     def configure(self, lab: Lab, state: LabState, emulation: Emulation, overrides: dict[str, Any]) -> None:
         """Build (or reuse) the image, then write under ``<dir>/machines``: ``common/`` (the
         ``ek8s`` and ``ek8s-hosts`` overlays without their templates, plus the emulation's
-        code in ``/usr/local/lib/ek8s/python/lab``), and per node ``<node>/overlay/`` (every
-        ``.ww`` template rendered for the node by Warewulf's renderer from the lab's
+        code in ``/usr/local/lib/ek8s/python/lab`` and its ``kubelet.service``), and per
+        node ``<node>/overlay/`` (every ``.ww`` template rendered for the node by Warewulf's renderer from the lab's
         inventory, ``/etc/hostname``; ``overrides`` merged into node.yaml) and
         ``<node>/machine.json``. The emulation's settings go to ``<dir>/emulation/``, bound
         into every machine. Raises :class:`lab.image.ImageError` or
@@ -167,6 +187,7 @@ class MachineRunner:
             machines.copy_tree(built / name / "rootfs", common, skip_suffix=wwrender.TEMPLATE_SUFFIX)
         lab_pkg = Path(__file__).resolve().parent
         machines.copy_tree(lab_pkg, common / overlay.LIB_DIR / "python" / "lab")
+        (common / "etc/systemd/system/kubelet.service").write_text(KUBELET_UNIT)
         emu_dir = ensure_dir(lab.dir / "emulation", 0o755)
         replace(emulation, python="python3.11", etcd="/usr/bin/etcd").dump(emu_dir / "emulation.json")
 
