@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt
+SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container
 LAB_ARGS ?= --control 3 --workers 2
 
 .PHONY: lab test lint typecheck unit integration labtests deps system-deps venv bench clean

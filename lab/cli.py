@@ -11,9 +11,16 @@ from typing import Any
 
 import click
 
+from lab import runners
 from lab.cluster import CLUSTER, MAX_CONTROL, MAX_WORKERS, VIP_NAME, Lab, LabError, LabState
 from lab.emulation import Emulation
+from lab.image import ImageError
 from lab.netns import NetnsError
+from lab.runners import RunnerError
+from manager.wwrender import RenderError
+
+# What the lab's commands report as their failure (exit 1) rather than a traceback.
+LAB_ERRORS = (LabError, NetnsError, ImageError, RunnerError, RenderError)
 
 STAGES = [
     ("leader_claimed_s", "leader claimed (share `leader` written)"),
@@ -115,6 +122,14 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @click.option("--control", default=3, show_default=True, type=click.IntRange(1, MAX_CONTROL))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, MAX_WORKERS))
 @click.option("--distribution", type=click.Choice(["kubeadm", "k3s"]), default="kubeadm", show_default=True)
+@click.option(
+    "--machines/--processes",
+    "machines",
+    default=False,
+    show_default=True,
+    help="boot each node as a systemd-nspawn machine from the lab's node image (built once, cached), "
+    "or run its agent as a process of the lab",
+)
 @click.option("--json", "json_path", default=None, help="write the report here")
 @click.option(
     "--init-seconds",
@@ -151,6 +166,7 @@ def up(
     control: int,
     workers: int,
     distribution: str,
+    machines: bool,
     json_path: str | None,
     init_seconds: float,
     join_seconds: float,
@@ -173,16 +189,18 @@ def up(
             workers,
             Emulation(init_s=init_seconds, join_s=join_seconds, certs_ttl_s=certs_ttl, token_ttl_s=token_ttl),
             _overrides(settings),
+            mode=runners.MACHINES if machines else runners.PROCESSES,
         )
         click.echo(
-            f"Booting {control} control + {workers} worker nodes in {the_lab.dir} (namespaces {the_lab.prefix}-*)",
+            f"Booting {control} control + {workers} worker nodes ({state.mode}) in {the_lab.dir} "
+            f"(namespaces {the_lab.prefix}-*)",
             err=True,
         )
         the_lab.start_all(state)
         the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
         # Every node Ready does not yet mean every HAProxy has seen the last API server come up.
         report = the_lab.wait_whole(state, 15)
-    except (LabError, NetnsError) as err:
+    except LAB_ERRORS as err:
         _fail(f"{err}\n(the lab is left as it is for inspection; 'ek8s lab down' removes it)")
     print_report(report)
     _write_json(json_path, report)
@@ -196,7 +214,7 @@ def status(ctx: click.Context, json_path: str | None) -> None:
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
-    except (LabError, NetnsError) as err:
+    except LAB_ERRORS as err:
         _fail(str(err))
     report = the_lab.report(state)
     print_report(report)
@@ -224,16 +242,23 @@ def reboot(
         if not targets:
             raise LabError("name a node to reboot, or --all")
         started = time.time()
-        for n in targets:
-            the_lab.stop_node(state, n, crash=False)
-        booted = time.time()
-        for n in targets:
-            the_lab.boot_node(state, n)
-        click.echo(f"{', '.join(n.name for n in targets)}: stopped in {booted - started:.2f}s, booting", err=True)
+        if state.mode == runners.MACHINES:
+            # As on a node: `systemctl reboot` inside; the machine's launcher boots it again
+            # on an empty RAM root. rejoin_s then counts the shutdown and systemd's start too.
+            the_lab.reboot_machines(state, targets)
+            booted = started
+            click.echo(f"{', '.join(n.name for n in targets)}: `systemctl reboot` sent", err=True)
+        else:
+            for n in targets:
+                the_lab.stop_node(state, n, crash=False)
+            booted = time.time()
+            for n in targets:
+                the_lab.boot_node(state, n)
+            click.echo(f"{', '.join(n.name for n in targets)}: stopped in {booted - started:.2f}s, booting", err=True)
         if no_wait:
             return
         ready = the_lab.wait_ready(state, timeout, since=booted, names=[n.name for n in targets], progress=print_event)
-    except (LabError, NetnsError) as err:
+    except LAB_ERRORS as err:
         _fail(str(err))
     report = the_lab.report(state)
     report["rejoin_s"] = round(ready - booted, 3)
@@ -252,7 +277,7 @@ def crash(ctx: click.Context, node: str) -> None:
     try:
         state = the_lab.load()
         the_lab.stop_node(state, state.node(node), crash=True)
-    except (LabError, NetnsError) as err:
+    except LAB_ERRORS as err:
         _fail(str(err))
     click.echo(f"{node} crashed (processes killed, link down); 'ek8s lab boot {node}' brings it back")
 
@@ -266,7 +291,7 @@ def boot(ctx: click.Context, node: str) -> None:
     try:
         state = the_lab.load()
         the_lab.boot_node(state, state.node(node))
-    except (LabError, NetnsError) as err:
+    except LAB_ERRORS as err:
         _fail(str(err))
     click.echo(f"{node} is booting")
 
@@ -287,15 +312,43 @@ def exec_(ctx: click.Context, node: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside NODE's namespace (stdin and exit code pass through). NODE may be
     `manager`, the Warewulf server's stand-in at 10.0.0.13."""
     the_lab = _lab(ctx)
-    try:
-        state: LabState = the_lab.load()
-        ns = state.manager if node == "manager" and state.manager else state.node(node).ns
-    except (LabError, NetnsError) as err:
-        _fail(str(err), 2)
     argv = list(command[1:] if command and command[0] == "--" else command)
     if not argv:
         _fail("no command given (ek8s lab exec NODE -- COMMAND...)", 2)
-    os.execvp("ip", ["ip", "netns", "exec", ns, *argv])
+    try:
+        state: LabState = the_lab.load()
+        if node == "manager" and state.manager:
+            full = ["ip", "netns", "exec", state.manager, *argv]
+        else:
+            full = the_lab.runner(state).exec_argv(state, state.node(node), argv)
+    except LAB_ERRORS as err:
+        _fail(str(err), 2)
+    os.execvp(full[0], full)
+
+
+@lab.command()
+@click.argument("node")
+@click.option("-u", "--unit", "units", multiple=True, help="only this unit's messages (repeatable)")
+@click.option("-n", "--lines", default=None, type=int, help="only the last N lines")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new messages")
+@click.pass_context
+def logs(ctx: click.Context, node: str, units: tuple[str, ...], lines: int | None, follow: bool) -> None:
+    """NODE's journal (machines: `journalctl` inside the machine, this boot) or, for a
+    process-mode node, its agent's log file."""
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+        n = state.node(node)
+        if state.mode == runners.MACHINES:
+            argv = ["journalctl", "--no-pager", "-b"] + [f"--unit={u}" for u in units]
+            argv += [f"--lines={lines}"] if lines is not None else []
+            argv += ["--follow"] if follow else []
+            full = the_lab.runner(state).exec_argv(state, n, argv)
+        else:
+            full = ["tail", f"--lines={lines if lines is not None else '+1'}", *(["-f"] if follow else []), n.log]
+    except LAB_ERRORS as err:
+        _fail(str(err), 2)
+    os.execvp(full[0], full)
 
 
 @lab.command(name="bench")
@@ -312,7 +365,7 @@ def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, t
     the_lab = _lab(ctx)
     try:
         state = the_lab.load()
-    except (LabError, NetnsError) as err:
+    except LAB_ERRORS as err:
         _fail(str(err))
     if not state.manager:
         _fail("this lab has no manager namespace (made by an older ek8s); run lab down and up")

@@ -23,11 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from core.fileperm import ensure_dir
 from core.share import ShareStore
-from lab import netns
+from lab import netns, runners
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
 
@@ -78,6 +76,9 @@ class LabState:
     # The Warewulf server's stand-in (10.0.0.13): a namespace on the bridge with no node
     # processes, from which operator commands (ek8s status, ek8s bench) run.
     manager: str = ""
+    # How nodes run (lab.runners): "processes" (the lab starts each agent) or "machines"
+    # (systemd-nspawn machines booting the lab's node image with the Warewulf overlays).
+    mode: str = runners.PROCESSES
 
     def node(self, name: str) -> LabNode:
         """The node called ``name``; raises :class:`LabError` naming the lab's nodes otherwise."""
@@ -140,19 +141,28 @@ class Lab:
 
     # -- up -----------------------------------------------------------------------------
     def create(
-        self, control: int, workers: int, emulation: Emulation, overrides: dict[str, Any] | None = None
+        self,
+        control: int,
+        workers: int,
+        emulation: Emulation,
+        overrides: dict[str, Any] | None = None,
+        mode: str = runners.PROCESSES,
     ) -> LabState:
         """Make namespaces, node roots, node.yaml files and the share; start nothing.
 
         ``control`` and ``workers`` are node counts; ``emulation`` is written to
         ``emulation.json`` for the ``bin/kubeadm`` shim; ``overrides`` are node.yaml fields
-        (nested dicts) merged into every node's. Returns the state, saved in ``lab.json``.
-        Raises :class:`LabError` when not root, a tool is missing, a lab exists already,
-        ``control`` < 1 or ``dir`` is too long for the UNIX sockets below it.
+        (nested dicts) merged into every node's; ``mode`` picks the node runner
+        (:mod:`lab.runners`), which writes each node's configuration. Returns the state,
+        saved in ``lab.json``. Raises :class:`LabError` when not root, a tool is missing, a
+        lab exists already, ``control`` < 1 or ``dir`` is too long for the UNIX sockets below
+        it; machines add :class:`lab.image.ImageError` (no image), :class:`lab.runners.RunnerError`
+        and :class:`manager.wwrender.RenderError`.
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
-        for tool in ("ip", emulation.etcd, "haproxy", "keepalived"):
+        host_tools = ("ip", emulation.etcd, "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
+        for tool in host_tools:
             if shutil.which(tool) is None:
                 raise LabError(f"{tool} not found; run 'make lab' or install etcd-server haproxy keepalived iproute2")
         if self.state_path.exists() or netns.existing(self.prefix):
@@ -180,7 +190,9 @@ class Lab:
         nodes += [(f"worker{i}", "worker", worker_address(i)) for i in range(workers)]
         hosts = "127.0.0.1 localhost\n" + f"{VIP} {VIP_NAME}\n" + f"{MANAGER} manager\n"
         hosts += "".join(f"{addr} {name}\n" for name, _, addr in nodes)
-        state = LabState(prefix=self.prefix, dir=str(self.dir), share=str(self.share), emulation=asdict(emulation))
+        state = LabState(
+            prefix=self.prefix, dir=str(self.dir), share=str(self.share), emulation=asdict(emulation), mode=mode
+        )
         self.save(state)
         netns.create_hub(self.prefix)
         state.manager = netns.add_node(self.prefix, "manager", MANAGER, PREFIX_LEN, hosts)
@@ -199,12 +211,15 @@ class Lab:
                     log=str(self.dir / "logs" / f"{name}.log"),
                 )
             )
-            ensure_dir(cfg_path.parent, 0o700)
-            cfg_path.write_text(
-                yaml.safe_dump(self.node_config(name, role, addr, root, shim, overrides or {}), sort_keys=False)
-            )
+        self.save(state)
+        self.runner(state).configure(self, state, emulation, overrides or {})
         self.save(state)
         return state
+
+    @staticmethod
+    def runner(state: LabState) -> runners.NodeRunner:
+        """The node runner of this lab's mode (:mod:`lab.runners`)."""
+        return runners.runner(state.mode)
 
     def node_config(
         self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
@@ -226,43 +241,18 @@ class Lab:
         return cfg
 
     def boot(self, state: LabState, node: LabNode) -> None:
-        """Start the node's agent in its namespace, as ek8s-node.service would at boot; its
-        output goes to ``node.log``. Not waited for (it runs until stopped, so no timeout):
+        """Boot the node from a fresh root through its runner (processes: its agent in its
+        namespace, as ek8s-node.service would at boot, output to ``node.log``; machines: a
+        machine booting the image). Not waited for (it runs until stopped, so no timeout):
         :meth:`stop_node` and :meth:`down` end it. Sets ``node.pid``; the caller saves."""
-        ensure_dir(Path(node.root), 0o755)
-        with open(node.log, "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    node.ns,
-                    sys.executable,
-                    "-m",
-                    "leader",
-                    "run",
-                    "--config",
-                    node.config,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, EMULATION_ENV: str(self.dir / "emulation.json")},
-            )
-        node.pid = proc.pid
+        self.runner(state).boot(self, state, node)
 
     # -- faults -------------------------------------------------------------------------
     def stop_node(self, state: LabState, node: LabNode, crash: bool) -> None:
         """Stop every process of ``node``: SIGTERM first (a clean shutdown, SIGKILL after 5 s),
         or SIGKILL with the cable pulled at the same moment (``crash``: nothing it held answers
-        any more). Saves the state."""
-        if crash:
-            netns.set_link(self.prefix, node.name, up=False)
-            netns.kill_all(node.ns, grace_s=0.0, sig=signal.SIGKILL)
-        else:
-            netns.kill_all(node.ns, grace_s=5.0)
-        node.pid = 0
+        any more); a machine is powered off, or killed with its cable pulled. Saves the state."""
+        self.runner(state).stop(self, state, node, crash)
         self.save(state)
 
     def boot_node(self, state: LabState, node: LabNode) -> float:
@@ -271,7 +261,6 @@ class Lab:
         agent still runs."""
         if node.pid and _alive(node.pid):
             raise LabError(f"{node.name} is running; reboot or crash it first")
-        shutil.rmtree(node.root, ignore_errors=True)
         netns.set_link(self.prefix, node.name, up=True)
         booted = time.time()
         self.boot(state, node)
@@ -279,14 +268,30 @@ class Lab:
         return booted
 
     def reboot_nodes(self, state: LabState, names: list[str], timeout_s: float = 180) -> float:
-        """Reboot ``names`` together (clean stop, wiped roots, boot); return seconds from boot
-        to the last ``node_ready``. Raises :class:`LabError` as :meth:`wait_ready`."""
-        for name in names:
-            self.stop_node(state, state.node(name), crash=False)
-        booted = time.time()
-        for name in names:
-            self.boot_node(state, state.node(name))
+        """Reboot ``names`` together (processes: clean stop, wiped roots, boot; machines:
+        ``systemctl reboot`` inside, :meth:`reboot_machines`); return seconds from boot (the
+        reboot command for machines) to the last ``node_ready``. Raises :class:`LabError` as
+        :meth:`wait_ready`."""
+        if state.mode == runners.MACHINES:
+            booted = time.time()
+            self.reboot_machines(state, [state.node(n) for n in names])
+        else:
+            for name in names:
+                self.stop_node(state, state.node(name), crash=False)
+            booted = time.time()
+            for name in names:
+                self.boot_node(state, state.node(name))
         return self.wait_ready(state, timeout_s, since=booted, names=names) - booted
+
+    def reboot_machines(self, state: LabState, nodes: list[LabNode]) -> None:
+        """Run ``systemctl reboot`` inside each machine (as an operator on the node would);
+        each machine's launcher boots it again on an empty RAM root. Returns once systemd
+        took the job. Raises :class:`LabError` when a machine is not running or refuses."""
+        for node in nodes:
+            argv = self.runner(state).exec_argv(state, node, ["systemctl", "reboot"])
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if res.returncode != 0:
+                raise LabError(f"{node.name}: systemctl reboot failed ({res.returncode}): {res.stderr.strip()}")
 
     def wait_whole(self, state: LabState, timeout_s: float = 60) -> dict[str, Any]:
         """Wait until the cluster is whole: every node Ready in the API and no other Node, one
@@ -457,10 +462,11 @@ class Lab:
         """Every emulated kubeadm command since the agents started, from ``timings.jsonl``
         (:class:`lab.kubeadm.Phases`): ``{t, node, command, ok, phases: {name: seconds}}`` with
         ``t`` in seconds since ``t0``."""
-        try:
-            lines = (self.dir / "timings.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return []
+        lines = []
+        # Process mode: beside <dir>/emulation.json; machines: in <dir>/emulation/, bound in.
+        for path in (self.dir / "timings.jsonl", self.dir / "emulation" / "timings.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                lines += path.read_text().splitlines()
         out = []
         for line in lines:
             with contextlib.suppress(ValueError):
@@ -478,10 +484,19 @@ class Lab:
             state: LabState | None = self.load()
         except (LabError, ValueError, TypeError):
             state = None
-        for n in state.nodes if state else []:
-            if n.pid and _alive(n.pid):
+        running = [n for n in state.nodes if n.pid and _alive(n.pid)] if state else []
+        for n in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(n.pid, signal.SIGTERM)
+        if state and state.mode == runners.MACHINES:
+            # The launchers have nspawn power their machines off; wait for that (the
+            # machines' mounts live in the launchers' mount namespaces and go with them).
+            deadline = time.monotonic() + runners.MACHINE_STOP_TIMEOUT_S
+            while time.monotonic() < deadline and any(_alive(n.pid) for n in running):
+                time.sleep(0.1)
+            for n in running:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(n.pid, signal.SIGTERM)
+                    os.killpg(n.pid, signal.SIGKILL)
         for ns in sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub")):
             netns.delete(ns)
             removed.append(f"namespace {ns}")
@@ -501,16 +516,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
+_alive = runners.alive
 
 
 def _tail(path: Path, lines: int = 25) -> str:

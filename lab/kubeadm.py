@@ -91,8 +91,10 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -570,10 +572,29 @@ def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, co
     if control_plane:
         argv.append("--control-plane")
     ensure_dir(r("/var/lib/kubelet"))
-    services = ProcessServices(r.root)
-    services.stop("kubelet")
-    services.start("kubelet", argv)
+    if under_systemd(r):
+        # As kubeadm on a systemd host: the flags in kubeadm-flags.env, then `systemctl
+        # restart kubelet` (the lab overlay's kubelet.service reads them).
+        write_atomic(r(KUBEADM_FLAGS), f"KUBELET_KUBEADM_ARGS={shlex.quote(shlex.join(argv[3:]))}\n")
+        res = subprocess.run(["systemctl", "restart", "kubelet.service"], capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise KubeadmError(f"[kubelet-start] systemctl restart kubelet failed: {res.stderr.strip()}")
+    else:
+        services = ProcessServices(r.root)
+        services.stop("kubelet")
+        services.start("kubelet", argv)
     say("[kubelet-start] Starting the kubelet")
+
+
+KUBEADM_FLAGS = "/var/lib/kubelet/kubeadm-flags.env"
+
+
+def under_systemd(r: Root) -> bool:
+    """Whether this node's services are systemd units: the root is ``/`` and systemd is the
+    init (``/run/systemd/system`` exists, sd_booted(3)), as in the lab's machines. Then the
+    kubelet is ``kubelet.service`` (its static pods outlive a restart of the node agent's
+    unit, as containers do on a node); otherwise a process of the lab."""
+    return r.root == Path("/") and Path("/run/systemd/system").is_dir()
 
 
 # -- kubeadm's etcd client (util/etcd/etcd.go) -------------------------------------------
@@ -1467,7 +1488,10 @@ def reset(r: Root, skip_phases: frozenset[str] = frozenset()) -> None:
     with phase("cleanup-node"):
         services = ProcessServices(r.root)
         say("[reset] Stopping the kubelet service")
-        services.stop("kubelet")
+        if under_systemd(r):
+            subprocess.run(["systemctl", "stop", "kubelet.service"], capture_output=True, text=True, timeout=60)
+        else:
+            services.stop("kubelet")
         for svc in (APISERVER_POD, ETCD_POD):
             services.stop(svc)
         say('[reset] Unmounting mounted directories in "/var/lib/kubelet"')

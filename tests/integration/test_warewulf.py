@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from core.config import WAREWULF_FACTS, load_config
+from manager import wwrender
 from manager.inventory import Inventory, load_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,50 +39,19 @@ def check_golden(path: Path, text: str) -> None:
 
 
 def registry_fixture(inv: Inventory) -> dict[str, object]:
-    """What Warewulf's registry holds once `ek8s warewulf apply` ran for ``inv``: the cluster
-    profile with the cluster's tags, the nodes with their netdev, profiles and own tags."""
-    nodes = []
-    for n in inv.expanded():
-        nodes.append(
-            {
-                "id": n.name,
-                "image": inv.node_images.control if n.role == "control" else inv.node_images.worker,
-                "profiles": ["default", inv.profile],
-                "primary_netdev": "default",
-                "root": "tmpfs",
-                "netdevs": {
-                    "default": {
-                        "device": inv.warewulf.netdev,
-                        "hwaddr": n.mac,
-                        "ipaddr": n.address,
-                        "netmask": inv.warewulf.netmask,
-                    }
-                },
-                "tags": {"ek8s_role": n.role},
-            }
-        )
-    profiles = {"default": {"tags": {}}, inv.profile: {"tags": inv.cluster_tags()}}
-    return {"server": SERVER, "profiles": profiles, "nodes": nodes}
+    """What Warewulf's registry holds once `ek8s warewulf apply` ran for ``inv``
+    (:func:`manager.wwrender.registry_fixture`, which the lab's machines use too)."""
+    return wwrender.registry_fixture(inv, SERVER)
 
 
 @pytest.fixture(scope="module")
 def wwtemplate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Go renderer (tests/wwtemplate), built with Debian's golang-go."""
-    go = shutil.which("go")
-    assert go, "Go is needed for the template checks (apt-get install golang-go; `make test` does)"
-    out = tmp_path_factory.mktemp("go") / "wwtemplate"
-    env = os.environ | {"GOCACHE": str(out.parent / "cache"), "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
-    subprocess.run([go, "build", "-o", str(out), "main.go"], cwd=ROOT / "tests" / "wwtemplate", env=env, check=True)
-    return out
+    """The Go renderer (manager/wwtemplate), built with Debian's golang-go."""
+    assert shutil.which("go"), "Go is needed for the template checks (apt-get install golang-go; `make test` does)"
+    return wwrender.build_renderer(tmp_path_factory.mktemp("go") / "wwtemplate")
 
 
-def render(
-    tool: Path, fixture: Path, version: str, node: str, template: Path, out: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    argv = [str(tool), "-version", version, "-data", str(fixture), "-node", node]
-    if out is not None:
-        argv += ["-out", str(out)]
-    return subprocess.run([*argv, str(template)], capture_output=True, text=True, check=False, timeout=60)
+render = wwrender.render
 
 
 TEMPLATES = sorted(p.relative_to(ROOT / "overlay") for p in (ROOT / "overlay").rglob("*.ww"))
@@ -252,7 +222,7 @@ def test_renderer_merges_tags_only_from_profiles_that_exist(
 
 
 def test_renderer_data_types_are_warewulfs(wwtemplate: Path, tmp_path: Path) -> None:
-    """Receivers and field types as in v4.5.8 / v4.6.5 (tests/wwtemplate/main.go cites them)."""
+    """Receivers and field types as in v4.5.8 / v4.6.5 (manager/wwtemplate/main.go cites them)."""
     data = registry_fixture(load_inventory(INVENTORY))
     node = data["nodes"][0]  # type: ignore[index]
     node["netdevs"]["ib"] = {"device": "ib0", "ipaddr": "10.1.0.21", "onboot": "false"}

@@ -1,0 +1,109 @@
+"""The lab's node image (docs/lab.md): Debian 12 made by ``image_builder/lab-node.sh``,
+cached on disk by a hash of everything that goes into it.
+
+The cache is ``$EK8S_LAB_IMAGE_CACHE`` (default ``/var/cache/ek8s-lab``), one directory per
+image: ``images/<key>/rootfs`` (a complete tree: the recipe builds beside it and renames),
+``images/<key>/build.log`` and ``build.json`` (seconds the build took). The key is the sha256
+of the recipe, the Python dependencies it installs (pyproject.toml's ``dependencies``) and the
+mirror, so a second ``ek8s lab up --machines`` reuses the image and a change of any of them
+builds a new one. Builds are serialised by a file lock beside the images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import tomllib
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "image_builder" / "lab-node.sh"
+MIRROR = "http://deb.debian.org/debian"
+BUILD_TIMEOUT_S = 1800.0
+KEY_LENGTH = 16
+
+
+class ImageError(Exception):
+    """The image cannot be built here (no root, no debootstrap, no mirror); the message says
+    why and where the build log is."""
+
+
+def cache_dir() -> Path:
+    """``$EK8S_LAB_IMAGE_CACHE`` or ``/var/cache/ek8s-lab`` (on disk: the image outlives labs)."""
+    return Path(os.environ.get("EK8S_LAB_IMAGE_CACHE", "/var/cache/ek8s-lab"))
+
+
+def requirements() -> str:
+    """The node's Python dependencies, one per line, from pyproject.toml (as build.sh writes
+    requirements-node.txt for the Rocky images)."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return "\n".join(tomllib.load(f)["project"]["dependencies"]) + "\n"
+
+
+def image_key(mirror: str = MIRROR) -> str:
+    """The first 16 hex digits of sha256(recipe, requirements, mirror)."""
+    h = hashlib.sha256()
+    for part in (RECIPE.read_bytes(), requirements().encode(), mirror.encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:KEY_LENGTH]
+
+
+def image_path(mirror: str = MIRROR) -> Path:
+    """Where the image for the current inputs is (or will be): ``<cache>/images/<key>/rootfs``."""
+    return cache_dir() / "images" / image_key(mirror) / "rootfs"
+
+
+def ensure_image(mirror: str = MIRROR, progress: bool = True) -> Path:
+    """The image's root directory, built first when the cache has none for these inputs.
+
+    A build runs ``image_builder/lab-node.sh`` (debootstrap and pip from ``mirror`` and
+    PyPI; about 3 min on 2 cores), output to ``build.log`` beside the image, seconds taken to
+    ``build.json``; with ``progress`` a line on stderr says so. Raises :class:`ImageError`
+    when the build fails or runs over ``BUILD_TIMEOUT_S`` (the log's tail in the message), or
+    when another build holds the lock for as long.
+    """
+    root = image_path(mirror)
+    if (root / "usr/bin/kubeadm").exists():
+        return root
+    if os.geteuid() != 0:
+        raise ImageError("building the lab's node image needs root (debootstrap, chroot)")
+    if not Path("/usr/sbin/debootstrap").exists():
+        raise ImageError("debootstrap not found: apt-get install debootstrap (make lab installs it)")
+    base = root.parent
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(base.parent / f"{base.name}.lock"), timeout=BUILD_TIMEOUT_S):
+            if (root / "usr/bin/kubeadm").exists():  # another process built it meanwhile
+                return root
+            req = base / "requirements-node.txt"
+            req.write_text(requirements())
+            log = base / "build.log"
+            if progress:
+                import sys
+
+                print(f"building the lab's node image {base.name} (a few minutes; log: {log})", file=sys.stderr)
+            started = time.monotonic()
+            with open(log, "wb") as out:
+                try:
+                    res = subprocess.run(
+                        ["bash", str(RECIPE), str(root), str(req), mirror],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        timeout=BUILD_TIMEOUT_S,
+                    )
+                except subprocess.TimeoutExpired:
+                    raise ImageError(f"the image build took over {BUILD_TIMEOUT_S:.0f}s; see {log}") from None
+            seconds = time.monotonic() - started
+            if res.returncode != 0 or not (root / "usr/bin/kubeadm").exists():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                raise ImageError(f"the lab's node image did not build (exit {res.returncode}); {log}:\n{tail}")
+            (base / "build.json").write_text(json.dumps({"seconds": round(seconds, 1), "mirror": mirror}) + "\n")
+            return root
+    except Timeout:
+        raise ImageError(f"another image build holds {base}.lock for over {BUILD_TIMEOUT_S:.0f}s") from None

@@ -1,0 +1,224 @@
+"""Lab nodes as machines (``ek8s lab up --machines``; docs/lab.md): each node boots the lab's
+node image (:mod:`lab.image`) with systemd as PID 1 under ``systemd-nspawn``, in the node's
+network namespace, with a root in RAM: a fresh tmpfs over the read-only image and the
+Warewulf overlays rendered for the node, as a Warewulf node boots into its image and overlays.
+
+Each machine has a *launcher* (``python -m lab.machines launch CONFIG``), its power supply:
+in a mount namespace of its own (``unshare --mount --propagation private``) it mounts a tmpfs
+and an overlayfs whose lower layers are, top first, the node's rendered overlay, the lab's
+common overlay (the ``ek8s`` overlay's files and the emulation's code) and the image, then
+execs ``systemd-nspawn`` on it. The mounts exist only in that namespace, so they vanish with
+the machine: nothing to unmount, even after a crash. When the machine reboots
+(``systemctl reboot`` inside), nspawn exits with status 133 and the launcher boots it again on
+a new tmpfs: an empty root and a new boot id. Any other exit ends the launcher.
+
+systemd-nspawn options used (systemd-nspawn(1), systemd 252):
+
+* ``--boot``: run the image's init (systemd) as PID 1;
+* ``--directory=``: the overlay root;
+* ``--machine=<node>``: the machine name, which is also its hostname;
+* ``--network-namespace-path=/run/netns/<ns>``: the node's namespace (eth0 on the lab's
+  bridge, already addressed);
+* ``--register=no`` and ``--keep-unit``: no systemd-machined or systemd on the host needed;
+* ``--capability=CAP_NET_ADMIN``: keepalived adds and removes the VIP (nspawn keeps that
+  capability only with ``--private-network``, which would make a namespace of its own);
+* ``--bind=`` the share at node.yaml's ``share.path``, the emulation's directory at
+  ``/var/lib/ek8s-lab``;
+* ``--link-journal=no``, ``--resolv-conf=off``, ``--timezone=off``: the host's journal and
+  files stay out of the machine;
+* ``--console=read-only``: the machine's console goes to the launcher's log.
+
+Exit status 133 means "the container was rebooted" (systemd-nspawn(1), "EXIT STATUS" via
+``--boot``: systemd's reboot in the container is reported so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REBOOT_STATUS = 133  # systemd-nspawn: the container asked for a reboot
+EMULATION_MOUNT = "/var/lib/ek8s-lab"
+
+
+@dataclass
+class MachineConfig:
+    """What the launcher needs for one machine (``machine.json``): ``name`` (machine name and
+    hostname), ``netns`` (path of the node's network namespace), ``image`` (the image's
+    root), ``layers`` (overlay directories, top first, laid over the image), ``binds``
+    (``[host path, machine path]`` pairs, read-write), ``ram`` (the host directory on which
+    the tmpfs is mounted, inside the launcher's mount namespace only), ``boots`` (a JSONL
+    file: one ``{"t", "boot"}`` line per boot, ``t`` in Unix seconds)."""
+
+    name: str
+    netns: str
+    image: str
+    layers: list[str]
+    ram: str
+    boots: str
+    binds: list[list[str]] = field(default_factory=list)
+
+    def dump(self, path: Path) -> None:
+        """Write ``machine.json``. Raises ``OSError``."""
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> MachineConfig:
+        """Read ``machine.json``. Raises ``OSError``, ``ValueError`` or ``TypeError``."""
+        return cls(**json.loads(path.read_text()))
+
+
+def nspawn_argv(cfg: MachineConfig, root: str) -> list[str]:
+    """The ``systemd-nspawn`` command line for ``cfg`` booting ``root`` (options in the module
+    docstring)."""
+    argv = [
+        "systemd-nspawn",
+        "--boot",
+        f"--directory={root}",
+        f"--machine={cfg.name}",
+        f"--network-namespace-path={cfg.netns}",
+        "--register=no",
+        "--keep-unit",
+        "--capability=CAP_NET_ADMIN",
+        "--link-journal=no",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--console=read-only",
+    ]
+    argv += [f"--bind={src}:{dst}" for src, dst in cfg.binds]
+    return argv
+
+
+def boot_script(cfg: MachineConfig) -> str:
+    """The shell script the launcher runs in its own mount namespace for one boot: a tmpfs on
+    ``cfg.ram``, an overlayfs of ``cfg.layers`` over ``cfg.image`` with the tmpfs as upper
+    layer, then ``exec systemd-nspawn`` on it."""
+    ram = shlex.quote(cfg.ram)
+    lower = ":".join([*cfg.layers, cfg.image])
+    opts = shlex.quote(f"lowerdir={lower},upperdir={cfg.ram}/upper,workdir={cfg.ram}/work")
+    return "\n".join(
+        [
+            "set -e",
+            f"mount -t tmpfs -o mode=0755 ek8s-ram {ram}",
+            f"mkdir -p {ram}/upper {ram}/work {ram}/root",
+            f"mount -t overlay -o {opts} ek8s-root {ram}/root",
+            "exec " + " ".join(shlex.quote(a) for a in nspawn_argv(cfg, f"{cfg.ram}/root")),
+        ]
+    )
+
+
+def launch(cfg: MachineConfig) -> int:
+    """Run the machine until it stops without asking for a reboot; return nspawn's last exit
+    status. Each boot appends a line to ``cfg.boots``. SIGTERM or SIGINT to the launcher is
+    passed to nspawn, which shuts the machine down cleanly (poweroff), and ends the loop."""
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    Path(cfg.ram).mkdir(parents=True, exist_ok=True)
+    boot = 0
+    while True:
+        boot += 1
+        with open(cfg.boots, "a") as f:
+            f.write(json.dumps({"t": time.time(), "boot": boot}) + "\n")
+        child = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", boot_script(cfg)],
+            stdin=subprocess.DEVNULL,
+        )
+        rc = child.wait()
+        print(f"[ek8s lab] {cfg.name}: systemd-nspawn exited {rc}", flush=True)
+        if rc != REBOOT_STATUS or stopping:
+            return rc
+
+
+def leader_pid(netns_name: str) -> int | None:
+    """The host pid of the machine's PID 1 (systemd) in the namespace ``netns_name``: the
+    process there that is PID 1 of its own PID namespace (``NSpid`` in /proc/PID/status)."""
+    from lab import netns
+
+    for pid in netns.pids(netns_name):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                ids = line.split()[1:]
+                if len(ids) > 1 and ids[-1] == "1":
+                    return pid
+    return None
+
+
+def exec_argv(pid: int, argv: list[str]) -> list[str]:
+    """``nsenter`` into every namespace of the machine whose PID 1 is host pid ``pid``, with a
+    clean environment, running ``argv`` (so systemctl and journalctl talk to its systemd)."""
+    env = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+    if os.environ.get("TERM"):
+        env.append(f"TERM={os.environ['TERM']}")
+    return ["nsenter", f"--target={pid}", "--all", *env, *argv]
+
+
+def wait_running(netns_name: str, timeout_s: float, launcher: int) -> int:
+    """Wait until the machine's systemd reports ``running`` or ``degraded`` (boot finished);
+    return its host pid. Raises ``TimeoutError`` after ``timeout_s`` seconds, or
+    ``RuntimeError`` when the launcher (pid ``launcher``) exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = leader_pid(netns_name)
+        if pid is not None:
+            res = subprocess.run(
+                exec_argv(pid, ["systemctl", "is-system-running"]), capture_output=True, text=True, timeout=30
+            )
+            if res.stdout.strip() in ("running", "degraded"):
+                return pid
+        if not _alive(launcher):
+            raise RuntimeError("the machine's launcher exited")
+        time.sleep(0.2)
+    raise TimeoutError(f"{netns_name}: systemd did not finish booting within {timeout_s:.0f}s")
+
+
+def _alive(pid: int) -> bool:
+    from lab.runners import alive
+
+    return alive(pid)
+
+
+def copy_tree(src: Path, dst: Path, skip_suffix: str = "") -> None:
+    """Copy ``src`` into ``dst`` (merging, symlinks kept), leaving out files ending in
+    ``skip_suffix`` and ``__pycache__``."""
+
+    def ignore(_d: str, names: list[str]) -> list[str]:
+        return [n for n in names if n == "__pycache__" or (skip_suffix and n.endswith(skip_suffix))]
+
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lab.machines launch MACHINE_JSON``: :func:`launch`."""
+    p = argparse.ArgumentParser(prog="python -m lab.machines")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("launch").add_argument("config", type=Path)
+    args = p.parse_args(argv)
+    return launch(MachineConfig.load(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

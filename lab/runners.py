@@ -1,0 +1,304 @@
+"""How a lab node runs: one strategy per mode, behind the same few verbs (docs/lab.md).
+
+* :class:`ProcessRunner` (``ek8s lab up --processes``, the default): the lab starts the node
+  agent itself in the node's namespace, ``service_manager: process``, the node's root a
+  directory of the lab that a reboot wipes.
+* :class:`MachineRunner` (``--machines``): the node is a machine (:mod:`lab.machines`)
+  booting the lab's node image with systemd, the Warewulf overlays rendered for it on top
+  (:mod:`manager.wwrender`), the overlay's units starting the agent and Phylactery with
+  ``service_manager: systemd``.
+
+:class:`lab.cluster.Lab` creates the namespaces, the share and the report for both; a runner
+writes each node's configuration (:meth:`configure`), boots (:meth:`boot`) and stops
+(:meth:`stop`) it, and says how to run a command inside (:meth:`exec_argv`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psutil
+import yaml
+
+from core.fileperm import ensure_dir
+from lab import machines, netns
+from lab.emulation import ENV as EMULATION_ENV
+from lab.emulation import Emulation
+
+if TYPE_CHECKING:
+    from lab.cluster import Lab, LabNode, LabState
+
+PROCESSES = "processes"
+MACHINES = "machines"
+SHARE_PATH = "/share"  # the share's path on a machine, node.yaml's default (Warewulf tag ek8s_share)
+MACHINE_BOOT_TIMEOUT_S = 120.0
+MACHINE_STOP_TIMEOUT_S = 60.0
+
+
+# The EMULATED kubelet as a machine runs it: like the kubelet package's unit with kubeadm's
+# drop-in (10-kubeadm.conf), flags from /var/lib/kubelet/kubeadm-flags.env, which the emulated
+# kubeadm writes before `systemctl restart kubelet`. KillMode=process: the static pods (etcd,
+# the API server) outlive a kubelet restart, as containers in containerd do.
+KUBELET_UNIT = """[Unit]
+Description=EMULATED kubelet (ephemeral-k8s lab: lab/kubelet.py)
+Wants=network-online.target
+After=network-online.target
+ConditionPathExists=/var/lib/kubelet/kubeadm-flags.env
+
+[Service]
+Environment=PYTHONPATH=/usr/local/lib/ek8s/python EK8S_EMULATION=/var/lib/ek8s-lab/emulation.json
+EnvironmentFile=/var/lib/kubelet/kubeadm-flags.env
+ExecStart=/usr/bin/python3.11 -m lab.kubelet $KUBELET_KUBEADM_ARGS
+KillMode=process
+Restart=always
+RestartSec=1
+"""
+
+
+class RunnerError(Exception):
+    """A node could not be configured, booted or stopped; the message says which and why."""
+
+
+class NodeRunner(Protocol):
+    """The verbs a lab mode implements (see the module docstring)."""
+
+    mode: str
+
+    def configure(self, lab: Lab, state: LabState, emulation: Emulation, overrides: dict[str, Any]) -> None:
+        """Write every node's configuration (node.yaml and what else boots it); start nothing."""
+
+    def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
+        """Start ``node`` from a fresh root; set ``node.pid``. Returns without waiting for it."""
+
+    def stop(self, lab: Lab, state: LabState, node: LabNode, crash: bool) -> None:
+        """Stop ``node``: cleanly, or (``crash``) at once with its cable pulled."""
+
+    def exec_argv(self, state: LabState, node: LabNode, argv: list[str]) -> list[str]:
+        """The command line that runs ``argv`` inside ``node``."""
+        ...
+
+
+def runner(mode: str) -> NodeRunner:
+    """The runner for ``mode`` (:data:`PROCESSES` or :data:`MACHINES`); ``ValueError`` otherwise."""
+    if mode == PROCESSES:
+        return ProcessRunner()
+    if mode == MACHINES:
+        return MachineRunner()
+    raise ValueError(f"unknown lab mode {mode!r} ({PROCESSES} or {MACHINES})")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: reaped when it is our child, and a zombie (whose
+    parent, such as an ``ek8s lab up`` that started it, has not reaped it) counts as gone."""
+    with contextlib.suppress(ChildProcessError):
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited:
+            return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+_alive = alive
+
+
+class ProcessRunner:
+    """Nodes as namespaces whose agent the lab starts (``service_manager: process``)."""
+
+    mode = PROCESSES
+
+    def configure(self, lab: Lab, state: LabState, emulation: Emulation, overrides: dict[str, Any]) -> None:
+        """node.yaml per node from :meth:`lab.cluster.Lab.node_config` at ``node.config``."""
+        for node in state.nodes:
+            cfg_path = Path(node.config)
+            ensure_dir(cfg_path.parent, 0o700)
+            cfg = lab.node_config(
+                node.name, node.role, node.address, Path(node.root), lab.dir / "bin/kubeadm", overrides
+            )
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
+        """Wipe the node's root (its tmpfs is gone) and start its agent in its namespace, as
+        ek8s-node.service would at boot; output to ``node.log``. Not waited for."""
+        shutil.rmtree(node.root, ignore_errors=True)
+        ensure_dir(Path(node.root), 0o755)
+        with open(node.log, "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", node.ns, sys.executable, "-m", "leader", "run", "--config", node.config],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, EMULATION_ENV: str(lab.dir / "emulation.json")},
+            )
+        node.pid = proc.pid
+
+    def stop(self, lab: Lab, state: LabState, node: LabNode, crash: bool) -> None:
+        """SIGTERM every process of the namespace (SIGKILL after 5 s), or SIGKILL with the
+        cable pulled at the same moment (``crash``)."""
+        if crash:
+            netns.set_link(lab.prefix, node.name, up=False)
+            netns.kill_all(node.ns, grace_s=0.0, sig=signal.SIGKILL)
+        else:
+            netns.kill_all(node.ns, grace_s=5.0)
+        node.pid = 0
+
+    def exec_argv(self, state: LabState, node: LabNode, argv: list[str]) -> list[str]:
+        """``ip netns exec <ns> ARGV`` (the host's files, the node's network)."""
+        return ["ip", "netns", "exec", node.ns, *argv]
+
+
+class MachineRunner:
+    """Nodes as systemd-nspawn machines (:mod:`lab.machines`)."""
+
+    mode = MACHINES
+
+    def configure(self, lab: Lab, state: LabState, emulation: Emulation, overrides: dict[str, Any]) -> None:
+        """Build (or reuse) the image, then write under ``<dir>/machines``: ``common/`` (the
+        ``ek8s`` and ``ek8s-hosts`` overlays without their templates, plus the emulation's
+        code in ``/usr/local/lib/ek8s/python/lab`` and its ``kubelet.service``), and per
+        node ``<node>/overlay/`` (every ``.ww`` template rendered for the node by Warewulf's renderer from the lab's
+        inventory, ``/etc/hostname``; ``overrides`` merged into node.yaml) and
+        ``<node>/machine.json``. The emulation's settings go to ``<dir>/emulation/``, bound
+        into every machine. Raises :class:`lab.image.ImageError` or
+        :class:`manager.wwrender.RenderError`."""
+        from lab import image
+        from manager import overlay, wwrender
+
+        for tool in ("systemd-nspawn", "unshare", "nsenter"):
+            if shutil.which(tool) is None:
+                raise RunnerError(f"{tool} not found; apt-get install systemd-container util-linux (make lab does)")
+        root = image.ensure_image()
+        base = ensure_dir(lab.dir / "machines", 0o700)
+        built = base / "built"
+        overlay.build(built)
+        common = base / "common"
+        for name in overlay.OVERLAYS:
+            machines.copy_tree(built / name / "rootfs", common, skip_suffix=wwrender.TEMPLATE_SUFFIX)
+        lab_pkg = Path(__file__).resolve().parent
+        machines.copy_tree(lab_pkg, common / overlay.LIB_DIR / "python" / "lab")
+        (common / "etc/systemd/system/kubelet.service").write_text(KUBELET_UNIT)
+        emu_dir = ensure_dir(lab.dir / "emulation", 0o755)
+        replace(emulation, python="python3.11", etcd="/usr/bin/etcd").dump(emu_dir / "emulation.json")
+
+        renderer = wwrender.build_renderer(image.cache_dir() / "wwtemplate" / "wwtemplate")
+        fixture = wwrender.write_fixture(base / "registry.json", lab_inventory(state), lab_server())
+        for node in state.nodes:
+            node_dir = base / node.name
+            layer = ensure_dir(node_dir / "overlay", 0o755)
+            for name in overlay.OVERLAYS:
+                wwrender.render_overlay(renderer, fixture, "4.6", node.name, built / name / "rootfs", layer)
+            (layer / "etc/hostname").write_text(node.name + "\n")
+            node_yaml = layer / "etc/ek8s/node.yaml"
+            if overrides:
+                from lab.cluster import _merge
+
+                cfg = yaml.safe_load(node_yaml.read_text())
+                _merge(cfg, overrides)
+                node_yaml.write_text(
+                    "# rendered by Warewulf's templates, then `ek8s lab up --set` merged in\n"
+                    + yaml.safe_dump(cfg, sort_keys=False)
+                )
+            node.config = str(node_yaml)
+            node.root = str(node_dir / "ram")
+            machines.MachineConfig(
+                name=node.name,
+                netns=f"/run/netns/{node.ns}",
+                image=str(root),
+                layers=[str(layer), str(common)],
+                ram=node.root,
+                boots=str(node_dir / "boots.jsonl"),
+                binds=[[str(lab.share), SHARE_PATH], [str(emu_dir), machines.EMULATION_MOUNT]],
+            ).dump(node_dir / "machine.json")
+
+    def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
+        """Start the machine's launcher (its own session; console to ``node.log``). A
+        machine always boots on a new tmpfs. Not waited for."""
+        with open(node.log, "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lab.machines",
+                    "launch",
+                    str(lab.dir / "machines" / node.name / "machine.json"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        node.pid = proc.pid
+
+    def stop(self, lab: Lab, state: LabState, node: LabNode, crash: bool) -> None:
+        """Clean: SIGTERM to the launcher, which has nspawn power the machine off (systemd
+        stops every unit), SIGKILL to all after :data:`MACHINE_STOP_TIMEOUT_S`. ``crash``:
+        cable out, then SIGKILL to the launcher, nspawn and every process of the machine at
+        once. Returns when no process of the machine is left."""
+        pid = node.pid
+        if crash:
+            netns.set_link(lab.prefix, node.name, up=False)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            netns.kill_all(node.ns, grace_s=0.0, sig=signal.SIGKILL)
+        elif pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + MACHINE_STOP_TIMEOUT_S
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            netns.kill_all(node.ns, grace_s=0.0, sig=signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        node.pid = 0
+
+    def exec_argv(self, state: LabState, node: LabNode, argv: list[str]) -> list[str]:
+        """``nsenter`` into the machine (:func:`lab.machines.exec_argv`). Raises
+        :class:`RunnerError` when it is not running."""
+        pid = machines.leader_pid(node.ns)
+        if pid is None:
+            raise RunnerError(f"{node.name} is not running (ek8s lab boot {node.name})")
+        return machines.exec_argv(pid, argv)
+
+
+def lab_inventory(state: LabState) -> Any:
+    """The lab as a Warewulf inventory (:class:`manager.inventory.Inventory`): its nodes on
+    ``eth0`` with made-up MACs, cluster ``default``, the share at ``/share``, no CNI manifest,
+    ``on_cluster_lost: restore`` (node.yaml's default, as in process mode)."""
+    from manager.inventory import Inventory
+
+    nodes = [
+        {"name": n.name, "role": n.role, "address": n.address, "mac": "52:54:00:00:00:%02x" % (i + 1)}
+        for i, n in enumerate(state.nodes)
+    ]
+    return Inventory.model_validate(
+        {
+            "cluster": "default",
+            "warewulf": {"netdev": "eth0", "netmask": "255.255.255.0"},
+            "share": {"path": SHARE_PATH},
+            "cni_manifest": None,
+            "on_cluster_lost": "restore",
+            "nodes": nodes,
+        }
+    )
+
+
+def lab_server() -> dict[str, str]:
+    """The Warewulf server as the renderer sees it: the lab's ``manager`` (10.0.0.13)."""
+    from lab.cluster import MANAGER
+
+    return {"ipaddr": MANAGER, "netmask": "255.255.255.0", "network": "10.0.0.0", "buildhost": "manager"}

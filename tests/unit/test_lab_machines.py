@@ -1,0 +1,64 @@
+"""The machine runner's pure parts: the image's cache key, the boot script, the lab as a
+Warewulf inventory (no root, nothing booted; tests/lab/test_machines.py boots them)."""
+
+from __future__ import annotations
+
+import shlex
+
+from lab import image, machines, runners
+from lab.cluster import LabNode, LabState
+
+
+def test_image_key_is_stable_and_follows_its_inputs() -> None:
+    key = image.image_key()
+    assert key == image.image_key() and len(key) == 16 and int(key, 16) >= 0
+    assert image.image_key("http://mirror.example/debian") != key
+    assert image.image_path().parent.name == key and image.image_path().name == "rootfs"
+    assert "aiohttp>=3.9" in image.requirements().splitlines()
+
+
+def test_boot_script_lays_the_node_overlay_over_the_common_one_over_the_image() -> None:
+    cfg = machines.MachineConfig(
+        name="control0",
+        netns="/run/netns/ek8s-control0",
+        image="/cache/rootfs",
+        layers=["/lab/machines/control0/overlay", "/lab/machines/common"],
+        ram="/lab/machines/control0/ram",
+        boots="/lab/machines/control0/boots.jsonl",
+        binds=[["/lab/share", "/share"]],
+    )
+    lines = machines.boot_script(cfg).splitlines()
+    assert lines[1] == "mount -t tmpfs -o mode=0755 ek8s-ram /lab/machines/control0/ram"
+    overlay = shlex.split(lines[3])
+    assert overlay[:4] == ["mount", "-t", "overlay", "-o"]
+    assert overlay[4].startswith(
+        "lowerdir=/lab/machines/control0/overlay:/lab/machines/common:/cache/rootfs,"
+        "upperdir=/lab/machines/control0/ram/upper,"
+    )
+    nspawn = shlex.split(lines[-1])
+    assert nspawn[:3] == ["exec", "systemd-nspawn", "--boot"]
+    for option in (
+        "--directory=/lab/machines/control0/ram/root",
+        "--machine=control0",
+        "--network-namespace-path=/run/netns/ek8s-control0",
+        "--register=no",
+        "--keep-unit",
+        "--capability=CAP_NET_ADMIN",
+        "--bind=/lab/share:/share",
+    ):
+        assert option in nspawn
+
+
+def test_the_lab_as_a_warewulf_inventory() -> None:
+    state = LabState(prefix="ek8s", dir="/lab", share="/lab/share", mode=runners.MACHINES)
+    for name, role, address in (("control0", "control", "10.0.0.21"), ("worker0", "worker", "10.0.0.41")):
+        state.nodes.append(LabNode(name, role, address, f"ek8s-{name}", "", "", ""))
+    inv = runners.lab_inventory(state)
+    assert [(n.name, n.role, n.address) for n in inv.expanded()] == [
+        ("control0", "control", "10.0.0.21"),
+        ("worker0", "worker", "10.0.0.41"),
+    ]
+    tags = inv.cluster_tags()
+    assert tags["ek8s_cluster"] == "default" and tags["ek8s_share"] == "/share"
+    assert tags["ek8s_vip"] == "10.0.0.99" and tags["ek8s_vip_hostname"] == "vip.kubernetes.local"
+    assert "ek8s_cni_manifest" not in tags and inv.warewulf.netdev == "eth0"
