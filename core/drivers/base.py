@@ -144,8 +144,8 @@ class Driver(Protocol):
 
     name: str
     # What Phylactery must remove before this node rejoins (phylactery/prune.py implements
-    # each): "node", "etcd_member" (kubeadm: named as the node; k3s: "<node>-<8 hex digits>"),
-    # "node_password" (k3s: the "<node>.node-password.k3s" Secret in kube-system).
+    # each): "node"; "etcd_member" (kubeadm: members named as their node) or "k3s_etcd_member"
+    # (k3s: "<node>-<8 hex digits>"); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
     prune_kinds: tuple[str, ...]
 
     def new_credentials(self) -> Credentials:

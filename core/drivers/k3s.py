@@ -192,7 +192,7 @@ class K3sDriver:
     ``k3s-agent`` service. One start or command at a time; :meth:`abort` ends it."""
 
     name = "k3s"
-    prune_kinds: tuple[str, ...] = ("node", "etcd_member", "node_password")
+    prune_kinds: tuple[str, ...] = ("node", "k3s_etcd_member", "node_password")
     etcd_endpoint = ETCD_ENDPOINT
 
     def __init__(self, cfg: NodeConfig) -> None:
