@@ -663,7 +663,7 @@ class Agent:
         checks :data:`MEMBER_CHECK_S` apart that miss it, reset and rejoin (pruned first)."""
         self.member_checked_at = self.clock()
         view = self.probes.etcd_view()
-        if view is not None and any(m.name == self.cfg.node.name for m in view.members):
+        if view is not None and any(self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in view.members):
             self.member_missing = 0
             return None
         self.member_missing += 1

@@ -253,13 +253,14 @@ class Phylactery:
             return None
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=3.0) as etcd:
             members = await etcd.member_list()
-            name = recovery.reapable([m.name for m in members], a)
+            node_of = {m.id: self.driver.etcd_member_node(m.name) for m in members}
+            name = recovery.reapable(list(node_of.values()), a)
             if name is None:
                 return None
-            doomed = next(m for m in members if m.name == name)
+            doomed = next(m for m in members if node_of[m.id] == name)
             remaining = len(members) - 1
             await etcd.member_remove(doomed.id)
-        fate = a.fates[doomed.name].value
+        fate = a.fates[name].value
         why = f"removed etcd member {doomed.name}: its node {fate} (data gone); {remaining} members left"
         log.info(why, extra={"member": doomed.name})
         await asyncio.to_thread(self.store.record_event, "member_reaped", state.generation, why, member=doomed.name)

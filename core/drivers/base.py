@@ -211,6 +211,11 @@ class Driver(Protocol):
         """Whether this node holds an etcd member's data directory (it survived in RAM)."""
         ...
 
+    def etcd_member_node(self, member_name: str) -> str:
+        """The node an etcd member of this distribution belongs to, from the member's name
+        (kubeadm names members as their node; k3s ``<node>-<8 hex digits>``)."""
+        ...
+
     def reform_etcd(self) -> None:
         """Re-form etcd from this node's data as a one-member cluster (etcd's
         ``--force-new-cluster``), keeping every key; returns once the member has quorum alone

@@ -81,6 +81,8 @@ NEVER_S = 10 * 365 * 24 * 3600.0
 # (pkg/agent/config/config.go: "Node password rejected, ..." after a 403 from the server).
 FATAL_LINES = ("Node password rejected",)
 
+# k3s's etcd member names: the node name, "-", the first 8 hex digits of a UUID (pkg/etcd, setName).
+MEMBER_NAME = re.compile(r"^(.+)-[0-9a-f]{8}$")
 TOKEN_PREFIX = "K10"
 _TOKEN = re.compile(r"^K10([0-9a-f]{64})?::([^:]+):(.+)$")
 _SECRETS = re.compile(r"(K10[0-9a-f]{0,64}::[^:\s]+:|\b(?:token|agent-token): *)[^\s\"']+")
@@ -225,6 +227,11 @@ class K3sDriver:
         """Whether the kubelet kubeconfig exists: k3s started as server or agent and got its
         node credentials (after the token and node-password checks)."""
         return self.kubelet_kubeconfig.exists()
+
+    def etcd_member_node(self, member_name: str) -> str:
+        """``control0`` for k3s's ``control0-0a1b2c3d``; a name without that suffix as it is."""
+        m = MEMBER_NAME.match(member_name)
+        return m.group(1) if m else member_name
 
     def has_etcd_data(self) -> bool:
         """``/var/lib/rancher/k3s/server/db/etcd/member`` exists."""

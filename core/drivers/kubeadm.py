@@ -210,6 +210,10 @@ class KubeadmDriver:
         command[:] = [a for a in command if a != flag] + ([flag] if on else [])
         write_atomic(self.etcd_manifest, yaml.safe_dump(pod, sort_keys=False))
 
+    def etcd_member_node(self, member_name: str) -> str:
+        """kubeadm names a node's etcd member as the node: ``member_name`` itself."""
+        return member_name
+
     def is_joined(self) -> bool:
         """Whether ``kubelet.conf`` exists: an init or join completed and was not reset."""
         return self.kubelet_kubeconfig.exists()

@@ -114,6 +114,9 @@ class FakeDriver:
     def etcd_client_context(self) -> None:
         return None
 
+    def etcd_member_node(self, member_name: str) -> str:
+        return member_name
+
     def has_etcd_data(self) -> bool:
         return self.joined
 

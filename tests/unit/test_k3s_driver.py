@@ -194,3 +194,10 @@ def test_restore_is_refused_not_ignored(tmp_path: Path) -> None:
     with pytest.raises(DriverError) as err:
         k3s.K3sDriver(cfg(tmp_path)).init(Credentials("a", "b"), restore_from=tmp_path / "snap.db")
     assert "token the snapshot was taken with" in str(err.value)
+
+
+def test_etcd_members_map_to_their_nodes(tmp_path: Path) -> None:
+    driver = k3s.K3sDriver(cfg(tmp_path))
+    assert driver.etcd_member_node("control0-0a1b2c3d") == "control0"
+    assert driver.etcd_member_node("ctl-1-0a1b2c3d") == "ctl-1"
+    assert driver.etcd_member_node("control0") == "control0"
