@@ -62,7 +62,7 @@ def print_report(report: dict[str, Any]) -> None:
     click.echo(f"HAProxy backends UP per control node: {up}")
     for k, v in report.get("errors", {}).items():
         click.echo(f"  ! {k}: {v}")
-    click.echo("(kubeadm, kube-apiserver and kubelet are EMULATED in the lab; etcd, HAProxy, keepalived are real)")
+    click.echo("(kubeadm or k3s, kube-apiserver, kubelet are EMULATED in the lab; etcd, HAProxy, keepalived are real)")
 
 
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
@@ -106,7 +106,7 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     """A local lab cluster: nodes are network namespaces on one machine.
 
     Real: node agent, Phylactery, etcd, HAProxy, keepalived (VRRP), file locks.
-    EMULATED: kubeadm, kube-apiserver, kubelet (see lab/kubeadm.py).
+    EMULATED: kubeadm or k3s, kube-apiserver, kubelet (see lab/kubeadm.py, lab/k3s.py).
     """
     ctx.obj = {"dir": directory, "prefix": prefix}
 

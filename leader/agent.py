@@ -619,6 +619,7 @@ class Agent:
             f"pruned my stale state through {answer.get('url')}",
             deleted_nodes=answer.get("deleted_nodes"),
             removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
+            deleted_secrets=answer.get("deleted_secrets", []),
         )
 
     def _run_join(self) -> None:

@@ -383,7 +383,9 @@ class Phylactery:
         out: dict[str, Any] = {"members": [], "quorum": None, "error": None}
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
             try:
-                out["members"] = [m.to_json() for m in await etcd.member_list()]
+                out["members"] = [
+                    {**m.to_json(), "node": self.driver.etcd_member_node(m.name)} for m in await etcd.member_list()
+                ]
                 await etcd.get("/registry/health")
                 out["quorum"] = True
             except (EtcdError, OSError) as err:
