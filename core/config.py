@@ -135,7 +135,10 @@ class VipSettings(_Strict):
 
 
 class KubernetesSettings(_Strict):
-    """What kubeadm is asked to build (kubeadm.k8s.io/v1beta4 ClusterConfiguration)."""
+    """What the distribution is asked to build: kubeadm (``kubeadm.k8s.io/v1beta4``
+    ClusterConfiguration, :mod:`core.drivers.kubeadm`) or k3s with embedded etcd
+    (``/etc/rancher/k3s/config.yaml``, :mod:`core.drivers.k3s`). ``version`` is what kubeadm
+    installs; k3s runs the version of its executable."""
 
     distribution: Literal["kubeadm", "k3s"] = "kubeadm"
     version: str = "v1.32.1"
@@ -143,8 +146,9 @@ class KubernetesSettings(_Strict):
     service_subnet: str = "10.96.0.0/12"
     api_server_port: int = Field(6443, ge=1, le=65535)
     extra_sans: list[str] = Field(default_factory=lambda: ["10.0.0.13"])
-    # The kubeadm executable; the lab points this at its emulated kubeadm.
+    # The kubeadm and k3s executables; the lab points them at its emulated ones.
     kubeadm: str = "kubeadm"
+    k3s: str = "k3s"
     # Manifests applied by the leader once the control plane is up (the CNI first).
     manifests: list[Path] = Field(default_factory=list)
     # Offline image archives baked into the node image; imported at boot beside the election.
@@ -153,13 +157,6 @@ class KubernetesSettings(_Strict):
     # share, timeouts.worker_join_slot_s at most): the API servers answer every joiner's TLS
     # handshakes and bootstrap calls. Control-plane joins run one at a time regardless.
     worker_join_concurrency: int = Field(10, ge=1, le=1000)
-
-    @field_validator("distribution")
-    @classmethod
-    def _distribution(cls, v: str) -> str:
-        if v != "kubeadm":
-            raise ValueError("only 'kubeadm' is implemented so far")
-        return v
 
     @field_validator("version")
     @classmethod

@@ -19,7 +19,10 @@ What is emulated, and only as far as the node agent, Phylactery and the official
 * bootstrap tokens (``bootstrap-token-<id>`` Secrets with ``expiration``) as bearer
   credentials, the ``cluster-info`` JWS signature per live token, and a CSR endpoint that
   signs kubelet client certificates at once (the CSR approver and signer);
-* the TTL of the ``kubeadm-certs`` Secret (``ek8s.lab/expires-at`` annotation).
+* the TTL of the ``kubeadm-certs`` Secret (``ek8s.lab/expires-at`` annotation);
+* with a ``k3s`` section in its config, the part of k3s's supervisor that shares the API
+  port (:class:`K3sSupervisor`): ``/cacerts``, ``/v1-k3s/server-bootstrap``, ``/db/info``
+  and ``/v1-k3s/client-kubelet.crt`` with k3s's node-password check.
 
 Authorisation is coarse: cluster admins and control-plane components may do anything;
 nodes may manage their own Node; bootstrap tokens may read cluster-info, kubeadm-certs and
@@ -201,7 +204,8 @@ class ApiServer:
         ctx = client_ssl_context(Path(conf["etcd_ca"]), Path(conf["etcd_cert"]), Path(conf["etcd_key"]))
         self.etcd = EtcdClient(conf["etcd_servers"], ctx, timeout_s=3.0)
         self.grace_s = float(conf.get("node_monitor_grace_s", 40.0))
-        self.ca = pki.read_pair(Path(conf["pki_dir"]), "ca")
+        # The CA that signs client certificates (kubeadm: "ca"; k3s: "client-ca").
+        self.ca = pki.read_pair(Path(conf["pki_dir"]), conf.get("signing_ca", "ca"))
 
     # -- storage (retrying etcd's transient refusals, like the real storage layer) ---------
     async def get(self, key: str) -> bytes | None:
@@ -475,6 +479,8 @@ class ApiServer:
         r.add_route("*", "/api/v1/namespaces/{ns}/{res:configmaps|secrets}", self.objects)
         r.add_route("*", "/api/v1/namespaces/{ns}/{res:configmaps|secrets}/{name}", self.objects)
         r.add_post("/apis/certificates.k8s.io/v1/certificatesigningrequests", self.csr)
+        if "k3s" in self.conf:
+            K3sSupervisor(self, self.conf["k3s"]).routes(r)
 
         lifecycle = NodeLifecycle(self, self.grace_s)
         tasks: list[asyncio.Task[None]] = []
@@ -490,6 +496,110 @@ class ApiServer:
         app.on_startup.append(_start)
         app.on_cleanup.append(_close)
         return app
+
+
+class K3sSupervisor:
+    """EMULATED: the routes of k3s's supervisor that joining nodes use, on the API port as in
+    k3s (``pkg/server/router.go``; paths and answers from ``pkg/clientaccess/token.go`` and
+    ``pkg/nodepassword/nodepassword.go`` in k3s-io/k3s). ``conf``: ``server_ca`` (the CA
+    bundle file), ``passwd`` (k3s's ``server/cred/passwd``: ``<secret>,<user>,<user>,<group>``
+    lines for the users ``server`` and ``node``), ``bootstrap`` (a JSON file of the cluster's
+    certificates and keys, base64, that ``/v1-k3s/server-bootstrap`` hands to joining servers).
+
+    * ``GET /cacerts``, anonymous: the CA bundle's bytes (a joiner hashes them against its
+      token's ``K10<hash>``);
+    * ``GET /v1-k3s/server-bootstrap`` and ``GET /db/info`` (etcd's member list), HTTP basic
+      auth as ``server``; 401 otherwise;
+    * ``GET /v1-k3s/client-kubelet.crt``, basic auth as ``node`` or ``server``, headers
+      ``k3s-Node-Name`` and ``k3s-Node-Password``: the first password seen for a node is kept
+      (its sha256) in the ``<node>.node-password.k3s`` Secret of ``kube-system``; a different
+      one later gets 403 (the agent then says "Node password rejected, ..."); else a client
+      certificate ``system:node:<node>`` (O ``system:nodes``) and its key, PEM, from the
+      client CA. (k3s hashes with its own salted scheme; the emulation keeps a plain sha256.)
+    """
+
+    def __init__(self, api: ApiServer, conf: dict[str, Any]) -> None:
+        self.api, self.conf = api, conf
+
+    def _users(self) -> dict[str, str]:
+        users = {}
+        for line in Path(self.conf["passwd"]).read_text().splitlines():
+            parts = line.split(",")
+            if len(parts) >= 2:
+                users[parts[1]] = parts[0]
+        return users
+
+    def _basic_user(self, request: web.Request, allowed: tuple[str, ...]) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Basic "):
+            return None
+        try:
+            user, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        except ValueError:
+            return None
+        known = self._users().get(user)
+        if user in allowed and known is not None and hmac.compare_digest(known, secret):
+            return user
+        return None
+
+    def routes(self, r: web.UrlDispatcher) -> None:
+        """Add the supervisor's routes to ``r``."""
+        r.add_get("/cacerts", self.cacerts)
+        r.add_get("/v1-k3s/server-bootstrap", self.server_bootstrap)
+        r.add_get("/db/info", self.db_info)
+        r.add_get("/v1-k3s/client-kubelet.crt", self.client_kubelet)
+
+    async def cacerts(self, request: web.Request) -> web.StreamResponse:
+        """The server CA bundle, anonymous."""
+        return web.Response(body=Path(self.conf["server_ca"]).read_bytes(), content_type="text/plain")
+
+    async def server_bootstrap(self, request: web.Request) -> web.StreamResponse:
+        """The cluster's certificates and keys (JSON), for the ``server`` user only."""
+        if self._basic_user(request, ("server",)) is None:
+            return web.Response(status=401, text="Unauthorized")
+        return web.Response(body=Path(self.conf["bootstrap"]).read_bytes(), content_type="application/json")
+
+    async def db_info(self, request: web.Request) -> web.StreamResponse:
+        """``{"members": [{"name", "peerURLs", "clientURLs", "ID"}]}``, for the ``server`` user."""
+        if self._basic_user(request, ("server",)) is None:
+            return web.Response(status=401, text="Unauthorized")
+        try:
+            members = await self.api.etcd.member_list()
+        except EtcdError as err:
+            return web.Response(status=503, text=str(err))
+        return web.json_response(
+            {
+                "members": [
+                    {"ID": str(m.id), "name": m.name, "peerURLs": list(m.peer_urls), "clientURLs": list(m.client_urls)}
+                    for m in members
+                ]
+            }
+        )
+
+    async def client_kubelet(self, request: web.Request) -> web.StreamResponse:
+        """The node-password check, then a kubelet client certificate (see the class)."""
+        if self._basic_user(request, ("node", "server")) is None:
+            return web.Response(status=401, text="Unauthorized")
+        node = request.headers.get("k3s-Node-Name", "")
+        password = request.headers.get("k3s-Node-Password", "")
+        if not node or not password:
+            return web.Response(status=400, text="node name and password headers are required")
+        key = f"/registry/secrets/kube-system/{node}.node-password.k3s"
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        stored = await self.api.load(key)
+        if stored is None:
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "k3s.cattle.io/node-password",
+                "metadata": {"name": f"{node}.node-password.k3s", "namespace": "kube-system"},
+                "data": {"hash": base64.b64encode(digest.encode()).decode()},
+            }
+            await self.api.store(key, secret)
+        elif base64.b64decode(stored.get("data", {}).get("hash", "")).decode() != digest:
+            return web.Response(status=403, text="Forbidden")
+        cert, key_pem = pki.issue(self.api.ca, f"system:node:{node}", orgs=("system:nodes",), client=True)
+        return web.Response(body=cert + key_pem, content_type="text/plain")
 
 
 def server_ssl(conf: dict[str, Any]) -> ssl.SSLContext:

@@ -69,7 +69,7 @@ def print_report(report: dict[str, Any]) -> None:
     click.echo(f"HAProxy backends UP per control node: {up}")
     for k, v in report.get("errors", {}).items():
         click.echo(f"  ! {k}: {v}")
-    click.echo("(kubeadm, kube-apiserver and kubelet are EMULATED in the lab; etcd, HAProxy, keepalived are real)")
+    click.echo("(kubeadm or k3s, kube-apiserver, kubelet are EMULATED in the lab; etcd, HAProxy, keepalived are real)")
 
 
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
@@ -113,7 +113,7 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     """A local lab cluster: nodes are network namespaces on one machine.
 
     Real: node agent, Phylactery, etcd, HAProxy, keepalived (VRRP), file locks.
-    EMULATED: kubeadm, kube-apiserver, kubelet (see lab/kubeadm.py).
+    EMULATED: kubeadm or k3s, kube-apiserver, kubelet (see lab/kubeadm.py, lab/k3s.py).
     """
     ctx.obj = {"dir": directory, "prefix": prefix}
 
@@ -178,17 +178,17 @@ def up(
     """Boot a cluster from nothing; return when every node is Ready.
 
     Exit 1 (the lab is left for inspection) when it cannot be made or is not whole in time;
-    exit 2 for --distribution k3s or a --set without '='.
+    exit 2 for a --set without '='. --distribution k3s runs the emulated k3s (lab/k3s.py).
     """
-    if distribution != "kubeadm":
-        _fail("--distribution k3s is not implemented yet", 2)
+    overrides = _overrides(settings)
+    overrides.setdefault("kubernetes", {})["distribution"] = distribution
     the_lab = _lab(ctx)
     try:
         state = the_lab.create(
             control,
             workers,
             Emulation(init_s=init_seconds, join_s=join_seconds, certs_ttl_s=certs_ttl, token_ttl_s=token_ttl),
-            _overrides(settings),
+            overrides,
             mode=runners.MACHINES if machines else runners.PROCESSES,
         )
         click.echo(

@@ -186,6 +186,12 @@ class Lab:
             f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
         )
         shim.chmod(0o700)
+        k3s_shim = bin_dir / "k3s"
+        k3s_shim.write_text(
+            "#!/bin/sh\n# EMULATED k3s (ephemeral-k8s lab): see lab/k3s.py\n"
+            f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.k3s "$@"\n'
+        )
+        k3s_shim.chmod(0o700)
         nodes = [(f"control{i}", "control", control_address(i)) for i in range(control)]
         nodes += [(f"worker{i}", "worker", worker_address(i)) for i in range(workers)]
         hosts = "127.0.0.1 localhost\n" + f"{VIP} {VIP_NAME}\n" + f"{MANAGER} manager\n"
@@ -225,7 +231,8 @@ class Lab:
         self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
     ) -> dict[str, Any]:
         """The node.yaml Warewulf would render for this node (docs/config.md), with the lab's
-        paths: its own root, the emulated ``kubeadm``, ``service_manager: process``; the VIP
+        paths: its own root, the emulated ``kubeadm`` and ``k3s`` beside it (``overrides``
+        pick the distribution), ``service_manager: process``; the VIP
         ``10.0.0.99`` as ``vip.kubernetes.local:8443``. ``overrides`` are merged last."""
         cfg: dict[str, Any] = {
             "cluster": CLUSTER,
@@ -233,7 +240,7 @@ class Lab:
             "node": {"name": name, "address": address, "interface": "eth0"},
             "share": {"path": str(self.share)},
             "vip": {"address": VIP, "hostname": VIP_NAME, "port": 8443, "prefix_length": PREFIX_LEN},
-            "kubernetes": {"kubeadm": str(kubeadm), "extra_sans": [MANAGER]},
+            "kubernetes": {"kubeadm": str(kubeadm), "k3s": str(kubeadm.parent / "k3s"), "extra_sans": [MANAGER]},
             "root": str(root),
             "service_manager": "process",
         }

@@ -398,7 +398,9 @@ class Agent:
         listed = ""
         if self.cfg.is_control:
             view = self.probes.etcd_view()
-            if view is None or not any(m.name == self.cfg.node.name for m in view.members):
+            if view is None or not any(
+                self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in view.members
+            ):
                 return None
             listed = ", its etcd member listed"
         why = f"restarted within the same boot: this node serves generation {st.generation} (Node Ready{listed})"
@@ -665,6 +667,7 @@ class Agent:
             f"pruned my stale state through {answer.get('url')}",
             deleted_nodes=answer.get("deleted_nodes"),
             removed_etcd_members=[m["id"] for m in answer.get("removed_etcd_members", [])],
+            deleted_secrets=answer.get("deleted_secrets", []),
         )
 
     def _run_join(self) -> None:
@@ -710,7 +713,7 @@ class Agent:
         checks :data:`MEMBER_CHECK_S` apart that miss it, reset and rejoin (pruned first)."""
         self.member_checked_at = self.clock()
         view = self.probes.etcd_view()
-        if view is not None and any(m.name == self.cfg.node.name for m in view.members):
+        if view is not None and any(self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in view.members):
             self.member_missing = 0
             return None
         self.member_missing += 1
@@ -788,6 +791,13 @@ class Agent:
         if self.cfg.on_cluster_lost == "wait":
             self.lost_reported = True
             return self._go(State.LOST, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
+        if self.cfg.on_cluster_lost == "restore" and not self.driver.restores_snapshots:
+            # Starting from nothing is the operator's call ('reinit' or 'ek8s reset'), never a
+            # silent stand-in for a restore; failing init after init would not help either.
+            self.lost_reported = True
+            cannot = f"{self.driver.name} cannot restore a snapshot into a new generation"
+            sentence = f"{why}; on_cluster_lost is 'restore' but {cannot}: waiting for 'ek8s reset'"
+            return self._go(State.LOST, sentence, "cluster_lost")
         source = self.store.newest_valid_snapshot() if self.cfg.on_cluster_lost == "restore" else None
         plan = f"restoring etcd from {source.name}" if source else "starting from nothing"
         if self.cfg.on_cluster_lost == "restore" and source is None:

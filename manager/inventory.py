@@ -173,6 +173,15 @@ class Inventory(_Strict):
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     nodes: list[NodeGroup]
 
+    @field_validator("kubernetes")
+    @classmethod
+    def _kubeadm_images_only(cls, v: KubernetesSettings) -> KubernetesSettings:
+        # The nodes' side takes k3s (core.drivers.k3s); the Warewulf side (a k3s node image,
+        # its airgap images) does not yet, so a plan would boot k3s nodes from a kubeadm image.
+        if v.distribution != "kubeadm":
+            raise ValueError("kubernetes.distribution: only kubeadm node images are planned so far (k3s: issue 12)")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Inventory:
         nodes = self.expanded()

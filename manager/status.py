@@ -105,7 +105,8 @@ def collect(store: ShareStore) -> dict[str, Any]:
         "leader": state.leader.node if state.leader else None,
         "api_reachable": api is not None,
         "nodes": nodes,
-        "etcd_members": sorted(m["name"] for m in etcd["members"]) if etcd else None,
+        # By node (a k3s member is named <node>-<8 hex>; Phylactery says whose it is).
+        "etcd_members": sorted(m.get("node", m["name"]) for m in etcd["members"]) if etcd else None,
         "etcd_quorum": etcd.get("quorum") if etcd else None,
         "vip_holder": vip_holders[0] if len(vip_holders) == 1 else (vip_holders or None),
         "haproxy_backends_up": {

@@ -1,15 +1,22 @@
-"""Remove what a rebooted node left behind, so that kubeadm lets it join again.
+"""Remove what a rebooted node left behind, so that kubeadm or k3s lets it join again.
 
 kubeadm refuses to join a node whose name belongs to a Node that is still Ready, and a new
-etcd member cannot be added while a member with the same peer URL exists. Before every join
-the node asks a live Phylactery to run :func:`prune_node`, which is idempotent (pruning
-twice, or a node that left nothing behind, removes nothing and succeeds):
+etcd member cannot be added while a member with the same peer URL exists (kubeadm 1.32 even
+reuses it); k3s also refuses a node whose ``/etc/rancher/node/password`` differs from the one
+its servers stored, which on a RAM root is every rebooted node. Before every join the node
+asks a live Phylactery to run :func:`prune_node`, which is idempotent (pruning twice, or a
+node that left nothing behind, removes nothing and succeeds). The driver's ``prune_kinds``
+say which of these apply:
 
-* Kubernetes Nodes named ``name`` or whose ``InternalIP`` is ``address`` (official
+* ``node``: Kubernetes Nodes named ``name`` or whose ``InternalIP`` is ``address`` (official
   ``kubernetes`` client, this node's admin kubeconfig);
-* etcd members named ``name`` or whose peer URL's host is ``address`` (parsed, never a
-  substring match), through the etcd JSON gateway with the ``apiserver-etcd-client``
-  certificate.
+* ``etcd_member`` (kubeadm names members as their node) and ``k3s_etcd_member`` (k3s names
+  them ``<node>-<8 hex digits>``, ``pkg/etcd/etcd.go`` ``setName``): members with that name
+  or whose peer URL's host is ``address`` (parsed, never a substring match), through the
+  etcd JSON gateway with the driver's etcd client certificate;
+* ``node_password``: the ``<node>.node-password.k3s`` Secrets in ``kube-system`` of
+  ``name`` and of every Node deleted above (k3s's ``pkg/nodepassword``; the refusal it
+  prevents is k3s-io/k3s#802's "Node password rejected, ...").
 
 The serving node never prunes itself.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,20 +65,38 @@ class PruneResult:
     address: str
     deleted_nodes: list[str] = field(default_factory=list)
     removed_etcd_members: list[dict[str, Any]] = field(default_factory=list)
+    deleted_secrets: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """The answer of ``POST /v1/prune``."""
+        """The answer of ``POST /v1/prune`` (``deleted_secrets``: ``namespace/name``)."""
         return {
             "name": self.name,
             "address": self.address,
             "deleted_nodes": self.deleted_nodes,
             "removed_etcd_members": self.removed_etcd_members,
+            "deleted_secrets": self.deleted_secrets,
         }
 
 
-def stale_members(members: list[EtcdMember], name: str, address: str, keep_id: int | None) -> list[EtcdMember]:
-    """Members that belong to the node ``name``/``address``, never the member ``keep_id``."""
-    return [m for m in members if m.id != keep_id and (m.name == name or address in m.peer_hosts)]
+def k3s_member_name(node: str) -> re.Pattern[str]:
+    """The names k3s gives the etcd members of ``node``: ``<node>-`` and the first 8 hex
+    digits of a UUID (a new one whenever the member's data is new). Exactly that: node ``ctl``
+    does not match ``ctl-1-0a1b2c3d``, a member of node ``ctl-1``."""
+    return re.compile(rf"^{re.escape(node)}-[0-9a-f]{{8}}$")
+
+
+def stale_members(
+    members: list[EtcdMember], name: str, address: str, keep_id: int | None, k3s_names: bool = False
+) -> list[EtcdMember]:
+    """Members that belong to the node ``name``/``address``, never the member ``keep_id``:
+    named ``name`` (k3s: :func:`k3s_member_name`, with ``k3s_names``), or with a peer URL on
+    ``address`` (a member there blocks every new member with that peer URL, whatever its name)."""
+    pattern = k3s_member_name(name) if k3s_names else None
+
+    def named(m: EtcdMember) -> bool:
+        return bool(pattern.match(m.name)) if pattern else m.name == name
+
+    return [m for m in members if m.id != keep_id and (named(m) or address in m.peer_hosts)]
 
 
 def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
@@ -108,14 +134,16 @@ async def delete_nodes(kubeconfig: Path, name: str, address: str, keep: str) -> 
     return await asyncio.to_thread(_delete_nodes_sync, kubeconfig, name, address, keep)
 
 
-async def remove_etcd_members(endpoint: str, context: ssl.SSLContext, name: str, address: str) -> list[EtcdMember]:
+async def remove_etcd_members(
+    endpoint: str, context: ssl.SSLContext, name: str, address: str, k3s_names: bool = False
+) -> list[EtcdMember]:
     """Remove the members of ``name``/``address`` (:func:`stale_members`) through
     ``endpoint`` (this node's own member, never removed), retrying etcd's transient refusals.
     Returns the removed members; raises :class:`PruneError` when etcd does not answer."""
     async with EtcdClient([endpoint], context, timeout_s=5.0) as etcd:
         try:
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
-            doomed = stale_members(await etcd.member_list(), name, address, keep_id=me)
+            doomed = stale_members(await etcd.member_list(), name, address, keep_id=me, k3s_names=k3s_names)
             for m in doomed:
                 if await member_answers(m, context):
                     raise PruneRefused(f"etcd member {m.name} ({', '.join(m.client_urls)}) answers: {name} is alive")
@@ -124,6 +152,38 @@ async def remove_etcd_members(endpoint: str, context: ssl.SSLContext, name: str,
         except EtcdError as err:
             raise PruneError(f"etcd: {err}") from err
     return doomed
+
+
+def node_password_secret(node: str) -> str:
+    """k3s's Secret holding the hash of ``node``'s password: ``<node>.node-password.k3s``."""
+    return f"{node}.node-password.k3s"
+
+
+def _delete_node_passwords_sync(kubeconfig: Path, nodes: list[str]) -> list[str]:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    deleted = []
+    for node in dict.fromkeys(nodes):
+        secret = node_password_secret(node)
+        try:
+            api = client.CoreV1Api(kube_client(kubeconfig))
+            api.delete_namespaced_secret(secret, "kube-system", _request_timeout=5)
+            deleted.append(f"kube-system/{secret}")
+        except ApiException as err:
+            if err.status != 404:
+                raise PruneError(f"kubernetes API: cannot delete secret kube-system/{secret}: {err.reason}") from err
+        except kube_errors() as err:
+            raise PruneError(f"kubernetes API: cannot delete secret kube-system/{secret}: {err}") from err
+    return deleted
+
+
+async def delete_node_passwords(kubeconfig: Path, nodes: list[str]) -> list[str]:
+    """Delete the :func:`node_password_secret` of each of ``nodes`` that exists; returns
+    ``kube-system/<name>`` of those deleted. Raises :class:`PruneError`."""
+    if not kubeconfig.exists():
+        raise PruneError(f"{kubeconfig}: no admin kubeconfig on this node yet")
+    return await asyncio.to_thread(_delete_node_passwords_sync, kubeconfig, nodes)
 
 
 async def prune_node(
@@ -136,16 +196,22 @@ async def prune_node(
     etcd_context: ssl.SSLContext | None,
     kinds: tuple[str, ...],
 ) -> PruneResult:
-    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``; the driver's
-    ``prune_kinds``). ``etcd_context`` is None while the serving node runs no etcd member
-    (then no member is removed). Raises :class:`PruneError` when a store does not answer,
+    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``, ``k3s_etcd_member``,
+    ``node_password``; the driver's ``prune_kinds``), in that order: etcd member, Nodes, node
+    passwords. ``etcd_context`` is None while the serving node runs no etcd member (then no
+    member is removed). Raises :class:`PruneError` when a store does not answer,
     ``ValueError`` when asked to prune the serving node."""
     if name == self_name:
         raise ValueError(f"refusing to prune {name}: that is this node")
     result = PruneResult(name=name, address=address)
-    if "etcd_member" in kinds and etcd_context is not None:
-        removed = await remove_etcd_members(etcd_endpoint, etcd_context, name, address)
+    members = [k for k in kinds if k in ("etcd_member", "k3s_etcd_member")]
+    if members and etcd_context is not None:
+        k3s_names = "k3s_etcd_member" in members
+        removed = await remove_etcd_members(etcd_endpoint, etcd_context, name, address, k3s_names=k3s_names)
         result.removed_etcd_members = [m.to_json() for m in removed]
     if "node" in kinds:
         result.deleted_nodes = await delete_nodes(kubeconfig, name, address, keep=self_name)
+    if "node_password" in kinds:
+        owners = [name, *(n for n in result.deleted_nodes if n != self_name)]
+        result.deleted_secrets = await delete_node_passwords(kubeconfig, owners)
     return result

@@ -282,13 +282,14 @@ class Phylactery:
             heartbeats = await asyncio.to_thread(self.store.heartbeats, names)
             a = recovery.assess(state.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
             joining = await asyncio.to_thread(self.store.join_slot_holder, self.cfg.timeouts.lease_ttl_s)
-            name = recovery.reapable([m.name for m in members], a, joining)
+            node_of = {m.id: self.driver.etcd_member_node(m.name) for m in members}
+            name = recovery.reapable(list(node_of.values()), a, joining)
             if name is None:
                 return None
-            doomed = next(m for m in members if m.name == name)
+            doomed = next(m for m in members if node_of[m.id] == name)
             remaining = len(members) - 1
             await etcd.member_remove(doomed.id)
-        fate = a.fates[doomed.name].value
+        fate = a.fates[name].value
         why = f"removed etcd member {doomed.name}: its node {fate} (data gone); {remaining} members left"
         log.info(why, extra={"member": doomed.name})
         await asyncio.to_thread(self.store.record_event, "member_reaped", state.generation, why, member=doomed.name)
@@ -411,7 +412,9 @@ class Phylactery:
         out: dict[str, Any] = {"members": [], "quorum": None, "error": None}
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
             try:
-                out["members"] = [m.to_json() for m in await etcd.member_list()]
+                out["members"] = [
+                    {**m.to_json(), "node": self.driver.etcd_member_node(m.name)} for m in await etcd.member_list()
+                ]
                 await etcd.get("/registry/health")
                 out["quorum"] = True
             except (EtcdError, OSError) as err:

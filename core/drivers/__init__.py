@@ -7,8 +7,13 @@ from core.drivers.base import ApiUnavailable, Credentials, Driver, DriverError, 
 
 
 def driver_for(cfg: NodeConfig) -> Driver:
-    """The driver named by node.yaml's ``kubernetes.distribution`` (only kubeadm so far; the
-    config model refuses the others with exit 2)."""
+    """The driver named by node.yaml's ``kubernetes.distribution``: ``kubeadm``
+    (:class:`core.drivers.kubeadm.KubeadmDriver`) or ``k3s``
+    (:class:`core.drivers.k3s.K3sDriver`); the config model refuses any other with exit 2."""
+    if cfg.kubernetes.distribution == "k3s":
+        from core.drivers.k3s import K3sDriver
+
+        return K3sDriver(cfg)
     from core.drivers.kubeadm import KubeadmDriver
 
     return KubeadmDriver(cfg)

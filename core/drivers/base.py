@@ -1,6 +1,6 @@
 """The driver interface: what the agent and Phylactery ask of a Kubernetes distribution.
 
-kubeadm implements it (:mod:`core.drivers.kubeadm`); k3s is next. A driver turns the agent's
+kubeadm (:mod:`core.drivers.kubeadm`) and k3s (:mod:`core.drivers.k3s`) implement it. A driver turns the agent's
 decisions into the distribution's own commands, and it alone knows the distribution's files
 (PKI, kubeconfigs), its etcd (endpoint, client credentials), its join credentials and their
 lifetimes, and what a rebooted node leaves behind. Nothing above it hard-codes any of that.
@@ -8,11 +8,19 @@ lifetimes, and what a rebooted node leaves behind. Nothing above it hard-codes a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from core.logs import PhaseLogger
 from core.share import JoinMaterial
 
 
@@ -33,10 +41,90 @@ class ApiUnavailable(Exception):
     should ask another control node or try again later."""
 
 
+class CommandRunner:
+    """Runs one distribution command at a time (``kubeadm ...``, ``k3s ...``) and lets another
+    thread stop it: the process-handling half every driver shares.
+
+    ``tool`` names the command in logs; ``redact`` hides secrets in every line that reaches
+    the log or an error; ``timeout_s`` bounds each command (node.yaml ``timeouts.command_s``).
+    """
+
+    def __init__(self, tool: str, timeout_s: float, redact: Callable[[str], str], log: PhaseLogger) -> None:
+        self.tool = tool
+        self.timeout_s = timeout_s
+        self.redact = redact
+        self.log = log
+        self._proc: subprocess.Popen[str] | None = None
+        self._aborted = threading.Event()
+
+    def run(self, argv: list[str]) -> str:
+        """Run ``argv``; returns its output (stdout and stderr together, redacted). Raises
+        :class:`DriverError` on a non-zero exit, a timeout, a missing executable, or
+        :meth:`abort`."""
+        shown = [self.redact(a) for a in argv]
+        started = time.monotonic()
+        self.log.info(f"running {self.tool}", extra={"command": " ".join(shown)})
+        self._aborted.clear()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,  # abort() stops the tool and whatever it started
+            )
+        except OSError as err:
+            raise DriverError(shown, 127, str(err)) from err
+        self._proc = proc
+        try:
+            out, _ = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+            out, _ = proc.communicate()
+            raise DriverError(shown, -1, self.redact(out or "") + f"\ntimed out after {self.timeout_s}s") from None
+        finally:
+            self._proc = None
+        output = self.redact(out or "")
+        for line in output.splitlines():
+            self.log.info(line, extra={"source": self.tool})
+        if self._aborted.is_set():
+            raise DriverError(shown, proc.returncode, output + "\naborted by the agent")
+        if proc.returncode != 0:
+            raise DriverError(shown, proc.returncode, output)
+        self.log.info(f"{self.tool} finished", extra={"seconds": round(time.monotonic() - started, 3)})
+        return output
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def abort(self) -> None:
+        """Kill the running command and its process group (SIGKILL: the tool leaves partial
+        state either way, and the agent resets next); :meth:`run` then raises."""
+        self._aborted.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._kill(proc)
+
+    @property
+    def aborted(self) -> bool:
+        """Whether :meth:`abort` was called since the last :meth:`run` started."""
+        return self._aborted.is_set()
+
+    def clear_abort(self) -> None:
+        """Forget an earlier :meth:`abort` (before a wait that :meth:`aborted` may end)."""
+        self._aborted.clear()
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """The secrets the agent generates before init, in the distribution's formats (kubeadm:
-    bootstrap token ``[a-z0-9]{6}.[a-z0-9]{16}`` and a 64-hex-digit certificate key)."""
+    """The secrets the agent generates before init, in the distribution's formats. kubeadm:
+    ``token`` a bootstrap token ``[a-z0-9]{6}.[a-z0-9]{16}``, ``certificate_key`` 64 hex
+    digits. k3s: ``token`` the server token's secret, ``certificate_key`` the agent token's
+    secret (workers join with it and cannot join as servers); k3s has no certificate key,
+    joining servers fetch the cluster's certificates with the server token."""
 
     token: str
     certificate_key: str
@@ -55,9 +143,13 @@ class Driver(Protocol):
     """One distribution on one node (the node's role comes from node.yaml)."""
 
     name: str
-    # What Phylactery must remove before this node rejoins: "node" and "etcd_member" (kubeadm;
-    # phylactery/prune.py implements these two).
+    # What Phylactery must remove before this node rejoins (phylactery/prune.py implements
+    # each): "node"; "etcd_member" (kubeadm: members named as their node) or "k3s_etcd_member"
+    # (k3s: "<node>-<8 hex digits>"); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
     prune_kinds: tuple[str, ...]
+    # Whether ``init`` can restore an etcd snapshot into a new generation (kubeadm: yes; k3s:
+    # no, its bootstrap data in the snapshot is encrypted with the old generation's token).
+    restores_snapshots: bool
 
     def new_credentials(self) -> Credentials:
         """Fresh join credentials for ``init``."""
@@ -120,6 +212,11 @@ class Driver(Protocol):
 
     def has_etcd_data(self) -> bool:
         """Whether this node holds an etcd member's data directory (it survived in RAM)."""
+        ...
+
+    def etcd_member_node(self, member_name: str) -> str:
+        """The node an etcd member of this distribution belongs to, from the member's name
+        (kubeadm names members as their node; k3s ``<node>-<8 hex digits>``)."""
         ...
 
     def reform_etcd(self) -> None:

@@ -21,15 +21,12 @@ added and the config path is given relative to that root, as kubeadm's ``--rootf
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +35,7 @@ from typing import Any
 import yaml
 
 from core.config import NodeConfig
-from core.drivers.base import ApiUnavailable, Credentials, DriverError, InitResult
+from core.drivers.base import ApiUnavailable, CommandRunner, Credentials, DriverError, InitResult
 from core.fileperm import ensure_dir, write_atomic
 from core.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
 from core.logs import get_logger
@@ -147,13 +144,13 @@ class KubeadmDriver:
 
     name = "kubeadm"
     prune_kinds: tuple[str, ...] = ("node", "etcd_member")
+    restores_snapshots = True
     etcd_endpoint = ETCD_ENDPOINT
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self._config_dir = Path("/run/ek8s/kubeadm")  # node path; holds the token, 0700
-        self._proc: subprocess.Popen[str] | None = None
-        self._aborted = threading.Event()
+        self._runner = CommandRunner("kubeadm", cfg.timeouts.command_s, redact, log)
 
     # -- files this distribution keeps on the node -------------------------------------
     @property
@@ -214,6 +211,10 @@ class KubeadmDriver:
         command[:] = [a for a in command if a != flag] + ([flag] if on else [])
         write_atomic(self.etcd_manifest, yaml.safe_dump(pod, sort_keys=False))
 
+    def etcd_member_node(self, member_name: str) -> str:
+        """kubeadm names a node's etcd member as the node: ``member_name`` itself."""
+        return member_name
+
     def is_joined(self) -> bool:
         """Whether ``kubelet.conf`` exists: an init or join completed and was not reset."""
         return self.kubelet_kubeconfig.exists()
@@ -235,59 +236,16 @@ class KubeadmDriver:
 
     def _run(self, args: list[str]) -> str:
         """Run kubeadm with ``args`` (``--rootfs`` added in the lab); returns its output.
-        Raises :class:`DriverError` on a non-zero exit, a timeout (``timeouts.command_s``),
-        a missing executable, or :meth:`abort`."""
+        Raises :class:`DriverError` (:class:`CommandRunner`)."""
         argv = [self.cfg.kubernetes.kubeadm, *args]
         if self.cfg.root != Path("/"):
             argv += ["--rootfs", str(self.cfg.root)]
-        shown = [redact(a) for a in argv]
-        started = time.monotonic()
-        log.info("running kubeadm", extra={"command": " ".join(shown)})
-        self._aborted.clear()
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                start_new_session=True,  # abort() stops kubeadm and whatever it started
-            )
-        except OSError as err:
-            raise DriverError(shown, 127, str(err)) from err
-        self._proc = proc
-        try:
-            out, _ = proc.communicate(timeout=self.cfg.timeouts.command_s)
-        except subprocess.TimeoutExpired:
-            self._kill(proc)
-            out, _ = proc.communicate()
-            raise DriverError(
-                shown, -1, redact(out or "") + f"\ntimed out after {self.cfg.timeouts.command_s}s"
-            ) from None
-        finally:
-            self._proc = None
-        output = redact(out or "")
-        for line in output.splitlines():
-            log.info(line, extra={"source": "kubeadm"})
-        if self._aborted.is_set():
-            raise DriverError(shown, proc.returncode, output + "\naborted by the agent")
-        if proc.returncode != 0:
-            raise DriverError(shown, proc.returncode, output)
-        log.info("kubeadm finished", extra={"seconds": round(time.monotonic() - started, 3)})
-        return output
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen[str]) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        return self._runner.run(argv)
 
     def abort(self) -> None:
         """Kill the running kubeadm and its process group (SIGKILL: kubeadm leaves partial
         state either way, and the agent runs ``kubeadm reset -f`` next)."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            self._aborted.set()
-            self._kill(proc)
+        self._runner.abort()
 
     # -- the interface ------------------------------------------------------------------
     def new_credentials(self) -> Credentials:

@@ -156,3 +156,25 @@ def test_address_match_is_not_a_substring_match() -> None:
     ]
     assert [m.name for m in stale_members(ms, "x", "10.0.0.2", keep_id=None)] == ["a"]
     assert stale_members(ms, "a", "10.0.0.2", keep_id=1) == []
+
+
+def test_k3s_prune_deletes_the_node_password_secrets_of_the_node_only(etcd_cluster: EtcdCluster, api: Path) -> None:
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(api)))
+    for n in ("node0", "node1", "node2"):
+        core.create_namespaced_secret("kube-system", {"metadata": {"name": f"{n}.node-password.k3s"}, "data": {}})
+    reboot_member(etcd_cluster, 1)
+    result = asyncio.run(
+        prune_node(
+            name="node1",
+            address="127.0.0.2",
+            self_name="node0",
+            kubeconfig=api,
+            etcd_endpoint=etcd_cluster.members[0].client_url,
+            etcd_context=kubeadm_client_context(etcd_cluster.pki_dir),
+            kinds=("node", "k3s_etcd_member", "node_password"),
+        )
+    )
+    assert result.deleted_secrets == ["kube-system/node1.node-password.k3s"]
+    assert [m["name"] for m in result.removed_etcd_members] == ["node1"]  # by its peer address
+    left = sorted(s.metadata.name for s in core.list_namespaced_secret("kube-system").items)
+    assert left == ["node0.node-password.k3s", "node2.node-password.k3s"]

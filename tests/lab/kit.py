@@ -102,6 +102,7 @@ def phylactery_status(state: LabState, node: str, via: str = "worker0") -> dict[
 
 
 def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
-    """The etcd member names in ``via``'s Phylactery's view (the lab's probe), sorted."""
+    """The etcd members in ``via``'s Phylactery's view (the lab's probe) by node, sorted (k3s
+    names them ``<node>-<8 hex digits>``; Phylactery's status maps them to nodes)."""
     r = lab.probe(state)
-    return sorted(m["name"] for m in r["phylactery"][via]["etcd"]["members"])
+    return sorted(m.get("node", m["name"]) for m in r["phylactery"][via]["etcd"]["members"])

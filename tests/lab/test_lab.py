@@ -50,9 +50,15 @@ def lab_dir() -> Iterator[Path]:
 
 
 @pytest.mark.lab
-def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("distribution", ["kubeadm", "k3s"])
+def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path, distribution: str) -> None:
     report_path = tmp_path / "r.json"
-    res = ek8s(lab_dir, "up", "--control", "3", "--workers", "2", "--json", str(report_path), "--timeout", "120")
+    res = ek8s(
+        lab_dir,
+        "up",
+        *("--control", "3", "--workers", "2", "--distribution", distribution),
+        *("--json", str(report_path), "--timeout", "120"),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     r = json.loads(report_path.read_text())
     for key in (
@@ -107,7 +113,10 @@ def test_lab_up_3_plus_2_then_down_leaves_nothing(lab_dir: Path, tmp_path: Path)
     ]
     assert doc["etcd_members"] == ["control0", "control1", "control2"] and doc["etcd_quorum"] is True
     assert doc["vip_holder"] == r["vip_holder"]
-    check_emulated_kubeadm_refusals(lab_dir, share)
+    if distribution == "kubeadm":
+        check_emulated_kubeadm_refusals(lab_dir, share)
+    else:
+        check_emulated_k3s_refusals(lab_dir, share)
     # Supervision: a Phylactery that dies is started again by the node's agent.
     pidfile = lab_dir / "nodes/control1/run/ek8s/services/phylactery.pid"
     old_pid = int(pidfile.read_text().split()[0])
@@ -194,6 +203,60 @@ def check_emulated_kubeadm_refusals(lab_dir: Path, share: Path) -> None:
         assert (last / left).exists(), left
     for absent in ("etc/kubernetes/kubelet.conf", "etc/kubernetes/manifests/etcd.yaml"):
         assert not (last / absent).exists(), absent
+
+
+def emulated_k3s(
+    lab_dir: Path, root: str, command: str, config: dict[str, object], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the lab's emulated k3s from control0's namespace with a scratch node root; one that
+    keeps retrying is stopped after ``timeout`` seconds (exit 124)."""
+    node_root = lab_dir / root
+    (node_root / "etc/rancher/k3s").mkdir(parents=True, exist_ok=True)
+    (node_root / "etc/rancher/k3s/config.yaml").write_text(yaml.safe_dump(config))
+    cmd = ["timeout", str(timeout), str(lab_dir / "bin/k3s"), command, "--rootfs", str(node_root)]
+    return ek8s(lab_dir, "exec", "control0", "--", *cmd, timeout=timeout + 60)
+
+
+def check_emulated_k3s_refusals(lab_dir: Path, share: Path) -> None:
+    """The emulated k3s refuses what k3s (or etcd under it) refuses; a rebooted worker, whose
+    node password is new, is refused until the prune removes its node-password Secret."""
+    material = json.loads((share / "join.json").read_text())
+    server, agent_token = "https://vip.kubernetes.local:8443", material["certificate_key"]
+    wrong_hash = "K10" + "0" * 64 + "::node:" + agent_token.split("::node:")[1]
+    node = {"node-name": "intruder", "node-ip": "10.0.0.77"}
+    fatal = [
+        (
+            "agent",
+            {"server": server, "token": wrong_hash, **node},
+            "token CA hash does not match the Cluster CA certificate hash",
+        ),
+        ("agent", {"server": server, "token": agent_token[:-4] + "zzzz", **node}, "401"),
+        ("agent", {"server": "https://10.0.0.77:6443", "token": agent_token, **node}, "failed to get CA certs"),
+        # A worker's credential cannot fetch what a server needs to join.
+        ("server", {"server": server, "token": agent_token, **node}, "failed to get bootstrap data"),
+        # A new member on control0's peer address under another name: etcd refuses it.
+        (
+            "server",
+            {"server": server, "token": material["token"], "node-name": "control9", "node-ip": "10.0.0.21"},
+            "joining etcd cluster: https://",
+        ),
+    ]
+    for i, (command, config, refusal) in enumerate(fatal):
+        res = emulated_k3s(lab_dir, f"scratch{i}", command, config)
+        assert res.returncode == 1, (refusal, res.stdout, res.stderr)
+        assert "level=fatal" in res.stdout and refusal in res.stdout, (refusal, res.stdout)
+    assert "Peer URLs already exists" in res.stdout
+    # worker0 with a fresh root (a reboot without the prune): refused, and k3s keeps retrying.
+    res = emulated_k3s(lab_dir, "scratch-worker0", "agent", {"server": server, "token": agent_token,
+                       "node-name": "worker0", "node-ip": "10.0.0.41"}, timeout=8)  # fmt: skip
+    assert res.returncode == 124, res.stdout
+    assert "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password'" in res.stdout
+    # The same reboot through the agent: the prune deletes the Secret and the join succeeds.
+    reboot = ek8s(lab_dir, "reboot", "worker0", timeout=240)
+    assert reboot.returncode == 0, reboot.stdout + reboot.stderr
+    events = [json.loads(line) for line in (share / "events.jsonl").read_text().splitlines()]
+    pruned = [e for e in events if e.get("node") == "worker0" and e.get("event") == "pruned"]
+    assert pruned and "kube-system/worker0.node-password.k3s" in pruned[-1]["deleted_secrets"], pruned
 
 
 def test_lab_refuses_a_second_lab_and_down_is_idempotent(lab_dir: Path) -> None:

@@ -59,6 +59,7 @@ class FakeDriver:
 
     name = "kubeadm"
     prune_kinds: tuple[str, ...] = ("node", "etcd_member")
+    restores_snapshots = True
     etcd_endpoint = "https://127.0.0.1:2379"
 
     def __init__(self, root: Path) -> None:
@@ -113,6 +114,9 @@ class FakeDriver:
 
     def etcd_client_context(self) -> None:
         return None
+
+    def etcd_member_node(self, member_name: str) -> str:
+        return member_name
 
     def has_etcd_data(self) -> bool:
         return self.joined

@@ -723,3 +723,16 @@ def test_a_rebooted_node_does_not_resume(tmp_path: Path) -> None:
     h = Harness(tmp_path, "worker0", role="worker")
     h.driver.joined, h.probes.api, h.probes.node = True, True, True
     assert h.cycle().startswith("joining: generation 1 is ready")
+
+
+def test_a_driver_that_cannot_restore_waits_for_ek8s_reset_instead(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    rebooted(tmp_path, "control0")
+    h = Harness(tmp_path, "control1")
+    h.driver.restores_snapshots = False  # k3s
+    h.driver.name = "k3s"
+    h.cycle()
+    assert h.cycle().endswith(
+        "on_cluster_lost is 'restore' but k3s cannot restore a snapshot into a new generation: waiting for 'ek8s reset'"
+    )
+    assert h.state == "LOST" and h.store.read_state().generation == 1 and h.events("cluster_lost")

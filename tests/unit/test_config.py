@@ -44,7 +44,7 @@ def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
         ({"kubernetes": {"pod_subnet": "10.249.0.1/16"}}, "kubernetes.pod_subnet"),
         ({"kubernetes": {"version": "1.32"}}, "kubernetes.version"),
         ({"vip": {"port": 70000}}, "vip.port"),
-        ({"kubernetes": {"distribution": "k3s"}}, "kubernetes.distribution"),
+        ({"kubernetes": {"distribution": "rke2"}}, "kubernetes.distribution"),
         ({"cluster": "Lab_1"}, "cluster"),
         ({"timeouts": {"lease_ttl_s": 2, "heartbeat_interval_s": 2}}, "timeouts"),
         ({"surprise": 1}, "surprise"),

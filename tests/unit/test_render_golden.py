@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from core.config import parse_config
+from core.drivers import k3s
 from core.drivers.kubeadm import render_init_config, render_join_config
 from core.share import JoinMaterial
 from phylactery import render
@@ -34,6 +35,19 @@ MATERIAL = JoinMaterial(
     token_expires_at=0.0,
     ca_cert_hashes=["sha256:" + "ab" * 32],
     certificate_key=KEY,
+    certificate_key_expires_at=0.0,
+    ca_cert="",
+    published_by="control0",
+    published_at=0.0,
+)
+K3S_MATERIAL = JoinMaterial(
+    generation=1,
+    epoch=1,
+    api_server_endpoint="vip.kubernetes.local:8443",
+    token="K10" + "ab" * 32 + "::server:" + "11" * 32,
+    token_expires_at=0.0,
+    ca_cert_hashes=["sha256:" + "ab" * 32],
+    certificate_key="K10" + "ab" * 32 + "::node:" + "22" * 32,
     certificate_key_expires_at=0.0,
     ca_cert="",
     published_by="control0",
@@ -86,6 +100,9 @@ CASES = {
     "kubeadm-init.yaml": lambda: render_init_config(cfg("control", "control0", "10.0.0.21"), TOKEN, KEY),
     "kubeadm-join-control.yaml": lambda: render_join_config(cfg("control", "control1", "10.0.0.22"), MATERIAL),
     "kubeadm-join-worker.yaml": lambda: render_join_config(cfg("worker", "worker0", "10.0.0.41"), MATERIAL),
+    "k3s-init.yaml": lambda: k3s.render_init_config(cfg("control", "control0", "10.0.0.21"), "11" * 32, "22" * 32),
+    "k3s-join-control.yaml": lambda: k3s.render_join_config(cfg("control", "control1", "10.0.0.22"), K3S_MATERIAL),
+    "k3s-join-worker.yaml": lambda: k3s.render_join_config(cfg("worker", "worker0", "10.0.0.41"), K3S_MATERIAL),
 }
 
 

@@ -1,0 +1,422 @@
+"""The k3s driver: embedded etcd, one config file, the VIP as k3s's fixed registration address.
+
+What k3s does is taken from its documentation (docs.k3s.io: "High Availability Embedded etcd",
+"Configuration File", "Token Management", "Uninstalling") and its source
+(github.com/k3s-io/k3s; paths below are in that repository):
+
+* the leader runs ``k3s server`` with ``cluster-init: true`` in
+  ``/etc/rancher/k3s/config.yaml``; the file's keys are the long flag names (``token``,
+  ``agent-token``, ``tls-san``, ``node-name``, ``node-ip``, ``advertise-address``,
+  ``cluster-cidr``, ``service-cidr``, ``https-listen-port``, ``write-kubeconfig-mode``);
+* other control nodes run ``k3s server`` with ``server: https://<VIP name>:<port>`` (the
+  VIP in front of the servers is the documented fixed registration address) and the server
+  token; workers run ``k3s agent`` with the *agent* token: k3s keeps the two as the
+  ``server`` and ``node`` users of its passwd file (``pkg/daemons/control/deps/deps.go``,
+  ``readTokens``), so a worker's credential cannot join a server;
+* tokens: ``K10<hex sha256 of the CA bundle>::<user>:<secret>``
+  (``pkg/clientaccess/token.go``, ``FormatTokenBytes`` and ``hashCA``: for a bundle of one
+  certificate, the sha256 of the file's bytes as ``GET /cacerts`` returns them); a joiner
+  downloads ``/cacerts``, refuses a CA whose hash differs ("token CA hash does not match the
+  Cluster CA certificate hash") and then authenticates with the user and secret;
+* the admin kubeconfig ``/etc/rancher/k3s/k3s.yaml`` names ``https://127.0.0.1:<port>``; the
+  copy for the operator (``kube.config``) names the VIP instead; it is never join material;
+* embedded etcd: data in ``/var/lib/rancher/k3s/server/db/etcd``, client URL
+  ``https://127.0.0.1:2379``, client pair ``server/tls/etcd/client.{crt,key}`` signed by
+  ``server/tls/etcd/server-ca.crt`` (``pkg/etcd/etcd.go``: ``endpoint``, ``etcdDBDir``,
+  ``toTLSConfig``); members are named ``<node>-<first 8 hex digits of a UUID>``
+  (``setName``), so pruning matches names by that pattern and peer URLs by address;
+* ``k3s server --cluster-reset`` re-forms etcd from the local data as a one-member cluster
+  and exits once it runs ("restart without --cluster-reset flag now", ``ETCD.Reset``);
+* reset does what ``k3s-killall.sh`` and ``k3s-uninstall.sh`` (k3s's ``install.sh``) do to
+  k3s's own state: stop k3s, then remove ``/etc/rancher/k3s``, ``/run/k3s``,
+  ``/run/flannel``, ``/var/lib/rancher/k3s`` and ``/var/lib/kubelet``. Like the uninstall
+  script it keeps ``/etc/rancher/node/password``, so a node that resets and rejoins in the
+  same boot keeps its node password; a RAM root loses it at every reboot, which is why
+  Phylactery removes the ``<node>.node-password.k3s`` Secret before a rejoin.
+
+k3s runs as a service (``k3s`` for servers, ``k3s-agent`` for workers, the unit names of
+k3s's install script) through :mod:`core.services`; the driver writes the config, starts the
+service and waits until k3s has written the files a completed start leaves
+(:meth:`K3sDriver.is_joined`), failing early when the service exits or logs a refusal that
+k3s itself would retry forever (a rejected node password). When node.yaml's ``root`` is not
+``/`` (the lab), ``--rootfs <root>`` is added: the emulated k3s's only flag real k3s lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import NodeConfig
+from core.drivers.base import CommandRunner, Credentials, DriverError, InitResult
+from core.fileperm import ensure_dir, write_atomic
+from core.logs import get_logger
+from core.services import ProcessServices, ServiceError, service_manager
+from core.share import JoinMaterial
+
+CONFIG = "/etc/rancher/k3s/config.yaml"
+ADMIN_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+DATA_DIR = "/var/lib/rancher/k3s"
+SERVER_CA = f"{DATA_DIR}/server/tls/server-ca.crt"
+ETCD_TLS = f"{DATA_DIR}/server/tls/etcd"
+ETCD_DATA = f"{DATA_DIR}/server/db/etcd"
+KUBELET_KUBECONFIG = f"{DATA_DIR}/agent/kubelet.kubeconfig"
+NODE_PASSWORD = "/etc/rancher/node/password"
+ETCD_ENDPOINT = "https://127.0.0.1:2379"
+# What k3s-uninstall.sh removes of k3s's state (not the binaries and units, which are the image's).
+RESET_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
+# k3s's tokens do not expire (only `k3s token create` bootstrap tokens do, and the driver uses
+# none): the published expiry is far enough away that nothing renews them.
+NEVER_S = 10 * 365 * 24 * 3600.0
+# Refusals k3s logs and then retries for ever; the driver fails the join on them at once
+# (pkg/agent/config/config.go: "Node password rejected, ..." after a 403 from the server).
+FATAL_LINES = ("Node password rejected",)
+
+# k3s's etcd member names: the node name, "-", the first 8 hex digits of a UUID (pkg/etcd, setName).
+MEMBER_NAME = re.compile(r"^(.+)-[0-9a-f]{8}$")
+TOKEN_PREFIX = "K10"
+_TOKEN = re.compile(r"^K10([0-9a-f]{64})?::([^:]+):(.+)$")
+_SECRETS = re.compile(r"(K10[0-9a-f]{0,64}::[^:\s]+:|\b(?:token|agent-token): *)[^\s\"']+")
+
+log = get_logger(__name__, "k3s")
+
+
+def redact(text: str) -> str:
+    """Hide token secrets (``K10...::user:<secret>``, ``token: <secret>``) before logging."""
+    return _SECRETS.sub(lambda m: m.group(1) + "<redacted>", text)
+
+
+def ca_hash(ca_bundle: bytes) -> str:
+    """k3s's CA hash: hex sha256 of the CA bundle's bytes (one certificate, as k3s's own
+    ``server-ca.crt`` is; ``pkg/clientaccess/token.go`` ``hashCA``)."""
+    return hashlib.sha256(ca_bundle).hexdigest()
+
+
+def secure_token(ca_bundle: bytes, user: str, secret: str) -> str:
+    """``K10<ca_hash>::<user>:<secret>``: ``user`` is ``server`` for the server token and
+    ``node`` for the agent token (k3s's passwd users)."""
+    return f"{TOKEN_PREFIX}{ca_hash(ca_bundle)}::{user}:{secret}"
+
+
+@dataclass(frozen=True)
+class Token:
+    """A parsed secure token: ``ca_hash`` (64 hex digits, or "" when absent), user, secret."""
+
+    ca_hash: str
+    user: str
+    secret: str
+
+
+def parse_token(text: str) -> Token:
+    """Parse ``K10[<hash>]::<user>:<secret>``. Raises ``ValueError`` (the message never holds
+    the secret) for anything else, including a hash that is not 64 hex digits."""
+    m = _TOKEN.match(text.strip())
+    if m is None:
+        raise ValueError("not a k3s secure token (K10<sha256 of the CA>::<user>:<secret>)")
+    return Token(ca_hash=m.group(1) or "", user=m.group(2), secret=m.group(3))
+
+
+def generate_secret() -> str:
+    """A new token secret: 32 random bytes, hex (k3s generates its own the same way when no
+    token is given; any string without ':' works)."""
+    return secrets.token_hex(32)
+
+
+def _common(cfg: NodeConfig) -> dict[str, Any]:
+    return {"node-name": cfg.node.name, "node-ip": cfg.node.address}
+
+
+def _server(cfg: NodeConfig) -> dict[str, Any]:
+    sans = [cfg.vip.address, cfg.vip.hostname, *cfg.kubernetes.extra_sans]
+    return {
+        **_common(cfg),
+        "advertise-address": cfg.node.address,
+        "https-listen-port": cfg.kubernetes.api_server_port,
+        "tls-san": list(dict.fromkeys(sans)),
+        "cluster-cidr": cfg.kubernetes.pod_subnet,
+        "service-cidr": cfg.kubernetes.service_subnet,
+        "write-kubeconfig-mode": "0600",
+    }
+
+
+def registration_url(cfg: NodeConfig) -> str:
+    """``https://<VIP name>:<VIP port>``, k3s's fixed registration address (HAProxy behind
+    keepalived's VIP, in front of every server's port ``kubernetes.api_server_port``)."""
+    return f"https://{cfg.vip.hostname}:{cfg.vip.port}"
+
+
+def render_init_config(cfg: NodeConfig, server_secret: str, agent_secret: str) -> str:
+    """``config.yaml`` of the leader: ``cluster-init`` with the generated token and agent token."""
+    doc = {"cluster-init": True, "token": server_secret, "agent-token": agent_secret, **_server(cfg)}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def render_join_config(cfg: NodeConfig, material: JoinMaterial) -> str:
+    """``config.yaml`` of a joining node: servers get the server token (and the agent
+    token's secret, which every server must hold alike), workers only the agent token.
+    Raises ``ValueError`` when the material's tokens are not secure k3s tokens."""
+    if cfg.is_control:
+        agent = parse_token(material.certificate_key)
+        doc = {
+            "server": registration_url(cfg),
+            "token": material.token,
+            "agent-token": agent.secret,
+            **_server(cfg),
+        }
+    else:
+        doc = {"server": registration_url(cfg), "token": material.certificate_key, **_common(cfg)}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def operator_kubeconfig(text: str, server: str) -> bytes:
+    """k3s.yaml with every cluster's ``server`` set to ``server`` (the VIP URL). Raises
+    ``ValueError`` when ``text`` is not a kubeconfig."""
+    try:
+        doc = yaml.safe_load(text)
+        for entry in doc["clusters"]:
+            entry["cluster"]["server"] = server
+    except (yaml.YAMLError, KeyError, TypeError) as err:
+        raise ValueError(f"not a kubeconfig: {err}") from err
+    return yaml.safe_dump(doc, sort_keys=False).encode()
+
+
+class K3sDriver:
+    """Runs the k3s executable named in node.yaml (``kubernetes.k3s``) as the ``k3s`` or
+    ``k3s-agent`` service. One start or command at a time; :meth:`abort` ends it."""
+
+    name = "k3s"
+    prune_kinds: tuple[str, ...] = ("node", "k3s_etcd_member", "node_password")
+    restores_snapshots = False
+    etcd_endpoint = ETCD_ENDPOINT
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self._runner = CommandRunner("k3s", cfg.timeouts.command_s, redact, log)
+        self.services = service_manager(cfg.service_manager, cfg.root)
+
+    # -- files this distribution keeps on the node -------------------------------------
+    @property
+    def service(self) -> str:
+        """``k3s`` on control nodes, ``k3s-agent`` on workers (install.sh's unit names)."""
+        return "k3s" if self.cfg.is_control else "k3s-agent"
+
+    @property
+    def kubelet_kubeconfig(self) -> Path:
+        """``/var/lib/rancher/k3s/agent/kubelet.kubeconfig`` as a host path."""
+        return self.cfg.host_path(KUBELET_KUBECONFIG)
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """``/etc/rancher/k3s/k3s.yaml`` as a host path (servers)."""
+        return self.cfg.host_path(ADMIN_KUBECONFIG)
+
+    @property
+    def config_path(self) -> Path:
+        """``/etc/rancher/k3s/config.yaml`` as a host path (0600: it holds the tokens)."""
+        return self.cfg.host_path(CONFIG)
+
+    def is_joined(self) -> bool:
+        """Whether the kubelet kubeconfig exists: k3s started as server or agent and got its
+        node credentials (after the token and node-password checks)."""
+        return self.kubelet_kubeconfig.exists()
+
+    def etcd_member_node(self, member_name: str) -> str:
+        """``control0`` for k3s's ``control0-0a1b2c3d``; a name without that suffix as it is."""
+        m = MEMBER_NAME.match(member_name)
+        return m.group(1) if m else member_name
+
+    def has_etcd_data(self) -> bool:
+        """``/var/lib/rancher/k3s/server/db/etcd/member`` exists."""
+        return self.cfg.host_path(f"{ETCD_DATA}/member").is_dir()
+
+    def etcd_client_context(self) -> Any:
+        """k3s's etcd client pair (``server/tls/etcd/client.{crt,key}``, CA
+        ``server-ca.crt``), or None before k3s made it (workers never have one)."""
+        from core.etcd import client_ssl_context
+
+        tls = self.cfg.host_path(ETCD_TLS)
+        if not (tls / "client.crt").exists():
+            return None
+        return client_ssl_context(tls / "server-ca.crt", tls / "client.crt", tls / "client.key")
+
+    # -- running k3s ------------------------------------------------------------------------
+    def _argv(self, *args: str) -> list[str]:
+        argv = [self.cfg.kubernetes.k3s, *args, "--config", CONFIG]
+        if self.cfg.root != Path("/"):
+            argv += ["--rootfs", str(self.cfg.root)]
+        return argv
+
+    def _write_config(self, text: str) -> None:
+        ensure_dir(self.config_path.parent)
+        write_atomic(self.config_path, text)
+
+    def _log_mark(self) -> tuple[int, float]:
+        """Where the service's log stands now: (byte offset in process mode, wall time)."""
+        if isinstance(self.services, ProcessServices):
+            path = self.services.log_path(self.service)
+            return (path.stat().st_size if path.exists() else 0), time.time()
+        return 0, time.time()
+
+    def _log_since(self, mark: tuple[int, float]) -> str:
+        """The service's output since ``mark`` (process mode: its log file; systemd: journald)."""
+        if isinstance(self.services, ProcessServices):
+            try:
+                with open(self.services.log_path(self.service), "rb") as f:
+                    f.seek(mark[0])
+                    return f.read().decode(errors="replace")
+            except OSError:
+                return ""
+        try:
+            unit, since = f"{self.service}.service", f"@{int(mark[1])}"
+            res = subprocess.run(
+                ["journalctl", "-u", unit, "--since", since, "-o", "cat", "--no-pager"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return res.stdout
+
+    def _start_and_wait(self, args: list[str], done: list[Path]) -> None:
+        """Start the service with ``args`` and wait until every path of ``done`` exists.
+        Raises :class:`DriverError` (with k3s's output) when the service exits, logs one of
+        :data:`FATAL_LINES`, :meth:`abort` is called, or ``timeouts.command_s`` runs out; the
+        service is stopped then."""
+        argv = self._argv(*args)
+        shown = [redact(a) for a in argv]
+        mark = self._log_mark()
+        started = time.monotonic()
+        self._runner.clear_abort()
+        log.info(f"starting the {self.service} service", extra={"command": " ".join(shown)})
+        try:
+            self.services.start(self.service, argv)
+        except ServiceError as err:
+            raise DriverError(shown, 127, str(err)) from err
+        deadline = started + self.cfg.timeouts.command_s
+        while True:
+            if all(p.exists() for p in done):
+                log.info(f"{self.service} is up", extra={"seconds": round(time.monotonic() - started, 3)})
+                return
+            output = redact(self._log_since(mark))
+            why = ""
+            if self._runner.aborted:
+                why = "aborted by the agent"
+            elif not self.services.is_running(self.service):
+                why = f"the {self.service} service exited"
+            elif any(line in output for line in FATAL_LINES):
+                why = "k3s refused this node and would retry for ever"
+            elif time.monotonic() > deadline:
+                why = f"timed out after {self.cfg.timeouts.command_s}s"
+            if why:
+                self._stop()
+                raise DriverError(shown, 1, f"{output}\n{why}")
+            time.sleep(self.cfg.timeouts.poll_interval_s)
+
+    def _stop(self) -> None:
+        """Stop both k3s services (what k3s-killall.sh does to k3s itself)."""
+        for name in ("k3s", "k3s-agent"):
+            try:
+                self.services.stop(name, timeout_s=10.0)
+            except ServiceError as err:
+                log.warning(f"cannot stop {name}: {err}")
+
+    def abort(self) -> None:
+        """End the running start or command (the call running it raises :class:`DriverError`)."""
+        self._runner.abort()
+
+    # -- the interface ----------------------------------------------------------------------
+    def new_credentials(self) -> Credentials:
+        """A new server token secret (``token``) and agent token secret (``certificate_key``)."""
+        return Credentials(token=generate_secret(), certificate_key=generate_secret())
+
+    def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
+        """``k3s server`` with ``cluster-init``; returns once k3s wrote k3s.yaml, the server CA
+        and the kubelet kubeconfig. ``restore_from`` is refused (:class:`DriverError`): k3s
+        restores a snapshot only with the token it was taken with (its bootstrap data is
+        encrypted with it), and a new generation has a new token."""
+        if restore_from is not None:
+            raise DriverError(
+                ["k3s", "server", "--cluster-reset-restore-path", str(restore_from)],
+                2,
+                "restoring a snapshot into a new k3s generation is not implemented: k3s needs the token the "
+                "snapshot was taken with",
+            )
+        self._write_config(render_init_config(self.cfg, credentials.token, credentials.certificate_key))
+        ca = self.cfg.host_path(SERVER_CA)
+        self._start_and_wait(["server"], [self.admin_kubeconfig, ca, self.kubelet_kubeconfig])
+        try:
+            admin = operator_kubeconfig(self.admin_kubeconfig.read_text(), registration_url(self.cfg))
+        except ValueError as err:
+            raise DriverError(["k3s", "server"], 1, f"{self.admin_kubeconfig}: {err}") from err
+        return InitResult(admin_kubeconfig=admin, ca_cert_pem=ca.read_bytes())
+
+    def join_material(self, result: InitResult, credentials: Credentials, generation: int, epoch: int) -> JoinMaterial:
+        """Secure server token (``token``) and agent token (``certificate_key``), both pinning
+        the CA; k3s's tokens do not expire (:data:`NEVER_S`)."""
+        now = time.time()
+        ca = result.ca_cert_pem
+        return JoinMaterial(
+            generation=generation,
+            epoch=epoch,
+            api_server_endpoint=f"{self.cfg.vip.hostname}:{self.cfg.vip.port}",
+            token=secure_token(ca, "server", credentials.token),
+            token_expires_at=now + NEVER_S,
+            ca_cert_hashes=[f"sha256:{ca_hash(ca)}"],
+            certificate_key=secure_token(ca, "node", credentials.certificate_key),
+            certificate_key_expires_at=now + NEVER_S,
+            ca_cert=ca.decode(),
+            published_by=self.cfg.node.name,
+        )
+
+    def join(self, material: JoinMaterial) -> None:
+        """``k3s server`` (control nodes: adds this node's etcd member) or ``k3s agent``
+        against the VIP; returns once the kubelet kubeconfig (and on servers k3s.yaml) exist."""
+        try:
+            text = render_join_config(self.cfg, material)
+        except ValueError as err:
+            raise DriverError(["k3s"], 2, f"join material: {err}") from err
+        self._write_config(text)
+        if self.cfg.is_control:
+            self._start_and_wait(["server"], [self.admin_kubeconfig, self.kubelet_kubeconfig])
+        else:
+            self._start_and_wait(["agent"], [self.kubelet_kubeconfig])
+
+    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+        """Nothing expires in k3s's join material: returns ``(material, [])``."""
+        return material, []
+
+    def reset(self, whole_cluster: bool = False) -> None:
+        """Stop k3s and remove its state (:data:`RESET_PATHS`), as k3s-killall.sh and
+        k3s-uninstall.sh do; the etcd member stays in the cluster for Phylactery's prune (k3s's
+        uninstall does not remove it either). ``whole_cluster`` changes nothing here."""
+        self._stop()
+        for path in RESET_PATHS:
+            shutil.rmtree(self.cfg.host_path(path), ignore_errors=True)
+
+    def reform_etcd(self, timeout_s: float = 120.0) -> None:
+        """``k3s server --cluster-reset`` (k3s exits once etcd runs as a one-member cluster),
+        then the service again without it, waiting until the member has quorum alone. Raises
+        :class:`DriverError`."""
+        from core.etcd import EtcdError, wait_single_member_quorum
+
+        self._stop()
+        self._runner.run(self._argv("server", "--cluster-reset"))
+        self._start_and_wait(["server"], [self.admin_kubeconfig])
+        ctx = self.etcd_client_context()
+        if ctx is None:
+            raise DriverError(["reform-etcd"], 1, "no etcd client certificate on this node")
+        try:
+            view = wait_single_member_quorum(self.etcd_endpoint, ctx, timeout_s)
+        except EtcdError as err:
+            raise DriverError(["reform-etcd"], 1, str(err)) from err
+        log.info("etcd re-formed by k3s --cluster-reset", extra={"raft_index": view.raft_index})

@@ -1,0 +1,203 @@
+"""The k3s driver without root: token formats, config files, the service it starts and waits
+for (a stand-in ``k3s`` executable in process mode), reset and the driver factory."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import parse_config
+from core.drivers import DriverError, driver_for, k3s
+from core.drivers.base import Credentials
+from core.drivers.kubeadm import KubeadmDriver
+from core.share import JoinMaterial
+from tests.unit.test_join_credentials import self_signed
+
+
+def cfg(tmp_path: Path, role: str = "control", name: str = "control0", **kubernetes: object):  # type: ignore[no-untyped-def]
+    data = {
+        "role": role,
+        "node": {"name": name, "address": "10.0.0.21"},
+        "kubernetes": {"distribution": "k3s", **kubernetes},
+        "root": str(tmp_path / "root"),
+        "service_manager": "process",
+        "timeouts": {"command_s": 20},
+    }
+    return parse_config(data, Path("node.yaml"))
+
+
+@pytest.fixture
+def ca_pem() -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return self_signed(ec.generate_private_key(ec.SECP256R1()))
+
+
+def test_the_factory_picks_the_distribution(tmp_path: Path) -> None:
+    assert isinstance(driver_for(cfg(tmp_path)), k3s.K3sDriver)
+    kubeadm = parse_config({"role": "worker", "node": {"name": "w0", "address": "10.0.0.41"}}, Path("node.yaml"))
+    assert isinstance(driver_for(kubeadm), KubeadmDriver)
+
+
+def test_ca_hash_is_sha256sum_of_the_ca_file(tmp_path: Path, ca_pem: bytes) -> None:
+    # k3s's documented check of a token's hash: sha256sum of server-ca.crt.
+    path = tmp_path / "server-ca.crt"
+    path.write_bytes(ca_pem)
+    out = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True, timeout=30)
+    assert k3s.ca_hash(ca_pem) == out.stdout.split()[0]
+
+
+def test_secure_tokens_pin_the_ca_and_name_the_user(ca_pem: bytes) -> None:
+    server = k3s.secure_token(ca_pem, "server", "s3cret")
+    assert server == f"K10{k3s.ca_hash(ca_pem)}::server:s3cret"
+    parsed = k3s.parse_token(server)
+    assert (parsed.ca_hash, parsed.user, parsed.secret) == (k3s.ca_hash(ca_pem), "server", "s3cret")
+    assert k3s.parse_token("K10::node:x") == k3s.Token("", "node", "x")
+
+
+@pytest.mark.parametrize(
+    "bad", ["s3cret", "K10abc::server:s3cret", "K10" + "0" * 64 + "::server:", "K10" + "g" * 64 + "::a:s3cret"]
+)
+def test_a_malformed_token_is_refused_without_echoing_it(bad: str) -> None:
+    with pytest.raises(ValueError) as err:
+        k3s.parse_token(bad)
+    assert "s3cret" not in str(err.value)
+
+
+def test_redact_hides_token_secrets() -> None:
+    text = "token: abc123\nK10" + "a" * 64 + "::server:topsecret x\nagent-token: zzz"
+    shown = k3s.redact(text)
+    assert "abc123" not in shown and "topsecret" not in shown and "zzz" not in shown
+    assert "::server:<redacted>" in shown
+
+
+def test_join_material_pins_the_ca_and_workers_get_only_the_agent_token(tmp_path: Path, ca_pem: bytes) -> None:
+    driver = k3s.K3sDriver(cfg(tmp_path))
+    result = k3s.InitResult(admin_kubeconfig=b"", ca_cert_pem=ca_pem)
+    material = driver.join_material(result, Credentials(token="srv", certificate_key="agt"), 3, 7)
+    assert material.token == k3s.secure_token(ca_pem, "server", "srv")
+    assert material.certificate_key == k3s.secure_token(ca_pem, "node", "agt")
+    assert material.ca_cert_hashes == [f"sha256:{k3s.ca_hash(ca_pem)}"]
+    assert material.token_expires_at > material.published_at + 365 * 24 * 3600
+    worker = yaml.safe_load(k3s.render_join_config(cfg(tmp_path, role="worker", name="worker0"), material))
+    assert worker["token"] == material.certificate_key and "srv" not in str(worker)
+    server = yaml.safe_load(k3s.render_join_config(cfg(tmp_path, name="control1"), material))
+    assert server["token"] == material.token and server["agent-token"] == "agt"
+    assert server["server"] == "https://vip.kubernetes.local:8443"
+
+
+def test_the_operator_kubeconfig_names_the_vip() -> None:
+    local = yaml.safe_dump(
+        {"apiVersion": "v1", "clusters": [{"name": "default", "cluster": {"server": "https://127.0.0.1:6443"}}]}
+    )
+    out = yaml.safe_load(k3s.operator_kubeconfig(local, "https://vip.kubernetes.local:8443"))
+    assert out["clusters"][0]["cluster"]["server"] == "https://vip.kubernetes.local:8443"
+    with pytest.raises(ValueError):
+        k3s.operator_kubeconfig("- a list", "https://x:1")
+
+
+# A stand-in for the k3s executable: writes what a started server or agent leaves, as
+# MODE says ("ok"; "exit": dies at once; "password": logs k3s's refusal and keeps retrying).
+FAKE_K3S = textwrap.dedent(
+    """\
+    #!{python}
+    import sys, time, pathlib
+    args = sys.argv[1:]
+    root = pathlib.Path(args[args.index("--rootfs") + 1])
+    mode = (root / "mode").read_text().strip()
+    if mode == "exit":
+        print("level=fatal msg=\\"starting kubernetes: preparing server: failed to get CA certs\\"", flush=True)
+        sys.exit(1)
+    if mode == "password":
+        while True:
+            print("level=info msg=\\"Waiting to retrieve agent configuration; server is not ready: Node password "
+                  "rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server "
+                  "node-passwd entry, try enabling a unique node name with the --with-node-id flag\\"", flush=True)
+            time.sleep(0.2)
+    k = root / "var/lib/rancher/k3s"
+    for p, text in [("server/tls/server-ca.crt", (root / "ca.pem").read_text()), ("agent/kubelet.kubeconfig", "x")]:
+        (k / p).parent.mkdir(parents=True, exist_ok=True)
+        (k / p).write_text(text)
+    if args[0] == "server":
+        (root / "etc/rancher/k3s/k3s.yaml").write_text(
+            "clusters:\\n- name: default\\n  cluster:\\n    server: https://127.0.0.1:6443\\n")
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def fake_k3s(tmp_path: Path, ca_pem: bytes) -> Path:
+    exe = tmp_path / "k3s"
+    exe.write_text(FAKE_K3S.format(python=sys.executable))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root/ca.pem").write_bytes(ca_pem)
+    return exe
+
+
+def test_init_starts_the_server_and_returns_the_operator_kubeconfig(
+    tmp_path: Path, fake_k3s: Path, ca_pem: bytes
+) -> None:
+    (tmp_path / "root/mode").write_text("ok")
+    driver = k3s.K3sDriver(cfg(tmp_path, k3s=str(fake_k3s)))
+    try:
+        result = driver.init(Credentials(token="srv", certificate_key="agt"))
+        assert result.ca_cert_pem == ca_pem
+        assert b"https://vip.kubernetes.local:8443" in result.admin_kubeconfig
+        assert driver.is_joined() and driver.services.is_running("k3s")
+        written = driver.config_path
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+        assert yaml.safe_load(written.read_text())["cluster-init"] is True
+        (tmp_path / "root/etc/rancher/node").mkdir(parents=True)
+        (tmp_path / "root/etc/rancher/node/password").write_text("pw")
+    finally:
+        driver.reset()
+    assert not driver.services.is_running("k3s") and not driver.is_joined()
+    assert not (tmp_path / "root/var/lib/rancher/k3s").exists() and not written.exists()
+    # Like k3s-uninstall.sh, the node password stays: a rejoin in the same boot keeps it.
+    assert (tmp_path / "root/etc/rancher/node/password").read_text() == "pw"
+
+
+@pytest.mark.parametrize(("mode", "why"), [("exit", "service exited"), ("password", "k3s refused this node")])
+def test_a_refused_join_fails_at_once_with_k3s_output(tmp_path: Path, fake_k3s: Path, mode: str, why: str) -> None:
+    (tmp_path / "root/mode").write_text(mode)
+    node = cfg(tmp_path, role="worker", name="worker0", k3s=str(fake_k3s))
+    material = JoinMaterial(
+        generation=1,
+        epoch=1,
+        api_server_endpoint="vip.kubernetes.local:8443",
+        token="K10" + "a" * 64 + "::server:srv",
+        token_expires_at=0.0,
+        ca_cert_hashes=[],
+        certificate_key="K10" + "a" * 64 + "::node:agt",
+        certificate_key_expires_at=0.0,
+        ca_cert="",
+        published_by="control0",
+    )
+    driver = k3s.K3sDriver(node)
+    with pytest.raises(DriverError) as err:
+        driver.join(material)
+    assert why in str(err.value) and "agent" in err.value.command
+    if mode == "password":
+        assert "Node password rejected" in err.value.output
+    assert not driver.services.is_running("k3s-agent")
+
+
+def test_restore_is_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(DriverError) as err:
+        k3s.K3sDriver(cfg(tmp_path)).init(Credentials("a", "b"), restore_from=tmp_path / "snap.db")
+    assert "token the snapshot was taken with" in str(err.value)
+
+
+def test_etcd_members_map_to_their_nodes(tmp_path: Path) -> None:
+    driver = k3s.K3sDriver(cfg(tmp_path))
+    assert driver.etcd_member_node("control0-0a1b2c3d") == "control0"
+    assert driver.etcd_member_node("ctl-1-0a1b2c3d") == "ctl-1"
+    assert driver.etcd_member_node("control0") == "control0"
