@@ -146,6 +146,9 @@ def test_init_starts_the_server_and_returns_the_operator_kubeconfig(
     tmp_path: Path, fake_k3s: Path, ca_pem: bytes
 ) -> None:
     (tmp_path / "root/mode").write_text("ok")
+    images = tmp_path / "root/var/lib/rancher/k3s/agent/images"
+    images.mkdir(parents=True)
+    (images / "k3s-airgap-images-amd64.tar.zst").write_bytes(b"airgap")
     driver = k3s.K3sDriver(cfg(tmp_path, k3s=str(fake_k3s)))
     try:
         result = driver.init(Credentials(token="srv", certificate_key="agt"))
@@ -160,7 +163,14 @@ def test_init_starts_the_server_and_returns_the_operator_kubeconfig(
     finally:
         driver.reset()
     assert not driver.services.is_running("k3s") and not driver.is_joined()
-    assert not (tmp_path / "root/var/lib/rancher/k3s").exists() and not written.exists()
+    assert not written.exists()
+    # Everything of k3s's data directory goes but the airgap images the node image brought.
+    data = tmp_path / "root/var/lib/rancher/k3s"
+    assert [p.relative_to(data).as_posix() for p in sorted(data.rglob("*"))] == [
+        "agent",
+        "agent/images",
+        "agent/images/k3s-airgap-images-amd64.tar.zst",
+    ]
     # Like k3s-uninstall.sh, the node password stays: a rejoin in the same boot keeps it.
     assert (tmp_path / "root/etc/rancher/node/password").read_text() == "pw"
 
