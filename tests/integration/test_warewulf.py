@@ -732,6 +732,8 @@ def test_overlay_build(tmp_path: Path) -> None:
         "etc/ek8s/node.yaml.ww",
         "etc/systemd/system/ek8s-node.service.ww",
         "etc/systemd/system/phylactery.service.ww",
+        "etc/systemd/system/k3s.service",
+        "etc/systemd/system/k3s-agent.service",
         "etc/sysctl.d/90-ek8s-kubernetes.conf",
         "etc/modules-load.d/ek8s-kubernetes.conf",
         "usr/local/lib/ek8s/python/leader/agent.py",
@@ -743,6 +745,10 @@ def test_overlay_build(tmp_path: Path) -> None:
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/ek8s-node.service") == (
         "../ek8s-node.service"
     )
+    # k3s's units are there for k3s clusters but never enabled: the agent starts them.
+    assert sorted(p.name for p in (root / "etc/systemd/system/multi-user.target.wants").iterdir()) == [
+        "ek8s-node.service"
+    ]
     assert (out / "ek8s-hosts" / "rootfs" / "etc" / "hosts.ww").is_file()
     # Nodes receive only what runs on nodes: no operator code, no emulation.
     shipped = sorted(p.name for p in (root / "usr/local/lib/ek8s/python").iterdir())
