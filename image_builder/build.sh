@@ -4,16 +4,20 @@
 # (from `wwctl version`). Needs Python 3.11 (python3.11, or EK8S_PYTHON) for pyproject.toml.
 #
 #   image_builder/build.sh [--kubernetes-version v1.32.1] [--variants "base control"]
-#                          [--runtime podman|docker] [--no-import] [--dry-run]
+#                          [--k3s-version v1.32.1+k3s1] [--runtime podman|docker]
+#                          [--no-import] [--dry-run]
 #
-# Variants: base (workers), control (base + HAProxy, keepalived), k3s. Images are named
-# ek8s-<variant> in Warewulf, as warewulf_conf/inventory.yaml expects. Run images/export.sh
-# first so the offline images are baked in.
+# Variants: base (kubeadm workers), control (base + HAProxy, keepalived), k3s (both roles of
+# a k3s cluster; its release defaults to the Kubernetes version's first, <version>+k3s1).
+# Images are named ek8s-<variant> in Warewulf, as the inventory expects (ek8s-control and
+# ek8s-base for kubeadm, ek8s-k3s for k3s). Run images/export.sh first so the offline images
+# are baked in (kubeadm; the k3s image carries k3s's own airgap images).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 version="v1.32.1"
 variants="base control"
+k3s_version=""
 runtime=""
 do_import=1
 dry_run=0
@@ -25,6 +29,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --kubernetes-version) version="$2"; shift 2 ;;
         --variants) variants="$2"; shift 2 ;;
+        --k3s-version) k3s_version="$2"; shift 2 ;;
         --runtime) runtime="$2"; shift 2 ;;
         --no-import) do_import=0; shift ;;
         --dry-run) dry_run=1; shift ;;
@@ -36,6 +41,11 @@ done
 case "$version" in
     v1.[0-9]*.[0-9]*) ;;
     *) echo "build.sh: --kubernetes-version must look like v1.32.1" >&2; exit 2 ;;
+esac
+k3s_version="${k3s_version:-${version}+k3s1}"
+case "$k3s_version" in
+    v1.[0-9]*.[0-9]*+k3s[0-9]*) ;;
+    *) echo "build.sh: --k3s-version must look like v1.32.1+k3s1 (a k3s release)" >&2; exit 2 ;;
 esac
 for v in $variants; do
     case "$v" in
@@ -108,9 +118,9 @@ for v in $variants; do
     tag="localhost/ek8s-${v}:${version}"
     base="ghcr.io/warewulf/warewulf-rockylinux:9"
     if [ "$v" = control ]; then base="localhost/ek8s-base:${version}"; fi
-    run "$runtime" build -f "$repo/image_builder/Containerfile.${v}" \
-        --build-arg "KUBERNETES_VERSION=${version}" --build-arg "BASE_IMAGE=${base}" \
-        -t "$tag" "$repo"
+    build_args=(--build-arg "KUBERNETES_VERSION=${version}" --build-arg "BASE_IMAGE=${base}")
+    if [ "$v" = k3s ]; then build_args+=(--build-arg "K3S_VERSION=${k3s_version}"); fi
+    run "$runtime" build -f "$repo/image_builder/Containerfile.${v}" "${build_args[@]}" -t "$tag" "$repo"
     if [ "$do_import" -eq 1 ]; then
         archive="${workdir}/ek8s-${v}-${version}.tar"
         run "$runtime" save -o "$archive" "$tag"

@@ -84,11 +84,24 @@ class ShareExport(_Strict):
         return v
 
 
-class NodeImages(_Strict):
-    """Warewulf node image (4.5: "container") per role, built by image_builder/."""
+# Node images image_builder/build.sh makes, per distribution and role (Containerfile.base,
+# .control, .k3s): kubeadm's workers need no HAProxy or keepalived; k3s's one image serves both
+# roles (one binary, `k3s server` or `k3s agent`, started by the overlay's units).
+DEFAULT_IMAGES = {
+    "kubeadm": {"control": "ek8s-control", "worker": "ek8s-base"},
+    "k3s": {"control": "ek8s-k3s", "worker": "ek8s-k3s"},
+}
+# The CNI manifest the kubeadm images carry (Containerfile.base); k3s runs its own flannel.
+KUBEADM_CNI = Path("/usr/local/lib/ek8s/manifests/cni.yaml")
 
-    control: str = "ek8s-control"
-    worker: str = "ek8s-base"
+
+class NodeImages(_Strict):
+    """Warewulf node image (4.5: "container") per role, built by image_builder/. Defaults
+    depend on ``kubernetes.distribution`` (:data:`DEFAULT_IMAGES`; filled in by
+    :class:`Inventory` before validation)."""
+
+    control: str = DEFAULT_IMAGES["kubeadm"]["control"]
+    worker: str = DEFAULT_IMAGES["kubeadm"]["worker"]
 
 
 class NodeGroup(_Strict):
@@ -169,18 +182,49 @@ class Inventory(_Strict):
     node_images: NodeImages = NodeImages()
     # Manifest the leader applies once the API is up (the CNI), as a path inside the node image
     # (image_builder/Containerfile.base puts it there; not under /opt, which Warewulf exports).
-    cni_manifest: Path | None = Path("/usr/local/lib/ek8s/manifests/cni.yaml")
+    # Default: KUBEADM_CNI for kubeadm, none for k3s (its own flannel; docs.k3s.io "Networking").
+    cni_manifest: Path | None = KUBEADM_CNI
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     nodes: list[NodeGroup]
 
-    @field_validator("kubernetes")
+    @model_validator(mode="before")
     @classmethod
-    def _kubeadm_images_only(cls, v: KubernetesSettings) -> KubernetesSettings:
-        # The nodes' side takes k3s (core.drivers.k3s); the Warewulf side (a k3s node image,
-        # its airgap images) does not yet, so a plan would boot k3s nodes from a kubeadm image.
-        if v.distribution != "kubeadm":
-            raise ValueError("kubernetes.distribution: only kubeadm node images are planned so far (k3s: issue 12)")
-        return v
+    def _distribution_defaults(cls, data: object) -> object:
+        """Fill in what depends on ``kubernetes.distribution`` and was left out: the node
+        images (:data:`DEFAULT_IMAGES`) and, for k3s, no CNI manifest."""
+        if not isinstance(data, dict):
+            return data
+        kube = data.get("kubernetes")
+        distribution = kube.get("distribution", "kubeadm") if isinstance(kube, dict) else "kubeadm"
+        if distribution not in DEFAULT_IMAGES:
+            return data  # refused by KubernetesSettings, naming the field
+        data = dict(data)
+        images = data.get("node_images")
+        if images is None or isinstance(images, dict):
+            data["node_images"] = DEFAULT_IMAGES[distribution] | (images or {})
+        if distribution == "k3s" and "cni_manifest" not in data:
+            data["cni_manifest"] = None
+        return data
+
+    @model_validator(mode="after")
+    def _images_fit_the_distribution(self) -> Inventory:
+        # A k3s cluster booted from the kubeadm images would find no k3s binary, and the k3s
+        # image has no ek8s CNI manifest: refused here rather than at every node's boot.
+        if self.kubernetes.distribution == "k3s":
+            kubeadm_images = set(DEFAULT_IMAGES["kubeadm"].values())
+            for role in ("control", "worker"):
+                image = getattr(self.node_images, role)
+                if image in kubeadm_images:
+                    raise ValueError(
+                        f"node_images.{role}: {image} is a kubeadm node image; kubernetes.distribution k3s "
+                        f"boots {DEFAULT_IMAGES['k3s'][role]} (image_builder/build.sh --variants k3s)"
+                    )
+            if self.cni_manifest == KUBEADM_CNI:
+                raise ValueError(
+                    f"cni_manifest: {KUBEADM_CNI} is in the kubeadm images only; k3s runs its own flannel "
+                    "(leave cni_manifest out or set it to null)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Inventory:

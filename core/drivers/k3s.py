@@ -74,6 +74,10 @@ NODE_PASSWORD = "/etc/rancher/node/password"
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
 # What k3s-uninstall.sh removes of k3s's state (not the binaries and units, which are the image's).
 RESET_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
+# k3s's airgap image tarballs, which the node image puts here (image_builder/Containerfile.k3s;
+# docs.k3s.io "Air-Gap Install": k3s imports every archive in this directory at start). Reset
+# keeps them: the node image is the only copy on a RAM root, and a rejoin needs them.
+AIRGAP_IMAGES = f"{DATA_DIR}/agent/images"
 # k3s's tokens do not expire (only `k3s token create` bootstrap tokens do, and the driver uses
 # none): the published expiry is far enough away that nothing renews them.
 NEVER_S = 10 * 365 * 24 * 3600.0
@@ -187,6 +191,19 @@ def operator_kubeconfig(text: str, server: str) -> bytes:
     except (yaml.YAMLError, KeyError, TypeError) as err:
         raise ValueError(f"not a kubeconfig: {err}") from err
     return yaml.safe_dump(doc, sort_keys=False).encode()
+
+
+def _remove_except(path: Path, keep: Path) -> None:
+    """Remove ``path`` (a tree; errors ignored), but not ``keep`` when it lies inside it: the
+    directories leading to ``keep`` stay, everything else in them goes."""
+    if path != keep and path in keep.parents and path.is_dir():
+        for child in path.iterdir():
+            _remove_except(child, keep)
+    elif path != keep:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class K3sDriver:
@@ -396,12 +413,14 @@ class K3sDriver:
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:
-        """Stop k3s and remove its state (:data:`RESET_PATHS`), as k3s-killall.sh and
-        k3s-uninstall.sh do; the etcd member stays in the cluster for Phylactery's prune (k3s's
-        uninstall does not remove it either). ``whole_cluster`` changes nothing here."""
+        """Stop k3s and remove its state (:data:`RESET_PATHS`, but the airgap images in
+        :data:`AIRGAP_IMAGES`), as k3s-killall.sh and k3s-uninstall.sh do; the etcd member
+        stays in the cluster for Phylactery's prune (k3s's uninstall does not remove it
+        either). ``whole_cluster`` changes nothing here."""
         self._stop()
+        keep = self.cfg.host_path(AIRGAP_IMAGES)
         for path in RESET_PATHS:
-            shutil.rmtree(self.cfg.host_path(path), ignore_errors=True)
+            _remove_except(self.cfg.host_path(path), keep)
 
     def reform_etcd(self, timeout_s: float = 120.0) -> None:
         """``k3s server --cluster-reset`` (k3s exits once etcd runs as a one-member cluster),

@@ -90,7 +90,18 @@ def test_containerfile_structure(variant: str) -> None:
     if variant == "control":
         assert "haproxy keepalived" in text and "systemctl disable haproxy.service keepalived.service" in text
     if variant == "k3s":
-        assert "ARG K3S_VERSION" in path.read_text() and "airgap" in text
+        from core.drivers.k3s import AIRGAP_IMAGES
+
+        assert "ARG K3S_VERSION=v1.32.1+k3s1" in path.read_text()
+        # k3s where the overlay's units run it, checked against the release's checksums.
+        units = ROOT / "overlay/ek8s/rootfs/etc/systemd/system"
+        for unit in ("k3s.service", "k3s-agent.service"):
+            assert "\nExecStart=/usr/local/bin/k3s " in (units / unit).read_text()
+        assert 'install -m 0755 "${tmp}/k3s" /usr/local/bin/k3s' in text and "sha256sum -c" in text
+        # The airgap images where k3s imports them, and where the driver's reset keeps them.
+        assert f"{AIRGAP_IMAGES}/k3s-airgap-images-amd64.tar.zst" in text
+        assert "haproxy keepalived" in text and "systemctl disable haproxy.service keepalived.service" in text
+        assert "python3.11" in text and "kubeadm" not in text
 
 
 WWCTL = r'''#!{python}
@@ -192,6 +203,31 @@ def test_build_imports_with_the_warewulf_versions_verb(
     assert f"+ wwctl {verb} import --force --build {tmp_path}/ek8s-control-v1.32.1.tar ek8s-control" in lines
     deps = (BUILDER / "requirements-node.txt").read_text().split()
     assert any(d.startswith("aiohttp") for d in deps) and any(d.startswith("pydantic") for d in deps)
+
+
+@pytest.mark.parametrize(
+    ("args", "k3s_release"), [((), "v1.32.1+k3s1"), (("--k3s-version", "v1.32.1+k3s2"), "v1.32.1+k3s2")]
+)
+def test_build_k3s_variant_alone(tmp_path: Path, keep_generated: None, args: tuple[str, ...], k3s_release: str) -> None:
+    """The k3s image stands alone (no ek8s-base under it) and takes its k3s release."""
+    env = _stand_ins(tmp_path, "4.6.1")
+    res = subprocess.run(
+        [str(BUILDER / "build.sh"), "--variants", "k3s", *args, "--dry-run"], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("+ ")]
+    builds = [ln for ln in lines if " build " in ln]
+    assert len(builds) == 1 and "Containerfile.k3s" in builds[0], builds
+    assert f"K3S_VERSION={k3s_release}" in builds[0]
+    assert "BASE_IMAGE=ghcr.io/warewulf/warewulf-rockylinux:9" in builds[0]
+    assert f"+ wwctl image import --force --build {tmp_path}/ek8s-k3s-v1.32.1.tar ek8s-k3s" in lines
+    bad = subprocess.run(
+        [str(BUILDER / "build.sh"), "--variants", "k3s", "--k3s-version", "1.32.1", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 2 and "--k3s-version" in bad.stderr
 
 
 def test_build_refuses_bad_input_and_missing_tools(tmp_path: Path, keep_generated: None) -> None:

@@ -27,6 +27,7 @@ INVENTORY = ROOT / "warewulf_conf" / "inventory.yaml"
 EK8S = [sys.executable, "-m", "manager"]
 UPDATE = os.environ.get("EK8S_UPDATE_GOLDEN") == "1"
 VERSIONS = ("4.5", "4.6")
+DISTRIBUTIONS = ("kubeadm", "k3s")
 SERVER = {"ipaddr": "10.0.0.13", "netmask": "255.255.255.0", "network": "10.0.0.0", "buildhost": "wwserver"}
 
 
@@ -36,6 +37,30 @@ def check_golden(path: Path, text: str) -> None:
         path.write_text(text)
     assert path.exists(), f"{path} missing: run with EK8S_UPDATE_GOLDEN=1"
     assert text == path.read_text(), f"{path} differs from the rendered output"
+
+
+def inventory_data(distribution: str = "kubeadm") -> dict[str, object]:
+    """The reference inventory (kubeadm); for k3s the same cluster with ``distribution: k3s``
+    and the node images and CNI manifest left to their k3s defaults."""
+    data = yaml.safe_load(INVENTORY.read_text())
+    if distribution != "kubeadm":
+        data["kubernetes"]["distribution"] = distribution
+        del data["node_images"], data["cni_manifest"]
+    return data
+
+
+def inventory_file(tmp_path: Path, distribution: str) -> Path:
+    """The reference inventory for ``distribution`` as a file (the checked-in one for kubeadm)."""
+    if distribution == "kubeadm":
+        return INVENTORY
+    path = tmp_path / f"inventory-{distribution}.yaml"
+    path.write_text(yaml.safe_dump(inventory_data(distribution), sort_keys=False))
+    return path
+
+
+def overlay_golden(distribution: str) -> Path:
+    """Rendered overlays: tests/golden/overlay (kubeadm) and tests/golden/overlay-k3s."""
+    return GOLDEN / ("overlay" if distribution == "kubeadm" else f"overlay-{distribution}")
 
 
 def registry_fixture(inv: Inventory) -> dict[str, object]:
@@ -57,9 +82,12 @@ render = wwrender.render
 TEMPLATES = sorted(p.relative_to(ROOT / "overlay") for p in (ROOT / "overlay").rglob("*.ww"))
 
 
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_overlay_templates_render_with_warewulf_data(wwtemplate: Path, tmp_path: Path, version: str) -> None:
-    inv = load_inventory(INVENTORY)
+def test_overlay_templates_render_with_warewulf_data(
+    wwtemplate: Path, tmp_path: Path, version: str, distribution: str
+) -> None:
+    inv = load_inventory(inventory_file(tmp_path, distribution))
     fixture = tmp_path / "registry.json"
     fixture.write_text(json.dumps(registry_fixture(inv)))
     assert len(TEMPLATES) == 4, TEMPLATES
@@ -68,20 +96,43 @@ def test_overlay_templates_render_with_warewulf_data(wwtemplate: Path, tmp_path:
             res = render(wwtemplate, fixture, version, node, ROOT / "overlay" / tpl)
             assert res.returncode == 0, f"{tpl} for {node} on {version}: {res.stderr}"
             rel = Path(*tpl.parts[2:]).with_suffix("")  # overlay name and rootfs/ dropped, .ww too
-            check_golden(GOLDEN / "overlay" / version / node / rel, res.stdout)
+            check_golden(overlay_golden(distribution) / version / node / rel, res.stdout)
 
 
-def test_both_versions_render_the_same_files() -> None:
-    for rendered in (GOLDEN / "overlay" / "4.5").rglob("*"):
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_both_versions_render_the_same_files(distribution: str) -> None:
+    golden = overlay_golden(distribution)
+    for rendered in (golden / "4.5").rglob("*"):
         if rendered.is_file():
-            other = GOLDEN / "overlay" / "4.6" / rendered.relative_to(GOLDEN / "overlay" / "4.5")
+            other = golden / "4.6" / rendered.relative_to(golden / "4.5")
             assert rendered.read_text() == other.read_text(), rendered
 
 
-def test_rendered_node_yaml_is_the_inventory(tmp_path: Path) -> None:
-    inv = load_inventory(INVENTORY)
+def test_distributions_differ_only_in_node_yaml_facts() -> None:
+    """One overlay for both distributions: what differs between a kubeadm and a k3s node is the
+    distribution in node.yaml and the CNI manifest (k3s brings its own flannel)."""
+    kubeadm, k3s = overlay_golden("kubeadm"), overlay_golden("k3s")
+    files = sorted(p.relative_to(kubeadm) for p in kubeadm.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(k3s) for p in k3s.rglob("*") if p.is_file())
+    for rel in files:
+        a, b = (kubeadm / rel).read_text(), (k3s / rel).read_text()
+        if rel.name != "node.yaml":
+            assert a == b, rel
+            continue
+        changed = {ln for ln in a.splitlines() if ln not in b.splitlines()}
+        changed |= {ln for ln in b.splitlines() if ln not in a.splitlines()}
+        assert changed == {
+            '  distribution: "kubeadm"',
+            '  distribution: "k3s"',
+            '  manifests: ["/usr/local/lib/ek8s/manifests/cni.yaml"]',
+        }, rel
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_rendered_node_yaml_is_the_inventory(tmp_path: Path, distribution: str) -> None:
+    inv = load_inventory(inventory_file(tmp_path, distribution))
     for node in inv.expanded():
-        path = GOLDEN / "overlay" / "4.6" / node.name / "etc" / "ek8s" / "node.yaml"
+        path = overlay_golden(distribution) / "4.6" / node.name / "etc" / "ek8s" / "node.yaml"
         if not path.exists():  # golden files exist for control0 and worker1
             continue
         cfg = load_config(path)
@@ -93,9 +144,10 @@ def test_rendered_node_yaml_is_the_inventory(tmp_path: Path) -> None:
         )
         assert cfg.cluster == "ek8s" and cfg.vip == inv.vip and cfg.share.path == Path("/share")
         assert cfg.kubernetes.version == "v1.32.1" and cfg.kubernetes.extra_sans == ["10.0.0.13"]
-        assert cfg.kubernetes.manifests == [Path("/usr/local/lib/ek8s/manifests/cni.yaml")]
+        assert cfg.kubernetes.distribution == distribution
+        assert cfg.kubernetes.manifests == ([inv.cni_manifest] if inv.cni_manifest else [])
         assert cfg.service_manager == "systemd"
-    hosts = (GOLDEN / "overlay" / "4.5" / "control0" / "etc" / "hosts").read_text()
+    hosts = (overlay_golden(distribution) / "4.5" / "control0" / "etc" / "hosts").read_text()
     assert "10.0.0.99 vip.kubernetes.local" in hosts
     assert "10.0.0.23 control2 control2-default control2-net0" in hosts
 
@@ -284,25 +336,40 @@ def test_hosts_replaces_etc_hosts_without_a_wwbackup(wwtemplate: Path, tmp_path:
 # -- inventory and plan -----------------------------------------------------------------
 
 
+def plan_golden(version: str, distribution: str) -> Path:
+    """tests/golden/warewulf/plan-<version>.sh (kubeadm) and plan-k3s-<version>.sh."""
+    prefix = "plan" if distribution == "kubeadm" else f"plan-{distribution}"
+    return GOLDEN / "warewulf" / f"{prefix}-{version}.sh"
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("version", VERSIONS)
-def test_plan_golden(version: str) -> None:
+def test_plan_golden(tmp_path: Path, version: str, distribution: str) -> None:
+    inventory = inventory_file(tmp_path, distribution)
     res = subprocess.run(
-        [*EK8S, "warewulf", "plan", "--offline", "--version", version, str(INVENTORY)],
+        [*EK8S, "warewulf", "plan", "--offline", "--version", version, str(inventory)],
         capture_output=True,
         text=True,
         check=True,
     )
-    check_golden(GOLDEN / "warewulf" / f"plan-{version}.sh", res.stdout)
+    check_golden(plan_golden(version, distribution), res.stdout)
+    image_flag = "--container" if version == "4.5" else "--image"
+    images = {"kubeadm": ["ek8s-control"] * 3 + ["ek8s-base"] * 2, "k3s": ["ek8s-k3s"] * 5}[distribution]
+    assert [ln.split()[1] for ln in res.stdout.splitlines() if ln.strip().startswith(image_flag)] == images
+    assert f"ek8s_distribution={distribution}" in res.stdout
+    assert ("ek8s_cni_manifest" in res.stdout) == (distribution == "kubeadm")
     nfs = subprocess.run(
-        [*EK8S, "warewulf", "nfs", "--version", version, str(INVENTORY)], capture_output=True, text=True, check=True
+        [*EK8S, "warewulf", "nfs", "--version", version, str(inventory)], capture_output=True, text=True, check=True
     )
+    # The share does not depend on the distribution: one golden file per version.
     check_golden(GOLDEN / "warewulf" / f"nfs-{version}.yaml", nfs.stdout)
     assert "no_root_squash" in nfs.stdout and "lookupcache=positive" in nfs.stdout
 
 
 def test_plan_is_valid_shell(tmp_path: Path) -> None:
     for version in VERSIONS:
-        subprocess.run(["sh", "-n", str(GOLDEN / "warewulf" / f"plan-{version}.sh")], check=True)
+        for distribution in DISTRIBUTIONS:
+            subprocess.run(["sh", "-n", str(plan_golden(version, distribution))], check=True)
 
 
 @pytest.mark.parametrize(
@@ -323,7 +390,11 @@ def test_plan_is_valid_shell(tmp_path: Path) -> None:
         ({"vip": {"address": "10.0.0.21"}}, "vip.address"),
         ({"vip": {"address": "10.9.0.1"}}, "vip.address"),
         ({"kubernetes": {"version": "1.32"}}, "kubernetes.version"),
-        ({"kubernetes": {"distribution": "k3s"}}, "kubernetes.distribution"),
+        ({"kubernetes": {"distribution": "k8s"}}, "kubernetes.distribution"),
+        # k3s with the reference file's kubeadm images, then with its kubeadm CNI manifest.
+        ({"kubernetes": {"distribution": "k3s"}}, "node_images.control"),
+        ({"kubernetes": {"distribution": "k3s"}, "node_images": {"worker": "ek8s-base"}}, "node_images.worker"),
+        ({"kubernetes": {"distribution": "k3s"}, "node_images": {}}, "cni_manifest"),
         ({"cluster": "EK8S"}, "cluster"),
         ({"warewulf": {"netmask": "255.0.255.0"}}, "warewulf.netmask"),
         ({"share": {"path": "share"}}, "share.path"),
@@ -571,13 +642,18 @@ def _stand_in(tmp_path: Path, log: Path) -> Path:
 
 
 def _apply(
-    tmp_path: Path, log: Path, version: str, fail: str | None = None, extra: tuple[str, ...] = ()
+    tmp_path: Path,
+    log: Path,
+    version: str,
+    fail: str | None = None,
+    extra: tuple[str, ...] = (),
+    distribution: str = "kubeadm",
 ) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"WWCTL_LOG": str(log), "WWCTL_STATE": str(tmp_path / "state.json"), "WWCTL_VERSION": version}
     if fail:
         env["WWCTL_FAIL"] = fail
-    inv = yaml.safe_load(INVENTORY.read_text())
-    inv["share"]["path"] = str(tmp_path / "share")  # the stand-in run makes the share here
+    inv = inventory_data(distribution)
+    inv["share"]["path"] = str(tmp_path / "share")  # type: ignore[index]  # the stand-in run makes the share here
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(inv))
     argv = [*EK8S, "warewulf", "apply", *extra, "--wwctl", str(_stand_in(tmp_path, log))]
@@ -598,14 +674,18 @@ def fixture_from_stand_in(state: Path) -> dict[str, object]:
     return {"server": SERVER, "profiles": reg["profile"], "nodes": nodes}
 
 
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("version", ["4.5.8", "4.6.1"])
-def test_apply_then_render_gives_every_node_its_cluster_facts(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+def test_apply_then_render_gives_every_node_its_cluster_facts(
+    wwtemplate: Path, tmp_path: Path, version: str, distribution: str
+) -> None:
     """Defect 1 of issue 9: on 4.5 `profile add` without --yes adds nothing and exits 0, and the
     nodes render a node.yaml without the cluster's facts. From `apply` to the node.yaml each
-    node reads: the profile exists and every node gets the inventory's cluster, VIP and share."""
+    node reads: the profile exists and every node gets the inventory's cluster, VIP and share,
+    its distribution, and the node image built for it."""
     (tmp_path / "etc").mkdir()
     log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, version)
+    res = _apply(tmp_path, log, version, distribution=distribution)
     assert res.returncode == 0, res.stdout + res.stderr
     fixture = tmp_path / "registry.json"
     fixture.write_text(json.dumps(fixture_from_stand_in(tmp_path / "state.json")))
@@ -620,6 +700,11 @@ def test_apply_then_render_gives_every_node_its_cluster_facts(wwtemplate: Path, 
         cfg = load_config(path)
         assert (cfg.cluster, cfg.role, cfg.node.address) == (inv.cluster, node.role, node.address)
         assert cfg.vip == inv.vip and cfg.share.path == inv.share.path
+        assert cfg.kubernetes.distribution == distribution
+    images = {name: entry["image"] for name, entry in json.loads((tmp_path / "state.json").read_text())["node"].items()}
+    wanted = {"kubeadm": {"control": "ek8s-control", "worker": "ek8s-base"}, "k3s": {"control": "ek8s-k3s"}}
+    for node in inv.expanded():
+        assert images[node.name] == wanted[distribution].get(node.role, "ek8s-k3s"), node.name
 
 
 @pytest.mark.parametrize(
@@ -732,6 +817,8 @@ def test_overlay_build(tmp_path: Path) -> None:
         "etc/ek8s/node.yaml.ww",
         "etc/systemd/system/ek8s-node.service.ww",
         "etc/systemd/system/phylactery.service.ww",
+        "etc/systemd/system/k3s.service",
+        "etc/systemd/system/k3s-agent.service",
         "etc/sysctl.d/90-ek8s-kubernetes.conf",
         "etc/modules-load.d/ek8s-kubernetes.conf",
         "usr/local/lib/ek8s/python/leader/agent.py",
@@ -743,6 +830,10 @@ def test_overlay_build(tmp_path: Path) -> None:
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/ek8s-node.service") == (
         "../ek8s-node.service"
     )
+    # k3s's units are there for k3s clusters but never enabled: the agent starts them.
+    assert sorted(p.name for p in (root / "etc/systemd/system/multi-user.target.wants").iterdir()) == [
+        "ek8s-node.service"
+    ]
     assert (out / "ek8s-hosts" / "rootfs" / "etc" / "hosts.ww").is_file()
     # Nodes receive only what runs on nodes: no operator code, no emulation.
     shipped = sorted(p.name for p in (root / "usr/local/lib/ek8s/python").iterdir())

@@ -146,6 +146,9 @@ def test_init_starts_the_server_and_returns_the_operator_kubeconfig(
     tmp_path: Path, fake_k3s: Path, ca_pem: bytes
 ) -> None:
     (tmp_path / "root/mode").write_text("ok")
+    images = tmp_path / "root/var/lib/rancher/k3s/agent/images"
+    images.mkdir(parents=True)
+    (images / "k3s-airgap-images-amd64.tar.zst").write_bytes(b"airgap")
     driver = k3s.K3sDriver(cfg(tmp_path, k3s=str(fake_k3s)))
     try:
         result = driver.init(Credentials(token="srv", certificate_key="agt"))
@@ -160,7 +163,14 @@ def test_init_starts_the_server_and_returns_the_operator_kubeconfig(
     finally:
         driver.reset()
     assert not driver.services.is_running("k3s") and not driver.is_joined()
-    assert not (tmp_path / "root/var/lib/rancher/k3s").exists() and not written.exists()
+    assert not written.exists()
+    # Everything of k3s's data directory goes but the airgap images the node image brought.
+    data = tmp_path / "root/var/lib/rancher/k3s"
+    assert [p.relative_to(data).as_posix() for p in sorted(data.rglob("*"))] == [
+        "agent",
+        "agent/images",
+        "agent/images/k3s-airgap-images-amd64.tar.zst",
+    ]
     # Like k3s-uninstall.sh, the node password stays: a rejoin in the same boot keeps it.
     assert (tmp_path / "root/etc/rancher/node/password").read_text() == "pw"
 
@@ -201,3 +211,40 @@ def test_etcd_members_map_to_their_nodes(tmp_path: Path) -> None:
     assert driver.etcd_member_node("control0-0a1b2c3d") == "control0"
     assert driver.etcd_member_node("ctl-1-0a1b2c3d") == "ctl-1"
     assert driver.etcd_member_node("control0") == "control0"
+
+
+OVERLAY_UNITS = Path(__file__).resolve().parents[2] / "overlay/ek8s/rootfs/etc/systemd/system"
+
+
+def _unit(path: Path) -> dict[str, list[str]]:
+    """``Key=value`` lines of a systemd unit (comments and section headers dropped), values by key."""
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+@pytest.mark.parametrize(("role", "command"), [("control", "server"), ("worker", "agent")])
+def test_the_overlay_units_run_what_the_driver_starts(role: str, command: str) -> None:
+    """In systemd mode the driver starts ``<service>.service`` and ignores its argv: the
+    overlay's unit must run the same command, with the config the driver writes, and be
+    something the driver can wait on (Type=exec) and not something that starts at boot."""
+    node = parse_config(
+        {
+            "role": role,
+            "node": {"name": "n0", "address": "10.0.0.21"},
+            "kubernetes": {"distribution": "k3s", "k3s": "/usr/local/bin/k3s"},
+            "service_manager": "systemd",
+        },
+        Path("node.yaml"),
+    )
+    driver = k3s.K3sDriver(node)
+    path = OVERLAY_UNITS / f"{driver.service}.service"
+    unit = _unit(path)
+    assert unit["ExecStart"] == [" ".join(driver._argv(command))]
+    assert unit["ConditionPathExists"] == [k3s.CONFIG] and unit["Type"] == ["exec"]
+    assert unit["Restart"] == ["always"] and unit["Delegate"] == ["yes"]
+    assert "[Install]" not in path.read_text().splitlines() and "WantedBy" not in unit
+    assert not (OVERLAY_UNITS / "multi-user.target.wants" / path.name).exists()

@@ -123,3 +123,30 @@ def test_kubeadm_documents_use_v1beta4_and_the_vip_endpoint() -> None:
     assert {"10.0.0.99", "vip.kubernetes.local", "10.0.0.13"} <= set(cluster["apiServer"]["certSANs"])
     worker = yaml.safe_load(CASES["kubeadm-join-worker.yaml"]())
     assert "controlPlane" not in worker and worker["discovery"]["bootstrapToken"]["token"] == TOKEN
+
+
+@pytest.mark.parametrize("distribution", ["kubeadm", "k3s"])
+def test_a_node_yaml_warewulf_rendered_drives_its_distribution(distribution: str) -> None:
+    """From the golden node.yaml Warewulf renders for the reference inventory (kubeadm, or the
+    same cluster with ``distribution: k3s``; tests/integration/test_warewulf.py keeps them) to
+    the distribution's own config: the VIP, its name and the Warewulf server are API SANs, and
+    the node's facts reach the driver."""
+    from core.config import load_config
+    from core.drivers import driver_for
+
+    overlay = GOLDEN / ("overlay" if distribution == "kubeadm" else f"overlay-{distribution}") / "4.6"
+    control = load_config(overlay / "control0/etc/ek8s/node.yaml")
+    worker = load_config(overlay / "worker1/etc/ek8s/node.yaml")
+    assert driver_for(control).name == distribution and control.service_manager == "systemd"
+    sans = {"10.0.0.99", "vip.kubernetes.local", "10.0.0.13"}
+    if distribution == "kubeadm":
+        _, cluster = yaml.safe_load_all(render_init_config(control, TOKEN, KEY))
+        assert sans <= set(cluster["apiServer"]["certSANs"])
+        assert cluster["controlPlaneEndpoint"] == "vip.kubernetes.local:8443"
+        return
+    init = yaml.safe_load(k3s.render_init_config(control, "11" * 32, "22" * 32))
+    assert sans <= set(init["tls-san"]) and (init["node-name"], init["node-ip"]) == ("control0", "10.0.0.21")
+    assert init["cluster-cidr"] == "10.249.0.0/16" and init["cluster-init"] is True
+    join = yaml.safe_load(k3s.render_join_config(worker, K3S_MATERIAL))
+    assert join["server"] == "https://vip.kubernetes.local:8443" and join["node-name"] == "worker1"
+    assert join["token"] == K3S_MATERIAL.certificate_key  # the agent token, never the server token
