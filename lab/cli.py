@@ -181,7 +181,8 @@ def up(
     exit 2 for a --set without '='. --distribution k3s runs the emulated k3s (lab/k3s.py).
     """
     overrides = _overrides(settings)
-    overrides.setdefault("kubernetes", {})["distribution"] = distribution
+    if distribution != "kubeadm":  # node.yaml's default; machines keep Warewulf's rendering as is
+        overrides.setdefault("kubernetes", {})["distribution"] = distribution
     the_lab = _lab(ctx)
     try:
         state = the_lab.create(

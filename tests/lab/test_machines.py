@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from lab import netns
 from lab.cluster import Lab
@@ -103,8 +104,8 @@ def test_machines_boot_3_plus_2_and_rejoin_after_systemctl_reboot_inside(lab_dir
         state = inside(lab_dir, node, "systemctl", "is-active", "ek8s-node.service")
         assert state.stdout.strip() == "active", node
     # The overlay as Warewulf renders it: node.yaml, hosts, units; Phylactery under systemd.
-    cfg = inside(lab_dir, "control1", "cat", "/etc/ek8s/node.yaml").stdout
-    assert 'rendered_by: "warewulf"' in cfg and 'service_manager: "systemd"' in cfg
+    cfg = yaml.safe_load(inside(lab_dir, "control1", "cat", "/etc/ek8s/node.yaml").stdout)
+    assert cfg["rendered_by"] == "warewulf" and cfg["service_manager"] == "systemd"
     assert "10.0.0.99 vip.kubernetes.local" in inside(lab_dir, "worker0", "cat", "/etc/hosts").stdout
     assert inside(lab_dir, "control1", "systemctl", "is-active", "phylactery", "haproxy", "keepalived").returncode == 0
     logs = ek8s(lab_dir, "logs", "control1", "-u", "ek8s-node")
