@@ -101,6 +101,14 @@ class ManagedDaemon:
         log.info("started", extra={"daemon": self.name})
         return "started"
 
+    def reload(self, why: str) -> None:
+        """Reload the running daemon with its installed config, for ``why`` (logged)."""
+        if self.before_reload is not None:
+            self.before_reload()
+        self.services.reload(self.name, self.reload_signal)
+        self.reloads += 1
+        log.warning("reloaded again", extra={"daemon": self.name, "reloads": self.reloads, "why": why})
+
     def stop(self) -> None:
         """Stop the daemon through the service manager."""
         self.services.stop(self.name)

@@ -171,6 +171,15 @@ class Phylactery:
             "haproxy": await asyncio.to_thread(self.haproxy.apply, haproxy_cfg),
             "keepalived": await asyncio.to_thread(self.keepalived.apply, keepalived_cfg),
         }
+        if result["haproxy"] == "unchanged":
+            # A reload signalled while HAProxy's master was still taking the previous one can
+            # be lost (seen in the lab: two reloads 0.3 s apart, the second never happened), and
+            # the file on disk then reads "unchanged" for ever. Compare what runs instead.
+            running = set(await asyncio.to_thread(daemons.backend_states, self.stats_socket))
+            if running and running != {m.name for m in members}:
+                why = f"HAProxy serves {sorted(running)}, the registry lists {sorted(m.name for m in members)}"
+                await asyncio.to_thread(self.haproxy.reload, why)
+                result["haproxy"] = "reloaded"
         self.last_reconcile = result
         if result["haproxy"] != "unchanged" or result["keepalived"] != "unchanged":
             log.info(
