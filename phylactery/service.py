@@ -226,8 +226,7 @@ class Phylactery:
         if ctx is None:
             return False
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
-            status = await etcd.status()
-        return int(status.get("header", {}).get("member_id", 0)) == int(status.get("leader", -1))
+            return _leader_id(await etcd.status()) is not None
 
     async def _member_ids(self) -> frozenset[int] | None:
         """The IDs of the etcd members as the local member lists them (None without one)."""
@@ -276,9 +275,8 @@ class Phylactery:
         if ctx is None:
             return None
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=3.0) as etcd:
-            status = await etcd.status()
-            me = int(status.get("header", {}).get("member_id", 0))
-            if me != int(status.get("leader", -1)):
+            me = _leader_id(await etcd.status())
+            if me is None:
                 return None
             members = await etcd.member_list()
             others = [m for m in members if m.id != me]
@@ -435,3 +433,10 @@ class Phylactery:
 def _warm_imports() -> None:
     import kubernetes.client
     import kubernetes.config  # noqa: F401
+
+
+def _leader_id(status: dict[str, Any]) -> int | None:
+    """This member's ID when ``status`` (etcd's ``maintenance/status``) says it leads etcd
+    (its ``header.member_id`` is the ``leader``), else None."""
+    me = int(status.get("header", {}).get("member_id", 0))
+    return me if me == int(status.get("leader", -1)) else None
