@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import psutil
+import yaml
 
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
 
 CONTROL = ["control0", "control1", "control2"]
 ALL = [*CONTROL, "worker0", "worker1"]
+K3S_MEMBER = re.compile(r"-[0-9a-f]{8}$")
 
 KUBECTL_PY = """
 import json, sys
@@ -71,27 +76,40 @@ def kubectl(state: LabState, via: str, *args: str) -> Any:
     return json.loads(res.stdout) if res.returncode == 0 else None
 
 
+def distribution(state: LabState, node: str) -> str:
+    """The distribution in ``node``'s node.yaml (kubeadm when it names none)."""
+    cfg = yaml.safe_load(Path(state.node(node).config).read_text()) or {}
+    return str((cfg.get("kubernetes") or {}).get("distribution", "kubeadm"))
+
+
 def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace."""
+    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the client
+    pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
+    k3s: ``/var/lib/rancher/k3s/server/tls/etcd/client``)."""
     node = state.node(via)
-    pki = Path(node.root) / "etc/kubernetes/pki/etcd"
+    if distribution(state, via) == "k3s":
+        tls = Path(node.root) / "var/lib/rancher/k3s/server/tls/etcd"
+        ca, cert, key = tls / "server-ca.crt", tls / "client.crt", tls / "client.key"
+    else:
+        pki = Path(node.root) / "etc/kubernetes/pki/etcd"
+        ca, cert, key = pki / "ca.crt", pki / "healthcheck-client.crt", pki / "healthcheck-client.key"
     return subprocess.run(
         [
             "ip", "netns", "exec", node.ns, "etcdctl", f"--endpoints=https://{node.address}:2379",
-            f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'healthcheck-client.crt'}",
-            f"--key={pki / 'healthcheck-client.key'}", "--command-timeout=3s", *args,
+            f"--cacert={ca}", f"--cert={cert}", f"--key={key}", "--command-timeout=3s", *args,
         ],
         capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
     )  # fmt: skip
 
 
 def members(state: LabState, via: str) -> dict[str, int] | None:
-    """etcd's member list (name -> id) as ``etcdctl member list`` shows it from ``via``'s
-    member (etcd answers it from its own view, quorum or not), or None."""
+    """etcd's member list (node name -> member id) as ``etcdctl member list`` shows it from
+    ``via``'s member (etcd answers it from its own view, quorum or not), or None. k3s names
+    members ``<node>-<8 hex digits>``: the suffix is dropped."""
     res = etcdctl(state, via, "-w", "json", "member", "list")
     if res.returncode != 0:
         return None
-    return {m.get("name", ""): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
+    return {K3S_MEMBER.sub("", m.get("name", "")): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
 
 
 def phylactery_status(state: LabState, node: str, via: str = "worker0") -> dict[str, Any]:
@@ -106,3 +124,14 @@ def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
     names them ``<node>-<8 hex digits>``; Phylactery's status maps them to nodes)."""
     r = lab.probe(state)
     return sorted(m.get("node", m["name"]) for m in r["phylactery"][via]["etcd"]["members"])
+
+
+def lab_processes(lab_dir: Path) -> list[str]:
+    """Processes whose command line names ``lab_dir`` (``"<pid>: <command>"``): none may
+    outlive ``ek8s lab down``."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(lab_dir) in cmd:
+            out.append(f"{p.info['pid']}: {cmd[:120]}")
+    return out
