@@ -121,7 +121,13 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @lab.command()
 @click.option("--control", default=3, show_default=True, type=click.IntRange(1, MAX_CONTROL))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, MAX_WORKERS))
-@click.option("--distribution", type=click.Choice(["kubeadm", "k3s"]), default="kubeadm", show_default=True)
+@click.option(
+    "--distribution",
+    type=click.Choice(["kubeadm", "k3s"]),
+    default="kubeadm",
+    show_default=True,
+    help="kubernetes.distribution of every node: the emulated kubeadm or the emulated k3s",
+)
 @click.option(
     "--machines/--processes",
     "machines",
@@ -135,22 +141,26 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     "--init-seconds",
     default=0.0,
     show_default=True,
-    help="emulated kubeadm init lasts this long in all (0: as fast as it runs)",
+    help="emulated kubeadm init (k3s: the leader's k3s server start) lasts this long in all (0: as fast as it runs)",
 )
 @click.option(
-    "--join-seconds", default=0.0, show_default=True, help="each emulated kubeadm join lasts this long in all"
+    "--join-seconds",
+    default=0.0,
+    show_default=True,
+    help="each emulated kubeadm join (k3s: each joining k3s server or agent start) lasts this long in all",
 )
 @click.option(
     "--certs-ttl",
     default=7200.0,
     show_default=True,
-    help="emulated lifetime of the kubeadm-certs Secret that kubeadm init uploads (renewals: 2 h)",
+    help="kubeadm only: emulated lifetime of the kubeadm-certs Secret that kubeadm init uploads (renewals: 2 h)",
 )
 @click.option(
     "--token-ttl",
     default=None,
     type=float,
-    help="emulated lifetime of kubeadm init's bootstrap token (default and renewals: the ttl asked for)",
+    help="kubeadm only: emulated lifetime of kubeadm init's bootstrap token (default and renewals: the ttl asked "
+    "for); k3s's tokens do not expire",
 )
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(
