@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +20,6 @@ from lab.emulation import Emulation
 CONTROL = ["control0", "control1", "control2"]
 ALL = [*CONTROL, "worker0", "worker1"]
 K3S_MEMBER = re.compile(r"-[0-9a-f]{8}$")
-
-KUBECTL_PY = """
-import json, sys
-from kubernetes import client, config
-api = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
-op, arg = sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
-if op == "create":
-    body = {"metadata": {"name": arg}, "data": {"kept": "yes"}}
-    print(json.dumps(api.create_namespaced_config_map("default", body, _request_timeout=5).data))
-elif op == "read":
-    print(json.dumps(api.read_namespaced_config_map(arg, "default", _request_timeout=5).data))
-elif op == "delete-node":
-    api.delete_node(arg, _request_timeout=5)
-    print("{}")
-elif op == "delete-secret":
-    api.delete_namespaced_secret(arg, "kube-system", _request_timeout=5)
-    print("{}")
-elif op == "ready":
-    n = api.read_node(arg, _request_timeout=5)
-    print(json.dumps({c.type: c.status for c in n.status.conditions}))
-"""
 
 
 def boot_lab(lab: Lab, overrides: dict[str, Any], emulation: Emulation | None = None, wait: bool = True) -> LabState:
@@ -65,15 +43,44 @@ def in_ns(state: LabState, node: str, *argv: str, timeout: float = 60) -> subpro
     )
 
 
-def kubectl(state: LabState, via: str, *args: str) -> Any:
-    """An API call through the VIP with the operator's kubeconfig, from ``via``'s namespace:
-    ``create NAME`` / ``read NAME`` (a ConfigMap in ``default`` with ``{"kept": "yes"}``; its
-    data), ``delete-node NAME`` and ``delete-secret NAME`` (in kube-system; ``{}``),
-    ``ready NAME`` (the Node's conditions). Its JSON answer, or None when the API refused or
-    did not answer."""
-    kubeconfig = str(Path(state.share) / "default/kube.config")
-    res = in_ns(state, via, sys.executable, "-c", KUBECTL_PY, kubeconfig, *args)
-    return json.loads(res.stdout) if res.returncode == 0 else None
+def kubectl(state: LabState, op: str, *names: str) -> Any:
+    """An API call through the VIP with the operator's kubeconfig, from the lab's manager
+    namespace (its prober, :meth:`lab.cluster.Lab.api`): ``create NAME`` / ``read NAME`` (a
+    ConfigMap in ``default`` with ``{"kept": "yes"}``; its data), ``read-many NAME...``
+    (``{name: data, or {"status": HTTP status}}``; None unless the API answered all),
+    ``delete-node NAME`` and ``delete-secret
+    NAME`` (in kube-system; ``{}``), ``ready NAME`` (the Node's conditions). Its JSON answer,
+    or None when the API refused or did not answer."""
+    lab = Lab(Path(state.dir), state.prefix)
+
+    def call(method: str, *args: Any) -> Any:
+        answer = lab.api(method, *args)
+        return None if answer is None or "result" not in answer else answer["result"]
+
+    if op == "read-many":
+        out = {}
+        for name in names:
+            answer = lab.api("read_namespaced_config_map", name, "default")
+            if answer is None or "error" in answer:
+                return None  # the API did not answer: the caller may wait
+            out[name] = answer["result"].get("data") if "result" in answer else {"status": answer.get("status")}
+        return out
+    name = names[0]
+    if op == "create":
+        body = {"metadata": {"name": name}, "data": {"kept": "yes"}}
+        made = call("create_namespaced_config_map", "default", body)
+        return None if made is None else made.get("data")
+    if op == "read":
+        got = call("read_namespaced_config_map", name, "default")
+        return None if got is None else got.get("data")
+    if op == "delete-node":
+        return None if call("delete_node", name) is None else {}
+    if op == "delete-secret":
+        return None if call("delete_namespaced_secret", name, "kube-system") is None else {}
+    if op == "ready":
+        node = call("read_node", name)
+        return None if node is None else {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    raise ValueError(f"unknown op {op!r}")
 
 
 def distribution(state: LabState, node: str) -> str:
