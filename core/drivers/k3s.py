@@ -26,7 +26,28 @@ What k3s does is taken from its documentation (docs.k3s.io: "High Availability E
   ``toTLSConfig``); members are named ``<node>-<first 8 hex digits of a UUID>``
   (``setName``), so pruning matches names by that pattern and peer URLs by address;
 * ``k3s server --cluster-reset`` re-forms etcd from the local data as a one-member cluster
-  and exits once it runs ("restart without --cluster-reset flag now", ``ETCD.Reset``);
+  and exits once it runs ("Managed etcd cluster membership has been reset, restart without
+  --cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd server
+  and rejoin the nodes", ``ETCD.Reset`` in ``pkg/etcd/etcd.go``); with
+  ``--cluster-reset-restore-path=<file>`` it first restores that snapshot into
+  ``server/db/etcd`` as a one-member cluster (the old data moved to ``db/etcd-old-<unix
+  ts>``, ``ETCD.Restore``), then exits the same way; the server is then started normally, and
+  other servers join it fresh. Its next normal start deletes its own node's
+  ``<node>.node-password.k3s`` Secret, which came back from the snapshot
+  (``pkg/cluster/managed.go``, ``start``: the ``reset-flag`` file);
+* snapshots: ``k3s etcd-snapshot save --name N --dir D`` (flags in
+  ``pkg/cli/cmds/etcd_snapshot.go``; since v1.29 the command asks the running server,
+  ``--etcd-server``, default ``https://127.0.0.1:6443``, authenticating with the token in
+  ``${data-dir}/server/token``) writes ``D/<N>-<node>-<unix seconds>`` and logs "Snapshot
+  <file> saved." (``pkg/etcd/snapshot.go``, ``pkg/cli/etcdsnapshot``). k3s keeps its
+  bootstrap data (CA keys, passwd) in etcd under ``/bootstrap/<12 hex digits of sha256(token
+  secret)>``, encrypted with the token secret (``pkg/cluster/encrypt.go``), so a snapshot is
+  usable only with the token it was taken with (docs.k3s.io "Backup and Restore": "If you do
+  not use the same token value when restoring, the snapshot will be unusable"); a restore with
+  another token fails with "bootstrap data already found and encrypted with different token"
+  (``pkg/cluster/storage.go``, ``getBootstrapKeyFromStorage``). Hence the driver keeps the
+  token's secret with every snapshot (:attr:`core.drivers.base.SnapshotTaken.secret`) and the
+  restoring leader reuses it as its server token;
 * reset does what ``k3s-killall.sh`` and ``k3s-uninstall.sh`` (k3s's ``install.sh``) do to
   k3s's own state: stop k3s, then remove ``/etc/rancher/k3s``, ``/run/k3s``,
   ``/run/flannel``, ``/var/lib/rancher/k3s`` and ``/var/lib/kubelet``. Like the uninstall
@@ -57,7 +78,7 @@ from typing import Any
 import yaml
 
 from core.config import NodeConfig
-from core.drivers.base import CommandRunner, Credentials, DriverError, InitResult
+from core.drivers.base import CommandRunner, Credentials, DriverError, InitResult, SnapshotTaken
 from core.fileperm import ensure_dir, write_atomic
 from core.logs import get_logger
 from core.services import ProcessServices, ServiceError, service_manager
@@ -72,6 +93,12 @@ ETCD_DATA = f"{DATA_DIR}/server/db/etcd"
 KUBELET_KUBECONFIG = f"{DATA_DIR}/agent/kubelet.kubeconfig"
 NODE_PASSWORD = "/etc/rancher/node/password"
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
+# k3s's default snapshot directory (--etcd-snapshot-dir: ${data-dir}/server/db/snapshots, made
+# 0700 by k3s); on-demand snapshots land here before the driver moves them to the share.
+SNAPSHOT_DIR = f"{DATA_DIR}/server/db/snapshots"
+SERVER_TOKEN = f"{DATA_DIR}/server/token"
+SNAPSHOT_NAME = "ek8s"  # --name: k3s writes <name>-<node>-<unix seconds>
+_SAVED = re.compile(r"Snapshot (\S+) saved")
 # What k3s-uninstall.sh removes of k3s's state (not the binaries and units, which are the image's).
 RESET_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
 # k3s's airgap image tarballs, which the node image puts here (image_builder/Containerfile.k3s;
@@ -149,6 +176,9 @@ def _server(cfg: NodeConfig) -> dict[str, Any]:
         "cluster-cidr": cfg.kubernetes.pod_subnet,
         "service-cidr": cfg.kubernetes.service_subnet,
         "write-kubeconfig-mode": "0600",
+        # Phylactery saves snapshots to the share (k3s etcd-snapshot save); k3s's own schedule
+        # (twice a day, 5 kept in server/db/snapshots) would only fill a RAM root.
+        "etcd-disable-snapshots": True,
     }
 
 
@@ -212,7 +242,8 @@ class K3sDriver:
 
     name = "k3s"
     prune_kinds: tuple[str, ...] = ("node", "k3s_etcd_member", "node_password")
-    restores_snapshots = False
+    restores_snapshots = True
+    restore_needs_secret = True
     etcd_endpoint = ETCD_ENDPOINT
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -352,23 +383,46 @@ class K3sDriver:
         self._runner.abort()
 
     # -- the interface ----------------------------------------------------------------------
-    def new_credentials(self) -> Credentials:
-        """A new server token secret (``token``) and agent token secret (``certificate_key``)."""
-        return Credentials(token=generate_secret(), certificate_key=generate_secret())
+    def new_credentials(self, restore_secret: str | None = None) -> Credentials:
+        """A new server token secret (``token``) and agent token secret (``certificate_key``);
+        with ``restore_secret`` (the token secret kept with the snapshot to restore) that one
+        as the server token: k3s decrypts the snapshot's bootstrap data with it."""
+        return Credentials(token=restore_secret or generate_secret(), certificate_key=generate_secret())
+
+    def save_snapshot(self) -> SnapshotTaken:
+        """``k3s etcd-snapshot save --node-name N --name ek8s --dir SNAPSHOT_DIR --etcd-server
+        https://127.0.0.1:<api_server_port>`` (k3s reads the token from ``server/token``, so
+        no secret is on the command line); reads the file k3s names in "Snapshot <file>
+        saved." (or the newest ``ek8s-<node>-*``), removes it from the node (the share keeps
+        the copies) and returns it with the server token's secret from ``server/token``.
+        Raises :class:`DriverError` when k3s fails or the file or token is missing."""
+        snapshots = self.cfg.host_path(SNAPSHOT_DIR)
+        argv = [self.cfg.kubernetes.k3s, "etcd-snapshot", "save", "--node-name", self.cfg.node.name]
+        argv += ["--name", SNAPSHOT_NAME, "--dir", SNAPSHOT_DIR]
+        argv += ["--etcd-server", f"https://127.0.0.1:{self.cfg.kubernetes.api_server_port}"]
+        if self.cfg.root != Path("/"):
+            argv += ["--rootfs", str(self.cfg.root)]
+        output = self._runner.run(argv)
+        m = _SAVED.search(output)
+        pattern = f"{SNAPSHOT_NAME}-{self.cfg.node.name}-*"
+        found = [snapshots / m.group(1)] if m else sorted(snapshots.glob(pattern), key=lambda p: p.stat().st_mtime)
+        try:
+            path = found[-1]
+            data = path.read_bytes()
+            secret = parse_token(self.cfg.host_path(SERVER_TOKEN).read_text()).secret
+        except (IndexError, OSError, ValueError) as err:
+            raise DriverError(argv, 1, f"{output}\nno snapshot or server token to read: {err}") from err
+        path.unlink(missing_ok=True)
+        return SnapshotTaken(data=data, secret=secret, tool="k3s etcd-snapshot save")
 
     def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
         """``k3s server`` with ``cluster-init``; returns once k3s wrote k3s.yaml, the server CA
-        and the kubelet kubeconfig. ``restore_from`` is refused (:class:`DriverError`): k3s
-        restores a snapshot only with the token it was taken with (its bootstrap data is
-        encrypted with it), and a new generation has a new token."""
-        if restore_from is not None:
-            raise DriverError(
-                ["k3s", "server", "--cluster-reset-restore-path", str(restore_from)],
-                2,
-                "restoring a snapshot into a new k3s generation is not implemented: k3s needs the token the "
-                "snapshot was taken with",
-            )
+        and the kubelet kubeconfig. With ``restore_from`` (a snapshot file), k3s's documented
+        restore first (:meth:`restore_snapshot`); ``credentials.token`` must then be the token
+        the snapshot was taken with (k3s refuses any other)."""
         self._write_config(render_init_config(self.cfg, credentials.token, credentials.certificate_key))
+        if restore_from is not None:
+            self.restore_snapshot(restore_from)
         ca = self.cfg.host_path(SERVER_CA)
         self._start_and_wait(["server"], [self.admin_kubeconfig, ca, self.kubelet_kubeconfig])
         try:
@@ -376,6 +430,29 @@ class K3sDriver:
         except ValueError as err:
             raise DriverError(["k3s", "server"], 1, f"{self.admin_kubeconfig}: {err}") from err
         return InitResult(admin_kubeconfig=admin, ca_cert_pem=ca.read_bytes())
+
+    def restore_snapshot(self, snapshot: Path) -> None:
+        """Copy ``snapshot`` into k3s's snapshot directory (0600; k3s reads it from the node,
+        not from the share) and run ``k3s server --cluster-reset
+        --cluster-reset-restore-path=<copy>`` in the foreground with the config already
+        written, as k3s's documentation does it; k3s restores etcd as a one-member cluster,
+        writes the cluster's certificates back from the snapshot's bootstrap data and exits 0
+        ("... restart without --cluster-reset flag now"). The copy is removed afterwards.
+        Raises :class:`DriverError` with k3s's output (e.g. "bootstrap data already found and
+        encrypted with different token") or when the snapshot cannot be read."""
+        local = f"{SNAPSHOT_DIR}/restore-{snapshot.name}"
+        host = self.cfg.host_path(local)
+        self._stop()
+        try:
+            ensure_dir(host.parent)
+            write_atomic(host, snapshot.read_bytes())
+        except OSError as err:
+            raise DriverError(["k3s", "server", "--cluster-reset"], 1, f"cannot copy {snapshot}: {err}") from err
+        try:
+            self._runner.run(self._argv("server", "--cluster-reset", f"--cluster-reset-restore-path={local}"))
+        finally:
+            host.unlink(missing_ok=True)
+        log.info("etcd restored by k3s --cluster-reset-restore-path", extra={"snapshot": snapshot.name})
 
     def join_material(self, result: InitResult, credentials: Credentials, generation: int, epoch: int) -> JoinMaterial:
         """Secure server token (``token``) and agent token (``certificate_key``), both pinning
