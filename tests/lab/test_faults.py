@@ -35,9 +35,6 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab, distributio
         "timeouts": {"cluster_lost_grace_s": 6, "lease_ttl_s": 8, "heartbeat_interval_s": 1},
         "phylactery": {"reconcile_interval_s": 2},
         "kubernetes": {"distribution": distribution},
-        # k3s restores a snapshot only with the token it was taken with (not implemented):
-        # a k3s cluster lost whole starts from nothing.
-        **({"on_cluster_lost": "reinit"} if distribution == "k3s" else {}),
     }
     state = boot_lab(lab, overrides)
     leader = lab.report(state)["leader"]
@@ -206,8 +203,12 @@ def test_two_of_three_control_nodes_rebooted_reform_from_the_survivor_and_keep_e
 
 
 @pytest.mark.lab
-def test_every_node_rebooted_restores_the_newest_snapshot(lab: Lab) -> None:
-    overrides = {"phylactery": {"snapshot_interval_s": 1, "snapshots_keep": 3}}
+@pytest.mark.parametrize("distribution", ["kubeadm", "k3s"])
+def test_every_node_rebooted_restores_the_newest_snapshot(lab: Lab, distribution: str) -> None:
+    overrides = {
+        "phylactery": {"snapshot_interval_s": 1, "snapshots_keep": 3},
+        "kubernetes": {"distribution": distribution},
+    }
     state = boot_lab(lab, overrides)
     assert kubectl(state, "worker0", "create", "precious") == {"kept": "yes"}
     after = time.time() * 1000

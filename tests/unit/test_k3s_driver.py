@@ -319,3 +319,15 @@ def test_the_overlay_units_run_what_the_driver_starts(role: str, command: str) -
     assert unit["Restart"] == ["always"] and unit["Delegate"] == ["yes"]
     assert "[Install]" not in path.read_text().splitlines() and "WantedBy" not in unit
     assert not (OVERLAY_UNITS / "multi-user.target.wants" / path.name).exists()
+
+
+def test_lab_bench_reads_the_lab_distribution_from_node_yaml(tmp_path: Path) -> None:
+    from lab.cli import lab_distribution
+    from lab.cluster import LabNode, LabState
+
+    config = tmp_path / "node.yaml"
+    node = LabNode("control0", "control", "10.0.0.21", "ns", str(tmp_path), str(config), "log")
+    state = LabState(prefix="p", dir=str(tmp_path), share=str(tmp_path), nodes=[node])
+    assert lab_distribution(state) == "kubeadm", "unreadable: node.yaml's default"
+    config.write_text(yaml.safe_dump({"kubernetes": {"distribution": "k3s"}}))
+    assert lab_distribution(state) == "k3s"
