@@ -49,7 +49,9 @@ What k3s does is taken from its documentation (docs.k3s.io: "High Availability E
   token's secret with every snapshot (:attr:`core.drivers.base.SnapshotTaken.secret`) and the
   restoring leader reuses it as its server token;
 * reset does what ``k3s-killall.sh`` and ``k3s-uninstall.sh`` (k3s's ``install.sh``) do to
-  k3s's own state: stop k3s, then remove ``/etc/rancher/k3s``, ``/run/k3s``,
+  k3s's own state: stop k3s, kill the containerd-shims, unmount k3s's and the kubelet's mounts,
+  (on a node whose root is ``/``) remove the CNI namespaces, interfaces and iptables rules,
+  then remove ``/etc/rancher/k3s``, ``/run/k3s``,
   ``/run/flannel``, ``/var/lib/rancher/k3s`` and ``/var/lib/kubelet``. Like the uninstall
   script it keeps ``/etc/rancher/node/password``, so a node that resets and rejoins in the
   same boot keeps its node password; a RAM root loses it at every reboot, which is why
@@ -101,6 +103,14 @@ SNAPSHOT_NAME = "ek8s"  # --name: k3s writes <name>-<node>-<unix seconds>
 _SAVED = re.compile(r"Snapshot (\S+) saved")
 # What k3s-uninstall.sh removes of k3s's state (not the binaries and units, which are the image's).
 RESET_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
+# What k3s-killall.sh (k3s's install.sh) does beyond stopping the k3s services: kill the
+# containerd-shim trees of k3s's bundled containerd, unmount and remove what is mounted under
+# these prefixes (deepest first; k3s matches them as "^<prefix>", so "cni-" is a name prefix),
+# delete the CNI namespaces and interfaces, remove /var/lib/cni and drop the KUBE-, CNI- and
+# flannel iptables rules.
+KILLALL_MOUNTS = ("/run/k3s", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/run/netns/cni-")
+CNI_INTERFACES = ("cni0", "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg", "flannel-wg-v6")
+_SHIM = re.compile(r"/data/[^/]+/bin/containerd-shim")
 # k3s's airgap image tarballs, which the node image puts here (image_builder/Containerfile.k3s;
 # docs.k3s.io "Air-Gap Install": k3s imports every archive in this directory at start). Reset
 # keeps them: the node image is the only copy on a RAM root, and a rejoin needs them.
@@ -221,6 +231,32 @@ def operator_kubeconfig(text: str, server: str) -> bytes:
     except (yaml.YAMLError, KeyError, TypeError) as err:
         raise ValueError(f"not a kubeconfig: {err}") from err
     return yaml.safe_dump(doc, sort_keys=False).encode()
+
+
+def mounts_under(mounts: str, prefixes: list[str]) -> list[str]:
+    """Mount points in ``mounts`` (``/proc/self/mounts`` text; octal escapes such as ``\\040``
+    decoded) that start with one of ``prefixes`` (plain string prefixes, as k3s-killall.sh's
+    ``$2 ~ "^" path``), deepest first (its ``sort -r``)."""
+    points = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        if any(point.startswith(p) for p in prefixes):
+            points.append(point)
+    return sorted(set(points), reverse=True)
+
+
+def iptables_without_k8s(saved: str) -> str:
+    """``iptables-save`` output without the lines k3s-killall.sh drops (``grep -v KUBE- | grep
+    -v CNI- | grep -iv flannel``): Kubernetes' and the CNI's chains and rules."""
+    keep = [
+        line
+        for line in saved.splitlines()
+        if "KUBE-" not in line and "CNI-" not in line and "flannel" not in line.lower()
+    ]
+    return "\n".join(keep) + "\n"
 
 
 def _remove_except(path: Path, keep: Path) -> None:
@@ -490,14 +526,86 @@ class K3sDriver:
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:
-        """Stop k3s and remove its state (:data:`RESET_PATHS`, but the airgap images in
-        :data:`AIRGAP_IMAGES`), as k3s-killall.sh and k3s-uninstall.sh do; the etcd member
-        stays in the cluster for Phylactery's prune (k3s's uninstall does not remove it
-        either). ``whole_cluster`` changes nothing here."""
-        self._stop()
+        """What k3s-killall.sh and k3s-uninstall.sh do to k3s's own state (:meth:`killall`),
+        then remove :data:`RESET_PATHS` but the airgap images in :data:`AIRGAP_IMAGES`; the
+        etcd member stays in the cluster for Phylactery's prune (k3s's uninstall does not
+        remove it either). ``whole_cluster`` changes nothing here."""
+        self.killall()
         keep = self.cfg.host_path(AIRGAP_IMAGES)
-        for path in RESET_PATHS:
+        for path in (*RESET_PATHS, "/var/lib/cni"):
             _remove_except(self.cfg.host_path(path), keep)
+
+    def killall(self) -> None:
+        """k3s-killall.sh on this node: stop both k3s services, SIGKILL every process tree of
+        a ``<data-dir>/data/<hash>/bin/containerd-shim`` (the pods' shims outlive k3s), unmount
+        and remove the mounts under :data:`KILLALL_MOUNTS` (in node.yaml's ``root``). Only on
+        a node whose ``root`` is ``/`` (a real node, or a lab machine in its own network
+        namespace) the network part too: the CNI namespaces (``ip netns`` ``cni-*``), the
+        veths of ``cni0`` and :data:`CNI_INTERFACES`, and the iptables rules of
+        :func:`iptables_without_k8s`. A lab node in process mode (``root`` elsewhere) shares the
+        machine's ``ip netns`` list and iptables with the lab itself, which this must never
+        touch; its emulated k3s makes no interface or rule anyway. Never raises: what cannot be
+        undone is logged."""
+        self._stop()
+        self._kill_shims()
+        prefixes = [str(self.cfg.host_path(p)) if p != "/run/netns/cni-" else "" for p in KILLALL_MOUNTS]
+        if self.cfg.root == Path("/"):
+            prefixes[-1] = "/run/netns/cni-"
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            mounts = ""
+        for point in mounts_under(mounts, [p for p in prefixes if p]):
+            res = subprocess.run(["umount", point], capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                log.warning(f"cannot unmount {point}: {res.stderr.strip()}")
+                continue
+            shutil.rmtree(point, ignore_errors=True)
+        if self.cfg.root == Path("/"):
+            self._remove_cni_network()
+
+    def _kill_shims(self) -> None:
+        """SIGKILL the process trees of k3s's containerd-shims (k3s-killall.sh's ``killtree``)."""
+        import psutil
+
+        data = str(self.cfg.host_path(DATA_DIR))
+        for proc in psutil.process_iter(["cmdline"]):
+            argv0 = (proc.info.get("cmdline") or [""])[0]
+            if not argv0.startswith(data) or not _SHIM.search(argv0):
+                continue
+            try:
+                for p in [*proc.children(recursive=True), proc]:
+                    p.kill()
+            except psutil.Error as err:
+                log.warning(f"cannot kill containerd-shim {proc.pid}: {err}")
+
+    def _remove_cni_network(self) -> None:
+        """The network half of k3s-killall.sh (see :meth:`killall`): CNI namespaces, the
+        interfaces, the iptables rules; every step skipped when its tool is missing."""
+
+        def run(*argv: str, stdin: str | None = None) -> str:
+            try:
+                res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                log.warning(f"{' '.join(argv)}: {err}")
+                return ""
+            return res.stdout
+
+        if shutil.which("ip"):
+            for line in run("ip", "netns", "list").splitlines():
+                name = line.split()[0] if line.split() else ""
+                if name.startswith("cni-"):
+                    run("ip", "netns", "delete", name)
+            for line in run("ip", "-o", "link", "show").splitlines():
+                if "master cni0" in line:
+                    run("ip", "link", "delete", line.split(":")[1].strip().split("@")[0])
+            for iface in CNI_INTERFACES:
+                run("ip", "link", "delete", iface)
+        for save, restore in (("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")):
+            if shutil.which(save) and shutil.which(restore):
+                saved = run(save)
+                if saved:
+                    run(restore, stdin=iptables_without_k8s(saved))
 
     def reform_etcd(self, timeout_s: float = 120.0) -> None:
         """``k3s server --cluster-reset`` (k3s exits once etcd runs as a one-member cluster),

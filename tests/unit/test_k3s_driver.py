@@ -331,3 +331,46 @@ def test_lab_bench_reads_the_lab_distribution_from_node_yaml(tmp_path: Path) -> 
     assert lab_distribution(state) == "kubeadm", "unreadable: node.yaml's default"
     config.write_text(yaml.safe_dump({"kubernetes": {"distribution": "k3s"}}))
     assert lab_distribution(state) == "k3s"
+
+
+def test_killall_unmounts_like_k3s_killall_deepest_first() -> None:
+    mounts = textwrap.dedent(
+        """\
+        proc /proc proc rw 0 0
+        tmpfs /run/k3s tmpfs rw 0 0
+        shm /run/k3s/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/shm tmpfs rw 0 0
+        tmpfs /var/lib/kubelet/pods/uid/volumes/kubernetes.io~projected/kube-api-access tmpfs rw 0 0
+        nsfs /run/netns/cni-1234 nsfs rw 0 0
+        nsfs /run/netns/ek8sl-control0 nsfs rw 0 0
+        tmpfs /run/k3sother tmpfs rw 0 0
+        tmpfs /var/lib/kubelet/pods/with\\040space tmpfs rw 0 0
+        """
+    )
+    got = k3s.mounts_under(mounts, ["/run/k3s/", "/var/lib/kubelet/pods", "/run/netns/cni-"])
+    assert got == [
+        "/var/lib/kubelet/pods/with space",
+        "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~projected/kube-api-access",
+        "/run/netns/cni-1234",
+        "/run/k3s/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/shm",
+    ]
+
+
+def test_killall_drops_only_kubernetes_cni_and_flannel_rules() -> None:
+    saved = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n-A FORWARD -j KUBE-FORWARD\n"
+    saved += '-A FORWARD -s 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT\n'
+    saved += "-A CNI-FORWARD -j ACCEPT\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+    kept = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+    assert k3s.iptables_without_k8s(saved) == kept
+
+
+def test_a_lab_node_reset_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = k3s.K3sDriver(cfg(tmp_path))  # root is not "/": a lab node in process mode
+
+    def forbidden() -> None:
+        raise AssertionError("network namespaces, links and iptables are the lab's, not the node's")
+
+    monkeypatch.setattr(driver, "_remove_cni_network", forbidden)
+    cni = tmp_path / "root/var/lib/cni/networks"
+    cni.mkdir(parents=True)
+    driver.reset()
+    assert not cni.parent.exists()
