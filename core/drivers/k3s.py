@@ -96,7 +96,9 @@ KUBELET_KUBECONFIG = f"{DATA_DIR}/agent/kubelet.kubeconfig"
 NODE_PASSWORD = "/etc/rancher/node/password"
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
 # k3s's default snapshot directory (--etcd-snapshot-dir: ${data-dir}/server/db/snapshots, made
-# 0700 by k3s); on-demand snapshots land here before the driver moves them to the share.
+# 0700 by k3s); on-demand snapshots land here before the driver moves them to the share. The
+# default on purpose: since v1.29 the server writes the file, and it creates only this one
+# (pkg/etcd/snapshot.go, snapshotDir), so --dir naming it changes nothing either way.
 SNAPSHOT_DIR = f"{DATA_DIR}/server/db/snapshots"
 SERVER_TOKEN = f"{DATA_DIR}/server/token"
 SNAPSHOT_NAME = "ek8s"  # --name: k3s writes <name>-<node>-<unix seconds>
