@@ -91,6 +91,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -159,7 +160,8 @@ class Node:
         self.address: str = config["node-ip"]
         self.port = int(config.get("https-listen-port", 6443))
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.started = time.time()
+        # From the process's start, interpreter start-up included, as the emulated kubeadm pads.
+        self.started = psutil.Process().create_time()
 
     # -- paths --------------------------------------------------------------------------
     def p(self, rel: str) -> Path:
@@ -356,19 +358,19 @@ class Node:
         self.spawn("kube-apiserver", [self.emu.python, "-m", "lab.apiserver", "--config", str(path)])
 
     def finish_server(self, pad_s: float) -> None:
-        """Wait for the local API, pad the start to ``pad_s`` seconds in all, get this node's
-        kubelet certificate through the local supervisor (the node-password check), write
-        k3s.yaml, start the kubelet."""
+        """Wait for the local API, get this node's kubelet certificate through the local
+        supervisor (the node-password check), pad the start to ``pad_s`` seconds in all (from
+        the process's start, as the emulated kubeadm), write k3s.yaml, start the kubelet."""
         ca = (self.tls / "server-ca.crt").read_bytes()
         try:
             wait_local_api("127.0.0.1", self.port, ca)
         except Exception as err:
             raise K3sFatal(f"starting kubernetes: {err}") from err
         self.after_reset()
-        self.pad(pad_s, "server")
         local = f"https://127.0.0.1:{self.port}"
         users = self.users()
         cert = self.kubelet_cert(local, ca, "node", users["node"])
+        self.pad(pad_s, "server")  # the start's total, up to the files the driver waits for
         admin = self.r("/etc/rancher/k3s/k3s.yaml")
         ensure_dir(admin.parent)
         write_atomic(admin, pki.kubeconfig(local, ca, pki.read_pair(self.tls, "client-admin"), "default", "default"))
