@@ -3,7 +3,14 @@ Warewulf inventory (no root, nothing booted; tests/lab/test_machines.py boots th
 
 from __future__ import annotations
 
+import io
 import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
 
 from lab import image, machines, runners
 from lab.cluster import LabNode, LabState
@@ -62,3 +69,24 @@ def test_the_lab_as_a_warewulf_inventory() -> None:
     assert tags["ek8s_cluster"] == "default" and tags["ek8s_share"] == "/share"
     assert tags["ek8s_vip"] == "10.0.0.99" and tags["ek8s_vip_hostname"] == "vip.kubernetes.local"
     assert "ek8s_cni_manifest" not in tags and inv.warewulf.netdev == "eth0"
+
+
+def test_an_image_build_logs_everything_and_shows_its_progress(tmp_path: Path) -> None:
+    progress = io.StringIO()
+    script = "echo 'I: Retrieving Packages'; sleep 0.35; echo 'Collecting aiohttp' >&2; sleep 0.35; exit 3"
+    rc = image.run_build(["sh", "-c", script], tmp_path / "build.log", 30, progress, every_s=0.2)
+    assert rc == 3
+    assert (tmp_path / "build.log").read_text() == "I: Retrieving Packages\nCollecting aiohttp\n"
+    lines = progress.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("  image build") for line in lines)
+    assert lines[0].endswith(": I: Retrieving Packages") and lines[-1].endswith(": Collecting aiohttp")
+
+
+def test_an_image_build_over_its_time_is_killed_with_its_children(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        image.run_build(["sh", "-c", f"sleep 30 & echo $! > {marker}; wait"], tmp_path / "build.log", 0.5, None)
+    assert time.monotonic() - started < 10
+    child = int(marker.read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
