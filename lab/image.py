@@ -74,14 +74,17 @@ def run_build(
     ``timeout_s`` seconds (the build's process group is killed), ``OSError`` when it cannot start."""
     last = [""]
     started = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
+    with (
+        open(log, "wb") as out,
+        subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        lines = proc.stdout
 
         def copy() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
+            for line in lines:
                 out.write(line)
                 out.flush()
                 if line.strip():
@@ -103,7 +106,6 @@ def run_build(
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the recipe and debootstrap, pip... below it
-            proc.wait()
             raise
         finally:
             reader.join(timeout=5)
