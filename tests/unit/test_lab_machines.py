@@ -90,3 +90,42 @@ def test_an_image_build_over_its_time_is_killed_with_its_children(tmp_path: Path
     assert time.monotonic() - started < 10
     child = int(marker.read_text())
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+
+
+def test_a_machine_gets_a_cgroup_below_its_launchers_in_the_hierarchies_systemd_uses() -> None:
+    # This host (v1 with a name=systemd hierarchy and cgroup2 beside it): both, below the
+    # launcher's own cgroup; the memory controller's hierarchy is not systemd's.
+    cgroup = "4:memory:/process_api/4c44\n9:name=systemd:/\n0::/lab/run\n"
+    assert machines.own_cgroups(MOUNTINFO, cgroup) == [
+        Path("/sys/fs/cgroup/systemd"),
+        Path("/sys/fs/cgroup/unified/lab/run"),
+    ]
+    # cgroup2 only (a systemd host, Debian 12's default), mounted from a sub-tree.
+    unified = "29 23 0:26 /user.slice /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert machines.own_cgroups(unified, "0::/user.slice/session-3.scope\n") == [Path("/sys/fs/cgroup/session-3.scope")]
+    # A hierarchy that /proc/self/cgroup does not name, or that is not mounted, is left out.
+    assert machines.own_cgroups(MOUNTINFO, "4:memory:/\n") == []
+    assert machines.own_cgroups("", cgroup) == []
+
+
+def test_removing_a_machines_cgroups_takes_the_deepest_first_and_tells_what_is_left(tmp_path: Path) -> None:
+    d = tmp_path / "ek8s-lab.ek8sf-control0"
+    (d / "payload/system.slice/ek8s-node.service").mkdir(parents=True)
+    (d / "supervisor").mkdir()
+    kept = tmp_path / "ek8s-lab.ek8sf-control1"
+    kept.mkdir()
+    (kept / "a-file").write_text("not a cgroup: a directory with a file is not removed")
+    record = tmp_path / "cgroups"
+    record.write_text(f"{d}\n{kept}\n{tmp_path / 'gone'}\n")
+    assert machines.recorded_cgroups(record) == [d, kept, tmp_path / "gone"]
+    assert machines.remove_cgroups(machines.recorded_cgroups(record)) == [kept]
+    assert not d.exists()
+    assert machines.recorded_cgroups(tmp_path / "none") == []
