@@ -1,6 +1,12 @@
 """What the lab tests share: booting a lab, running commands inside a node's namespace, the
 operator's API calls behind the VIP (ConfigMaps: the objects every fault test keeps), etcdctl
-against a member, and Phylactery's status. The ``lab`` fixture itself is in conftest.py."""
+against a member, and Phylactery's status. The ``lab`` fixture itself is in conftest.py.
+
+Every helper works in both lab modes (:mod:`lab.runners`): a machine runs in its node's
+network namespace, so what is run "in the namespace" here (host tools, the node's network)
+reaches the same addresses in both; files of a node's root are read where the runner says the
+host sees them (a machine's RAM root is in another mount namespace).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lab import runners
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
+from lab.image import ImageError, ensure_image
 
 CONTROL = ["control0", "control1", "control2"]
 ALL = [*CONTROL, "worker0", "worker1"]
@@ -39,9 +49,28 @@ elif op == "ready":
 """
 
 
-def boot_lab(lab: Lab, overrides: dict[str, Any], emulation: Emulation | None = None, wait: bool = True) -> LabState:
-    """3 control + 2 workers from nothing; with ``wait``, until every node is Ready (180 s)."""
-    state = lab.create(3, 2, emulation or Emulation(), overrides)
+def require_image() -> Path:
+    """The lab's node image (built on first use, a few minutes, then cached); the test is
+    skipped with the reason when it cannot be built here (no root, no debootstrap, no mirror)."""
+    try:
+        return ensure_image()
+    except ImageError as err:
+        pytest.skip(f"the lab's node image cannot be built here: {err}")
+
+
+def boot_lab(
+    lab: Lab,
+    overrides: dict[str, Any],
+    emulation: Emulation | None = None,
+    wait: bool = True,
+    mode: str = runners.PROCESSES,
+) -> LabState:
+    """3 control + 2 workers from nothing, as processes or machines (``mode``, a
+    :mod:`lab.runners` mode; machines skip the test when the image cannot be built); with
+    ``wait``, until every node is Ready (180 s)."""
+    if mode == runners.MACHINES:
+        require_image()
+    state = lab.create(3, 2, emulation or Emulation(), overrides, mode=mode)
     lab.start_all(state)
     if wait:
         lab.wait_ready(state, 180, since=state.t0)
@@ -54,7 +83,8 @@ def healthy(lab: Lab, state: LabState) -> dict[str, Any]:
 
 
 def in_ns(state: LabState, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``argv`` run inside ``node``'s network namespace (text output captured)."""
+    """``argv`` (the host's programs and files) run in ``node``'s network namespace, which a
+    machine shares (text output captured)."""
     return subprocess.run(
         ["ip", "netns", "exec", state.node(node).ns, *argv], capture_output=True, text=True, timeout=timeout
     )
@@ -72,9 +102,12 @@ def kubectl(state: LabState, via: str, *args: str) -> Any:
 
 
 def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace."""
+    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the node's
+    etcd health-check client certificate (kubeadm's ``/etc/kubernetes/pki/etcd``, read where
+    the host sees the node's root). Raises :class:`lab.runners.RunnerError` when ``via`` is a
+    machine that is not running."""
     node = state.node(via)
-    pki = Path(node.root) / "etc/kubernetes/pki/etcd"
+    pki = Lab.runner(state).host_path(state, node, "/etc/kubernetes/pki/etcd")
     return subprocess.run(
         [
             "ip", "netns", "exec", node.ns, "etcdctl", f"--endpoints=https://{node.address}:2379",

@@ -18,6 +18,7 @@ import pytest
 from core.share import MemberRecord, ShareStore
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
+from lab.runners import MACHINES, PROCESSES
 from tests.conftest import wait_for
 from tests.lab.kit import ALL, CONTROL, boot_lab, etcd_member_names, healthy, in_ns, kubectl, phylactery_status
 
@@ -29,8 +30,17 @@ def reboot(lab: Lab, state: LabState, *names: str) -> float:
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("distribution", ["kubeadm", "k3s"])
-def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab, distribution: str) -> None:
+@pytest.mark.parametrize(
+    ("distribution", "mode"),
+    [
+        pytest.param("kubeadm", PROCESSES, id="kubeadm"),
+        pytest.param("k3s", PROCESSES, id="k3s"),
+        # The same faults on systemd-nspawn machines: the overlay's units, systemd's restarts,
+        # Debian's haproxy and keepalived units, reboots through `systemctl reboot`.
+        pytest.param("kubeadm", MACHINES, id="kubeadm-machines"),
+    ],
+)
+def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab, distribution: str, mode: str) -> None:
     overrides = {
         "timeouts": {"cluster_lost_grace_s": 6, "lease_ttl_s": 8, "heartbeat_interval_s": 1},
         "phylactery": {"reconcile_interval_s": 2},
@@ -39,7 +49,7 @@ def test_reboots_crash_refresh_burst_full_reboot_and_reset(lab: Lab, distributio
         # a k3s cluster lost whole starts from nothing.
         **({"on_cluster_lost": "reinit"} if distribution == "k3s" else {}),
     }
-    state = boot_lab(lab, overrides)
+    state = boot_lab(lab, overrides, mode=mode)
     leader = lab.report(state)["leader"]
 
     # 1. Reboots (tmpfs: the root is wiped): a worker, a control node, the leader.
