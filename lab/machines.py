@@ -248,6 +248,22 @@ def remove_cgroups(cgroups: list[Path]) -> list[Path]:
     return left
 
 
+def kill_cgroups(cgroups: list[Path]) -> bool:
+    """SIGKILL every process in each of ``cgroups`` and below at once, by writing ``1`` to its
+    ``cgroup.kill`` (cgroup2, Linux 5.14+; Documentation/admin-guide/cgroup-v2.rst): the
+    launcher, nspawn and the whole machine die together, none of them seeing another go
+    first. Returns whether one of them had that file (v1 hierarchies have none). Never
+    raises."""
+    killed = False
+    for d in cgroups:
+        if not (d / "cgroup.kill").is_file():
+            continue
+        with contextlib.suppress(OSError):
+            (d / "cgroup.kill").write_text("1\n")
+            killed = True
+    return killed
+
+
 def recorded_cgroups(record: Path) -> list[Path]:
     """The cgroup directories a launcher recorded in ``record`` (none when it has no file)."""
     try:

@@ -254,11 +254,15 @@ class MachineRunner:
         """Clean: SIGTERM to the launcher, which has nspawn power the machine off (systemd
         stops every unit), SIGKILL to all after :data:`MACHINE_STOP_TIMEOUT_S`. ``crash``:
         cable out, then SIGKILL to the launcher, nspawn and every process of the machine at
-        once. Returns when no process of the machine is left; its cgroups (which a killed
-        launcher could not remove) are removed then."""
+        once (``cgroup.kill`` of the machine's cgroup2, :func:`lab.machines.kill_cgroups`;
+        then to the launcher's process group and what is left in the namespace). Returns when
+        no process of the machine is left; its cgroups (which a killed launcher could not
+        remove) are removed then."""
         pid = node.pid
         if crash:
             netns.set_link(lab.prefix, node.name, up=False)
+            # All at once where cgroup2 allows it; the kills below catch what it did not.
+            machines.kill_cgroups(machines.recorded_cgroups(lab.dir / "machines" / node.name / "cgroups"))
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
@@ -279,11 +283,15 @@ class MachineRunner:
         node.pid = 0
 
     @staticmethod
-    def remove_cgroups(lab: Lab, node: LabNode) -> list[Path]:
-        """Remove the cgroups the node's launcher recorded (:func:`lab.machines.remove_cgroups`);
-        returns those left."""
+    def remove_cgroups(lab: Lab, node: LabNode, timeout_s: float = 5.0) -> list[Path]:
+        """Remove the cgroups the node's launcher recorded (:func:`lab.machines.remove_cgroups`),
+        trying again for up to ``timeout_s`` seconds while the processes just killed finish
+        exiting (a cgroup is busy until then); returns those left."""
         record = lab.dir / "machines" / node.name / "cgroups"
-        return machines.remove_cgroups(machines.recorded_cgroups(record))
+        deadline = time.monotonic() + timeout_s
+        while (left := machines.remove_cgroups(machines.recorded_cgroups(record))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
 
     def exec_argv(self, state: LabState, node: LabNode, argv: list[str]) -> list[str]:
         """``nsenter`` into the machine (:func:`lab.machines.exec_argv`). Raises

@@ -8,36 +8,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from lab import machines, netns, runners
+from lab import netns, runners
 from lab.cluster import Lab, LabError
 from tests.conftest import keep_logs_if_failed
 from tests.integration.conftest import require_root_and_tools
+from tests.lab.kit import lab_cgroups, lab_processes
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _root_and_tools() -> None:
     require_root_and_tools()
-
-
-def lab_processes(lab_dir: Path) -> list[str]:
-    """Processes whose command line names the lab's directory (agents, machine launchers,
-    systemd-nspawn), as ``pid (status): command``."""
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if str(lab_dir) in cmd:
-            out.append(f"{p.info['pid']} ({p.info['status']}): {cmd[:120]}")
-    return out
-
-
-def lab_cgroups(prefix: str) -> list[Path]:
-    """Machine cgroups (``ek8s-lab.<prefix>-*``, :mod:`lab.machines`) below this process's
-    cgroup in systemd's hierarchies."""
-    parents = machines.own_cgroups(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
-    return [d for p in parents for d in p.glob(f"{machines.CGROUP_PREFIX}{prefix}-*")]
 
 
 def keep_journals_if_failed(request: pytest.FixtureRequest, lab: Lab, dest: Path) -> None:

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from lab import runners
+from lab import machines, runners
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
 from lab.image import ImageError, ensure_image
@@ -139,3 +140,21 @@ def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
     names them ``<node>-<8 hex digits>``; Phylactery's status maps them to nodes)."""
     r = lab.probe(state)
     return sorted(m.get("node", m["name"]) for m in r["phylactery"][via]["etcd"]["members"])
+
+
+def lab_processes(lab_dir: Path) -> list[str]:
+    """Processes whose command line names the lab's directory (agents, machine launchers,
+    systemd-nspawn), as ``pid (status): command``."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if str(lab_dir) in cmd:
+            out.append(f"{p.info['pid']} ({p.info['status']}): {cmd[:120]}")
+    return out
+
+
+def lab_cgroups(prefix: str) -> list[Path]:
+    """Machine cgroups (``ek8s-lab.<prefix>-*``, :mod:`lab.machines`) below this process's
+    cgroup in systemd's hierarchies."""
+    parents = machines.own_cgroups(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
+    return [d for p in parents for d in p.glob(f"{machines.CGROUP_PREFIX}{prefix}-*")]

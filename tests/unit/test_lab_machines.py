@@ -129,3 +129,13 @@ def test_removing_a_machines_cgroups_takes_the_deepest_first_and_tells_what_is_l
     assert machines.remove_cgroups(machines.recorded_cgroups(record)) == [kept]
     assert not d.exists()
     assert machines.recorded_cgroups(tmp_path / "none") == []
+
+
+def test_a_crash_kills_through_cgroup_kill_where_the_hierarchy_has_it(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "systemd/ek8s-lab.x-control0", tmp_path / "unified/ek8s-lab.x-control0"
+    v1.mkdir(parents=True)
+    v2.mkdir(parents=True)
+    assert machines.kill_cgroups([v1, v2]) is False
+    (v2 / "cgroup.kill").write_text("")
+    assert machines.kill_cgroups([v1, v2]) is True
+    assert (v2 / "cgroup.kill").read_text() == "1\n" and not (v1 / "cgroup.kill").exists()
