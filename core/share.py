@@ -658,24 +658,34 @@ class ShareStore:
         return out
 
     # -- etcd snapshots ---------------------------------------------------------------
-    def save_snapshot(self, generation: int, data: bytes, keep: int) -> Path:
-        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic) with its checksum beside it
-        (``.db.sha256``, ``sha256sum`` format, written after the snapshot: a snapshot without
-        one is incomplete) and delete all but the newest ``keep``. Returns the new file."""
+    def save_snapshot(self, generation: int, data: bytes, keep: int, secret: str | None = None) -> Path:
+        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic); with ``secret`` (what a
+        restore of this snapshot needs beside the file: k3s's server token secret, with which
+        k3s encrypted its bootstrap data in etcd) ``.db.token`` beside it (0600); then its
+        checksum (``.db.sha256``, ``sha256sum`` format, written last: a snapshot without one is
+        incomplete), and delete all but the newest ``keep`` with their companions. Returns the
+        new file."""
         self.ops.add(stats=1)
         d = ensure_dir(self.dir / "snapshots")
         path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
         write_atomic(path, data)
+        if secret is not None:
+            self._atomic(_secret_path(path), secret + "\n")
         self._atomic(_checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
         for old in self.snapshots()[keep:]:
             self._unlink(old)
+            self._unlink(_secret_path(old))
             self._unlink(_checksum_path(old))
         return path
 
-    def newest_valid_snapshot(self) -> Path | None:
-        """The newest snapshot whose content matches its checksum, or None. A snapshot that
-        does not (cut short, damaged on the share, no checksum yet) is skipped."""
+    def newest_valid_snapshot(self, with_secret: bool = False) -> Path | None:
+        """The newest snapshot whose content matches its checksum (and, ``with_secret``, that
+        has its secret beside it: k3s cannot restore a snapshot without the token it was taken
+        with), or None. A snapshot that does not (cut short, damaged on the share, no checksum
+        yet) is skipped."""
         for path in self.snapshots():
+            if with_secret and self.snapshot_secret(path) is None:
+                continue
             self.ops.add(reads=2)
             try:
                 expected = _checksum_path(path).read_text().split()[0]
@@ -685,6 +695,15 @@ class ShareStore:
             if expected == actual:
                 return path
         return None
+
+    def snapshot_secret(self, snapshot: Path) -> str | None:
+        """The secret kept beside ``snapshot`` (``.db.token``), or None when it has none."""
+        self.ops.add(reads=1)
+        try:
+            text = _secret_path(snapshot).read_text().strip()
+        except OSError:
+            return None
+        return text or None
 
     def snapshots(self) -> list[Path]:
         """Saved snapshots, newest first."""
@@ -811,3 +830,8 @@ class ShareStore:
 def _checksum_path(snapshot: Path) -> Path:
     """``<snapshot>.sha256`` beside a snapshot file."""
     return snapshot.with_name(snapshot.name + ".sha256")
+
+
+def _secret_path(snapshot: Path) -> Path:
+    """``<snapshot>.token`` beside a snapshot file: the secret its restore needs (k3s)."""
+    return snapshot.with_name(snapshot.name + ".token")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from lab import runners
 from lab.cluster import CLUSTER, MAX_CONTROL, MAX_WORKERS, VIP_NAME, Lab, LabError, LabState
@@ -121,7 +122,13 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
 @lab.command()
 @click.option("--control", default=3, show_default=True, type=click.IntRange(1, MAX_CONTROL))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, MAX_WORKERS))
-@click.option("--distribution", type=click.Choice(["kubeadm", "k3s"]), default="kubeadm", show_default=True)
+@click.option(
+    "--distribution",
+    type=click.Choice(["kubeadm", "k3s"]),
+    default="kubeadm",
+    show_default=True,
+    help="kubernetes.distribution of every node: the emulated kubeadm or the emulated k3s",
+)
 @click.option(
     "--machines/--processes",
     "machines",
@@ -135,22 +142,26 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     "--init-seconds",
     default=0.0,
     show_default=True,
-    help="emulated kubeadm init lasts this long in all (0: as fast as it runs)",
+    help="emulated kubeadm init (k3s: the leader's k3s server start) lasts this long in all (0: as fast as it runs)",
 )
 @click.option(
-    "--join-seconds", default=0.0, show_default=True, help="each emulated kubeadm join lasts this long in all"
+    "--join-seconds",
+    default=0.0,
+    show_default=True,
+    help="each emulated kubeadm join (k3s: each joining k3s server or agent start) lasts this long in all",
 )
 @click.option(
     "--certs-ttl",
     default=7200.0,
     show_default=True,
-    help="emulated lifetime of the kubeadm-certs Secret that kubeadm init uploads (renewals: 2 h)",
+    help="kubeadm only: emulated lifetime of the kubeadm-certs Secret that kubeadm init uploads (renewals: 2 h)",
 )
 @click.option(
     "--token-ttl",
     default=None,
     type=float,
-    help="emulated lifetime of kubeadm init's bootstrap token (default and renewals: the ttl asked for)",
+    help="kubeadm only: emulated lifetime of kubeadm init's bootstrap token (default and renewals: the ttl asked "
+    "for); k3s's tokens do not expire",
 )
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(
@@ -352,15 +363,34 @@ def logs(ctx: click.Context, node: str, units: tuple[str, ...], lines: int | Non
     os.execvp(full[0], full)
 
 
+def lab_distribution(state: LabState) -> str:
+    """``kubernetes.distribution`` of the lab's nodes (their node.yaml; ``kubeadm`` when a
+    node.yaml is unreadable or does not say, node.yaml's default)."""
+    try:
+        doc = yaml.safe_load(Path(state.nodes[0].config).read_text()) or {}
+    except (IndexError, OSError, yaml.YAMLError):
+        return "kubeadm"
+    return str((doc.get("kubernetes") or {}).get("distribution") or "kubeadm")
+
+
 @lab.command(name="bench")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 200), help="rebuilds to measure")
 @click.option("--out", "out_dir", default="bench-results", show_default=True, type=click.Path(path_type=Path))
 @click.option("--baseline", default=None, type=click.Path(dir_okay=False, path_type=Path), help="see `ek8s bench`")
 @click.option("--timeout", default=600.0, show_default=True, help="seconds one rebuild may take")
+@click.option(
+    "--distribution",
+    type=click.Choice(["kubeadm", "k3s"]),
+    default=None,
+    help="the distribution the lab must run (default: whichever `lab up` chose); exit 2 if it runs the other",
+)
 @click.pass_context
-def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, timeout: float) -> None:
+def bench(
+    ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, timeout: float, distribution: str | None
+) -> None:
     """Run `ek8s bench` against this lab from its `manager` namespace (10.0.0.13), as from a
-    Warewulf server: each run is `ek8s reset` plus `ek8s lab reboot --all --no-wait`."""
+    Warewulf server: each run is `ek8s reset` plus `ek8s lab reboot --all --no-wait`. The
+    plot's title names the lab's distribution (`lab up --distribution`)."""
     from core.config import VipSettings
 
     the_lab = _lab(ctx)
@@ -368,6 +398,9 @@ def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, t
         state = the_lab.load()
     except LAB_ERRORS as err:
         _fail(str(err))
+    running = lab_distribution(state)
+    if distribution is not None and distribution != running:
+        _fail(f"--distribution {distribution}: this lab runs {running} (ek8s lab up --distribution)", 2)
     if not state.manager:
         _fail("this lab has no manager namespace (made by an older ek8s); run lab down and up")
     reboot = f"{sys.executable} -m manager lab --dir {the_lab.dir} --prefix {the_lab.prefix} reboot --all --no-wait"
@@ -378,7 +411,7 @@ def bench(ctx: click.Context, runs: int, out_dir: Path, baseline: Path | None, t
         "--runs", str(runs), "--out", str(out_dir.resolve()),
         "--share", str(the_lab.share), "--cluster", CLUSTER, "--api", f"https://{VIP_NAME}:{port}",
         "--nodes", str(len(state.nodes)), "--reboot-command", reboot, "--timeout", str(timeout),
-        "--label", f"the lab ({control} control + {len(state.nodes) - control} workers, EMULATED kubeadm)",
+        "--label", f"the lab ({control} control + {len(state.nodes) - control} workers, EMULATED {running})",
     ]  # fmt: skip
     if baseline is not None:
         argv += ["--baseline", str(baseline.resolve())]

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,6 +203,7 @@ class Lab:
         self.save(state)
         netns.create_hub(self.prefix)
         state.manager = netns.add_node(self.prefix, "manager", MANAGER, PREFIX_LEN, hosts)
+        self.start_prober(state)
         for name, role, addr in nodes:
             ns = netns.add_node(self.prefix, name, addr, PREFIX_LEN, hosts)
             root = self.dir / "nodes" / name
@@ -370,12 +372,61 @@ class Lab:
                 raise LabError(f"not Ready after {timeout_s:.0f}s: {missing} (logs in {self.dir}/logs)")
             time.sleep(0.1)
 
+    @property
+    def probe_socket(self) -> Path:
+        """The UNIX socket of the lab's prober (:func:`lab.probe.serve`)."""
+        return self.dir / "probe.sock"
+
+    def start_prober(self, state: LabState) -> None:
+        """Start the prober daemon in the manager namespace (it goes when the namespace is
+        deleted); its output goes to ``logs/probe.log``. Not waited for: :meth:`ask` falls back
+        to a probe process until the socket answers."""
+        with open(self.dir / "logs" / "probe.log", "ab") as log:
+            subprocess.Popen(
+                ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.probe", "serve",
+                 "--socket", str(self.probe_socket)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def ask(self, request: dict[str, Any], timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
+        """One request to the prober (:func:`lab.probe.answer` gives the shapes), or None when
+        it does not run or answer within ``timeout_s`` seconds."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(str(self.probe_socket))
+                sock.sendall(json.dumps(request).encode() + b"\n")
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+            return dict(json.loads(data))
+        except (OSError, ValueError):
+            return None
+
+    def api(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        """``CoreV1Api.<method>`` through the VIP with the operator's kubeconfig, from the
+        manager namespace, by the prober (:func:`lab.probe.api_call` gives the answer's
+        shape); None when the prober does not answer."""
+        return self.ask(
+            {"op": "api", "kubeconfig": str(self.store().admin_kubeconfig_path), "method": method,
+             "args": list(args), "kwargs": kwargs},
+        )  # fmt: skip
+
     def probe(self, state: LabState) -> dict[str, Any]:
-        """Ask the cluster from inside a live control node's namespace (:mod:`lab.probe`): its
-        document, from the first control node that answers within ``PROBE_TIMEOUT_S`` seconds,
-        or ``{"nodes": "no live control node to ask", "phylactery": {}}``."""
+        """Ask the cluster from inside the lab's network (:mod:`lab.probe`): the prober's
+        document; without a prober, a probe process's from the first live control node's
+        namespace that answers within ``PROBE_TIMEOUT_S`` seconds, or ``{"nodes": "no live
+        control node to ask", "phylactery": {}}``."""
         controls = [n for n in state.nodes if n.role == "control"]
-        args = ["--kubeconfig", str(self.store().admin_kubeconfig_path)]
+        kubeconfig = str(self.store().admin_kubeconfig_path)
+        urls = {n.name: f"http://{n.address}:9999" for n in controls}
+        doc = self.ask({"op": "probe", "kubeconfig": kubeconfig, "phylactery": urls})
+        if doc is not None and "nodes" in doc:
+            return doc
+        args = ["--kubeconfig", kubeconfig]
         for n in controls:
             args += ["--phylactery", f"{n.name}=http://{n.address}:9999"]
         for n in controls:

@@ -29,6 +29,33 @@ Facts from k3s-io/k3s (paths in that repository) and docs.k3s.io; messages are k
   ``--force-new-cluster``; once it runs alone k3s says "Managed etcd cluster membership has been
   reset, restart without --cluster-reset flag now" and exits 0. A server whose etcd data exists
   starts etcd on it without joining anything.
+* **Bootstrap data in etcd** (``pkg/cluster/storage.go``, ``encrypt.go``): a new cluster keeps
+  its CA pairs and passwd under ``/bootstrap/<first 12 hex digits of sha256(token secret)>``,
+  AES-GCM with a PBKDF2-HMAC-SHA1 key (4096 rounds, 32 bytes) from the token secret and an
+  8-character salt, stored as ``<salt>:<base64(nonce + sealed)>``.
+* ``--cluster-reset --cluster-reset-restore-path=P`` (``ETCD.Reset``/``ETCD.Restore``,
+  ``pkg/cluster/managed.go``): "etcd: snapshot path does not exist: P" / "... must be a file,
+  not a directory: P"; the old ``db/etcd`` is moved to ``db/etcd-old-<unix ts>`` ("Pre-restore
+  etcd database moved to ..."); the snapshot is restored as a one-member cluster under a new
+  member name (real ``etcdutl``/``etcdctl snapshot restore`` here); the bootstrap data is read
+  back with the configured token: another token's key gives "bootstrap data already found and
+  encrypted with different token" (fatal); the certificates come back from it, passwd takes
+  the configured tokens (k3s's ``EnsureUser``); ``db/reset-flag`` is touched and k3s says
+  "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now.
+  Backup and delete ${datadir}/server/db on each peer etcd server and rejoin the nodes" and
+  exits 0. A plain ``--cluster-reset`` while ``reset-flag`` exists is refused ("cluster-reset
+  was successfully performed, please remove the cluster-reset flag and start k3s normally, if
+  you need to perform another cluster reset, you must first manually delete the <file> file");
+  the next normal start removes the flag and deletes its own node's node-password Secret (the
+  one restored from the snapshot holds an older password).
+* ``k3s etcd-snapshot save [--node-name N] [--name on-demand] [--dir D] [--etcd-server U]
+  [--etcd-token T]`` (``pkg/cli/etcdsnapshot``, ``pkg/etcd/snapshot.go``): the token from
+  ``--etcd-token`` or ``server/token`` ("open ...: no such file or directory" without one),
+  checked as the ``server`` user (401 otherwise); a snapshot of the local member (etcd's
+  ``/v3/maintenance/snapshot``, the bytes ``etcdctl snapshot save`` writes) to
+  ``D/<name>-<node>-<unix seconds>`` (0600; ``D`` defaults to ``server/db/snapshots``, made
+  0700; another ``D`` must exist); it says "Snapshot <file> saved.". Real k3s (v1.29+) has the
+  server named by ``--etcd-server`` take it; here the command does, from the same member.
 * A fatal error prints ``level=fatal msg="..."`` and exits 1 (the service stops). A server
   URL that does not answer is fatal for a joining server; the emulated agent gives up the
   same way (whether k3s's agent retries it instead was not checked).
@@ -47,10 +74,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -62,6 +92,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from core.drivers.k3s import ca_hash, parse_token
 from core.etcd import EtcdClient, EtcdError, client_ssl_context
@@ -71,6 +105,39 @@ from lab.kubeadm import Root, ctx_for, etcd_argv, wait_local_api
 
 PASSWORD_RETRY_S = 5.0  # the agent retries its config every 5 s
 BOOTSTRAP_FILES = ("server-ca", "client-ca", "etcd/server-ca")
+RESET_DONE = "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. " + (
+    "Backup and delete ${datadir}/server/db on each peer etcd server and rejoin the nodes"
+)
+DIFFERENT_TOKEN = "bootstrap data already found and encrypted with different token"
+
+
+def storage_key(secret: str) -> str:
+    """``/bootstrap/<first 12 hex digits of sha256(secret)>`` (k3s's ``storageKey``)."""
+    return "/bootstrap/" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+def _aes_key(secret: str, salt: str) -> bytes:
+    kdf = PBKDF2HMAC(algorithm=hashes.SHA1(), length=32, salt=salt.encode(), iterations=4096)  # SHA1: k3s's own choice
+    return kdf.derive(secret.encode())
+
+
+def encrypt(secret: str, plaintext: bytes) -> bytes:
+    """k3s's bootstrap encryption: ``<8-character salt>:<base64(nonce + AES-GCM sealed)>``."""
+    salt = secrets.token_hex(4)
+    nonce = os.urandom(12)
+    sealed = AESGCM(_aes_key(secret, salt)).encrypt(nonce, plaintext, None)
+    return f"{salt}:{base64.b64encode(nonce + sealed).decode()}".encode()
+
+
+def decrypt(secret: str, data: bytes) -> bytes:
+    """The inverse of :func:`encrypt`. Raises :class:`K3sFatal` ("cipher: message
+    authentication failed", Go's message) when the secret is not the one it was sealed with."""
+    salt, _, body = data.decode().partition(":")
+    raw = base64.b64decode(body)
+    try:
+        return AESGCM(_aes_key(secret, salt)).decrypt(raw[:12], raw[12:], None)
+    except InvalidTag as err:
+        raise K3sFatal("cipher: message authentication failed") from err
 
 
 class K3sFatal(Exception):
@@ -236,9 +303,11 @@ class Node:
         )
         self.spawn("etcd", [*argv, "--force-new-cluster"] if force_new else argv)
 
-    def local_etcd(self) -> EtcdClient:
+    def local_etcd(self, ctx: ssl.SSLContext | None = None) -> EtcdClient:
+        """A client of the local member, with ``ctx`` or one from the files on disk now."""
         etcd = self.tls / "etcd"
-        ctx = client_ssl_context(etcd / "server-ca.crt", etcd / "client.crt", etcd / "client.key")
+        if ctx is None:
+            ctx = client_ssl_context(etcd / "server-ca.crt", etcd / "client.crt", etcd / "client.key")
         return EtcdClient(["https://127.0.0.1:2379"], ctx, timeout_s=3.0)
 
     def wait_etcd(self, timeout_s: float = 60.0) -> None:
@@ -295,6 +364,7 @@ class Node:
             wait_local_api("127.0.0.1", self.port, ca)
         except Exception as err:
             raise K3sFatal(f"starting kubernetes: {err}") from err
+        self.after_reset()
         self.pad(pad_s, "server")
         local = f"https://127.0.0.1:{self.port}"
         users = self.users()
@@ -326,6 +396,64 @@ class Node:
             bundle[f] = {"crt": base64.b64encode(crt).decode(), "key": base64.b64encode(key).decode()}
         write_atomic(cred / "bootstrap.json", json.dumps(bundle))
 
+    @property
+    def reset_flag(self) -> Path:
+        """``server/db/reset-flag``: a cluster reset was done (``etcd.ResetFile``)."""
+        return self.p("server/db/reset-flag")
+
+    def save_bootstrap(self, secret: str, ctx: ssl.SSLContext | None = None) -> None:
+        """Put the bootstrap data (``server/cred/bootstrap.json``) into etcd, encrypted with
+        ``secret``, under :func:`storage_key` (k3s's ``Cluster.save``); ``ctx`` as in
+        :meth:`local_etcd`."""
+        data = encrypt(secret, self.p("server/cred/bootstrap.json").read_bytes())
+
+        async def _put() -> None:
+            async with self.local_etcd(ctx) as c:
+                await c.put(storage_key(secret), data)
+
+        asyncio.run(_put())
+
+    def read_bootstrap(self, secret: str, ctx: ssl.SSLContext | None = None) -> dict[str, Any] | None:
+        """The bootstrap data in etcd sealed with ``secret``; None when etcd holds none.
+        Raises :class:`K3sFatal` with k3s's message when it holds another token's."""
+
+        async def _read() -> list[tuple[str, bytes]]:
+            async with self.local_etcd(ctx) as c:
+                return await c.get_prefix("/bootstrap/")
+
+        found = dict(asyncio.run(_read()))
+        if storage_key(secret) in found:
+            loaded: dict[str, Any] = json.loads(decrypt(secret, found[storage_key(secret)]))
+            return loaded
+        if found:
+            raise K3sFatal(DIFFERENT_TOKEN)
+        return None
+
+    def write_bootstrap_files(self, bundle: dict[str, Any]) -> None:
+        """The certificate pairs and passwd of a bootstrap bundle, to disk."""
+        for name in BOOTSTRAP_FILES:
+            where = self.tls / name
+            pair = (base64.b64decode(bundle[name]["crt"]), base64.b64decode(bundle[name]["key"]))
+            pki.write_pair(ensure_dir(where.parent), where.name, pair)
+        cred = ensure_dir(self.p("server/cred"))
+        write_atomic(cred / "passwd", bundle["passwd"]["text"])
+
+    def after_reset(self) -> None:
+        """The first normal start after a cluster reset: remove ``reset-flag`` and delete this
+        node's node-password Secret (``Cluster.start``, ``deleteNodePasswdSecret``: the one
+        in the restored data may hold an older password)."""
+        if not self.reset_flag.exists():
+            return
+        key = f"/registry/secrets/kube-system/{self.name}.node-password.k3s"
+
+        async def _delete() -> None:
+            async with self.local_etcd() as c:
+                await c.delete(key)
+
+        asyncio.run(_delete())
+        self.reset_flag.unlink(missing_ok=True)
+        logline("info", f"Deleted the node password secret of {self.name} after the cluster reset")
+
     def pad(self, total_s: float, what: str) -> None:
         remaining = total_s - (time.time() - self.started)
         if remaining > 0:
@@ -341,20 +469,86 @@ def _secret(value: str) -> str:
         return value
 
 
-def server(node: Node, cluster_reset: bool) -> None:
+def new_cas(node: Node) -> None:
+    """The cluster CAs a new server makes (server, client, etcd server CA)."""
+    tls = ensure_dir(node.tls)
+    for name, cn in (("server-ca", "k3s-server-ca"), ("client-ca", "k3s-client-ca")):
+        pki.write_pair(tls, name, pki.new_ca(f"{cn}@{int(time.time())}"))
+    pki.write_pair(tls / "etcd", "server-ca", pki.new_ca(f"etcd-server-ca@{int(time.time())}"))
+
+
+def restore(node: Node, restore_path: str) -> None:
+    """``--cluster-reset --cluster-reset-restore-path``: see the module. Raises :class:`K3sFatal`."""
+    cfg = node.cfg
+    snapshot = node.r(restore_path)
+    if not snapshot.exists():
+        raise K3sFatal(f"etcd: snapshot path does not exist: {restore_path}")
+    if snapshot.is_dir():
+        raise K3sFatal(f"etcd: snapshot path must be a file, not a directory: {restore_path}")
+    secret, agent_secret = _secret(cfg["token"]), _secret(cfg.get("agent-token") or cfg["token"])
+    db = node.p("server/db/etcd")
+    if db.exists():
+        old = db.with_name(f"etcd-old-{int(time.time())}")
+        db.rename(old)
+        logline("info", f"Pre-restore etcd database moved to {old}")
+    name = f"{node.name}-{uuid.uuid4().hex[:8]}"
+    peer = f"https://{node.address}:2380"
+    tool = shutil.which("etcdutl") or "etcdctl"
+    argv = [tool, "snapshot", "restore", str(snapshot), f"--name={name}", f"--initial-cluster={name}={peer}"]
+    argv += [f"--initial-advertise-peer-urls={peer}", f"--data-dir={db}"]
+    res = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=300)
+    if res.returncode != 0:
+        raise K3sFatal(f"etcd: restoring {restore_path}: {(res.stdout + res.stderr).strip()[-400:]}")
+    os.chmod(db, 0o700)
+    write_atomic(db / "name", name)
+    logline("info", f"Restored etcd snapshot {restore_path} as member {name}")
+    # Certificates of a fresh server until the bootstrap data says otherwise (k3s makes its own too).
+    if not (node.tls / "server-ca.crt").exists():
+        new_cas(node)
+    node.write_cred(secret, agent_secret)
+    node.node_certs()
+    node.start_etcd(name, f"{name}={peer}", "new")
+    node.wait_etcd()
+    etcd = node.tls / "etcd"  # the running member's certificates, before the restored CAs replace them
+    ctx = client_ssl_context(etcd / "server-ca.crt", etcd / "client.crt", etcd / "client.key")
+    bundle = node.read_bootstrap(secret, ctx)
+    if bundle is not None:
+        logline("info", "Reconciling bootstrap data between datastore and disk")
+        node.write_bootstrap_files(bundle)
+    node.write_cred(secret, agent_secret)  # the configured tokens win (passwd EnsureUser)
+    node.save_bootstrap(secret, ctx)
+    node.stop_children()
+    node.children.clear()
+    node.node_certs()  # this server's certificates from the restored CAs
+    write_atomic(node.reset_flag, "")
+    logline("info", RESET_DONE)
+
+
+def server(node: Node, cluster_reset: bool, restore_path: str | None = None) -> None:
     """``k3s server``: a new cluster (``cluster-init``), a start on existing etcd data, a
-    join (``server:``), or ``--cluster-reset``. Raises :class:`K3sFatal`."""
+    join (``server:``), or ``--cluster-reset`` (with ``restore_path``: from that snapshot).
+    Raises :class:`K3sFatal`."""
     cfg = node.cfg
     if not cfg.get("token"):
         raise K3sFatal("starting kubernetes: preparing server: token is required")
     has_data = node.p("server/db/etcd/member").is_dir()
+    if cluster_reset and restore_path:
+        restore(node, restore_path)
+        return
     if cluster_reset:
+        if node.reset_flag.exists():
+            raise K3sFatal(
+                "cluster-reset was successfully performed, please remove the cluster-reset flag and start k3s "
+                "normally, if you need to perform another cluster reset, you must first manually delete the "
+                "/var/lib/rancher/k3s/server/db/reset-flag file"
+            )
         if not has_data:
             raise K3sFatal("etcd: cluster-reset requires existing etcd data")
         name = node.etcd_name(fresh=False)
         node.start_etcd(name, f"{name}=https://{node.address}:2380", "new", force_new=True)
         node.wait_etcd()
-        logline("info", "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now")
+        write_atomic(node.reset_flag, "")
+        logline("info", RESET_DONE)
         node.stop_children()
         return
     if has_data:
@@ -367,15 +561,14 @@ def server(node: Node, cluster_reset: bool) -> None:
     else:
         if not cfg.get("cluster-init"):
             raise K3sFatal("emulated k3s: only embedded etcd (cluster-init) is emulated")
-        tls = ensure_dir(node.tls)
-        for name, cn in (("server-ca", "k3s-server-ca"), ("client-ca", "k3s-client-ca")):
-            pki.write_pair(tls, name, pki.new_ca(f"{cn}@{int(time.time())}"))
-        pki.write_pair(tls / "etcd", "server-ca", pki.new_ca(f"etcd-server-ca@{int(time.time())}"))
+        new_cas(node)
         node.write_cred(_secret(cfg["token"]), _secret(cfg.get("agent-token") or cfg["token"]))
         node.node_certs()
         name = node.etcd_name(fresh=True)
         logline("info", f"Starting etcd for new cluster as member {name}")
         node.start_etcd(name, f"{name}=https://{node.address}:2380", "new")
+        node.wait_etcd()
+        node.save_bootstrap(_secret(cfg["token"]))
     node.wait_etcd()
     node.start_apiserver()
     node.finish_server(node.emu.join_s if cfg.get("server") else node.emu.init_s)
@@ -399,12 +592,7 @@ def join_server(node: Node) -> None:
             f"starting kubernetes: preparing server: failed to get bootstrap data: {url}/v1-k3s/server-bootstrap: "
             f"{err.code} {err.reason}"
         ) from err
-    for name in BOOTSTRAP_FILES:
-        where = node.tls / name
-        pair = (base64.b64decode(bundle[name]["crt"]), base64.b64decode(bundle[name]["key"]))
-        pki.write_pair(ensure_dir(where.parent), where.name, pair)
-    cred = ensure_dir(node.p("server/cred"))
-    write_atomic(cred / "passwd", bundle["passwd"]["text"])
+    node.write_bootstrap_files(bundle)
     users = node.users()
     node.write_cred(users["server"], users["node"])
     node.node_certs()
@@ -479,14 +667,78 @@ def agent(node: Node) -> None:
     logline("info", "k3s agent is up and running (EMULATED)")
 
 
+def snapshot_save(r: Root, args: argparse.Namespace, config: dict[str, Any]) -> int:
+    """``k3s etcd-snapshot save``: see the module. Returns the exit code."""
+    data_dir = "/var/lib/rancher/k3s/server"
+    token = args.etcd_token
+    if not token:
+        try:
+            token = r(f"{data_dir}/token").read_text().strip()
+        except OSError:
+            logline("fatal", f"open {data_dir}/token: no such file or directory")
+            return 1
+    node = Node(r, {"node-name": args.node_name or config.get("node-name") or os.uname().nodename,
+                    "node-ip": config.get("node-ip", "127.0.0.1")}, emulation.load())  # fmt: skip
+    try:
+        secret = parse_token(token).secret if token.startswith("K10") else token
+        if not node.p("server/cred/passwd").exists() or node.users().get("server") != secret:
+            raise K3sFatal(f"see server log for details: {args.etcd_server}/db/snapshot: 401 Unauthorized")
+        default = f"{data_dir}/db/snapshots"
+        where = args.dir or default
+        d = r(where)
+        if where == default:
+            ensure_dir(d)
+        elif not d.is_dir():
+            raise K3sFatal(f"failed to get etcd-snapshot-dir: stat {where}: no such file or directory")
+
+        async def _take() -> bytes:
+            async with node.local_etcd() as c:
+                return await c.snapshot()
+
+        data = asyncio.run(_take())
+    except (K3sFatal, EtcdError, ValueError) as err:
+        logline("fatal", str(err))
+        return 1
+    name = f"{args.name}-{node.name}-{int(time.time())}"
+    logline("info", f"Saving etcd snapshot to {where}/{name}")
+    write_atomic(d / name, data)
+    logline("info", f"Snapshot {name} saved.")
+    return 0
+
+
+def snapshot_main(argv: list[str]) -> int:
+    """``k3s etcd-snapshot save ...`` (the only subcommand emulated)."""
+    p = argparse.ArgumentParser(prog="k3s etcd-snapshot", description="EMULATED k3s etcd-snapshot")
+    p.add_argument("subcommand", choices=["save"])
+    p.add_argument("--config", "-c", default="/etc/rancher/k3s/config.yaml")
+    p.add_argument("--rootfs", default=None)
+    p.add_argument("--node-name", default="")
+    p.add_argument("--name", default="on-demand")
+    p.add_argument("--dir", "--etcd-snapshot-dir", dest="dir", default="")
+    p.add_argument("--etcd-server", "-s", default="https://127.0.0.1:6443")
+    p.add_argument("--etcd-token", "-t", default="")
+    args = p.parse_args(argv)
+    r = Root(args.rootfs)
+    try:
+        config = yaml.safe_load(r(args.config).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    return snapshot_save(r, args, config)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``k3s server|agent --config FILE [--rootfs R] [--cluster-reset]``: runs until SIGTERM
-    (``--cluster-reset``: until the reset is done). Exit 1 with ``level=fatal`` on a refusal."""
+    """``k3s server|agent --config FILE [--rootfs R] [--cluster-reset
+    [--cluster-reset-restore-path P]]``: runs until SIGTERM (``--cluster-reset``: until the
+    reset is done); ``k3s etcd-snapshot save ...``. Exit 1 with ``level=fatal`` on a refusal."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["etcd-snapshot"]:
+        return snapshot_main(argv[1:])
     p = argparse.ArgumentParser(prog="k3s", description="EMULATED k3s (ephemeral-k8s lab only)")
     p.add_argument("command", choices=["server", "agent"])
     p.add_argument("--config", "-c", default="/etc/rancher/k3s/config.yaml")
     p.add_argument("--rootfs", default=None)
     p.add_argument("--cluster-reset", action="store_true")
+    p.add_argument("--cluster-reset-restore-path", default=None)
     args = p.parse_args(argv)
     r = Root(args.rootfs)
     try:
@@ -505,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     logline("info", f"Starting k3s {args.command} (EMULATED k3s, ephemeral-k8s lab) as {node.name}")
     try:
         if args.command == "server":
-            server(node, args.cluster_reset)
+            server(node, args.cluster_reset, args.cluster_reset_restore_path)
             if args.cluster_reset:
                 return 0
         else:

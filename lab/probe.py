@@ -1,16 +1,26 @@
-"""Run inside one lab node's namespace (``ek8s lab`` calls it through ``ip netns exec``):
-read the cluster as an operator would and print one JSON document.
+"""Read the cluster as an operator would, from inside the lab's network: one JSON document.
 
 * Nodes, from the API behind the VIP, with the admin kubeconfig (``kube.config``) on the share
   (official ``kubernetes`` client);
 * each control node's Phylactery ``GET /v1/status`` (HAProxy backends, etcd members, VIP).
+
+Two ways to run it. ``serve --socket PATH``: a daemon the lab starts in its manager namespace
+(the Warewulf server's stand-in) when it creates the namespaces; it answers requests on a UNIX
+socket on the host (a UNIX socket crosses network namespaces), so a probe costs a few
+milliseconds instead of a Python start and the client's import (~1 s of CPU each, on a lab
+whose waits probe twice a second). Without a daemon (a lab made by an older version), ``ek8s
+lab`` runs ``python -m lab.probe --kubeconfig ... --phylactery ...`` once per probe through
+``ip netns exec``. The daemon also answers API calls for the lab's tests (``op: api``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import http.client
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -54,23 +64,98 @@ def phylactery_status(url: str) -> dict[str, Any] | str:
         return f"{type(err).__name__}: {err}"
 
 
+def probe(kubeconfig: Path, phylactery: dict[str, str]) -> dict[str, Any]:
+    """``{"nodes": ..., "phylactery": {NAME: ...}}`` (:func:`api_nodes`, one
+    :func:`phylactery_status` per ``NAME: URL``), asked at the same time so a crashed node's
+    5 s timeout is paid once. ``nodes`` is "no kube.config yet" before the first generation
+    is ready."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(phylactery) + 1) as pool:
+        nodes = pool.submit(api_nodes, kubeconfig) if kubeconfig.exists() else None
+        statuses = {name: pool.submit(phylactery_status, url) for name, url in phylactery.items()}
+        return {
+            "nodes": nodes.result() if nodes else "no kube.config yet",
+            "phylactery": {name: f.result() for name, f in statuses.items()},
+        }
+
+
+API_VERBS = ("read_", "list_", "create_", "delete_", "patch_", "replace_")
+
+
+def api_call(kubeconfig: Path, method: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``CoreV1Api.<method>(*args, **kwargs)`` with a 5 s request timeout: ``{"result": the
+    object as the API's JSON}``, ``{"status": HTTP status, "reason": ...}`` when the API
+    refused, or ``{"error": "<type>: <message>"}`` when it did not answer. ``method`` must
+    start with one of :data:`API_VERBS`."""
+    from kubernetes import client, config
+
+    if not method.startswith(API_VERBS) or not hasattr(client.CoreV1Api, method):
+        return {"error": f"ValueError: no CoreV1Api call {method!r}"}
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        result = getattr(api, method)(*args, _request_timeout=5, **kwargs)
+        return {"result": api.api_client.sanitize_for_serialization(result)}
+    except client.ApiException as err:
+        return {"status": err.status, "reason": err.reason}
+    except kube_errors() as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def answer(request: dict[str, Any]) -> dict[str, Any]:
+    """One request of the daemon: ``{"op": "probe", "kubeconfig": PATH, "phylactery": {NAME:
+    URL}}`` -> :func:`probe`'s document; ``{"op": "api", "kubeconfig": PATH, "method": NAME,
+    "args": [...], "kwargs": {...}}`` -> :func:`api_call`. Anything else: ``{"error": ...}``."""
+    kubeconfig = Path(str(request.get("kubeconfig", "")))
+    if request.get("op") == "probe":
+        return probe(kubeconfig, dict(request.get("phylactery") or {}))
+    if request.get("op") == "api":
+        return api_call(kubeconfig, str(request.get("method")), list(request.get("args") or []),
+                        dict(request.get("kwargs") or {}))  # fmt: skip
+    return {"error": f"ValueError: unknown op {request.get('op')!r}"}
+
+
+async def serve(socket_path: Path) -> None:
+    """Answer one JSON request per connection on ``socket_path`` (mode 0600) with one JSON
+    line (:func:`answer`; each in a thread: the kubernetes client blocks), until killed (the
+    lab deletes the namespace it runs in)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await asyncio.wait_for(reader.readline(), 10))
+            reply = await asyncio.to_thread(answer, request)
+        except Exception as err:
+            reply = {"error": f"{type(err).__name__}: {err}"}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    socket_path.unlink(missing_ok=True)
+    old = os.umask(0o077)  # the socket is root's alone from the start
+    try:
+        server = await asyncio.start_unix_server(handle, path=str(socket_path))
+    finally:
+        os.umask(old)
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``--kubeconfig PATH --phylactery NAME=URL...``: print ``{"nodes": ..., "phylactery":
-    {NAME: ...}}`` as JSON on one line (what :meth:`lab.cluster.Lab.probe` parses) and
-    return 0. ``nodes`` is "no kube.config yet" before the first generation is ready."""
-    p = argparse.ArgumentParser()
+    """``serve --socket PATH``: run the daemon (:func:`serve`). Otherwise ``--kubeconfig PATH
+    --phylactery NAME=URL...``: print :func:`probe`'s document as JSON on one line (what
+    :meth:`lab.cluster.Lab.probe` parses) and return 0."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        s = argparse.ArgumentParser(prog="python -m lab.probe serve")
+        s.add_argument("--socket", type=Path, required=True)
+        asyncio.run(serve(s.parse_args(argv[1:]).socket))
+        return 0
+    p = argparse.ArgumentParser(prog="python -m lab.probe")
     p.add_argument("--kubeconfig", type=Path, required=True)
     p.add_argument("--phylactery", action="append", default=[], help="name=url")
     args = p.parse_args(argv)
-    statuses = {}
-    for item in args.phylactery:
-        name, _, url = item.partition("=")
-        statuses[name] = phylactery_status(url)
-    doc = {
-        "nodes": api_nodes(args.kubeconfig) if args.kubeconfig.exists() else "no kube.config yet",
-        "phylactery": statuses,
-    }
-    json.dump(doc, sys.stdout)
+    urls = dict(item.partition("=")[::2] for item in args.phylactery)
+    json.dump(probe(args.kubeconfig, urls), sys.stdout)
     return 0
 
 

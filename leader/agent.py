@@ -482,8 +482,10 @@ class Agent:
         if self.jobs.current is None:
             if not self._host_ready():
                 return "waiting for the host preparation (image import) before kubeadm init"
-            credentials = self.driver.new_credentials()
             restore = Path(snap.state.restore_from) if snap.state.restore_from else None
+            # k3s restores a snapshot only with the token it was taken with: kept beside it.
+            secret = self.store.snapshot_secret(restore) if restore is not None else None
+            credentials = self.driver.new_credentials(restore_secret=secret)
             if restore is not None:
                 self._event("etcd_restore", f"restoring etcd from the snapshot {restore}")
             self._credentials = credentials
@@ -798,7 +800,8 @@ class Agent:
             cannot = f"{self.driver.name} cannot restore a snapshot into a new generation"
             sentence = f"{why}; on_cluster_lost is 'restore' but {cannot}: waiting for 'ek8s reset'"
             return self._go(State.LOST, sentence, "cluster_lost")
-        source = self.store.newest_valid_snapshot() if self.cfg.on_cluster_lost == "restore" else None
+        restoring = self.cfg.on_cluster_lost == "restore"
+        source = self.store.newest_valid_snapshot(self.driver.restore_needs_secret) if restoring else None
         plan = f"restoring etcd from {source.name}" if source else "starting from nothing"
         if self.cfg.on_cluster_lost == "restore" and source is None:
             plan += " (on_cluster_lost is 'restore' but the share holds no snapshot)"

@@ -107,10 +107,11 @@ def reset(
 ) -> None:
     """Start a new generation of the cluster: every node resets and the cluster is rebuilt.
 
-    Running agents notice the new generation within a second, run `kubeadm reset -f` and
-    elect a new leader; with --reboot the nodes are rebooted as well (the proof of concept's
-    rebuild-and-restart.sh). Exit 1 when the share holds no such cluster, no node ever
-    reported (--reboot), or the reboot command fails, cannot start or outlasts --reboot-timeout.
+    Running agents notice the new generation within a second, reset (`kubeadm reset -f`; k3s:
+    stop k3s and remove its state) and elect a new leader; with --reboot the nodes are
+    rebooted as well (the proof of concept's rebuild-and-restart.sh). Exit 1 when the share
+    holds no such cluster, no node ever reported (--reboot), or the reboot command fails,
+    cannot start or outlasts --reboot-timeout.
     """
     store = existing_store(share_path, cluster, "operator")
     state = store.rebuild(reason)

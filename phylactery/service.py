@@ -23,7 +23,7 @@ import psutil
 from core import recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
-from core.drivers import Driver
+from core.drivers import Driver, DriverError
 from core.etcd import EtcdClient, EtcdError
 from core.fileperm import ensure_dir
 from core.logs import get_logger
@@ -214,7 +214,7 @@ class Phylactery:
                 if changed or time.monotonic() - last_at >= interval:
                     last_at, last_members = time.monotonic(), members or last_members
                     await self.save_snapshot()
-            except (EtcdError, OSError) as err:  # keep trying; the log says why
+            except (EtcdError, DriverError, OSError) as err:  # keep trying; the log says why
                 log.warning("etcd snapshot failed", extra={"error": str(err)})
 
     async def _leads_etcd(self) -> bool:
@@ -239,18 +239,20 @@ class Phylactery:
     async def save_snapshot(self) -> Path | None:
         """One snapshot to the share if the generation is ready and this node's member leads
         etcd (any control node: the generation's first leader may be gone for good); returns
-        its path, or None when this node is not the one to take it. Raises
-        :class:`core.etcd.EtcdError` when etcd does not answer, ``OSError`` from the share."""
+        its path, or None when this node is not the one to take it. The driver takes it with
+        the distribution's tool (k3s: ``k3s etcd-snapshot save``) and names the secret a
+        restore needs, kept beside it (:meth:`core.drivers.base.Driver.save_snapshot`).
+        Raises :class:`core.etcd.EtcdError` when etcd does not answer,
+        :class:`core.drivers.DriverError` when the tool fails, ``OSError`` from the share."""
         state = await asyncio.to_thread(self.store.read_state)
         ctx = self.driver.etcd_client_context()
         if ctx is None or not state.ready or not await self._leads_etcd():
             return None
-        async with EtcdClient([self.driver.etcd_endpoint], ctx) as etcd:
-            data = await etcd.snapshot()
+        taken = await asyncio.to_thread(self.driver.save_snapshot)
         path = await asyncio.to_thread(
-            self.store.save_snapshot, state.generation, data, self.cfg.phylactery.snapshots_keep
+            self.store.save_snapshot, state.generation, taken.data, self.cfg.phylactery.snapshots_keep, taken.secret
         )
-        log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(data)})
+        log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(taken.data), "tool": taken.tool})
         return path
 
     async def _reaper(self) -> None:

@@ -7,6 +7,7 @@ and tears it down. Figures are printed and written as JSON; docs/benchmarks.md q
 
     .venv/bin/python scripts/bench_faults.py                 # everything (~10 minutes)
     .venv/bin/python scripts/bench_faults.py --only reboot vip
+    .venv/bin/python scripts/bench_faults.py --only reboot --distribution k3s
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ while time.time() < end:
 """
 
 
+DISTRIBUTION = "kubeadm"  # --distribution: every part's lab runs this one
+
+
 def _stop(proc: subprocess.Popen[str]) -> None:
     """Kill the VIP probe if it still runs (a bench part failed or it overran), and reap it."""
     if proc.poll() is None:
@@ -52,10 +56,14 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 def fresh_lab(overrides: dict[str, Any] | None = None, emulation: Emulation | None = None, wait: bool = True):  # type: ignore[no-untyped-def]
     """(Lab, LabState) of a new 3 control + 2 worker lab, any earlier one removed, agents
     started; with ``wait``, returned once every node is Ready (180 s) and the cluster whole.
-    ``overrides`` are node.yaml fields. Raises :class:`lab.cluster.LabError`."""
+    ``overrides`` are node.yaml fields; ``--distribution`` (:data:`DISTRIBUTION`) picks the
+    emulated kubeadm or k3s. Raises :class:`lab.cluster.LabError`."""
     lab = Lab(Path("/run/ek8s-fbench"), "ek8sfb")
     lab.down()
-    state = lab.create(3, 2, emulation or Emulation(), overrides or {})
+    overrides = dict(overrides or {})
+    if DISTRIBUTION != "kubeadm":
+        overrides["kubernetes"] = {**overrides.get("kubernetes", {}), "distribution": DISTRIBUTION}
+    state = lab.create(3, 2, emulation or Emulation(), overrides)
     lab.start_all(state)
     if wait:
         lab.wait_ready(state, 180, since=state.t0)
@@ -406,8 +414,11 @@ def main() -> int:
     p.add_argument("--soak", type=int, default=20)
     p.add_argument("--data-runs", type=int, default=3, help="runs of the quorum, restore and removed parts")
     p.add_argument("--join-seconds", type=float, default=0.0, help="emulated kubeadm join duration for the reboots")
+    p.add_argument("--distribution", choices=["kubeadm", "k3s"], default="kubeadm")
     p.add_argument("--json", type=Path, default=Path("bench-faults.json"))
     args = p.parse_args()
+    global DISTRIBUTION
+    DISTRIBUTION = args.distribution
     results: dict[str, Any] = {}
     if "reboot" in args.only:
         results["reboot"] = bench_reboot(args.reboots, args.join_seconds)

@@ -7,6 +7,9 @@ a timed test: run it on a quiet machine and compare medians, not single runs.
 
     .venv/bin/python scripts/bench_lab.py --runs 5
     .venv/bin/python scripts/bench_lab.py --runs 3 --init-seconds 11 --join-seconds 10
+    .venv/bin/python scripts/bench_lab.py --runs 5 --distribution k3s
+
+(scripts/bench_distributions.py runs kubeadm and k3s side by side, formation and rejoins.)
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ def ek8s(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         raise SystemExit(f"ek8s lab {' '.join(args)}: not finished after {timeout:.0f}s") from None
 
 
-def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path) -> dict[str, Any]:
-    """One ``ek8s lab up`` from nothing (emulated kubeadm durations ``init_s`` and ``join_s``
-    seconds); returns its report (docs/lab.md), also written to ``out``. The lab is removed
-    before and after. Exits the script when ``up`` fails."""
+def one_run(
+    control: int, workers: int, init_s: float, join_s: float, out: Path, distribution: str = "kubeadm"
+) -> dict[str, Any]:
+    """One ``ek8s lab up --distribution D`` from nothing (emulated init and join durations
+    ``init_s`` and ``join_s`` seconds); returns its report (docs/lab.md), also written to
+    ``out``. The lab is removed before and after. Exits the script when ``up`` fails."""
     ek8s("down", timeout=120)
     try:
         res = ek8s(
@@ -53,6 +58,8 @@ def one_run(control: int, workers: int, init_s: float, join_s: float, out: Path)
             str(join_s),
             "--timeout",
             "300",
+            "--distribution",
+            distribution,
         )
         if res.returncode != 0:
             raise SystemExit(f"lab up failed:\n{res.stdout}\n{res.stderr}")
@@ -142,16 +149,18 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--init-seconds", type=float, default=0.0)
     p.add_argument("--join-seconds", type=float, default=0.0)
+    p.add_argument("--distribution", choices=["kubeadm", "k3s"], default="kubeadm")
     p.add_argument("--json", type=Path, default=Path("bench-lab.json"), help="all reports and the summary")
     args = p.parse_args()
     reports = []
     for i in range(args.runs):
-        r = one_run(args.control, args.workers, args.init_seconds, args.join_seconds, Path(f"/tmp/ek8s-bench-{i}.json"))
+        out = Path(f"/tmp/ek8s-bench-{i}.json")
+        r = one_run(args.control, args.workers, args.init_seconds, args.join_seconds, out, args.distribution)
         reports.append(r)
         print(f"run {i + 1}/{args.runs}: all_nodes_ready_s={r['all_nodes_ready_s']}", file=sys.stderr, flush=True)
     stages = ["leader_claimed_s", "api_ready_s", "leader_ready_s", "all_nodes_ready_s"]
     print(
-        f"\n{args.runs} runs, {args.control} control + {args.workers} workers, emulated init "
+        f"\n{args.runs} runs, {args.control} control + {args.workers} workers, {args.distribution}, emulated init "
         f"{args.init_seconds:g} s, join {args.join_seconds:g} s"
     )
     print(f"{'stage (s since agents started)':<66} {'median':>8} {'p90':>8} {'max':>8}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.config import NodeConfig
-from core.drivers.base import ApiUnavailable, Credentials, Driver, DriverError, InitResult
+from core.drivers.base import ApiUnavailable, Credentials, Driver, DriverError, InitResult, SnapshotTaken
 
 
 def driver_for(cfg: NodeConfig) -> Driver:
@@ -19,4 +19,4 @@ def driver_for(cfg: NodeConfig) -> Driver:
     return KubeadmDriver(cfg)
 
 
-__all__ = ["ApiUnavailable", "Credentials", "Driver", "DriverError", "InitResult", "driver_for"]
+__all__ = ["ApiUnavailable", "Credentials", "Driver", "DriverError", "InitResult", "SnapshotTaken", "driver_for"]

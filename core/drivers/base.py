@@ -131,6 +131,19 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class SnapshotTaken:
+    """An etcd snapshot a driver took of its node's member: ``data`` is the file as
+    ``etcdctl snapshot save`` writes it (etcd's backend database); ``secret`` is what a
+    restore of it needs beside the file (k3s: the server token's secret, with which k3s
+    encrypted its bootstrap data in etcd), None when nothing; ``tool`` names how it was taken,
+    for the log."""
+
+    data: bytes
+    secret: str | None
+    tool: str
+
+
+@dataclass(frozen=True)
 class InitResult:
     """What ``init`` leaves behind: the admin kubeconfig (for the operator only) and the
     cluster CA certificate (PEM), from which the discovery pin is computed."""
@@ -147,12 +160,23 @@ class Driver(Protocol):
     # each): "node"; "etcd_member" (kubeadm: members named as their node) or "k3s_etcd_member"
     # (k3s: "<node>-<8 hex digits>"); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
     prune_kinds: tuple[str, ...]
-    # Whether ``init`` can restore an etcd snapshot into a new generation (kubeadm: yes; k3s:
-    # no, its bootstrap data in the snapshot is encrypted with the old generation's token).
+    # Whether ``init`` can restore an etcd snapshot into a new generation (both can).
     restores_snapshots: bool
+    # Whether a restore needs the secret kept with the snapshot (k3s: its bootstrap data in
+    # etcd is encrypted with the server token the snapshot was taken with; kubeadm: no).
+    restore_needs_secret: bool
 
-    def new_credentials(self) -> Credentials:
-        """Fresh join credentials for ``init``."""
+    def new_credentials(self, restore_secret: str | None = None) -> Credentials:
+        """Fresh join credentials for ``init``. ``restore_secret``: the secret kept with the
+        snapshot ``init`` will restore (:attr:`SnapshotTaken.secret`), which the credentials
+        reuse (k3s: as the server token); ignored by a driver that needs none."""
+        ...
+
+    def save_snapshot(self) -> SnapshotTaken:
+        """A snapshot of this control node's etcd member, taken with the distribution's own
+        tool where it has one (k3s: ``k3s etcd-snapshot save``; kubeadm: etcd's
+        ``/v3/maintenance/snapshot``). Raises :class:`DriverError`, or
+        :class:`core.etcd.EtcdError` when etcd does not answer."""
         ...
 
     def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:

@@ -26,9 +26,32 @@ What k3s does is taken from its documentation (docs.k3s.io: "High Availability E
   ``toTLSConfig``); members are named ``<node>-<first 8 hex digits of a UUID>``
   (``setName``), so pruning matches names by that pattern and peer URLs by address;
 * ``k3s server --cluster-reset`` re-forms etcd from the local data as a one-member cluster
-  and exits once it runs ("restart without --cluster-reset flag now", ``ETCD.Reset``);
+  and exits once it runs ("Managed etcd cluster membership has been reset, restart without
+  --cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd server
+  and rejoin the nodes", ``ETCD.Reset`` in ``pkg/etcd/etcd.go``); with
+  ``--cluster-reset-restore-path=<file>`` it first restores that snapshot into
+  ``server/db/etcd`` as a one-member cluster (the old data moved to ``db/etcd-old-<unix
+  ts>``, ``ETCD.Restore``), then exits the same way; the server is then started normally, and
+  other servers join it fresh. Its next normal start deletes its own node's
+  ``<node>.node-password.k3s`` Secret, which came back from the snapshot
+  (``pkg/cluster/managed.go``, ``start``: the ``reset-flag`` file);
+* snapshots: ``k3s etcd-snapshot save --name N --dir D`` (flags in
+  ``pkg/cli/cmds/etcd_snapshot.go``; since v1.29 the command asks the running server,
+  ``--etcd-server``, default ``https://127.0.0.1:6443``, authenticating with the token in
+  ``${data-dir}/server/token``) writes ``D/<N>-<node>-<unix seconds>`` and logs "Snapshot
+  <file> saved." (``pkg/etcd/snapshot.go``, ``pkg/cli/etcdsnapshot``). k3s keeps its
+  bootstrap data (CA keys, passwd) in etcd under ``/bootstrap/<12 hex digits of sha256(token
+  secret)>``, encrypted with the token secret (``pkg/cluster/encrypt.go``), so a snapshot is
+  usable only with the token it was taken with (docs.k3s.io "Backup and Restore": "If you do
+  not use the same token value when restoring, the snapshot will be unusable"); a restore with
+  another token fails with "bootstrap data already found and encrypted with different token"
+  (``pkg/cluster/storage.go``, ``getBootstrapKeyFromStorage``). Hence the driver keeps the
+  token's secret with every snapshot (:attr:`core.drivers.base.SnapshotTaken.secret`) and the
+  restoring leader reuses it as its server token;
 * reset does what ``k3s-killall.sh`` and ``k3s-uninstall.sh`` (k3s's ``install.sh``) do to
-  k3s's own state: stop k3s, then remove ``/etc/rancher/k3s``, ``/run/k3s``,
+  k3s's own state: stop k3s, kill the containerd-shims, unmount k3s's and the kubelet's mounts,
+  (on a node whose root is ``/``) remove the CNI namespaces, interfaces and iptables rules,
+  then remove ``/etc/rancher/k3s``, ``/run/k3s``,
   ``/run/flannel``, ``/var/lib/rancher/k3s`` and ``/var/lib/kubelet``. Like the uninstall
   script it keeps ``/etc/rancher/node/password``, so a node that resets and rejoins in the
   same boot keeps its node password; a RAM root loses it at every reboot, which is why
@@ -57,7 +80,7 @@ from typing import Any
 import yaml
 
 from core.config import NodeConfig
-from core.drivers.base import CommandRunner, Credentials, DriverError, InitResult
+from core.drivers.base import CommandRunner, Credentials, DriverError, InitResult, SnapshotTaken
 from core.fileperm import ensure_dir, write_atomic
 from core.logs import get_logger
 from core.services import ProcessServices, ServiceError, service_manager
@@ -72,8 +95,24 @@ ETCD_DATA = f"{DATA_DIR}/server/db/etcd"
 KUBELET_KUBECONFIG = f"{DATA_DIR}/agent/kubelet.kubeconfig"
 NODE_PASSWORD = "/etc/rancher/node/password"
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
+# k3s's default snapshot directory (--etcd-snapshot-dir: ${data-dir}/server/db/snapshots, made
+# 0700 by k3s); on-demand snapshots land here before the driver moves them to the share. The
+# default on purpose: since v1.29 the server writes the file, and it creates only this one
+# (pkg/etcd/snapshot.go, snapshotDir), so --dir naming it changes nothing either way.
+SNAPSHOT_DIR = f"{DATA_DIR}/server/db/snapshots"
+SERVER_TOKEN = f"{DATA_DIR}/server/token"
+SNAPSHOT_NAME = "ek8s"  # --name: k3s writes <name>-<node>-<unix seconds>
+_SAVED = re.compile(r"Snapshot (\S+) saved")
 # What k3s-uninstall.sh removes of k3s's state (not the binaries and units, which are the image's).
 RESET_PATHS = ("/etc/rancher/k3s", "/run/k3s", "/run/flannel", DATA_DIR, "/var/lib/kubelet")
+# What k3s-killall.sh (k3s's install.sh) does beyond stopping the k3s services: kill the
+# containerd-shim trees of k3s's bundled containerd, unmount and remove what is mounted under
+# these prefixes (deepest first; k3s matches them as "^<prefix>", so "cni-" is a name prefix),
+# delete the CNI namespaces and interfaces, remove /var/lib/cni and drop the KUBE-, CNI- and
+# flannel iptables rules.
+KILLALL_MOUNTS = ("/run/k3s", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/run/netns/cni-")
+CNI_INTERFACES = ("cni0", "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg", "flannel-wg-v6")
+_SHIM = re.compile(r"/data/[^/]+/bin/containerd-shim")
 # k3s's airgap image tarballs, which the node image puts here (image_builder/Containerfile.k3s;
 # docs.k3s.io "Air-Gap Install": k3s imports every archive in this directory at start). Reset
 # keeps them: the node image is the only copy on a RAM root, and a rejoin needs them.
@@ -149,6 +188,9 @@ def _server(cfg: NodeConfig) -> dict[str, Any]:
         "cluster-cidr": cfg.kubernetes.pod_subnet,
         "service-cidr": cfg.kubernetes.service_subnet,
         "write-kubeconfig-mode": "0600",
+        # Phylactery saves snapshots to the share (k3s etcd-snapshot save); k3s's own schedule
+        # (twice a day, 5 kept in server/db/snapshots) would only fill a RAM root.
+        "etcd-disable-snapshots": True,
     }
 
 
@@ -193,6 +235,32 @@ def operator_kubeconfig(text: str, server: str) -> bytes:
     return yaml.safe_dump(doc, sort_keys=False).encode()
 
 
+def mounts_under(mounts: str, prefixes: list[str]) -> list[str]:
+    """Mount points in ``mounts`` (``/proc/self/mounts`` text; octal escapes such as ``\\040``
+    decoded) that start with one of ``prefixes`` (plain string prefixes, as k3s-killall.sh's
+    ``$2 ~ "^" path``), deepest first (its ``sort -r``)."""
+    points = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        if any(point.startswith(p) for p in prefixes):
+            points.append(point)
+    return sorted(set(points), reverse=True)
+
+
+def iptables_without_k8s(saved: str) -> str:
+    """``iptables-save`` output without the lines k3s-killall.sh drops (``grep -v KUBE- | grep
+    -v CNI- | grep -iv flannel``): Kubernetes' and the CNI's chains and rules."""
+    keep = [
+        line
+        for line in saved.splitlines()
+        if "KUBE-" not in line and "CNI-" not in line and "flannel" not in line.lower()
+    ]
+    return "\n".join(keep) + "\n"
+
+
 def _remove_except(path: Path, keep: Path) -> None:
     """Remove ``path`` (a tree; errors ignored), but not ``keep`` when it lies inside it: the
     directories leading to ``keep`` stay, everything else in them goes."""
@@ -212,7 +280,8 @@ class K3sDriver:
 
     name = "k3s"
     prune_kinds: tuple[str, ...] = ("node", "k3s_etcd_member", "node_password")
-    restores_snapshots = False
+    restores_snapshots = True
+    restore_needs_secret = True
     etcd_endpoint = ETCD_ENDPOINT
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -352,23 +421,46 @@ class K3sDriver:
         self._runner.abort()
 
     # -- the interface ----------------------------------------------------------------------
-    def new_credentials(self) -> Credentials:
-        """A new server token secret (``token``) and agent token secret (``certificate_key``)."""
-        return Credentials(token=generate_secret(), certificate_key=generate_secret())
+    def new_credentials(self, restore_secret: str | None = None) -> Credentials:
+        """A new server token secret (``token``) and agent token secret (``certificate_key``);
+        with ``restore_secret`` (the token secret kept with the snapshot to restore) that one
+        as the server token: k3s decrypts the snapshot's bootstrap data with it."""
+        return Credentials(token=restore_secret or generate_secret(), certificate_key=generate_secret())
+
+    def save_snapshot(self) -> SnapshotTaken:
+        """``k3s etcd-snapshot save --node-name N --name ek8s --dir SNAPSHOT_DIR --etcd-server
+        https://127.0.0.1:<api_server_port>`` (k3s reads the token from ``server/token``, so
+        no secret is on the command line); reads the file k3s names in "Snapshot <file>
+        saved." (or the newest ``ek8s-<node>-*``), removes it from the node (the share keeps
+        the copies) and returns it with the server token's secret from ``server/token``.
+        Raises :class:`DriverError` when k3s fails or the file or token is missing."""
+        snapshots = self.cfg.host_path(SNAPSHOT_DIR)
+        argv = [self.cfg.kubernetes.k3s, "etcd-snapshot", "save", "--node-name", self.cfg.node.name]
+        argv += ["--name", SNAPSHOT_NAME, "--dir", SNAPSHOT_DIR]
+        argv += ["--etcd-server", f"https://127.0.0.1:{self.cfg.kubernetes.api_server_port}"]
+        if self.cfg.root != Path("/"):
+            argv += ["--rootfs", str(self.cfg.root)]
+        output = self._runner.run(argv)
+        m = _SAVED.search(output)
+        pattern = f"{SNAPSHOT_NAME}-{self.cfg.node.name}-*"
+        found = [snapshots / m.group(1)] if m else sorted(snapshots.glob(pattern), key=lambda p: p.stat().st_mtime)
+        try:
+            path = found[-1]
+            data = path.read_bytes()
+            secret = parse_token(self.cfg.host_path(SERVER_TOKEN).read_text()).secret
+        except (IndexError, OSError, ValueError) as err:
+            raise DriverError(argv, 1, f"{output}\nno snapshot or server token to read: {err}") from err
+        path.unlink(missing_ok=True)
+        return SnapshotTaken(data=data, secret=secret, tool="k3s etcd-snapshot save")
 
     def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
         """``k3s server`` with ``cluster-init``; returns once k3s wrote k3s.yaml, the server CA
-        and the kubelet kubeconfig. ``restore_from`` is refused (:class:`DriverError`): k3s
-        restores a snapshot only with the token it was taken with (its bootstrap data is
-        encrypted with it), and a new generation has a new token."""
-        if restore_from is not None:
-            raise DriverError(
-                ["k3s", "server", "--cluster-reset-restore-path", str(restore_from)],
-                2,
-                "restoring a snapshot into a new k3s generation is not implemented: k3s needs the token the "
-                "snapshot was taken with",
-            )
+        and the kubelet kubeconfig. With ``restore_from`` (a snapshot file), k3s's documented
+        restore first (:meth:`restore_snapshot`); ``credentials.token`` must then be the token
+        the snapshot was taken with (k3s refuses any other)."""
         self._write_config(render_init_config(self.cfg, credentials.token, credentials.certificate_key))
+        if restore_from is not None:
+            self.restore_snapshot(restore_from)
         ca = self.cfg.host_path(SERVER_CA)
         self._start_and_wait(["server"], [self.admin_kubeconfig, ca, self.kubelet_kubeconfig])
         try:
@@ -376,6 +468,29 @@ class K3sDriver:
         except ValueError as err:
             raise DriverError(["k3s", "server"], 1, f"{self.admin_kubeconfig}: {err}") from err
         return InitResult(admin_kubeconfig=admin, ca_cert_pem=ca.read_bytes())
+
+    def restore_snapshot(self, snapshot: Path) -> None:
+        """Copy ``snapshot`` into k3s's snapshot directory (0600; k3s reads it from the node,
+        not from the share) and run ``k3s server --cluster-reset
+        --cluster-reset-restore-path=<copy>`` in the foreground with the config already
+        written, as k3s's documentation does it; k3s restores etcd as a one-member cluster,
+        writes the cluster's certificates back from the snapshot's bootstrap data and exits 0
+        ("... restart without --cluster-reset flag now"). The copy is removed afterwards.
+        Raises :class:`DriverError` with k3s's output (e.g. "bootstrap data already found and
+        encrypted with different token") or when the snapshot cannot be read."""
+        local = f"{SNAPSHOT_DIR}/restore-{snapshot.name}"
+        host = self.cfg.host_path(local)
+        self._stop()
+        try:
+            ensure_dir(host.parent)
+            write_atomic(host, snapshot.read_bytes())
+        except OSError as err:
+            raise DriverError(["k3s", "server", "--cluster-reset"], 1, f"cannot copy {snapshot}: {err}") from err
+        try:
+            self._runner.run(self._argv("server", "--cluster-reset", f"--cluster-reset-restore-path={local}"))
+        finally:
+            host.unlink(missing_ok=True)
+        log.info("etcd restored by k3s --cluster-reset-restore-path", extra={"snapshot": snapshot.name})
 
     def join_material(self, result: InitResult, credentials: Credentials, generation: int, epoch: int) -> JoinMaterial:
         """Secure server token (``token``) and agent token (``certificate_key``), both pinning
@@ -413,14 +528,86 @@ class K3sDriver:
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:
-        """Stop k3s and remove its state (:data:`RESET_PATHS`, but the airgap images in
-        :data:`AIRGAP_IMAGES`), as k3s-killall.sh and k3s-uninstall.sh do; the etcd member
-        stays in the cluster for Phylactery's prune (k3s's uninstall does not remove it
-        either). ``whole_cluster`` changes nothing here."""
-        self._stop()
+        """What k3s-killall.sh and k3s-uninstall.sh do to k3s's own state (:meth:`killall`),
+        then remove :data:`RESET_PATHS` but the airgap images in :data:`AIRGAP_IMAGES`; the
+        etcd member stays in the cluster for Phylactery's prune (k3s's uninstall does not
+        remove it either). ``whole_cluster`` changes nothing here."""
+        self.killall()
         keep = self.cfg.host_path(AIRGAP_IMAGES)
-        for path in RESET_PATHS:
+        for path in (*RESET_PATHS, "/var/lib/cni"):
             _remove_except(self.cfg.host_path(path), keep)
+
+    def killall(self) -> None:
+        """k3s-killall.sh on this node: stop both k3s services, SIGKILL every process tree of
+        a ``<data-dir>/data/<hash>/bin/containerd-shim`` (the pods' shims outlive k3s), unmount
+        and remove the mounts under :data:`KILLALL_MOUNTS` (in node.yaml's ``root``). Only on
+        a node whose ``root`` is ``/`` (a real node, or a lab machine in its own network
+        namespace) the network part too: the CNI namespaces (``ip netns`` ``cni-*``), the
+        veths of ``cni0`` and :data:`CNI_INTERFACES`, and the iptables rules of
+        :func:`iptables_without_k8s`. A lab node in process mode (``root`` elsewhere) shares the
+        machine's ``ip netns`` list and iptables with the lab itself, which this must never
+        touch; its emulated k3s makes no interface or rule anyway. Never raises: what cannot be
+        undone is logged."""
+        self._stop()
+        self._kill_shims()
+        prefixes = [str(self.cfg.host_path(p)) if p != "/run/netns/cni-" else "" for p in KILLALL_MOUNTS]
+        if self.cfg.root == Path("/"):
+            prefixes[-1] = "/run/netns/cni-"
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            mounts = ""
+        for point in mounts_under(mounts, [p for p in prefixes if p]):
+            res = subprocess.run(["umount", point], capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                log.warning(f"cannot unmount {point}: {res.stderr.strip()}")
+                continue
+            shutil.rmtree(point, ignore_errors=True)
+        if self.cfg.root == Path("/"):
+            self._remove_cni_network()
+
+    def _kill_shims(self) -> None:
+        """SIGKILL the process trees of k3s's containerd-shims (k3s-killall.sh's ``killtree``)."""
+        import psutil
+
+        data = str(self.cfg.host_path(DATA_DIR))
+        for proc in psutil.process_iter(["cmdline"]):
+            argv0 = (proc.info.get("cmdline") or [""])[0]
+            if not argv0.startswith(data) or not _SHIM.search(argv0):
+                continue
+            try:
+                for p in [*proc.children(recursive=True), proc]:
+                    p.kill()
+            except psutil.Error as err:
+                log.warning(f"cannot kill containerd-shim {proc.pid}: {err}")
+
+    def _remove_cni_network(self) -> None:
+        """The network half of k3s-killall.sh (see :meth:`killall`): CNI namespaces, the
+        interfaces, the iptables rules; every step skipped when its tool is missing."""
+
+        def run(*argv: str, stdin: str | None = None) -> str:
+            try:
+                res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                log.warning(f"{' '.join(argv)}: {err}")
+                return ""
+            return res.stdout
+
+        if shutil.which("ip"):
+            for line in run("ip", "netns", "list").splitlines():
+                name = line.split()[0] if line.split() else ""
+                if name.startswith("cni-"):
+                    run("ip", "netns", "delete", name)
+            for line in run("ip", "-o", "link", "show").splitlines():
+                if "master cni0" in line:
+                    run("ip", "link", "delete", line.split(":")[1].strip().split("@")[0])
+            for iface in CNI_INTERFACES:
+                run("ip", "link", "delete", iface)
+        for save, restore in (("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")):
+            if shutil.which(save) and shutil.which(restore):
+                saved = run(save)
+                if saved:
+                    run(restore, stdin=iptables_without_k8s(saved))
 
     def reform_etcd(self, timeout_s: float = 120.0) -> None:
         """``k3s server --cluster-reset`` (k3s exits once etcd runs as a one-member cluster),

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from core.config import NodeConfig
-from core.drivers.base import ApiUnavailable, CommandRunner, Credentials, DriverError, InitResult
+from core.drivers.base import ApiUnavailable, CommandRunner, Credentials, DriverError, InitResult, SnapshotTaken
 from core.fileperm import ensure_dir, write_atomic
 from core.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
 from core.logs import get_logger
@@ -145,6 +145,7 @@ class KubeadmDriver:
     name = "kubeadm"
     prune_kinds: tuple[str, ...] = ("node", "etcd_member")
     restores_snapshots = True
+    restore_needs_secret = False
     etcd_endpoint = ETCD_ENDPOINT
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -248,9 +249,29 @@ class KubeadmDriver:
         self._runner.abort()
 
     # -- the interface ------------------------------------------------------------------
-    def new_credentials(self) -> Credentials:
-        """A new bootstrap token and certificate key (:mod:`core.joinmaterial`)."""
+    def new_credentials(self, restore_secret: str | None = None) -> Credentials:
+        """A new bootstrap token and certificate key (:mod:`core.joinmaterial`); a restore
+        needs no secret of the old generation (``restore_secret`` is ignored)."""
         return Credentials(token=generate_token(), certificate_key=generate_certificate_key())
+
+    def save_snapshot(self) -> SnapshotTaken:
+        """etcd's ``POST /v3/maintenance/snapshot`` from the local member through its JSON
+        gateway (what ``etcdctl snapshot save`` asks for; the host has no etcdctl of the
+        etcd static pod's). Raises :class:`core.etcd.EtcdError` when etcd does not answer and
+        :class:`DriverError` before this node runs a member."""
+        import asyncio
+
+        from core.etcd import EtcdClient
+
+        ctx = self.etcd_client_context()
+        if ctx is None:
+            raise DriverError(["etcd-snapshot"], 1, "no etcd client certificate on this node")
+
+        async def _take() -> bytes:
+            async with EtcdClient([self.etcd_endpoint], ctx) as etcd:
+                return await etcd.snapshot()
+
+        return SnapshotTaken(data=asyncio.run(_take()), secret=None, tool="etcd maintenance/snapshot")
 
     def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
         """``kubeadm init --config F --upload-certs`` (with etcd restored first when

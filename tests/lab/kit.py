@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from lab import machines, runners
 from lab.cluster import Lab, LabState
@@ -27,27 +28,7 @@ from lab.image import ImageError, ensure_image
 
 CONTROL = ["control0", "control1", "control2"]
 ALL = [*CONTROL, "worker0", "worker1"]
-
-KUBECTL_PY = """
-import json, sys
-from kubernetes import client, config
-api = client.CoreV1Api(config.new_client_from_config(config_file=sys.argv[1]))
-op, arg = sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
-if op == "create":
-    body = {"metadata": {"name": arg}, "data": {"kept": "yes"}}
-    print(json.dumps(api.create_namespaced_config_map("default", body, _request_timeout=5).data))
-elif op == "read":
-    print(json.dumps(api.read_namespaced_config_map(arg, "default", _request_timeout=5).data))
-elif op == "delete-node":
-    api.delete_node(arg, _request_timeout=5)
-    print("{}")
-elif op == "delete-secret":
-    api.delete_namespaced_secret(arg, "kube-system", _request_timeout=5)
-    print("{}")
-elif op == "ready":
-    n = api.read_node(arg, _request_timeout=5)
-    print(json.dumps({c.type: c.status for c in n.status.conditions}))
-"""
+K3S_MEMBER = re.compile(r"-[0-9a-f]{8}$")
 
 
 def require_image() -> Path:
@@ -91,41 +72,83 @@ def in_ns(state: LabState, node: str, *argv: str, timeout: float = 60) -> subpro
     )
 
 
-def kubectl(state: LabState, via: str, *args: str) -> Any:
-    """An API call through the VIP with the operator's kubeconfig, from ``via``'s namespace:
-    ``create NAME`` / ``read NAME`` (a ConfigMap in ``default`` with ``{"kept": "yes"}``; its
-    data), ``delete-node NAME`` and ``delete-secret NAME`` (in kube-system; ``{}``),
-    ``ready NAME`` (the Node's conditions). Its JSON answer, or None when the API refused or
-    did not answer."""
-    kubeconfig = str(Path(state.share) / "default/kube.config")
-    res = in_ns(state, via, sys.executable, "-c", KUBECTL_PY, kubeconfig, *args)
-    return json.loads(res.stdout) if res.returncode == 0 else None
+def kubectl(state: LabState, op: str, *names: str) -> Any:
+    """An API call through the VIP with the operator's kubeconfig, from the lab's manager
+    namespace (its prober, :meth:`lab.cluster.Lab.api`): ``create NAME`` / ``read NAME`` (a
+    ConfigMap in ``default`` with ``{"kept": "yes"}``; its data), ``read-many NAME...``
+    (``{name: data, or {"status": HTTP status}}``; None unless the API answered all),
+    ``delete-node NAME`` and ``delete-secret
+    NAME`` (in kube-system; ``{}``), ``ready NAME`` (the Node's conditions). Its JSON answer,
+    or None when the API refused or did not answer."""
+    lab = Lab(Path(state.dir), state.prefix)
+
+    def call(method: str, *args: Any) -> Any:
+        answer = lab.api(method, *args)
+        return None if answer is None or "result" not in answer else answer["result"]
+
+    if op == "read-many":
+        out = {}
+        for name in names:
+            answer = lab.api("read_namespaced_config_map", name, "default")
+            if answer is None or "error" in answer:
+                return None  # the API did not answer: the caller may wait
+            out[name] = answer["result"].get("data") if "result" in answer else {"status": answer.get("status")}
+        return out
+    name = names[0]
+    if op == "create":
+        body = {"metadata": {"name": name}, "data": {"kept": "yes"}}
+        made = call("create_namespaced_config_map", "default", body)
+        return None if made is None else made.get("data")
+    if op == "read":
+        got = call("read_namespaced_config_map", name, "default")
+        return None if got is None else got.get("data")
+    if op == "delete-node":
+        return None if call("delete_node", name) is None else {}
+    if op == "delete-secret":
+        return None if call("delete_namespaced_secret", name, "kube-system") is None else {}
+    if op == "ready":
+        node = call("read_node", name)
+        return None if node is None else {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    raise ValueError(f"unknown op {op!r}")
+
+
+def distribution(state: LabState, node: str) -> str:
+    """The distribution in ``node``'s node.yaml (kubeadm when it names none)."""
+    cfg = yaml.safe_load(Path(state.node(node).config).read_text()) or {}
+    return str((cfg.get("kubernetes") or {}).get("distribution", "kubeadm"))
 
 
 def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the node's
-    etcd health-check client certificate (kubeadm's ``/etc/kubernetes/pki/etcd``, read where
-    the host sees the node's root). Raises :class:`lab.runners.RunnerError` when ``via`` is a
-    machine that is not running."""
+    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the client
+    pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
+    k3s: ``/var/lib/rancher/k3s/server/tls/etcd/client``), read where the host sees the
+    node's root (:meth:`lab.runners.NodeRunner.host_path`). Raises
+    :class:`lab.runners.RunnerError` when ``via`` is a machine that is not running."""
     node = state.node(via)
-    pki = Lab.runner(state).host_path(state, node, "/etc/kubernetes/pki/etcd")
+    root = Lab.runner(state)
+    if distribution(state, via) == "k3s":
+        tls = root.host_path(state, node, "/var/lib/rancher/k3s/server/tls/etcd")
+        ca, cert, key = tls / "server-ca.crt", tls / "client.crt", tls / "client.key"
+    else:
+        pki = root.host_path(state, node, "/etc/kubernetes/pki/etcd")
+        ca, cert, key = pki / "ca.crt", pki / "healthcheck-client.crt", pki / "healthcheck-client.key"
     return subprocess.run(
         [
             "ip", "netns", "exec", node.ns, "etcdctl", f"--endpoints=https://{node.address}:2379",
-            f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'healthcheck-client.crt'}",
-            f"--key={pki / 'healthcheck-client.key'}", "--command-timeout=3s", *args,
+            f"--cacert={ca}", f"--cert={cert}", f"--key={key}", "--command-timeout=3s", *args,
         ],
         capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
     )  # fmt: skip
 
 
 def members(state: LabState, via: str) -> dict[str, int] | None:
-    """etcd's member list (name -> id) as ``etcdctl member list`` shows it from ``via``'s
-    member (etcd answers it from its own view, quorum or not), or None."""
+    """etcd's member list (node name -> member id) as ``etcdctl member list`` shows it from
+    ``via``'s member (etcd answers it from its own view, quorum or not), or None. k3s names
+    members ``<node>-<8 hex digits>``: the suffix is dropped."""
     res = etcdctl(state, via, "-w", "json", "member", "list")
     if res.returncode != 0:
         return None
-    return {m.get("name", ""): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
+    return {K3S_MEMBER.sub("", m.get("name", "")): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
 
 
 def phylactery_status(state: LabState, node: str, via: str = "worker0") -> dict[str, Any]:
@@ -143,18 +166,18 @@ def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
 
 
 def lab_processes(lab_dir: Path) -> list[str]:
-    """Processes whose command line names the lab's directory (agents, machine launchers,
-    systemd-nspawn), as ``pid (status): command``."""
+    """Processes whose command line names ``lab_dir`` (``"<pid>: <command>"``): none may
+    outlive ``ek8s lab down``."""
     out = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+    for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if str(lab_dir) in cmd:
-            out.append(f"{p.info['pid']} ({p.info['status']}): {cmd[:120]}")
+            out.append(f"{p.info['pid']}: {cmd[:120]}")
     return out
 
 
 def lab_cgroups(prefix: str) -> list[Path]:
     """Machine cgroups (``ek8s-lab.<prefix>-*``, :mod:`lab.machines`) below this process's
-    cgroup in systemd's hierarchies."""
+    cgroup in systemd's hierarchies: none may outlive ``ek8s lab down``."""
     parents = machines.own_cgroups(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
     return [d for p in parents for d in p.glob(f"{machines.CGROUP_PREFIX}{prefix}-*")]

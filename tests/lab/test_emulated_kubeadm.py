@@ -124,7 +124,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
     # knows no commit index for it, and the empty etcd then catches up as that member).
     gone, cut = (n for n in ("control2", "control1", "control0") if n != lead)
     gone_addr = state.node(gone).address
-    assert kubectl(state, lead, "create", "precious") == {"kept": "yes"}
+    assert kubectl(state, "create", "precious") == {"kept": "yes"}
     before = members(state, lead)
     assert before is not None and sorted(before) == ["control0", "control1", "control2"]
 
@@ -140,7 +140,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
     ) in res.stderr, res.stderr
     assert "[check-etcd] Checking that the etcd cluster is healthy" in res.stdout
     # Its Node still reads Ready (crashed seconds ago): check-etcd came before that refusal ...
-    assert kubectl(state, lead, "ready", gone) == {"Ready": "True"}
+    assert kubectl(state, "ready", gone) == {"Ready": "True"}
     assert "already exists" not in res.stderr
     # ... and after the certificates, kubeconfig and manifest phases, whose files stay.
     for left in (
@@ -155,7 +155,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
 
     # (a): it reboots again; its Node is deleted but not its member, and check-etcd is skipped.
     root = reboot_without_agent(lab, state, gone)
-    assert kubectl(state, lead, "delete-node", gone) == {}
+    assert kubectl(state, "delete-node", gone) == {}
     assert etcd_leader(state, lead) == lead
     path = join_config(state, gone, gone_addr, skipPhases=["check-etcd"], timeouts={"etcdAPICall": "2s"})
     res = kubeadm(lab, state, gone, "join", "--config", path)
@@ -206,7 +206,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
         assert pid is not None and ("--force-new-cluster" in psutil.Process(pid).cmdline()) == on
         wait_for(lambda: quorum(state, lead), 30, 0.5, "etcd answers reads")
         assert members(state, lead) == {lead: before[lead]}
-        kept = wait_for(lambda: kubectl(state, lead, "read", "precious"), 60, 0.5, "API answers again")
+        kept = wait_for(lambda: kubectl(state, "read", "precious"), 60, 0.5, "API answers again")
         assert kept == {"kept": "yes"}, "the survivor's data is kept"
     kubelet_log = (root_lead / "var/log/ek8s/kubelet.log").read_text()
     assert kubelet_log.count("has a changed command: killing it to restart") == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import NodeConfig, parse_config
-from core.drivers import Credentials, DriverError, InitResult
+from core.drivers import Credentials, DriverError, InitResult, SnapshotTaken
 from core.etcd import LocalView
 from core.share import JoinMaterial, ShareStore
 from leader.agent import Agent
@@ -60,6 +60,7 @@ class FakeDriver:
     name = "kubeadm"
     prune_kinds: tuple[str, ...] = ("node", "etcd_member")
     restores_snapshots = True
+    restore_needs_secret = False
     etcd_endpoint = "https://127.0.0.1:2379"
 
     def __init__(self, root: Path) -> None:
@@ -75,8 +76,12 @@ class FakeDriver:
         if name in self.fail:
             raise DriverError(["kubeadm", name], 1, f"emulated {name} failure")
 
-    def new_credentials(self) -> Credentials:
-        return Credentials("abcdef.0123456789abcdef", "0" * 64)
+    def new_credentials(self, restore_secret: str | None = None) -> Credentials:
+        self.restore_secret = restore_secret
+        return Credentials(restore_secret or "abcdef.0123456789abcdef", "0" * 64)
+
+    def save_snapshot(self) -> SnapshotTaken:
+        return SnapshotTaken(b"snapshot", None, "fake")
 
     def init(self, credentials: Credentials, restore_from: Path | None = None) -> InitResult:
         self._cmd("init")

@@ -4,6 +4,7 @@ tests its HA cycle), with the real share store on a temp dir and fake driver and
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -736,3 +737,23 @@ def test_a_driver_that_cannot_restore_waits_for_ek8s_reset_instead(tmp_path: Pat
         "on_cluster_lost is 'restore' but k3s cannot restore a snapshot into a new generation: waiting for 'ek8s reset'"
     )
     assert h.state == "LOST" and h.store.read_state().generation == 1 and h.events("cluster_lost")
+
+
+def test_k3s_restores_only_a_snapshot_with_its_token_and_leads_with_that_token(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    store = ShareStore(tmp_path / "share", "default", "control0")
+    store.save_snapshot(1, b"with its token", keep=5, secret="old-server-secret")
+    time.sleep(0.002)
+    store.save_snapshot(1, b"newer, without a token (taken before tokens were kept)", keep=5)
+    rebooted(tmp_path, "control0")
+    h = Harness(tmp_path, "control1")
+    h.driver.name, h.driver.restore_needs_secret = "k3s", True
+    h.cycle()
+    sentence = h.cycle()
+    assert "started generation 2, restoring etcd from gen1-" in sentence, sentence
+    restore_from = h.store.read_state().restore_from
+    assert restore_from is not None and h.store.snapshot_secret(Path(restore_from)) == "old-server-secret"
+    for _ in range(6):
+        if h.cycle().startswith("running k3s init"):
+            break
+    assert h.driver.restore_secret == "old-server-secret", "the restoring leader reuses the snapshot's token"

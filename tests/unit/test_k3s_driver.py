@@ -111,6 +111,25 @@ FAKE_K3S = textwrap.dedent(
     args = sys.argv[1:]
     root = pathlib.Path(args[args.index("--rootfs") + 1])
     mode = (root / "mode").read_text().strip()
+    with open(root / "calls", "a") as calls:
+        print(" ".join(args), file=calls)
+    if args[:2] == ["etcd-snapshot", "save"]:
+        d = root / args[args.index("--dir") + 1].lstrip("/")
+        name = args[args.index("--name") + 1] + "-" + args[args.index("--node-name") + 1] + "-1700000000"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(b"etcd backend")
+        print('level=info msg="Snapshot ' + name + ' saved."', flush=True)
+        sys.exit(0)
+    restore = [a for a in args if a.startswith("--cluster-reset-restore-path=")]
+    if restore:
+        copy = root / restore[0].split("=", 1)[1].lstrip("/")
+        (root / "restored").write_bytes(copy.read_bytes())
+        if mode == "wrongtoken":
+            print('level=fatal msg="bootstrap data already found and encrypted with different token"', flush=True)
+            sys.exit(1)
+        print('level=info msg="Managed etcd cluster membership has been reset, restart without --cluster-reset '
+              'flag now. Backup and delete ${{datadir}}/server/db on each peer etcd server and rejoin the nodes"')
+        sys.exit(0)
     if mode == "exit":
         print("level=fatal msg=\\"starting kubernetes: preparing server: failed to get CA certs\\"", flush=True)
         sys.exit(1)
@@ -200,10 +219,62 @@ def test_a_refused_join_fails_at_once_with_k3s_output(tmp_path: Path, fake_k3s: 
     assert not driver.services.is_running("k3s-agent")
 
 
-def test_restore_is_refused_not_ignored(tmp_path: Path) -> None:
-    with pytest.raises(DriverError) as err:
-        k3s.K3sDriver(cfg(tmp_path)).init(Credentials("a", "b"), restore_from=tmp_path / "snap.db")
-    assert "token the snapshot was taken with" in str(err.value)
+def test_a_snapshot_is_taken_with_k3s_etcd_snapshot_save_and_carries_the_server_token(
+    tmp_path: Path, fake_k3s: Path
+) -> None:
+    (tmp_path / "root/mode").write_text("ok")
+    token = tmp_path / "root/var/lib/rancher/k3s/server/token"
+    token.parent.mkdir(parents=True)
+    token.write_text("K10" + "a" * 64 + "::server:the-server-secret\n")
+    driver = k3s.K3sDriver(cfg(tmp_path, k3s=str(fake_k3s)))
+    taken = driver.save_snapshot()
+    assert (taken.data, taken.secret, taken.tool) == (b"etcd backend", "the-server-secret", "k3s etcd-snapshot save")
+    call = (tmp_path / "root/calls").read_text().split()
+    assert call[:3] == ["etcd-snapshot", "save", "--node-name"] and "the-server-secret" not in call
+    assert call[call.index("--name") + 1] == "ek8s"
+    assert call[call.index("--dir") + 1] == "/var/lib/rancher/k3s/server/db/snapshots"
+    assert call[call.index("--etcd-server") + 1] == "https://127.0.0.1:6443"
+    assert not list((tmp_path / "root/var/lib/rancher/k3s/server/db/snapshots").iterdir()), "the share keeps it"
+    token.unlink()
+    with pytest.raises(DriverError, match="no snapshot or server token"):
+        driver.save_snapshot()
+
+
+def test_credentials_reuse_the_token_kept_with_the_snapshot(tmp_path: Path) -> None:
+    driver = k3s.K3sDriver(cfg(tmp_path))
+    assert driver.restores_snapshots and driver.restore_needs_secret
+    assert driver.new_credentials(restore_secret="old").token == "old"
+    fresh = driver.new_credentials()
+    assert len(fresh.token) == 64 and fresh.token != fresh.certificate_key
+
+
+@pytest.mark.parametrize("mode", ["ok", "wrongtoken"])
+def test_init_restores_with_cluster_reset_restore_path_then_starts_normally(
+    tmp_path: Path, fake_k3s: Path, ca_pem: bytes, mode: str
+) -> None:
+    (tmp_path / "root/mode").write_text(mode)
+    snapshot = tmp_path / "share/gen3-1700000000000.db"
+    snapshot.parent.mkdir()
+    snapshot.write_bytes(b"snapshot bytes")
+    driver = k3s.K3sDriver(cfg(tmp_path, k3s=str(fake_k3s)))
+    try:
+        if mode == "wrongtoken":
+            with pytest.raises(DriverError, match="encrypted with different token"):
+                driver.init(Credentials(token="old-secret", certificate_key="agt"), restore_from=snapshot)
+            assert not driver.services.is_running("k3s")
+        else:
+            driver.init(Credentials(token="old-secret", certificate_key="agt"), restore_from=snapshot)
+            assert driver.services.is_running("k3s")
+        calls = (tmp_path / "root/calls").read_text().splitlines()
+        local = "/var/lib/rancher/k3s/server/db/snapshots/restore-gen3-1700000000000.db"
+        assert calls[0].startswith(f"server --cluster-reset --cluster-reset-restore-path={local} --config ")
+        assert (tmp_path / "root/restored").read_bytes() == b"snapshot bytes"
+        assert not (tmp_path / "root" / local.lstrip("/")).exists(), "the node keeps no copy"
+        assert yaml.safe_load(driver.config_path.read_text())["token"] == "old-secret"
+        if mode == "ok":
+            assert calls[1].startswith("server --config ")
+    finally:
+        driver.reset()
 
 
 def test_etcd_members_map_to_their_nodes(tmp_path: Path) -> None:
@@ -248,3 +319,58 @@ def test_the_overlay_units_run_what_the_driver_starts(role: str, command: str) -
     assert unit["Restart"] == ["always"] and unit["Delegate"] == ["yes"]
     assert "[Install]" not in path.read_text().splitlines() and "WantedBy" not in unit
     assert not (OVERLAY_UNITS / "multi-user.target.wants" / path.name).exists()
+
+
+def test_lab_bench_reads_the_lab_distribution_from_node_yaml(tmp_path: Path) -> None:
+    from lab.cli import lab_distribution
+    from lab.cluster import LabNode, LabState
+
+    config = tmp_path / "node.yaml"
+    node = LabNode("control0", "control", "10.0.0.21", "ns", str(tmp_path), str(config), "log")
+    state = LabState(prefix="p", dir=str(tmp_path), share=str(tmp_path), nodes=[node])
+    assert lab_distribution(state) == "kubeadm", "unreadable: node.yaml's default"
+    config.write_text(yaml.safe_dump({"kubernetes": {"distribution": "k3s"}}))
+    assert lab_distribution(state) == "k3s"
+
+
+def test_killall_unmounts_like_k3s_killall_deepest_first() -> None:
+    mounts = textwrap.dedent(
+        """\
+        proc /proc proc rw 0 0
+        tmpfs /run/k3s tmpfs rw 0 0
+        shm /run/k3s/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/shm tmpfs rw 0 0
+        tmpfs /var/lib/kubelet/pods/uid/volumes/kubernetes.io~projected/kube-api-access tmpfs rw 0 0
+        nsfs /run/netns/cni-1234 nsfs rw 0 0
+        nsfs /run/netns/ek8sl-control0 nsfs rw 0 0
+        tmpfs /run/k3sother tmpfs rw 0 0
+        tmpfs /var/lib/kubelet/pods/with\\040space tmpfs rw 0 0
+        """
+    )
+    got = k3s.mounts_under(mounts, ["/run/k3s/", "/var/lib/kubelet/pods", "/run/netns/cni-"])
+    assert got == [
+        "/var/lib/kubelet/pods/with space",
+        "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~projected/kube-api-access",
+        "/run/netns/cni-1234",
+        "/run/k3s/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/shm",
+    ]
+
+
+def test_killall_drops_only_kubernetes_cni_and_flannel_rules() -> None:
+    saved = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n-A FORWARD -j KUBE-FORWARD\n"
+    saved += '-A FORWARD -s 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT\n'
+    saved += "-A CNI-FORWARD -j ACCEPT\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+    kept = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+    assert k3s.iptables_without_k8s(saved) == kept
+
+
+def test_a_lab_node_reset_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = k3s.K3sDriver(cfg(tmp_path))  # root is not "/": a lab node in process mode
+
+    def forbidden() -> None:
+        raise AssertionError("network namespaces, links and iptables are the lab's, not the node's")
+
+    monkeypatch.setattr(driver, "_remove_cni_network", forbidden)
+    cni = tmp_path / "root/var/lib/cni/networks"
+    cni.mkdir(parents=True)
+    driver.reset()
+    assert not cni.parent.exists()

@@ -126,3 +126,21 @@ def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_ow
     assert stores[1].try_worker_join_slot("b1", 2, 0.0) is None, "with a 0 s hold every holder has expired"
     path = tmp_path / "default/worker_join_slots.json"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_snapshot_keeps_its_restore_secret_root_only_and_retention_removes_it(store: ShareStore) -> None:
+    import time
+
+    first = store.save_snapshot(2, b"k3s", keep=2, secret="server-secret")
+    secret_file = first.parent / (first.name + ".token")
+    assert store.snapshot_secret(first) == "server-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600 and first.parent.stat().st_mode & 0o777 == 0o700
+    time.sleep(0.002)
+    second = store.save_snapshot(2, b"no secret", keep=2)
+    assert store.snapshot_secret(second) is None
+    assert store.newest_valid_snapshot() == second
+    assert store.newest_valid_snapshot(with_secret=True) == first, "k3s cannot restore without the token"
+    for i in range(2):
+        time.sleep(0.002)
+        store.save_snapshot(2, b"y%d" % i, keep=2, secret="s")
+    assert not secret_file.exists() and not first.exists()

@@ -1,0 +1,153 @@
+"""The emulated kubeadm and k3s refuse what the real tools refuse (lab/kubeadm.py,
+lab/k3s.py cite the sources): joins with a wrong token, CA pin or certificate key, a Node
+name that is taken, a duplicate etcd member, a k3s node password that changed. Run against a
+formed lab from control0's network namespace with scratch node roots on the host: the same
+in both lab modes (a machine's own root does not hold the lab's shims)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+# ``ek8s(lab_dir, *args, timeout=seconds)``: ``ek8s lab --dir LAB_DIR ARGS`` as the test module runs it.
+Ek8s = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def in_control0(lab_dir: Path, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``cmd`` (the host's programs and files) in control0's network namespace (text output)."""
+    from lab.cluster import Lab
+
+    ns = Lab(lab_dir).load().node("control0").ns
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def emulated_join(ek8s: Ek8s, lab_dir: Path, root: str, join: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """Run the lab's emulated kubeadm join from control0's namespace with a scratch node root."""
+    node_root = lab_dir / root
+    (node_root / "run").mkdir(parents=True, exist_ok=True)
+    (node_root / "run/join.yaml").write_text(yaml.safe_dump(join))
+    cmd = [str(lab_dir / "bin/kubeadm"), "join", "--config", "/run/join.yaml", "--rootfs", str(node_root)]
+    return in_control0(lab_dir, cmd, timeout=120)
+
+
+def check_emulated_kubeadm_refusals(ek8s: Ek8s, lab_dir: Path, share: Path) -> None:
+    """The emulation refuses what kubeadm (or etcd under it) refuses."""
+    material = json.loads((share / "join.json").read_text())
+
+    def join(
+        name: str, address: str, token: str = material["token"], pins: list[str] | None = None, key: str | None = None
+    ) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "apiVersion": "kubeadm.k8s.io/v1beta4",
+            "kind": "JoinConfiguration",
+            "discovery": {
+                "bootstrapToken": {
+                    "apiServerEndpoint": material["api_server_endpoint"],
+                    "token": token,
+                    "caCertHashes": pins or material["ca_cert_hashes"],
+                }
+            },
+            "nodeRegistration": {"name": name, "kubeletExtraArgs": [{"name": "node-ip", "value": address}]},
+        }
+        if key is not None:
+            doc["controlPlane"] = {
+                "localAPIEndpoint": {"advertiseAddress": address, "bindPort": 6443},
+                "certificateKey": key,
+            }
+        return doc
+
+    ready = 'error execution phase kubelet-start: a Node with name "{}" and status "Ready" already exists'
+    cases = [
+        (join("worker0", "10.0.0.41"), ready.format("worker0")),
+        (
+            join("intruder", "10.0.0.77", token="zzzzzz.0123456789abcdef"),
+            "error execution phase preflight: couldn't validate the identity of the API Server: could not find a "
+            'JWS signature in the cluster-info ConfigMap for token ID "zzzzzz"',
+        ),
+        (
+            join("intruder", "10.0.0.77", pins=["sha256:" + "0" * 64]),
+            "error execution phase preflight: cluster CA found in cluster-info ConfigMap is invalid: none of the "
+            "public keys",
+        ),
+        (
+            join("intruder", "10.0.0.77", key="ab" * 32),
+            "error execution phase control-plane-prepare/download-certs: error downloading certs: error decoding "
+            "secret data with provided key: cipher: message authentication failed",
+        ),
+        # kubeadm 1.32 checks the Node name in kubelet-start, after control-plane-prepare and
+        # check-etcd: the refused control-plane join leaves certificates, admin.conf and the
+        # kube-apiserver manifest behind, and adds no etcd member.
+        (join("control1", "10.0.0.22", key=material["certificate_key"]), ready.format("control1")),
+    ]
+    for i, (doc, refusal) in enumerate(cases):
+        res = emulated_join(ek8s, lab_dir, f"scratch{i}", doc)
+        assert res.returncode == 1, (refusal, res.stdout, res.stderr)
+        assert refusal in res.stderr, (refusal, res.stderr)
+    last = lab_dir / f"scratch{len(cases) - 1}"
+    assert "[check-etcd] Checking that the etcd cluster is healthy" in res.stdout
+    for left in (
+        "etc/kubernetes/pki/apiserver.crt",
+        "etc/kubernetes/admin.conf",
+        "etc/kubernetes/manifests/kube-apiserver.yaml",
+    ):
+        assert (last / left).exists(), left
+    for absent in ("etc/kubernetes/kubelet.conf", "etc/kubernetes/manifests/etcd.yaml"):
+        assert not (last / absent).exists(), absent
+
+
+def emulated_k3s(
+    ek8s: Ek8s, lab_dir: Path, root: str, command: str, config: dict[str, object], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the lab's emulated k3s from control0's namespace with a scratch node root; one that
+    keeps retrying is stopped after ``timeout`` seconds (exit 124)."""
+    node_root = lab_dir / root
+    (node_root / "etc/rancher/k3s").mkdir(parents=True, exist_ok=True)
+    (node_root / "etc/rancher/k3s/config.yaml").write_text(yaml.safe_dump(config))
+    cmd = ["timeout", str(timeout), str(lab_dir / "bin/k3s"), command, "--rootfs", str(node_root)]
+    return in_control0(lab_dir, cmd, timeout=timeout + 60)
+
+
+def check_emulated_k3s_refusals(ek8s: Ek8s, lab_dir: Path, share: Path) -> None:
+    """The emulated k3s refuses what k3s (or etcd under it) refuses; a rebooted worker, whose
+    node password is new, is refused until the prune removes its node-password Secret."""
+    material = json.loads((share / "join.json").read_text())
+    server, agent_token = "https://vip.kubernetes.local:8443", material["certificate_key"]
+    wrong_hash = "K10" + "0" * 64 + "::node:" + agent_token.split("::node:")[1]
+    node = {"node-name": "intruder", "node-ip": "10.0.0.77"}
+    fatal = [
+        (
+            "agent",
+            {"server": server, "token": wrong_hash, **node},
+            "token CA hash does not match the Cluster CA certificate hash",
+        ),
+        ("agent", {"server": server, "token": agent_token[:-4] + "zzzz", **node}, "401"),
+        ("agent", {"server": "https://10.0.0.77:6443", "token": agent_token, **node}, "failed to get CA certs"),
+        # A worker's credential cannot fetch what a server needs to join.
+        ("server", {"server": server, "token": agent_token, **node}, "failed to get bootstrap data"),
+        # A new member on control0's peer address under another name: etcd refuses it.
+        (
+            "server",
+            {"server": server, "token": material["token"], "node-name": "control9", "node-ip": "10.0.0.21"},
+            "joining etcd cluster: https://",
+        ),
+    ]
+    for i, (command, config, refusal) in enumerate(fatal):
+        res = emulated_k3s(ek8s, lab_dir, f"scratch{i}", command, config)
+        assert res.returncode == 1, (refusal, res.stdout, res.stderr)
+        assert "level=fatal" in res.stdout and refusal in res.stdout, (refusal, res.stdout)
+    assert "Peer URLs already exists" in res.stdout
+    # worker0 with a fresh root (a reboot without the prune): refused, and k3s keeps retrying.
+    res = emulated_k3s(ek8s, lab_dir, "scratch-worker0", "agent", {"server": server, "token": agent_token,
+                       "node-name": "worker0", "node-ip": "10.0.0.41"}, timeout=8)  # fmt: skip
+    assert res.returncode == 124, res.stdout
+    assert "Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password'" in res.stdout
+    # The same reboot through the agent: the prune deletes the Secret and the join succeeds.
+    reboot = ek8s(lab_dir, "reboot", "worker0", timeout=240)
+    assert reboot.returncode == 0, reboot.stdout + reboot.stderr
+    events = [json.loads(line) for line in (share / "events.jsonl").read_text().splitlines()]
+    pruned = [e for e in events if e.get("node") == "worker0" and e.get("event") == "pruned"]
+    assert pruned and "kube-system/worker0.node-password.k3s" in pruned[-1]["deleted_secrets"], pruned
