@@ -1,5 +1,8 @@
 # Two commands do all the set-up on a fresh Debian machine (root):
-#   make lab   - boots a local 3+2 lab cluster, prints its timeline, tears it down
+#   make lab   - boots a local 3+2 lab cluster of systemd-nspawn machines (the lab's node image
+#                is built on first use, a few minutes, then cached), prints its timeline,
+#                tears it down; `make lab LAB_ARGS="--control 3 --workers 100"` (no --machines)
+#                runs the nodes as processes instead
 #   make test  - lint, type checks and the three test tiers (unit, integration, lab)
 # make unit runs the first tier alone: no root, no daemons, seconds.
 SHELL := /bin/bash
@@ -7,7 +10,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container
-LAB_ARGS ?= --control 3 --workers 2
+# Machines by default: the overlay's units under systemd, real reboots (docs/lab.md).
+LAB_ARGS ?= --control 3 --workers 2 --machines
 
 .PHONY: lab test lint typecheck unit integration labtests deps system-deps venv bench clean
 

@@ -535,7 +535,8 @@ class Lab:
 
     # -- down ---------------------------------------------------------------------------
     def down(self) -> list[str]:
-        """Remove every namespace, process, /etc/netns entry and file of this lab. Idempotent.
+        """Remove every namespace, process, /etc/netns entry and file of this lab, and the
+        machines' cgroups. Idempotent.
         Returns what was removed (``namespace <name>``, ``directory <path>``), for the operator."""
         removed = []
         try:
@@ -555,6 +556,9 @@ class Lab:
             for n in running:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(n.pid, signal.SIGKILL)
+            for n in state.nodes:
+                netns.kill_all(n.ns, grace_s=0.0, sig=signal.SIGKILL)
+                runners.MachineRunner.remove_cgroups(self, n)
         for ns in sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub")):
             netns.delete(ns)
             removed.append(f"namespace {ns}")

@@ -11,13 +11,18 @@ builds a new one. Builds are serialised by a file lock beside the images.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
+from typing import TextIO
 
 from filelock import FileLock, Timeout
 
@@ -26,6 +31,7 @@ RECIPE = REPO / "image_builder" / "lab-node.sh"
 MIRROR = "http://deb.debian.org/debian"
 BUILD_TIMEOUT_S = 1800.0
 KEY_LENGTH = 16
+PROGRESS_EVERY_S = 10.0
 
 
 class ImageError(Exception):
@@ -58,14 +64,63 @@ def image_path(mirror: str = MIRROR) -> Path:
     return cache_dir() / "images" / image_key(mirror) / "rootfs"
 
 
+def run_build(
+    argv: list[str], log: Path, timeout_s: float, progress: TextIO | None, every_s: float = PROGRESS_EVERY_S
+) -> int:
+    """Run the build ``argv`` (stdin closed), its output (stdout and stderr) to the file
+    ``log``; every ``every_s`` seconds while it runs, one line to ``progress`` (when given):
+    seconds so far and the build's last line (debootstrap's ``I: Retrieving ...``, pip's
+    ``Collecting ...``). Returns its exit status. Raises ``subprocess.TimeoutExpired`` after
+    ``timeout_s`` seconds (the build's process group is killed), ``OSError`` when it cannot start."""
+    last = [""]
+    started = time.monotonic()
+    with (
+        open(log, "wb") as out,
+        subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        lines = proc.stdout
+
+        def copy() -> None:
+            for line in lines:
+                out.write(line)
+                out.flush()
+                if line.strip():
+                    last[0] = line.decode(errors="replace").strip()
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=max(0.0, min(every_s, started + timeout_s - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - started
+                    if elapsed >= timeout_s:
+                        raise
+                    if progress is not None:
+                        print(f"  image build {elapsed:5.0f}s: {last[0][:100]}", file=progress, flush=True)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the recipe and debootstrap, pip... below it
+            raise
+        finally:
+            reader.join(timeout=5)
+    return rc
+
+
 def ensure_image(mirror: str = MIRROR, progress: bool = True) -> Path:
     """The image's root directory, built first when the cache has none for these inputs.
 
     A build runs ``image_builder/lab-node.sh`` (debootstrap and pip from ``mirror`` and
     PyPI; about 3 min on 2 cores), output to ``build.log`` beside the image, seconds taken to
-    ``build.json``; with ``progress`` a line on stderr says so. Raises :class:`ImageError`
-    when the build fails or runs over ``BUILD_TIMEOUT_S`` (the log's tail in the message), or
-    when another build holds the lock for as long.
+    ``build.json``; with ``progress`` lines on stderr say so, how long it has run and what it
+    does (:func:`run_build`). Raises :class:`ImageError` when the build fails or runs over
+    ``BUILD_TIMEOUT_S`` (the log's tail in the message), or when another build holds the lock
+    for as long.
     """
     root = image_path(mirror)
     if (root / "usr/bin/kubeadm").exists():
@@ -84,26 +139,24 @@ def ensure_image(mirror: str = MIRROR, progress: bool = True) -> Path:
             req.write_text(requirements())
             log = base / "build.log"
             if progress:
-                import sys
-
                 print(f"building the lab's node image {base.name} (a few minutes; log: {log})", file=sys.stderr)
             started = time.monotonic()
-            with open(log, "wb") as out:
-                try:
-                    res = subprocess.run(
-                        ["bash", str(RECIPE), str(root), str(req), mirror],
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        timeout=BUILD_TIMEOUT_S,
-                    )
-                except subprocess.TimeoutExpired:
-                    raise ImageError(f"the image build took over {BUILD_TIMEOUT_S:.0f}s; see {log}") from None
+            try:
+                rc = run_build(
+                    ["bash", str(RECIPE), str(root), str(req), mirror],
+                    log,
+                    BUILD_TIMEOUT_S,
+                    sys.stderr if progress else None,
+                )
+            except subprocess.TimeoutExpired:
+                raise ImageError(f"the image build took over {BUILD_TIMEOUT_S:.0f}s; see {log}") from None
             seconds = time.monotonic() - started
-            if res.returncode != 0 or not (root / "usr/bin/kubeadm").exists():
+            if rc != 0 or not (root / "usr/bin/kubeadm").exists():
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-                raise ImageError(f"the lab's node image did not build (exit {res.returncode}); {log}:\n{tail}")
+                raise ImageError(f"the lab's node image did not build (exit {rc}); {log}:\n{tail}")
             (base / "build.json").write_text(json.dumps({"seconds": round(seconds, 1), "mirror": mirror}) + "\n")
+            if progress:
+                print(f"the lab's node image {base.name} built in {seconds:.0f}s: {root}", file=sys.stderr)
             return root
     except Timeout:
         raise ImageError(f"another image build holds {base}.lock for over {BUILD_TIMEOUT_S:.0f}s") from None

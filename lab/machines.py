@@ -28,6 +28,19 @@ systemd-nspawn options used (systemd-nspawn(1), systemd 252):
   files stay out of the machine;
 * ``--console=read-only``: the machine's console goes to the launcher's log.
 
+**A cgroup of its own per machine.** With ``--keep-unit`` and no registration, nspawn puts
+itself in ``supervisor/`` and the machine in ``payload/`` *below the cgroup it was started
+in* (systemd-nspawn's ``create_subcgroup``), and the machine's systemd manages its units
+below ``payload/``. Machines started from one cgroup would therefore share every unit's
+cgroup (``payload/system.slice/ek8s-node.service`` for all of them), and one machine's
+systemd removing the cgroup of a unit that had just finished (systemd-tmpfiles-setup,
+systemd-sysusers, ... at the same moment of every boot) took it from under another machine
+starting the same unit, which then failed with 219/CGROUP. So the launcher first moves
+itself into ``ek8s-lab.<netns>`` below its own cgroup, in each hierarchy systemd uses
+(the ``name=systemd`` v1 hierarchy and cgroup2), records those directories in
+``cfg.cgroups``, and removes them when the machine ends; :func:`remove_cgroups` does it after
+a crash.
+
 Exit status 133 means "the container was rebooted" (systemd-nspawn(1), "EXIT STATUS" via
 ``--boot``: systemd's reboot in the container is reported so).
 """
@@ -58,7 +71,8 @@ class MachineConfig:
     root), ``layers`` (overlay directories, top first, laid over the image), ``binds``
     (``[host path, machine path]`` pairs, read-write), ``ram`` (the host directory on which
     the tmpfs is mounted, inside the launcher's mount namespace only), ``boots`` (a JSONL
-    file: one ``{"t", "boot"}`` line per boot, ``t`` in Unix seconds)."""
+    file: one ``{"t", "boot"}`` line per boot, ``t`` in Unix seconds), ``cgroups`` (a file in
+    which the launcher records the machine's cgroup directories, one per line; "" for none)."""
 
     name: str
     netns: str
@@ -67,6 +81,7 @@ class MachineConfig:
     ram: str
     boots: str
     binds: list[list[str]] = field(default_factory=list)
+    cgroups: str = ""
 
     def dump(self, path: Path) -> None:
         """Write ``machine.json``. Raises ``OSError``."""
@@ -134,19 +149,127 @@ def launch(cfg: MachineConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     Path(cfg.ram).mkdir(parents=True, exist_ok=True)
+    cgroups = enter_cgroups(Path(cfg.netns).name, Path(cfg.cgroups) if cfg.cgroups else None)
     boot = 0
-    while True:
-        boot += 1
-        with open(cfg.boots, "a") as f:
-            f.write(json.dumps({"t": time.time(), "boot": boot}) + "\n")
-        child = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", boot_script(cfg)],
-            stdin=subprocess.DEVNULL,
-        )
-        rc = child.wait()
-        print(f"[ek8s lab] {cfg.name}: systemd-nspawn exited {rc}", flush=True)
-        if rc != REBOOT_STATUS or stopping:
-            return rc
+    try:
+        while True:
+            boot += 1
+            with open(cfg.boots, "a") as f:
+                f.write(json.dumps({"t": time.time(), "boot": boot}) + "\n")
+            child = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", boot_script(cfg)],
+                stdin=subprocess.DEVNULL,
+            )
+            rc = child.wait()
+            print(f"[ek8s lab] {cfg.name}: systemd-nspawn exited {rc}", flush=True)
+            if rc != REBOOT_STATUS or stopping:
+                return rc
+    finally:
+        leave_cgroups(cgroups)
+        remove_cgroups(cgroups)
+
+
+CGROUP_PREFIX = "ek8s-lab."
+
+
+def own_cgroups(mountinfo: str, proc_cgroup: str) -> list[Path]:
+    """The caller's cgroup directories in the hierarchies systemd uses, from the texts of
+    ``/proc/self/mountinfo`` and ``/proc/self/cgroup`` (proc(5), cgroups(7)): the v1
+    hierarchy mounted with ``name=systemd`` and the cgroup2 one, each present only when both
+    files show it. Pure."""
+    paths: dict[str, str] = {}  # "name=systemd" or "" (cgroup2) -> the caller's cgroup path
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and (parts[1] == "name=systemd" or (parts[0] == "0" and parts[1] == "")):
+            paths[parts[1]] = parts[2]
+    out = []
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, after = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(after) < 3:
+            continue
+        root, mountpoint, fstype, options = fields[3], fields[4], after[0], after[2].split(",")
+        if fstype == "cgroup" and "name=systemd" in options:
+            key = "name=systemd"
+        elif fstype == "cgroup2":
+            key = ""
+        else:
+            continue
+        if key not in paths:
+            continue
+        rel = os.path.relpath(paths.pop(key), root)
+        out.append(Path(mountpoint) if rel == "." else Path(mountpoint) / rel)
+    return out
+
+
+def enter_cgroups(netns_name: str, record: Path | None) -> list[Path]:
+    """Move the calling process into ``ek8s-lab.<netns_name>`` below its cgroup in each
+    hierarchy of :func:`own_cgroups` (a stale one, left by a crashed machine, is removed
+    first), and write the directories to ``record`` (one per line). Returns them. A hierarchy
+    where that fails is left out with a line on stdout (the launcher's log): the machine then
+    shares the launcher's cgroup, as before this existed."""
+    made = []
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    for parent in own_cgroups(mountinfo, Path("/proc/self/cgroup").read_text()):
+        d = parent / f"{CGROUP_PREFIX}{netns_name}"
+        try:
+            remove_cgroups([d])
+            d.mkdir(exist_ok=True)
+            (d / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        except OSError as err:
+            print(f"[ek8s lab] cgroup {d}: {err}; the machine stays in {parent}", flush=True)
+            continue
+        made.append(d)
+    if record is not None:
+        record.write_text("".join(f"{d}\n" for d in made))
+    return made
+
+
+def leave_cgroups(cgroups: list[Path]) -> None:
+    """Move the calling process back to the parent of each of ``cgroups`` (ignoring errors)."""
+    for d in cgroups:
+        with contextlib.suppress(OSError):
+            (d.parent / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+
+def remove_cgroups(cgroups: list[Path]) -> list[Path]:
+    """Remove each directory of ``cgroups`` with everything below it, deepest first (a cgroup
+    directory goes with ``rmdir`` once no process is in it). Returns those left (a process
+    still in them, or not a cgroup). Never raises."""
+    left = []
+    for d in cgroups:
+        if not d.is_dir():
+            continue
+        for dirpath, _dirs, _files in os.walk(d, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+        if d.exists():
+            left.append(d)
+    return left
+
+
+def kill_cgroups(cgroups: list[Path]) -> bool:
+    """SIGKILL every process in each of ``cgroups`` and below at once, by writing ``1`` to its
+    ``cgroup.kill`` (cgroup2, Linux 5.14+; Documentation/admin-guide/cgroup-v2.rst): the
+    launcher, nspawn and the whole machine die together, none of them seeing another go
+    first. Returns whether one of them had that file (v1 hierarchies have none). Never
+    raises."""
+    killed = False
+    for d in cgroups:
+        if not (d / "cgroup.kill").is_file():
+            continue
+        with contextlib.suppress(OSError):
+            (d / "cgroup.kill").write_text("1\n")
+            killed = True
+    return killed
+
+
+def recorded_cgroups(record: Path) -> list[Path]:
+    """The cgroup directories a launcher recorded in ``record`` (none when it has no file)."""
+    try:
+        return [Path(line) for line in record.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def leader_pid(netns_name: str) -> int | None:

@@ -10,7 +10,8 @@
 
 :class:`lab.cluster.Lab` creates the namespaces, the share and the report for both; a runner
 writes each node's configuration (:meth:`configure`), boots (:meth:`boot`) and stops
-(:meth:`stop`) it, and says how to run a command inside (:meth:`exec_argv`).
+(:meth:`stop`) it, and says how to run a command inside (:meth:`exec_argv`) and where the
+host sees a file of the node's root (:meth:`host_path`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class NodeRunner(Protocol):
         """The command line that runs ``argv`` inside ``node``."""
         ...
 
+    def host_path(self, state: LabState, node: LabNode, path: str) -> Path:
+        """Where the file at absolute ``path`` of the node's root is seen from the host."""
+        ...
+
 
 def runner(mode: str) -> NodeRunner:
     """The runner for ``mode`` (:data:`PROCESSES` or :data:`MACHINES`); ``ValueError`` otherwise."""
@@ -157,6 +162,10 @@ class ProcessRunner:
         """``ip netns exec <ns> ARGV`` (the host's files, the node's network)."""
         return ["ip", "netns", "exec", node.ns, *argv]
 
+    def host_path(self, state: LabState, node: LabNode, path: str) -> Path:
+        """``path`` below the node's root directory (``node.root``)."""
+        return Path(node.root) / path.lstrip("/")
+
 
 class MachineRunner:
     """Nodes as systemd-nspawn machines (:mod:`lab.machines`)."""
@@ -219,6 +228,7 @@ class MachineRunner:
                 ram=node.root,
                 boots=str(node_dir / "boots.jsonl"),
                 binds=[[str(lab.share), SHARE_PATH], [str(emu_dir), machines.EMULATION_MOUNT]],
+                cgroups=str(node_dir / "cgroups"),
             ).dump(node_dir / "machine.json")
 
     def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
@@ -244,10 +254,15 @@ class MachineRunner:
         """Clean: SIGTERM to the launcher, which has nspawn power the machine off (systemd
         stops every unit), SIGKILL to all after :data:`MACHINE_STOP_TIMEOUT_S`. ``crash``:
         cable out, then SIGKILL to the launcher, nspawn and every process of the machine at
-        once. Returns when no process of the machine is left."""
+        once (``cgroup.kill`` of the machine's cgroup2, :func:`lab.machines.kill_cgroups`;
+        then to the launcher's process group and what is left in the namespace). Returns when
+        no process of the machine is left; its cgroups (which a killed launcher could not
+        remove) are removed then."""
         pid = node.pid
         if crash:
             netns.set_link(lab.prefix, node.name, up=False)
+            # All at once where cgroup2 allows it; the kills below catch what it did not.
+            machines.kill_cgroups(machines.recorded_cgroups(lab.dir / "machines" / node.name / "cgroups"))
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
@@ -264,7 +279,19 @@ class MachineRunner:
         deadline = time.monotonic() + 10
         while pid and _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.remove_cgroups(lab, node)
         node.pid = 0
+
+    @staticmethod
+    def remove_cgroups(lab: Lab, node: LabNode, timeout_s: float = 5.0) -> list[Path]:
+        """Remove the cgroups the node's launcher recorded (:func:`lab.machines.remove_cgroups`),
+        trying again for up to ``timeout_s`` seconds while the processes just killed finish
+        exiting (a cgroup is busy until then); returns those left."""
+        record = lab.dir / "machines" / node.name / "cgroups"
+        deadline = time.monotonic() + timeout_s
+        while (left := machines.remove_cgroups(machines.recorded_cgroups(record))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
 
     def exec_argv(self, state: LabState, node: LabNode, argv: list[str]) -> list[str]:
         """``nsenter`` into the machine (:func:`lab.machines.exec_argv`). Raises
@@ -273,6 +300,16 @@ class MachineRunner:
         if pid is None:
             raise RunnerError(f"{node.name} is not running (ek8s lab boot {node.name})")
         return machines.exec_argv(pid, argv)
+
+    def host_path(self, state: LabState, node: LabNode, path: str) -> Path:
+        """``/proc/<PID 1 of the machine>/root/<path>``: the machine's RAM root lives in its
+        launcher's mount namespace, which the host reaches through that link (proc(5),
+        ``/proc/pid/root``). Valid while this boot lasts. Raises :class:`RunnerError` when the
+        machine is not running."""
+        pid = machines.leader_pid(node.ns)
+        if pid is None:
+            raise RunnerError(f"{node.name} is not running (ek8s lab boot {node.name})")
+        return Path(f"/proc/{pid}/root") / path.lstrip("/")
 
 
 def lab_inventory(state: LabState) -> Any:

@@ -1,6 +1,12 @@
 """What the lab tests share: booting a lab, running commands inside a node's namespace, the
 operator's API calls behind the VIP (ConfigMaps: the objects every fault test keeps), etcdctl
-against a member, and Phylactery's status. The ``lab`` fixture itself is in conftest.py."""
+against a member, and Phylactery's status. The ``lab`` fixture itself is in conftest.py.
+
+Every helper works in both lab modes (:mod:`lab.runners`): a machine runs in its node's
+network namespace, so what is run "in the namespace" here (host tools, the node's network)
+reaches the same addresses in both; files of a node's root are read where the runner says the
+host sees them (a machine's RAM root is in another mount namespace).
+"""
 
 from __future__ import annotations
 
@@ -12,19 +18,41 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import yaml
 
+from lab import machines, runners
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
+from lab.image import ImageError, ensure_image
 
 CONTROL = ["control0", "control1", "control2"]
 ALL = [*CONTROL, "worker0", "worker1"]
 K3S_MEMBER = re.compile(r"-[0-9a-f]{8}$")
 
 
-def boot_lab(lab: Lab, overrides: dict[str, Any], emulation: Emulation | None = None, wait: bool = True) -> LabState:
-    """3 control + 2 workers from nothing; with ``wait``, until every node is Ready (180 s)."""
-    state = lab.create(3, 2, emulation or Emulation(), overrides)
+def require_image() -> Path:
+    """The lab's node image (built on first use, a few minutes, then cached); the test is
+    skipped with the reason when it cannot be built here (no root, no debootstrap, no mirror)."""
+    try:
+        return ensure_image()
+    except ImageError as err:
+        pytest.skip(f"the lab's node image cannot be built here: {err}")
+
+
+def boot_lab(
+    lab: Lab,
+    overrides: dict[str, Any],
+    emulation: Emulation | None = None,
+    wait: bool = True,
+    mode: str = runners.PROCESSES,
+) -> LabState:
+    """3 control + 2 workers from nothing, as processes or machines (``mode``, a
+    :mod:`lab.runners` mode; machines skip the test when the image cannot be built); with
+    ``wait``, until every node is Ready (180 s)."""
+    if mode == runners.MACHINES:
+        require_image()
+    state = lab.create(3, 2, emulation or Emulation(), overrides, mode=mode)
     lab.start_all(state)
     if wait:
         lab.wait_ready(state, 180, since=state.t0)
@@ -37,7 +65,8 @@ def healthy(lab: Lab, state: LabState) -> dict[str, Any]:
 
 
 def in_ns(state: LabState, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``argv`` run inside ``node``'s network namespace (text output captured)."""
+    """``argv`` (the host's programs and files) run in ``node``'s network namespace, which a
+    machine shares (text output captured)."""
     return subprocess.run(
         ["ip", "netns", "exec", state.node(node).ns, *argv], capture_output=True, text=True, timeout=timeout
     )
@@ -92,13 +121,16 @@ def distribution(state: LabState, node: str) -> str:
 def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the client
     pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
-    k3s: ``/var/lib/rancher/k3s/server/tls/etcd/client``)."""
+    k3s: ``/var/lib/rancher/k3s/server/tls/etcd/client``), read where the host sees the
+    node's root (:meth:`lab.runners.NodeRunner.host_path`). Raises
+    :class:`lab.runners.RunnerError` when ``via`` is a machine that is not running."""
     node = state.node(via)
+    root = Lab.runner(state)
     if distribution(state, via) == "k3s":
-        tls = Path(node.root) / "var/lib/rancher/k3s/server/tls/etcd"
+        tls = root.host_path(state, node, "/var/lib/rancher/k3s/server/tls/etcd")
         ca, cert, key = tls / "server-ca.crt", tls / "client.crt", tls / "client.key"
     else:
-        pki = Path(node.root) / "etc/kubernetes/pki/etcd"
+        pki = root.host_path(state, node, "/etc/kubernetes/pki/etcd")
         ca, cert, key = pki / "ca.crt", pki / "healthcheck-client.crt", pki / "healthcheck-client.key"
     return subprocess.run(
         [
@@ -142,3 +174,10 @@ def lab_processes(lab_dir: Path) -> list[str]:
         if str(lab_dir) in cmd:
             out.append(f"{p.info['pid']}: {cmd[:120]}")
     return out
+
+
+def lab_cgroups(prefix: str) -> list[Path]:
+    """Machine cgroups (``ek8s-lab.<prefix>-*``, :mod:`lab.machines`) below this process's
+    cgroup in systemd's hierarchies: none may outlive ``ek8s lab down``."""
+    parents = machines.own_cgroups(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
+    return [d for p in parents for d in p.glob(f"{machines.CGROUP_PREFIX}{prefix}-*")]

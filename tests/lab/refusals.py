@@ -1,7 +1,8 @@
 """The emulated kubeadm and k3s refuse what the real tools refuse (lab/kubeadm.py,
 lab/k3s.py cite the sources): joins with a wrong token, CA pin or certificate key, a Node
 name that is taken, a duplicate etcd member, a k3s node password that changed. Run against a
-formed lab from control0's namespace with scratch node roots, through ``ek8s lab exec``."""
+formed lab from control0's network namespace with scratch node roots on the host: the same
+in both lab modes (a machine's own root does not hold the lab's shims)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,21 @@ import yaml
 Ek8s = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def in_control0(lab_dir: Path, cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``cmd`` (the host's programs and files) in control0's network namespace (text output)."""
+    from lab.cluster import Lab
+
+    ns = Lab(lab_dir).load().node("control0").ns
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+
+
 def emulated_join(ek8s: Ek8s, lab_dir: Path, root: str, join: dict[str, object]) -> subprocess.CompletedProcess[str]:
     """Run the lab's emulated kubeadm join from control0's namespace with a scratch node root."""
     node_root = lab_dir / root
     (node_root / "run").mkdir(parents=True, exist_ok=True)
     (node_root / "run/join.yaml").write_text(yaml.safe_dump(join))
     cmd = [str(lab_dir / "bin/kubeadm"), "join", "--config", "/run/join.yaml", "--rootfs", str(node_root)]
-    return ek8s(lab_dir, "exec", "control0", "--", *cmd, timeout=120)
+    return in_control0(lab_dir, cmd, timeout=120)
 
 
 def check_emulated_kubeadm_refusals(ek8s: Ek8s, lab_dir: Path, share: Path) -> None:
@@ -99,7 +108,7 @@ def emulated_k3s(
     (node_root / "etc/rancher/k3s").mkdir(parents=True, exist_ok=True)
     (node_root / "etc/rancher/k3s/config.yaml").write_text(yaml.safe_dump(config))
     cmd = ["timeout", str(timeout), str(lab_dir / "bin/k3s"), command, "--rootfs", str(node_root)]
-    return ek8s(lab_dir, "exec", "control0", "--", *cmd, timeout=timeout + 60)
+    return in_control0(lab_dir, cmd, timeout=timeout + 60)
 
 
 def check_emulated_k3s_refusals(ek8s: Ek8s, lab_dir: Path, share: Path) -> None:

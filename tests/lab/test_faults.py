@@ -44,9 +44,11 @@ from tests.lab.kit import (
     healthy,
     in_ns,
     kubectl,
+    lab_cgroups,
     lab_processes,
     members,
     phylactery_status,
+    require_image,
 )
 
 PREFIX = "ek8sf"
@@ -64,6 +66,8 @@ SETTINGS = (
 RUNS = [
     pytest.param(("kubeadm", "processes"), id="kubeadm"),
     pytest.param(("k3s", "processes"), id="k3s"),
+    # The same tour on systemd-nspawn machines (skipped only when the image cannot be built).
+    pytest.param(("kubeadm", "machines"), id="kubeadm-machines"),
 ]
 
 
@@ -123,6 +127,8 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """``ek8s lab up`` (3 + 2, :data:`SETTINGS`); ``ek8s lab down`` afterwards, failed or not,
     and nothing of the lab may remain (namespaces, processes, mounts, files)."""
     distribution, mode = request.param
+    if mode == "machines":
+        require_image()
     tmp = tmp_path_factory.mktemp(f"tour-{distribution}-{mode}")
     t = Tour(Path(f"/run/{PREFIX}-{uuid.uuid4().hex[:8]}"), distribution, mode, tmp / "up.json")
     sets = [arg for s in SETTINGS for arg in ("--set", s)]
@@ -142,6 +148,7 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         assert res.returncode == 0, res.stderr
         assert netns.existing(PREFIX) == []
         assert lab_processes(t.dir) == []
+        assert lab_cgroups(PREFIX) == []
         assert str(t.dir) not in Path("/proc/self/mountinfo").read_text()
         assert not t.dir.exists()
 

@@ -3,7 +3,14 @@ Warewulf inventory (no root, nothing booted; tests/lab/test_machines.py boots th
 
 from __future__ import annotations
 
+import io
 import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
 
 from lab import image, machines, runners
 from lab.cluster import LabNode, LabState
@@ -62,3 +69,73 @@ def test_the_lab_as_a_warewulf_inventory() -> None:
     assert tags["ek8s_cluster"] == "default" and tags["ek8s_share"] == "/share"
     assert tags["ek8s_vip"] == "10.0.0.99" and tags["ek8s_vip_hostname"] == "vip.kubernetes.local"
     assert "ek8s_cni_manifest" not in tags and inv.warewulf.netdev == "eth0"
+
+
+def test_an_image_build_logs_everything_and_shows_its_progress(tmp_path: Path) -> None:
+    progress = io.StringIO()
+    script = "echo 'I: Retrieving Packages'; sleep 0.35; echo 'Collecting aiohttp' >&2; sleep 0.35; exit 3"
+    rc = image.run_build(["sh", "-c", script], tmp_path / "build.log", 30, progress, every_s=0.2)
+    assert rc == 3
+    assert (tmp_path / "build.log").read_text() == "I: Retrieving Packages\nCollecting aiohttp\n"
+    lines = progress.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("  image build") for line in lines)
+    assert lines[0].endswith(": I: Retrieving Packages") and lines[-1].endswith(": Collecting aiohttp")
+
+
+def test_an_image_build_over_its_time_is_killed_with_its_children(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        image.run_build(["sh", "-c", f"sleep 30 & echo $! > {marker}; wait"], tmp_path / "build.log", 0.5, None)
+    assert time.monotonic() - started < 10
+    child = int(marker.read_text())
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+
+
+def test_a_machine_gets_a_cgroup_below_its_launchers_in_the_hierarchies_systemd_uses() -> None:
+    # This host (v1 with a name=systemd hierarchy and cgroup2 beside it): both, below the
+    # launcher's own cgroup; the memory controller's hierarchy is not systemd's.
+    cgroup = "4:memory:/process_api/4c44\n9:name=systemd:/\n0::/lab/run\n"
+    assert machines.own_cgroups(MOUNTINFO, cgroup) == [
+        Path("/sys/fs/cgroup/systemd"),
+        Path("/sys/fs/cgroup/unified/lab/run"),
+    ]
+    # cgroup2 only (a systemd host, Debian 12's default), mounted from a sub-tree.
+    unified = "29 23 0:26 /user.slice /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert machines.own_cgroups(unified, "0::/user.slice/session-3.scope\n") == [Path("/sys/fs/cgroup/session-3.scope")]
+    # A hierarchy that /proc/self/cgroup does not name, or that is not mounted, is left out.
+    assert machines.own_cgroups(MOUNTINFO, "4:memory:/\n") == []
+    assert machines.own_cgroups("", cgroup) == []
+
+
+def test_removing_a_machines_cgroups_takes_the_deepest_first_and_tells_what_is_left(tmp_path: Path) -> None:
+    d = tmp_path / "ek8s-lab.ek8sf-control0"
+    (d / "payload/system.slice/ek8s-node.service").mkdir(parents=True)
+    (d / "supervisor").mkdir()
+    kept = tmp_path / "ek8s-lab.ek8sf-control1"
+    kept.mkdir()
+    (kept / "a-file").write_text("not a cgroup: a directory with a file is not removed")
+    record = tmp_path / "cgroups"
+    record.write_text(f"{d}\n{kept}\n{tmp_path / 'gone'}\n")
+    assert machines.recorded_cgroups(record) == [d, kept, tmp_path / "gone"]
+    assert machines.remove_cgroups(machines.recorded_cgroups(record)) == [kept]
+    assert not d.exists()
+    assert machines.recorded_cgroups(tmp_path / "none") == []
+
+
+def test_a_crash_kills_through_cgroup_kill_where_the_hierarchy_has_it(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "systemd/ek8s-lab.x-control0", tmp_path / "unified/ek8s-lab.x-control0"
+    v1.mkdir(parents=True)
+    v2.mkdir(parents=True)
+    assert machines.kill_cgroups([v1, v2]) is False
+    (v2 / "cgroup.kill").write_text("")
+    assert machines.kill_cgroups([v1, v2]) is True
+    assert (v2 / "cgroup.kill").read_text() == "1\n" and not (v1 / "cgroup.kill").exists()
