@@ -21,7 +21,7 @@ import psutil
 import pytest
 import yaml
 
-from lab import machines, runners
+from lab import machines, netns, runners
 from lab.cluster import Lab, LabState
 from lab.emulation import Emulation
 from lab.image import ImageError, ensure_image
@@ -181,3 +181,44 @@ def lab_cgroups(prefix: str) -> list[Path]:
     cgroup in systemd's hierarchies: none may outlive ``ek8s lab down``."""
     parents = machines.own_cgroups(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
     return [d for p in parents for d in p.glob(f"{machines.CGROUP_PREFIX}{prefix}-*")]
+
+
+# -- inside a node (a machine's own mount namespace and systemd; a process node's namespace) --
+def inside(state: LabState, node: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``argv`` run inside ``node`` as ``ek8s lab exec`` runs it (the runner's ``exec_argv``:
+    in a machine, its own files and systemd; in process mode, the node's namespace). A
+    machine that is not running (yet) gives exit 2 and the reason on stderr, as the CLI does."""
+    try:
+        argv_full = Lab.runner(state).exec_argv(state, state.node(node), list(argv))
+    except runners.RunnerError as err:
+        return subprocess.CompletedProcess(list(argv), 2, "", str(err))
+    return subprocess.run(argv_full, capture_output=True, text=True, timeout=timeout)
+
+
+def boot_id(state: LabState, node: str) -> str:
+    """The running kernel's boot id as ``node`` sees it (a machine: its own, new per boot)."""
+    res = inside(state, node, "cat", "/proc/sys/kernel/random/boot_id")
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def failed_units(state: LabState, node: str) -> list[str]:
+    """``systemctl --failed`` inside a machine, as unit names."""
+    failed = inside(state, node, "systemctl", "--failed", "--no-legend", "--plain")
+    assert failed.returncode == 0, failed.stderr
+    return [line.split()[0] for line in failed.stdout.splitlines() if line.strip()]
+
+
+def assert_no_failed_unit(state: LabState, node: str) -> None:
+    """``systemctl --failed`` is empty inside the machine; otherwise fail with the failed
+    units' journal. (The 219/CGROUP failures seen once came from machines sharing their
+    units' cgroups; each machine has its own now, lab/machines.py.)"""
+    units = failed_units(state, node)
+    if units:
+        journal = inside(state, node, "journalctl", "-b", "--no-pager", "--lines=40", *[f"--unit={u}" for u in units])
+        pytest.fail(f"{node}: failed units {units}\n{journal.stdout}")
+
+
+def link_up(ns: str) -> bool:
+    """Whether the node's cable is in: ``eth0`` administratively up in its namespace."""
+    return "UP" in json.loads(netns.ip("-n", ns, "-j", "link", "show", "eth0"))[0]["flags"]
