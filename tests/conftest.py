@@ -49,7 +49,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 def keep_logs_if_failed(request: pytest.FixtureRequest, lab_dir: Path, dest: Path) -> None:
     """Copy a lab's logs next to the test's tmp files when the test failed (before `down`)."""
     rep = getattr(request.node, "rep_call", None)
-    if rep is None or not rep.failed or not lab_dir.exists():
+    if rep is None or not rep.failed:
+        return
+    keep_logs(lab_dir, dest)
+
+
+def keep_logs(lab_dir: Path, dest: Path) -> None:
+    """Copy a lab's logs and the share's events to ``<dest>/lab-logs`` (before `down` removes
+    them); nothing when the lab is gone."""
+    if not lab_dir.exists():
         return
     for log in list(lab_dir.glob("logs/*.log")) + list(lab_dir.glob("nodes/*/var/log/ek8s/*.log")):
         target = dest / "lab-logs" / log.relative_to(lab_dir)
@@ -57,5 +65,6 @@ def keep_logs_if_failed(request: pytest.FixtureRequest, lab_dir: Path, dest: Pat
         shutil.copy(log, target)
     events = lab_dir / "share/default/events.jsonl"
     if events.exists():
+        (dest / "lab-logs").mkdir(parents=True, exist_ok=True)
         shutil.copy(events, dest / "lab-logs/events.jsonl")
     print(f"lab logs kept in {dest / 'lab-logs'}")

@@ -29,6 +29,12 @@ def keep_journals_if_failed(request: pytest.FixtureRequest, lab: Lab, dest: Path
     rep = getattr(request.node, "rep_call", None)
     if rep is None or not rep.failed:
         return
+    keep_journals(lab, dest)
+
+
+def keep_journals(lab: Lab, dest: Path) -> None:
+    """Each running machine's journal of this boot to ``<dest>/lab-logs/<node>.journal``;
+    nothing for a lab of processes or one that is gone."""
     try:
         state = lab.load()
     except (LabError, ValueError, TypeError):

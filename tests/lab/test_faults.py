@@ -35,7 +35,8 @@ import yaml
 from core.share import MemberRecord, ShareStore
 from lab import netns
 from lab.cluster import Lab, LabState
-from tests.conftest import wait_for
+from tests.conftest import keep_logs, wait_for
+from tests.lab.conftest import keep_journals
 from tests.lab.kit import (
     ALL,
     CONTROL,
@@ -152,6 +153,7 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield t
     finally:
         if t.failed:
+            keep_journals(t.lab, tmp)
             keep_logs(t.dir, tmp)
         res = ek8s(t.dir, "down", timeout=180)
         assert res.returncode == 0, res.stderr
@@ -174,20 +176,6 @@ def mode(path: Path) -> int | None:
 def boot_log(tour: Tour, node: str) -> list[str]:
     """A machine's boots as its launcher records them (one JSON line per boot)."""
     return (tour.dir / "machines" / node / "boots.jsonl").read_text().splitlines()
-
-
-def keep_logs(lab_dir: Path, dest: Path) -> None:
-    """The lab's logs and events beside the test's tmp files (before ``down`` removes them)."""
-    import shutil
-
-    for log in list(lab_dir.glob("logs/*.log")) + list(lab_dir.glob("nodes/*/var/log/ek8s/*.log")):
-        target = dest / "lab-logs" / log.relative_to(lab_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(log, target)
-    events = lab_dir / "share/default/events.jsonl"
-    if events.exists():
-        shutil.copy(events, dest / "lab-logs/events.jsonl")
-    print(f"lab logs kept in {dest / 'lab-logs'}")
 
 
 @pytest.fixture(autouse=True)
