@@ -5,6 +5,7 @@ test_faults.py, one lab per distribution."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -19,14 +20,20 @@ from tests.conftest import wait_for
 from tests.lab.kit import ALL, boot_lab, healthy
 
 LAB_PREFIX = "ek8si"
+# make test runs these on processes; EK8S_LAB_TOURS=all runs them on machines as well (as the
+# fault tour, see test_faults.py: both pass on both runners).
+MODES = ["processes", *(["machines"] if os.environ.get("EK8S_LAB_TOURS") == "all" else [])]
 
 
 @pytest.mark.lab
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("distribution", ["kubeadm", "k3s"])
-def test_leader_crash_during_init_is_replaced_and_does_not_split_the_cluster(lab: Lab, distribution: str) -> None:
+def test_leader_crash_during_init_is_replaced_and_does_not_split_the_cluster(
+    lab: Lab, distribution: str, mode: str
+) -> None:
     timeouts = {"lease_ttl_s": 4, "heartbeat_interval_s": 1}
     overrides = {"timeouts": timeouts, "kubernetes": {"distribution": distribution}}
-    state = boot_lab(lab, overrides, Emulation(init_s=6.0), wait=False)
+    state = boot_lab(lab, overrides, Emulation(init_s=6.0), wait=False, mode=mode)
     store = ShareStore(Path(state.share), "default", "test")
 
     def claimed() -> str | None:
@@ -51,8 +58,9 @@ def test_leader_crash_during_init_is_replaced_and_does_not_split_the_cluster(lab
 
 
 @pytest.mark.lab
-def test_every_node_rebooted_with_wait_records_it_and_waits_for_ek8s_reset(lab: Lab) -> None:
-    state = boot_lab(lab, {"on_cluster_lost": "wait", "timeouts": {"cluster_lost_grace_s": 4}})
+@pytest.mark.parametrize("mode", MODES)
+def test_every_node_rebooted_with_wait_records_it_and_waits_for_ek8s_reset(lab: Lab, mode: str) -> None:
+    state = boot_lab(lab, {"on_cluster_lost": "wait", "timeouts": {"cluster_lost_grace_s": 4}}, mode=mode)
     store = ShareStore(Path(state.share), "default", "test")
     for n in ALL:
         lab.stop_node(state, state.node(n), crash=False)
