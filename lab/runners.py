@@ -45,6 +45,14 @@ MACHINE_BOOT_TIMEOUT_S = 120.0
 MACHINE_STOP_TIMEOUT_S = 60.0
 
 
+K3S_SHIM = """#!/bin/sh
+# EMULATED k3s (ephemeral-k8s lab machine): lab/k3s.py from the lab's layer.
+PYTHONPATH=/usr/local/lib/ek8s/python${PYTHONPATH:+:$PYTHONPATH}
+EK8S_EMULATION="${EK8S_EMULATION:-/var/lib/ek8s-lab/emulation.json}"
+export PYTHONPATH EK8S_EMULATION
+exec python3.11 -m lab.k3s "$@"
+"""
+
 # The EMULATED kubelet as a machine runs it: like the kubelet package's unit with kubeadm's
 # drop-in (10-kubeadm.conf), flags from /var/lib/kubelet/kubeadm-flags.env, which the emulated
 # kubeadm writes before `systemctl restart kubelet`. KillMode=process: the static pods (etcd,
@@ -197,6 +205,12 @@ class MachineRunner:
         lab_pkg = Path(__file__).resolve().parent
         machines.copy_tree(lab_pkg, common / overlay.LIB_DIR / "python" / "lab")
         (common / "etc/systemd/system/kubelet.service").write_text(KUBELET_UNIT)
+        # The EMULATED k3s at k3s's install path (/usr/local/bin/k3s, where the overlay's k3s
+        # and k3s-agent units and Containerfile.k3s have it), brought by the lab's layer like
+        # its code, so the image stays the same for both distributions.
+        k3s = ensure_dir(common / "usr/local/bin", 0o755) / "k3s"
+        k3s.write_text(K3S_SHIM)
+        k3s.chmod(0o755)
         emu_dir = ensure_dir(lab.dir / "emulation", 0o755)
         replace(emulation, python="python3.11", etcd="/usr/bin/etcd").dump(emu_dir / "emulation.json")
 

@@ -72,12 +72,16 @@ SETTINGS = (
 # Every step passes for both distributions and both node runners; make test runs k3s on
 # processes and kubeadm on machines (each distribution, each runner, every step: ~3.5 min a
 # tour, and make test must stay under 20 minutes). EK8S_LAB_TOURS=all adds kubeadm on
-# processes.
+# processes and k3s on machines.
 RUNS = [
     pytest.param(("k3s", "processes"), id="k3s"),
     # systemd-nspawn machines (skipped only when the lab's node image cannot be built).
     pytest.param(("kubeadm", "machines"), id="kubeadm-machines"),
-    *([pytest.param(("kubeadm", "processes"), id="kubeadm")] if os.environ.get("EK8S_LAB_TOURS") == "all" else []),
+    *(
+        [pytest.param(("kubeadm", "processes"), id="kubeadm"), pytest.param(("k3s", "machines"), id="k3s-machines")]
+        if os.environ.get("EK8S_LAB_TOURS") == "all"
+        else []
+    ),
 ]
 
 
