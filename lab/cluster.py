@@ -36,8 +36,8 @@ VIP = f"{NETWORK}.99"
 VIP_NAME = "vip.kubernetes.local"
 MANAGER = f"{NETWORK}.13"
 CLUSTER = "default"
-# Seconds one run of lab.probe may take: the API call (5 s timeout, retried by the client)
-# and one 5 s Phylactery call per control node.
+# Seconds one answer of the prober may take: the API call (5 s timeout, retried by the client)
+# beside the 5 s Phylactery calls.
 PROBE_TIMEOUT_S = 60.0
 
 
@@ -379,8 +379,8 @@ class Lab:
 
     def start_prober(self, state: LabState) -> None:
         """Start the prober daemon in the manager namespace (it goes when the namespace is
-        deleted); its output goes to ``logs/probe.log``. Not waited for: :meth:`ask` falls back
-        to a probe process until the socket answers."""
+        deleted); its output goes to ``logs/probe.log``. Not waited for: until its socket
+        answers, :meth:`probe` says so and the waits poll again."""
         with open(self.dir / "logs" / "probe.log", "ab") as log:
             subprocess.Popen(
                 ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.probe", "serve",
@@ -416,34 +416,14 @@ class Lab:
         )  # fmt: skip
 
     def probe(self, state: LabState) -> dict[str, Any]:
-        """Ask the cluster from inside the lab's network (:mod:`lab.probe`): the prober's
-        document; without a prober, a probe process's from the first live control node's
-        namespace that answers within ``PROBE_TIMEOUT_S`` seconds, or ``{"nodes": "no live
-        control node to ask", "phylactery": {}}``."""
-        controls = [n for n in state.nodes if n.role == "control"]
-        kubeconfig = str(self.store().admin_kubeconfig_path)
-        urls = {n.name: f"http://{n.address}:9999" for n in controls}
-        doc = self.ask({"op": "probe", "kubeconfig": kubeconfig, "phylactery": urls})
-        if doc is not None and "nodes" in doc:
-            return doc
-        args = ["--kubeconfig", kubeconfig]
-        for n in controls:
-            args += ["--phylactery", f"{n.name}=http://{n.address}:9999"]
-        for n in controls:
-            if not netns.pids(n.ns):
-                continue
-            try:
-                res = subprocess.run(
-                    ["ip", "netns", "exec", n.ns, sys.executable, "-m", "lab.probe", *args],
-                    capture_output=True,
-                    text=True,
-                    timeout=PROBE_TIMEOUT_S,
-                )
-            except subprocess.TimeoutExpired:
-                continue  # as for a probe that failed: ask the next control node
-            if res.returncode == 0 and res.stdout.strip():
-                return dict(json.loads(res.stdout))
-        return {"nodes": "no live control node to ask", "phylactery": {}}
+        """Ask the cluster from inside the lab's network: the prober's document
+        (:func:`lab.probe.probe`), or ``{"nodes": "<why>", "phylactery": {}}`` while it does
+        not answer (it starts with the lab's namespaces)."""
+        urls = {n.name: f"http://{n.address}:9999" for n in state.nodes if n.role == "control"}
+        doc = self.ask({"op": "probe", "kubeconfig": str(self.store().admin_kubeconfig_path), "phylactery": urls})
+        if doc is None or "nodes" not in doc:
+            return {"nodes": f"the lab's prober does not answer on {self.probe_socket}", "phylactery": {}}
+        return doc
 
     def vip_holder(self, state: LabState) -> str | None:
         """The node whose namespace has the VIP, the names joined by commas when several do

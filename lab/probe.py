@@ -4,13 +4,11 @@
   (official ``kubernetes`` client);
 * each control node's Phylactery ``GET /v1/status`` (HAProxy backends, etcd members, VIP).
 
-Two ways to run it. ``serve --socket PATH``: a daemon the lab starts in its manager namespace
+``python -m lab.probe serve --socket PATH`` is a daemon the lab starts in its manager namespace
 (the Warewulf server's stand-in) when it creates the namespaces; it answers requests on a UNIX
 socket on the host (a UNIX socket crosses network namespaces), so a probe costs a few
 milliseconds instead of a Python start and the client's import (~1 s of CPU each, on a lab
-whose waits probe twice a second). Without a daemon (a lab made by an older version), ``ek8s
-lab`` runs ``python -m lab.probe --kubeconfig ... --phylactery ...`` once per probe through
-``ip netns exec``. The daemon also answers API calls for the lab's tests (``op: api``).
+whose waits probe twice a second). It also answers API calls for the lab's tests (``op: api``).
 """
 
 from __future__ import annotations
@@ -141,21 +139,11 @@ async def serve(socket_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``serve --socket PATH``: run the daemon (:func:`serve`). Otherwise ``--kubeconfig PATH
-    --phylactery NAME=URL...``: print :func:`probe`'s document as JSON on one line (what
-    :meth:`lab.cluster.Lab.probe` parses) and return 0."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:
-        s = argparse.ArgumentParser(prog="python -m lab.probe serve")
-        s.add_argument("--socket", type=Path, required=True)
-        asyncio.run(serve(s.parse_args(argv[1:]).socket))
-        return 0
+    """``serve --socket PATH``: run the daemon (:func:`serve`) until killed."""
     p = argparse.ArgumentParser(prog="python -m lab.probe")
-    p.add_argument("--kubeconfig", type=Path, required=True)
-    p.add_argument("--phylactery", action="append", default=[], help="name=url")
-    args = p.parse_args(argv)
-    urls = dict(item.partition("=")[::2] for item in args.phylactery)
-    json.dump(probe(args.kubeconfig, urls), sys.stdout)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="answer probes on a UNIX socket").add_argument("--socket", type=Path, required=True)
+    asyncio.run(serve(p.parse_args(argv).socket))
     return 0
 
 
