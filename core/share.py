@@ -518,11 +518,6 @@ class ShareStore:
                 )
             yield state
 
-    def check_fence(self, fence: Fence) -> None:
-        """Raise :class:`EpochSuperseded` unless ``fence`` is still the current claim."""
-        with self._fenced(fence):
-            pass
-
     def publish_join_material(self, fence: Fence, material: JoinMaterial) -> None:
         """Write ``join.json`` (leader-only, fenced): the first join material of the generation."""
         with self._fenced(fence):

@@ -13,11 +13,12 @@ import click
 import yaml
 
 from lab import runners
-from lab.cluster import CLUSTER, MAX_CONTROL, MAX_WORKERS, VIP_NAME, Lab, LabError, LabState
+from lab.cluster import Lab
 from lab.emulation import Emulation
 from lab.image import ImageError
 from lab.netns import NetnsError
 from lab.runners import RunnerError
+from lab.state import CLUSTER, MAX_CONTROL, MAX_WORKERS, VIP_NAME, LabError, LabState
 from manager.wwrender import RenderError
 
 # What the lab's commands report as their failure (exit 1) rather than a traceback.

@@ -102,7 +102,7 @@ from core.drivers.k3s import ca_hash, parse_token
 from core.etcd import EtcdClient, EtcdError, client_ssl_context
 from core.fileperm import ensure_dir, write_atomic
 from lab import emulation, pki
-from lab.kubeadm import Root, ctx_for, etcd_argv, wait_local_api
+from lab.nodekit import Root, ToolError, ctx_for, etcd_argv, wait_local_api
 
 PASSWORD_RETRY_S = 5.0  # the agent retries its config every 5 s
 BOOTSTRAP_FILES = ("server-ca", "client-ca", "etcd/server-ca")
@@ -141,7 +141,7 @@ def decrypt(secret: str, data: bytes) -> bytes:
         raise K3sFatal("cipher: message authentication failed") from err
 
 
-class K3sFatal(Exception):
+class K3sFatal(ToolError):
     """A refusal k3s reports with ``level=fatal`` before it exits 1."""
 
 
@@ -698,7 +698,7 @@ def snapshot_save(r: Root, args: argparse.Namespace, config: dict[str, Any]) -> 
                 return await c.snapshot()
 
         data = asyncio.run(_take())
-    except (K3sFatal, EtcdError, ValueError) as err:
+    except (ToolError, EtcdError, ValueError) as err:
         logline("fatal", str(err))
         return 1
     name = f"{args.name}-{node.name}-{int(time.time())}"
@@ -764,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         else:
             agent(node)
-    except K3sFatal as err:
+    except ToolError as err:
         logline("fatal", str(err))
         node.stop_children()
         return 1

@@ -97,8 +97,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +110,7 @@ from core.fileperm import ensure_dir, write_atomic
 from core.joinmaterial import TOKEN_RE, ca_cert_hash
 from core.services import ProcessServices
 from lab import emulation, pki
+from lab.nodekit import Api, Root, ToolError, ctx_for, etcd_argv, wait_local_api
 
 CERTS_TTL_S = 7200.0  # the kubeadm-certs Secret's lifetime (constants.go: DefaultCertTokenDuration, 2 h)
 CERT_FILES = [
@@ -126,7 +125,7 @@ CERT_FILES = [
 ]
 
 
-class KubeadmError(Exception):
+class KubeadmError(ToolError):
     """A refusal or failure; :func:`main` prints ``error execution phase <phase>: <message>``
     on stderr (the phase :func:`phase` set last, e.g. ``kubelet-start``), as kubeadm does,
     and exits 1."""
@@ -193,74 +192,6 @@ PHASES = Phases()
 def say(msg: str) -> None:
     """One line of progress on stdout, flushed (the driver logs kubeadm's output as it comes)."""
     print(msg, flush=True)
-
-
-class Root:
-    """Node paths under ``--rootfs``."""
-
-    def __init__(self, rootfs: str | None) -> None:
-        self.root = Path(rootfs or "/")
-
-    def __call__(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
-
-    @property
-    def pki(self) -> Path:
-        """``/etc/kubernetes/pki`` under the root (kubeadm's ``certificatesDir`` default)."""
-        return self("/etc/kubernetes/pki")
-
-
-# -- a minimal API client (urllib; the real kubeadm uses client-go) ---------------------
-class Api:
-    """An API server at ``server`` (``https://host:port``) over ``ctx``, optionally with a
-    bootstrap token as bearer (``<id>.<secret>``)."""
-
-    def __init__(self, server: str, ctx: ssl.SSLContext, bearer: str | None = None) -> None:
-        self.server, self.ctx, self.bearer = server.rstrip("/"), ctx, bearer
-
-    def call(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> tuple[int, Any]:
-        """One request with ``body`` as JSON. Returns (HTTP status, the answer parsed as JSON
-        when it starts with ``{``, else its text); error statuses are returned, not raised.
-        Raises ``OSError`` (``URLError``, ``ssl.SSLError``, a timeout after ``timeout``
-        seconds) when there is no answer."""
-        headers = {"Content-Type": "application/json"}
-        if self.bearer:
-            headers["Authorization"] = f"Bearer {self.bearer}"
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:
-                raw = resp.read()
-                return int(resp.status), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            return int(err.code), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
-
-    def wait(self, method: str, path: str, body: object | None = None, timeout_s: float = 60.0) -> tuple[int, Any]:
-        """:meth:`call` every 50 ms until the endpoint answers at all (kubeadm's API client
-        retries likewise); returns that answer. Raises :class:`KubeadmError` after
-        ``timeout_s`` seconds without one."""
-        deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                return self.call(method, path, body)
-            except (OSError, urllib.error.URLError) as err:
-                last = err
-                time.sleep(0.05)
-        raise KubeadmError(f"{self.server}{path}: no answer in {timeout_s:.0f}s: {last}")
-
-
-def ctx_for(ca_pem: bytes | None, cert: pki.Pair | None = None, workdir: Path | None = None) -> ssl.SSLContext:
-    """A TLS client context trusting ``ca_pem`` (no verification at all when None, as
-    kubeadm's first, insecure request for ``cluster-info``); with ``cert`` and ``workdir``,
-    it presents that client certificate (written to ``workdir/client.pem``, 0600)."""
-    ctx = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else ssl._create_unverified_context()
-    if cert is not None and workdir is not None:
-        pem = workdir / "client.pem"
-        write_atomic(pem, cert[0] + cert[1])
-        ctx.load_cert_chain(str(pem))
-    return ctx
 
 
 def load_docs(path: Path) -> dict[str, dict[str, Any]]:
@@ -356,46 +287,6 @@ def healthcheck_context(r: Root) -> ssl.SSLContext:
     ``NewFromCluster``). Raises ``OSError`` when the files are missing."""
     d = r.pki / "etcd"
     return client_ssl_context(d / "ca.crt", d / "healthcheck-client.crt", d / "healthcheck-client.key")
-
-
-def etcd_argv(
-    etcd: str,
-    name: str,
-    data_dir: Path,
-    pki_etcd: Path,
-    client_urls: list[str],
-    peer_url: str,
-    initial_cluster: str,
-    state: str,
-) -> list[str]:
-    """etcd's command line as kubeadm's static pod sets it (``phases/etcd/local.go``,
-    ``getEtcdCommand``): TLS with client certificates on both the client and the peer side.
-    ``client_urls[0]`` is advertised; all are listened on. ``state`` is ``new`` or
-    ``existing``; ``initial_cluster`` is ``name=peer URL,...``. ``--strict-reconfig-check``
-    is etcd's default, spelled out; kubeadm's metrics URL and corruption check are left out."""
-    return [
-        etcd,
-        f"--name={name}",
-        f"--data-dir={data_dir}",
-        f"--advertise-client-urls={client_urls[0]}",
-        f"--listen-client-urls={','.join(client_urls)}",
-        f"--listen-peer-urls={peer_url}",
-        f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster={initial_cluster}",
-        f"--initial-cluster-state={state}",
-        f"--cert-file={pki_etcd / 'server.crt'}",
-        f"--key-file={pki_etcd / 'server.key'}",
-        "--client-cert-auth=true",
-        f"--trusted-ca-file={pki_etcd / 'ca.crt'}",
-        f"--peer-cert-file={pki_etcd / 'peer.crt'}",
-        f"--peer-key-file={pki_etcd / 'peer.key'}",
-        "--peer-client-cert-auth=true",
-        f"--peer-trusted-ca-file={pki_etcd / 'ca.crt'}",
-        "--strict-reconfig-check=true",
-        "--snapshot-count=10000",
-        "--logger=zap",
-        "--log-outputs=stderr",
-    ]
 
 
 def static_pod(name: str, command: list[str], annotations: dict[str, str], volumes: dict[str, Path]) -> dict[str, Any]:
@@ -525,23 +416,6 @@ async def _wait_etcd(client: EtcdClient, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise KubeadmError(f"[etcd] local etcd member not healthy after {timeout_s:.0f}s: {err}") from err
             await asyncio.sleep(0.05)
-
-
-def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0) -> None:
-    """Poll ``https://address:port/readyz`` (this node's API server, not the VIP) every 50 ms
-    until 200, as kubeadm's wait-control-plane does. Raises :class:`KubeadmError` after
-    ``timeout_s`` seconds (kubeadm waits up to 4 min)."""
-    api = Api(f"https://{address}:{port}", ctx_for(ca_pem))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            code, _ = api.call("GET", "/readyz", timeout=2)
-            if code == 200:
-                return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.05)
-    raise KubeadmError(f"[api-check] the API server at {address}:{port} is not ready after {timeout_s:.0f}s")
 
 
 def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool) -> None:
@@ -812,7 +686,7 @@ class ClusterEtcd:
             try:
                 await self.cluster_status()
                 return
-            except KubeadmError as err:
+            except ToolError as err:
                 klog(1, f"[etcd] Attempt failed with error: {err}")
         raise KubeadmError("timeout waiting for etcd cluster to be available")
 
@@ -859,7 +733,7 @@ def check_etcd(r: Root, api: Api, timeouts: Timeouts) -> None:
         etcd = await etcd_from_cluster(r, api, timeouts)
         try:
             await etcd.cluster_status()
-        except KubeadmError as err:
+        except ToolError as err:
             raise KubeadmError(f"etcd cluster is not healthy: {err}") from err
 
     asyncio.run(_check())
@@ -1231,7 +1105,7 @@ def join(r: Root, docs: dict[str, dict[str, Any]], skip_phases: frozenset[str] =
         with phase("control-plane-join/etcd"):
             try:
                 join_etcd(r, emu, api, name, address, timeouts)
-            except KubeadmError as err:
+            except ToolError as err:
                 raise KubeadmError(f"error creating local etcd static pod manifest file: {err}") from err
         PHASES.mark("etcd_join")
         with phase("wait-control-plane"):
@@ -1385,7 +1259,7 @@ def reset_config(r: Root) -> ResetConfig | None:
                 f'API server pod for node name "{node}" has 0 entries, only one was expected'
             )
         return ResetConfig(api, cluster, node, endpoint.rsplit(":", 1)[0])
-    except (KubeadmError, OSError, KeyError, TypeError, yaml.YAMLError) as err:
+    except (ToolError, OSError, KeyError, TypeError, yaml.YAMLError) as err:
         warn(f"[reset] Unable to fetch the kubeadm-config ConfigMap from cluster: {err}", "reset.go")
         return None
 
@@ -1454,7 +1328,7 @@ def remove_etcd_member_phase(r: Root, cfg: ResetConfig | None, timeouts: Timeout
     else:
         try:
             asyncio.run(remove_stacked_etcd_member(r, cfg, timeouts))
-        except (KubeadmError, OSError, EtcdError) as err:
+        except (ToolError, OSError, EtcdError) as err:
             warn(
                 f"[reset] Failed to remove etcd member: {err}, please manually remove this etcd member using etcdctl",
                 "removeetcdmember.go",
@@ -1584,7 +1458,7 @@ def main(argv: list[str] | None = None) -> int:
                 init(r, docs, args.upload_certs, set(filter(None, args.ignore_preflight_errors.split(","))))
             else:
                 join(r, docs, frozenset(filter(None, args.skip_phases.split(","))))
-    except (KubeadmError, OSError, KeyError, EtcdError) as err:
+    except (ToolError, OSError, KeyError, EtcdError) as err:
         where = _PHASE[-1] if _PHASE else args.cmd
         print(f"error execution phase {where}: {err}", file=sys.stderr, flush=True)
         print("To see the stack trace of this error execute with --v=5 or higher", file=sys.stderr, flush=True)

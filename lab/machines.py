@@ -299,31 +299,6 @@ def exec_argv(pid: int, argv: list[str]) -> list[str]:
     return ["nsenter", f"--target={pid}", "--all", *env, *argv]
 
 
-def wait_running(netns_name: str, timeout_s: float, launcher: int) -> int:
-    """Wait until the machine's systemd reports ``running`` or ``degraded`` (boot finished);
-    return its host pid. Raises ``TimeoutError`` after ``timeout_s`` seconds, or
-    ``RuntimeError`` when the launcher (pid ``launcher``) exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        pid = leader_pid(netns_name)
-        if pid is not None:
-            res = subprocess.run(
-                exec_argv(pid, ["systemctl", "is-system-running"]), capture_output=True, text=True, timeout=30
-            )
-            if res.stdout.strip() in ("running", "degraded"):
-                return pid
-        if not _alive(launcher):
-            raise RuntimeError("the machine's launcher exited")
-        time.sleep(0.2)
-    raise TimeoutError(f"{netns_name}: systemd did not finish booting within {timeout_s:.0f}s")
-
-
-def _alive(pid: int) -> bool:
-    from lab.runners import alive
-
-    return alive(pid)
-
-
 def copy_tree(src: Path, dst: Path, skip_suffix: str = "") -> None:
     """Copy ``src`` into ``dst`` (merging, symlinks kept), leaving out files ending in
     ``skip_suffix`` and ``__pycache__``."""

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import psutil
 import yaml
@@ -34,12 +34,24 @@ from core.fileperm import ensure_dir
 from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
+from lab.state import MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
 
-if TYPE_CHECKING:
-    from lab.cluster import Lab, LabNode, LabState
 
-PROCESSES = "processes"
-MACHINES = "machines"
+class Lab(Protocol):
+    """What a runner needs of :class:`lab.cluster.Lab`: its directory, namespace prefix and
+    share, and the node.yaml it would give a node (so runners never import the lab)."""
+
+    dir: Path
+    prefix: str
+
+    @property
+    def share(self) -> Path: ...
+
+    def node_config(
+        self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+
 SHARE_PATH = "/share"  # the share's path on a machine, node.yaml's default (Warewulf tag ek8s_share)
 MACHINE_BOOT_TIMEOUT_S = 120.0
 MACHINE_STOP_TIMEOUT_S = 60.0
@@ -224,10 +236,8 @@ class MachineRunner:
             (layer / "etc/hostname").write_text(node.name + "\n")
             node_yaml = layer / "etc/ek8s/node.yaml"
             if overrides:
-                from lab.cluster import _merge
-
                 cfg = yaml.safe_load(node_yaml.read_text())
-                _merge(cfg, overrides)
+                merge(cfg, overrides)
                 node_yaml.write_text(
                     "# rendered by Warewulf's templates, then `ek8s lab up --set` merged in\n"
                     + yaml.safe_dump(cfg, sort_keys=False)
@@ -350,6 +360,4 @@ def lab_inventory(state: LabState) -> Any:
 
 def lab_server() -> dict[str, str]:
     """The Warewulf server as the renderer sees it: the lab's ``manager`` (10.0.0.13)."""
-    from lab.cluster import MANAGER
-
     return {"ipaddr": MANAGER, "netmask": "255.255.255.0", "network": "10.0.0.0", "buildhost": "manager"}

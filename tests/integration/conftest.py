@@ -18,7 +18,7 @@ import pytest
 
 from core.etcd import EtcdClient, kubeadm_client_context
 from lab import pki
-from lab.kubeadm import etcd_argv
+from lab.nodekit import etcd_argv
 from tests.conftest import free_port, wait_for
 
 TOOLS = ("etcd", "haproxy", "keepalived", "ip")

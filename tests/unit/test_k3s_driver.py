@@ -323,7 +323,7 @@ def test_the_overlay_units_run_what_the_driver_starts(role: str, command: str) -
 
 def test_lab_bench_reads_the_lab_distribution_from_node_yaml(tmp_path: Path) -> None:
     from lab.cli import lab_distribution
-    from lab.cluster import LabNode, LabState
+    from lab.state import LabNode, LabState
 
     config = tmp_path / "node.yaml"
     node = LabNode("control0", "control", "10.0.0.21", "ns", str(tmp_path), str(config), "log")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.cluster import MAX_WORKERS, VIP, control_address, worker_address
+from lab.state import MAX_WORKERS, VIP, control_address, worker_address
 
 
 def test_first_nodes_keep_the_reference_addresses() -> None:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from lab import image, machines, runners
-from lab.cluster import LabNode, LabState
+from lab.state import LabNode, LabState
 
 
 def test_image_key_is_stable_and_follows_its_inputs() -> None:

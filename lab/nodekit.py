@@ -1,0 +1,148 @@
+"""EMULATED tools' shared parts (lab only): what the emulated kubeadm (:mod:`lab.kubeadm`) and
+the emulated k3s (:mod:`lab.k3s`) both need on a node, so neither imports the other: node
+paths under ``--rootfs``, a small API client and TLS contexts, etcd's command line with TLS on
+both sides, and the wait for this node's own API server.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from core.fileperm import write_atomic
+from lab import pki
+
+
+class ToolError(Exception):
+    """A refusal or failure of an emulated tool; each tool reports it its own way
+    (kubeadm: ``error execution phase ...``; k3s: ``level=fatal``) and exits 1."""
+
+
+class Root:
+    """Node paths under ``--rootfs``."""
+
+    def __init__(self, rootfs: str | None) -> None:
+        self.root = Path(rootfs or "/")
+
+    def __call__(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    @property
+    def pki(self) -> Path:
+        """``/etc/kubernetes/pki`` under the root (kubeadm's ``certificatesDir`` default)."""
+        return self("/etc/kubernetes/pki")
+
+
+# -- a minimal API client (urllib; the real kubeadm uses client-go) ---------------------
+class Api:
+    """An API server at ``server`` (``https://host:port``) over ``ctx``, optionally with a
+    bootstrap token as bearer (``<id>.<secret>``)."""
+
+    def __init__(self, server: str, ctx: ssl.SSLContext, bearer: str | None = None) -> None:
+        self.server, self.ctx, self.bearer = server.rstrip("/"), ctx, bearer
+
+    def call(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+        """One request with ``body`` as JSON. Returns (HTTP status, the answer parsed as JSON
+        when it starts with ``{``, else its text); error statuses are returned, not raised.
+        Raises ``OSError`` (``URLError``, ``ssl.SSLError``, a timeout after ``timeout``
+        seconds) when there is no answer."""
+        headers = {"Content-Type": "application/json"}
+        if self.bearer:
+            headers["Authorization"] = f"Bearer {self.bearer}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:
+                raw = resp.read()
+                return int(resp.status), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            return int(err.code), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
+
+    def wait(self, method: str, path: str, body: object | None = None, timeout_s: float = 60.0) -> tuple[int, Any]:
+        """:meth:`call` every 50 ms until the endpoint answers at all (kubeadm's API client
+        retries likewise); returns that answer. Raises :class:`ToolError` after
+        ``timeout_s`` seconds without one."""
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                return self.call(method, path, body)
+            except (OSError, urllib.error.URLError) as err:
+                last = err
+                time.sleep(0.05)
+        raise ToolError(f"{self.server}{path}: no answer in {timeout_s:.0f}s: {last}")
+
+
+def ctx_for(ca_pem: bytes | None, cert: pki.Pair | None = None, workdir: Path | None = None) -> ssl.SSLContext:
+    """A TLS client context trusting ``ca_pem`` (no verification at all when None, as
+    kubeadm's first, insecure request for ``cluster-info``); with ``cert`` and ``workdir``,
+    it presents that client certificate (written to ``workdir/client.pem``, 0600)."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else ssl._create_unverified_context()
+    if cert is not None and workdir is not None:
+        pem = workdir / "client.pem"
+        write_atomic(pem, cert[0] + cert[1])
+        ctx.load_cert_chain(str(pem))
+    return ctx
+
+
+def etcd_argv(
+    etcd: str,
+    name: str,
+    data_dir: Path,
+    pki_etcd: Path,
+    client_urls: list[str],
+    peer_url: str,
+    initial_cluster: str,
+    state: str,
+) -> list[str]:
+    """etcd's command line as kubeadm's static pod sets it (``phases/etcd/local.go``,
+    ``getEtcdCommand``): TLS with client certificates on both the client and the peer side.
+    ``client_urls[0]`` is advertised; all are listened on. ``state`` is ``new`` or
+    ``existing``; ``initial_cluster`` is ``name=peer URL,...``. ``--strict-reconfig-check``
+    is etcd's default, spelled out; kubeadm's metrics URL and corruption check are left out."""
+    return [
+        etcd,
+        f"--name={name}",
+        f"--data-dir={data_dir}",
+        f"--advertise-client-urls={client_urls[0]}",
+        f"--listen-client-urls={','.join(client_urls)}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster={initial_cluster}",
+        f"--initial-cluster-state={state}",
+        f"--cert-file={pki_etcd / 'server.crt'}",
+        f"--key-file={pki_etcd / 'server.key'}",
+        "--client-cert-auth=true",
+        f"--trusted-ca-file={pki_etcd / 'ca.crt'}",
+        f"--peer-cert-file={pki_etcd / 'peer.crt'}",
+        f"--peer-key-file={pki_etcd / 'peer.key'}",
+        "--peer-client-cert-auth=true",
+        f"--peer-trusted-ca-file={pki_etcd / 'ca.crt'}",
+        "--strict-reconfig-check=true",
+        "--snapshot-count=10000",
+        "--logger=zap",
+        "--log-outputs=stderr",
+    ]
+
+
+def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0) -> None:
+    """Poll ``https://address:port/readyz`` (this node's API server, not the VIP) every 50 ms
+    until 200, as kubeadm's wait-control-plane does. Raises :class:`ToolError` after
+    ``timeout_s`` seconds (kubeadm waits up to 4 min)."""
+    api = Api(f"https://{address}:{port}", ctx_for(ca_pem))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            code, _ = api.call("GET", "/readyz", timeout=2)
+            if code == 200:
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.05)
+    raise ToolError(f"[api-check] the API server at {address}:{port} is not ready after {timeout_s:.0f}s")
