@@ -97,13 +97,15 @@ def apply(
     inv: Inventory,
     p: Plan,
     wwctl: str = "wwctl",
+    service: str = "service",
     conf_dir: Path = Path("/etc/warewulf"),
     reporter: Reporter | None = None,
     dry_run: bool = False,
     check_profile: Callable[[str], bool] | None = None,
 ) -> int:
     """Run the steps of ``p`` in order; return 0 when all passed, 1 at the first failure
-    (nothing after it runs). ``wwctl`` replaces ``argv[0]`` of the wwctl steps; ``conf_dir``
+    (nothing after it runs). ``wwctl`` and ``service`` replace ``argv[0]`` of the steps
+    that run them; ``conf_dir``
     is where the registry is read again after ``profile add`` (4.5). With ``dry_run``
     nothing runs: each step is listed and each file edit shown as a unified diff.
     ``check_profile(name)`` (default: read the registry) says whether a profile exists."""
@@ -131,7 +133,8 @@ def apply(
         if step.kind == "edit":
             ok = _edit(step, inv, p.version, prefix, r)
         else:
-            argv = [wwctl, *step.argv[1:]] if step.argv[0] == "wwctl" else list(step.argv)
+            tool = {"wwctl": wwctl, "service": service}.get(step.argv[0], step.argv[0])
+            argv = [tool, *step.argv[1:]]
             ok = _run(step, argv, prefix, r)
         if ok and step.argv[1:3] == ("profile", "add"):
             try:

@@ -136,8 +136,16 @@ def warewulf_plan(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, o
 @warewulf.command("apply")
 @_common
 @click.option("--dry-run", is_flag=True, help="run nothing: list the steps and show the file edits as diffs")
+@click.option(
+    "--service",
+    default="service",
+    show_default=True,
+    help="the command that reloads warewulfd after an edit of nodes.conf (`service warewulfd reload`)",
+)
 @click.option("-v", "--verbose", is_flag=True, help="print each full command (and each file's diff)")
-def warewulf_apply(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, dry_run: bool, verbose: bool) -> None:
+def warewulf_apply(
+    inventory: str, ww_version: str, wwctl: str, conf_dir: Path, dry_run: bool, service: str, verbose: bool
+) -> None:
     """Run the plan for INVENTORY, one line per step; stop at the first failing step and show
     its output on stderr. warewulf.conf and nodes.conf are edited only after every wwctl
     step that changes the registry succeeded.
@@ -149,7 +157,7 @@ def warewulf_apply(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, 
 
     inv, p = _plan(inventory, ww_version, wwctl, conf_dir, offline=False)
     reporter = Reporter(verbose=verbose)
-    sys.exit(apply(inv, p, wwctl=wwctl, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run))
+    sys.exit(apply(inv, p, wwctl=wwctl, service=service, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run))
 
 
 @warewulf.command("nfs")

@@ -83,7 +83,7 @@ def parse_version(text: str) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: ``argv`` (``argv[0]`` is ``wwctl``, ``install``, or ``edit`` for a file
+    """One step: ``argv`` (``argv[0]`` is ``wwctl``, ``install``, ``service``, or ``edit`` for a file
     ``apply`` edits itself, then ``argv[1]`` is its path), ``why`` (a comment), ``kind``
     ("local", "registry", "edit" or "server"; registry steps run before the files are edited,
     server steps after)."""
@@ -419,6 +419,11 @@ def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan
     edit_steps, edits, unread = _edit_steps(inv, version, local)
     steps += edit_steps
     notes += [f"{local.conf_dir / name}: not read; its entries are at the end" for name in unread]
+    if any(p.name == "nodes.conf" for p in edits) or "nodes.conf" in unread:
+        # What wwctl runs after each change it persists (4.6.5 and 4.7.0 warewulfd/daemon.go
+        # DaemonReload), so warewulfd's registry in memory has the fstab resource too.
+        why = "warewulfd re-reads nodes.conf, as wwctl makes it after each change"
+        steps.append(Step(("service", "warewulfd", "reload"), why, "server"))
     if addresses_changed:
         steps.append(Step(("wwctl", "configure", "dhcp"), "DHCP: the nodes' MACs and addresses", "server"))
         steps.append(Step(("wwctl", "configure", "hostfile"), "the server's /etc/hosts: the nodes' names", "server"))

@@ -423,7 +423,7 @@ def test_plan_is_valid_shell(tmp_path: Path) -> None:
 
 
 # The plan for 3 control + 120 workers on a fresh Warewulf, as docs/warewulf.md states it.
-SCALE_COMMANDS = {"4.5": 135, "4.6": 135, "4.7": 135}
+SCALE_COMMANDS = {"4.5": 135, "4.6": 136, "4.7": 136}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -442,7 +442,7 @@ def test_plan_for_3_plus_120_nodes_counts_what_the_docs_say(tmp_path: Path, vers
         [*EK8S, "warewulf", "plan", "--offline", "--version", version, str(path)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    commands = [ln for ln in res.stdout.splitlines() if ln.startswith(("wwctl ", "install "))]
+    commands = [ln for ln in res.stdout.splitlines() if ln.startswith(("wwctl ", "install ", "service "))]
     assert len(commands) == SCALE_COMMANDS[version]
     assert f"123 nodes, {SCALE_COMMANDS[version]} commands" in res.stdout
     assert sum(c.startswith("wwctl node add ") for c in commands) == 123
@@ -623,6 +623,13 @@ class WW:
         self.wwctl = tmp_path / "wwctl"
         self.wwctl.write_text(f'#!/bin/sh\nexec {sys.executable} {STAND_IN} "$@"\n')
         self.wwctl.chmod(0o755)
+        # `service warewulfd reload`, recorded in the same log.
+        self.service = tmp_path / "service"
+        self.service.write_text(
+            f"#!{sys.executable}\nimport json, sys\n"
+            f"open({str(self.log)!r}, 'a').write(json.dumps(['service', *sys.argv[1:]]) + '\\n')\n"
+        )
+        self.service.chmod(0o755)
         self.fail = fail
         # As the packages install them (etc/warewulf.conf, etc/nodes.conf of each tag, shortened).
         (self.etc / "warewulf.conf").write_text(
@@ -655,7 +662,7 @@ class WW:
         return subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=120)
 
     def apply(self, *extra: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return self.ek8s("warewulf", "apply", *extra, inventory=inventory)
+        return self.ek8s("warewulf", "apply", "--service", str(self.service), *extra, inventory=inventory)
 
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []

@@ -1,5 +1,5 @@
 #!/bin/sh
-# ek8s warewulf plan: cluster ek8s, Warewulf 4.7, 5 nodes, 17 commands.
+# ek8s warewulf plan: cluster ek8s, Warewulf 4.7, 5 nodes, 18 commands.
 # Only what differs from the registry; a second run after `ek8s warewulf apply` plans nothing.
 # registry read from nothing (--offline: an empty registry but for the profile default)
 # /etc/warewulf/warewulf.conf: not read; its entries are at the end
@@ -82,6 +82,9 @@ wwctl node add worker1 --profile default,ek8s-worker --netname default --hwaddr 
 
 # DNS servers (network tags)
 wwctl node set 'control[0-2],worker[0-1]' --yes --netname default --nettagadd DNS1=1.1.1.1
+
+# warewulfd re-reads nodes.conf, as wwctl makes it after each change
+service warewulfd reload
 
 # DHCP: the nodes' MACs and addresses
 wwctl configure dhcp
