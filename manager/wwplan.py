@@ -243,17 +243,23 @@ def _profile_steps(inv: Inventory, version: str, reg: Registry) -> list[Step]:
             why = f"{role} profile: node image, root, overlays and the tags node.yaml.ww reads"
             steps.append(Step(("wwctl", "profile", "set", name, "--yes", *flags), why, "registry"))
         nd, wnd = have.netdevs.get(NETNAME, NetDev()), want.netdevs[NETNAME]
-        net = [
-            f
-            for flag, a, b in (("--netdev", nd.device, wnd.device), ("--netmask", nd.netmask, wnd.netmask))
-            + ((("--gateway", nd.gateway, wnd.gateway),) if wnd.gateway else ())
-            if a != b
-            for f in (flag, b)
-        ]
+        net: list[str] = []
+        for flag, current, wanted in (
+            ("--netdev", nd.device, wnd.device),
+            ("--netmask", nd.netmask, wnd.netmask),
+            ("--gateway", nd.gateway, wnd.gateway),
+        ):
+            if wanted and current != wanted:  # no gateway in the inventory: the site's stays
+                net += [flag, wanted]
         if net:
             why = f"{role} profile: network defaults of device {NETNAME}"
             steps.append(Step(("wwctl", "profile", "set", name, "--yes", "--netname", NETNAME, *net), why, "registry"))
     return steps
+
+
+def _pairs(tags: Mapping[str, str]) -> str:
+    """``k1=v1,k2=v2``: one value of a pflag string-to-string flag (``--nettagadd``)."""
+    return ",".join(f"{k}={v}" for k, v in tags.items())
 
 
 def _node_profiles(inv: Inventory, node: Node, have: Entity | None, reg: Registry) -> tuple[str, ...]:
@@ -285,12 +291,7 @@ def _node_steps(inv: Inventory, version: str, reg: Registry, wanted: Mapping[str
             steps.append(Step(argv, f"new {node.role} node", "registry"))
             addresses_changed = True
             if want_dns:
-                dns[node.name] = (
-                    "--netname",
-                    NETNAME,
-                    "--nettagadd",
-                    ",".join(f"{k}={v}" for k, v in want_dns.items()),
-                )
+                dns[node.name] = ("--netname", NETNAME, "--nettagadd", _pairs(want_dns))
             continue
         nd = have.netdevs.get(NETNAME, NetDev())
         own: list[str] = []
@@ -310,7 +311,7 @@ def _node_steps(inv: Inventory, version: str, reg: Registry, wanted: Mapping[str
         if dns_now != want_dns:
             flags: tuple[str, ...] = ("--netname", NETNAME)
             if want_dns:
-                flags += ("--nettagadd", ",".join(f"{k}={v}" for k, v in want_dns.items()))
+                flags += ("--nettagadd", _pairs(want_dns))
             stale = sorted(set(dns_now) - set(want_dns))
             if stale:
                 flags += ("--nettagdel", ",".join(stale))
