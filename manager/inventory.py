@@ -37,24 +37,35 @@ class _Strict(BaseModel):
 
 
 class WarewulfSettings(_Strict):
-    """How the nodes look to Warewulf (``wwctl node set`` flags, see :func:`manager.wwplan.plan`).
+    """How the nodes look to Warewulf (``wwctl`` flags, see :func:`manager.wwplan.plan`).
 
     ``version`` "auto" asks ``wwctl version``. ``netdev`` is the device name (``--netdev``),
-    ``netmask`` a dotted IPv4 mask, ``gateway`` and ``nameservers`` IPv4 address strings (the
-    nameservers become network tags ``DNS1``, ``DNS2``...). ``profile`` defaults to
-    ``ek8s-<cluster>``. Overlay lists ``None`` mean the version's defaults (4.5: ``wwinit`` and
-    ``generic``, repeated on every node; 4.6: the ``default`` profile's, to which the cluster
-    profile appends ek8s's overlays).
+    ``netmask`` a dotted IPv4 mask, ``gateway`` an IPv4 address string: these three go on the
+    role profiles' network device ``default``. ``nameservers`` (IPv4 address strings) become
+    network tags ``DNS1``, ``DNS2``... on each node's device (4.7.0's ``profile set`` drops
+    ``--nettagadd``; docs/warewulf.md). Overlay lists ``None`` mean the version's defaults:
+    4.5's role profiles repeat ``wwinit`` and ``generic`` (a list set anywhere replaces
+    Warewulf's built-in default); 4.6+ append only ek8s's to the ``default`` profile's. A
+    list given here goes before ek8s's overlays on the role profiles.
     """
 
-    version: Literal["auto", "4.5", "4.6"] = "auto"
+    version: Literal["auto", "4.5", "4.6", "4.7"] = "auto"
     netdev: str = "net0"
     netmask: str = "255.255.255.0"
     gateway: IPv4 | None = None
     nameservers: list[IPv4] = Field(default_factory=list)
-    profile: str | None = None  # default: "ek8s-<cluster>"
     system_overlays: list[str] | None = None
     runtime_overlays: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cluster_profile(cls, data: object) -> object:
+        if isinstance(data, dict) and "profile" in data:
+            raise ValueError(
+                "profile: the single cluster profile is gone; ek8s keeps one profile per role, "
+                "<cluster>-control and <cluster>-worker (docs/warewulf.md); remove this field"
+            )
+        return data
 
     @field_validator("netmask")
     @classmethod
@@ -62,10 +73,10 @@ class WarewulfSettings(_Strict):
         ipaddress.IPv4Network(f"0.0.0.0/{v}")
         return v
 
-    @field_validator("profile", "netdev")
+    @field_validator("netdev")
     @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _WW_NAME.match(v):
+    def _name(cls, v: str) -> str:
+        if not _WW_NAME.match(v):
             raise ValueError("must be letters, digits, '.', '_' or '-'")
         return v
 
@@ -254,10 +265,17 @@ class Inventory(_Strict):
         first = self.nodes[0].address
         return ipaddress.IPv4Network(f"{first}/{self.warewulf.netmask}", strict=False)
 
+    def role_profile(self, role: str) -> str:
+        """The Warewulf profile of ``role`` ("control" or "worker"): ``<cluster>-<role>``. It
+        carries the role's node image, root, overlays, network defaults and every tag
+        node.yaml.ww reads (the cluster's and ``ek8s_role``)."""
+        return f"{self.cluster}-{role}"
+
     @property
-    def profile(self) -> str:
-        """The Warewulf profile that carries the cluster-wide tags."""
-        return self.warewulf.profile or f"ek8s-{self.cluster}"
+    def roles(self) -> list[str]:
+        """The roles the inventory's nodes have, control first."""
+        present = {n.role for n in self.nodes}
+        return [r for r in ("control", "worker") if r in present]
 
     def expanded(self) -> list[Node]:
         """Every node, hostlists expanded, in file order. Addresses count up within an entry."""

@@ -5,13 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
 
 from manager.inventory import Inventory, InventoryError, load_inventory
 
-VERSION_CHOICE = click.Choice(["auto", "4.5", "4.6"])
+if TYPE_CHECKING:
+    from manager.wwplan import Plan
+
+VERSION_CHOICE = click.Choice(["auto", "4.5", "4.6", "4.7"])
 
 
 def _inventory(path: str) -> Inventory:
@@ -23,13 +27,14 @@ def _inventory(path: str) -> Inventory:
 
 
 def _version(inv: Inventory, asked: str, wwctl: str) -> str:
-    from manager.wwplan import WarewulfError, detect_version
+    from manager.wwplan import parse_version
+    from manager.wwregistry import WarewulfError, run_wwctl
 
     wanted = asked if asked != "auto" else inv.warewulf.version
     if wanted != "auto":
         return wanted
     try:
-        return detect_version(wwctl)
+        return parse_version(run_wwctl(wwctl, "version"))
     except WarewulfError as err:
         click.echo(f"ek8s: {err}", err=True)
         sys.exit(1)
@@ -67,11 +72,18 @@ def overlay_build(out: Path) -> None:
 
 @click.group()
 def warewulf() -> None:
-    """Turn an inventory (warewulf_conf/inventory.yaml) into Warewulf nodes, profile and share."""
+    """Turn an inventory (warewulf_conf/inventory.yaml) into Warewulf profiles, nodes and share."""
 
 
 def _common(f: Callable[..., None]) -> Callable[..., None]:
-    """INVENTORY, --version and --wwctl, shared by plan and apply."""
+    """INVENTORY, --version, --wwctl and --conf-dir, shared by plan and apply."""
+    f = click.option(
+        "--conf-dir",
+        default="/etc/warewulf",
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="where warewulf.conf and nodes.conf are",
+    )(f)
     f = click.option("--wwctl", default="wwctl", show_default=True, help="the wwctl to ask and run")(f)
     f = click.option(
         "--version",
@@ -84,65 +96,79 @@ def _common(f: Callable[..., None]) -> Callable[..., None]:
     return click.argument("inventory", type=click.Path(dir_okay=False))(f)
 
 
-@warewulf.command("plan")
-@_common
-@click.option("--offline", is_flag=True, help="do not read the registry: plan as if Warewulf held nothing yet")
-def warewulf_plan(inventory: str, ww_version: str, wwctl: str, offline: bool) -> None:
-    """Print the idempotent wwctl commands (and the NFS entries) for INVENTORY.
-
-    Exit 2 when INVENTORY is invalid, 1 when wwctl cannot be asked (for the version when
-    neither --version nor the inventory names one, for the registry without --offline).
-    """
-    from manager.wwplan import Registry, WarewulfError, plan, read_registry, render_plan
-
-    inv = _inventory(inventory)
-    version = _version(inv, ww_version, wwctl)
-    registry = Registry()
-    if not offline:
-        try:
-            registry = read_registry(wwctl)
-        except WarewulfError as err:
-            click.echo(f"ek8s: {err} (use --offline to plan for an empty registry)", err=True)
-            sys.exit(1)
-    click.echo(render_plan(inv, version, plan(inv, version, registry)), nl=False)
-
-
-@warewulf.command("apply")
-@_common
-@click.option(
-    "--conf-dir",
-    default="/etc/warewulf",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="where warewulf.conf and nodes.conf are",
-)
-def warewulf_apply(inventory: str, ww_version: str, wwctl: str, conf_dir: Path) -> None:
-    """Run the plan for INVENTORY; stop at the first failing command and show its output.
-
-    Exit 2 when INVENTORY is invalid, 1 when wwctl cannot be asked or a step fails or runs
-    over 10 minutes.
-    """
-    from manager.wwplan import WarewulfError, apply, plan, read_registry
+def _plan(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: bool) -> tuple[Inventory, Plan]:
+    """Inventory, version, registry and local files -> (inventory, plan); exits 2 for a bad
+    inventory or a file that cannot be edited, 1 when wwctl cannot be asked."""
+    from manager import wwconf, wwplan, wwregistry
 
     inv = _inventory(inventory)
     version = _version(inv, ww_version, wwctl)
     try:
-        registry = read_registry(wwctl)
-    except WarewulfError as err:
-        click.echo(f"ek8s: {err}", err=True)
+        registry = wwregistry.offline() if offline else wwregistry.read_registry(version, wwctl, conf_dir)
+    except wwregistry.WarewulfError as err:
+        click.echo(f"ek8s: {err} (use --offline to plan for an empty registry)", err=True)
         sys.exit(1)
-    sys.exit(apply(inv, version, plan(inv, version, registry), wwctl=wwctl, conf_dir=conf_dir, say=click.echo))
+    try:
+        local = wwplan.Local(conf_dir=conf_dir) if offline else wwplan.local_snapshot(inv, conf_dir)
+        return inv, wwplan.plan(inv, version, registry, local)
+    except wwconf.ConfError as err:
+        click.echo(f"ek8s: {err}; nothing was run", err=True)
+        sys.exit(2)
+
+
+@warewulf.command("plan")
+@_common
+@click.option("--offline", is_flag=True, help="read neither wwctl nor the files: plan as for a fresh Warewulf")
+def warewulf_plan(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: bool) -> None:
+    """Print what `apply` would do for INVENTORY, as a shell script: only the wwctl commands
+    that change something, and the file edits as unified diffs.
+
+    Exit 2 when INVENTORY is invalid or warewulf.conf/nodes.conf cannot be read as YAML, 1
+    when wwctl cannot be asked (for the version when neither --version nor the inventory names
+    one, for the registry without --offline).
+    """
+    from manager.wwplan import render_plan
+
+    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, offline)
+    click.echo(render_plan(inv, p), nl=False)
+
+
+@warewulf.command("apply")
+@_common
+@click.option("--dry-run", is_flag=True, help="run nothing: list the steps and show the file edits as diffs")
+@click.option(
+    "--service",
+    default="service",
+    show_default=True,
+    help="the command that reloads warewulfd after an edit of nodes.conf (`service warewulfd reload`)",
+)
+@click.option("-v", "--verbose", is_flag=True, help="print each full command (and each file's diff)")
+def warewulf_apply(
+    inventory: str, ww_version: str, wwctl: str, conf_dir: Path, dry_run: bool, service: str, verbose: bool
+) -> None:
+    """Run the plan for INVENTORY, one line per step; stop at the first failing step and show
+    its output on stderr. warewulf.conf and nodes.conf are edited only after every wwctl
+    step that changes the registry succeeded.
+
+    Exit 2 when INVENTORY is invalid or warewulf.conf/nodes.conf cannot be read as YAML
+    (nothing run), 1 when wwctl cannot be asked or a step fails or runs over 10 minutes.
+    """
+    from manager.wwapply import Reporter, apply
+
+    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, offline=False)
+    reporter = Reporter(verbose=verbose)
+    sys.exit(apply(inv, p, wwctl=wwctl, service=service, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run))
 
 
 @warewulf.command("nfs")
 @click.argument("inventory", type=click.Path(dir_okay=False))
-@click.option("--version", "ww_version", type=click.Choice(["4.5", "4.6"]), default="4.6", show_default=True)
+@click.option("--version", "ww_version", type=click.Choice(["4.5", "4.6", "4.7"]), default="4.7", show_default=True)
 def warewulf_nfs(inventory: str, ww_version: str) -> None:
-    """Print the share's entries for warewulf.conf (and nodes.conf on 4.6) as YAML.
+    """Print the share's entries for warewulf.conf (and nodes.conf on 4.6+) as YAML.
 
     Exit 2 when INVENTORY is invalid.
     """
-    from manager.wwplan import nfs_entries
+    from manager.wwconf import nfs_entries
 
     inv = _inventory(inventory)
     for fname, data in nfs_entries(inv, ww_version).items():

@@ -1,68 +1,101 @@
-"""From an inventory to Warewulf: the ``wwctl`` commands and the NFS share entries.
+"""From an inventory to Warewulf: the steps that make the registry and files match it.
 
-``plan`` is a pure function of the inventory, the Warewulf version and what the registry
-already holds, so running it twice gives the same commands and applying them twice changes
-nothing: ``wwctl node add``/``profile add`` are left out for names that exist (they refuse a
-duplicate), every ``set`` states the whole wanted value.
+:func:`plan` is a pure function of the inventory, the Warewulf version, what the registry
+holds (:mod:`manager.wwregistry`) and a snapshot of the local files (:class:`Local`). It
+states only what differs, so a second run on an unchanged registry plans nothing.
 
-Version differences (Warewulf 4.6.0 release notes): 4.5 names node images "containers"
-(``--container``, ``wwctl container import``) and overlay lists ``--wwinit``/``--runtime``;
-4.6 has ``--image`` and ``--system-overlays``/``--runtime-overlays``, and appends the overlay
-lists of a node's profiles, so the cluster profile adds only ek8s's overlays there while 4.5
-nodes get their whole lists. NFS: 4.5 mounts exports listed in ``warewulf.conf`` with
-``mount: true`` and their ``mount options``; 4.6 exports from ``warewulf.conf`` but mounts
-from an ``fstab`` resource of a profile in ``nodes.conf``. ``profile add`` takes ``--yes`` on
-4.5 only (4.5 asks for confirmation; 4.6.5 has no such flag).
+What goes where (Warewulf's profiles; userdocs nodes/profiles.rst):
+
+- **Role profiles** ``<cluster>-control`` and ``<cluster>-worker`` carry everything the nodes
+  of a role share: the node image (4.5 ``--container``, 4.6+ ``--image``), ``--root tmpfs``
+  (containerd cannot ``pivot_root`` on the default initramfs root), the overlay lists, the
+  network device ``default``'s ``--netdev``, ``--netmask`` and ``--gateway``, and every tag
+  node.yaml.ww reads (:meth:`manager.inventory.Inventory.cluster_tags` and ``ek8s_role``).
+- **Nodes** carry only what is theirs: their MAC and address, their DNS network tags (below),
+  and the role profile appended to whatever profiles they have (the site's own profiles and
+  their order stay; only ek8s's other profiles, including the single cluster profile
+  ``ek8s-<cluster>`` of earlier versions, are taken out). Warewulf merges a node's profiles in
+  order, the right-most winning for scalars, so the role profile, last, decides the fields
+  it sets.
+
+Version facts this relies on (tags v4.5.8, v4.6.5, v4.7.0):
+
+- Overlay lists of all a node's profiles are appended (4.5 Entry.SetAltSlice/GetSlice,
+  node/methods.go:152-163, 279-288; 4.6+ node/mergo.go WithAppendSlice). A list set
+  anywhere drops 4.5's built-in default (``wwinit``/``generic``, node/constructors.go:23-40),
+  so 4.5's role profiles repeat it; 4.6+ add only ek8s's to the ``default`` profile's, and
+  negate Warewulf's ``hosts`` (``~hosts``, node/methods.go cleanList) so that ``ek8s-hosts``,
+  which writes the same file plus the VIP's name, is the only overlay writing /etc/hosts
+  (4.7 puts ``hosts`` in the default system list too, etc/nodes.conf).
+- ``profile add`` takes ``--yes`` on 4.5 only (4.5 asks and takes no terminal as "no",
+  profile/add/main.go:77-88; 4.6.5 and 4.7.0 have no such flag), and 4.6+'s ``profile add``
+  ignores ``--tagadd`` (profile/add/main.go applies only IPMI tags), so a new profile is
+  added bare and set after.
+- Network tags on a profile do not stick on 4.7.0 (``profile set --nettagadd``: update.go
+  skips ``map[string]string`` fields and profile/set/main.go has no network-tag loop), so the
+  DNS tags go on the nodes, in one ``node set`` for all nodes that need them (``node set``
+  takes a hostlist and applies ``--nettagadd``, 4.7.0 node/set/main.go:164-174). 4.7.0's
+  ``profile set`` also copies ``--tagadd`` into the profile's device named by ``--netname``
+  (main.go:141-149); the copies are ``ek8s_*`` keys no network overlay reads.
+- 4.7 has ``wwctl node unset`` (CHANGELOG 4.7.0, #1954): a node's own value of a field the
+  role profile carries is unset there; 4.5 and 4.6 cannot unset an address field (4.6.5
+  parses ``--netmask`` as an IP), so there a differing value is set to the wanted one.
+- ``wwctl configure dhcp``/``hostfile`` only when a node's MAC or address changed,
+  ``configure nfs`` only when the exports did; ``wwctl overlay build`` only for the cluster's
+  nodes, as a hostlist, and only when something changed.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import shutil
-import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import hostlist
 import yaml
 
-from manager import yamlfile
-from manager.inventory import Inventory
+from manager import wwconf
+from manager.inventory import Inventory, Node
+from manager.wwregistry import Entity, NetDev, Registry, WarewulfError, merge
 
-# Export and mount options of the share. no_root_squash: the agents run as root and keep the
-# share root-only (0700/0600); lookupcache=positive: a file another node just created is seen
-# at once (no cached "does not exist"), which the share protocol's polling relies on.
-EXPORT_OPTIONS = "rw,sync,no_root_squash,no_subtree_check"
-MOUNT_OPTIONS = "defaults,hard,lookupcache=positive"
-
-# Default overlay lists of a fresh Warewulf install, which 4.5 nodes must repeat.
-BASE_OVERLAYS_45 = (["wwinit"], ["generic"])
-
-# Seconds a wwctl query (version, node list, profile list) and a plan step may take. A step
-# can be long: `wwctl overlay build` renders every node's overlays, `wwctl configure --all`
-# restarts DHCP, TFTP and NFS.
-WWCTL_QUERY_TIMEOUT_S = 120.0
-STEP_TIMEOUT_S = 600.0
+VERSIONS = ("4.5", "4.6", "4.7")
+NETNAME = "default"  # the network device ek8s manages on every node and role profile
+OVERLAYS = ("ek8s", "ek8s-hosts")
+# 4.5's built-in overlay lists (node/constructors.go FallBackConf), which a list set anywhere drops.
+BASE_OVERLAYS_45 = (("wwinit",), ("generic",))
 
 
-class WarewulfError(Exception):
-    """wwctl is missing, cannot run, fails or does not answer in time, or its answer cannot
-    be read."""
+def parse_version(text: str) -> str:
+    """``wwctl version`` output -> "4.5", "4.6" or "4.7" (4.7 and later share the 4.7
+    interface). Accepts the forms Warewulf prints (``wwctl version:\\t 4.5.8-1``,
+    ``Warewulf Version: v4.6.1``). Raises :class:`WarewulfError` for anything before 4.5 or
+    without a version."""
+    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text)
+    if not m:
+        raise WarewulfError(f"cannot find a version in `wwctl version` output: {text.strip()!r}")
+    major, minor = int(m.group(1)), int(m.group(2))
+    if (major, minor) < (4, 5):
+        raise WarewulfError(f"Warewulf {m.group(0)} is too old: 4.5 or later is needed")
+    return "4.5" if (major, minor) == (4, 5) else "4.6" if (major, minor) == (4, 6) else "4.7"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One command of the plan: ``argv`` (``argv[0]`` is ``wwctl`` or a plain command such as
-    ``install``) and ``why``, printed as a comment above it."""
+    """One step: ``argv`` (``argv[0]`` is ``wwctl``, ``install``, ``service``, or ``edit`` for a file
+    ``apply`` edits itself, then ``argv[1]`` is its path), ``why`` (a comment), ``kind``
+    ("local", "registry", "edit" or "server"; registry steps run before the files are edited,
+    server steps after)."""
 
-    argv: list[str]
+    argv: tuple[str, ...]
     why: str
+    kind: str
 
     def shell(self) -> str:
-        """The command as shell text; long ones broken before each ``--option``."""
+        """The command as shell text; one over 120 characters broken before each ``--option``."""
         line = shlex.join(self.argv)
-        if len(line) <= 100:
+        if len(line) <= 120:
             return line
         parts: list[str] = []
         for arg in self.argv:
@@ -72,358 +105,366 @@ class Step:
                 parts[-1] += " " + shlex.quote(arg)
         return " \\\n    ".join(parts)
 
-
-@dataclass
-class Registry:
-    """What Warewulf already holds: node and profile names (as :func:`read_registry` reads
-    them; empty for ``ek8s warewulf plan --offline``)."""
-
-    nodes: set[str] = field(default_factory=set)
-    profiles: set[str] = field(default_factory=set)
+    def short(self, width: int = 72) -> str:
+        """One line: the command cut to ``width`` characters (``ek8s warewulf apply``'s progress)."""
+        line = shlex.join(self.argv)
+        return line if len(line) <= width else line[: width - 3] + "..."
 
 
-def parse_version(text: str) -> str:
-    """``wwctl version`` output -> "4.5" or "4.6" (4.6 and later share the 4.6 interface).
+@dataclass(frozen=True)
+class Local:
+    """What ``plan`` knows of the server's own files: whether the share directory is ready
+    (exists, root's, mode 0700) and the text of ``warewulf.conf`` and ``nodes.conf`` in
+    ``conf_dir`` (None: missing or not read, as for ``plan --offline``)."""
 
-    Accepts the forms Warewulf prints (``wwctl: 4.5.8-1``, ``Warewulf Version: v4.6.1``).
-    Raises :class:`WarewulfError` for anything before 4.5 or without a version.
-    """
-    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text)
-    if not m:
-        raise WarewulfError(f"cannot find a version in `wwctl version` output: {text.strip()!r}")
-    major, minor = int(m.group(1)), int(m.group(2))
-    if (major, minor) < (4, 5):
-        raise WarewulfError(f"Warewulf {m.group(0)} is too old: 4.5 or later is needed")
-    return "4.5" if (major, minor) == (4, 5) else "4.6"
+    conf_dir: Path = Path("/etc/warewulf")
+    share_ready: bool = False
+    files: Mapping[str, str | None] = field(default_factory=dict)
 
 
-def _wwctl(wwctl: str, *args: str) -> str:
+@dataclass(frozen=True)
+class Plan:
+    """The steps in order, the file edits they lead to (``{path: (old, new)}``, for the
+    diffs), the files that were not read (names; their entries are shown instead) and notes
+    (one line each: what was read, what is left as it is and why)."""
+
+    version: str
+    steps: tuple[Step, ...]
+    edits: Mapping[Path, tuple[str, str]]
+    unread: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def commands(self) -> int:
+        """How many commands the plan runs (its steps but the file edits)."""
+        return sum(1 for s in self.steps if s.kind != "edit")
+
+
+def local_snapshot(inv: Inventory, conf_dir: Path) -> Local:
+    """Read :class:`Local` for ``inv``: the share directory's state and the two files. Raises
+    :class:`manager.wwconf.ConfError` for a file that is missing or cannot be read."""
+    share = inv.share.path
     try:
-        res = subprocess.run(
-            [wwctl, *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=WWCTL_QUERY_TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise WarewulfError(f"{wwctl}: not found (is Warewulf installed? or pass --version)") from None
-    except subprocess.TimeoutExpired:
-        raise WarewulfError(f"{wwctl} {' '.join(args)}: no answer within {WWCTL_QUERY_TIMEOUT_S:.0f}s") from None
-    except OSError as err:
-        raise WarewulfError(f"{wwctl}: {err.strerror}") from None
-    if res.returncode != 0:
-        raise WarewulfError(f"{wwctl} {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
-    return res.stdout
+        st = share.stat()
+        ready = share.is_dir() and st.st_uid == 0 and (st.st_mode & 0o777) == 0o700
+    except OSError:
+        ready = False
+    files = {name: wwconf.read_text(conf_dir / name) for name in ("warewulf.conf", "nodes.conf")}
+    for name, text in files.items():
+        if text is None:
+            raise wwconf.ConfError(f"{conf_dir / name}: not found (Warewulf's own file; is --conf-dir right?)")
+    return Local(conf_dir=conf_dir, share_ready=ready, files=files)
 
 
-def detect_version(wwctl: str = "wwctl") -> str:
-    """Ask ``wwctl version``. Returns "4.5" or "4.6"; raises :class:`WarewulfError` when
-    ``wwctl`` is missing, fails, takes over ``WWCTL_QUERY_TIMEOUT_S`` or prints no version
-    of 4.5 or later."""
-    return parse_version(_wwctl(wwctl, "version"))
-
-
-def _names(table: str) -> set[str]:
-    """First column of a ``wwctl node list``/``profile list`` table, headers and rules dropped."""
-    out: set[str] = set()
-    for line in table.splitlines():
-        cols = line.split()
-        if not cols or set(cols[0]) <= set("=-") or cols[0].isupper():
-            continue
-        out.add(cols[0])
-    return out
-
-
-def read_registry(wwctl: str = "wwctl") -> Registry:
-    """Node and profile names Warewulf already has (``wwctl node list``, ``wwctl profile list``:
-    the first column of their tables). Raises :class:`WarewulfError` as :func:`detect_version`."""
-    return Registry(nodes=_names(_wwctl(wwctl, "node", "list")), profiles=_names(_wwctl(wwctl, "profile", "list")))
-
-
-def _tags(tags: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in tags.items())
-
-
-def plan(inv: Inventory, version: str, registry: Registry | None = None) -> list[Step]:
-    """The wwctl commands that make Warewulf match ``inv``, in order.
-
-    ``version`` is "4.5" or "4.6"; ``registry`` what exists already (``None``: nothing).
-    Share preparation on the server comes first (``install -d`` of the share, root-only),
-    then the profile, each node, ``wwctl configure --all`` and ``wwctl overlay build``; NFS
-    entries are in :func:`nfs_entries`. Pure: reads and runs nothing, raises nothing.
-    """
-    reg = registry or Registry()
-    v45 = version == "4.5"
+def wanted_profile(inv: Inventory, role: str, version: str) -> Entity:
+    """The fields ek8s sets on the role profile of ``role`` (module docstring)."""
     ww = inv.warewulf
-    profile = inv.profile
-    image_flag = "--container" if v45 else "--image"
-    steps = [
-        Step(
-            ["install", "-d", "-m", "0700", "-o", "root", "-g", "root", str(inv.share.path)],
-            "the share on the Warewulf server: root-only, as the agents keep every file in it",
-        )
-    ]
-    if profile not in reg.profiles:
-        # 4.5 asks for confirmation unless --yes, and without a terminal adds nothing and
-        # exits 0 (v4.5.8 internal/app/wwctl/profile/add/main.go:77-88, --yes at
-        # profile/add/root.go:70); 4.6.5's `profile add` has no --yes and refuses it.
-        add = ["wwctl", "profile", "add", profile, *(["--yes"] if v45 else [])]
-        steps.append(Step(add, f"cluster profile for {inv.cluster}"))
-    profile_set = ["wwctl", "profile", "set", profile, "--yes"]
-    for key, value in inv.cluster_tags().items():
-        profile_set += ["--tagadd", f"{key}={value}"]
-    if not v45:
-        # 4.6 appends the overlay lists of all a node's profiles: add only ek8s's.
-        profile_set += ["--system-overlays", "ek8s,ek8s-hosts", "--runtime-overlays", "ek8s-hosts"]
-    steps.append(Step(profile_set, "cluster-wide facts for node.yaml.ww (tags ek8s_*)"))
-    sys_ov, run_ov = BASE_OVERLAYS_45 if v45 else ([], [])
+    system: tuple[str, ...]
+    runtime: tuple[str, ...]
+    if version == "4.5":
+        system, runtime = BASE_OVERLAYS_45
+        negated: tuple[str, ...] = ()
+    else:
+        system, runtime = (), ()
+        negated = ("~hosts",)
     if ww.system_overlays is not None:
-        sys_ov = ww.system_overlays
+        system = tuple(ww.system_overlays)
     if ww.runtime_overlays is not None:
-        run_ov = ww.runtime_overlays
-    for node in inv.expanded():
-        if node.name not in reg.nodes:
-            steps.append(Step(["wwctl", "node", "add", node.name], f"new {node.role} node"))
-        image = inv.node_images.control if node.role == "control" else inv.node_images.worker
-        argv = [
-            "wwctl", "node", "set", node.name, "--yes",
-            "--profile", f"default,{profile}",
-            image_flag, image,
-            "--root", "tmpfs",
-            "--netname", "default", "--netdev", ww.netdev,
-            "--hwaddr", node.mac, "--ipaddr", node.address, "--netmask", ww.netmask,
-        ]  # fmt: skip
-        if ww.gateway:
-            argv += ["--gateway", ww.gateway]
-        if ww.nameservers:
-            argv += ["--nettagadd", _tags({f"DNS{i + 1}": a for i, a in enumerate(ww.nameservers)})]
-        argv += ["--tagadd", f"ek8s_role={node.role}"]
-        if v45 or ww.system_overlays is not None:
-            argv += ["--wwinit" if v45 else "--system-overlays", ",".join([*sys_ov, "ek8s", "ek8s-hosts"])]
-        if v45 or ww.runtime_overlays is not None:
-            argv += ["--runtime" if v45 else "--runtime-overlays", ",".join([*run_ov, "ek8s-hosts"])]
-        steps.append(Step(argv, f"{node.role} {node.address} ({node.mac}), root on tmpfs"))
-    steps.append(Step(["wwctl", "configure", "--all"], "DHCP, NFS exports and hosts on the server"))
-    steps.append(Step(["wwctl", "overlay", "build"], "render node.yaml and the units for every node"))
+        runtime = tuple(ww.runtime_overlays)
+    return Entity(
+        image=getattr(inv.node_images, role),
+        root="tmpfs",
+        system_overlays=(*system, *negated, *OVERLAYS),
+        runtime_overlays=(*runtime, *negated, "ek8s-hosts"),
+        tags={**inv.cluster_tags(), "ek8s_role": role},
+        netdevs={NETNAME: NetDev(device=ww.netdev, netmask=ww.netmask, gateway=ww.gateway or "")},
+    )
+
+
+def dns_tags(inv: Inventory) -> dict[str, str]:
+    """The nodes' DNS network tags: ``DNS1``, ``DNS2``... from ``warewulf.nameservers``."""
+    return {f"DNS{i + 1}": a for i, a in enumerate(inv.warewulf.nameservers)}
+
+
+def ek8s_profiles(inv: Inventory) -> set[str]:
+    """Profiles ek8s manages for ``inv``'s cluster: both role profiles and the single cluster
+    profile ``ek8s-<cluster>`` of earlier versions (taken out of nodes' lists)."""
+    return {inv.role_profile("control"), inv.role_profile("worker"), f"ek8s-{inv.cluster}"}
+
+
+def targets(names: list[str], version: str) -> tuple[str, ...]:
+    """Node names as ``wwctl`` arguments: one hostlist (``control[0-2],worker[0-119]``) on
+    4.6+, whose hostlist.Expand splits top-level commas; every name on its own on 4.5, whose
+    Expand neither splits commas nor keeps a plain name beside a bracketed one (v4.5.8
+    internal/pkg/hostlist/hostlist.go expand_iterate has no branch for a name without
+    brackets once one has them)."""
+    if version == "4.5":
+        return tuple(names)
+    return (str(hostlist.collect_hostlist(names)),)
+
+
+def _group(per_node: dict[str, tuple[str, ...]], version: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Nodes with the same flags -> (targets, flags), in first-seen order."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, flags in per_node.items():
+        if flags:
+            groups.setdefault(flags, []).append(name)
+    return [(targets(names, version), flags) for flags, names in groups.items()]
+
+
+def _profile_steps(inv: Inventory, version: str, reg: Registry) -> list[Step]:
+    steps: list[Step] = []
+    image_flag = "--container" if version == "4.5" else "--image"
+    sys_flag, run_flag = ("--wwinit", "--runtime") if version == "4.5" else ("--system-overlays", "--runtime-overlays")
+    for role in inv.roles:
+        name = inv.role_profile(role)
+        want = wanted_profile(inv, role, version)
+        have = reg.profiles.get(name)
+        if have is None:
+            add = ("wwctl", "profile", "add", name, *(("--yes",) if version == "4.5" else ()))
+            steps.append(Step(add, f"role profile for the {role} nodes of cluster {inv.cluster}", "registry"))
+            have = Entity()
+        flags: list[str] = []
+        for key, value in want.tags.items():
+            if have.tags.get(key) != value:
+                flags += ["--tagadd", f"{key}={value}"]
+        stale = sorted(k for k in have.tags if k.startswith("ek8s_") and k not in want.tags)
+        if stale:
+            flags += ["--tagdel", ",".join(stale)]
+        if have.image != want.image:
+            flags += [image_flag, want.image]
+        if have.root != want.root:
+            flags += ["--root", want.root]
+        if have.system_overlays != want.system_overlays:
+            flags += [sys_flag, ",".join(want.system_overlays)]
+        if have.runtime_overlays != want.runtime_overlays:
+            flags += [run_flag, ",".join(want.runtime_overlays)]
+        if flags:
+            why = f"{role} profile: node image, root, overlays and the tags node.yaml.ww reads"
+            steps.append(Step(("wwctl", "profile", "set", name, "--yes", *flags), why, "registry"))
+        nd, wnd = have.netdevs.get(NETNAME, NetDev()), want.netdevs[NETNAME]
+        net: list[str] = []
+        for flag, current, wanted in (
+            ("--netdev", nd.device, wnd.device),
+            ("--netmask", nd.netmask, wnd.netmask),
+            ("--gateway", nd.gateway, wnd.gateway),
+        ):
+            if wanted and current != wanted:  # no gateway in the inventory: the site's stays
+                net += [flag, wanted]
+        if net:
+            why = f"{role} profile: network defaults of device {NETNAME}"
+            steps.append(Step(("wwctl", "profile", "set", name, "--yes", "--netname", NETNAME, *net), why, "registry"))
     return steps
 
 
-def nfs_entries(inv: Inventory, version: str) -> dict[str, Any]:
-    """What the share needs in Warewulf's files, as YAML-ready data.
-
-    Returns ``{"warewulf.conf": {...}}`` and, for 4.6, ``{"nodes.conf": {...}}``: the export
-    (both versions; 4.5 also mounts it from there) and 4.6's ``fstab`` resource on the cluster
-    profile. Keys are Warewulf's own (``export paths``, ``mount options``, ``resources``).
-    """
-    path = str(inv.share.path)
-    export: dict[str, Any] = {"path": path, "export options": EXPORT_OPTIONS}
-    if version == "4.5":
-        export |= {"mount options": MOUNT_OPTIONS, "mount": True}
-    out: dict[str, Any] = {"warewulf.conf": {"nfs": {"enabled": True, "export paths": [export]}}}
-    if version != "4.5":
-        fstab = [{"spec": f"warewulf:{path}", "file": path, "vfstype": "nfs", "mntops": MOUNT_OPTIONS}]
-        out["nodes.conf"] = {"nodeprofiles": {inv.profile: {"resources": {"fstab": fstab}}}}
-    return out
+def _pairs(tags: Mapping[str, str]) -> str:
+    """``k1=v1,k2=v2``: one value of a pflag string-to-string flag (``--nettagadd``)."""
+    return ",".join(f"{k}={v}" for k, v in tags.items())
 
 
-def render_plan(inv: Inventory, version: str, steps: list[Step]) -> str:
-    """The plan as a POSIX shell script (``set -e``, one commented command per step, the NFS
-    entries as comments) an operator can read or run (``ek8s warewulf plan``)."""
+def _node_profiles(inv: Inventory, node: Node, have: Entity | None, reg: Registry) -> tuple[str, ...]:
+    """The node's profile list: its own (a new node: ``default`` where it exists) without
+    ek8s's other profiles, then its role profile."""
+    role_profile = inv.role_profile(node.role)
+    current = have.profiles if have is not None else (("default",) if "default" in reg.profiles else ())
+    if have is not None and role_profile in current:
+        others = ek8s_profiles(inv) - {role_profile}
+        return tuple(p for p in current if p not in others)
+    return (*(p for p in current if p not in ek8s_profiles(inv)), role_profile)
+
+
+def _node_steps(inv: Inventory, version: str, reg: Registry, wanted: Mapping[str, Entity]) -> tuple[list[Step], bool]:
+    """Steps for the nodes (``wanted``: the role profiles by role), and whether DHCP and the
+    server's hosts need configuring."""
+    steps: list[Step] = []
+    addresses_changed = False
+    profiles_change: dict[str, tuple[str, ...]] = {}
+    overrides: dict[str, tuple[str, ...]] = {}
+    dns: dict[str, tuple[str, ...]] = {}
+    want_dns = dns_tags(inv)
+    for node in inv.expanded():
+        have = reg.nodes.get(node.name)
+        plist = _node_profiles(inv, node, have, reg)
+        if have is None:
+            argv: tuple[str, ...] = ("wwctl", "node", "add", node.name, "--profile", ",".join(plist))
+            argv += ("--netname", NETNAME, "--hwaddr", node.mac, "--ipaddr", node.address)
+            steps.append(Step(argv, f"new {node.role} node", "registry"))
+            addresses_changed = True
+            if want_dns:
+                dns[node.name] = ("--netname", NETNAME, "--nettagadd", _pairs(want_dns))
+            continue
+        nd = have.netdevs.get(NETNAME, NetDev())
+        own: list[str] = []
+        if nd.hwaddr != node.mac:
+            own += ["--hwaddr", node.mac]
+        if nd.ipaddr != node.address:
+            own += ["--ipaddr", node.address]
+        if own:
+            why = f"{node.name}: its MAC and address on device {NETNAME}"
+            steps.append(
+                Step(("wwctl", "node", "set", node.name, "--yes", "--netname", NETNAME, *own), why, "registry")
+            )
+            addresses_changed = True
+        if plist != have.profiles:
+            profiles_change[node.name] = ("--profile", ",".join(plist))
+        dns_now = {k: v for k, v in nd.tags.items() if re.fullmatch(r"DNS\d+", k)}
+        if dns_now != want_dns:
+            flags: tuple[str, ...] = ("--netname", NETNAME)
+            if want_dns:
+                flags += ("--nettagadd", _pairs(want_dns))
+            stale = sorted(set(dns_now) - set(want_dns))
+            if stale:
+                flags += ("--nettagdel", ",".join(stale))
+            dns[node.name] = flags
+        # Fields the role profile carries that the node overrides with a value of its own:
+        # the node's merged value differs from what its current profiles alone give it.
+        from_profiles = merge(Entity(profiles=have.profiles), reg.profiles, version)
+        overrides[node.name] = _override_flags(version, have, from_profiles, wanted[node.role])
+    for names, flags in _group(profiles_change, version):
+        why = "add the role profile, keep the node's other profiles"
+        steps.append(Step(("wwctl", "node", "set", *names, "--yes", *flags), why, "registry"))
+    for names, flags in _group(overrides, version):
+        if flags[0] == "unset":
+            why = "the node's own values of fields its role profile carries: unset, so the profile's apply"
+            steps.append(Step(("wwctl", "node", "unset", *names, "--yes", *flags[1:]), why, "registry"))
+        else:
+            why = "the node's own values of fields its role profile carries (this version cannot unset them all)"
+            steps.append(Step(("wwctl", "node", "set", *names, "--yes", *flags), why, "registry"))
+    for names, flags in _group(dns, version):
+        steps.append(Step(("wwctl", "node", "set", *names, "--yes", *flags), "DNS servers (network tags)", "registry"))
+    return steps, addresses_changed
+
+
+def _override_flags(version: str, have: Entity, from_profiles: Entity, want: Entity) -> tuple[str, ...]:
+    """Flags that take a node's own values of profile-carried fields away (4.7: ``node unset``
+    flags after an ``"unset"`` marker; earlier: ``node set`` flags with the wanted values)."""
+    image_flag = "--container" if version == "4.5" else "--image"
+    nd, pnd, wnd = (e.netdevs.get(NETNAME, NetDev()) for e in (have, from_profiles, want))
+    scalars = [
+        (image_flag if version != "4.7" else "--image", have.image, from_profiles.image, want.image, False),
+        ("--root", have.root, from_profiles.root, want.root, False),
+        ("--netdev", nd.device, pnd.device, wnd.device, True),
+        ("--netmask", nd.netmask, pnd.netmask, wnd.netmask, True),
+        ("--gateway", nd.gateway, pnd.gateway, wnd.gateway, True),
+    ]
+    tags = sorted(k for k, v in have.tags.items() if k.startswith("ek8s_") and from_profiles.tags.get(k) != v)
+    if version == "4.7":
+        flags = [flag for flag, mine, theirs, _w, _n in scalars if mine and mine != theirs]
+        net = [f for f in flags if f in ("--netdev", "--netmask", "--gateway")]
+        out = [f for f in flags if f not in net]
+        if net:
+            out += ["--netname", NETNAME, *net]
+        if tags:
+            out += ["--tag", ",".join(tags)]
+        return ("unset", *out) if out else ()
+    out = []
+    net_out: list[str] = []
+    for flag, mine, theirs, wanted, is_net in scalars:
+        if mine and mine != theirs and mine != wanted:
+            (net_out if is_net else out).extend([flag, wanted or "UNSET"])
+    if net_out:
+        out += ["--netname", NETNAME, *net_out]
+    if tags:
+        out += ["--tagdel", ",".join(tags)]
+    return tuple(out)
+
+
+def _edit_steps(
+    inv: Inventory, version: str, local: Local
+) -> tuple[list[Step], dict[Path, tuple[str, str]], list[str]]:
+    """Edits of the files that need one, their (old, new) texts, and the files not read."""
+    steps: list[Step] = []
+    edits: dict[Path, tuple[str, str]] = {}
+    unread: list[str] = []
+    wanted = {"warewulf.conf": True, "nodes.conf": version != "4.5"}
+    for name, needed in wanted.items():
+        if not needed:
+            continue
+        path = local.conf_dir / name
+        old = local.files.get(name)
+        if old is None:
+            unread.append(name)
+            continue
+        new = (
+            wwconf.edit_warewulf_conf(old, inv, version, path)
+            if name == "warewulf.conf"
+            else wwconf.edit_nodes_conf(old, inv, path)
+        )
+        if new != old:
+            edits[path] = (old, new)
+            why = (
+                "the share's NFS export"
+                if name == "warewulf.conf"
+                else "the share's fstab resource on the role profiles"
+            )
+            steps.append(Step(("edit", str(path)), why, "edit"))
+    return steps, edits, unread
+
+
+def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan:
+    """The steps that make Warewulf match ``inv``, in order: the share directory (local),
+    the role profiles and the nodes (registry), the file edits, then ``wwctl configure`` and
+    ``wwctl overlay build`` (server). Pure; raises :class:`manager.wwconf.ConfError` when a
+    file in ``local`` cannot be edited (not YAML, a field of another shape)."""
+    steps: list[Step] = []
+    notes = [f"registry read from {registry.source}"]
+    if not local.share_ready:
+        argv = ("install", "-d", "-m", "0700", "-o", "root", "-g", "root", str(inv.share.path))
+        steps.append(
+            Step(argv, "the share on the Warewulf server: root-only, as the agents keep every file in it", "local")
+        )
+    wanted = {role: wanted_profile(inv, role, version) for role in inv.roles}
+    steps += _profile_steps(inv, version, registry)
+    node_steps, addresses_changed = _node_steps(inv, version, registry, wanted)
+    steps += node_steps
+    edit_steps, edits, unread = _edit_steps(inv, version, local)
+    steps += edit_steps
+    notes += [f"{local.conf_dir / name}: not read; its entries are at the end" for name in unread]
+    if any(p.name == "nodes.conf" for p in edits) or "nodes.conf" in unread:
+        # What wwctl runs after each change it persists (4.6.5 and 4.7.0 warewulfd/daemon.go
+        # DaemonReload), so warewulfd's registry in memory has the fstab resource too.
+        why = "warewulfd re-reads nodes.conf, as wwctl makes it after each change"
+        steps.append(Step(("service", "warewulfd", "reload"), why, "server"))
+    if addresses_changed:
+        steps.append(Step(("wwctl", "configure", "dhcp"), "DHCP: the nodes' MACs and addresses", "server"))
+        steps.append(Step(("wwctl", "configure", "hostfile"), "the server's /etc/hosts: the nodes' names", "server"))
+    if any(p.name == "warewulf.conf" for p in edits) or "warewulf.conf" in unread:
+        steps.append(Step(("wwctl", "configure", "nfs"), "the server's NFS exports", "server"))
+    nodes = targets([n.name for n in inv.expanded()], version)
+    if any(s.kind in ("registry", "edit") for s in steps) or unread:
+        why = "render node.yaml, the units and /etc/hosts for the cluster's nodes"
+        steps.append(Step(("wwctl", "overlay", "build", *nodes), why, "server"))
+    else:
+        notes.append(
+            "nothing to change in the registry or the files; after `ek8s overlay build`, "
+            f"run `{shlex.join(('wwctl', 'overlay', 'build', *nodes))}`"
+        )
+    return Plan(version=version, steps=tuple(steps), edits=edits, unread=tuple(unread), notes=tuple(notes))
+
+
+def render_plan(inv: Inventory, p: Plan) -> str:
+    """The plan as a POSIX shell script (``set -e``, one commented command per step) an
+    operator can read or run; the file edits as comments with their unified diff (or, for a
+    file not read, the entries it needs)."""
     lines = [
         "#!/bin/sh",
-        f"# ek8s warewulf plan: cluster {inv.cluster}, Warewulf {version}, {len(inv.expanded())} nodes.",
-        "# Idempotent: nodes and profiles that exist are only set, never added again.",
+        f"# ek8s warewulf plan: cluster {inv.cluster}, Warewulf {p.version}, {len(inv.expanded())} nodes, "
+        f"{p.commands} commands.",
+        "# Only what differs from the registry; a second run after `ek8s warewulf apply` plans nothing.",
+        *(f"# {note}" for note in p.notes),
         "set -e",
     ]
-    for step in steps:
-        lines += ["", f"# {step.why}", step.shell()]
-    for fname, data in nfs_entries(inv, version).items():
-        lines += ["", f"# /etc/warewulf/{fname} needs (ek8s warewulf apply merges it):"]
-        lines += ["#   " + ln for ln in yaml.safe_dump(data, sort_keys=False).splitlines()]
-    return "\n".join(lines) + "\n"
-
-
-def _child(node: dict[str, Any], key: str, kind: type, field: str, path: Path) -> Any:
-    """``node[key]``, made an empty ``kind`` (dict or list) when absent or null. Raises
-    :class:`ConfError` naming ``path`` and the dotted ``field`` when it holds something else."""
-    value = node.get(key)
-    if value is None:
-        value = kind()
-        node[key] = value
-    if not isinstance(value, kind):
-        shape = "a mapping" if kind is dict else "a list"
-        raise ConfError(
-            f"{path}: field {field!r} must be {shape}, as Warewulf writes it (found {type(value).__name__})"
-        )
-    return value
-
-
-def _merge_export(conf: dict[str, Any], entry: dict[str, Any], path: Path) -> bool:
-    nfs = _child(conf, "nfs", dict, "nfs", path)
-    changed = nfs.get("enabled") is not True
-    nfs["enabled"] = True
-    paths = _child(nfs, "export paths", list, "nfs.export paths", path)
-    for i, existing in enumerate(paths):
-        if isinstance(existing, dict) and existing.get("path") == entry["path"]:
-            if existing != entry:
-                paths[i] = entry
-                changed = True
-            return changed
-    paths.append(entry)
-    return True
-
-
-def _merge_fstab(conf: dict[str, Any], profile: str, fstab: list[dict[str, Any]], path: Path) -> bool:
-    profiles = _child(conf, "nodeprofiles", dict, "nodeprofiles", path)
-    prof = _child(profiles, profile, dict, f"nodeprofiles.{profile}", path)
-    resources = _child(prof, "resources", dict, f"nodeprofiles.{profile}.resources", path)
-    entries = _child(resources, "fstab", list, f"nodeprofiles.{profile}.resources.fstab", path)
-    kept = [e for e in entries if not (isinstance(e, dict) and e.get("file") == fstab[0]["file"])]
-    if kept + fstab == entries:
-        return False
-    resources["fstab"] = kept + fstab
-    return True
-
-
-class ConfError(Exception):
-    """``warewulf.conf`` or ``nodes.conf`` cannot be read or is not a YAML mapping."""
-
-
-def read_conf(path: Path) -> dict[str, Any]:
-    """Warewulf's ``warewulf.conf`` or ``nodes.conf`` at ``path`` as a mapping (empty file: ``{}``).
-
-    Read with :func:`manager.yamlfile.load`, so a value a person left unquoted, such as a MAC
-    ``hwaddr: 52:54:00:00:00:21``, stays the string Warewulf (Go's YAML) reads, not a base-60
-    number that a rewrite would corrupt. Raises :class:`ConfError` naming the file.
-    """
-    conf = yamlfile.read(path, ConfError)
-    if conf is None:
-        return {}
-    if not isinstance(conf, dict):
-        raise ConfError(f"{path}: the top level must be a mapping, as Warewulf writes it")
-    return conf
-
-
-def merge_conf(path: Path, inv: Inventory, version: str, which: str) -> bool:
-    """Merge the share's entry into ``warewulf.conf`` or ``nodes.conf`` at ``path``.
-
-    ``which`` is "warewulf.conf" or "nodes.conf" (nothing to merge for "nodes.conf" on 4.5).
-    Returns whether the file changed. The entry for the share's path (an ``export paths`` item,
-    or a ``fstab`` resource of the cluster profile with the same ``file``) is replaced, others
-    are kept. A changed file is first copied to ``<path>.ek8s-backup`` (comments are not kept:
-    PyYAML round trip; values keep their meaning, see :func:`read_conf`). Raises
-    :class:`ConfError` or ``OSError``.
-    """
-    entries = nfs_entries(inv, version)
-    if which not in entries:
-        return False
-    conf = read_conf(path)
-    if which == "warewulf.conf":
-        changed = _merge_export(conf, entries[which]["nfs"]["export paths"][0], path)
-    else:
-        fstab = entries[which]["nodeprofiles"][inv.profile]["resources"]["fstab"]
-        changed = _merge_fstab(conf, inv.profile, fstab, path)
-    if changed:
-        shutil.copy2(path, path.with_name(path.name + ".ek8s-backup"))
-        path.write_text(yaml.safe_dump(conf, sort_keys=False))
-    return changed
-
-
-def _profile_missing(wwctl: str, profile: str) -> str | None:
-    """After ``wwctl profile add``: why ``profile`` is not in ``wwctl profile list``, or None.
-
-    Warewulf can exit 0 without adding it: 4.5 asks for confirmation unless --yes and takes
-    no answer as "no" (v4.5.8 internal/app/wwctl/profile/add/main.go:77-88). Every node would
-    then render without the cluster's facts, with only a warning
-    (``node/constructors.go:197``), so the absence is an error here.
-    """
-    try:
-        names = _names(_wwctl(wwctl, "profile", "list"))
-    except WarewulfError as err:
-        return str(err)
-    if profile in names:
-        return None
-    return f"`wwctl profile add {profile}` exited 0 but {profile} is not in `wwctl profile list`"
-
-
-def apply(
-    inv: Inventory,
-    version: str,
-    steps: list[Step],
-    wwctl: str = "wwctl",
-    conf_dir: Path = Path("/etc/warewulf"),
-    say: Any = print,
-) -> int:
-    """Run ``steps`` in order, merging the NFS entries where they belong; stop at the first
-    failure, show its output through ``say``, and return 1 (0 when every step passed; 2, with
-    nothing run, when ``warewulf.conf`` or ``nodes.conf`` in ``conf_dir`` cannot be read as YAML).
-
-    ``wwctl`` replaces ``argv[0]`` of the wwctl steps; ``conf_dir`` holds ``warewulf.conf``
-    and, on 4.6, ``nodes.conf`` (merged just before ``wwctl configure``, once the profile
-    exists). Commands get no terminal (stdin is /dev/null), so a confirmation prompt cannot
-    wait unseen; after ``profile add`` the profile must be listed (:func:`_profile_missing`).
-    A step whose command is not found or runs over ``STEP_TIMEOUT_S`` seconds fails.
-    """
-    total = len(steps)
-    merged_fstab = False
-    try:
-        # Both files are read before anything runs: one that cannot be read stops here (exit 2).
-        for name in ("warewulf.conf", "nodes.conf"):
-            if (conf_dir / name).exists():
-                conf = read_conf(conf_dir / name)
-                if name == "nodes.conf" and version != "4.5":  # its merge comes later: try it now
-                    fstab = nfs_entries(inv, version)[name]["nodeprofiles"][inv.profile]["resources"]["fstab"]
-                    _merge_fstab(conf, inv.profile, fstab, conf_dir / name)
-        if (conf_dir / "warewulf.conf").exists():
-            if merge_conf(conf_dir / "warewulf.conf", inv, version, "warewulf.conf"):
-                say(f"merged the share's NFS export into {conf_dir / 'warewulf.conf'} (backup: .ek8s-backup)")
+    for step in p.steps:
+        lines += ["", f"# {step.why}"]
+        if step.argv[0] == "edit":
+            path = Path(step.argv[1])
+            old, new = p.edits[path]
+            lines.append(f"# `ek8s warewulf apply` edits {path} (comments kept, backup .ek8s-backup):")
+            lines += ["#   " + ln for ln in wwconf.diff(path, old, new).splitlines()]
         else:
-            say(f"warning: {conf_dir / 'warewulf.conf'} not found; add the NFS export yourself (see plan)")
-    except (ConfError, OSError) as err:
-        say(f"ek8s: {err}; nothing was run")
-        return 2
-    for i, step in enumerate(steps, 1):
-        argv = [wwctl, *step.argv[1:]] if step.argv[0] == "wwctl" else step.argv
-        if step.argv[:2] == ["wwctl", "configure"] and not merged_fstab and version != "4.5":
-            # 4.6: the profile exists now; its fstab resource must be in before configure.
-            nodes_conf = conf_dir / "nodes.conf"
-            try:
-                if nodes_conf.exists() and merge_conf(nodes_conf, inv, version, "nodes.conf"):
-                    say(f"merged the share's fstab resource into {nodes_conf} (backup: .ek8s-backup)")
-            except (ConfError, OSError) as err:
-                say(f"ek8s: before step {i}/{total}: {err}; the steps from there were not run")
-                return 1
-            merged_fstab = True
-        say(f"[{i}/{total}] {step.shell()}")
-        try:
-            res = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False
-            )
-        except FileNotFoundError:
-            say(f"ek8s: step {i} failed: {argv[0]} not found")
-            return 1
-        except subprocess.TimeoutExpired as err:
-            say(f"ek8s: step {i}/{total} killed after {STEP_TIMEOUT_S:.0f}s; the steps after it were not run")
-            for partial in (err.stdout, err.stderr):  # bytes (or None) whatever ``text`` says
-                shown = partial.decode(errors="replace") if isinstance(partial, bytes) else ""
-                if shown.strip():
-                    say(shown.rstrip())
-            return 1
-        if res.returncode != 0:
-            say(f"ek8s: step {i}/{total} failed (exit {res.returncode}); the steps after it were not run")
-            for stream in (res.stdout, res.stderr):
-                if stream.strip():
-                    say(stream.rstrip())
-            return 1
-        if step.argv[:3] == ["wwctl", "profile", "add"]:
-            missing = _profile_missing(wwctl, step.argv[3])
-            if missing:
-                say(f"ek8s: step {i}/{total} failed: {missing}; the steps after it were not run")
-                for stream in (res.stdout, res.stderr):
-                    if stream.strip():
-                        say(stream.rstrip())
-                return 1
-    say(f"done: {total} steps; boot the nodes (wwctl power on / reboot) to build the cluster")
-    return 0
+            lines.append(step.shell())
+    entries = wwconf.nfs_entries(inv, p.version)
+    for name in p.unread:
+        lines += ["", f"# /etc/warewulf/{name} needs (ek8s warewulf apply merges it):"]
+        lines += ["#   " + ln for ln in yaml.safe_dump(entries[name], sort_keys=False).splitlines()]
+    return "\n".join(lines) + "\n"

@@ -1,15 +1,15 @@
 """Render the ek8s overlays for a node as Warewulf would, without a Warewulf server.
 
 The renderer is ``manager/wwtemplate/main.go``: Go's own ``text/template`` with data shaped
-like Warewulf 4.5's or 4.6's template data (its header cites the Warewulf source for each
+like Warewulf 4.5's, 4.6's or 4.7's template data (its header cites the Warewulf source for each
 shape). The golden tests (tests/integration/test_warewulf.py) and the lab's machines
 (:mod:`lab.machines`) both use it, so what a lab node boots with is what the golden files
 show. Needs Go (Debian ``golang-go``) to build it once.
 
 The registry fixture it reads (:func:`registry_fixture`) is what Warewulf's node registry
-holds once ``ek8s warewulf apply`` ran for an inventory: the cluster profile with
-:meth:`manager.inventory.Inventory.cluster_tags`, and each node with its network device,
-profiles and ``ek8s_role`` tag.
+holds once ``ek8s warewulf apply`` ran for an inventory: the role profiles (node image, root,
+overlays, network defaults, every ``ek8s_*`` tag) and each node with its profiles, MAC,
+address and DNS tags; the renderer merges a node's profiles into it as Warewulf does.
 """
 
 from __future__ import annotations
@@ -31,32 +31,40 @@ class RenderError(Exception):
     """The renderer could not be built, or a template did not render (stderr in the message)."""
 
 
-def registry_fixture(inv: Inventory, server: dict[str, str]) -> dict[str, Any]:
-    """The renderer's fixture for ``inv``: ``{"server": server, "profiles": {...}, "nodes":
-    [...]}``. ``server`` has the Warewulf server's ``ipaddr``, ``netmask``, ``network`` and
-    ``buildhost`` (strings). Each node: its image by role, profiles ``default`` and the
-    cluster's, primary netdev ``default`` on ``inv.warewulf.netdev``, root ``tmpfs``."""
+def registry_fixture(inv: Inventory, server: dict[str, str], version: str = "4.7") -> dict[str, Any]:
+    """The renderer's fixture for ``inv`` as ``ek8s warewulf apply`` leaves the registry of
+    Warewulf ``version``: ``{"server": server, "profiles": {...}, "nodes": [...]}``. ``server``
+    has the Warewulf server's ``ipaddr``, ``netmask``, ``network`` and ``buildhost``
+    (strings). The role profiles carry what :func:`manager.wwplan.wanted_profile` gives them;
+    each node has profiles ``default`` and its role's, and of its own only its MAC, address
+    and DNS tags on device ``default``; the renderer merges them as Warewulf does."""
+    from manager.wwplan import NETNAME, dns_tags, wanted_profile
+
     nodes = []
     for n in inv.expanded():
         nodes.append(
             {
                 "id": n.name,
-                "image": inv.node_images.control if n.role == "control" else inv.node_images.worker,
-                "profiles": ["default", inv.profile],
-                "primary_netdev": "default",
-                "root": "tmpfs",
-                "netdevs": {
-                    "default": {
-                        "device": inv.warewulf.netdev,
-                        "hwaddr": n.mac,
-                        "ipaddr": n.address,
-                        "netmask": inv.warewulf.netmask,
-                    }
-                },
-                "tags": {"ek8s_role": n.role},
+                "profiles": ["default", inv.role_profile(n.role)],
+                "primary_netdev": NETNAME,
+                "netdevs": {NETNAME: {"hwaddr": n.mac, "ipaddr": n.address, "tags": dns_tags(inv)}},
+                "tags": {},
             }
         )
-    profiles = {"default": {"tags": {}}, inv.profile: {"tags": inv.cluster_tags()}}
+    profiles: dict[str, Any] = {"default": {"tags": {}}}
+    for role in inv.roles:
+        want = wanted_profile(inv, role, version)
+        profiles[inv.role_profile(role)] = {
+            "image": want.image,
+            "root": want.root,
+            "system_overlays": list(want.system_overlays),
+            "runtime_overlays": list(want.runtime_overlays),
+            "tags": dict(want.tags),
+            "netdevs": {
+                name: {"device": d.device, "netmask": d.netmask, "gateway": d.gateway}
+                for name, d in want.netdevs.items()
+            },
+        }
     return {"server": server, "profiles": profiles, "nodes": nodes}
 
 
@@ -92,7 +100,7 @@ def render(
     tool: Path, fixture: Path, version: str, node: str, template: Path, out: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the renderer on one template for ``node`` with the fixture file ``fixture`` and
-    Warewulf ``version`` ("4.5" or "4.6"); with ``out`` the result is written there as
+    Warewulf ``version`` ("4.5", "4.6" or "4.7"); with ``out`` the result is written there as
     Warewulf's CarefulWriteBuffer does, else it is the stdout. Returns the finished process
     (exit 1: the template failed, 2: bad arguments); raises ``subprocess.TimeoutExpired``
     after 60 s."""
@@ -119,7 +127,7 @@ def render_overlay(tool: Path, fixture: Path, version: str, node: str, overlay_r
     return written
 
 
-def write_fixture(path: Path, inv: Inventory, server: dict[str, str]) -> Path:
+def write_fixture(path: Path, inv: Inventory, server: dict[str, str], version: str = "4.7") -> Path:
     """Write :func:`registry_fixture` for ``inv`` to ``path`` as JSON; return ``path``."""
-    path.write_text(json.dumps(registry_fixture(inv, server)))
+    path.write_text(json.dumps(registry_fixture(inv, server, version)))
     return path

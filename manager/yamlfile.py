@@ -1,5 +1,6 @@
-"""Reading YAML that a person may have written: the inventory, Warewulf's ``warewulf.conf``
-and ``nodes.conf``.
+"""Reading YAML that a person may have written: the inventory and, for Warewulf 4.5's
+registry, its ``nodes.conf`` (the files ``ek8s warewulf apply`` edits go through ruamel.yaml's
+round trip instead, :mod:`manager.wwconf`).
 
 PyYAML implements YAML 1.1, whose ``int`` and ``float`` types include base 60
 (https://yaml.org/type/int.html, https://yaml.org/type/float.html): an unquoted all-decimal

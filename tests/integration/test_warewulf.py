@@ -1,4 +1,4 @@
-"""The Warewulf side: overlay templates (Go text/template, 4.5 and 4.6 data shapes), the
+"""The Warewulf side: overlay templates (Go text/template, 4.5, 4.6 and 4.7 data shapes), the
 inventory, `ek8s warewulf plan|apply` against a stand-in wwctl, `ek8s overlay build`.
 
 Golden files live in tests/golden/overlay and tests/golden/warewulf; regenerate them with
@@ -7,8 +7,10 @@ EK8S_UPDATE_GOLDEN=1 after a deliberate change, and read the diff.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,7 @@ GOLDEN = ROOT / "tests" / "golden"
 INVENTORY = ROOT / "warewulf_conf" / "inventory.yaml"
 EK8S = [sys.executable, "-m", "manager"]
 UPDATE = os.environ.get("EK8S_UPDATE_GOLDEN") == "1"
-VERSIONS = ("4.5", "4.6")
+VERSIONS = ("4.5", "4.6", "4.7")
 DISTRIBUTIONS = ("kubeadm", "k3s")
 SERVER = {"ipaddr": "10.0.0.13", "netmask": "255.255.255.0", "network": "10.0.0.0", "buildhost": "wwserver"}
 
@@ -100,12 +102,13 @@ def test_overlay_templates_render_with_warewulf_data(
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
-def test_both_versions_render_the_same_files(distribution: str) -> None:
+def test_every_version_renders_the_same_files(distribution: str) -> None:
     golden = overlay_golden(distribution)
-    for rendered in (golden / "4.5").rglob("*"):
-        if rendered.is_file():
-            other = golden / "4.6" / rendered.relative_to(golden / "4.5")
-            assert rendered.read_text() == other.read_text(), rendered
+    for version in VERSIONS[1:]:
+        for rendered in (golden / "4.5").rglob("*"):
+            if rendered.is_file():
+                other = golden / version / rendered.relative_to(golden / "4.5")
+                assert rendered.read_text() == other.read_text(), (version, rendered)
 
 
 def test_distributions_differ_only_in_node_yaml_facts() -> None:
@@ -149,6 +152,7 @@ def test_rendered_node_yaml_is_the_inventory(tmp_path: Path, distribution: str) 
         assert cfg.service_manager == "systemd"
     hosts = (overlay_golden(distribution) / "4.5" / "control0" / "etc" / "hosts").read_text()
     assert "10.0.0.99 vip.kubernetes.local" in hosts
+    # The device name comes from the role profile, merged into each node as Warewulf does.
     assert "10.0.0.23 control2 control2-default control2-net0" in hosts
 
 
@@ -169,7 +173,7 @@ def test_version_shapes_are_enforced(wwtemplate: Path, tmp_path: Path) -> None:
 
 def test_node_without_tags_renders_a_node_yaml_that_names_the_missing_fact(wwtemplate: Path, tmp_path: Path) -> None:
     data = registry_fixture(load_inventory(INVENTORY))
-    data["nodes"][0]["tags"] = {}  # type: ignore[index]
+    del data["profiles"]["ek8s-control"]["tags"]["ek8s_role"]  # type: ignore[index]
     fixture = tmp_path / "registry.json"
     fixture.write_text(json.dumps(data))
     res = render(wwtemplate, fixture, "4.6", "control0", ROOT / "overlay/ek8s/rootfs/etc/ek8s/node.yaml.ww")
@@ -204,9 +208,9 @@ def test_node_yaml_without_its_profile_is_refused_naming_the_missing_facts(
     warns); node.yaml says it was rendered by Warewulf, so ek8s refuses it (exit 2) and names
     each missing fact and its tag instead of running as cluster "default"."""
     data = registry_fixture(load_inventory(INVENTORY))
-    del data["profiles"]["ek8s-ek8s"]  # type: ignore[attr-defined]
+    del data["profiles"]["ek8s-control"]  # type: ignore[attr-defined]
     rendered, check, path = _check_rendered(wwtemplate, tmp_path, data, version)
-    assert "ek8s-ek8s" in rendered.stderr  # Warewulf's warning, the only sign on the server
+    assert "ek8s-control" in rendered.stderr  # Warewulf's warning, the only sign on the server
     assert check.returncode == 2, check.stdout + check.stderr
     assert str(path) in check.stderr and "node control0" in check.stderr and "Traceback" not in check.stderr
     for dotted, tag in WAREWULF_FACTS.items():
@@ -214,13 +218,13 @@ def test_node_yaml_without_its_profile_is_refused_naming_the_missing_facts(
     assert "node.address" not in check.stderr
     # One tag deleted from the profile: that fact alone.
     data = registry_fixture(load_inventory(INVENTORY))
-    del data["profiles"]["ek8s-ek8s"]["tags"]["ek8s_vip"]  # type: ignore[index]
+    del data["profiles"]["ek8s-control"]["tags"]["ek8s_vip"]  # type: ignore[index]
     _, check, _ = _check_rendered(wwtemplate, tmp_path, data, version)
     assert check.returncode == 2 and check.stderr.count(": missing (") == 1
     assert "vip.address: missing (profile tag ek8s_vip)" in check.stderr
 
 
-@pytest.mark.parametrize(("version", "shown"), [("4.5", "''"), ("4.6", "'<nil>'")])
+@pytest.mark.parametrize(("version", "shown"), [("4.5", "''"), ("4.6", "'<nil>'"), ("4.7", "'<nil>'")])
 def test_empty_node_address_is_refused_naming_the_node_and_field(
     wwtemplate: Path, tmp_path: Path, version: str, shown: str
 ) -> None:
@@ -258,7 +262,11 @@ def _render_text(tool: Path, tmp_path: Path, data: dict[str, object], version: s
 
 @pytest.mark.parametrize(
     ("version", "warning"),
-    [("4.5", "Profile not found for node 'control0': ek8s-ek8s"), ("4.6", "profile not found: ek8s-ek8s")],
+    [
+        ("4.5", "Profile not found for node 'control0': ek8s-control"),
+        ("4.6", "profile not found: ek8s-control"),
+        ("4.7", "profile not found: ek8s-control"),
+    ],
 )
 def test_renderer_merges_tags_only_from_profiles_that_exist(
     wwtemplate: Path, tmp_path: Path, version: str, warning: str
@@ -266,11 +274,12 @@ def test_renderer_merges_tags_only_from_profiles_that_exist(
     """Warewulf skips a node's missing profile with a warning and renders on
     (4.5 node/constructors.go:195-199, 4.6 node/mergo.go:147-150); the node's own tags win."""
     data = registry_fixture(load_inventory(INVENTORY))
+    data["nodes"][0]["tags"] = {"ek8s_role": "worker"}  # type: ignore[index]
     text = '{{ index .Tags "ek8s_cluster" }}|{{ index .Tags "ek8s_role" }}'
-    assert _render_text(wwtemplate, tmp_path, data, version, text) == (0, "ek8s|control", "")
-    del data["profiles"]["ek8s-ek8s"]  # type: ignore[attr-defined]
+    assert _render_text(wwtemplate, tmp_path, data, version, text) == (0, "ek8s|worker", "")
+    del data["profiles"]["ek8s-control"]  # type: ignore[attr-defined]
     code, out, err = _render_text(wwtemplate, tmp_path, data, version, text)
-    assert (code, out) == (0, "|control") and warning in err
+    assert (code, out) == (0, "|worker") and warning in err
 
 
 def test_renderer_data_types_are_warewulfs(wwtemplate: Path, tmp_path: Path) -> None:
@@ -333,6 +342,43 @@ def test_hosts_replaces_etc_hosts_without_a_wwbackup(wwtemplate: Path, tmp_path:
     assert sorted(p.name for p in hosts.parent.iterdir()) == ["hosts"]
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_4_7_abort_halts_the_template_where_4_5_and_4_6_run_on(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    """4.7's abort returns an error that stops the template (v4.7.0 overlay.go:1196-1199,
+    1251-1254); 4.5's and 4.6's only clear a flag, so a failing call after it still fails."""
+    data = registry_fixture(load_inventory(INVENTORY))
+    code, _, err = _render_text(wwtemplate, tmp_path, data, version, "{{ abort }}{{ .ThisNode.NoSuchField }}")
+    assert (code == 0) == (version == "4.7"), err
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_renderer_merges_profiles_as_warewulf(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    """A scalar comes from the node, else the right-most profile setting it; overlay lists are
+    appended and `~name` drops name; nested profiles exist on 4.6+ only (node/mergo.go
+    getProfilesProfiles); 4.5 merges its profiles the same way otherwise, and its role
+    profile negates nothing (4.6+ drop Warewulf's `hosts` for ek8s-hosts)."""
+    data = wwrender.registry_fixture(load_inventory(INVENTORY), SERVER, version)
+    profiles = data["profiles"]
+    profiles["site"] = {"image": "site-image", "root": "initramfs", "system_overlays": ["site", "hosts"],
+                        "profiles": ["nested"], "netdevs": {"default": {"netmask": "255.255.0.0"}}}  # fmt: skip
+    profiles["nested"] = {"tags": {"from_nested": "yes"}}
+    node = data["nodes"][0]  # control0
+    node["profiles"] = ["default", "site", "ek8s-control"]
+    netmask = '{{ with index .NetDevs "default" }}{{ .Netmask }}{{ end }}|{{ index .Tags "from_nested" }}'
+    if version == "4.5":  # 4.5's node fields are NodeConf's, top level
+        text = "{{ .ContainerName }}|{{ .Root }}|{{ .SystemOverlay }}|" + netmask
+    else:
+        text = "{{ .ThisNode.ImageName }}|{{ .ThisNode.Root }}|{{ .ThisNode.SystemOverlay }}|" + netmask
+    overlays = "[site hosts wwinit ek8s ek8s-hosts]" if version == "4.5" else "[site ek8s ek8s-hosts]"
+    nested = "" if version == "4.5" else "yes"
+    code, out, err = _render_text(wwtemplate, tmp_path, data, version, text)
+    assert code == 0, err
+    assert out == f"ek8s-control|tmpfs|{overlays}|255.255.255.0|{nested}"
+    node["image"] = "own-image"
+    code, out, _ = _render_text(wwtemplate, tmp_path, data, version, text)
+    assert out.startswith("own-image|")
+
+
 # -- inventory and plan -----------------------------------------------------------------
 
 
@@ -354,10 +400,14 @@ def test_plan_golden(tmp_path: Path, version: str, distribution: str) -> None:
     )
     check_golden(plan_golden(version, distribution), res.stdout)
     image_flag = "--container" if version == "4.5" else "--image"
-    images = {"kubeadm": ["ek8s-control"] * 3 + ["ek8s-base"] * 2, "k3s": ["ek8s-k3s"] * 5}[distribution]
+    images = {"kubeadm": ["ek8s-control", "ek8s-base"], "k3s": ["ek8s-k3s", "ek8s-k3s"]}[distribution]
     assert [ln.split()[1] for ln in res.stdout.splitlines() if ln.strip().startswith(image_flag)] == images
     assert f"ek8s_distribution={distribution}" in res.stdout
     assert ("ek8s_cni_manifest" in res.stdout) == (distribution == "kubeadm")
+    # Nodes carry only their own: no image, root, netmask or tag on any node command.
+    for cmd in res.stdout.split("\n\n"):
+        if "wwctl node " in cmd:
+            assert not any(f in cmd for f in (image_flag, "--root", "--netmask", "--netdev", "--tagadd")), cmd
     nfs = subprocess.run(
         [*EK8S, "warewulf", "nfs", "--version", version, str(inventory)], capture_output=True, text=True, check=True
     )
@@ -370,6 +420,37 @@ def test_plan_is_valid_shell(tmp_path: Path) -> None:
     for version in VERSIONS:
         for distribution in DISTRIBUTIONS:
             subprocess.run(["sh", "-n", str(plan_golden(version, distribution))], check=True)
+
+
+# The plan for 3 control + 120 workers on a fresh Warewulf, as docs/warewulf.md states it.
+SCALE_COMMANDS = {"4.5": 135, "4.6": 136, "4.7": 136}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_plan_for_3_plus_120_nodes_counts_what_the_docs_say(tmp_path: Path, version: str) -> None:
+    data = inventory_data()
+    data["nodes"] = [
+        {"name": "control[0-2]", "role": "control", "address": "10.0.0.21",
+         "mac": [f"52:54:00:00:00:{i:02x}" for i in range(3)]},
+        {"name": "worker[0-119]", "role": "worker", "address": "10.0.0.100",
+         "mac": [f"52:54:00:00:01:{i:02x}" for i in range(120)]},
+    ]  # fmt: skip
+    data["warewulf"]["netmask"] = "255.255.254.0"  # type: ignore[index]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = subprocess.run(
+        [*EK8S, "warewulf", "plan", "--offline", "--version", version, str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    commands = [ln for ln in res.stdout.splitlines() if ln.startswith(("wwctl ", "install ", "service "))]
+    assert len(commands) == SCALE_COMMANDS[version]
+    assert f"123 nodes, {SCALE_COMMANDS[version]} commands" in res.stdout
+    assert sum(c.startswith("wwctl node add ") for c in commands) == 123
+    lines = len(res.stdout.splitlines())
+    docs = (ROOT / "docs" / "warewulf.md").read_text()
+    assert f"| {version} | {SCALE_COMMANDS[version]} | {lines} |" in docs, (version, lines)
+    if version != "4.5":
+        assert "wwctl overlay build 'control[0-2],worker[0-119]'" in res.stdout
 
 
 @pytest.mark.parametrize(
@@ -397,6 +478,8 @@ def test_plan_is_valid_shell(tmp_path: Path) -> None:
         ({"kubernetes": {"distribution": "k3s"}, "node_images": {}}, "cni_manifest"),
         ({"cluster": "EK8S"}, "cluster"),
         ({"warewulf": {"netmask": "255.0.255.0"}}, "warewulf.netmask"),
+        ({"warewulf": {"version": "4.8"}}, "warewulf.version"),
+        ({"warewulf": {"profile": "ek8s-ek8s"}}, "one profile per role"),
         ({"share": {"path": "share"}}, "share.path"),
         ({"colour": "blue"}, "colour"),
     ],
@@ -405,16 +488,12 @@ def test_invalid_inventory_exits_2_naming_the_field(tmp_path: Path, change: dict
     data = yaml.safe_load(INVENTORY.read_text()) | change
     bad = tmp_path / "inventory.yaml"
     bad.write_text(yaml.safe_dump(data))
-    log = tmp_path / "wwctl.log"
+    ww = WW(tmp_path, "4.7.0")
     for cmd in (["plan", "--offline"], ["apply"]):
-        res = subprocess.run(
-            [*EK8S, "warewulf", *cmd, "--version", "4.6", "--wwctl", str(_stand_in(tmp_path, log)), str(bad)],
-            capture_output=True,
-            text=True,
-        )
+        res = ww.ek8s("warewulf", *cmd, "--version", "4.7", inventory=bad)
         assert res.returncode == 2, res.stdout + res.stderr
         assert field in res.stderr and str(bad) in res.stderr
-    assert not log.exists(), "nothing may run for an invalid inventory"
+    assert not ww.log.exists(), "nothing may run for an invalid inventory"
 
 
 def test_unquoted_macs_read_as_written(tmp_path: Path) -> None:
@@ -438,70 +517,6 @@ def test_unquoted_macs_read_as_written(tmp_path: Path) -> None:
     assert res.returncode == 2 and "nodes.2.mac" in res.stderr and "is a number, not a MAC" in res.stderr
 
 
-@pytest.mark.parametrize("version", ["4.5.8", "4.6.1"])
-def test_apply_keeps_colon_values_in_warewulf_files(tmp_path: Path, version: str) -> None:
-    """`apply` rewrites warewulf.conf (and nodes.conf on 4.6); values a person left unquoted,
-    such as a node's hwaddr, come back meaning what they meant, to PyYAML and to Warewulf."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "warewulf.conf").write_text(
-        "ipaddr: 10.0.0.13\ntftp:\n  ipxe:\n    00:09: ipxe-snponly-x86_64.efi\n"
-        "nfs:\n  export paths:\n  - path: /home\n    export options: 10:30\n"
-    )
-    nodes_conf = (
-        "nodeprofiles:\n  default:\n    comment: 1:30.5\nnodes:\n  n1:\n    network devices:\n"
-        "      default:\n        hwaddr: 52:54:00:00:00:21\n"
-    )
-    (etc / "nodes.conf").write_text(nodes_conf)
-    res = _apply(tmp_path, tmp_path / "wwctl.log", version)
-    assert res.returncode == 0, res.stdout + res.stderr
-    conf = yaml.safe_load((etc / "warewulf.conf").read_text())
-    assert conf["tftp"]["ipxe"] == {"00:09": "ipxe-snponly-x86_64.efi"}
-    assert conf["nfs"]["export paths"][0]["export options"] == "10:30"
-    if version.startswith("4.5"):  # 4.5 mounts from warewulf.conf: nodes.conf is not touched
-        assert (etc / "nodes.conf").read_text() == nodes_conf
-        return
-    nodes = yaml.safe_load((etc / "nodes.conf").read_text())
-    assert nodes["nodes"]["n1"]["network devices"]["default"]["hwaddr"] == "52:54:00:00:00:21"
-    assert nodes["nodeprofiles"]["default"]["comment"] == "1:30.5"
-    assert "ek8s-ek8s" in nodes["nodeprofiles"]
-
-
-def test_apply_refuses_an_unreadable_warewulf_file_before_running_anything(tmp_path: Path) -> None:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\n")
-    (etc / "nodes.conf").write_text("nodes: [unclosed\n")
-    log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, "4.6.1")
-    assert res.returncode == 2 and "nodes.conf: not valid YAML" in res.stdout and "nothing was run" in res.stdout
-    assert all(c[1:2] == ["list"] or c == ["version"] for c in _calls(log))
-    assert (etc / "warewulf.conf").read_text() == "ipaddr: 10.0.0.13\n"
-
-
-@pytest.mark.parametrize(
-    ("name", "text", "field"),
-    [
-        ("warewulf.conf", "ipaddr: 10.0.0.13\nnfs: yes\n", "nfs"),
-        ("warewulf.conf", "nfs:\n  export paths: /srv/share\n", "nfs.export paths"),
-        ("nodes.conf", "nodeprofiles: []\n", "nodeprofiles"),
-    ],
-)
-def test_apply_refuses_a_warewulf_file_of_the_wrong_shape_naming_the_field(
-    tmp_path: Path, name: str, text: str, field: str
-) -> None:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\n")
-    (etc / "nodes.conf").write_text("nodeprofiles: {}\n")
-    (etc / name).write_text(text)
-    log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, "4.6.1")
-    assert res.returncode == 2 and f"field {field!r} must be a" in res.stdout and "nothing was run" in res.stdout
-    assert all(c[1:2] == ["list"] or c == ["version"] for c in _calls(log))
-    assert (etc / name).read_text() == text and not list(etc.glob("*.ek8s-backup"))
-
-
 def test_hostlist_expansion_counts_addresses() -> None:
     nodes = load_inventory(INVENTORY).expanded()
     assert [(n.name, n.address) for n in nodes] == [
@@ -513,296 +528,463 @@ def test_hostlist_expansion_counts_addresses() -> None:
     ]
 
 
+def test_wwctl_version_parsing() -> None:
+    from manager.wwplan import WarewulfError, parse_version
+
+    assert parse_version("wwctl version:\t 4.5.8-1.el9") == "4.5"
+    assert parse_version("Warewulf Version: v4.6.1") == "4.6"
+    assert parse_version("wwctl version:\t 4.7.0-1") == "4.7"
+    assert parse_version("4.8.2") == "4.7"
+    with pytest.raises(WarewulfError):
+        parse_version("4.4.1")
+    with pytest.raises(WarewulfError):
+        parse_version("command not found")
+
+
+# -- the registry as Warewulf prints it ------------------------------------------------------
+
+
+def test_registry_reads_warewulfs_own_json() -> None:
+    """`node list -j` as Warewulf's own test expects it (v4.6.5
+    internal/app/wwctl/node/list/main_test.go "single node list json output"), and a full node
+    with the struct's json tags (node/datastructure.go: `image name`, `network devices`,
+    net.IP as a string, the device's onboot spelled `onbot`), merged with its profiles."""
+    from manager.wwregistry import parse_list_json
+
+    assert parse_list_json('{\n  "n01": {\n    "profiles": [\n      "default"\n    ]\n  }\n}\n', "x") == {
+        "n01": __import__("manager.wwregistry", fromlist=["Entity"]).Entity(profiles=("default",))
+    }
+    text = json.dumps(
+        {
+            "control0": {
+                "profiles": ["default", "ek8s-control"],
+                "image name": "ek8s-control",
+                "root": "tmpfs",
+                "system overlay": ["wwinit", "wwclient", "ek8s", "ek8s-hosts"],
+                "runtime overlay": ["ssh.authorized_keys", "ek8s-hosts"],
+                "kernel": {"args": ["quiet", "crashkernel=no"]},
+                "network devices": {
+                    "default": {"onbot": "true", "device": "net0", "hwaddr": "52:54:00:00:00:21",
+                                "ipaddr": "10.0.0.21", "netmask": "255.255.255.0", "tags": {"DNS1": "1.1.1.1"}}
+                },
+                "tags": {"ek8s_role": "control"},
+                "resources": {"fstab": [{"spec": "warewulf:/home", "file": "/home", "vfstype": "nfs"}]},
+            }
+        },
+        indent=2,
+    )  # fmt: skip
+    node = parse_list_json(text, "wwctl node list -j")["control0"]
+    assert (node.image, node.root, node.profiles) == ("ek8s-control", "tmpfs", ("default", "ek8s-control"))
+    nd = node.netdevs["default"]
+    assert (nd.device, nd.hwaddr, nd.ipaddr, nd.netmask, dict(nd.tags)) == (
+        "net0", "52:54:00:00:00:21", "10.0.0.21", "255.255.255.0", {"DNS1": "1.1.1.1"},
+    )  # fmt: skip
+    assert node.fstab[0]["file"] == "/home" and node.runtime_overlays[-1] == "ek8s-hosts"
+    from manager.wwregistry import WarewulfError
+
+    for bad in ("NODE NAME  PROFILES\n---------  --------\nn1  default\n", "[]", '{"n1": {"tags": []}}'):
+        with pytest.raises(WarewulfError):
+            parse_list_json(bad, "wwctl node list -j")
+
+
+def test_registry_of_4_5_is_its_nodes_conf_merged_as_4_5_merges() -> None:
+    """4.5 has no -j (v4.5.8 node/list/root.go): its nodes.conf, `container name` for the image,
+    profile values under the node's own."""
+    from manager.wwregistry import parse_nodes_conf_45
+
+    reg = parse_nodes_conf_45(
+        "WW_INTERNAL: 45\nnodeprofiles:\n  default:\n    comment: x\n  ek8s-control:\n"
+        "    container name: ek8s-control\n    root: tmpfs\n    network devices:\n      default:\n"
+        "        device: net0\n        netmask: 255.255.255.0\n    tags:\n      ek8s_role: control\n"
+        "nodes:\n  control0:\n    profiles:\n    - default\n    - ek8s-control\n    network devices:\n"
+        "      default:\n        hwaddr: 52:54:00:00:00:21\n        ipaddr: 10.0.0.21\n    tags:\n"
+        "      ek8s_role: worker\n",
+        Path("nodes.conf"),
+    )
+    node = reg.nodes["control0"]
+    assert (node.image, node.root, node.tags["ek8s_role"]) == ("ek8s-control", "tmpfs", "worker")
+    assert (node.netdevs["default"].device, node.netdevs["default"].hwaddr) == ("net0", "52:54:00:00:00:21")
+
+
 # -- apply against a stand-in wwctl --------------------------------------------------------
 
-STAND_IN = r'''#!{python}
-"""Stand-in wwctl (tests only): a registry in a JSON file, with Warewulf's behaviour per version
-where ek8s depends on it (WWCTL_VERSION, read from the v4.5.8 / v4.6.5 tags):
-
-- 4.5 `profile add` asks "Are you sure you add the profile" unless --yes
-  (internal/app/wwctl/profile/add/main.go:77-88, --yes at profile/add/root.go:70); with no
-  terminal to answer, promptui's answer is "no": nothing is added and it exits 0.
-- 4.6.5 `profile add` has no --yes (profile/add/root.go): "ERROR: unknown flag: --yes", exit
-  255 (cmd/wwctl/main.go:18-24; the root command silences cobra's own message).
-- `profile set` and `node set` ask too unless --yes (4.5 profile/set/main.go:67-79,
-  node/set/main.go:81; 4.6.5 profile/set/main.go:74-86, node/set/main.go:76-88): "no", exit 0.
-- `profile set` on a profile that does not exist changes nothing and exits 0 (4.5
-  api/profile/profile.go ProfileSetParameterCheck only visits existing profiles; 4.6.5
-  api/profile/set.go:64-67 warns "invalid profile").
-- 4.5 has no `image` command and no --image/--system-overlays/--runtime-overlays; 4.6 keeps
-  --container/--wwinit/--runtime as deprecated aliases (wwctl/flags/flags.go).
-- A fresh registry has the profile `default`.
-Records every argv in WWCTL_LOG; fails on demand when WWCTL_FAIL is part of the command line.
-"""
-import json, os, sys
-log, state = os.environ["WWCTL_LOG"], os.environ["WWCTL_STATE"]
-v45 = os.environ.get("WWCTL_VERSION", "4.6.1").startswith("4.5.")
-argv = sys.argv[1:]
-with open(log, "a") as f:
-    f.write(json.dumps(argv) + "\n")
-fail = os.environ.get("WWCTL_FAIL")
-if fail and fail in " ".join(argv):
-    print("Error: stand-in failure for " + fail, file=sys.stderr)
-    sys.exit(255)
-reg = json.load(open(state)) if os.path.exists(state) else {{"profile": {{"default": {{"tags": {{}}}}}}, "node": {{}}}}
-
-def die(msg):
-    print("ERROR: " + msg, file=sys.stderr)
-    sys.exit(255)
-
-def save():
-    json.dump(reg, open(state, "w"), indent=1)
-
-VALUED = {{"--profile", "--container", "--image", "--root", "--netname", "--netdev", "--hwaddr", "--ipaddr",
-          "--netmask", "--gateway", "--nettagadd", "--tagadd", "--wwinit", "--runtime", "--system-overlays",
-          "--runtime-overlays"}}
-ONLY_46 = {{"--image", "--system-overlays", "--runtime-overlays"}}
-
-def options(args, allowed_flags):
-    opts, rest, i = {{}}, [], 0
-    while i < len(args):
-        a = args[i]
-        if a in VALUED and not (v45 and a in ONLY_46):
-            opts.setdefault(a, []).append(args[i + 1])
-            i += 2
-        elif a in allowed_flags:
-            opts[a] = True
-            i += 1
-        elif a.startswith("-"):
-            die("unknown flag: " + a)
-        else:
-            rest.append(a)
-            i += 1
-    return opts, rest
-
-def tags(opts, key="--tagadd"):
-    out = {{}}
-    for value in opts.get(key, []):
-        for pair in value.split(","):
-            k, _, v = pair.partition("=")
-            out[k] = v
-    return out
-
-if argv == ["version"]:
-    print("wwctl version:\t " + os.environ.get("WWCTL_VERSION", "4.6.1"))
-    sys.exit(0)
-if argv[:1] == ["image"] and v45:
-    die('unknown command "image" for "wwctl"')
-kind, verb, args = argv[0], argv[1], argv[2:]
-if verb == "list":
-    print("NODE NAME   PROFILES   NETWORK" if kind == "node" else "PROFILE NAME   COMMENT/DESCRIPTION")
-    print("=" * 40)
-    for name in reg[kind]:
-        print(name + "   default")
-elif verb == "add":
-    opts, names = options(args, {{"--yes"}} if (kind, v45) == ("profile", True) else set())
-    if names[0] in reg[kind]:
-        die(kind + " with name " + names[0] + " already exists")
-    if kind == "profile" and v45 and "--yes" not in opts:
-        print("Are you sure you add the profile " + str(names) + "? [y/N] ")
-        sys.exit(0)  # no terminal: promptui returns "no"
-    fresh = {{"tags": {{}}}} if kind == "profile" else {{"profiles": ["default"], "tags": {{}}, "netdevs": {{}}}}
-    reg[kind][names[0]] = fresh
-    save()
-elif verb == "set":
-    opts, names = options(args, {{"--yes"}})
-    if "--yes" not in opts:
-        print("Are you sure you want to modify 1 " + kind + "(s)? [y/N] ")
-        sys.exit(0)
-    for name in names:
-        entry = reg[kind].get(name)
-        if entry is None:
-            print("WARN   : invalid " + kind + ": " + name, file=sys.stderr)
-            continue
-        entry["tags"].update(tags(opts))
-        if "--profile" in opts:
-            entry["profiles"] = opts["--profile"][-1].split(",")
-        for flag, key in (("--container", "image"), ("--image", "image"), ("--root", "root"),
-                          ("--wwinit", "system_overlays"), ("--system-overlays", "system_overlays"),
-                          ("--runtime", "runtime_overlays"), ("--runtime-overlays", "runtime_overlays")):
-            if flag in opts:
-                value = opts[flag][-1]
-                entry[key] = value.split(",") if key.endswith("overlays") else value
-        if "--netname" in opts:
-            dev = entry.setdefault("netdevs", {{}}).setdefault(opts["--netname"][-1], {{}})
-            for flag, key in (("--netdev", "device"), ("--hwaddr", "hwaddr"), ("--ipaddr", "ipaddr"),
-                              ("--netmask", "netmask"), ("--gateway", "gateway")):
-                if flag in opts:
-                    dev[key] = opts[flag][-1]
-            dev.setdefault("tags", {{}}).update(tags(opts, "--nettagadd"))
-    save()
-'''
+STAND_IN = Path(__file__).with_name("wwctl_standin.py")
 
 
-def _stand_in(tmp_path: Path, log: Path) -> Path:
-    tool = tmp_path / "wwctl"
-    tool.write_text(STAND_IN.format(python=sys.executable))
-    tool.chmod(0o755)
-    return tool
+class WW:
+    """A stand-in Warewulf server in ``tmp_path``: etc/ (warewulf.conf, nodes.conf: the
+    stand-in's registry), the share under tmp_path, a wwctl wrapper that logs every call."""
+
+    def __init__(self, tmp_path: Path, version: str, fail: str | None = None) -> None:
+        self.tmp, self.version = tmp_path, version
+        self.etc = tmp_path / "etc"
+        self.etc.mkdir(exist_ok=True)
+        self.log = tmp_path / "wwctl.log"
+        self.wwctl = tmp_path / "wwctl"
+        self.wwctl.write_text(f'#!/bin/sh\nexec {sys.executable} {STAND_IN} "$@"\n')
+        self.wwctl.chmod(0o755)
+        # `service warewulfd reload`, recorded in the same log.
+        self.service = tmp_path / "service"
+        self.service.write_text(
+            f"#!{sys.executable}\nimport json, sys\n"
+            f"open({str(self.log)!r}, 'a').write(json.dumps(['service', *sys.argv[1:]]) + '\\n')\n"
+        )
+        self.service.chmod(0o755)
+        self.fail = fail
+        # As the packages install them (etc/warewulf.conf, etc/nodes.conf of each tag, shortened).
+        (self.etc / "warewulf.conf").write_text(
+            "ipaddr: 10.0.0.13\nnfs:\n  enabled: true\n  export paths:\n  - path: /home\n    export options: rw,sync\n"
+        )
+        (self.etc / "nodes.conf").write_text(
+            "nodeprofiles:\n  default:\n    comment: This profile is automatically included for each node\nnodes: {}\n"
+        )
+
+    def env(self) -> dict[str, str]:
+        env = os.environ | {
+            "WWCTL_LOG": str(self.log),
+            "WWCTL_NODES_CONF": str(self.etc / "nodes.conf"),
+            "WWCTL_VERSION": self.version,
+        }
+        if self.fail:
+            env["WWCTL_FAIL"] = self.fail
+        return env
+
+    def inventory(self, distribution: str = "kubeadm", **changes: object) -> Path:
+        inv = inventory_data(distribution) | changes
+        inv["share"] = {"path": str(self.tmp / "share")}  # the stand-in run makes the share here
+        path = self.tmp / "inventory.yaml"
+        path.write_text(yaml.safe_dump(inv))
+        return path
+
+    def ek8s(self, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
+        inv = inventory or self.inventory()
+        argv = [*EK8S, *args, "--wwctl", str(self.wwctl), "--conf-dir", str(self.etc), str(inv)]
+        return subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=120)
+
+    def apply(self, *extra: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return self.ek8s("warewulf", "apply", "--service", str(self.service), *extra, inventory=inventory)
+
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def mutating(self) -> list[list[str]]:
+        return [c for c in self.calls() if c != ["version"] and c[1:2] != ["list"]]
+
+    def registry(self) -> dict[str, object]:
+        return yaml.safe_load((self.etc / "nodes.conf").read_text())
 
 
-def _apply(
-    tmp_path: Path,
-    log: Path,
-    version: str,
-    fail: str | None = None,
-    extra: tuple[str, ...] = (),
-    distribution: str = "kubeadm",
-) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WWCTL_LOG": str(log), "WWCTL_STATE": str(tmp_path / "state.json"), "WWCTL_VERSION": version}
-    if fail:
-        env["WWCTL_FAIL"] = fail
-    inv = inventory_data(distribution)
-    inv["share"]["path"] = str(tmp_path / "share")  # type: ignore[index]  # the stand-in run makes the share here
-    path = tmp_path / "inventory.yaml"
-    path.write_text(yaml.safe_dump(inv))
-    argv = [*EK8S, "warewulf", "apply", *extra, "--wwctl", str(_stand_in(tmp_path, log))]
-    return subprocess.run(
-        [*argv, "--conf-dir", str(tmp_path / "etc"), str(path)], capture_output=True, text=True, env=env, timeout=120
-    )
+def fixture_from_stand_in(ww: WW) -> dict[str, object]:
+    """The renderer's fixture from what the stand-in holds after a run: its profiles and nodes
+    with their own fields only; the renderer merges them as Warewulf does."""
+    reg = ww.registry()
+    image_key = "container name" if ww.version.startswith("4.5") else "image name"
+
+    def fields(entry: dict[str, object]) -> dict[str, object]:
+        return {
+            "profiles": entry.get("profiles", []),
+            "image": entry.get(image_key, ""),
+            "root": entry.get("root", ""),
+            "tags": entry.get("tags", {}),
+            "netdevs": entry.get("network devices", {}),
+            "system_overlays": entry.get("system overlay", []),
+            "runtime_overlays": entry.get("runtime overlay", []),
+        }
+
+    profiles = {name: fields(p or {}) for name, p in reg["nodeprofiles"].items()}  # type: ignore[union-attr]
+    nodes = [{"id": n, "primary_netdev": "default", **fields(e or {})} for n, e in reg["nodes"].items()]  # type: ignore[union-attr]
+    return {"server": SERVER, "profiles": profiles, "nodes": nodes}
 
 
-def _calls(log: Path) -> list[list[str]]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def fixture_from_stand_in(state: Path) -> dict[str, object]:
-    """The renderer's fixture from what the stand-in wwctl holds after a run: its profiles as
-    they are (a profile never created is absent) and its nodes with their own settings."""
-    reg = json.loads(state.read_text())
-    nodes = [{"id": name, "primary_netdev": "default", **entry} for name, entry in reg["node"].items()]
-    return {"server": SERVER, "profiles": reg["profile"], "nodes": nodes}
+WWCTL_VERSIONS = ("4.5.8", "4.6.5", "4.7.0")
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
-@pytest.mark.parametrize("version", ["4.5.8", "4.6.1"])
+@pytest.mark.parametrize("version", WWCTL_VERSIONS)
 def test_apply_then_render_gives_every_node_its_cluster_facts(
     wwtemplate: Path, tmp_path: Path, version: str, distribution: str
 ) -> None:
-    """Defect 1 of issue 9: on 4.5 `profile add` without --yes adds nothing and exits 0, and the
-    nodes render a node.yaml without the cluster's facts. From `apply` to the node.yaml each
-    node reads: the profile exists and every node gets the inventory's cluster, VIP and share,
-    its distribution, and the node image built for it."""
-    (tmp_path / "etc").mkdir()
-    log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, version, distribution=distribution)
+    """From `apply` to the node.yaml each node reads: the role profiles exist and every node
+    gets, through them, the inventory's cluster, VIP and share, its role and interface, its
+    distribution and the node image built for it; DNS reaches each node's device."""
+    ww = WW(tmp_path, version)
+    res = ww.apply(inventory=ww.inventory(distribution))
     assert res.returncode == 0, res.stdout + res.stderr
     fixture = tmp_path / "registry.json"
-    fixture.write_text(json.dumps(fixture_from_stand_in(tmp_path / "state.json")))
+    fixture.write_text(json.dumps(fixture_from_stand_in(ww)))
     inv = load_inventory(tmp_path / "inventory.yaml")
     for node in inv.expanded():
-        out = render(wwtemplate, fixture, version[:3], node.name, ROOT / "overlay/ek8s/rootfs/etc/ek8s/node.yaml.ww")
+        out = render(wwtemplate, fixture, version[:3], node.name, NODE_YAML_WW)
         assert out.returncode == 0 and "not found" not in out.stderr, out.stderr
         path = tmp_path / f"{node.name}.yaml"
         path.write_text(out.stdout)
         check = subprocess.run([*EK8S, "config", "check", str(path)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stderr
         cfg = load_config(path)
-        assert (cfg.cluster, cfg.role, cfg.node.address) == (inv.cluster, node.role, node.address)
+        assert (cfg.cluster, cfg.role, cfg.node.address, cfg.node.interface) == (
+            inv.cluster, node.role, node.address, "net0",
+        )  # fmt: skip
         assert cfg.vip == inv.vip and cfg.share.path == inv.share.path
         assert cfg.kubernetes.distribution == distribution
-    images = {name: entry["image"] for name, entry in json.loads((tmp_path / "state.json").read_text())["node"].items()}
+        text = '{{ with index .NetDevs "default" }}{{ index .Tags "DNS1" }}{{ end }}'
+        assert _render_text(wwtemplate, tmp_path, json.loads(fixture.read_text()), version[:3], text)[1] == "1.1.1.1"
+    reg = ww.registry()
+    image_key = "container name" if version.startswith("4.5") else "image name"
     wanted = {"kubeadm": {"control": "ek8s-control", "worker": "ek8s-base"}, "k3s": {"control": "ek8s-k3s"}}
-    for node in inv.expanded():
-        assert images[node.name] == wanted[distribution].get(node.role, "ek8s-k3s"), node.name
+    for role in ("control", "worker"):
+        assert reg["nodeprofiles"][f"ek8s-{role}"][image_key] == wanted[distribution].get(role, "ek8s-k3s")  # type: ignore[index]
+    for name, node_entry in reg["nodes"].items():  # type: ignore[union-attr]
+        assert set(node_entry) == {"profiles", "network devices"}, name  # nothing but its own
 
 
 @pytest.mark.parametrize(
     ("planned", "server", "expected"),
     [
-        ("4.6", "4.5.8", "ek8s-ek8s is not in `wwctl profile list`"),  # 4.5 took "no" for an answer
-        ("4.5", "4.6.1", "ERROR: unknown flag: --yes"),  # 4.6.5 has no --yes on profile add
+        ("4.7", "4.5.8", "unknown shorthand flag"),  # 4.5 has no `node list -j`
+        ("4.5", "4.6.5", "ERROR: unknown flag: --yes"),  # 4.6.5 has no --yes on profile add
     ],
 )
-def test_apply_stops_when_the_profile_is_not_made(tmp_path: Path, planned: str, server: str, expected: str) -> None:
+def test_apply_for_the_wrong_version_stops_before_any_node(
+    tmp_path: Path, planned: str, server: str, expected: str
+) -> None:
     """A plan for the wrong version: the stand-in answers as that Warewulf would, and apply
-    stops right after `profile add` instead of setting nodes on a profile that is not there."""
-    (tmp_path / "etc").mkdir()
-    log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, server, extra=("--version", planned))
+    stops before setting nodes on a profile that is not there; the files stay as they were."""
+    ww = WW(tmp_path, server)
+    (ww.etc / "nodes.conf").write_text("nodeprofiles:\n  default: {}\nnodes: {}\n")
+    (ww.etc / "warewulf.conf").write_text("# site config\nipaddr: 10.0.0.13\n")
+    res = ww.apply("--version", planned)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert expected in res.stdout and "were not run" in res.stdout
-    calls = _calls(log)
-    assert calls[-1] == ["profile", "list"] if planned == "4.6" else calls[-1][:2] == ["profile", "add"]
-    assert not [c for c in calls if c[:1] == ["node"] and c[1:2] != ["list"]]
+    assert expected in res.stderr
+    assert not [c for c in ww.mutating() if c[:1] == ["node"]]
+    assert (ww.etc / "warewulf.conf").read_text() == "# site config\nipaddr: 10.0.0.13\n"
 
 
-def test_profile_add_per_version() -> None:
-    """4.5 needs --yes on `profile add` (its prompt answers "no" without a terminal); 4.6.5's
-    `profile add` has no --yes and refuses it."""
-    from manager.wwplan import plan
+def test_apply_stops_when_4_5_adds_no_profile(tmp_path: Path) -> None:
+    """4.5's `profile add` without --yes adds nothing and exits 0 (here: a stand-in told to
+    drop --yes is modelled by failing the registry check); apply reads the registry again and
+    stops there instead of adding nodes to a profile that is not there."""
+    from manager.wwapply import Reporter, apply
+    from manager.wwplan import Local, plan
+    from manager.wwregistry import offline
 
     inv = load_inventory(INVENTORY)
-    adds = {v: [s.argv for s in plan(inv, v) if s.argv[1:3] == ["profile", "add"]] for v in VERSIONS}
-    assert adds == {
-        "4.5": [["wwctl", "profile", "add", "ek8s-ek8s", "--yes"]],
-        "4.6": [["wwctl", "profile", "add", "ek8s-ek8s"]],
-    }
+    p = plan(inv, "4.5", offline(), Local(share_ready=True))
+    out, err = io.StringIO(), io.StringIO()
+    ww = WW(tmp_path, "4.5.8")
+    env_keys = ww.env()
+    old = {k: os.environ.get(k) for k in env_keys}
+    os.environ.update(env_keys)
+    try:
+        code = apply(inv, p, wwctl=str(ww.wwctl), conf_dir=ww.etc, reporter=Reporter(out, err),
+                     check_profile=lambda name: False)  # fmt: skip
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert code == 1 and "ek8s-control is not in the registry" in err.getvalue()
+    assert [c[:2] for c in ww.mutating()] == [["profile", "add"]]
 
 
-@pytest.mark.parametrize(("version", "image_flag"), [("4.5.8", "--container"), ("4.6.1", "--image")])
-def test_apply_runs_the_plan_and_is_idempotent(tmp_path: Path, version: str, image_flag: str) -> None:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\nnfs:\n  export paths:\n  - path: /home\n")
-    (etc / "nodes.conf").write_text("nodeprofiles:\n  default: {}\nnodes: {}\n")
-    log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, version)
+@pytest.mark.parametrize("version", WWCTL_VERSIONS)
+def test_apply_runs_the_plan_once_and_a_second_apply_changes_nothing(tmp_path: Path, version: str) -> None:
+    ww = WW(tmp_path, version)
+    conf = "# site: keep this\nipaddr: 10.0.0.13  # the server\nnfs:\n  export paths:\n  - path: /home  # users\n"
+    (ww.etc / "warewulf.conf").write_text(conf)
+    (ww.etc / "nodes.conf").write_text("nodeprofiles:\n  default:\n    comment: site default\nnodes: {}\n")
+    res = ww.apply()
     assert res.returncode == 0, res.stdout + res.stderr
-    calls = _calls(log)
-    assert calls[0] == ["version"] and ["node", "list"] in calls and ["profile", "list"] in calls
-    adds = [c for c in calls if c[1:2] == ["add"]]
-    profile_add = ["profile", "add", "ek8s-ek8s", *(["--yes"] if version.startswith("4.5") else [])]
-    assert adds == [profile_add] + [
+    lines = res.stdout.splitlines()
+    assert all(re.fullmatch(r"\[\s*\d+/\d+\] .* ok", ln) for ln in lines[:-1]), lines
+    assert lines[-1].startswith("done: ") and res.stderr == ""
+    mutating = ww.mutating()
+    adds = [c for c in mutating if c[1:2] == ["add"]]
+    assert [c[:3] for c in adds] == [["profile", "add", "ek8s-control"], ["profile", "add", "ek8s-worker"]] + [
         ["node", "add", n] for n in ("control0", "control1", "control2", "worker0", "worker1")
     ]
-    sets = [c for c in calls if c[:2] == ["node", "set"]]
-    assert len(sets) == 5 and all(image_flag in c and "tmpfs" in c for c in sets)
-    assert calls[-2:] == [["configure", "--all"], ["overlay", "build"]]
+    nodes = ["control0", "control1", "control2", "worker0", "worker1"]
+    targets = nodes if version.startswith("4.5") else ["control[0-2],worker[0-1]"]
+    assert mutating[-3:] == [["configure", "hostfile"], ["configure", "nfs"], ["overlay", "build", *targets]]
     share = tmp_path / "share"
     assert share.is_dir() and (share.stat().st_mode & 0o777) == 0o700
-    conf = yaml.safe_load((etc / "warewulf.conf").read_text())
-    assert [e["path"] for e in conf["nfs"]["export paths"]] == ["/home", str(share)]
-    assert "no_root_squash" in conf["nfs"]["export paths"][1]["export options"]
-    nodes_conf = yaml.safe_load((etc / "nodes.conf").read_text())
-    if version.startswith("4.6"):
-        fstab = nodes_conf["nodeprofiles"]["ek8s-ek8s"]["resources"]["fstab"]
-        assert fstab[0]["file"] == str(share) and "lookupcache=positive" in fstab[0]["mntops"]
+    text = (ww.etc / "warewulf.conf").read_text()
+    assert text.startswith("# site: keep this\nipaddr: 10.0.0.13  # the server\n") and "/home  # users" in text
+    exports = yaml.safe_load(text)["nfs"]["export paths"]
+    assert [e["path"] for e in exports] == ["/home", str(share)] and "no_root_squash" in exports[1]["export options"]
+    reg = ww.registry()
+    if version.startswith("4.5"):
+        assert "lookupcache=positive" in exports[1]["mount options"]
+        assert "resources" not in reg["nodeprofiles"]["ek8s-control"]  # type: ignore[index]
     else:
-        assert "lookupcache=positive" in conf["nfs"]["export paths"][1]["mount options"]
-        assert "ek8s-ek8s" not in nodes_conf["nodeprofiles"]
-    # Second run: nothing added again, the files unchanged.
-    before = ((etc / "warewulf.conf").read_text(), (etc / "nodes.conf").read_text())
-    log.unlink()
-    res = _apply(tmp_path, log, version)
+        for role in ("control", "worker"):
+            fstab = reg["nodeprofiles"][f"ek8s-{role}"]["resources"]["fstab"]  # type: ignore[index]
+            assert fstab == [{"spec": f"warewulf:{share}", "file": str(share), "vfstype": "nfs",
+                              "mntops": "defaults,hard,lookupcache=positive"}]  # fmt: skip
+    assert reg["nodeprofiles"]["default"] == {"comment": "site default"}  # type: ignore[index]
+    # Second run: nothing mutating, the files unchanged, and it says so.
+    before = {p.name: p.read_text() for p in ww.etc.iterdir()}
+    ww.log.unlink()
+    res = ww.apply()
     assert res.returncode == 0, res.stdout + res.stderr
-    assert not [c for c in _calls(log) if c[1:2] == ["add"]]
-    assert ((etc / "warewulf.conf").read_text(), (etc / "nodes.conf").read_text()) == before
-    assert "merged" not in res.stdout
+    assert ww.mutating() == [] and "nothing to do" in res.stdout
+    assert "wwctl overlay build" in res.stdout  # says how to rebuild the overlays by hand
+    assert {p.name: p.read_text() for p in ww.etc.iterdir()} == before
 
 
-def test_apply_stops_at_the_first_failure_with_its_output(tmp_path: Path) -> None:
-    (tmp_path / "etc").mkdir()
-    log = tmp_path / "wwctl.log"
-    res = _apply(tmp_path, log, "4.6.1", fail="node set control1")
+def test_apply_keeps_the_sites_profiles_and_order(tmp_path: Path) -> None:
+    """A node Warewulf already has, in the site's own profiles: the role profile is appended,
+    the site's stay in their order, and its MAC and address are set only where they differ."""
+    ww = WW(tmp_path, "4.7.0")
+    (ww.etc / "nodes.conf").write_text(
+        "nodeprofiles:\n  default: {}\n  site-ib: {}\nnodes:\n  worker0:\n    profiles: [default, site-ib]\n"
+        "    network devices:\n      default:\n        hwaddr: '52:54:00:00:00:41'\n        ipaddr: 10.0.0.41\n"
+    )
+    res = ww.apply()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ww.registry()["nodes"]["worker0"]["profiles"] == ["default", "site-ib", "ek8s-worker"]  # type: ignore[index]
+    assert not [c for c in ww.mutating() if c[:3] == ["node", "set", "worker0"] and "--hwaddr" in c]
+    assert ["node", "add", "worker0"] not in [c[:3] for c in ww.mutating()]
+
+
+@pytest.mark.parametrize("version", WWCTL_VERSIONS)
+def test_apply_moves_an_earlier_plans_registry_onto_the_role_profiles(tmp_path: Path, version: str) -> None:
+    """A registry as the earlier plan left it (profile ek8s-<cluster> with the cluster's tags;
+    image, root, netmask and the role tag on every node): the nodes move to their role
+    profile, the old profile leaves their lists, the role tag leaves the nodes, 4.7 unsets
+    what the profile now carries, and a second apply changes nothing."""
+    ww = WW(tmp_path, version)
+    image_key = "container name" if version.startswith("4.5") else "image name"
+    inv = load_inventory(INVENTORY)
+    nodes = {
+        n.name: {
+            "profiles": ["default", "ek8s-ek8s"], image_key: inv.node_images.control if n.role == "control" else
+            inv.node_images.worker, "root": "tmpfs",
+            "network devices": {"default": {"device": "net0", "hwaddr": n.mac, "ipaddr": n.address,
+                                            "netmask": "255.255.255.0", "tags": {"DNS1": "1.1.1.1"}}},
+            "tags": {"ek8s_role": n.role},
+        }
+        for n in inv.expanded()
+    }  # fmt: skip
+    old_profile = {"tags": inv.cluster_tags() | {"ek8s_share": str(tmp_path / "share")}}
+    (ww.etc / "nodes.conf").write_text(
+        yaml.safe_dump({"nodeprofiles": {"default": {}, "ek8s-ek8s": old_profile}, "nodes": nodes})
+    )
+    res = ww.apply()
+    assert res.returncode == 0, res.stdout + res.stderr
+    reg = ww.registry()
+    for name, entry in reg["nodes"].items():  # type: ignore[union-attr]
+        role = "control" if name.startswith("control") else "worker"
+        assert entry["profiles"] == ["default", f"ek8s-{role}"] and "tags" not in entry, (name, entry)
+        if version.startswith("4.7"):
+            assert set(entry) == {"profiles", "network devices"}, entry
+            assert set(entry["network devices"]["default"]) == {"hwaddr", "ipaddr", "tags"}
+    assert not [c for c in ww.mutating() if c[1:2] == ["add"] and c[0] == "node"]
+    ww.log.unlink()
+    res = ww.apply()
+    assert res.returncode == 0 and ww.mutating() == [], ww.mutating()
+
+
+@pytest.mark.parametrize("failing", ["profile set ek8s-worker", "node add worker1", "node set"])
+def test_a_failed_step_leaves_the_files_unchanged_and_says_so_on_stderr(tmp_path: Path, failing: str) -> None:
+    ww = WW(tmp_path, "4.7.0", fail=failing)
+    conf = "# comment\nipaddr: 10.0.0.13\n"
+    nodes_conf = "# hand-kept\nnodeprofiles:\n  default: {}\nnodes: {}\n"
+    (ww.etc / "warewulf.conf").write_text(conf)
+    (ww.etc / "nodes.conf").write_text(nodes_conf)
+    res = ww.apply()
     assert res.returncode == 1
-    assert "stand-in failure for node set control1" in res.stdout
-    assert "were not run" in res.stdout
-    calls = _calls(log)
-    assert calls[-1][:3] == ["node", "set", "control1"]
-    assert ["node", "add", "control2"] not in calls and ["overlay", "build"] not in calls
+    assert f"stand-in failure for {failing}" in res.stderr and "were not run" in res.stderr
+    assert "warewulf.conf and nodes.conf were not changed" in res.stderr
+    assert "failed" not in res.stdout and "Error" not in res.stdout
+    assert (ww.etc / "warewulf.conf").read_text() == conf
+    assert not list(ww.etc.glob("*.ek8s-backup"))
+    assert ["overlay", "build"] not in [c[:2] for c in ww.calls()]
 
 
-def test_wwctl_version_parsing() -> None:
-    from manager.wwplan import WarewulfError, parse_version
+def test_apply_verbose_and_dry_run(tmp_path: Path) -> None:
+    ww = WW(tmp_path, "4.7.0")
+    conf = "# site\nipaddr: 10.0.0.13\nnfs:\n  export paths:\n  - path: /home\n"
+    (ww.etc / "warewulf.conf").write_text(conf)
+    (ww.etc / "nodes.conf").write_text("nodeprofiles:\n  default: {}\nnodes: {}\n")
+    res = ww.apply("--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert ww.mutating() == [] and (ww.etc / "warewulf.conf").read_text() == conf
+    assert f"+++ {ww.etc / 'warewulf.conf'} (after apply)" in res.stdout
+    assert f"+  - path: {tmp_path / 'share'}" in res.stdout
+    assert "+        file: " in res.stdout or "+      - spec: " in res.stdout  # nodes.conf's fstab resource
+    assert "(dry run)" in res.stdout and not (tmp_path / "share").exists()
+    res = ww.apply("-v")
+    assert res.returncode == 0, res.stderr
+    assert "wwctl node add control0 --profile default,ek8s-control --netname default --hwaddr" in res.stdout
 
-    assert parse_version("wwctl version: 4.5.8-1.el9") == "4.5"
-    assert parse_version("Warewulf Version: v4.6.1") == "4.6"
-    assert parse_version("4.7.0") == "4.6"
-    with pytest.raises(WarewulfError):
-        parse_version("4.4.1")
-    with pytest.raises(WarewulfError):
-        parse_version("command not found")
+
+def test_apply_refuses_an_unreadable_warewulf_file_before_running_anything(tmp_path: Path) -> None:
+    ww = WW(tmp_path, "4.7.0")
+    (ww.etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\nnfs: [unclosed\n")
+    res = ww.apply()
+    assert res.returncode == 2 and "warewulf.conf: not valid YAML" in res.stderr and "nothing was run" in res.stderr
+    assert ww.mutating() == []
+    assert (ww.etc / "warewulf.conf").read_text() == "ipaddr: 10.0.0.13\nnfs: [unclosed\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "field"),
+    [
+        ("warewulf.conf", "ipaddr: 10.0.0.13\nnfs: yes\n", "nfs"),
+        ("warewulf.conf", "nfs:\n  export paths: /srv/share\n", "nfs.export paths"),
+        ("nodes.conf", "nodeprofiles:\n  default: {}\n  ek8s-control: []\nnodes: {}\n", "nodeprofiles.ek8s-control"),
+    ],
+)
+def test_apply_refuses_a_warewulf_file_of_the_wrong_shape_naming_the_field(
+    tmp_path: Path, name: str, text: str, field: str
+) -> None:
+    ww = WW(tmp_path, "4.7.0")
+    (ww.etc / "warewulf.conf").write_text("ipaddr: 10.0.0.13\n")
+    (ww.etc / "nodes.conf").write_text("nodeprofiles:\n  default: {}\nnodes: {}\n")
+    (ww.etc / name).write_text(text)
+    res = ww.apply()
+    assert res.returncode in (1, 2), res.stdout + res.stderr
+    assert field in res.stderr, res.stderr
+    assert (ww.etc / "warewulf.conf").read_text() in (text, "ipaddr: 10.0.0.13\n")
+    assert not list(ww.etc.glob("*.ek8s-backup"))
+
+
+# -- the files, round trip -----------------------------------------------------------------
+
+
+def test_edits_keep_comments_order_and_values_of_warewulf_files() -> None:
+    """ruamel.yaml round trip: comments, key order and unquoted colon values (a MAC, an iPXE
+    architecture key) stay as they were; only the share's entries change, and a second edit
+    changes nothing."""
+    from manager import wwconf
+
+    inv = load_inventory(INVENTORY)
+    conf = (
+        "# Warewulf server, edited by hand\nipaddr: 10.0.0.13 # the server\ntftp:\n  ipxe:\n"
+        "    00:09: ipxe-snponly-x86_64.efi\nnfs:\n  enabled: true\n  export paths:\n  - path: /home\n"
+        "    export options: rw,sync # users\n  - path: /share\n    export options: ro\n  systemd name: nfs-server\n"
+    )
+    new = wwconf.edit_warewulf_conf(conf, inv, "4.7", Path("warewulf.conf"))
+    assert new.startswith("# Warewulf server, edited by hand\nipaddr: 10.0.0.13 # the server\n")
+    assert "00:09: ipxe-snponly-x86_64.efi" in new and "rw,sync # users" in new
+    assert "- path: /share\n    export options: rw,sync,no_root_squash,no_subtree_check\n  systemd name" in new
+    assert wwconf.edit_warewulf_conf(new, inv, "4.7", Path("warewulf.conf")) == new
+    nodes_conf = (
+        "# kept by the site\nnodeprofiles:\n    default:\n        comment: x # why\n    ek8s-control:\n"
+        "        resources:\n            fstab:\n                - spec: warewulf:/scratch\n"
+        "                  file: /scratch\nnodes:\n    n1:\n        network devices:\n            default:\n"
+        "                hwaddr: 52:54:00:00:00:21\n"
+    )
+    new = wwconf.edit_nodes_conf(nodes_conf, inv, Path("nodes.conf"))
+    assert new.startswith("# kept by the site\n") and "comment: x # why" in new
+    assert "hwaddr: 52:54:00:00:00:21" in new and "file: /scratch" in new
+    data = yaml.safe_load(new)
+    assert [e["file"] for e in data["nodeprofiles"]["ek8s-control"]["resources"]["fstab"]] == ["/scratch", "/share"]
+    assert (
+        data["nodeprofiles"]["ek8s-worker"]["resources"]["fstab"][0]["mntops"] == "defaults,hard,lookupcache=positive"
+    )
+    assert wwconf.edit_nodes_conf(new, inv, Path("nodes.conf")) == new
 
 
 # -- overlay build ---------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 #!/bin/sh
-# ek8s warewulf plan: cluster ek8s, Warewulf 4.5, 5 nodes.
-# Idempotent: nodes and profiles that exist are only set, never added again.
+# ek8s warewulf plan: cluster ek8s, Warewulf 4.5, 5 nodes, 17 commands.
+# Only what differs from the registry; a second run after `ek8s warewulf apply` plans nothing.
+# registry read from nothing (--offline: an empty registry but for the profile default)
+# /etc/warewulf/warewulf.conf: not read; its entries are at the end
 set -e
 
 # the share on the Warewulf server: root-only, as the agents keep every file in it
 install -d -m 0700 -o root -g root /share
 
-# cluster profile for ek8s
-wwctl profile add ek8s-ek8s --yes
+# role profile for the control nodes of cluster ek8s
+wwctl profile add ek8s-control --yes
 
-# cluster-wide facts for node.yaml.ww (tags ek8s_*)
-wwctl profile set ek8s-ek8s \
+# control profile: node image, root, overlays and the tags node.yaml.ww reads
+wwctl profile set ek8s-control \
     --yes \
     --tagadd ek8s_cluster=ek8s \
     --tagadd ek8s_share=/share \
@@ -24,108 +26,73 @@ wwctl profile set ek8s-ek8s \
     --tagadd ek8s_pod_subnet=10.249.0.0/16 \
     --tagadd ek8s_service_subnet=10.96.0.0/12 \
     --tagadd ek8s_on_cluster_lost=reinit \
-    --tagadd ek8s_cni_manifest=/usr/local/lib/ek8s/manifests/cni.yaml
-
-# new control node
-wwctl node add control0
-
-# control 10.0.0.21 (52:54:00:00:00:21), root on tmpfs
-wwctl node set control0 \
-    --yes \
-    --profile default,ek8s-ek8s \
+    --tagadd ek8s_cni_manifest=/usr/local/lib/ek8s/manifests/cni.yaml \
+    --tagadd ek8s_role=control \
     --container ek8s-control \
     --root tmpfs \
-    --netname default \
-    --netdev net0 \
-    --hwaddr 52:54:00:00:00:21 \
-    --ipaddr 10.0.0.21 \
-    --netmask 255.255.255.0 \
-    --nettagadd DNS1=1.1.1.1 \
-    --tagadd ek8s_role=control \
     --wwinit wwinit,ek8s,ek8s-hosts \
     --runtime generic,ek8s-hosts
 
-# new control node
-wwctl node add control1
+# control profile: network defaults of device default
+wwctl profile set ek8s-control --yes --netname default --netdev net0 --netmask 255.255.255.0
 
-# control 10.0.0.22 (52:54:00:00:00:22), root on tmpfs
-wwctl node set control1 \
+# role profile for the worker nodes of cluster ek8s
+wwctl profile add ek8s-worker --yes
+
+# worker profile: node image, root, overlays and the tags node.yaml.ww reads
+wwctl profile set ek8s-worker \
     --yes \
-    --profile default,ek8s-ek8s \
-    --container ek8s-control \
-    --root tmpfs \
-    --netname default \
-    --netdev net0 \
-    --hwaddr 52:54:00:00:00:22 \
-    --ipaddr 10.0.0.22 \
-    --netmask 255.255.255.0 \
-    --nettagadd DNS1=1.1.1.1 \
-    --tagadd ek8s_role=control \
-    --wwinit wwinit,ek8s,ek8s-hosts \
-    --runtime generic,ek8s-hosts
-
-# new control node
-wwctl node add control2
-
-# control 10.0.0.23 (52:54:00:00:00:23), root on tmpfs
-wwctl node set control2 \
-    --yes \
-    --profile default,ek8s-ek8s \
-    --container ek8s-control \
-    --root tmpfs \
-    --netname default \
-    --netdev net0 \
-    --hwaddr 52:54:00:00:00:23 \
-    --ipaddr 10.0.0.23 \
-    --netmask 255.255.255.0 \
-    --nettagadd DNS1=1.1.1.1 \
-    --tagadd ek8s_role=control \
-    --wwinit wwinit,ek8s,ek8s-hosts \
-    --runtime generic,ek8s-hosts
-
-# new worker node
-wwctl node add worker0
-
-# worker 10.0.0.41 (52:54:00:00:00:41), root on tmpfs
-wwctl node set worker0 \
-    --yes \
-    --profile default,ek8s-ek8s \
+    --tagadd ek8s_cluster=ek8s \
+    --tagadd ek8s_share=/share \
+    --tagadd ek8s_vip=10.0.0.99 \
+    --tagadd ek8s_vip_prefix=24 \
+    --tagadd ek8s_vip_hostname=vip.kubernetes.local \
+    --tagadd ek8s_vip_port=8443 \
+    --tagadd ek8s_vrid=51 \
+    --tagadd ek8s_distribution=kubeadm \
+    --tagadd ek8s_k8s_version=v1.32.1 \
+    --tagadd ek8s_pod_subnet=10.249.0.0/16 \
+    --tagadd ek8s_service_subnet=10.96.0.0/12 \
+    --tagadd ek8s_on_cluster_lost=reinit \
+    --tagadd ek8s_cni_manifest=/usr/local/lib/ek8s/manifests/cni.yaml \
+    --tagadd ek8s_role=worker \
     --container ek8s-base \
     --root tmpfs \
-    --netname default \
-    --netdev net0 \
-    --hwaddr 52:54:00:00:00:41 \
-    --ipaddr 10.0.0.41 \
-    --netmask 255.255.255.0 \
-    --nettagadd DNS1=1.1.1.1 \
-    --tagadd ek8s_role=worker \
     --wwinit wwinit,ek8s,ek8s-hosts \
     --runtime generic,ek8s-hosts
+
+# worker profile: network defaults of device default
+wwctl profile set ek8s-worker --yes --netname default --netdev net0 --netmask 255.255.255.0
+
+# new control node
+wwctl node add control0 --profile default,ek8s-control --netname default --hwaddr 52:54:00:00:00:21 --ipaddr 10.0.0.21
+
+# new control node
+wwctl node add control1 --profile default,ek8s-control --netname default --hwaddr 52:54:00:00:00:22 --ipaddr 10.0.0.22
+
+# new control node
+wwctl node add control2 --profile default,ek8s-control --netname default --hwaddr 52:54:00:00:00:23 --ipaddr 10.0.0.23
 
 # new worker node
-wwctl node add worker1
+wwctl node add worker0 --profile default,ek8s-worker --netname default --hwaddr 52:54:00:00:00:41 --ipaddr 10.0.0.41
 
-# worker 10.0.0.42 (52:54:00:00:00:42), root on tmpfs
-wwctl node set worker1 \
-    --yes \
-    --profile default,ek8s-ek8s \
-    --container ek8s-base \
-    --root tmpfs \
-    --netname default \
-    --netdev net0 \
-    --hwaddr 52:54:00:00:00:42 \
-    --ipaddr 10.0.0.42 \
-    --netmask 255.255.255.0 \
-    --nettagadd DNS1=1.1.1.1 \
-    --tagadd ek8s_role=worker \
-    --wwinit wwinit,ek8s,ek8s-hosts \
-    --runtime generic,ek8s-hosts
+# new worker node
+wwctl node add worker1 --profile default,ek8s-worker --netname default --hwaddr 52:54:00:00:00:42 --ipaddr 10.0.0.42
 
-# DHCP, NFS exports and hosts on the server
-wwctl configure --all
+# DNS servers (network tags)
+wwctl node set control0 control1 control2 worker0 worker1 --yes --netname default --nettagadd DNS1=1.1.1.1
 
-# render node.yaml and the units for every node
-wwctl overlay build
+# DHCP: the nodes' MACs and addresses
+wwctl configure dhcp
+
+# the server's /etc/hosts: the nodes' names
+wwctl configure hostfile
+
+# the server's NFS exports
+wwctl configure nfs
+
+# render node.yaml, the units and /etc/hosts for the cluster's nodes
+wwctl overlay build control0 control1 control2 worker0 worker1
 
 # /etc/warewulf/warewulf.conf needs (ek8s warewulf apply merges it):
 #   nfs:
