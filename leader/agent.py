@@ -188,7 +188,7 @@ class Agent:
         self.kubeadm_s = 0.0
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
         self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
-        self.metrics = AgentMetrics(store, cfg.node.name, cfg.role)
+        self.metrics = AgentMetrics(store, cfg.node.name, cfg.role, cfg.kubernetes.distribution)
         self.metrics_written_at: float | None = None
         # systemd (Type=notify): READY after boot, STATUS per sentence, WATCHDOG per cycle.
         self.notifier = notifier or ServiceNotifier({})
