@@ -206,8 +206,8 @@ def run(phylactery: Phylactery) -> None:
         await site.start()
         log.info("serving", extra={"port": phylactery.cfg.phylactery.port})
         notifier.ready(f"serving on port {phylactery.cfg.phylactery.port}; registering")
-        await phylactery.start()
         alive = asyncio.create_task(keep_systemd_told(phylactery, notifier))
+        await phylactery.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

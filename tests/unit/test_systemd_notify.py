@@ -5,6 +5,7 @@ The unit itself, on a machine, is in tests/lab/test_machines.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from core.notify import STATUS_MAX, ServiceNotifier
+from phylactery.app import keep_systemd_told
 from tests.unit.agent_fakes import FakeProbes
 from tests.unit.test_agent_states import joined_worker
+from tests.unit.test_phylactery_http import make_phylactery
 
 
 class NotifySocket:
@@ -137,3 +140,26 @@ def test_the_agent_says_ready_status_and_feeds_the_watchdog_only_from_a_live_loo
     stopping = systemd.until("STOPPING=1")[-1]
     assert "STATUS=watch, generation 1: stopping (SIGTERM)" in stopping.split("\n")
     assert codes == [0]
+
+
+def test_phylactery_feeds_its_watchdog_from_the_event_loop_and_says_what_it_serves(
+    tmp_path: Path, systemd: NotifySocket
+) -> None:
+    p = make_phylactery(tmp_path)
+    p.generation = 2
+    n = notifier(systemd, watchdog_s=0.2)
+
+    async def run() -> None:
+        task = asyncio.create_task(keep_systemd_told(p, n))
+        await asyncio.sleep(0.35)
+        p.started, p.last_reconcile = True, {"members": ["control0", "control1"]}
+        await asyncio.sleep(0.35)
+        task.cancel()
+
+    asyncio.run(run())
+    got = []
+    while (msg := systemd.recv(timeout=0.1)) is not None:
+        got.append(msg)
+    assert got[0] == "STATUS=generation 2, 0 members registered (); starting HAProxy and keepalived"
+    assert "STATUS=generation 2, 2 members registered (control0, control1); HAProxy and keepalived running" in got
+    assert got.count("WATCHDOG=1") >= 5, got  # every 0.1 s (half of 0.2 s)
