@@ -177,7 +177,7 @@ def systemd_status(p: Phylactery) -> str:
     return f"generation {p.generation}, {len(members)} members registered ({', '.join(members)}); {daemons}"
 
 
-async def keep_systemd_told(p: Phylactery, notifier: ServiceNotifier, every_s: float = 10.0) -> None:
+async def keep_systemd_told(p: Phylactery, notifier: ServiceNotifier, every_s: float = 2.0) -> None:
     """``WATCHDOG=1`` at half of ``WatchdogSec=`` and ``STATUS=`` when it changes, from the event
     loop: an event loop blocked (a synchronous share call on a hung NFS mount) stops both, and
     systemd restarts the unit."""
