@@ -9,7 +9,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container
+SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container prometheus
 # Machines by default: the overlay's units under systemd, real reboots (docs/lab.md).
 LAB_ARGS ?= --control 3 --workers 2 --machines
 
@@ -23,8 +23,9 @@ system-deps:
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@# Debian may start the packaged daemons; the project runs its own.
-	@for s in etcd haproxy keepalived; do (systemctl stop $$s 2>/dev/null || service $$s stop 2>/dev/null) >/dev/null || true; done
+	@# Debian may start the packaged daemons; the project runs its own (prometheus is
+	@# installed for promtool only: tests check metrics and alert rules with it).
+	@for s in etcd haproxy keepalived prometheus; do (systemctl stop $$s 2>/dev/null || service $$s stop 2>/dev/null) >/dev/null || true; done
 
 venv: $(BIN)/.installed
 

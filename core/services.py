@@ -31,9 +31,10 @@ class ServiceError(Exception):
 class ServiceManager(Protocol):
     """Start, reload, stop and inspect the node's daemons (HAProxy, keepalived, Phylactery)."""
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Start ``name`` unless it runs. ``argv`` is used in process mode only (systemd
-        units carry their own ``ExecStart``)."""
+        units carry their own ``ExecStart``). With ``wait`` (systemd) return once the unit is
+        up (a ``Type=notify`` unit: once it sent ``READY=1``), else once the start is queued."""
 
     def reload(self, name: str, sig: int) -> None:
         """Ask a running ``name`` to re-read its config (``sig`` in process mode)."""
@@ -94,7 +95,7 @@ class ProcessServices:
         """Whether ``name`` runs (a zombie or a reused pid does not count)."""
         return self._proc(name) is not None
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, wait: bool = True) -> None:
         """Start ``argv`` detached (own session, output to :meth:`log_path`) unless ``name``
         runs. Raises :class:`ServiceError` when it cannot start."""
         if self.is_running(name):
@@ -152,9 +153,12 @@ class SystemdServices:
         if res.returncode != 0:
             raise ServiceError(f"systemctl {what} failed ({res.returncode}): {res.stderr.strip()}")
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        """``systemctl start <name>.service``; raises :class:`ServiceError` on failure."""
-        self._check(self._systemctl("start", f"{name}.service"), f"start {name}")
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, wait: bool = True) -> None:
+        """``systemctl start <name>.service`` (``--no-block`` without ``wait``: a unit that
+        cannot be loaded still fails, its start-up is not waited for); raises
+        :class:`ServiceError` on failure."""
+        block = () if wait else ("--no-block",)
+        self._check(self._systemctl("start", *block, f"{name}.service"), f"start {name}")
 
     def reload(self, name: str, sig: int) -> None:
         # haproxy.service: ExecReload sends SIGUSR2 to the master (master-worker reload);

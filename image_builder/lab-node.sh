@@ -23,12 +23,14 @@ suite=bookworm
 tmp="${out}.tmp"
 
 # systemd as PID 1 (systemd-sysv), dbus for systemctl's and journalctl's usual paths;
-# the daemons; python3 is 3.11 on bookworm; kmod for the agent's modprobe (it only warns).
+# the daemons; python3 is 3.11 on bookworm; kmod for the agent's modprobe (it only warns);
+# node_exporter, under ek8s's own unit as in the Rocky images.
 packages=(
     systemd systemd-sysv dbus libpam-systemd
     python3 python3-pip
     etcd-server etcd-client haproxy keepalived
     iproute2 procps kmod ca-certificates
+    prometheus-node-exporter
 )
 
 # chroot with a clean environment: the build machine's PIP_*, REQUESTS_CA_BUNDLE... name its
@@ -57,7 +59,11 @@ rm -f "$tmp/tmp/requirements-node.txt" "$tmp/tmp/pip-ca.crt"
 # (emulated) kubelet from its static pod manifest; HAProxy and keepalived by Phylactery
 # (Containerfile.control disables them likewise). Units that only make sense on real
 # hardware or with a console are masked so that `systemctl --failed` stays meaningful.
-in_image systemctl disable etcd.service haproxy.service keepalived.service
+in_image systemctl disable etcd.service haproxy.service keepalived.service prometheus-node-exporter.service
+# node_exporter as on a node (Containerfile.base): ek8s's unit, the textfile the agent writes.
+install -m 0644 "$(dirname "$0")/ek8s-node-exporter.service" "$tmp/etc/systemd/system/ek8s-node-exporter.service"
+ln -sf /usr/bin/prometheus-node-exporter "$tmp/usr/local/bin/node_exporter"
+in_image systemctl enable ek8s-node-exporter.service
 in_image systemctl mask getty@tty1.service console-getty.service systemd-networkd-wait-online.service \
     apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer
 

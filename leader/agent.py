@@ -20,6 +20,7 @@ probes, clock, executor), so every transition is unit-tested without root
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import sys
@@ -35,6 +36,7 @@ from core.bootid import boot_id
 from core.config import NodeConfig
 from core.drivers import Credentials, Driver, DriverError, InitResult, driver_for
 from core.logs import get_logger
+from core.notify import ServiceNotifier
 from core.services import ServiceError, ServiceManager, service_manager
 from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
 from leader import peers
@@ -139,6 +141,7 @@ class Agent:
         executor: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
         prepare: Callable[[], None] | None = None,
+        notifier: ServiceNotifier | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -185,8 +188,10 @@ class Agent:
         self.kubeadm_s = 0.0
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
         self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
-        self.metrics = AgentMetrics(store, cfg.node.name, cfg.role)
+        self.metrics = AgentMetrics(store, cfg.node.name, cfg.role, cfg.kubernetes.distribution)
         self.metrics_written_at: float | None = None
+        # systemd (Type=notify): READY after boot, STATUS per sentence, WATCHDOG per cycle.
+        self.notifier = notifier or ServiceNotifier({})
 
     @classmethod
     def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
@@ -200,6 +205,7 @@ class Agent:
             probes=NodeProbes(cfg, driver),
             boot_id=boot_id(cfg.root),
             config_path=config_path,
+            notifier=ServiceNotifier(),
         )
         agent._prepare = agent._prepare_host
         return agent
@@ -211,6 +217,7 @@ class Agent:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.boot()
+        self.notifier.ready(self._status("booted"))
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._run_prepare, name="prepare-host", daemon=True).start()
         threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
@@ -223,8 +230,10 @@ class Agent:
                 # The share (NFS) hiccupped: nothing was decided; try again next cycle.
                 sentence = f"cannot read the share: {err}"
             now = self.clock()
+            self.notifier.watchdog()  # a cycle that hangs (a hard NFS mount) stops these
             if sentence != last:
-                log.info(sentence, extra={"phase": self.state.value})
+                log.log(self._severity(sentence), sentence, extra={"phase": self.state.value})
+                self.notifier.status(self._status(sentence))
                 last, said_at, since = sentence, now, now
             elif now - said_at >= PROGRESS_S:
                 log.info(f"still: {sentence}", extra={"phase": self.state.value, "waited_s": round(now - since)})
@@ -234,10 +243,35 @@ class Agent:
                 self.shutdown("gave up")
                 return 1
             if self.state is before:
-                self.wake.wait(self.cycle_s())
+                self._pause(self.cycle_s())
             self.wake.clear()
         self.shutdown("SIGTERM")
         return 0
+
+    def _severity(self, sentence: str) -> int:
+        """The log level of a new sentence (its journald priority): ``error`` when the agent
+        gave up or the cluster is lost, ``warning`` for a reset or a share that does not
+        answer, ``info`` for the rest."""
+        if self.state in (State.FAILED, State.LOST):
+            return logging.ERROR
+        if self.state is State.RESET or sentence.startswith("cannot read the share"):
+            return logging.WARNING
+        return logging.INFO
+
+    def _status(self, sentence: str) -> str:
+        return f"{self.state.value}, generation {self.generation}: {sentence}"
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` for the next cycle, or less when woken; telling systemd's watchdog
+        that the loop is alive at least every half watchdog period meanwhile (a wait is not a
+        hung cycle)."""
+        step = self.notifier.ping_every_s
+        deadline = time.monotonic() + seconds
+        while step is not None and deadline - time.monotonic() > step:
+            if self.wake.wait(step):
+                return
+            self.notifier.watchdog()
+        self.wake.wait(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop after the current cycle (the SIGTERM handler)."""
@@ -300,12 +334,13 @@ class Agent:
             boot_id=self.boot_id,
         )
         if self.cfg.is_control:
-            self.start_phylactery()
+            self.start_phylactery(wait=False)
 
     def shutdown(self, why: str) -> None:
         """Stop the running job, give back the join slot and an unfinished leader claim, and
         say so on the share (best effort: a share that does not answer is only logged)."""
         self.stop_requested.set()
+        self.notifier.stopping(self._status(f"stopping ({why})"))
         self.jobs.cancel(wait_s=10.0)
         try:
             self._release_slot()
@@ -878,11 +913,13 @@ class Agent:
         """This node's own Phylactery."""
         return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
 
-    def start_phylactery(self) -> None:
-        """Start Phylactery (it brings up HAProxy and keepalived); returns at once."""
+    def start_phylactery(self, wait: bool = True) -> None:
+        """Start Phylactery (it brings up HAProxy and keepalived). Without ``wait`` return
+        once the start is queued (at boot, beside the election: ``phylactery.service`` is
+        ``Type=notify`` and serves only after its imports, ~1.5 s); with it, once it serves."""
         argv = [sys.executable, "-m", "phylactery", "--config", str(self.config_path)]
         try:
-            self.services.start("phylactery", argv)
+            self.services.start("phylactery", argv, wait=wait)
             self.phylactery_started = True
         except ServiceError as err:
             log.error("cannot start Phylactery", extra={"phase": self.state.value, "error": str(err)})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from core.cli import CONFIG_OPTION, load_or_exit
+from core.cli import CONFIG_OPTION, LOG_LEVEL_OPTION, load_or_exit
 
 
 @click.group(name="node", context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,17 +21,19 @@ def node() -> None:
 
 @node.command("run")
 @CONFIG_OPTION
-def run(config_path: str) -> None:
+@LOG_LEVEL_OPTION
+def run(config_path: str, log_level: str) -> None:
     """Elect, initialise or join the cluster, then follow it (runs until SIGTERM).
 
     Exit codes: 0 stopped by SIGTERM, 1 gave up (init or join failed every attempt),
     2 invalid node.yaml (systemd does not restart it: RestartPreventExitStatus=2).
     """
     cfg = load_or_exit(config_path, "ek8s-node")
-    from core.logs import setup_logging
+    from core.logs import log_start, setup_logging
     from leader.agent import Agent
 
-    setup_logging(cfg.node.name)
+    setup_logging(cfg.node.name, log_level)
+    log_start("ek8s-node", "agent", cfg)
     sys.exit(Agent.for_node(cfg, Path(config_path).resolve()).run())
 
 

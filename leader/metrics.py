@@ -1,6 +1,6 @@
 """The agent's Prometheus metrics (docs/metrics.md), written in node_exporter's textfile
-collector format to ``metrics.textfile_dir/ek8s.prom``: node_exporter on the node scrapes them,
-and on control nodes Phylactery serves them too at ``GET /metrics``.
+collector format to ``metrics.textfile_dir/ek8s.prom``: node_exporter on the node serves them
+(on every node, control nodes included; Phylactery serves only its own).
 
 The values come from the agent's events (:meth:`AgentMetrics.on_event`: ``joined``,
 ``pruned``, ``join_failed``, ``init_failed``) and its state, so the handlers need no lines of
@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from core.fileperm import ensure_dir, write_atomic
-from core.metrics import ShareOpsCollector
+from core.metrics import BuildInfoCollector, ShareOpsCollector
 from core.share import ShareStore
 
 JOIN_BUCKETS_S = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -39,7 +39,7 @@ PHASES = (
 class AgentMetrics:
     """One agent's metrics in their own registry (``node``, ``role`` as labels of the info)."""
 
-    def __init__(self, store: ShareStore, node: str, role: str) -> None:
+    def __init__(self, store: ShareStore, node: str, role: str, distribution: str = "kubeadm") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Gauge("ek8s_agent_info", "The agent's node and role (always 1)", ["node", "role"], registry=r).labels(
@@ -59,6 +59,7 @@ class AgentMetrics:
         self.init_failures = Counter("ek8s_agent_init_failures", "Failed init attempts", registry=r)
         self.phase_changes = Counter("ek8s_agent_phase_changes", "Changes of the agent's phase", registry=r)
         r.register(ShareOpsCollector(store, "agent"))
+        r.register(BuildInfoCollector(distribution))
         for kind in ("join", "rejoin"):
             self.join_s.labels(kind)
         self._pruned = False

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from core.drivers import ApiUnavailable, DriverError
 from core.logs import get_logger
+from core.notify import ServiceNotifier
 from core.share import EpochSuperseded
 from phylactery import metrics
 from phylactery.prune import PruneError, PruneRefused
@@ -168,6 +169,29 @@ def make_app(phylactery: Phylactery, token: str) -> web.Application:
     return app
 
 
+def systemd_status(p: Phylactery) -> str:
+    """``STATUS=`` of ``phylactery.service``: generation, registered members, HAProxy and
+    keepalived's state, from what Phylactery holds (no I/O)."""
+    members = p.last_reconcile.get("members") or []
+    daemons = "HAProxy and keepalived running" if p.started else "starting HAProxy and keepalived"
+    return f"generation {p.generation}, {len(members)} members registered ({', '.join(members)}); {daemons}"
+
+
+async def keep_systemd_told(p: Phylactery, notifier: ServiceNotifier, every_s: float = 2.0) -> None:
+    """``WATCHDOG=1`` at half of ``WatchdogSec=`` and ``STATUS=`` when it changes, from the event
+    loop: an event loop blocked (a synchronous share call on a hung NFS mount) stops both, and
+    systemd restarts the unit."""
+    last = ""
+    step = min(every_s, notifier.ping_every_s or every_s)
+    while True:
+        status = systemd_status(p)
+        if status != last:
+            notifier.status(status)
+            last = status
+        notifier.watchdog()
+        await asyncio.sleep(step)
+
+
 def run(phylactery: Phylactery) -> None:
     """Start Phylactery (register, apply configs, notify peers), then serve until SIGTERM."""
 
@@ -181,6 +205,8 @@ def run(phylactery: Phylactery) -> None:
         site = web.TCPSite(runner, host="0.0.0.0", port=phylactery.cfg.phylactery.port, reuse_address=True)
         await site.start()
         log.info("serving", extra={"port": phylactery.cfg.phylactery.port})
+        notifier.ready(f"serving on port {phylactery.cfg.phylactery.port}; registering")
+        alive = asyncio.create_task(keep_systemd_told(phylactery, notifier))
         await phylactery.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -188,7 +214,11 @@ def run(phylactery: Phylactery) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping")
+        alive.cancel()
+        notifier.stopping(f"stopping; generation {phylactery.generation}")
         await phylactery.stop()
         await runner.cleanup()
+
+    notifier = ServiceNotifier()
 
     asyncio.run(_main())

@@ -1,7 +1,11 @@
 """Phylactery's ``GET /metrics`` (Prometheus text format, unauthenticated and read-only, like
-``/healthz``; docs/metrics.md): its own metrics, collected at each scrape, followed by the
-node agent's (the textfile the agent writes, :mod:`leader.metrics`), so that one scrape of a
-control node has both.
+``/healthz``; docs/metrics.md): its own metrics, collected at each scrape, each family once.
+
+The node agent's metrics are not here: node_exporter serves them from the agent's textfile
+(:mod:`leader.metrics`) on every node. Appending that file to this body, as before, repeated
+``ek8s_share_operations_total``'s ``# HELP``/``# TYPE`` (which the text format forbids: strict
+parsers and ``promtool check metrics`` reject it) and made Prometheus scrape the agent twice on
+control nodes.
 
 A scrape costs the share two operations (the snapshot directory's listing and the newest
 snapshot's ``stat``); the generation, the members and the reloads are what Phylactery already
@@ -18,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from core.etcd import EtcdClient, EtcdError
-from core.metrics import ShareOpsCollector
+from core.metrics import BuildInfoCollector, ShareOpsCollector
 from phylactery import daemons
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # text/plain; version=0.0.4
@@ -74,7 +78,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 async def render(p: Phylactery, prunes: PruneCounts) -> bytes:
-    """The ``/metrics`` body: Phylactery's metrics, then the agent's textfile when present."""
+    """The ``/metrics`` body: Phylactery's metrics (the agent's are node_exporter's to serve)."""
     backends = await asyncio.to_thread(daemons.backend_states, p.stats_socket)
     members = await etcd_member_count(p)
     snapshot_age = await asyncio.to_thread(_snapshot_age_s, p)
@@ -91,6 +95,9 @@ async def render(p: Phylactery, prunes: PruneCounts) -> bytes:
     families.append(up)
     n_up = sum(1 for s in backends.values() if s.startswith("UP"))
     families.append(_gauge("ek8s_haproxy_backends_up", "API server backends HAProxy sees UP", n_up))
+    if "members" in p.last_reconcile:
+        doc = "Control nodes in the member registry (HAProxy's backends, keepalived's peers) at the last reconcile"
+        families.append(_gauge("ek8s_phylactery_members", doc, len(p.last_reconcile["members"])))
     reloads = CounterMetricFamily("ek8s_phylactery_reloads", "Reloads of a daemon's configuration", labels=["daemon"])
     reloads.add_metric(["haproxy"], p.haproxy.reloads)
     reloads.add_metric(["keepalived"], p.keepalived.reloads)
@@ -101,15 +108,14 @@ async def render(p: Phylactery, prunes: PruneCounts) -> bytes:
     families.append(pruned)
     if members is not None:
         families.append(_gauge("ek8s_etcd_members", "Members the local etcd member lists", members))
+    interval = p.cfg.phylactery.snapshot_interval_s
+    doc = "phylactery.snapshot_interval_s: how often etcd is snapshotted to the share (0: never)"
+    families.append(_gauge("ek8s_etcd_snapshot_interval_seconds", doc, interval))
     if snapshot_age is not None:
         doc = "Age of the newest etcd snapshot on the share"
         families.append(_gauge("ek8s_etcd_snapshot_age_seconds", doc, snapshot_age))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
     registry.register(ShareOpsCollector(p.store, "phylactery"))
-    body = generate_latest(registry)
-    try:
-        agent = await asyncio.to_thread(p.cfg.metrics_textfile.read_bytes)
-    except OSError:
-        agent = b""
-    return body + agent
+    registry.register(BuildInfoCollector(p.cfg.kubernetes.distribution))
+    return generate_latest(registry)

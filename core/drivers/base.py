@@ -58,7 +58,9 @@ class CommandRunner:
         self._aborted = threading.Event()
 
     def run(self, argv: list[str]) -> str:
-        """Run ``argv``; returns its output (stdout and stderr together, redacted). Raises
+        """Run ``argv``; returns its output (stdout and stderr together, redacted). Each line
+        is logged (``source=<tool>``, redacted) as the tool prints it, not when it exits: a
+        join that hangs for ``timeout_s`` shows how far it got while it hangs. Raises
         :class:`DriverError` on a non-zero exit, a timeout, a missing executable, or
         :meth:`abort`."""
         shown = [self.redact(a) for a in argv]
@@ -72,28 +74,49 @@ class CommandRunner:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 text=True,
+                errors="replace",
+                bufsize=1,
                 start_new_session=True,  # abort() stops the tool and whatever it started
             )
         except OSError as err:
             raise DriverError(shown, 127, str(err)) from err
         self._proc = proc
+        lines: list[str] = []
+        reader = threading.Thread(target=self._stream, args=(proc, lines), name=f"{self.tool}-output", daemon=True)
+        reader.start()
+        timed_out = False
         try:
-            out, _ = proc.communicate(timeout=self.timeout_s)
+            proc.wait(timeout=self.timeout_s)
+            # The output ends when every process holding the pipe closed it; a child the tool
+            # left running with it (none of kubeadm's or k3s's do) counts against the timeout.
+            reader.join(max(0.0, self.timeout_s - (time.monotonic() - started)))
+            timed_out = reader.is_alive()
         except subprocess.TimeoutExpired:
-            self._kill(proc)
-            out, _ = proc.communicate()
-            raise DriverError(shown, -1, self.redact(out or "") + f"\ntimed out after {self.timeout_s}s") from None
+            timed_out = True
         finally:
+            if timed_out:
+                self._kill(proc)
+                proc.wait()
+                reader.join(5.0)
             self._proc = None
-        output = self.redact(out or "")
-        for line in output.splitlines():
-            self.log.info(line, extra={"source": self.tool})
+        output = "".join(lines)
+        if timed_out:
+            raise DriverError(shown, -1, output + f"\ntimed out after {self.timeout_s}s")
         if self._aborted.is_set():
             raise DriverError(shown, proc.returncode, output + "\naborted by the agent")
         if proc.returncode != 0:
             raise DriverError(shown, proc.returncode, output)
         self.log.info(f"{self.tool} finished", extra={"seconds": round(time.monotonic() - started, 3)})
         return output
+
+    def _stream(self, proc: subprocess.Popen[str], lines: list[str]) -> None:
+        """Log each line of ``proc``'s output as it comes (redacted) and keep it in ``lines``."""
+        assert proc.stdout is not None
+        with proc.stdout:
+            for raw in proc.stdout:
+                line = self.redact(raw.rstrip("\n"))
+                lines.append(line + "\n")
+                self.log.info(line, extra={"source": self.tool})
 
     @staticmethod
     def _kill(proc: subprocess.Popen[str]) -> None:

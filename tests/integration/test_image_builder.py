@@ -87,6 +87,14 @@ def test_containerfile_structure(variant: str) -> None:
         for pkg in ("containerd.io", "conntrack-tools", "iproute", "python3.11"):
             assert pkg in text
         assert "SystemdCgroup = true" in text and "/var/lib/ek8s/images" in text
+    if variant in ("base", "k3s"):
+        # node_exporter serves the agent's textfile from the directory node.yaml's default names.
+        from core.config import MetricsSettings
+
+        assert "systemctl enable ek8s-node-exporter.service" in text and "/usr/local/bin/node_exporter" in text
+        unit = (BUILDER / "ek8s-node-exporter.service").read_text()
+        assert f"--collector.textfile.directory={MetricsSettings().textfile_dir}" in unit
+        assert "ExecStart=/usr/local/bin/node_exporter " in unit
     if variant == "control":
         assert "haproxy keepalived" in text and "systemctl disable haproxy.service keepalived.service" in text
     if variant == "k3s":

@@ -163,7 +163,7 @@ class FakeServices:
         self.running: set[str] = set()
         self.started: list[str] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.started.append(name)
         self.running.add(name)
 

@@ -24,6 +24,15 @@ def test_image_key_is_stable_and_follows_its_inputs() -> None:
     assert "aiohttp>=3.9" in image.requirements().splitlines()
 
 
+def test_image_key_follows_the_files_the_recipe_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    unit = tmp_path / "ek8s-node-exporter.service"
+    unit.write_text("[Service]\n")
+    monkeypatch.setattr(image, "RECIPE_FILES", (unit,))
+    before = image.image_key()
+    unit.write_text("[Service]\nDynamicUser=yes\n")
+    assert image.image_key() != before
+
+
 def test_boot_script_lays_the_node_overlay_over_the_common_one_over_the_image() -> None:
     cfg = machines.MachineConfig(
         name="control0",

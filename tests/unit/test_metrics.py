@@ -1,5 +1,7 @@
-"""Prometheus metrics: Phylactery's ``GET /metrics`` (with the agent's textfile appended) and
-the agent's node_exporter textfile; every metric named here is in docs/metrics.md."""
+"""Prometheus metrics: Phylactery's ``GET /metrics`` (its own only) and the agent's
+node_exporter textfile; every metric named here is in docs/metrics.md. ``promtool check
+metrics`` runs on both in tests/integration/test_monitoring.py and on a live lab node in
+tests/lab/test_machines.py."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+import core
+from core import buildinfo
 from phylactery.app import make_app
 from tests.unit.agent_fakes import Harness
 from tests.unit.test_agent_states import joined_worker
@@ -54,12 +58,38 @@ def test_phylactery_serves_its_metrics_without_a_token(tmp_path: Path) -> None:
     assert got['ek8s_share_operations_total{kind="reads",process="phylactery"}'] >= 1
 
 
-def test_phylactery_appends_the_agents_textfile(tmp_path: Path) -> None:
+def test_phylactery_serves_each_family_once_and_not_the_agents(tmp_path: Path) -> None:
     h = joined_worker(tmp_path / "w")
     h.agent.export_metrics(force=True)
     _, _, text = scrape(tmp_path, h.cfg.metrics_textfile.read_bytes())
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), "a family's # TYPE appears twice"
     got = samples(text)
-    assert got["ek8s_phylactery_generation"] == 3 and got["ek8s_agent_generation"] == 1
+    assert got["ek8s_phylactery_generation"] == 3
+    assert not [k for k in got if k.startswith("ek8s_agent_") or 'process="agent"' in k], "node_exporter serves those"
+
+
+def test_both_say_which_code_runs(tmp_path: Path) -> None:
+    h = joined_worker(tmp_path / "w")
+    h.agent.export_metrics(force=True)
+    _, _, text = scrape(tmp_path)
+    for exposition in (text, h.cfg.metrics_textfile.read_text()):
+        (info,) = [f for f in text_string_to_metric_families(exposition) if f.name == "ek8s_build_info"]
+        (sample,) = info.samples
+        assert sample.value == 1 and sample.labels["version"] == core.__version__
+        assert sample.labels["distribution"] == "kubeadm" and sample.labels["revision"] == buildinfo.revision()
+
+
+def test_phylactery_says_how_many_members_and_how_often_it_snapshots(tmp_path: Path) -> None:
+    async def _run() -> str:
+        p = make_phylactery(tmp_path)
+        p.last_reconcile = {"members": ["control0", "control1", "control2"]}
+        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+            return await (await client.get("/metrics")).text()
+
+    got = samples(asyncio.run(_run()))
+    assert got["ek8s_phylactery_members"] == 3
+    assert got["ek8s_etcd_snapshot_interval_seconds"] == 60.0
 
 
 def test_the_agent_writes_its_textfile_on_a_new_phase_and_counts_joins(tmp_path: Path) -> None:
@@ -96,11 +126,14 @@ def test_a_prune_before_a_join_counts_as_a_rejoin(tmp_path: Path) -> None:
 def test_every_metric_is_documented(tmp_path: Path) -> None:
     h = joined_worker(tmp_path / "w")
     h.agent.export_metrics(force=True)
-    _, _, text = scrape(tmp_path, h.cfg.metrics_textfile.read_bytes())
+    _, _, text = scrape(tmp_path)
+    text += h.cfg.metrics_textfile.read_text()
     names = {f.name for f in text_string_to_metric_families(text)}
     doc = DOC.read_text()
-    documented = set(re.findall(r"^\| `(ek8s_[a-z_]+)`", doc, re.M))
-    # Families the scrape may leave out (no etcd member, no snapshot in a unit test).
-    optional = {"ek8s_etcd_members", "ek8s_etcd_snapshot_age_seconds"}
+    # The tables of what is served; names reserved for a later feature are in their own section.
+    served = doc.split("## Reserved names")[0]
+    documented = set(re.findall(r"^\| `(ek8s_[a-z_]+)`", served, re.M))
+    # Families the scrape may leave out (no etcd member, no snapshot, no reconcile in a unit test).
+    optional = {"ek8s_etcd_members", "ek8s_etcd_snapshot_age_seconds", "ek8s_phylactery_members"}
     assert names - {d.removesuffix("_total") for d in documented} == set()
     assert {d.removesuffix("_total") for d in documented} - names <= optional
