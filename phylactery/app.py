@@ -75,9 +75,15 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    """200 once HAProxy and keepalived run with a config from the registry, 503 before."""
+    """200 once HAProxy and keepalived run with a config from the registry and while every
+    background loop runs; 503 before, and while a loop that failed waits to start again
+    (``loops_down``: loop name -> its exception)."""
     p = request.app[PHYLACTERY]
-    return web.json_response({"ok": p.started, "node": p.cfg.node.name}, status=200 if p.started else 503)
+    ok, down = p.health()
+    body: dict[str, Any] = {"ok": ok, "node": p.cfg.node.name}
+    if down:
+        body["loops_down"] = down
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def status(request: web.Request) -> web.StreamResponse:

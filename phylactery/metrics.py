@@ -107,6 +107,7 @@ async def render(p: Phylactery, prunes: PruneCounts) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
     registry.register(ShareOpsCollector(p.store, "phylactery"))
+    registry.register(p.supervisor)  # ek8s_loop_failures_total{process="phylactery", loop}
     body = generate_latest(registry)
     try:
         agent = await asyncio.to_thread(p.cfg.metrics_textfile.read_bytes)
