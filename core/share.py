@@ -28,16 +28,54 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
+from pydantic.dataclasses import dataclass as record
 
+from core.config import NODE_NAME_RE
 from core.fileperm import append_line, ensure_dir, touch, write_atomic
+from core.logs import get_logger
+from core.records import (
+    RECORD,
+    Count,
+    HeartbeatRecord,
+    Incarnation,
+    InvalidRecord,
+    JoinMaterial,
+    JoinSlot,
+    LeaderRecord,
+    MemberRecord,
+    ReformClaim,
+    SlotHolder,
+    WorkerJoinSlots,
+    WorkerSlot,
+    node_name,
+    parse,
+    snapshot_checksum,
+    snapshot_order,
+)
+from core.records import snapshot_secret as parse_snapshot_secret
+
+__all__ = [
+    "Count",
+    "Incarnation",
+    "InvalidRecord",
+    "JoinMaterial",
+    "LeaderRecord",
+    "MemberRecord",
+]
+
+log = get_logger(__name__, "share")
+T = TypeVar("T")
 
 PROTOCOL = 1
 LOCK_TIMEOUT_S = 30.0
+# One invalid_record event per file and field at most this often (seconds), per store: a bad
+# file read every second must not flood events.jsonl (docs/share-protocol.md).
+INVALID_RECORD_EVERY_S = 600.0
 
 
 OP_KINDS = ("reads", "stats", "writes", "renames", "fsyncs", "locks")
@@ -76,6 +114,16 @@ class ShareError(Exception):
     """The share is unusable (unreadable state, lock not obtained in time, bad JSON)."""
 
 
+class InvalidShareRecord(ShareError):
+    """A record a reader cannot do without (``cluster.json``, ``join.json``, the bearer token)
+    does not have its shape; ``invalid`` says which file and field. Reported once as the
+    ``invalid_record`` event; the caller skips its turn as for any :class:`ShareError`."""
+
+    def __init__(self, invalid: InvalidRecord) -> None:
+        self.invalid = invalid
+        super().__init__(str(invalid))
+
+
 class EpochSuperseded(Exception):
     """The caller's claim is no longer the current one (a newer epoch, a new generation, or
     the claim was released); the caller must stop acting as leader. Nothing was written."""
@@ -102,23 +150,13 @@ class Fence:
         )
 
 
-@dataclass(frozen=True)
-class LeaderRecord:
-    """Who leads the current generation. ``epoch`` grows by one with every claim, ever."""
-
-    node: str
-    address: str
-    boot_id: str
-    epoch: int
-    claimed_at: float
-
-
-@dataclass(frozen=True)
+@record(frozen=True, config=RECORD)
 class ClusterState:
-    """Contents of ``cluster.json``, the one record every decision starts from."""
+    """Contents of ``cluster.json``, the one record every decision starts from (validated:
+    :mod:`core.records`; ``protocol`` and any key a newer writer adds are ignored)."""
 
-    generation: int = 0
-    epoch: int = 0
+    generation: Count = 0
+    epoch: Count = 0
     leader: LeaderRecord | None = None
     ready: bool = False
     ready_at: float | None = None
@@ -139,19 +177,10 @@ class ClusterState:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ClusterState:
-        """Parse ``cluster.json``; missing keys take their defaults (older writers)."""
-        leader = d.get("leader")
-        return cls(
-            generation=int(d.get("generation", 0)),
-            epoch=int(d.get("epoch", 0)),
-            leader=LeaderRecord(**leader) if leader else None,
-            ready=bool(d.get("ready", False)),
-            ready_at=d.get("ready_at"),
-            reason=str(d.get("reason", "")),
-            updated_at=float(d.get("updated_at", 0.0)),
-            restore_from=d.get("restore_from"),
-        )
+    def from_json(cls, raw: bytes | str) -> ClusterState:
+        """Parse ``cluster.json``'s bytes; missing keys take their defaults (older writers),
+        unknown keys are ignored (newer ones). Raises :class:`core.records.InvalidRecord`."""
+        return parse(cls, raw, "cluster.json")
 
 
 @dataclass(frozen=True)
@@ -167,18 +196,6 @@ class Heartbeat:
     # The raft index of the node's etcd member, reported while quorum is lost (who holds the
     # most recent data re-forms etcd: docs/recovery.md); None otherwise.
     etcd_index: int | None = None
-
-
-@dataclass(frozen=True)
-class Incarnation:
-    """``incarnations/<node>.json``: the boot in which a control node's etcd member was made
-    (its init or join completed), and in which generation. While the node heartbeats from that
-    boot, the member's data is alive; a new boot id proves it gone (RAM root)."""
-
-    node: str
-    boot_id: str
-    generation: int
-    at: float
 
 
 @dataclass(frozen=True)
@@ -204,40 +221,6 @@ class Snapshot:
         return leader is not None and hb is not None and hb.boot_id == leader.boot_id and hb.age_s < ttl_s
 
 
-@dataclass(frozen=True)
-class MemberRecord:
-    """``members/<node>.json``: one control node of the current generation."""
-
-    name: str
-    address: str
-    phylactery_url: str
-    boot_id: str
-    generation: int
-    registered_at: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True)
-class JoinMaterial:
-    """``join.json``: what kubeadm needs to join, never the admin kubeconfig.
-
-    ``token`` is a kubeadm bootstrap token (``[a-z0-9]{6}.[a-z0-9]{16}``), ``ca_cert_hashes``
-    the ``sha256:<hex>`` pins of the cluster CA's SubjectPublicKeyInfo, ``certificate_key`` the
-    64-hex-digit AES-256 key that decrypts the ``kubeadm-certs`` Secret. Times are Unix seconds.
-    """
-
-    generation: int
-    epoch: int
-    api_server_endpoint: str
-    token: str
-    token_expires_at: float
-    ca_cert_hashes: list[str]
-    certificate_key: str
-    certificate_key_expires_at: float
-    ca_cert: str
-    published_by: str
-    published_at: float = field(default_factory=time.time)
-
-
 class ShareStore:
     """The cluster directory ``<share>/<cluster>/`` and its verbs.
 
@@ -245,8 +228,12 @@ class ShareStore:
     files). Every method may raise ``OSError`` from the file system and :class:`ShareError`.
     """
 
-    def __init__(self, share: Path, cluster: str, node: str) -> None:
+    def __init__(self, share: Path, cluster: str, node: str, record_invalid: bool = True) -> None:
+        self.record_invalid = record_invalid  # False: bad records are logged, not recorded as events
         self._beats: dict[str, int] = {}  # boot id -> mtime (ns) of our last heartbeat
+        self._invalid_lock = threading.Lock()
+        self._invalid_reported: dict[tuple[str, str], float] = {}  # (file, field) -> monotonic
+        self._generation_seen = 0  # the last generation read, for events about bad records
         self.dir = share / cluster
         self.cluster = cluster
         self.node = node
@@ -260,7 +247,7 @@ class ShareStore:
         return self.dir / "cluster.json"
 
     def _heartbeat_path(self, node: str) -> Path:
-        return self.dir / "heartbeats" / node
+        return self.dir / "heartbeats" / node_name(node)
 
     @property
     def events_path(self) -> Path:
@@ -328,18 +315,65 @@ class ShareStore:
         except TimeoutError as err:
             raise ShareError(f"{self.dir}/cluster.lock: not obtained in {LOCK_TIMEOUT_S}s") from err
 
-    # -- reading ----------------------------------------------------------------------
-    def _read_json(self, path: Path) -> dict[str, Any]:
+    # -- reading records (core/records.py): a bad one is reported once and skipped --------
+    def _read_bytes(self, path: Path) -> bytes:
         self.ops.add(reads=1)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _record(self, record: type[T], path: Path) -> T:
+        """``path`` parsed as ``record``. Raises ``FileNotFoundError`` and
+        :class:`core.records.InvalidRecord` (not reported yet)."""
+        return parse(record, self._read_bytes(path), str(path.relative_to(self.dir)))
+
+    def _record_or_none(self, record: type[T], path: Path) -> T | None:
+        """``path`` parsed as ``record``; None when it is missing or invalid (reported)."""
         try:
-            with open(path) as f:
-                return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ShareError(f"{path}: not valid JSON: {err}") from None
+            return self._record(record, path)
+        except FileNotFoundError:
+            return None
+        except InvalidRecord as invalid:
+            self.report_invalid(invalid)
+            return None
+
+    def _required(self, record: type[T], path: Path) -> T:
+        """``path`` parsed as ``record``. Raises ``FileNotFoundError``, and
+        :class:`InvalidShareRecord` (reported) for a wrong shape."""
+        try:
+            return self._record(record, path)
+        except InvalidRecord as invalid:
+            self.report_invalid(invalid, logged=False)  # the caller says it, with the error
+            raise InvalidShareRecord(invalid) from None
+
+    def report_invalid(self, invalid: InvalidRecord, logged: bool = True) -> None:
+        """Say that a share file does not have its record's shape: a log line (unless
+        ``logged`` is False: the caller raises it) and, when the store records them, the event
+        ``invalid_record`` (``file``, ``field``; ``node`` is this store's), at most once per
+        file and field every :data:`INVALID_RECORD_EVERY_S`, so a bad file read every second
+        does not flood ``events.jsonl``. Never raises: a share too broken to take the event
+        is only logged."""
+        key, now = (invalid.file, invalid.field), time.monotonic()
+        with self._invalid_lock:
+            last = self._invalid_reported.get(key)
+            if last is not None and now - last < INVALID_RECORD_EVERY_S:
+                return
+            self._invalid_reported[key] = now
+        fields = {"file": invalid.file, "field": invalid.field}
+        if logged:
+            log.warning(f"invalid record on the share, skipped: {invalid}", extra=fields)
+        if not self.record_invalid:
+            return
+        try:
+            self.record_event("invalid_record", self._generation_seen, str(invalid), **fields)
+        except (OSError, ShareError) as err:
+            log.warning("cannot record invalid_record", extra={**fields, "error": str(err)})
 
     def read_state(self) -> ClusterState:
-        """Re-open ``cluster.json`` (close-to-open revalidation) and parse it."""
-        return ClusterState.from_json(self._read_json(self._state_path))
+        """Re-open ``cluster.json`` (close-to-open revalidation) and parse it. Raises
+        :class:`InvalidShareRecord` (reported as ``invalid_record``) when it has a wrong shape."""
+        state = self._required(ClusterState, self._state_path)
+        self._generation_seen = state.generation
+        return state
 
     def share_now(self) -> float:
         """The share's clock, in Unix seconds: the mtime of our probe file, just touched."""
@@ -348,28 +382,37 @@ class ShareStore:
 
     def read_heartbeat(self, node: str, now: float | None = None) -> Heartbeat | None:
         """The heartbeat of ``node`` with its age on the share clock, or None if absent."""
+        path = self._heartbeat_path(node)
         now = self.share_now() if now is None else now
         self.ops.add(reads=1)
         try:
-            with open(self._heartbeat_path(node)) as f:
+            with open(path, "rb") as f:
                 self.ops.add(stats=1)
                 mtime = os.fstat(f.fileno()).st_mtime
-                d = json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            d = parse(HeartbeatRecord, raw, f"heartbeats/{node}")
+            if d.node != node:
+                raise InvalidRecord(f"heartbeats/{node}", "node", f"names {d.node}, not {node}")
+        except InvalidRecord as invalid:
+            self.report_invalid(invalid)
             return None
         return Heartbeat(
-            node=d.get("node", node),
-            boot_id=d.get("boot_id", ""),
-            role=d.get("role", ""),
-            phase=d.get("phase", ""),
-            generation=int(d.get("generation", 0)),
+            node=d.node,
+            boot_id=d.boot_id,
+            role=d.role,
+            phase=d.phase,
+            generation=d.generation,
             age_s=max(0.0, now - mtime),
-            etcd_index=d.get("etcd_index"),
+            etcd_index=d.etcd_index,
         )
 
     def heartbeat_names(self) -> list[str]:
-        """Every node that ever reported to this cluster's share, sorted."""
-        return [p.name for p in self._glob(self.dir / "heartbeats", "*") if not p.name.startswith(".")]
+        """Every node that ever reported to this cluster's share, sorted: the names of the
+        heartbeat files that are node names (RFC 1123 labels; anything else is no node's)."""
+        return [p.name for p in self._glob(self.dir / "heartbeats", "*") if NODE_NAME_RE.match(p.name)]
 
     def exists(self) -> bool:
         """Whether the share holds this cluster (its ``cluster.json``)."""
@@ -404,12 +447,12 @@ class ShareStore:
             try:
                 self.ops.add(stats=1)
                 if os.stat(path).st_mtime_ns != last:
-                    self.ops.add(reads=1)
-                    with open(path) as f:
-                        found = str(json.load(f).get("boot_id", ""))
+                    found = self._record(HeartbeatRecord, path).boot_id
                     other = found if found != boot_id else None
-            except (FileNotFoundError, json.JSONDecodeError):
+            except FileNotFoundError:
                 pass
+            except InvalidRecord as invalid:  # rewritten below with a valid one
+                self.report_invalid(invalid)
         payload: dict[str, Any] = {
             "node": self.node,
             "boot_id": boot_id,
@@ -431,14 +474,24 @@ class ShareStore:
         self._atomic(self.dir / "incarnations" / f"{self.node}.json", json.dumps(asdict(record)) + "\n")
 
     def incarnations(self) -> dict[str, Incarnation]:
-        """Every recorded incarnation by node name (unreadable records are skipped)."""
+        """Every recorded incarnation by node name. A record with a wrong shape, or filed under
+        another node's name, is reported (``invalid_record``) and skipped."""
         out = {}
         for p in self._glob(self.dir / "incarnations", "*.json"):
-            try:
-                out[p.stem] = Incarnation(**self._read_json(p))
-            except (FileNotFoundError, ShareError, TypeError):
-                continue
+            inc = self._named(Incarnation, p, "node")
+            if inc is not None:
+                out[inc.node] = inc
         return out
+
+    def _named(self, record: type[T], path: Path, key: str) -> T | None:
+        """A per-node record (``<dir>/<node>.json``) whose ``key`` must name the node of its
+        file name; None when missing, invalid or filed under another name (reported)."""
+        found = self._record_or_none(record, path)
+        if found is not None and getattr(found, key) != path.stem:
+            name = getattr(found, key)
+            self.report_invalid(InvalidRecord(str(path.relative_to(self.dir)), key, f"names {name}, not {path.stem}"))
+            return None
+        return found
 
     def heartbeats(self, names: list[str]) -> dict[str, Heartbeat | None]:
         """The heartbeats of ``names`` on one reading of the share's clock."""
@@ -451,14 +504,11 @@ class ShareStore:
         node that holds a claim from a boot that still heartbeats."""
         with self._locked():
             path = self.dir / "reform.json"
-            try:
-                held = self._read_json(path)
-            except FileNotFoundError:
-                held = {}
-            if held.get("generation") == generation and held.get("node") != self.node:
-                hb = self.read_heartbeat(str(held["node"]))
-                if hb is not None and hb.boot_id == held.get("boot_id") and hb.age_s < lease_ttl_s:
-                    return str(held["node"])
+            held = self._record_or_none(ReformClaim, path)  # an invalid claim is no claim
+            if held is not None and held.generation == generation and held.node != self.node:
+                hb = self.read_heartbeat(held.node)
+                if hb is not None and hb.boot_id == held.boot_id and hb.age_s < lease_ttl_s:
+                    return held.node
             claim = {"generation": generation, "node": self.node, "boot_id": boot_id, "at": time.time()}
             self._atomic(path, json.dumps(claim) + "\n")
             return None
@@ -610,8 +660,9 @@ class ShareStore:
             self._atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
 
     def read_join_material(self) -> JoinMaterial:
-        """Parse ``join.json``. Raises ``FileNotFoundError`` before the leader published it."""
-        return JoinMaterial(**self._read_json(self.dir / "join.json"))
+        """Parse ``join.json``. Raises ``FileNotFoundError`` before the leader published it,
+        :class:`InvalidShareRecord` (reported) when it has a wrong shape."""
+        return self._required(JoinMaterial, self.dir / "join.json")
 
     def read_admin_kubeconfig(self) -> bytes | None:
         """``kube.config`` for the operator (``ek8s kubeconfig``), or None before a leader
@@ -623,32 +674,41 @@ class ShareStore:
             return None
 
     def read_token(self) -> str:
-        """The Phylactery bearer token (``phylactery.token``, 0600)."""
-        self.ops.add(reads=1)
-        return self.token_path.read_text().strip()
+        """The Phylactery bearer token (``phylactery.token``, 0600). Raises
+        :class:`InvalidShareRecord` when the file holds no token (empty, or more than one
+        word): an empty token would let an empty ``Bearer`` header through."""
+        token = self._read_bytes(self.token_path).decode("utf-8", "replace").strip()
+        if not token or any(c.isspace() for c in token) or not token.isprintable():
+            invalid = InvalidRecord("phylactery.token", "", "not one word of printable characters")
+            self.report_invalid(invalid)
+            raise InvalidShareRecord(invalid)
+        return token
 
     # -- members ----------------------------------------------------------------------
     def register_member(self, member: MemberRecord) -> None:
-        """Write ``members/<name>.json`` (each node writes only its own record)."""
+        """Write ``members/<name>.json`` (each node writes only its own record; the record was
+        validated when it was made, :class:`core.records.MemberRecord`)."""
         self._atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
 
     def remove_member(self, name: str) -> None:
-        """Delete ``members/<name>.json`` (a control node taken out of service for good)."""
-        self._unlink(self.dir / "members" / f"{name}.json")
+        """Delete ``members/<name>.json`` (a control node taken out of service for good).
+        Raises ``ValueError`` when ``name`` is not a node name."""
+        self._unlink(self.dir / "members" / f"{node_name(name)}.json")
 
     def members(self, generation: int | None = None) -> list[MemberRecord]:
         """Registered control nodes, sorted by name; only ``generation``'s if given.
 
         HAProxy backends and keepalived peers come from every record whatever its generation:
         the set of control nodes outlives a generation, and right after a new one starts its
-        members re-register one by one (dead backends are marked DOWN by health checks)."""
+        members re-register one by one (dead backends are marked DOWN by health checks).
+
+        Every record is validated first (:class:`core.records.MemberRecord`: an RFC 1123 name
+        that is its file's, an IP address, a URL to that address): one that is not is reported
+        as ``invalid_record`` and left out, so it never reaches haproxy.cfg or keepalived.conf."""
         out = []
         for p in self._glob(self.dir / "members", "*.json"):
-            try:
-                m = MemberRecord(**self._read_json(p))
-            except (FileNotFoundError, ShareError, TypeError):
-                continue
-            if generation is None or m.generation == generation:
+            m = self._named(MemberRecord, p, "name")
+            if m is not None and (generation is None or m.generation == generation):
                 out.append(m)
         return out
 
@@ -677,33 +737,47 @@ class ShareStore:
         """The newest snapshot whose content matches its checksum (and, ``with_secret``, that
         has its secret beside it: k3s cannot restore a snapshot without the token it was taken
         with), or None. A snapshot that does not (cut short, damaged on the share, no checksum
-        yet) is skipped."""
+        yet) is skipped; a checksum file that is not ``sha256sum``'s line for its snapshot is
+        reported as ``invalid_record`` too."""
         for path in self.snapshots():
             if with_secret and self.snapshot_secret(path) is None:
                 continue
-            self.ops.add(reads=2)
             try:
-                expected = _checksum_path(path).read_text().split()[0]
-                actual = hashlib.sha256(path.read_bytes()).hexdigest()
-            except (OSError, IndexError):
+                text = self._read_bytes(_checksum_path(path)).decode("utf-8", "replace")
+                expected = snapshot_checksum(text, path.name)
+                actual = hashlib.sha256(self._read_bytes(path)).hexdigest()
+            except OSError:
+                continue
+            except InvalidRecord as invalid:
+                self.report_invalid(invalid)
                 continue
             if expected == actual:
                 return path
         return None
 
     def snapshot_secret(self, snapshot: Path) -> str | None:
-        """The secret kept beside ``snapshot`` (``.db.token``), or None when it has none."""
-        self.ops.add(reads=1)
+        """The secret kept beside ``snapshot`` (``.db.token``), or None when it has none (or
+        one that is not a single word: reported as ``invalid_record``)."""
         try:
-            text = _secret_path(snapshot).read_text().strip()
+            text = self._read_bytes(_secret_path(snapshot)).decode("utf-8", "replace")
+            return parse_snapshot_secret(text, snapshot.name)
         except OSError:
             return None
-        return text or None
+        except InvalidRecord as invalid:
+            self.report_invalid(invalid)
+            return None
 
     def snapshots(self) -> list[Path]:
-        """Saved snapshots, newest first."""
-        paths = self._glob(self.dir / "snapshots", "gen*-*.db")
-        return sorted(paths, key=lambda p: int(p.stem.rsplit("-", 1)[1]), reverse=True)
+        """Saved snapshots (``gen<G>-<unix ms>.db``), newest first; a file of another name in
+        ``snapshots/`` is reported (``invalid_record``, field ``name``) and left out."""
+        found = []
+        for p in self._glob(self.dir / "snapshots", "gen*-*.db"):
+            order = snapshot_order(p.name)
+            if order is None:
+                self.report_invalid(InvalidRecord(f"snapshots/{p.name}", "name", "not gen<G>-<unix ms>.db"))
+            else:
+                found.append((order[1], p))
+        return [p for _, p in sorted(found, reverse=True)]
 
     # -- control-plane join slot ------------------------------------------------------
     def try_join_slot(self, boot_id: str, ttl_s: float) -> str | None:
@@ -719,32 +793,29 @@ class ShareStore:
             holder = self.join_slot_holder(ttl_s)
             if holder is not None and holder != self.node:
                 return holder
-            self._atomic(
-                path,
-                json.dumps({"holder": {"node": self.node, "boot_id": boot_id, "since": time.time()}}),
-            )
+            mine = SlotHolder(node=self.node, boot_id=boot_id, since=time.time())
+            self._atomic(path, json.dumps(asdict(JoinSlot(holder=mine))))
             return None
 
     def join_slot_holder(self, ttl_s: float) -> str | None:
         """The node that holds the control-plane join slot and is alive (its heartbeat, from
-        the boot that took the slot, is younger than ``ttl_s``), or None."""
-        try:
-            holder = self._read_json(self.dir / "join_slot.json").get("holder")
-        except FileNotFoundError:
+        the boot that took the slot, is younger than ``ttl_s``), or None. A slot file with a
+        wrong shape holds nobody (reported as ``invalid_record``; the next taker rewrites it)."""
+        slot = self._record_or_none(JoinSlot, self.dir / "join_slot.json")
+        holder = slot.holder if slot is not None else None
+        if holder is None:
             return None
-        if not holder:
-            return None
-        hb = self.read_heartbeat(holder["node"])
-        if hb is not None and hb.boot_id == holder["boot_id"] and hb.age_s < ttl_s:
-            return str(holder["node"])
+        hb = self.read_heartbeat(holder.node)
+        if hb is not None and hb.boot_id == holder.boot_id and hb.age_s < ttl_s:
+            return holder.node
         return None
 
     def release_join_slot(self) -> None:
         """Free the slot if we hold it."""
         with self._locked():
             path = self.dir / "join_slot.json"
-            holder = self._read_json(path).get("holder")
-            if holder and holder["node"] == self.node:
+            slot = self._record_or_none(JoinSlot, path)
+            if slot is not None and slot.holder is not None and slot.holder.node == self.node:
                 self._atomic(path, json.dumps({"holder": None}))
 
     # -- worker join slots -------------------------------------------------------------
@@ -761,13 +832,10 @@ class ShareStore:
         Returns None when this node holds a slot now, else the number of live holders."""
         path = self.dir / "worker_join_slots.json"
 
-        def live() -> dict[str, Any]:
-            try:
-                holders = self._read_json(path).get("holders") or {}
-            except FileNotFoundError:
-                return {}
+        def live() -> dict[str, WorkerSlot]:
+            slots = self._record_or_none(WorkerJoinSlots, path)  # a wrong shape holds nothing
             now = time.time()  # the nodes' clocks (NTP), not the share's: hold_s is minutes
-            return {n: h for n, h in holders.items() if now - float(h.get("since", 0)) < hold_s}
+            return {n: h for n, h in (slots.holders if slots else {}).items() if now - h.since < hold_s}
 
         peek = live()
         if self.node not in peek and len(peek) >= capacity:
@@ -776,20 +844,18 @@ class ShareStore:
             holders = live()
             if self.node not in holders and len(holders) >= capacity:
                 return len(holders)
-            holders[self.node] = {"boot_id": boot_id, "since": time.time()}
-            self._atomic(path, json.dumps({"holders": holders}))
+            holders[self.node] = WorkerSlot(boot_id=boot_id, since=time.time())
+            self._atomic(path, json.dumps(asdict(WorkerJoinSlots(holders=holders))))
             return None
 
     def release_worker_join_slot(self) -> None:
         """Give back this node's worker join slot, if it holds one."""
         path = self.dir / "worker_join_slots.json"
         with self._locked():
-            try:
-                holders = self._read_json(path).get("holders") or {}
-            except FileNotFoundError:
-                return
+            slots = self._record_or_none(WorkerJoinSlots, path)
+            holders = dict(slots.holders) if slots is not None else {}
             if holders.pop(self.node, None) is not None:
-                self._atomic(path, json.dumps({"holders": holders}))
+                self._atomic(path, json.dumps(asdict(WorkerJoinSlots(holders=holders))))
 
     # -- events -----------------------------------------------------------------------
     def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:

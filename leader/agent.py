@@ -39,6 +39,7 @@ from core.logs import get_logger
 from core.notify import ServiceNotifier
 from core.services import ServiceError, ServiceManager, service_manager
 from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
+from core.supervise import Supervisor
 from leader import peers
 from leader.election import rule_for
 from leader.host import prepare_host
@@ -54,6 +55,7 @@ PHYLACTERY_UP_S = 60.0  # Phylactery must serve /healthz this soon after init or
 API_UP_S = 120.0  # the API must answer behind the VIP this soon after kubeadm init
 LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at most this often
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
+HEARTBEAT_LOOP = "heartbeat"  # the supervised loop's name (ek8s_loop_failures_total{loop})
 MEMBER_CHECK_S = 3.0  # a watching control node checks its etcd member is still listed this often (2 misses: <= ~6 s)
 
 
@@ -189,6 +191,9 @@ class Agent:
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
         self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
         self.metrics = AgentMetrics(store, cfg.node.name, cfg.role, cfg.kubernetes.distribution)
+        self.supervisor = Supervisor("agent")  # the heartbeat thread (core/supervise.py)
+        self.metrics.registry.register(self.supervisor)  # ek8s_loop_failures_total{process="agent"}
+        self.supervisor.register(HEARTBEAT_LOOP)
         self.metrics_written_at: float | None = None
         # systemd (Type=notify): READY after boot, STATUS per sentence, WATCHDOG per cycle.
         self.notifier = notifier or ServiceNotifier({})
@@ -218,7 +223,8 @@ class Agent:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.boot()
         self.notifier.ready(self._status("booted"))
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        beats = (HEARTBEAT_LOOP, self._heartbeat_loop, self.stop_requested)
+        threading.Thread(target=self.supervisor.run_thread, args=beats, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._run_prepare, name="prepare-host", daemon=True).start()
         threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
         last, said_at, since = "", 0.0, self.clock()
@@ -993,7 +999,11 @@ class Agent:
             log.warning("cannot write the metrics textfile", extra={"phase": self.state.value, "error": str(err)})
 
     def _heartbeat_loop(self) -> None:
-        last_at, last_phase = self.clock(), self.state.value  # boot() just beat
+        """The heartbeat thread's loop, run by :attr:`supervisor` (started again after an
+        exception; an ``OSError`` from the share is only logged). The first run follows
+        boot()'s beat; a run started again beats at once (the failed one's beat may be lost)."""
+        restarted = self.supervisor.failures().get(HEARTBEAT_LOOP, 0) > 0
+        last_at, last_phase = self.clock(), "" if restarted else self.state.value
         tick = min(1.0, self.cfg.timeouts.heartbeat_interval_s)
         while not self.stop_requested.wait(tick):
             if not self.heartbeat_due(last_at, last_phase):

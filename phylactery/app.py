@@ -12,9 +12,11 @@
 =====================  =====  ==========================================================
 
 The token is ``<share>/<cluster>/phylactery.token`` (0600), compared in constant time. Errors
-are JSON ``{"error": "..."}`` with a 4xx status (401 no/bad token, 400 bad body, 409 asked to
-prune the serving node) or 503 when a store needed for pruning does not answer; never a
-traceback.
+are JSON ``{"error": "..."}`` with a 4xx status (401 no/bad token, 400 bad body naming the
+field, 408 a body not sent within ``BODY_TIMEOUT_S``, 409 asked to prune the serving node, 413
+a body over 64 KiB) or 503 when a store needed for pruning, or the share, does not answer;
+never a traceback. Connections are capped and must send each request's head in time
+(:mod:`phylactery.guard`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from aiohttp import web
 from core.drivers import ApiUnavailable, DriverError
 from core.logs import get_logger
 from core.notify import ServiceNotifier
-from core.share import EpochSuperseded
+from core.records import BOOT_ID_RE, NODE_NAME_RE
+from core.share import EpochSuperseded, ShareError
 from phylactery import metrics
+from phylactery.guard import HEAD_TIMEOUT_S, ConnectionGuard, GuardedSite
 from phylactery.prune import PruneError, PruneRefused
 from phylactery.service import Phylactery
 
@@ -42,6 +46,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PHYLACTERY: web.AppKey[Phylactery] = web.AppKey("phylactery", Phylactery)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
 PRUNES: web.AppKey[metrics.PruneCounts] = web.AppKey("prunes", metrics.PruneCounts)
+GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard", ConnectionGuard)
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout_s", float)
+BODY_TIMEOUT_S = 10.0  # a request's body, from its head on
+MAX_BODY = 64 * 1024  # bytes; aiohttp answers 413 beyond
 
 
 def error(status: int, message: str) -> web.Response:
@@ -50,14 +58,30 @@ def error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
+async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the connection guard a request's head arrived (its deadline is off) and when its
+    answer is done (the next head is due in time)."""
+    guard = request.app[GUARD]
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_done(request.transport)
+
+
+@web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error; log unexpected ones with their traceback."""
+    """Turn every failure into a JSON error: 503 when the share or a file does not answer,
+    500 (logged with its traceback) for anything unexpected."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status >= 400:
             return error(exc.status, exc.reason)
         raise
+    except (ShareError, OSError) as err:
+        log.warning("request failed: the share does not answer", extra={"path": request.path, "error": str(err)})
+        return error(503, f"the share does not answer: {err}")
     except Exception:
         log.exception("request failed", extra={"path": request.path})
         return error(500, "internal error; see the Phylactery log")
@@ -76,9 +100,15 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    """200 once HAProxy and keepalived run with a config from the registry, 503 before."""
+    """200 once HAProxy and keepalived run with a config from the registry and while every
+    background loop runs; 503 before, and while a loop that failed waits to start again
+    (``loops_down``: loop name -> its exception)."""
     p = request.app[PHYLACTERY]
-    return web.json_response({"ok": p.started, "node": p.cfg.node.name}, status=200 if p.started else 503)
+    ok, down = p.health()
+    body: dict[str, Any] = {"ok": ok, "node": p.cfg.node.name}
+    if down:
+        body["loops_down"] = down
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def status(request: web.Request) -> web.StreamResponse:
@@ -93,9 +123,17 @@ async def refresh(request: web.Request) -> web.StreamResponse:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, read within the app's body timeout (:data:`BODY_TIMEOUT_S`).
+    Raises 400 (not JSON, not an object, nested too deep), 408 (too slow) and 413 (too large,
+    aiohttp's own)."""
+    timeout = request.app[BODY_TIMEOUT]
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason=f"body not received within {timeout:g}s") from None
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(reason="body is not valid JSON") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(reason="body must be a JSON object")
@@ -110,14 +148,18 @@ async def prune(request: web.Request) -> web.StreamResponse:
     name, address, boot = body.get("name"), body.get("address"), body.get("boot_id")
     if not isinstance(name, str) or not name:
         return error(400, "field 'name': a node name (string) is required")
+    if not NODE_NAME_RE.match(name):
+        return error(400, f"field 'name': {name[:80]!r} is not a node name (a lower-case RFC 1123 label)")
     if not isinstance(address, str):
         return error(400, "field 'address': an IPv4 address (string) is required")
     if not isinstance(boot, str) or not boot:
         return error(400, "field 'boot_id': the requester's boot id (string) is required")
+    if not BOOT_ID_RE.match(boot):
+        return error(400, f"field 'boot_id': {boot[:80]!r} is not a boot id")
     try:
         address = str(ipaddress.IPv4Address(address))
     except ValueError:
-        return error(400, f"field 'address': {address!r} is not an IPv4 address")
+        return error(400, f"field 'address': {address[:80]!r} is not an IPv4 address")
     p = request.app[PHYLACTERY]
     counts = request.app[PRUNES].by_outcome
     try:
@@ -154,12 +196,21 @@ async def prometheus(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-def make_app(phylactery: Phylactery, token: str) -> web.Application:
-    """The aiohttp application; starting Phylactery itself is :func:`run`'s job."""
-    app = web.Application(middlewares=[json_errors, bearer_auth], client_max_size=64 * 1024)
+def make_app(
+    phylactery: Phylactery,
+    token: str,
+    guard: ConnectionGuard | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> web.Application:
+    """The aiohttp application; starting Phylactery itself is :func:`run`'s job. ``guard``
+    is the connection guard of the site that serves it (:func:`serve`); a request's body must
+    arrive within ``body_timeout_s`` of its head."""
+    app = web.Application(middlewares=[guarded, json_errors, bearer_auth], client_max_size=MAX_BODY)
     app[PHYLACTERY] = phylactery
     app[TOKEN] = token
     app[PRUNES] = metrics.PruneCounts()
+    app[GUARD] = guard or ConnectionGuard()
+    app[BODY_TIMEOUT] = body_timeout_s
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/metrics", prometheus)
@@ -192,6 +243,24 @@ async def keep_systemd_told(p: Phylactery, notifier: ServiceNotifier, every_s: f
         await asyncio.sleep(step)
 
 
+async def serve(
+    phylactery: Phylactery,
+    host: str,
+    port: int,
+    guard: ConnectionGuard | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> web.AppRunner:
+    """Serve Phylactery's API on ``host``:``port`` (port 0: a free one) behind a connection
+    guard (:mod:`phylactery.guard`). Returns the runner (``runner.cleanup()`` stops it; its
+    one site's ``bound_port`` is the port)."""
+    guard = guard or ConnectionGuard()
+    app = make_app(phylactery, phylactery.store.read_token(), guard, body_timeout_s)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=HEAD_TIMEOUT_S)
+    await runner.setup()
+    await GuardedSite(runner, guard, host, port).start()
+    return runner
+
+
 def run(phylactery: Phylactery) -> None:
     """Start Phylactery (register, apply configs, notify peers), then serve until SIGTERM."""
 
@@ -199,12 +268,9 @@ def run(phylactery: Phylactery) -> None:
         # Serve first: peers that register meanwhile can ask us to refresh (the request is
         # kept and handled once start() has applied the first config).
         phylactery.store.ensure()
-        app = make_app(phylactery, phylactery.store.read_token())
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host="0.0.0.0", port=phylactery.cfg.phylactery.port, reuse_address=True)
-        await site.start()
-        log.info("serving", extra={"port": phylactery.cfg.phylactery.port})
+        guard = ConnectionGuard()
+        runner = await serve(phylactery, "0.0.0.0", phylactery.cfg.phylactery.port, guard)
+        log.info("serving", extra={"port": phylactery.cfg.phylactery.port, "max_connections": guard.limit})
         notifier.ready(f"serving on port {phylactery.cfg.phylactery.port}; registering")
         alive = asyncio.create_task(keep_systemd_told(phylactery, notifier))
         await phylactery.start()

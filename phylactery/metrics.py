@@ -118,4 +118,5 @@ async def render(p: Phylactery, prunes: PruneCounts) -> bytes:
     registry.register(_Families(families))
     registry.register(ShareOpsCollector(p.store, "phylactery"))
     registry.register(BuildInfoCollector(p.cfg.kubernetes.distribution))
+    registry.register(p.supervisor)  # ek8s_loop_failures_total{process="phylactery", loop}
     return generate_latest(registry)

@@ -10,14 +10,25 @@
   ``kubeadm init`` needs it; priorities are equal, so a returning node never preempts.
 * :func:`render_check_script` - the track script: can we open a TCP connection to the local
   HAProxy frontend?
+
+The renderers refuse on their own (:class:`RenderRefused`) every value that could end a line
+or a quoted word of the config: names must be RFC 1123 labels, addresses IP addresses, ports
+1-65535, paths absolute without whitespace or quotes, the interface a Linux interface name.
+The member registry's reader validates the same (:class:`core.records.MemberRecord`); this is
+the second wall, so a forged record (an address carrying a newline and keepalived's
+``notify_master "/bin/sh -c ..."``) can never become a directive run as root.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from core.records import node_name
 
 _env = Environment(
     loader=PackageLoader("phylactery", "templates"),
@@ -27,12 +38,60 @@ _env = Environment(
 )
 
 
+# A Linux interface name (IFNAMSIZ: at most 15 characters); the kernel allows more, this is
+# what a node.yaml may name and what cannot break a keepalived line.
+_INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9_./@+-]*$")
+_INTERVAL_RE = re.compile(r"^[0-9]{1,6}(us|ms|s|m)?$")
+
+
+class RenderRefused(ValueError):
+    """A value that must not reach a config file; ``field`` names the renderer's argument."""
+
+    def __init__(self, field: str, value: object, why: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {str(value)[:80]!r} {why}; nothing rendered")
+
+
+def _check(field: str, value: object, ok: bool, why: str) -> None:
+    if not ok:
+        raise RenderRefused(field, value, why)
+
+
+def _name(field: str, value: str) -> None:
+    try:
+        node_name(value)
+    except (ValueError, TypeError):
+        raise RenderRefused(field, value, "is not an RFC 1123 label") from None
+
+
+def _ip(field: str, value: str) -> None:
+    try:
+        ok = isinstance(value, str) and str(ipaddress.ip_address(value)) == value
+    except ValueError:
+        ok = False
+    _check(field, value, ok, "is not an IP address")
+
+
+def _port(field: str, value: int) -> None:
+    _check(field, value, isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536, "is not a port")
+
+
+def _path(field: str, value: str) -> None:
+    _check(field, value, isinstance(value, str) and bool(_PATH_RE.match(value)), "is not a plain absolute path")
+
+
 @dataclass(frozen=True)
 class Backend:
-    """One control node as HAProxy sees it: server name and API server address."""
+    """One control node as HAProxy sees it: server name (an RFC 1123 label) and API server
+    address (an IP address). Raises :class:`RenderRefused` otherwise."""
 
     name: str
     address: str
+
+    def __post_init__(self) -> None:
+        _name("members.name", self.name)
+        _ip("members.address", self.address)
 
 
 def render_haproxy(
@@ -49,7 +108,19 @@ def render_haproxy(
     server_state_file: str = "/run/haproxy/server-state",
 ) -> str:
     """haproxy.cfg text. ``members`` are sorted by name so the output is stable;
-    ``frontend_bind`` empty binds every address (the VIP comes and goes)."""
+    ``frontend_bind`` empty binds every address (the VIP comes and goes). Raises
+    :class:`RenderRefused` for a value that could break the file."""
+    _name("node", node)
+    _name("cluster", cluster)
+    for m in members:
+        Backend(m.name, m.address)  # a Backend made by hand (dataclasses.replace) is checked too
+    _port("frontend_port", frontend_port)
+    _port("api_port", api_port)
+    _path("stats_socket", stats_socket)
+    _path("server_state_file", server_state_file)
+    _check("check_interval", check_interval, bool(_INTERVAL_RE.match(check_interval)), "is not a HAProxy time")
+    if frontend_bind:
+        _ip("frontend_bind", frontend_bind)
     return _env.get_template("haproxy.cfg.j2").render(
         node=node,
         cluster=cluster,
@@ -79,7 +150,20 @@ def render_keepalived(
     is_leader: bool,
     check_script: str,
 ) -> str:
-    """keepalived.conf text; ``peers`` are the other control nodes' addresses."""
+    """keepalived.conf text; ``peers`` are the other control nodes' addresses. Raises
+    :class:`RenderRefused` for a value that could break the file (a peer with a newline and a
+    ``notify_master`` directive, an interface with a space, ...)."""
+    _name("node", node)
+    _name("cluster", cluster)
+    _ip("address", address)
+    for peer in peers:
+        _ip("peers", peer)
+    _ip("vip", vip)
+    _check("interface", interface, bool(_INTERFACE_RE.match(interface)), "is not an interface name")
+    _check("prefix_length", prefix_length, 0 <= prefix_length <= 128, "is not a prefix length")
+    _check("virtual_router_id", virtual_router_id, 1 <= virtual_router_id <= 255, "is not a VRRP id (1-255)")
+    _check("advert_int", advert_int, 0 < advert_int <= 255, "is not an advertisement interval")
+    _path("check_script", check_script)
     return _env.get_template("keepalived.conf.j2").render(
         node=node,
         cluster=cluster,
@@ -99,6 +183,7 @@ def render_keepalived(
 
 def render_check_script(port: int) -> str:
     """A bash track script: exit 0 when the local HAProxy frontend accepts a connection."""
+    _port("port", port)
     return (
         "#!/bin/bash\n"
         "# Rendered by Phylactery: keepalived track script (is the local HAProxy frontend up?)\n"

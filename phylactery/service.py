@@ -1,47 +1,42 @@
 """Phylactery: keeps HAProxy and keepalived in line with the control plane (docs/phylactery.md).
 
-On start it registers its node in the member registry, renders and applies HAProxy and
-keepalived (starting them if needed), then asks every other registered Phylactery to refresh.
-After that it reconciles whenever asked (``POST /v1/refresh``) and every
-``phylactery.reconcile_interval_s`` seconds, so a refresh that never arrived heals anyway.
-
-Refreshes coalesce: while a reconcile runs, any number of further requests cause at most one
-more reconcile, and an unchanged config is never reloaded.
+This module is the service's life cycle and its answers: start (register, apply configs once,
+then the controllers), stop, join material, prune, status. The background work is done by one
+controller per loop (:mod:`phylactery.controllers`: reconcile, peer notices, etcd snapshots,
+the reaper), each run by a :class:`core.supervise.Supervisor` that logs, counts
+(``ek8s_loop_failures_total``), backs off and starts again a loop that raised; ``/healthz``
+answers 503 while one is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psutil
 
-from core import recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
-from core.drivers import Driver, DriverError
+from core.drivers import Driver
 from core.etcd import EtcdClient, EtcdError
 from core.fileperm import ensure_dir
 from core.logs import get_logger
-from core.services import ServiceError, service_manager
-from core.share import MemberRecord, ShareError, ShareStore
-from phylactery import daemons, render
-from phylactery.prune import PruneRefused, PruneResult, member_answers, prune_node
+from core.records import node_name
+from core.services import service_manager
+from core.share import ShareStore
+from core.supervise import Supervisor
+from phylactery import controllers, daemons, render
+from phylactery.prune import PruneRefused, PruneResult, prune_node
 
 log = get_logger(__name__, "phylactery")
-SNAPSHOT_TAKER_CHECK_S = 5.0  # how often a control node asks whether its member leads etcd
-REAP_INTERVAL_S = 5.0  # how often the reaper looks for members whose node lost its data
 
 
 class Phylactery:
     """One node's service. ``cfg`` is the node's validated node.yaml (a control node);
     ``driver`` answers everything distribution-specific (PKI, etcd, join material, prunes)."""
 
-    def __init__(self, cfg: NodeConfig, driver: Driver) -> None:
+    def __init__(self, cfg: NodeConfig, driver: Driver, supervisor: Supervisor | None = None) -> None:
         self.cfg = cfg
         self.driver = driver
         self.store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
@@ -50,277 +45,70 @@ class Phylactery:
         self.haproxy = daemons.haproxy(cfg.root, self.services)
         self.keepalived = daemons.keepalived(cfg.root, self.services, render.render_check_script(cfg.vip.port))
         self.stats_socket = daemons.haproxy_stats_socket(cfg.root)
-        self.generation = 0
-        self.last_reconcile: dict[str, Any] = {}
         self.started = False
+        self.supervisor = supervisor or Supervisor("phylactery")
         self._join_material_lock = asyncio.Lock()
-        self._dirty = asyncio.Event()
-        self._idle = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.controllers = controllers.register(self)
+        for name, _ in self.controllers.loops():
+            self.supervisor.register(name)  # exported at 0 before they ever fail
 
     @property
     def url(self) -> str:
         """This node's Phylactery base URL, ``http://<node address>:<port>``."""
         return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
 
+    @property
+    def generation(self) -> int:
+        """The generation this node registered in (the reconcile controller's)."""
+        return self.controllers.reconcile.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self.controllers.reconcile.generation = value
+
+    @property
+    def last_reconcile(self) -> dict[str, Any]:
+        """What the last reconcile did (``/v1/status``)."""
+        return self.controllers.reconcile.last_result
+
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Register, apply configs once (HAProxy and keepalived running on return), notify
-        peers, then keep reconciling in the background."""
+        """Register, apply configs once (HAProxy and keepalived running on return), then run
+        every controller under the supervisor (the peers are notified first thing)."""
         ensure_dir(self.stats_socket.parent)
         ensure_dir(self.cfg.root / "run/keepalived")
         self.store.ensure()
-        await self.register()
-        await self.reconcile("start")
-        self._tasks = [
-            asyncio.create_task(self._reconciler()),
-            asyncio.create_task(self._periodic()),
-            asyncio.create_task(self._notify_peers()),
-            asyncio.create_task(self._snapshots()),
-            asyncio.create_task(self._reaper()),
-        ]
+        await self.controllers.reconcile.register()
+        await self.controllers.reconcile.reconcile("start")
+        self.start_loops()
         # Import the kubernetes client now, off the request path (it takes ~0.3 s).
         self._tasks.append(asyncio.create_task(asyncio.to_thread(_warm_imports)))
         self.started = True
 
+    def start_loops(self) -> None:
+        """Start every controller's loop as a task under the supervisor."""
+        self._tasks += [
+            asyncio.create_task(self.supervisor.run(name, body), name=name) for name, body in self.controllers.loops()
+        ]
+
     async def stop(self) -> None:
-        """Cancel the background tasks (reconciler, periodic reconcile, snapshots, peer notices)."""
+        """Cancel the controllers' tasks and wait for them to end."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    async def register(self) -> None:
-        """Write this node's member record for the current generation; on a change of
-        generation (after the first start), tell the peers so they re-read the registry."""
-        state = await asyncio.to_thread(self.store.read_state)
-        changed = self.started and state.generation != self.generation
-        self.generation = state.generation
-        record = MemberRecord(
-            name=self.cfg.node.name,
-            address=self.cfg.node.address,
-            phylactery_url=self.url,
-            boot_id=self.boot_id,
-            generation=state.generation,
-        )
-        await asyncio.to_thread(self.store.register_member, record)
-        log.info("registered in the member registry", extra={"generation": state.generation})
-        if changed:
-            self._tasks.append(asyncio.create_task(self._notify_peers()))
-
-    # -- reconcile --------------------------------------------------------------------
     def request_refresh(self) -> None:
-        """Ask for a reconcile soon; many requests while one runs make one more run."""
-        self._dirty.set()
+        """Ask for a reconcile soon (``POST /v1/refresh``); requests coalesce."""
+        self.controllers.reconcile.request()
 
-    async def _reconciler(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self.reconcile("refresh")
-            except (daemons.ConfigRejected, ServiceError, ShareError, OSError) as err:
-                # The next refresh or period tries again; the installed configs stay as they were.
-                log.error("reconcile failed", extra={"error": str(err)})
-
-    async def _periodic(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.phylactery.reconcile_interval_s)
-            self._dirty.set()
-
-    async def reconcile(self, reason: str) -> dict[str, Any]:
-        """Re-read the registry, render both configs, apply what changed."""
-        state = await asyncio.to_thread(self.store.read_state)
-        if state.generation != self.generation:
-            await self.register()
-        members = await asyncio.to_thread(self.store.members)
-        if not any(m.name == self.cfg.node.name for m in members):
-            await self.register()
-            members = await asyncio.to_thread(self.store.members)
-        c = self.cfg
-        haproxy_cfg = render.render_haproxy(
-            node=c.node.name,
-            cluster=c.cluster,
-            generation=state.generation,
-            members=[render.Backend(m.name, m.address) for m in members],
-            frontend_port=c.vip.port,
-            api_port=c.kubernetes.api_server_port,
-            stats_socket=str(self.stats_socket),
-            server_state_file=str(daemons.haproxy_server_state_file(c.root)),
-        )
-        keepalived_cfg = render.render_keepalived(
-            node=c.node.name,
-            cluster=c.cluster,
-            generation=state.generation,
-            address=c.node.address,
-            interface=c.node.interface,
-            peers=[m.address for m in members],
-            vip=c.vip.address,
-            prefix_length=c.vip.prefix_length,
-            virtual_router_id=c.vip.virtual_router_id,
-            advert_int=c.vip.advert_interval_s,
-            is_leader=state.leader is not None and state.leader.node == c.node.name,
-            check_script=str(c.root / "etc/keepalived/check_haproxy.sh"),
-        )
-        result = {
-            "reason": reason,
-            "at": time.time(),
-            "generation": state.generation,
-            "members": [m.name for m in members],
-            "haproxy": await asyncio.to_thread(self.haproxy.apply, haproxy_cfg),
-            "keepalived": await asyncio.to_thread(self.keepalived.apply, keepalived_cfg),
-        }
-        if result["haproxy"] == "unchanged":
-            # A reload signalled while HAProxy's master was still taking the previous one can
-            # be lost (seen in the lab: two reloads 0.3 s apart, the second never happened), and
-            # the file on disk then reads "unchanged" for ever. Compare what runs instead.
-            running = set(await asyncio.to_thread(daemons.backend_states, self.stats_socket))
-            if running and running != {m.name for m in members}:
-                why = f"HAProxy serves {sorted(running)}, the registry lists {sorted(m.name for m in members)}"
-                await asyncio.to_thread(self.haproxy.reload, why)
-                result["haproxy"] = "reloaded"
-        self.last_reconcile = result
-        if result["haproxy"] != "unchanged" or result["keepalived"] != "unchanged":
-            log.info(
-                "reconciled",
-                extra={k: v for k, v in result.items() if k not in ("at",)},
-            )
-        return result
-
-    async def _snapshots(self) -> None:
-        """On the node whose member leads etcd: save an etcd snapshot to the share every
-        ``snapshot_interval_s``, and at once after every change of the etcd membership (the
-        newest ``snapshots_keep`` are kept), so a restore never brings back members that left.
-        Whether this node's member leads is asked every :data:`SNAPSHOT_TAKER_CHECK_S`; only
-        the leader's node asks for the member list every second."""
-        interval = self.cfg.phylactery.snapshot_interval_s
-        if interval <= 0:
-            return
-        last_at, last_members = time.monotonic(), frozenset[int]()
-        takes, checked_at = False, -SNAPSHOT_TAKER_CHECK_S
-        while True:
-            await asyncio.sleep(min(interval, 1.0))
-            try:
-                if time.monotonic() - checked_at >= SNAPSHOT_TAKER_CHECK_S:
-                    checked_at, takes = time.monotonic(), await self._leads_etcd()
-                if not takes:
-                    last_members = frozenset()
-                    continue
-                members = await self._member_ids()
-                changed = members is not None and members != last_members and bool(last_members)
-                if members is not None and not last_members:
-                    last_members = members
-                if changed or time.monotonic() - last_at >= interval:
-                    last_at, last_members = time.monotonic(), members or last_members
-                    await self.save_snapshot()
-            except (EtcdError, DriverError, OSError) as err:  # keep trying; the log says why
-                log.warning("etcd snapshot failed", extra={"error": str(err)})
-
-    async def _leads_etcd(self) -> bool:
-        """Whether this node's etcd member is the etcd leader (``maintenance/status``: its
-        ``header.member_id`` is the ``leader``). False without a local member. A leader that
-        loses its quorum steps down (etcd's check-quorum), so its data is the cluster's newest.
-        Raises :class:`core.etcd.EtcdError` when the local member does not answer."""
-        ctx = self.driver.etcd_client_context()
-        if ctx is None:
-            return False
-        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
-            return _leader_id(await etcd.status()) is not None
-
-    async def _member_ids(self) -> frozenset[int] | None:
-        """The IDs of the etcd members as the local member lists them (None without one)."""
-        ctx = self.driver.etcd_client_context()
-        if ctx is None:
-            return None
-        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
-            return frozenset(m.id for m in await etcd.member_list())
-
-    async def save_snapshot(self) -> Path | None:
-        """One snapshot to the share if the generation is ready and this node's member leads
-        etcd (any control node: the generation's first leader may be gone for good); returns
-        its path, or None when this node is not the one to take it. The driver takes it with
-        the distribution's tool (k3s: ``k3s etcd-snapshot save``) and names the secret a
-        restore needs, kept beside it (:meth:`core.drivers.base.Driver.save_snapshot`).
-        Raises :class:`core.etcd.EtcdError` when etcd does not answer,
-        :class:`core.drivers.DriverError` when the tool fails, ``OSError`` from the share."""
-        state = await asyncio.to_thread(self.store.read_state)
-        ctx = self.driver.etcd_client_context()
-        if ctx is None or not state.ready or not await self._leads_etcd():
-            return None
-        taken = await asyncio.to_thread(self.driver.save_snapshot)
-        path = await asyncio.to_thread(
-            self.store.save_snapshot, state.generation, taken.data, self.cfg.phylactery.snapshots_keep, taken.secret
-        )
-        log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(taken.data), "tool": taken.tool})
-        return path
-
-    async def _reaper(self) -> None:
-        """Every ``REAP_INTERVAL_S``: :meth:`reap_one`, on one control node at a time."""
-        while True:
-            await asyncio.sleep(REAP_INTERVAL_S)
-            try:
-                await self.reap_one()
-            except (EtcdError, OSError, ShareError) as err:
-                log.warning("reaping dead etcd members failed", extra={"error": str(err)})
-
-    async def reap_one(self) -> str | None:
-        """Remove one etcd member whose node rebooted (new boot id: its data is gone) or has
-        been dead past the lease TTL, while the remaining members keep quorum; kubeadm's
-        check-etcd refuses every control-plane join while any listed member is unreachable
-        (``cmd/kubeadm/app/phases/etcd/local.go``, ``CheckLocalEtcdClusterStatus``). Only the
-        node whose member leads etcd reaps, one member per call, and it reads the share (the
-        members' incarnations and heartbeats) only when a member does not answer, so a healthy
-        cluster's reaper costs the share nothing. Each removal is recorded as the
-        ``member_reaped`` event. Returns the removed member's name, or None."""
-        ctx = self.driver.etcd_client_context()
-        if ctx is None:
-            return None
-        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=3.0) as etcd:
-            me = _leader_id(await etcd.status())
-            if me is None:
-                return None
-            members = await etcd.member_list()
-            others = [m for m in members if m.id != me]
-            answers = await asyncio.gather(*(member_answers(m, ctx) for m in others))
-            if all(answers):
-                return None
-            state = await asyncio.to_thread(self.store.read_state)
-            incarnations = await asyncio.to_thread(self.store.incarnations)
-            names = [n for n, i in incarnations.items() if i.generation == state.generation]
-            heartbeats = await asyncio.to_thread(self.store.heartbeats, names)
-            a = recovery.assess(state.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
-            joining = await asyncio.to_thread(self.store.join_slot_holder, self.cfg.timeouts.lease_ttl_s)
-            node_of = {m.id: self.driver.etcd_member_node(m.name) for m in members}
-            name = recovery.reapable(list(node_of.values()), a, joining)
-            if name is None:
-                return None
-            doomed = next(m for m in members if node_of[m.id] == name)
-            remaining = len(members) - 1
-            await etcd.member_remove(doomed.id)
-        fate = a.fates[name].value
-        why = f"removed etcd member {doomed.name}: its node {fate} (data gone); {remaining} members left"
-        log.info(why, extra={"member": doomed.name})
-        await asyncio.to_thread(self.store.record_event, "member_reaped", state.generation, why, member=doomed.name)
-        return doomed.name
-
-    async def _notify_peers(self) -> None:
-        """POST /v1/refresh to every other registered Phylactery (best effort)."""
-        token = await asyncio.to_thread(self.store.read_token)
-        members = await asyncio.to_thread(self.store.members)
-        timeout = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-
-            async def _one(m: MemberRecord) -> None:
-                try:
-                    async with http.post(
-                        m.phylactery_url + "/v1/refresh", headers={"Authorization": f"Bearer {token}"}
-                    ) as resp:
-                        log.info("asked peer to refresh", extra={"peer": m.name, "status": resp.status})
-                except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                    log.info("peer did not take the refresh", extra={"peer": m.name, "error": str(err)})
-
-            await asyncio.gather(*(_one(m) for m in members if m.name != self.cfg.node.name))
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """``/healthz``: whether Phylactery serves (started, and no loop down), and the loops
+        that are down with their exception."""
+        down = self.supervisor.down()
+        return self.started and not down, down
 
     # -- join material ----------------------------------------------------------------
     async def ensure_join_material(self) -> dict[str, Any]:
@@ -353,12 +141,14 @@ class Phylactery:
 
     # -- prune and status -------------------------------------------------------------
     async def prune(self, name: str, address: str, boot_id: str) -> PruneResult:
-        """Remove what the node ``name``/``address`` left behind in an earlier boot (:func:`prune_node`
-        with what the driver says to prune), asked by its incarnation ``boot_id``. Raises
-        ``ValueError`` for this node itself, :class:`phylactery.prune.PruneRefused` when another
-        incarnation of the node is alive (its heartbeat is fresh and from another boot: two
-        machines with one name, or a request that is not the node's own), and
-        :class:`phylactery.prune.PruneError` when the API or etcd does not answer."""
+        """Remove what the node ``name``/``address`` left behind in an earlier boot
+        (:func:`prune_node` with what the driver says to prune), asked by its incarnation
+        ``boot_id``. Raises ``ValueError`` for a name that is no node's (RFC 1123) and for this
+        node itself, :class:`phylactery.prune.PruneRefused` when another incarnation of the node
+        is alive (its heartbeat is fresh and from another boot: two machines with one name, or
+        a request that is not the node's own), and :class:`phylactery.prune.PruneError` when
+        the API or etcd does not answer."""
+        node_name(name)  # ValueError before any path or API call
         hb = await asyncio.to_thread(self.store.read_heartbeat, name)
         if hb is not None and hb.boot_id != boot_id and hb.age_s < self.cfg.timeouts.liveness_ttl_s(hb.role):
             raise PruneRefused(
@@ -435,10 +225,3 @@ class Phylactery:
 def _warm_imports() -> None:
     import kubernetes.client
     import kubernetes.config  # noqa: F401
-
-
-def _leader_id(status: dict[str, Any]) -> int | None:
-    """This member's ID when ``status`` (etcd's ``maintenance/status``) says it leads etcd
-    (its ``header.member_id`` is the ``leader``), else None."""
-    me = int(status.get("header", {}).get("member_id", 0))
-    return me if me == int(status.get("leader", -1)) else None

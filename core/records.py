@@ -1,0 +1,301 @@
+"""The share's records: one validated shape per file under ``<share>/<cluster>/``.
+
+Every record is a frozen pydantic dataclass (so the writers' ``dataclasses.asdict`` and
+``dataclasses.replace`` keep working and the JSON on disk stays byte for byte what it was),
+parsed from the file's bytes by :func:`parse`:
+
+* unknown keys are ignored: a newer agent that adds a key during a rolling upgrade must not
+  crash the older ones that still read the file (pydantic's ``extra="ignore"``);
+* a wrong shape is refused as a whole: JSON that does not parse (a file cut short), a JSON
+  value that is not an object (``[]``), a key of the wrong type (``"generation": "1a"``,
+  strict mode: no string-to-number coercion, no ``true`` for ``1``), a node name that is not
+  an RFC 1123 label, an address that is not an IP address, a URL that is not ``http(s)`` to
+  that address. :func:`parse` raises :class:`InvalidRecord`, naming the file and the dotted
+  field; :class:`core.share.ShareStore` turns that into one ``invalid_record`` event and a
+  skip (or, for ``cluster.json`` and ``join.json``, whose readers cannot go on without them,
+  a :class:`core.share.ShareError` that every loop already survives).
+
+What each file holds, field by field: docs/share-protocol.md. No I/O here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import time
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
+
+from core.config import NODE_NAME_RE
+
+RECORD = ConfigDict(extra="ignore")
+
+# A boot id: the kernel's (a UUID) or the lab's per-root one; never whitespace or a newline.
+BOOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+# A snapshot file: gen<generation>-<unix ms>.db (core.share.ShareStore.save_snapshot).
+SNAPSHOT_NAME_RE = re.compile(r"^gen(0|[1-9][0-9]{0,17})-([0-9]{1,18})\.db$")
+
+
+def node_name(v: str) -> str:
+    """``v`` when it is a lower-case RFC 1123 label (a Kubernetes Node name, ``NODE_NAME_RE``),
+    else ``ValueError``. Every name that becomes a path, a config line or an API call passes
+    through here first."""
+    if not isinstance(v, str) or not NODE_NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a node name (a lower-case RFC 1123 label: a-z, 0-9, '-', at most 63)")
+    return v
+
+
+def ip_address(v: str) -> str:
+    """``v`` in its canonical form when it is an IPv4 or IPv6 address, else ``ValueError``."""
+    return str(ipaddress.ip_address(v))
+
+
+def boot_id(v: str) -> str:
+    """``v`` when it looks like a boot id (``BOOT_ID_RE``), else ``ValueError``."""
+    if not BOOT_ID_RE.match(v):
+        raise ValueError(f"{v[:40]!r} is not a boot id")
+    return v
+
+
+NodeName = Annotated[str, AfterValidator(node_name)]
+IPAddress = Annotated[str, AfterValidator(ip_address)]
+BootId = Annotated[str, AfterValidator(boot_id)]
+Count = Annotated[int, Field(ge=0)]
+
+
+@dataclass(frozen=True, config=RECORD)
+class LeaderRecord:
+    """Who leads the current generation. ``epoch`` grows by one with every claim, ever."""
+
+    node: NodeName
+    address: IPAddress
+    boot_id: BootId
+    epoch: Count
+    claimed_at: float
+
+
+@dataclass(frozen=True, config=RECORD)
+class HeartbeatRecord:
+    """``heartbeats/<node>`` as written: what a node last said about itself (its age is the
+    file's mtime, :class:`core.share.Heartbeat`). Keys older writers always wrote are
+    required; ``etcd_index`` only while a survivor reports its raft index."""
+
+    node: NodeName
+    boot_id: BootId
+    role: str
+    phase: str
+    generation: Count
+    etcd_index: Count | None = None
+
+
+@dataclass(frozen=True, config=RECORD)
+class Incarnation:
+    """``incarnations/<node>.json``: the boot in which a control node's etcd member was made
+    (its init or join completed), and in which generation. While the node heartbeats from that
+    boot, the member's data is alive; a new boot id proves it gone (RAM root)."""
+
+    node: NodeName
+    boot_id: BootId
+    generation: Count
+    at: float
+
+
+def _member_url(url_text: str, address: str | None) -> str:
+    """``url_text`` when it is ``http(s)://<address>:<port>`` and nothing more (no path, query,
+    user or fragment): it is where peers send the bearer token. Else ``ValueError``."""
+    try:
+        url = urlsplit(url_text)
+        port = url.port
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+    if url.scheme not in ("http", "https") or port is None or url.username or url.password:
+        raise ValueError("must be http(s)://<address>:<port>")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError("must be http(s)://<address>:<port>, without a path")
+    host = url.hostname or ""
+    try:
+        same = address is not None and ipaddress.ip_address(host) == ipaddress.ip_address(address)
+    except ValueError:
+        same = False
+    if not same:
+        raise ValueError(f"its host {host[:80]!r} is not the member's address")
+    return url_text
+
+
+@dataclass(frozen=True, config=RECORD)
+class MemberRecord:
+    """``members/<node>.json``: one control node of the current generation. Validated before
+    it can reach haproxy.cfg or keepalived.conf: the name is an RFC 1123 label, the address an
+    IP address, the URL ``http(s)`` to that address with a port (1-65535)."""
+
+    name: NodeName
+    address: IPAddress
+    phylactery_url: str
+    boot_id: BootId
+    generation: Count
+    registered_at: float = dataclasses.field(default_factory=time.time)
+
+    @field_validator("phylactery_url")
+    @classmethod
+    def _url_to_address(cls, v: str, info: ValidationInfo) -> str:
+        return _member_url(v, info.data.get("address"))
+
+
+@dataclass(frozen=True, config=RECORD)
+class JoinMaterial:
+    """``join.json``: what kubeadm needs to join, never the admin kubeconfig.
+
+    ``token`` is a kubeadm bootstrap token (``[a-z0-9]{6}.[a-z0-9]{16}``), ``ca_cert_hashes``
+    the ``sha256:<hex>`` pins of the cluster CA's SubjectPublicKeyInfo, ``certificate_key`` the
+    64-hex-digit AES-256 key that decrypts the ``kubeadm-certs`` Secret. Times are Unix seconds.
+    """
+
+    generation: Count
+    epoch: Count
+    api_server_endpoint: str
+    token: str
+    token_expires_at: float
+    ca_cert_hashes: list[str]
+    certificate_key: str
+    certificate_key_expires_at: float
+    ca_cert: str
+    published_by: NodeName
+    published_at: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclass(frozen=True, config=RECORD)
+class SlotHolder:
+    """The holder of the control-plane join slot: its node, the boot that took the slot and
+    when (Unix seconds)."""
+
+    node: NodeName
+    boot_id: BootId
+    since: float
+
+
+@dataclass(frozen=True, config=RECORD)
+class JoinSlot:
+    """``join_slot.json``: ``{"holder": null}`` or ``{"holder": {node, boot_id, since}}``."""
+
+    holder: SlotHolder | None = None
+
+
+@dataclass(frozen=True, config=RECORD)
+class WorkerSlot:
+    """One worker's join slot: the boot that took it and when (Unix seconds, nodes' clocks)."""
+
+    boot_id: BootId
+    since: float
+
+
+@dataclass(frozen=True, config=RECORD)
+class WorkerJoinSlots:
+    """``worker_join_slots.json``: ``{"holders": {node: {boot_id, since}}}``."""
+
+    holders: dict[NodeName, WorkerSlot] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, config=RECORD)
+class ReformClaim:
+    """``reform.json``: the survivor that claimed the re-forming of etcd in ``generation``."""
+
+    generation: Count
+    node: NodeName
+    boot_id: BootId
+    at: float
+
+
+@dataclass(frozen=True, config=RECORD)
+class EventRecord:
+    """One line of ``events.jsonl``: the keys every writer sets. Events carry more keys of
+    their own (``epoch``, ``attempt``, ...), kept by :func:`event_line` beside these."""
+
+    t: float
+    node: str
+    generation: int
+    event: str
+    message: str = ""
+
+
+class InvalidRecord(ValueError):
+    """A share file whose content does not have its record's shape. ``file`` is its path
+    relative to the cluster directory, ``field`` the dotted path of the first offending key
+    (empty when the file as a whole is wrong: not JSON, not an object), ``reason`` what is
+    wrong with it."""
+
+    def __init__(self, file: str, field: str, reason: str) -> None:
+        self.file, self.field, self.reason = file, field, reason
+        super().__init__(f"{file}: field {field!r}: {reason}" if field else f"{file}: {reason}")
+
+
+T = TypeVar("T")
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def parse(record: type[T], raw: bytes | str, file: str) -> T:
+    """Parse ``raw`` (a file's bytes) as ``record`` in pydantic's strict JSON mode: unknown
+    keys ignored, a wrong shape refused. Raises :class:`InvalidRecord` naming ``file`` and the
+    field."""
+    adapter = _ADAPTERS.get(record)
+    if adapter is None:
+        adapter = _ADAPTERS[record] = TypeAdapter(record)
+    try:
+        parsed: T = adapter.validate_json(raw, strict=True)
+        return parsed
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        reason = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "json_invalid":
+            reason = "not valid JSON: " + reason.removeprefix("Invalid JSON: ")
+        elif not field and first["type"] in ("dataclass_type", "model_type", "dict_type"):
+            reason = "not a JSON object"
+        raise InvalidRecord(file, field, reason) from None
+
+
+def event_line(raw: str) -> dict[str, Any] | None:
+    """One line of ``events.jsonl`` as a dict (every key kept), or None when it is not an event
+    record (not JSON, not an object, a common key of the wrong type)."""
+    try:
+        parsed = parse(EventRecord, raw, "events.jsonl")
+    except InvalidRecord:
+        return None
+    import json
+
+    d = json.loads(raw)
+    return {**d, **dataclasses.asdict(parsed)}
+
+
+def snapshot_checksum(text: str, snapshot_name: str) -> str:
+    """The hex digest in a ``<snapshot>.sha256`` companion (``sha256sum`` format: ``<64 hex>
+    <two spaces> <file name>``) when it names ``snapshot_name``. Raises :class:`InvalidRecord`."""
+    file = f"snapshots/{snapshot_name}.sha256"
+    parts = text.split()
+    if len(parts) != 2 or not SHA256_HEX_RE.match(parts[0]):
+        raise InvalidRecord(file, "", "not '<sha256 hex>  <file name>'")
+    if parts[1] != snapshot_name:
+        raise InvalidRecord(file, "name", f"names {parts[1][:80]!r}, not {snapshot_name}")
+    return parts[0]
+
+
+def snapshot_secret(text: str, snapshot_name: str) -> str | None:
+    """The secret in a ``<snapshot>.token`` companion (one line, no whitespace), None when the
+    file is empty. Raises :class:`InvalidRecord` for anything else."""
+    value = text.strip()
+    if not value:
+        return None
+    if any(c.isspace() for c in value) or not value.isprintable():
+        raise InvalidRecord(f"snapshots/{snapshot_name}.token", "", "not one word of printable characters")
+    return value
+
+
+def snapshot_order(name: str) -> tuple[int, int] | None:
+    """``(generation, unix ms)`` of a snapshot file name ``gen<G>-<ms>.db``, None for any other
+    name."""
+    m = SNAPSHOT_NAME_RE.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None

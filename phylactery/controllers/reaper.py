@@ -1,0 +1,102 @@
+"""The reaper controller: remove the etcd member of a control node that lost its data.
+
+kubeadm's check-etcd refuses every control-plane join while any listed member is unreachable
+(``cmd/kubeadm/app/phases/etcd/local.go``, ``CheckLocalEtcdClusterStatus``), so a member whose
+node rebooted (new boot id: its RAM root, and etcd's data, are gone) or has been dead past the
+lease TTL must go. Every :data:`REAP_INTERVAL_S`, :meth:`ReaperController.reap_once` runs on
+every control node; only the node whose member leads etcd acts, one member per turn, and it
+reads the share (the members' incarnations and heartbeats, the join slot) only when a member
+does not answer, so a healthy cluster's reaper costs the share nothing. The rule itself is
+:func:`core.recovery.reapable`; each turn returns the sentence saying what it decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from core import recovery
+from core.etcd import EtcdError
+from core.logs import get_logger
+from core.share import ShareError
+from phylactery.controllers import etcdview
+from phylactery.prune import member_answers
+
+if TYPE_CHECKING:
+    from phylactery.service import Phylactery
+
+log = get_logger(__name__, "phylactery")
+REAP_INTERVAL_S = 5.0  # how often the reaper looks for members whose node lost its data
+
+
+class ReaperController:
+    """Loop ``reaper`` of Phylactery ``p``. ``connect`` and ``answers`` reach etcd (the real
+    ones by default; tests pass fakes); ``reaped`` names the members removed so far."""
+
+    name = "reaper"
+
+    def __init__(
+        self,
+        p: Phylactery,
+        connect: etcdview.Connect = etcdview.connect,
+        answers: etcdview.Answers = member_answers,
+    ) -> None:
+        self.p = p
+        self.connect = connect
+        self.answers = answers
+        self.reaped: list[str] = []
+
+    async def run(self) -> None:
+        """:meth:`reap_once` every :data:`REAP_INTERVAL_S`; a turn whose etcd or share does
+        not answer is logged and the next one tries again."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await self.reap_once()
+            except (EtcdError, OSError, ShareError) as err:
+                log.warning("reaping dead etcd members failed", extra={"error": str(err)})
+
+    async def reap_once(self) -> str:
+        """One turn: remove at most one etcd member whose node rebooted or has been dead past
+        the lease TTL, while the remaining members keep a majority of live ones, never the
+        member of the node in a control-plane join (its new member is listed, and silent,
+        before its join records the new incarnation). Records ``member_reaped``. Returns the
+        sentence saying what it decided. Raises :class:`core.etcd.EtcdError`, ``OSError`` and
+        :class:`core.share.ShareError` when etcd or the share does not answer."""
+        p = self.p
+        ctx = p.driver.etcd_client_context()
+        if ctx is None:
+            return "no etcd member on this node: nothing to reap"
+        async with self.connect(p.driver.etcd_endpoint, ctx) as etcd:
+            me = etcdview.leader_id(await etcd.status())
+            if me is None:
+                return "my etcd member does not lead etcd: its leader's node reaps"
+            members = await etcd.member_list()
+            others = [m for m in members if m.id != me]
+            answers = await asyncio.gather(*(self.answers(m, ctx) for m in others))
+            silent = sorted(m.name for m, ok in zip(others, answers, strict=True) if not ok)
+            if not silent:
+                return "every etcd member answers: nothing to reap"
+            state = await asyncio.to_thread(p.store.read_state)
+            incarnations = await asyncio.to_thread(p.store.incarnations)
+            names = [n for n, i in incarnations.items() if i.generation == state.generation]
+            heartbeats = await asyncio.to_thread(p.store.heartbeats, names)
+            a = recovery.assess(state.generation, incarnations, heartbeats, p.cfg.timeouts.lease_ttl_s)
+            joining = await asyncio.to_thread(p.store.join_slot_holder, p.cfg.timeouts.lease_ttl_s)
+            node_of = {m.id: p.driver.etcd_member_node(m.name) for m in members}
+            name = recovery.reapable(list(node_of.values()), a, joining)
+            if name is None:
+                fates = ", ".join(f"{n} {a.fates[n].value}" for n in sorted(a.fates)) or "no incarnation recorded"
+                return (
+                    f"{', '.join(silent)} do not answer, but no member may be removed "
+                    f"({fates}; joining: {joining or 'nobody'})"
+                )
+            doomed = next(m for m in members if node_of[m.id] == name)
+            remaining = len(members) - 1
+            await etcd.member_remove(doomed.id)
+        fate = a.fates[name].value
+        why = f"removed etcd member {doomed.name}: its node {fate} (data gone); {remaining} members left"
+        log.info(why, extra={"member": doomed.name})
+        self.reaped.append(doomed.name)
+        await asyncio.to_thread(p.store.record_event, "member_reaped", state.generation, why, member=doomed.name)
+        return why

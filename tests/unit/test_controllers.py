@@ -1,0 +1,178 @@
+"""Phylactery's controllers, one decision a line (as Patroni tests its HA cycle): the snapshot
+controller's :func:`decide` and the reaper's turn, against the real share store and a fake
+local etcd member."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.etcd import EtcdMember
+from core.share import ShareStore
+from phylactery.controllers import register
+from phylactery.controllers.reaper import ReaperController
+from phylactery.controllers.snapshot import decide
+from phylactery.service import Phylactery
+from tests.unit.agent_fakes import FakeDriver, age_heartbeat, ready_generation
+from tests.unit.test_phylactery_http import make_phylactery
+
+A, B = frozenset({1, 2, 3}), frozenset({1, 2})
+
+# -- snapshots --------------------------------------------------------------------------
+
+
+def test_snapshot_decisions() -> None:
+    assert (
+        decide(False, None, A, 99, 60).sentence
+        == "my etcd member does not lead etcd: its leader's node takes snapshots"
+    )
+    assert decide(False, None, A, 99, 60).members == frozenset(), "forgets the membership"
+    assert decide(True, B, A, 5, 60).sentence == "the etcd membership changed (3 -> 2 members): snapshot now"
+    assert decide(True, A, A, 61, 60).sentence == "61s since the last snapshot (every 60s): snapshot now"
+    assert decide(True, A, A, 12, 60).sentence == "next snapshot in 48s"
+    assert not decide(True, A, frozenset(), 12, 60).save, "the first membership seen is no change"
+    assert decide(True, A, frozenset(), 12, 60).members == A
+    assert decide(True, None, A, 12, 60).members == A, "etcd did not answer: the last one is kept"
+    assert decide(True, None, A, 61, 60).save
+
+
+# -- the reaper -------------------------------------------------------------------------
+
+
+def member(i: int, name: str) -> EtcdMember:
+    return EtcdMember(i, name, (f"https://10.0.0.2{i}:2380",), (f"https://10.0.0.2{i}:2379",))
+
+
+class FakeEtcd:
+    """The local etcd member: ``me`` (whose status names ``leader``) and the member list."""
+
+    def __init__(self, me: int = 1, leader: int = 1) -> None:
+        self.me, self.leader = me, leader
+        self.members = [member(1, "control0"), member(2, "control1"), member(3, "control2")]
+        self.removed: list[int] = []
+
+    async def __aenter__(self) -> FakeEtcd:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def status(self) -> dict[str, Any]:
+        return {"header": {"member_id": str(self.me)}, "leader": str(self.leader)}
+
+    async def member_list(self) -> list[EtcdMember]:
+        return list(self.members)
+
+    async def member_remove(self, member_id: int) -> None:
+        self.removed.append(member_id)
+        self.members = [m for m in self.members if m.id != member_id]
+
+
+class EtcdDriver(FakeDriver):
+    """A driver whose node runs an etcd member (its client context), or none."""
+
+    member = True
+
+    def etcd_client_context(self) -> Any:
+        return ssl.create_default_context() if self.member else None
+
+
+class Cluster:
+    """A ready generation 1 on control0, control1 and control2 (incarnations and heartbeats),
+    and control0's reaper whose etcd member leads and hears the members in ``answering``."""
+
+    def __init__(self, tmp: Path) -> None:
+        ready_generation(tmp / "share")  # control0 led it
+        self.stores = {n: ShareStore(tmp / "share", "default", n) for n in ("control0", "control1", "control2")}
+        for name, s in self.stores.items():
+            s.heartbeat(f"boot-{name}", "control", "watch", 1)
+            s.record_incarnation(f"boot-{name}", 1)
+        self.p: Phylactery = make_phylactery(tmp)
+        self.p.driver = EtcdDriver(tmp / "roots/control0")  # type: ignore[assignment]
+        self.etcd = FakeEtcd()
+        self.answering = {"control0", "control1", "control2"}
+
+        async def answers(m: EtcdMember, ctx: ssl.SSLContext) -> bool:
+            return m.name in self.answering
+
+        self.reaper = ReaperController(self.p, connect=lambda endpoint, ctx: self.etcd, answers=answers)
+
+    def turn(self) -> str:
+        return asyncio.run(self.reaper.reap_once())
+
+    def reboot(self, name: str) -> None:
+        """``name`` came back in a new boot (RAM root: its member's data is gone)."""
+        self.answering.discard(name)
+        self.stores[name].heartbeat(f"boot-{name}-2", "control", "elect", 1)
+
+
+@pytest.fixture
+def c(tmp_path: Path) -> Cluster:
+    return Cluster(tmp_path)
+
+
+def test_a_node_without_an_etcd_member_reaps_nothing(c: Cluster) -> None:
+    c.p.driver.member = False  # type: ignore[attr-defined]
+    assert c.turn() == "no etcd member on this node: nothing to reap"
+
+
+def test_only_the_etcd_leaders_node_reaps(c: Cluster) -> None:
+    c.etcd.leader = 2
+    c.reboot("control2")
+    assert c.turn() == "my etcd member does not lead etcd: its leader's node reaps"
+    assert c.etcd.removed == []
+
+
+def test_nothing_is_reaped_while_every_member_answers(c: Cluster) -> None:
+    ops = c.p.store.operation_counts()["total"]
+    assert c.turn() == "every etcd member answers: nothing to reap"
+    assert c.p.store.operation_counts()["total"] == ops, "a healthy cluster's reaper costs the share nothing"
+
+
+def test_the_member_of_a_rebooted_node_is_removed(c: Cluster) -> None:
+    c.reboot("control2")
+    assert c.turn() == "removed etcd member control2: its node rebooted (data gone); 2 members left"
+    assert c.etcd.removed == [3] and c.reaper.reaped == ["control2"]
+    [event] = [e for e in c.p.store.events() if e["event"] == "member_reaped"]
+    assert event["member"] == "control2" and event["node"] == "control0"
+
+
+def test_the_member_of_a_node_dead_past_the_lease_is_removed(c: Cluster) -> None:
+    c.answering.discard("control1")
+    age_heartbeat(c.stores["control0"], "control1", 31)
+    assert c.turn() == "removed etcd member control1: its node dead (data gone); 2 members left"
+
+
+def test_a_silent_member_whose_node_is_alive_is_kept(c: Cluster) -> None:
+    c.answering.discard("control2")
+    assert c.turn() == (
+        "control2 do not answer, but no member may be removed "
+        "(control0 alive, control1 alive, control2 alive; joining: nobody)"
+    )
+    assert c.etcd.removed == []
+
+
+def test_the_member_of_the_node_in_a_join_is_kept(c: Cluster) -> None:
+    c.reboot("control2")
+    assert c.stores["control2"].try_join_slot("boot-control2-2", 30) is None
+    assert c.turn().endswith("(control0 alive, control1 alive, control2 rebooted; joining: control2)")
+    assert c.etcd.removed == []
+
+
+def test_no_member_is_removed_when_the_rest_would_lose_their_majority(c: Cluster) -> None:
+    c.reboot("control1")
+    c.reboot("control2")
+    assert c.turn() == (
+        "control1, control2 do not answer, but no member may be removed "
+        "(control0 alive, control1 rebooted, control2 rebooted; joining: nobody)"
+    )
+
+
+def test_every_controller_is_registered_in_one_place(tmp_path: Path) -> None:
+    p = make_phylactery(tmp_path)
+    assert [name for name, _ in register(p).loops()] == ["reconcile", "notify_peers", "snapshot", "reaper"]
+    assert p.supervisor.failures() == dict.fromkeys(["notify_peers", "reaper", "reconcile", "snapshot"], 0)
