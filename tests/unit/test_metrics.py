@@ -83,7 +83,7 @@ def test_both_say_which_code_runs(tmp_path: Path) -> None:
 def test_phylactery_says_how_many_members_and_how_often_it_snapshots(tmp_path: Path) -> None:
     async def _run() -> str:
         p = make_phylactery(tmp_path)
-        p.last_reconcile = {"members": ["control0", "control1", "control2"]}
+        p.controllers.reconcile.last_result = {"members": ["control0", "control1", "control2"]}
         async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
             return await (await client.get("/metrics")).text()
 

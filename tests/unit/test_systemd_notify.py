@@ -152,7 +152,7 @@ def test_phylactery_feeds_its_watchdog_from_the_event_loop_and_says_what_it_serv
     async def run() -> None:
         task = asyncio.create_task(keep_systemd_told(p, n))
         await asyncio.sleep(0.35)
-        p.started, p.last_reconcile = True, {"members": ["control0", "control1"]}
+        p.started, p.controllers.reconcile.last_result = True, {"members": ["control0", "control1"]}
         await asyncio.sleep(0.35)
         task.cancel()
 
