@@ -7,11 +7,13 @@ with a message naming the file and the field, and nothing written anywhere.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import click
 
+from core import version_string
 from core.config import ConfigError, NodeConfig, load_config
 from core.share import ShareStore
 
@@ -19,6 +21,28 @@ DEFAULT_CONFIG = "/etc/ek8s/node.yaml"
 CONFIG_OPTION = click.option(
     "--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="the node's node.yaml"
 )
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def version_option(prog: str) -> Callable[[F], F]:
+    """``--version``: print ``<prog> <version> (<revision>)`` (:func:`core.version_string`)
+    and exit 0. The revision is looked up only when the flag is given (it may run git)."""
+
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(f"{prog} {version_string()}")
+            ctx.exit(0)
+
+    return click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="print the version (and the git revision it was built from) and exit",
+    )
 
 
 def fail(message: str, code: int = 1, prog: str = "ek8s") -> NoReturn:

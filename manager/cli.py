@@ -23,8 +23,7 @@ from typing import Any
 
 import click
 
-from core import __version__
-from core.cli import existing_store, fail, load_or_exit
+from core.cli import existing_store, fail, load_or_exit, version_option
 from core.share import ShareError, ShareStore
 from leader.cli import node
 from manager.benchcli import bench
@@ -39,7 +38,7 @@ CLUSTER_OPTION = click.option("--cluster", default="default", show_default=True,
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ek8s")
+@version_option("ek8s")
 def cli() -> None:
     """Highly available Kubernetes on stateless Warewulf nodes.
 
