@@ -10,7 +10,16 @@ import click
 from core.cli import existing_store
 from manager.bench import COLUMNS, BenchError, Target, medians, read_csv, run_once, write_csv, write_plot
 
-BASELINE = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deployment-times.csv"
+
+def _baseline() -> Path:
+    """The proof of concept's runs: ``docs/bench/poc-deployment-times.csv`` of the checkout
+    this code runs from, else the copy an installed wheel carries (setup.py)."""
+    checkout = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deployment-times.csv"
+    packaged = Path(__file__).resolve().parent / "data" / "bench" / "poc-deployment-times.csv"
+    return checkout if checkout.is_file() else packaged
+
+
+BASELINE = _baseline()
 
 
 @click.command()
