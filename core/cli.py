@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import click
 
 from core import version_string
 from core.config import ConfigError, NodeConfig, load_config
-from core.share import ShareStore
 
 DEFAULT_CONFIG = "/etc/ek8s/node.yaml"
 CONFIG_OPTION = click.option(
@@ -57,13 +55,3 @@ def load_or_exit(path: str, prog: str = "ek8s") -> NodeConfig:
         return load_config(path)
     except ConfigError as err:
         fail(str(err), 2, prog)
-
-
-def existing_store(share_path: Path, cluster: str, who: str, prog: str = "ek8s") -> ShareStore:
-    """The :class:`core.share.ShareStore` of ``cluster`` under ``share_path``, writing as
-    ``who``; exit 1 naming the missing ``cluster.json`` when the share holds no such cluster
-    (an operator's command never creates one)."""
-    store = ShareStore(share_path, cluster, who)
-    if not store.exists():
-        fail(f"no cluster {cluster!r} under {share_path} (no {store.dir}/cluster.json)", prog=prog)
-    return store

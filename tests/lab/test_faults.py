@@ -576,7 +576,9 @@ def test_ek8s_reset_rebuilds_on_purpose_without_a_reboot(tour: Tour) -> None:
     """``ek8s reset``: a new, empty generation on purpose; running agents rebuild."""
     generation = tour.store.read_state().generation
     res = subprocess.run(
-        [sys.executable, "-m", "manager", "reset", "--share", str(tour.dir / "share")], capture_output=True, text=True
+        [sys.executable, "-m", "manager", "reset", "--share", str(tour.dir / "share"), "--yes"],
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr
     started = time.time()
