@@ -127,7 +127,8 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     answered = [s for s in statuses.values() if s]
     etcd = next((s["etcd"] for s in answered if s["etcd"]["members"]), None)
     vip_holders = [name for name, s in statuses.items() if s and s["keepalived"]["vip_held"]]
-    etcd_names = sorted(m["name"] for m in etcd["members"]) if etcd else None
+    # By node (a k3s member is named <node>-<8 hex>; Phylactery says whose it is).
+    etcd_names = sorted(m.get("node", m["name"]) for m in etcd["members"]) if etcd else None
     snapshots = store.snapshots()
     snapshot_age = round(now - snapshots[0].stat().st_mtime, 1) if snapshots else None
     doc = {
@@ -139,8 +140,7 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
         "leader": state.leader.node if state.leader else None,
         "api_reachable": api is not None,
         "nodes": nodes,
-        # By node (a k3s member is named <node>-<8 hex>; Phylactery says whose it is).
-        "etcd_members": sorted(m.get("node", m["name"]) for m in etcd["members"]) if etcd else None,
+        "etcd_members": etcd_names,
         "etcd_quorum": etcd.get("quorum") if etcd else None,
         "vip_holder": vip_holders[0] if len(vip_holders) == 1 else (vip_holders or None),
         "haproxy_backends_up": {

@@ -5,7 +5,9 @@ on the share.
 
 The share is a real directory and the API a real HTTP server on loopback answering
 ``GET /api/v1/nodes`` with a NodeList (the shape the Kubernetes API returns), which the
-official client reads through the kubeconfig the leader wrote to the share.
+official client reads through the kubeconfig the leader wrote to the share; the same server
+answers ``GET /v1/status`` as each control node's Phylactery (docs/phylactery.md), with etcd
+members named as k3s names them (``<node>-<8 hex>``, the node beside).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from core.share import ShareStore
+from core.share import MemberRecord, ShareStore
 from leader.election import rule_for
 from manager.cli import cli
 
@@ -43,6 +45,9 @@ class FakeApi:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == "/v1/status":
+                    self.answer(api.phylactery())
+                    return
                 if self.path.split("?")[0] != "/api/v1/nodes":
                     self.send_error(404)
                     return
@@ -58,7 +63,10 @@ class FakeApi:
                     }
                     for i, (name, ok) in enumerate(sorted(api.ready.items()))
                 ]
-                body = json.dumps({"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": items}).encode()
+                self.answer({"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": items})
+
+            def answer(self, doc: dict[str, Any]) -> None:
+                body = json.dumps(doc).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -72,6 +80,15 @@ class FakeApi:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def phylactery(self) -> dict[str, Any]:
+        """A Phylactery ``GET /v1/status`` (the parts ``ek8s status`` reads)."""
+        members = [{"name": f"{n}-1a2b3c4d", "node": n} for n in CONTROL]
+        return {
+            "etcd": {"members": members, "quorum": True, "error": None},
+            "keepalived": {"vip_held": False},
+            "haproxy": {"backends": [{"name": n, "status": "UP 1/3"} for n in CONTROL]},
+        }
 
     def close(self) -> None:
         self.server.shutdown()
@@ -105,6 +122,9 @@ def formed(share: Path, api: FakeApi, cluster: str = "ek8s") -> ShareStore:
     store.mark_ready(fence)
     for name in CONTROL + WORKERS:
         ShareStore(share, cluster, name).heartbeat(f"b-{name}", "control" if name in CONTROL else "worker", "watch", 1)
+    for i, name in enumerate(CONTROL):
+        store.register_member(MemberRecord(name, f"10.0.0.{21 + i}", api.url, f"b-{name}", 1))
+        ShareStore(share, cluster, name).record_incarnation(f"b-{name}", 1)
     store.save_snapshot(1, b"etcd snapshot", keep=2)
     return store
 
@@ -171,7 +191,9 @@ def test_json_yaml_and_wide(tmp_path: Path, api: FakeApi) -> None:
     assert as_json.keys() == json.loads(ek8s("status", "--share", str(tmp_path), "-o", "json").stdout).keys()
     node = next(n for n in as_json["nodes"] if n["name"] == "control1")
     assert node["address"] == "10.0.0.22" and node["boot_id"] == "b-control1" and node["generation"] == 1
-    assert as_json["healthy"] is True and as_json["ready"] is True
+    assert as_json["healthy"] is True and as_json["ready"] is True and as_json["attention"] == []
+    assert as_json["etcd_members"] == CONTROL  # by node, though k3s names members <node>-<8 hex>
+    assert as_json["haproxy_backends_up"] == dict.fromkeys(CONTROL, 3)
     as_yaml = yaml.safe_load(ek8s("status", "--share", str(tmp_path), "-o", "yaml").stdout)
     assert as_yaml["cluster"] == "ek8s" and len(as_yaml["nodes"]) == 5
     wide = ek8s("status", "--share", str(tmp_path), "-o", "wide").stdout
