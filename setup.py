@@ -9,7 +9,10 @@ third to ``core/REVISION`` (read by :func:`core.revision`). A wheel cannot hold 
 link (a systemd ``.wants/`` link in an overlay), so each link of ``overlay/`` is recorded in
 ``manager/data/overlay-symlinks.json`` instead and ``ek8s overlay build`` makes it again.
 
-Editable installs copy nothing: the code finds the checkout's own files there.
+Editable installs copy nothing: the code finds the checkout's own files there. A source
+distribution (``sdist``, with MANIFEST.in) carries the overlays' links, which setuptools' file
+list leaves out when they point at a file that exists only once Warewulf rendered it, and the
+revision in ``core/REVISION``, so that a wheel built from it is the same.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
 # source in the checkout -> destination inside the wheel (relative to its root)
@@ -73,9 +77,36 @@ class BuildPyWithData(build_py):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, target)
         (out / SYMLINKS).write_text(json.dumps(links, indent=1, sort_keys=True) + "\n")
-        revision = _git_describe()
+        revision = _revision()
         if revision:
             (out / "core" / "REVISION").write_text(revision + "\n")
 
 
-setup(cmdclass={"build_py": BuildPyWithData})
+def _revision() -> str:
+    """``git describe`` in a checkout, else what an sdist recorded in ``core/REVISION``."""
+    described = _git_describe()
+    if described:
+        return described
+    try:
+        return (HERE / "core" / "REVISION").read_text().strip()
+    except OSError:
+        return ""
+
+
+class SdistWithLinks(sdist):
+    """setuptools' ``sdist``, plus the overlays' symbolic links and the git revision."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        for path in sorted((HERE / "overlay").rglob("*")):
+            if path.is_symlink():
+                target = Path(base_dir) / path.relative_to(HERE)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.is_symlink():
+                    os.symlink(os.readlink(path), target)
+        revision = _revision()
+        if revision:
+            (Path(base_dir) / "core" / "REVISION").write_text(revision + "\n")
+
+
+setup(cmdclass={"build_py": BuildPyWithData, "sdist": SdistWithLinks})

@@ -1,7 +1,7 @@
 """The wheel carries everything `ek8s` needs at run time.
 
-Built from this checkout (setup.py copies the overlays, the bench baseline and the git
-revision in), installed with its dependencies into a new venv, and run from a directory
+Built from this checkout through a source distribution (setup.py copies the overlays, the
+bench baseline and the git revision in), installed with its dependencies into a new venv, and run from a directory
 outside the checkout: `ek8s overlay build` must write the same overlays as the checkout does,
 `ek8s warewulf plan` must plan the example inventory as the checkout does, and every program
 answers `--version` with the one version. Needs the package index pip uses (about 40 s to
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -45,16 +46,22 @@ def tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel built from this checkout; setuptools' build directories go to a temporary
-    place (DIST_EXTRA_CONFIG), not into the checkout."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    cfg = tmp / "dist.cfg"
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source distribution and the wheel built from it (``python -m build``, as a
+    release does); setuptools' build directories go to a temporary place (DIST_EXTRA_CONFIG),
+    not into the checkout."""
+    tmp = tmp_path_factory.mktemp("dist")
     (tmp / "build").mkdir()
+    cfg = tmp / "dist.cfg"
     cfg.write_text(f"[build]\nbuild_base = {tmp / 'build'}\n[egg_info]\negg_base = {tmp / 'build'}\n")
     env = os.environ | {"DIST_EXTRA_CONFIG": str(cfg)}
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist"), str(REPO)], tmp, env)
-    (built,) = (tmp / "dist").glob("ephemeral_k8s-*.whl")
+    run([sys.executable, "-m", "build", "-o", str(tmp / "dist"), str(REPO)], tmp, env)
+    return tmp / "dist"
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
+    (built,) = dist.glob("ephemeral_k8s-*.whl")
     return built
 
 
@@ -76,6 +83,17 @@ def test_the_wheel_names_one_version_and_an_spdx_license(wheel: Path) -> None:
     assert "\nLicense-Expression: Apache-2.0\n" in meta
     assert {"manager/wwtemplate/main.go", "phylactery/templates/haproxy.cfg.j2", "core/REVISION"} <= names
     assert "manager/data/bench/poc-deployment-times.csv" in names
+
+
+def test_the_source_distribution_keeps_the_overlay_links_and_the_revision(dist: Path) -> None:
+    (sdist,) = dist.glob("ephemeral_k8s-*.tar.gz")
+    top = f"ephemeral_k8s-{core.__version__}"
+    with tarfile.open(sdist) as tar:
+        link = tar.getmember(f"{top}/overlay/ek8s/rootfs/etc/systemd/system/multi-user.target.wants/ek8s-node.service")
+        assert link.issym() and link.linkname == "../ek8s-node.service"
+        revision = tar.extractfile(f"{top}/core/REVISION")
+        assert revision is not None and revision.read().decode().strip() == core.revision()
+        assert tar.getmember(f"{top}/docs/bench/poc-deployment-times.csv").isfile()
 
 
 def test_every_program_of_the_wheel_answers_version(venv: Path, tmp_path: Path) -> None:
