@@ -26,7 +26,6 @@ from core.config import Timeouts
 from core.share import ShareStore
 
 HEALTHY_PHASE = "watch"
-OUTPUTS = ("table", "wide", "json", "yaml")
 
 
 def _phylactery(url: str) -> dict[str, Any] | None:
