@@ -45,8 +45,8 @@ lab: deps
 PACKAGES := core leader phylactery manager lab
 
 lint: venv
-	$(BIN)/ruff check $(PACKAGES) tests scripts
-	$(BIN)/ruff format --check $(PACKAGES) tests scripts
+	$(BIN)/ruff check $(PACKAGES) tests scripts setup.py
+	$(BIN)/ruff format --check $(PACKAGES) tests scripts setup.py
 
 typecheck: venv
 	$(BIN)/mypy $(PACKAGES)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import click
 
+from core import version_string
 from core.config import ConfigError, NodeConfig, load_config
 from core.logs import LOG_LEVELS, journal_prefix
-from core.share import ShareStore
 
 DEFAULT_CONFIG = "/etc/ek8s/node.yaml"
 CONFIG_OPTION = click.option(
@@ -36,6 +36,28 @@ LOG_LEVEL_OPTION = click.option(
 )
 
 
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def version_option(prog: str) -> Callable[[F], F]:
+    """``--version``: print ``<prog> <version> (<revision>)`` (:func:`core.version_string`)
+    and exit 0. The revision is looked up only when the flag is given (it may run git)."""
+
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(f"{prog} {version_string()}")
+            ctx.exit(0)
+
+    return click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="print the version (and the git revision it was built from) and exit",
+    )
+
+
 def fail(message: str, code: int = 1, prog: str = "ek8s") -> NoReturn:
     """Print ``<prog>: <message>`` to stderr and exit with ``code``. When stderr is the
     journal, each line carries the ``err`` priority (:func:`core.logs.journal_prefix`), so
@@ -51,13 +73,3 @@ def load_or_exit(path: str, prog: str = "ek8s") -> NodeConfig:
         return load_config(path)
     except ConfigError as err:
         fail(str(err), 2, prog)
-
-
-def existing_store(share_path: Path, cluster: str, who: str, prog: str = "ek8s") -> ShareStore:
-    """The :class:`core.share.ShareStore` of ``cluster`` under ``share_path``, writing as
-    ``who``; exit 1 naming the missing ``cluster.json`` when the share holds no such cluster
-    (an operator's command never creates one)."""
-    store = ShareStore(share_path, cluster, who)
-    if not store.exists():
-        fail(f"no cluster {cluster!r} under {share_path} (no {store.dir}/cluster.json)", prog=prog)
-    return store

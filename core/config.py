@@ -72,6 +72,24 @@ WAREWULF_FACTS: dict[str, str] = {
 }
 
 
+def network_overlap(networks: dict[str, str | ipaddress.IPv4Network]) -> str | None:
+    """Why two of ``networks`` (``{what it is, as named in the file: IPv4 network}``, e.g.
+    ``{"kubernetes.pod_subnet": "10.0.0.0/8", ...}``) cannot both be used, or None when no two
+    of them share an address: the first overlapping pair in order, both named.
+
+    Pod, Service and node addresses must be told apart: a Pod network that overlaps a host
+    network breaks routing ("Creating a cluster with kubeadm", kubernetes.io: "your Pod network
+    must not overlap with any of the host networks"), and a Service address inside the nodes'
+    or the Pods' network is taken by kube-proxy's rules from whoever else owns it."""
+    nets = {what: ipaddress.IPv4Network(net) for what, net in networks.items()}
+    names = list(nets)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if nets[a].overlaps(nets[b]):
+                return f"{a} {nets[a]} overlaps {b} {nets[b]}: Pod, Service and node addresses must not share a range"
+    return None
+
+
 class ConfigError(Exception):
     """node.yaml cannot be used. ``str()`` names the file and each bad field."""
 
@@ -169,6 +187,15 @@ class KubernetesSettings(_Strict):
     @classmethod
     def _cidr(cls, v: str) -> str:
         return str(ipaddress.IPv4Network(v, strict=True))
+
+    @model_validator(mode="after")
+    def _subnets_apart(self) -> KubernetesSettings:
+        clash = network_overlap(
+            {"kubernetes.pod_subnet": self.pod_subnet, "kubernetes.service_subnet": self.service_subnet}
+        )
+        if clash:
+            raise ValueError(clash)
+        return self
 
 
 class PhylacterySettings(_Strict):
@@ -273,6 +300,23 @@ class NodeConfig(_Strict):
     def _empty_section(cls, v: object) -> object:
         # A section rendered with no keys (Warewulf tags absent) reads as null: use the defaults.
         return {} if v is None else v
+
+    @field_validator("kubernetes")
+    @classmethod
+    def _apart_from_the_nodes(cls, v: KubernetesSettings, info: ValidationInfo) -> KubernetesSettings:
+        vip = info.data.get("vip")
+        if isinstance(vip, VipSettings):
+            nodes = ipaddress.IPv4Network(f"{vip.address}/{vip.prefix_length}", strict=False)
+            clash = network_overlap(
+                {
+                    "kubernetes.pod_subnet": v.pod_subnet,
+                    "kubernetes.service_subnet": v.service_subnet,
+                    "the nodes' network (vip.address/vip.prefix_length)": nodes,
+                }
+            )
+            if clash:
+                raise ValueError(clash)
+        return v
 
     @field_validator("root")
     @classmethod

@@ -65,12 +65,14 @@ def touch(path: Path, mode: int = FILE_MODE) -> float:
     return path.stat().st_mtime
 
 
-def append_line(path: Path, line: str, mode: int = FILE_MODE) -> None:
-    """Append one line (newline added) with ``O_APPEND`` and fsync. Callers serialise
-    appends from several nodes with a lock: ``O_APPEND`` is not atomic across NFS clients."""
+def append_line(path: Path, line: str, mode: int = FILE_MODE) -> int:
+    """Append one line (newline added) with ``O_APPEND`` and fsync; return the file's size in
+    bytes after it (the write's end offset: no extra ``stat``). Callers serialise appends from
+    several nodes with a lock: ``O_APPEND`` is not atomic across NFS clients."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
     try:
         os.write(fd, (line.rstrip("\n") + "\n").encode())
         os.fsync(fd)
+        return os.lseek(fd, 0, os.SEEK_CUR)
     finally:
         os.close(fd)

@@ -156,12 +156,12 @@ def log_start(program: str, phase: str, cfg: Any) -> None:
     """The first line of a node program: ``<program> <version> starting`` with the revision,
     the node's role and distribution, the Python version and the pid (``cfg``: the node's
     :class:`core.config.NodeConfig`)."""
-    from core import buildinfo
+    import core
 
     get_logger(f"ek8s.{phase}", phase).info(
-        f"{program} {buildinfo.version()} starting",
+        f"{program} {core.__version__} starting",
         extra={
-            "revision": buildinfo.revision(),
+            "revision": core.revision(),
             "role": cfg.role,
             "distribution": cfg.kubernetes.distribution,
             "python": sys.version.split()[0],

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core import buildinfo
+import core
 from core.share import OP_KINDS, ShareStore
 
 
@@ -35,11 +35,11 @@ class ShareOpsCollector(Collector):
 
 class BuildInfoCollector(Collector):
     """``ek8s_build_info``: always 1, labelled with the code's version and revision
-    (:mod:`core.buildinfo`) and the node's Kubernetes ``distribution`` (kubeadm, k3s), the
+    (:func:`core.revision`) and the node's Kubernetes ``distribution`` (kubeadm, k3s), the
     ``*_build_info`` pattern of Prometheus' own exporters (join on it to see which code runs where)."""
 
     def __init__(self, distribution: str) -> None:
-        self.labels = [buildinfo.version(), buildinfo.revision(), distribution]
+        self.labels = [core.__version__, core.revision(), distribution]
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(

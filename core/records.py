@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 import time
 from typing import Annotated, Any, TypeVar
@@ -265,9 +266,7 @@ def event_line(raw: str) -> dict[str, Any] | None:
         parsed = parse(EventRecord, raw, "events.jsonl")
     except InvalidRecord:
         return None
-    import json
-
-    d = json.loads(raw)
+    d = json.loads(raw)  # valid JSON object: parse() accepted it
     return {**d, **dataclasses.asdict(parsed)}
 
 

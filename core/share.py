@@ -52,6 +52,7 @@ from core.records import (
     SlotHolder,
     WorkerJoinSlots,
     WorkerSlot,
+    event_line,
     node_name,
     parse,
     snapshot_checksum,
@@ -76,6 +77,13 @@ LOCK_TIMEOUT_S = 30.0
 # One invalid_record event per file and field at most this often (seconds), per store: a bad
 # file read every second must not flood events.jsonl (docs/share-protocol.md).
 INVALID_RECORD_EVERY_S = 600.0
+# events.jsonl is rotated once it reaches EVENTS_MAX_BYTES (about 5,000 events, a few full
+# rebuilds of a 123-node cluster): it becomes events.jsonl.1, and so on up to EVENTS_KEEP.
+EVENTS_MAX_BYTES = 1 << 20
+EVENTS_KEEP = 3
+# A rotated file whose mtime (the share's clock) is this much older than ``since`` holds no
+# event at or after ``since`` (events carry their writer's clock, which may run ahead).
+EVENTS_CLOCK_SKEW_S = 300.0
 
 
 OP_KINDS = ("reads", "stats", "writes", "renames", "fsyncs", "locks")
@@ -221,12 +229,36 @@ class Snapshot:
         return leader is not None and hb is not None and hb.boot_id == leader.boot_id and hb.age_s < ttl_s
 
 
+@dataclass(frozen=True)
+class EventCursor:
+    """Where a reader of ``events.jsonl`` stopped (:meth:`ShareStore.read_events`): the file
+    it read last, by ``(st_dev, st_ino)`` (a rotation renames the file, so the identity
+    follows it to ``events.jsonl.1``), and the bytes of it consumed, up to a whole line.
+    ``file`` is None before anything was read."""
+
+    file: tuple[int, int] | None = None
+    offset: int = 0
+
+
+def clusters_on(share: Path) -> list[str]:
+    """The clusters ``share`` holds: its directories with a ``cluster.json``, sorted. Empty
+    when ``share`` is missing; ``OSError`` when it cannot be listed."""
+    try:
+        return sorted(p.parent.name for p in share.glob("*/cluster.json"))
+    except FileNotFoundError:
+        return []
+
+
 class ShareStore:
     """The cluster directory ``<share>/<cluster>/`` and its verbs.
 
     ``node`` is the name of the node using the store (it names the node's heartbeat and probe
     files). Every method may raise ``OSError`` from the file system and :class:`ShareError`.
     """
+
+    # events.jsonl's rotation (docs/share-protocol.md); a test may lower them on one store.
+    events_max_bytes = EVENTS_MAX_BYTES
+    events_keep = EVENTS_KEEP
 
     def __init__(self, share: Path, cluster: str, node: str, record_invalid: bool = True) -> None:
         self.record_invalid = record_invalid  # False: bad records are logged, not recorded as events
@@ -251,8 +283,13 @@ class ShareStore:
 
     @property
     def events_path(self) -> Path:
-        """``events.jsonl``, the append-only timeline (read it with :meth:`events`)."""
+        """``events.jsonl``, the timeline being appended to (read it, with its rotated
+        predecessors, through :meth:`events` or :meth:`read_events`)."""
         return self.dir / "events.jsonl"
+
+    def _event_files(self) -> list[Path]:
+        """``events.jsonl``, then ``events.jsonl.1`` ... ``.<events_keep>``: newest first."""
+        return [self.events_path] + [self.dir / f"events.jsonl.{k}" for k in range(1, self.events_keep + 1)]
 
     @property
     def admin_kubeconfig_path(self) -> Path:
@@ -859,7 +896,11 @@ class ShareStore:
 
     # -- events -----------------------------------------------------------------------
     def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:
-        """Append one JSON line to ``events.jsonl`` (``t`` in Unix seconds)."""
+        """Append one JSON line to ``events.jsonl`` (``t`` in Unix seconds, this node's clock)
+        under ``events.lock``; when that makes the file ``events_max_bytes`` or longer, rotate
+        it under the same lock: ``events.jsonl.<k>`` becomes ``.<k+1>`` (the oldest, at
+        ``events_keep``, is deleted) and ``events.jsonl`` becomes ``.1``, so the next event
+        starts a new file. The size is the append's own file offset, no extra round trip."""
         line = {
             "t": time.time(),
             "node": self.node,
@@ -870,22 +911,82 @@ class ShareStore:
         }
         self.ops.add(locks=1, writes=1, fsyncs=1)
         with self._events_lock:
-            append_line(self.events_path, json.dumps(line, sort_keys=False))
+            size = append_line(self.events_path, json.dumps(line, sort_keys=False))
+            if size >= self.events_max_bytes:
+                self._rotate_events()
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every event so far, oldest first. Unparseable lines are skipped."""
-        out = []
-        self.ops.add(reads=1)
+    def _rotate_events(self) -> None:
+        """Shift the timeline's files one place older (caller holds ``events.lock``)."""
+        files = self._event_files()
+        self._unlink(files[-1])
+        for newer, older in zip(reversed(files[:-1]), reversed(files[1:]), strict=True):
+            self.ops.add(renames=1)
+            try:
+                os.rename(newer, older)
+            except FileNotFoundError:
+                continue
+
+    def events(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Every event, oldest first, across ``events.jsonl`` and its rotated files; with
+        ``since`` (Unix seconds) only those with ``t >= since``, and rotated files last written
+        well before it (their mtime, the share's clock, older than ``since`` minus
+        ``EVENTS_CLOCK_SKEW_S``) are not read. Unparseable lines are skipped."""
+        found, _ = self.read_events(None, since)
+        return found if since is None else [e for e in found if float(e.get("t", 0)) >= since]
+
+    def read_events(
+        self, cursor: EventCursor | None = None, since: float | None = None
+    ) -> tuple[list[dict[str, Any]], EventCursor]:
+        """The events appended after ``cursor`` (None: every event), oldest first, and the
+        cursor to pass next time: how ``ek8s events --follow`` tails the timeline across
+        rotations. ``since`` only skips whole rotated files (see :meth:`events`).
+
+        The files are opened newest first and kept open while they are read: a rotation
+        between two opens only moves files towards older names, so none is missed, and a file
+        met twice under two names (same inode) is read once. A line being appended (no newline
+        yet) is left for the next call. Unparseable lines are skipped. Opens each file again
+        on every call (NFS close-to-open consistency), never waits for one to appear."""
+        handles: list[tuple[Any, tuple[int, int], float]] = []
+        seen: set[tuple[int, int]] = set()
         try:
-            with open(self.events_path) as f:
-                for raw in f:
-                    try:
-                        out.append(json.loads(raw))
-                    except json.JSONDecodeError:
-                        continue
-        except FileNotFoundError:
-            pass
-        return out
+            for path in self._event_files():
+                self.ops.add(reads=1, stats=1)
+                try:
+                    f = open(path, "rb")  # noqa: SIM115 (closed below, all together)
+                except FileNotFoundError:
+                    continue
+                st = os.fstat(f.fileno())
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    f.close()
+                    continue
+                seen.add(key)
+                handles.append((f, key, st.st_mtime))
+            handles.reverse()  # oldest first
+            start = 0
+            if cursor is not None and cursor.file is not None:
+                at = [i for i, (_, key, _) in enumerate(handles) if key == cursor.file]
+                start = at[0] if at else 0  # rotated out of reach: everything left is newer
+            elif since is not None:
+                while start < len(handles) - 1 and handles[start][2] < since - EVENTS_CLOCK_SKEW_S:
+                    start += 1
+            out: list[dict[str, Any]] = []
+            new_cursor = EventCursor(None, 0) if cursor is None else cursor
+            for i in range(start, len(handles)):
+                f, key, _ = handles[i]
+                offset = cursor.offset if cursor is not None and key == cursor.file else 0
+                f.seek(offset)
+                data = f.read()
+                whole = data[: data.rfind(b"\n") + 1]
+                for raw in whole.splitlines():
+                    event = event_line(raw.decode(errors="replace"))
+                    if event is not None:  # not an event record ([], a wrong type): skipped
+                        out.append(event)
+                new_cursor = EventCursor(key, offset + len(whole))
+            return out, new_cursor
+        finally:
+            for f, _, _ in handles:
+                f.close()
 
 
 def _checksum_path(snapshot: Path) -> Path:

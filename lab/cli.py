@@ -411,7 +411,7 @@ def bench(
         "ip", "netns", "exec", state.manager, sys.executable, "-m", "manager", "bench",
         "--runs", str(runs), "--out", str(out_dir.resolve()),
         "--share", str(the_lab.share), "--cluster", CLUSTER, "--api", f"https://{VIP_NAME}:{port}",
-        "--nodes", str(len(state.nodes)), "--reboot-command", reboot, "--timeout", str(timeout),
+        "--nodes", str(len(state.nodes)), "--reboot-command", reboot, "--timeout", str(timeout), "--yes",
         "--label", f"the lab ({control} control + {len(state.nodes) - control} workers, EMULATED {running})",
     ]  # fmt: skip
     if baseline is not None:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import click
 
-from core.cli import CONFIG_OPTION, LOG_LEVEL_OPTION, load_or_exit
+from core.cli import CONFIG_OPTION, LOG_LEVEL_OPTION, load_or_exit, version_option
 
 
 @click.group(name="node", context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("ek8s-node")
 def node() -> None:
     """The node agent (started by ek8s-node.service)."""
 

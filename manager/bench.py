@@ -54,13 +54,15 @@ class Target:
     """The cluster under test. ``share`` and ``cluster`` name its directory on the share;
     ``api`` is ``https://<vip>:<port>``; ``reboot_command`` is split as by a shell, with
     ``{nodes}`` replaced by the comma-separated node names; ``nodes`` is how many Nodes must be
-    Ready (default: every node that ever reported to the share)."""
+    Ready (default: every node that ever reported to the share); ``user`` is who the
+    ``generation_started`` events name (:func:`manager.reset.invoking_user`)."""
 
     share: Path
     cluster: str
     api: str
     reboot_command: str
     nodes: int | None = None
+    user: str = "bench"
 
 
 def _healthz(api: str) -> bool:
@@ -92,11 +94,11 @@ def run_once(target: Target, timeout_s: float = 600, say: Callable[[str], None] 
     start, or when the reboot command cannot start, exits non-zero or outlasts ``timeout_s``;
     ``OSError`` or :class:`core.share.ShareError` when the share cannot be read.
     """
-    store = ShareStore(target.share, target.cluster, "bench")
+    store = ShareStore(target.share, target.cluster, target.user)
     before = _boot_ids(store)
     expected = target.nodes or len(before)
     t0 = time.time()
-    state = store.rebuild("ek8s bench: rebuild from nothing")
+    state = store.rebuild(f"ek8s bench by {target.user}: rebuild from nothing")
     names = ",".join(sorted(before))
     argv = [a.replace("{nodes}", names) for a in shlex.split(target.reboot_command)]
     try:

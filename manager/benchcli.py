@@ -7,10 +7,20 @@ from pathlib import Path
 
 import click
 
-from core.cli import existing_store
 from manager.bench import COLUMNS, BenchError, Target, medians, read_csv, run_once, write_csv, write_plot
+from manager.clusters import CLUSTER_OPTION, operator_store
+from manager.reset import YES_OPTION, confirm, invoking_user, losses
 
-BASELINE = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deployment-times.csv"
+
+def _baseline() -> Path:
+    """The proof of concept's runs: ``docs/bench/poc-deployment-times.csv`` of the checkout
+    this code runs from, else the copy an installed wheel carries (setup.py)."""
+    checkout = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deployment-times.csv"
+    packaged = Path(__file__).resolve().parent / "data" / "bench" / "poc-deployment-times.csv"
+    return checkout if checkout.is_file() else packaged
+
+
+BASELINE = _baseline()
 
 
 @click.command()
@@ -24,7 +34,7 @@ BASELINE = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deploym
     help="runs to compare with (the proof of concept's poc-deployment-times.csv)",
 )
 @click.option("--share", "share_path", default="/share", show_default=True, type=click.Path(path_type=Path))
-@click.option("--cluster", default="default", show_default=True)
+@CLUSTER_OPTION
 @click.option("--api", default="https://vip.kubernetes.local:8443", show_default=True, help="the API through the VIP")
 @click.option("--nodes", default=None, type=int, help="Nodes that must be Ready (default: all that reported)")
 @click.option(
@@ -35,34 +45,47 @@ BASELINE = Path(__file__).resolve().parents[1] / "docs" / "bench" / "poc-deploym
 )
 @click.option("--timeout", default=600.0, show_default=True, help="seconds one rebuild may take")
 @click.option("--label", default=None, help="what the plot's title calls the cluster (default: the share)")
+@YES_OPTION
 def bench(
     runs: int,
     out_dir: Path,
     baseline: Path,
     share_path: Path,
-    cluster: str,
+    cluster: str | None,
     api: str,
     nodes: int | None,
     reboot_command: str,
     timeout: float,
     label: str | None,
+    yes: bool,
 ) -> None:
     """Rebuild the cluster RUNS times and time the proof of concept's five stages.
 
     Each run is `ek8s reset` plus a reboot of every node. Writes deployment-times.csv (the
     proof of concept's columns) and deployment-times.png (box plots beside the baseline) to
-    --out. For the lab, `ek8s lab bench` runs this command in the lab's `manager` namespace
-    (10.0.0.13), as from a Warewulf server. Exit 2 when --baseline cannot be read; exit 1 when
-    the share holds no such cluster, a run does not finish within --timeout, or the plot cannot
-    be drawn (the CSV is written all the same).
+    --out. Every run destroys the cluster's data as `ek8s reset` does: it first says what will
+    be lost and asks; without a terminal it refuses unless --yes. Each generation_started
+    event names the user who ran it. For the lab, `ek8s lab bench` runs this command in the
+    lab's `manager` namespace (10.0.0.13), as from a Warewulf server. Exit 2 when --baseline
+    cannot be read, without a terminal and without --yes, or for a cluster the share does not
+    hold; exit 1 when not confirmed, the share holds no cluster, a run does not finish within
+    --timeout, or the plot cannot be drawn (the CSV is written all the same).
     """
     try:
         base_rows = read_csv(baseline)
     except (OSError, ValueError) as err:
         click.echo(f"ek8s: --baseline: {err}", err=True)
         sys.exit(2)
-    existing_store(share_path, cluster, "bench")
-    target = Target(share=share_path, cluster=cluster, api=api, reboot_command=reboot_command, nodes=nodes)
+    user = invoking_user()
+    store = operator_store(share_path, cluster, user)
+    lines = [
+        *losses(store),
+        f"then {runs} rebuilds, each a new generation and a reboot of every node: {reboot_command}",
+    ]
+    confirm(f"ek8s bench of cluster {store.cluster} on {share_path}", lines, yes)
+    target = Target(
+        share=share_path, cluster=store.cluster, api=api, reboot_command=reboot_command, nodes=nodes, user=user
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[float]] = []
     for i in range(runs):

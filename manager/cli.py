@@ -23,23 +23,20 @@ from typing import Any
 
 import click
 
-from core import __version__
-from core.cli import existing_store, fail, load_or_exit
-from core.share import ShareError, ShareStore
+from core.cli import fail, load_or_exit, version_option
+from core.share import ShareError
 from leader.cli import node
 from manager.benchcli import bench
+from manager.clusters import CLUSTER_OPTION, SHARE_OPTION, operator_store
+from manager.reset import YES_OPTION, confirm, invoking_user, losses
 from manager.wwcli import overlay, warewulf
 from phylactery.cli import phylactery
 
 PLUGIN_GROUP = "ek8s.commands"
-SHARE_OPTION = click.option(
-    "--share", "share_path", default="/share", show_default=True, type=click.Path(path_type=Path), help="the share"
-)
-CLUSTER_OPTION = click.option("--cluster", default="default", show_default=True, help="cluster name (share directory)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ek8s")
+@version_option("ek8s")
 def cli() -> None:
     """Highly available Kubernetes on stateless Warewulf nodes.
 
@@ -100,28 +97,46 @@ def share_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     help="{nodes} becomes the comma-separated node names known to the share",
 )
 @click.option("--reboot-timeout", default=300.0, show_default=True, help="seconds the reboot command may take")
-@click.option("--reason", default="ek8s reset by the operator", show_default=True)
+@click.option("--reason", default=None, help="recorded with the new generation [default: ek8s reset by USER]")
+@YES_OPTION
 @share_errors
 def reset(
-    cluster: str, share_path: Path, reboot: bool, reboot_command: str, reboot_timeout: float, reason: str
+    cluster: str | None,
+    share_path: Path,
+    reboot: bool,
+    reboot_command: str,
+    reboot_timeout: float,
+    reason: str | None,
+    yes: bool,
 ) -> None:
-    """Start a new generation of the cluster: every node resets and the cluster is rebuilt.
+    """Start a new generation of the cluster: every node resets and the cluster is rebuilt
+    EMPTY (every Kubernetes object is lost; the etcd snapshots stay on the share unused).
 
-    Running agents notice the new generation within a second, reset (`kubeadm reset -f`; k3s:
-    stop k3s and remove its state) and elect a new leader; with --reboot the nodes are
-    rebooted as well (the proof of concept's rebuild-and-restart.sh). Exit 1 when the share
-    holds no such cluster, no node ever reported (--reboot), or the reboot command fails,
+    It first says what will be lost (the generation, the nodes, the snapshots) and asks;
+    without a terminal it refuses unless --yes. The generation_started event names the user
+    who ran it ($SUDO_USER, else the login name). Running agents notice the new generation
+    within a second, reset (`kubeadm reset -f`; k3s: stop k3s and remove its state) and elect
+    a new leader; with --reboot the nodes are rebooted as well (the proof of concept's
+    rebuild-and-restart.sh). Exit 2 without a terminal and without --yes, or for a cluster the
+    share does not hold (the clusters found are listed); exit 1 when not confirmed, when no
+    node ever reported (--reboot; nothing is written), or when the reboot command fails,
     cannot start or outlasts --reboot-timeout.
     """
-    store = existing_store(share_path, cluster, "operator")
-    state = store.rebuild(reason)
-    click.echo(f"cluster {cluster}: generation {state.generation} started ({reason})")
+    user = invoking_user()
+    store = operator_store(share_path, cluster, user)
+    nodes = store.heartbeat_names()
+    if reboot and not nodes:
+        fail("no node has ever reported to this share; nothing to reboot (nothing done)")
+    argv = [a.replace("{nodes}", ",".join(nodes)) for a in shlex.split(reboot_command)] if reboot else []
+    lines = losses(store)
+    if argv:
+        lines.append("then the nodes are rebooted: " + " ".join(argv))
+    confirm(f"ek8s reset of cluster {store.cluster} on {share_path}", lines, yes)
+    why = reason or f"ek8s reset by {user}"
+    state = store.rebuild(why)
+    click.echo(f"cluster {store.cluster}: generation {state.generation} started ({why})")
     if not reboot:
         return
-    nodes = store.heartbeat_names()
-    if not nodes:
-        fail("no node has ever reported to this share; nothing to reboot")
-    argv = [a.replace("{nodes}", ",".join(nodes)) for a in shlex.split(reboot_command)]
     click.echo("running: " + " ".join(argv))
     try:
         res = subprocess.run(argv, check=False, timeout=reboot_timeout)
@@ -133,35 +148,152 @@ def reset(
         fail(f"{argv[0]} exited {res.returncode}")
 
 
+def _show(doc: dict[str, Any], output: str, all_nodes: bool) -> str:
+    """:func:`manager.status.collect`'s document as ``-o`` asks."""
+    import json as jsonlib
+
+    import yaml
+
+    from manager.status import render
+
+    if output == "json":
+        return jsonlib.dumps(doc, indent=1)
+    if output == "yaml":
+        return yaml.safe_dump(doc, sort_keys=False).rstrip("\n")
+    return render(doc, output, all_nodes)
+
+
+@cli.command()
+@click.argument("nodes", required=False, metavar="[NODES]")
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "wide", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="table: healthy nodes folded into hostlists; wide: a row per node with address, generation, boot id",
+)
+@click.option("--json", "as_json", is_flag=True, help="the same as -o json")
+@click.option("--all", "all_nodes", is_flag=True, help="table: a row per node, healthy ones not folded")
+@click.option("--wait", is_flag=True, help="return once every node is Ready and nothing needs attention")
+@click.option("--watch", "watch", is_flag=True, hidden=True, help="former name of --wait")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds --wait waits before it gives up (exit 1)")
+@click.option("--interval", default=5.0, show_default=True, help="seconds between looks with --wait")
+@share_errors
+def status(
+    nodes: str | None,
+    cluster: str | None,
+    share_path: Path,
+    output: str,
+    as_json: bool,
+    all_nodes: bool,
+    wait: bool,
+    watch: bool,
+    timeout: float,
+    interval: float,
+) -> None:
+    """The cluster at a glance: generation, leader, etcd members, VIP holder, what needs
+    attention, a line per role, then the nodes: those that need attention first, the healthy
+    ones folded into hostlists (one row each with --all or -o wide).
+
+    NODES (a name or a hostlist, `worker[0-9],control1`) narrows the nodes shown and judged;
+    a name that never reported counts as a node that needs attention. Read from the share,
+    each control node's Phylactery and the API behind the VIP; what does not answer shows as
+    '?'. Exit 0 when healthy: the generation is ready, every node (of NODES) is in phase
+    watch, heartbeats and is Ready, and (without NODES) nothing needs attention; exit 1
+    otherwise, also when the share cannot be read or --wait runs out of time; exit 2 for bad
+    input (NODES, an unknown --cluster). With --wait, a progress line goes to stderr whenever
+    the picture changes (at least every 30 s), and the status is printed once at the end.
+    """
+    from manager.events import parse_nodes
+    from manager.status import collect, progress
+
+    if as_json:
+        output = "json"
+    try:
+        names = parse_nodes(nodes)
+    except ValueError as err:
+        fail(f"NODES: {err}", 2)
+    if watch:
+        click.echo("ek8s: --watch is now --wait (it returns once every node is Ready)", err=True)
+        wait = True
+    if interval <= 0 or timeout < 0:
+        fail("--interval must be above 0 and --timeout at least 0", 2)
+    store = operator_store(share_path, cluster, "status")
+    doc = collect(store, names)
+    if wait:
+        start = time.monotonic()
+        said, said_at = "", 0.0
+        while not doc["healthy"]:
+            elapsed = time.monotonic() - start
+            line = progress(doc, elapsed)
+            if line.split("] ", 1)[1] != said or elapsed - said_at >= 30:
+                click.echo(line, err=True)
+                said, said_at = line.split("] ", 1)[1], elapsed
+            if elapsed >= timeout:
+                click.echo(_show(doc, output, all_nodes))
+                fail(f"not every node is Ready after {timeout:.0f}s")
+            time.sleep(min(interval, timeout - elapsed))
+            doc = collect(store, names)
+    click.echo(_show(doc, output, all_nodes))
+    sys.exit(0 if doc["healthy"] else 1)
+
+
 @cli.command()
 @CLUSTER_OPTION
 @SHARE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
-@click.option("--watch", is_flag=True, help="refresh until interrupted")
-@click.option("--interval", default=2.0, show_default=True, help="seconds between refreshes with --watch")
-@click.option("--all", "all_nodes", is_flag=True, help="list every node, not only those that need attention")
+@click.option("--node", "nodes", default=None, help="only these nodes: a name or a hostlist (worker[0-9],control1)")
+@click.option("--since", default=None, help="only events since: a duration (90s, 10m, 2h, 1d) or a time (ISO 8601)")
+@click.option("--follow", "-f", is_flag=True, help="keep printing events as they come, until interrupted")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--interval", default=1.0, show_default=True, help="seconds between looks with --follow")
 @share_errors
-def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval: float, all_nodes: bool) -> None:
-    """The cluster at a glance: generation, leader, a line per role, the nodes that need
-    attention (every node with --all, or when there are at most 12), etcd members, VIP holder.
+def events(
+    cluster: str | None,
+    share_path: Path,
+    nodes: str | None,
+    since: str | None,
+    follow: bool,
+    output: str,
+    interval: float,
+) -> None:
+    """The cluster's timeline (events.jsonl on the share, with its rotated files), oldest
+    first: one line per event (time, node, generation, event, message, other fields), or with
+    -o json each event as stored, one JSON object per line.
 
-    Read from the share, each control node's Phylactery and the API behind the VIP; what does
-    not answer shows as '?'. Exit 1 when the share holds no such cluster or cannot be read.
+    Events are what the agents, Phylacteries and ek8s reset/bench record
+    (docs/share-protocol.md lists them). Exit 2 for a bad --node, --since or --cluster;
+    exit 1 when the share cannot be read. --follow ends with Ctrl-C (exit 0).
     """
-    import json as jsonlib
+    from manager.events import follow as follow_events
+    from manager.events import parse_nodes, parse_since, render, select
 
-    from manager.status import collect, render
-
-    store = existing_store(share_path, cluster, "status")
-    while True:
-        doc = collect(store)
-        text = jsonlib.dumps(doc, indent=1) if as_json else render(doc, all_nodes)
-        if not watch:
-            click.echo(text)
-            return
-        click.clear()
-        click.echo(text)
-        time.sleep(interval)
+    try:
+        names = parse_nodes(nodes)
+    except ValueError as err:
+        fail(f"--node: {err}", 2)
+    try:
+        start = parse_since(since, time.time()) if since is not None else None
+    except ValueError as err:
+        fail(f"--since: {err}", 2)
+    if interval <= 0:
+        fail("--interval must be above 0", 2)
+    store = operator_store(share_path, cluster, "events")
+    found, cursor = store.read_events(None, start)
+    shown = select(found, names, start)
+    width = max([len(str(e.get("node", ""))) for e in shown] + [8])
+    for e in shown:
+        click.echo(render(e, output, width))
+    if not follow:
+        return
+    try:
+        for e in follow_events(store, cursor, interval):
+            if select([e], names, start):
+                click.echo(render(e, output, width))
+    except KeyboardInterrupt:
+        return
 
 
 @cli.command()
@@ -169,12 +301,13 @@ def status(cluster: str, share_path: Path, as_json: bool, watch: bool, interval:
 @SHARE_OPTION
 @click.option("--check", is_flag=True, help="print nothing; exit 0 when the admin kubeconfig is there, 1 otherwise")
 @share_errors
-def kubeconfig(cluster: str, share_path: Path, check: bool) -> None:
+def kubeconfig(cluster: str | None, share_path: Path, check: bool) -> None:
     """Print the admin kubeconfig (server: the VIP name and port) for kubectl on this host.
 
-    It is the share's kube.config, written by the generation's leader. Exit 1 when there is none.
+    It is the share's kube.config, written by the generation's leader. Exit 1 when there is
+    none; exit 2 for a cluster the share does not hold, or several clusters and no --cluster.
     """
-    store = ShareStore(share_path, cluster, "operator")
+    store = operator_store(share_path, cluster, "operator")
     data = store.read_admin_kubeconfig()
     if data is None:
         if check:

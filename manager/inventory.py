@@ -21,7 +21,15 @@ from typing import Literal
 import hostlist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.config import NODE_NAME_RE, ClusterName, IPv4, KubernetesSettings, VipSettings, format_errors
+from core.config import (
+    NODE_NAME_RE,
+    ClusterName,
+    IPv4,
+    KubernetesSettings,
+    VipSettings,
+    format_errors,
+    network_overlap,
+)
 from manager import yamlfile
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -179,8 +187,9 @@ class Node(BaseModel):
 class Inventory(_Strict):
     """The whole inventory file (``warewulf_conf/inventory.yaml``; docs/warewulf.md).
 
-    Validation also refuses a name, address or MAC used twice, no control node, and a VIP that
-    is a node's address or outside the nodes' network (``ValueError`` inside pydantic, which
+    Validation also refuses a name, address or MAC used twice, no control node, a VIP that
+    is a node's address or outside the nodes' network, and Pod, Service and node networks
+    that overlap (:func:`core.config.network_overlap`) (``ValueError`` inside pydantic, which
     :func:`load_inventory` reports as :class:`InventoryError`). Only the fields
     :meth:`cluster_tags` lists reach the nodes.
     """
@@ -257,7 +266,38 @@ class Inventory(_Strict):
                 raise ValueError(f"nodes: {n.name} ({n.address}) is outside the nodes' network {net}")
         if ipaddress.IPv4Address(self.vip.address) not in net:
             raise ValueError(f"vip.address: {self.vip.address} is outside the nodes' network {net}")
+        clash = network_overlap(
+            {
+                "kubernetes.pod_subnet": self.kubernetes.pod_subnet,
+                "kubernetes.service_subnet": self.kubernetes.service_subnet,
+                "the nodes' network (nodes.0.address/warewulf.netmask)": net,
+            }
+        )
+        if clash:
+            raise ValueError(clash)
         return self
+
+    def quorum_warning(self) -> str | None:
+        """Why the number of control nodes is a poor one for etcd, or None for an odd number of
+        at least 3. etcd accepts writes while a majority of its members (one per control node)
+        is up, so 1 or 2 control nodes survive the loss of none, and an even number survives
+        as many losses as one fewer would (etcd FAQ, "Why an odd number of cluster members?":
+        etcd.io/docs/v3.5/faq/). Not refused: a lab or a test cluster may want it."""
+        n = sum(1 for node in self.expanded() if node.role == "control")
+        majority = n // 2 + 1
+        if n >= 3 and n % 2:
+            return None
+        what = f"{n} control node{'s' if n > 1 else ''}"
+        if n < 3:
+            return (
+                f"nodes: {what}: etcd needs {majority} of {n} members to accept writes, so the loss of any "
+                "control node stops the cluster; 3 control nodes survive the loss of one"
+            )
+        return (
+            f"nodes: {what}: etcd needs {majority} of {n} members to accept writes, so it survives the loss of "
+            f"{n - majority}, as {n - 1} control nodes do; an even number adds a member to every vote without "
+            f"surviving more losses: use {n - 1} or {n + 1}"
+        )
 
     @property
     def network(self) -> ipaddress.IPv4Network:

@@ -19,8 +19,9 @@ real kubeadm and are managed from the Warewulf server.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import core
@@ -37,6 +38,8 @@ NODE_PACKAGES = (core, leader, phylactery)
 # Where the overlay puts the code, relative to the node's root; the node image puts the CNI
 # manifest beside it (LIB_DIR/manifests, image_builder/Containerfile.base).
 LIB_DIR = Path("usr/local/lib/ek8s")
+# The overlay trees inside an installed wheel (copied there by setup.py).
+PACKAGED = Path(__file__).resolve().parent / "data" / "overlay"
 
 WRAPPER = """#!/bin/sh
 # {name}: the project's code from this overlay (/usr/local/lib/ek8s/python, found from this
@@ -54,34 +57,25 @@ class OverlayError(Exception):
 
 
 def source_dir() -> Path:
-    """The checked-in overlay trees (``overlay/`` next to the ``leader`` package). Raises
-    :class:`OverlayError` when ``overlay/ek8s/rootfs`` is not there (an installed, not
-    checked-out, copy of the code)."""
-    src = Path(leader.__file__).resolve().parents[1] / "overlay"
-    if not (src / "ek8s" / "rootfs").is_dir():
-        raise OverlayError(f"{src}: overlay sources not found (run from a checkout of ephemeral-k8s)")
-    return src
+    """The overlay trees: ``overlay/`` of the checkout this code runs from (next to the
+    ``leader`` package: an editable install, the lab), else the copy an installed wheel
+    carries in ``manager/data/overlay`` (setup.py). Raises :class:`OverlayError` when
+    neither has ``ek8s/rootfs``."""
+    checkout = Path(leader.__file__).resolve().parents[1] / "overlay"
+    for src in (checkout, PACKAGED):
+        if (src / "ek8s" / "rootfs").is_dir():
+            return src
+    raise OverlayError(f"overlay sources not found in {checkout} nor {PACKAGED} (a broken installation)")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
+def _symlinks(src: Path) -> dict[str, str]:
+    """The symbolic links an installed wheel could not carry (setup.py recorded them in
+    ``overlay-symlinks.json`` beside its overlay trees): ``{path under src: link target}``;
+    empty for a checkout, whose overlay trees hold their links."""
     try:
-        v = version("ephemeral-k8s")
-    except PackageNotFoundError:
-        v = "unknown"
-    repo = Path(leader.__file__).resolve().parents[1]
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(repo), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        rev = ""
-    return f"{v} {rev}".strip()
+        return dict(json.loads((src.parent / "overlay-symlinks.json").read_text()))
+    except FileNotFoundError:
+        return {}
 
 
 def _ignore(_dir: str, names: list[str]) -> list[str]:
@@ -92,8 +86,9 @@ def build(out: Path) -> list[Path]:
     """Write the overlays under ``out`` (e.g. ``/var/lib/warewulf/overlays``); return their dirs.
 
     Returns ``[out/ek8s, out/ek8s-hosts]``. Idempotent: an overlay directory made by an earlier
-    build (it has ``.ek8s-overlay``, which holds the package version and ``git describe``) is
-    replaced whole; any other existing directory of the same name is refused with
+    build (it has ``.ek8s-overlay``, which holds ``core.__version__`` and
+    :func:`core.revision`, also written to the copied code's ``core/REVISION``) is replaced
+    whole; any other existing directory of the same name is refused with
     :class:`OverlayError`, before anything is written. Raises ``OSError`` (``shutil``) when
     ``out`` cannot be written; Warewulf renders the result with ``wwctl overlay build``.
     """
@@ -103,11 +98,16 @@ def build(out: Path) -> list[Path]:
         if t.exists() and not (t / MARKER).exists():
             raise OverlayError(f"{t} exists and was not made by `ek8s overlay build`; refusing to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    version = _version()
+    version = f"{core.__version__} {core.revision()}"
+    links = _symlinks(src)
     for name, t in zip(OVERLAYS, targets, strict=True):
         if t.exists():
             shutil.rmtree(t)
         shutil.copytree(src / name, t, symlinks=True, ignore=_ignore)
+        for rel, target in links.items():
+            if rel.split("/", 1)[0] == name:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target, out / rel)
         (t / MARKER).write_text(f"{version}\n")
     root = out / "ek8s" / "rootfs"
     lib = root / LIB_DIR / "python"
@@ -115,6 +115,8 @@ def build(out: Path) -> list[Path]:
         assert pkg.__file__ is not None
         pkg_dir = Path(pkg.__file__).resolve().parent
         shutil.copytree(pkg_dir, lib / pkg_dir.name, ignore=_ignore)
+    # The node's copy of core says which tree it came from (core.revision(): no git there).
+    (lib / "core" / core.REVISION_FILE).write_text(f"{core.revision()}\n")
     (root / LIB_DIR / "VERSION").write_text(f"{version}\n")
     for name, package in PROGRAMS.items():
         wrapper = root / "usr" / "local" / "sbin" / name

@@ -1,9 +1,15 @@
-"""``ek8s status``: the cluster at a glance, for the operator on the Warewulf server.
+"""``ek8s status``: the cluster at a glance, for the operator on the Warewulf server and for
+scripts (cron, a Nagios/Icinga check) alike.
 
 Everything comes from the share (``cluster.json``, heartbeats, events, member registry) plus,
 best effort with short timeouts, each control node's Phylactery ``GET /v1/status`` (etcd
 members, VIP holder, HAProxy backends) and the API behind the VIP with the admin kubeconfig
-(Node readiness). What cannot be reached is shown as unknown, never as an error.
+(Node readiness and addresses). What cannot be reached is shown as unknown, never as an error.
+
+The verdict is :func:`healthy`, which the command's exit status reports (0 healthy, 1 not);
+the views are :func:`render` (a table whose columns fit the data, healthy nodes folded into
+hostlists, or one row per node with addresses, generations and boot ids in ``wide``) and the
+document itself as JSON or YAML.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import hostlist
+
 from core import probes, recovery
 from core.config import Timeouts
 from core.share import ShareStore
+
+HEALTHY_PHASE = "watch"
 
 
 def _phylactery(url: str) -> dict[str, Any] | None:
@@ -23,10 +33,11 @@ def _phylactery(url: str) -> dict[str, Any] | None:
     return probes.phylactery_get(url, "/v1/status", timeout_s=1.5)
 
 
-def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
-    """``{node name: Ready condition is True}`` from the API named in ``kubeconfig`` (the
-    admin kubeconfig: the VIP), or None when there is no kubeconfig, it is unusable, or the
-    API does not answer within 3 s (what :func:`core.probes.kube_errors` lists)."""
+def api_node_states(kubeconfig: Path) -> dict[str, tuple[bool, str | None]] | None:
+    """``{node name: (Ready condition is True, InternalIP or None)}`` from the API named in
+    ``kubeconfig`` (the admin kubeconfig: the VIP), or None when there is no kubeconfig, it is
+    unusable, or the API does not answer within 3 s (what :func:`core.probes.kube_errors`
+    lists). Node conditions and addresses as in the Kubernetes API's ``NodeStatus``."""
     if not kubeconfig.exists():
         return None
     from kubernetes import client
@@ -36,28 +47,41 @@ def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
         items = api.list_node(_request_timeout=3).items
     except probes.kube_errors():
         return None
-    out: dict[str, bool] = {}
+    out: dict[str, tuple[bool, str | None]] = {}
     for n in items:
-        conditions = (n.status.conditions if n.status else None) or []
-        out[(n.metadata.name if n.metadata else None) or "?"] = any(
-            c.type == "Ready" and c.status == "True" for c in conditions
-        )
+        status = n.status
+        conditions = (status.conditions if status else None) or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+        addresses = (status.addresses if status else None) or []
+        internal = next((a.address for a in addresses if a.type == "InternalIP"), None)
+        out[(n.metadata.name if n.metadata else None) or "?"] = (ready, internal)
     return out
 
 
-def collect(store: ShareStore) -> dict[str, Any]:
-    """The status document of the cluster behind ``store``; ``--json`` prints it as is.
+def api_nodes(kubeconfig: Path) -> dict[str, bool] | None:
+    """``{node name: Ready condition is True}`` (:func:`api_node_states` without addresses),
+    or None when the API cannot be asked."""
+    states = api_node_states(kubeconfig)
+    return None if states is None else {name: ready for name, (ready, _) in states.items()}
+
+
+def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
+    """The status document of the cluster behind ``store``; ``-o json``/``yaml`` print it.
 
     Keys: ``cluster``, ``generation``, ``epoch``, ``ready``, ``reason``, ``leader`` (node name
     or None) from ``cluster.json``; ``api_reachable``; ``nodes``, one dict per node that ever
-    reported or that the API lists (``name``, ``role``, ``phase``, ``heartbeat_age_s`` on the
-    share's clock, ``ready`` from the API, ``last_event`` ``{event, t, message}`` with ``t`` in
-    Unix seconds); ``etcd_members`` (sorted names) and ``etcd_quorum`` from the first
-    Phylactery that lists members; ``vip_holder`` (a name, a list when several hold it, or
-    None); ``haproxy_backends_up`` (per control node, backends whose status starts with
-    ``UP``). Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the
-    API with a 3 s timeout per attempt (the client retries a failed connection). Touches this
-    store's probe file on the share to read the share's clock.
+    reported or that the API lists, or, with ``names``, per node of ``names`` (known or not):
+    ``name``, ``role``, ``phase``, ``heartbeat_age_s`` on the share's clock, ``generation`` and
+    ``boot_id`` of its heartbeat, ``address`` (the Node's InternalIP, else its member record's),
+    ``ready`` from the API, ``last_event`` ``{event, t, message}`` with ``t`` in Unix seconds,
+    ``problem`` (:func:`node_problem`, None when healthy); ``etcd_members`` (sorted names) and
+    ``etcd_quorum`` from the first Phylactery that lists members; ``vip_holder`` (a name, a list
+    when several hold it, or None); ``haproxy_backends_up`` (per control node, backends whose
+    status starts with ``UP``); ``newest_snapshot_age_s``; ``attention`` (:func:`attention`);
+    ``selected`` (whether ``names`` narrowed ``nodes``); ``healthy`` (:func:`healthy`).
+    Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the API with a
+    3 s timeout per attempt (the client retries a failed connection). Touches this store's
+    probe file on the share to read the share's clock.
 
     Raises ``FileNotFoundError`` when the share holds no such cluster,
     :class:`core.share.ShareError` when ``cluster.json`` is not JSON, and ``OSError`` when the
@@ -68,35 +92,45 @@ def collect(store: ShareStore) -> dict[str, Any]:
         statuses = dict(
             zip([m.name for m in members], pool.map(_phylactery, [m.phylactery_url for m in members]), strict=True)
         )
-        api = pool.submit(api_nodes, store.admin_kubeconfig_path).result()
-    names = sorted(set(store.heartbeat_names()) | set(api or {}))
+        api = pool.submit(api_node_states, store.admin_kubeconfig_path).result()
+    known = set(store.heartbeat_names()) | set(api or {})
+    listed = hostlist.numerically_sorted(list(names if names is not None else known))
+    events = store.events()
     last: dict[str, dict[str, Any]] = {}
-    for e in store.events():
+    for e in events:
         last[e["node"]] = e
+    member_address = {m.name: m.address for m in members}
     nodes = []
     now = store.share_now()
-    for name in names:
-        hb = store.read_heartbeat(name, now)
+    for name in listed:
+        hb = store.read_heartbeat(name, now) if name in known else None
         event = last.get(name)
+        in_api = api.get(name) if api is not None else None
         nodes.append(
             {
                 "name": name,
                 "role": hb.role if hb else None,
                 "phase": hb.phase if hb else None,
                 "heartbeat_age_s": round(hb.age_s, 1) if hb else None,
-                "ready": api.get(name) if api is not None else None,
+                "generation": hb.generation if hb else None,
+                "boot_id": hb.boot_id if hb else None,
+                "address": (in_api[1] if in_api else None) or member_address.get(name),
+                "ready": (in_api[0] if in_api else None) if api is not None else None,
                 "last_event": {"event": event["event"], "t": event["t"], "message": event.get("message", "")}
                 if event
                 else None,
             }
         )
+    for n in nodes:
+        n["problem"] = node_problem(n, api is not None)
     answered = [s for s in statuses.values() if s]
     etcd = next((s["etcd"] for s in answered if s["etcd"]["members"]), None)
     vip_holders = [name for name, s in statuses.items() if s and s["keepalived"]["vip_held"]]
-    etcd_names = sorted(m["name"] for m in etcd["members"]) if etcd else None
+    # By node (a k3s member is named <node>-<8 hex>; Phylactery says whose it is).
+    etcd_names = sorted(m.get("node", m["name"]) for m in etcd["members"]) if etcd else None
     snapshots = store.snapshots()
     snapshot_age = round(now - snapshots[0].stat().st_mtime, 1) if snapshots else None
-    return {
+    doc = {
         "cluster": store.cluster,
         "generation": state.generation,
         "epoch": state.epoch,
@@ -105,8 +139,7 @@ def collect(store: ShareStore) -> dict[str, Any]:
         "leader": state.leader.node if state.leader else None,
         "api_reachable": api is not None,
         "nodes": nodes,
-        # By node (a k3s member is named <node>-<8 hex>; Phylactery says whose it is).
-        "etcd_members": sorted(m.get("node", m["name"]) for m in etcd["members"]) if etcd else None,
+        "etcd_members": etcd_names,
         "etcd_quorum": etcd.get("quorum") if etcd else None,
         "vip_holder": vip_holders[0] if len(vip_holders) == 1 else (vip_holders or None),
         "haproxy_backends_up": {
@@ -114,8 +147,24 @@ def collect(store: ShareStore) -> dict[str, Any]:
             for name, s in statuses.items()
         },
         "newest_snapshot_age_s": snapshot_age,
-        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age),
+        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age, events=events),
+        "selected": names is not None,
     }
+    doc["healthy"] = healthy(doc)
+    return doc
+
+
+def healthy(doc: dict[str, Any]) -> bool:
+    """The verdict ``ek8s status`` exits with (0 when True, 1 when False): the generation is
+    ready, the API behind the VIP answers (a Node's readiness is known only from it), there is
+    at least one node, no node of ``doc["nodes"]`` has a problem (:func:`node_problem`), and,
+    unless ``doc["selected"]`` (a NODE argument narrowed the nodes), nothing is on the
+    cluster's ``attention`` list. ``--wait`` waits for it."""
+    if not doc["ready"] or not doc["api_reachable"] or not doc["nodes"]:
+        return False
+    if any(node_problem(n, doc["api_reachable"]) for n in doc["nodes"]):
+        return False
+    return bool(doc.get("selected")) or not doc["attention"]
 
 
 def attention(
@@ -125,11 +174,13 @@ def attention(
     etcd_members: list[str] | None,
     snapshot_age_s: float | None,
     lease_ttl_s: float = 30.0,
+    events: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, str]]:
     """What is degraded, each as ``{"problem", "heals"}`` (what heals it by itself, or what
     the operator must do): etcd members without a live node, control nodes without a member,
-    two machines with one node name (``duplicate_name`` events of the last 10 minutes), no
-    snapshot on the share or an old one (docs/recovery.md)."""
+    two machines with one node name (``duplicate_name`` events of the last 10 minutes, from
+    ``events`` or, when None, the share), no snapshot on the share or an old one
+    (docs/recovery.md)."""
     out: list[dict[str, str]] = []
     incarnations = store.incarnations()
     names = [n for n, i in incarnations.items() if i.generation == generation]
@@ -156,7 +207,7 @@ def attention(
             )
             out.append({"problem": f"etcd quorum lost ({', '.join(a.lost)} lost their data)", "heals": heals})
     recent = time.time() - 600
-    for e in store.events():
+    for e in store.events(since=recent) if events is None else events:
         if e["event"] == "duplicate_name" and e["t"] >= recent:
             out.append(
                 {
@@ -176,9 +227,6 @@ def attention(
             }
         )
     return out
-
-
-HEALTHY_PHASE = "watch"
 
 
 def node_problem(node: dict[str, Any], api_reachable: bool, timeouts: Timeouts | None = None) -> str | None:
@@ -220,44 +268,107 @@ def role_summary(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(doc: dict[str, Any], all_nodes: bool = False) -> str:
-    """A readable view of :func:`collect`'s document: two summary lines, one line per role,
-    then the nodes that need attention first (:func:`node_problem`), then, with
-    ``all_nodes`` or while there are at most 12 nodes, every other node; unknowns print as
-    ``?``, event times in local time (``HH:MM:SS``)."""
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """``rows`` under ``headers`` in columns as wide as their widest cell plus two spaces
+    (the last column unpadded, no trailing blanks)."""
+    every = [headers, *rows]
+    widths = [max(len(r[i]) for r in every) for i in range(len(headers) - 1)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(r, widths, strict=False)), r[-1]]) for r in every]
 
-    def yn(v: object) -> str:
-        return "?" if v is None else ("yes" if v else "no")
 
+def _yn(v: object) -> str:
+    return "?" if v is None else ("yes" if v else "no")
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s ago"
+
+
+def _event(n: dict[str, Any]) -> str:
+    ev = n["last_event"]
+    if not ev:
+        return "-"
+    return f"{ev['event']} ({time.strftime('%H:%M:%S', time.localtime(ev['t']))})"
+
+
+def fold(nodes: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Healthy ``nodes`` as groups that look alike (same role, phase and readiness), each
+    with its names folded into a hostlist (``worker[0001-0117]``, python-hostlist's
+    ``collect_hostlist``); control nodes first."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for n in nodes:
+        groups.setdefault((n["role"] or "?", n["phase"] or "?", _yn(n["ready"])), []).append(n)
+    order = {"control": 0, "worker": 1}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], 2), k))
+    return [(hostlist.collect_hostlist([n["name"] for n in groups[k]]), groups[k]) for k in keys]
+
+
+def render(doc: dict[str, Any], output: str = "table", all_nodes: bool = False) -> str:
+    """A readable view of :func:`collect`'s document: two summary lines, the cluster's
+    attention list, one line per role, then a table of the nodes: those that need attention
+    first, one row each, then (``table``) the healthy ones folded into hostlists by role, phase
+    and readiness (the HEARTBEAT column shows the oldest of a group), or one row per node with
+    ``all_nodes``. ``wide`` lists every node on its own row with ADDRESS, GEN (its heartbeat's
+    generation) and BOOT ID. Columns are as wide as their data; unknowns print as ``?``,
+    event times in local time (``HH:MM:SS``)."""
     lines = [
         f"cluster {doc['cluster']}  generation {doc['generation']} ({'ready' if doc['ready'] else 'not ready'})  "
         f"leader {doc['leader'] or '-'} (epoch {doc['epoch']})  VIP holder {doc['vip_holder'] or '?'}",
-        f"etcd members: {', '.join(doc['etcd_members']) if doc['etcd_members'] else '?'}"
-        f"  quorum: {yn(doc['etcd_quorum'])}   API behind the VIP: {yn(doc['api_reachable'])}",
+        f"etcd members: {hostlist.collect_hostlist(doc['etcd_members']) if doc['etcd_members'] else '?'}"
+        f"  quorum: {_yn(doc['etcd_quorum'])}   API behind the VIP: {_yn(doc['api_reachable'])}",
     ]
     if not doc["ready"] and doc["reason"]:
         lines.append(f"reason: {doc['reason']}")
     for item in doc.get("attention") or []:
         lines.append(f"! {item['problem']} -> {item['heals']}")
     lines += role_summary(doc)
+    if not doc["nodes"]:
+        lines.append("(no node has reported to the share, and the API lists none)")
+        return "\n".join(lines)
     lines.append("")
     problems = {n["name"]: node_problem(n, doc["api_reachable"]) for n in doc["nodes"]}
     flagged = [n for n in doc["nodes"] if problems[n["name"]]]
-    healthy = [n for n in doc["nodes"] if not problems[n["name"]]]
-    show_all = all_nodes or len(doc["nodes"]) <= 12
-    shown = flagged + (healthy if show_all else [])
-    if shown:
-        lines.append(f"{'NODE':<12}{'ROLE':<9}{'PHASE':<11}{'READY':<7}{'HEARTBEAT':<11}{'ATTENTION':<22}LAST EVENT")
-    for n in shown:
-        age = f"{n['heartbeat_age_s']:.1f}s ago" if n["heartbeat_age_s"] is not None else "-"
-        ev = n["last_event"]
-        when = time.strftime("%H:%M:%S", time.localtime(ev["t"])) if ev else ""
-        event = f"{ev['event']} ({when})" if ev else "-"
-        problem = problems[n["name"]] or "-"
-        lines.append(
-            f"{n['name']:<12}{n['role'] or '?':<9}{n['phase'] or '?':<11}{yn(n['ready']):<7}{age:<11}"
-            f"{problem:<22}{event}"
-        )
-    if not show_all and healthy:
-        lines.append(f"({len(healthy)} healthy nodes not listed; --all lists every node)")
+    healthy_nodes = [n for n in doc["nodes"] if not problems[n["name"]]]
+    wide = output == "wide"
+    headers = ["NODE", "ROLE", "PHASE", "READY", *(["ADDRESS", "GEN", "BOOT ID"] if wide else [])]
+    headers += ["HEARTBEAT", "ATTENTION", "LAST EVENT"]
+
+    def row(n: dict[str, Any]) -> list[str]:
+        cells = [n["name"], n["role"] or "?", n["phase"] or "?", _yn(n["ready"])]
+        if wide:
+            gen = n["generation"]
+            cells += [n["address"] or "?", "?" if gen is None else str(gen), n["boot_id"] or "?"]
+        return [*cells, _age(n["heartbeat_age_s"]), problems[n["name"]] or "-", _event(n)]
+
+    rows = [row(n) for n in flagged]
+    if wide or all_nodes:
+        rows += [row(n) for n in healthy_nodes]
+    else:
+        for names, group in fold(healthy_nodes):
+            if len(group) == 1:
+                rows.append(row(group[0]))
+                continue
+            oldest = max((n["heartbeat_age_s"] for n in group if n["heartbeat_age_s"] is not None), default=None)
+            first = group[0]
+            beat = "-" if oldest is None else f"<={oldest:.1f}s ago"
+            rows.append([names, first["role"] or "?", first["phase"] or "?", _yn(first["ready"]), beat, "-", "-"])
+    lines += table(headers, rows)
     return "\n".join(lines)
+
+
+def progress(doc: dict[str, Any], elapsed_s: float) -> str:
+    """One line for ``--wait``: how long it has waited, the generation, how many nodes are
+    healthy, and what it still waits for (the others as a hostlist, the cluster's problems)."""
+    ok = [n for n in doc["nodes"] if n["ready"] and not node_problem(n, doc["api_reachable"])]
+    waiting = [n["name"] for n in doc["nodes"] if node_problem(n, doc["api_reachable"])]
+    parts = [
+        f"[{elapsed_s:5.0f}s] generation {doc['generation']} {'ready' if doc['ready'] else 'not ready'}",
+        f"{len(ok)}/{len(doc['nodes'])} nodes Ready",
+    ]
+    if not doc["api_reachable"]:
+        parts.append("the API behind the VIP does not answer")
+    if waiting:
+        parts.append(f"waiting for {hostlist.collect_hostlist(waiting)}")
+    if not doc.get("selected") and doc["attention"]:
+        parts.append("; ".join(a["problem"] for a in doc["attention"]))
+    return "; ".join(parts)

@@ -20,10 +20,14 @@ VERSION_CHOICE = click.Choice(["auto", "4.5", "4.6", "4.7"])
 
 def _inventory(path: str) -> Inventory:
     try:
-        return load_inventory(path)
+        inv = load_inventory(path)
     except InventoryError as err:
         click.echo(f"ek8s: {err}", err=True)
         sys.exit(2)
+    warning = inv.quorum_warning()
+    if warning:
+        click.echo(f"ek8s: warning: {path}: {warning}", err=True)
+    return inv
 
 
 def _version(inv: Inventory, asked: str, wwctl: str) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import click
 
-from core.cli import CONFIG_OPTION, LOG_LEVEL_OPTION, fail, load_or_exit
+from core.cli import CONFIG_OPTION, LOG_LEVEL_OPTION, fail, load_or_exit, version_option
 
 
 @click.command(name="phylactery", context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("ek8s-phylactery")
 @CONFIG_OPTION
 @LOG_LEVEL_OPTION
 def phylactery(config_path: str, log_level: str) -> None:

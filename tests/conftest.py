@@ -63,8 +63,7 @@ def keep_logs(lab_dir: Path, dest: Path) -> None:
         target = dest / "lab-logs" / log.relative_to(lab_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(log, target)
-    events = lab_dir / "share/default/events.jsonl"
-    if events.exists():
+    for events in (lab_dir / "share/default").glob("events.jsonl*"):  # with its rotated files
         (dest / "lab-logs").mkdir(parents=True, exist_ok=True)
-        shutil.copy(events, dest / "lab-logs/events.jsonl")
+        shutil.copy(events, dest / "lab-logs" / events.name)
     print(f"lab logs kept in {dest / 'lab-logs'}")

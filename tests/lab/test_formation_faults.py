@@ -72,7 +72,7 @@ def test_every_node_rebooted_with_wait_records_it_and_waits_for_ek8s_reset(lab: 
     time.sleep(3)
     assert store.read_state().generation == 1, "'wait' must not start a generation by itself"
     res = subprocess.run(
-        [sys.executable, "-m", "manager", "reset", "--share", state.share], capture_output=True, text=True
+        [sys.executable, "-m", "manager", "reset", "--share", state.share, "--yes"], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
     lab.wait_ready(state, 120, since=time.time())

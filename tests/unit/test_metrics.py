@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 import core
-from core import buildinfo
 from phylactery.app import make_app
 from tests.unit.agent_fakes import Harness
 from tests.unit.test_agent_states import joined_worker
@@ -77,7 +76,7 @@ def test_both_say_which_code_runs(tmp_path: Path) -> None:
         (info,) = [f for f in text_string_to_metric_families(exposition) if f.name == "ek8s_build_info"]
         (sample,) = info.samples
         assert sample.value == 1 and sample.labels["version"] == core.__version__
-        assert sample.labels["distribution"] == "kubeadm" and sample.labels["revision"] == buildinfo.revision()
+        assert sample.labels["distribution"] == "kubeadm" and sample.labels["revision"] == core.revision()
 
 
 def test_phylactery_says_how_many_members_and_how_often_it_snapshots(tmp_path: Path) -> None:

@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from core.share import ShareStore
 from leader.election import rule_for
 
 
-def ek8s(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "manager", *args], capture_output=True, text=True, timeout=60)
+def ek8s(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``ek8s ARGS`` without a terminal (stdin is /dev/null), as from cron or a script."""
+    return subprocess.run(
+        [sys.executable, "-m", "manager", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=os.environ | (env or {}),
+    )
+
+
+def on_a_terminal(args: list[str], answer: str, env: dict[str, str]) -> tuple[int, str]:
+    """``ek8s ARGS`` with a pseudo-terminal as stdin, stdout and stderr, answering ``answer``
+    to its question. Returns the exit status and everything it printed."""
+    import pty
+
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manager", *args], stdin=sub, stdout=sub, stderr=sub, env=os.environ | env
+    )
+    os.close(sub)
+    out = b""
+    try:
+        while b"Go ahead?" not in out:
+            out += os.read(main, 4096)
+        os.write(main, answer.encode() + b"\n")
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        return proc.wait(30), out.decode(errors="replace")
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Path) -> None:
@@ -25,7 +67,16 @@ def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Pat
     for node in ("control0", "worker0"):
         ShareStore(tmp_path, "lab", node).heartbeat("b", "control", "watch", 1)
     res = ek8s(
-        "reset", "--cluster", "lab", "--share", str(tmp_path), "--reboot", "--reboot-command", "echo rebooting {nodes}"
+        "reset",
+        "--cluster",
+        "lab",
+        "--share",
+        str(tmp_path),
+        "--reboot",
+        "--reboot-command",
+        "echo rebooting {nodes}",
+        "--yes",
+        env={"SUDO_USER": "alice"},
     )
     assert res.returncode == 0, res.stderr
     assert "generation 2 started" in res.stdout
@@ -33,7 +84,11 @@ def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Pat
     new = store.read_state()
     assert new.generation == 2 and new.leader is None and not new.ready
     assert not (tmp_path / "lab/leader_ready").exists() and not (tmp_path / "lab/kube.config").exists()
-    assert store.events()[-1]["event"] == "generation_started"
+    last = store.events()[-1]
+    assert last["event"] == "generation_started" and last["node"] == "alice"
+    assert last["message"] == "ek8s reset by alice"
+    # What was lost is said before it is lost, on stderr.
+    assert "generation 1 (ready since" in res.stderr and "2 nodes reset" in res.stderr
 
 
 def test_reset_of_an_unknown_cluster_fails_and_writes_nothing(tmp_path: Path) -> None:
@@ -56,7 +111,7 @@ def test_a_failing_reboot_command_exits_1(tmp_path: Path) -> None:
     store = ShareStore(tmp_path, "default", "control0")
     store.ensure()
     store.heartbeat("b", "control", "watch", 0)
-    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--reboot-command", "false {nodes}")
+    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--reboot-command", "false {nodes}", "--yes")
     assert res.returncode == 1 and "exited 1" in res.stderr
 
 
@@ -79,9 +134,9 @@ def test_status_without_reachable_nodes_shows_unknowns(tmp_path: Path) -> None:
     store.ensure()
     store.heartbeat("b0", "control", "init", 1)
     res = ek8s("status", "--share", str(tmp_path))
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # not ready: a script must see it
     assert "generation 0 (not ready)" in res.stdout and "control0" in res.stdout and "init" in res.stdout
-    assert ek8s("status", "--share", str(tmp_path), "--cluster", "nope").returncode == 1
+    assert ek8s("status", "--share", str(tmp_path), "--cluster", "nope").returncode == 2
 
 
 def test_status_names_what_is_degraded_and_what_heals_it(tmp_path: Path) -> None:
@@ -105,4 +160,69 @@ def test_status_names_what_is_degraded_and_what_heals_it(tmp_path: Path) -> None
     ]
     assert all(f["heals"] for f in found)
     res = ek8s("status", "--share", str(tmp_path))
-    assert res.returncode == 0 and "! no etcd snapshot on the share" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 1 and "! no etcd snapshot on the share" in res.stdout, res.stdout + res.stderr
+
+
+def ready_share(tmp_path: Path) -> ShareStore:
+    store = ShareStore(tmp_path, "ek8s", "control0")
+    store.ensure()
+    state, _, _ = store.attempt_leadership("10.0.0.21", "b0", rule_for("control", "control0", "b0", 30))
+    assert state.claim() is not None
+    store.mark_ready(state.claim())
+    store.heartbeat("b0", "control", "watch", 1)
+    ShareStore(tmp_path, "ek8s", "worker0").heartbeat("b1", "worker", "watch", 1)
+    store.save_snapshot(1, b"snapshot", keep=3)
+    return store
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["reset"],
+        ["reset", "--reboot", "--reboot-command", "echo {nodes}"],
+        ["bench", "--runs", "1", "--reboot-command", "echo {nodes}"],
+    ],
+)
+def test_without_a_terminal_a_destructive_command_refuses_unless_yes(tmp_path: Path, args: list[str]) -> None:
+    store = ready_share(tmp_path)
+    before = (tmp_path / "ek8s/cluster.json").read_bytes(), len(store.events())
+    out = ["--out", str(tmp_path / "out")] if args[0] == "bench" else []
+    res = ek8s(*args, *out, "--share", str(tmp_path))
+    assert res.returncode == 2 and "add --yes" in res.stderr, res.stderr
+    # It said what would be lost: the generation, the nodes, the snapshots.
+    assert "generation 1 (ready since" in res.stderr and "the cluster is rebuilt empty as generation 2" in res.stderr
+    assert "2 nodes reset" in res.stderr and "1 control (control0), 1 worker (worker0)" in res.stderr
+    assert "1 etcd snapshots stay on the share" in res.stderr
+    assert ((tmp_path / "ek8s/cluster.json").read_bytes(), len(store.events())) == before, "nothing written"
+    assert not (tmp_path / "out").exists()
+
+
+def test_on_a_terminal_no_keeps_everything_and_yes_resets(tmp_path: Path) -> None:
+    store = ready_share(tmp_path)
+    before = (tmp_path / "ek8s/cluster.json").read_bytes()
+    code, out = on_a_terminal(["reset", "--share", str(tmp_path)], "n", {"SUDO_USER": "bob"})
+    assert code == 1 and "not confirmed; nothing done" in out, out
+    assert (tmp_path / "ek8s/cluster.json").read_bytes() == before
+    code, out = on_a_terminal(["reset", "--share", str(tmp_path)], "y", {"SUDO_USER": "bob"})
+    assert code == 0 and "generation 2 started (ek8s reset by bob)" in out, out
+    assert store.read_state().generation == 2
+    assert store.events()[-1]["node"] == "bob"
+
+
+def test_the_invoking_user_is_sudos_caller_else_the_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    from manager.reset import invoking_user
+
+    monkeypatch.setenv("SUDO_USER", "carol")
+    assert invoking_user() == "carol"
+    monkeypatch.delenv("SUDO_USER")
+    monkeypatch.setattr(os, "getlogin", lambda: (_ for _ in ()).throw(OSError("no terminal")))
+    monkeypatch.setenv("LOGNAME", "dave")
+    assert invoking_user() == "dave"
+
+
+def test_reboot_without_any_node_writes_nothing(tmp_path: Path) -> None:
+    store = ShareStore(tmp_path, "default", "operator")
+    store.ensure()
+    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--yes")
+    assert res.returncode == 1 and "nothing to reboot" in res.stderr
+    assert store.read_state().generation == 0 and store.events() == []

@@ -1,11 +1,15 @@
-"""``ek8s status`` at 100 nodes: a line per role, the nodes that need attention first, every
-node with ``--all``."""
+"""``ek8s status`` at 123 nodes with long names: columns as wide as their data, the nodes that
+need attention first, the healthy ones folded into hostlists, one row per node with ``--all``
+or ``-o wide`` (address, generation, boot id), and the verdict the exit status reports."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from manager.status import node_problem, render, role_summary
+from manager.status import fold, healthy, node_problem, progress, render, role_summary, table
+
+LONG = "gpu-node-highmem-{:04d}-cluster-a"  # 31 characters: wider than any fixed column was
 
 
 def node(name: str, role: str, phase: str = "watch", ready: bool | None = True, age: float = 3.0) -> dict[str, Any]:
@@ -14,14 +18,17 @@ def node(name: str, role: str, phase: str = "watch", ready: bool | None = True, 
         "role": role,
         "phase": phase,
         "heartbeat_age_s": age,
+        "generation": 1,
+        "boot_id": f"boot-of-{name}",
+        "address": "10.0.0.21",
         "ready": ready,
         "last_event": {"event": "node_ready", "t": 1763784000.0, "message": ""},
     }
 
 
-def doc(nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "cluster": "default",
+def doc(nodes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    d = {
+        "cluster": "ek8s",
         "generation": 1,
         "epoch": 1,
         "ready": True,
@@ -35,16 +42,31 @@ def doc(nodes: list[dict[str, Any]]) -> dict[str, Any]:
         "haproxy_backends_up": {},
         "newest_snapshot_age_s": 10.0,
         "attention": [],
+        "selected": False,
+        **extra,
     }
+    for n in d["nodes"]:
+        n["problem"] = node_problem(n, d["api_reachable"])
+    return d
 
 
 def big() -> dict[str, Any]:
+    """3 control + 120 workers with long names, 3 that need attention."""
     nodes = [node(f"control{i}", "control") for i in range(3)]
-    nodes += [node(f"worker{i}", "worker", age=80.0) for i in range(100)]  # workers beat every 90 s
-    nodes[10] = node("worker7", "worker", ready=False)
-    nodes[50] = node("worker47", "worker", phase="join", ready=None)
-    nodes[2] = node("control2", "control", age=45.0)
+    nodes += [node(LONG.format(i), "worker", age=7200.3 if i == 5 else 80.0) for i in range(1, 121)]
+    nodes[10] = node(LONG.format(8), "worker", ready=False)
+    nodes[50] = node(LONG.format(48), "worker", phase="join", ready=None)
     return doc(nodes)
+
+
+def rows(text: str) -> list[str]:
+    lines = text.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("NODE")) :]
+
+
+def columns(header: str) -> list[int]:
+    """Where each column starts in the header line."""
+    return [m.start() for m in re.finditer(r"(?:(?<=  )|^)\S", header)]
 
 
 def test_problems_follow_the_role_liveness() -> None:
@@ -60,31 +82,74 @@ def test_problems_follow_the_role_liveness() -> None:
 
 def test_a_line_per_role() -> None:
     assert role_summary(big()) == [
-        "control: 3 nodes, 3 Ready, 1 need attention; watch 3",
-        "worker: 100 nodes, 98 Ready, 2 need attention; watch 99, join 1",
+        "control: 3 nodes, 3 Ready, 0 need attention; watch 3",
+        "worker: 120 nodes, 118 Ready, 3 need attention; watch 119, join 1",
     ]
 
 
-def test_100_nodes_list_only_those_that_need_attention_first() -> None:
-    text = render(big())
-    lines = text.splitlines()
-    table = lines[lines.index(next(line for line in lines if line.startswith("NODE"))) + 1 :]
-    assert [line.split()[0] for line in table[:-1]] == ["control2", "worker7", "worker47"]
-    assert table[-1] == "(100 healthy nodes not listed; --all lists every node)"
-    assert "worker: 100 nodes, 98 Ready, 2 need attention" in text
+def test_columns_fit_the_longest_cell_and_never_run_together() -> None:
+    lines = table(["NODE", "AGE", "NOTE"], [["a-very-long-node-name", "7200.3s ago", "x"], ["b", "1s", "last"]])
+    assert lines == [
+        "NODE                   AGE          NOTE",
+        "a-very-long-node-name  7200.3s ago  x",
+        "b                      1s           last",
+    ]
+
+
+def test_123_nodes_list_what_needs_attention_then_fold_the_healthy() -> None:
+    table_rows = rows(render(big()))
+    names = [r.split()[0] for r in table_rows[1:]]
+    assert names == [
+        LONG.format(5),  # heartbeat 7200s old
+        LONG.format(8),  # not Ready
+        LONG.format(48),  # phase join
+        "control[0-2]",
+        "gpu-node-highmem-[0001-0004,0006-0007,0009-0047,0049-0120]-cluster-a",
+    ]
+    start = columns(table_rows[0])
+    for r in table_rows:  # every cell starts where its header does, two spaces at least before it
+        for col in start[1:]:
+            assert r[col - 2 : col] == "  " and r[col] != " ", (r, col)
+    assert "heartbeat 7200s old" in table_rows[1] and "7200.3s ago" in table_rows[1]
+    assert "<=80.0s ago" in table_rows[-1]
 
 
 def test_all_lists_every_node_attention_first() -> None:
-    lines = render(big(), all_nodes=True).splitlines()
-    start = lines.index(next(line for line in lines if line.startswith("NODE"))) + 1
-    table = lines[start:]
-    assert len(table) == 103
-    assert [line.split()[0] for line in table[:3]] == ["control2", "worker7", "worker47"]
-    assert "not listed" not in "\n".join(lines)
+    table_rows = rows(render(big(), all_nodes=True))
+    assert len(table_rows) == 1 + 123
+    assert [r.split()[0] for r in table_rows[1:4]] == [LONG.format(5), LONG.format(8), LONG.format(48)]
 
 
-def test_a_small_cluster_lists_every_node() -> None:
-    small = doc([node(f"control{i}", "control") for i in range(3)] + [node("worker0", "worker")])
-    text = render(small)
-    rows = [line for line in text.splitlines() if line.startswith(("control", "worker")) and ":" not in line[:8]]
-    assert len(rows) == 4 and "not listed" not in text
+def test_wide_shows_address_generation_and_boot_id_for_every_node() -> None:
+    table_rows = rows(render(big(), "wide"))
+    assert table_rows[0].split() == [
+        "NODE", "ROLE", "PHASE", "READY", "ADDRESS", "GEN", "BOOT", "ID", "HEARTBEAT", "ATTENTION", "LAST", "EVENT"
+    ]  # fmt: skip
+    assert len(table_rows) == 1 + 123
+    row = next(r for r in table_rows if r.startswith(LONG.format(120)))
+    assert row.split()[4:7] == ["10.0.0.21", "1", f"boot-of-{LONG.format(120)}"]
+
+
+def test_folding_groups_by_role_phase_and_readiness() -> None:
+    groups = fold([node("w1", "worker"), node("w2", "worker"), node("c0", "control"), node("w3", "worker", ready=None)])
+    assert [(names, len(g)) for names, g in groups] == [("c0", 1), ("w3", 1), ("w[1-2]", 2)]
+
+
+def test_the_verdict() -> None:
+    assert healthy(doc([node("c0", "control"), node("w0", "worker")]))
+    assert not healthy(big())  # three nodes need attention
+    assert not healthy(doc([node("c0", "control")], ready=False))  # the generation is not ready
+    assert not healthy(doc([node("c0", "control", ready=None)], api_reachable=False))  # readiness unknown
+    assert not healthy(doc([]))  # nothing reported
+    snapshotless = [{"problem": "no etcd snapshot on the share", "heals": "..."}]
+    assert not healthy(doc([node("c0", "control")], attention=snapshotless))
+    # NODES narrowed the view: the cluster's own problems are not theirs.
+    assert healthy(doc([node("w0", "worker")], attention=snapshotless, selected=True))
+
+
+def test_progress_says_what_it_waits_for() -> None:
+    assert progress(big(), 12.4) == (
+        "[   12s] generation 1 ready; 120/123 nodes Ready; waiting for gpu-node-highmem-[0005,0008,0048]-cluster-a"
+    )
+    d = doc([node("c0", "control", ready=None)], api_reachable=False, ready=False)
+    assert progress(d, 0) == "[    0s] generation 1 not ready; 0/1 nodes Ready; the API behind the VIP does not answer"
