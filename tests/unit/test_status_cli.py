@@ -122,7 +122,7 @@ def formed(share: Path, api: FakeApi, cluster: str = "ek8s") -> ShareStore:
     store.mark_ready(fence)
     for name in CONTROL + WORKERS:
         ShareStore(share, cluster, name).heartbeat(f"b-{name}", "control" if name in CONTROL else "worker", "watch", 1)
-    for i, name in enumerate(CONTROL):
+    for name in CONTROL:
         # Every Phylactery is the loopback stand-in: a member record's URL must name its address.
         store.register_member(MemberRecord(name, "127.0.0.1", api.url, f"b-{name}", 1))
         ShareStore(share, cluster, name).record_incarnation(f"b-{name}", 1)
