@@ -39,15 +39,16 @@ def operator_store(share: Path, cluster: str | None, who: str) -> ShareStore:
     Exits 2 (bad input, nothing written) when no cluster is named and the share holds
     several, or when the named one is not among those it holds, listing the clusters found;
     exits 1 when the share holds no cluster at all (not mounted? nothing booted yet?). Never
-    creates anything. ``OSError`` from listing the share is left to the caller."""
+    creates anything; a bad record it reads is logged, not recorded as an ``invalid_record``
+    event (the nodes that read it do that). ``OSError`` from listing the share is left to the caller."""
     names = clusters_on(share)
     if cluster is None:
         if len(names) == 1:
-            return ShareStore(share, names[0], who)
+            return ShareStore(share, names[0], who, record_invalid=False)
         if not names:
             fail(f"no cluster under {share} (no {share}/*/cluster.json): is the share mounted?")
         fail(f"{share} holds several clusters ({_found(names)}): name one with --cluster or ${ENV}", 2)
-    store = ShareStore(share, cluster, who)
+    store = ShareStore(share, cluster, who, record_invalid=False)
     if not store.exists():
         if names:
             fail(f"--cluster: no cluster {cluster!r} under {share}; clusters found: {_found(names)}", 2)
