@@ -48,8 +48,12 @@ CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 # default (kubeadm's DefaultTokenDuration).
 CERTIFICATE_KEY_TTL_S = 2 * 3600.0
 TOKEN_TTL_S = 24 * 3600.0
-# Join material closer than this to its expiry is renewed before a node joins with it.
+# Join material closer than this to its expiry is renewed before a node joins with it. The
+# token gets a wider margin: workers cannot ask for a renewal (their credential does not allow
+# it), so Phylactery's join-material controller renews it ahead, checking every
+# JOIN_MATERIAL_CHECK_S (phylactery/controllers/joinmaterial.py), well inside this margin.
 RENEW_MARGIN_S = 300.0
+TOKEN_RENEW_MARGIN_S = 3600.0
 # kubeadm's etcd: the local member's client URL (static pod etcd.yaml, --advertise-client-urls
 # on the node address and --listen-client-urls on 127.0.0.1) and the PKI directory.
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
@@ -358,13 +362,18 @@ class KubeadmDriver:
         path = self._write_config("join.yaml", render_join_config(self.cfg, material))
         self._run(["join", "--config", path])
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
         """Ask the API (this node's admin kubeconfig) whether the token's
         ``bootstrap-token-<id>`` Secret and the ``kubeadm-certs`` Secret are still there and
-        more than :data:`RENEW_MARGIN_S` from expiry; renew what is not with
+        more than :data:`TOKEN_RENEW_MARGIN_S` (the token) and :data:`RENEW_MARGIN_S` (the
+        certificate key) from expiry; renew what is not, among ``parts``, with
         ``kubeadm token create TOKEN --ttl 86400s`` and ``kubeadm init phase upload-certs
         --upload-certs --certificate-key KEY``."""
         token_ok, certs_ok = self._join_material_valid(material)
+        token_ok = token_ok or "token" not in parts
+        certs_ok = certs_ok or "certificate_key" not in parts
         if token_ok and certs_ok:
             return material, []
         now = time.time()
@@ -396,6 +405,7 @@ class KubeadmDriver:
         if not self.admin_kubeconfig.exists():
             raise ApiUnavailable(f"{self.admin_kubeconfig}: no admin kubeconfig on this node yet")
         margin = time.time() + RENEW_MARGIN_S
+        token_margin = time.time() + TOKEN_RENEW_MARGIN_S
 
         def secret(name: str) -> Any:
             try:
@@ -413,7 +423,7 @@ class KubeadmDriver:
         if token_secret is not None and token_secret.data:
             raw = base64.b64decode(token_secret.data.get("expiration", "")).decode()
             expires = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp() if raw else 0.0
-            token_ok = not raw or expires > margin
+            token_ok = not raw or expires > token_margin
         certs_ok = secret("kubeadm-certs") is not None and material.certificate_key_expires_at > margin
         return token_ok, certs_ok
 
