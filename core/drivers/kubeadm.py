@@ -13,8 +13,11 @@ configuration reference:
 * ``encryptionAlgorithm: ECDSA-P256`` (v1beta4, Kubernetes 1.31+) for fast key generation.
 
 Commands run are ``kubeadm init --config F --upload-certs``, ``kubeadm join --config F``,
-``kubeadm reset -f``, and on a control node ``kubeadm token create`` and ``kubeadm init phase
-upload-certs`` to renew join material. When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
+``kubeadm reset -f``, and on a control node ``kubeadm token create --config F`` and
+``kubeadm init phase upload-certs --upload-certs --config F --skip-certificate-key-print`` to
+renew join material. Tokens and certificate keys are in the config files (0600, under
+``/run/ek8s/kubeadm``), never on a command line, where ``/proc/<pid>/cmdline`` would show them to
+every user of the node (docs/security.md). When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
 added and the config path is given relative to that root, as kubeadm's ``--rootfs`` expects.
 """
 
@@ -113,6 +116,17 @@ def render_init_config(cfg: NodeConfig, token: str, certificate_key: str) -> str
         "apiServer": {"certSANs": list(dict.fromkeys(sans))},
     }
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+def render_renewal_config(cfg: NodeConfig, token: str, certificate_key: str) -> str:
+    """The config file of a join-material renewal on a control node: an InitConfiguration
+    with the one bootstrap token ``kubeadm token create --config`` creates (TTL
+    :data:`TOKEN_TTL_S`, kubeadm's default usages and group) and the ``certificateKey``
+    ``kubeadm init phase upload-certs --config`` seals the certificates with, plus the
+    cluster's ClusterConfiguration (the phase reads ``certificatesDir`` and the etcd kind from
+    it). kubeadm refuses ``--config`` mixed with ``--ttl`` or ``--certificate-key``
+    (``ValidateMixedArguments``), so everything is in the file."""
+    return render_init_config(cfg, token, certificate_key)
 
 
 def render_join_config(cfg: NodeConfig, material: JoinMaterial) -> str:
@@ -368,9 +382,11 @@ class KubeadmDriver:
         """Ask the API (this node's admin kubeconfig) whether the token's
         ``bootstrap-token-<id>`` Secret and the ``kubeadm-certs`` Secret are still there and
         more than :data:`TOKEN_RENEW_MARGIN_S` (the token) and :data:`RENEW_MARGIN_S` (the
-        certificate key) from expiry; renew what is not, among ``parts``, with
-        ``kubeadm token create TOKEN --ttl 86400s`` and ``kubeadm init phase upload-certs
-        --upload-certs --certificate-key KEY``."""
+        certificate key) from expiry; renew what is not, among ``parts``,
+        with ``kubeadm token create --config F`` and ``kubeadm init phase upload-certs
+        --upload-certs --config F --skip-certificate-key-print``, the new token and key in
+        the config file ``F`` (0600, this node's ``/run``), never on the command line
+        (:func:`render_renewal_config`)."""
         token_ok, certs_ok = self._join_material_valid(material)
         token_ok = token_ok or "token" not in parts
         certs_ok = certs_ok or "certificate_key" not in parts
@@ -379,10 +395,18 @@ class KubeadmDriver:
         now = time.time()
         token = material.token if token_ok else generate_token()
         key = material.certificate_key if certs_ok else generate_certificate_key()
-        if not token_ok:
-            self._run(["token", "create", token, "--ttl", f"{int(TOKEN_TTL_S)}s"])
-        if not certs_ok:
-            self._run(["init", "phase", "upload-certs", "--upload-certs", "--certificate-key", key])
+        path = self._write_config("renew.yaml", render_renewal_config(self.cfg, token, key))
+        try:
+            if not token_ok:
+                # kubeadm creates the InitConfiguration's bootstrapTokens (cmd/kubeadm/app/cmd/token.go,
+                # RunCreateToken: LoadOrDefaultInitConfiguration then CreateNewTokens).
+                self._run(["token", "create", "--config", path])
+            if not certs_ok:
+                # The phase takes InitConfiguration.certificateKey (initData.CertificateKey).
+                self._run(["init", "phase", "upload-certs", "--upload-certs", "--config", path,
+                           "--skip-certificate-key-print"])  # fmt: skip
+        finally:
+            self.cfg.host_path(path).unlink(missing_ok=True)
         renewed = replace(
             material,
             token=token,
