@@ -25,9 +25,12 @@ import click
 
 from core import __version__
 from core.cli import existing_store, fail, load_or_exit
+from core.credentials import GRACE_S
 from core.share import ShareError, ShareStore
 from leader.cli import node
 from manager.benchcli import bench
+from manager.credentials import credentials
+from manager.credentials import rotate as rotate_credentials
 from manager.wwcli import overlay, warewulf
 from phylactery.cli import phylactery
 
@@ -55,6 +58,7 @@ cli.add_command(phylactery)
 cli.add_command(bench)
 cli.add_command(overlay)
 cli.add_command(warewulf)
+cli.add_command(credentials)
 
 
 @cli.group()
@@ -97,31 +101,60 @@ def share_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     "--reboot-command",
     default="wwctl ssh {nodes} reboot",
     show_default=True,
-    help="{nodes} becomes the comma-separated node names known to the share",
+    help="{nodes} becomes the comma-separated names of the cluster's nodes that reported to the share",
 )
 @click.option("--reboot-timeout", default=300.0, show_default=True, help="seconds the reboot command may take")
+@click.option(
+    "--inventory",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="with --reboot: the cluster's nodes from this inventory (default: Warewulf's registry, via --wwctl)",
+)
+@click.option("--wwctl", default="wwctl", show_default=True, help="with --reboot: the wwctl to read the registry with")
 @click.option("--reason", default="ek8s reset by the operator", show_default=True)
 @share_errors
 def reset(
-    cluster: str, share_path: Path, reboot: bool, reboot_command: str, reboot_timeout: float, reason: str
+    cluster: str,
+    share_path: Path,
+    reboot: bool,
+    reboot_command: str,
+    reboot_timeout: float,
+    inventory: Path | None,
+    wwctl: str,
+    reason: str,
 ) -> None:
-    """Start a new generation of the cluster: every node resets and the cluster is rebuilt.
+    """Start a new generation of the cluster: every node resets and the cluster is rebuilt,
+    and Phylactery's credentials are rotated (the old ones accepted for 300 s more).
 
     Running agents notice the new generation within a second, reset (`kubeadm reset -f`; k3s:
     stop k3s and remove its state) and elect a new leader; with --reboot the nodes are
-    rebooted as well (the proof of concept's rebuild-and-restart.sh). Exit 1 when the share
-    holds no such cluster, no node ever reported (--reboot), or the reboot command fails,
-    cannot start or outlasts --reboot-timeout.
+    rebooted as well (the proof of concept's rebuild-and-restart.sh): only those that reported
+    to the share AND belong to the cluster by the inventory (--inventory) or Warewulf's
+    registry (nodes tagged ek8s_cluster=CLUSTER); the others are named and left alone. Exit 1
+    when the share holds no such cluster, the cluster's nodes cannot be read, none of them
+    ever reported (--reboot; nothing written then), or the reboot command fails, cannot
+    start or outlasts --reboot-timeout.
     """
+    from manager.targets import TargetError, from_inventory, from_registry, reboot_targets
+
     store = existing_store(share_path, cluster, "operator")
+    argv: list[str] = []
+    if reboot:
+        try:
+            known, source = from_inventory(inventory, cluster) if inventory else from_registry(cluster, wwctl)
+        except TargetError as err:
+            fail(f"{err}; nothing done (the share says which nodes reported, not which are this cluster's)")
+        targets = reboot_targets(store.heartbeat_names(), known, source)
+        if targets.ignored:
+            click.echo(f"ignored heartbeats of nodes not in {source}: {', '.join(targets.ignored)}", err=True)
+        if not targets.nodes:
+            fail(f"no node of {source} has ever reported to this share; nothing to reboot (nothing done)")
+        argv = [a.replace("{nodes}", ",".join(targets.nodes)) for a in shlex.split(reboot_command)]
     state = store.rebuild(reason)
     click.echo(f"cluster {cluster}: generation {state.generation} started ({reason})")
+    click.echo(rotate_credentials(store, GRACE_S, reason))
     if not reboot:
         return
-    nodes = store.heartbeat_names()
-    if not nodes:
-        fail("no node has ever reported to this share; nothing to reboot")
-    argv = [a.replace("{nodes}", ",".join(nodes)) for a in shlex.split(reboot_command)]
     click.echo("running: " + " ".join(argv))
     try:
         res = subprocess.run(argv, check=False, timeout=reboot_timeout)
