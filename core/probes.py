@@ -5,7 +5,8 @@
   without credentials through the ``system:public-info-viewer`` ClusterRole);
 * :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client);
 * :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
-  HTTP API (docs/phylactery.md).
+  HTTPS API (docs/phylactery.md), the server verified with the Phylactery CA
+  (:func:`core.tls.client_context`); nothing is sent to a URL that is not ``https://``.
 
 HTTP to Phylactery and the readyz probe use the standard library (``urllib``), which starts
 in milliseconds; the agent must not pay aiohttp's import on its critical path.
@@ -85,20 +86,35 @@ def node_ready(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | No
     return False
 
 
-def phylactery_healthy(base_url: str, timeout_s: float = 1.0) -> bool:
-    """``GET <base_url>/healthz`` answered 200 (HAProxy and keepalived run) within ``timeout_s``."""
+def _https(base_url: str) -> None:
+    """Refuse a Phylactery URL that is not ``https://``: no credential crosses the network
+    in clear text, and no client talks to a server it cannot verify (docs/security.md)."""
+    if not base_url.lower().startswith("https://"):
+        raise urllib.error.URLError(f"{base_url}: not https; Phylactery is reached over TLS only")
+
+
+def phylactery_healthy(base_url: str, tls: ssl.SSLContext, timeout_s: float = 1.0) -> bool:
+    """``GET <base_url>/healthz`` answered 200 (HAProxy and keepalived run) within
+    ``timeout_s``, by a server ``tls`` verifies (:func:`core.tls.client_context`)."""
     try:
-        with urllib.request.urlopen(base_url + "/healthz", timeout=timeout_s) as resp:
+        _https(base_url)
+        with urllib.request.urlopen(base_url + "/healthz", timeout=timeout_s, context=tls) as resp:
             return bool(resp.status == 200)
     except (OSError, urllib.error.URLError):
         return False
 
 
-def phylactery_get(base_url: str, path: str, timeout_s: float = 1.5) -> dict[str, Any] | None:
-    """``GET <base_url><path>`` parsed as a JSON object, or None when Phylactery does not
-    answer within ``timeout_s`` seconds or answers something else."""
+def phylactery_get(
+    base_url: str, path: str, tls: ssl.SSLContext, token: str | None = None, timeout_s: float = 1.5
+) -> dict[str, Any] | None:
+    """``GET <base_url><path>`` (with ``Authorization: Bearer <token>`` when given) parsed as a
+    JSON object, or None when Phylactery does not answer within ``timeout_s`` seconds, cannot
+    be verified with ``tls``, or answers something else."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(base_url + path, timeout=timeout_s) as resp:
+        _https(base_url)
+        req = urllib.request.Request(base_url + path, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s, context=tls) as resp:
             data = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError):
         return None
@@ -106,11 +122,13 @@ def phylactery_get(base_url: str, path: str, timeout_s: float = 1.5) -> dict[str
 
 
 def phylactery_post(
-    base_url: str, path: str, token: str, body: dict[str, Any], timeout_s: float = 15.0
+    base_url: str, path: str, token: str, body: dict[str, Any], tls: ssl.SSLContext, timeout_s: float = 15.0
 ) -> tuple[int, Any]:
-    """POST ``body`` as JSON with ``Authorization: Bearer <token>``; returns (HTTP status,
-    parsed JSON, or the text when it is not JSON). Raises ``OSError`` (``URLError`` is one)
-    when Phylactery does not answer within ``timeout_s`` seconds."""
+    """POST ``body`` as JSON with ``Authorization: Bearer <token>`` to a server ``tls``
+    verifies; returns (HTTP status, parsed JSON, or the text when it is not JSON). Raises
+    ``OSError`` (``URLError`` is one) when Phylactery does not answer within ``timeout_s``
+    seconds, cannot be verified, or ``base_url`` is not ``https://`` (nothing is sent then)."""
+    _https(base_url)
     req = urllib.request.Request(
         base_url + path,
         data=json.dumps(body).encode(),
@@ -118,7 +136,7 @@ def phylactery_post(
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=tls) as resp:
             return int(resp.status), json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         raw = err.read()

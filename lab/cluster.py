@@ -357,8 +357,18 @@ class Lab:
         """Ask the cluster from inside the lab's network: the prober's document
         (:func:`lab.probe.probe`), or ``{"nodes": "<why>", "phylactery": {}}`` while it does
         not answer (it starts with the lab's namespaces)."""
-        urls = {n.name: f"http://{n.address}:9999" for n in state.nodes if n.role == "control"}
-        doc = self.ask({"op": "probe", "kubeconfig": str(self.store().admin_kubeconfig_path), "phylactery": urls})
+        urls = {n.name: f"https://{n.address}:9999" for n in state.nodes if n.role == "control"}
+        store = self.store()
+        doc = self.ask(
+            {
+                "op": "probe",
+                "kubeconfig": str(store.admin_kubeconfig_path),
+                "phylactery": urls,
+                # As the operator's ek8s status: the control-only tree's CA and credential.
+                "ca_file": str(store.phylactery_ca_path("control")),
+                "token_file": str(store.token_path),
+            }
+        )
         if doc is None or "nodes" not in doc:
             return {"nodes": f"the lab's prober does not answer on {self.probe_socket}", "phylactery": {}}
         return doc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -49,3 +50,27 @@ def load() -> Emulation:
     data = json.loads(Path(path).read_text())
     known = {f.name for f in fields(Emulation)}
     return Emulation(**{k: v for k, v in data.items() if k in known})
+
+
+def record_cmdline(tool: str) -> None:
+    """Append this process's command line as the kernel shows it to every user of the node
+    (``/proc/self/cmdline``, NUL-separated; proc(5)) to ``cmdlines.jsonl`` beside the file
+    ``$EK8S_EMULATION`` names: ``{"t", "tool", "pid", "cmdline": [...]}``. The emulated
+    kubeadm and k3s call it first thing, so the lab's tests can check that no token or key is
+    on a command line while the tools run (docs/security.md). Nothing without the variable;
+    never raises (a lab without the file loses the record, not the command)."""
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    try:
+        raw = Path("/proc/self/cmdline").read_bytes()
+        line = {
+            "t": time.time(),
+            "tool": tool,
+            "pid": os.getpid(),
+            "cmdline": [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a],
+        }
+        with open(Path(path).parent / "cmdlines.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError:
+        pass

@@ -733,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     [--cluster-reset-restore-path P]]``: runs until SIGTERM (``--cluster-reset``: until the
     reset is done); ``k3s etcd-snapshot save ...``. Exit 1 with ``level=fatal`` on a refusal."""
     argv = sys.argv[1:] if argv is None else argv
+    emulation.record_cmdline("k3s")
     if argv[:1] == ["etcd-snapshot"]:
         return snapshot_main(argv[1:])
     p = argparse.ArgumentParser(prog="k3s", description="EMULATED k3s (ephemeral-k8s lab only)")

@@ -30,8 +30,12 @@ Paths below are under ``cmd/kubeadm/app/`` in kubernetes/kubernetes (v1.32).
   when it cannot ("[reset] Failed to remove etcd member: ..., please manually remove this
   etcd member using etcdctl"), and wipes ``/var/lib/etcd`` either way; stops the kubelet
   and the static pods' processes; deletes ``/etc/kubernetes`` and ``/var/lib/kubelet``.
-* ``kubeadm token create TOKEN --ttl D`` and ``kubeadm init phase upload-certs --upload-certs
-  --certificate-key KEY``, through the control-plane endpoint with the node's admin.conf.
+* ``kubeadm token create --config F`` (or ``TOKEN --ttl D``) and ``kubeadm init phase
+  upload-certs --upload-certs --config F [--skip-certificate-key-print]`` (or
+  ``--certificate-key KEY``), through the control-plane endpoint with the node's admin.conf;
+  ``--config`` mixed with ``--ttl`` or ``--certificate-key`` is refused as kubeadm's
+  ``ValidateMixedArguments`` refuses it. Every run records its command line
+  (:func:`lab.emulation.record_cmdline`).
 
 Behaviour that matters here, as kubeadm 1.32 has it:
 
@@ -1391,17 +1395,59 @@ def admin_api(r: Root) -> Api:
     return Api(server, ctx_for(ca_pem, cert, r.pki))
 
 
-def token_create(r: Root, token: str, ttl: str) -> None:
-    """``kubeadm token create TOKEN --ttl D``."""
-    create_token(admin_api(r), token, ttl)
+def mixed_with_config(given: dict[str, object]) -> None:
+    """kubeadm's ``ValidateMixedArguments`` (``cmd/kubeadm/app/apis/kubeadm/validation``):
+    with ``--config``, only ``--config``, ``--ignore-preflight-errors``, ``--dry-run``,
+    ``--kubeconfig``, ``--node-name``, ``--kubeconfig-dir``, ``--upload-certs``,
+    ``--print-join-command``, ``--rootfs``, ``--v``, ``--log-file`` and ``--skip-*`` flags may
+    be given. ``given`` maps the flags given (set, not None) to their values. Raises
+    :class:`KubeadmError` ``can not mix '--config' with arguments [...]``."""
+    if given.get("config") is None:
+        return
+    mixed = sorted(k for k, v in given.items() if v is not None and k not in ("config", "rootfs", "upload-certs"))
+    mixed = [k for k in mixed if not k.startswith("skip-")]
+    if mixed:
+        raise KubeadmError(f"can not mix '--config' with arguments [{' '.join(mixed)}]")
+
+
+def token_create(r: Root, token: str | None, ttl: str | None, config: str | None) -> None:
+    """``kubeadm token create [TOKEN] [--ttl D]`` or ``kubeadm token create --config F``:
+    with ``--config`` the token and its TTL are the InitConfiguration's first
+    ``bootstrapTokens`` entry (``cmd/kubeadm/app/cmd/token.go``, ``RunCreateToken`` loads the
+    file and creates its tokens; a TOKEN argument is then ignored, as there). Prints the token,
+    as kubeadm does."""
+    mixed_with_config({"config": config, "ttl": ttl})
+    if config is not None:
+        ic = load_docs(r(config)).get("InitConfiguration")
+        tokens = (ic or {}).get("bootstrapTokens") or []
+        if not tokens or not tokens[0].get("token"):
+            raise KubeadmError(f"{config}: the InitConfiguration names no bootstrap token")
+        token, ttl = str(tokens[0]["token"]), str(tokens[0].get("ttl") or "24h0m0s")
+    if token is None:
+        raise KubeadmError("the emulated kubeadm does not generate tokens: give TOKEN or --config")
+    create_token(admin_api(r), token, ttl or "24h0m0s")
     print(token, flush=True)
 
 
-def upload_certs(r: Root, certificate_key: str) -> None:
-    """``kubeadm init phase upload-certs --upload-certs --certificate-key KEY``."""
+def upload_certs(r: Root, certificate_key: str | None, config: str | None, skip_print: bool) -> None:
+    """``kubeadm init phase upload-certs --upload-certs --certificate-key KEY`` or ``...
+    --config F``: the key is the InitConfiguration's ``certificateKey`` then
+    (``initData.CertificateKey`` returns ``cfg.CertificateKey``). Prints the key
+    (``[upload-certs] Using certificate key:``) unless ``--skip-certificate-key-print``, as
+    the phase does (``cmd/phases/init/uploadcerts.go``)."""
+    mixed_with_config({"config": config, "certificate-key": certificate_key})
+    if config is not None:
+        ic = load_docs(r(config)).get("InitConfiguration") or {}
+        certificate_key = ic.get("certificateKey")
+    if not certificate_key:
+        raise KubeadmError(
+            "the emulated kubeadm does not generate certificate keys: give --certificate-key or --config"
+        )
     if not re.fullmatch(r"[0-9a-f]{64}", certificate_key):
         raise KubeadmError("the certificate key must be 32 bytes, hex-encoded (64 characters)")
     upload_certificates(r, admin_api(r), certificate_key)
+    if not skip_print:
+        say(f"[upload-certs] Using certificate key:\n{certificate_key}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1420,6 +1466,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "init":
             sp.add_argument("--upload-certs", action="store_true")
             sp.add_argument("--certificate-key", default=None)
+            sp.add_argument("--skip-certificate-key-print", action="store_true")
             sp.add_argument("--ignore-preflight-errors", default="")
             sp.add_argument("phase", nargs="*", help="'phase upload-certs' only")
         else:
@@ -1430,9 +1477,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--skip-phases", default="")
     sp = sub.add_parser("token")
     sp.add_argument("action", choices=["create"])
-    sp.add_argument("token")
-    sp.add_argument("--ttl", default="24h0m0s")
+    sp.add_argument("token", nargs="?", default=None)
+    sp.add_argument("--ttl", default=None)
+    sp.add_argument("--config", default=None)
     sp.add_argument("--rootfs", default=None)
+    emulation.record_cmdline("kubeadm")
     args = p.parse_args(argv)
     r = Root(args.rootfs)
     os.umask(0o077)
@@ -1443,13 +1492,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise KubeadmError("the emulated kubeadm only supports non-interactive 'reset -f'")
             reset(r, frozenset(p for p in args.skip_phases.split(",") if p))
         elif args.cmd == "token":
-            token_create(r, args.token, args.ttl)
+            token_create(r, args.token, args.ttl, args.config)
         elif args.cmd == "init" and args.phase:
-            if args.phase != ["phase", "upload-certs"] or not args.upload_certs or not args.certificate_key:
+            if args.phase != ["phase", "upload-certs"] or not args.upload_certs:
                 raise KubeadmError(
-                    "the emulation supports 'init phase upload-certs --upload-certs --certificate-key KEY'"
+                    "the emulation supports 'init phase upload-certs --upload-certs --config F "
+                    "[--skip-certificate-key-print]' (or --certificate-key KEY)"
                 )
-            upload_certs(r, args.certificate_key)
+            upload_certs(r, args.certificate_key, args.config, args.skip_certificate_key_print)
         else:
             if not args.config:
                 raise KubeadmError("--config is required")

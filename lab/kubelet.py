@@ -55,6 +55,7 @@ from typing import Any
 import psutil
 import yaml
 
+from core.bootid import boot_id
 from core.services import ProcessServices
 
 # The static pods kubeadm writes; a running one of these with no manifest is stopped at start.
@@ -258,7 +259,9 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
     }
     node_info = {
         "architecture": "amd64",
-        "bootID": args.node_name,
+        # The kubelet reports the kernel's boot id (cadvisor's MachineInfo.BootID, read from
+        # /proc/sys/kernel/random/boot_id); a lab node's is core.bootid's, as its agent's.
+        "bootID": boot_id(args.node_root),
         "containerRuntimeVersion": "emulated://0",
         "kernelVersion": os.uname().release,
         "kubeProxyVersion": "",

@@ -174,12 +174,13 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
             store = ShareStore(Path(state.share), "default", "bench")
             for i in range(changes):
                 if i % 2 == 0:
-                    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
+                    store.register_member(MemberRecord("ghost", "10.0.0.60", "https://10.0.0.60:9999", "x", 1))
                 else:
                     store.remove_member("ghost")
+                ca = Path(state.share) / "default/phylactery-ca.crt"  # Phylactery speaks TLS only
                 curls = " & ".join(
-                    f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' "
-                    f"http://{c.address}:9999/v1/refresh"
+                    f"curl -s -o /dev/null --cacert {ca} -X POST -H 'Authorization: Bearer {token}' "
+                    f"https://{c.address}:9999/v1/refresh"
                     for c in controls
                 )
                 subprocess.run(

@@ -216,10 +216,14 @@ class Driver(Protocol):
         node.yaml's role says. Raises :class:`DriverError`."""
         ...
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
-        """On a control node: check ``material`` against the API and replace what expired.
-        Returns (the material to publish, names of the parts refreshed; empty when all was
-        still valid). Raises :class:`ApiUnavailable` or :class:`DriverError`."""
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
+        """On a control node: check ``material`` against the API and replace what expired
+        among ``parts`` (``token``: what every node joins with; ``certificate_key``: what
+        control nodes fetch the CA keys with). Returns (the material to publish, names of the
+        parts refreshed; empty when all was still valid). Raises :class:`ApiUnavailable` or
+        :class:`DriverError`."""
         ...
 
     def reset(self, whole_cluster: bool = False) -> None:

@@ -523,8 +523,10 @@ class K3sDriver:
         else:
             self._start_and_wait(["agent"], [self.kubelet_kubeconfig])
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
-        """Nothing expires in k3s's join material: returns ``(material, [])``."""
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
+        """Nothing expires in k3s's join material: returns ``(material, [])`` whatever ``parts``."""
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:

@@ -13,8 +13,11 @@ configuration reference:
 * ``encryptionAlgorithm: ECDSA-P256`` (v1beta4, Kubernetes 1.31+) for fast key generation.
 
 Commands run are ``kubeadm init --config F --upload-certs``, ``kubeadm join --config F``,
-``kubeadm reset -f``, and on a control node ``kubeadm token create`` and ``kubeadm init phase
-upload-certs`` to renew join material. When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
+``kubeadm reset -f``, and on a control node ``kubeadm token create --config F`` and
+``kubeadm init phase upload-certs --upload-certs --config F --skip-certificate-key-print`` to
+renew join material. Tokens and certificate keys are in the config files (0600, under
+``/run/ek8s/kubeadm``), never on a command line, where ``/proc/<pid>/cmdline`` would show them to
+every user of the node (docs/security.md). When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
 added and the config path is given relative to that root, as kubeadm's ``--rootfs`` expects.
 """
 
@@ -48,8 +51,12 @@ CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 # default (kubeadm's DefaultTokenDuration).
 CERTIFICATE_KEY_TTL_S = 2 * 3600.0
 TOKEN_TTL_S = 24 * 3600.0
-# Join material closer than this to its expiry is renewed before a node joins with it.
+# Join material closer than this to its expiry is renewed before a node joins with it. The
+# token gets a wider margin: workers cannot ask for a renewal (their credential does not allow
+# it), so Phylactery's join-material controller renews it ahead, checking every
+# JOIN_MATERIAL_CHECK_S (phylactery/controllers/joinmaterial.py), well inside this margin.
 RENEW_MARGIN_S = 300.0
+TOKEN_RENEW_MARGIN_S = 3600.0
 # kubeadm's etcd: the local member's client URL (static pod etcd.yaml, --advertise-client-urls
 # on the node address and --listen-client-urls on 127.0.0.1) and the PKI directory.
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
@@ -109,6 +116,17 @@ def render_init_config(cfg: NodeConfig, token: str, certificate_key: str) -> str
         "apiServer": {"certSANs": list(dict.fromkeys(sans))},
     }
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
+
+
+def render_renewal_config(cfg: NodeConfig, token: str, certificate_key: str) -> str:
+    """The config file of a join-material renewal on a control node: an InitConfiguration
+    with the one bootstrap token ``kubeadm token create --config`` creates (TTL
+    :data:`TOKEN_TTL_S`, kubeadm's default usages and group) and the ``certificateKey``
+    ``kubeadm init phase upload-certs --config`` seals the certificates with, plus the
+    cluster's ClusterConfiguration (the phase reads ``certificatesDir`` and the etcd kind from
+    it). kubeadm refuses ``--config`` mixed with ``--ttl`` or ``--certificate-key``
+    (``ValidateMixedArguments``), so everything is in the file."""
+    return render_init_config(cfg, token, certificate_key)
 
 
 def render_join_config(cfg: NodeConfig, material: JoinMaterial) -> str:
@@ -358,22 +376,37 @@ class KubeadmDriver:
         path = self._write_config("join.yaml", render_join_config(self.cfg, material))
         self._run(["join", "--config", path])
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
         """Ask the API (this node's admin kubeconfig) whether the token's
         ``bootstrap-token-<id>`` Secret and the ``kubeadm-certs`` Secret are still there and
-        more than :data:`RENEW_MARGIN_S` from expiry; renew what is not with
-        ``kubeadm token create TOKEN --ttl 86400s`` and ``kubeadm init phase upload-certs
-        --upload-certs --certificate-key KEY``."""
+        more than :data:`TOKEN_RENEW_MARGIN_S` (the token) and :data:`RENEW_MARGIN_S` (the
+        certificate key) from expiry; renew what is not, among ``parts``,
+        with ``kubeadm token create --config F`` and ``kubeadm init phase upload-certs
+        --upload-certs --config F --skip-certificate-key-print``, the new token and key in
+        the config file ``F`` (0600, this node's ``/run``), never on the command line
+        (:func:`render_renewal_config`)."""
         token_ok, certs_ok = self._join_material_valid(material)
+        token_ok = token_ok or "token" not in parts
+        certs_ok = certs_ok or "certificate_key" not in parts
         if token_ok and certs_ok:
             return material, []
         now = time.time()
         token = material.token if token_ok else generate_token()
         key = material.certificate_key if certs_ok else generate_certificate_key()
-        if not token_ok:
-            self._run(["token", "create", token, "--ttl", f"{int(TOKEN_TTL_S)}s"])
-        if not certs_ok:
-            self._run(["init", "phase", "upload-certs", "--upload-certs", "--certificate-key", key])
+        path = self._write_config("renew.yaml", render_renewal_config(self.cfg, token, key))
+        try:
+            if not token_ok:
+                # kubeadm creates the InitConfiguration's bootstrapTokens (cmd/kubeadm/app/cmd/token.go,
+                # RunCreateToken: LoadOrDefaultInitConfiguration then CreateNewTokens).
+                self._run(["token", "create", "--config", path])
+            if not certs_ok:
+                # The phase takes InitConfiguration.certificateKey (initData.CertificateKey).
+                self._run(["init", "phase", "upload-certs", "--upload-certs", "--config", path,
+                           "--skip-certificate-key-print"])  # fmt: skip
+        finally:
+            self.cfg.host_path(path).unlink(missing_ok=True)
         renewed = replace(
             material,
             token=token,
@@ -396,6 +429,7 @@ class KubeadmDriver:
         if not self.admin_kubeconfig.exists():
             raise ApiUnavailable(f"{self.admin_kubeconfig}: no admin kubeconfig on this node yet")
         margin = time.time() + RENEW_MARGIN_S
+        token_margin = time.time() + TOKEN_RENEW_MARGIN_S
 
         def secret(name: str) -> Any:
             try:
@@ -413,7 +447,7 @@ class KubeadmDriver:
         if token_secret is not None and token_secret.data:
             raw = base64.b64decode(token_secret.data.get("expiration", "")).decode()
             expires = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp() if raw else 0.0
-            token_ok = not raw or expires > margin
+            token_ok = not raw or expires > token_margin
         certs_ok = secret("kubeadm-certs") is not None and material.certificate_key_expires_at > margin
         return token_ok, certs_ok
 

@@ -19,6 +19,8 @@ loop                module                          job
                                                     whose member leads etcd
 ``reaper``          :mod:`.reaper`                  remove an etcd member whose node lost its
                                                     data
+``join_material``   :mod:`.joinmaterial`            keep the token workers join with valid
+                                                    (they cannot ask for join material)
 ==================  ==============================  =========================================
 
 Each runs under Phylactery's :class:`core.supervise.Supervisor` (``/healthz`` is 503 while one
@@ -32,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from phylactery.controllers.joinmaterial import JoinMaterialController
 from phylactery.controllers.notify import PeerNotifier
 from phylactery.controllers.reaper import ReaperController
 from phylactery.controllers.reconcile import ReconcileController
@@ -49,10 +52,12 @@ class Controllers:
     notify: PeerNotifier
     snapshot: SnapshotController
     reaper: ReaperController
+    join_material: JoinMaterialController
 
     def loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(loop name, coroutine function)`` of each, in the order they start."""
-        return [(c.name, c.run) for c in (self.reconcile, self.notify, self.snapshot, self.reaper)]
+        loops = (self.reconcile, self.notify, self.snapshot, self.reaper, self.join_material)
+        return [(c.name, c.run) for c in loops]
 
 
 def register(p: Phylactery) -> Controllers:
@@ -62,4 +67,5 @@ def register(p: Phylactery) -> Controllers:
         notify=PeerNotifier(p),
         snapshot=SnapshotController(p),
         reaper=ReaperController(p),
+        join_material=JoinMaterialController(p),
     )

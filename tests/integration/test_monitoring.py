@@ -77,7 +77,7 @@ def phylactery_metrics(tmp_path: Path) -> str:
     async def _run() -> str:
         p = make_phylactery(tmp_path)
         p.controllers.reconcile.last_result = {"members": ["control0"]}
-        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+        async with TestClient(TestServer(make_app(p))) as client:
             return await (await client.get("/metrics")).text()
 
     return asyncio.run(_run())

@@ -151,11 +151,48 @@ def members(state: LabState, via: str) -> dict[str, int] | None:
     return {K3S_MEMBER.sub("", m.get("name", "")): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
 
 
+def share_dir(state: LabState) -> Path:
+    """The lab cluster's directory on the share (the Warewulf server's view of it)."""
+    return Path(state.share) / "default"
+
+
+def phylactery_curl(state: LabState, via: str, url: str, *args: str, credential: str | None = "control") -> Any:
+    """``curl`` from ``via``'s namespace to a Phylactery ``url`` (HTTPS, verified with the
+    share's Phylactery CA) with ``credential``'s bearer token (``control``, ``worker`` or None),
+    printing the body then the HTTP status on a line of its own (``-w``)."""
+    share = share_dir(state)
+    auth: list[str] = []
+    if credential is not None:
+        path = share / ("phylactery.token" if credential == "control" else "nodes/phylactery-worker.token")
+        auth = ["-H", f"Authorization: Bearer {path.read_text().strip()}"]
+    return in_ns(
+        state, via, "curl", "-s", "-m", "10", "--cacert", str(share / "phylactery-ca.crt"),
+        "-w", "\n%{http_code}", *auth, *args, url,
+    )  # fmt: skip
+
+
+def phylactery_call(
+    state: LabState,
+    via: str,
+    node: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    credential: str | None = "control",
+) -> tuple[int, Any]:
+    """(HTTP status, JSON answer) of ``path`` on ``node``'s Phylactery from ``via``'s namespace
+    (POST with ``body``, else GET); status 0 when curl got no answer."""
+    url = f"https://{state.node(node).address}:9999{path}"
+    extra = ["-X", "POST", "-d", json.dumps(body)] if body is not None else []
+    res = phylactery_curl(state, via, url, *extra, credential=credential)
+    text, _, code = res.stdout.rpartition("\n")
+    return int(code or 0), json.loads(text) if text.strip() else None
+
+
 def phylactery_status(state: LabState, node: str, via: str = "worker0") -> dict[str, Any]:
-    """``GET /v1/status`` of ``node``'s Phylactery, from ``via``'s namespace."""
-    res = in_ns(state, via, "curl", "-sf", "-m", "5", f"http://{state.node(node).address}:9999/v1/status")
-    assert res.returncode == 0, res.stderr
-    return dict(json.loads(res.stdout))
+    """``GET /v1/status`` of ``node``'s Phylactery (the control credential), from ``via``'s namespace."""
+    code, doc = phylactery_call(state, via, node, "/v1/status")
+    assert code == 200, (code, doc)
+    return dict(doc)
 
 
 def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:

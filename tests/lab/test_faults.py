@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,8 @@ from tests.lab.kit import (
     lab_processes,
     link_up,
     members,
+    phylactery_call,
+    phylactery_curl,
     phylactery_status,
     require_image,
 )
@@ -214,7 +217,8 @@ def test_up_forms_the_cluster_and_reports_it(tour: Tour) -> None:
     assert "10.0.0.99" not in host and "10.0.0.21" not in host
     # Share secrets are root-only; the leader's marker names the leader.
     share = Path(r["share"]) / "default"
-    for p in (share / "kube.config", share / "join.json", share / "phylactery.token"):
+    secrets = ("kube.config", "join.json", "phylactery.token", "phylactery-ca.key", "nodes/phylactery-worker.token")
+    for p in (share / name for name in secrets):
         assert p.stat().st_mode & 0o777 == 0o600, p
     assert (share / "leader_ready").exists() and (share / "leader").read_text().split()[0] == r["leader"]
 
@@ -275,13 +279,10 @@ def test_a_killed_phylactery_is_started_again(tour: Tour) -> None:
 
     wait_for(restarted, 20, 0.5, "Phylactery on control1 started again")
     wait_for(
-        lambda: (
-            in_ns(tour.state, "worker0", "curl", "-sf", "-m", "1", f"http://{node.address}:9999/healthz").returncode
-            == 0
-        ),
+        lambda: phylactery_call(tour.state, "worker0", "control1", "/healthz", credential=None)[0] == 200,
         20,
         0.5,
-        "Phylactery on control1 answers",
+        "Phylactery on control1 answers (HTTPS, its new certificate verified)",
     )
 
 
@@ -311,21 +312,15 @@ def test_prune_of_a_live_node_is_refused_also_from_a_second_machine_with_its_nam
     second machine heartbeats with its name, which ``ek8s status`` and the events report."""
     tour.create("before-prune")
     state, store = tour.state, tour.store
-    token = (tour.dir / "share/default/phylactery.token").read_text().strip()
     target = state.node("control1")
 
     def prune(boot_id: str) -> tuple[int, dict[str, str]]:
-        body = json.dumps({"name": target.name, "address": target.address, "boot_id": boot_id})
-        res = in_ns(
-            state, "worker0", "curl", "-s", "-m", "10", "-w", "\n%{http_code}", "-X", "POST",
-            "-H", f"Authorization: Bearer {token}", "-d", body,
-            f"http://{state.node('control0').address}:9999/v1/prune",
-        )  # fmt: skip
-        text, _, code = res.stdout.rpartition("\n")
-        return int(code), json.loads(text)
+        body = {"name": target.name, "address": target.address, "boot_id": boot_id}
+        return phylactery_call(state, "worker0", "control0", "/v1/prune", body)  # the control credential
 
     code, answer = prune("not-its-boot")
     assert code == 409 and "control1 is alive in another boot" in answer["error"], answer
+    assert "not-its-boot" not in answer["error"], "answers never echo boot ids"
     imposter = ShareStore(tour.dir / "share", "default", "control1")
     imposter.heartbeat("imposter-boot", "control", "watch", 1)  # a second machine named control1
     duplicate = wait_for(
@@ -349,6 +344,55 @@ def test_prune_of_a_live_node_is_refused_also_from_a_second_machine_with_its_nam
 
 
 @pytest.mark.lab
+def test_a_workers_credential_prunes_only_its_own_node(tour: Tour) -> None:
+    """Issue 20: as root on worker0, with what a worker holds (the worker credential, from the
+    node tree), nothing of another node can be pruned (by name, by address, with its copied
+    boot id: 403 naming why), join material cannot be asked for (403), the status says only
+    healthy or not; and even the control credential no longer deletes a live worker's Node by
+    its address (``ghost``)."""
+    tour.create("before-worker-credential")
+    state, share = tour.state, tour.dir / "share/default"
+    worker1 = state.node("worker1")
+    copied = json.loads((share / "heartbeats/worker1").read_text())["boot_id"]  # any worker can read it
+    mine = json.loads((share / "heartbeats/worker0").read_text())["boot_id"]
+
+    def as_worker0(path: str, body: dict[str, str] | None = None) -> tuple[int, Any]:
+        return phylactery_call(state, "worker0", "control1", path, body, credential="worker")
+
+    code, answer = as_worker0("/v1/join-material", {})
+    assert (code, answer) == (
+        403,
+        {"error": "the worker credential may not call POST /v1/join-material: it needs control"},
+    )
+    assert as_worker0("/v1/refresh", {})[0] == 403
+    refusals = {
+        "by name": {"name": "worker1", "address": worker1.address, "boot_id": copied},
+        "by address": {"name": "ghost", "address": worker1.address, "boot_id": "x"},
+        "from its own address": {"name": "worker1", "address": "10.0.0.41", "boot_id": copied},
+    }
+    for why, body in refusals.items():
+        code, answer = as_worker0("/v1/prune", body)
+        assert code == 403 and "nothing removed" in answer["error"], (why, code, answer)
+        assert copied not in answer["error"], "answers never echo boot ids"
+    assert "InternalIP is 10.0.0.42, not the requester's address 10.0.0.41" in answer["error"]
+    # Itself, in its current boot: allowed, and nothing of its running incarnation goes.
+    code, answer = as_worker0("/v1/prune", {"name": "worker0", "address": "10.0.0.41", "boot_id": mine})
+    assert code == 200 and answer["deleted_nodes"] == [] and answer["deleted_secrets"] == [], answer
+    assert [k["name"] for k in answer["kept_nodes"]] == ["worker0"]
+    # The status: healthy or not, nothing more, without the control credential.
+    assert phylactery_call(state, "worker0", "control1", "/v1/status", credential="worker") == (200, {"ok": True})
+    assert phylactery_call(state, "worker0", "control1", "/v1/status", credential=None) == (200, {"ok": True})
+    # Even with the control credential, a prune by address never reaches a live node's objects.
+    code, answer = phylactery_call(
+        state, "worker0", "control1", "/v1/prune", {"name": "ghost", "address": worker1.address, "boot_id": "x"}
+    )
+    assert code == 200 and answer["deleted_nodes"] == [] and answer["deleted_secrets"] == [], answer
+    assert answer["kept_nodes"][0]["name"] == "worker1"
+    tour.whole()
+    tour.all_kept()
+
+
+@pytest.mark.lab
 def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(tour: Tour) -> None:
     """Reboots (the RAM root is gone) of worker0, a control node that does not lead, then the
     leader: each is pruned and rejoins. kubeadm: the control node finds its join material
@@ -368,7 +412,11 @@ def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(t
             assert inside(state, name, "touch", "/var/tmp/left-behind").returncode == 0
         since = time.time()
         tour.lab.reboot_nodes(tour.state, [name])  # machines: `systemctl reboot` inside
-        assert any(e["event"] == "pruned" and e["node"] == name for e in store.events()), f"{name} not pruned"
+        pruned = [e for e in store.events() if e["event"] == "pruned" and e["node"] == name and e["t"] >= since]
+        assert pruned, f"{name} not pruned"
+        # A worker prunes itself with the worker credential: its previous incarnation's Node
+        # (k3s: and its node-password Secret) goes.
+        assert name != "worker0" or pruned[-1]["deleted_nodes"] == ["worker0"], pruned[-1]
         tour.whole()
         assert etcd_member_names(tour.lab, tour.state, "control0" if name != "control0" else "control1") == CONTROL
         if tour.mode == "machines":
@@ -381,6 +429,62 @@ def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(t
         after = json.loads((share / "join.json").read_text())
         assert after["token"] != before["token"] and after["certificate_key"] != before["certificate_key"]
         assert any(e["event"] == "join_material_refreshed" for e in store.events())
+    tour.all_kept()
+
+
+@pytest.mark.lab
+def test_no_token_or_key_was_ever_on_a_command_line(tour: Tour) -> None:
+    """Every run of the emulated kubeadm and k3s recorded its ``/proc/self/cmdline`` while it
+    ran (lab/emulation.py): none carries a bootstrap token, a certificate key or a k3s token
+    secret, though inits, joins and (kubeadm) join-material renewals all ran by now."""
+    # Beside emulation.json: the lab's own (process nodes, the refusal checks run from the
+    # host), and the one bound into machines.
+    found = [p for p in (tour.dir / "cmdlines.jsonl", tour.dir / "emulation/cmdlines.jsonl") if p.exists()]
+    runs = [json.loads(line) for p in found for line in p.read_text().splitlines()]
+    assert len(runs) >= 5, found
+    tools = {r["tool"] for r in runs}
+    assert tools == {tour.distribution}, tools
+    material = json.loads((tour.dir / "share/default/join.json").read_text())
+    secrets = {material["token"].rsplit(":", 1)[-1].split(".")[-1], material["certificate_key"].rsplit(":", 1)[-1]}
+    for r in runs:
+        line = " ".join(r["cmdline"])
+        assert not any(s in line for s in secrets), line
+        assert not re.search(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b|\b[0-9a-f]{64}\b", line), line
+    if tour.distribution == "kubeadm":
+        assert any("token create --config" in " ".join(r["cmdline"]) for r in runs), "the renewal ran"
+
+
+@pytest.mark.lab
+def test_credentials_rotated_during_a_running_cluster_cause_no_failed_join(tour: Tour) -> None:
+    """``ek8s credentials rotate``: the old credentials keep working for the grace window,
+    then are refused; the new ones work at once, and a worker that reboots afterwards prunes
+    itself and rejoins with the new worker credential."""
+    tour.create("before-rotation")
+    state, store = tour.state, tour.store
+    old = (tour.dir / "share/default/phylactery.token").read_text().strip()
+    rotated = time.time()
+    res = subprocess.run(
+        [sys.executable, "-m", "manager", "credentials", "rotate", "--share", str(tour.dir / "share"), "--yes",
+         "--grace", "5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0 and "credentials rotated" in res.stdout, res.stderr
+    assert phylactery_call(state, "worker0", "control0", "/v1/refresh", {})[0] == 202, "the new one, at once"
+    url = f"https://{state.node('control0').address}:9999/v1/refresh"
+
+    def with_old() -> int:
+        got = phylactery_curl(
+            state, "worker0", url, "-X", "POST", "-H", f"Authorization: Bearer {old}", credential=None
+        )
+        return int(got.stdout.rpartition("\n")[2] or 0)
+
+    assert with_old() == 202, "the old one during the grace window"
+    wait_for(lambda: with_old() == 401, 15, 0.5, "the old control credential refused after the grace window")
+    tour.lab.reboot_nodes(tour.state, ["worker1"])
+    events = [e for e in store.events() if e["t"] >= rotated]
+    assert [e for e in events if e["event"] == "pruned" and e["node"] == "worker1"]
+    assert not [e for e in events if e["event"] == "join_failed"], events
+    tour.whole()
     tour.all_kept()
 
 
@@ -448,13 +552,14 @@ def test_a_refresh_burst_reloads_haproxy_at_most_twice_and_reconcile_heals_the_r
         "worker0",
         "sh",
         "-c",
-        f"for i in $(seq 50); do curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' "
-        f"http://{state.node('control0').address}:9999/v1/refresh & done; wait",
+        f"for i in $(seq 50); do curl -s -o /dev/null --cacert {tour.dir}/share/default/phylactery-ca.crt "
+        f"-X POST -H 'Authorization: Bearer {token}' "
+        f"https://{state.node('control0').address}:9999/v1/refresh & done; wait",
     )
     assert burst.returncode == 0
     time.sleep(1.0)
     assert phylactery_status(state, "control0")["haproxy"]["reloads"] - before <= 2
-    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
+    store.register_member(MemberRecord("ghost", "10.0.0.60", "https://10.0.0.60:9999", "x", 1))
     wait_for(lambda: "ghost" in {b["name"] for b in phylactery_status(state, "control1")["haproxy"]["backends"]}, 10)
     store.remove_member("ghost")
     wait_for(

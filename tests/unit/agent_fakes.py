@@ -95,7 +95,9 @@ class FakeDriver:
         self._cmd("join")
         self.joined = True
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:
@@ -136,6 +138,7 @@ class FakeProbes:
         self.node: bool | None = None
         self.phylactery = True
         self.posts: list[tuple[str, str, dict[str, Any]]] = []
+        self.tokens: list[str] = []  # the credential each post carried
         self.etcd: LocalView | None = None
         self.answers: dict[str, tuple[int, Any]] = {}
 
@@ -153,6 +156,7 @@ class FakeProbes:
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         self.posts.append((url, path, body))
+        self.tokens.append(token)
         if path in self.answers:
             return self.answers[path]
         return 200, {"refreshed": []} if path == "/v1/join-material" else {}
@@ -263,6 +267,7 @@ def ready_generation(share: Path, leader: str = "control0") -> ShareStore:
     """A generation made ready by ``leader`` through the store's own verbs."""
     store = ShareStore(share, "default", leader)
     store.ensure()
+    store.ensure_credentials()  # what the leader's Phylactery makes at its start
     from leader.election import rule_for
 
     state, action, _ = store.attempt_leadership("10.0.0.21", f"boot-{leader}", rule_for("control", leader, "b", 30))

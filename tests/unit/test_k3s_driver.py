@@ -113,6 +113,8 @@ FAKE_K3S = textwrap.dedent(
     mode = (root / "mode").read_text().strip()
     with open(root / "calls", "a") as calls:
         print(" ".join(args), file=calls)
+    with open(root / "cmdlines", "a") as seen:  # what every user of the node sees (proc(5))
+        print(open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode(), file=seen)
     if args[:2] == ["etcd-snapshot", "save"]:
         d = root / args[args.index("--dir") + 1].lstrip("/")
         name = args[args.index("--name") + 1] + "-" + args[args.index("--node-name") + 1] + "-1700000000"
