@@ -591,7 +591,10 @@ class ApiServer:
     # -- resources --------------------------------------------------------------------
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Every ``/api`` and ``/apis`` path (and any other path: 404): resolve it against
-        the catalog, authorise the verb, and serve it."""
+        the catalog, authorise the verb, and serve it. The health and version paths take GET
+        only: another method there is a 405."""
+        if request.path.split("/")[1] in ("healthz", "livez", "readyz", "version"):
+            raise am.method_not_allowed()
         t = apiresources.resolve(request.path)
         if t.discovery:
             return await self.discovery(request, t)

@@ -354,6 +354,8 @@ BAD = [
      "UnsupportedMediaType"),
     ("POST", CMS, b"k8s\x00\x0a\xff", PB_CT, 400, "BadRequest"),
     ("POST", f"{CMS}/x", b"{}", JSON_CT, 405, "MethodNotAllowed"),
+    ("POST", "/version", b"{}", JSON_CT, 405, "MethodNotAllowed"),
+    ("DELETE", "/readyz/etcd", None, {}, 405, "MethodNotAllowed"),
     ("POST", "/api/v1/configmaps", b"{}", JSON_CT, 405, "MethodNotAllowed"),
     ("DELETE", CMS, None, {}, 405, "MethodNotAllowed"),
     ("GET", "/api/v1/nodes?watch=true", None, {}, 405, "MethodNotAllowed"),
