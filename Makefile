@@ -10,12 +10,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container prometheus
+# Debian's real kubectl (a Go binary) of two minors, for the lab's tests and the operator:
+# $(KUBECTL_DIR)/<minor>/usr/bin/kubectl, unpacked from trixie (1.32) and sid (1.36) by
+# scripts/fetch-deb.sh without touching the host's apt sources. A kubectl on the host's PATH
+# (another vendor's, another version) is never used.
+KUBECTL_DIR ?= /opt/ek8s/kubectl
+KUBECTL_VERSIONS := 1.32:trixie 1.36:sid
 # Machines by default: the overlay's units under systemd, real reboots (docs/lab.md).
 LAB_ARGS ?= --control 3 --workers 2 --machines
 
-.PHONY: lab test lint typecheck unit integration labtests deps system-deps venv bench clean
+.PHONY: lab test lint typecheck unit integration labtests deps system-deps venv kubectl bench clean
 
-deps: system-deps venv
+deps: system-deps venv kubectl
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -26,6 +32,22 @@ system-deps:
 	@# Debian may start the packaged daemons; the project runs its own (prometheus is
 	@# installed for promtool only: tests check metrics and alert rules with it).
 	@for s in etcd haproxy keepalived prometheus; do (systemctl stop $$s 2>/dev/null || service $$s stop 2>/dev/null) >/dev/null || true; done
+
+kubectl: $(foreach v,$(KUBECTL_VERSIONS),$(KUBECTL_DIR)/$(firstword $(subst :, ,$(v)))/usr/bin/kubectl)
+
+# Under a lock (sessions share the directory), unpacked beside, checked (the suite still ships
+# that minor: sid moves on), then moved in place.
+$(KUBECTL_DIR)/%/usr/bin/kubectl:
+	@mkdir -p $(KUBECTL_DIR); exec 9>$(KUBECTL_DIR)/.lock; flock 9; [ -x $@ ] && exit 0; \
+	suite=""; for v in $(KUBECTL_VERSIONS); do [ "$${v%%:*}" = "$*" ] && suite=$${v#*:}; done; \
+	[ -n "$$suite" ] || { echo "kubectl $*: not in KUBECTL_VERSIONS ($(KUBECTL_VERSIONS))" >&2; exit 2; }; \
+	tmp=$(KUBECTL_DIR)/.$*.new; rm -rf $$tmp; \
+	scripts/fetch-deb.sh $$suite $$tmp kubectl || exit 1; \
+	got=$$($$tmp/usr/bin/kubectl version --client -o json | sed -n 's/.*"minor": *"\([0-9]*\).*/1.\1/p' | head -1); \
+	if [ "$$got" != "$*" ]; then \
+		echo "kubectl from $$suite is $$got, not $*: update KUBECTL_VERSIONS in the Makefile" >&2; rm -rf $$tmp; exit 1; \
+	fi; \
+	rm -rf $(KUBECTL_DIR)/$* && mv $$tmp $(KUBECTL_DIR)/$*
 
 venv: $(BIN)/.installed
 

@@ -244,6 +244,60 @@ def test_operator_tools_see_the_cluster(tour: Tour, tmp_path: Path) -> None:
 
 
 @pytest.mark.lab
+def test_the_real_kubectl_works_through_the_vip(tour: Tour, tmp_path: Path) -> None:
+    """The operator's first commands, with Debian's real kubectl (1.32 and 1.36, ``make
+    kubectl``) and the share's kube.config, from the manager namespace (the Warewulf server's
+    stand-in) through the VIP: what kubectl prints. The ConfigMaps it makes are kept through
+    every later fault."""
+    from tests import realkubectl
+
+    state = tour.state
+    kubeconfig = tour.dir / "share/default/kube.config"
+    for minor in realkubectl.MINORS:
+
+        def k(*args: str, minor: str = minor) -> subprocess.CompletedProcess[str]:
+            prefix = ("ip", "netns", "exec", state.manager)
+            return realkubectl.run(minor, kubeconfig, tmp_path / minor, *args, prefix=prefix)
+
+        version = k("version")
+        assert version.returncode == 0, version.stderr
+        assert f"Client Version: v{minor}." in version.stdout and "Server Version: v1." in version.stdout
+
+        wide = k("get", "nodes", "-o", "wide")
+        assert wide.returncode == 0, wide.stderr
+        lines = wide.stdout.splitlines()
+        assert lines[0].split()[:7] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP"]
+        rows = {line.split()[0]: line.split() for line in lines[1:]}
+        assert sorted(rows) == ALL
+        for n, cells in rows.items():
+            assert cells[1] == "Ready", cells
+            assert ("control-plane" in cells[2]) == (n in CONTROL) and cells[5] == state.node(n).address, cells
+
+        desc = k("describe", "node", "control0")
+        assert desc.returncode == 0, desc.stderr
+        assert "Name:               control0" in desc.stdout and "InternalIP:  10.0.0.21" in desc.stdout
+        assert re.search(r"\n  Ready +True ", desc.stdout), desc.stdout
+
+        name = f"kubectl-{minor.replace('.', '-')}"
+        made = k("create", "configmap", name, "--from-literal=kept=yes")
+        assert (made.returncode, made.stdout.strip()) == (0, f"configmap/{name} created"), made.stderr
+        tour.kept.append(name)
+        assert k("get", "configmap", name, "-o", "jsonpath={.data.kept}").stdout == "yes"
+
+        pods = k("get", "pods", "-A")
+        assert (pods.returncode, pods.stdout, pods.stderr.strip()) == (0, "", "No resources found")
+        resources = [line.split() for line in k("api-resources").stdout.splitlines()]
+        assert ["nodes", "no", "v1", "false", "Node"] in resources
+        assert ["configmaps", "cm", "v1", "true", "ConfigMap"] in resources
+        assert k("get", "--raw", "/readyz").stdout == "ok"
+    # The operator's way in, `ek8s lab exec manager -- kubectl ...`, reaches the same API.
+    via = ek8s(tour.dir, "exec", "manager", "--", str(realkubectl.path("1.36")), f"--kubeconfig={kubeconfig}",
+               f"--cache-dir={tmp_path / 'exec'}", "get", "configmaps", "-o", "name")  # fmt: skip
+    assert via.returncode == 0 and "configmap/kubectl-1-36" in via.stdout.split(), via.stderr
+    tour.all_kept()
+
+
+@pytest.mark.lab
 def test_emulated_tools_refuse_what_the_real_ones_refuse(tour: Tour) -> None:
     """kubeadm's and k3s's refusals (lab/kubeadm.py, lab/k3s.py); for k3s also a rebooted
     worker's node password, refused without the prune and accepted with it."""
