@@ -100,10 +100,14 @@ class Lab:
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
-        host_tools = ("ip", emulation.etcd, "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
+        host_tools = ("ip", "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
         for tool in host_tools:
             if shutil.which(tool) is None:
-                raise LabError(f"{tool} not found; run 'make lab' or install etcd-server haproxy keepalived iproute2")
+                raise LabError(f"{tool} not found; run 'make lab' or install haproxy keepalived iproute2")
+        etcd_tools = (emulation.etcd, emulation.etcdctl, emulation.etcdutl) if mode == runners.PROCESSES else ()
+        for tool in etcd_tools:
+            if shutil.which(tool) is None:
+                raise LabError(f"{tool} not found; run 'make etcd' (the lab's etcd 3.5, docs/lab.md)")
         if self.state_path.exists() or netns.existing(self.prefix):
             raise LabError(f"a lab already exists ({self.dir}, namespaces {self.prefix}-*); run 'ek8s lab down' first")
         if control < 1:

@@ -4,9 +4,10 @@ cached on disk by a hash of everything that goes into it.
 The cache is ``$EK8S_LAB_IMAGE_CACHE`` (default ``/var/cache/ek8s-lab``), one directory per
 image: ``images/<key>/rootfs`` (a complete tree: the recipe builds beside it and renames),
 ``images/<key>/build.log`` and ``build.json`` (seconds the build took). The key is the sha256
-of the recipe, the Python dependencies it installs (pyproject.toml's ``dependencies``) and the
-mirror, so a second ``ek8s lab up --machines`` reuses the image and a change of any of them
-builds a new one. Builds are serialised by a file lock beside the images.
+of the recipe (and ``scripts/fetch-deb.sh``, which it runs for etcd 3.5), the Python
+dependencies it installs (pyproject.toml's ``dependencies``) and the mirror, so a second
+``ek8s lab up --machines`` reuses the image and a change of any of them builds a new one.
+Builds are serialised by a file lock beside the images.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from filelock import FileLock, Timeout
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "image_builder" / "lab-node.sh"
+FETCH_DEB = REPO / "scripts" / "fetch-deb.sh"  # the recipe unpacks Debian 13's etcd 3.5 with it
 MIRROR = "http://deb.debian.org/debian"
 BUILD_TIMEOUT_S = 1800.0
 KEY_LENGTH = 16
@@ -52,9 +54,10 @@ def requirements() -> str:
 
 
 def image_key(mirror: str = MIRROR) -> str:
-    """The first 16 hex digits of sha256(recipe, requirements, mirror)."""
+    """The first 16 hex digits of sha256(recipe, the package fetcher it runs, requirements,
+    mirror)."""
     h = hashlib.sha256()
-    for part in (RECIPE.read_bytes(), requirements().encode(), mirror.encode()):
+    for part in (RECIPE.read_bytes(), FETCH_DEB.read_bytes(), requirements().encode(), mirror.encode()):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()[:KEY_LENGTH]
 
