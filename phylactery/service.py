@@ -24,13 +24,13 @@ from core import recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.drivers import Driver, DriverError
-from core.etcd import EtcdClient, EtcdError
+from core.etcd import EtcdClient, EtcdError, member_answers
 from core.fileperm import ensure_dir
 from core.logs import get_logger
 from core.services import ServiceError, service_manager
 from core.share import MemberRecord, ShareError, ShareStore
 from phylactery import daemons, render
-from phylactery.prune import PruneRefused, PruneResult, member_answers, prune_node
+from phylactery.prune import PruneRefused, PruneResult, prune_node
 
 log = get_logger(__name__, "phylactery")
 SNAPSHOT_TAKER_CHECK_S = 5.0  # how often a control node asks whether its member leads etcd
@@ -373,6 +373,7 @@ class Phylactery:
             etcd_endpoint=self.driver.etcd_endpoint,
             etcd_context=self.driver.etcd_client_context(),
             kinds=self.driver.prune_kinds,
+            member_node=self.driver.etcd_member_node,
         )
 
     def vip_held(self) -> bool:
