@@ -942,8 +942,8 @@ def manage_learners(node: Node) -> None:
         time.sleep(MANAGE_TICK_S)
         try:
             manage_learners_once(node)
-        except (EtcdError, OSError, ValueError) as err:
-            logline("error", f"Failed to manage etcd learners: {err}")
+        except Exception as err:  # k3s logs and goes on: a dead loop would leave learners unpromoted
+            logline("error", f"Failed to manage etcd learners: {type(err).__name__}: {err}")
 
 
 def agent(node: Node) -> None:
