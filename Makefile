@@ -9,6 +9,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# etcd-server/etcd-client: Debian 13's are etcd 3.5.16, the lab's etcd (kubeadm 1.32 runs 3.5.16);
+# Debian 12's are 3.4.23, kept only for the 3.4 comparison (docs/lab.md, "etcd"). See `etcd`.
+# prometheus: for promtool only (tests check metrics and alert rules with it).
 SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container prometheus
 # Debian's real kubectl (a Go binary) of two minors, for the lab's tests and the operator:
 # $(KUBECTL_DIR)/<minor>/usr/bin/kubectl, unpacked from trixie (1.32) and sid (1.36) by
@@ -19,9 +22,26 @@ KUBECTL_VERSIONS := 1.32:trixie 1.36:sid
 # Machines by default: the overlay's units under systemd, real reboots (docs/lab.md).
 LAB_ARGS ?= --control 3 --workers 2 --machines
 
-.PHONY: lab test lint typecheck unit integration labtests deps system-deps venv kubectl bench clean
+.PHONY: lab test lint typecheck unit integration labtests deps system-deps etcd venv kubectl bench clean
 
-deps: system-deps venv kubectl
+deps: system-deps etcd venv kubectl
+# The lab's etcd 3.5 (etcd, etcdctl, etcdutl) in ETCD_DIR/usr/bin, where lab/emulation.py
+# looks: the host's own on Debian 13 (etcd-server/etcd-client 3.5.16, linked), Debian 13's
+# packages unpacked by scripts/fetch-deb.sh on Debian 12 (whose own etcd is 3.4.23); the
+# host's apt sources are never changed. Checked: etcd must say 3.5.x.
+ETCD_DIR ?= /opt/ek8s-lab/etcd-3.5
+etcd: system-deps
+	@if ! $(ETCD_DIR)/usr/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.5\.' \
+		|| [ ! -x $(ETCD_DIR)/usr/bin/etcdctl ] || [ ! -x $(ETCD_DIR)/usr/bin/etcdutl ]; then \
+		rm -rf $(ETCD_DIR) && mkdir -p $(ETCD_DIR)/usr/bin; \
+		if /usr/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.5\.' && [ -x /usr/bin/etcdutl ]; then \
+			ln -s /usr/bin/etcd /usr/bin/etcdctl /usr/bin/etcdutl $(ETCD_DIR)/usr/bin/; \
+		else \
+			bash scripts/fetch-deb.sh trixie $(ETCD_DIR) etcd-server etcd-client; \
+		fi; \
+	fi
+	@$(ETCD_DIR)/usr/bin/etcd --version | grep -q '^etcd Version: 3\.5\.' \
+		|| { echo "$(ETCD_DIR)/usr/bin/etcd is not etcd 3.5"; exit 1; }
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

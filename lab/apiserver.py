@@ -75,6 +75,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import ssl
@@ -1178,6 +1179,14 @@ class K3sSupervisor:
       token's ``K10<hash>``);
     * ``GET /v1-k3s/server-bootstrap`` and ``GET /db/info`` (etcd's member list), HTTP basic
       auth as ``server``; 401 otherwise;
+    * ``POST /db/snapshot`` (``pkg/etcd/snapshot_handler.go``, k3s 1.29+), basic auth as
+      ``server``, body ``{"operation": "save", "name": [N], "dir": D}``: this server takes a
+      snapshot of its etcd member (``/v3/maintenance/snapshot``) into ``D`` (a node path;
+      default ``server/db/snapshots``, made 0700; another must exist) as
+      ``<N>-<this node>-<unix seconds>`` (0600) and answers ``{"created": [<file name>]}``;
+      another operation gets 400 "invalid snapshot operation" (only save is emulated). The
+      ``snapshot`` part of ``conf`` names ``node_name``, ``root`` (the node's root, for
+      ``--rootfs``) and ``default_dir``;
     * ``GET /v1-k3s/client-kubelet.crt``, basic auth as ``node`` or ``server``, headers
       ``k3s-Node-Name`` and ``k3s-Node-Password``: the first password seen for a node is kept
       (its sha256) in the ``<node>.node-password.k3s`` Secret of ``kube-system``; a different
@@ -1215,6 +1224,7 @@ class K3sSupervisor:
         r.add_get("/cacerts", self.cacerts)
         r.add_get("/v1-k3s/server-bootstrap", self.server_bootstrap)
         r.add_get("/db/info", self.db_info)
+        r.add_post("/db/snapshot", self.db_snapshot)
         r.add_get("/v1-k3s/client-kubelet.crt", self.client_kubelet)
 
     async def cacerts(self, request: web.Request) -> web.StreamResponse:
@@ -1238,11 +1248,51 @@ class K3sSupervisor:
         return web.json_response(
             {
                 "members": [
-                    {"ID": str(m.id), "name": m.name, "peerURLs": list(m.peer_urls), "clientURLs": list(m.client_urls)}
+                    {
+                        "ID": m.id,
+                        "name": m.name,
+                        "peerURLs": list(m.peer_urls),
+                        "clientURLs": list(m.client_urls),
+                        "isLearner": m.is_learner,
+                    }
                     for m in members
                 ]
             }
         )
+
+    async def db_snapshot(self, request: web.Request) -> web.StreamResponse:
+        """``k3s etcd-snapshot save``'s request (see the class)."""
+        if self._basic_user(request, ("server",)) is None:
+            return web.Response(status=401, text="Unauthorized")
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "request body is not JSON"}, status=400)
+        if not isinstance(body, dict) or body.get("operation") != "save":
+            return web.json_response({"error": "invalid snapshot operation"}, status=400)
+        conf = self.conf.get("snapshot") or {}
+        default = str(conf.get("default_dir", "/var/lib/rancher/k3s/server/db/snapshots"))
+        where = str(body.get("dir") or default)
+        names = body.get("name") or ["on-demand"]
+        directory = Path(str(conf.get("root", "/"))) / where.lstrip("/")
+        if where == default:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif not directory.is_dir():
+            err = f"failed to get etcd-snapshot-dir: stat {where}: no such file or directory"
+            return web.json_response({"error": err}, status=500)
+        try:
+            data = await self.api.etcd.snapshot()
+        except EtcdError as err:
+            return web.json_response({"error": f"failed to save snapshot: {err}"}, status=500)
+        name = f"{names[0]}-{conf.get('node_name', 'node')}-{int(time.time())}"
+        path = directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        log.info("etcd snapshot %s saved (%d bytes)", path, len(data))
+        return web.json_response({"created": [name]})
 
     async def client_kubelet(self, request: web.Request) -> web.StreamResponse:
         """The node-password check, then a kubelet client certificate (see the class)."""

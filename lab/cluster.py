@@ -28,7 +28,7 @@ from core.fileperm import ensure_dir
 from core.share import ShareStore
 from lab import netns, runners
 from lab.emulation import ENV as EMULATION_ENV
-from lab.emulation import Emulation
+from lab.emulation import Emulation, etcd_version
 from lab.state import (
     CLUSTER,
     MANAGER,
@@ -43,6 +43,14 @@ from lab.state import (
     merge,
     worker_address,
 )
+
+
+def _etcd_before_35(etcd: str) -> bool:
+    """Whether ``etcd`` is older than 3.5 (False when it cannot say)."""
+    try:
+        return etcd_version(etcd) < (3, 5, 0)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
 
 
 class Lab:
@@ -100,10 +108,15 @@ class Lab:
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
-        host_tools = ("ip", emulation.etcd, "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
+        host_tools = ("ip", "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
         for tool in host_tools:
             if shutil.which(tool) is None:
-                raise LabError(f"{tool} not found; run 'make lab' or install etcd-server haproxy keepalived iproute2")
+                raise LabError(f"{tool} not found; run 'make lab' or install haproxy keepalived iproute2")
+        # etcdutl came with etcd 3.5 (3.4's etcdctl restores snapshots itself).
+        etcd_tools = (emulation.etcd, emulation.etcdctl, emulation.etcdutl) if mode == runners.PROCESSES else ()
+        for tool in etcd_tools:
+            if shutil.which(tool) is None and not (tool == emulation.etcdutl and _etcd_before_35(emulation.etcd)):
+                raise LabError(f"{tool} not found; run 'make etcd' (the lab's etcd 3.5, docs/lab.md)")
         if self.state_path.exists() or netns.existing(self.prefix):
             raise LabError(f"a lab already exists ({self.dir}, namespaces {self.prefix}-*); run 'ek8s lab down' first")
         if control < 1:

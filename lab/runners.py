@@ -34,6 +34,7 @@ from core.fileperm import ensure_dir
 from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
+from lab.emulation import etcd_tool as emulation_etcd_tool
 from lab.state import MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
 
 
@@ -154,9 +155,13 @@ class ProcessRunner:
 
     def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
         """Wipe the node's root (its tmpfs is gone) and start its agent in its namespace, as
-        ek8s-node.service would at boot; output to ``node.log``. Not waited for."""
+        ek8s-node.service would at boot; output to ``node.log``. The lab's etcd tools come
+        first in its ``PATH`` (a node image has its etcd's ``etcdutl`` there, which the
+        kubeadm driver's restore runs). Not waited for."""
         shutil.rmtree(node.root, ignore_errors=True)
         ensure_dir(Path(node.root), 0o755)
+        tools = str(Path(str(state.emulation.get("etcdutl") or emulation_etcd_tool("etcdutl"))).parent)
+        path = f"{tools}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", node.ns, sys.executable, "-m", "leader", "run", "--config", node.config],
@@ -164,7 +169,7 @@ class ProcessRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, EMULATION_ENV: str(lab.dir / "emulation.json")},
+                env={**os.environ, EMULATION_ENV: str(lab.dir / "emulation.json"), "PATH": path},
             )
         node.pid = proc.pid
 
@@ -224,7 +229,11 @@ class MachineRunner:
         k3s.write_text(K3S_SHIM)
         k3s.chmod(0o755)
         emu_dir = ensure_dir(lab.dir / "emulation", 0o755)
-        replace(emulation, python="python3.11", etcd="/usr/bin/etcd").dump(emu_dir / "emulation.json")
+        # The image's etcd 3.5 (image_builder/lab-node.sh) at Debian's paths.
+        image_emulation = replace(
+            emulation, python="python3.11", etcd="/usr/bin/etcd", etcdctl="/usr/bin/etcdctl", etcdutl="/usr/bin/etcdutl"
+        )
+        image_emulation.dump(emu_dir / "emulation.json")
 
         renderer = wwrender.build_renderer(image.cache_dir() / "wwtemplate" / "wwtemplate")
         fixture = wwrender.write_fixture(base / "registry.json", lab_inventory(state), lab_server())

@@ -10,10 +10,12 @@ say which of these apply:
 
 * ``node``: Kubernetes Nodes named ``name`` or whose ``InternalIP`` is ``address`` (official
   ``kubernetes`` client, this node's admin kubeconfig), each judged by :func:`judge_nodes`;
-* ``etcd_member`` (kubeadm names members as their node) and ``k3s_etcd_member`` (k3s names
-  them ``<node>-<8 hex digits>``, ``pkg/etcd/etcd.go`` ``setName``): members with that name
-  or whose peer URL's host is ``address`` (parsed, never a substring match), through the
-  etcd JSON gateway with the driver's etcd client certificate;
+* ``etcd_member``: the members the driver takes for node ``name`` (its
+  ``etcd_member_node``: kubeadm names members as their node; k3s ``<node>-<8 hex digits>``
+  and refuses a join while any member maps to the node's name, whatever its address) or
+  whose peer URL's host is ``address`` (parsed, never a substring match), through the etcd
+  JSON gateway of this node's member with the driver's etcd client certificate; none that
+  still answers (:func:`core.etcd.member_answers`);
 * ``node_password``: the ``<node>.node-password.k3s`` Secrets in ``kube-system`` of
   ``name`` and of every Node deleted above (k3s's ``pkg/nodepassword``; the refusal it
   prevents is k3s-io/k3s#802's "Node password rejected, ...").
@@ -36,14 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.credentials import CONTROL, WORKER
-from core.etcd import EtcdClient, EtcdError, EtcdMember, retry_transient
+from core.etcd import EtcdClient, EtcdError, EtcdMember, member_answers, retry_transient
 from core.probes import kube_client, kube_errors
 
 
@@ -120,19 +122,6 @@ def judge_nodes(
     return doomed, kept
 
 
-async def member_answers(member: EtcdMember, context: ssl.SSLContext, timeout_s: float = 1.0) -> bool:
-    """Whether ``member`` answers ``maintenance/status`` on one of its client URLs: a member
-    whose node rebooted (RAM root) or died does not; a live one does."""
-    if not member.client_urls:
-        return False
-    async with EtcdClient(list(member.client_urls), context, timeout_s=timeout_s) as etcd:
-        try:
-            await etcd.status()
-        except EtcdError:
-            return False
-    return True
-
-
 @dataclass
 class PruneResult:
     """What one prune removed: Node names and etcd members (JSON as ``POST /v1/prune`` answers)."""
@@ -159,29 +148,22 @@ class PruneResult:
         return out
 
 
-def k3s_member_name(node: str) -> re.Pattern[str]:
-    """The names k3s gives the etcd members of ``node``: ``<node>-`` and the first 8 hex
-    digits of a UUID (a new one whenever the member's data is new). Exactly that: node ``ctl``
-    does not match ``ctl-1-0a1b2c3d``, a member of node ``ctl-1``."""
-    return re.compile(rf"^{re.escape(node)}-[0-9a-f]{{8}}$")
-
-
 def stale_members(
     members: list[EtcdMember],
     name: str,
     address: str,
     keep_id: int | None,
-    k3s_names: bool = False,
+    member_node: Callable[[str], str],
     both: bool = False,
 ) -> list[EtcdMember]:
     """Members that belong to the node ``name``/``address``, never the member ``keep_id``:
-    named ``name`` (k3s: :func:`k3s_member_name`, with ``k3s_names``), or with a peer URL on
-    ``address`` (a member there blocks every new member with that peer URL, whatever its name);
-    with ``both`` (a worker's own prune) only those named so *and* on ``address``."""
-    pattern = k3s_member_name(name) if k3s_names else None
+    those ``member_node`` (the driver's ``etcd_member_node``) takes for ``name``, or with a
+    peer URL on ``address`` (a member there blocks every new member with that peer URL,
+    whatever its name); with ``both`` (a worker's own prune) only those taken for ``name``
+    *and* on ``address``."""
 
     def named(m: EtcdMember) -> bool:
-        return bool(pattern.match(m.name)) if pattern else m.name == name
+        return member_node(m.name) == name
 
     if both:
         return [m for m in members if m.id != keep_id and named(m) and address in m.peer_hosts]
@@ -252,17 +234,23 @@ async def delete_nodes(kubeconfig: Path, names: list[str]) -> list[str]:
 
 
 async def remove_etcd_members(
-    endpoint: str, context: ssl.SSLContext, name: str, address: str, k3s_names: bool = False, both: bool = False
+    endpoint: str,
+    context: ssl.SSLContext,
+    name: str,
+    address: str,
+    member_node: Callable[[str], str],
+    both: bool = False,
 ) -> list[EtcdMember]:
-    """Remove the members of ``name``/``address`` (:func:`stale_members`; ``both``: named so
-    and on the address) through ``endpoint`` (this node's own member, never removed), retrying
-    etcd's transient refusals. Returns the removed members; raises :class:`PruneError` when
-    etcd does not answer."""
+    """Remove the members of ``name``/``address`` (:func:`stale_members`; ``both``: taken for
+    the node and on the address) through ``endpoint`` (this node's own member, never
+    removed), retrying etcd's transient refusals. Returns the removed members; raises
+    :class:`PruneError` when etcd does not answer and :class:`PruneRefused` (nothing removed)
+    when one of them answers."""
     async with EtcdClient([endpoint], context, timeout_s=5.0) as etcd:
         try:
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
             members = await etcd.member_list()
-            doomed = stale_members(members, name, address, keep_id=me, k3s_names=k3s_names, both=both)
+            doomed = stale_members(members, name, address, keep_id=me, member_node=member_node, both=both)
             for m in doomed:
                 if await member_answers(m, context):
                     raise PruneRefused(f"etcd member {m.name} ({', '.join(m.client_urls)}) answers: {name} is alive")
@@ -314,15 +302,17 @@ async def prune_node(
     etcd_endpoint: str,
     etcd_context: ssl.SSLContext | None,
     kinds: tuple[str, ...],
+    member_node: Callable[[str], str],
     requester: Requester | None = None,
 ) -> PruneResult:
-    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``, ``k3s_etcd_member``,
-    ``node_password``; the driver's ``prune_kinds``), in that order: etcd member, Nodes, node
-    passwords, for ``requester`` (None: the control credential from ``address``, boot
-    unknown). ``etcd_context`` is None while the serving node runs no etcd member (then no
-    member is removed). Raises :class:`PruneError` when a store does not answer,
-    :class:`PruneForbidden` when the requester's credential does not allow it, ``ValueError``
-    when asked to prune the serving node."""
+    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``, ``node_password``; the
+    driver's ``prune_kinds``), in that order: etcd member, Nodes, node passwords, for
+    ``requester`` (None: the control credential from ``address``, boot unknown).
+    ``member_node`` is the driver's ``etcd_member_node`` (which node a member's name is of).
+    ``etcd_context`` is None while the serving node runs no etcd member (then no member is
+    removed). Raises :class:`PruneError` when a store does not answer, :class:`PruneRefused`
+    when the node is alive, :class:`PruneForbidden` when the requester's credential does not
+    allow it, ``ValueError`` when asked to prune the serving node."""
     if name == self_name:
         raise ValueError(f"refusing to prune {name}: that is this node")
     requester = requester or Requester(credential=CONTROL, address=address, boot_id="")
@@ -332,12 +322,8 @@ async def prune_node(
     if "node" in kinds:
         # Judged before anything goes: a worker naming another node is refused whole.
         doomed, result.kept_nodes = await doomed_nodes(kubeconfig, name, address, self_name, requester)
-    members = [k for k in kinds if k in ("etcd_member", "k3s_etcd_member")]
-    if members and etcd_context is not None:
-        k3s_names = "k3s_etcd_member" in members
-        removed = await remove_etcd_members(
-            etcd_endpoint, etcd_context, name, address, k3s_names=k3s_names, both=worker
-        )
+    if "etcd_member" in kinds and etcd_context is not None:
+        removed = await remove_etcd_members(etcd_endpoint, etcd_context, name, address, member_node, both=worker)
         result.removed_etcd_members = [m.to_json() for m in removed]
     result.deleted_nodes = await delete_nodes(kubeconfig, doomed)
     if "node_password" in kinds:

@@ -202,6 +202,7 @@ class Phylactery:
             etcd_context=self.driver.etcd_client_context(),
             kinds=self.driver.prune_kinds,
             requester=requester,
+            member_node=self.driver.etcd_member_node,
         )
 
     def vip_held(self) -> bool:

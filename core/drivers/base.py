@@ -180,8 +180,8 @@ class Driver(Protocol):
 
     name: str
     # What Phylactery must remove before this node rejoins (phylactery/prune.py implements
-    # each): "node"; "etcd_member" (kubeadm: members named as their node) or "k3s_etcd_member"
-    # (k3s: "<node>-<8 hex digits>"); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
+    # each): "node"; "etcd_member" (the members etcd_member_node takes for the node, or on its
+    # address); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
     prune_kinds: tuple[str, ...]
     # Whether ``init`` can restore an etcd snapshot into a new generation (both can).
     restores_snapshots: bool
@@ -253,7 +253,8 @@ class Driver(Protocol):
 
     @property
     def etcd_endpoint(self) -> str:
-        """This control node's own etcd member, ``https://127.0.0.1:2379``."""
+        """The JSON gateway of this control node's own etcd member (:mod:`core.etcd`):
+        kubeadm ``https://127.0.0.1:2379``, k3s ``https://127.0.0.1:2382``."""
         ...
 
     def etcd_client_context(self) -> ssl.SSLContext | None:
@@ -267,7 +268,9 @@ class Driver(Protocol):
 
     def etcd_member_node(self, member_name: str) -> str:
         """The node an etcd member of this distribution belongs to, from the member's name
-        (kubeadm names members as their node; k3s ``<node>-<8 hex digits>``)."""
+        (kubeadm names members as their node; k3s ``<node>-<8 hex digits>``, and takes any
+        name up to its last ``-`` for a node's). The one place this rule lives: Phylactery
+        prunes and reaps by it, the agent checks its own member by it."""
         ...
 
     def reform_etcd(self) -> None:

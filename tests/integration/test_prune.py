@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from core.drivers import k3s
 from core.etcd import kubeadm_client_context
 from lab import pki
 from phylactery.prune import PruneError, PruneRefused, prune_node, stale_members
@@ -97,6 +98,7 @@ def run_prune(cluster: EtcdCluster, admin: Path, name: str, address: str):  # ty
             etcd_endpoint=cluster.members[0].client_url,
             etcd_context=kubeadm_client_context(cluster.pki_dir),
             kinds=("node", "etcd_member"),
+            member_node=lambda member: member,  # kubeadm's: members are named as their node
         )
     )
 
@@ -154,8 +156,8 @@ def test_address_match_is_not_a_substring_match() -> None:
         EtcdMember(2, "b", ("https://10.0.0.21:2380",), ()),
         EtcdMember(3, "c", ("https://10.0.0.22:2380",), ()),
     ]
-    assert [m.name for m in stale_members(ms, "x", "10.0.0.2", keep_id=None)] == ["a"]
-    assert stale_members(ms, "a", "10.0.0.2", keep_id=1) == []
+    assert [m.name for m in stale_members(ms, "x", "10.0.0.2", None, str)] == ["a"]
+    assert stale_members(ms, "a", "10.0.0.2", 1, str) == []
 
 
 def test_k3s_prune_deletes_the_node_password_secrets_of_the_node_only(etcd_cluster: EtcdCluster, api: Path) -> None:
@@ -171,7 +173,8 @@ def test_k3s_prune_deletes_the_node_password_secrets_of_the_node_only(etcd_clust
             kubeconfig=api,
             etcd_endpoint=etcd_cluster.members[0].client_url,
             etcd_context=kubeadm_client_context(etcd_cluster.pki_dir),
-            kinds=("node", "k3s_etcd_member", "node_password"),
+            kinds=("node", "etcd_member", "node_password"),
+            member_node=k3s.member_node,
         )
     )
     assert result.deleted_secrets == ["kube-system/node1.node-password.k3s"]
@@ -213,7 +216,8 @@ def test_a_workers_credential_prunes_only_its_own_previous_incarnation(etcd_clus
                 kubeconfig=api,
                 etcd_endpoint=etcd_cluster.members[0].client_url,
                 etcd_context=kubeadm_client_context(etcd_cluster.pki_dir),
-                kinds=("node", "k3s_etcd_member", "node_password"),
+                kinds=("node", "etcd_member", "node_password"),
+                member_node=k3s.member_node,
                 requester=Requester(credential="worker", address="10.0.0.41", boot_id=boot),
             )
         )

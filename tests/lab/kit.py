@@ -23,7 +23,7 @@ import yaml
 
 from lab import machines, netns, runners
 from lab.cluster import Lab, LabState
-from lab.emulation import Emulation
+from lab.emulation import Emulation, etcd_tool
 from lab.image import ImageError, ensure_image
 
 CONTROL = ["control0", "control1", "control2"]
@@ -119,8 +119,8 @@ def distribution(state: LabState, node: str) -> str:
 
 
 def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the client
-    pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
+    """The lab's ``etcdctl`` 3.5 (gRPC, v3 API) against ``via``'s member, from its namespace,
+    with the client pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
     k3s: ``/var/lib/rancher/k3s/server/tls/etcd/client``), read where the host sees the
     node's root (:meth:`lab.runners.NodeRunner.host_path`). Raises
     :class:`lab.runners.RunnerError` when ``via`` is a machine that is not running."""
@@ -134,7 +134,7 @@ def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProces
         ca, cert, key = pki / "ca.crt", pki / "healthcheck-client.crt", pki / "healthcheck-client.key"
     return subprocess.run(
         [
-            "ip", "netns", "exec", node.ns, "etcdctl", f"--endpoints=https://{node.address}:2379",
+            "ip", "netns", "exec", node.ns, etcd_tool("etcdctl"), f"--endpoints=https://{node.address}:2379",
             f"--cacert={ca}", f"--cert={cert}", f"--key={key}", "--command-timeout=3s", *args,
         ],
         capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
