@@ -4,6 +4,7 @@
   cluster CA): the API behind the VIP answers (kube-apiserver's ``/readyz`` is readable
   without credentials through the ``system:public-info-viewer`` ClusterRole);
 * :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client);
+* :func:`node_found` - whether a Node exists (the API answered with it, or with 404);
 * :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
   HTTP API (docs/phylactery.md).
 
@@ -83,6 +84,22 @@ def node_ready(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | No
         if cond.type == "Ready":
             return bool(cond.status == "True")
     return False
+
+
+def node_found(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | None:
+    """Whether Node ``name`` exists as the API behind ``kubeconfig`` says: True (it answered
+    with the Node), False (it answered 404 Not Found), or None when there is no such answer
+    (no API, another error, the kubeconfig missing) within ``timeout_s`` seconds."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        client.CoreV1Api(kube_client(kubeconfig)).read_node(name, _request_timeout=timeout_s)
+    except ApiException as err:
+        return False if err.status == 404 else None
+    except kube_errors():
+        return None
+    return True
 
 
 def phylactery_healthy(base_url: str, timeout_s: float = 1.0) -> bool:
