@@ -152,7 +152,6 @@ class ProcessServices:
         with contextlib.suppress(FileNotFoundError):
             self._pidfile(name).unlink()
 
-
     def restart(self, name: str, timeout_s: float = 5.0) -> None:
         """:meth:`stop` (SIGKILL after ``timeout_s`` seconds), then :meth:`start` with the
         command and environment of its last start (``<name>.argv``, written by whichever
