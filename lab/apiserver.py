@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import ssl
 import time
 from pathlib import Path
@@ -458,11 +459,15 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def version(self, request: web.Request) -> web.StreamResponse:
-        """``/version``: ``major``, ``minor`` 32, ``gitVersion`` from the config, ``platform``
-        ``emulated``."""
-        return web.json_response(
-            {"major": "1", "minor": "32", "gitVersion": self.conf.get("version", "v1.32.1"), "platform": "emulated"}
-        )
+        """``/version``: ``gitVersion`` from the config (the ClusterConfiguration's
+        ``kubernetesVersion``; :data:`core.versions.DEFAULT_KUBERNETES_VERSION` without one),
+        ``major`` and ``minor`` from it, ``platform`` ``emulated``."""
+        from core.versions import DEFAULT_KUBERNETES_VERSION
+
+        git = str(self.conf.get("version") or DEFAULT_KUBERNETES_VERSION)
+        m = re.match(r"v(\d+)\.(\d+)", git)  # k3s: v1.32.1+k3s1
+        major, minor = m.groups() if m else ("1", "")
+        return web.json_response({"major": major, "minor": minor, "gitVersion": git, "platform": "emulated"})
 
     def app(self) -> web.Application:
         """The aiohttp application with every route above and the :class:`NodeLifecycle`

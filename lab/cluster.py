@@ -26,6 +26,7 @@ from typing import Any
 
 from core.fileperm import ensure_dir
 from core.share import ShareStore
+from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import netns, runners
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
@@ -121,7 +122,7 @@ class Lab:
         emulation.dump(emu_path)
         shim = bin_dir / "kubeadm"
         shim.write_text(
-            "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm.py\n"
+            "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm/\n"
             f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
         )
         shim.chmod(0o700)
@@ -168,19 +169,32 @@ class Lab:
         return runners.runner(state.mode)
 
     def node_config(
-        self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
+        self,
+        name: str,
+        role: str,
+        address: str,
+        root: Path,
+        kubeadm: Path,
+        overrides: dict[str, Any],
+        version: str = DEFAULT_KUBERNETES_VERSION,
     ) -> dict[str, Any]:
         """The node.yaml Warewulf would render for this node (docs/config.md), with the lab's
         paths: its own root, the emulated ``kubeadm`` and ``k3s`` beside it (``overrides``
         pick the distribution), ``service_manager: process``; the VIP
-        ``10.0.0.99`` as ``vip.kubernetes.local:8443``. ``overrides`` are merged last."""
+        ``10.0.0.99`` as ``vip.kubernetes.local:8443``; ``kubernetes.version`` the emulated
+        tools' ``version``. ``overrides`` are merged last."""
         cfg: dict[str, Any] = {
             "cluster": CLUSTER,
             "role": role,
             "node": {"name": name, "address": address, "interface": "eth0"},
             "share": {"path": str(self.share)},
             "vip": {"address": VIP, "hostname": VIP_NAME, "port": 8443, "prefix_length": PREFIX_LEN},
-            "kubernetes": {"kubeadm": str(kubeadm), "k3s": str(kubeadm.parent / "k3s"), "extra_sans": [MANAGER]},
+            "kubernetes": {
+                "version": version,
+                "kubeadm": str(kubeadm),
+                "k3s": str(kubeadm.parent / "k3s"),
+                "extra_sans": [MANAGER],
+            },
             "root": str(root),
             "service_manager": "process",
         }
@@ -436,8 +450,8 @@ class Lab:
 
     def timings(self, state: LabState) -> list[dict[str, Any]]:
         """Every emulated kubeadm command since the agents started, from ``timings.jsonl``
-        (:class:`lab.kubeadm.Phases`): ``{t, node, command, ok, phases: {name: seconds}}`` with
-        ``t`` in seconds since ``t0``."""
+        (:class:`lab.kubeadm.workflow.Timings`; phases by their full names): ``{t, node,
+        command, ok, phases: {name: seconds}}`` with ``t`` in seconds since ``t0``."""
         lines = []
         # Process mode: beside <dir>/emulation.json; machines: in <dir>/emulation/, bound in.
         for path in (self.dir / "timings.jsonl", self.dir / "emulation" / "timings.jsonl"):

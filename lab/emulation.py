@@ -12,6 +12,8 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from core.versions import DEFAULT_KUBERNETES_VERSION
+
 ENV = "EK8S_EMULATION"
 
 
@@ -20,7 +22,9 @@ class Emulation:
     """The knobs, seconds as floats. ``python`` runs the emulated kube-apiserver and kubelet
     (``-m lab.apiserver``, ``-m lab.kubelet``); ``etcd`` is the real etcd binary the emulated
     kubeadm starts. Set by ``ek8s lab up`` (``--init-seconds``, ``--join-seconds``,
-    ``--certs-ttl``, ``--token-ttl``)."""
+    ``--certs-ttl``, ``--token-ttl``). ``kubernetes_version`` is the version of the emulated
+    kubeadm, kube-apiserver and kubelet (``--kubernetes-version``; :mod:`core.versions` says
+    what it changes), as a node image holds the kubeadm of one version."""
 
     init_s: float = 0.0  # total duration of `kubeadm init` (the PoC measured ~11 s); 0: as fast as it runs
     join_s: float = 0.0  # total duration of each `kubeadm join`; 0: as fast as it runs
@@ -33,6 +37,7 @@ class Emulation:
     kubelet_interval_s: float = 2.0  # node status update frequency (kubelet default 10 s)
     python: str = sys.executable
     etcd: str = "/usr/bin/etcd"
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
 
     def dump(self, path: Path) -> None:
         """Write the settings to ``path`` as JSON (what :func:`load` reads). Raises ``OSError``."""

@@ -20,7 +20,7 @@ import pytest
 from core.fileperm import write_atomic
 from core.services import ProcessServices
 from lab import pki
-from lab.kubeadm import static_pod
+from lab.kubeadm.controlplane import static_pod
 from lab.kubelet import BACKOFF_INITIAL_S, StaticPods, read_manifest
 from tests.conftest import wait_for
 
