@@ -24,6 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from core.fileperm import ensure_dir
 from core.share import ShareStore
 from core.versions import DEFAULT_KUBERNETES_VERSION
@@ -466,15 +468,35 @@ class Lab:
         return out
 
     # -- down ---------------------------------------------------------------------------
+    def processes(self, state: LabState | None) -> list[psutil.Process]:
+        """Every process of this lab now: the node runners (agents, machine launchers), what
+        runs in the lab's namespaces (nodes, the manager with the prober), and anything whose
+        command line names the lab's directory; never this process or its parents."""
+        pids = {n.pid for n in state.nodes if n.pid} if state else set()
+        for ns in netns.existing(self.prefix):
+            pids.update(netns.pids(ns))
+        me = psutil.Process()
+        mine = {me.pid, *(p.pid for p in me.parents())}  # `ek8s lab --dir <dir> down` itself
+        found = []
+        for pid in pids - mine:
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
+        for p in psutil.process_iter(["cmdline"]):
+            if p.pid not in pids | mine and str(self.dir) in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        return found
+
     def down(self) -> list[str]:
         """Remove every namespace, process, /etc/netns entry and file of this lab, and the
-        machines' cgroups. Idempotent.
+        machines' cgroups. Idempotent. Returns only when none of the lab's processes is left,
+        zombies included (:meth:`wait_gone`).
         Returns what was removed (``namespace <name>``, ``directory <path>``), for the operator."""
         removed = []
         try:
             state: LabState | None = self.load()
         except (LabError, ValueError, TypeError):
             state = None
+        procs = self.processes(state)
         running = [n for n in state.nodes if n.pid and _alive(n.pid)] if state else []
         for n in running:
             with contextlib.suppress(ProcessLookupError):
@@ -496,10 +518,43 @@ class Lab:
             removed.append(f"namespace {ns}")
         for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
             shutil.rmtree(etc, ignore_errors=True)
+        left = wait_gone(procs, DOWN_REAP_S)
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
             removed.append(f"directory {self.dir}")
+        removed += [f"(still there after {DOWN_REAP_S:.0f}s: process {p.pid})" for p in left]
         return removed
+
+
+DOWN_REAP_S = 30.0  # how long `down` waits for the lab's processes, zombies included, to be gone
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Until none of ``procs`` exists any more, zombies included (a killed process stays a
+    zombie until its parent reaps it: this process reaps its own children; orphans wait for
+    init): SIGKILL to any still running, every 0.1 s, for up to ``timeout_s`` seconds.
+    Returns those still there then."""
+    deadline = time.monotonic() + timeout_s
+    left = list(procs)
+    while True:
+        still = []
+        for p in left:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, os.WNOHANG)  # our own child: reap it
+            try:
+                if not p.is_running():  # gone, or its pid reused (create time differs)
+                    continue
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+            except psutil.NoSuchProcess:
+                continue
+            except psutil.Error:
+                pass
+            still.append(p)
+        left = still
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 _alive = runners.alive

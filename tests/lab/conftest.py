@@ -62,7 +62,10 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
     finally:
         keep_journals_if_failed(request, the_lab, tmp_path)
         keep_logs_if_failed(request, the_lab.dir, tmp_path)
+        procs = the_lab.processes(the_lab.load()) if the_lab.state_path.exists() else []
         the_lab.down()
+        # none is left, zombies included (psutil counts a zombie as running)
+        assert [f"{p.pid} {p.status()}" for p in procs if p.is_running()] == []
         assert netns.existing(prefix) == []
         assert lab_processes(the_lab.dir) == []
         assert lab_cgroups(prefix) == []

@@ -159,8 +159,12 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if t.failed:
             keep_journals(t.lab, tmp)
             keep_logs(t.dir, tmp)
+        procs = t.lab.processes(t.lab.load()) if (t.dir / "lab.json").exists() else []
         res = ek8s(t.dir, "down", timeout=180)
         assert res.returncode == 0, res.stderr
+        # `down` returns only when none of them is left, zombies included (psutil counts a
+        # zombie as running).
+        assert [f"{p.pid} {p.status()}" for p in procs if p.is_running()] == []
         assert netns.existing(PREFIX) == []
         assert lab_processes(t.dir) == []
         assert lab_cgroups(PREFIX) == []
