@@ -193,8 +193,8 @@ class NodeLifecycle:
 class ApiServer:
     """The emulated API server's handlers and storage.
 
-    ``conf`` is the JSON :func:`lab.kubeadm.write_apiserver_manifest` writes: ``pki_dir`` (the cluster
-    CA, to sign kubelet CSRs), ``etcd_servers`` (client URLs) with ``etcd_ca``, ``etcd_cert``,
+    ``conf`` is the JSON :func:`lab.kubeadm.controlplane.write_apiserver_manifest` writes:
+    ``pki_dir`` (the cluster CA, to sign kubelet CSRs), ``etcd_servers`` (client URLs) with ``etcd_ca``, ``etcd_cert``,
     ``etcd_key`` (paths), ``node_monitor_grace_s`` (seconds), ``version``; :func:`main` reads
     the rest. Raises ``OSError`` when a file it names cannot be read. A handler whose etcd call
     still fails after the retries ends in aiohttp's plain HTTP 500.

@@ -531,11 +531,14 @@ DOWN_REAP_S = 30.0  # how long `down` waits for the lab's processes, zombies inc
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
     """Until none of ``procs`` exists any more, zombies included (a killed process stays a
-    zombie until its parent reaps it: this process reaps its own children; orphans wait for
-    init): SIGKILL to any still running, every 0.1 s, for up to ``timeout_s`` seconds.
+    zombie until its parent reaps it: this process reaps its own children, orphans wait for
+    init): SIGKILL to any still running, every 0.1 s, for up to ``timeout_s`` seconds. A
+    zombie whose parent is a live process outside the lab (a test runner that started a
+    node's agent, say) is that parent's to reap, not the lab's: it is not waited for.
     Returns those still there then."""
     deadline = time.monotonic() + timeout_s
     left = list(procs)
+    lab_pids = {p.pid for p in procs}
     while True:
         still = []
         for p in left:
@@ -546,6 +549,8 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
                     continue
                 if p.status() != psutil.STATUS_ZOMBIE:
                     p.kill()
+                elif p.ppid() not in (1, os.getpid()) and p.ppid() not in lab_pids:
+                    continue  # held by a live parent outside the lab
             except psutil.NoSuchProcess:
                 continue
             except psutil.Error:

@@ -18,6 +18,10 @@ from lab.kubeadm.config import token_ttl_s
 from lab.kubeadm.workflow import KubeadmError, say
 from lab.nodekit import Api, Root
 
+# KubernetesAPICallTimeout (constants.go, 1 min): kubeadm's writes through the endpoint retry
+# errors for that long; one may reach an API server of the generation being torn down (its
+# TLS fails) until HAProxy drops it.
+API_CALL_S = 60.0
 CERTS_TTL_S = 7200.0  # the kubeadm-certs Secret's lifetime (constants.go: DefaultCertTokenDuration, 2 h)
 CERT_FILES = [
     "ca.crt",
@@ -90,7 +94,7 @@ def upload_certificates(r: Root, api: Api, certificate_key: str, ttl_s: float = 
         "type": "Opaque",
         "data": data,
     }
-    code, body = api.call("PUT", "/api/v1/namespaces/kube-system/secrets/kubeadm-certs", secret)
+    code, body = api.wait("PUT", "/api/v1/namespaces/kube-system/secrets/kubeadm-certs", secret, API_CALL_S)
     expect(code, body, "[upload-certs] kubeadm-certs", (200, 201))
     say('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace')
 
@@ -122,7 +126,8 @@ def create_token(api: Api, token: str, ttl: str) -> None:
             "auth-extra-groups": b64("system:bootstrappers:kubeadm:default-node-token"),
         },
     }
-    code, body = api.call("PUT", f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{m.group(1)}", secret)
+    path = f"/api/v1/namespaces/kube-system/secrets/bootstrap-token-{m.group(1)}"
+    code, body = api.wait("PUT", path, secret, API_CALL_S)
     expect(code, body, "[bootstrap-token] token secret", (200, 201))
     say(f"[bootstrap-token] Created bootstrap token {m.group(1)} (expires {expiration})")
 

@@ -211,7 +211,7 @@ def run_bootstrap_token(d: InitData) -> None:
     cluster = {"server": f"https://{d.endpoint}", "certificate-authority-data": certs.b64(d.ca[0])}
     kubeconfig = yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "", "cluster": cluster}]})
     body = {"metadata": {"name": "cluster-info"}, "data": {"kubeconfig": kubeconfig}}
-    code, answer = api.call("PUT", "/api/v1/namespaces/kube-public/configmaps/cluster-info", body)
+    code, answer = api.wait("PUT", "/api/v1/namespaces/kube-public/configmaps/cluster-info", body, certs.API_CALL_S)
     certs.expect(code, answer, "[bootstrap-token] cluster-info", (200, 201))
     say("[bootstrap-token] Created the cluster-info ConfigMap in kube-public")
 

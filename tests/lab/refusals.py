@@ -117,31 +117,40 @@ PORTS = ["Port-6443", "Port-10259", "Port-10257", "Port-2379", "Port-2380", "Por
 
 
 def check_emulated_kubeadm_preflight(ek8s: Ek8s, lab_dir: Path, control: dict[str, object]) -> None:
-    """kubeadm's preflight (``preflight/checks.go``): a control-plane join in control0's
-    namespace, whose ports control0's components hold, into a root that still has an etcd
-    data directory (a reset that skipped remove-etcd-member leaves one); then a worker join
-    into a root with a kubelet.conf. Every failed check is named; nothing is written."""
+    """kubeadm's preflight (``preflight/checks.go``, ``cmd/phases/join/preflight.go``): a
+    control-plane join in control0's namespace, whose ports control0's components hold, into a
+    root that still has an etcd data directory (a reset that skipped remove-etcd-member leaves
+    one). The join checks run first and stop it (the kubelet's port); past them, after
+    discovery, the control plane's init checks (the API server's and etcd's ports, the data
+    directory); ignoring the ports leaves the data directory alone. Then a worker join into a
+    root with a kubelet.conf. Every failed check is named; nothing is written."""
     root = lab_dir / "scratch-preflight"
     (root / "var/lib/etcd/member/snap").mkdir(parents=True)
-    registration = dict(control["nodeRegistration"], ignorePreflightErrors=[])  # type: ignore[call-overload]
-    res = emulated_join(ek8s, lab_dir, "scratch-preflight", dict(control, nodeRegistration=registration))
+
+    def ignoring(*checks: str) -> dict[str, object]:
+        registration = dict(control["nodeRegistration"], ignorePreflightErrors=list(checks))  # type: ignore[call-overload]
+        return dict(control, nodeRegistration=registration)
+
+    res = emulated_join(ek8s, lab_dir, "scratch-preflight", ignoring())
     assert res.returncode == 1, res.stdout + res.stderr
+    assert "[preflight] Some fatal errors occurred:\n\t[ERROR Port-10250]: Port 10250 is in use\n" in res.stderr
+    assert "[preflight] If you know what you are doing, you can make a check non-fatal with " in res.stderr
+    assert "error execution phase preflight:" in res.stderr
+    assert "[discovery]" not in res.stdout, "the join checks run before discovery"
+    res = emulated_join(ek8s, lab_dir, "scratch-preflight", ignoring("Port-10250"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "[WARNING Port-10250]: Port 10250 is in use" in res.stderr
+    assert "Running pre-flight checks before initializing the new control plane instance" in res.stdout
     for line in (
-        "[preflight] Some fatal errors occurred:",
         "\t[ERROR Port-6443]: Port 6443 is in use",
         "\t[ERROR Port-2379]: Port 2379 is in use",
         "\t[ERROR Port-2380]: Port 2380 is in use",
-        "\t[ERROR Port-10250]: Port 10250 is in use",
         "\t[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty",
-        "[preflight] If you know what you are doing, you can make a check non-fatal with "
-        "`--ignore-preflight-errors=...`",
     ):
         assert line in res.stderr, (line, res.stderr)
-    assert "error execution phase preflight:" in res.stderr
-    assert "Running pre-flight checks before initializing the new control plane instance" in res.stdout
+    assert "Port-10259" not in res.stderr and "Port-10257" not in res.stderr, "no scheduler or controller-manager"
     assert not (root / "etc/kubernetes/pki/apiserver.crt").exists(), "preflight refused before any phase wrote"
-    # Ignoring the ports leaves the data directory: that check alone refuses.
-    res = emulated_join(ek8s, lab_dir, "scratch-preflight", control)
+    res = emulated_join(ek8s, lab_dir, "scratch-preflight", control)  # every port ignored
     assert res.returncode == 1 and "[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty" in res.stderr
     assert "[ERROR Port-" not in res.stderr and "[WARNING Port-6443]: Port 6443 is in use" in res.stderr
     # A worker whose kubelet.conf is still there (a reset that did not run) is refused before discovery.
@@ -154,7 +163,7 @@ def check_emulated_kubeadm_preflight(ek8s: Ek8s, lab_dir: Path, control: dict[st
     assert (
         "[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists" in res.stderr
     )
-    assert "[discovery]" not in res.stdout, "the join checks run before discovery"
+    assert "[discovery]" not in res.stdout
 
 
 def emulated_k3s(

@@ -45,6 +45,7 @@ from tests.lab.kit import (
     boot_id,
     etcd_member_names,
     etcdctl,
+    gone,
     healthy,
     in_ns,
     inside,
@@ -162,9 +163,8 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         procs = t.lab.processes(t.lab.load()) if (t.dir / "lab.json").exists() else []
         res = ek8s(t.dir, "down", timeout=180)
         assert res.returncode == 0, res.stderr
-        # `down` returns only when none of them is left, zombies included (psutil counts a
-        # zombie as running).
-        assert [f"{p.pid} {p.status()}" for p in procs if p.is_running()] == []
+        # `down` returns only when none of them is left, zombies included.
+        assert gone(procs) == []
         assert netns.existing(PREFIX) == []
         assert lab_processes(t.dir) == []
         assert lab_cgroups(PREFIX) == []
