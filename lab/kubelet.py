@@ -278,23 +278,27 @@ class _Healthz(http.server.BaseHTTPRequestHandler):
         return
 
 
-def serve_ports() -> None:
+def serve_ports(healthz_port: int = HEALTHZ_PORT, port: int = KUBELET_PORT) -> None:
     """Start the kubelet's ports in daemon threads (see the module): ``/healthz`` on
-    127.0.0.1:10248, and a listener on 0.0.0.0:10250 that accepts and closes."""
+    127.0.0.1:``healthz_port`` (10248), and a listener on 0.0.0.0:``port`` (10250) that
+    accepts and closes. 0 leaves one out (the kubelet's ``--healthz-port=0``)."""
 
     class Server(http.server.ThreadingHTTPServer):
         allow_reuse_address = True
         daemon_threads = True
 
+    if healthz_port:
+        try:
+            healthz = Server(("127.0.0.1", healthz_port), _Healthz)
+            threading.Thread(target=healthz.serve_forever, daemon=True).start()
+        except OSError as err:
+            log(f"healthz server on 127.0.0.1:{healthz_port} failed to start: {err}")
+    if not port:
+        return
     try:
-        healthz = Server(("127.0.0.1", HEALTHZ_PORT), _Healthz)
-        threading.Thread(target=healthz.serve_forever, daemon=True).start()
+        api = socket.create_server(("0.0.0.0", port), reuse_port=False)
     except OSError as err:
-        log(f"healthz server on 127.0.0.1:{HEALTHZ_PORT} failed to start: {err}")
-    try:
-        api = socket.create_server(("0.0.0.0", KUBELET_PORT), reuse_port=False)
-    except OSError as err:
-        log(f"listener on :{KUBELET_PORT} failed to start: {err}")
+        log(f"listener on :{port} failed to start: {err}")
         return
 
     def accept() -> None:
@@ -394,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ``--pod-manifest-path`` the static pod directory (``/etc/kubernetes/manifests`` on a
     node; none: no static pods); ``--node-root`` the node's root, below which services keep
     pid files and logs (``/`` on a node); ``--check-interval`` seconds between two reads of
-    the manifests; ``--version`` the kubelet's version (``v1.36.4``). Raises at start what
+    the manifests; ``--version`` the kubelet's version (``v1.36.4``); ``--healthz-port`` and
+    ``--port`` its ports (0: none, as a kubelet outside a lab node's namespace must). Raises at start what
     :func:`lab.pki.parse_kubeconfig` raises, or ``OSError`` (``ssl.SSLError`` is one) when
     the kubeconfig cannot be read or used.
     """
@@ -409,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-root", type=Path, default=Path("/"))
     p.add_argument("--check-interval", type=float, default=0.1)
     p.add_argument("--version", default=versions.DEFAULT_KUBERNETES_VERSION, type=_version)
+    p.add_argument("--healthz-port", type=int, default=HEALTHZ_PORT)
+    p.add_argument("--port", type=int, default=KUBELET_PORT)
     args = p.parse_args(argv)
     stop = threading.Event()
     pods_thread: threading.Thread | None = None
@@ -424,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     log(f"starting {args.version} for node {args.node_name} (static pods from {args.pod_manifest_path})")
-    serve_ports()
+    serve_ports(args.healthz_port, args.port)
     if args.pod_manifest_path is not None:
         pods = StaticPods(args.pod_manifest_path, args.node_root, args.node_name)
         pods_thread = threading.Thread(target=run_static_pods, args=(pods, args.check_interval, stop), daemon=True)

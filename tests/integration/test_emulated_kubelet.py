@@ -76,6 +76,8 @@ def start_kubelet(root: Path) -> None:
         str(root / "etc/kubernetes/manifests"),
         "--node-root",
         str(root),
+        "--healthz-port=0",  # in the host's own network namespace: no kubelet ports
+        "--port=0",
     ]
     ProcessServices(root).start("kubelet", argv)
 
