@@ -4,6 +4,7 @@
   cluster CA): the API behind the VIP answers (kube-apiserver's ``/readyz`` is readable
   without credentials through the ``system:public-info-viewer`` ClusterRole);
 * :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client);
+* :func:`node_found` - whether a Node exists (the API answered with it, or with 404);
 * :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
   HTTPS API (docs/phylactery.md), the server verified with the Phylactery CA
   (:func:`core.tls.client_context`); nothing is sent to a URL that is not ``https://``.
@@ -53,20 +54,25 @@ def api_ready(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> bool:
         return False
 
 
-_clients: dict[str, Any] = {}
+_clients: dict[tuple[str, int | None], Any] = {}
 
 
-def kube_client(kubeconfig: Path) -> Any:
+def kube_client(kubeconfig: Path, retries: int | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for ``kubeconfig``, cached by the file's content
-    (after a reset the same path holds other credentials and another CA). Raises what
-    :func:`kube_errors` lists when the file is missing or unusable."""
-    from kubernetes import config
+    (after a reset the same path holds other credentials and another CA) and ``retries``
+    (urllib3's retries of a request that failed or timed out; None: the client's default,
+    three; 0 for a probe that must not wait out an API server that accepts and never answers,
+    as one whose etcd is gone does). Raises what :func:`kube_errors` lists when the file is
+    missing or unusable."""
+    from kubernetes import client, config
 
-    key = kubeconfig.read_text()
+    key = (kubeconfig.read_text(), retries)
     if key not in _clients:
         if len(_clients) >= 4:  # a process uses one or two kubeconfigs; old ones are stale
             _clients.pop(next(iter(_clients)))
-        _clients[key] = config.new_client_from_config(config_file=str(kubeconfig))
+        configuration = client.Configuration()
+        configuration.retries = retries
+        _clients[key] = config.new_client_from_config(config_file=str(kubeconfig), client_configuration=configuration)
     return _clients[key]
 
 
@@ -84,6 +90,22 @@ def node_ready(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | No
         if cond.type == "Ready":
             return bool(cond.status == "True")
     return False
+
+
+def node_found(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | None:
+    """Whether Node ``name`` exists as the API behind ``kubeconfig`` says: True (it answered
+    with the Node), False (it answered 404 Not Found), or None when there is no such answer
+    (no API, another error, the kubeconfig missing) within ``timeout_s`` seconds."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:  # one try: this runs in the agent's cycle
+        client.CoreV1Api(kube_client(kubeconfig, retries=0)).read_node(name, _request_timeout=timeout_s)
+    except ApiException as err:
+        return False if err.status == 404 else None
+    except kube_errors():
+        return None
+    return True
 
 
 def _https(base_url: str) -> None:

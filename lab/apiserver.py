@@ -89,6 +89,7 @@ from aiohttp import web
 from cryptography import x509
 
 from core.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
+from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import apimachinery as am
 from lab import apiproto, apiresources, apitables, pki
 from lab.apiresources import Resource, Target
@@ -342,13 +343,15 @@ class NodeLifecycle:
 class ApiServer:
     """The emulated API server's handlers and storage.
 
-    ``conf`` is the JSON :func:`lab.kubeadm.write_apiserver_manifest` writes: ``pki_dir`` (the cluster
-    CA, to sign kubelet CSRs), ``etcd_servers`` (client URLs) with ``etcd_ca``, ``etcd_cert``,
-    ``etcd_key`` (paths), ``node_monitor_grace_s`` (seconds), ``version`` (``v1.M.P``, what
-    ``/version`` reports and what decides the discovery versions), ``advertise_address``
-    (optional, for ``serverAddressByClientCIDRs``); :func:`main` reads the rest. Raises
-    ``OSError`` when a file it names cannot be read. A request whose etcd call still fails after
-    the retries is answered with a 500 ``InternalError`` Status.
+    ``conf`` is the JSON :func:`lab.kubeadm.controlplane.write_apiserver_manifest` writes:
+    ``pki_dir`` (the cluster CA, to sign kubelet CSRs), ``etcd_servers`` (client URLs) with
+    ``etcd_ca``, ``etcd_cert``, ``etcd_key`` (paths), ``node_monitor_grace_s`` (seconds),
+    ``version`` (``v1.M.P``, the ClusterConfiguration's ``kubernetesVersion``,
+    :data:`core.versions.DEFAULT_KUBERNETES_VERSION` without one: what ``/version`` reports
+    and what decides the discovery versions), ``advertise_address`` (optional, for
+    ``serverAddressByClientCIDRs``); :func:`main` reads the rest. Raises ``OSError`` when a
+    file it names cannot be read. A request whose etcd call still fails after the retries is
+    answered with a 500 ``InternalError`` Status.
     """
 
     def __init__(self, conf: dict[str, Any]) -> None:
@@ -358,7 +361,7 @@ class ApiServer:
         self.grace_s = float(conf.get("node_monitor_grace_s", 40.0))
         # The CA that signs client certificates (kubeadm: "ca"; k3s: "client-ca").
         self.ca = pki.read_pair(Path(conf["pki_dir"]), conf.get("signing_ca", "ca"))
-        self.version = str(conf.get("version", "v1.32.1"))
+        self.version = str(conf.get("version") or DEFAULT_KUBERNETES_VERSION)
         self.minor = minor_of(self.version)
         addr = conf.get("advertise_address")
         self.server_address = f"{addr}:{conf.get('port', 6443)}" if addr else None

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 
+from core.versions import DEFAULT_KUBERNETES_VERSION
+
 ENV = "EK8S_EMULATION"
 ETCD_DIR = "/opt/ek8s-lab/etcd-3.5/usr/bin"  # the Makefile's ETCD_DIR, /usr/bin below it
 ETCD_DIR_ENV = "EK8S_ETCD_DIR"
@@ -64,7 +66,9 @@ class Emulation:
     (``-m lab.apiserver``, ``-m lab.kubelet``); ``etcd`` is the real etcd binary the emulated
     kubeadm and k3s start, ``etcdctl`` and ``etcdutl`` its tools (:func:`etcd_dir`). Set by
     ``ek8s lab up`` (``--init-seconds``, ``--join-seconds``, ``--certs-ttl``,
-    ``--token-ttl``)."""
+    ``--token-ttl``). ``kubernetes_version`` is the version of the emulated kubeadm,
+    kube-apiserver and kubelet (``--kubernetes-version``; :mod:`core.versions` says what it
+    changes), as a node image holds the kubeadm of one version."""
 
     init_s: float = 0.0  # total duration of `kubeadm init` (the PoC measured ~11 s); 0: as fast as it runs
     join_s: float = 0.0  # total duration of each `kubeadm join`; 0: as fast as it runs
@@ -79,6 +83,7 @@ class Emulation:
     etcd: str = field(default_factory=lambda: etcd_tool("etcd"))
     etcdctl: str = field(default_factory=lambda: etcd_tool("etcdctl"))
     etcdutl: str = field(default_factory=lambda: etcd_tool("etcdutl"))
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
 
     def dump(self, path: Path) -> None:
         """Write the settings to ``path`` as JSON (what :func:`load` reads). Raises ``OSError``."""

@@ -156,15 +156,16 @@ def etcd_argv(
     return [*argv, *extra]
 
 
-def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0) -> None:
-    """Poll ``https://address:port/readyz`` (this node's API server, not the VIP) every 50 ms
-    until 200, as kubeadm's wait-control-plane does. Raises :class:`ToolError` after
-    ``timeout_s`` seconds (kubeadm waits up to 4 min)."""
+def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0, path: str = "/readyz") -> None:
+    """Poll ``https://address:port<path>`` (this node's API server, not the VIP; ``/readyz``,
+    or ``/livez`` as kubeadm's control-plane-check asks) every 50 ms until 200, as kubeadm's
+    wait-control-plane does. Raises :class:`ToolError` after ``timeout_s`` seconds (kubeadm
+    waits up to 4 min)."""
     api = Api(f"https://{address}:{port}", ctx_for(ca_pem))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            code, _ = api.call("GET", "/readyz", timeout=2)
+            code, _ = api.call("GET", path, timeout=2)
             if code == 200:
                 return
         except (OSError, urllib.error.URLError):

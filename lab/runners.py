@@ -31,6 +31,7 @@ import psutil
 import yaml
 
 from core.fileperm import ensure_dir
+from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
@@ -49,7 +50,14 @@ class Lab(Protocol):
     def share(self) -> Path: ...
 
     def node_config(
-        self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
+        self,
+        name: str,
+        role: str,
+        address: str,
+        root: Path,
+        kubeadm: Path,
+        overrides: dict[str, Any],
+        version: str = ...,
     ) -> dict[str, Any]: ...
 
 
@@ -148,9 +156,9 @@ class ProcessRunner:
         for node in state.nodes:
             cfg_path = Path(node.config)
             ensure_dir(cfg_path.parent, 0o700)
-            cfg = lab.node_config(
-                node.name, node.role, node.address, Path(node.root), lab.dir / "bin/kubeadm", overrides
-            )
+            kubeadm = lab.dir / "bin/kubeadm"
+            version = emulation.kubernetes_version
+            cfg = lab.node_config(node.name, node.role, node.address, Path(node.root), kubeadm, overrides, version)
             cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
@@ -348,7 +356,8 @@ class MachineRunner:
 def lab_inventory(state: LabState) -> Any:
     """The lab as a Warewulf inventory (:class:`manager.inventory.Inventory`): its nodes on
     ``eth0`` with made-up MACs, cluster ``default``, the share at ``/share``, no CNI manifest,
-    ``on_cluster_lost: restore`` (node.yaml's default, as in process mode)."""
+    ``on_cluster_lost: restore`` (node.yaml's default, as in process mode), the Kubernetes
+    version of the lab's emulation."""
     from manager.inventory import Inventory
 
     nodes = [
@@ -362,6 +371,7 @@ def lab_inventory(state: LabState) -> Any:
             "share": {"path": SHARE_PATH},
             "cni_manifest": None,
             "on_cluster_lost": "restore",
+            "kubernetes": {"version": state.emulation.get("kubernetes_version", DEFAULT_KUBERNETES_VERSION)},
             "nodes": nodes,
         }
     )

@@ -11,7 +11,8 @@ unfinished leader claim).
 Milestone events (docs/share-protocol.md): ``boot``, ``leader_claimed``, ``phylactery_up``,
 ``api_ready``, ``leader_ready``, ``init_failed``, ``join_started``, ``pruned``,
 ``join_material_refreshed``, ``joined``, ``join_failed``, ``node_ready``, ``deposed``,
-``generation_changed``, ``cluster_lost``, ``phylactery_restarted``, ``stopped``.
+``generation_changed``, ``cluster_lost``, ``phylactery_restarted``, ``node_vanished``,
+``stopped``.
 
 Everything the agent touches comes in through its constructor (store, driver, services,
 probes, clock, executor), so every transition is unit-tested without root
@@ -61,6 +62,10 @@ LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at 
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
 HEARTBEAT_LOOP = "heartbeat"  # the supervised loop's name (ek8s_loop_failures_total{loop})
 MEMBER_CHECK_S = 3.0  # a watching control node checks its etcd member is still listed this often (2 misses: <= ~6 s)
+# A watching node checks its Node still exists this often (2 misses before it acts); a
+# worker's check goes through the VIP and stands in for that cycle's API probe, so it stays
+# within the load budget.
+NODE_CHECK_S = {"control": 10.0, "worker": 30.0}
 
 
 class PruneFailed(Exception):
@@ -77,6 +82,10 @@ class Probes(Protocol):
 
     def node_ready(self) -> bool | None:
         """This node's Node is Ready (None: absent or the API did not answer)."""
+        ...
+
+    def node_found(self) -> bool | None:
+        """This node's Node exists: True, False (the API answered 404), None (no answer)."""
         ...
 
     def phylactery_healthy(self, url: str) -> bool:
@@ -111,6 +120,10 @@ class NodeProbes:
     def node_ready(self) -> bool | None:
         """This node's Ready condition through its kubelet kubeconfig."""
         return probes.node_ready(self.kubeconfig, self.node)
+
+    def node_found(self) -> bool | None:
+        """Whether this node's Node exists, through its kubelet kubeconfig."""
+        return probes.node_found(self.kubeconfig, self.node)
 
     def phylactery_healthy(self, url: str) -> bool:
         """``GET <url>/healthz`` over TLS, 0.5 s timeout (False while no CA is on the share)."""
@@ -203,6 +216,8 @@ class Agent:
         self.etcd_index: int | None = None  # reported in heartbeats while quorum is lost
         self.member_checked_at = clock()
         self.member_missing = 0  # consecutive checks that did not find this node's etcd member
+        self.node_checked_at = clock()
+        self.node_missing = 0  # consecutive checks whose API answered that this node's Node is gone
         self.must_prune = False  # rejoining after the member was removed: prune first
         self.kubeadm_s = 0.0
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
@@ -770,13 +785,52 @@ class Agent:
             self.phylactery_started = self.phylactery_up = False
             self._event("phylactery_restarted", "Phylactery is not running; starting it again")
             self.start_phylactery()
-        if not self._api_alive():
+        answered = False
+        if self.clock() - self.node_checked_at >= NODE_CHECK_S[self.cfg.role]:
+            self.node_checked_at = self.clock()
+            found = self.probes.node_found()
+            if found is not None:
+                answered = True  # the API answered: this cycle needs no other probe of it
+                self.silent_since = None
+                vanished = self._node_vanished(found)
+                if vanished is not None:
+                    return vanished
+        if not answered and not self._api_alive():
             return self._judge_silence("while watching")
         if self.cfg.is_control and self.clock() - self.member_checked_at >= MEMBER_CHECK_S:
             removed = self._member_removed()
             if removed is not None:
                 return removed
         return f"no action: generation {self.generation} is healthy"
+
+    def _node_vanished(self, found: bool) -> str | None:
+        """Did this node's Node vanish while it runs (deleted: a wrong prune, an operator's
+        ``kubectl delete node``)? Its kubelet does not register it again until it restarts
+        (:func:`core.versions.kubelet_reregisters_deleted_node`; kubernetes#71398). After two
+        checks that miss it, restart the kubelet (the driver's ``kubelet_service``) and wait
+        for the Node to be Ready again; when the restart fails, reset and rejoin."""
+        if found:
+            self.node_missing = 0
+            return None
+        self.node_missing += 1
+        if self.node_missing < 2:
+            return None
+        self.node_missing = 0
+        service = self.driver.kubelet_service
+        why = (
+            f"my Node {self.cfg.node.name} is gone from the API while this node runs, and a running kubelet does "
+            "not register it again (kubernetes#71398)"
+        )
+        try:
+            self.services.restart(service)
+        except ServiceError as err:
+            self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+            return self._reset(
+                State.JOIN, f"{why}; restarting {service} failed ({err}): resetting and rejoining", "node_vanished"
+            )
+        return self._go(
+            State.AWAIT_NODE, f"{why}; restarted {service} to register it, waiting for it to be Ready", "node_vanished"
+        )
 
     def _member_removed(self) -> str | None:
         """Is this node's etcd member still listed? A member removed behind the node's back

@@ -247,6 +247,16 @@ class Driver(Protocol):
         ...
 
     @property
+    def kubelet_service(self) -> str:
+        """The service (a :mod:`core.services` name: a systemd unit, or the lab's process
+        service) whose restart restarts this node's kubelet: kubeadm ``kubelet``; k3s its own
+        ``k3s`` or ``k3s-agent``, which runs the kubelet inside. A running kubelet never
+        registers its Node again once the Node was deleted
+        (:func:`core.versions.kubelet_reregisters_deleted_node`); a restarted one does, which
+        is how the agent recovers a node whose Node vanished."""
+        ...
+
+    @property
     def admin_kubeconfig(self) -> Path:
         """The cluster-admin kubeconfig on a control node, as a host path."""
         ...

@@ -405,6 +405,12 @@ class K3sDriver:
         return "k3s" if self.cfg.is_control else "k3s-agent"
 
     @property
+    def kubelet_service(self) -> str:
+        """:attr:`service`: k3s runs the kubelet inside itself, so restarting the kubelet is
+        restarting k3s."""
+        return self.service
+
+    @property
     def kubelet_kubeconfig(self) -> Path:
         """``/var/lib/rancher/k3s/agent/kubelet.kubeconfig`` as a host path."""
         return self.cfg.host_path(KUBELET_KUBECONFIG)

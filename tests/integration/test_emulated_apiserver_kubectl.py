@@ -391,7 +391,7 @@ def test_bad_requests_get_the_real_status_never_a_500(
 
 
 def test_the_project_clients_calls_keep_working(server: Server) -> None:
-    """What lab/kubeadm.py (PUT create-or-replace), the kubelet (status PUT), Phylactery
+    """What lab/kubeadm/ (PUT create-or-replace), the kubelet (status PUT), Phylactery
     (Secret delete) and the tests (ConfigMaps) do, through the official client."""
     core = server.core
     core.create_namespaced_secret("kube-system", {"metadata": {"name": "n0.node-password.k3s"}, "data": {}})

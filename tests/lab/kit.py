@@ -213,6 +213,25 @@ def lab_processes(lab_dir: Path) -> list[str]:
     return out
 
 
+def gone(procs: list[psutil.Process]) -> list[str]:
+    """Which of ``procs`` (what :meth:`lab.cluster.Lab.processes` found before ``down``) still
+    exist, zombies included (psutil counts a zombie as running), as ``"<pid> <status>"``;
+    this test process first reaps those that are its own children (agents a test booted),
+    which no ``down`` in another process can."""
+    import contextlib
+    import os
+
+    for p in procs:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p.pid, os.WNOHANG)
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running():
+                out.append(f"{p.pid} {p.status()}")
+    return out
+
+
 def lab_cgroups(prefix: str) -> list[Path]:
     """Machine cgroups (``ek8s-lab.<prefix>-*``, :mod:`lab.machines`) below this process's
     cgroup in systemd's hierarchies: none may outlive ``ek8s lab down``."""

@@ -17,6 +17,7 @@ from typing import Any
 from core.config import NodeConfig, parse_config
 from core.drivers import Credentials, DriverError, InitResult, SnapshotTaken
 from core.etcd import LocalView
+from core.services import ServiceError
 from core.share import JoinMaterial, ShareStore
 from leader.agent import Agent
 
@@ -62,6 +63,7 @@ class FakeDriver:
     restores_snapshots = True
     restore_needs_secret = False
     etcd_endpoint = "https://127.0.0.1:2379"
+    kubelet_service = "kubelet"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -141,12 +143,22 @@ class FakeProbes:
         self.tokens: list[str] = []  # the credential each post carried
         self.etcd: LocalView | None = None
         self.answers: dict[str, tuple[int, Any]] = {}
+        # node_found's answer; None: as api and node_ready say (while the API answers, a Node
+        # whose Ready is known exists).
+        self.found: bool | None = None
+        self.found_calls = 0
 
     def api_ready(self, ca_pem: bytes) -> bool:
         return self.api and bool(ca_pem)
 
     def node_ready(self) -> bool | None:
         return self.node
+
+    def node_found(self) -> bool | None:
+        self.found_calls += 1
+        if self.found is not None:
+            return self.found
+        return None if not self.api or self.node is None else True
 
     def phylactery_healthy(self, url: str) -> bool:
         return self.phylactery
@@ -166,6 +178,8 @@ class FakeServices:
     def __init__(self) -> None:
         self.running: set[str] = set()
         self.started: list[str] = []
+        self.restarted: list[str] = []
+        self.fail_restart: set[str] = set()
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.started.append(name)
@@ -175,6 +189,12 @@ class FakeServices:
 
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
         self.running.discard(name)
+
+    def restart(self, name: str) -> None:
+        if name in self.fail_restart:
+            raise ServiceError(f"{name}: no recorded command to restart it with")
+        self.restarted.append(name)
+        self.running.add(name)
 
     def is_running(self, name: str) -> bool:
         return name in self.running

@@ -163,7 +163,7 @@ def test_k3s_servers_and_agents_get_their_tokens_by_config_file(tmp_path: Path, 
 def test_the_emulated_kubeadm_refuses_config_mixed_with_secret_flags_as_kubeadm_does(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lab import kubeadm as emulated
+    from lab.kubeadm import cli as emulated
 
     config = tmp_path / "renew.yaml"
     config.write_text("apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\n")
