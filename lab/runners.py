@@ -38,6 +38,10 @@ from lab.emulation import Emulation
 from lab.emulation import etcd_tool as emulation_etcd_tool
 from lab.state import MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
 
+# The Warewulf whose template data the machines' overlays are rendered with: the current one
+# (the rendered files are the same for 4.5-4.7: tests/integration/test_warewulf.py).
+WAREWULF_VERSION = "4.7"
+
 
 class Lab(Protocol):
     """What a runner needs of :class:`lab.cluster.Lab`: its directory, namespace prefix and
@@ -249,7 +253,7 @@ class MachineRunner:
             node_dir = base / node.name
             layer = ensure_dir(node_dir / "overlay", 0o755)
             for name in overlay.OVERLAYS:
-                wwrender.render_overlay(renderer, fixture, "4.6", node.name, built / name / "rootfs", layer)
+                wwrender.render_overlay(renderer, fixture, WAREWULF_VERSION, node.name, built / name / "rootfs", layer)
             (layer / "etc/hostname").write_text(node.name + "\n")
             node_yaml = layer / "etc/ek8s/node.yaml"
             if overrides:
