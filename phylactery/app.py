@@ -4,11 +4,15 @@
 ``GET /healthz``       no     liveness: ``{"ok": true, "node": ...}``
 ``GET /v1/status``     no     node, role, generation, members, HAProxy backends, etcd members
 ``GET /metrics``       no     Prometheus text format: Phylactery's and the agent's metrics
+``GET /v1/etcd``       no     the etcd members, each with whether it answers and leads
 ``POST /v1/refresh``   yes    re-read members, regenerate, reload if changed (coalesced)
 ``POST /v1/prune``     yes    body ``{"name": str, "address": "a.b.c.d"}``: remove that
                               node's stale Node and etcd member
 ``POST /v1/join-material`` yes  make sure ``join.json`` holds a token and certificate key
                               the API still accepts (refresh what expired)
+``POST /v1/remove``    yes    body ``{"name", "address", "user"}``: the operator takes that
+                              node out for good (etcd member, Node); refused (409) when etcd
+                              would not stay safe or the node still runs
 =====================  =====  ==========================================================
 
 The token is ``<share>/<cluster>/phylactery.token`` (0600), compared in constant time. Errors
@@ -25,6 +29,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import re
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -176,6 +181,41 @@ async def prune(request: web.Request) -> web.StreamResponse:
     return web.json_response(result.to_json())
 
 
+async def etcd_members(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/etcd``: :meth:`Phylactery.etcd_members` (no token: it says nothing secret)."""
+    return web.json_response(await request.app[PHYLACTERY].etcd_members())
+
+
+USER_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+async def remove(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/remove`` with ``{"name", "address", "user"}`` (``user``: who decided, for
+    the log): 200 with what was removed; 400 bad body; 409 refused (unsafe for etcd, the node
+    still runs, or this node itself); 503 etcd or the API did not answer."""
+    body = await _json_body(request)
+    name, address, user = body.get("name"), body.get("address"), body.get("user")
+    if not isinstance(name, str) or not NODE_NAME_RE.match(name):
+        return error(400, "field 'name': a node name (a lower-case RFC 1123 label) is required")
+    if not isinstance(address, str):
+        return error(400, "field 'address': an IPv4 address (string) is required")
+    try:
+        address = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        return error(400, f"field 'address': {address[:80]!r} is not an IPv4 address")
+    if not isinstance(user, str) or not USER_RE.match(user):
+        return error(400, "field 'user': who decided (1-64 letters, digits, '.', '_', '@', '-') is required")
+    try:
+        result = await request.app[PHYLACTERY].remove(name, address)
+    except (ValueError, PruneRefused) as err:
+        log.warning("remove refused", extra={"node_": name, "user": user, "error": str(err)})
+        return error(409, str(err))
+    except PruneError as err:
+        return error(503, str(err))
+    log.info("removed on the operator's decision", extra={"user": user, **result.to_json()})
+    return web.json_response(result.to_json())
+
+
 async def join_material(request: web.Request) -> web.StreamResponse:
     """Ensure the published join material is still accepted (refresh what expired)."""
     try:
@@ -217,6 +257,8 @@ def make_app(
     app.router.add_post("/v1/refresh", refresh)
     app.router.add_post("/v1/prune", prune)
     app.router.add_post("/v1/join-material", join_material)
+    app.router.add_get("/v1/etcd", etcd_members)
+    app.router.add_post("/v1/remove", remove)
     return app
 
 

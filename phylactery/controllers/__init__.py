@@ -19,6 +19,9 @@ loop                module                          job
                                                     whose member leads etcd
 ``reaper``          :mod:`.reaper`                  remove an etcd member whose node lost its
                                                     data
+``roles``           :mod:`.roles`                   every Node's labels, taints and roles in
+                                                    line with the published inventory, on the
+                                                    node whose member leads etcd
 ==================  ==============================  =========================================
 
 Each runs under Phylactery's :class:`core.supervise.Supervisor` (``/healthz`` is 503 while one
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING
 from phylactery.controllers.notify import PeerNotifier
 from phylactery.controllers.reaper import ReaperController
 from phylactery.controllers.reconcile import ReconcileController
+from phylactery.controllers.roles import RolesController
 from phylactery.controllers.snapshot import SnapshotController
 
 if TYPE_CHECKING:
@@ -49,10 +53,11 @@ class Controllers:
     notify: PeerNotifier
     snapshot: SnapshotController
     reaper: ReaperController
+    roles: RolesController
 
     def loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(loop name, coroutine function)`` of each, in the order they start."""
-        return [(c.name, c.run) for c in (self.reconcile, self.notify, self.snapshot, self.reaper)]
+        return [(c.name, c.run) for c in (self.reconcile, self.notify, self.snapshot, self.reaper, self.roles)]
 
 
 def register(p: Phylactery) -> Controllers:
@@ -62,4 +67,5 @@ def register(p: Phylactery) -> Controllers:
         notify=PeerNotifier(p),
         snapshot=SnapshotController(p),
         reaper=ReaperController(p),
+        roles=RolesController(p),
     )
