@@ -9,7 +9,9 @@ What is emulated, and only as far as the node agent, Phylactery and the official
 ``kubernetes`` client need it:
 
 * ``/healthz``, ``/livez``, ``/readyz`` (anonymous; ``/readyz`` reads etcd), ``/version``;
-* Nodes (list, get, create, delete, status update), ConfigMaps and Secrets in a namespace;
+* Nodes (list, get, create, delete, status update, patch), ConfigMaps and Secrets in a
+  namespace; Pods, PodDisruptionBudgets and the eviction API (:mod:`lab.workloads`), with the
+  NodeRestriction admission plugin's rules for a node's own Node;
 * kube-controller-manager's node lifecycle controller (:class:`NodeLifecycle`): a Node whose
   status this API server has not seen change for ``node_monitor_grace_s`` seconds (40 s,
   ``--node-monitor-grace-period``) since it first saw it gets ``Ready=Unknown``, written
@@ -47,12 +49,15 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from core import noderoles
 from core.etcd import EtcdClient, EtcdError, client_ssl_context, retry_transient
 from lab import pki
+from lab.workloads import Workloads
 
 log = logging.getLogger("emulated-kube-apiserver")
 ADMIN_GROUPS = {"system:masters", "kubeadm:cluster-admins"}
 KINDS = {"configmaps": "ConfigMap", "secrets": "Secret"}
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
 
 def rfc3339(t: float) -> str:
@@ -309,6 +314,15 @@ class ApiServer:
         name = body.get("metadata", {}).get("name", "")
         if not (user.admin or user.name == f"system:node:{name}"):
             return status_error(403, "Forbidden", f"{user.name} may not create node {name}")
+        labels = body.get("metadata", {}).get("labels") or {}
+        # NodeRestriction (lab/workloads.py). The control-plane label is kubeadm's
+        # mark-control-plane phase's (admin credential) on a real node; the emulated kubelet
+        # registers it itself (lab/kubelet.py), so it alone passes here.
+        forbidden = sorted(k for k in labels if not noderoles.kubelet_may_set(k) and k != CONTROL_PLANE_LABEL)
+        if not user.admin and forbidden:
+            return status_error(
+                403, "Forbidden", f'node "{name}" is not allowed to set the following labels: {", ".join(forbidden)}'
+            )
         key = f"/registry/minions/{name}"
         if await self.load(key) is not None:
             return status_error(409, "AlreadyExists", f'nodes "{name}" already exists')
@@ -473,6 +487,8 @@ class ApiServer:
         r.add_get("/livez", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/version", self.version)
+        workloads = Workloads(self)
+        workloads.routes(r)  # PATCH on a Node first: the routes below take every other method
         r.add_route("*", "/api/v1/nodes", self.nodes)
         r.add_route("*", "/api/v1/nodes/{name}", self.node)
         r.add_route("*", "/api/v1/nodes/{name}/status", self.node_status)
@@ -487,6 +503,7 @@ class ApiServer:
 
         async def _start(_: web.Application) -> None:
             tasks.append(asyncio.create_task(lifecycle.run()))
+            tasks.append(asyncio.create_task(_schedule(workloads)))
 
         async def _close(_: web.Application) -> None:
             for task in tasks:
@@ -496,6 +513,16 @@ class ApiServer:
         app.on_startup.append(_start)
         app.on_cleanup.append(_close)
         return app
+
+
+async def _schedule(workloads: Workloads, period_s: float = 2.0) -> None:
+    """The emulated scheduler's retry: bind Pending Pods that fit a Node now, every ``period_s``."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await workloads.schedule_pending()
+        except EtcdError as err:
+            log.info("scheduler: etcd: %s", err)
 
 
 class K3sSupervisor:

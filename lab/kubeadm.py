@@ -418,12 +418,37 @@ async def _wait_etcd(client: EtcdClient, timeout_s: float) -> None:
             await asyncio.sleep(0.05)
 
 
-def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool) -> None:
+def kubelet_flags(registration: dict[str, Any], control_plane: bool) -> list[str]:
+    """The kubelet flags kubeadm derives from ``nodeRegistration`` beyond ``node-ip``:
+    ``--node-labels`` from ``kubeletExtraArgs`` (v1beta4's list of ``{name, value}``), and the
+    taints as ``--register-with-taints`` (``phases/kubelet/flags.go``). kubeadm passes the
+    taints of a joining worker this way and applies a control node's in its mark-control-plane
+    phase (the given ones, or the control-plane taint when none are given); the emulation
+    registers both with the Node, so the Node ends up the same without that phase's patch."""
+    flags = []
+    for arg in registration.get("kubeletExtraArgs") or []:
+        if arg.get("name") == "node-labels":
+            flags += ["--node-labels", str(arg.get("value", ""))]
+    taints = registration.get("taints")
+    if taints is None and control_plane:
+        taints = [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    if taints:
+        text = ",".join(
+            f"{t['key']}={t['value']}:{t['effect']}" if t.get("value") else f"{t['key']}:{t['effect']}" for t in taints
+        )
+        flags += ["--register-with-taints", text]
+    return flags
+
+
+def start_kubelet(
+    r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool, extra: list[str] | None = None
+) -> None:
     """(Re)start :mod:`lab.kubelet` for Node ``name`` at ``address`` (IPv4 string) with the
     node's ``kubelet.conf`` and the static pods of ``/etc/kubernetes/manifests``; a running
     kubelet is stopped first (``TryStopKubelet``, then ``TryStartKubelet``: its static pods
     keep running and the new kubelet adopts them). Control-plane Nodes get the
-    ``node-role.kubernetes.io/control-plane`` label. Returns without waiting."""
+    ``node-role.kubernetes.io/control-plane`` label. ``extra``: flags from
+    :func:`kubelet_flags`. Returns without waiting."""
     argv = [
         emu.python,
         "-m",
@@ -445,6 +470,7 @@ def start_kubelet(r: Root, emu: emulation.Emulation, name: str, address: str, co
     ]
     if control_plane:
         argv.append("--control-plane")
+    argv += extra or []
     ensure_dir(r("/var/lib/kubelet"))
     if under_systemd(r):
         # As kubeadm on a systemd host: the flags in kubeadm-flags.env, then `systemctl
@@ -829,7 +855,8 @@ def init(r: Root, docs: dict[str, dict[str, Any]], upload_certs: bool, ignore: s
         say('[control-plane] Creating static Pod manifest for "kube-apiserver"')
         write_apiserver_manifest(r, emu, address, port, cc["kubernetesVersion"])
     with phase("kubelet-start"):
-        start_kubelet(r, emu, name, address, control_plane=True)
+        flags = kubelet_flags(ic.get("nodeRegistration") or {}, control_plane=True)
+        start_kubelet(r, emu, name, address, control_plane=True, extra=flags)
     PHASES.mark("manifests_and_kubelet")
 
     async def _etcd_up() -> None:
@@ -1099,7 +1126,8 @@ def join(r: Root, docs: dict[str, dict[str, Any]], skip_phases: frozenset[str] =
             pki.kubeconfig(server, ca_pem, kubelet, f"system:node:{name}", cluster_name),
         )
         node_ip = next(a["value"] for a in jc["nodeRegistration"].get("kubeletExtraArgs", []) if a["name"] == "node-ip")
-        start_kubelet(r, emu, name, node_ip, control_plane=bool(control))
+        flags = kubelet_flags(jc["nodeRegistration"], control_plane=bool(control))
+        start_kubelet(r, emu, name, node_ip, control_plane=bool(control), extra=flags)
     PHASES.mark("kubelet_start")
     if control and api is not None:
         with phase("control-plane-join/etcd"):

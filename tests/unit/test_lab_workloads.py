@@ -1,0 +1,154 @@
+"""The lab's EMULATED Pods, PodDisruptionBudgets and eviction (lab/workloads.py), over real HTTP
+through the official ``kubernetes`` client's shapes, with an in-memory store standing in for
+etcd (the lab tier runs them on real etcd): the eviction API's 429 under a budget, the
+ReplicaSet's replacement, the scheduler's choice, NodeRestriction for a node's own Node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from lab.workloads import Workloads
+
+
+class Store:
+    """What :class:`lab.workloads.Workloads` uses of the API server, in memory; ``who`` is the
+    requester (``system:admin`` or ``system:node:<name>``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.who = "system:admin"
+
+    async def user(self, request: web.Request) -> Any:
+        class User:
+            name = self.who
+            admin = self.who == "system:admin"
+
+        return User()
+
+    async def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+        return [(k, json.dumps(v).encode()) for k, v in sorted(self.data.items()) if k.startswith(prefix)]
+
+    async def load(self, key: str) -> dict[str, Any] | None:
+        v = self.data.get(key)
+        return json.loads(json.dumps(v)) if v is not None else None
+
+    async def store(self, key: str, obj: dict[str, Any]) -> None:
+        self.data[key] = obj
+
+    async def delete(self, key: str) -> int:
+        return 1 if self.data.pop(key, None) is not None else 0
+
+    def node(self, name: str, ready: bool = True, **spec: Any) -> None:
+        cond = [{"type": "Ready", "status": "True" if ready else "False"}]
+        node = {"metadata": {"name": name}, "spec": spec, "status": {"conditions": cond}}
+        self.data[f"/registry/minions/{name}"] = node
+
+
+def run(store: Store, steps: Any) -> Any:
+    async def _run() -> Any:
+        app = web.Application()
+        Workloads(store).routes(app.router)  # type: ignore[arg-type]
+        async with TestClient(TestServer(app)) as client:
+            return await steps(client)
+
+    return asyncio.run(_run())
+
+
+RS = {"kind": "ReplicaSet", "name": "web", "controller": True}
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def web_pod(name: str, node: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "i"}]}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": name, "labels": {"app": "web"}, "ownerReferences": [RS]}, "spec": spec}
+
+
+def test_a_budget_refuses_the_eviction_that_would_break_it_and_replacements_keep_it() -> None:
+    s = Store()
+    s.node("worker0")
+    s.node("worker1")
+    s.node("control0", taints=[{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+
+    async def steps(c: TestClient[Any, Any]) -> None:
+        for name in ("web-a", "web-b"):
+            assert (await c.post("/api/v1/namespaces/default/pods", json=web_pod(name))).status == 201
+        pods = (await (await c.get("/api/v1/pods")).json())["items"]
+        assert sorted(p["spec"]["nodeName"] for p in pods) == ["worker0", "worker1"], "spread, not on control0"
+        pdb = {"metadata": {"name": "web"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}
+        resp = await c.post("/apis/policy/v1/namespaces/default/poddisruptionbudgets", json=pdb)
+        assert (await resp.json())["status"]["disruptionsAllowed"] == 1
+        # worker0 cordoned: the eviction of its Pod is allowed, the replacement goes to worker1.
+        cordon = {"spec": {"unschedulable": True}}
+        resp = await c.patch("/api/v1/nodes/worker0", json=cordon, headers=MERGE)
+        assert resp.status == 200
+        on0 = next(p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == "worker0")
+        assert (await c.post(f"/api/v1/namespaces/default/pods/{on0}/eviction", json={})).status == 201
+        pods = (await (await c.get("/api/v1/pods?fieldSelector=spec.nodeName=worker1")).json())["items"]
+        assert len(pods) == 2 and all(p["metadata"]["name"].startswith("web-") for p in pods)
+        # worker1 cordoned too: one eviction goes, its replacement has nowhere to go, the next is refused.
+        await c.patch("/api/v1/nodes/worker1", json=cordon, headers=MERGE)
+        first, second = (p["metadata"]["name"] for p in pods)
+        assert (await c.post(f"/api/v1/namespaces/default/pods/{first}/eviction", json={})).status == 201
+        refused = await c.post(f"/api/v1/namespaces/default/pods/{second}/eviction", json={})
+        body = await refused.json()
+        assert refused.status == 429 and body["reason"] == "TooManyRequests"
+        assert body["details"]["causes"][0]["message"] == (
+            "The disruption budget web needs 1 healthy pods and has 1 currently"
+        )
+        pending = [p for p in (await (await c.get("/api/v1/pods")).json())["items"] if not p["spec"].get("nodeName")]
+        assert len(pending) == 1 and pending[0]["status"]["phase"] == "Pending"
+        # Uncordoned: the scheduler binds it.
+        uncordon = {"spec": {"unschedulable": None}}
+        await c.patch("/api/v1/nodes/worker0", json=uncordon, headers=MERGE)
+        pods = (await (await c.get("/api/v1/pods?fieldSelector=spec.nodeName=worker0")).json())["items"]
+        assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
+
+    run(s, steps)
+
+
+def test_a_node_may_not_change_its_own_taints_or_restricted_labels() -> None:
+    s = Store()
+    s.node("worker0")
+    s.who = "system:node:worker0"
+    merge = {"Content-Type": "application/merge-patch+json"}
+
+    async def steps(c: TestClient[Any, Any]) -> list[tuple[int, str]]:
+        out = []
+        for patch in (
+            {"spec": {"taints": []}},
+            {"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]}},
+            {"metadata": {"labels": {"node-role.kubernetes.io/gpu": ""}}},
+            {"metadata": {"labels": {"rack": "r1"}}},
+        ):
+            resp = await c.patch("/api/v1/nodes/worker0", json=patch, headers=merge)
+            out.append((resp.status, (await resp.json()).get("message", "")))
+        resp = await c.patch("/api/v1/nodes/worker0", json={}, headers={"Content-Type": "application/json-patch+json"})
+        out.append((resp.status, ""))
+        return out
+
+    got = run(s, steps)
+    assert got[0][0] == 200, "no taints before, none after: no change"
+    assert got[1] == (403, 'node "worker0" is not allowed to modify taints')
+    assert got[2] == (403, "is not allowed to modify labels: node-role.kubernetes.io/gpu")
+    assert got[3][0] == 200
+    assert got[4][0] == 415
+
+
+def test_an_unowned_pod_is_not_replaced() -> None:
+    s = Store()
+    s.node("worker0")
+
+    async def steps(c: TestClient[Any, Any]) -> int:
+        body = {"metadata": {"name": "bare"}, "spec": {"nodeName": "worker0", "containers": []}}
+        await c.post("/api/v1/namespaces/default/pods", json=body)
+        assert (await c.post("/api/v1/namespaces/default/pods/bare/eviction", json={})).status == 201
+        return len((await (await c.get("/api/v1/pods")).json())["items"])
+
+    assert run(s, steps) == 0
