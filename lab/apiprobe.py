@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    api_client = config.new_client_from_config(config_file=str(args.kubeconfig))
-    api_client.configuration.retries = False
-    api = client.CoreV1Api(api_client)
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(args.kubeconfig), client_configuration=configuration)
+    configuration.retries = False  # read by the connection pool when the client is made
+    api = client.CoreV1Api(client.ApiClient(configuration))
     period = 1.0 / args.hz
     with open(args.out, "a", buffering=1) as out:
         while not stop:
