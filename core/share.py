@@ -754,9 +754,10 @@ class ShareStore:
     def forget_node(self, name: str) -> list[str]:
         """Forget a node taken out of service for good (``ek8s node remove``): its heartbeat,
         incarnation and member record, its worker join slot and the control-plane join slot
-        if it holds it. Returns the records removed (paths relative to the cluster directory);
-        a replacement with the same name then starts from nothing here. Raises ``ValueError``
-        when ``name`` is not a node name."""
+        if it holds it (per-node credentials, once the share holds any, belong here too).
+        Returns the records removed (paths relative to the cluster directory); a replacement
+        with the same name then starts from nothing here. Raises ``ValueError`` when ``name``
+        is not a node name."""
         node_name(name)
         removed = []
         for rel in (f"heartbeats/{name}", f"incarnations/{name}.json", f"members/{name}.json"):

@@ -186,6 +186,21 @@ def _remove_through_phylactery(c: maintenance.Cluster, name: str, address: str, 
         time.sleep(2.0)
 
 
+def _wait_stopped(c: maintenance.Cluster, name: str, wait_s: float) -> None:
+    """After a clean power-off the agent's last heartbeat says ``stopped`` within seconds;
+    wait for it (up to ``wait_s``) so that it is not written after the node's records were
+    forgotten. A hard power-off writes none: go on after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        hb = c.store.read_heartbeat(name)
+        if hb is None or hb.phase == "stopped":
+            _say(f"{name}: its agent has stopped")
+            return
+        time.sleep(1.0)
+    if wait_s > 0:
+        _say(f"{name}: no 'stopped' heartbeat within {wait_s:.0f}s (a hard power-off, or down already); going on")
+
+
 def _refresh_everywhere(c: maintenance.Cluster, name: str) -> None:
     """Ask every Phylactery to refresh, then wait until no HAProxy lists ``name``'s backend."""
     token = c.store.read_token()
@@ -216,6 +231,12 @@ def _refresh_everywhere(c: maintenance.Cluster, name: str) -> None:
     help="how the node is powered off for good ({node}); e.g. 'wwctl power soft {node}'",
 )
 @click.option("--no-poweroff", is_flag=True, help="the node is down already (refused while it heartbeats)")
+@click.option(
+    "--stop-wait",
+    default=20.0,
+    show_default=True,
+    help="seconds to wait after the power-off for the agent's last heartbeat ('stopped') before its records go",
+)
 @click.option("--from-warewulf", is_flag=True, help="also delete it from Warewulf (wwctl node delete, configure)")
 @click.option("--wwctl", default="wwctl", show_default=True, help="the wwctl --from-warewulf runs")
 @click.option("--drain-timeout", default=300.0, show_default=True, help="seconds the drain may take")
@@ -227,6 +248,7 @@ def remove(
     share_path: Path,
     poweroff_command: str,
     no_poweroff: bool,
+    stop_wait: float,
     from_warewulf: bool,
     wwctl: str,
     drain_timeout: float,
@@ -299,6 +321,7 @@ def remove(
     try:
         if not no_poweroff:
             maintenance.run_commands(maintenance.command_argvs(poweroff_command, [name]), 120.0, _say)
+            _wait_stopped(c, name, stop_wait)
         result = _remove_through_phylactery(c, name, address, user)
         _say(
             f"{name}: removed etcd members {[m['name'] for m in result.get('removed_etcd_members', [])]}, "
