@@ -34,12 +34,10 @@ from pydantic import (
     model_validator,
 )
 
-from core import noderoles
+from core import noderoles, versions
 
 # RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# Kubernetes release tag as kubeadm's kubernetesVersion accepts it ("v1.32.1").
-_K8S_VERSION = re.compile(r"^v1\.\d+\.\d+$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 
 Seconds = Annotated[float, Field(gt=0)]
@@ -181,10 +179,11 @@ class KubernetesSettings(_Strict):
     """What the distribution is asked to build: kubeadm (``kubeadm.k8s.io/v1beta4``
     ClusterConfiguration, :mod:`core.drivers.kubeadm`) or k3s with embedded etcd
     (``/etc/rancher/k3s/config.yaml``, :mod:`core.drivers.k3s`). ``version`` is what kubeadm
-    installs; k3s runs the version of its executable."""
+    installs, and it selects the behaviours that differ between the supported minors
+    (:mod:`core.versions`); k3s runs the version of its executable, which should match."""
 
     distribution: Literal["kubeadm", "k3s"] = "kubeadm"
-    version: str = "v1.32.1"
+    version: str = versions.DEFAULT_KUBERNETES_VERSION
     pod_subnet: str = "10.249.0.0/16"
     service_subnet: str = "10.96.0.0/12"
     api_server_port: int = Field(6443, ge=1, le=65535)
@@ -192,6 +191,11 @@ class KubernetesSettings(_Strict):
     # The kubeadm and k3s executables; the lab points them at its emulated ones.
     kubeadm: str = "kubeadm"
     k3s: str = "k3s"
+    # etcd's offline tools, which restore a snapshot on the node (kubeadm: etcdutl; etcdctl
+    # only while the version's etcd is 3.5, core.versions.etcdctl_restores_snapshots). Names
+    # are looked up on PATH; the lab points them at its etcd's.
+    etcdutl: str = "etcdutl"
+    etcdctl: str = "etcdctl"
     # Manifests applied by the leader once the control plane is up (the CNI first).
     manifests: list[Path] = Field(default_factory=list)
     # Offline image archives baked into the node image; imported at boot beside the election.
@@ -204,8 +208,7 @@ class KubernetesSettings(_Strict):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not _K8S_VERSION.match(v):
-            raise ValueError("must look like v1.32.1")
+        versions.supported(v)  # ValueError: not v1.M.P, or a minor this project does not know
         return v
 
     @field_validator("pod_subnet", "service_subnet")

@@ -2,8 +2,14 @@
 
 kubeadm's etcd accepts only client-certificate TLS (``--client-cert-auth``); ``aetcd`` opens
 plaintext gRPC channels only and ``etcd3`` does not import with protobuf >= 4, so this module
-speaks the gateway's JSON over aiohttp instead. Paths and shapes are etcd's
-``etcdserverpb`` messages as the gateway maps them (checked against etcd 3.4):
+speaks the gateway's JSON over aiohttp instead. Where the gateway answers is the
+distribution's: kubeadm's etcd serves it with gRPC on every client URL
+(``https://<node>:2379``); k3s sets ``--listen-client-http-urls=https://127.0.0.1:2382``
+(etcd >= 3.4.25/3.5.8), so its client URLs speak gRPC only and the gateway answers only on
+that loopback URL (each driver's ``etcd_endpoint``). Other members are therefore never
+asked through the gateway: :func:`member_answers` judges them by a TLS handshake on their
+client URL, which both answer. Paths and shapes are etcd's ``etcdserverpb`` messages as the
+gateway maps them (checked against etcd 3.4.23 and 3.5.16):
 
 * ``POST /v3/cluster/member/list|add|remove``, ``POST /v3/maintenance/status``;
 * ``POST /v3/kv/range|put|deleterange`` with base64 keys and values.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -84,6 +91,29 @@ def _member(d: dict[str, Any]) -> EtcdMember:
         client_urls=tuple(d.get("clientURLs", ())),
         is_learner=bool(d.get("isLearner", False)),
     )
+
+
+async def member_answers(member: EtcdMember, context: ssl.SSLContext, timeout_s: float = 1.0) -> bool:
+    """Whether ``member`` completes a TLS handshake on one of its client URLs with
+    ``context`` (a client certificate of the cluster's etcd CA, the member's server
+    certificate checked against that CA and the URL's host): a live etcd member does, on
+    kubeadm's client URLs and on k3s's alike (which speak gRPC only: the JSON gateway is not
+    there to ask), whether or not it has quorum; a member whose node rebooted (RAM root) or
+    died does not. ``timeout_s`` bounds each URL's connection and handshake."""
+    for url in member.client_urls:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 2379
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=context, server_hostname=host), timeout_s
+            )
+        except (OSError, TimeoutError, ssl.SSLError, ValueError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), timeout_s)
+        return True
+    return False
 
 
 # etcd refusals that clear by themselves: the strict reconfiguration check refuses member

@@ -18,6 +18,7 @@ from pathlib import Path
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+PUBLIC_FILE_MODE = 0o644  # certificates only (a CA certificate is public; its key never is)
 EXEC_MODE = 0o700
 
 

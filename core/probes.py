@@ -4,8 +4,10 @@
   cluster CA): the API behind the VIP answers (kube-apiserver's ``/readyz`` is readable
   without credentials through the ``system:public-info-viewer`` ClusterRole);
 * :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client);
+* :func:`node_found` - whether a Node exists (the API answered with it, or with 404);
 * :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
-  HTTP API (docs/phylactery.md).
+  HTTPS API (docs/phylactery.md), the server verified with the Phylactery CA
+  (:func:`core.tls.client_context`); nothing is sent to a URL that is not ``https://``.
 
 HTTP to Phylactery and the readyz probe use the standard library (``urllib``), which starts
 in milliseconds; the agent must not pay aiohttp's import on its critical path.
@@ -52,20 +54,25 @@ def api_ready(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> bool:
         return False
 
 
-_clients: dict[str, Any] = {}
+_clients: dict[tuple[str, int | None], Any] = {}
 
 
-def kube_client(kubeconfig: Path) -> Any:
+def kube_client(kubeconfig: Path, retries: int | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for ``kubeconfig``, cached by the file's content
-    (after a reset the same path holds other credentials and another CA). Raises what
-    :func:`kube_errors` lists when the file is missing or unusable."""
-    from kubernetes import config
+    (after a reset the same path holds other credentials and another CA) and ``retries``
+    (urllib3's retries of a request that failed or timed out; None: the client's default,
+    three; 0 for a probe that must not wait out an API server that accepts and never answers,
+    as one whose etcd is gone does). Raises what :func:`kube_errors` lists when the file is
+    missing or unusable."""
+    from kubernetes import client, config
 
-    key = kubeconfig.read_text()
+    key = (kubeconfig.read_text(), retries)
     if key not in _clients:
         if len(_clients) >= 4:  # a process uses one or two kubeconfigs; old ones are stale
             _clients.pop(next(iter(_clients)))
-        _clients[key] = config.new_client_from_config(config_file=str(kubeconfig))
+        configuration = client.Configuration()
+        configuration.retries = retries
+        _clients[key] = config.new_client_from_config(config_file=str(kubeconfig), client_configuration=configuration)
     return _clients[key]
 
 
@@ -85,20 +92,51 @@ def node_ready(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | No
     return False
 
 
-def phylactery_healthy(base_url: str, timeout_s: float = 1.0) -> bool:
-    """``GET <base_url>/healthz`` answered 200 (HAProxy and keepalived run) within ``timeout_s``."""
+def node_found(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | None:
+    """Whether Node ``name`` exists as the API behind ``kubeconfig`` says: True (it answered
+    with the Node), False (it answered 404 Not Found), or None when there is no such answer
+    (no API, another error, the kubeconfig missing) within ``timeout_s`` seconds."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:  # one try: this runs in the agent's cycle
+        client.CoreV1Api(kube_client(kubeconfig, retries=0)).read_node(name, _request_timeout=timeout_s)
+    except ApiException as err:
+        return False if err.status == 404 else None
+    except kube_errors():
+        return None
+    return True
+
+
+def _https(base_url: str) -> None:
+    """Refuse a Phylactery URL that is not ``https://``: no credential crosses the network
+    in clear text, and no client talks to a server it cannot verify (docs/security.md)."""
+    if not base_url.lower().startswith("https://"):
+        raise urllib.error.URLError(f"{base_url}: not https; Phylactery is reached over TLS only")
+
+
+def phylactery_healthy(base_url: str, tls: ssl.SSLContext, timeout_s: float = 1.0) -> bool:
+    """``GET <base_url>/healthz`` answered 200 (HAProxy and keepalived run) within
+    ``timeout_s``, by a server ``tls`` verifies (:func:`core.tls.client_context`)."""
     try:
-        with urllib.request.urlopen(base_url + "/healthz", timeout=timeout_s) as resp:
+        _https(base_url)
+        with urllib.request.urlopen(base_url + "/healthz", timeout=timeout_s, context=tls) as resp:
             return bool(resp.status == 200)
     except (OSError, urllib.error.URLError):
         return False
 
 
-def phylactery_get(base_url: str, path: str, timeout_s: float = 1.5) -> dict[str, Any] | None:
-    """``GET <base_url><path>`` parsed as a JSON object, or None when Phylactery does not
-    answer within ``timeout_s`` seconds or answers something else."""
+def phylactery_get(
+    base_url: str, path: str, tls: ssl.SSLContext, token: str | None = None, timeout_s: float = 1.5
+) -> dict[str, Any] | None:
+    """``GET <base_url><path>`` (with ``Authorization: Bearer <token>`` when given) parsed as a
+    JSON object, or None when Phylactery does not answer within ``timeout_s`` seconds, cannot
+    be verified with ``tls``, or answers something else."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(base_url + path, timeout=timeout_s) as resp:
+        _https(base_url)
+        req = urllib.request.Request(base_url + path, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s, context=tls) as resp:
             data = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError):
         return None
@@ -106,11 +144,13 @@ def phylactery_get(base_url: str, path: str, timeout_s: float = 1.5) -> dict[str
 
 
 def phylactery_post(
-    base_url: str, path: str, token: str, body: dict[str, Any], timeout_s: float = 15.0
+    base_url: str, path: str, token: str, body: dict[str, Any], tls: ssl.SSLContext, timeout_s: float = 15.0
 ) -> tuple[int, Any]:
-    """POST ``body`` as JSON with ``Authorization: Bearer <token>``; returns (HTTP status,
-    parsed JSON, or the text when it is not JSON). Raises ``OSError`` (``URLError`` is one)
-    when Phylactery does not answer within ``timeout_s`` seconds."""
+    """POST ``body`` as JSON with ``Authorization: Bearer <token>`` to a server ``tls``
+    verifies; returns (HTTP status, parsed JSON, or the text when it is not JSON). Raises
+    ``OSError`` (``URLError`` is one) when Phylactery does not answer within ``timeout_s``
+    seconds, cannot be verified, or ``base_url`` is not ``https://`` (nothing is sent then)."""
+    _https(base_url)
     req = urllib.request.Request(
         base_url + path,
         data=json.dumps(body).encode(),
@@ -118,7 +158,7 @@ def phylactery_post(
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=tls) as resp:
             return int(resp.status), json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         raw = err.read()

@@ -52,6 +52,12 @@ def node_name(v: str) -> str:
     return v
 
 
+def credential_word(v: str) -> bool:
+    """Whether ``v`` can be a bearer credential: one word of printable characters, not empty
+    (an empty one would let an empty ``Bearer`` header through)."""
+    return bool(v) and not any(c.isspace() for c in v) and v.isprintable()
+
+
 def ip_address(v: str) -> str:
     """``v`` in its canonical form when it is an IPv4 or IPv6 address, else ``ValueError``."""
     return str(ipaddress.ip_address(v))
@@ -281,6 +287,23 @@ class PublishedInventory:
             f"{name} ({address}) is not a node of cluster {self.cluster}: the inventory published by "
             f"{self.published_by} {where} (a node.yaml of another cluster?)"
         )
+
+
+@dataclass(frozen=True, config=RECORD)
+class PreviousCredential:
+    """``<credential file>.previous``: the value a rotation replaced, still accepted until
+    ``valid_until`` (Unix seconds), and when it was rotated (:mod:`core.credentials`)."""
+
+    token: str
+    valid_until: float
+    rotated_at: float
+
+    @field_validator("token")
+    @classmethod
+    def _one_word(cls, v: str) -> str:
+        if not credential_word(v):
+            raise ValueError("not one word of printable characters")
+        return v
 
 
 @dataclass(frozen=True, config=RECORD)

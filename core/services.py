@@ -6,12 +6,15 @@ whose pid files and logs live under the node's root. node.yaml's ``service_manag
 one (:func:`service_manager`).
 
 Process mode keeps ``<root>/run/ek8s/services/<name>.pid`` ("<pid> <create time>", so a
-reused pid is never mistaken for the service) and ``<root>/var/log/ek8s/<name>.log``.
+reused pid is never mistaken for the service), ``<root>/run/ek8s/services/<name>.argv`` (the
+command and environment it was started with, which :meth:`ProcessServices.restart` runs
+again, as systemd restarts a unit from its ``ExecStart``) and ``<root>/var/log/ek8s/<name>.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +45,10 @@ class ServiceManager(Protocol):
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
         """Stop ``name`` if it runs; SIGKILL after ``timeout_s`` seconds."""
 
+    def restart(self, name: str) -> None:
+        """Stop ``name`` and start it again with the command it was started with (systemd:
+        ``systemctl restart``). Raises :class:`ServiceError` when it cannot."""
+
     def is_running(self, name: str) -> bool:
         """Whether ``name`` runs now."""
         ...
@@ -68,6 +75,9 @@ class ProcessServices:
 
     def _pidfile(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
+
+    def _argvfile(self, name: str) -> Path:
+        return self.run_dir / f"{name}.argv"
 
     def log_path(self, name: str) -> Path:
         """``<root>/var/log/ek8s/<name>.log``, the service's output in process mode."""
@@ -116,6 +126,7 @@ class ProcessServices:
             except OSError as err:
                 raise ServiceError(f"{name}: cannot start {argv[0]}: {err}") from err
         created = psutil.Process(proc.pid).create_time()
+        write_atomic(self._argvfile(name), json.dumps({"argv": argv, "env": env or {}}) + "\n")
         write_atomic(self._pidfile(name), f"{proc.pid} {created}\n")
         _CHILDREN.append(proc)
 
@@ -141,6 +152,19 @@ class ProcessServices:
                 os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
             self._pidfile(name).unlink()
+
+    def restart(self, name: str, timeout_s: float = 5.0) -> None:
+        """:meth:`stop` (SIGKILL after ``timeout_s`` seconds), then :meth:`start` with the
+        command and environment of its last start (``<name>.argv``, written by whichever
+        process started it). Raises :class:`ServiceError` when none is recorded or it cannot
+        start."""
+        try:
+            recorded = json.loads(self._argvfile(name).read_text())
+            argv, env = list(recorded["argv"]), dict(recorded.get("env") or {})
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ServiceError(f"{name}: no recorded command to restart it with ({err})") from err
+        self.stop(name, timeout_s)
+        self.start(name, argv, env)
 
 
 class SystemdServices:
@@ -169,6 +193,10 @@ class SystemdServices:
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
         """``systemctl stop <name>.service``; raises :class:`ServiceError` on failure."""
         self._check(self._systemctl("stop", f"{name}.service"), f"stop {name}")
+
+    def restart(self, name: str) -> None:
+        """``systemctl restart <name>.service``; raises :class:`ServiceError` on failure."""
+        self._check(self._systemctl("restart", f"{name}.service"), f"restart {name}")
 
     def is_running(self, name: str) -> bool:
         """``systemctl is-active --quiet <name>.service`` succeeded."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +35,8 @@ from filelock import FileLock
 from pydantic.dataclasses import dataclass as record
 
 from core.config import NODE_NAME_RE
-from core.fileperm import append_line, ensure_dir, touch, write_atomic
+from core.credentials import CONTROL, GRACE_S, KINDS, WORKER, CredentialSet, new_token
+from core.fileperm import PUBLIC_FILE_MODE, append_line, ensure_dir, touch, write_atomic
 from core.logs import get_logger
 from core.records import (
     RECORD,
@@ -48,11 +48,13 @@ from core.records import (
     JoinSlot,
     LeaderRecord,
     MemberRecord,
+    PreviousCredential,
     PublishedInventory,
     ReformClaim,
     SlotHolder,
     WorkerJoinSlots,
     WorkerSlot,
+    credential_word,
     event_line,
     node_name,
     parse,
@@ -300,8 +302,33 @@ class ShareStore:
 
     @property
     def token_path(self) -> Path:
-        """``phylactery.token``, the cluster's bearer token (0600)."""
-        return self.dir / "phylactery.token"
+        """``phylactery.token``: the control credential's current value (0600)."""
+        return self._credential_path(CONTROL)
+
+    @property
+    def nodes_dir(self) -> Path:
+        """``nodes/``: the node tree, the only part of the cluster's directory a worker will
+        mount (docs/security.md, "The share split"). What a worker needs goes there."""
+        return self.dir / "nodes"
+
+    def _credential_path(self, kind: str) -> Path:
+        """Where credential ``kind``'s current value lives: the control credential in the
+        control-only tree, the worker credential in the node tree."""
+        if kind == CONTROL:
+            return self.dir / "phylactery.token"
+        if kind == WORKER:
+            return self.nodes_dir / "phylactery-worker.token"
+        raise ValueError(f"{kind!r} is no credential (control, worker)")
+
+    def _ca_paths(self) -> tuple[Path, Path]:
+        """(certificate, key) of Phylactery's CA in the control-only tree."""
+        return self.dir / "phylactery-ca.crt", self.dir / "phylactery-ca.key"
+
+    def phylactery_ca_path(self, role: str = "control") -> Path:
+        """The Phylactery CA certificate a node of ``role`` trusts: control nodes and the
+        operator the control-only tree's copy, workers the node tree's (which every worker
+        can write, so no control node reads it). For ``curl --cacert`` and Prometheus."""
+        return self._ca_paths()[0] if role == "control" else self.nodes_dir / "phylactery-ca.crt"
 
     # -- counted file system operations (every access to the share goes through these) --
     def operation_counts(self) -> dict[str, int]:
@@ -330,8 +357,9 @@ class ShareStore:
 
     # -- set-up -----------------------------------------------------------------------
     def ensure(self) -> None:
-        """Create the cluster directory, its subdirectories, ``cluster.json`` (generation 0,
-        no leader) and the Phylactery bearer token if missing. Idempotent; under the lock."""
+        """Create the cluster directory, its subdirectories and ``cluster.json`` (generation
+        0, no leader) if missing. Idempotent; under the lock. Credentials are
+        :meth:`ensure_credentials`' (control side only)."""
         ensure_dir(self.dir)
         for sub in ("heartbeats", "members", "incarnations"):
             ensure_dir(self.dir / sub)
@@ -339,8 +367,6 @@ class ShareStore:
         with self._locked():
             if not self._exists(self._state_path):
                 self._write_state(ClusterState(reason="share initialised", updated_at=time.time()))
-            if not self._exists(self.token_path):
-                self._atomic(self.token_path, secrets.token_urlsafe(32) + "\n")
             slot = self.dir / "join_slot.json"
             if not self._exists(slot):
                 self._atomic(slot, json.dumps({"holder": None}))
@@ -713,15 +739,105 @@ class ShareStore:
             return None
 
     def read_token(self) -> str:
-        """The Phylactery bearer token (``phylactery.token``, 0600). Raises
-        :class:`InvalidShareRecord` when the file holds no token (empty, or more than one
-        word): an empty token would let an empty ``Bearer`` header through."""
-        token = self._read_bytes(self.token_path).decode("utf-8", "replace").strip()
-        if not token or any(c.isspace() for c in token) or not token.isprintable():
-            invalid = InvalidRecord("phylactery.token", "", "not one word of printable characters")
+        """The control credential's current value (:meth:`read_credential` of ``control``)."""
+        return self.read_credential(CONTROL)
+
+    # -- Phylactery's credentials and CA (core/credentials.py, core/tls.py) --------------
+    def ensure_credentials(self) -> None:
+        """Make what Phylactery's authorisation and TLS need, if missing (control side only:
+        Phylactery at its start, ``ek8s credentials rotate``): the control credential
+        (``phylactery.token``), the worker credential (``nodes/phylactery-worker.token``),
+        the CA (``phylactery-ca.key``, then ``phylactery-ca.crt``; both made again when either
+        is missing) and its copy in the node tree (``nodes/phylactery-ca.crt``, written again
+        when it differs from the control tree's: a worker may have changed it). Idempotent;
+        under the lock."""
+        from core.tls import make_ca
+
+        ensure_dir(self.nodes_dir)
+        self.ops.add(stats=1)
+        with self._locked():
+            for kind in KINDS:
+                path = self._credential_path(kind)
+                if not self._exists(path):
+                    self._atomic(path, new_token() + "\n")
+            cert_path, key_path = self._ca_paths()
+            if not (self._exists(key_path) and self._exists(cert_path)):
+                cert, key = make_ca(self.cluster)
+                self._atomic(key_path, key)
+                self.ops.add(writes=1, fsyncs=1, renames=1)
+                write_atomic(cert_path, cert, PUBLIC_FILE_MODE)
+                log.info("Phylactery CA made", extra={"file": str(cert_path)})
+            cert = self._read_bytes(cert_path)
+            copy = self.phylactery_ca_path("worker")
+            try:
+                same = self._read_bytes(copy) == cert
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self.ops.add(writes=1, fsyncs=1, renames=1)
+                write_atomic(copy, cert, PUBLIC_FILE_MODE)
+
+    def read_credential(self, kind: str) -> str:
+        """Credential ``kind``'s current value, what a client sends (``control`` or
+        ``worker``, :mod:`core.credentials`). Raises ``FileNotFoundError`` before any
+        Phylactery made it, :class:`InvalidShareRecord` (reported) when the file is not one
+        word of printable characters, ``ValueError`` for an unknown kind."""
+        path = self._credential_path(kind)
+        token = self._read_bytes(path).decode("utf-8", "replace").strip()
+        if not credential_word(token):
+            invalid = InvalidRecord(str(path.relative_to(self.dir)), "", "not one word of printable characters")
             self.report_invalid(invalid)
             raise InvalidShareRecord(invalid)
         return token
+
+    def read_credentials(self, kind: str) -> CredentialSet:
+        """What a server accepts for ``kind``: the current value and, after a rotation, the
+        previous one until its end (``<file>.previous``; a previous record with a wrong shape
+        is reported and ignored). Raises as :meth:`read_credential`."""
+        current = self.read_credential(kind)
+        path = self._credential_path(kind)
+        previous = self._record_or_none(PreviousCredential, path.with_name(path.name + ".previous"))
+        if previous is None:
+            return CredentialSet(kind, current)
+        return CredentialSet(kind, current, previous.token, previous.valid_until)
+
+    def rotate_credentials(self, kinds: tuple[str, ...] = KINDS, grace_s: float = GRACE_S) -> list[CredentialSet]:
+        """Replace each credential of ``kinds`` with a new value; the old one stays accepted
+        for ``grace_s`` seconds (``<file>.previous``, written before the new value, so a
+        reader in between sees the old value twice, never neither), or not at all with
+        ``grace_s`` 0. Under the lock. Returns the new sets. Phylacteries re-read credentials
+        within seconds (``phylactery/auth.py``); clients read them before every call."""
+        now = time.time()
+        out = []
+        ensure_dir(self.nodes_dir)
+        with self._locked():
+            for kind in kinds:
+                path = self._credential_path(kind)
+                previous_path = path.with_name(path.name + ".previous")
+                try:
+                    old: str | None = self.read_credential(kind)
+                except (FileNotFoundError, InvalidShareRecord):
+                    old = None
+                if old is not None and grace_s > 0:
+                    record = PreviousCredential(token=old, valid_until=now + grace_s, rotated_at=now)
+                    self._atomic(previous_path, json.dumps(asdict(record)) + "\n")
+                else:
+                    self._unlink(previous_path)
+                self._atomic(path, new_token() + "\n")
+                out.append(self.read_credentials(kind))
+        return out
+
+    def read_phylactery_ca(self, role: str = "control") -> bytes:
+        """The Phylactery CA certificate (PEM) a node of ``role`` trusts
+        (:meth:`phylactery_ca_path`). Raises ``FileNotFoundError`` before the first
+        Phylactery made it."""
+        return self._read_bytes(self.phylactery_ca_path(role))
+
+    def read_phylactery_ca_pair(self) -> tuple[bytes, bytes]:
+        """The CA's certificate and key (PEM), from the control-only tree: what a Phylactery
+        issues its server certificate with. Raises ``FileNotFoundError``."""
+        cert_path, key_path = self._ca_paths()
+        return self._read_bytes(cert_path), self._read_bytes(key_path)
 
     # -- members ----------------------------------------------------------------------
     def register_member(self, member: MemberRecord) -> None:

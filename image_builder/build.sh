@@ -3,19 +3,21 @@
 # there: `wwctl image import --build` on Warewulf 4.6+, `wwctl container import --build` on 4.5
 # (from `wwctl version`). Needs Python 3.11 (python3.11, or EK8S_PYTHON) for pyproject.toml.
 #
-#   image_builder/build.sh [--kubernetes-version v1.32.1] [--variants "base control"]
-#                          [--k3s-version v1.32.1+k3s1] [--runtime podman|docker]
+#   image_builder/build.sh [--kubernetes-version v1.36.4] [--variants "base control"]
+#                          [--k3s-version v1.36.4+k3s1] [--runtime podman|docker]
 #                          [--no-import] [--dry-run]
 #
 # Variants: base (kubeadm workers), control (base + HAProxy, keepalived), k3s (both roles of
 # a k3s cluster; its release defaults to the Kubernetes version's first, <version>+k3s1).
 # Images are named ek8s-<variant> in Warewulf, as the inventory expects (ek8s-control and
 # ek8s-base for kubeadm, ek8s-k3s for k3s). Run images/export.sh first so the offline images
-# are baked in (kubeadm; the k3s image carries k3s's own airgap images).
+# are baked in (kubeadm; the k3s image carries k3s's own airgap images). The base image's etcd
+# tools and sandbox image come from the version's image list (images/<version>.txt, or the
+# images-<version>.txt export.sh wrote beside the archives): the etcd and pause lines.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-version="v1.32.1"
+version="v1.36.4"  # core/versions.py DEFAULT_KUBERNETES_VERSION
 variants="base control"
 k3s_version=""
 runtime=""
@@ -40,12 +42,12 @@ done
 
 case "$version" in
     v1.[0-9]*.[0-9]*) ;;
-    *) echo "build.sh: --kubernetes-version must look like v1.32.1" >&2; exit 2 ;;
+    *) echo "build.sh: --kubernetes-version must look like v1.36.4" >&2; exit 2 ;;
 esac
 k3s_version="${k3s_version:-${version}+k3s1}"
 case "$k3s_version" in
     v1.[0-9]*.[0-9]*+k3s[0-9]*) ;;
-    *) echo "build.sh: --k3s-version must look like v1.32.1+k3s1 (a k3s release)" >&2; exit 2 ;;
+    *) echo "build.sh: --k3s-version must look like v1.36.4+k3s1 (a k3s release)" >&2; exit 2 ;;
 esac
 for v in $variants; do
     case "$v" in
@@ -114,12 +116,35 @@ if [ ! -d "$repo/images/archives" ]; then
     run mkdir -p "$repo/images/archives"
 fi
 
+# The etcd and pause images of the version, for the base image (kubeadm's variants).
+etcd_image="" pause_image=""
+case " $variants " in
+    *" base "*)
+        list=""
+        for candidate in "$repo/images/${version}.txt" "$repo/images/archives/images-${version}.txt"; do
+            if [ -f "$candidate" ]; then list="$candidate"; break; fi
+        done
+        if [ -z "$list" ]; then
+            echo "build.sh: no image list for Kubernetes ${version} (images/${version}.txt): run" >&2
+            echo "  images/export.sh --kubernetes-version ${version} first; the node's etcd tools come from its etcd image" >&2
+            exit 2
+        fi
+        etcd_image="$(grep -m1 -E '^[^#]*/etcd:' "$list" || true)"
+        pause_image="$(grep -m1 -E '^[^#]*/pause:' "$list" || true)"
+        if [ -z "$etcd_image" ] || [ -z "$pause_image" ]; then
+            echo "build.sh: ${list} names no etcd or no pause image" >&2
+            exit 2
+        fi
+        ;;
+esac
+
 for v in $variants; do
     tag="localhost/ek8s-${v}:${version}"
     base="ghcr.io/warewulf/warewulf-rockylinux:9"
     if [ "$v" = control ]; then base="localhost/ek8s-base:${version}"; fi
     build_args=(--build-arg "KUBERNETES_VERSION=${version}" --build-arg "BASE_IMAGE=${base}")
     if [ "$v" = k3s ]; then build_args+=(--build-arg "K3S_VERSION=${k3s_version}"); fi
+    if [ "$v" = base ]; then build_args+=(--build-arg "ETCD_IMAGE=${etcd_image}" --build-arg "PAUSE_IMAGE=${pause_image}"); fi
     run "$runtime" build -f "$repo/image_builder/Containerfile.${v}" "${build_args[@]}" -t "$tag" "$repo"
     if [ "$do_import" -eq 1 ]; then
         archive="${workdir}/ek8s-${v}-${version}.tar"

@@ -5,7 +5,9 @@
 # the same paths and entry points: python3.11 with ek8s's dependencies (pip, into
 # /usr/local/lib/python3.11/dist-packages, as `python3.11 -m pip install` does on Rocky),
 # HAProxy and keepalived installed but not enabled (Phylactery starts them), iproute2, and in
-# place of the Kubernetes packages the lab's stand-ins: Debian's etcd-server (real) and
+# place of the Kubernetes packages the lab's stand-ins: etcd 3.5 (real: Debian 13's
+# etcd-server and etcd-client, 3.5.16 as kubeadm 1.32 pins it, unpacked by
+# scripts/fetch-deb.sh into /usr/bin: etcd, etcdctl, etcdutl; bookworm's own is 3.4.23) and
 # /usr/bin/kubeadm, the EMULATED kubeadm, whose code the lab overlay brings, as the ek8s
 # overlay brings the project's own code. Nothing of the project's code is in the image, so a
 # code change needs no image rebuild.
@@ -28,7 +30,7 @@ tmp="${out}.tmp"
 packages=(
     systemd systemd-sysv dbus libpam-systemd
     python3 python3-pip
-    etcd-server etcd-client haproxy keepalived
+    haproxy keepalived
     iproute2 procps kmod ca-certificates
     prometheus-node-exporter
 )
@@ -55,11 +57,21 @@ in_image python3.11 -m pip install --no-cache-dir --break-system-packages --root
     "${cert_args[@]}" -r /tmp/requirements-node.txt
 rm -f "$tmp/tmp/requirements-node.txt" "$tmp/tmp/pip-ca.crt"
 
-# Services the packages enable that a node must not run by itself: etcd is started by the
-# (emulated) kubelet from its static pod manifest; HAProxy and keepalived by Phylactery
-# (Containerfile.control disables them likewise). Units that only make sense on real
-# hardware or with a console are masked so that `systemctl --failed` stays meaningful.
-in_image systemctl disable etcd.service haproxy.service keepalived.service prometheus-node-exporter.service
+# etcd 3.5 from Debian 13 (trixie), its binaries only: etcd is started by the (emulated)
+# kubelet from its static pod manifest or by the emulated k3s, never by a unit of its own.
+# They need glibc 2.34, which bookworm's 2.36 provides.
+etcd_debs="$tmp.etcd-debs"
+rm -rf "$etcd_debs"
+EK8S_DEBIAN_MIRROR="$mirror" bash "$(dirname "$0")/../scripts/fetch-deb.sh" trixie "$etcd_debs" etcd-server etcd-client
+install -m 0755 "$etcd_debs/usr/bin/etcd" "$etcd_debs/usr/bin/etcdctl" "$etcd_debs/usr/bin/etcdutl" "$tmp/usr/bin/"
+rm -rf "$etcd_debs"
+in_image etcd --version | grep -q '^etcd Version: 3\.5\.'
+
+# Services the packages enable that a node must not run by itself: HAProxy and keepalived
+# are started by Phylactery (Containerfile.control disables them likewise). Units that only
+# make sense on real hardware or with a console are masked so that `systemctl --failed`
+# stays meaningful.
+in_image systemctl disable haproxy.service keepalived.service prometheus-node-exporter.service
 # node_exporter as on a node (Containerfile.base): ek8s's unit, the textfile the agent writes.
 install -m 0644 "$(dirname "$0")/ek8s-node-exporter.service" "$tmp/etc/systemd/system/ek8s-node-exporter.service"
 ln -sf /usr/bin/prometheus-node-exporter "$tmp/usr/local/bin/node_exporter"

@@ -2,14 +2,18 @@
 # Export the offline images of one Kubernetes version into tarballs (docker-archive format,
 # which `ctr images import` reads), plus the CNI manifest, for baking into the node image.
 #
-#   images/export.sh [--kubernetes-version v1.32.1] [--out images/archives] [--tool skopeo|podman|docker]
+#   images/export.sh [--kubernetes-version v1.36.4] [--out images/archives] [--tool skopeo|podman|docker]
 #                    [--pod-subnet 10.249.0.0/16] [--dry-run]
 #
+# The image list is images/<version>.txt (kept in the repository, reviewed) or, without one,
+# what `kubeadm config images list --kubernetes-version <version>` prints (kubeadm of that
+# minor on PATH), written beside the archives as images-<version>.txt with the CNI's images;
+# image_builder/build.sh takes the etcd and pause images of the node image from the same list.
 # Needs registry access once, on the Warewulf server (or any machine); nodes need none.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-version="v1.32.1"
+version="v1.36.4"  # core/versions.py DEFAULT_KUBERNETES_VERSION
 out="${here}/archives"
 tool=""
 pod_subnet="10.249.0.0/16"
@@ -30,11 +34,36 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+case "$version" in
+    v1.[0-9]*.[0-9]*) ;;
+    *) echo "export.sh: --kubernetes-version must look like v1.36.4" >&2; exit 2 ;;
+esac
 list="${here}/${version}.txt"
 if [ ! -f "$list" ]; then
-    echo "export.sh: no image list ${list} for Kubernetes ${version}" >&2
-    echo "  write one from: kubeadm config images list --kubernetes-version ${version}" >&2
-    exit 2
+    list="${out}/images-${version}.txt"
+    if [ ! -f "$list" ]; then
+        if ! command -v kubeadm >/dev/null 2>&1; then
+            echo "export.sh: no image list ${here}/${version}.txt for Kubernetes ${version}, and no kubeadm to ask" >&2
+            echo "  write one from: kubeadm config images list --kubernetes-version ${version}" >&2
+            exit 2
+        fi
+        if [ "$dry_run" -eq 1 ]; then  # a dry run writes nothing: the list goes to a temporary file
+            list="$(mktemp)"
+            trap 'rm -f "$list"' EXIT
+        else
+            mkdir -p "$out"
+        fi
+        echo "+ kubeadm config images list --kubernetes-version ${version} > ${list}"
+        {
+            echo "# Offline images for Kubernetes ${version} with flannel ${flannel_version}: kubeadm's own list"
+            echo "# (kubeadm config images list --kubernetes-version ${version}), then the CNI's."
+            kubeadm config images list --kubernetes-version "$version"
+            echo "docker.io/flannel/flannel:${flannel_version}"
+            echo "docker.io/flannel/flannel-cni-plugin:v1.6.0-flannel1"
+        } > "${list}.tmp"
+        grep -q '/etcd:' "${list}.tmp" || { echo "export.sh: kubeadm listed no etcd image" >&2; exit 1; }
+        mv "${list}.tmp" "$list"
+    fi
 fi
 if [ -z "$tool" ]; then
     for candidate in skopeo podman docker; do

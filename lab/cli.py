@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from core.versions import DEFAULT_KUBERNETES_VERSION, supported, supported_range
 from lab import runners
 from lab.cluster import Lab
 from lab.cluster import second_cluster as second_clusters
@@ -132,7 +133,7 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     """A local lab cluster: nodes are network namespaces on one machine.
 
     Real: node agent, Phylactery, etcd, HAProxy, keepalived (VRRP), file locks.
-    EMULATED: kubeadm or k3s, kube-apiserver, kubelet (see lab/kubeadm.py, lab/k3s.py).
+    EMULATED: kubeadm or k3s, kube-apiserver, kubelet (see lab/kubeadm/, lab/k3s.py).
     """
     ctx.obj = {"dir": directory, "prefix": prefix}
 
@@ -181,6 +182,13 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     help="kubeadm only: emulated lifetime of kubeadm init's bootstrap token (default and renewals: the ttl asked "
     "for); k3s's tokens do not expire",
 )
+@click.option(
+    "--kubernetes-version",
+    default=DEFAULT_KUBERNETES_VERSION,
+    show_default=True,
+    help="version of the emulated kubeadm, API server and kubelet, and every node's kubernetes.version "
+    f"(supported: {supported_range()}; core/versions.py says what differs)",
+)
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(
     "--set",
@@ -209,6 +217,7 @@ def up(
     join_seconds: float,
     certs_ttl: float,
     token_ttl: float | None,
+    kubernetes_version: str,
     timeout: float,
     settings: tuple[str, ...],
     second_cluster: str | None,
@@ -216,12 +225,17 @@ def up(
     """Boot a cluster from nothing; return when every node is Ready.
 
     Exit 1 (the lab is left for inspection) when it cannot be made or is not whole in time;
-    exit 2 for a --set without '=' or a bad --second-cluster. --distribution k3s runs the
-    emulated k3s (lab/k3s.py). With --second-cluster the report covers the lab's own cluster
-    (`ek8s status --cluster b` from the manager namespace shows the other).
+    exit 2 for a --set without '=', a bad --second-cluster or an unsupported
+    --kubernetes-version. --distribution k3s runs the emulated k3s (lab/k3s.py). With
+    --second-cluster the report covers the lab's own cluster (`ek8s status --cluster b` from
+    the manager namespace shows the other).
     """
     import hostlist
 
+    try:
+        supported(kubernetes_version)
+    except ValueError as err:
+        _fail(f"--kubernetes-version: {err}", 2)
     overrides, per_node = _overrides(settings)
     if second_cluster:
         try:
@@ -237,14 +251,20 @@ def up(
         state = the_lab.create(
             control,
             workers,
-            Emulation(init_s=init_seconds, join_s=join_seconds, certs_ttl_s=certs_ttl, token_ttl_s=token_ttl),
+            Emulation(
+                init_s=init_seconds,
+                join_s=join_seconds,
+                certs_ttl_s=certs_ttl,
+                token_ttl_s=token_ttl,
+                kubernetes_version=kubernetes_version,
+            ),
             overrides,
             mode=runners.MACHINES if machines else runners.PROCESSES,
             node_overrides=per_node,
         )
         click.echo(
-            f"Booting {control} control + {workers} worker nodes ({state.mode}) in {the_lab.dir} "
-            f"(namespaces {the_lab.prefix}-*)",
+            f"Booting {control} control + {workers} worker nodes ({state.mode}, Kubernetes {kubernetes_version}) "
+            f"in {the_lab.dir} (namespaces {the_lab.prefix}-*)",
             err=True,
         )
         the_lab.start_all(state)

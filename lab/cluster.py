@@ -24,11 +24,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from core.fileperm import ensure_dir
 from core.share import ShareStore, clusters_on
+from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import netns, runners
 from lab.emulation import ENV as EMULATION_ENV
-from lab.emulation import Emulation
+from lab.emulation import Emulation, etcd_version
 from lab.state import (
     CLUSTER,
     MANAGER,
@@ -47,6 +50,14 @@ from lab.state import (
     merge,
     worker_address,
 )
+
+
+def _etcd_before_35(etcd: str) -> bool:
+    """Whether ``etcd`` is older than 3.5 (False when it cannot say)."""
+    try:
+        return etcd_version(etcd) < (3, 5, 0)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
 
 
 class Lab:
@@ -107,10 +118,15 @@ class Lab:
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
-        host_tools = ("ip", emulation.etcd, "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
+        host_tools = ("ip", "haproxy", "keepalived") if mode == runners.PROCESSES else ("ip",)
         for tool in host_tools:
             if shutil.which(tool) is None:
-                raise LabError(f"{tool} not found; run 'make lab' or install etcd-server haproxy keepalived iproute2")
+                raise LabError(f"{tool} not found; run 'make lab' or install haproxy keepalived iproute2")
+        # etcdutl came with etcd 3.5 (3.4's etcdctl restores snapshots itself).
+        etcd_tools = (emulation.etcd, emulation.etcdctl, emulation.etcdutl) if mode == runners.PROCESSES else ()
+        for tool in etcd_tools:
+            if shutil.which(tool) is None and not (tool == emulation.etcdutl and _etcd_before_35(emulation.etcd)):
+                raise LabError(f"{tool} not found; run 'make etcd' (the lab's etcd 3.5, docs/lab.md)")
         if self.state_path.exists() or netns.existing(self.prefix):
             raise LabError(f"a lab already exists ({self.dir}, namespaces {self.prefix}-*); run 'ek8s lab down' first")
         if control < 1:
@@ -133,7 +149,7 @@ class Lab:
         emulation.dump(emu_path)
         shim = bin_dir / "kubeadm"
         shim.write_text(
-            "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm.py\n"
+            "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm/\n"
             f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
         )
         shim.chmod(0o700)
@@ -181,19 +197,32 @@ class Lab:
         return runners.runner(state.mode)
 
     def node_config(
-        self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
+        self,
+        name: str,
+        role: str,
+        address: str,
+        root: Path,
+        kubeadm: Path,
+        overrides: dict[str, Any],
+        version: str = DEFAULT_KUBERNETES_VERSION,
     ) -> dict[str, Any]:
         """The node.yaml Warewulf would render for this node (docs/config.md), with the lab's
         paths: its own root, the emulated ``kubeadm`` and ``k3s`` beside it (``overrides``
         pick the distribution), ``service_manager: process``; the VIP
-        ``10.0.0.99`` as ``vip.kubernetes.local:8443``. ``overrides`` are merged last."""
+        ``10.0.0.99`` as ``vip.kubernetes.local:8443``; ``kubernetes.version`` the emulated
+        tools' ``version``. ``overrides`` are merged last."""
         cfg: dict[str, Any] = {
             "cluster": CLUSTER,
             "role": role,
             "node": {"name": name, "address": address, "interface": "eth0"},
             "share": {"path": str(self.share)},
             "vip": {"address": VIP, "hostname": VIP_NAME, "port": 8443, "prefix_length": PREFIX_LEN},
-            "kubernetes": {"kubeadm": str(kubeadm), "k3s": str(kubeadm.parent / "k3s"), "extra_sans": [MANAGER]},
+            "kubernetes": {
+                "version": version,
+                "kubeadm": str(kubeadm),
+                "k3s": str(kubeadm.parent / "k3s"),
+                "extra_sans": [MANAGER],
+            },
             "root": str(root),
             "service_manager": "process",
         }
@@ -376,8 +405,18 @@ class Lab:
         """Ask the cluster from inside the lab's network: the prober's document
         (:func:`lab.probe.probe`), or ``{"nodes": "<why>", "phylactery": {}}`` while it does
         not answer (it starts with the lab's namespaces)."""
-        urls = {n.name: f"http://{n.address}:9999" for n in state.nodes if n.role == "control"}
-        doc = self.ask({"op": "probe", "kubeconfig": str(self.store().admin_kubeconfig_path), "phylactery": urls})
+        urls = {n.name: f"https://{n.address}:9999" for n in state.nodes if n.role == "control"}
+        store = self.store()
+        doc = self.ask(
+            {
+                "op": "probe",
+                "kubeconfig": str(store.admin_kubeconfig_path),
+                "phylactery": urls,
+                # As the operator's ek8s status: the control-only tree's CA and credential.
+                "ca_file": str(store.phylactery_ca_path("control")),
+                "token_file": str(store.token_path),
+            }
+        )
         if doc is None or "nodes" not in doc:
             return {"nodes": f"the lab's prober does not answer on {self.probe_socket}", "phylactery": {}}
         return doc
@@ -455,8 +494,8 @@ class Lab:
 
     def timings(self, state: LabState) -> list[dict[str, Any]]:
         """Every emulated kubeadm command since the agents started, from ``timings.jsonl``
-        (:class:`lab.kubeadm.Phases`): ``{t, node, command, ok, phases: {name: seconds}}`` with
-        ``t`` in seconds since ``t0``."""
+        (:class:`lab.kubeadm.workflow.Timings`; phases by their full names): ``{t, node,
+        command, ok, phases: {name: seconds}}`` with ``t`` in seconds since ``t0``."""
         lines = []
         # Process mode: beside <dir>/emulation.json; machines: in <dir>/emulation/, bound in.
         for path in (self.dir / "timings.jsonl", self.dir / "emulation" / "timings.jsonl"):
@@ -471,15 +510,35 @@ class Lab:
         return out
 
     # -- down ---------------------------------------------------------------------------
+    def processes(self, state: LabState | None) -> list[psutil.Process]:
+        """Every process of this lab now: the node runners (agents, machine launchers), what
+        runs in the lab's namespaces (nodes, the manager with the prober), and anything whose
+        command line names the lab's directory; never this process or its parents."""
+        pids = {n.pid for n in state.nodes if n.pid} if state else set()
+        for ns in netns.existing(self.prefix):
+            pids.update(netns.pids(ns))
+        me = psutil.Process()
+        mine = {me.pid, *(p.pid for p in me.parents())}  # `ek8s lab --dir <dir> down` itself
+        found = []
+        for pid in pids - mine:
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
+        for p in psutil.process_iter(["cmdline"]):
+            if p.pid not in pids | mine and str(self.dir) in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        return found
+
     def down(self) -> list[str]:
         """Remove every namespace, process, /etc/netns entry and file of this lab, and the
-        machines' cgroups. Idempotent.
+        machines' cgroups. Idempotent. Returns only when none of the lab's processes is left,
+        zombies included (:meth:`wait_gone`).
         Returns what was removed (``namespace <name>``, ``directory <path>``), for the operator."""
         removed = []
         try:
             state: LabState | None = self.load()
         except (LabError, ValueError, TypeError):
             state = None
+        procs = self.processes(state)
         running = [n for n in state.nodes if n.pid and _alive(n.pid)] if state else []
         for n in running:
             with contextlib.suppress(ProcessLookupError):
@@ -501,10 +560,48 @@ class Lab:
             removed.append(f"namespace {ns}")
         for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
             shutil.rmtree(etc, ignore_errors=True)
+        left = wait_gone(procs, DOWN_REAP_S)
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
             removed.append(f"directory {self.dir}")
+        removed += [f"(still there after {DOWN_REAP_S:.0f}s: process {p.pid})" for p in left]
         return removed
+
+
+DOWN_REAP_S = 30.0  # how long `down` waits for the lab's processes, zombies included, to be gone
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Until none of ``procs`` exists any more, zombies included (a killed process stays a
+    zombie until its parent reaps it: this process reaps its own children, orphans wait for
+    init): SIGKILL to any still running, every 0.1 s, for up to ``timeout_s`` seconds. A
+    zombie whose parent is a live process outside the lab (a test runner that started a
+    node's agent, say) is that parent's to reap, not the lab's: it is not waited for.
+    Returns those still there then."""
+    deadline = time.monotonic() + timeout_s
+    left = list(procs)
+    lab_pids = {p.pid for p in procs}
+    while True:
+        still = []
+        for p in left:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(p.pid, os.WNOHANG)  # our own child: reap it
+            try:
+                if not p.is_running():  # gone, or its pid reused (create time differs)
+                    continue
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+                elif p.ppid() not in (1, os.getpid()) and p.ppid() not in lab_pids:
+                    continue  # held by a live parent outside the lab
+            except psutil.NoSuchProcess:
+                continue
+            except psutil.Error:
+                pass
+            still.append(p)
+        left = still
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 _alive = runners.alive

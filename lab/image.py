@@ -4,10 +4,11 @@ cached on disk by a hash of everything that goes into it.
 The cache is ``$EK8S_LAB_IMAGE_CACHE`` (default ``/var/cache/ek8s-lab``), one directory per
 image: ``images/<key>/rootfs`` (a complete tree: the recipe builds beside it and renames),
 ``images/<key>/build.log`` and ``build.json`` (seconds the build took). The key is the sha256
-of the recipe and the files it copies in (:data:`RECIPE_FILES`), the Python dependencies it
-installs (pyproject.toml's ``dependencies``) and the mirror, so a second ``ek8s lab up
---machines`` reuses the image and a change of any of them builds a new one. Builds are
-serialised by a file lock beside the images.
+of the recipe, the files it copies in (:data:`RECIPE_FILES`, ``scripts/fetch-deb.sh``, which
+it runs for etcd 3.5), the Python dependencies it installs (pyproject.toml's
+``dependencies``) and the mirror, so a second ``ek8s lab up --machines`` reuses the image and
+a change of any of them builds a new one. Builds are serialised by a file lock beside the
+images.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from filelock import FileLock, Timeout
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "image_builder" / "lab-node.sh"
-# Files the recipe copies into the image: a change of any of them makes a new image too.
-RECIPE_FILES = (REPO / "image_builder" / "ek8s-node-exporter.service",)
+# Files the recipe copies in or runs: a change of any of them makes a new image too.
+FETCH_DEB = REPO / "scripts" / "fetch-deb.sh"  # the recipe unpacks Debian 13's etcd 3.5 with it
+RECIPE_FILES = (REPO / "image_builder" / "ek8s-node-exporter.service", FETCH_DEB)
 MIRROR = "http://deb.debian.org/debian"
 BUILD_TIMEOUT_S = 1800.0
 KEY_LENGTH = 16
@@ -55,7 +57,8 @@ def requirements() -> str:
 
 
 def image_key(mirror: str = MIRROR) -> str:
-    """The first 16 hex digits of sha256(recipe, requirements, mirror)."""
+    """The first 16 hex digits of sha256(recipe, the package fetcher it runs, requirements,
+    mirror)."""
     h = hashlib.sha256()
     files = [p.read_bytes() for p in RECIPE_FILES]
     for part in (RECIPE.read_bytes(), *files, requirements().encode(), mirror.encode()):

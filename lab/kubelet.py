@@ -32,18 +32,33 @@ never delays the static pods: it reads ``--kubeconfig`` (client certificate
 the kubelet retries registration with back-off), and every ``--interval`` seconds replaces
 its status with ``Ready=True`` and a fresh ``lastHeartbeatTime``. When it stops posting, the
 emulated kube-controller-manager in :mod:`lab.apiserver` turns Ready Unknown after the grace
-period. A 404 (the Node was deleted) registers it again. It registers the Node with the labels
-of ``--node-labels`` and the taints of ``--register-with-taints`` (both only at registration,
-as the real kubelet: ``kubelet_node_status.go`` ``initialNode``), and refuses to start, as
-the real one does, with a ``kubernetes.io``/``k8s.io`` label a kubelet may not set.
+period. A Node deleted while the kubelet runs is **not** registered again, as no supported
+kubelet does (:func:`core.versions.kubelet_reregisters_deleted_node`: ``registrationCompleted``
+stays true; kubernetes#71398, #115761): every status update then fails with the kubelet's
+``Error updating node status, will retry`` ``error getting node "<name>": nodes "<name>" not
+found``, five tries a round (``nodeStatusUpdateRetry``), then ``Unable to update node status``
+``update node status exceeds retry count``, until the kubelet restarts (a restart registers
+it). ``--version`` is the kubelet's version (its ``kubeletVersion`` and the behaviour above).
+It registers the Node with the labels of ``--node-labels`` and the taints of
+``--register-with-taints`` (both only at registration, as the real kubelet:
+``kubelet_node_status.go`` ``initialNode``), and refuses to start, as the real one does, with a
+``kubernetes.io``/``k8s.io`` label a kubelet may not set.
+
+Ports as the kubelet's: ``/healthz`` on 127.0.0.1:10248 (``healthzPort``, what kubeadm's
+kubelet-check polls) and a listener on 10250 (the kubelet's API, whose port kubeadm's preflight
+checks; the emulation accepts and closes connections there). A port that is taken is logged
+and left (the real kubelet would exit).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
 import json
 import os
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -58,11 +73,15 @@ from typing import Any
 import psutil
 import yaml
 
-from core import noderoles
+from core import noderoles, versions
+from core.bootid import boot_id
 from core.services import ProcessServices
 
 # The static pods kubeadm writes; a running one of these with no manifest is stopped at start.
 STATIC_SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+HEALTHZ_PORT = 10248  # kubelet --healthz-port (KubeletConfiguration healthzPort)
+KUBELET_PORT = 10250  # kubelet --port
+NODE_STATUS_UPDATE_RETRY = 5  # pkg/kubelet nodeStatusUpdateRetry
 BACKOFF_INITIAL_S = 10.0  # kubelet's CrashLoopBackOff: initial 10 s, doubling
 BACKOFF_MAX_S = 300.0  # ... up to 5 min
 STOP_GRACE_S = 30.0  # a Pod's default terminationGracePeriodSeconds
@@ -250,6 +269,52 @@ def _request(server: str, ctx: ssl.SSLContext, method: str, path: str, body: obj
         return int(err.code)
 
 
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        ok = self.path.split("?")[0] == "/healthz"
+        body = b"ok" if ok else b"404 page not found\n"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def serve_ports(healthz_port: int = HEALTHZ_PORT, port: int = KUBELET_PORT) -> None:
+    """Start the kubelet's ports in daemon threads (see the module): ``/healthz`` on
+    127.0.0.1:``healthz_port`` (10248), and a listener on 0.0.0.0:``port`` (10250) that
+    accepts and closes. 0 leaves one out (the kubelet's ``--healthz-port=0``)."""
+
+    class Server(http.server.ThreadingHTTPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    if healthz_port:
+        try:
+            healthz = Server(("127.0.0.1", healthz_port), _Healthz)
+            threading.Thread(target=healthz.serve_forever, daemon=True).start()
+        except OSError as err:
+            log(f"healthz server on 127.0.0.1:{healthz_port} failed to start: {err}")
+    if not port:
+        return
+    try:
+        api = socket.create_server(("0.0.0.0", port), reuse_port=False)
+    except OSError as err:
+        log(f"listener on :{port} failed to start: {err}")
+        return
+
+    def accept() -> None:
+        while True:
+            conn, _ = api.accept()
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
 def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop: threading.Event) -> None:
     """Register the Node and post its status until ``stop`` is set (see the module)."""
     labels = {**args.labels, "kubernetes.io/hostname": args.node_name, "kubernetes.io/os": "linux"}
@@ -262,11 +327,13 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
     }
     node_info = {
         "architecture": "amd64",
-        "bootID": args.node_name,
+        # The kubelet reports the kernel's boot id (cadvisor's MachineInfo.BootID, read from
+        # /proc/sys/kernel/random/boot_id); a lab node's is core.bootid's, as its agent's.
+        "bootID": boot_id(args.node_root),
         "containerRuntimeVersion": "emulated://0",
         "kernelVersion": os.uname().release,
         "kubeProxyVersion": "",
-        "kubeletVersion": "v1.32.1-emulated",
+        "kubeletVersion": f"{args.version}-emulated",
         "machineID": args.node_name,
         "operatingSystem": "linux",
         "osImage": "ephemeral-k8s lab (emulated kubelet)",
@@ -274,6 +341,7 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
     }
     registered = False
     failed = ""
+    reregisters = versions.kubelet_reregisters_deleted_node(args.version)
     while not stop.is_set():
         try:
             if not registered:
@@ -302,9 +370,14 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
                 "nodeInfo": node_info,
             }
             code = _request(server, ctx, "PUT", f"/api/v1/nodes/{args.node_name}/status", {"status": status})
-            if code == 404:  # deleted (pruned) while we run: register again, as kubelet does
+            if code == 404 and reregisters:
                 registered = False
                 continue
+            if code == 404:  # deleted while we run: tryUpdateNodeStatus fails every try
+                missing = f'error getting node "{args.node_name}": nodes "{args.node_name}" not found'
+                for _ in range(NODE_STATUS_UPDATE_RETRY):
+                    log(f'"Error updating node status, will retry" err="{missing}"')
+                log('"Unable to update node status" err="update node status exceeds retry count"')
             failed = ""
         except (OSError, urllib.error.URLError) as err:
             if str(err) != failed:  # once per distinct failure, not every 0.2 s
@@ -333,6 +406,13 @@ def node_flags(labels_flag: str, taints_flag: str) -> tuple[dict[str, str], tupl
     return labels, noderoles.parse_taints([i for i in taints_flag.split(",") if i])
 
 
+def _version(text: str) -> str:
+    try:
+        return str(versions.parse(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the emulated kubelet until SIGTERM (exit 0, leaving static pods running).
 
@@ -342,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     ``--pod-manifest-path`` the static pod directory (``/etc/kubernetes/manifests`` on a
     node; none: no static pods); ``--node-root`` the node's root, below which services keep
     pid files and logs (``/`` on a node); ``--check-interval`` seconds between two reads of
-    the manifests. Raises at start what :func:`lab.pki.parse_kubeconfig` raises, or
-    ``OSError`` (``ssl.SSLError`` is one) when the kubeconfig cannot be read or used.
+    the manifests; ``--version`` the kubelet's version (``v1.36.4``); ``--healthz-port`` and
+    ``--port`` its ports (0: none, as a kubelet outside a lab node's namespace must). Raises at start what
+    :func:`lab.pki.parse_kubeconfig` raises, or ``OSError`` (``ssl.SSLError`` is one) when
+    the kubeconfig cannot be read or used.
     """
     p = argparse.ArgumentParser(description="EMULATED kubelet (ephemeral-k8s lab only)")
     p.add_argument("--kubeconfig", type=Path, required=True)
@@ -357,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-interval", type=float, default=0.1)
     p.add_argument("--node-labels", default="", help="k=v,... set at registration")
     p.add_argument("--register-with-taints", default="", help="k=v:Effect,... set at registration")
+    p.add_argument("--version", default=versions.DEFAULT_KUBERNETES_VERSION, type=_version)
+    p.add_argument("--healthz-port", type=int, default=HEALTHZ_PORT)
+    p.add_argument("--port", type=int, default=KUBELET_PORT)
     args = p.parse_args(argv)
     try:
         args.labels, args.taints = node_flags(args.node_labels, args.register_with_taints)
@@ -376,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, _terminate)
-    log(f"starting for node {args.node_name} (static pods from {args.pod_manifest_path})")
+    log(f"starting {args.version} for node {args.node_name} (static pods from {args.pod_manifest_path})")
+    serve_ports(args.healthz_port, args.port)
     if args.pod_manifest_path is not None:
         pods = StaticPods(args.pod_manifest_path, args.node_root, args.node_name)
         pods_thread = threading.Thread(target=run_static_pods, args=(pods, args.check_interval, stop), daemon=True)

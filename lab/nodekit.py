@@ -100,19 +100,35 @@ def etcd_argv(
     peer_url: str,
     initial_cluster: str,
     state: str,
+    *,
+    listen_client_urls: list[str] | None = None,
+    listen_peer_urls: list[str] | None = None,
+    listen_client_http_urls: list[str] | None = None,
+    listen_metrics_urls: list[str] | None = None,
+    heartbeat_ms: int | None = None,
+    election_ms: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """etcd's command line as kubeadm's static pod sets it (``phases/etcd/local.go``,
-    ``getEtcdCommand``): TLS with client certificates on both the client and the peer side.
-    ``client_urls[0]`` is advertised; all are listened on. ``state`` is ``new`` or
-    ``existing``; ``initial_cluster`` is ``name=peer URL,...``. ``--strict-reconfig-check``
-    is etcd's default, spelled out; kubeadm's metrics URL and corruption check are left out."""
-    return [
+    """etcd's command line with TLS and client certificates on both the client and the peer
+    side, as kubeadm's static pod sets it (``phases/etcd/local.go``, ``getEtcdCommand``) and
+    k3s's ``executor.ETCD`` does (``pkg/etcd/etcd.go``, ``cluster``).
+
+    ``client_urls[0]`` is advertised; ``listen_client_urls`` (default: ``client_urls``) are
+    listened on, serving gRPC and, unless ``listen_client_http_urls`` is given, etcd's HTTP
+    JSON gateway too; with ``listen_client_http_urls`` (etcd >= 3.4.25/3.5.8) HTTP answers
+    only there and the client URLs serve gRPC alone. ``listen_peer_urls`` default to
+    ``[peer_url]``, which is advertised. ``state`` is ``new`` or ``existing``;
+    ``initial_cluster`` is ``name=peer URL,...``. ``heartbeat_ms``/``election_ms`` (etcd's
+    defaults 100/1000 when None), ``listen_metrics_urls`` (none when None) and ``extra``
+    flags are added as given. ``--strict-reconfig-check`` is etcd's default, spelled out;
+    kubeadm's metrics URL and corruption check are left out."""
+    argv = [
         etcd,
         f"--name={name}",
         f"--data-dir={data_dir}",
         f"--advertise-client-urls={client_urls[0]}",
-        f"--listen-client-urls={','.join(client_urls)}",
-        f"--listen-peer-urls={peer_url}",
+        f"--listen-client-urls={','.join(listen_client_urls or client_urls)}",
+        f"--listen-peer-urls={','.join(listen_peer_urls or [peer_url])}",
         f"--initial-advertise-peer-urls={peer_url}",
         f"--initial-cluster={initial_cluster}",
         f"--initial-cluster-state={state}",
@@ -129,17 +145,27 @@ def etcd_argv(
         "--logger=zap",
         "--log-outputs=stderr",
     ]
+    if listen_client_http_urls:
+        argv.append(f"--listen-client-http-urls={','.join(listen_client_http_urls)}")
+    if listen_metrics_urls:
+        argv.append(f"--listen-metrics-urls={','.join(listen_metrics_urls)}")
+    if heartbeat_ms is not None:
+        argv.append(f"--heartbeat-interval={heartbeat_ms}")
+    if election_ms is not None:
+        argv.append(f"--election-timeout={election_ms}")
+    return [*argv, *extra]
 
 
-def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0) -> None:
-    """Poll ``https://address:port/readyz`` (this node's API server, not the VIP) every 50 ms
-    until 200, as kubeadm's wait-control-plane does. Raises :class:`ToolError` after
-    ``timeout_s`` seconds (kubeadm waits up to 4 min)."""
+def wait_local_api(address: str, port: int, ca_pem: bytes, timeout_s: float = 60.0, path: str = "/readyz") -> None:
+    """Poll ``https://address:port<path>`` (this node's API server, not the VIP; ``/readyz``,
+    or ``/livez`` as kubeadm's control-plane-check asks) every 50 ms until 200, as kubeadm's
+    wait-control-plane does. Raises :class:`ToolError` after ``timeout_s`` seconds (kubeadm
+    waits up to 4 min)."""
     api = Api(f"https://{address}:{port}", ctx_for(ca_pem))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            code, _ = api.call("GET", "/readyz", timeout=2)
+            code, _ = api.call("GET", path, timeout=2)
             if code == 200:
                 return
         except (OSError, urllib.error.URLError):

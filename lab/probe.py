@@ -2,7 +2,9 @@
 
 * Nodes, from the API behind the VIP, with the admin kubeconfig (``kube.config``) on the share
   (official ``kubernetes`` client);
-* each control node's Phylactery ``GET /v1/status`` (HAProxy backends, etcd members, VIP).
+* each control node's Phylactery ``GET /v1/status`` (HAProxy backends, etcd members, VIP),
+  over HTTPS verified with the Phylactery CA and with the control credential, both read from
+  the share's control-only tree as the operator's ``ek8s status`` reads them.
 
 ``python -m lab.probe serve --socket PATH`` is a daemon the lab starts in its manager namespace
 (the Warewulf server's stand-in) when it creates the namespaces; it answers requests on a UNIX
@@ -19,6 +21,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -52,24 +55,48 @@ def api_nodes(kubeconfig: Path) -> list[dict[str, Any]] | str:
     return out
 
 
-def phylactery_status(url: str) -> dict[str, Any] | str:
-    """Phylactery's ``GET <url>/v1/status`` (docs/phylactery.md) as a dict, or the error as
-    ``"<type>: <message>"`` when it does not answer within 5 s or answers something else."""
+def phylactery_status(url: str, access: tuple[ssl.SSLContext, str] | str) -> dict[str, Any] | str:
+    """Phylactery's ``GET <url>/v1/status`` (docs/phylactery.md) with ``access`` (a client
+    context for the Phylactery CA and the control credential) as a dict, or the error as
+    ``"<type>: <message>"`` when it does not answer within 5 s, cannot be verified, or answers
+    something else (``access`` a string: why there is none)."""
+    if isinstance(access, str):
+        return access
+    tls, token = access
+    req = urllib.request.Request(url + "/v1/status", headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(url + "/v1/status", timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=tls) as resp:
             return dict(json.loads(resp.read()))
     except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as err:
         return f"{type(err).__name__}: {err}"
 
 
-def probe(kubeconfig: Path, phylactery: dict[str, str]) -> dict[str, Any]:
+def phylactery_access(ca_file: Path, token_file: Path) -> tuple[ssl.SSLContext, str] | str:
+    """A client context for the CA certificate at ``ca_file`` and the credential in
+    ``token_file``, or why not (``"<type>: <message>"``: before the first Phylactery made them)."""
+    from core.tls import client_context
+
+    try:
+        return client_context(ca_file.read_bytes()), token_file.read_text().strip()
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+
+
+def probe(
+    kubeconfig: Path, phylactery: dict[str, str], ca_file: Path | None = None, token_file: Path | None = None
+) -> dict[str, Any]:
     """``{"nodes": ..., "phylactery": {NAME: ...}}`` (:func:`api_nodes`, one
-    :func:`phylactery_status` per ``NAME: URL``), asked at the same time so a crashed node's
-    5 s timeout is paid once. ``nodes`` is "no kube.config yet" before the first generation
-    is ready."""
+    :func:`phylactery_status` per ``NAME: URL``, with the CA at ``ca_file`` and the control
+    credential in ``token_file``), asked at the same time so a crashed node's 5 s timeout is
+    paid once. ``nodes`` is "no kube.config yet" before the first generation is ready."""
+    access = (
+        phylactery_access(ca_file, token_file)
+        if ca_file is not None and token_file is not None
+        else "ValueError: no Phylactery CA or credential named"
+    )
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(phylactery) + 1) as pool:
         nodes = pool.submit(api_nodes, kubeconfig) if kubeconfig.exists() else None
-        statuses = {name: pool.submit(phylactery_status, url) for name, url in phylactery.items()}
+        statuses = {name: pool.submit(phylactery_status, url, access) for name, url in phylactery.items()}
         return {
             "nodes": nodes.result() if nodes else "no kube.config yet",
             "phylactery": {name: f.result() for name, f in statuses.items()},
@@ -106,11 +133,18 @@ def api_call(
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
     """One request of the daemon: ``{"op": "probe", "kubeconfig": PATH, "phylactery": {NAME:
-    URL}}`` -> :func:`probe`'s document; ``{"op": "api", "kubeconfig": PATH, "method": NAME,
-    "args": [...], "kwargs": {...}, "group": "CoreV1Api"}`` -> :func:`api_call`. Anything else: ``{"error": ...}``."""
+    URL}, "ca_file": PATH, "token_file": PATH}`` -> :func:`probe`'s document; ``{"op": "api",
+    "kubeconfig": PATH, "method": NAME, "args": [...], "kwargs": {...}, "group": "CoreV1Api"}``
+    -> :func:`api_call`. Anything else: ``{"error": ...}``."""
     kubeconfig = Path(str(request.get("kubeconfig", "")))
     if request.get("op") == "probe":
-        return probe(kubeconfig, dict(request.get("phylactery") or {}))
+        ca, token = request.get("ca_file"), request.get("token_file")
+        return probe(
+            kubeconfig,
+            dict(request.get("phylactery") or {}),
+            Path(str(ca)) if ca else None,
+            Path(str(token)) if token else None,
+        )
     if request.get("op") == "api":
         return api_call(kubeconfig, str(request.get("method")), list(request.get("args") or []),
                         dict(request.get("kwargs") or {}), str(request.get("group") or "CoreV1Api"))  # fmt: skip

@@ -31,9 +31,11 @@ import psutil
 import yaml
 
 from core.fileperm import ensure_dir
+from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
+from lab.emulation import etcd_tool as emulation_etcd_tool
 from lab.state import MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
 
 
@@ -49,7 +51,14 @@ class Lab(Protocol):
     def share(self) -> Path: ...
 
     def node_config(
-        self, name: str, role: str, address: str, root: Path, kubeadm: Path, overrides: dict[str, Any]
+        self,
+        name: str,
+        role: str,
+        address: str,
+        root: Path,
+        kubeadm: Path,
+        overrides: dict[str, Any],
+        version: str = ...,
     ) -> dict[str, Any]: ...
 
 
@@ -148,16 +157,20 @@ class ProcessRunner:
         for node in state.nodes:
             cfg_path = Path(node.config)
             ensure_dir(cfg_path.parent, 0o700)
-            cfg = lab.node_config(
-                node.name, node.role, node.address, Path(node.root), lab.dir / "bin/kubeadm", overrides
-            )
+            kubeadm = lab.dir / "bin/kubeadm"
+            version = emulation.kubernetes_version
+            cfg = lab.node_config(node.name, node.role, node.address, Path(node.root), kubeadm, overrides, version)
             cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def boot(self, lab: Lab, state: LabState, node: LabNode) -> None:
         """Wipe the node's root (its tmpfs is gone) and start its agent in its namespace, as
-        ek8s-node.service would at boot; output to ``node.log``. Not waited for."""
+        ek8s-node.service would at boot; output to ``node.log``. The lab's etcd tools come
+        first in its ``PATH`` (a node image has its etcd's ``etcdutl`` there, which the
+        kubeadm driver's restore runs). Not waited for."""
         shutil.rmtree(node.root, ignore_errors=True)
         ensure_dir(Path(node.root), 0o755)
+        tools = str(Path(str(state.emulation.get("etcdutl") or emulation_etcd_tool("etcdutl"))).parent)
+        path = f"{tools}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         with open(node.log, "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", node.ns, sys.executable, "-m", "leader", "run", "--config", node.config],
@@ -165,7 +178,7 @@ class ProcessRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, EMULATION_ENV: str(lab.dir / "emulation.json")},
+                env={**os.environ, EMULATION_ENV: str(lab.dir / "emulation.json"), "PATH": path},
             )
         node.pid = proc.pid
 
@@ -225,7 +238,11 @@ class MachineRunner:
         k3s.write_text(K3S_SHIM)
         k3s.chmod(0o755)
         emu_dir = ensure_dir(lab.dir / "emulation", 0o755)
-        replace(emulation, python="python3.11", etcd="/usr/bin/etcd").dump(emu_dir / "emulation.json")
+        # The image's etcd 3.5 (image_builder/lab-node.sh) at Debian's paths.
+        image_emulation = replace(
+            emulation, python="python3.11", etcd="/usr/bin/etcd", etcdctl="/usr/bin/etcdctl", etcdutl="/usr/bin/etcdutl"
+        )
+        image_emulation.dump(emu_dir / "emulation.json")
 
         renderer = wwrender.build_renderer(image.cache_dir() / "wwtemplate" / "wwtemplate")
         fixture = wwrender.write_fixture(base / "registry.json", lab_inventory(state), lab_server())
@@ -342,7 +359,8 @@ class MachineRunner:
 def lab_inventory(state: LabState) -> Any:
     """The lab as a Warewulf inventory (:class:`manager.inventory.Inventory`): its nodes on
     ``eth0`` with made-up MACs, cluster ``default``, the share at ``/share``, no CNI manifest,
-    ``on_cluster_lost: restore`` (node.yaml's default, as in process mode)."""
+    ``on_cluster_lost: restore`` (node.yaml's default, as in process mode), the Kubernetes
+    version of the lab's emulation."""
     from manager.inventory import Inventory
 
     nodes = [
@@ -356,6 +374,7 @@ def lab_inventory(state: LabState) -> Any:
             "share": {"path": SHARE_PATH},
             "cni_manifest": None,
             "on_cluster_lost": "restore",
+            "kubernetes": {"version": state.emulation.get("kubernetes_version", DEFAULT_KUBERNETES_VERSION)},
             "nodes": nodes,
         }
     )

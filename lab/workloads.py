@@ -5,17 +5,15 @@ is True.
 
 What is emulated, and from where (kubernetes/kubernetes v1.32):
 
-* **Node patches** (``PATCH /api/v1/nodes/{name}``): ``application/merge-patch+json`` (RFC 7386)
-  and ``application/strategic-merge-patch+json``, the latter applied as a merge patch (lists
-  replaced whole; for what cordon and label/taint changes send, the same result). A node's own
-  credential is held to the NodeRestriction admission plugin
-  (``plugin/pkg/admission/noderestriction/admission.go`` ``admitNode``): it may not change its
-  taints ("node %q is not allowed to modify taints") nor labels outside the kubelet's set.
-* **Pods** in a namespace (create, get, list with ``fieldSelector=spec.nodeName=<node>``,
-  delete) and across namespaces (``GET /api/v1/pods``). A Pod created without ``nodeName``
-  is bound by the emulated scheduler to a Ready Node that is not cordoned and whose
+* **NodeRestriction** for a node's own Node (``plugin/pkg/admission/noderestriction/admission.go``
+  ``admitNode``): a kubelet registering its Node may set only the labels a kubelet may set
+  (:func:`node_label_refusal`). Patching a Node is :mod:`lab.apiserver`'s (admins only there:
+  the emulation lets a node update only its Node's status).
+* **Pods** are :mod:`lab.apiserver`'s resource (create, get, list, patch, delete); it calls
+  :meth:`Workloads.admit_pod` on a create and :meth:`Workloads.removed` after a delete. A Pod
+  created without ``nodeName`` is bound by the emulated scheduler to a Ready Node that is not cordoned and whose
   ``NoSchedule``/``NoExecute`` taints it tolerates, the one with the fewest Pods; none: it
-  stays ``Pending`` until one fits (checked every second).
+  stays ``Pending`` until one fits (checked every 2 s, :meth:`Workloads.schedule_pending`).
 * **ReplicaSets**, only their effect: when a Pod whose controller is a ReplicaSet goes
   (evicted or deleted), a replacement ``<owner>-<5 chars>`` with its labels and spec is created
   and scheduled, as the ReplicaSet controller and the scheduler would.
@@ -53,6 +51,14 @@ if TYPE_CHECKING:
 NODES = "/registry/minions/"
 PODS = "/registry/pods/"
 PDBS = "/registry/poddisruptionbudgets/"
+
+
+def status_error(code: int, reason: str, message: str) -> web.Response:
+    """A ``v1 Status`` failure (apimachinery ``metav1.Status``) with HTTP status ``code`` and
+    ``reason`` (``NotFound``, ``Forbidden``, ``AlreadyExists``...), as the API server answers
+    an error; the ``kubernetes`` client raises it as ``ApiException``."""
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
+    return web.json_response({**body, "code": code}, status=code)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -114,14 +120,17 @@ def controller_of(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def forbidden_node_change(node_name: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """NodeRestriction's refusal of a node's own update of its Node, or None."""
-    if (old.get("spec", {}).get("taints") or []) != (new.get("spec", {}).get("taints") or []):
-        return f'node "{node_name}" is not allowed to modify taints'
-    a, b = old.get("metadata", {}).get("labels") or {}, new.get("metadata", {}).get("labels") or {}
-    changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
-    bad = sorted(k for k in changed if not noderoles.kubelet_may_set(k))
-    return f"is not allowed to modify labels: {', '.join(bad)}" if bad else None
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+
+
+def node_label_refusal(node_name: str, labels: dict[str, str]) -> str | None:
+    """NodeRestriction's refusal of a node registering its own Node with ``labels``, or None.
+    The control-plane label is kubeadm's mark-control-plane phase's (admin credential) on a
+    real node; the emulated kubelet registers it itself (lab/kubelet.py), so it alone passes."""
+    bad = sorted(k for k in labels if not noderoles.kubelet_may_set(k) and k != CONTROL_PLANE_LABEL)
+    if bad:
+        return f'node "{node_name}" is not allowed to set the following labels: {", ".join(bad)}'
+    return None
 
 
 class Workloads:
@@ -131,98 +140,41 @@ class Workloads:
         self.api = api
 
     def routes(self, r: web.UrlDispatcher) -> None:
-        """Add the routes (see the module)."""
-        r.add_route("PATCH", "/api/v1/nodes/{name}", self.patch_node)
-        r.add_get("/api/v1/pods", self.all_pods)
-        r.add_route("*", "/api/v1/namespaces/{ns}/pods", self.pods)
-        r.add_route("*", "/api/v1/namespaces/{ns}/pods/{name}", self.pod)
+        """Add the routes the API server's resources do not serve (eviction, budgets): before
+        its catch-all route."""
         r.add_post("/api/v1/namespaces/{ns}/pods/{name}/eviction", self.evict)
         r.add_get("/apis/policy/v1/poddisruptionbudgets", self.all_pdbs)
         r.add_route("*", "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets", self.pdbs)
         r.add_route("*", "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}", self.pdb)
 
     async def _admin(self, request: web.Request) -> web.Response | None:
-        from lab.apiserver import status_error
-
         user = await self.api.user(request)
         if user is None or not user.admin:
             who = user.name if user else "system:anonymous"
             return status_error(403, "Forbidden", f'User "{who}" cannot {request.method.lower()} {request.path}')
         return None
 
-    # -- nodes ----------------------------------------------------------------------------
-    async def patch_node(self, request: web.Request) -> web.StreamResponse:
-        """``PATCH /api/v1/nodes/{name}`` (admins; the node itself within NodeRestriction)."""
-        from lab.apiserver import status_error
-
-        name = request.match_info["name"]
-        user = await self.api.user(request)
-        if user is None or not (user.admin or user.name == f"system:node:{name}"):
-            return status_error(403, "Forbidden", f'nodes "{name}" is forbidden')
-        kind = request.content_type
-        if kind not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
-            return status_error(415, "UnsupportedMediaType", f"the emulated API server does not apply {kind} patches")
-        key = NODES + name
-        old = await self.api.load(key)
-        if old is None:
-            return status_error(404, "NotFound", f'nodes "{name}" not found')
-        new = merge_patch(old, await request.json())
-        if not user.admin:
-            why = forbidden_node_change(name, old, new)
-            if why:
-                return status_error(403, "Forbidden", why)
-        await self.api.store(key, new)
-        if not new.get("spec", {}).get("unschedulable"):
-            await self.schedule_pending()
-        return web.json_response(new)
-
+    # -- nodes and pods -------------------------------------------------------------------
     async def nodes(self) -> dict[str, dict[str, Any]]:
         return {k.rsplit("/", 1)[1]: json.loads(v) for k, v in await self.api.get_prefix(NODES)}
 
-    # -- pods -----------------------------------------------------------------------------
-    async def list_pods(self, ns: str | None, request: web.Request) -> list[dict[str, Any]]:
-        prefix = PODS + (f"{ns}/" if ns else "")
-        pods = [json.loads(v) for _, v in await self.api.get_prefix(prefix)]
-        selector = request.query.get("fieldSelector", "")
-        if selector.startswith("spec.nodeName="):
-            node = selector.partition("=")[2]
-            pods = [p for p in pods if p.get("spec", {}).get("nodeName") == node]
-        return pods
+    async def admit_pod(self, pod: dict[str, Any]) -> None:
+        """A Pod being created (``metadata`` filled in): bound at once when a Node fits
+        (:meth:`bind`), else left ``Pending``."""
+        pod.setdefault("spec", {})
+        await self.bind(pod, await self.nodes())
 
-    async def all_pods(self, request: web.Request) -> web.StreamResponse:
-        """``GET /api/v1/pods`` (admins): every Pod, ``fieldSelector=spec.nodeName=X`` honoured."""
-        if (refused := await self._admin(request)) is not None:
-            return refused
-        items = await self.list_pods(None, request)
-        return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
+    async def create_pod(self, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Store a new Pod (a ReplicaSet's replacement) in ``ns``, scheduled; returns it."""
+        from lab.apiserver import rfc3339
 
-    async def pods(self, request: web.Request) -> web.StreamResponse:
-        """``/api/v1/namespaces/{ns}/pods``: POST creates (scheduled at once when it fits),
-        GET lists."""
-        if (refused := await self._admin(request)) is not None:
-            return refused
-        ns = request.match_info["ns"]
-        if request.method == "POST":
-            return await self.create_pod(ns, await request.json())
-        items = await self.list_pods(ns, request)
-        return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
-
-    async def create_pod(self, ns: str, body: dict[str, Any]) -> web.Response:
-        from lab.apiserver import rfc3339, status_error
-
-        name = body.get("metadata", {}).get("name", "")
-        if not name:
-            return status_error(422, "Invalid", "metadata.name is required")
-        key = f"{PODS}{ns}/{name}"
-        if await self.api.load(key) is not None:
-            return status_error(409, "AlreadyExists", f'pods "{name}" already exists')
         body.update(kind="Pod", apiVersion="v1")
         body["metadata"].update(namespace=ns, uid=secrets.token_hex(16), creationTimestamp=rfc3339(time.time()))
         body.setdefault("spec", {})
         body["status"] = {"phase": "Pending"}
-        await self.bind(body, await self.nodes())
-        await self.api.store(key, body)
-        return web.json_response(body, status=201)
+        await self.admit_pod(body)
+        await self.api.store(f"{PODS}{ns}/{body['metadata']['name']}", body)
+        return body
 
     async def bind(self, pod: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> None:
         """Schedule ``pod`` (in place): its own ``nodeName``, else the fitting Node with the
@@ -254,27 +206,15 @@ class Workloads:
                 bound.append(pod["metadata"]["name"])
         return bound
 
-    async def pod(self, request: web.Request) -> web.StreamResponse:
-        """``/api/v1/namespaces/{ns}/pods/{name}``: GET, DELETE (admins)."""
-        from lab.apiserver import status_error
-
-        if (refused := await self._admin(request)) is not None:
-            return refused
-        ns, name = request.match_info["ns"], request.match_info["name"]
-        obj = await self.api.load(f"{PODS}{ns}/{name}")
-        if obj is None:
-            return status_error(404, "NotFound", f'pods "{name}" not found')
-        if request.method == "GET":
-            return web.json_response(obj)
-        if request.method == "DELETE":
-            await self.remove(obj)
-            return web.json_response(obj)
-        return status_error(405, "MethodNotAllowed", request.method)
-
     async def remove(self, pod: dict[str, Any]) -> None:
-        """Delete ``pod``; a ReplicaSet's gets its replacement (see the module)."""
+        """Delete ``pod``, then :meth:`removed`."""
         meta = pod["metadata"]
         await self.api.delete(f"{PODS}{meta['namespace']}/{meta['name']}")
+        await self.removed(pod)
+
+    async def removed(self, pod: dict[str, Any]) -> None:
+        """``pod`` was deleted: a ReplicaSet's gets its replacement (see the module)."""
+        meta = pod["metadata"]
         owner = controller_of(pod)
         if owner is None or owner.get("kind") != "ReplicaSet":
             return
@@ -313,8 +253,6 @@ class Workloads:
 
     async def evict(self, request: web.Request) -> web.StreamResponse:
         """``POST .../pods/{name}/eviction`` (admins): see the module docstring."""
-        from lab.apiserver import status_error
-
         if (refused := await self._admin(request)) is not None:
             return refused
         ns, name = request.match_info["ns"], request.match_info["name"]
@@ -373,8 +311,6 @@ class Workloads:
 
     async def pdbs(self, request: web.Request) -> web.StreamResponse:
         """``.../namespaces/{ns}/poddisruptionbudgets``: POST creates, GET lists (admins)."""
-        from lab.apiserver import status_error
-
         if (refused := await self._admin(request)) is not None:
             return refused
         ns = request.match_info["ns"]
@@ -398,8 +334,6 @@ class Workloads:
 
     async def pdb(self, request: web.Request) -> web.StreamResponse:
         """``.../poddisruptionbudgets/{name}``: GET (with status), DELETE (admins)."""
-        from lab.apiserver import status_error
-
         if (refused := await self._admin(request)) is not None:
             return refused
         ns, name = request.match_info["ns"], request.match_info["name"]

@@ -11,7 +11,8 @@ unfinished leader claim).
 Milestone events (docs/share-protocol.md): ``boot``, ``leader_claimed``, ``phylactery_up``,
 ``api_ready``, ``leader_ready``, ``init_failed``, ``join_started``, ``pruned``,
 ``join_material_refreshed``, ``joined``, ``join_failed``, ``node_ready``, ``deposed``,
-``generation_changed``, ``cluster_lost``, ``phylactery_restarted``, ``stopped``.
+``generation_changed``, ``cluster_lost``, ``phylactery_restarted``, ``node_vanished``,
+``stopped``.
 
 Everything the agent touches comes in through its constructor (store, driver, services,
 probes, clock, executor), so every transition is unit-tested without root
@@ -20,9 +21,11 @@ probes, clock, executor), so every transition is unit-tested without root
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -34,12 +37,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core import probes, recovery
 from core.bootid import boot_id
 from core.config import NodeConfig
+from core.credentials import CONTROL
 from core.drivers import Credentials, Driver, DriverError, InitResult, driver_for
 from core.logs import get_logger
 from core.notify import ServiceNotifier
 from core.services import ServiceError, ServiceManager, service_manager
 from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore, Snapshot
 from core.supervise import Supervisor
+from core.tls import TrustedCA
 from leader import peers
 from leader.election import rule_for
 from leader.host import prepare_host
@@ -57,6 +62,10 @@ LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at 
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
 HEARTBEAT_LOOP = "heartbeat"  # the supervised loop's name (ek8s_loop_failures_total{loop})
 MEMBER_CHECK_S = 3.0  # a watching control node checks its etcd member is still listed this often (2 misses: <= ~6 s)
+# A watching node checks its Node still exists this often (2 misses before it acts); a
+# worker's check goes through the VIP and stands in for that cycle's API probe, so it stays
+# within the load budget.
+NODE_CHECK_S = {"control": 10.0, "worker": 30.0}
 
 
 class PruneFailed(Exception):
@@ -80,6 +89,10 @@ class Probes(Protocol):
         """This node's Node is Ready (None: absent or the API did not answer)."""
         ...
 
+    def node_found(self) -> bool | None:
+        """This node's Node exists: True, False (the API answered 404), None (no answer)."""
+        ...
+
     def phylactery_healthy(self, url: str) -> bool:
         """The Phylactery at ``url`` serves ``/healthz`` (HAProxy and keepalived run)."""
         ...
@@ -95,13 +108,15 @@ class Probes(Protocol):
 
 
 class NodeProbes:
-    """:class:`Probes` for one node, through :mod:`core.probes`."""
+    """:class:`Probes` for one node, through :mod:`core.probes`; Phylactery is verified with
+    ``ca`` (the Phylactery CA the node's role trusts, read from the share on first use)."""
 
-    def __init__(self, cfg: NodeConfig, driver: Driver) -> None:
+    def __init__(self, cfg: NodeConfig, driver: Driver, ca: TrustedCA) -> None:
         self.driver = driver
         self.vip_url = f"https://{cfg.vip.address}:{cfg.vip.port}/readyz"
         self.kubeconfig = driver.kubelet_kubeconfig
         self.node = cfg.node.name
+        self.ca = ca
 
     def api_ready(self, ca_pem: bytes) -> bool:
         """``GET /readyz`` behind the VIP, 1 s timeout."""
@@ -111,13 +126,28 @@ class NodeProbes:
         """This node's Ready condition through its kubelet kubeconfig."""
         return probes.node_ready(self.kubeconfig, self.node)
 
+    def node_found(self) -> bool | None:
+        """Whether this node's Node exists, through its kubelet kubeconfig."""
+        return probes.node_found(self.kubeconfig, self.node)
+
     def phylactery_healthy(self, url: str) -> bool:
-        """``GET <url>/healthz``, 0.5 s timeout."""
-        return probes.phylactery_healthy(url, 0.5)
+        """``GET <url>/healthz`` over TLS, 0.5 s timeout (False while no CA is on the share)."""
+        try:
+            tls = self.ca.context()
+        except OSError:
+            return False
+        return probes.phylactery_healthy(url, tls, 0.5)
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
-        """POST to a Phylactery with the bearer token (:func:`core.probes.phylactery_post`)."""
-        return probes.phylactery_post(url, path, token, body, timeout_s)
+        """POST to a Phylactery with the bearer token over verified TLS
+        (:func:`core.probes.phylactery_post`). Raises ``OSError``; a certificate the CA does
+        not verify makes the next call read the CA again (it may have been replaced)."""
+        try:
+            return probes.phylactery_post(url, path, token, body, self.ca.context(), timeout_s)
+        except OSError as err:
+            if isinstance(getattr(err, "reason", err), ssl.SSLCertVerificationError):
+                self.ca.forget()
+            raise
 
     def etcd_view(self) -> LocalView | None:
         """:func:`core.etcd.local_view` of this node's member through the driver's client."""
@@ -191,6 +221,8 @@ class Agent:
         self.etcd_index: int | None = None  # reported in heartbeats while quorum is lost
         self.member_checked_at = clock()
         self.member_missing = 0  # consecutive checks that did not find this node's etcd member
+        self.node_checked_at = clock()
+        self.node_missing = 0  # consecutive checks whose API answered that this node's Node is gone
         self.must_prune = False  # rejoining after the member was removed: prune first
         self.kubeadm_s = 0.0
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
@@ -207,12 +239,13 @@ class Agent:
     def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
         """The agent with the real store, driver, service manager and probes of node.yaml."""
         driver = driver_for(cfg)
+        store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
         agent = cls(
             cfg,
-            store=ShareStore(cfg.share.path, cfg.cluster, cfg.node.name),
+            store=store,
             driver=driver,
             services=service_manager(cfg.service_manager, cfg.root),
-            probes=NodeProbes(cfg, driver),
+            probes=NodeProbes(cfg, driver, TrustedCA(functools.partial(store.read_phylactery_ca, cfg.role))),
             boot_id=boot_id(cfg.root),
             config_path=config_path,
             notifier=ServiceNotifier(),
@@ -650,7 +683,7 @@ class Agent:
         running = self.jobs.running
         if running is not None:
             if running.name == "prune":
-                return "asking the other control nodes to prune my stale state and renew the join material"
+                return self._prune_sentence()
             return f"{self.driver.name} join is running (attempt {self.join_attempt})"
         if not self.cfg.is_control and not self.slot_held:
             # Before the API probe: a worker waiting for a slot costs one share read a look.
@@ -668,7 +701,7 @@ class Agent:
             # 24 h) and a rebooted node leaves its Node and etcd member behind.
             self.pruned_for = attempt
             self.jobs.start("prune", self._prune_and_renew)
-            return "asking the other control nodes to prune my stale state and renew the join material"
+            return self._prune_sentence()
         if not self._host_ready():
             return "waiting for the host preparation (image import) before joining"
         if self.cfg.is_control:
@@ -685,6 +718,11 @@ class Agent:
         self._event("join_started", sentence, attempt=attempt)
         return sentence
 
+    def _prune_sentence(self) -> str:
+        if self.cfg.is_control:
+            return "asking the other control nodes to prune my stale state and renew the join material"
+        return "asking the control nodes to prune my stale state"
+
     def _needs_prune(self, attempt: int, restored: bool) -> bool:
         """Prune unless this node has never been part of this generation (a first join
         leaves nothing behind to prune). A generation restored from a snapshot (``restored``)
@@ -696,14 +734,19 @@ class Agent:
         return attempt > 1 or self.must_prune or restored or same_generation
 
     def _prune_and_renew(self) -> None:
-        """The prune job: other control nodes' Phylacteries renew the join material and
-        remove this node's stale Node and etcd member, side by side."""
+        """The prune job: other control nodes' Phylacteries remove this node's stale Node and
+        etcd member and, for a control node, renew the join material, side by side (a worker's
+        credential cannot ask for join material: Phylactery keeps the token valid by itself)."""
         post = self.probes.post
         name, address = self.cfg.node.name, self.cfg.node.address
+        ttl = self.cfg.timeouts.liveness_ttl_s("control")
         with ThreadPoolExecutor(2) as pool:
-            renewed = pool.submit(peers.ensure_join_material, self.store, post, name)
-            pruned = pool.submit(peers.prune_self, self.store, post, name, address, self.boot_id)
-            refreshed, (ok, answer) = renewed.result(), pruned.result()
+            renewed = (
+                pool.submit(peers.ensure_join_material, self.store, post, name, ttl) if self.cfg.is_control else None
+            )
+            pruned = pool.submit(peers.prune_self, self.store, post, name, address, self.boot_id, self.cfg.role, ttl)
+            refreshed = renewed.result() if renewed is not None else []
+            ok, answer = pruned.result()
         if refreshed:
             self._event("join_material_refreshed", f"join material refreshed: {', '.join(refreshed)}")
         if not ok:
@@ -755,13 +798,52 @@ class Agent:
             self.phylactery_started = self.phylactery_up = False
             self._event("phylactery_restarted", "Phylactery is not running; starting it again")
             self.start_phylactery()
-        if not self._api_alive():
+        answered = False
+        if self.clock() - self.node_checked_at >= NODE_CHECK_S[self.cfg.role]:
+            self.node_checked_at = self.clock()
+            found = self.probes.node_found()
+            if found is not None:
+                answered = True  # the API answered: this cycle needs no other probe of it
+                self.silent_since = None
+                vanished = self._node_vanished(found)
+                if vanished is not None:
+                    return vanished
+        if not answered and not self._api_alive():
             return self._judge_silence("while watching")
         if self.cfg.is_control and self.clock() - self.member_checked_at >= MEMBER_CHECK_S:
             removed = self._member_removed()
             if removed is not None:
                 return removed
         return f"no action: generation {self.generation} is healthy"
+
+    def _node_vanished(self, found: bool) -> str | None:
+        """Did this node's Node vanish while it runs (deleted: a wrong prune, an operator's
+        ``kubectl delete node``)? Its kubelet does not register it again until it restarts
+        (:func:`core.versions.kubelet_reregisters_deleted_node`; kubernetes#71398). After two
+        checks that miss it, restart the kubelet (the driver's ``kubelet_service``) and wait
+        for the Node to be Ready again; when the restart fails, reset and rejoin."""
+        if found:
+            self.node_missing = 0
+            return None
+        self.node_missing += 1
+        if self.node_missing < 2:
+            return None
+        self.node_missing = 0
+        service = self.driver.kubelet_service
+        why = (
+            f"my Node {self.cfg.node.name} is gone from the API while this node runs, and a running kubelet does "
+            "not register it again (kubernetes#71398)"
+        )
+        try:
+            self.services.restart(service)
+        except ServiceError as err:
+            self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+            return self._reset(
+                State.JOIN, f"{why}; restarting {service} failed ({err}): resetting and rejoining", "node_vanished"
+            )
+        return self._go(
+            State.AWAIT_NODE, f"{why}; restarted {service} to register it, waiting for it to be Ready", "node_vanished"
+        )
 
     def _member_removed(self) -> str | None:
         """Is this node's etcd member still listed? A member removed behind the node's back
@@ -929,8 +1011,8 @@ class Agent:
     # -- Phylactery, the join slot, the host ----------------------------------------------
     @property
     def phylactery_url(self) -> str:
-        """This node's own Phylactery."""
-        return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+        """This node's own Phylactery (HTTPS: its certificate names the node's address)."""
+        return f"https://{self.cfg.node.address}:{self.cfg.phylactery.port}"
 
     def start_phylactery(self, wait: bool = True) -> None:
         """Start Phylactery (it brings up HAProxy and keepalived). Without ``wait`` return
@@ -954,8 +1036,8 @@ class Agent:
     def refresh_phylactery(self) -> None:
         """Ask the local Phylactery to reconcile now (it re-registers in a new generation)."""
         try:
-            self.probes.post(self.phylactery_url, "/v1/refresh", self.store.read_token(), {}, 2.0)
-        except OSError as err:
+            self.probes.post(self.phylactery_url, "/v1/refresh", self.store.read_credential(CONTROL), {}, 2.0)
+        except (OSError, ShareError) as err:
             log.info("local Phylactery did not take the refresh", extra={"phase": self.state.value, "error": str(err)})
 
     def _release_slot(self) -> None:

@@ -1,14 +1,19 @@
-"""What a joining node asks of the other control nodes' Phylacteries before ``kubeadm join``.
+"""What a joining node asks of the control nodes' Phylacteries before ``kubeadm join``.
 
 * :func:`prune_self` - ``POST /v1/prune``: remove the Node and etcd member this node left
   behind in an earlier boot (kubeadm refuses a same-name Ready Node, and reuses an etcd member
-  whose peer URL still exists: docs/recovery.md);
-* :func:`ensure_join_material` - ``POST /v1/join-material``: make sure the published token and
-  certificate key are still accepted (a rejoin may come days after init).
+  whose peer URL still exists: docs/recovery.md). A control node sends the control
+  credential, a worker the worker credential, which lets it prune itself only;
+* :func:`ensure_join_material` - ``POST /v1/join-material`` (control nodes only, control
+  credential): make sure the published token and certificate key are still accepted (a rejoin
+  may come days after init). Workers cannot ask; Phylactery keeps the token they join with
+  valid by itself (``phylactery/controllers/joinmaterial.py``).
 
-Peers are tried freshest heartbeat first (a dead node costs a connection timeout); the first
-that answers 200 is enough. Both return a sentence for the log, never raise for a peer that
-does not answer.
+Credentials go only to Phylacteries that are alive (:func:`peer_urls`: a heartbeat younger
+than the liveness TTL; a member record of a node gone for good gets nothing) and only over
+HTTPS to a server the Phylactery CA vouches for (:mod:`core.probes`). Peers are tried
+freshest heartbeat first; the first that answers 200 is enough. Both return a sentence for
+the log, never raise for a peer that does not answer.
 """
 
 from __future__ import annotations
@@ -16,34 +21,47 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from core.credentials import CONTROL, kind_for_role
 from core.logs import get_logger
 from core.share import ShareStore
+from core.tls import is_https
 
 log = get_logger("ek8s.peers", "join")
 Post = Callable[[str, str, str, dict[str, Any], float], tuple[int, Any]]
 
 
-def peer_urls(store: ShareStore, me: str) -> list[str]:
-    """Phylactery URLs of the other registered control nodes, freshest heartbeat first."""
+def peer_urls(store: ShareStore, me: str, ttl_s: float) -> list[str]:
+    """Phylactery URLs of the other registered control nodes that are alive (a heartbeat
+    younger than ``ttl_s`` seconds on the share's clock) and reached over HTTPS, freshest
+    heartbeat first. A node silent longer, or gone for good, is left out: no credential is
+    sent to an address that may now be another machine's."""
     now = store.share_now()
     ranked = []
     for m in store.members():
         if m.name == me:
             continue
         hb = store.read_heartbeat(m.name, now)
-        ranked.append((hb.age_s if hb is not None else float("inf"), m.phylactery_url))
+        if hb is None or hb.age_s >= ttl_s:
+            continue
+        if not is_https(m.phylactery_url):
+            log.warning("member record without https: not asked", extra={"peer": m.name})
+            continue
+        ranked.append((hb.age_s, m.phylactery_url))
     return [url for _, url in sorted(ranked)]
 
 
-def prune_self(store: ShareStore, post: Post, name: str, address: str, boot_id: str) -> tuple[bool, dict[str, Any]]:
+def prune_self(
+    store: ShareStore, post: Post, name: str, address: str, boot_id: str, role: str, ttl_s: float
+) -> tuple[bool, dict[str, Any]]:
     """Ask a live Phylactery to prune what ``name``/``address`` left behind before this boot
-    (``boot_id``: Phylactery refuses while another incarnation of the node is alive). Returns
-    (pruned, the answer: ``deleted_nodes``, ``removed_etcd_members``, ``url``; or ``errors`` per
-    peer, with a 409 refusal among them)."""
-    token = store.read_token()
+    (``boot_id``: Phylactery refuses while another incarnation of the node is alive), with the
+    credential of ``role``. Returns (pruned, the answer: ``deleted_nodes``,
+    ``removed_etcd_members``, ``url``; or ``errors`` per peer, with a 403 or 409 refusal among
+    them). Raises ``OSError`` when the credential cannot be read."""
+    token = store.read_credential(kind_for_role(role))
     errors: dict[str, Any] = {}
     body = {"name": name, "address": address, "boot_id": boot_id}
-    for url in peer_urls(store, name):
+    for url in peer_urls(store, name, ttl_s):
         try:
             status, answer = post(url, "/v1/prune", token, body, 15.0)
         except OSError as err:
@@ -56,11 +74,12 @@ def prune_self(store: ShareStore, post: Post, name: str, address: str, boot_id: 
     return False, {"errors": errors}
 
 
-def ensure_join_material(store: ShareStore, post: Post, me: str) -> list[str]:
-    """Ask a live Phylactery to renew what expired in ``join.json``; returns what it
-    refreshed (``token``, ``certificate_key``), empty when all was valid or no peer answered."""
-    token = store.read_token()
-    for url in peer_urls(store, me):
+def ensure_join_material(store: ShareStore, post: Post, me: str, ttl_s: float) -> list[str]:
+    """Ask a live Phylactery (control credential: control nodes only) to renew what expired
+    in ``join.json``; returns what it refreshed (``token``, ``certificate_key``), empty when
+    all was valid or no peer answered."""
+    token = store.read_credential(CONTROL)
+    for url in peer_urls(store, me, ttl_s):
         try:
             status, answer = post(url, "/v1/join-material", token, {}, 60.0)
         except OSError as err:

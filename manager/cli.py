@@ -24,9 +24,12 @@ from typing import Any
 import click
 
 from core.cli import fail, load_or_exit, version_option
+from core.credentials import GRACE_S
 from core.share import ShareError
 from manager.benchcli import bench
 from manager.clusters import CLUSTER_OPTION, SHARE_OPTION, operator_store
+from manager.credentials import credentials
+from manager.credentials import rotate as rotate_credentials
 from manager.nodecli import node
 from manager.reset import YES_OPTION, confirm, invoking_user, losses
 from manager.wwcli import overlay, warewulf
@@ -52,6 +55,7 @@ cli.add_command(phylactery)
 cli.add_command(bench)
 cli.add_command(overlay)
 cli.add_command(warewulf)
+cli.add_command(credentials)
 
 
 @cli.group()
@@ -94,9 +98,16 @@ def share_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     "--reboot-command",
     default="wwctl ssh {nodes} reboot",
     show_default=True,
-    help="{nodes} becomes the comma-separated node names known to the share",
+    help="{nodes} becomes the comma-separated names of the cluster's nodes that reported to the share",
 )
 @click.option("--reboot-timeout", default=300.0, show_default=True, help="seconds the reboot command may take")
+@click.option(
+    "--inventory",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="with --reboot: the cluster's nodes from this inventory (default: Warewulf's registry, via --wwctl)",
+)
+@click.option("--wwctl", default="wwctl", show_default=True, help="with --reboot: the wwctl to read the registry with")
 @click.option("--reason", default=None, help="recorded with the new generation [default: ek8s reset by USER]")
 @YES_OPTION
 @share_errors
@@ -106,28 +117,46 @@ def reset(
     reboot: bool,
     reboot_command: str,
     reboot_timeout: float,
+    inventory: Path | None,
+    wwctl: str,
     reason: str | None,
     yes: bool,
 ) -> None:
     """Start a new generation of the cluster: every node resets and the cluster is rebuilt
-    EMPTY (every Kubernetes object is lost; the etcd snapshots stay on the share unused).
+    EMPTY (every Kubernetes object is lost; the etcd snapshots stay on the share unused), and
+    Phylactery's credentials are rotated (the old ones accepted for 300 s more).
 
     It first says what will be lost (the generation, the nodes, the snapshots) and asks;
     without a terminal it refuses unless --yes. The generation_started event names the user
     who ran it ($SUDO_USER, else the login name). Running agents notice the new generation
     within a second, reset (`kubeadm reset -f`; k3s: stop k3s and remove its state) and elect
     a new leader; with --reboot the nodes are rebooted as well (the proof of concept's
-    rebuild-and-restart.sh). Exit 2 without a terminal and without --yes, or for a cluster the
-    share does not hold (the clusters found are listed); exit 1 when not confirmed, when no
-    node ever reported (--reboot; nothing is written), or when the reboot command fails,
-    cannot start or outlasts --reboot-timeout.
+    rebuild-and-restart.sh): only those that reported to the share AND belong to the cluster
+    by the inventory (--inventory) or Warewulf's registry (nodes tagged ek8s_cluster=CLUSTER);
+    the others are named and left alone. Exit 2 without a terminal and without --yes, or for
+    a cluster the share does not hold (the clusters found are listed); exit 1 when not
+    confirmed, when the cluster's nodes cannot be read or none of them ever reported
+    (--reboot; nothing is written then), or when the reboot command fails, cannot start or
+    outlasts --reboot-timeout.
     """
+    from manager.targets import TargetError, from_inventory, from_registry, reboot_targets
+
     user = invoking_user()
     store = operator_store(share_path, cluster, user)
-    nodes = store.heartbeat_names()
-    if reboot and not nodes:
-        fail("no node has ever reported to this share; nothing to reboot (nothing done)")
-    argv = [a.replace("{nodes}", ",".join(nodes)) for a in shlex.split(reboot_command)] if reboot else []
+    argv: list[str] = []
+    if reboot:
+        try:
+            known, source = (
+                from_inventory(inventory, store.cluster) if inventory else from_registry(store.cluster, wwctl)
+            )
+        except TargetError as err:
+            fail(f"{err}; nothing done (the share says which nodes reported, not which are this cluster's)")
+        targets = reboot_targets(store.heartbeat_names(), known, source)
+        if targets.ignored:
+            click.echo(f"ignored heartbeats of nodes not in {source}: {', '.join(targets.ignored)}", err=True)
+        if not targets.nodes:
+            fail(f"no node of {source} has ever reported to this share; nothing to reboot (nothing done)")
+        argv = [a.replace("{nodes}", ",".join(targets.nodes)) for a in shlex.split(reboot_command)]
     lines = losses(store)
     if argv:
         lines.append("then the nodes are rebooted: " + " ".join(argv))
@@ -135,6 +164,7 @@ def reset(
     why = reason or f"ek8s reset by {user}"
     state = store.rebuild(why)
     click.echo(f"cluster {store.cluster}: generation {state.generation} started ({why})")
+    click.echo(rotate_credentials(store, GRACE_S, why))
     if not reboot:
         return
     click.echo("running: " + " ".join(argv))

@@ -45,6 +45,7 @@ import hostlist
 
 from core import probes, quorum
 from core.share import ShareStore
+from manager.status import phylactery_access
 
 Say = Callable[[str], None]
 EVICT_RETRY_S = 5.0  # kubectl drain's wait before it tries a refused eviction again
@@ -215,20 +216,39 @@ def _status_message(body: Any) -> str:
 @dataclass
 class Cluster:
     """One cluster seen from the Warewulf server (module docstring). ``api`` makes the
-    :class:`NodeApi` (the share's admin kubeconfig by default); ``get``/``post`` reach
-    Phylactery (:func:`core.probes.phylactery_get`, :func:`core.probes.phylactery_post`);
-    ``sleep`` and ``now`` are the clock (tests pass fakes); ``poll_s`` is how often the
-    waits look."""
+    :class:`NodeApi` (the share's admin kubeconfig by default); :meth:`get` and :meth:`post`
+    reach Phylactery over HTTPS with the control credential, the server verified with the
+    Phylactery CA (:func:`manager.status.phylactery_access`, docs/security.md); ``sleep`` and
+    ``now`` are the clock (tests pass fakes); ``poll_s`` is how often the waits look."""
 
     store: ShareStore
     say: Say = print
     api_factory: Callable[[], NodeApi] | None = None
-    get: Callable[..., dict[str, Any] | None] = probes.phylactery_get
-    post: Callable[..., tuple[int, Any]] = probes.phylactery_post
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], float] = time.monotonic
     poll_s: float = 2.0
     _api: NodeApi | None = field(default=None, init=False, repr=False)
+
+    def get(self, url: str, path: str, timeout_s: float) -> dict[str, Any] | None:
+        """``GET <url><path>`` with the control credential (:func:`core.probes.phylactery_get`):
+        the JSON object, or None when Phylactery does not answer, cannot be verified, or the
+        share holds no credential or CA yet."""
+        access = phylactery_access(self.store)
+        if access is None:
+            return None
+        tls, token = access
+        return probes.phylactery_get(url, path, tls, token, timeout_s)
+
+    def post(self, url: str, path: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+        """``POST`` ``body`` to ``<url><path>`` with the control credential
+        (:func:`core.probes.phylactery_post`): (HTTP status, answer). Raises ``OSError`` when
+        Phylactery does not answer or cannot be verified, or the share holds no credential or
+        CA yet."""
+        access = phylactery_access(self.store)
+        if access is None:
+            raise OSError("the share holds no Phylactery credential or CA yet")
+        tls, token = access
+        return probes.phylactery_post(url, path, token, body, tls, timeout_s)
 
     @property
     def api(self) -> NodeApi:

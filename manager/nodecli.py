@@ -165,14 +165,13 @@ def _address(c: maintenance.Cluster, name: str) -> str | None:
 def _remove_through_phylactery(c: maintenance.Cluster, name: str, address: str, user: str) -> dict[str, Any]:
     """``POST /v1/remove`` to the first other Phylactery that takes it; while the node's etcd
     member still answers (it was just powered off), again every 2 s for 60 s."""
-    token = c.store.read_token()
     body = {"name": name, "address": address, "user": user}
     deadline = time.monotonic() + 60.0
     errors: dict[str, Any] = {}
     while True:
         for _, url in c.phylacteries(avoid=[name]):
             try:
-                status, answer = c.post(url, "/v1/remove", token, body, 60.0)
+                status, answer = c.post(url, "/v1/remove", body, 60.0)
             except OSError as err:
                 errors[url] = str(err)
                 continue
@@ -203,10 +202,9 @@ def _wait_stopped(c: maintenance.Cluster, name: str, wait_s: float) -> None:
 
 def _refresh_everywhere(c: maintenance.Cluster, name: str) -> None:
     """Ask every Phylactery to refresh, then wait until no HAProxy lists ``name``'s backend."""
-    token = c.store.read_token()
     for _, url in c.phylacteries():
         try:
-            c.post(url, "/v1/refresh", token, {}, 5.0)
+            c.post(url, "/v1/refresh", {}, 5.0)
         except OSError as err:
             _say(f"{url} did not take the refresh ({err}); its periodic reconcile will drop {name}")
     deadline = time.monotonic() + REFRESH_WAIT_S

@@ -14,6 +14,8 @@ document itself as JSON or YAML.
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +30,28 @@ from core.share import ShareStore
 HEALTHY_PHASE = "watch"
 
 
-def _phylactery(url: str) -> dict[str, Any] | None:
-    """``GET <url>/v1/status`` (docs/phylactery.md), or None when it does not answer in 1.5 s."""
-    return probes.phylactery_get(url, "/v1/status", timeout_s=1.5)
+def _phylactery(access: tuple[ssl.SSLContext, str] | None, url: str) -> dict[str, Any] | None:
+    """``GET <url>/v1/status`` (docs/phylactery.md) with the control credential over TLS
+    verified with the Phylactery CA (``access``: context and credential; None when the share
+    holds neither yet), or None when it does not answer in 1.5 s."""
+    if access is None:
+        return None
+    tls, token = access
+    return probes.phylactery_get(url, "/v1/status", tls, token, timeout_s=1.5)
+
+
+def phylactery_access(store: ShareStore) -> tuple[ssl.SSLContext, str] | None:
+    """What the operator reaches Phylactery with: a client context for the Phylactery CA and
+    the control credential, both from the control-only tree (docs/security.md); None before
+    the first Phylactery made them."""
+    from core.credentials import CONTROL
+    from core.share import ShareError
+    from core.tls import client_context
+
+    try:
+        return client_context(store.read_phylactery_ca()), store.read_credential(CONTROL)
+    except (OSError, ShareError):
+        return None
 
 
 def api_node_states(kubeconfig: Path) -> dict[str, tuple[bool, str | None]] | None:
@@ -88,10 +109,10 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     share cannot be read."""
     state = store.read_state()
     members = store.members()
+    access = phylactery_access(store)
     with ThreadPoolExecutor(max(1, len(members) + 1)) as pool:
-        statuses = dict(
-            zip([m.name for m in members], pool.map(_phylactery, [m.phylactery_url for m in members]), strict=True)
-        )
+        ask = functools.partial(_phylactery, access)
+        statuses = dict(zip([m.name for m in members], pool.map(ask, [m.phylactery_url for m in members]), strict=True))
         api = pool.submit(api_node_states, store.admin_kubeconfig_path).result()
     known = set(store.heartbeat_names()) | set(api or {})
     listed = hostlist.numerically_sorted(list(names if names is not None else known))

@@ -1,55 +1,67 @@
-"""Phylactery's HTTP API (aiohttp, JSON). Every mutating call needs the cluster's bearer token.
+"""Phylactery's HTTP API (aiohttp, JSON, over TLS). Who may call what (docs/security.md):
 
-=====================  =====  ==========================================================
-``GET /healthz``       no     liveness: ``{"ok": true, "node": ...}``
-``GET /v1/status``     no     node, role, generation, members, HAProxy backends, etcd members
-``GET /metrics``       no     Prometheus text format: Phylactery's and the agent's metrics
-``GET /v1/etcd``       no     the etcd members, each with whether it answers and leads
-``POST /v1/refresh``   yes    re-read members, regenerate, reload if changed (coalesced)
-``POST /v1/prune``     yes    body ``{"name": str, "address": "a.b.c.d"}``: remove that
-                              node's stale Node and etcd member
-``POST /v1/join-material`` yes  make sure ``join.json`` holds a token and certificate key
-                              the API still accepts (refresh what expired)
-``POST /v1/remove``    yes    body ``{"name", "address", "user"}``: the operator takes that
-                              node out for good (etcd member, Node); refused (409) when etcd
-                              would not stay safe or the node still runs
-=====================  =====  ==========================================================
+==========================  ==================  ===============================================
+``GET /healthz``            anyone              liveness: ``{"ok": true, "node": ...}``
+``GET /v1/status``          anyone / control    without the control credential only
+                                                ``{"ok": bool}``; with it node, role,
+                                                generation, members, HAProxy backends, etcd
+``GET /metrics``            anyone              Prometheus text format: Phylactery's metrics
+``GET /v1/etcd``            control             the etcd members, each with whether it
+                                                answers and leads (``ek8s node``)
+``POST /v1/refresh``        control             re-read members, regenerate, reload if changed
+``POST /v1/prune``          control or worker   body ``{"name", "address", "boot_id"}``: remove
+                                                that node's stale Node, etcd member (and k3s
+                                                node-password Secret); a worker only its own
+``POST /v1/join-material``  control             make sure ``join.json`` holds a token and
+                                                certificate key the API still accepts
+``POST /v1/remove``         control             body ``{"name", "address", "user"}``: the
+                                                operator takes that node out for good (etcd
+                                                member, Node); refused (409) when etcd would
+                                                not stay safe or the node still runs
+==========================  ==================  ===============================================
 
-The token is ``<share>/<cluster>/phylactery.token`` (0600), compared in constant time. Errors
-are JSON ``{"error": "..."}`` with a 4xx status (401 no/bad token, 400 bad body naming the
-field, 408 a body not sent within ``BODY_TIMEOUT_S``, 409 asked to prune the serving node, 413
-a body over 64 KiB) or 503 when a store needed for pruning, or the share, does not answer;
-never a traceback. Connections are capped and must send each request's head in time
-(:mod:`phylactery.guard`).
+Credentials are bearer tokens (:mod:`core.credentials`), told apart by
+:class:`phylactery.auth.Authorizer`, which re-reads them from the share (rotation). Errors are
+JSON ``{"error": "..."}`` with a 4xx status (401 no or unknown credential, 403 a credential
+that does not allow the call or the prune, 400 bad body naming the field, 408 a body not sent
+within ``BODY_TIMEOUT_S``, 409 asked to prune the serving node or a node alive in another
+boot, 413 a body over 64 KiB) or 503 when a store needed for pruning, or the share, does not
+answer; never a traceback, never a boot id. Connections are capped and must finish their TLS
+handshake and send each request's head in time (:mod:`phylactery.guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 import re
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from core.credentials import CONTROL
 from core.drivers import ApiUnavailable, DriverError
 from core.logs import get_logger
 from core.notify import ServiceNotifier
 from core.records import BOOT_ID_RE, NODE_NAME_RE
 from core.share import EpochSuperseded, ShareError
 from phylactery import metrics
+from phylactery.auth import ROUTES, Authorizer
 from phylactery.guard import HEAD_TIMEOUT_S, ConnectionGuard, GuardedSite
-from phylactery.prune import PruneError, PruneRefused
+from phylactery.prune import PruneError, PruneForbidden, PruneRefused, Requester
 from phylactery.service import Phylactery
 
 log = get_logger(__name__, "http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PHYLACTERY: web.AppKey[Phylactery] = web.AppKey("phylactery", Phylactery)
-TOKEN: web.AppKey[str] = web.AppKey("token", str)
+AUTH: web.AppKey[Authorizer] = web.AppKey("authorizer", Authorizer)
+# Request key: the credential the request proved ("control", "worker") or None. aiohttp
+# 3.12+ has typed request keys; the nodes' older aiohttp (>= 3.9) takes a string.
+CALLER: Any = web.RequestKey("caller", object) if hasattr(web, "RequestKey") else "ek8s.caller"
 PRUNES: web.AppKey[metrics.PruneCounts] = web.AppKey("prunes", metrics.PruneCounts)
 GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard", ConnectionGuard)
 BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout_s", float)
@@ -93,14 +105,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 @web.middleware
-async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every non-GET request needs ``Authorization: Bearer <cluster token>``."""
-    if request.method not in ("GET", "HEAD"):
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        expected = request.app[TOKEN]
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-            return error(401, "missing or invalid bearer token")
+async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell which credential the request carries (``request[CALLER]``) and refuse a call
+    :data:`phylactery.auth.ROUTES` does not allow it: 401 without a known credential, 403
+    with one that does not allow this call."""
+    caller = await request.app[AUTH].identify(request.headers.get("Authorization", ""))
+    request[CALLER] = caller
+    allowed = ROUTES.get((request.method, request.path))
+    if allowed is not None:
+        if caller is None:
+            return error(401, "missing or unknown credential (Authorization: Bearer <credential>)")
+        if caller not in allowed:
+            needs = " or ".join(sorted(allowed))
+            return error(403, f"the {caller} credential may not call {request.method} {request.path}: it needs {needs}")
     return await handler(request)
 
 
@@ -117,8 +134,14 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/status``: the document of :meth:`Phylactery.status` (keys in docs/phylactery.md)."""
-    return web.json_response(await request.app[PHYLACTERY].status())
+    """``GET /v1/status``: with the control credential the document of
+    :meth:`Phylactery.status` (keys in docs/phylactery.md); without it only ``{"ok": bool}``
+    (healthy or not: the topology, addresses and etcd URLs are the control nodes' business)."""
+    p = request.app[PHYLACTERY]
+    if request.get(CALLER) != CONTROL:
+        ok, _ = p.health()
+        return web.json_response({"ok": ok})
+    return web.json_response(await p.status())
 
 
 async def refresh(request: web.Request) -> web.StreamResponse:
@@ -147,8 +170,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 async def prune(request: web.Request) -> web.StreamResponse:
     """``POST /v1/prune`` with ``{"name", "address", "boot_id"}`` (the requester's boot):
-    200 with what was removed; 400 bad body; 409 the serving node, or a node whose current
-    incarnation is alive (docs/recovery.md); 503 a store did not answer."""
+    200 with what was removed; 400 bad body; 403 a worker's credential asking for another
+    node than the one it is sent from (docs/security.md); 409 the serving node, or a node
+    whose current incarnation is alive (docs/recovery.md); 503 a store did not answer."""
     body = await _json_body(request)
     name, address, boot = body.get("name"), body.get("address"), body.get("boot_id")
     if not isinstance(name, str) or not name:
@@ -167,8 +191,13 @@ async def prune(request: web.Request) -> web.StreamResponse:
         return error(400, f"field 'address': {address[:80]!r} is not an IPv4 address")
     p = request.app[PHYLACTERY]
     counts = request.app[PRUNES].by_outcome
+    requester = Requester(credential=str(request[CALLER]), address=peer_address(request), boot_id=boot)
     try:
-        result = await p.prune(name, address, boot)
+        result = await p.prune(name, address, boot, requester)
+    except PruneForbidden as err:
+        log.warning("prune forbidden", extra={"node_": name, "credential": requester.credential, "error": str(err)})
+        counts["refused"] += 1
+        return error(403, str(err))
     except (ValueError, PruneRefused) as err:
         log.warning("prune refused", extra={"node_": name, "error": str(err)})
         counts["refused"] += 1
@@ -181,8 +210,22 @@ async def prune(request: web.Request) -> web.StreamResponse:
     return web.json_response(result.to_json())
 
 
+def peer_address(request: web.Request) -> str:
+    """The IP address the request came from (the TCP peer; no proxy stands in front of
+    Phylactery), IPv4-mapped IPv6 addresses in their IPv4 form; "" when unknown."""
+    remote = request.remote or ""
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 async def etcd_members(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/etcd``: :meth:`Phylactery.etcd_members` (no token: it says nothing secret)."""
+    """``GET /v1/etcd``: :meth:`Phylactery.etcd_members` (the control credential only: member
+    names and URLs are the control nodes' business, as in ``/v1/status``)."""
     return web.json_response(await request.app[PHYLACTERY].etcd_members())
 
 
@@ -238,16 +281,17 @@ async def prometheus(request: web.Request) -> web.StreamResponse:
 
 def make_app(
     phylactery: Phylactery,
-    token: str,
+    authorizer: Authorizer | None = None,
     guard: ConnectionGuard | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> web.Application:
-    """The aiohttp application; starting Phylactery itself is :func:`run`'s job. ``guard``
+    """The aiohttp application; starting Phylactery itself is :func:`run`'s job.
+    ``authorizer`` tells the credentials apart (default: from Phylactery's share); ``guard``
     is the connection guard of the site that serves it (:func:`serve`); a request's body must
     arrive within ``body_timeout_s`` of its head."""
-    app = web.Application(middlewares=[guarded, json_errors, bearer_auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[guarded, json_errors, authorize], client_max_size=MAX_BODY)
     app[PHYLACTERY] = phylactery
-    app[TOKEN] = token
+    app[AUTH] = authorizer or Authorizer(phylactery.store)
     app[PRUNES] = metrics.PruneCounts()
     app[GUARD] = guard or ConnectionGuard()
     app[BODY_TIMEOUT] = body_timeout_s
@@ -289,17 +333,19 @@ async def serve(
     phylactery: Phylactery,
     host: str,
     port: int,
+    tls: ssl.SSLContext | None,
     guard: ConnectionGuard | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> web.AppRunner:
-    """Serve Phylactery's API on ``host``:``port`` (port 0: a free one) behind a connection
-    guard (:mod:`phylactery.guard`). Returns the runner (``runner.cleanup()`` stops it; its
-    one site's ``bound_port`` is the port)."""
+    """Serve Phylactery's API on ``host``:``port`` (port 0: a free one) over ``tls`` (None:
+    plain HTTP, for tests on loopback only; a node always serves TLS, :func:`run`) behind a
+    connection guard (:mod:`phylactery.guard`). Returns the runner (``runner.cleanup()``
+    stops it; its one site's ``bound_port`` is the port)."""
     guard = guard or ConnectionGuard()
-    app = make_app(phylactery, phylactery.store.read_token(), guard, body_timeout_s)
+    app = make_app(phylactery, guard=guard, body_timeout_s=body_timeout_s)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=HEAD_TIMEOUT_S)
     await runner.setup()
-    await GuardedSite(runner, guard, host, port).start()
+    await GuardedSite(runner, guard, host, port, tls).start()
     return runner
 
 
@@ -310,8 +356,9 @@ def run(phylactery: Phylactery) -> None:
         # Serve first: peers that register meanwhile can ask us to refresh (the request is
         # kept and handled once start() has applied the first config).
         phylactery.store.ensure()
+        tls = await asyncio.to_thread(phylactery.server_tls)
         guard = ConnectionGuard()
-        runner = await serve(phylactery, "0.0.0.0", phylactery.cfg.phylactery.port, guard)
+        runner = await serve(phylactery, "0.0.0.0", phylactery.cfg.phylactery.port, tls, guard)
         log.info("serving", extra={"port": phylactery.cfg.phylactery.port, "max_connections": guard.limit})
         notifier.ready(f"serving on port {phylactery.cfg.phylactery.port}; registering")
         alive = asyncio.create_task(keep_systemd_told(phylactery, notifier))

@@ -9,29 +9,43 @@ node that left nothing behind, removes nothing and succeeds). The driver's ``pru
 say which of these apply:
 
 * ``node``: Kubernetes Nodes named ``name`` or whose ``InternalIP`` is ``address`` (official
-  ``kubernetes`` client, this node's admin kubeconfig);
-* ``etcd_member`` (kubeadm names members as their node) and ``k3s_etcd_member`` (k3s names
-  them ``<node>-<8 hex digits>``, ``pkg/etcd/etcd.go`` ``setName``): members with that name
-  or whose peer URL's host is ``address`` (parsed, never a substring match), through the
-  etcd JSON gateway with the driver's etcd client certificate;
+  ``kubernetes`` client, this node's admin kubeconfig), each judged by :func:`judge_nodes`;
+* ``etcd_member``: the members the driver takes for node ``name`` (its
+  ``etcd_member_node``: kubeadm names members as their node; k3s ``<node>-<8 hex digits>``
+  and refuses a join while any member maps to the node's name, whatever its address) or
+  whose peer URL's host is ``address`` (parsed, never a substring match), through the etcd
+  JSON gateway of this node's member with the driver's etcd client certificate; none that
+  still answers (:func:`core.etcd.member_answers`);
 * ``node_password``: the ``<node>.node-password.k3s`` Secrets in ``kube-system`` of
   ``name`` and of every Node deleted above (k3s's ``pkg/nodepassword``; the refusal it
   prevents is k3s-io/k3s#802's "Node password rejected, ...").
 
 The serving node never prunes itself.
+
+**Who asks decides what may go** (:class:`Requester`, docs/security.md). With the control
+credential a prune removes what belongs to ``name`` or sits on ``address``, but never a Node
+of another name that is Ready (a live node at that address is another node's, not a leftover).
+With the worker credential a worker prunes itself only: the request comes from ``address``
+(the service checks it), the Node named ``name`` must have that ``InternalIP`` as its kubelet
+reports it (else :class:`PruneForbidden`, nothing removed), and what goes must belong to an
+earlier incarnation: a Node whose ``status.nodeInfo.bootID`` (the kubelet reports the kernel's
+boot id, ``/proc/sys/kernel/random/boot_id``) is the requester's own boot stays; Nodes of
+other names at the address stay; etcd members go only when both their name and their peer URL
+are the node's; a node-password Secret only with its Node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.etcd import EtcdClient, EtcdError, EtcdMember, retry_transient
+from core.credentials import CONTROL, WORKER
+from core.etcd import EtcdClient, EtcdError, EtcdMember, member_answers, retry_transient
 from core.probes import kube_client, kube_errors
 
 
@@ -44,17 +58,68 @@ class PruneRefused(Exception):
     from another boot, or an etcd member that still answers). Nothing was removed."""
 
 
-async def member_answers(member: EtcdMember, context: ssl.SSLContext, timeout_s: float = 1.0) -> bool:
-    """Whether ``member`` answers ``maintenance/status`` on one of its client URLs: a member
-    whose node rebooted (RAM root) or died does not; a live one does."""
-    if not member.client_urls:
-        return False
-    async with EtcdClient(list(member.client_urls), context, timeout_s=timeout_s) as etcd:
-        try:
-            await etcd.status()
-        except EtcdError:
-            return False
-    return True
+class PruneForbidden(Exception):
+    """The requester's credential does not allow this prune (a worker naming another node,
+    or asking from another address). Nothing was removed; HTTP 403."""
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks for a prune: the ``credential`` it proved (``control`` or ``worker``), the
+    ``address`` its request came from (the TCP peer), and its ``boot_id`` (from the body)."""
+
+    credential: str
+    address: str
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What a prune needs to know of one Node, as its kubelet reported it: ``internal_ips``
+    (``status.addresses`` of type ``InternalIP``), ``boot_id`` (``status.nodeInfo.bootID``,
+    "" before the kubelet posted status) and ``ready`` (the ``Ready`` condition is True)."""
+
+    name: str
+    internal_ips: frozenset[str]
+    boot_id: str = ""
+    ready: bool = False
+
+
+def judge_nodes(
+    nodes: list[NodeFacts], name: str, address: str, requester: Requester, keep: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Which Nodes a prune of ``name``/``address`` removes, for ``requester``, never ``keep``
+    (the serving node): returns (names to delete, ``[{"name", "why"}]`` of those matched and
+    kept). Raises :class:`PruneForbidden` when a worker names a Node that is not at its
+    address. A pure function of what the API listed (the rules are in the module's text)."""
+    doomed: list[str] = []
+    kept: list[dict[str, str]] = []
+    worker = requester.credential == WORKER
+    for n in nodes:
+        if n.name == keep or (n.name != name and address not in n.internal_ips):
+            continue
+        if n.name == name:
+            if worker and address not in n.internal_ips:
+                where = ", ".join(sorted(n.internal_ips)) or "not reported"
+                raise PruneForbidden(
+                    f"Node {name}'s InternalIP is {where}, not the requester's address {address}: "
+                    "the worker credential prunes only the node it is sent from; nothing removed"
+                )
+            if worker and n.boot_id and n.boot_id == requester.boot_id:
+                kept.append({"name": n.name, "why": "it is the requester's current incarnation (the same boot)"})
+                continue
+            doomed.append(n.name)
+            continue
+        # Another name at this address.
+        if worker:
+            kept.append({"name": n.name, "why": "another node's name at this address: only a control node prunes it"})
+        elif n.ready:
+            kept.append({"name": n.name, "why": f"Ready: a live node at {address}, not a leftover of {name}"})
+        elif n.boot_id and n.boot_id == requester.boot_id:
+            kept.append({"name": n.name, "why": "it is the requester's current incarnation (the same boot)"})
+        else:
+            doomed.append(n.name)
+    return doomed, kept
 
 
 @dataclass
@@ -66,58 +131,81 @@ class PruneResult:
     deleted_nodes: list[str] = field(default_factory=list)
     removed_etcd_members: list[dict[str, Any]] = field(default_factory=list)
     deleted_secrets: list[str] = field(default_factory=list)
+    kept_nodes: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """The answer of ``POST /v1/prune`` (``deleted_secrets``: ``namespace/name``)."""
-        return {
+        """The answer of ``POST /v1/prune`` (``deleted_secrets``: ``namespace/name``;
+        ``kept_nodes``: Nodes that matched and were left, with why, only when there are)."""
+        out: dict[str, Any] = {
             "name": self.name,
             "address": self.address,
             "deleted_nodes": self.deleted_nodes,
             "removed_etcd_members": self.removed_etcd_members,
             "deleted_secrets": self.deleted_secrets,
         }
-
-
-def k3s_member_name(node: str) -> re.Pattern[str]:
-    """The names k3s gives the etcd members of ``node``: ``<node>-`` and the first 8 hex
-    digits of a UUID (a new one whenever the member's data is new). Exactly that: node ``ctl``
-    does not match ``ctl-1-0a1b2c3d``, a member of node ``ctl-1``."""
-    return re.compile(rf"^{re.escape(node)}-[0-9a-f]{{8}}$")
+        if self.kept_nodes:
+            out["kept_nodes"] = self.kept_nodes
+        return out
 
 
 def stale_members(
-    members: list[EtcdMember], name: str, address: str, keep_id: int | None, k3s_names: bool = False
+    members: list[EtcdMember],
+    name: str,
+    address: str,
+    keep_id: int | None,
+    member_node: Callable[[str], str],
+    both: bool = False,
 ) -> list[EtcdMember]:
     """Members that belong to the node ``name``/``address``, never the member ``keep_id``:
-    named ``name`` (k3s: :func:`k3s_member_name`, with ``k3s_names``), or with a peer URL on
-    ``address`` (a member there blocks every new member with that peer URL, whatever its name)."""
-    pattern = k3s_member_name(name) if k3s_names else None
+    those ``member_node`` (the driver's ``etcd_member_node``) takes for ``name``, or with a
+    peer URL on ``address`` (a member there blocks every new member with that peer URL,
+    whatever its name); with ``both`` (a worker's own prune) only those taken for ``name``
+    *and* on ``address``."""
 
     def named(m: EtcdMember) -> bool:
-        return bool(pattern.match(m.name)) if pattern else m.name == name
+        return member_node(m.name) == name
 
+    if both:
+        return [m for m in members if m.id != keep_id and named(m) and address in m.peer_hosts]
     return [m for m in members if m.id != keep_id and (named(m) or address in m.peer_hosts)]
 
 
-def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
+def node_facts(node: Any) -> NodeFacts | None:
+    """:class:`NodeFacts` of a ``V1Node`` as the ``kubernetes`` client returns it (None
+    without a name)."""
+    name = node.metadata.name if node.metadata else None
+    if not name:
+        return None
+    status = node.status
+    ips = frozenset(a.address for a in ((status.addresses if status else None) or []) if a.type == "InternalIP")
+    info = status.node_info if status else None
+    conditions = (status.conditions if status else None) or []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return NodeFacts(name=name, internal_ips=ips, boot_id=(info.boot_id if info else "") or "", ready=ready)
+
+
+def _list_and_judge_sync(
+    kubeconfig: Path, name: str, address: str, keep: str, requester: Requester
+) -> tuple[list[str], list[dict[str, str]]]:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
 
     try:
         api = client.CoreV1Api(kube_client(kubeconfig))
         nodes = api.list_node(_request_timeout=5).items
     except kube_errors() as err:
         raise PruneError(f"kubernetes API: cannot list nodes: {err}") from err
-    doomed: list[str] = []
-    for n in nodes:
-        node_name = n.metadata.name if n.metadata else None
-        ips = {a.address for a in (n.status.addresses or []) if a.type == "InternalIP"} if n.status else set()
-        if node_name and node_name != keep and (node_name == name or address in ips):
-            doomed.append(node_name)
+    facts = [f for f in (node_facts(n) for n in nodes) if f is not None]
+    return judge_nodes(facts, name, address, requester, keep)
+
+
+def _delete_nodes_sync(kubeconfig: Path, names: list[str]) -> list[str]:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
     deleted = []
-    for node_name in doomed:
+    for node_name in names:
         try:
-            api.delete_node(node_name, _request_timeout=5)
+            client.CoreV1Api(kube_client(kubeconfig)).delete_node(node_name, _request_timeout=5)
             deleted.append(node_name)
         except ApiException as err:
             if err.status != 404:
@@ -127,23 +215,42 @@ def _delete_nodes_sync(kubeconfig: Path, name: str, address: str, keep: str) -> 
     return deleted
 
 
-async def delete_nodes(kubeconfig: Path, name: str, address: str, keep: str) -> list[str]:
-    """Delete matching Nodes; returns their names. Raises :class:`PruneError`."""
+async def doomed_nodes(
+    kubeconfig: Path, name: str, address: str, keep: str, requester: Requester
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The Nodes a prune removes and those it keeps (:func:`judge_nodes` on the API's Node
+    list). Raises :class:`PruneError` (no kubeconfig, no API), :class:`PruneForbidden`."""
     if not kubeconfig.exists():
         raise PruneError(f"{kubeconfig}: no admin kubeconfig on this node yet")
-    return await asyncio.to_thread(_delete_nodes_sync, kubeconfig, name, address, keep)
+    return await asyncio.to_thread(_list_and_judge_sync, kubeconfig, name, address, keep, requester)
+
+
+async def delete_nodes(kubeconfig: Path, names: list[str]) -> list[str]:
+    """Delete the Nodes ``names`` (one already gone is skipped); returns those deleted.
+    Raises :class:`PruneError`."""
+    if not names:
+        return []
+    return await asyncio.to_thread(_delete_nodes_sync, kubeconfig, names)
 
 
 async def remove_etcd_members(
-    endpoint: str, context: ssl.SSLContext, name: str, address: str, k3s_names: bool = False
+    endpoint: str,
+    context: ssl.SSLContext,
+    name: str,
+    address: str,
+    member_node: Callable[[str], str],
+    both: bool = False,
 ) -> list[EtcdMember]:
-    """Remove the members of ``name``/``address`` (:func:`stale_members`) through
-    ``endpoint`` (this node's own member, never removed), retrying etcd's transient refusals.
-    Returns the removed members; raises :class:`PruneError` when etcd does not answer."""
+    """Remove the members of ``name``/``address`` (:func:`stale_members`; ``both``: taken for
+    the node and on the address) through ``endpoint`` (this node's own member, never
+    removed), retrying etcd's transient refusals. Returns the removed members; raises
+    :class:`PruneError` when etcd does not answer and :class:`PruneRefused` (nothing removed)
+    when one of them answers."""
     async with EtcdClient([endpoint], context, timeout_s=5.0) as etcd:
         try:
             me = int((await etcd.status()).get("header", {}).get("member_id", 0))
-            doomed = stale_members(await etcd.member_list(), name, address, keep_id=me, k3s_names=k3s_names)
+            members = await etcd.member_list()
+            doomed = stale_members(members, name, address, keep_id=me, member_node=member_node, both=both)
             for m in doomed:
                 if await member_answers(m, context):
                     raise PruneRefused(f"etcd member {m.name} ({', '.join(m.client_urls)}) answers: {name} is alive")
@@ -195,23 +302,34 @@ async def prune_node(
     etcd_endpoint: str,
     etcd_context: ssl.SSLContext | None,
     kinds: tuple[str, ...],
+    member_node: Callable[[str], str],
+    requester: Requester | None = None,
 ) -> PruneResult:
-    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``, ``k3s_etcd_member``,
-    ``node_password``; the driver's ``prune_kinds``), in that order: etcd member, Nodes, node
-    passwords. ``etcd_context`` is None while the serving node runs no etcd member (then no
-    member is removed). Raises :class:`PruneError` when a store does not answer,
-    ``ValueError`` when asked to prune the serving node."""
+    """Run every prune ``kinds`` asks for (``node``, ``etcd_member``, ``node_password``; the
+    driver's ``prune_kinds``), in that order: etcd member, Nodes, node passwords, for
+    ``requester`` (None: the control credential from ``address``, boot unknown).
+    ``member_node`` is the driver's ``etcd_member_node`` (which node a member's name is of).
+    ``etcd_context`` is None while the serving node runs no etcd member (then no member is
+    removed). Raises :class:`PruneError` when a store does not answer, :class:`PruneRefused`
+    when the node is alive, :class:`PruneForbidden` when the requester's credential does not
+    allow it, ``ValueError`` when asked to prune the serving node."""
     if name == self_name:
         raise ValueError(f"refusing to prune {name}: that is this node")
+    requester = requester or Requester(credential=CONTROL, address=address, boot_id="")
+    worker = requester.credential == WORKER
     result = PruneResult(name=name, address=address)
-    members = [k for k in kinds if k in ("etcd_member", "k3s_etcd_member")]
-    if members and etcd_context is not None:
-        k3s_names = "k3s_etcd_member" in members
-        removed = await remove_etcd_members(etcd_endpoint, etcd_context, name, address, k3s_names=k3s_names)
-        result.removed_etcd_members = [m.to_json() for m in removed]
+    doomed: list[str] = []
     if "node" in kinds:
-        result.deleted_nodes = await delete_nodes(kubeconfig, name, address, keep=self_name)
+        # Judged before anything goes: a worker naming another node is refused whole.
+        doomed, result.kept_nodes = await doomed_nodes(kubeconfig, name, address, self_name, requester)
+    if "etcd_member" in kinds and etcd_context is not None:
+        removed = await remove_etcd_members(etcd_endpoint, etcd_context, name, address, member_node, both=worker)
+        result.removed_etcd_members = [m.to_json() for m in removed]
+    result.deleted_nodes = await delete_nodes(kubeconfig, doomed)
     if "node_password" in kinds:
-        owners = [name, *(n for n in result.deleted_nodes if n != self_name)]
-        result.deleted_secrets = await delete_node_passwords(kubeconfig, owners)
+        if worker:
+            owners = [name] if name in result.deleted_nodes else []
+        else:
+            owners = [name, *(n for n in result.deleted_nodes if n != self_name)]
+        result.deleted_secrets = await delete_node_passwords(kubeconfig, owners) if owners else []
     return result

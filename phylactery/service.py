@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -19,16 +21,17 @@ import psutil
 from core import quorum
 from core.bootid import boot_id
 from core.config import NodeConfig
+from core.credentials import WORKER
 from core.drivers import Driver
-from core.etcd import EtcdClient, EtcdError
-from core.fileperm import ensure_dir
+from core.etcd import EtcdClient, EtcdError, member_answers
+from core.fileperm import ensure_dir, write_atomic
 from core.logs import get_logger
 from core.records import node_name
 from core.services import service_manager
 from core.share import ShareStore
 from core.supervise import Supervisor
 from phylactery import controllers, daemons, render
-from phylactery.prune import PruneError, PruneRefused, PruneResult, member_answers, prune_node
+from phylactery.prune import PruneError, PruneForbidden, PruneRefused, PruneResult, Requester, prune_node
 
 log = get_logger(__name__, "phylactery")
 
@@ -56,8 +59,31 @@ class Phylactery:
 
     @property
     def url(self) -> str:
-        """This node's Phylactery base URL, ``http://<node address>:<port>``."""
-        return f"http://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+        """This node's Phylactery base URL, ``https://<node address>:<port>`` (the member
+        record's ``phylactery_url``; the server certificate names that address)."""
+        return f"https://{self.cfg.node.address}:{self.cfg.phylactery.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where this node keeps its server certificate and key: its RAM root, never the share."""
+        return self.cfg.host_path("/run/ek8s/phylactery")
+
+    def server_tls(self) -> ssl.SSLContext:
+        """Make sure the share holds the credentials and the CA (the first Phylactery of a
+        cluster makes them, :meth:`core.share.ShareStore.ensure_credentials`), issue this
+        node's server certificate from the CA (:func:`core.tls.issue_server_certificate`,
+        written ``0600`` under :attr:`tls_dir`) and return the server's TLS context. Raises
+        ``OSError`` and :class:`core.share.ShareError` from the share."""
+        from core.tls import issue_server_certificate, server_context
+
+        self.store.ensure_credentials()
+        cert, key = issue_server_certificate(
+            self.store.read_phylactery_ca_pair(), self.cfg.node.name, self.cfg.node.address
+        )
+        d = ensure_dir(self.tls_dir)
+        write_atomic(d / "server.key", key)
+        write_atomic(d / "server.crt", cert)
+        return server_context(str(d / "server.crt"), str(d / "server.key"))
 
     @property
     def generation(self) -> int:
@@ -112,10 +138,13 @@ class Phylactery:
         return self.started and not down, down
 
     # -- join material ----------------------------------------------------------------
-    async def ensure_join_material(self) -> dict[str, Any]:
+    async def ensure_join_material(self, parts: tuple[str, ...] = ("token", "certificate_key")) -> dict[str, Any]:
         """Make sure ``join.json`` holds join material that the API still accepts; the driver
-        replaces what expired (kubeadm deletes ``kubeadm-certs`` after 2 h and a token after
-        its TTL). Serialised, so a burst of joiners causes one renewal.
+        replaces what expired of ``parts`` (kubeadm deletes ``kubeadm-certs`` after 2 h and a
+        token after its TTL). Serialised, so a burst of joiners causes one renewal. The
+        join-material controller asks for the token only (what workers join with); the
+        certificate key, which unlocks the CA keys, is uploaded again only when a control node
+        asks (``POST /v1/join-material``, control credential).
 
         Returns ``{"refreshed": [...], "token_expires_at", "certificate_key_expires_at"}``
         (Unix seconds; no secrets). Raises ``LookupError`` when the generation is not ready,
@@ -130,7 +159,7 @@ class Phylactery:
                 published = None
             if not state.ready or published is None or published.generation != state.generation:
                 raise LookupError(f"generation {state.generation} is not ready; the leader publishes join material")
-            material, refreshed = await asyncio.to_thread(self.driver.renew_join_material, published)
+            material, refreshed = await asyncio.to_thread(self.driver.renew_join_material, published, parts)
             if refreshed:
                 await asyncio.to_thread(self.store.refresh_join_material, material)
                 log.info("join material refreshed", extra={"refreshed": refreshed})
@@ -141,15 +170,24 @@ class Phylactery:
             }
 
     # -- prune and status -------------------------------------------------------------
-    async def prune(self, name: str, address: str, boot_id: str) -> PruneResult:
+    async def prune(self, name: str, address: str, boot_id: str, requester: Requester | None = None) -> PruneResult:
         """Remove what the node ``name``/``address`` left behind in an earlier boot
         (:func:`prune_node` with what the driver says to prune), asked by its incarnation
-        ``boot_id``. Raises ``ValueError`` for a name that is no node's (RFC 1123) and for this
-        node itself, :class:`phylactery.prune.PruneRefused` when another incarnation of the node
-        is alive (its heartbeat is fresh and from another boot: two machines with one name, or
-        a request that is not the node's own), and :class:`phylactery.prune.PruneError` when
-        the API or etcd does not answer."""
+        ``boot_id`` through ``requester`` (the credential it proved and the address it asked
+        from; None: the control credential). Raises ``ValueError`` for a name that is no
+        node's (RFC 1123) and for this node itself; :class:`phylactery.prune.PruneForbidden`
+        when a worker's request does not come from ``address`` or names a Node that is not at
+        its address; :class:`phylactery.prune.PruneRefused` when another incarnation of the
+        node is alive (its heartbeat is fresh and from another boot: two machines with one
+        name, or a request that is not the node's own); :class:`phylactery.prune.PruneError`
+        when the API or etcd does not answer. No answer ever holds a boot id."""
         node_name(name)  # ValueError before any path or API call
+        requester = requester or Requester(credential="control", address=address, boot_id=boot_id)
+        if requester.credential == WORKER and requester.address != address:
+            raise PruneForbidden(
+                f"the request comes from {requester.address}, not from {address}: the worker credential "
+                "prunes only the node it is sent from; nothing removed"
+            )
         inventory = await asyncio.to_thread(self.store.read_inventory)
         if inventory is not None and inventory.cluster == self.cfg.cluster:
             why = inventory.refusal(name, address)
@@ -158,8 +196,8 @@ class Phylactery:
         hb = await asyncio.to_thread(self.store.read_heartbeat, name)
         if hb is not None and hb.boot_id != boot_id and hb.age_s < self.cfg.timeouts.liveness_ttl_s(hb.role):
             raise PruneRefused(
-                f"{name} is alive in another boot ({hb.boot_id}, heartbeat {hb.age_s:.1f}s old) than the "
-                f"requester's ({boot_id}): two machines with one name, or not its own request; nothing removed"
+                f"{name} is alive in another boot than the requester's (heartbeat {hb.age_s:.1f}s old): "
+                "two machines with one name, or not its own request; nothing removed"
             )
         return await prune_node(
             name=name,
@@ -169,6 +207,8 @@ class Phylactery:
             etcd_endpoint=self.driver.etcd_endpoint,
             etcd_context=self.driver.etcd_client_context(),
             kinds=self.driver.prune_kinds,
+            requester=requester,
+            member_node=self.driver.etcd_member_node,
         )
 
     async def remove(self, name: str, address: str) -> PruneResult:
@@ -202,6 +242,7 @@ class Phylactery:
             etcd_endpoint=self.driver.etcd_endpoint,
             etcd_context=self.driver.etcd_client_context(),
             kinds=self.driver.prune_kinds,
+            member_node=self.driver.etcd_member_node,
         )
 
     async def etcd_members(self) -> dict[str, Any]:
@@ -237,7 +278,8 @@ class Phylactery:
         return any(a.address == self.cfg.vip.address for addrs in psutil.net_if_addrs().values() for a in addrs)
 
     async def status(self) -> dict[str, Any]:
-        """The ``GET /v1/status`` document (keys documented in docs/phylactery.md)."""
+        """The ``GET /v1/status`` document for the control credential (keys documented in
+        docs/phylactery.md); without it the API answers only :meth:`health`."""
         state = await asyncio.to_thread(self.store.read_state)
         members = await asyncio.to_thread(self.store.members)
         backends = await asyncio.to_thread(daemons.backend_states, self.stats_socket)
@@ -249,10 +291,8 @@ class Phylactery:
             "generation": state.generation,
             "ready": state.ready,
             "leader": state.leader.node if state.leader else None,
-            "members": [
-                {"name": m.name, "address": m.address, "phylactery_url": m.phylactery_url, "boot_id": m.boot_id}
-                for m in members
-            ],
+            # No boot ids: a boot id is what a prune of a live node would need to pass.
+            "members": [{"name": m.name, "address": m.address, "phylactery_url": m.phylactery_url} for m in members],
             "haproxy": {
                 "running": self.services.is_running("haproxy"),
                 "reloads": self.haproxy.reloads,

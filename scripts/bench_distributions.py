@@ -13,19 +13,25 @@ Speed is measured here, never in a timed test: compare medians, not single runs.
 
 ``--steps D=INIT,JOIN`` sets the emulated distribution D's total init and join durations
 (seconds; ``init_s``/``join_s`` of :class:`lab.emulation.Emulation`; 0: as fast as it runs).
+``--etcd DIR`` (repeatable) runs each distribution on the etcd in DIR too, taking turns
+within each run (docs/lab.md, "etcd": the lab's 3.5 by default; ``--etcd
+/opt/ek8s-lab/etcd-3.5/usr/bin --etcd /usr/bin`` compares it with Debian 12's 3.4.23).
+
+    .venv/bin/python scripts/bench_distributions.py --runs 3 --etcd /opt/ek8s-lab/etcd-3.5/usr/bin --etcd /usr/bin
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from lab.cluster import Lab
-from lab.emulation import Emulation
+from lab.emulation import ETCD_DIR_ENV, Emulation, etcd_dir, etcd_tool, etcd_version
 
 DISTRIBUTIONS = ("kubeadm", "k3s")
 
@@ -81,23 +87,33 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--distribution", nargs="+", choices=DISTRIBUTIONS, default=list(DISTRIBUTIONS))
     p.add_argument("--steps", action="append", default=[], help="DISTRIBUTION=INIT,JOIN emulated seconds")
+    p.add_argument("--etcd", action="append", default=[], help="a directory with etcd, etcdctl, etcdutl")
     p.add_argument("--json", type=Path, default=Path("bench-distributions.json"))
     args = p.parse_args()
     steps = parse_steps(args.steps)
-    runs: dict[str, list[dict[str, float]]] = {d: [] for d in args.distribution}
+    etcds = args.etcd or [str(etcd_dir())]
+    labels = {}
+    for directory in etcds:
+        os.environ[ETCD_DIR_ENV] = directory
+        labels[directory] = "etcd " + ".".join(map(str, etcd_version(etcd_tool("etcd"))))
+    keys = [(d, e) for d in args.distribution for e in etcds]
+    runs: dict[str, list[dict[str, float]]] = {f"{d} {labels[e]}": [] for d, e in keys}
     for i in range(args.runs):
-        for d in args.distribution:
+        for d, e in keys:
+            os.environ[ETCD_DIR_ENV] = e  # Emulation() takes the etcd tools from it
             init_s, join_s = steps.get(d, (0.0, 0.0))
-            runs[d].append(one_run(d, Emulation(init_s=init_s, join_s=join_s)))
-            print(f"run {i + 1}/{args.runs} {d}: {runs[d][-1]}", file=sys.stderr, flush=True)
+            runs[f"{d} {labels[e]}"].append(one_run(d, Emulation(init_s=init_s, join_s=join_s)))
+            print(
+                f"run {i + 1}/{args.runs} {d} {labels[e]}: {runs[f'{d} {labels[e]}'][-1]}", file=sys.stderr, flush=True
+            )
     result: dict[str, Any] = {"runs": runs, "steps": {d: steps.get(d, (0.0, 0.0)) for d in args.distribution}}
     print(f"\n{args.runs} runs, 3 control + 2 workers; medians (min-max), seconds")
-    print(f"{'distribution':<14}{'emulated init,join':>20}{'formation':>22}{'control rejoin':>22}{'worker rejoin':>22}")
-    for d, rows in runs.items():
-        result[d] = {k: summary([r[k] for r in rows]) for k in rows[0]}
-        cells = [f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" for s in result[d].values()]
-        init_s, join_s = steps.get(d, (0.0, 0.0))
-        print(f"{d:<14}{f'{init_s:g},{join_s:g}':>20}" + "".join(f"{c:>22}" for c in cells))
+    print(f"{'distribution':<26}{'emulated init,join':>20}{'formation':>22}{'control rejoin':>22}{'worker rejoin':>22}")
+    for key, rows in runs.items():
+        result[key] = {k: summary([r[k] for r in rows]) for k in rows[0]}
+        cells = [f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" for s in result[key].values()]
+        init_s, join_s = steps.get(key.split()[0], (0.0, 0.0))
+        print(f"{key:<26}{f'{init_s:g},{join_s:g}':>20}" + "".join(f"{c:>22}" for c in cells))
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

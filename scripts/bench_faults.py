@@ -24,7 +24,7 @@ from typing import Any
 
 from core.share import MemberRecord, ShareStore
 from lab.cluster import Lab, LabState
-from lab.emulation import Emulation
+from lab.emulation import ETCD_DIR_ENV, Emulation, etcd_tool, etcd_version
 
 PROBE = r"""
 import http.client, ssl, sys, time, urllib.request
@@ -174,12 +174,13 @@ def bench_reload_under_load(changes: int) -> dict[str, Any]:
             store = ShareStore(Path(state.share), "default", "bench")
             for i in range(changes):
                 if i % 2 == 0:
-                    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
+                    store.register_member(MemberRecord("ghost", "10.0.0.60", "https://10.0.0.60:9999", "x", 1))
                 else:
                     store.remove_member("ghost")
+                ca = Path(state.share) / "default/phylactery-ca.crt"  # Phylactery speaks TLS only
                 curls = " & ".join(
-                    f"curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' "
-                    f"http://{c.address}:9999/v1/refresh"
+                    f"curl -s -o /dev/null --cacert {ca} -X POST -H 'Authorization: Bearer {token}' "
+                    f"https://{c.address}:9999/v1/refresh"
                     for c in controls
                 )
                 subprocess.run(
@@ -340,7 +341,13 @@ def bench_quorum_reboot(n: int) -> dict[str, Any]:
                 f"objects kept in {kept}/{i + 1} runs",
                 flush=True,
             )
-        return {"api_answers_s": med(api_s), "all_ready_s": med(ready_s), "objects_kept_runs": kept, "of": n}
+        return {
+            "api_answers_s": med(api_s),
+            "all_ready_s": med(ready_s),
+            "objects_kept_runs": kept,
+            "of": n,
+            "samples": {"api_answers_s": api_s, "all_ready_s": ready_s},
+        }
     finally:
         lab.down()
 
@@ -361,22 +368,44 @@ def bench_full_restore(n: int, interval_s: float) -> dict[str, Any]:
             created = configmaps(state, "read")
             rpo_s.append(rebooted - max(created.values()))
             print(f"full reboot {i + 1}/{n}: Ready {ready_s[-1]:.2f}s, RPO {rpo_s[-1]:.2f}s", flush=True)
-        return {"all_ready_s": med(ready_s), "rpo_s": med(rpo_s), "snapshot_interval_s": interval_s}
+        return {
+            "all_ready_s": med(ready_s),
+            "rpo_s": med(rpo_s),
+            "snapshot_interval_s": interval_s,
+            "samples": {"all_ready_s": ready_s, "rpo_s": rpo_s},
+        }
     finally:
         lab.down()
 
 
-REMOVE_MEMBER_PY = r"""
-import asyncio, sys
-from pathlib import Path
-from core.etcd import EtcdClient, kubeadm_client_context, retry_transient
-async def main():
-    async with EtcdClient(["https://127.0.0.1:2379"], kubeadm_client_context(Path(sys.argv[1]))) as etcd:
-        victim = next(m for m in await etcd.member_list() if m.name == sys.argv[2])
-        # etcd's strict reconfiguration check refuses ("unhealthy cluster") within 5 s of a join
-        await retry_transient(lambda: etcd.member_remove(victim.id))
-asyncio.run(main())
-"""
+def remove_member(state: LabState, via: str, node: str, timeout_s: float = 60) -> None:
+    """``etcdctl member remove`` (the lab's etcdctl, gRPC) of ``node``'s member from ``via``'s
+    member, with the client pair ``via``'s distribution made; etcd's strict reconfiguration
+    check refuses ("unhealthy cluster") within 5 s of a join: retried. Raises RuntimeError."""
+    root = Path(state.node(via).root)
+    if DISTRIBUTION == "k3s":
+        tls = root / "var/lib/rancher/k3s/server/tls/etcd"
+        certs = [f"--cacert={tls / 'server-ca.crt'}", f"--cert={tls / 'client.crt'}", f"--key={tls / 'client.key'}"]
+    else:
+        pki = root / "etc/kubernetes/pki/etcd"
+        certs = [f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'healthcheck-client.crt'}"]
+        certs.append(f"--key={pki / 'healthcheck-client.key'}")
+    base = ["ip", "netns", "exec", state.node(via).ns, etcd_tool("etcdctl"), *certs]
+    base.append(f"--endpoints=https://{state.node(via).address}:2379")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = subprocess.run([*base, "-w", "json", "member", "list"], capture_output=True, text=True, timeout=30)
+        members = json.loads(listed.stdout)["members"]
+        # kubeadm names members as their node, k3s "<node>-<8 hex digits>"
+        victim = next(m for m in members if node in (m.get("name"), m.get("name", "").rsplit("-", 1)[0]))
+        res = subprocess.run(
+            [*base, "member", "remove", f"{victim['ID']:x}"], capture_output=True, text=True, timeout=30
+        )
+        if res.returncode == 0:
+            return
+        if "unhealthy cluster" not in res.stderr or time.monotonic() > deadline:
+            raise RuntimeError(f"etcdctl member remove: {res.stderr[-500:]}")
+        time.sleep(0.5)
 
 
 def bench_removed_member(n: int) -> dict[str, Any]:
@@ -387,21 +416,52 @@ def bench_removed_member(n: int) -> dict[str, Any]:
     try:
         notice_s, heal_s = [], []
         for i in range(n):
-            pki = Path(state.node("control0").root) / "etc/kubernetes/pki"
             removed = time.time()
-            subprocess.run(
-                ["ip", "netns", "exec", state.node("control0").ns, sys.executable, "-c", REMOVE_MEMBER_PY, str(pki),
-                 "control1"],
-                check=True,
-                timeout=60,
-            )  # fmt: skip
+            remove_member(state, "control0", "control1")
             notice_s.append(first_event(store, "member_removed", removed) - removed)
             heal_s.append(lab.wait_ready(state, 180, since=removed, names=["control1"]) - removed)
             lab.wait_whole(state)
             print(f"removed member {i + 1}/{n}: noticed {notice_s[-1]:.2f}s, Ready {heal_s[-1]:.2f}s", flush=True)
-        return {"noticed_s": med(notice_s), "ready_again_s": med(heal_s)}
+        return {
+            "noticed_s": med(notice_s),
+            "ready_again_s": med(heal_s),
+            "samples": {"noticed_s": notice_s, "ready_again_s": heal_s},
+        }
     finally:
         lab.down()
+
+
+def alternate_etcds(etcds: list[str], parts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The data parts (``quorum``, ``restore``, ``removed``) one run at a time on each etcd of
+    ``etcds`` (directories with etcd, etcdctl, etcdutl: ``$EK8S_ETCD_DIR``) in turn,
+    ``--data-runs`` rounds, so load on the shared cores hits each alike. Returns
+    ``{"etcd X.Y.Z": {part: {measure: med(...), "samples": {...}}}}``."""
+    import os
+
+    runs = {
+        "quorum": (lambda: bench_quorum_reboot(1), "two_of_three_control_rebooted"),
+        "restore": (lambda: bench_full_restore(1, 10.0), "every_node_rebooted_restore"),
+        "removed": (lambda: bench_removed_member(1), "member_removed_behind_its_back"),
+    }
+    labels = {}
+    for directory in etcds:
+        os.environ[ETCD_DIR_ENV] = directory
+        labels[directory] = "etcd " + ".".join(map(str, etcd_version(etcd_tool("etcd"))))
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {labels[e]: {} for e in etcds}
+    for i in range(args.data_runs):
+        for part in parts:
+            bench, key = runs[part]
+            for directory in etcds:
+                os.environ[ETCD_DIR_ENV] = directory
+                print(f"round {i + 1}/{args.data_runs} {part} on {labels[directory]}", flush=True)
+                got = bench()["samples"]
+                into = samples[labels[directory]].setdefault(key, {})
+                for measure, values in got.items():
+                    into.setdefault(measure, []).extend(values)
+    return {
+        label: {key: {**{m: med(v) for m, v in ms.items()}, "samples": ms} for key, ms in parts_.items()}
+        for label, parts_ in samples.items()
+    }
 
 
 def main() -> int:
@@ -415,11 +475,23 @@ def main() -> int:
     p.add_argument("--data-runs", type=int, default=3, help="runs of the quorum, restore and removed parts")
     p.add_argument("--join-seconds", type=float, default=0.0, help="emulated kubeadm join duration for the reboots")
     p.add_argument("--distribution", choices=["kubeadm", "k3s"], default="kubeadm")
+    p.add_argument(
+        "--etcd",
+        action="append",
+        default=[],
+        help="a directory with etcd, etcdctl, etcdutl (repeatable: the quorum, restore and removed parts take turns)",
+    )
     p.add_argument("--json", type=Path, default=Path("bench-faults.json"))
     args = p.parse_args()
     global DISTRIBUTION
     DISTRIBUTION = args.distribution
     results: dict[str, Any] = {}
+    if args.etcd:
+        results = alternate_etcds(args.etcd, [x for x in args.only if x in ("quorum", "restore", "removed")], args)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(json.dumps({k: {p: {m: v for m, v in r.items() if m != "samples"} for p, r in parts_.items()}
+                          for k, parts_ in results.items()}, indent=1))  # fmt: skip
+        return 0
     if "reboot" in args.only:
         results["reboot"] = bench_reboot(args.reboots, args.join_seconds)
     if "soak" in args.only:

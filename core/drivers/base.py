@@ -180,8 +180,8 @@ class Driver(Protocol):
 
     name: str
     # What Phylactery must remove before this node rejoins (phylactery/prune.py implements
-    # each): "node"; "etcd_member" (kubeadm: members named as their node) or "k3s_etcd_member"
-    # (k3s: "<node>-<8 hex digits>"); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
+    # each): "node"; "etcd_member" (the members etcd_member_node takes for the node, or on its
+    # address); "node_password" (k3s: "<node>.node-password.k3s" Secrets).
     prune_kinds: tuple[str, ...]
     # Whether ``init`` can restore an etcd snapshot into a new generation (both can).
     restores_snapshots: bool
@@ -216,10 +216,14 @@ class Driver(Protocol):
         node.yaml's role says. Raises :class:`DriverError`."""
         ...
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
-        """On a control node: check ``material`` against the API and replace what expired.
-        Returns (the material to publish, names of the parts refreshed; empty when all was
-        still valid). Raises :class:`ApiUnavailable` or :class:`DriverError`."""
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
+        """On a control node: check ``material`` against the API and replace what expired
+        among ``parts`` (``token``: what every node joins with; ``certificate_key``: what
+        control nodes fetch the CA keys with). Returns (the material to publish, names of the
+        parts refreshed; empty when all was still valid). Raises :class:`ApiUnavailable` or
+        :class:`DriverError`."""
         ...
 
     def reset(self, whole_cluster: bool = False) -> None:
@@ -243,13 +247,24 @@ class Driver(Protocol):
         ...
 
     @property
+    def kubelet_service(self) -> str:
+        """The service (a :mod:`core.services` name: a systemd unit, or the lab's process
+        service) whose restart restarts this node's kubelet: kubeadm ``kubelet``; k3s its own
+        ``k3s`` or ``k3s-agent``, which runs the kubelet inside. A running kubelet never
+        registers its Node again once the Node was deleted
+        (:func:`core.versions.kubelet_reregisters_deleted_node`); a restarted one does, which
+        is how the agent recovers a node whose Node vanished."""
+        ...
+
+    @property
     def admin_kubeconfig(self) -> Path:
         """The cluster-admin kubeconfig on a control node, as a host path."""
         ...
 
     @property
     def etcd_endpoint(self) -> str:
-        """This control node's own etcd member, ``https://127.0.0.1:2379``."""
+        """The JSON gateway of this control node's own etcd member (:mod:`core.etcd`):
+        kubeadm ``https://127.0.0.1:2379``, k3s ``https://127.0.0.1:2382``."""
         ...
 
     def etcd_client_context(self) -> ssl.SSLContext | None:
@@ -263,7 +278,9 @@ class Driver(Protocol):
 
     def etcd_member_node(self, member_name: str) -> str:
         """The node an etcd member of this distribution belongs to, from the member's name
-        (kubeadm names members as their node; k3s ``<node>-<8 hex digits>``)."""
+        (kubeadm names members as their node; k3s ``<node>-<8 hex digits>``, and takes any
+        name up to its last ``-`` for a node's). The one place this rule lives: Phylactery
+        prunes and reaps by it, the agent checks its own member by it."""
         ...
 
     def reform_etcd(self) -> None:

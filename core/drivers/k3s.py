@@ -20,11 +20,33 @@ What k3s does is taken from its documentation (docs.k3s.io: "High Availability E
   Cluster CA certificate hash") and then authenticates with the user and secret;
 * the admin kubeconfig ``/etc/rancher/k3s/k3s.yaml`` names ``https://127.0.0.1:<port>``; the
   copy for the operator (``kube.config``) names the VIP instead; it is never join material;
-* embedded etcd: data in ``/var/lib/rancher/k3s/server/db/etcd``, client URL
-  ``https://127.0.0.1:2379``, client pair ``server/tls/etcd/client.{crt,key}`` signed by
-  ``server/tls/etcd/server-ca.crt`` (``pkg/etcd/etcd.go``: ``endpoint``, ``etcdDBDir``,
-  ``toTLSConfig``); members are named ``<node>-<first 8 hex digits of a UUID>``
-  (``setName``), so pruning matches names by that pattern and peer URLs by address;
+* embedded etcd: data in ``/var/lib/rancher/k3s/server/db/etcd``, client pair
+  ``server/tls/etcd/client.{crt,key}`` signed by ``server/tls/etcd/server-ca.crt``
+  (``pkg/etcd/etcd.go``: ``dbDir``, ``toTLSConfig``). k3s's ``cluster()`` serves only gRPC
+  on the client URLs (``https://127.0.0.1:2379`` and ``https://<node-ip>:2379``) and etcd's
+  HTTP JSON gateway only on ``https://127.0.0.1:2382`` (``--listen-client-http-urls``, "to
+  free the listen URLs for dedicated use by GRPC", etcd-io/etcd#15402; etcd >= 3.4.25/3.5.8),
+  so this node's JSON calls (:mod:`core.etcd`: the agent's member view, Phylactery's prune,
+  reaper, snapshots and metrics, the re-form's quorum wait) go to :data:`ETCD_ENDPOINT`, and
+  other members are judged alive by a TLS handshake on their gRPC client URL
+  (:func:`core.etcd.member_answers`); raft runs with a 500 ms heartbeat and a 5000 ms
+  election timeout;
+* members are named ``<node>-<first 8 hex digits of a UUID>`` (``setName``); a joining
+  server is refused fatally when any member k3s takes for its node (the name up to its last
+  ``-``, any suffix, any address: :func:`member_node`) is not its own: "duplicate node name
+  found, please use a unique name for this node" (``ETCD.join``). So the driver names this
+  node's members by that rule (:meth:`K3sDriver.etcd_member_node`) and Phylactery's prune
+  removes every one of them before a rejoin (``phylactery/prune.py``);
+* a joining server's ``ETCD.join`` is retried every second for ever while etcd refuses it
+  with "too many learner members" or "unhealthy cluster" or the member list cannot be had
+  ("Waiting for other members to finish joining etcd cluster: ..."); the member joins as a
+  learner, which only the etcd leader's ``manageLearners`` (a 15 s tick) promotes, removing
+  one stalled for 5 min; until then the server logs "Failed to test data store connection:
+  this server has not yet been promoted from learner to voting member" every 5 s
+  (``pkg/cluster/managed.go``, ``testClusterDB``). The service looks "running" all along: the
+  driver names each fatal refusal (:data:`REFUSALS`) and fails a join whose retry lines
+  (:data:`RETRY_LINES`) go on for :data:`JOIN_STALL_S` seconds (:func:`join_verdict`) instead
+  of waiting out ``timeouts.command_s`` in silence;
 * ``k3s server --cluster-reset`` re-forms etcd from the local data as a one-member cluster
   and exits once it runs ("Managed etcd cluster membership has been reset, restart without
   --cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd server
@@ -94,7 +116,8 @@ ETCD_TLS = f"{DATA_DIR}/server/tls/etcd"
 ETCD_DATA = f"{DATA_DIR}/server/db/etcd"
 KUBELET_KUBECONFIG = f"{DATA_DIR}/agent/kubelet.kubeconfig"
 NODE_PASSWORD = "/etc/rancher/node/password"
-ETCD_ENDPOINT = "https://127.0.0.1:2379"
+# etcd's JSON gateway, which k3s serves only here (the client port 2379 speaks gRPC only).
+ETCD_ENDPOINT = "https://127.0.0.1:2382"
 # k3s's default snapshot directory (--etcd-snapshot-dir: ${data-dir}/server/db/snapshots, made
 # 0700 by k3s); on-demand snapshots land here before the driver moves them to the share. The
 # default on purpose: since v1.29 the server writes the file, and it creates only this one
@@ -120,17 +143,102 @@ AIRGAP_IMAGES = f"{DATA_DIR}/agent/images"
 # k3s's tokens do not expire (only `k3s token create` bootstrap tokens do, and the driver uses
 # none): the published expiry is far enough away that nothing renews them.
 NEVER_S = 10 * 365 * 24 * 3600.0
-# Refusals k3s logs and then retries for ever; the driver fails the join on them at once
-# (pkg/agent/config/config.go: "Node password rejected, ..." after a 403 from the server).
-FATAL_LINES = ("Node password rejected",)
-
-# k3s's etcd member names: the node name, "-", the first 8 hex digits of a UUID (pkg/etcd, setName).
-MEMBER_NAME = re.compile(r"^(.+)-[0-9a-f]{8}$")
+# k3s's refusals of a start, by a piece of the line it logs, and the name the driver gives each
+# in its error (and so in the agent's join_failed event). k3s exits on most (level=fatal); it
+# retries the node-password refusal for ever (pkg/agent/config/config.go, after a 403).
+REFUSALS = (
+    ("Node password rejected", "node password rejected"),
+    ("duplicate node name found", "duplicate node name (a stale etcd member of this node)"),
+    ("etcd cluster join failed", "etcd refused the member"),
+    ("token CA hash does not match", "token CA hash mismatch"),
+    ("failed to get CA certs", "server unreachable"),
+    ("failed to get bootstrap data", "bootstrap data refused (wrong token?)"),
+    ("encrypted with different token", "snapshot's bootstrap data has another token"),
+    ("was previously reset", "cluster-reset flag left"),
+)
+# Lines k3s logs while it waits on something it retries for ever (pkg/etcd/etcd.go Start and
+# pkg/cluster/managed.go testClusterDB). A join that keeps logging them is stalled.
+RETRY_LINES = (
+    "Waiting for other members to finish joining etcd cluster",
+    "Waiting to retrieve etcd cluster member list",
+    "has not yet been promoted from learner to voting member",
+)
+# How long a join may go on logging only retry lines: longer than a healthy join takes to be
+# promoted (the leader's 15 s manageLearners tick, then testClusterDB's 5 s) and than etcd's
+# 5 s guard after a member connects; far shorter than command_s (600 s).
+JOIN_STALL_S = 60.0
+WAIT_LOG_S = 10.0  # while k3s retries, the driver says what it waits on this often
 TOKEN_PREFIX = "K10"
 _TOKEN = re.compile(r"^K10([0-9a-f]{64})?::([^:]+):(.+)$")
 _SECRETS = re.compile(r"(K10[0-9a-f]{0,64}::[^:\s]+:|\b(?:token|agent-token): *)[^\s\"']+")
 
 log = get_logger(__name__, "k3s")
+
+
+def k3s_minor(version: str) -> int:
+    """The Kubernetes minor of node.yaml's ``kubernetes.version`` (``v1.32.1`` -> 32), which
+    is the k3s release the node image carries (``image_builder/build.sh``: ``<version>+k3s1``).
+    Raises ``ValueError`` on another shape."""
+    parts = version.lstrip("v").split(".")
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"not a Kubernetes version: {version!r}")
+    return int(parts[1])
+
+
+def embedded_etcd(version: str) -> str:
+    """The etcd minor k3s of that Kubernetes minor embeds (k3s's release notes: etcd 3.5 up to
+    1.33, 3.6 from 1.34). What this driver asks of it is the same in both (the JSON gateway on
+    ``--listen-client-http-urls``, learners, ``k3s etcd-snapshot save`` through the server,
+    ``--cluster-reset``: k3s carries its own restore, so etcd 3.6 dropping ``etcdctl snapshot
+    restore`` changes nothing here); the lab runs etcd 3.5.16 for every minor."""
+    return "3.6" if k3s_minor(version) >= 34 else "3.5"
+
+
+def member_node(member_name: str) -> str:
+    """The node k3s takes an etcd member for (``pkg/etcd/etcd.go``, ``ETCD.join``): the
+    member's name up to its last ``-`` when that is past the second character, else the whole
+    name. ``control0-0a1b2c3d`` -> ``control0``, ``ctl-1-0a1b2c3d`` -> ``ctl-1``; k3s refuses
+    a joining server while any other member maps to its node name."""
+    cut = member_name.rfind("-")
+    return member_name[:cut] if cut > 1 else member_name
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What k3s's output says about a start: ``refusal`` (a name from :data:`REFUSALS`),
+    ``waiting`` (the piece of :data:`RETRY_LINES` k3s is retrying on now, "" when none),
+    ``line`` (k3s's message)."""
+
+    refusal: str = ""
+    waiting: str = ""
+    line: str = ""
+
+
+# k3s's lines that end a wait of RETRY_LINES: etcd joined, or the member passed its test.
+WAIT_OVER = ("Starting etcd to join cluster", "Starting etcd for existing cluster member", "data store connection OK")
+
+
+def join_verdict(output: str) -> Verdict:
+    """Read k3s's output since a start: the first refusal of :data:`REFUSALS` in it; else the
+    wait k3s is in now (its newest :data:`RETRY_LINES` line, unless a :data:`WAIT_OVER` line
+    came after it); else nothing."""
+    waiting = line_now = ""
+    for line in output.splitlines():
+        for piece, name in REFUSALS:
+            if piece in line:
+                return Verdict(refusal=name, line=_msg(line))
+        retry = next((piece for piece in RETRY_LINES if piece in line), "")
+        if retry:
+            waiting, line_now = retry, _msg(line)
+        elif any(piece in line for piece in WAIT_OVER):
+            waiting = line_now = ""
+    return Verdict(waiting=waiting, line=line_now)
+
+
+def _msg(line: str) -> str:
+    """``msg="..."`` of a logrus line, or the line."""
+    m = re.search(r'msg="((?:[^"\\]|\\.)*)"', line)
+    return m.group(1) if m else line.strip()
 
 
 def redact(text: str) -> str:
@@ -290,10 +398,11 @@ class K3sDriver:
     ``k3s-agent`` service. One start or command at a time; :meth:`abort` ends it."""
 
     name = "k3s"
-    prune_kinds: tuple[str, ...] = ("node", "k3s_etcd_member", "node_password")
+    prune_kinds: tuple[str, ...] = ("node", "etcd_member", "node_password")
     restores_snapshots = True
     restore_needs_secret = True
     etcd_endpoint = ETCD_ENDPOINT
+    join_stall_s = JOIN_STALL_S  # how long one of k3s's retry loops may last (:meth:`_start_and_wait`)
 
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
@@ -305,6 +414,12 @@ class K3sDriver:
     def service(self) -> str:
         """``k3s`` on control nodes, ``k3s-agent`` on workers (install.sh's unit names)."""
         return "k3s" if self.cfg.is_control else "k3s-agent"
+
+    @property
+    def kubelet_service(self) -> str:
+        """:attr:`service`: k3s runs the kubelet inside itself, so restarting the kubelet is
+        restarting k3s."""
+        return self.service
 
     @property
     def kubelet_kubeconfig(self) -> Path:
@@ -327,9 +442,10 @@ class K3sDriver:
         return self.kubelet_kubeconfig.exists()
 
     def etcd_member_node(self, member_name: str) -> str:
-        """``control0`` for k3s's ``control0-0a1b2c3d``; a name without that suffix as it is."""
-        m = MEMBER_NAME.match(member_name)
-        return m.group(1) if m else member_name
+        """The node k3s takes the member for (:func:`member_node`): ``control0`` for
+        ``control0-0a1b2c3d``. Every member that maps to a node's name is that node's: k3s
+        refuses the node's join while one is left ("duplicate node name found")."""
+        return member_node(member_name)
 
     def has_etcd_data(self) -> bool:
         """``/var/lib/rancher/k3s/server/db/etcd/member`` exists."""
@@ -386,34 +502,51 @@ class K3sDriver:
 
     def _start_and_wait(self, args: list[str], done: list[Path]) -> None:
         """Start the service with ``args`` and wait until every path of ``done`` exists.
-        Raises :class:`DriverError` (with k3s's output) when the service exits, logs one of
-        :data:`FATAL_LINES`, :meth:`abort` is called, or ``timeouts.command_s`` runs out; the
-        service is stopped then."""
+        Raises :class:`DriverError` (with k3s's output, its last line naming why) when k3s
+        logs one of :data:`REFUSALS` ("k3s refused this node: <name>: <k3s's message>"), the
+        service exits, one of k3s's retry loops (:data:`RETRY_LINES`) goes on for
+        :attr:`join_stall_s` seconds (:data:`JOIN_STALL_S`; "k3s join stalled ..."), :meth:`abort` is called, or
+        ``timeouts.command_s`` runs out; the service is stopped then. While k3s retries, what
+        it waits on is logged every :data:`WAIT_LOG_S` seconds."""
         argv = self._argv(*args)
         shown = [redact(a) for a in argv]
         mark = self._log_mark()
         started = time.monotonic()
         self._runner.clear_abort()
-        log.info(f"starting the {self.service} service", extra={"command": " ".join(shown)})
+        version = self.cfg.kubernetes.version
+        log.info(
+            f"starting the {self.service} service",
+            extra={"command": " ".join(shown), "k3s": f"{version}+k3s", "embedded_etcd": embedded_etcd(version)},
+        )
         try:
             self.services.start(self.service, argv)
         except ServiceError as err:
             raise DriverError(shown, 127, str(err)) from err
         deadline = started + self.cfg.timeouts.command_s
+        waiting, waiting_since, said_at = "", started, started
         while True:
             if all(p.exists() for p in done):
                 log.info(f"{self.service} is up", extra={"seconds": round(time.monotonic() - started, 3)})
                 return
             output = redact(self._log_since(mark))
+            verdict = join_verdict(output)
+            now = time.monotonic()
+            if verdict.waiting != waiting:
+                waiting, waiting_since = verdict.waiting, now
             why = ""
             if self._runner.aborted:
                 why = "aborted by the agent"
+            elif verdict.refusal:
+                why = f"k3s refused this node: {verdict.refusal}: {verdict.line}"
             elif not self.services.is_running(self.service):
                 why = f"the {self.service} service exited"
-            elif any(line in output for line in FATAL_LINES):
-                why = "k3s refused this node and would retry for ever"
-            elif time.monotonic() > deadline:
+            elif waiting and now - waiting_since >= self.join_stall_s:
+                why = f"k3s join stalled: retrying for {now - waiting_since:.0f}s: {verdict.line}"
+            elif now > deadline:
                 why = f"timed out after {self.cfg.timeouts.command_s}s"
+            elif waiting and now - said_at >= WAIT_LOG_S:
+                said_at = now
+                log.info("k3s is retrying", extra={"k3s": verdict.line, "waited_s": round(now - waiting_since, 1)})
             if why:
                 self._stop()
                 raise DriverError(shown, 1, f"{output}\n{why}")
@@ -534,8 +667,10 @@ class K3sDriver:
         else:
             self._start_and_wait(["agent"], [self.kubelet_kubeconfig])
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
-        """Nothing expires in k3s's join material: returns ``(material, [])``."""
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
+        """Nothing expires in k3s's join material: returns ``(material, [])`` whatever ``parts``."""
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:

@@ -1,8 +1,9 @@
 """The kubeadm driver: config files, not flag soup.
 
 The renderers are pure functions producing ``kubeadm.k8s.io/v1beta4`` documents
-(InitConfiguration + ClusterConfiguration, JoinConfiguration), following the kubeadm
-configuration reference:
+(InitConfiguration + ClusterConfiguration, JoinConfiguration), the one API every supported
+kubeadm reads (1.32 to 1.36; 1.36 removed v1beta3, :mod:`core.versions`), following the
+kubeadm configuration reference:
 
 * ``controlPlaneEndpoint`` is the VIP's hostname and HAProxy port, so every node reaches the
   API through keepalived + HAProxy;
@@ -13,9 +14,17 @@ configuration reference:
 * ``encryptionAlgorithm: ECDSA-P256`` (v1beta4, Kubernetes 1.31+) for fast key generation.
 
 Commands run are ``kubeadm init --config F --upload-certs``, ``kubeadm join --config F``,
-``kubeadm reset -f``, and on a control node ``kubeadm token create`` and ``kubeadm init phase
-upload-certs`` to renew join material. When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
+``kubeadm reset -f``, and on a control node ``kubeadm token create --config F`` and
+``kubeadm init phase upload-certs --upload-certs --config F --skip-certificate-key-print`` to
+renew join material. Tokens and certificate keys are in the config files (0600, under
+``/run/ek8s/kubeadm``), never on a command line, where ``/proc/<pid>/cmdline`` would show them to
+every user of the node (docs/security.md). When node.yaml's ``root`` is not ``/`` (the lab), ``--rootfs <root>`` is
 added and the config path is given relative to that root, as kubeadm's ``--rootfs`` expects.
+
+What differs between the supported versions and matters here comes from :mod:`core.versions`
+(node.yaml ``kubernetes.version``): the etcd tool that restores a snapshot (``etcdutl`` only
+from 1.34 on, whose etcd 3.6 took ``snapshot restore`` and ``status`` out of ``etcdctl``) and
+how kubeadm prints a failed preflight (:class:`PreflightFailed` reads both forms).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from core import versions
 from core.config import NodeConfig
 from core.drivers.base import ApiUnavailable, CommandRunner, Credentials, DriverError, InitResult, SnapshotTaken
 from core.fileperm import ensure_dir, write_atomic
@@ -43,23 +53,53 @@ from core.noderoles import CONTROL_PLANE_TAINT as _CONTROL_PLANE_TAINT
 from core.noderoles import Taint
 from core.share import JoinMaterial
 
-API_VERSION = "kubeadm.k8s.io/v1beta4"
+API_VERSION = versions.KUBEADM_CONFIG_API
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 # kubeadm deletes the kubeadm-certs Secret together with its owner token after two hours
 # (cmd/kubeadm/app/phases/copycerts, DefaultCertTokenDuration); bootstrap tokens last 24 h by
 # default (kubeadm's DefaultTokenDuration).
 CERTIFICATE_KEY_TTL_S = 2 * 3600.0
 TOKEN_TTL_S = 24 * 3600.0
-# Join material closer than this to its expiry is renewed before a node joins with it.
+# Join material closer than this to its expiry is renewed before a node joins with it. The
+# token gets a wider margin: workers cannot ask for a renewal (their credential does not allow
+# it), so Phylactery's join-material controller renews it ahead, checking every
+# JOIN_MATERIAL_CHECK_S (phylactery/controllers/joinmaterial.py), well inside this margin.
 RENEW_MARGIN_S = 300.0
+TOKEN_RENEW_MARGIN_S = 3600.0
 # kubeadm's etcd: the local member's client URL (static pod etcd.yaml, --advertise-client-urls
 # on the node address and --listen-client-urls on 127.0.0.1) and the PKI directory.
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
 PKI_DIR = "/etc/kubernetes/pki"
 CONTROL_PLANE_TAINT = Taint.parse(_CONTROL_PLANE_TAINT)
 
+ETCD_DATA_DIR = "/var/lib/etcd"  # ClusterConfiguration etcd.local.dataDir, kubeadm's default
+
 log = get_logger(__name__, "kubeadm")
 _SECRETS = re.compile(r"\b([a-z0-9]{6})\.[a-z0-9]{16}\b|(?<!sha256:)\b[0-9a-f]{64}\b")
+# One failed preflight check as kubeadm prints it (preflight/checks.go RunChecks):
+# "\t[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty".
+_PREFLIGHT_ERROR = re.compile(r"\[ERROR ([^\]]+)\]: (.*)")
+
+
+class PreflightFailed(DriverError):
+    """kubeadm refused in its preflight phase. ``checks`` maps each failed check's name
+    (``DirAvailable--var-lib-etcd``, ``Port-6443``, ``FileAvailable--etc-kubernetes-kubelet.conf``)
+    to kubeadm's message for it; ``str()`` names them first, then the command's tail as
+    :class:`DriverError` does. kubeadm prints each as ``[ERROR <name>]: <message>`` in every
+    supported version: inside the error until 1.33, on stderr before ``preflight checks
+    failed`` since 1.34 (:func:`core.versions.kubeadm_preflight_error_inline`)."""
+
+    def __init__(self, command: list[str], returncode: int, output: str, checks: dict[str, str]) -> None:
+        super().__init__(command, returncode, output)
+        self.checks = checks
+        named = "; ".join(f"{name} ({message})" for name, message in checks.items())
+        self.args = (f"kubeadm preflight refused: {named}. {self.args[0]}",)
+
+
+def preflight_errors(output: str) -> dict[str, str]:
+    """The ``[ERROR <name>]: <message>`` lines of kubeadm's ``output`` as {name: message}, in
+    the order printed; empty when there are none."""
+    return {m.group(1): m.group(2).strip() for m in _PREFLIGHT_ERROR.finditer(output)}
 
 
 def redact(text: str) -> str:
@@ -127,6 +167,17 @@ def render_init_config(cfg: NodeConfig, token: str, certificate_key: str) -> str
     return yaml.safe_dump_all([init, cluster], sort_keys=False)
 
 
+def render_renewal_config(cfg: NodeConfig, token: str, certificate_key: str) -> str:
+    """The config file of a join-material renewal on a control node: an InitConfiguration
+    with the one bootstrap token ``kubeadm token create --config`` creates (TTL
+    :data:`TOKEN_TTL_S`, kubeadm's default usages and group) and the ``certificateKey``
+    ``kubeadm init phase upload-certs --config`` seals the certificates with, plus the
+    cluster's ClusterConfiguration (the phase reads ``certificatesDir`` and the etcd kind from
+    it). kubeadm refuses ``--config`` mixed with ``--ttl`` or ``--certificate-key``
+    (``ValidateMixedArguments``), so everything is in the file."""
+    return render_init_config(cfg, token, certificate_key)
+
+
 def render_join_config(cfg: NodeConfig, material: JoinMaterial) -> str:
     """JoinConfiguration; with a ``controlPlane`` section on control nodes."""
     join: dict[str, Any] = {
@@ -164,8 +215,13 @@ class KubeadmDriver:
     restore_needs_secret = False
     etcd_endpoint = ETCD_ENDPOINT
 
+    # The unit (lab: the process-mode service) that runs this node's kubelet; the agent
+    # restarts it when the Node vanished (a running kubelet does not register it again).
+    kubelet_service = "kubelet"
+
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
+        self.version = versions.parse(cfg.kubernetes.version)
         self._config_dir = Path("/run/ek8s/kubeadm")  # node path; holds the token, 0700
         self._runner = CommandRunner("kubeadm", cfg.timeouts.command_s, redact, log)
 
@@ -253,11 +309,18 @@ class KubeadmDriver:
 
     def _run(self, args: list[str]) -> str:
         """Run kubeadm with ``args`` (``--rootfs`` added in the lab); returns its output.
-        Raises :class:`DriverError` (:class:`CommandRunner`)."""
+        Raises :class:`PreflightFailed` when kubeadm's preflight refused (each failed check
+        named), else :class:`DriverError` (:class:`CommandRunner`)."""
         argv = [self.cfg.kubernetes.kubeadm, *args]
         if self.cfg.root != Path("/"):
             argv += ["--rootfs", str(self.cfg.root)]
-        return self._runner.run(argv)
+        try:
+            return self._runner.run(argv)
+        except DriverError as err:
+            checks = preflight_errors(err.output)
+            if checks and "Some fatal errors occurred" in err.output:
+                raise PreflightFailed(err.command, err.returncode, err.output, checks) from err
+            raise
 
     def abort(self) -> None:
         """Kill the running kubeadm and its process group (SIGKILL: kubeadm leaves partial
@@ -321,11 +384,35 @@ class KubeadmDriver:
             published_by=self.cfg.node.name,
         )
 
+    def etcd_restore_tool(self) -> str:
+        """The tool that checks and restores a snapshot on this node, as a path or name to run:
+        ``kubernetes.etcdutl`` when it is found; else, while the version's etcd is 3.5 (whose
+        ``etcdctl`` still restores, deprecated), ``kubernetes.etcdctl``. Raises
+        :class:`DriverError` naming what is missing: from 1.34 on kubeadm runs etcd 3.6, whose
+        ``etcdctl`` has no ``snapshot restore``/``status`` (:func:`core.versions.etcdctl_restores_snapshots`)."""
+        etcdutl = shutil.which(self.cfg.kubernetes.etcdutl)
+        if etcdutl:
+            return etcdutl
+        if versions.etcdctl_restores_snapshots(self.version):
+            etcdctl = shutil.which(self.cfg.kubernetes.etcdctl)
+            if etcdctl:
+                return etcdctl
+            missing = f"neither {self.cfg.kubernetes.etcdutl} nor {self.cfg.kubernetes.etcdctl} found"
+        else:
+            etcd = ".".join(map(str, versions.etcd_minor(self.version)))
+            missing = (
+                f"{self.cfg.kubernetes.etcdutl} not found: kubeadm {self.version.minor_tag} runs etcd {etcd}, whose "
+                "etcdctl has no 'snapshot restore' or 'snapshot status' (etcd-io/etcd#13809); install etcdutl "
+                "(the etcd image's /usr/local/bin/etcdutl, or kubernetes.etcdutl in node.yaml)"
+            )
+        raise DriverError([self.cfg.kubernetes.etcdutl, "snapshot", "restore"], 127, missing)
+
     def restore_etcd(self, snapshot: Path) -> None:
-        """``etcdutl snapshot restore`` (``etcdctl`` on etcd 3.4) into ``/var/lib/etcd`` as a
-        one-member cluster of this node, as kubeadm's etcd expects it. Raises
-        :class:`DriverError` when the tool fails or takes more than 300 s."""
-        tool = shutil.which("etcdutl") or "etcdctl"
+        """``etcdutl snapshot restore`` (``etcdctl`` while the version's etcd is 3.5 and no
+        etcdutl is found: :meth:`etcd_restore_tool`) into ``/var/lib/etcd`` as a one-member
+        cluster of this node, as kubeadm's etcd expects it. Raises :class:`DriverError` when
+        the tool is missing, fails or takes more than 300 s."""
+        tool = self.etcd_restore_tool()
         # Check the file first (etcd's own integrity check of a snapshot), before anything of
         # this node's is removed.
         try:
@@ -342,7 +429,7 @@ class KubeadmDriver:
             raise DriverError(
                 [tool, "snapshot", "status", str(snapshot)], checked.returncode, checked.stdout + checked.stderr
             )
-        data_dir = self.cfg.host_path("/var/lib/etcd")
+        data_dir = self.cfg.host_path(ETCD_DATA_DIR)
         if data_dir.exists():
             shutil.rmtree(data_dir)
         data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -374,22 +461,37 @@ class KubeadmDriver:
         path = self._write_config("join.yaml", render_join_config(self.cfg, material))
         self._run(["join", "--config", path])
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
         """Ask the API (this node's admin kubeconfig) whether the token's
         ``bootstrap-token-<id>`` Secret and the ``kubeadm-certs`` Secret are still there and
-        more than :data:`RENEW_MARGIN_S` from expiry; renew what is not with
-        ``kubeadm token create TOKEN --ttl 86400s`` and ``kubeadm init phase upload-certs
-        --upload-certs --certificate-key KEY``."""
+        more than :data:`TOKEN_RENEW_MARGIN_S` (the token) and :data:`RENEW_MARGIN_S` (the
+        certificate key) from expiry; renew what is not, among ``parts``,
+        with ``kubeadm token create --config F`` and ``kubeadm init phase upload-certs
+        --upload-certs --config F --skip-certificate-key-print``, the new token and key in
+        the config file ``F`` (0600, this node's ``/run``), never on the command line
+        (:func:`render_renewal_config`)."""
         token_ok, certs_ok = self._join_material_valid(material)
+        token_ok = token_ok or "token" not in parts
+        certs_ok = certs_ok or "certificate_key" not in parts
         if token_ok and certs_ok:
             return material, []
         now = time.time()
         token = material.token if token_ok else generate_token()
         key = material.certificate_key if certs_ok else generate_certificate_key()
-        if not token_ok:
-            self._run(["token", "create", token, "--ttl", f"{int(TOKEN_TTL_S)}s"])
-        if not certs_ok:
-            self._run(["init", "phase", "upload-certs", "--upload-certs", "--certificate-key", key])
+        path = self._write_config("renew.yaml", render_renewal_config(self.cfg, token, key))
+        try:
+            if not token_ok:
+                # kubeadm creates the InitConfiguration's bootstrapTokens (cmd/kubeadm/app/cmd/token.go,
+                # RunCreateToken: LoadOrDefaultInitConfiguration then CreateNewTokens).
+                self._run(["token", "create", "--config", path])
+            if not certs_ok:
+                # The phase takes InitConfiguration.certificateKey (initData.CertificateKey).
+                self._run(["init", "phase", "upload-certs", "--upload-certs", "--config", path,
+                           "--skip-certificate-key-print"])  # fmt: skip
+        finally:
+            self.cfg.host_path(path).unlink(missing_ok=True)
         renewed = replace(
             material,
             token=token,
@@ -412,6 +514,7 @@ class KubeadmDriver:
         if not self.admin_kubeconfig.exists():
             raise ApiUnavailable(f"{self.admin_kubeconfig}: no admin kubeconfig on this node yet")
         margin = time.time() + RENEW_MARGIN_S
+        token_margin = time.time() + TOKEN_RENEW_MARGIN_S
 
         def secret(name: str) -> Any:
             try:
@@ -429,7 +532,7 @@ class KubeadmDriver:
         if token_secret is not None and token_secret.data:
             raw = base64.b64decode(token_secret.data.get("expiration", "")).decode()
             expires = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp() if raw else 0.0
-            token_ok = not raw or expires > margin
+            token_ok = not raw or expires > token_margin
         certs_ok = secret("kubeadm-certs") is not None and material.certificate_key_expires_at > margin
         return token_ok, certs_ok
 
@@ -439,9 +542,36 @@ class KubeadmDriver:
         cluster being torn down while the reset runs. With ``whole_cluster`` (a new generation:
         every member is being reset), ``--skip-phases=remove-etcd-member``: removing this
         member through an etcd that is losing its members only waits out kubeadm's etcd
-        retries (up to 2 min, ``EtcdAPICall``)."""
+        retries (up to 2 min, ``EtcdAPICall``). That phase is the only one that empties
+        ``/var/lib/etcd`` (``cmd/phases/reset/removeetcdmember.go``; ``cleanupnode.go`` leaves
+        it), and the next ``kubeadm init`` or control-plane join would fail preflight with
+        ``[ERROR DirAvailable--var-lib-etcd]``: so the driver empties it itself afterwards,
+        whether kubeadm succeeded or not. Raises :class:`DriverError` when kubeadm fails."""
         self.cfg.host_path("/etc/kubernetes/manifests/kube-apiserver.yaml").unlink(missing_ok=True)
         args = ["reset", "-f"]
         if whole_cluster:
             args.append("--skip-phases=remove-etcd-member")
-        self._run(args)
+        try:
+            self._run(args)
+        finally:
+            if whole_cluster:
+                self._clean_etcd_data_dir()
+
+    def _clean_etcd_data_dir(self) -> None:
+        """Empty ``/var/lib/etcd`` (keep the directory), as kubeadm's ``remove-etcd-member``
+        phase does (``CleanDir``), logging what it removed."""
+        data_dir = self.cfg.host_path(ETCD_DATA_DIR)
+        try:
+            children = list(data_dir.iterdir())
+        except FileNotFoundError:
+            return
+        for child in children:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        if children:
+            log.info(
+                "emptied the etcd data directory kubeadm reset leaves when it skips remove-etcd-member",
+                extra={"path": ETCD_DATA_DIR, "entries": len(children)},
+            )

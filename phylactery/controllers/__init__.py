@@ -22,6 +22,8 @@ loop                module                          job
 ``roles``           :mod:`.roles`                   every Node's labels, taints and roles in
                                                     line with the published inventory, on the
                                                     node whose member leads etcd
+``join_material``   :mod:`.joinmaterial`            keep the token workers join with valid
+                                                    (they cannot ask for join material)
 ==================  ==============================  =========================================
 
 Each runs under Phylactery's :class:`core.supervise.Supervisor` (``/healthz`` is 503 while one
@@ -35,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from phylactery.controllers.joinmaterial import JoinMaterialController
 from phylactery.controllers.notify import PeerNotifier
 from phylactery.controllers.reaper import ReaperController
 from phylactery.controllers.reconcile import ReconcileController
@@ -54,10 +57,12 @@ class Controllers:
     snapshot: SnapshotController
     reaper: ReaperController
     roles: RolesController
+    join_material: JoinMaterialController
 
     def loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(loop name, coroutine function)`` of each, in the order they start."""
-        return [(c.name, c.run) for c in (self.reconcile, self.notify, self.snapshot, self.reaper, self.roles)]
+        loops = (self.reconcile, self.notify, self.snapshot, self.reaper, self.roles, self.join_material)
+        return [(c.name, c.run) for c in loops]
 
 
 def register(p: Phylactery) -> Controllers:
@@ -68,4 +73,5 @@ def register(p: Phylactery) -> Controllers:
         snapshot=SnapshotController(p),
         reaper=ReaperController(p),
         roles=RolesController(p),
+        join_material=JoinMaterialController(p),
     )

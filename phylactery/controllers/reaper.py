@@ -16,11 +16,10 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from core import recovery
-from core.etcd import EtcdError
+from core.etcd import EtcdError, member_answers
 from core.logs import get_logger
 from core.share import ShareError
 from phylactery.controllers import etcdview
-from phylactery.prune import member_answers
 
 if TYPE_CHECKING:
     from phylactery.service import Phylactery

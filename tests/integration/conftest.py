@@ -18,15 +18,18 @@ import pytest
 
 from core.etcd import EtcdClient, kubeadm_client_context
 from lab import pki
+from lab.emulation import etcd_tool
 from lab.nodekit import etcd_argv
 from tests.conftest import free_port, wait_for
 
-TOOLS = ("etcd", "haproxy", "keepalived", "ip")
+TOOLS = ("haproxy", "keepalived", "ip")
+# The lab's etcd 3.5 (make etcd; lab/emulation.py): what every etcd of these tests runs.
+ETCD = etcd_tool("etcd")
 
 
 def require_root_and_tools() -> None:
     """Fail (not skip) without root or a system tool: a tier that skips proves nothing."""
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+    missing = [t for t in (*TOOLS, ETCD) if shutil.which(t) is None]
     if missing:
         pytest.fail(f"missing system tools {missing}: run 'make test' (it installs them)", pytrace=False)
     if os.geteuid() != 0:
@@ -88,7 +91,7 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
         for name, host, cport, pport in spec:
             log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
             argv = etcd_argv(
-                "etcd", name, tmp_path / name, d, [f"https://{host}:{cport}"], f"https://{host}:{pport}", initial, "new"
+                ETCD, name, tmp_path / name, d, [f"https://{host}:{cport}"], f"https://{host}:{pport}", initial, "new"
             )
             proc = subprocess.Popen(
                 [*argv, f"--listen-metrics-urls=http://{host}:{free_port(host)}"],

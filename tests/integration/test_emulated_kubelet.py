@@ -20,7 +20,7 @@ import pytest
 from core.fileperm import write_atomic
 from core.services import ProcessServices
 from lab import pki
-from lab.kubeadm import static_pod
+from lab.kubeadm.controlplane import static_pod
 from lab.kubelet import BACKOFF_INITIAL_S, StaticPods, read_manifest
 from tests.conftest import wait_for
 
@@ -76,6 +76,8 @@ def start_kubelet(root: Path) -> None:
         str(root / "etc/kubernetes/manifests"),
         "--node-root",
         str(root),
+        "--healthz-port=0",  # in the host's own network namespace: no kubelet ports
+        "--port=0",
     ]
     ProcessServices(root).start("kubelet", argv)
 

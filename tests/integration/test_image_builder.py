@@ -81,7 +81,9 @@ def test_containerfile_structure(variant: str) -> None:
                 "images/archives/",  # written by images/export.sh (build.sh makes it if missing)
             }, f"{path.name}: COPY source {src} does not exist"
     if variant == "base":
-        assert re.search(r"ARG ETCD_IMAGE=registry\.k8s\.io/etcd:3\.5\.16-0", path.read_text()), "pin etcd"
+        # No default etcd or pause image to go stale: build.sh passes the version's (its image list).
+        raw = path.read_text()
+        assert re.search(r"^ARG ETCD_IMAGE$", raw, re.M) and re.search(r"^ARG PAUSE_IMAGE$", raw, re.M)
         assert re.search(r'"kubelet-\$\{v\}" "kubeadm-\$\{v\}" "kubectl-\$\{v\}"', text), "pin the node packages"
         assert "ARG KUBERNETES_VERSION" in path.read_text()
         for pkg in ("containerd.io", "conntrack-tools", "iproute", "python3.11"):
@@ -100,7 +102,7 @@ def test_containerfile_structure(variant: str) -> None:
     if variant == "k3s":
         from core.drivers.k3s import AIRGAP_IMAGES
 
-        assert "ARG K3S_VERSION=v1.32.1+k3s1" in path.read_text()
+        assert "ARG K3S_VERSION=v1.36.4+k3s1" in path.read_text()
         # k3s where the overlay's units run it, checked against the release's checksums.
         units = ROOT / "overlay/ek8s/rootfs/etc/systemd/system"
         for unit in ("k3s.service", "k3s-agent.service"):
@@ -200,12 +202,21 @@ def test_build_imports_with_the_warewulf_versions_verb(
 ) -> None:
     env = _stand_ins(tmp_path, ww_version)
     res = subprocess.run(
-        [str(BUILDER / "build.sh"), "--variants", "control", "--dry-run"], capture_output=True, text=True, env=env
+        [str(BUILDER / "build.sh"), "--variants", "control", "--kubernetes-version", "v1.32.1", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("+ ")]
     builds = [ln for ln in lines if " build " in ln]
     assert len(builds) == 2 and "Containerfile.base" in builds[0] and "Containerfile.control" in builds[1]
+    # The base image's etcd tools and sandbox image: the version's list (images/v1.32.1.txt).
+    assert (
+        "ETCD_IMAGE=registry.k8s.io/etcd:3.5.16-0" in builds[0]
+        and "PAUSE_IMAGE=registry.k8s.io/pause:3.10" in builds[0]
+    )
+    assert "ETCD_IMAGE" not in builds[1]
     assert "BASE_IMAGE=localhost/ek8s-base:v1.32.1" in builds[1]
     assert f"+ wwctl {verb} import --force --build {tmp_path}/ek8s-base-v1.32.1.tar ek8s-base" in lines
     assert f"+ wwctl {verb} import --force --build {tmp_path}/ek8s-control-v1.32.1.tar ek8s-control" in lines
@@ -214,7 +225,7 @@ def test_build_imports_with_the_warewulf_versions_verb(
 
 
 @pytest.mark.parametrize(
-    ("args", "k3s_release"), [((), "v1.32.1+k3s1"), (("--k3s-version", "v1.32.1+k3s2"), "v1.32.1+k3s2")]
+    ("args", "k3s_release"), [((), "v1.36.4+k3s1"), (("--k3s-version", "v1.36.4+k3s2"), "v1.36.4+k3s2")]
 )
 def test_build_k3s_variant_alone(tmp_path: Path, keep_generated: None, args: tuple[str, ...], k3s_release: str) -> None:
     """The k3s image stands alone (no ek8s-base under it) and takes its k3s release."""
@@ -228,7 +239,7 @@ def test_build_k3s_variant_alone(tmp_path: Path, keep_generated: None, args: tup
     assert len(builds) == 1 and "Containerfile.k3s" in builds[0], builds
     assert f"K3S_VERSION={k3s_release}" in builds[0]
     assert "BASE_IMAGE=ghcr.io/warewulf/warewulf-rockylinux:9" in builds[0]
-    assert f"+ wwctl image import --force --build {tmp_path}/ek8s-k3s-v1.32.1.tar ek8s-k3s" in lines
+    assert f"+ wwctl image import --force --build {tmp_path}/ek8s-k3s-v1.36.4.tar ek8s-k3s" in lines
     bad = subprocess.run(
         [str(BUILDER / "build.sh"), "--variants", "k3s", "--k3s-version", "1.32.1", "--dry-run"],
         capture_output=True,
@@ -245,16 +256,25 @@ def test_build_refuses_bad_input_and_missing_tools(tmp_path: Path, keep_generate
     bad = subprocess.run(
         [str(BUILDER / "build.sh"), "--kubernetes-version", "1.32"], capture_output=True, text=True, env=env
     )
-    assert bad.returncode == 2 and "v1.32.1" in bad.stderr
+    assert bad.returncode == 2 and "v1.36.4" in bad.stderr
     no_ww = subprocess.run([str(BUILDER / "build.sh"), "--dry-run"], capture_output=True, text=True, env=env)
     assert no_ww.returncode == 1 and "--no-import" in no_ww.stderr
+    # A version without an image list (none in the repository, none exported): its etcd tools are unknown.
+    no_list = subprocess.run(
+        [str(BUILDER / "build.sh"), "--kubernetes-version", "v1.35.9", "--no-import", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert no_list.returncode == 2 and "images/export.sh --kubernetes-version v1.35.9" in no_list.stderr
 
 
 def test_export_lists_every_image_once(tmp_path: Path) -> None:
     env = {"PATH": _stand_ins(tmp_path, None)["PATH"]}
     out = tmp_path / "archives"
+    args = ["--tool", "podman", "--out", str(out), "--kubernetes-version", "v1.32.1", "--dry-run"]
     res = subprocess.run(
-        [str(ROOT / "images/export.sh"), "--tool", "podman", "--out", str(out), "--dry-run"],
+        [str(ROOT / "images/export.sh"), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -280,7 +300,11 @@ def test_build_builds_what_it_imports(tmp_path: Path, keep_generated: None, ww_v
     one gives nodes a 404 at the image stage. After build.sh every image it made is built."""
     env = _stand_ins(tmp_path, ww_version)
     res = subprocess.run(
-        [str(BUILDER / "build.sh"), "--variants", "control"], capture_output=True, text=True, env=env, timeout=120
+        [str(BUILDER / "build.sh"), "--variants", "control", "--kubernetes-version", "v1.32.1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     images = json.loads((tmp_path / "ww.json").read_text())
@@ -324,7 +348,10 @@ def test_build_runs_where_python3_is_rocky9s(tmp_path: Path, keep_generated: Non
     old = _python39(tmp_path)
     (bin_dir / "python3").symlink_to(old)
     (bin_dir / "python3.11").symlink_to(sys.executable)
-    res = subprocess.run([str(BUILDER / "build.sh"), "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
+    v132 = ["--kubernetes-version", "v1.32.1"]
+    res = subprocess.run(
+        [str(BUILDER / "build.sh"), *v132, "--dry-run"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     deps = (BUILDER / "requirements-node.txt").read_text().split()
     assert any(d.startswith("pydantic") for d in deps)
@@ -338,3 +365,66 @@ def test_build_runs_where_python3_is_rocky9s(tmp_path: Path, keep_generated: Non
     )
     assert res.returncode == 1 and "3.11 or later" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert " build " not in res.stdout, "nothing is built before the check"
+
+
+KUBEADM_STAND_IN = """#!/bin/sh
+# stand-in kubeadm: `kubeadm config images list --kubernetes-version V` as kubeadm prints it
+[ "$1 $2 $3 $4" = "config images list --kubernetes-version" ] || exit 3
+v="$5"
+for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do echo "registry.k8s.io/$c:$v"; done
+echo registry.k8s.io/coredns/coredns:v9.9.9
+echo registry.k8s.io/pause:9.9
+echo registry.k8s.io/etcd:3.6.99-0
+"""
+
+
+def test_export_asks_kubeadm_for_a_version_without_a_list_and_build_takes_etcd_from_it(
+    tmp_path: Path, keep_generated: None
+) -> None:
+    """No images/<version>.txt for the default version: export.sh writes kubeadm's own list
+    beside the archives (a dry run writes nothing), and build.sh takes the base image's etcd
+    and pause images from it."""
+    from core.versions import DEFAULT_KUBERNETES_VERSION as v
+
+    env = _stand_ins(tmp_path, "4.6.1")
+    (tmp_path / "bin" / "kubeadm").write_text(KUBEADM_STAND_IN)
+    (tmp_path / "bin" / "kubeadm").chmod(0o755)
+    out = tmp_path / "archives"
+    dry = subprocess.run(
+        [str(ROOT / "images/export.sh"), "--tool", "podman", "--out", str(out), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert f"+ podman save -o {out}/etcd_3.6.99-0.tar registry.k8s.io/etcd:3.6.99-0" in dry.stdout
+    assert not out.exists(), "a dry run writes nothing"
+    # What a real run writes beside the archives (it would also fetch the CNI manifest from
+    # GitHub, which a test does not): the same list, then build.sh reads it.
+    archives = ROOT / "images" / "archives"
+    archives.mkdir(exist_ok=True)
+    listed = archives / f"images-{v}.txt"
+    listed.write_text(subprocess.run(["sh", str(tmp_path / "bin/kubeadm"), "config", "images", "list",
+                                      "--kubernetes-version", v], capture_output=True, text=True).stdout)  # fmt: skip
+    try:
+        res = subprocess.run(
+            [str(BUILDER / "build.sh"), "--variants", "base", "--no-import", "--dry-run"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        build = next(ln for ln in res.stdout.splitlines() if " build " in ln)
+        assert "ETCD_IMAGE=registry.k8s.io/etcd:3.6.99-0" in build and "PAUSE_IMAGE=registry.k8s.io/pause:9.9" in build
+        assert f"KUBERNETES_VERSION={v}" in build
+    finally:
+        listed.unlink()
+
+
+def test_the_scripts_default_to_the_projects_default_version() -> None:
+    from core.versions import DEFAULT_KUBERNETES_VERSION as v
+
+    for script in (ROOT / "images/export.sh", BUILDER / "build.sh"):
+        assert f'version="{v}"' in script.read_text(), script
+    assert f"ARG KUBERNETES_VERSION={v}" in (BUILDER / "Containerfile.base").read_text()
+    assert f"ARG KUBERNETES_VERSION={v}" in (BUILDER / "Containerfile.control").read_text()

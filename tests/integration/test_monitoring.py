@@ -76,8 +76,8 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
 def phylactery_metrics(tmp_path: Path) -> str:
     async def _run() -> str:
         p = make_phylactery(tmp_path)
-        p.last_reconcile = {"members": ["control0"]}
-        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+        p.controllers.reconcile.last_result = {"members": ["control0"]}
+        async with TestClient(TestServer(make_app(p))) as client:
             return await (await client.get("/metrics")).text()
 
     return asyncio.run(_run())

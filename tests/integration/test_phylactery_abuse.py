@@ -1,12 +1,14 @@
-"""Phylactery holds under abuse: a real aiohttp server on loopback, behind its connection guard,
-with 2,000 slow clients (slowloris: each sent half a request head and waits) still serves
-``/healthz`` and an authenticated prune within 1 s; a head or a body that does not arrive in
-time is cut off. No namespace, no daemon: loopback and a free port only."""
+"""Phylactery holds under abuse: a real aiohttp server on loopback over TLS, behind its
+connection guard, with 2,000 slow clients (slowloris: each opened a connection and never
+finished its TLS handshake) still serves ``/healthz`` and an authenticated prune within 1 s; a
+handshake, a head or a body that does not arrive in time is cut off. No namespace, no daemon:
+loopback and a free port only."""
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import ssl
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from aiohttp import web
 from phylactery.app import serve
 from phylactery.guard import ConnectionGuard, GuardedSite
 from phylactery.service import Phylactery
-from tests.unit.test_phylactery_http import make_phylactery
+from tests.unit.test_phylactery_http import loopback_tls, make_phylactery
 
 SLOW_CLIENTS = 2000
 
@@ -51,15 +53,18 @@ def test_2000_slow_clients_leave_healthz_and_a_prune_within_1s(tmp_path: Path) -
     raise_fd_limit(3 * SLOW_CLIENTS + 512)  # both ends of every connection live in this process
     p = phylactery(tmp_path)
 
+    server_tls, client_tls = loopback_tls(p, tmp_path / "tls")
+
     async def main() -> None:
         guard = ConnectionGuard()
-        runner = await serve(p, "127.0.0.1", 0, guard)
+        runner = await serve(p, "127.0.0.1", 0, server_tls, guard)
         writers: list[asyncio.StreamWriter] = []
         try:
-            url = f"http://127.0.0.1:{port_of(runner)}"
+            url = f"https://127.0.0.1:{port_of(runner)}"
             for _ in range(SLOW_CLIENTS):
+                # TCP only: the TLS handshake never comes (a ClientHello's first bytes at most).
                 _, w = await asyncio.open_connection("127.0.0.1", port_of(runner))
-                w.write(b"POST /v1/prune HTTP/1.1\r\nHost: phylactery\r\nAuthorization: Bear")
+                w.write(b"\x16\x03\x01\x02")
                 writers.append(w)
             deadline = time.monotonic() + 30
             while guard.evicted + len(guard.open) < SLOW_CLIENTS:  # the server took them all in
@@ -70,13 +75,13 @@ def test_2000_slow_clients_leave_healthz_and_a_prune_within_1s(tmp_path: Path) -
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
 
                 async def healthz() -> tuple[int, object]:
-                    async with http.get(url + "/healthz") as r:
+                    async with http.get(url + "/healthz", ssl=client_tls) as r:
                         return r.status, await r.json()
 
                 async def prune() -> tuple[int, object]:
                     body = {"name": "control1", "address": "10.0.0.22", "boot_id": "boot-control1"}
                     headers = {"Authorization": f"Bearer {token}"}
-                    async with http.post(url + "/v1/prune", json=body, headers=headers) as r:
+                    async with http.post(url + "/v1/prune", json=body, headers=headers, ssl=client_tls) as r:
                         return r.status, await r.json()
 
                 h_s, h_status, h_body = await timed(healthz)
@@ -99,32 +104,45 @@ def test_2000_slow_clients_leave_healthz_and_a_prune_within_1s(tmp_path: Path) -
     asyncio.run(main())
 
 
-def test_a_request_head_or_body_that_does_not_arrive_in_time_is_cut_off(tmp_path: Path) -> None:
+async def closed(r: asyncio.StreamReader) -> bool:
+    """Whether the server closed the connection without an answer (over TLS an abort may
+    also show as a reset or an unfinished TLS close)."""
+    try:
+        return await asyncio.wait_for(r.read(), 5) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+
+
+def test_a_handshake_head_or_body_that_does_not_arrive_in_time_is_cut_off(tmp_path: Path) -> None:
     p = phylactery(tmp_path)
+    server_tls, client_tls = loopback_tls(p, tmp_path / "tls")
 
     async def main() -> None:
         guard = ConnectionGuard(head_timeout_s=0.3)
-        runner = await serve(p, "127.0.0.1", 0, guard, body_timeout_s=0.3)
+        runner = await serve(p, "127.0.0.1", 0, server_tls, guard, body_timeout_s=0.3)
         try:
             port = port_of(runner)
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", port)  # no handshake at all
+            assert await closed(r), "closed at the head deadline, handshake included"
+            assert guard.timed_out + guard.handshakes_failed == 1
+            w.close()
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
             w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
-            assert await asyncio.wait_for(r.read(), 5) == b"", "closed without an answer"
-            assert guard.timed_out == 1
+            assert await closed(r), "closed without an answer"
             w.close()
             token = p.store.read_token()
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
             head = f"POST /v1/prune HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n"
             w.write(head.encode() + b'{"name": ')  # the head in time, the body never
-            answer = await asyncio.wait_for(r.read(), 5)
+            answer = await asyncio.wait_for(r.readuntil(b"within 0.3s"), 5)
             assert answer.startswith(b"HTTP/1.1 408 ") and b"body not received within 0.3s" in answer
             w.close()
             # A kept-alive connection that answered must send its next head in time too.
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
             w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             first = await asyncio.wait_for(r.readuntil(b'"node": "control0"}'), 5)
             assert first.startswith(b"HTTP/1.1 200 ")
-            assert await asyncio.wait_for(r.read(), 5) == b"", "idle after its answer: closed"
+            assert await closed(r), "idle after its answer: closed"
             w.close()
         finally:
             await runner.cleanup()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from core.drivers import k3s
 from core.etcd import kubeadm_client_context
 from lab import pki
 from phylactery.prune import PruneError, PruneRefused, prune_node, stale_members
@@ -97,6 +98,7 @@ def run_prune(cluster: EtcdCluster, admin: Path, name: str, address: str):  # ty
             etcd_endpoint=cluster.members[0].client_url,
             etcd_context=kubeadm_client_context(cluster.pki_dir),
             kinds=("node", "etcd_member"),
+            member_node=lambda member: member,  # kubeadm's: members are named as their node
         )
     )
 
@@ -154,8 +156,8 @@ def test_address_match_is_not_a_substring_match() -> None:
         EtcdMember(2, "b", ("https://10.0.0.21:2380",), ()),
         EtcdMember(3, "c", ("https://10.0.0.22:2380",), ()),
     ]
-    assert [m.name for m in stale_members(ms, "x", "10.0.0.2", keep_id=None)] == ["a"]
-    assert stale_members(ms, "a", "10.0.0.2", keep_id=1) == []
+    assert [m.name for m in stale_members(ms, "x", "10.0.0.2", None, str)] == ["a"]
+    assert stale_members(ms, "a", "10.0.0.2", 1, str) == []
 
 
 def test_k3s_prune_deletes_the_node_password_secrets_of_the_node_only(etcd_cluster: EtcdCluster, api: Path) -> None:
@@ -171,10 +173,63 @@ def test_k3s_prune_deletes_the_node_password_secrets_of_the_node_only(etcd_clust
             kubeconfig=api,
             etcd_endpoint=etcd_cluster.members[0].client_url,
             etcd_context=kubeadm_client_context(etcd_cluster.pki_dir),
-            kinds=("node", "k3s_etcd_member", "node_password"),
+            kinds=("node", "etcd_member", "node_password"),
+            member_node=k3s.member_node,
         )
     )
     assert result.deleted_secrets == ["kube-system/node1.node-password.k3s"]
     assert [m["name"] for m in result.removed_etcd_members] == ["node1"]  # by its peer address
     left = sorted(s.metadata.name for s in core.list_namespaced_secret("kube-system").items)
     assert left == ["node0.node-password.k3s", "node2.node-password.k3s"]
+
+
+def add_node(core: client.CoreV1Api, name: str, address: str, boot_id: str, ready: bool) -> None:
+    """A Node as its kubelet reports it: InternalIP, nodeInfo.bootID and the Ready condition."""
+    status = {
+        "addresses": [{"type": "InternalIP", "address": address}],
+        "nodeInfo": {"bootID": boot_id, "machineID": name, "systemUUID": name, "kernelVersion": "", "osImage": "",
+                     "containerRuntimeVersion": "", "kubeletVersion": "", "kubeProxyVersion": "",
+                     "operatingSystem": "linux", "architecture": "amd64"},
+        "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown"}],
+    }  # fmt: skip
+    core.create_node({"metadata": {"name": name}, "status": status})
+    core.create_namespaced_secret("kube-system", {"metadata": {"name": f"{name}.node-password.k3s"}, "data": {}})
+
+
+def test_a_workers_credential_prunes_only_its_own_previous_incarnation(etcd_cluster: EtcdCluster, api: Path) -> None:
+    """Issue 20, through the real client and API: the worker credential (its request from
+    10.0.0.41) removes worker0's Node of an earlier boot and its node-password Secret; naming
+    worker1, by name or at worker1's address, with worker1's copied boot id, is forbidden and
+    removes nothing; a Node of its current boot stays."""
+    from phylactery.prune import PruneForbidden, Requester
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(api)))
+    add_node(core, "worker0", "10.0.0.41", "boot-before-the-reboot", ready=True)
+    add_node(core, "worker1", "10.0.0.42", "boot-worker1", ready=True)
+
+    def prune(name: str, boot: str, address: str = "10.0.0.41"):  # type: ignore[no-untyped-def]
+        return asyncio.run(
+            prune_node(
+                name=name,
+                address=address,
+                self_name="node0",
+                kubeconfig=api,
+                etcd_endpoint=etcd_cluster.members[0].client_url,
+                etcd_context=kubeadm_client_context(etcd_cluster.pki_dir),
+                kinds=("node", "etcd_member", "node_password"),
+                member_node=k3s.member_node,
+                requester=Requester(credential="worker", address="10.0.0.41", boot_id=boot),
+            )
+        )
+
+    with pytest.raises(PruneForbidden, match=r"Node worker1's InternalIP is 10\.0\.0\.42"):
+        prune("worker1", "boot-worker1")
+    kept = prune("ghost", "x", address="10.0.0.41")
+    assert kept.deleted_nodes == [] and kept.deleted_secrets == [] and kept.kept_nodes[0]["name"] == "worker0"
+    result = prune("worker0", "boot-after-the-reboot")
+    assert result.deleted_nodes == ["worker0"] and result.deleted_secrets == ["kube-system/worker0.node-password.k3s"]
+    assert result.removed_etcd_members == [], "a worker's credential removes no other node's member"
+    assert "worker1" in node_names(api) and len(members(etcd_cluster)) == 3
+    add_node(core, "worker0", "10.0.0.41", "boot-after-the-reboot", ready=True)  # it rejoined
+    again = prune("worker0", "boot-after-the-reboot")
+    assert again.deleted_nodes == [] and [k["name"] for k in again.kept_nodes] == ["worker0"]

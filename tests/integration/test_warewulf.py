@@ -146,7 +146,7 @@ def test_rendered_node_yaml_is_the_inventory(tmp_path: Path, distribution: str) 
             node.role,
         )
         assert cfg.cluster == "ek8s" and cfg.vip == inv.vip and cfg.share.path == Path("/share")
-        assert cfg.kubernetes.version == "v1.32.1" and cfg.kubernetes.extra_sans == ["10.0.0.13"]
+        assert cfg.kubernetes.version == "v1.36.4" and cfg.kubernetes.extra_sans == ["10.0.0.13"]
         assert cfg.kubernetes.distribution == distribution
         assert cfg.kubernetes.manifests == ([inv.cni_manifest] if inv.cni_manifest else [])
         assert cfg.service_manager == "systemd"

@@ -14,7 +14,7 @@ from lab import netns, runners
 from lab.cluster import Lab, LabError
 from tests.conftest import keep_logs_if_failed
 from tests.integration.conftest import require_root_and_tools
-from tests.lab.kit import lab_cgroups, lab_processes
+from tests.lab.kit import gone, lab_cgroups, lab_processes
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -62,7 +62,9 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
     finally:
         keep_journals_if_failed(request, the_lab, tmp_path)
         keep_logs_if_failed(request, the_lab.dir, tmp_path)
+        procs = the_lab.processes(the_lab.load()) if the_lab.state_path.exists() else []
         the_lab.down()
+        assert gone(procs) == []
         assert netns.existing(prefix) == []
         assert lab_processes(the_lab.dir) == []
         assert lab_cgroups(prefix) == []

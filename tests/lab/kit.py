@@ -23,7 +23,7 @@ import yaml
 
 from lab import machines, netns, runners
 from lab.cluster import Lab, LabState
-from lab.emulation import Emulation
+from lab.emulation import Emulation, etcd_tool
 from lab.image import ImageError, ensure_image
 
 CONTROL = ["control0", "control1", "control2"]
@@ -119,8 +119,8 @@ def distribution(state: LabState, node: str) -> str:
 
 
 def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``etcdctl`` (v3 API) against ``via``'s member, from its namespace, with the client
-    pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
+    """The lab's ``etcdctl`` 3.5 (gRPC, v3 API) against ``via``'s member, from its namespace,
+    with the client pair its distribution made (kubeadm: ``/etc/kubernetes/pki/etcd/healthcheck-client``;
     k3s: ``/var/lib/rancher/k3s/server/tls/etcd/client``), read where the host sees the
     node's root (:meth:`lab.runners.NodeRunner.host_path`). Raises
     :class:`lab.runners.RunnerError` when ``via`` is a machine that is not running."""
@@ -134,7 +134,7 @@ def etcdctl(state: LabState, via: str, *args: str) -> subprocess.CompletedProces
         ca, cert, key = pki / "ca.crt", pki / "healthcheck-client.crt", pki / "healthcheck-client.key"
     return subprocess.run(
         [
-            "ip", "netns", "exec", node.ns, "etcdctl", f"--endpoints=https://{node.address}:2379",
+            "ip", "netns", "exec", node.ns, etcd_tool("etcdctl"), f"--endpoints=https://{node.address}:2379",
             f"--cacert={ca}", f"--cert={cert}", f"--key={key}", "--command-timeout=3s", *args,
         ],
         capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
@@ -151,11 +151,48 @@ def members(state: LabState, via: str) -> dict[str, int] | None:
     return {K3S_MEMBER.sub("", m.get("name", "")): int(m["ID"]) for m in json.loads(res.stdout)["members"]}
 
 
+def share_dir(state: LabState) -> Path:
+    """The lab cluster's directory on the share (the Warewulf server's view of it)."""
+    return Path(state.share) / "default"
+
+
+def phylactery_curl(state: LabState, via: str, url: str, *args: str, credential: str | None = "control") -> Any:
+    """``curl`` from ``via``'s namespace to a Phylactery ``url`` (HTTPS, verified with the
+    share's Phylactery CA) with ``credential``'s bearer token (``control``, ``worker`` or None),
+    printing the body then the HTTP status on a line of its own (``-w``)."""
+    share = share_dir(state)
+    auth: list[str] = []
+    if credential is not None:
+        path = share / ("phylactery.token" if credential == "control" else "nodes/phylactery-worker.token")
+        auth = ["-H", f"Authorization: Bearer {path.read_text().strip()}"]
+    return in_ns(
+        state, via, "curl", "-s", "-m", "10", "--cacert", str(share / "phylactery-ca.crt"),
+        "-w", "\n%{http_code}", *auth, *args, url,
+    )  # fmt: skip
+
+
+def phylactery_call(
+    state: LabState,
+    via: str,
+    node: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    credential: str | None = "control",
+) -> tuple[int, Any]:
+    """(HTTP status, JSON answer) of ``path`` on ``node``'s Phylactery from ``via``'s namespace
+    (POST with ``body``, else GET); status 0 when curl got no answer."""
+    url = f"https://{state.node(node).address}:9999{path}"
+    extra = ["-X", "POST", "-d", json.dumps(body)] if body is not None else []
+    res = phylactery_curl(state, via, url, *extra, credential=credential)
+    text, _, code = res.stdout.rpartition("\n")
+    return int(code or 0), json.loads(text) if text.strip() else None
+
+
 def phylactery_status(state: LabState, node: str, via: str = "worker0") -> dict[str, Any]:
-    """``GET /v1/status`` of ``node``'s Phylactery, from ``via``'s namespace."""
-    res = in_ns(state, via, "curl", "-sf", "-m", "5", f"http://{state.node(node).address}:9999/v1/status")
-    assert res.returncode == 0, res.stderr
-    return dict(json.loads(res.stdout))
+    """``GET /v1/status`` of ``node``'s Phylactery (the control credential), from ``via``'s namespace."""
+    code, doc = phylactery_call(state, via, node, "/v1/status")
+    assert code == 200, (code, doc)
+    return dict(doc)
 
 
 def etcd_member_names(lab: Lab, state: LabState, via: str) -> list[str]:
@@ -173,6 +210,25 @@ def lab_processes(lab_dir: Path) -> list[str]:
         cmd = " ".join(p.info["cmdline"] or [])
         if str(lab_dir) in cmd:
             out.append(f"{p.info['pid']}: {cmd[:120]}")
+    return out
+
+
+def gone(procs: list[psutil.Process]) -> list[str]:
+    """Which of ``procs`` (what :meth:`lab.cluster.Lab.processes` found before ``down``) still
+    exist, zombies included (psutil counts a zombie as running), as ``"<pid> <status>"``;
+    this test process first reaps those that are its own children (agents a test booted),
+    which no ``down`` in another process can."""
+    import contextlib
+    import os
+
+    for p in procs:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p.pid, os.WNOHANG)
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running():
+                out.append(f"{p.pid} {p.status()}")
     return out
 
 

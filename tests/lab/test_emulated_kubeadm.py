@@ -16,8 +16,14 @@ on a node:
   etcd (the kubelet) as a one-member cluster with its data, removed again it restarts once
   more, still with the data;
 * (c) ``kubeadm reset`` on a node whose member is gone only warns ("Failed to remove etcd
-  member ... please manually remove this etcd member using etcdctl") and wipes
-  /var/lib/etcd.
+  member ... please manually remove this etcd member using etcdctl") and empties
+  /var/lib/etcd;
+* (f) ``kubeadm reset --skip-phases remove-etcd-member`` leaves /var/lib/etcd as it was (only
+  that phase empties it), and the next ``kubeadm init`` there fails preflight with
+  ``[ERROR DirAvailable--var-lib-etcd]``, in 1.32's words (the errors inside the error).
+
+The lab runs kubeadm 1.32 here (``--kubernetes-version``): the phase that adds the member is
+``control-plane-join/etcd`` (1.33+: ``etcd-join``, tests/lab/test_versions.py).
 """
 
 from __future__ import annotations
@@ -113,7 +119,7 @@ def product_steps_aside(state: LabState) -> None:
 
 @pytest.mark.lab
 def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab: Lab) -> None:
-    state = lab.create(3, 0, Emulation())
+    state = lab.create(3, 0, Emulation(kubernetes_version="v1.32.1"))
     lab.start_all(state)
     lab.wait_ready(state, 180, since=state.t0)
     lab.wait_whole(state, 60)
@@ -181,7 +187,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
     assert "[reset] Deleted contents of the etcd data directory: /var/lib/etcd" in res.stdout
     assert "Failed to remove etcd member" not in res.stderr
     assert members(state, lead) == {k: v for k, v in before.items() if k != gone}
-    assert ProcessServices(root).pid("etcd") is None and not (root / "var/lib/etcd").exists()
+    assert ProcessServices(root).pid("etcd") is None and not any((root / "var/lib/etcd").iterdir())
 
     # (e): `cut` crashes; `lead` holds 1 of 2 members, no quorum. Re-form etcd from it the way
     # an operator does with kubeadm: --force-new-cluster into its manifest, then out again.
@@ -223,5 +229,27 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
         "member using etcdctl"
     ) in res.stderr, res.stderr
     assert "[reset] Deleted contents of the etcd data directory: /var/lib/etcd" in res.stdout
-    assert not (root / "var/lib/etcd").exists() and not (root / "etc/kubernetes").exists()
+    assert not any((root / "var/lib/etcd").iterdir()) and not any((root / "etc/kubernetes/manifests").iterdir())
+    for gone_file in ("admin.conf", "super-admin.conf", "kubelet.conf"):
+        assert not (root / "etc/kubernetes" / gone_file).exists(), gone_file
     assert members(state, lead) == {lead: before[lead]}
+
+    # (f): the survivor resets without remove-etcd-member (as the driver does for a new
+    # generation): its data stays, and init there fails preflight as kubeadm 1.32 words it.
+    res = kubeadm(lab, state, lead, "reset", "-f", "--skip-phases", "remove-etcd-member")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Deleted contents of the etcd data directory" not in res.stdout
+    assert (root_lead / "var/lib/etcd/member").is_dir(), "only remove-etcd-member empties the data directory"
+    assert ProcessServices(root_lead).pid("etcd") is None and not (root_lead / "etc/kubernetes/kubelet.conf").exists()
+    from core.config import load_config
+    from core.drivers.kubeadm import render_init_config
+
+    (root_lead / "run").mkdir(parents=True, exist_ok=True)
+    init_doc = render_init_config(load_config(state.node(lead).config), "abcdef.0123456789abcdef", "0" * 64)
+    (root_lead / "run/init.yaml").write_text(init_doc)
+    res = kubeadm(lab, state, lead, "init", "--config", "/run/init.yaml", "--upload-certs")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "error execution phase preflight: [preflight] Some fatal errors occurred:\n" in res.stderr, res.stderr
+    assert "\t[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty\n" in res.stderr, res.stderr
+    assert not res.stderr.startswith("error: "), "kubeadm 1.32 prints no 'error: ' prefix"
+    assert not (root_lead / "etc/kubernetes/pki/ca.crt").exists(), "preflight refused before the certs phase"

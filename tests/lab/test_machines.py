@@ -141,10 +141,13 @@ def test_agent_unit_tells_systemd_its_state_metrics_parse_and_a_frozen_agent_is_
     assert phylactery["Type"] == "notify" and phylactery["StatusText"].startswith("generation 1, 1 members"), phylactery
 
     control0 = state.node("control0")
+    ca = str(the_lab.store().phylactery_ca_path("control"))  # Phylactery: HTTPS, verified
     for port, sample in ((9100, 'ek8s_agent_phase{phase="watch"}'), (9999, "ek8s_phylactery_generation")):
-        url = f"http://{control0.address}:{port}/metrics"
+        url = f"{'https' if port == 9999 else 'http'}://{control0.address}:{port}/metrics"
         got = subprocess.run(
-            ["ip", "netns", "exec", control0.ns, "curl", "-sf", "-m", "5", url], capture_output=True, text=True
+            ["ip", "netns", "exec", control0.ns, "curl", "-sf", "--cacert", ca, "-m", "5", url],
+            capture_output=True,
+            text=True,
         )
         assert got.returncode == 0, f"{url}: {got.stderr}"
         assert samples(got.stdout).get(sample) == 1, f"{url}: {sample} is not 1"

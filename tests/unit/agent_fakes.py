@@ -17,6 +17,7 @@ from typing import Any
 from core.config import NodeConfig, parse_config
 from core.drivers import Credentials, DriverError, InitResult, SnapshotTaken
 from core.etcd import LocalView
+from core.services import ServiceError
 from core.share import JoinMaterial, ShareStore
 from leader.agent import Agent
 
@@ -62,6 +63,7 @@ class FakeDriver:
     restores_snapshots = True
     restore_needs_secret = False
     etcd_endpoint = "https://127.0.0.1:2379"
+    kubelet_service = "kubelet"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -95,7 +97,9 @@ class FakeDriver:
         self._cmd("join")
         self.joined = True
 
-    def renew_join_material(self, material: JoinMaterial) -> tuple[JoinMaterial, list[str]]:
+    def renew_join_material(
+        self, material: JoinMaterial, parts: tuple[str, ...] = ("token", "certificate_key")
+    ) -> tuple[JoinMaterial, list[str]]:
         return material, []
 
     def reset(self, whole_cluster: bool = False) -> None:
@@ -136,14 +140,25 @@ class FakeProbes:
         self.node: bool | None = None
         self.phylactery = True
         self.posts: list[tuple[str, str, dict[str, Any]]] = []
+        self.tokens: list[str] = []  # the credential each post carried
         self.etcd: LocalView | None = None
         self.answers: dict[str, tuple[int, Any]] = {}
+        # node_found's answer; None: as api and node_ready say (while the API answers, a Node
+        # whose Ready is known exists).
+        self.found: bool | None = None
+        self.found_calls = 0
 
     def api_ready(self, ca_pem: bytes) -> bool:
         return self.api and bool(ca_pem)
 
     def node_ready(self) -> bool | None:
         return self.node
+
+    def node_found(self) -> bool | None:
+        self.found_calls += 1
+        if self.found is not None:
+            return self.found
+        return None if not self.api or self.node is None else True
 
     def phylactery_healthy(self, url: str) -> bool:
         return self.phylactery
@@ -153,6 +168,7 @@ class FakeProbes:
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         self.posts.append((url, path, body))
+        self.tokens.append(token)
         if path in self.answers:
             return self.answers[path]
         return 200, {"refreshed": []} if path == "/v1/join-material" else {}
@@ -162,6 +178,8 @@ class FakeServices:
     def __init__(self) -> None:
         self.running: set[str] = set()
         self.started: list[str] = []
+        self.restarted: list[str] = []
+        self.fail_restart: set[str] = set()
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.started.append(name)
@@ -171,6 +189,12 @@ class FakeServices:
 
     def stop(self, name: str, timeout_s: float = 5.0) -> None:
         self.running.discard(name)
+
+    def restart(self, name: str) -> None:
+        if name in self.fail_restart:
+            raise ServiceError(f"{name}: no recorded command to restart it with")
+        self.restarted.append(name)
+        self.running.add(name)
 
     def is_running(self, name: str) -> bool:
         return name in self.running
@@ -263,6 +287,7 @@ def ready_generation(share: Path, leader: str = "control0") -> ShareStore:
     """A generation made ready by ``leader`` through the store's own verbs."""
     store = ShareStore(share, "default", leader)
     store.ensure()
+    store.ensure_credentials()  # what the leader's Phylactery makes at its start
     from leader.election import rule_for
 
     state, action, _ = store.attempt_leadership("10.0.0.21", f"boot-{leader}", rule_for("control", leader, "b", 30))

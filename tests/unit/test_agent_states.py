@@ -241,11 +241,11 @@ def test_a_first_join_of_a_restored_generation_prunes(tmp_path: Path) -> None:
     store.publish_join_material(fence, material(fence.generation, fence.epoch))
     store.mark_ready(fence)
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0b", 2))
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0b", 2))
     h.probes.api = True
     h.cycle()
     # Its Node, restored from the snapshot, reads Ready for 40 s: kubeadm join would refuse it.
-    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
+    assert h.cycle() == "asking the control nodes to prune my stale state"
 
 
 def test_control_plane_joins_one_at_a_time(tmp_path: Path) -> None:
@@ -321,27 +321,26 @@ def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> 
     before = Harness(tmp_path, "worker0", role="worker")
     before.store.heartbeat("old-boot", "worker", "watch", 1)  # this node was part of generation 1
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
     h.probes.api = True
     h.driver.fail.add("join")
     h.cycle()
-    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
+    assert h.cycle() == "asking the control nodes to prune my stale state"
     h.finish_jobs()
     assert h.cycle() == "running kubeadm join as worker (attempt 1/3)"
     h.finish_jobs()
     failed = "join attempt 1/3 failed: kubeadm join exited 1: emulated join failure; resetting, retrying in 2s"
     assert h.cycle() == failed
     asked = {path: body for _, path, body in h.probes.posts}
-    assert asked == {
-        "/v1/join-material": {},
-        "/v1/prune": {"name": "worker0", "address": "10.0.0.41", "boot_id": "boot-worker0"},
-    }
+    # A worker asks for its prune only: its credential cannot ask for join material.
+    assert asked == {"/v1/prune": {"name": "worker0", "address": "10.0.0.41", "boot_id": "boot-worker0"}}
+    assert h.probes.tokens == [h.store.read_credential("worker")], "with the worker credential"
     assert h.events("pruned") and h.events("join_failed")
     h.finish_jobs()
     h.clock.advance(2)
     assert h.cycle() == "reset done; join again"
     h.driver.fail.clear()
-    assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
+    assert h.cycle() == "asking the control nodes to prune my stale state"
     h.finish_jobs()
     assert h.cycle() == "running kubeadm join as worker (attempt 2/3)"
     assert [p[1] for p in h.probes.posts].count("/v1/prune") == 2, "every retry prunes again"
@@ -499,13 +498,13 @@ def test_phylactery_that_never_serves_fails_the_init(tmp_path: Path) -> None:
 def test_join_that_keeps_failing_gives_up(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
     h.probes.api = True
     h.driver.fail.add("join")
     h.cycle()
     for attempt in (1, 2, 3):
         if attempt > 1:  # a retry prunes first
-            assert h.cycle().startswith("asking the other control nodes to prune")
+            assert h.cycle().startswith("asking the control nodes to prune")
             h.finish_jobs()
         assert h.cycle() == f"running kubeadm join as worker (attempt {attempt}/3)"
         h.finish_jobs()
@@ -672,7 +671,7 @@ def test_a_refused_prune_stops_the_join(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     ShareStore(tmp_path / "share", "default", "worker0").heartbeat("old-boot", "worker", "watch", 1)
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
     h.probes.api = True
     h.probes.answers["/v1/prune"] = (409, {"error": "worker0 is alive in another boot"})
     h.cycle()
@@ -702,7 +701,7 @@ def test_member_removed_behind_the_nodes_back_resets_and_rejoins_pruned(tmp_path
     h.finish_jobs()
     h.clock.advance(1)
     assert h.cycle() == "reset done; join again"
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "http://10.0.0.21:9999", "boot-control0", 1))
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
     assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
 
 

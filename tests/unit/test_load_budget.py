@@ -22,17 +22,24 @@ TICK_S = 1.0  # the heartbeat thread's tick (min(1 s, heartbeat_interval_s))
 
 
 class CountingProbes:
-    """Counts the API probes behind the VIP of a harness's fake probes."""
+    """Counts the API probes behind the VIP of a harness's fake probes: ``/readyz``, and a
+    worker's Node check, whose kubelet kubeconfig points at the VIP."""
 
     def __init__(self, h: Harness) -> None:
         self.calls = 0
         inner = h.probes.api_ready
+        inner_found = h.probes.node_found
 
         def counted(ca_pem: bytes) -> bool:
             self.calls += 1
             return inner(ca_pem)
 
+        def counted_found() -> bool | None:
+            self.calls += 1
+            return inner_found()
+
         h.probes.api_ready = counted  # type: ignore[method-assign]
+        h.probes.node_found = counted_found  # type: ignore[method-assign]
 
 
 def run_for(h: Harness, seconds: float) -> float:

@@ -38,7 +38,7 @@ def scrape(tmp_path: Path, agent_text: bytes = b"") -> tuple[int, str, str]:
         if agent_text:
             p.cfg.metrics_textfile.parent.mkdir(parents=True)
             p.cfg.metrics_textfile.write_bytes(agent_text)
-        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+        async with TestClient(TestServer(make_app(p))) as client:
             resp = await client.get("/metrics")  # no token: read-only, like /healthz
             return resp.status, resp.headers["Content-Type"], await resp.text()
 
@@ -83,7 +83,7 @@ def test_phylactery_says_how_many_members_and_how_often_it_snapshots(tmp_path: P
     async def _run() -> str:
         p = make_phylactery(tmp_path)
         p.controllers.reconcile.last_result = {"members": ["control0", "control1", "control2"]}
-        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+        async with TestClient(TestServer(make_app(p))) as client:
             return await (await client.get("/metrics")).text()
 
     got = samples(asyncio.run(_run()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from core.config import NODE_NAME_RE
 from core.records import BOOT_ID_RE
 from phylactery import render
 from phylactery.app import serve
-from tests.unit.test_phylactery_http import make_phylactery
+from tests.unit.test_phylactery_http import loopback_tls, make_phylactery
 
 FORGED = '10.0.0.23\n    }\n    notify_master "/bin/sh -c id"\n    unicast_peer {\n        10.0.0.23'
 
@@ -45,17 +46,23 @@ def keepalived_args() -> dict[str, Any]:
     }
 
 
+Server = tuple[str, str, ssl.SSLContext]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """Phylactery's app on loopback, served from a thread: (base URL, bearer token)."""
-    p = make_phylactery(tmp_path_factory.mktemp("fuzz"))
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Phylactery's app on loopback over TLS, served from a thread: (base URL, the control
+    credential, a client context that verifies the server with the share's Phylactery CA)."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    p = make_phylactery(tmp)
+    server_tls, client_tls = loopback_tls(p, tmp / "tls")
     loop = asyncio.new_event_loop()
-    runner = loop.run_until_complete(serve(p, "127.0.0.1", 0))
+    runner = loop.run_until_complete(serve(p, "127.0.0.1", 0, server_tls))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     [site] = runner.sites
     try:
-        yield f"http://127.0.0.1:{site.bound_port}", p.store.read_token()  # type: ignore[attr-defined]
+        yield f"https://127.0.0.1:{site.bound_port}", p.store.read_token(), client_tls  # type: ignore[attr-defined]
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -63,8 +70,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
         loop.close()
 
 
-def post(server: tuple[str, str], path: str, body: bytes) -> tuple[int, Any]:
-    url, token = server
+def post(server: Server, path: str, body: bytes) -> tuple[int, Any]:
+    url, token, tls = server
     req = urllib.request.Request(
         url + path,
         data=body,
@@ -72,7 +79,7 @@ def post(server: tuple[str, str], path: str, body: bytes) -> tuple[int, Any]:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=tls) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -115,7 +122,7 @@ BODIES = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES)
-def test_every_generated_prune_body_gets_a_json_4xx_never_a_500(server: tuple[str, str], body: bytes) -> None:
+def test_every_generated_prune_body_gets_a_json_4xx_never_a_500(server: Server, body: bytes) -> None:
     status, answer = post(server, "/v1/prune", body)
     try:
         parsed: Any = json.loads(body)
@@ -131,13 +138,13 @@ def test_every_generated_prune_body_gets_a_json_4xx_never_a_500(server: tuple[st
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES, path=st.sampled_from(["/v1/refresh", "/v1/join-material"]))
-def test_other_posts_ignore_their_body(server: tuple[str, str], body: bytes, path: str) -> None:
+def test_other_posts_ignore_their_body(server: Server, body: bytes, path: str) -> None:
     status, _ = post(server, path, body)
     assert status == (202 if path == "/v1/refresh" else 409)
 
 
 @pytest.mark.parametrize("name", ["../cluster.json", "control1/../../x", "a\nb", "x" * 64, "Control1"])
-def test_a_name_that_is_no_node_is_refused_before_any_path(server: tuple[str, str], name: str) -> None:
+def test_a_name_that_is_no_node_is_refused_before_any_path(server: Server, name: str) -> None:
     status, answer = post(
         server, "/v1/prune", json.dumps({"name": name, "address": "10.0.0.22", "boot_id": "b"}).encode()
     )
@@ -174,7 +181,7 @@ def test_a_forged_member_record_is_refused_and_reported_by_the_registry_reader(t
     record = {
         "name": "control2",
         "address": FORGED,
-        "phylactery_url": "http://10.0.0.23:9999",
+        "phylactery_url": "https://10.0.0.23:9999",
         "boot_id": "b",
         "generation": 1,
         "registered_at": 0.0,

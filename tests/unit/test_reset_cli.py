@@ -56,6 +56,19 @@ def on_a_terminal(args: list[str], answer: str, env: dict[str, str]) -> tuple[in
             proc.wait()
 
 
+def inventory(tmp_path: Path, cluster: str = "default") -> Path:
+    """An inventory of ``cluster``: control[0-2] and worker[0-1] (warewulf_conf/inventory.yaml's)."""
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        f"cluster: {cluster}\n"
+        "nodes:\n"
+        "  - {name: 'control[0-2]', role: control, address: 10.0.0.21,"
+        "     mac: ['52:54:00:00:00:21', '52:54:00:00:00:22', '52:54:00:00:00:23']}\n"
+        "  - {name: 'worker[0-1]', role: worker, address: 10.0.0.41, mac: ['52:54:00:00:00:41', '52:54:00:00:00:42']}\n"
+    )
+    return path
+
+
 def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Path) -> None:
     store = ShareStore(tmp_path, "lab", "control0")
     store.ensure()
@@ -66,6 +79,8 @@ def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Pat
     store.mark_ready(fence)
     for node in ("control0", "worker0"):
         ShareStore(tmp_path, "lab", node).heartbeat("b", "control", "watch", 1)
+    (tmp_path / "inv").mkdir()
+    inv = inventory(tmp_path / "inv", "lab")
     res = ek8s(
         "reset",
         "--cluster",
@@ -75,6 +90,8 @@ def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Pat
         "--reboot",
         "--reboot-command",
         "echo rebooting {nodes}",
+        "--inventory",
+        str(inv),
         "--yes",
         env={"SUDO_USER": "alice"},
     )
@@ -84,7 +101,8 @@ def test_reset_starts_a_new_generation_and_runs_the_reboot_command(tmp_path: Pat
     new = store.read_state()
     assert new.generation == 2 and new.leader is None and not new.ready
     assert not (tmp_path / "lab/leader_ready").exists() and not (tmp_path / "lab/kube.config").exists()
-    last = store.events()[-1]
+    assert [e["event"] for e in store.events()][-2:] == ["generation_started", "credentials_rotated"]
+    last = store.events()[-2]
     assert last["event"] == "generation_started" and last["node"] == "alice"
     assert last["message"] == "ek8s reset by alice"
     # What was lost is said before it is lost, on stderr.
@@ -111,8 +129,98 @@ def test_a_failing_reboot_command_exits_1(tmp_path: Path) -> None:
     store = ShareStore(tmp_path, "default", "control0")
     store.ensure()
     store.heartbeat("b", "control", "watch", 0)
-    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--reboot-command", "false {nodes}", "--yes")
+    res = ek8s(
+        "reset", "--share", str(tmp_path), "--reboot", "--reboot-command", "false {nodes}",
+        "--inventory", str(inventory(tmp_path)), "--yes",
+    )  # fmt: skip
     assert res.returncode == 1 and "exited 1" in res.stderr
+
+
+def test_reset_reboots_only_the_clusters_nodes_and_names_the_heartbeats_it_ignored(tmp_path: Path) -> None:
+    """Issue 20: a worker's root could write heartbeats named ``headnode`` or ``storage01``
+    and make the operator reboot them. Only nodes the inventory (or Warewulf's registry) puts
+    in the cluster are rebooted; the others are named on stderr."""
+    share = tmp_path / "share"
+    store = ShareStore(share, "default", "control0")
+    store.ensure()
+    for node in ("control0", "worker1", "headnode", "storage01"):
+        ShareStore(share, "default", node).heartbeat("b", "worker", "watch", 0)
+    res = ek8s(
+        "reset", "--share", str(share), "--reboot", "--reboot-command", "echo rebooting {nodes}",
+        "--inventory", str(inventory(tmp_path)), "--yes",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "rebooting control0,worker1\n" in res.stdout
+    assert "ignored heartbeats of nodes not in the inventory" in res.stderr and "headnode, storage01" in res.stderr
+
+
+def test_reset_reads_the_clusters_nodes_from_warewulfs_registry(tmp_path: Path) -> None:
+    """Without --inventory: ``wwctl node list -j`` (4.6+), nodes whose merged tags name the
+    cluster; a node of another cluster that reported is ignored like any other."""
+    import json
+    import os
+    import stat
+
+    share = tmp_path / "share"
+    ShareStore(share, "default", "control0").ensure()
+    for node in ("control0", "other0"):
+        ShareStore(share, "default", node).heartbeat("b", "control", "watch", 0)
+    nodes = {
+        "control0": {"profiles": ["default-control"], "tags": {}},
+        "other0": {"profiles": ["other-control"], "tags": {}},
+    }
+    profiles = {
+        "default-control": {"tags": {"ek8s_cluster": "default"}},
+        "other-control": {"tags": {"ek8s_cluster": "other"}},
+    }
+    wwctl = tmp_path / "wwctl"
+    wwctl.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        "  'version ') echo 'wwctl version: 4.6.5' ;;\n"
+        f"  'node list') echo '{json.dumps(nodes)}' ;;\n"
+        f"  'profile list') echo '{json.dumps(profiles)}' ;;\n"
+        "esac\n"
+    )
+    wwctl.chmod(wwctl.stat().st_mode | stat.S_IXUSR)
+    res = ek8s("reset", "--share", str(share), "--reboot", "--reboot-command", "echo rebooting {nodes}",
+               "--wwctl", str(wwctl), "--yes", env=dict(os.environ))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "rebooting control0\n" in res.stdout and "other0" in res.stderr
+
+
+def test_reset_refuses_to_reboot_what_it_cannot_tell_apart_and_writes_nothing(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    store = ShareStore(share, "default", "control0")
+    store.ensure()
+    store.heartbeat("b", "control", "watch", 0)
+    res = ek8s("reset", "--share", str(share), "--reboot", "--wwctl", str(tmp_path / "no-wwctl"))
+    assert res.returncode == 1 and "cannot read Warewulf's node registry" in res.stderr and "nothing done" in res.stderr
+    res = ek8s("reset", "--share", str(share), "--reboot", "--inventory", str(inventory(tmp_path, "other")))
+    assert res.returncode == 1 and "the inventory is cluster 'other', not 'default'" in res.stderr
+    assert store.read_state().generation == 0
+
+
+def test_reset_and_credentials_rotate_replace_phylacterys_credentials(tmp_path: Path) -> None:
+    from core.credentials import CONTROL, WORKER
+
+    store = ShareStore(tmp_path, "default", "control0")
+    store.ensure()
+    store.ensure_credentials()
+    before = (store.read_credential(CONTROL), store.read_credential(WORKER))
+    res = ek8s("reset", "--share", str(tmp_path), "--yes")
+    assert res.returncode == 0 and "control and worker credentials rotated" in res.stdout, res.stderr
+    after = (store.read_credential(CONTROL), store.read_credential(WORKER))
+    assert set(before).isdisjoint(after)
+    assert [s.previous for s in (store.read_credentials(CONTROL), store.read_credentials(WORKER))] == list(before)
+    refused = ek8s("credentials", "rotate", "--share", str(tmp_path))  # no terminal here
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr
+    assert (store.read_credential(CONTROL), store.read_credential(WORKER)) == after
+    res = ek8s("credentials", "rotate", "--share", str(tmp_path), "--yes", "--grace", "0")
+    assert res.returncode == 0 and "the old ones are refused now" in res.stdout
+    assert store.read_credentials(CONTROL).previous is None
+    assert after[0] not in res.stdout + res.stderr, "values are never printed"
+    assert [e["event"] for e in store.events()][-2:] == ["credentials_rotated", "credentials_rotated"]
 
 
 def test_kubeconfig_check_and_print(tmp_path: Path) -> None:
@@ -179,7 +287,7 @@ def ready_share(tmp_path: Path) -> ShareStore:
     "args",
     [
         ["reset"],
-        ["reset", "--reboot", "--reboot-command", "echo {nodes}"],
+        ["reset", "--reboot", "--reboot-command", "echo {nodes}", "--inventory", "INVENTORY"],
         ["bench", "--runs", "1", "--reboot-command", "echo {nodes}"],
     ],
 )
@@ -187,6 +295,7 @@ def test_without_a_terminal_a_destructive_command_refuses_unless_yes(tmp_path: P
     store = ready_share(tmp_path)
     before = (tmp_path / "ek8s/cluster.json").read_bytes(), len(store.events())
     out = ["--out", str(tmp_path / "out")] if args[0] == "bench" else []
+    args = [str(inventory(tmp_path, "ek8s")) if a == "INVENTORY" else a for a in args]
     res = ek8s(*args, *out, "--share", str(tmp_path))
     assert res.returncode == 2 and "add --yes" in res.stderr, res.stderr
     # It said what would be lost: the generation, the nodes, the snapshots.
@@ -223,6 +332,6 @@ def test_the_invoking_user_is_sudos_caller_else_the_login(monkeypatch: pytest.Mo
 def test_reboot_without_any_node_writes_nothing(tmp_path: Path) -> None:
     store = ShareStore(tmp_path, "default", "operator")
     store.ensure()
-    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--yes")
+    res = ek8s("reset", "--share", str(tmp_path), "--reboot", "--inventory", str(inventory(tmp_path)), "--yes")
     assert res.returncode == 1 and "nothing to reboot" in res.stderr
     assert store.read_state().generation == 0 and store.events() == []

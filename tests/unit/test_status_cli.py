@@ -13,8 +13,10 @@ members named as k3s names them (``<node>-<8 hex>``, the node beside).
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,10 +78,27 @@ class FakeApi:
             def log_message(self, *_: Any) -> None:
                 pass
 
+        self.handler = Handler
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+        self.tls_server: ThreadingHTTPServer | None = None
+
+    def serve_phylactery(self, store: ShareStore) -> str:
+        """The same answers over HTTPS with a server certificate of ``store``'s Phylactery CA
+        for 127.0.0.1 (what ``ek8s status`` verifies); returns its URL."""
+        from core.tls import issue_server_certificate, server_context
+
+        cert, key = issue_server_certificate(store.read_phylactery_ca_pair(), "control0", "127.0.0.1")
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "tls.crt").write_bytes(cert)
+            (Path(d) / "tls.key").write_bytes(key)
+            ctx: ssl.SSLContext = server_context(f"{d}/tls.crt", f"{d}/tls.key")
+        self.tls_server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
+        self.tls_server.socket = ctx.wrap_socket(self.tls_server.socket, server_side=True)
+        threading.Thread(target=self.tls_server.serve_forever, daemon=True).start()
+        return f"https://127.0.0.1:{self.tls_server.server_address[1]}"
 
     def phylactery(self) -> dict[str, Any]:
         """A Phylactery ``GET /v1/status`` (the parts ``ek8s status`` reads)."""
@@ -91,8 +110,10 @@ class FakeApi:
         }
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         self.thread.join(5)
 
 
@@ -107,6 +128,8 @@ def formed(share: Path, api: FakeApi, cluster: str = "ek8s") -> ShareStore:
     """A ready generation 1 of 3 + 2 nodes in watch, a snapshot, the kubeconfig for ``api``."""
     store = ShareStore(share, cluster, "control0")
     store.ensure()
+    store.ensure_credentials()
+    phylactery_url = api.serve_phylactery(store)
     state, _, _ = store.attempt_leadership("10.0.0.21", "b-control0", rule_for("control", "control0", "b-control0", 30))
     fence = state.claim()
     assert fence is not None
@@ -124,7 +147,7 @@ def formed(share: Path, api: FakeApi, cluster: str = "ek8s") -> ShareStore:
         ShareStore(share, cluster, name).heartbeat(f"b-{name}", "control" if name in CONTROL else "worker", "watch", 1)
     for name in CONTROL:
         # Every Phylactery is the loopback stand-in: a member record's URL must name its address.
-        store.register_member(MemberRecord(name, "127.0.0.1", api.url, f"b-{name}", 1))
+        store.register_member(MemberRecord(name, "127.0.0.1", phylactery_url, f"b-{name}", 1))
         ShareStore(share, cluster, name).record_incarnation(f"b-{name}", 1)
     store.save_snapshot(1, b"etcd snapshot", keep=2)
     return store

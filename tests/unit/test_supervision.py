@@ -78,7 +78,7 @@ def test_cancelling_a_supervised_task_is_not_a_failure() -> None:
     assert sup.failures() == {"reconcile": 0} and sup.down() == {}
 
 
-@pytest.mark.parametrize("loop", ["reconcile", "notify_peers", "snapshot", "reaper"])
+@pytest.mark.parametrize("loop", ["reconcile", "notify_peers", "snapshot", "reaper", "join_material"])
 def test_each_phylactery_loop_is_started_again_and_healthz_fails_meanwhile(tmp_path: Path, loop: str) -> None:
     async def run() -> None:
         p = make_phylactery(tmp_path)
@@ -87,12 +87,13 @@ def test_each_phylactery_loop_is_started_again_and_healthz_fails_meanwhile(tmp_p
         controller = {
             name: c
             for name, c in zip(
-                ["reconcile", "notify_peers", "snapshot", "reaper"],
+                ["reconcile", "notify_peers", "snapshot", "reaper", "join_material"],
                 [
                     p.controllers.reconcile,
                     p.controllers.notify,
                     p.controllers.snapshot,
                     p.controllers.reaper,
+                    p.controllers.join_material,
                 ],
                 strict=True,
             )
@@ -109,7 +110,7 @@ def test_each_phylactery_loop_is_started_again_and_healthz_fails_meanwhile(tmp_p
 
         controller.run = flaky  # type: ignore[method-assign]
         p.supervisor.sleep = held
-        async with TestClient(TestServer(make_app(p, p.store.read_token()))) as client:
+        async with TestClient(TestServer(make_app(p))) as client:
             assert (await client.get("/healthz")).status == 200
             p.start_loops()
             while loop not in p.supervisor.down():

@@ -23,7 +23,7 @@ wwctl profile set ek8s-control \
     --tagadd ek8s_vip_port=8443 \
     --tagadd ek8s_vrid=51 \
     --tagadd ek8s_distribution=k3s \
-    --tagadd ek8s_k8s_version=v1.32.1 \
+    --tagadd ek8s_k8s_version=v1.36.4 \
     --tagadd ek8s_pod_subnet=10.249.0.0/16 \
     --tagadd ek8s_service_subnet=10.96.0.0/12 \
     --tagadd ek8s_on_cluster_lost=reinit \
