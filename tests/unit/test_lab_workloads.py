@@ -160,3 +160,83 @@ def test_the_probes_longest_gap_is_between_two_successful_reads(tmp_path: Any) -
     assert summary(path) == {"tries": 7, "failed": 3, "longest_gap_s": 1.5, "gap_started_at": 10.1}
     assert summary(path, since=11.65)["longest_gap_s"] == 0.1, "the window ends in a failure: counted to its end"
     assert summary(path, since=20)["tries"] == 0
+
+
+def test_the_api_servers_pods_are_scheduled_at_create_and_replaced_after_a_delete() -> None:
+    """lab/apiserver.py's own Pod create and delete call the stand-in scheduler and the
+    ReplicaSet's replacement, and a node's Node create is held to NodeRestriction's label rule;
+    the API server's storage in memory here (etcd in the lab tier)."""
+    from lab.apiserver import ApiServer, User
+
+    class MemoryApiServer(ApiServer):
+        def __init__(self) -> None:  # no etcd, no CA: the storage methods below stand in
+            self.conf, self.version, self.minor, self.server_address = {}, "v1.32.3", 32, None
+            self.data: dict[str, tuple[bytes, int]] = {}
+            self.revision = 1
+            self.workloads = Workloads(self)
+            self.who = "system:admin"
+
+        async def user(self, request: web.Request) -> User:
+            return User(self.who, {"system:masters"} if self.who == "system:admin" else {"system:nodes"})
+
+        async def _range(self, prefix: str) -> tuple[list[tuple[str, bytes, int]], int]:
+            rows = [(k, v, r) for k, (v, r) in sorted(self.data.items()) if k.startswith(prefix)]
+            return rows, self.revision
+
+        async def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+            return [(k, v) for k, v, _ in (await self._range(prefix))[0]]
+
+        async def put(self, key: str, value: bytes) -> None:
+            self.revision += 1
+            self.data[key] = (value, self.revision)
+
+        async def delete(self, key: str) -> int:
+            return 1 if self.data.pop(key, None) is not None else 0
+
+        async def load(self, key: str) -> dict[str, Any] | None:
+            found = self.data.get(key)
+            return self._decode(*found) if found else None
+
+        async def create(self, key: str, obj: dict[str, Any]) -> int | None:
+            if key in self.data:
+                return None
+            await self.put(key, self._encode(obj))
+            return self.revision
+
+        async def update(self, key: str, obj: dict[str, Any], expect: int | None) -> int | None:
+            await self.put(key, self._encode(obj))
+            return self.revision
+
+    server = MemoryApiServer()
+
+    async def steps() -> list[Any]:
+        app = web.Application(middlewares=[server.statuses])
+        server.workloads.routes(app.router)
+        app.router.add_route("*", "/{tail:.*}", server.dispatch)
+        out: list[Any] = []
+        async with TestClient(TestServer(app)) as c:
+            for name in ("worker0", "worker1"):
+                node = {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+                assert (await c.post("/api/v1/nodes", json=node)).status == 201
+            server.who = "system:node:worker2"
+            gpu = {"metadata": {"name": "worker2", "labels": {"node-role.kubernetes.io/gpu": ""}}}
+            resp = await c.post("/api/v1/nodes", json=gpu)
+            out.append((resp.status, (await resp.json())["message"]))
+            server.who = "system:admin"
+            merge = {"Content-Type": "application/strategic-merge-patch+json"}
+            await c.patch("/api/v1/nodes/worker0", json={"spec": {"unschedulable": True}}, headers=merge)
+            created = await (await c.post("/api/v1/namespaces/default/pods", json=web_pod("web-a"))).json()
+            out.append((created["spec"].get("nodeName"), created["status"]["phase"]))
+            await c.delete("/api/v1/namespaces/default/pods/web-a")
+            listed = (await (await c.get("/api/v1/pods")).json())["items"]
+            out.append([(p["metadata"]["name"].startswith("web-"), p["spec"].get("nodeName")) for p in listed])
+        return out
+
+    refused, created, after = asyncio.run(steps())
+    assert refused == (
+        403,
+        'nodes "worker2" is forbidden: node "worker2" is not allowed to set the following labels: '
+        "node-role.kubernetes.io/gpu",
+    )
+    assert created == ("worker1", "Running"), "bound at create to the Node that is not cordoned"
+    assert after == [(True, "worker1")], "the ReplicaSet's Pod replaced after its delete"
