@@ -21,6 +21,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -184,50 +185,55 @@ def bench_vip_soak(minutes: float, burners: int) -> dict[str, Any]:
     holder_changes, holders, probe_failures, probes, longest_gap_s}``."""
     lab, state = fresh_lab()
     procs: list[subprocess.Popen[str]] = []
-    try:
-        before = master_transitions(state)
-        holder = lab.vip_holder(state)
-        seconds = minutes * 60
-        probe = subprocess.Popen(
-            ["ip", "netns", "exec", state.node("worker0").ns, sys.executable, "-c", PROBE, str(seconds)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(probe)
-        procs += [subprocess.Popen([sys.executable, "-c", BURN], text=True) for _ in range(burners)]
-        holders, changes = [holder], 0
-        end = time.time() + seconds
-        while time.time() < end:
-            time.sleep(1.0)
-            now = lab.vip_holder(state)
-            if now != holders[-1]:
-                changes += 1
-                holders.append(now)
-                print(f"soak: VIP holder changed to {now}", flush=True)
-        out, _ = probe.communicate(timeout=60)
-        after = master_transitions(state)
-        samples = [(float(t), ok == "1") for t, ok in (line.split() for line in out.splitlines())]
-        gap, last_ok = 0.0, None
-        for t, ok in samples:
-            if ok:
-                gap = max(gap, t - last_ok) if last_ok is not None else gap
-                last_ok = t
-        result = {
-            "minutes": minutes,
-            "burners": burners,
-            "master_transitions": sum(after[n] - before.get(n, 0) for n in after),
-            "holder_changes": changes,
-            "holders": holders,
-            "probe_failures": sum(1 for _, ok in samples if not ok),
-            "probes": len(samples),
-            "longest_gap_s": round(gap, 3),
-        }
-        print(f"VIP soak: {result}", flush=True)
-        return result
-    finally:
-        for proc in procs:
-            _stop(proc)
-        lab.down()
+    # The probe's lines go to a file: 10 minutes of them overfill a pipe nobody reads until
+    # the end, which stalls the probe (a first run lost its last 203 s so).
+    with tempfile.TemporaryFile(mode="w+") as samples_file:
+        try:
+            before = master_transitions(state)
+            holder = lab.vip_holder(state)
+            seconds = minutes * 60
+            probe = subprocess.Popen(
+                ["ip", "netns", "exec", state.node("worker0").ns, sys.executable, "-c", PROBE, str(seconds)],
+                stdout=samples_file,
+                text=True,
+            )
+            procs.append(probe)
+            procs += [subprocess.Popen([sys.executable, "-c", BURN], text=True) for _ in range(burners)]
+            holders, changes = [holder], 0
+            end = time.time() + seconds
+            while time.time() < end:
+                time.sleep(1.0)
+                now = lab.vip_holder(state)
+                if now != holders[-1]:
+                    changes += 1
+                    holders.append(now)
+                    print(f"soak: VIP holder changed to {now}", flush=True)
+            probe.wait(timeout=60)
+            after = master_transitions(state)
+        finally:
+            for proc in procs:
+                _stop(proc)
+            lab.down()
+        samples_file.seek(0)
+        lines = samples_file.read().splitlines()
+    samples = [(float(t), ok == "1") for t, ok in (line.split() for line in lines)]
+    gap, last_ok = 0.0, None
+    for t, ok in samples:
+        if ok:
+            gap = max(gap, t - last_ok) if last_ok is not None else gap
+            last_ok = t
+    result = {
+        "minutes": minutes,
+        "burners": burners,
+        "master_transitions": sum(after[n] - before.get(n, 0) for n in after),
+        "holder_changes": changes,
+        "holders": holders,
+        "probe_failures": sum(1 for _, ok in samples if not ok),
+        "probes": len(samples),
+        "longest_gap_s": round(gap, 3),
+    }
+    print(f"VIP soak: {result}", flush=True)
+    return result
 
 
 def bench_reload_under_load(changes: int) -> dict[str, Any]:
