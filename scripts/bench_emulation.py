@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -153,6 +154,7 @@ def static_pod_loop_cpu(manifests: int, seconds: float = 20.0) -> float:
         loop.join(5)
         for name in names:
             ProcessServices(root).stop(name, 2)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def status_update_cpu() -> dict[str, float]:
@@ -182,10 +184,11 @@ def status_update_cpu() -> dict[str, float]:
 
     ca = pki.new_ca("kubernetes")
     cert, key = pki.issue(ca, "kube-apiserver", ips=("127.0.0.1",), server=True)
-    pem = Path(tempfile.mkdtemp(prefix="ek8s-emubench-")) / "server.pem"
-    pem.write_bytes(cert + key)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(str(pem))
+    with tempfile.TemporaryDirectory(prefix="ek8s-emubench-") as tmp:
+        pem = Path(tmp) / "server.pem"
+        pem.write_bytes(cert + key)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(str(pem))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
@@ -211,6 +214,7 @@ def status_update_cpu() -> dict[str, float]:
                 way()
             samples[name].append((_cpu() - c0) / 40 * 1000)
     server.shutdown()
+    server.server_close()
     return {k: round(statistics.median(v), 2) for k, v in samples.items()}
 
 
