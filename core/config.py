@@ -163,9 +163,14 @@ class VipSettings(_Strict):
     hostname: str = "vip.kubernetes.local"
     port: int = Field(8443, ge=1, le=65535)
     virtual_router_id: int = Field(51, ge=1, le=255)
-    # VRRPv3 advertisement interval; a backup takes over after 3 intervals plus skew, so 0.5 s
-    # moves the VIP within ~1.8 s (VRRPv2's whole seconds would need 3.6 s).
-    advert_interval_s: float = Field(0.5, ge=0.01, le=40.95)
+    # VRRPv3 advertisement interval (RFC 5798 section 5.2.7: centiseconds, so 0.01-40.95 s).
+    # A backup takes over after Master_Down_Interval = 3 intervals + Skew_Time
+    # ((256 - priority) / 256 intervals; priority 100: 0.61), so 0.1 s moves the VIP 0.36 s
+    # after the holder's last advert (0.5 s: 1.8 s; VRRPv2's whole seconds: 3.6 s). A false
+    # takeover needs the holder's adverts stalled for those 0.36 s: keepalived's VRRP process
+    # runs with real-time scheduling (keepalived.conf vrrp_rt_priority) so CPU load does not
+    # stall it; docs/benchmarks.md section 3 has the soak that counts them.
+    advert_interval_s: float = Field(0.1, ge=0.01, le=40.95)
 
     @field_validator("hostname")
     @classmethod

@@ -34,7 +34,6 @@ from core.versions import KubernetesVersion
 from lab import emulation, pki
 from lab.kubeadm import certs, controlplane, preflight
 from lab.kubeadm.config import check_kubernetes_version
-from lab.kubeadm.etcd import local_etcd, wait_etcd
 from lab.kubeadm.workflow import TIMINGS, KubeadmError, Phase, Runner, say
 from lab.nodekit import Api, Root, ctx_for, wait_local_api
 
@@ -165,6 +164,8 @@ def run_wait_control_plane(d: InitData) -> None:
         f'"{controlplane.MANIFESTS}"'
     )
     controlplane.wait_kubelet_healthy(API_WAIT_S)
+
+    from lab.kubeadm.etcd import local_etcd, wait_etcd  # imports aiohttp: only where used
 
     async def _etcd_up() -> None:
         async with local_etcd(d.r) as c:

@@ -48,7 +48,6 @@ from core.versions import KubernetesVersion
 from lab import emulation, pki
 from lab.kubeadm import certs, controlplane, preflight
 from lab.kubeadm.config import Timeouts
-from lab.kubeadm.etcd import check_etcd, join_etcd
 from lab.kubeadm.workflow import TIMINGS, KubeadmError, Phase, Runner, klog, say
 from lab.nodekit import Api, Root, ctx_for, wait_local_api
 
@@ -222,6 +221,8 @@ def run_prepare_control_plane(d: JoinData) -> None:
 
 def run_check_etcd(d: JoinData) -> None:
     """``check-etcd`` (:func:`lab.kubeadm.etcd.check_etcd`)."""
+    from lab.kubeadm.etcd import check_etcd  # imports aiohttp: a control plane's join only
+
     assert d.api is not None
     check_etcd(d.r, d.api, d.timeouts)
 
@@ -263,6 +264,8 @@ def wait_kubelet(d: JoinData) -> None:
 
 def run_etcd(d: JoinData) -> None:
     """``etcd-join`` or ``control-plane-join/etcd`` (:func:`lab.kubeadm.etcd.join_etcd`)."""
+    from lab.kubeadm.etcd import join_etcd
+
     assert d.api is not None
     try:
         join_etcd(d.r, d.emu, d.api, d.name, d.address, d.timeouts)
