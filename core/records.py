@@ -234,7 +234,9 @@ Role = Literal["control", "worker"]
 
 @dataclass(frozen=True, config=RECORD)
 class RolloutNode:
-    """One node of a rollout: its name, role (``control`` or ``worker``) and state (``old``:
+    """One node of a rollout: its name, role (``control`` or ``worker``), the Warewulf image it
+    comes from and the one it goes to (a per-node override: ``wwctl node set --image``, 4.5
+    ``--container``), and its state (``old``:
     on the old image, untouched; ``moving``: cordoned, drained, switched to the new image and
     rebooting; ``new``: back at the new version; ``failed``: its step failed; ``returning``:
     switched back to the old image; the moves: :data:`core.upgrade.NODE_MOVES`)."""
@@ -242,6 +244,8 @@ class RolloutNode:
     name: NodeName
     role: Role
     state: NodeState
+    old_image: ImageName
+    new_image: ImageName
 
 
 @dataclass(frozen=True, config=RECORD)
@@ -249,8 +253,7 @@ class RolloutRecord:
     """``rollout.json``: the rolling upgrade of the cluster (:mod:`core.upgrade`), written by
     ``ek8s upgrade`` on the Warewulf server after each step so that ``--resume`` and
     ``--rollback`` continue from it and ``ek8s status`` shows it. ``from_version`` and
-    ``to_version`` are ``v1.M.P``; ``old_image``/``new_image`` the Warewulf image (4.6+;
-    container on 4.5) names; ``nodes`` in rollout order (control nodes first);
+    ``to_version`` are ``v1.M.P``; ``nodes`` in rollout order (control nodes first);
     ``cluster_config`` and ``addons`` whether kubeadm's cluster-wide steps are done (the
     ClusterConfiguration's ``kubernetesVersion``; kube-proxy and CoreDNS); ``revision`` grows
     by one with every write (a writer that read an older one lost a race); times are Unix
@@ -261,8 +264,6 @@ class RolloutRecord:
     distribution: Literal["kubeadm", "k3s"]
     from_version: KubernetesRelease
     to_version: KubernetesRelease
-    old_image: ImageName
-    new_image: ImageName
     max_unavailable: Annotated[int, Field(ge=1)]
     phase: RolloutPhase
     nodes: list[RolloutNode]

@@ -181,31 +181,35 @@ def new_rollout(
     current: Mapping[str, str],
     roles: Mapping[str, str],
     target: str,
-    old_image: str,
-    new_image: str,
+    images: Mapping[str, tuple[str, str]],
     max_unavailable: int,
     now: float,
 ) -> RolloutRecord:
     """A rollout from ``current`` (node -> version) to ``target``: :func:`check_path` first
     (raises :class:`PathRefused`), every node ``old``, phase ``rolling``. ``roles`` is node ->
-    ``control``/``worker`` and must name every node of ``current``. Raises ``ValueError`` for
-    ``max_unavailable`` below 1 or a node without a role."""
+    ``control``/``worker`` and must name every node of ``current``; ``images`` is role ->
+    ``(old image, new image)``. Raises ``ValueError`` for ``max_unavailable`` below 1, a node
+    without a role or a role without images."""
     if max_unavailable < 1:
         raise ValueError("--max-unavailable must be at least 1")
     missing = sorted(set(current) - set(roles))
     if missing:
         raise ValueError(f"no role known for {', '.join(missing)}")
+    lacking = sorted({roles[n] for n in current} - set(images))
+    if lacking:
+        raise ValueError(f"no image given for the {', '.join(lacking)} nodes")
     frm, to = check_path(current, target)
     return RolloutRecord(
         cluster=cluster,
         distribution=distribution,
         from_version=str(frm),
         to_version=str(to),
-        old_image=old_image,
-        new_image=new_image,
         max_unavailable=max_unavailable,
         phase=ROLLING,
-        nodes=[RolloutNode(name=n, role=r, state=OLD) for n, r in order({k: roles[k] for k in current})],
+        nodes=[
+            RolloutNode(name=n, role=r, state=OLD, old_image=images[r][0], new_image=images[r][1])
+            for n, r in order({k: roles[k] for k in current})
+        ],
         started_at=now,
         updated_at=now,
     )

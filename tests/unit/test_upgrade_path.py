@@ -29,8 +29,7 @@ def rollout(distribution: str = "kubeadm", max_unavailable: int = 1) -> RolloutR
         cluster_at("v1.35.2"),
         ROLES,
         "v1.36.4",
-        "ek8s-node-v1.35.2",
-        "ek8s-node-v1.36.4",
+        {"control": ("ek8s-control", "ek8s-control-v1.36.4"), "worker": ("ek8s-base", "ek8s-base-v1.36.4")},
         max_unavailable,
         now=100.0,
     )
@@ -189,8 +188,8 @@ def test_rollout_json_round_trips_and_a_wrong_shape_names_its_field() -> None:
     with pytest.raises(InvalidRecord, match=r"nodes\.1\.state"):
         parse(RolloutRecord, json.dumps(bad), "rollout.json")
     bad = json.loads(raw)
-    bad["new_image"] = "x;rm -rf /"
-    with pytest.raises(InvalidRecord, match="new_image"):
+    bad["nodes"][2]["new_image"] = "x;rm -rf /"
+    with pytest.raises(InvalidRecord, match=r"nodes\.2\.new_image"):
         parse(RolloutRecord, json.dumps(bad), "rollout.json")
 
 
