@@ -24,15 +24,17 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from core import versions
+from core import noderoles, versions
 
 # RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -98,12 +100,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A node's labels, taints and extra roles (core.noderoles): a mapping or list as written by
+# hand, or one space-separated string as Warewulf's tags carry them (node.yaml.ww).
+Labels = Annotated[dict[str, str], BeforeValidator(noderoles.parse_labels)]
+Taints = Annotated[
+    tuple[noderoles.Taint, ...],
+    BeforeValidator(noderoles.parse_taints),
+    PlainSerializer(lambda ts: [str(t) for t in ts]),
+]
+Roles = Annotated[tuple[str, ...], BeforeValidator(noderoles.parse_roles)]
+
+
 class NodeFacts(_Strict):
-    """This node as Warewulf knows it."""
+    """This node as Warewulf knows it. ``labels``, ``taints`` and ``roles`` are the inventory's
+    for this node (tags ``ek8s_labels``, ``ek8s_taints``, ``ek8s_roles``; core/noderoles.py):
+    given to the kubelet at join, as far as a kubelet may set them."""
 
     name: str
     address: IPv4
     interface: str = "eth0"
+    labels: Labels = Field(default_factory=dict)
+    taints: Taints = ()
+    roles: Roles = ()
+
+    @property
+    def scheduling(self) -> noderoles.NodeRoles:
+        """``labels``, ``taints`` and ``roles`` as one :class:`core.noderoles.NodeRoles`."""
+        return noderoles.NodeRoles(self.labels, self.taints, self.roles)
 
     @field_validator("name")
     @classmethod

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
+from core import noderoles
 from core.config import NODE_NAME_RE
 from core.versions import parse as parse_version
 
@@ -294,6 +295,77 @@ class RolloutRecord:
         if "worker" in roles and "control" in roles[roles.index("worker") :]:
             raise ValueError("a worker comes before a control node (control nodes first)")
         return v
+
+
+@dataclass(frozen=True, config=RECORD)
+class InventoryNode:
+    """One node of a published inventory: its ``role`` (``control`` or ``worker``), its
+    ``address`` and what the inventory wants on its Node: ``labels`` (key -> value),
+    ``taints`` (``key[=value]:Effect``) and extra ``roles`` (core/noderoles.py formats)."""
+
+    role: str
+    address: IPAddress
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    taints: list[str] = dataclasses.field(default_factory=list)
+    roles: list[str] = dataclasses.field(default_factory=list)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        if v not in ("control", "worker"):
+            raise ValueError("must be control or worker")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return noderoles.parse_labels(v)
+
+    @field_validator("taints")
+    @classmethod
+    def _taints(cls, v: list[str]) -> list[str]:
+        return [str(t) for t in noderoles.parse_taints(v)]
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        return list(noderoles.parse_roles(v))
+
+    @property
+    def scheduling(self) -> noderoles.NodeRoles:
+        """``labels``, ``taints`` and ``roles`` as a :class:`core.noderoles.NodeRoles`."""
+        return noderoles.NodeRoles(self.labels, noderoles.parse_taints(self.taints), tuple(self.roles))
+
+
+@dataclass(frozen=True, config=RECORD)
+class PublishedInventory:
+    """``inventory.json``: the cluster's nodes as the operator's inventory names them,
+    published by ``ek8s warewulf apply`` (or ``ek8s warewulf roles``) on the Warewulf server.
+    Phylactery reads it to put each Node's labels, taints and roles in line, and refuses to
+    prune for a join a node it does not list (a node.yaml of another cluster)."""
+
+    cluster: NodeName
+    nodes: dict[NodeName, InventoryNode]
+    published_by: str
+    published_at: float
+
+    def refusal(self, name: str, address: str, role: str | None = None) -> str | None:
+        """Why node ``name`` at ``address`` (in ``role``, when given) is not one of this
+        cluster's nodes, or None when the inventory lists it so: a node.yaml of another
+        cluster, or a machine given another's name, is stopped before it joins."""
+        listed = self.nodes.get(name)
+        if listed is None:
+            where = "does not list it"
+        elif listed.address != address:
+            where = f"lists it at {listed.address}"
+        elif role is not None and listed.role != role:
+            where = f"lists it as a {listed.role} node"
+        else:
+            return None
+        return (
+            f"{name} ({address}) is not a node of cluster {self.cluster}: the inventory published by "
+            f"{self.published_by} {where} (a node.yaml of another cluster?)"
+        )
 
 
 @dataclass(frozen=True, config=RECORD)

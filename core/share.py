@@ -49,6 +49,7 @@ from core.records import (
     LeaderRecord,
     MemberRecord,
     PreviousCredential,
+    PublishedInventory,
     ReformClaim,
     RolloutRecord,
     SlotHolder,
@@ -70,6 +71,7 @@ __all__ = [
     "JoinMaterial",
     "LeaderRecord",
     "MemberRecord",
+    "PublishedInventory",
 ]
 
 log = get_logger(__name__, "share")
@@ -904,6 +906,45 @@ class ShareStore:
             out = replace(rollout, revision=rev)
             self._atomic(self._rollout_path, json.dumps(asdict(out), indent=1) + "\n")
             return out
+
+    def forget_node(self, name: str) -> list[str]:
+        """Forget a node taken out of service for good (``ek8s node remove``): its heartbeat,
+        incarnation and member record, its worker join slot and the control-plane join slot
+        if it holds it (per-node credentials, once the share holds any, belong here too).
+        Returns the records removed (paths relative to the cluster directory); a replacement
+        with the same name then starts from nothing here. Raises ``ValueError`` when ``name``
+        is not a node name."""
+        node_name(name)
+        removed = []
+        for rel in (f"heartbeats/{name}", f"incarnations/{name}.json", f"members/{name}.json"):
+            path = self.dir / rel
+            if self._exists(path):
+                self._unlink(path)
+                removed.append(rel)
+        with self._locked():
+            slots = self.dir / "worker_join_slots.json"
+            held = self._record_or_none(WorkerJoinSlots, slots)
+            if held is not None and name in held.holders:
+                rest = {n: h for n, h in held.holders.items() if n != name}
+                self._atomic(slots, json.dumps(asdict(WorkerJoinSlots(holders=rest))))
+                removed.append("worker_join_slots.json")
+            slot = self._record_or_none(JoinSlot, self.dir / "join_slot.json")
+            if slot is not None and slot.holder is not None and slot.holder.node == name:
+                self._atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
+                removed.append("join_slot.json")
+        return removed
+
+    # -- the published inventory (labels, taints, roles; the cluster's node list) --------
+    def publish_inventory(self, inventory: PublishedInventory) -> None:
+        """Write ``inventory.json`` (0600, atomic), making the cluster directory if the
+        cluster never booted yet. Written by the operator's commands on the Warewulf server."""
+        ensure_dir(self.dir)
+        self._atomic(self.dir / "inventory.json", json.dumps(asdict(inventory), indent=1) + "\n")
+
+    def read_inventory(self) -> PublishedInventory | None:
+        """``inventory.json``, or None when none was published (or it has a wrong shape:
+        reported as ``invalid_record``)."""
+        return self._record_or_none(PublishedInventory, self.dir / "inventory.json")
 
     # -- etcd snapshots ---------------------------------------------------------------
     def save_snapshot(self, generation: int, data: bytes, keep: int, secret: str | None = None) -> Path:

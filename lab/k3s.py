@@ -342,6 +342,10 @@ class Node:
         argv = [self.emu.python, "-m", "lab.kubelet", "--kubeconfig", str(kubeconfig), "--node-name", self.name]
         argv += ["--node-ip", self.address, "--interval", str(self.emu.kubelet_interval_s)]
         argv += ["--pki-dir", str(self.p("agent/pki")), "--node-root", str(self.r.root)]
+        # k3s hands node-label and node-taint to its kubelet (registration only).
+        labels, taints = self.cfg.get("node-label") or [], self.cfg.get("node-taint") or []
+        argv += ["--node-labels", ",".join(labels)] if labels else []
+        argv += ["--register-with-taints", ",".join(taints)] if taints else []
         self.spawn("kubelet", [*argv, "--control-plane"] if control else argv)
 
     # -- server pieces ----------------------------------------------------------------------

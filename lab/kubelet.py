@@ -39,6 +39,10 @@ stays true; kubernetes#71398, #115761): every status update then fails with the 
 found``, five tries a round (``nodeStatusUpdateRetry``), then ``Unable to update node status``
 ``update node status exceeds retry count``, until the kubelet restarts (a restart registers
 it). ``--version`` is the kubelet's version (its ``kubeletVersion`` and the behaviour above).
+It registers the Node with the labels of ``--node-labels`` and the taints of
+``--register-with-taints`` (both only at registration, as the real kubelet:
+``kubelet_node_status.go`` ``initialNode``), and refuses to start, as the real one does, with a
+``kubernetes.io``/``k8s.io`` label a kubelet may not set.
 
 Ports as the kubelet's: ``/healthz`` on 127.0.0.1:10248 (``healthzPort``, what kubeadm's
 kubelet-check polls) and a listener on 10250 (the kubelet's API, whose port kubeadm's preflight
@@ -69,7 +73,7 @@ from typing import Any
 import psutil
 import yaml
 
-from core import versions
+from core import noderoles, versions
 from core.bootid import boot_id
 from core.services import ProcessServices
 
@@ -313,12 +317,12 @@ def serve_ports(healthz_port: int = HEALTHZ_PORT, port: int = KUBELET_PORT) -> N
 
 def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop: threading.Event) -> None:
     """Register the Node and post its status until ``stop`` is set (see the module)."""
-    labels = {"kubernetes.io/hostname": args.node_name, "kubernetes.io/os": "linux"}
+    labels = {**args.labels, "kubernetes.io/hostname": args.node_name, "kubernetes.io/os": "linux"}
     if args.control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
     node = {
         "metadata": {"name": args.node_name, "labels": labels},
-        "spec": {},
+        "spec": {"taints": [t.to_api() for t in args.taints]} if args.taints else {},
         "status": {"addresses": [{"type": "InternalIP", "address": args.node_ip}]},
     }
     node_info = {
@@ -385,6 +389,23 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
         stop.wait(args.interval)
 
 
+def node_flags(labels_flag: str, taints_flag: str) -> tuple[dict[str, str], tuple[noderoles.Taint, ...]]:
+    """``--node-labels`` and ``--register-with-taints`` (comma-separated) as the kubelet reads
+    them, with its check (``cmd/kubelet/app/options/options.go`` ``ValidateKubeletFlags``): a
+    label in the ``kubernetes.io`` or ``k8s.io`` namespace that a kubelet may not set on its
+    own Node (:func:`core.noderoles.kubelet_may_set`) stops the kubelet. Raises
+    ``ValueError`` with the kubelet's message."""
+    labels = noderoles.parse_labels([i for i in labels_flag.split(",") if i])
+    unknown = sorted(k for k in labels if not noderoles.kubelet_may_set(k))
+    if unknown:
+        raise ValueError(
+            f"unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: {unknown}\n"
+            "--node-labels in the 'kubernetes.io' namespace must begin with an allowed prefix "
+            "(kubelet.kubernetes.io, node.kubernetes.io) or be in the specifically allowed set"
+        )
+    return labels, noderoles.parse_taints([i for i in taints_flag.split(",") if i])
+
+
 def _version(text: str) -> str:
     try:
         return str(versions.parse(text))
@@ -416,10 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pod-manifest-path", type=Path, default=None)
     p.add_argument("--node-root", type=Path, default=Path("/"))
     p.add_argument("--check-interval", type=float, default=0.1)
+    p.add_argument("--node-labels", default="", help="k=v,... set at registration")
+    p.add_argument("--register-with-taints", default="", help="k=v:Effect,... set at registration")
     p.add_argument("--version", default=versions.DEFAULT_KUBERNETES_VERSION, type=_version)
     p.add_argument("--healthz-port", type=int, default=HEALTHZ_PORT)
     p.add_argument("--port", type=int, default=KUBELET_PORT)
     args = p.parse_args(argv)
+    try:
+        args.labels, args.taints = node_flags(args.node_labels, args.register_with_taints)
+    except ValueError as err:
+        log(f"failed to validate kubelet flags: {err}")
+        return 1
     stop = threading.Event()
     pods_thread: threading.Thread | None = None
 

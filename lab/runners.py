@@ -45,6 +45,7 @@ class Lab(Protocol):
 
     dir: Path
     prefix: str
+    node_overrides: dict[str, dict[str, Any]]  # node.yaml fields of one node, merged last
 
     @property
     def share(self) -> Path: ...
@@ -252,9 +253,11 @@ class MachineRunner:
                 wwrender.render_overlay(renderer, fixture, "4.6", node.name, built / name / "rootfs", layer)
             (layer / "etc/hostname").write_text(node.name + "\n")
             node_yaml = layer / "etc/ek8s/node.yaml"
-            if overrides:
+            mine = lab.node_overrides.get(node.name, {})
+            if overrides or mine:
                 cfg = yaml.safe_load(node_yaml.read_text())
                 merge(cfg, overrides)
+                merge(cfg, mine)
                 node_yaml.write_text(
                     "# rendered by Warewulf's templates, then `ek8s lab up --set` merged in\n"
                     + yaml.safe_dump(cfg, sort_keys=False)

@@ -18,6 +18,11 @@ VIP = f"{NETWORK}.99"
 VIP_NAME = "vip.kubernetes.local"
 MANAGER = f"{NETWORK}.13"
 CLUSTER = "default"
+# A second cluster beside it (ek8s lab up --second-cluster): its own name, VIP and VRRP id.
+SECOND_CLUSTER = "b"
+SECOND_VIP = f"{NETWORK}.20"
+SECOND_VIP_NAME = "vip-b.kubernetes.local"
+SECOND_VRID = 52
 # Seconds one answer of the prober may take: the API call (5 s timeout, retried by the client)
 # beside the 5 s Phylactery calls.
 PROBE_TIMEOUT_S = 60.0

@@ -73,6 +73,11 @@ class PruneFailed(Exception):
     another incarnation of the node is alive); the join does not go ahead."""
 
 
+class NotInInventory(Exception):
+    """The cluster's published inventory does not list this node (name, address, role): its
+    node.yaml names a cluster it does not belong to; the join does not go ahead."""
+
+
 class Probes(Protocol):
     """What the agent asks over the network (bounded in time, never raising for "no")."""
 
@@ -659,7 +664,7 @@ class Agent:
         elif job is not None:
             error = job.error()
             if error is not None:
-                if isinstance(error, (DriverError, OSError, ShareError)):
+                if isinstance(error, (DriverError, OSError, ShareError, NotInInventory)):
                     return self._join_failed(str(error))  # the reset gives the slot back
                 raise error
             if self.cfg.is_control:
@@ -757,7 +762,15 @@ class Agent:
         )
 
     def _run_join(self) -> None:
-        """The join job: leftovers of an earlier attempt reset, then the driver's join."""
+        """The join job: leftovers of an earlier attempt reset, then the driver's join. Refused
+        (:class:`NotInInventory`) first when the cluster's published inventory does not list
+        this node with its address and role: a node.yaml of another cluster never joins this
+        one (docs/operations.md, "Several clusters on one Warewulf server")."""
+        inventory = self.store.read_inventory()
+        if inventory is not None and inventory.cluster == self.cfg.cluster:
+            why = inventory.refusal(self.cfg.node.name, self.cfg.node.address, self.cfg.role)
+            if why is not None:
+                raise NotInInventory(f"refusing to join: {why}")
         if self.driver.is_joined():
             self.driver.reset()
         self.driver.join(self.store.read_join_material())

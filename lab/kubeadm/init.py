@@ -153,7 +153,8 @@ def run_control_plane(d: InitData) -> None:
 
 def run_kubelet_start(d: InitData) -> None:
     """``kubelet-start``: the emulated kubelet, which starts the static pods."""
-    controlplane.start_kubelet(d.r, d.emu, d.name, d.address, True, d.version)
+    flags = controlplane.kubelet_flags(d.ic.get("nodeRegistration") or {}, control_plane=True)
+    controlplane.start_kubelet(d.r, d.emu, d.name, d.address, True, d.version, extra=flags)
 
 
 def run_wait_control_plane(d: InitData) -> None:

@@ -247,7 +247,8 @@ def run_kubelet_start(d: JoinData) -> None:
         pki.kubeconfig(server, d.ca_pem, kubelet, f"system:node:{d.name}", d.cluster_name),
     )
     node_ip = next(a["value"] for a in d.jc["nodeRegistration"].get("kubeletExtraArgs", []) if a["name"] == "node-ip")
-    controlplane.start_kubelet(d.r, d.emu, d.name, node_ip, d.control is not None, d.version)
+    flags = controlplane.kubelet_flags(d.jc["nodeRegistration"], control_plane=d.control is not None)
+    controlplane.start_kubelet(d.r, d.emu, d.name, node_ip, d.control is not None, d.version, extra=flags)
     if d.control is None or not versions.kubeadm_kubelet_local_mode(d.version):
         wait_kubelet(d)
 

@@ -296,6 +296,26 @@ def test_a_failed_worker_join_gives_its_slot_back(tmp_path: Path) -> None:
     assert other.cycle() == "running kubeadm join as worker (attempt 1/3)"
 
 
+def test_a_node_the_published_inventory_does_not_list_never_joins(tmp_path: Path) -> None:
+    """A node.yaml of another cluster (or a machine given another's name) is refused before
+    kubeadm runs: the join fails, is retried, and gives up; nothing joined."""
+    from core.records import InventoryNode, PublishedInventory
+
+    store = ready_generation(tmp_path / "share")
+    listed = {"worker1": InventoryNode(role="worker", address="10.0.0.42")}
+    store.publish_inventory(PublishedInventory("default", listed, "alice", 1.0))
+    h = Harness(tmp_path, "worker0", role="worker", timeouts__join_attempts=1)
+    h.probes.api = True
+    h.cycle()
+    assert h.cycle() == "running kubeadm join as worker (attempt 1/1)"
+    h.finish_jobs()
+    assert h.cycle() == (
+        "giving up: join failed 1 times: refusing to join: worker0 (10.0.0.41) is not a node of cluster default: "
+        "the inventory published by alice does not list it (a node.yaml of another cluster?)"
+    )
+    assert "join" not in h.driver.calls, "kubeadm join never ran"
+
+
 def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     before = Harness(tmp_path, "worker0", role="worker")
