@@ -293,7 +293,7 @@ class Driver:
                     self.nodes(list(step.nodes), forward=step.action == "move")
                 else:
                     self.cluster_step(step.action)
-            except (UpgradeError, maintenance.MaintenanceError) as err:
+            except (UpgradeError, maintenance.MaintenanceError, upgrade.RolloutError) as err:
                 self.save(upgrade.move_phase(self.record, STOPPED, self.now(), str(err)))
                 self.say(f"stopped: {err}")
                 break
@@ -351,6 +351,10 @@ class Driver:
         try:
             for n in batch:
                 image = by_name[n].new_image if forward else by_name[n].old_image
+                generation = self.store.read_state().generation
+                self.store.record_event(
+                    "node_reimage", generation, f"{n} to image {image} ({version})", target=n, image=image
+                )
                 argvs = maintenance.command_argvs(self.commands.image.replace("{image}", image), [n])
                 maintenance.run_commands(argvs, self.commands.timeout_s, self.say)
             maintenance.run_commands(
