@@ -104,7 +104,12 @@ def test_a_skipped_minor_is_refused_by_ek8s_and_by_kubeadm_itself(up: Upgrade) -
     assert lab_cmd(up.dir, PREFIX, "reboot", "--no-wait", "worker1").returncode == 0
     log = Path(up.state.node("worker1").log)
     wanted = f"control plane version >= 1.35.0. Current version: {FROM}"
-    wait_for(lambda: wanted in log.read_text(errors="replace"), 60, 1.0, "kubeadm v1.36 refuses the v1.34 cluster")
+
+    def refused() -> bool:
+        events = [e for e in up.store.events() if e["node"] == "worker1" and e["event"] == "join_failed"]
+        return any(wanted in e.get("message", "") for e in events) or wanted in log.read_text(errors="replace")
+
+    wait_for(refused, 90, 1.0, "kubeadm v1.36 refuses the v1.34 cluster at join")
     assert lab_cmd(up.dir, PREFIX, "image", "worker1", "ek8s-base").returncode == 0
     res = lab_cmd(up.dir, PREFIX, "reboot", "worker1", "--timeout", "120")
     assert res.returncode == 0, res.stderr
