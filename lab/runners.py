@@ -149,6 +149,30 @@ def alive(pid: int) -> bool:
 _alive = alive
 
 
+def boot_image(lab_dir: Path, state: LabState, node: LabNode) -> Path | None:
+    """What booting ``node``'s image means in process mode (:mod:`lab.nodeimage`): the
+    emulation settings file its tools read (``<lab>/emulation.json``, or for a node given an
+    image its own ``emulation-<node>.json`` with the image's ``kubernetes_version``), with its
+    node.yaml's ``kubernetes.version`` set to the same version. None, and a line in the node's
+    log, when the lab has no such image: the node does not boot."""
+    lab_version = str(state.emulation.get("kubernetes_version", DEFAULT_KUBERNETES_VERSION))
+    version = image_version(node.image, lab_version)
+    if version is None:
+        with open(node.log, "a") as log:
+            log.write(f"[lab] {node.name}: PXE boot failed: Warewulf has no image {node.image!r}; nothing runs\n")
+        return None
+    emulation_file = lab_dir / "emulation.json"
+    if node.image:
+        emulation_file = lab_dir / f"emulation-{node.name}.json"
+        emulation_file.write_text(json.dumps({**state.emulation, "kubernetes_version": version}, indent=1) + "\n")
+    cfg_path = Path(node.config)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    if cfg.get("kubernetes", {}).get("version") != version:
+        cfg.setdefault("kubernetes", {})["version"] = version
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return emulation_file
+
+
 class ProcessRunner:
     """Nodes as namespaces whose agent the lab starts (``service_manager: process``)."""
 
@@ -176,22 +200,10 @@ class ProcessRunner:
         does not have boots nothing (``node.pid`` stays 0; its log says why)."""
         shutil.rmtree(node.root, ignore_errors=True)
         ensure_dir(Path(node.root), 0o755)
-        lab_version = str(state.emulation.get("kubernetes_version", DEFAULT_KUBERNETES_VERSION))
-        version = image_version(node.image, lab_version)
-        if version is None:
-            with open(node.log, "a") as log:
-                log.write(f"[lab] {node.name}: PXE boot failed: Warewulf has no image {node.image!r}; nothing runs\n")
+        emulation_file = boot_image(lab.dir, state, node)
+        if emulation_file is None:
             node.pid = 0
             return
-        emulation_file = lab.dir / "emulation.json"
-        if node.image:
-            emulation_file = lab.dir / f"emulation-{node.name}.json"
-            emulation_file.write_text(json.dumps({**state.emulation, "kubernetes_version": version}, indent=1) + "\n")
-        cfg_path = Path(node.config)
-        cfg = yaml.safe_load(cfg_path.read_text())
-        if cfg.get("kubernetes", {}).get("version") != version:
-            cfg.setdefault("kubernetes", {})["version"] = version
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         tools = str(Path(str(state.emulation.get("etcdutl") or emulation_etcd_tool("etcdutl"))).parent)
         path = f"{tools}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         with open(node.log, "ab") as log:

@@ -6,6 +6,8 @@ kubeadm-config and nothing else of it (kubeadm's kubeadm:nodes-kubeadm-config Ro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.versions import parse
@@ -52,3 +54,26 @@ def test_bootstrap_tokens_and_nodes_may_get_kubeadm_config_only() -> None:
         assert allowed(user, "get", cm, "kube-system", "kubeadm-config", "")
         assert not allowed(user, "update", cm, "kube-system", "kubeadm-config", "")
         assert not allowed(user, "get", cm, "kube-system", "kube-proxy", "")
+
+
+def test_a_boot_runs_the_version_of_the_nodes_image(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from lab.runners import boot_image
+    from lab.state import LabNode, LabState
+
+    cfg = tmp_path / "worker0.yaml"
+    cfg.write_text(yaml.safe_dump({"kubernetes": {"version": "v1.34.2"}}))
+    node = LabNode("worker0", "worker", "10.0.0.41", "ns", str(tmp_path / "root"), str(cfg), str(tmp_path / "w.log"))
+    state = LabState("p", str(tmp_path), str(tmp_path / "share"), emulation={"kubernetes_version": "v1.34.2", "x": 1})
+    assert boot_image(tmp_path, state, node) == tmp_path / "emulation.json", "no image given: the lab's"
+    node.image = "ek8s-base-v1.35.2"
+    path = boot_image(tmp_path, state, node)
+    assert path == tmp_path / "emulation-worker0.json"
+    assert json.loads(path.read_text()) == {"kubernetes_version": "v1.35.2", "x": 1}
+    assert yaml.safe_load(cfg.read_text())["kubernetes"]["version"] == "v1.35.2"
+    node.image = "ek8s-broken"
+    assert boot_image(tmp_path, state, node) is None
+    assert "Warewulf has no image 'ek8s-broken'" in (tmp_path / "w.log").read_text()
