@@ -99,7 +99,8 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     ``etcd_quorum`` from the first Phylactery that lists members; ``vip_holder`` (a name, a list
     when several hold it, or None); ``haproxy_backends_up`` (per control node, backends whose
     status starts with ``UP``); ``newest_snapshot_age_s``; ``attention`` (:func:`attention`);
-    ``selected`` (whether ``names`` narrowed ``nodes``); ``healthy`` (:func:`healthy`).
+    ``selected`` (whether ``names`` narrowed ``nodes``); ``rollout`` (:func:`rollout_doc`, the
+    share's rolling upgrade or None); ``healthy`` (:func:`healthy`).
     Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the API with a
     3 s timeout per attempt (the client retries a failed connection). Touches this store's
     probe file on the share to read the share's clock.
