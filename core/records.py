@@ -25,7 +25,7 @@ import ipaddress
 import json
 import re
 import time
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
@@ -33,6 +33,7 @@ from pydantic.dataclasses import dataclass
 
 from core import noderoles
 from core.config import NODE_NAME_RE
+from core.versions import parse as parse_version
 
 RECORD = ConfigDict(extra="ignore")
 
@@ -216,6 +217,84 @@ class ReformClaim:
     node: NodeName
     boot_id: BootId
     at: float
+
+
+def kubernetes_release(v: str) -> str:
+    """``v`` when it is ``v<major>.<minor>.<patch>`` (:func:`core.versions.parse`), else
+    ``ValueError``."""
+    parse_version(v)
+    return v
+
+
+KubernetesRelease = Annotated[str, AfterValidator(kubernetes_release)]
+ImageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+NodeState = Literal["old", "moving", "new", "failed", "returning"]
+RolloutPhase = Literal["rolling", "stopped", "done", "rolling_back", "rolled_back"]
+Role = Literal["control", "worker"]
+
+
+@dataclass(frozen=True, config=RECORD)
+class RolloutNode:
+    """One node of a rollout: its name, role (``control`` or ``worker``), the Warewulf image it
+    comes from and the one it goes to (a per-node override: ``wwctl node set --image``, 4.5
+    ``--container``), and its state (``old``:
+    on the old image, untouched; ``moving``: cordoned, drained, switched to the new image and
+    rebooting; ``new``: back at the new version; ``failed``: its step failed; ``returning``:
+    switched back to the old image; the moves: :data:`core.upgrade.NODE_MOVES`)."""
+
+    name: NodeName
+    role: Role
+    state: NodeState
+    old_image: ImageName
+    new_image: ImageName
+
+
+@dataclass(frozen=True, config=RECORD)
+class RolloutRecord:
+    """``rollout.json``: the rolling upgrade of the cluster (:mod:`core.upgrade`), written by
+    ``ek8s upgrade`` on the Warewulf server after each step so that ``--resume`` and
+    ``--rollback`` continue from it and ``ek8s status`` shows it. ``from_version`` and
+    ``to_version`` are ``v1.M.P``; ``nodes`` in rollout order (control nodes first);
+    ``cluster_config`` and ``addons`` whether kubeadm's cluster-wide steps are done (the
+    ClusterConfiguration's ``kubernetesVersion``; kube-proxy and CoreDNS); ``revision`` grows
+    by one with every write (a writer that read an older one lost a race); times are Unix
+    seconds; ``error`` says why a stopped rollout stopped. Refused as a whole: a node named
+    twice, a worker before a control node, ``to_version`` not above ``from_version``."""
+
+    cluster: str
+    distribution: Literal["kubeadm", "k3s"]
+    from_version: KubernetesRelease
+    to_version: KubernetesRelease
+    max_unavailable: Annotated[int, Field(ge=1)]
+    phase: RolloutPhase
+    nodes: list[RolloutNode]
+    started_at: float
+    updated_at: float
+    cluster_config: bool = False
+    addons: bool = False
+    revision: Count = 0
+    error: str = ""
+
+    @field_validator("to_version")
+    @classmethod
+    def _upward(cls, v: str, info: ValidationInfo) -> str:
+        frm = info.data.get("from_version")
+        if frm is not None:
+            a, b = parse_version(frm), parse_version(v)
+            if not (a < b and b.major == a.major and b.minor - a.minor <= 1):
+                raise ValueError(f"{v} is not one step up from {frm} (one minor at a time, never down)")
+        return v
+
+    @field_validator("nodes")
+    @classmethod
+    def _ordered(cls, v: list[RolloutNode]) -> list[RolloutNode]:
+        names = [n.name for n in v]
+        if len(set(names)) != len(names):
+            raise ValueError("a node is named twice")
+        roles = [n.role for n in v]
+        if "worker" in roles and "control" in roles[roles.index("worker") :]:
+            raise ValueError("a worker comes before a control node (control nodes first)")
+        return v
 
 
 @dataclass(frozen=True, config=RECORD)

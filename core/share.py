@@ -51,6 +51,7 @@ from core.records import (
     PreviousCredential,
     PublishedInventory,
     ReformClaim,
+    RolloutRecord,
     SlotHolder,
     WorkerJoinSlots,
     WorkerSlot,
@@ -866,6 +867,45 @@ class ShareStore:
             if m is not None and (generation is None or m.generation == generation):
                 out.append(m)
         return out
+
+    # -- the rolling upgrade (core/upgrade.py) ----------------------------------------
+    @property
+    def _rollout_path(self) -> Path:
+        return self.dir / "rollout.json"
+
+    def read_rollout(self) -> RolloutRecord | None:
+        """``rollout.json`` (:class:`core.records.RolloutRecord`), or None when there is none.
+        Raises :class:`InvalidShareRecord` (reported as ``invalid_record``) for a wrong shape:
+        a rollout nobody can read must stop ``ek8s upgrade``, not start another."""
+        try:
+            return self._required(RolloutRecord, self._rollout_path)
+        except FileNotFoundError:
+            return None
+
+    def write_rollout(self, rollout: RolloutRecord, expect_revision: int | None) -> RolloutRecord:
+        """Write ``rollout`` with ``revision`` one above the stored one, under the lock, if the
+        stored record's revision is ``expect_revision`` (None: there must be none, or only a
+        finished one: ``done`` or ``rolled_back``). Returns what was written. Raises
+        :class:`ShareError` when another writer got there first (compare and swap: two
+        ``ek8s upgrade`` runs never both drive one cluster)."""
+        with self._locked():
+            try:
+                stored = self._record(RolloutRecord, self._rollout_path)
+            except FileNotFoundError:
+                stored = None
+            except InvalidRecord as invalid:
+                self.report_invalid(invalid, logged=False)
+                raise InvalidShareRecord(invalid) from None
+            if expect_revision is None:
+                if stored is not None and stored.phase not in ("done", "rolled_back"):
+                    raise ShareError(f"a rollout to {stored.to_version} is {stored.phase} (revision {stored.revision})")
+            elif stored is None or stored.revision != expect_revision:
+                seen = "none" if stored is None else f"revision {stored.revision}"
+                raise ShareError(f"rollout.json changed under us (expected revision {expect_revision}, found {seen})")
+            rev = 0 if stored is None else stored.revision + 1
+            out = replace(rollout, revision=rev)
+            self._atomic(self._rollout_path, json.dumps(asdict(out), indent=1) + "\n")
+            return out
 
     def forget_node(self, name: str) -> list[str]:
         """Forget a node taken out of service for good (``ek8s node remove``): its heartbeat,

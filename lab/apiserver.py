@@ -62,7 +62,8 @@ the current data from its key on (the real one reads the snapshot of its revisio
 
 Authorisation is coarse: cluster admins and control-plane components may do anything;
 nodes may manage their own Node; bootstrap tokens may read cluster-info, kubeadm-certs and
-Nodes and submit CSRs; any authenticated user may list Nodes and read discovery; anonymous
+Nodes and submit CSRs; bootstrap tokens and nodes may read kubeadm-config; any authenticated
+user may list Nodes and read discovery; anonymous
 users reach health endpoints, ``/version`` and cluster-info only.
 """
 
@@ -248,6 +249,13 @@ def allowed(user: User | None, verb: str, r: Resource, ns: str, name: str, sub: 
             return True
         if r.name == "nodes" and not sub and verb in ("get", "list"):
             return True
+    if (user.bootstrapper or "system:nodes" in user.groups) and (r.name, ns, name, verb) == (
+        "configmaps",
+        "kube-system",
+        "kubeadm-config",
+        "get",
+    ):
+        return True  # kubeadm's kubeadm:nodes-kubeadm-config Role (phases/uploadconfig/uploadconfig.go)
     if r.name == "nodes":
         if verb == "list" and not sub:
             return True

@@ -367,6 +367,33 @@ def boot(ctx: click.Context, node: str) -> None:
     click.echo(f"{node} is booting")
 
 
+@lab.command(name="image")
+@click.argument("node")
+@click.argument("image")
+@click.pass_context
+def image_cmd(ctx: click.Context, node: str, image: str) -> None:
+    """Give NODE the node image IMAGE from its next boot on: the lab's stand-in for Warewulf's
+    per-node override (`wwctl node set --yes --image IMAGE NODE`). The image stands for the
+    Kubernetes version the node's emulated kubeadm and kubelet then run: ek8s-control,
+    ek8s-base and ek8s-k3s the lab's --kubernetes-version, ek8s-<variant>-v1.M.P that
+    release; a name the lab does not know is an image that does not boot (lab/nodeimage.py).
+    Processes mode only. Exit 1 for an unknown node or a machines-mode lab."""
+    from lab.nodeimage import image_version
+
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+        if state.mode != runners.PROCESSES:
+            raise LabError("ek8s lab image: process mode only (machines boot the lab's one node image)")
+        n = state.node(node)
+        n.image = image
+        the_lab.save(state)
+    except LAB_ERRORS as err:
+        _fail(str(err))
+    version = image_version(image, str(state.emulation.get("kubernetes_version", "")))
+    click.echo(f"{node}: image {image} from its next boot ({version or 'no such image: it will not boot'})")
+
+
 @lab.command()
 @click.pass_context
 def down(ctx: click.Context) -> None:

@@ -147,16 +147,17 @@ class Lab:
         bin_dir = ensure_dir(self.dir / "bin", 0o700)
         emu_path = self.dir / "emulation.json"
         emulation.dump(emu_path)
+        # The node's own settings when its boot set them (a per-node image: lab/nodeimage.py).
         shim = bin_dir / "kubeadm"
         shim.write_text(
             "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm/\n"
-            f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
+            f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
         )
         shim.chmod(0o700)
         k3s_shim = bin_dir / "k3s"
         k3s_shim.write_text(
             "#!/bin/sh\n# EMULATED k3s (ephemeral-k8s lab): see lab/k3s.py\n"
-            f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.k3s "$@"\n'
+            f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\nexec "{sys.executable}" -m lab.k3s "$@"\n'
         )
         k3s_shim.chmod(0o700)
         nodes = [(f"control{i}", "control", control_address(i)) for i in range(control)]

@@ -37,7 +37,8 @@ class LabNode:
     """One node as ``lab.json`` records it. ``role`` is "control" or "worker"; ``address`` an
     IPv4 address string; ``ns`` its namespace; ``root`` the directory standing in for its
     tmpfs root; ``config`` its node.yaml; ``log`` the agent's log; ``pid`` its agent's process
-    id (``ip netns exec`` execs the agent, in a session of its own), 0 when stopped."""
+    id (``ip netns exec`` execs the agent, in a session of its own), 0 when stopped; ``image``
+    the node image it boots (:mod:`lab.nodeimage`; empty: its profile's, the lab's version)."""
 
     name: str
     role: str
@@ -47,6 +48,7 @@ class LabNode:
     config: str
     log: str
     pid: int = 0
+    image: str = ""
 
 
 @dataclass

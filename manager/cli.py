@@ -32,6 +32,7 @@ from manager.credentials import credentials
 from manager.credentials import rotate as rotate_credentials
 from manager.nodecli import node
 from manager.reset import YES_OPTION, confirm, invoking_user, losses
+from manager.upgradecli import upgrade_cmd
 from manager.wwcli import overlay, warewulf
 from phylactery.cli import phylactery
 
@@ -56,6 +57,7 @@ cli.add_command(bench)
 cli.add_command(overlay)
 cli.add_command(warewulf)
 cli.add_command(credentials)
+cli.add_command(upgrade_cmd)
 
 
 @cli.group()
