@@ -17,7 +17,7 @@ import yaml
 from core.share import ShareStore
 from lab.cluster import Lab
 from tests.conftest import wait_for
-from tests.lab.refusals import emulated_join
+from tests.lab.refusals import PORTS, emulated_join
 from tests.lab.test_day2 import inventory, lab_cmd, operator, publish
 
 LAB_PREFIX = "ek8sm"  # tests.lab.conftest's lab fixture
@@ -54,7 +54,10 @@ def test_two_clusters_side_by_side_each_sees_its_own_and_refuses_the_others_node
             "kind": "JoinConfiguration",
             "discovery": {"bootstrapToken": {"apiServerEndpoint": b["api_server_endpoint"], "token": token,
                                              "caCertHashes": pins}},
-            "nodeRegistration": {"name": "intruder", "kubeletExtraArgs": [{"name": "node-ip", "value": "10.0.0.77"}]},
+            # It runs in control0's namespace, whose ports are taken: kubeadm's preflight comes
+            # before discovery, so those checks are ignored as an operator would (refusals.py).
+            "nodeRegistration": {"name": "intruder", "kubeletExtraArgs": [{"name": "node-ip", "value": "10.0.0.77"}],
+                                 "ignorePreflightErrors": PORTS},
         }  # fmt: skip
 
     assert b["api_server_endpoint"] == "vip-b.kubernetes.local:8443" and a["ca_cert_hashes"] != b["ca_cert_hashes"]
