@@ -47,6 +47,7 @@ from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore
 from core.supervise import Supervisor
 from core.tls import TrustedCA
 from leader import peers
+from leader.boot import Booted, announce, since_process_start_s
 from leader.election import rule_for
 from leader.host import prepare_host
 from leader.metrics import AgentMetrics
@@ -206,6 +207,7 @@ class Agent:
         self.generation = 0
         self.fence: Fence | None = None  # our claim while we lead an unready generation
         self.previous: Heartbeat | None = None  # this node's heartbeat from before this boot
+        self.booted: Booted | None = None  # the boot already announced on the share (leader.boot)
         self.resume_checked = False  # the first ELECT asks whether a restart can resume
         self.init_result: InitResult | None = None
         self.init_failures = 0
@@ -241,21 +243,23 @@ class Agent:
         self.notifier = notifier or ServiceNotifier({})
 
     @classmethod
-    def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
-        """The agent with the real store, driver, service manager and probes of node.yaml."""
+    def for_node(cls, cfg: NodeConfig, config_path: Path, booted: Booted | None = None) -> Agent:
+        """The agent with the real store, driver, service manager and probes of node.yaml;
+        ``booted``: what :func:`leader.boot.announce` did already (its store is reused)."""
         driver = driver_for(cfg)
-        store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
+        store = booted.store if booted is not None else ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
         agent = cls(
             cfg,
             store=store,
             driver=driver,
             services=service_manager(cfg.service_manager, cfg.root),
             probes=NodeProbes(cfg, driver, TrustedCA(functools.partial(store.read_phylactery_ca, cfg.role))),
-            boot_id=boot_id(cfg.root),
+            boot_id=booted.boot_id if booted is not None else boot_id(cfg.root),
             config_path=config_path,
             notifier=ServiceNotifier(),
         )
         agent._prepare = agent._prepare_host
+        agent.booted = booted
         return agent
 
     # -- the loop -------------------------------------------------------------------------
@@ -373,15 +377,12 @@ class Agent:
         """What happens once per boot before the first cycle: the share's directory, the
         previous heartbeat (did this node belong to the generation before?), the ``boot``
         event, and Phylactery on control nodes (HAProxy and keepalived come up beside the
-        election, before kubeadm needs the VIP)."""
-        self.store.ensure()
-        self.previous = self.store.read_heartbeat(self.cfg.node.name)
-        self.store.heartbeat(self.boot_id, self.cfg.role, self.state.value, self.generation)
-        self._event(
-            "boot",
-            f"booting as {self.cfg.role} node {self.cfg.node.name} ({self.cfg.node.address})",
-            boot_id=self.boot_id,
-        )
+        election, before kubeadm needs the VIP). The ``boot`` event carries
+        ``first_share_op_s``: seconds from the process's start to its first share operation
+        (docs/benchmarks.md), done by :func:`leader.boot.announce`."""
+        if self.booted is None:  # ek8s-node run announces the boot before importing this module
+            self.booted = announce(self.cfg, self.store, self.boot_id)
+        self.previous = self.booted.previous
         if self.cfg.is_control:
             self.start_phylactery(wait=False)
 
@@ -790,7 +791,13 @@ class Agent:
         if self.probes.node_ready():
             self.init_failures = 0
             self._release_slot()
-            return self._go(State.WATCH, f"node {self.cfg.node.name} is Ready", "node_ready")
+            return self._go(
+                State.WATCH,
+                f"node {self.cfg.node.name} is Ready",
+                "node_ready",
+                cpu_s=round(time.process_time(), 3),  # this process's threads, not kubeadm's
+                since_start_s=since_process_start_s(),
+            )
         if self._in_state_s() > self.cfg.timeouts.node_ready_s:
             why = f"my Node was not Ready within {self.cfg.timeouts.node_ready_s:.0f}s"
             if self.join_attempt == 0:
