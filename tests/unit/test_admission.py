@@ -152,3 +152,16 @@ def test_fixed_admission_paces_at_the_ceiling_and_reports_nothing(tmp_path: Path
     h.finish_jobs()
     h.cycle()
     assert h.store.worker_join_window(3) == Window(3.0), "no signal moves a fixed window"
+
+
+def test_a_join_slower_than_half_the_slot_time_halves_the_window(tmp_path: Path) -> None:
+    ready_generation(tmp_path / "share")
+    h = Harness(tmp_path, "worker0", role="worker", timeouts__worker_join_slot_s=20)
+    h.probes.api = True
+    h.cycle()
+    assert h.cycle() == "running kubeadm join as worker (attempt 1/3)"
+    h.clock.advance(10.5)  # the join took more than 20 / 2 s
+    h.finish_jobs()
+    assert h.cycle() == "kubeadm join succeeded"
+    assert h.store.worker_join_window(1000).size == (INITIAL + 1) / 2
+    assert h.events("join_admission")[-1]["signal"] == "slow_join"
