@@ -205,10 +205,13 @@ class KubernetesSettings(_Strict):
     manifests: list[Path] = Field(default_factory=list)
     # Offline image archives baked into the node image; imported at boot beside the election.
     image_archives: Path = Path("/var/lib/ek8s/images")
-    # At most this many workers join and wait for their Node Ready at once (a slot on the
-    # share, timeouts.worker_join_slot_s at most): the API servers answer every joiner's TLS
-    # handshakes and bootstrap calls. Control-plane joins run one at a time regardless.
-    worker_join_concurrency: int = Field(10, ge=1, le=1000)
+    # The operator's ceiling: at most this many workers join and wait for their Node Ready at
+    # once (a slot on the share, timeouts.worker_join_slot_s at most). Control-plane joins run
+    # one at a time regardless.
+    worker_join_concurrency: int = Field(1000, ge=1, le=1000)
+    # "adaptive": below the ceiling, the admission window on the share follows the API
+    # servers' distress signals (core/admission.py); "fixed": the ceiling is the pace.
+    worker_join_admission: Literal["adaptive", "fixed"] = "adaptive"
 
     @field_validator("version")
     @classmethod

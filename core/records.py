@@ -204,9 +204,14 @@ class WorkerSlot:
 
 @dataclass(frozen=True, config=RECORD)
 class WorkerJoinSlots:
-    """``worker_join_slots.json``: ``{"holders": {node: {boot_id, since}}}``."""
+    """``worker_join_slots.json``: ``{"holders": {node: {boot_id, since}}, "window": w,
+    "decreased_at": t}``: the holders and the admission window (:mod:`core.admission`; slots,
+    a float; absent in a file written before it: a new window), last halved at ``t`` (Unix
+    seconds, 0 for never)."""
 
     holders: dict[NodeName, WorkerSlot] = dataclasses.field(default_factory=dict)
+    window: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)] | None = None
+    decreased_at: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
 
 
 @dataclass(frozen=True, config=RECORD)

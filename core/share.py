@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from filelock import FileLock
 from pydantic.dataclasses import dataclass as record
 
+from core.admission import INITIAL, Signal, Window
 from core.config import NODE_NAME_RE
 from core.credentials import CONTROL, GRACE_S, KINDS, WORKER, CredentialSet, new_token
 from core.fileperm import PUBLIC_FILE_MODE, append_line, ensure_dir, touch, write_atomic
@@ -1052,44 +1053,81 @@ class ShareStore:
             if slot is not None and slot.holder is not None and slot.holder.node == self.node:
                 self._atomic(path, json.dumps({"holder": None}))
 
-    # -- worker join slots -------------------------------------------------------------
-    def try_worker_join_slot(self, boot_id: str, capacity: int, hold_s: float) -> int | None:
-        """Take one of ``capacity`` worker join slots (``worker_join_slots.json``), so that at
-        most that many workers join and wait for their Node at once: each joining worker costs
-        the API servers TLS handshakes, bootstrap-token lookups and a CSR, and at 100 workers
-        together the API behind the VIP stopped answering its health checks
+    # -- worker join slots and their admission window (core/admission.py) ---------------
+    @property
+    def _worker_slots_path(self) -> Path:
+        return self.dir / "worker_join_slots.json"
+
+    def _worker_slots(self, ceiling: int, initial: float = INITIAL) -> tuple[WorkerJoinSlots, Window]:
+        """``worker_join_slots.json`` (empty when missing or of a wrong shape, reported) and
+        its window (a new generation's, ``initial`` slots, when the file has none)."""
+        slots = self._record_or_none(WorkerJoinSlots, self._worker_slots_path) or WorkerJoinSlots()
+        if slots.window is None:
+            return slots, Window.start(ceiling, initial)
+        return slots, Window(slots.window, slots.decreased_at)
+
+    def _write_worker_slots(self, holders: dict[str, WorkerSlot], window: Window) -> None:
+        record = WorkerJoinSlots(holders=holders, window=round(window.size, 3), decreased_at=window.decreased_at)
+        self._atomic(self._worker_slots_path, json.dumps(asdict(record)))
+
+    def try_worker_join_slot(
+        self, boot_id: str, ceiling: int, hold_s: float, initial: float = INITIAL
+    ) -> tuple[int, int] | None:
+        """Take a worker join slot (``worker_join_slots.json``) if fewer workers than the
+        admission window allows hold one (:meth:`core.admission.Window.slots`, at most
+        ``ceiling``, the operator's ``kubernetes.worker_join_concurrency``): each joining
+        worker costs the API servers TLS handshakes, bootstrap-token lookups and a CSR, and at
+        100 workers together the lab's API behind the VIP stopped answering its health checks
         (docs/benchmarks.md, scale). A slot is held until its holder releases it or for
-        ``hold_s`` seconds (workers heartbeat too rarely to judge a holder by it); a node that
-        holds one and booted again takes it over. The file is read without the lock first, so
-        a worker waiting for a full set of slots costs one read per look.
+        ``hold_s`` seconds (workers heartbeat too rarely to judge a holder by it; a crashed
+        holder costs its slot that long); a node that holds one and booted again takes it
+        over. The file is read without the lock first, so a worker waiting for a full window
+        costs one read per look; the take is a read-decide-write under ``cluster.lock`` with an
+        atomic rename, which keeps the window. ``initial``: a new generation's window (the
+        ceiling for ``worker_join_admission: fixed``).
 
-        Returns None when this node holds a slot now, else the number of live holders."""
-        path = self.dir / "worker_join_slots.json"
+        Returns None when this node holds a slot now, else (live holders, slots allowed)."""
 
-        def live() -> dict[str, WorkerSlot]:
-            slots = self._record_or_none(WorkerJoinSlots, path)  # a wrong shape holds nothing
+        def live(slots: WorkerJoinSlots) -> dict[str, WorkerSlot]:
             now = time.time()  # the nodes' clocks (NTP), not the share's: hold_s is minutes
-            return {n: h for n, h in (slots.holders if slots else {}).items() if now - h.since < hold_s}
+            return {n: h for n, h in slots.holders.items() if now - h.since < hold_s}
 
-        peek = live()
-        if self.node not in peek and len(peek) >= capacity:
-            return len(peek)
+        slots, window = self._worker_slots(ceiling, initial)
+        peek, allowed = live(slots), window.slots(ceiling)
+        if self.node not in peek and len(peek) >= allowed:
+            return len(peek), allowed
         with self._locked():
-            holders = live()
-            if self.node not in holders and len(holders) >= capacity:
-                return len(holders)
+            slots, window = self._worker_slots(ceiling, initial)
+            holders, allowed = live(slots), window.slots(ceiling)
+            if self.node not in holders and len(holders) >= allowed:
+                return len(holders), allowed
             holders[self.node] = WorkerSlot(boot_id=boot_id, since=time.time())
-            self._atomic(path, json.dumps(asdict(WorkerJoinSlots(holders=holders))))
+            self._write_worker_slots(holders, window)
             return None
 
     def release_worker_join_slot(self) -> None:
-        """Give back this node's worker join slot, if it holds one."""
-        path = self.dir / "worker_join_slots.json"
+        """Give back this node's worker join slot, if it holds one (the window stays)."""
         with self._locked():
-            slots = self._record_or_none(WorkerJoinSlots, path)
+            slots = self._record_or_none(WorkerJoinSlots, self._worker_slots_path)
             holders = dict(slots.holders) if slots is not None else {}
-            if holders.pop(self.node, None) is not None:
-                self._atomic(path, json.dumps(asdict(WorkerJoinSlots(holders=holders))))
+            if slots is not None and holders.pop(self.node, None) is not None:
+                self._atomic(self._worker_slots_path, json.dumps(asdict(replace(slots, holders=holders))))
+
+    def worker_join_signal(self, signal: Signal, ceiling: int) -> Window:
+        """Apply what this worker saw of the control plane (:class:`core.admission.Signal`) to
+        the admission window: one read-decide-write under ``cluster.lock``, written with an
+        atomic rename (temp + fsync + rename), so a crash leaves the old window or the new one.
+        Returns the window after it."""
+        with self._locked():
+            slots, window = self._worker_slots(ceiling)
+            after = window.after(signal, time.time(), ceiling)
+            if after != window or slots.window is None:
+                self._write_worker_slots(dict(slots.holders), after)
+            return after
+
+    def worker_join_window(self, ceiling: int) -> Window:
+        """The admission window as the share holds it now (one read, no lock)."""
+        return self._worker_slots(ceiling)[1]
 
     # -- events -----------------------------------------------------------------------
     def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:

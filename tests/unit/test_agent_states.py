@@ -271,7 +271,10 @@ def test_workers_join_k_at_a_time_and_a_waiting_worker_does_not_probe_the_api(tm
     assert first.cycle() == "running kubeadm join as worker (attempt 1/3)"
     assert second.cycle() == "running kubeadm join as worker (attempt 1/3)"
     third.probes.api = False  # a probe would answer "does not answer behind the VIP"
-    assert third.cycle() == "all 2 worker join slots are taken (2 workers join at once); waiting for one"
+    assert third.cycle() == (
+        "all 2 worker join slots are taken (2 workers joining; the admission window allows 2, at most 2); "
+        "waiting for one"
+    )
     first.finish_jobs()
     assert first.cycle() == "kubeadm join succeeded"
     assert third.cycle().startswith("all 2 worker join slots are taken"), "the slot is held until the Node is Ready"

@@ -119,7 +119,7 @@ def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_ow
     stores[0].ensure()
     assert stores[0].try_worker_join_slot("b0", 2, 120) is None
     assert stores[1].try_worker_join_slot("b1", 2, 120) is None
-    assert stores[2].try_worker_join_slot("b2", 2, 120) == 2, "both slots are held"
+    assert stores[2].try_worker_join_slot("b2", 2, 120) == (2, 2), "both slots are held"
     assert stores[0].try_worker_join_slot("b0-again", 2, 120) is None, "a rebooted holder keeps its own slot"
     stores[1].release_worker_join_slot()
     assert stores[2].try_worker_join_slot("b2", 2, 120) is None
