@@ -190,10 +190,22 @@ def fetch_cluster_configuration(d: JoinData) -> None:
     bootstrap tokens ``get`` it), then :func:`lab.kubeadm.config.check_minimum_version`:
     kubeadm ``join`` does this in ``FetchInitConfigurationFromCluster`` (``cmd/join.go``
     ``fetchInitConfigurationFromJoinConfiguration``), in preflight for a control plane and in
-    kubelet-start for a worker. Raises :class:`KubeadmError`."""
+    kubelet-start for a worker. The read is ``apiclient.GetConfigMapWithShortRetry``'s: any
+    error or status other than 200 is retried every 50 ms for 350 ms, and the last one is
+    reported. Raises :class:`KubeadmError`, or ``OSError`` when the last try had no answer."""
     assert d.boot is not None
     say('[preflight] Reading configuration from the "kubeadm-config" ConfigMap in namespace "kube-system"...')
-    code, cm = d.boot.call("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+    deadline = time.monotonic() + 0.35
+    while True:
+        try:
+            code, cm = d.boot.call("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if code == 200 or time.monotonic() >= deadline:
+                break
+        time.sleep(0.05)
     certs.expect(code, cm, "unable to fetch the kubeadm-config ConfigMap", (200,))
     d.cc = yaml.safe_load(cm["data"]["ClusterConfiguration"])
     check_minimum_version(str(d.cc.get("kubernetesVersion", "")), d.version)
