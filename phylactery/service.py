@@ -199,17 +199,7 @@ class Phylactery:
                 f"{name} is alive in another boot than the requester's (heartbeat {hb.age_s:.1f}s old): "
                 "two machines with one name, or not its own request; nothing removed"
             )
-        return await prune_node(
-            name=name,
-            address=address,
-            self_name=self.cfg.node.name,
-            kubeconfig=self.driver.admin_kubeconfig,
-            etcd_endpoint=self.driver.etcd_endpoint,
-            etcd_context=self.driver.etcd_client_context(),
-            kinds=self.driver.prune_kinds,
-            requester=requester,
-            member_node=self.driver.etcd_member_node,
-        )
+        return await self._prune_node(name, address, requester)
 
     async def remove(self, name: str, address: str) -> PruneResult:
         """Take the node ``name``/``address`` out of the cluster for good, on the operator's
@@ -234,6 +224,12 @@ class Phylactery:
         why = quorum.removal_refusal(members, name)
         if why is not None:
             raise PruneRefused(why)
+        return await self._prune_node(name, address, None)
+
+    async def _prune_node(self, name: str, address: str, requester: Requester | None) -> PruneResult:
+        """:func:`phylactery.prune.prune_node` with this node's driver (kubeconfig, etcd
+        endpoint and client certificate, prune kinds, member-name rule); ``requester`` None is
+        the control credential."""
         return await prune_node(
             name=name,
             address=address,
@@ -242,6 +238,7 @@ class Phylactery:
             etcd_endpoint=self.driver.etcd_endpoint,
             etcd_context=self.driver.etcd_client_context(),
             kinds=self.driver.prune_kinds,
+            requester=requester,
             member_node=self.driver.etcd_member_node,
         )
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,20 @@ def assert_no_failed_unit(state: LabState, node: str) -> None:
 def link_up(ns: str) -> bool:
     """Whether the node's cable is in: ``eth0`` administratively up in its namespace."""
     return "UP" in json.loads(netns.ip("-n", ns, "-j", "link", "show", "eth0"))[0]["flags"]
+
+
+def in_order(request: Any, fixture: str) -> Iterator[None]:
+    """The body of a module's autouse fixture for lab steps that run in file order on one lab
+    (its fixture ``fixture``, an object with a ``failed`` attribute): a step skips once an
+    earlier one failed, and a failed step records its name (the ``rep_call`` report set by
+    tests/conftest.py). Tests that do not use ``fixture`` run as they are."""
+    if fixture not in request.fixturenames:
+        yield
+        return
+    lab = request.getfixturevalue(fixture)
+    if lab.failed:
+        pytest.skip(f"the lab is not in the state this step starts from: {lab.failed} failed")
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        lab.failed = request.node.originalname

@@ -29,7 +29,7 @@ from lab import netns
 from lab.apiprobe import summary
 from lab.cluster import Lab, LabState
 from tests.conftest import keep_logs, wait_for
-from tests.lab.kit import ALL, CONTROL, kubectl, lab_processes
+from tests.lab.kit import ALL, CONTROL, in_order, kubectl, lab_processes
 
 PREFIX = "ek8sd"
 SETTINGS = (
@@ -163,16 +163,7 @@ def day2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day2]:
 
 @pytest.fixture(autouse=True)
 def _in_order(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "day2" not in request.fixturenames:
-        yield
-        return
-    d: Day2 = request.getfixturevalue("day2")
-    if d.failed:
-        pytest.skip(f"the lab is not in the state this step starts from: {d.failed} failed")
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        d.failed = request.node.originalname
+    yield from in_order(request, "day2")
 
 
 @pytest.mark.lab

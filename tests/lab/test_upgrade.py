@@ -26,7 +26,7 @@ import pytest
 from lab import netns
 from lab.apiprobe import summary
 from tests.conftest import keep_logs, wait_for
-from tests.lab.kit import ALL, lab_processes
+from tests.lab.kit import ALL, in_order, lab_processes
 from tests.lab.test_day2 import SETTINGS, TOLERATE_GPU, WEB_OWNER, Day2, lab_cmd, operator
 
 PREFIX = "ek8su"
@@ -78,16 +78,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgrade]:
 
 @pytest.fixture(autouse=True)
 def _in_order(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "up" not in request.fixturenames:
-        yield
-        return
-    d: Upgrade = request.getfixturevalue("up")
-    if d.failed:
-        pytest.skip(f"the lab is not in the state this step starts from: {d.failed} failed")
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        d.failed = request.node.originalname
+    yield from in_order(request, "up")
 
 
 @pytest.mark.lab
