@@ -28,6 +28,8 @@ from typing import TextIO
 
 from filelock import FileLock, Timeout
 
+from lab import machines
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "image_builder" / "lab-node.sh"
 # Files the recipe copies in or runs: a change of any of them makes a new image too.
@@ -149,12 +151,13 @@ def ensure_image(mirror: str = MIRROR, progress: bool = True) -> Path:
                 print(f"building the lab's node image {base.name} (a few minutes; log: {log})", file=sys.stderr)
             started = time.monotonic()
             try:
-                rc = run_build(
-                    ["bash", str(RECIPE), str(root), str(req), mirror],
-                    log,
-                    BUILD_TIMEOUT_S,
-                    sys.stderr if progress else None,
-                )
+                with machines.node_umask():  # the image's modes, not the caller's
+                    rc = run_build(
+                        ["bash", str(RECIPE), str(root), str(req), mirror],
+                        log,
+                        BUILD_TIMEOUT_S,
+                        sys.stderr if progress else None,
+                    )
             except subprocess.TimeoutExpired:
                 raise ImageError(f"the image build took over {BUILD_TIMEOUT_S:.0f}s; see {log}") from None
             seconds = time.monotonic() - started

@@ -57,6 +57,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,23 @@ def nspawn_argv(cfg: MachineConfig, root: str) -> list[str]:
     return argv
 
 
+NODE_UMASK = 0o022
+"""The umask a node's files are made with (a Warewulf image's and a booted system's usual one).
+The lab sets it itself: a caller's stricter umask (CI runs under 077) would make the machine's
+``/`` and its directories 0700, and a service with ``DynamicUser=`` (the image's
+ek8s-node-exporter) then fails to start with ``status=200/CHDIR``."""
+
+
+@contextlib.contextmanager
+def node_umask() -> Iterator[None]:
+    """Run the block with :data:`NODE_UMASK` as the process's umask, restoring the caller's."""
+    old = os.umask(NODE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 def boot_script(cfg: MachineConfig) -> str:
     """The shell script the launcher runs in its own mount namespace for one boot: a tmpfs on
     ``cfg.ram``, an overlayfs of ``cfg.layers`` over ``cfg.image`` with the tmpfs as upper
@@ -124,6 +142,7 @@ def boot_script(cfg: MachineConfig) -> str:
     return "\n".join(
         [
             "set -e",
+            f"umask {NODE_UMASK:03o}",
             f"mount -t tmpfs -o mode=0755 ek8s-ram {ram}",
             f"mkdir -p {ram}/upper {ram}/work {ram}/root",
             f"mount -t overlay -o {opts} ek8s-root {ram}/root",

@@ -253,7 +253,12 @@ class MachineRunner:
         inventory, ``/etc/hostname``; ``overrides`` merged into node.yaml) and
         ``<node>/machine.json``. The emulation's settings go to ``<dir>/emulation/``, bound
         into every machine. Raises :class:`lab.image.ImageError` or
-        :class:`manager.wwrender.RenderError`."""
+        :class:`manager.wwrender.RenderError`. Files are made with the node's umask
+        (:func:`lab.machines.node_umask`), whatever the caller's."""
+        with machines.node_umask():
+            self._configure(lab, state, emulation, overrides)
+
+    def _configure(self, lab: Lab, state: LabState, emulation: Emulation, overrides: dict[str, Any]) -> None:
         from lab import image
         from manager import overlay, wwrender
 
