@@ -243,8 +243,9 @@ class Timeouts(_Strict):
     # (each wait drawn between half of it and all of it: jitter).
     worker_follow_max_s: float = Field(2.0, gt=0, le=60)
     poll_interval_s: float = Field(0.2, gt=0, le=5)
-    # A ready generation whose API has not answered behind the VIP for this long is lost
-    # (every node rebooted without a reset, or etcd lost quorum); see on_cluster_lost.
+    # A ready generation whose API has not answered behind the VIP for this long, while some
+    # etcd member is only silent (not proven gone), has its wait recorded (recovery_waiting);
+    # a generation is lost only when every member's data is proven gone (docs/recovery.md).
     cluster_lost_grace_s: Seconds = 60.0
     join_attempts: int = Field(5, ge=1, le=100)
     # A worker holds a join slot (kubernetes.worker_join_concurrency) at most this long.

@@ -47,6 +47,7 @@ from core.records import (
     JoinMaterial,
     JoinSlot,
     LeaderRecord,
+    LossProof,
     MemberRecord,
     PreviousCredential,
     ReformClaim,
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidRecord",
     "JoinMaterial",
     "LeaderRecord",
+    "LossProof",
     "MemberRecord",
 ]
 
@@ -544,6 +546,24 @@ class ShareStore:
             inc = self._named(Incarnation, p, "node")
             if inc is not None:
                 out[inc.node] = inc
+        return out
+
+    def record_loss(self, proof: LossProof) -> None:
+        """Write ``losses/<node>.json`` (replacing an earlier proof for that node): the data of
+        the incarnation ``proof`` names is proven gone (a fence, an operator's acceptance).
+        Readers: :func:`core.recovery.assess_share`."""
+        d = self.dir / "losses"
+        ensure_dir(d)
+        self._atomic(d / f"{proof.node}.json", json.dumps(asdict(proof)) + "\n")
+
+    def losses(self) -> dict[str, LossProof]:
+        """Every recorded :class:`LossProof` by node name (one listing; nothing read when there
+        is none). A bad record is reported (``invalid_record``) and proves nothing."""
+        out = {}
+        for p in self._glob(self.dir / "losses", "*.json"):
+            proof = self._named(LossProof, p, "node")
+            if proof is not None:
+                out[proof.node] = proof
         return out
 
     def _named(self, record: type[T], path: Path, key: str) -> T | None:
