@@ -178,6 +178,68 @@ def reset(
         fail(f"{argv[0]} exited {res.returncode}")
 
 
+@cli.command()
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option(
+    "--accept-loss-of",
+    "accept_loss_of",
+    required=True,
+    metavar="NODES",
+    help="control nodes (a hostlist: control[1-2]) whose etcd data you know is gone",
+)
+@click.option(
+    "--lease-ttl", default=None, type=float, help="seconds of silence before a node counts as silent [default: 30]"
+)
+@click.option("--reason", default=None, help="recorded with the acceptance [default: ek8s recover by USER]")
+@YES_OPTION
+@share_errors
+def recover(
+    cluster: str | None,
+    share_path: Path,
+    accept_loss_of: str,
+    lease_ttl: float | None,
+    reason: str | None,
+    yes: bool,
+) -> None:
+    """Record that the etcd data of silent control nodes is gone, so that recovery can go on.
+
+    A control node silent past the lease may be down or cut off and still serving; nothing
+    destructive acts on silence (docs/recovery.md, "Proof, not silence"). Without fencing,
+    this is the proof: once you know NODES are down, it records their loss (losses/<node>.json,
+    the loss_accepted event naming you: $SUDO_USER or the login name), and the survivor
+    re-forms etcd, the reaper removes their members, or a new generation restores a snapshot.
+    It says first what happens and asks; without a terminal exit 2 unless --yes. Exit 2 for a
+    name that is not a node or has no etcd member in the current generation; exit 1 for a node
+    whose data is alive (it heartbeats from the boot its member joined in) or when not
+    confirmed. Nothing is written then.
+    """
+    import hostlist
+
+    from manager.recover import RecoverRefused, accept, plan
+
+    try:
+        nodes = hostlist.expand_hostlist(accept_loss_of)
+    except hostlist.BadHostlist as err:
+        fail(f"--accept-loss-of: {accept_loss_of!r} is not a hostlist: {err}", 2)
+    if lease_ttl is not None and lease_ttl <= 0:
+        fail("--lease-ttl must be above 0", 2)
+    user = invoking_user()
+    store = operator_store(share_path, cluster, user)
+    try:
+        p = plan(store, nodes, lease_ttl)
+    except RecoverRefused as err:
+        fail(str(err), err.code)
+    if not p.proofs:
+        for line in p.lines():
+            click.echo(line)
+        click.echo("nothing to record")
+        return
+    confirm(f"ek8s recover of cluster {store.cluster} on {share_path}", p.lines(), yes)
+    written = accept(store, p, user, reason)
+    click.echo(f"cluster {store.cluster}: the loss of {', '.join(x.node for x in written)} is recorded (by {user})")
+
+
 def _show(doc: dict[str, Any], output: str, all_nodes: bool) -> str:
     """:func:`manager.status.collect`'s document as ``-o`` asks."""
     import json as jsonlib

@@ -90,6 +90,26 @@ RUNS = [
 ]
 
 
+LEASE_TTL_S = 8.0  # timeouts.lease_ttl_s above
+
+
+def recover(tour: Tour, nodes: str) -> subprocess.CompletedProcess[str]:
+    """``ek8s recover --accept-loss-of NODES --yes`` as the operator runs it on the Warewulf
+    server once they know NODES are down (the lab's lease TTL)."""
+    cmd = [sys.executable, "-m", "manager", "recover", "--share", str(tour.dir / "share"),
+           "--accept-loss-of", nodes, "--yes", "--lease-ttl", str(LEASE_TTL_S)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ | {"SUDO_USER": "labop"})
+
+
+def accept_loss(tour: Tour, nodes: str) -> float:
+    """Wait until NODES are silent past the lease (``ek8s recover`` refuses a node whose data
+    is alive), then accept their loss; returns when it was recorded (Unix seconds)."""
+    wait_for(
+        lambda: recover(tour, nodes).returncode == 0, 4 * LEASE_TTL_S, 1.0, f"ek8s recover --accept-loss-of {nodes}"
+    )
+    return time.time()
+
+
 def ek8s(lab_dir: Path, *args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
     """``ek8s lab --dir LAB_DIR --prefix ek8sf ARGS`` as the operator runs it."""
     cmd = [sys.executable, "-m", "manager", "lab", "--dir", str(lab_dir), "--prefix", PREFIX, *args]
@@ -738,6 +758,7 @@ def test_k3s_a_stale_member_of_its_name_at_another_address_goes_before_it_rejoin
     node = "control1"
     crashed = time.time()
     lab.stop_node(state, state.node(node), crash=True)
+    accept_loss(tour, node)  # silence is not proof: the operator knows it is down
     wait_for(
         lambda: [e for e in store.events() if e["event"] == "member_reaped" and e["t"] >= crashed],
         60,
@@ -834,15 +855,20 @@ def test_a_deleted_node_of_a_live_control_node_is_registered_again(tour: Tour) -
 
 @pytest.mark.lab
 def test_a_control_node_down_for_good_is_reaped_and_another_can_still_join(tour: Tour) -> None:
-    """Issue 11, point 4: a control node crashes and stays down; its member is removed once
-    its lease expired (quorum kept), so another control node can still rejoin (kubeadm's
-    check-etcd refuses a join while a listed member does not answer); the dead one rejoins
-    when it boots."""
+    """Issue 11, point 4: a control node crashes and stays down; past its lease it is only
+    silent (a partition looks the same: issue 19), so its member stays listed and nothing is
+    reaped; once the operator accepts its loss (``ek8s recover``) its member is removed (quorum
+    kept), so another control node can still rejoin (kubeadm's check-etcd refuses a join while
+    a listed member does not answer); the dead one rejoins when it boots."""
     tour.create("before-crash-for-good")
     lab, state, store = tour.lab, tour.state, tour.store
     dead, rejoining = "control2", "control1"
     crashed_at = time.time()
     lab.stop_node(state, state.node(dead), crash=True)
+    time.sleep(LEASE_TTL_S + 2 * 5.0)  # silent past the lease, two reaper turns
+    assert not [e for e in store.events() if e["event"] == "member_reaped" and e["t"] >= crashed_at]
+    assert len(members(tour.state, "control0") or {}) == 3, "a silent member is not reaped"
+    accepted_at = accept_loss(tour, dead)
     reaped = wait_for(
         lambda: [e for e in store.events() if e["event"] == "member_reaped" and e["t"] >= crashed_at],
         60,
@@ -850,6 +876,7 @@ def test_a_control_node_down_for_good_is_reaped_and_another_can_still_join(tour:
         "member_reaped",
     )
     assert K3S_MEMBER.sub("", reaped[0]["member"]) == dead and reaped[0]["node"] in ("control0", "control1")
+    assert reaped[0]["t"] >= accepted_at - 1 and "loss accepted by labop" in reaped[0]["message"]
     assert sorted(members(tour.state, "control0") or {}) == ["control0", "control1"]
     tour.all_kept()
     lab.reboot_nodes(tour.state, [rejoining])
@@ -933,9 +960,11 @@ def test_ek8s_reset_rebuilds_on_purpose_without_a_reboot(tour: Tour) -> None:
 
 @pytest.mark.lab
 def test_quorum_lost_by_crashes_reforms_from_the_survivor_and_keeps_every_object(tour: Tour) -> None:
-    """2 of 3 control nodes crash together and stay down. Past the lease TTL their data counts
-    as gone; the survivor re-forms etcd from its own data (nothing is lost, the generation
-    stays) and the crashed nodes rejoin through the normal path when they boot."""
+    """2 of 3 control nodes crash together and stay down. Past the lease TTL they are only
+    silent: the survivor cannot tell them from a majority serving behind a partition, so it
+    waits and says so (``recovery_waiting``), and re-forms nothing. Once the operator accepts
+    their loss (``ek8s recover``) it re-forms etcd from its own data (nothing is lost, the
+    generation stays) and the crashed nodes rejoin through the normal path when they boot."""
     tour.create("before-quorum-crash")
     lab, state, store = tour.lab, tour.state, tour.store
     generation = store.read_state().generation
@@ -943,10 +972,23 @@ def test_quorum_lost_by_crashes_reforms_from_the_survivor_and_keeps_every_object
     survivor, *doomed = CONTROL
     for n in doomed:
         lab.stop_node(state, state.node(n), crash=True)
+    waiting = wait_for(
+        lambda: [e for e in store.events() if e["event"] == "recovery_waiting" and e["t"] >= crashed],
+        60,
+        0.5,
+        "recovery_waiting",
+    )
+    assert waiting[0]["node"] == survivor and waiting[0]["silent"] == doomed, waiting
+    assert "not proven gone: may be partitioned and serving" in waiting[0]["message"]
+    assert not [e for e in store.events() if e["event"].startswith("etcd_reform") and e["t"] >= crashed]
+    accepted = accept_loss(tour, ",".join(doomed))
     reformed = wait_for(
         lambda: [e for e in store.events() if e["event"] == "etcd_reformed" and e["t"] >= crashed], 90, 0.5, "re-formed"
     )
     assert reformed[-1]["node"] == survivor
+    api_again = wait_for(lambda: kubectl(tour.state, "read-many", *tour.kept) and time.time(), 60, 0.5, "API")
+    print(f"\nquorum crash: recovery_waiting {waiting[0]['t'] - crashed:.1f}s after the crash; "
+          f"API again {api_again - accepted:.1f}s after ek8s recover")  # fmt: skip
     assert store.read_state().generation == generation
     tour.all_kept()
     booted = time.time()
