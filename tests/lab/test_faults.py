@@ -17,6 +17,7 @@ own: test_formation_faults.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,9 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
+from core import recovery
 from core.share import MemberRecord, ShareStore
 from lab import netns
 from lab.cluster import Lab, LabState
@@ -850,6 +853,74 @@ def test_a_deleted_node_of_a_live_control_node_is_registered_again(tour: Tour) -
     tour.whole()
     assert members(tour.state, "control0") == before, "the etcd member was kept: no reset, no rejoin"
     assert not [e for e in store.events() if e["t"] >= deleted_at and e["event"] in ("join_started", "member_removed")]
+    tour.all_kept()
+
+
+def frozen_agents(tour: Tour, node: str) -> list[psutil.Process]:
+    """``node``'s agent and Phylactery processes (found in its namespace, which a machine
+    shares), the ones a hard NFS mount hangs; its etcd, API server, HAProxy and keepalived
+    keep running."""
+    found = []
+    for pid in netns.pids(tour.state.node(node).ns):
+        try:
+            proc = psutil.Process(pid)
+            argv = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if any(k in argv for k in ("-m leader run", "ek8s-node run", "-m phylactery", "ek8s-phylactery")):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.lab
+def test_a_partition_of_the_share_side_from_a_serving_majority_makes_no_second_cluster(tour: Tour) -> None:
+    """issue 19's split brain: {control0 + the share} | {control1, control2}, held for 3 lease
+    TTLs. Blackhole routes cut control0 off from control1, control2 and from the VIP on their
+    side; control1's and control2's agents and Phylacteries are frozen (SIGSTOP) as on a hung
+    NFS mount, so the share sees them fall silent while their etcd members keep a majority and
+    serve. control0 must not re-form etcd on that silence: at every look both sides list 3
+    members; a key written on the majority side during the partition, and every object created
+    before, read back after it heals."""
+    tour.create("before-partition")
+    state, store = tour.state, tour.store
+    side, majority = "control0", ["control1", "control2"]
+    routes = [(side, state.node(n).address) for n in majority] + [(side, "10.0.0.99")]
+    routes += [(n, state.node(side).address) for n in majority]
+    frozen = [p for n in majority for p in frozen_agents(tour, n)]
+    assert len(frozen) >= 2 * len(majority), [p.cmdline() for p in frozen]
+    cut = time.time()
+    try:
+        for node, address in routes:
+            assert in_ns(state, node, "ip", "route", "add", "blackhole", f"{address}/32").returncode == 0
+        for p in frozen:
+            p.suspend()
+        wrote = False
+        while time.time() - cut < 3 * LEASE_TTL_S:
+            assert len(members(state, side) or {}) == 3, "control0 re-formed etcd alone: a second cluster"
+            assert len(members(state, "control1") or {}) == 3
+            if not wrote:
+                wrote = etcdctl(state, "control1", "put", "/ek8s-test/partition", "majority").returncode == 0
+            time.sleep(1.0)
+        assert wrote, "the majority side accepts writes during the partition"
+        a = recovery.assess_share(store, store.read_state().generation, LEASE_TTL_S)
+        assert a.silent == majority and a.lost == [] and a.survivors == [side], a.explain()
+    finally:
+        for p in frozen:
+            with contextlib.suppress(psutil.Error):
+                p.resume()
+        for node, address in routes:
+            in_ns(state, node, "ip", "route", "del", "blackhole", f"{address}/32")
+    events = [e for e in store.events() if e["t"] >= cut]
+    assert not [e for e in events if e["event"] in ("etcd_reform_started", "cluster_lost", "member_reaped")], events
+    for e in events:
+        if e["event"] == "recovery_waiting":
+            assert e["silent"] == majority and e["lost"] == [], e
+    assert store.read_state().generation == 1
+    tour.whole()
+    got = wait_for(
+        lambda: etcdctl(tour.state, side, "get", "--print-value-only", "/ek8s-test/partition"), 30, 1.0, "get"
+    )
+    assert got.stdout.strip() == "majority", "the majority's write during the partition was kept"
     tour.all_kept()
 
 
