@@ -296,6 +296,11 @@ class NodeConfig(_Strict):
     # one from the latest etcd snapshot on the share ("restore"; reinit when there is none),
     # or keep waiting for the operator ("wait").
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "restore"
+    # How a silent control node's loss can be proven without the operator: "warewulf-power"
+    # asks the Warewulf server's ek8s-fence service (ek8s fence serve) to power-cycle it
+    # (wwctl power cycle) before a survivor acts; "none": wait for its boot or for
+    # 'ek8s recover --accept-loss-of' (docs/recovery.md, "Fencing").
+    fencing: Literal["none", "warewulf-power"] = "none"
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
     # Who wrote the file: "warewulf" (overlay template node.yaml.ww) requires WAREWULF_FACTS.

@@ -155,6 +155,21 @@ class LossProof:
         )
 
 
+@dataclass(frozen=True, config=RECORD)
+class FenceRequest:
+    """``fence-requests/<node>.json``: a survivor asks the Warewulf server's fence service to
+    power-cycle ``node`` so that the data of the incarnation named (``boot_id``,
+    ``generation``, ``incarnation_at``: the incarnation record's own ``at``) is proven gone.
+    ``requested_by`` the survivor, ``at`` its clock (shown only)."""
+
+    node: NodeName
+    boot_id: BootId
+    generation: Count
+    incarnation_at: float
+    requested_by: NodeName
+    at: float
+
+
 def _member_url(url_text: str, address: str | None) -> str:
     """``url_text`` when it is ``http(s)://<address>:<port>`` and nothing more (no path, query,
     user or fragment): it is where peers send the bearer token. Else ``ValueError``."""

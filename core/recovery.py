@@ -78,11 +78,13 @@ class Assessment:
     """The control plane of one generation as the share shows it.
 
     ``fates`` maps every control node that joined etcd in the generation (its incarnation) to
-    its :class:`Fate`; ``proofs`` the loss proofs that decided a FENCED or ACCEPTED fate."""
+    its :class:`Fate`; ``proofs`` the loss proofs that decided a FENCED or ACCEPTED fate;
+    ``incarnations`` the incarnation each fate is about."""
 
     generation: int
     fates: Mapping[str, Fate]
     proofs: Mapping[str, LossProof] = field(default_factory=dict)
+    incarnations: Mapping[str, Incarnation] = field(default_factory=dict)
 
     def _with(self, *fates: Fate) -> list[str]:
         return sorted(n for n, f in self.fates.items() if f in fates)
@@ -170,7 +172,7 @@ def assess(
         if inc.generation == generation
     }
     used = {n: p for n, p in proofs.items() if fates.get(n) in (Fate.FENCED, Fate.ACCEPTED)}
-    return Assessment(generation, fates, used)
+    return Assessment(generation, fates, used, {n: incarnations[n] for n in fates})
 
 
 def assess_share(store: ShareStore, generation: int, lease_ttl_s: float) -> Assessment:

@@ -41,6 +41,7 @@ from core.logs import get_logger
 from core.records import (
     RECORD,
     Count,
+    FenceRequest,
     HeartbeatRecord,
     Incarnation,
     InvalidRecord,
@@ -65,6 +66,7 @@ from core.records import snapshot_secret as parse_snapshot_secret
 
 __all__ = [
     "Count",
+    "FenceRequest",
     "Incarnation",
     "InvalidRecord",
     "JoinMaterial",
@@ -565,6 +567,37 @@ class ShareStore:
             if proof is not None:
                 out[proof.node] = proof
         return out
+
+    def request_fence(self, inc: Incarnation, requested_by: str) -> bool:
+        """File ``fence-requests/<node>.json`` for incarnation ``inc`` (the fence service's
+        input, docs/recovery.md "Fencing"). Returns False, writing nothing, when a request for
+        that same incarnation is already filed."""
+        d = self.dir / "fence-requests"
+        path = d / f"{inc.node}.json"
+        held = self._record_or_none(FenceRequest, path) if self._exists(path) else None
+        if held is not None and (held.boot_id, held.generation, held.incarnation_at) == (
+            inc.boot_id,
+            inc.generation,
+            inc.at,
+        ):
+            return False
+        ensure_dir(d)
+        request = FenceRequest(inc.node, inc.boot_id, inc.generation, inc.at, requested_by, time.time())
+        self._atomic(path, json.dumps(asdict(request)) + "\n")
+        return True
+
+    def fence_requests(self) -> dict[str, FenceRequest]:
+        """Every filed :class:`FenceRequest` by node (a bad one is reported and skipped)."""
+        out = {}
+        for p in self._glob(self.dir / "fence-requests", "*.json"):
+            req = self._named(FenceRequest, p, "node")
+            if req is not None:
+                out[req.node] = req
+        return out
+
+    def remove_fence_request(self, node: str) -> None:
+        """Remove ``node``'s fence request (done, or no longer needed)."""
+        self._unlink(self.dir / "fence-requests" / f"{node}.json")
 
     def _named(self, record: type[T], path: Path, key: str) -> T | None:
         """A per-node record (``<dir>/<node>.json``) whose ``key`` must name the node of its

@@ -988,11 +988,20 @@ class Agent:
         (:func:`core.recovery.assess_share`, the one place it is judged)."""
         return recovery.assess_share(self.store, self.generation, self.cfg.timeouts.lease_ttl_s)
 
-    def _wait_for_proof(self, a: recovery.Assessment, silence: str, silent_s: float) -> str:
+    def _wait_for_proof(self, a: recovery.Assessment, silence: str, silent_s: float, survivor: bool = False) -> str:
         """Nothing proves enough lost to act: wait, saying what is proven and what is not;
         after ``timeouts.cluster_lost_grace_s`` of silence record it once (``recovery_waiting``,
-        with the silent members) so that ``ek8s events`` and ``ek8s status`` show it."""
+        with the silent members) so that ``ek8s events`` and ``ek8s status`` show it. A
+        ``survivor`` (it holds etcd data) with ``fencing: warewulf-power`` files a fence
+        request for each silent member (``fence_requested``): the Warewulf server's fence
+        service power-cycles it and records the proof (docs/recovery.md, "Fencing")."""
         sentence = f"{silence}; {a.explain()}: waiting, not acting on silence"
+        if survivor and self.cfg.fencing == "warewulf-power" and a.silent:
+            me = self.cfg.node.name
+            filed = [n for n in a.silent if n in a.incarnations and self.store.request_fence(a.incarnations[n], me)]
+            if filed:
+                self._event("fence_requested", f"asked the Warewulf server to fence {', '.join(filed)}", nodes=filed)
+            sentence += f"; fence requested for {', '.join(a.silent)} (fencing: warewulf-power)"
         if not self.waiting_reported and silent_s >= self.cfg.timeouts.cluster_lost_grace_s:
             self.waiting_reported = True
             self._event("recovery_waiting", sentence, silent=a.silent, lost=a.lost, survivors=a.survivors)
@@ -1013,7 +1022,7 @@ class Agent:
         if not a.quorum_lost:
             if a.silent:
                 silent = self.clock() - (self.silent_since or self.clock())
-                return self._wait_for_proof(a, f"{silence}; etcd lost quorum", silent)
+                return self._wait_for_proof(a, f"{silence}; etcd lost quorum", silent, survivor=True)
             return f"{silence}; etcd lost quorum, but a majority of members may come back ({', '.join(a.lost)} lost)"
         me = self.cfg.node.name
         others = self.store.heartbeats([n for n in a.survivors if n != me])

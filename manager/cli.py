@@ -240,6 +240,52 @@ def recover(
     click.echo(f"cluster {store.cluster}: the loss of {', '.join(x.node for x in written)} is recorded (by {user})")
 
 
+@cli.group()
+def fence() -> None:
+    """Fencing on the Warewulf server: prove silent control nodes down (docs/recovery.md)."""
+
+
+@fence.command("serve")
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option(
+    "--power-command",
+    default="wwctl power cycle {node}",
+    show_default=True,
+    help="run per node to fence ({node} replaced; no shell); must exit 0 once the node is power-cycled",
+)
+@click.option("--lease-ttl", default=30.0, show_default=True, help="seconds a node must be silent to be fenced")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between looks at the share")
+@click.option("--once", is_flag=True, help="one look, then exit (0)")
+@share_errors
+def fence_serve(
+    cluster: str | None, share_path: Path, power_command: str, lease_ttl: float, interval: float, once: bool
+) -> None:
+    """Answer the survivors' fence requests: power-cycle each requested control node that is
+    still silent in the incarnation named (the power command's success is waited for), then
+    record the fence (losses/<node>.json, kind fenced; node_fenced event), which lets the
+    survivor re-form etcd. What ek8s-fence.service runs on the Warewulf server when the
+    inventory sets fencing: warewulf-power. Exit 2 for bad options; runs until interrupted.
+    """
+    from core.logs import setup_logging
+    from manager.fence import FenceService
+
+    if "{node}" not in power_command:
+        fail("--power-command: it must name the node with {node}", 2)
+    if interval <= 0 or lease_ttl <= 0:
+        fail("--interval and --lease-ttl must be above 0", 2)
+    setup_logging(None, "info")
+    service = FenceService(operator_store(share_path, cluster, "fence"), power_command, lease_ttl)
+    if once:
+        for line in service.serve_once():
+            click.echo(line)
+        return
+    try:
+        service.serve(interval)
+    except KeyboardInterrupt:
+        return
+
+
 def _show(doc: dict[str, Any], output: str, all_nodes: bool) -> str:
     """:func:`manager.status.collect`'s document as ``-o`` asks."""
     import json as jsonlib

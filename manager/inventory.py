@@ -205,6 +205,10 @@ class Inventory(_Strict):
     # Default: KUBEADM_CNI for kubeadm, none for k3s (its own flannel; docs.k3s.io "Networking").
     cni_manifest: Path | None = KUBEADM_CNI
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
+    # "warewulf-power": a survivor may have silent control nodes power-cycled through
+    # Warewulf's power control (ek8s fence serve on the Warewulf server, IPMI settings from
+    # the registry) instead of waiting for the operator (docs/recovery.md, "Fencing").
+    fencing: Literal["none", "warewulf-power"] = "none"
     nodes: list[NodeGroup]
 
     @model_validator(mode="before")
@@ -345,6 +349,8 @@ class Inventory(_Strict):
         }
         if self.cni_manifest is not None:
             tags["ek8s_cni_manifest"] = str(self.cni_manifest)
+        if self.fencing != "none":
+            tags["ek8s_fencing"] = self.fencing
         return tags
 
 
