@@ -75,6 +75,9 @@ SETTINGS = (
     "phylactery.reconcile_interval_s=2",
     "phylactery.snapshot_interval_s=2",
     "phylactery.snapshots_keep=3",
+    # A survivor asks the Warewulf server to fence silent peers; only the fencing step runs
+    # `ek8s fence serve`: elsewhere the requests wait, unanswered, and the operator decides.
+    "fencing=warewulf-power",
 )
 # Every step passes for both distributions and both node runners; make test runs k3s on
 # processes and kubeadm on machines (each distribution, each runner, every step: ~5 min for
@@ -1071,5 +1074,53 @@ def test_quorum_lost_by_crashes_reforms_from_the_survivor_and_keeps_every_object
     for n in doomed:
         lab.boot_node(state, state.node(n))
     lab.wait_ready(state, 120, since=booted, names=doomed)
+    tour.whole()
+    tour.all_kept()
+
+
+@pytest.mark.lab
+def test_with_fencing_the_survivor_reforms_only_after_the_fence(tour: Tour) -> None:
+    """``fencing: warewulf-power``: 2 of 3 control nodes crash and stay down; the survivor files
+    fence requests; ``ek8s fence serve`` in the manager's namespace (the Warewulf server) runs a
+    ``wwctl power cycle`` stand-in that power-cycles the lab node (``ek8s lab crash``, then
+    ``ek8s lab boot``), and only after it succeeded records the fence; the survivor re-forms
+    only after the fence records; nothing created before is lost."""
+    tour.create("before-fenced-crash")
+    lab, state, store = tour.lab, tour.state, tour.store
+    survivor, *doomed = CONTROL
+    lab_cmd = f"{sys.executable} -m manager lab --dir {tour.dir} --prefix {PREFIX}"
+    power = tour.dir / "wwctl-power-standin"
+    power.write_text(f"#!/bin/sh\n# wwctl power cycle NODE, for the lab\n{lab_cmd} crash \"$1\" >/dev/null 2>&1\n"
+                     f"exec {lab_cmd} boot \"$1\"\n")  # fmt: skip
+    power.chmod(0o755)
+    crashed = time.time()
+    for n in doomed:
+        lab.stop_node(state, state.node(n), crash=True)
+    with open(tour.dir / "logs/fence.log", "wb") as out:
+        fence = subprocess.Popen(
+            ["ip", "netns", "exec", state.manager, sys.executable, "-m", "manager", "fence", "serve",
+             "--share", str(tour.dir / "share"), "--lease-ttl", str(LEASE_TTL_S), "--interval", "0.5",
+             "--power-command", f"{power} {{node}}"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        reformed = wait_for(
+            lambda: [e for e in store.events() if e["event"] == "etcd_reformed" and e["t"] >= crashed],
+            120,
+            0.5,
+            "re-formed after the fence",
+        )
+        api_at = wait_for(lambda: kubectl(tour.state, "read-many", *tour.kept) and time.time(), 60, 0.5, "API")
+    finally:
+        os.killpg(fence.pid, signal.SIGTERM)
+        fence.wait(timeout=30)
+    events = [e for e in store.events() if e["t"] >= crashed]
+    fenced = {e["target"]: e["t"] for e in events if e["event"] == "node_fenced"}
+    started = [e for e in events if e["event"] == "etcd_reform_started"]
+    assert sorted(fenced) == doomed, events
+    assert started and started[0]["node"] == survivor and started[0]["t"] >= max(fenced.values())
+    assert reformed[-1]["node"] == survivor and store.read_state().generation == 1
+    print(f"\nfenced crash: API again {api_at - crashed:.1f}s after the crash (lease {LEASE_TTL_S:.0f}s)")
+    lab.wait_ready(tour.state, 180, since=crashed, names=doomed)
     tour.whole()
     tour.all_kept()
