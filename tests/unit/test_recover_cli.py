@@ -98,3 +98,22 @@ def test_on_a_terminal_it_asks_and_no_means_nothing(share: Path) -> None:
     code, out = on_a_terminal(["recover", "--share", str(share), "--accept-loss-of", "control2"], "y", {})
     assert code == 0, out
     assert fates(share)["control2"] is recovery.Fate.ACCEPTED and fates(share)["control1"] is recovery.Fate.SILENT
+
+
+def test_status_says_what_is_proven_and_what_is_not(share: Path) -> None:
+    from manager.status import attention
+
+    store = ShareStore(share, "default", "operator")
+    found = attention(store, 1, [], list(CONTROL), 0.0, events=[])
+    problems = {f["problem"]: f["heals"] for f in found}
+    silent = "etcd member control1: its node is silent past the lease, not proven gone (it may be serving)"
+    assert silent in problems and "'ek8s recover --accept-loss-of control1'" in problems[silent]
+    [unproven] = [p for p in problems if p.startswith("no majority of etcd members is alive")]
+    assert "control1, control2 silent past the lease, not proven gone" in unproven
+    assert "nothing acts on silence" in problems[unproven]
+    assert not [p for p in problems if "data is gone" in p or p.startswith("etcd quorum lost")]
+    assert ek8s("recover", "--share", str(share), "--accept-loss-of", "control[1-2]", "--yes").returncode == 0
+    after = [f["problem"] for f in attention(store, 1, [], list(CONTROL), 0.0, events=[])]
+    [accepted] = [p for p in after if p.startswith("etcd member control2: its node loss accepted by ")]
+    assert accepted.endswith(", the data is gone")
+    assert "etcd quorum lost (control1, control2 lost their data)" in after
