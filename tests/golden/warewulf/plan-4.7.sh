@@ -23,7 +23,7 @@ wwctl profile set ek8s-control \
     --tagadd ek8s_vip_port=8443 \
     --tagadd ek8s_vrid=51 \
     --tagadd ek8s_distribution=kubeadm \
-    --tagadd ek8s_k8s_version=v1.32.1 \
+    --tagadd ek8s_k8s_version=v1.36.4 \
     --tagadd ek8s_pod_subnet=10.249.0.0/16 \
     --tagadd ek8s_service_subnet=10.96.0.0/12 \
     --tagadd ek8s_on_cluster_lost=reinit \
@@ -51,7 +51,7 @@ wwctl profile set ek8s-worker \
     --tagadd ek8s_vip_port=8443 \
     --tagadd ek8s_vrid=51 \
     --tagadd ek8s_distribution=kubeadm \
-    --tagadd ek8s_k8s_version=v1.32.1 \
+    --tagadd ek8s_k8s_version=v1.36.4 \
     --tagadd ek8s_pod_subnet=10.249.0.0/16 \
     --tagadd ek8s_service_subnet=10.96.0.0/12 \
     --tagadd ek8s_on_cluster_lost=reinit \
@@ -97,6 +97,9 @@ wwctl configure nfs
 
 # render node.yaml, the units and /etc/hosts for the cluster's nodes
 wwctl overlay build 'control[0-2],worker[0-1]'
+
+# the nodes, their labels, taints and roles for Phylactery (running Nodes, no reboot)
+# `ek8s warewulf apply` (or `ek8s warewulf roles`) writes /share/ek8s/inventory.json
 
 # /etc/warewulf/warewulf.conf needs (ek8s warewulf apply merges it):
 #   nfs:
