@@ -1028,7 +1028,13 @@ class Agent:
             return f"{silence} (grace {grace:.0f}s)"
         a = self._assess()
         me = self.cfg.node.name
-        if a.fates.get(me) in (recovery.Fate.FENCED, recovery.Fate.ACCEPTED) and self.driver.is_joined():
+        mine = a.incarnations.get(me)
+        if (
+            a.fates.get(me) in (recovery.Fate.FENCED, recovery.Fate.ACCEPTED)
+            and mine is not None
+            and mine.boot_id == self.boot_id  # the proof is about this boot's member, not an earlier boot's
+            and self.driver.is_joined()
+        ):
             self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
             why = f"my etcd member's data was declared lost ({me} {a.proof_of(me)}) while this node runs"
             why += ": it must not serve its old data; resetting and rejoining"

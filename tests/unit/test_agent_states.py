@@ -644,6 +644,19 @@ def test_a_node_whose_loss_was_accepted_while_it_runs_resets(tmp_path: Path) -> 
     assert h.state == "RESET" and h.events("member_removed")
 
 
+def test_a_proof_about_an_earlier_boot_does_not_reset_this_boots_member(tmp_path: Path) -> None:
+    """A loss proof covers the incarnation it names: an operator's acceptance of control1's
+    member in an earlier boot says nothing of the member this boot runs, so an API blip must
+    not reset it (that would throw away etcd data nothing proved lost)."""
+    h = watching_control(tmp_path)
+    h.store.record_incarnation("earlier-boot-control1", 1)
+    accept_loss(tmp_path, "control1")
+    h.probes.api = False
+    said = h.cycle()
+    assert "declared lost" not in said and h.state == "WATCH", said
+    assert not h.events("member_removed") and "reset" not in h.driver.calls
+
+
 def test_only_the_survivor_with_the_most_recent_data_reforms(tmp_path: Path) -> None:
     h = watching_control(tmp_path)  # control1
     for name in ("control2", "control3", "control4"):
