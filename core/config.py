@@ -274,8 +274,9 @@ class Timeouts(_Strict):
     # (each wait drawn between half of it and all of it: jitter).
     worker_follow_max_s: float = Field(2.0, gt=0, le=60)
     poll_interval_s: float = Field(0.2, gt=0, le=5)
-    # A ready generation whose API has not answered behind the VIP for this long is lost
-    # (every node rebooted without a reset, or etcd lost quorum); see on_cluster_lost.
+    # A ready generation whose API has not answered behind the VIP for this long, while some
+    # etcd member is only silent (not proven gone), has its wait recorded (recovery_waiting);
+    # a generation is lost only when every member's data is proven gone (docs/recovery.md).
     cluster_lost_grace_s: Seconds = 60.0
     join_attempts: int = Field(5, ge=1, le=100)
     # A worker holds a join slot (kubernetes.worker_join_concurrency) at most this long.
@@ -326,6 +327,11 @@ class NodeConfig(_Strict):
     # one from the latest etcd snapshot on the share ("restore"; reinit when there is none),
     # or keep waiting for the operator ("wait").
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "restore"
+    # How a silent control node's loss can be proven without the operator: "warewulf-power"
+    # asks the Warewulf server's ek8s-fence service (ek8s fence serve) to power-cycle it
+    # (wwctl power cycle) before a survivor acts; "none": wait for its boot or for
+    # 'ek8s recover --accept-loss-of' (docs/recovery.md, "Fencing").
+    fencing: Literal["none", "warewulf-power"] = "none"
     root: Path = Path("/")
     service_manager: Literal["systemd", "process"] = "systemd"
     # Who wrote the file: "warewulf" (overlay template node.yaml.ww) requires WAREWULF_FACTS.

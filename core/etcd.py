@@ -211,9 +211,13 @@ class EtcdClient:
         raise EtcdError("no etcd endpoint answered: " + "; ".join(errors))
 
     # -- cluster membership -----------------------------------------------------------
-    async def member_list(self) -> list[EtcdMember]:
-        """Every member, learners included (``POST /v3/cluster/member/list``)."""
-        data = await self.call("/v3/cluster/member/list", {})
+    async def member_list(self, linearizable: bool = False) -> list[EtcdMember]:
+        """Every member, learners included (``POST /v3/cluster/member/list``). By default the
+        answering member's own view (no quorum needed); with ``linearizable`` the list a
+        quorum agrees on (etcd 3.5's ``MemberListRequest.linearizable``, etcd-io/etcd
+        ``api/etcdserverpb/rpc.proto`` v3.5; ``clientv3`` sets it by default since v3.5):
+        a member without quorum refuses it (:class:`EtcdError`)."""
+        data = await self.call("/v3/cluster/member/list", {"linearizable": True} if linearizable else {})
         return [_member(m) for m in data.get("members", [])]
 
     async def member_add(self, peer_urls: list[str], learner: bool = False) -> tuple[EtcdMember, list[EtcdMember]]:

@@ -114,6 +114,64 @@ class Incarnation:
     at: float
 
 
+LOSS_KINDS = ("fenced", "accepted")
+
+
+def loss_kind(v: str) -> str:
+    """``v`` when it is one of :data:`LOSS_KINDS`, else ``ValueError``."""
+    if v not in LOSS_KINDS:
+        raise ValueError(f"{v!r} is not one of {', '.join(LOSS_KINDS)}")
+    return v
+
+
+@dataclass(frozen=True, config=RECORD)
+class LossProof:
+    """``losses/<node>.json``: proof that the etcd data of one incarnation of a control node is
+    gone, other than a new boot id (docs/recovery.md, "Proof, not silence"). ``kind`` is
+    ``fenced`` (the Warewulf server power-cycled the node and its power control said so) or
+    ``accepted`` (an operator asserted the loss: ``ek8s recover --accept-loss-of``). It covers
+    exactly the incarnation it names (``boot_id``, ``generation`` and ``incarnation_at``, the
+    incarnation record's own ``at`` copied, compared for equality: no clock is compared), so a
+    node that rejoins afterwards, even within the same boot, records a new incarnation the
+    proof does not cover. ``by`` is who proved it (a user, the fence service on a host),
+    ``how`` the means, ``at`` when (the writer's clock, shown only)."""
+
+    node: NodeName
+    boot_id: BootId
+    generation: Count
+    incarnation_at: float
+    kind: Annotated[str, AfterValidator(loss_kind)]
+    by: str
+    how: str
+    at: float
+    reason: str = ""
+
+    def covers(self, inc: Incarnation) -> bool:
+        """Whether this proof is about incarnation ``inc`` (same node, boot, generation and
+        recording)."""
+        return (self.node, self.boot_id, self.generation, self.incarnation_at) == (
+            inc.node,
+            inc.boot_id,
+            inc.generation,
+            inc.at,
+        )
+
+
+@dataclass(frozen=True, config=RECORD)
+class FenceRequest:
+    """``fence-requests/<node>.json``: a survivor asks the Warewulf server's fence service to
+    power-cycle ``node`` so that the data of the incarnation named (``boot_id``,
+    ``generation``, ``incarnation_at``: the incarnation record's own ``at``) is proven gone.
+    ``requested_by`` the survivor, ``at`` its clock (shown only)."""
+
+    node: NodeName
+    boot_id: BootId
+    generation: Count
+    incarnation_at: float
+    requested_by: NodeName
+    at: float
+
+
 def _member_url(url_text: str, address: str | None) -> str:
     """``url_text`` when it is ``http(s)://<address>:<port>`` and nothing more (no path, query,
     user or fragment): it is where peers send the bearer token. Else ``ValueError``."""

@@ -42,12 +42,14 @@ from core.logs import get_logger
 from core.records import (
     RECORD,
     Count,
+    FenceRequest,
     HeartbeatRecord,
     Incarnation,
     InvalidRecord,
     JoinMaterial,
     JoinSlot,
     LeaderRecord,
+    LossProof,
     MemberRecord,
     PreviousCredential,
     PublishedInventory,
@@ -67,10 +69,12 @@ from core.records import snapshot_secret as parse_snapshot_secret
 
 __all__ = [
     "Count",
+    "FenceRequest",
     "Incarnation",
     "InvalidRecord",
     "JoinMaterial",
     "LeaderRecord",
+    "LossProof",
     "MemberRecord",
     "PublishedInventory",
 ]
@@ -549,6 +553,55 @@ class ShareStore:
             if inc is not None:
                 out[inc.node] = inc
         return out
+
+    def record_loss(self, proof: LossProof) -> None:
+        """Write ``losses/<node>.json`` (replacing an earlier proof for that node): the data of
+        the incarnation ``proof`` names is proven gone (a fence, an operator's acceptance).
+        Readers: :func:`core.recovery.assess_share`."""
+        d = self.dir / "losses"
+        ensure_dir(d)
+        self._atomic(d / f"{proof.node}.json", json.dumps(asdict(proof)) + "\n")
+
+    def losses(self) -> dict[str, LossProof]:
+        """Every recorded :class:`LossProof` by node name (one listing; nothing read when there
+        is none). A bad record is reported (``invalid_record``) and proves nothing."""
+        out = {}
+        for p in self._glob(self.dir / "losses", "*.json"):
+            proof = self._named(LossProof, p, "node")
+            if proof is not None:
+                out[proof.node] = proof
+        return out
+
+    def request_fence(self, inc: Incarnation, requested_by: str) -> bool:
+        """File ``fence-requests/<node>.json`` for incarnation ``inc`` (the fence service's
+        input, docs/recovery.md "Fencing"). Returns False, writing nothing, when a request for
+        that same incarnation is already filed."""
+        d = self.dir / "fence-requests"
+        path = d / f"{inc.node}.json"
+        held = self._record_or_none(FenceRequest, path) if self._exists(path) else None
+        if held is not None and (held.boot_id, held.generation, held.incarnation_at) == (
+            inc.boot_id,
+            inc.generation,
+            inc.at,
+        ):
+            return False
+        ensure_dir(d)
+        request = FenceRequest(inc.node, inc.boot_id, inc.generation, inc.at, requested_by, time.time())
+        self._atomic(path, json.dumps(asdict(request)) + "\n")
+        return True
+
+    def fence_requests(self) -> dict[str, FenceRequest]:
+        """Every filed :class:`FenceRequest` by node (a bad one is reported and skipped)."""
+        out = {}
+        for p in self._glob(self.dir / "fence-requests", "*.json"):
+            req = self._named(FenceRequest, p, "node")
+            if req is not None:
+                out[req.node] = req
+        return out
+
+    def remove_fence_request(self, node: str) -> None:
+        """Remove ``node``'s fence request (done, or no longer needed)."""
+        self._unlink(self.dir / "fence-requests" / f"{node}.json")
 
     def _named(self, record: type[T], path: Path, key: str) -> T | None:
         """A per-node record (``<dir>/<node>.json``) whose ``key`` must name the node of its

@@ -54,7 +54,7 @@ from leader.metrics import AgentMetrics
 from leader.states import CYCLE_S, Jobs, State
 
 if TYPE_CHECKING:  # core.etcd imports aiohttp (~0.15 s): not on the agent's start-up path
-    from core.etcd import LocalView
+    from core.etcd import EtcdMember, LocalView
 
 log = get_logger("ek8s.agent", "agent")
 
@@ -110,6 +110,13 @@ class Probes(Protocol):
     def etcd_view(self) -> LocalView | None:
         """This node's own etcd member's view (members, raft index, quorum), or None when it
         runs no member or the member does not answer."""
+        ...
+
+    def quorum_members(self, urls: list[str], token: str) -> list[str] | None:
+        """The etcd member list a quorum agrees on (the members' node names), asked of the
+        other control nodes' Phylacteries at ``urls`` (``GET /v1/status`` with the control
+        credential ``token``: each asks its own member with a linearizable read); None when
+        none of them answers with quorum (then nothing is proven)."""
         ...
 
 
@@ -171,6 +178,22 @@ class NodeProbes:
         except EtcdError:
             return None
 
+    def quorum_members(self, urls: list[str], token: str) -> list[str] | None:
+        """The first answer with quorum among the Phylacteries at ``urls`` (``etcd.quorum``
+        true in ``/v1/status``: its member list was read linearizably), as node names; 3 s per
+        Phylactery. Through Phylactery, not the other members' client URLs: k3s serves only
+        gRPC there (its JSON gateway listens on loopback)."""
+        try:
+            tls = self.ca.context()
+        except OSError:
+            return None
+        for url in urls:
+            answer = probes.phylactery_get(url, "/v1/status", tls, token, 3.0)
+            etcd = answer.get("etcd") if answer else None
+            if isinstance(etcd, dict) and etcd.get("quorum") is True and isinstance(etcd.get("members"), list):
+                return [str(m.get("node")) for m in etcd["members"] if isinstance(m, dict)]
+        return None
+
 
 class Agent:
     """One node's agent. ``config_path`` is handed to Phylactery when the agent starts it."""
@@ -225,6 +248,7 @@ class Agent:
         self.silent_since: float | None = None
         self.lease_checked_at = clock()
         self.lost_reported = False
+        self.waiting_reported = False  # recovery_waiting recorded in this silence
         self.api_seen = False
         self.phylactery_started = False
         self.phylactery_up = False
@@ -232,7 +256,6 @@ class Agent:
         self._credentials: Credentials | None = None
         self.etcd_index: int | None = None  # reported in heartbeats while quorum is lost
         self.member_checked_at = clock()
-        self.member_missing = 0  # consecutive checks that did not find this node's etcd member
         self.node_checked_at = clock()
         self.node_missing = 0  # consecutive checks whose API answered that this node's Node is gone
         self.must_prune = False  # rejoining after the member was removed: prune first
@@ -473,28 +496,37 @@ class Agent:
 
     def _resume(self, snap: Snapshot) -> str | None:
         """The agent was restarted within the same boot (``systemctl restart ek8s-node``, an
-        upgrade): when this node still serves the ready generation - joined, its Node Ready,
-        on a control node its etcd member listed - watch it again instead of resetting. A
-        reset here would throw away an etcd member that holds the cluster's data (on a lone
-        control node: all of it). Returns the sentence, or None to take the normal path."""
+        upgrade): when this node still serves the ready generation, watch it again instead of
+        resetting. A reset here would throw away an etcd member that holds the cluster's data
+        (on a lone control node: all of it), so a control node whose etcd member answers and
+        lists itself resumes whatever the API says (an API blip is judged in WATCH, never by a
+        prune, which Phylactery refuses with 409 for a member that answers); a worker resumes
+        unless the API answers that its Node is not Ready. Returns the sentence, or None to
+        take the normal path (elect, join)."""
         prev, st = self.previous, snap.state
         if prev is None or prev.boot_id != self.boot_id or prev.generation != st.generation or not st.ready:
             return None
         if not self.driver.is_joined():
             return None
         self.generation = st.generation
-        if not self._api_alive() or not self.probes.node_ready():
-            return None
-        listed = ""
+        why = f"restarted within the same boot: this node serves generation {st.generation}"
         if self.cfg.is_control:
             view = self.probes.etcd_view()
-            if view is None or not any(
-                self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in view.members
-            ):
-                return None
-            listed = ", its etcd member listed"
-        why = f"restarted within the same boot: this node serves generation {st.generation} (Node Ready{listed})"
-        return self._go(State.WATCH, f"{why}; resuming without a reset", "resumed")
+            if view is not None and self._listed(view.members):
+                quiet = "" if self._api_alive() else "; the API does not answer behind the VIP now"
+                why += f" (its etcd member answers and is listed{quiet})"
+                return self._go(State.WATCH, f"{why}; resuming without a reset", "resumed")
+            return None
+        api = self._api_alive()
+        ready = self.probes.node_ready() if api else None
+        if api and not ready:
+            return None
+        now = "Node Ready" if api else "the API does not answer behind the VIP now"
+        return self._go(State.WATCH, f"{why} ({now}); resuming without a reset", "resumed")
+
+    def _listed(self, members: tuple[EtcdMember, ...] | list[EtcdMember]) -> bool:
+        """Whether ``members`` holds this node's etcd member (by the driver's naming rule)."""
+        return any(self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in members)
 
     def _deposed(self, why: str) -> str:
         self.fence = None
@@ -877,20 +909,26 @@ class Agent:
         )
 
     def _member_removed(self) -> str | None:
-        """Is this node's etcd member still listed? A member removed behind the node's back
-        (``etcdctl member remove``, a prune of a live node) shuts its etcd down; after two
-        checks :data:`MEMBER_CHECK_S` apart that miss it, reset and rejoin (pruned first)."""
+        """Was this node's etcd member removed (``etcdctl member remove``, a prune of a live
+        node, a survivor's re-form after the operator accepted this node's loss)? Only a quorum
+        says so: when the local member does not answer or does not list itself, the member list
+        is asked of the other control nodes' Phylacteries, each reading its own member's list
+        linearizably (:meth:`Probes.quorum_members`); when that list lacks this node's member,
+        reset and rejoin (pruned first). A local etcd that is slow or restarting, or no other
+        member answering with quorum, proves nothing: the node keeps its member and its data
+        and asks again at the next check."""
         self.member_checked_at = self.clock()
         view = self.probes.etcd_view()
-        if view is not None and any(self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in view.members):
-            self.member_missing = 0
+        if view is not None and self._listed(view.members):
             return None
-        self.member_missing += 1
-        if self.member_missing < 2:
+        me = self.cfg.node.name
+        ttl = self.cfg.timeouts.liveness_ttl_s("control")
+        quorum = self.probes.quorum_members(peers.peer_urls(self.store, me, ttl), self.store.read_credential(CONTROL))
+        if quorum is None or me in quorum:
             return None
-        self.member_missing = 0
         self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
-        why = "my etcd member is no longer in the cluster (removed, or its etcd stopped answering)"
+        asked = "my etcd member does not answer" if view is None else "my etcd member does not list itself"
+        why = f"{asked}, and a quorum's member list (asked through another member) lacks it: it was removed"
         return self._reset(State.JOIN, f"{why}; resetting and rejoining", "member_removed")
 
     def _on_lost(self, snap: Snapshot) -> str:
@@ -964,20 +1002,24 @@ class Agent:
     def _api_alive(self) -> bool:
         ca = self._cluster_ca()
         if ca and self.probes.api_ready(ca):
-            self.silent_since = None
+            self.silent_since, self.waiting_reported = None, False
             return True
         if self.silent_since is None:
             self.silent_since = self.clock()
         return False
 
     def _judge_silence(self, when: str) -> str:
-        """The API of a ready generation is silent. Recovery is ordered by what it keeps
-        (:mod:`core.recovery`, docs/recovery.md): a control node that still holds etcd data
-        re-forms etcd from it when a majority of the members lost theirs; nobody starts a new
-        generation while a survivor holds data; when every member's node shows a new boot the
-        new generation starts at once, otherwise after ``timeouts.cluster_lost_grace_s``. Then
-        ``on_cluster_lost``: ``restore``/``reinit`` start a new generation (the next cycle
-        follows it), ``wait`` enters LOST. Workers only wait."""
+        """The API of a ready generation is silent. Recovery is ordered by what it keeps and
+        acts only on proof (:mod:`core.recovery`, docs/recovery.md): a control node whose own
+        member's loss was proven (fenced, accepted) while it still runs resets and rejoins; a
+        control node that still holds etcd data re-forms etcd from it when a majority of the
+        members is proven to have lost theirs; nobody starts a new generation while a survivor
+        holds data or while any member is merely silent (it may be serving behind a partition):
+        the node waits and says what is proven and what is not, and after
+        ``timeouts.cluster_lost_grace_s`` records it once (``recovery_waiting``). When every
+        member's data is proven gone, ``on_cluster_lost``: ``restore``/``reinit`` start a new
+        generation at once (the next cycle follows it), ``wait`` enters LOST. Workers only
+        wait."""
         grace = self.cfg.timeouts.cluster_lost_grace_s
         silent = self.clock() - (self.silent_since or self.clock())
         vip = f"{self.cfg.vip.address}:{self.cfg.vip.port}"
@@ -985,12 +1027,24 @@ class Agent:
         if not self.cfg.is_control:
             return f"{silence} (grace {grace:.0f}s)"
         a = self._assess()
-        if self.cfg.node.name in a.survivors:
+        me = self.cfg.node.name
+        mine = a.incarnations.get(me)
+        if (
+            a.fates.get(me) in (recovery.Fate.FENCED, recovery.Fate.ACCEPTED)
+            and mine is not None
+            and mine.boot_id == self.boot_id  # the proof is about this boot's member, not an earlier boot's
+            and self.driver.is_joined()
+        ):
+            self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+            why = f"my etcd member's data was declared lost ({me} {a.proof_of(me)}) while this node runs"
+            why += ": it must not serve its old data; resetting and rejoining"
+            return self._reset(State.JOIN, why, "member_removed")
+        if me in a.survivors:
             return self._as_survivor(a, silence)
         if a.survivors:
             return f"{silence}; {', '.join(a.survivors)} still hold etcd data: waiting for etcd to be re-formed"
-        if not (a.all_lost and a.proven_by_boot_ids) and silent < grace:
-            return f"{silence} (grace {grace:.0f}s)"
+        if not a.all_lost:
+            return self._wait_for_proof(a, silence, silent)
         why = f"cluster lost: generation {self.generation} is marked ready but no API answered"
         why += f" behind {vip} for {silent:.0f}s"
         if self.cfg.on_cluster_lost == "wait":
@@ -1016,11 +1070,28 @@ class Agent:
         return sentence
 
     def _assess(self) -> recovery.Assessment:
-        """The generation's etcd members and what became of their data, from the share."""
-        incarnations = self.store.incarnations()
-        names = [n for n, i in incarnations.items() if i.generation == self.generation]
-        heartbeats = self.store.heartbeats(names)
-        return recovery.assess(self.generation, incarnations, heartbeats, self.cfg.timeouts.lease_ttl_s)
+        """The generation's etcd members and what became of their data, from the share
+        (:func:`core.recovery.assess_share`, the one place it is judged)."""
+        return recovery.assess_share(self.store, self.generation, self.cfg.timeouts.lease_ttl_s)
+
+    def _wait_for_proof(self, a: recovery.Assessment, silence: str, silent_s: float, survivor: bool = False) -> str:
+        """Nothing proves enough lost to act: wait, saying what is proven and what is not;
+        after ``timeouts.cluster_lost_grace_s`` of silence record it once (``recovery_waiting``,
+        with the silent members) so that ``ek8s events`` and ``ek8s status`` show it. A
+        ``survivor`` (it holds etcd data) with ``fencing: warewulf-power`` files a fence
+        request for each silent member (``fence_requested``): the Warewulf server's fence
+        service power-cycles it and records the proof (docs/recovery.md, "Fencing")."""
+        sentence = f"{silence}; {a.explain()}: waiting, not acting on silence"
+        if survivor and self.cfg.fencing == "warewulf-power" and a.silent:
+            me = self.cfg.node.name
+            filed = [n for n in a.silent if n in a.incarnations and self.store.request_fence(a.incarnations[n], me)]
+            if filed:
+                self._event("fence_requested", f"asked the Warewulf server to fence {', '.join(filed)}", nodes=filed)
+            sentence += f"; fence requested for {', '.join(a.silent)} (fencing: warewulf-power)"
+        if not self.waiting_reported and silent_s >= self.cfg.timeouts.cluster_lost_grace_s:
+            self.waiting_reported = True
+            self._event("recovery_waiting", sentence, silent=a.silent, lost=a.lost, survivors=a.survivors)
+        return sentence
 
     def _as_survivor(self, a: recovery.Assessment, silence: str) -> str:
         """This node still holds its etcd data while the API is silent: re-form etcd from it
@@ -1035,6 +1106,9 @@ class Agent:
             return f"{silence}; etcd has quorum, the API should come back"
         self.etcd_index = view.raft_index
         if not a.quorum_lost:
+            if a.silent:
+                silent = self.clock() - (self.silent_since or self.clock())
+                return self._wait_for_proof(a, f"{silence}; etcd lost quorum", silent, survivor=True)
             return f"{silence}; etcd lost quorum, but a majority of members may come back ({', '.join(a.lost)} lost)"
         me = self.cfg.node.name
         others = self.store.heartbeats([n for n in a.survivors if n != me])

@@ -180,6 +180,114 @@ def reset(
         fail(f"{argv[0]} exited {res.returncode}")
 
 
+@cli.command()
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option(
+    "--accept-loss-of",
+    "accept_loss_of",
+    required=True,
+    metavar="NODES",
+    help="control nodes (a hostlist: control[1-2]) whose etcd data you know is gone",
+)
+@click.option(
+    "--lease-ttl", default=None, type=float, help="seconds of silence before a node counts as silent [default: 30]"
+)
+@click.option("--reason", default=None, help="recorded with the acceptance [default: ek8s recover by USER]")
+@YES_OPTION
+@share_errors
+def recover(
+    cluster: str | None,
+    share_path: Path,
+    accept_loss_of: str,
+    lease_ttl: float | None,
+    reason: str | None,
+    yes: bool,
+) -> None:
+    """Record that the etcd data of silent control nodes is gone, so that recovery can go on.
+
+    A control node silent past the lease may be down or cut off and still serving; nothing
+    destructive acts on silence (docs/recovery.md, "Proof, not silence"). Without fencing,
+    this is the proof: once you know NODES are down, it records their loss (losses/<node>.json,
+    the loss_accepted event naming you: $SUDO_USER or the login name), and the survivor
+    re-forms etcd, the reaper removes their members, or a new generation restores a snapshot.
+    It says first what happens and asks; without a terminal exit 2 unless --yes. Exit 2 for a
+    name that is not a node or has no etcd member in the current generation; exit 1 for a node
+    whose data is alive (it heartbeats from the boot its member joined in) or when not
+    confirmed. Nothing is written then.
+    """
+    import hostlist
+
+    from manager.recover import RecoverRefused, accept, plan
+
+    try:
+        nodes = hostlist.expand_hostlist(accept_loss_of)
+    except hostlist.BadHostlist as err:
+        fail(f"--accept-loss-of: {accept_loss_of!r} is not a hostlist: {err}", 2)
+    if lease_ttl is not None and lease_ttl <= 0:
+        fail("--lease-ttl must be above 0", 2)
+    user = invoking_user()
+    store = operator_store(share_path, cluster, user)
+    try:
+        p = plan(store, nodes, lease_ttl)
+    except RecoverRefused as err:
+        fail(str(err), err.code)
+    if not p.proofs:
+        for line in p.lines():
+            click.echo(line)
+        click.echo("nothing to record")
+        return
+    confirm(f"ek8s recover of cluster {store.cluster} on {share_path}", p.lines(), yes)
+    written = accept(store, p, user, reason)
+    click.echo(f"cluster {store.cluster}: the loss of {', '.join(x.node for x in written)} is recorded (by {user})")
+
+
+@cli.group()
+def fence() -> None:
+    """Fencing on the Warewulf server: prove silent control nodes down (docs/recovery.md)."""
+
+
+@fence.command("serve")
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option(
+    "--power-command",
+    default="wwctl power cycle {node}",
+    show_default=True,
+    help="run per node to fence ({node} replaced; no shell); must exit 0 once the node is power-cycled",
+)
+@click.option("--lease-ttl", default=30.0, show_default=True, help="seconds a node must be silent to be fenced")
+@click.option("--interval", default=1.0, show_default=True, help="seconds between looks at the share")
+@click.option("--once", is_flag=True, help="one look, then exit (0)")
+@share_errors
+def fence_serve(
+    cluster: str | None, share_path: Path, power_command: str, lease_ttl: float, interval: float, once: bool
+) -> None:
+    """Answer the survivors' fence requests: power-cycle each requested control node that is
+    still silent in the incarnation named (the power command's success is waited for), then
+    record the fence (losses/<node>.json, kind fenced; node_fenced event), which lets the
+    survivor re-form etcd. What ek8s-fence.service runs on the Warewulf server when the
+    inventory sets fencing: warewulf-power. Exit 2 for bad options; runs until interrupted.
+    """
+    from core.logs import setup_logging
+    from manager.fence import FenceService
+
+    if "{node}" not in power_command:
+        fail("--power-command: it must name the node with {node}", 2)
+    if interval <= 0 or lease_ttl <= 0:
+        fail("--interval and --lease-ttl must be above 0", 2)
+    setup_logging(None, "info")
+    service = FenceService(operator_store(share_path, cluster, "fence"), power_command, lease_ttl)
+    if once:
+        for line in service.serve_once():
+            click.echo(line)
+        return
+    try:
+        service.serve(interval)
+    except KeyboardInterrupt:
+        return
+
+
 def _show(doc: dict[str, Any], output: str, all_nodes: bool) -> str:
     """:func:`manager.status.collect`'s document as ``-o`` asks."""
     import json as jsonlib

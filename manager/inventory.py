@@ -247,6 +247,10 @@ class Inventory(_Strict):
     # Default: KUBEADM_CNI for kubeadm, none for k3s (its own flannel; docs.k3s.io "Networking").
     cni_manifest: Path | None = KUBEADM_CNI
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
+    # "warewulf-power": a survivor may have silent control nodes power-cycled through
+    # Warewulf's power control (ek8s fence serve on the Warewulf server, IPMI settings from
+    # the registry) instead of waiting for the operator (docs/recovery.md, "Fencing").
+    fencing: Literal["none", "warewulf-power"] = "none"
     nodes: list[NodeGroup]
     # Labels, taints and roles of groups of nodes (across entries), applied in order over each
     # entry's own (docs/operations.md, "Roles from the inventory").
@@ -401,6 +405,8 @@ class Inventory(_Strict):
         }
         if self.cni_manifest is not None:
             tags["ek8s_cni_manifest"] = str(self.cni_manifest)
+        if self.fencing != "none":
+            tags["ek8s_fencing"] = self.fencing
         return tags
 
 

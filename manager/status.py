@@ -232,15 +232,20 @@ def attention(
     ``events`` or, when None, the share), no snapshot on the share or an old one
     (docs/recovery.md)."""
     out: list[dict[str, str]] = []
-    incarnations = store.incarnations()
-    names = [n for n, i in incarnations.items() if i.generation == generation]
-    a = recovery.assess(generation, incarnations, store.heartbeats(names), lease_ttl_s)
+    a = recovery.assess_share(store, generation, lease_ttl_s)
     if etcd_members is not None:
         for m in etcd_members:
             fate = a.fates.get(m)
-            if fate in (recovery.Fate.REBOOTED, recovery.Fate.DEAD):
+            if fate in recovery.PROVEN:
                 heals = "its node rejoins (pruned first), or Phylactery removes it while quorum holds"
-                out.append({"problem": f"etcd member {m}: its node {fate.value}, the data is gone", "heals": heals})
+                out.append({"problem": f"etcd member {m}: its node {a.proof_of(m)}, the data is gone", "heals": heals})
+            elif fate is recovery.Fate.SILENT:
+                heals = (
+                    "its node heartbeats again; or it is fenced; or, once you know it is down, "
+                    f"'ek8s recover --accept-loss-of {m}'"
+                )
+                problem = f"etcd member {m}: its node is silent past the lease, not proven gone (it may be serving)"
+                out.append({"problem": problem, "heals": heals})
         for n in nodes:
             if n["role"] == "control" and n["phase"] == "watch" and n["name"] not in etcd_members:
                 out.append(
@@ -249,13 +254,18 @@ def attention(
                         "heals": "its agent resets and rejoins within 10 s",
                     }
                 )
-        if a.quorum_lost:
-            heals = (
-                f"{a.survivors[0]} re-forms etcd from its data"
-                if a.survivors
-                else "a new generation restores a snapshot"
-            )
-            out.append({"problem": f"etcd quorum lost ({', '.join(a.lost)} lost their data)", "heals": heals})
+    if a.quorum_lost:
+        heals = (
+            f"{a.survivors[0]} re-forms etcd from its data" if a.survivors else "a new generation restores a snapshot"
+        )
+        out.append({"problem": f"etcd quorum lost ({', '.join(a.lost)} lost their data)", "heals": heals})
+    elif a.quorum_unproven:
+        out.append(
+            {
+                "problem": f"no majority of etcd members is alive: {a.explain()}",
+                "heals": "nothing acts on silence: the silent nodes come back, are fenced, or you accept their loss",
+            }
+        )
     recent = time.time() - 600
     for e in store.events(since=recent) if events is None else events:
         if e["event"] == "duplicate_name" and e["t"] >= recent:

@@ -307,22 +307,29 @@ class Phylactery:
 
     async def _etcd_status(self) -> dict[str, Any]:
         """``{"members": [...], "quorum": bool | None, "error": str | None}`` of the local etcd
-        member. The member list is served locally (etcd 3.4), so quorum is checked with a
-        linearizable read; None when this node runs no etcd member yet."""
+        member; None when this node runs no etcd member yet. The list is read linearizably
+        (etcd 3.5's ``member/list`` with ``linearizable``): ``quorum`` true means a majority
+        agreed on it, which is what a node asks before it believes its own member was removed
+        (``leader/agent.py``); without quorum the member's own view, with ``quorum`` false."""
         ctx = self.driver.etcd_client_context()
         if ctx is None:
             return {"members": [], "quorum": None, "error": None}
         out: dict[str, Any] = {"members": [], "quorum": None, "error": None}
+
+        def listed(members: list[Any]) -> list[dict[str, Any]]:
+            return [{**m.to_json(), "node": self.driver.etcd_member_node(m.name)} for m in members]
+
         async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
             try:
-                out["members"] = [
-                    {**m.to_json(), "node": self.driver.etcd_member_node(m.name)} for m in await etcd.member_list()
-                ]
-                await etcd.get("/registry/health")
+                out["members"] = listed(await etcd.member_list(linearizable=True))
                 out["quorum"] = True
             except (EtcdError, OSError) as err:
-                out["quorum"] = False if out["members"] else None
                 out["error"] = str(err)
+                try:
+                    out["members"] = listed(await etcd.member_list())
+                    out["quorum"] = False
+                except (EtcdError, OSError) as local:
+                    out["error"] = str(local)
         return out
 
 

@@ -1,12 +1,15 @@
-"""The reaper controller: remove the etcd member of a control node that lost its data.
+"""The reaper controller: remove the etcd member of a control node proven to have lost its data.
 
 kubeadm's check-etcd refuses every control-plane join while any listed member is unreachable
 (``cmd/kubeadm/app/phases/etcd/local.go``, ``CheckLocalEtcdClusterStatus``), so a member whose
-node rebooted (new boot id: its RAM root, and etcd's data, are gone) or has been dead past the
-lease TTL must go. Every :data:`REAP_INTERVAL_S`, :meth:`ReaperController.reap_once` runs on
-every control node; only the node whose member leads etcd acts, one member per turn, and it
-reads the share (the members' incarnations and heartbeats, the join slot) only when a member
-does not answer, so a healthy cluster's reaper costs the share nothing. The rule itself is
+node's data is proven gone (a new boot id: its RAM root, and etcd's data, are gone; a fence; an
+operator's acceptance) must go. A member that answers is never removed, whatever the share says
+of its node (its agent may be hung on a hard NFS mount while etcd serves), and neither is one
+whose node is merely silent past the lease (:mod:`core.recovery`: silence is not proof). Every
+:data:`REAP_INTERVAL_S`, :meth:`ReaperController.reap_once` runs on every control node; only
+the node whose member leads etcd acts, one member per turn, and it reads the share (the
+members' incarnations, heartbeats and loss proofs, the join slot) only when a member does not
+answer, so a healthy cluster's reaper costs the share nothing. The rule itself is
 :func:`core.recovery.reapable`; each turn returns the sentence saying what it decided.
 """
 
@@ -56,12 +59,12 @@ class ReaperController:
                 log.warning("reaping dead etcd members failed", extra={"error": str(err)})
 
     async def reap_once(self) -> str:
-        """One turn: remove at most one etcd member whose node rebooted or has been dead past
-        the lease TTL, while the remaining members keep a majority of live ones, never the
-        member of the node in a control-plane join (its new member is listed, and silent,
-        before its join records the new incarnation). Records ``member_reaped``. Returns the
-        sentence saying what it decided. Raises :class:`core.etcd.EtcdError`, ``OSError`` and
-        :class:`core.share.ShareError` when etcd or the share does not answer."""
+        """One turn: remove at most one etcd member that does not answer and whose node's data is proven gone
+        (:func:`core.recovery.reapable`), while the remaining members keep a majority of answering ones,
+        never the member of the node in a control-plane join (its new member is listed, and silent, before
+        its join records the new incarnation). Records ``member_reaped``. Returns the sentence saying what
+        it decided. Raises :class:`core.etcd.EtcdError`, ``OSError`` and :class:`core.share.ShareError` when
+        etcd or the share does not answer."""
         p = self.p
         ctx = p.driver.etcd_client_context()
         if ctx is None:
@@ -76,14 +79,14 @@ class ReaperController:
             silent = sorted(m.name for m, ok in zip(others, answers, strict=True) if not ok)
             if not silent:
                 return "every etcd member answers: nothing to reap"
-            state = await asyncio.to_thread(p.store.read_state)
-            incarnations = await asyncio.to_thread(p.store.incarnations)
-            names = [n for n, i in incarnations.items() if i.generation == state.generation]
-            heartbeats = await asyncio.to_thread(p.store.heartbeats, names)
-            a = recovery.assess(state.generation, incarnations, heartbeats, p.cfg.timeouts.lease_ttl_s)
-            joining = await asyncio.to_thread(p.store.join_slot_holder, p.cfg.timeouts.lease_ttl_s)
             node_of = {m.id: p.driver.etcd_member_node(m.name) for m in members}
-            name = recovery.reapable(list(node_of.values()), a, joining)
+            heard = [node_of[m.id] for m in members if m.id == me]
+            heard += [node_of[m.id] for m, ok in zip(others, answers, strict=True) if ok]
+            state = await asyncio.to_thread(p.store.read_state)
+            ttl = p.cfg.timeouts.lease_ttl_s
+            a = await asyncio.to_thread(recovery.assess_share, p.store, state.generation, ttl)
+            joining = await asyncio.to_thread(p.store.join_slot_holder, ttl)
+            name = recovery.reapable(list(node_of.values()), a, heard, joining)
             if name is None:
                 fates = ", ".join(f"{n} {a.fates[n].value}" for n in sorted(a.fates)) or "no incarnation recorded"
                 return (
@@ -93,8 +96,8 @@ class ReaperController:
             doomed = next(m for m in members if node_of[m.id] == name)
             remaining = len(members) - 1
             await etcd.member_remove(doomed.id)
-        fate = a.fates[name].value
-        why = f"removed etcd member {doomed.name}: its node {fate} (data gone); {remaining} members left"
+        why = f"removed etcd member {doomed.name}: it does not answer and its node {a.proof_of(name)}"
+        why += f" (data gone); {remaining} members left"
         log.info(why, extra={"member": doomed.name})
         self.reaped.append(doomed.name)
         await asyncio.to_thread(p.store.record_event, "member_reaped", state.generation, why, member=doomed.name)

@@ -142,6 +142,10 @@ class FakeProbes:
         self.posts: list[tuple[str, str, dict[str, Any]]] = []
         self.tokens: list[str] = []  # the credential each post carried
         self.etcd: LocalView | None = None
+        # The member list a quorum agrees on, by node name, through other Phylacteries (None:
+        # no quorum answered).
+        self.quorum: list[str] | None = None
+        self.quorum_asked: list[list[str]] = []  # the Phylactery URLs of each such question
         self.answers: dict[str, tuple[int, Any]] = {}
         # node_found's answer; None: as api and node_ready say (while the API answers, a Node
         # whose Ready is known exists).
@@ -173,6 +177,10 @@ class FakeProbes:
 
     def etcd_view(self) -> LocalView | None:
         return self.etcd
+
+    def quorum_members(self, urls: list[str], token: str) -> list[str] | None:
+        self.quorum_asked.append(urls)
+        return self.quorum
 
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         self.posts.append((url, path, body))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.etcd import LocalView
-from core.share import MemberRecord, ShareStore
+from core.etcd import EtcdMember, LocalView
+from core.share import LossProof, MemberRecord, ShareStore
 from leader.agent import API_UP_S, LEASE_CHECK_S
 from leader.election import rule_for
 from tests.unit.agent_fakes import Harness, age_heartbeat, material, ready_generation
@@ -599,6 +599,64 @@ def test_survivor_does_not_reform_while_a_majority_may_come_back(tmp_path: Path)
     assert "reform" not in h.driver.calls and h.store.read_state().generation == 1
 
 
+def test_a_survivor_cut_off_from_a_silent_majority_does_not_reform_until_their_loss_is_proven(
+    tmp_path: Path,
+) -> None:
+    """issue 19's split brain: {control1 + the share} | {control0, control2}. The two keep
+    quorum and serve; the share only shows them silent. Re-forming here would make a second
+    cluster that accepts writes."""
+    h = watching_control(tmp_path)  # control1, with control0 (the leader) and control2 members
+    incarnation(tmp_path, "control2")
+    for name in ("control0", "control2"):
+        age_heartbeat(h.store, name, 31)
+    h.probes.api = False
+    h.probes.etcd = LocalView(members=(), member_id=2, raft_index=42, quorum=False)
+    h.clock.advance(600)
+    said = h.cycle()
+    assert said == (
+        "the API of generation 1 does not answer behind 10.0.0.99:8443 while watching; etcd lost quorum; "
+        "control1 holds its etcd data; control0, control2 silent past the lease, not proven gone: may be "
+        "partitioned and serving; proof needed: a new boot, a fence, or 'ek8s recover --accept-loss-of "
+        "control0,control2': waiting, not acting on silence"
+    )
+    for _ in range(3):
+        h.clock.advance(30)
+        assert h.cycle() == said
+    assert "reform" not in h.driver.calls and not h.events("etcd_reform_started")
+    accept_loss(tmp_path, "control0")
+    accept_loss(tmp_path, "control2", by="bob")
+    assert h.cycle() == (
+        "etcd lost quorum (control0, control2 lost their data); re-forming etcd from my data "
+        "(raft index 42) as a one-member cluster; generation 1 stays"
+    )
+
+
+def test_a_node_whose_loss_was_accepted_while_it_runs_resets(tmp_path: Path) -> None:
+    """It must never serve its old data again (the survivors re-formed without it)."""
+    h = watching_control(tmp_path)
+    h.store.record_incarnation("boot-control1", 1)
+    accept_loss(tmp_path, "control1")
+    h.probes.api = False
+    assert h.cycle() == (
+        "my etcd member's data was declared lost (control1 loss accepted by alice) while this node runs: it must "
+        "not serve its old data; resetting and rejoining"
+    )
+    assert h.state == "RESET" and h.events("member_removed")
+
+
+def test_a_proof_about_an_earlier_boot_does_not_reset_this_boots_member(tmp_path: Path) -> None:
+    """A loss proof covers the incarnation it names: an operator's acceptance of control1's
+    member in an earlier boot says nothing of the member this boot runs, so an API blip must
+    not reset it (that would throw away etcd data nothing proved lost)."""
+    h = watching_control(tmp_path)
+    h.store.record_incarnation("earlier-boot-control1", 1)
+    accept_loss(tmp_path, "control1")
+    h.probes.api = False
+    said = h.cycle()
+    assert "declared lost" not in said and h.state == "WATCH", said
+    assert not h.events("member_removed") and "reset" not in h.driver.calls
+
+
 def test_only_the_survivor_with_the_most_recent_data_reforms(tmp_path: Path) -> None:
     h = watching_control(tmp_path)  # control1
     for name in ("control2", "control3", "control4"):
@@ -613,21 +671,34 @@ def test_only_the_survivor_with_the_most_recent_data_reforms(tmp_path: Path) -> 
     assert "reform" not in h.driver.calls
 
 
-def test_without_survivors_the_generation_is_restored_after_the_grace(tmp_path: Path) -> None:
+def accept_loss(tmp_path: Path, name: str, by: str = "alice") -> None:
+    """An operator's recorded acceptance of ``name``'s loss (its current incarnation)."""
+    store = ShareStore(tmp_path / "share", "default", "operator")
+    i = store.incarnations()[name]
+    store.record_loss(LossProof(name, i.boot_id, i.generation, i.at, "accepted", by, "ek8s recover", time.time()))
+
+
+def test_a_silent_member_never_starts_a_new_generation_until_its_loss_is_proven(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
-    age_heartbeat(ShareStore(tmp_path / "share", "default", "x"), "control0", 31)  # dead, not proven
+    age_heartbeat(ShareStore(tmp_path / "share", "default", "x"), "control0", 31)  # silent, not proven
     h = Harness(tmp_path, "control1")
     h.cycle()
-    assert h.cycle() == "the API of generation 1 does not answer behind 10.0.0.99:8443 before joining (grace 60s)"
-    h.clock.advance(61)
-    assert (
-        h.cycle()
-        == (
-            "cluster lost: generation 1 is marked ready but no API answered behind 10.0.0.99:8443 for 61s; "
-            "started generation 2, restoring etcd from nothing (on_cluster_lost is 'restore' but the share holds "
-            "no snapshot)"
-        )
-        or "started generation 2" in h.events("cluster_lost")[0]["message"]
+    waiting = (
+        "the API of generation 1 does not answer behind 10.0.0.99:8443 before joining; control0 silent past the "
+        "lease, not proven gone: may be partitioned and serving; proof needed: a new boot, a fence, or "
+        "'ek8s recover --accept-loss-of control0': waiting, not acting on silence"
+    )
+    assert h.cycle() == waiting
+    assert not h.events("recovery_waiting")
+    h.clock.advance(600)  # far past the grace: still nothing acts on silence
+    assert h.cycle() == waiting and h.cycle() == waiting
+    [event] = h.events("recovery_waiting")  # recorded once, after the grace
+    assert event["silent"] == ["control0"] and event["lost"] == [] and event["survivors"] == []
+    assert h.store.read_state().generation == 1
+    accept_loss(tmp_path, "control0")
+    assert h.cycle() == (
+        "cluster lost: generation 1 is marked ready but no API answered behind 10.0.0.99:8443 for 600s; "
+        "started generation 2, starting from nothing (on_cluster_lost is 'restore' but the share holds no snapshot)"
     )
     assert h.store.read_state().generation == 2
 
@@ -643,7 +714,7 @@ def test_when_every_member_rebooted_the_new_generation_starts_at_once(tmp_path: 
 
 def test_on_cluster_lost_wait_enters_lost_until_the_api_returns(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
-    age_heartbeat(ShareStore(tmp_path / "share", "default", "x"), "control0", 31)
+    rebooted(tmp_path, "control0")
     h = Harness(tmp_path, "control1", on_cluster_lost="wait")
     h.cycle()
     h.cycle()
@@ -684,33 +755,56 @@ def test_a_refused_prune_stops_the_join(tmp_path: Path) -> None:
     assert "join" not in h.driver.calls, "no kubeadm join after a failed prune"
 
 
-def test_member_removed_behind_the_nodes_back_resets_and_rejoins_pruned(tmp_path: Path) -> None:
-    from core.etcd import EtcdMember
+ME = EtcdMember(2, "control1", ("https://10.0.0.22:2380",), ("https://10.0.0.22:2379",))
+OTHER = EtcdMember(1, "control0", ("https://10.0.0.21:2380",), ("https://10.0.0.21:2379",))
 
+
+def peer_control0(h: Harness) -> None:
+    """control0 heartbeats and its Phylactery is registered: the one to ask."""
+    ShareStore(h.cfg.share.path, "default", "control0").heartbeat("boot-control0", "control", "watch", 1)
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
+
+
+def test_member_removed_behind_the_nodes_back_resets_and_rejoins_pruned(tmp_path: Path) -> None:
     h = watching_control(tmp_path)
-    me = EtcdMember(2, "control1", ("https://10.0.0.22:2380",), ("https://10.0.0.22:2379",))
-    other = EtcdMember(1, "control0", ("https://10.0.0.21:2380",), ("https://10.0.0.21:2379",))
-    h.probes.etcd = LocalView(members=(other, me), member_id=2, raft_index=9, quorum=True)
+    peer_control0(h)
+    h.probes.etcd = LocalView(members=(OTHER, ME), member_id=2, raft_index=9, quorum=True)
     h.clock.advance(5)
     assert h.cycle() == "no action: generation 1 is healthy"
-    h.probes.etcd = LocalView(members=(other,), member_id=2, raft_index=9, quorum=True)
-    h.clock.advance(5)
-    assert h.cycle() == "no action: generation 1 is healthy", "one miss is not enough"
+    assert h.probes.quorum_asked == [], "a member that lists itself costs no question to the others"
+    h.probes.etcd = None  # a removed member's etcd stops (etcd: "the member has been permanently removed")
+    h.probes.quorum = ["control0"]  # the quorum's linearizable list lacks it
     h.clock.advance(5)
     assert h.cycle() == (
-        "my etcd member is no longer in the cluster (removed, or its etcd stopped answering); resetting and rejoining"
+        "my etcd member does not answer, and a quorum's member list (asked through another member) lacks it: "
+        "it was removed; resetting and rejoining"
     )
+    assert h.probes.quorum_asked == [["https://10.0.0.21:9999"]], "asked through the other member, not mine"
     assert h.state == "RESET" and h.events("member_removed")
     h.finish_jobs()
     h.clock.advance(1)
     assert h.cycle() == "reset done; join again"
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
     assert h.cycle() == "asking the other control nodes to prune my stale state and renew the join material"
 
 
-def test_an_agent_restarted_within_the_boot_resumes_without_a_reset(tmp_path: Path) -> None:
-    from core.etcd import EtcdMember
+@pytest.mark.parametrize("quorum", [None, ["control0", "control1"]], ids=["no-quorum-answer", "quorum-lists-me"])
+def test_a_slow_local_etcd_is_no_proof_the_member_was_removed(tmp_path: Path, quorum: list[str] | None) -> None:
+    """Today two 2 s timeouts of the local etcd reset a live member after ~6 s, throwing its
+    data away. Only a quorum's member list that lacks it proves the member removed."""
+    h = watching_control(tmp_path)
+    peer_control0(h)
+    h.probes.etcd = LocalView(members=(OTHER, ME), member_id=2, raft_index=9, quorum=True)
+    h.clock.advance(5)
+    h.cycle()
+    h.probes.etcd, h.probes.quorum = None, quorum  # the local etcd times out
+    for _ in range(6):
+        h.clock.advance(5)
+        assert h.cycle() == "no action: generation 1 is healthy"
+    assert h.state == "WATCH" and "reset" not in h.driver.calls and not h.events("member_removed")
+    assert h.probes.quorum_asked == [["https://10.0.0.21:9999"]] * 6, "asked the others at each check"
 
+
+def test_an_agent_restarted_within_the_boot_resumes_without_a_reset(tmp_path: Path) -> None:
     first = joined_worker(tmp_path)
     first.probes.node = True
     first.cycle()
@@ -730,12 +824,34 @@ def test_an_agent_restarted_within_the_boot_resumes_without_a_reset(tmp_path: Pa
     c.driver.joined, c.probes.api, c.probes.node = True, True, True
     c.probes.etcd = LocalView(members=(), member_id=2, raft_index=9, quorum=True)
     assert not c.cycle().startswith("restarted within the same boot")
-    me = EtcdMember(2, "control1", ("https://10.0.0.22:2380",), ("https://10.0.0.22:2379",))
     store.heartbeat("boot-control1", "control", "watch", 1)
     c2 = Harness(tmp_path, "control1")
     c2.driver.joined, c2.probes.api, c2.probes.node = True, True, True
-    c2.probes.etcd = LocalView(members=(me,), member_id=2, raft_index=9, quorum=True)
-    assert c2.cycle().endswith("(Node Ready, its etcd member listed); resuming without a reset")
+    c2.probes.etcd = LocalView(members=(ME,), member_id=2, raft_index=9, quorum=True)
+    assert c2.cycle().endswith("(its etcd member answers and is listed); resuming without a reset")
+
+
+def test_a_control_node_resuming_during_an_api_blip_keeps_its_member(tmp_path: Path) -> None:
+    """Today one API blip during the resume sends the node down the join path: a prune, a 409
+    (its member answers), a failed join and a reset that throws the etcd data away."""
+    ready_generation(tmp_path / "share")
+    ShareStore(tmp_path / "share", "default", "control1").heartbeat("boot-control1", "control", "watch", 1)
+    h = Harness(tmp_path, "control1")
+    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
+    h.driver.joined, h.probes.api, h.probes.node = True, False, None  # the API blips
+    h.probes.etcd = LocalView(members=(OTHER, ME), member_id=2, raft_index=9, quorum=True)
+    h.probes.answers["/v1/prune"] = (409, {"error": "the etcd member of control1 answers"})
+    assert h.cycle() == (
+        "restarted within the same boot: this node serves generation 1 (its etcd member answers and is listed; "
+        "the API does not answer behind the VIP now); resuming without a reset"
+    )
+    h.probes.api = h.probes.node = True
+    for _ in range(4):
+        h.clock.advance(5)
+        h.cycle()
+        h.finish_jobs()
+    assert h.state == "WATCH" and h.driver.calls == []
+    assert not [p for p in h.probes.posts if p[1] == "/v1/prune"], "no prune of a node whose member answers"
 
 
 def test_a_rebooted_node_does_not_resume(tmp_path: Path) -> None:

@@ -135,16 +135,51 @@ def test_nothing_is_reaped_while_every_member_answers(c: Cluster) -> None:
 
 def test_the_member_of_a_rebooted_node_is_removed(c: Cluster) -> None:
     c.reboot("control2")
-    assert c.turn() == "removed etcd member control2: its node rebooted (data gone); 2 members left"
+    assert c.turn() == (
+        "removed etcd member control2: it does not answer and its node rebooted (new boot id) (data gone); "
+        "2 members left"
+    )
     assert c.etcd.removed == [3] and c.reaper.reaped == ["control2"]
     [event] = [e for e in c.p.store.events() if e["event"] == "member_reaped"]
     assert event["member"] == "control2" and event["node"] == "control0"
 
 
-def test_the_member_of_a_node_dead_past_the_lease_is_removed(c: Cluster) -> None:
+def test_the_member_of_a_node_merely_silent_past_the_lease_is_kept(c: Cluster) -> None:
+    """Silence is not proof: control1 may be cut off from the share while its etcd serves."""
     c.answering.discard("control1")
     age_heartbeat(c.stores["control0"], "control1", 31)
-    assert c.turn() == "removed etcd member control1: its node dead (data gone); 2 members left"
+    assert c.turn() == (
+        "control1 do not answer, but no member may be removed "
+        "(control0 alive, control1 silent, control2 alive; joining: nobody)"
+    )
+    assert c.etcd.removed == []
+
+
+def test_the_member_of_a_node_whose_loss_the_operator_accepted_is_removed(c: Cluster) -> None:
+    from core.share import LossProof
+
+    c.answering.discard("control1")
+    age_heartbeat(c.stores["control0"], "control1", 31)
+    i = c.p.store.incarnations()["control1"]
+    c.p.store.record_loss(LossProof("control1", i.boot_id, 1, i.at, "accepted", "alice", "ek8s recover", 0.0))
+    assert c.turn() == (
+        "removed etcd member control1: it does not answer and its node loss accepted by alice (data gone); "
+        "2 members left"
+    )
+    assert c.etcd.removed == [2]
+
+
+def test_mixed_answers_remove_nothing_alive(c: Cluster) -> None:
+    """issue 19: control1 blips (its etcd does not answer for a second, its node heartbeats),
+    control2 answers but its agent is stuck on NFS (its heartbeat ages past the lease). The old
+    rule removed control2, a live member, on the share's word alone."""
+    c.answering.discard("control1")
+    age_heartbeat(c.stores["control0"], "control2", 45)
+    assert c.turn() == (
+        "control1 do not answer, but no member may be removed "
+        "(control0 alive, control1 alive, control2 silent; joining: nobody)"
+    )
+    assert c.etcd.removed == [] and c.reaper.reaped == []
 
 
 def test_a_silent_member_whose_node_is_alive_is_kept(c: Cluster) -> None:

@@ -261,7 +261,7 @@ def test_status_names_what_is_degraded_and_what_heals_it(tmp_path: Path) -> None
     found = attention(store, 1, nodes, ["control0", "control2"], None)
     problems = [f["problem"] for f in found]
     assert problems == [
-        "etcd member control2: its node rebooted, the data is gone",
+        "etcd member control2: its node rebooted (new boot id), the data is gone",
         "control node control1 has no etcd member",
         "two machines heartbeat as operator",
         "no etcd snapshot on the share",
