@@ -44,8 +44,9 @@ def test_boot_script_lays_the_node_overlay_over_the_common_one_over_the_image() 
         binds=[["/lab/share", "/share"]],
     )
     lines = machines.boot_script(cfg).splitlines()
-    assert lines[1] == "mount -t tmpfs -o mode=0755 ek8s-ram /lab/machines/control0/ram"
-    overlay = shlex.split(lines[3])
+    assert lines[1] == "umask 022"  # the node's modes, not the caller's (CI runs under 077)
+    assert lines[2] == "mount -t tmpfs -o mode=0755 ek8s-ram /lab/machines/control0/ram"
+    overlay = shlex.split(lines[4])
     assert overlay[:4] == ["mount", "-t", "overlay", "-o"]
     assert overlay[4].startswith(
         "lowerdir=/lab/machines/control0/overlay:/lab/machines/common:/cache/rootfs,"
