@@ -174,6 +174,19 @@ class Tour:
             print(f"all_kept: the first read was {first}; {30 - (deadline - time.monotonic()):.1f} s later {last[0]}")
         assert last[0] == expected, f"objects not read back within 30 s: {last[0]}"
 
+    def told(self, since: float, node: str | None = None) -> str:
+        """What a failed step says, so CI's output explains it: the events since ``since`` (Unix
+        seconds), one per line, and on machines the last 40 lines of ``node``'s ek8s-node.service
+        journal since then."""
+        lines = [f"{e['t']:.1f} {e.get('node')} {e['event']}: {e.get('message', '')}" for e in self.store.events(since)]
+        if node is not None and self.mode == "machines":
+            state = self.state
+            journal = ["journalctl", "-u", "ek8s-node", f"--since=@{since:.0f}", "--no-pager", "-n", "40"]
+            argv = self.lab.runner(state).exec_argv(state, state.node(node), journal)
+            got = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            lines += [f"-- {node}'s ek8s-node journal --", got.stdout + got.stderr]
+        return "\n".join(lines)
+
     def whole(self) -> dict[str, Any]:
         """The lab's report once nothing stale is left (see :func:`tests.lab.kit.healthy`)."""
         r = healthy(self.lab, self.state)
@@ -993,7 +1006,7 @@ def test_two_of_three_control_nodes_rebooted_reform_from_the_survivor(tour: Tour
     tour.lab.reboot_nodes(tour.state, rebooted)
     tour.whole()
     reformed = [e for e in store.events() if e["event"] == "etcd_reformed" and e["t"] >= started]
-    assert reformed and reformed[-1]["node"] == survivor
+    assert reformed and reformed[-1]["node"] == survivor, tour.told(started, survivor)
     assert store.read_state().generation == 1, "the cluster was kept, not rebuilt"
     assert not [e for e in store.events() if e["event"] == "cluster_lost" and e["t"] >= started]
     assert etcd_member_names(tour.lab, tour.state, survivor) == CONTROL
