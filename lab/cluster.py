@@ -131,6 +131,9 @@ class Lab:
             raise LabError(f"--dir {self.dir} is too long for UNIX socket paths below it; use a shorter one")
         ensure_dir(self.dir, 0o700)
         ensure_dir(self.share, 0o700)
+        # The cluster's trees exist before any node mounts them, as `ek8s warewulf apply`
+        # makes them on the Warewulf server (a worker machine binds only <cluster>/nodes).
+        self.store().ensure()
         ensure_dir(self.dir / "logs", 0o700)
         bin_dir = ensure_dir(self.dir / "bin", 0o700)
         emu_path = self.dir / "emulation.json"

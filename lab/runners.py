@@ -31,12 +31,13 @@ import psutil
 import yaml
 
 from core.fileperm import ensure_dir
+from core.share import mounted_trees
 from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
 from lab.emulation import etcd_tool as emulation_etcd_tool
-from lab.state import MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
+from lab.state import CLUSTER, MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
 
 
 class Lab(Protocol):
@@ -268,7 +269,12 @@ class MachineRunner:
                 layers=[str(layer), str(common)],
                 ram=node.root,
                 boots=str(node_dir / "boots.jsonl"),
-                binds=[[str(lab.share), SHARE_PATH], [str(emu_dir), machines.EMULATION_MOUNT]],
+                # What the role's NFS exports allow (the lab's stand-in for the client
+                # restrictions): a worker sees <share>/<cluster>/nodes only.
+                binds=[
+                    *([str(lab.share / tree), f"{SHARE_PATH}/{tree}"] for tree in mounted_trees(CLUSTER, node.role)),
+                    [str(emu_dir), machines.EMULATION_MOUNT],
+                ],
                 cgroups=str(node_dir / "cgroups"),
             ).dump(node_dir / "machine.json")
 
