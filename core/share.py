@@ -448,11 +448,13 @@ class ShareStore:
             ensure_dir(self._c(sub))
         self.ensure_node_tree()
         self.ops.add(stats=4)
+        if self._exists(self._state_path) and not self._exists(self._n("cluster.json")):
+            moved = self.migrate_layout()  # the first start of this version on an old share
+            if moved:
+                log.info("share moved to the layout by role", extra={"moved": moved})
         with self._locked():
             if not self._exists(self._state_path):
                 self._write_state(ClusterState(reason="share initialised", updated_at=time.time()))
-            elif not self._exists(self._n("cluster.json")):
-                self._write_public_state(self.read_state())
             slot = self._c("join_slot.json")
             if not self._exists(slot):
                 self._atomic(slot, json.dumps({"holder": None}))
@@ -468,6 +470,79 @@ class ShareStore:
             path = ensure_dir(self._n(sub) if sub else self.nodes_dir, mode)
             _share_group(path)
         self.ops.add(stats=2 + len(NODE_WRITABLE_DIRS))
+
+    def migrate_layout(self, dry_run: bool = False) -> list[str]:
+        """Move a share written before the split by role (every record in ``<cluster>/``) to
+        the two trees (docs/share-protocol.md, "Migration"); control side only, under the lock,
+        idempotent (a share already in the new layout gives ``[]``). Returns one line per
+        change, ``from -> to``; with ``dry_run`` nothing is written.
+
+        * workers' heartbeats (``heartbeats/<node>`` whose record says ``role: worker``) move
+          to ``nodes/heartbeats/`` by rename (their mtime, the share's clock, is kept); one
+          that is already there and newer wins, the old one is removed;
+        * ``worker_join_slots.json`` moves to ``nodes/slots/``;
+        * ``nodes/cluster.json``, ``nodes/join.json`` and ``nodes/members/`` are written from
+          the control tree's records. The worker copy of ``join.json`` withholds the server
+          token when ``certificate_key`` holds a k3s secure token (``K10...``: the agent token,
+          core/drivers/k3s.py), else the certificate key (kubeadm);
+        * the worker credential gets the node tree's mode and group.
+
+        Nothing is deleted but what was moved; the timeline (``events.jsonl``) stays where it
+        is, with the workers' earlier events in it."""
+        self._c("heartbeats")
+        if not self._exists(self._state_path):
+            return []
+        done: list[str] = []
+        if not dry_run:
+            self.ensure_node_tree()
+        with self._locked():
+            for path in self._glob(self._c("heartbeats"), "*"):
+                if not NODE_NAME_RE.match(path.name):
+                    continue
+                try:
+                    record = self._record(HeartbeatRecord, path)
+                except (OSError, InvalidRecord):
+                    continue
+                if record.role != WORKER:
+                    continue
+                target = self._n("heartbeats", path.name)
+                done.append(f"heartbeats/{path.name} -> nodes/heartbeats/{path.name}")
+                if dry_run:
+                    continue
+                if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
+                    self._unlink(path)
+                else:
+                    self.ops.add(renames=1)
+                    os.rename(path, target)
+            slots = self._c("worker_join_slots.json")
+            if self._exists(slots):
+                done.append("worker_join_slots.json -> nodes/slots/worker_join_slots.json")
+                if not dry_run:
+                    self.ops.add(renames=1)
+                    os.rename(slots, self._n("slots", "worker_join_slots.json"))
+            if not self._exists(self._n("cluster.json")):
+                done.append("cluster.json -> nodes/cluster.json (a copy)")
+                if not dry_run:
+                    self._write_public_state(self.read_state())
+            if self._exists(self._c("join.json")) and not self._exists(self._n("join.json")):
+                material = self._required(JoinMaterial, self._c("join.json"))
+                k3s = material.certificate_key.startswith("K10")
+                withheld = ("token",) if k3s else ("certificate_key",)
+                done.append(f"join.json -> nodes/join.json (a copy without {withheld[0]})")
+                if not dry_run:
+                    self._write_worker_join_material(material, withheld)
+            for path in self._glob(self._c("members"), "*.json"):
+                if not self._exists(self._n("members", path.name)):
+                    done.append(f"members/{path.name} -> nodes/members/{path.name} (a copy)")
+                    if not dry_run:
+                        self._atomic(self._n("members", path.name), self._read_bytes(path))
+            token = self._n("phylactery-worker.token")
+            if self._exists(token) and token.stat().st_mode & 0o777 != NODE_FILE_MODE:
+                done.append("nodes/phylactery-worker.token: mode 0640, group 65534")
+                if not dry_run:
+                    os.chmod(token, NODE_FILE_MODE)
+                    _share_group(token)
+        return done
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -800,6 +875,10 @@ class ShareStore:
 
     def _write_join_material(self, material: JoinMaterial, withheld: tuple[str, ...]) -> None:
         self._atomic(self._c("join.json"), json.dumps(asdict(material), indent=1) + "\n")
+        self._write_worker_join_material(material, withheld)
+
+    def _write_worker_join_material(self, material: JoinMaterial, withheld: tuple[str, ...]) -> None:
+        """``nodes/join.json``: ``material`` without the fields ``withheld``."""
         blank: dict[str, Any] = {name: "" for name in withheld}
         if "certificate_key" in withheld:
             blank["certificate_key_expires_at"] = 0.0

@@ -210,3 +210,94 @@ def test_a_worker_agent_opens_nothing_outside_the_node_tree_through_a_whole_join
     assert opened, "the audit hook saw the agent's share accesses"
     outside = sorted({p for p in opened if not p.startswith(str(share / "default" / "nodes"))})
     assert outside == [], f"a worker's agent opened the control-only tree: {outside}"
+
+
+# -- migration of a share written before the split --------------------------------------------
+def old_layout(share: Path, k3s: bool = False) -> Path:
+    """A cluster directory as the versions before the split wrote it: every record in it."""
+    d = share / "default"
+    (d / "heartbeats").mkdir(parents=True, mode=0o700)
+    (d / "members").mkdir(mode=0o700)
+    (d / "nodes").mkdir(mode=0o700)
+    (d / "cluster.json").write_text(json.dumps({"generation": 3, "epoch": 5, "ready": True, "protocol": 1}))
+    m = material(3, 5)
+    if k3s:
+        m = replace(m, token="K10" + "a" * 64 + "::server:s3cret", certificate_key="K10" + "a" * 64 + "::node:agent")
+    (d / "join.json").write_text(json.dumps(m.__dict__ | {"published_at": 1.0}))
+    beat = {"boot_id": "b", "phase": "watch", "generation": 3}
+    (d / "heartbeats" / "control0").write_text(json.dumps({"node": "control0", "role": "control", **beat}))
+    (d / "heartbeats" / "worker0").write_text(json.dumps({"node": "worker0", "role": "worker", **beat}))
+    (d / "worker_join_slots.json").write_text(json.dumps({"holders": {}}))
+    (d / "members" / "control0.json").write_text(
+        json.dumps(
+            {
+                "name": "control0",
+                "address": "10.0.0.21",
+                "phylactery_url": "https://10.0.0.21:9999",
+                "boot_id": "b",
+                "generation": 3,
+            }
+        )
+    )
+    (d / "nodes" / "phylactery-worker.token").write_text("worker-token\n")
+    (d / "nodes" / "phylactery-worker.token").chmod(0o600)
+    (d / "events.jsonl").write_text(
+        json.dumps({"t": 1.0, "node": "worker0", "generation": 3, "event": "joined"}) + "\n"
+    )
+    return d
+
+
+def snapshot_of(d: Path) -> dict[str, tuple[bytes, int]]:
+    files = [p for p in d.rglob("*") if p.is_file() and p.suffix != ".lock"]  # a lock is no record
+    return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.mark.parametrize("k3s", [False, True], ids=["kubeadm", "k3s"])
+def test_migration_moves_an_old_share_to_the_two_trees_once_and_loses_nothing(tmp_path: Path, k3s: bool) -> None:
+    d = old_layout(tmp_path, k3s)
+    before = snapshot_of(d)
+    store = ShareStore(tmp_path, "default", "operator")
+    planned = store.migrate_layout(dry_run=True)
+    assert snapshot_of(d) == before, "a dry run writes nothing"
+    moved = store.migrate_layout()
+    assert moved == planned
+    assert "heartbeats/worker0 -> nodes/heartbeats/worker0" in moved
+    after = snapshot_of(d)
+    # The worker's heartbeat moved as it was (content and mtime: its age on the share's clock).
+    assert after["nodes/heartbeats/worker0"] == before["heartbeats/worker0"]
+    assert "heartbeats/worker0" not in after and after["heartbeats/control0"] == before["heartbeats/control0"]
+    assert after["nodes/slots/worker_join_slots.json"][0] == before["worker_join_slots.json"][0]
+    for kept in ("cluster.json", "join.json", "members/control0.json", "events.jsonl"):
+        assert after[kept] == before[kept], kept
+    public = json.loads(after["nodes/join.json"][0])
+    full = json.loads(before["join.json"][0])
+    gone, stays = ("token", "certificate_key") if k3s else ("certificate_key", "token")
+    assert public[gone] == "" and public[stays] == full[stays]
+    assert json.loads(after["nodes/cluster.json"][0])["generation"] == 3
+    assert after["nodes/members/control0.json"][0] == before["members/control0.json"][0]
+    assert (d / "nodes/phylactery-worker.token").stat().st_mode & 0o777 == 0o640
+    # Idempotent; a worker's store now reads everything it needs from the node tree.
+    assert store.migrate_layout() == [] and snapshot_of(d) == after
+    worker = ShareStore(tmp_path, "default", "worker0", role="worker")
+    assert worker.read_state().generation == 3 and worker.read_credential(WORKER) == "worker-token"
+    assert worker.read_heartbeat("worker0") is not None and [m.name for m in worker.members()] == ["control0"]
+    assert [e["event"] for e in store.events()] == ["joined"], "the old timeline is still read"
+
+
+def test_a_control_nodes_first_start_migrates_and_the_operator_command_says_what_it_moved(tmp_path: Path) -> None:
+    import subprocess
+
+    d = old_layout(tmp_path / "a")
+    ShareStore(tmp_path / "a", "default", "control0").ensure()  # the agent's first start of this version
+    assert (d / "nodes/heartbeats/worker0").exists() and (d / "nodes/cluster.json").exists()
+    old_layout(tmp_path / "b")
+    cmd = [sys.executable, "-m", "manager", "share", "migrate", "--share", str(tmp_path / "b"), "--cluster", "default"]
+    dry = subprocess.run([*cmd, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "would move: heartbeats/worker0 -> nodes/heartbeats/worker0" in dry.stdout
+    assert not (tmp_path / "b/default/nodes/cluster.json").exists()
+    real = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert real.returncode == 0 and "moved: heartbeats/worker0 -> nodes/heartbeats/worker0" in real.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing to move" in again.stdout
+    wrong = subprocess.run([*cmd[:-1], "nope"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "--cluster" in wrong.stderr and "Traceback" not in wrong.stderr
