@@ -301,3 +301,28 @@ def test_a_control_nodes_first_start_migrates_and_the_operator_command_says_what
     assert again.returncode == 0 and "nothing to move" in again.stdout
     wrong = subprocess.run([*cmd[:-1], "nope"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "--cluster" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_one_rule_says_which_trees_a_role_mounts_for_the_exports_and_the_lab() -> None:
+    from core.share import mounted_trees
+    from manager import wwconf
+    from manager.inventory import load_inventory
+
+    assert mounted_trees("c", "worker") == ("c/nodes",)
+    assert mounted_trees("c", "control") == ("c", "c/nodes")
+    with pytest.raises(ValueError, match="no node role"):
+        mounted_trees("c", "login")
+    inv = load_inventory(Path(__file__).resolve().parents[2] / "warewulf_conf" / "inventory.yaml")
+    for role in inv.roles:
+        assert [e["file"] for e in wwconf.fstab_entries(inv, role)] == [
+            str(inv.share.path / t) for t in mounted_trees(inv.cluster, role)
+        ]
+    control = [n.address for n in inv.expanded() if n.role == "control"]
+    workers = [n.address for n in inv.expanded() if n.role == "worker"]
+    text = wwconf.exports_file_text(inv)
+    assert all(a in text for a in control) and not any(a in text for a in workers)
+    # Warewulf's own exports (to its whole network) carry the node tree only, root squashed.
+    assert [(e.path, e.export_options) for e in wwconf.warewulf_exports(inv)] == [
+        (str(inv.share.path / inv.cluster / "nodes"), wwconf.NODE_EXPORT_OPTIONS)
+    ]
+    assert "no_root_squash" not in wwconf.NODE_EXPORT_OPTIONS and "root_squash" in wwconf.NODE_EXPORT_OPTIONS
