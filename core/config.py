@@ -24,15 +24,17 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from core import versions
+from core import noderoles, versions
 
 # RFC 1123 label, as Kubernetes requires for Node names (and etcd member names).
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -98,12 +100,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A node's labels, taints and extra roles (core.noderoles): a mapping or list as written by
+# hand, or one space-separated string as Warewulf's tags carry them (node.yaml.ww).
+Labels = Annotated[dict[str, str], BeforeValidator(noderoles.parse_labels)]
+Taints = Annotated[
+    tuple[noderoles.Taint, ...],
+    BeforeValidator(noderoles.parse_taints),
+    PlainSerializer(lambda ts: [str(t) for t in ts]),
+]
+Roles = Annotated[tuple[str, ...], BeforeValidator(noderoles.parse_roles)]
+
+
 class NodeFacts(_Strict):
-    """This node as Warewulf knows it."""
+    """This node as Warewulf knows it. ``labels``, ``taints`` and ``roles`` are the inventory's
+    for this node (tags ``ek8s_labels``, ``ek8s_taints``, ``ek8s_roles``; core/noderoles.py):
+    given to the kubelet at join, as far as a kubelet may set them."""
 
     name: str
     address: IPv4
     interface: str = "eth0"
+    labels: Labels = Field(default_factory=dict)
+    taints: Taints = ()
+    roles: Roles = ()
+
+    @property
+    def scheduling(self) -> noderoles.NodeRoles:
+        """``labels``, ``taints`` and ``roles`` as one :class:`core.noderoles.NodeRoles`."""
+        return noderoles.NodeRoles(self.labels, self.taints, self.roles)
 
     @field_validator("name")
     @classmethod
@@ -140,9 +163,14 @@ class VipSettings(_Strict):
     hostname: str = "vip.kubernetes.local"
     port: int = Field(8443, ge=1, le=65535)
     virtual_router_id: int = Field(51, ge=1, le=255)
-    # VRRPv3 advertisement interval; a backup takes over after 3 intervals plus skew, so 0.5 s
-    # moves the VIP within ~1.8 s (VRRPv2's whole seconds would need 3.6 s).
-    advert_interval_s: float = Field(0.5, ge=0.01, le=40.95)
+    # VRRPv3 advertisement interval (RFC 5798 section 5.2.7: centiseconds, so 0.01-40.95 s).
+    # A backup takes over after Master_Down_Interval = 3 intervals + Skew_Time
+    # ((256 - priority) / 256 intervals; priority 100: 0.61), so 0.1 s moves the VIP 0.36 s
+    # after the holder's last advert (0.5 s: 1.8 s; VRRPv2's whole seconds: 3.6 s). A false
+    # takeover needs the holder's adverts stalled for those 0.36 s: keepalived's VRRP process
+    # runs with real-time scheduling (keepalived.conf vrrp_rt_priority) so CPU load does not
+    # stall it; docs/benchmarks.md section 3 has the soak that counts them.
+    advert_interval_s: float = Field(0.1, ge=0.01, le=40.95)
 
     @field_validator("hostname")
     @classmethod
@@ -177,10 +205,13 @@ class KubernetesSettings(_Strict):
     manifests: list[Path] = Field(default_factory=list)
     # Offline image archives baked into the node image; imported at boot beside the election.
     image_archives: Path = Path("/var/lib/ek8s/images")
-    # At most this many workers join and wait for their Node Ready at once (a slot on the
-    # share, timeouts.worker_join_slot_s at most): the API servers answer every joiner's TLS
-    # handshakes and bootstrap calls. Control-plane joins run one at a time regardless.
-    worker_join_concurrency: int = Field(10, ge=1, le=1000)
+    # The operator's ceiling: at most this many workers join and wait for their Node Ready at
+    # once (a slot on the share, timeouts.worker_join_slot_s at most). Control-plane joins run
+    # one at a time regardless.
+    worker_join_concurrency: int = Field(1000, ge=1, le=1000)
+    # "adaptive": below the ceiling, the admission window on the share follows the API
+    # servers' distress signals (core/admission.py); "fixed": the ceiling is the pace.
+    worker_join_admission: Literal["adaptive", "fixed"] = "adaptive"
 
     @field_validator("version")
     @classmethod

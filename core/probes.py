@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -45,13 +46,27 @@ def kube_errors() -> tuple[type[BaseException], ...]:
 def api_ready(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> bool:
     """True when ``url`` (``https://host:port/readyz``) answers 200 within ``timeout_s``
     seconds with a certificate that ``ca_pem`` (PEM bytes) signed; False otherwise."""
+    return readyz(url, ca_pem, timeout_s)[0] == 200
+
+
+def readyz(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> tuple[int | None, float]:
+    """``GET url`` (``https://host:port/readyz``) verified with ``ca_pem``: (the HTTP status,
+    or None when nothing answered within ``timeout_s`` seconds or the TLS check failed; the
+    seconds it took, monotonic). kube-apiserver answers 200 when ready, 500 naming the failed
+    checks otherwise, 429 when its max-in-flight limit throttles the request
+    (kubernetes staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go), and HAProxy
+    503 when no backend is up."""
     ctx = ssl.create_default_context(cadata=ca_pem.decode())
     ctx.check_hostname = False  # the VIP address is a SAN, but callers may use either name
+    started = time.monotonic()
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=timeout_s) as resp:
-            return bool(resp.status == 200)
+            return int(resp.status), time.monotonic() - started
+    except urllib.error.HTTPError as err:
+        err.close()
+        return int(err.code), time.monotonic() - started
     except (OSError, urllib.error.URLError, ssl.SSLError):
-        return False
+        return None, time.monotonic() - started
 
 
 _clients: dict[tuple[str, int | None], Any] = {}

@@ -25,13 +25,15 @@ import ipaddress
 import json
 import re
 import time
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
+from core import noderoles
 from core.config import NODE_NAME_RE
+from core.versions import parse as parse_version
 
 RECORD = ConfigDict(extra="ignore")
 
@@ -202,9 +204,14 @@ class WorkerSlot:
 
 @dataclass(frozen=True, config=RECORD)
 class WorkerJoinSlots:
-    """``worker_join_slots.json``: ``{"holders": {node: {boot_id, since}}}``."""
+    """``worker_join_slots.json``: ``{"holders": {node: {boot_id, since}}, "window": w,
+    "decreased_at": t}``: the holders and the admission window (:mod:`core.admission`; slots,
+    a float; absent in a file written before it: a new window), last halved at ``t`` (Unix
+    seconds, 0 for never)."""
 
     holders: dict[NodeName, WorkerSlot] = dataclasses.field(default_factory=dict)
+    window: Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)] | None = None
+    decreased_at: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
 
 
 @dataclass(frozen=True, config=RECORD)
@@ -215,6 +222,155 @@ class ReformClaim:
     node: NodeName
     boot_id: BootId
     at: float
+
+
+def kubernetes_release(v: str) -> str:
+    """``v`` when it is ``v<major>.<minor>.<patch>`` (:func:`core.versions.parse`), else
+    ``ValueError``."""
+    parse_version(v)
+    return v
+
+
+KubernetesRelease = Annotated[str, AfterValidator(kubernetes_release)]
+ImageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+NodeState = Literal["old", "moving", "new", "failed", "returning"]
+RolloutPhase = Literal["rolling", "stopped", "done", "rolling_back", "rolled_back"]
+Role = Literal["control", "worker"]
+
+
+@dataclass(frozen=True, config=RECORD)
+class RolloutNode:
+    """One node of a rollout: its name, role (``control`` or ``worker``), the Warewulf image it
+    comes from and the one it goes to (a per-node override: ``wwctl node set --image``, 4.5
+    ``--container``), and its state (``old``:
+    on the old image, untouched; ``moving``: cordoned, drained, switched to the new image and
+    rebooting; ``new``: back at the new version; ``failed``: its step failed; ``returning``:
+    switched back to the old image; the moves: :data:`core.upgrade.NODE_MOVES`)."""
+
+    name: NodeName
+    role: Role
+    state: NodeState
+    old_image: ImageName
+    new_image: ImageName
+
+
+@dataclass(frozen=True, config=RECORD)
+class RolloutRecord:
+    """``rollout.json``: the rolling upgrade of the cluster (:mod:`core.upgrade`), written by
+    ``ek8s upgrade`` on the Warewulf server after each step so that ``--resume`` and
+    ``--rollback`` continue from it and ``ek8s status`` shows it. ``from_version`` and
+    ``to_version`` are ``v1.M.P``; ``nodes`` in rollout order (control nodes first);
+    ``cluster_config`` and ``addons`` whether kubeadm's cluster-wide steps are done (the
+    ClusterConfiguration's ``kubernetesVersion``; kube-proxy and CoreDNS); ``revision`` grows
+    by one with every write (a writer that read an older one lost a race); times are Unix
+    seconds; ``error`` says why a stopped rollout stopped. Refused as a whole: a node named
+    twice, a worker before a control node, ``to_version`` not above ``from_version``."""
+
+    cluster: str
+    distribution: Literal["kubeadm", "k3s"]
+    from_version: KubernetesRelease
+    to_version: KubernetesRelease
+    max_unavailable: Annotated[int, Field(ge=1)]
+    phase: RolloutPhase
+    nodes: list[RolloutNode]
+    started_at: float
+    updated_at: float
+    cluster_config: bool = False
+    addons: bool = False
+    revision: Count = 0
+    error: str = ""
+
+    @field_validator("to_version")
+    @classmethod
+    def _upward(cls, v: str, info: ValidationInfo) -> str:
+        frm = info.data.get("from_version")
+        if frm is not None:
+            a, b = parse_version(frm), parse_version(v)
+            if not (a < b and b.major == a.major and b.minor - a.minor <= 1):
+                raise ValueError(f"{v} is not one step up from {frm} (one minor at a time, never down)")
+        return v
+
+    @field_validator("nodes")
+    @classmethod
+    def _ordered(cls, v: list[RolloutNode]) -> list[RolloutNode]:
+        names = [n.name for n in v]
+        if len(set(names)) != len(names):
+            raise ValueError("a node is named twice")
+        roles = [n.role for n in v]
+        if "worker" in roles and "control" in roles[roles.index("worker") :]:
+            raise ValueError("a worker comes before a control node (control nodes first)")
+        return v
+
+
+@dataclass(frozen=True, config=RECORD)
+class InventoryNode:
+    """One node of a published inventory: its ``role`` (``control`` or ``worker``), its
+    ``address`` and what the inventory wants on its Node: ``labels`` (key -> value),
+    ``taints`` (``key[=value]:Effect``) and extra ``roles`` (core/noderoles.py formats)."""
+
+    role: str
+    address: IPAddress
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    taints: list[str] = dataclasses.field(default_factory=list)
+    roles: list[str] = dataclasses.field(default_factory=list)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        if v not in ("control", "worker"):
+            raise ValueError("must be control or worker")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return noderoles.parse_labels(v)
+
+    @field_validator("taints")
+    @classmethod
+    def _taints(cls, v: list[str]) -> list[str]:
+        return [str(t) for t in noderoles.parse_taints(v)]
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        return list(noderoles.parse_roles(v))
+
+    @property
+    def scheduling(self) -> noderoles.NodeRoles:
+        """``labels``, ``taints`` and ``roles`` as a :class:`core.noderoles.NodeRoles`."""
+        return noderoles.NodeRoles(self.labels, noderoles.parse_taints(self.taints), tuple(self.roles))
+
+
+@dataclass(frozen=True, config=RECORD)
+class PublishedInventory:
+    """``inventory.json``: the cluster's nodes as the operator's inventory names them,
+    published by ``ek8s warewulf apply`` (or ``ek8s warewulf roles``) on the Warewulf server.
+    Phylactery reads it to put each Node's labels, taints and roles in line, and refuses to
+    prune for a join a node it does not list (a node.yaml of another cluster)."""
+
+    cluster: NodeName
+    nodes: dict[NodeName, InventoryNode]
+    published_by: str
+    published_at: float
+
+    def refusal(self, name: str, address: str, role: str | None = None) -> str | None:
+        """Why node ``name`` at ``address`` (in ``role``, when given) is not one of this
+        cluster's nodes, or None when the inventory lists it so: a node.yaml of another
+        cluster, or a machine given another's name, is stopped before it joins."""
+        listed = self.nodes.get(name)
+        if listed is None:
+            where = "does not list it"
+        elif listed.address != address:
+            where = f"lists it at {listed.address}"
+        elif role is not None and listed.role != role:
+            where = f"lists it as a {listed.role} node"
+        else:
+            return None
+        return (
+            f"{name} ({address}) is not a node of cluster {self.cluster}: the inventory published by "
+            f"{self.published_by} {where} (a node.yaml of another cluster?)"
+        )
 
 
 @dataclass(frozen=True, config=RECORD)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from filelock import FileLock
 from pydantic.dataclasses import dataclass as record
 
+from core.admission import INITIAL, Signal, Window
 from core.config import NODE_NAME_RE
 from core.credentials import CONTROL, GRACE_S, KINDS, WORKER, CredentialSet, new_token
 from core.fileperm import PUBLIC_FILE_MODE, append_line, ensure_dir, touch, write_atomic
@@ -49,7 +50,9 @@ from core.records import (
     LeaderRecord,
     MemberRecord,
     PreviousCredential,
+    PublishedInventory,
     ReformClaim,
+    RolloutRecord,
     SlotHolder,
     WorkerJoinSlots,
     WorkerSlot,
@@ -69,6 +72,7 @@ __all__ = [
     "JoinMaterial",
     "LeaderRecord",
     "MemberRecord",
+    "PublishedInventory",
 ]
 
 log = get_logger(__name__, "share")
@@ -481,7 +485,8 @@ class ShareStore:
           to ``nodes/heartbeats/`` by rename (their mtime, the share's clock, is kept); one
           that is already there and newer wins, the old one is removed;
         * ``worker_join_slots.json`` moves to ``nodes/slots/``;
-        * ``nodes/cluster.json``, ``nodes/join.json`` and ``nodes/members/`` are written from
+        * ``nodes/cluster.json``, ``nodes/join.json``, ``nodes/inventory.json`` and
+          ``nodes/members/`` are written from
           the control tree's records. The worker copy of ``join.json`` withholds the server
           token when ``certificate_key`` holds a k3s secure token (``K10...``: the agent token,
           core/drivers/k3s.py), else the certificate key (kubeadm);
@@ -531,6 +536,10 @@ class ShareStore:
                 done.append(f"join.json -> nodes/join.json (a copy without {withheld[0]})")
                 if not dry_run:
                     self._write_worker_join_material(material, withheld)
+            if self._exists(self._c("inventory.json")) and not self._exists(self._n("inventory.json")):
+                done.append("inventory.json -> nodes/inventory.json (a copy)")
+                if not dry_run:
+                    self._atomic(self._n("inventory.json"), self._read_bytes(self._c("inventory.json")))
             for path in self._glob(self._c("members"), "*.json"):
                 if not self._exists(self._n("members", path.name)):
                     done.append(f"members/{path.name} -> nodes/members/{path.name} (a copy)")
@@ -1119,6 +1128,99 @@ class ShareStore:
                 out.append(m)
         return out
 
+    # -- the rolling upgrade (core/upgrade.py) ----------------------------------------
+    @property
+    def _rollout_path(self) -> Path:
+        """``rollout.json``: control-only tree (``ek8s upgrade`` on the Warewulf server)."""
+        return self._c("rollout.json")
+
+    def read_rollout(self) -> RolloutRecord | None:
+        """``rollout.json`` (:class:`core.records.RolloutRecord`), or None when there is none.
+        Raises :class:`InvalidShareRecord` (reported as ``invalid_record``) for a wrong shape:
+        a rollout nobody can read must stop ``ek8s upgrade``, not start another."""
+        try:
+            return self._required(RolloutRecord, self._rollout_path)
+        except FileNotFoundError:
+            return None
+
+    def write_rollout(self, rollout: RolloutRecord, expect_revision: int | None) -> RolloutRecord:
+        """Write ``rollout`` with ``revision`` one above the stored one, under the lock, if the
+        stored record's revision is ``expect_revision`` (None: there must be none, or only a
+        finished one: ``done`` or ``rolled_back``). Returns what was written. Raises
+        :class:`ShareError` when another writer got there first (compare and swap: two
+        ``ek8s upgrade`` runs never both drive one cluster)."""
+        with self._locked():
+            try:
+                stored = self._record(RolloutRecord, self._rollout_path)
+            except FileNotFoundError:
+                stored = None
+            except InvalidRecord as invalid:
+                self.report_invalid(invalid, logged=False)
+                raise InvalidShareRecord(invalid) from None
+            if expect_revision is None:
+                if stored is not None and stored.phase not in ("done", "rolled_back"):
+                    raise ShareError(f"a rollout to {stored.to_version} is {stored.phase} (revision {stored.revision})")
+            elif stored is None or stored.revision != expect_revision:
+                seen = "none" if stored is None else f"revision {stored.revision}"
+                raise ShareError(f"rollout.json changed under us (expected revision {expect_revision}, found {seen})")
+            rev = 0 if stored is None else stored.revision + 1
+            out = replace(rollout, revision=rev)
+            self._atomic(self._rollout_path, json.dumps(asdict(out), indent=1) + "\n")
+            return out
+
+    def forget_node(self, name: str) -> list[str]:
+        """Forget a node taken out of service for good (``ek8s node remove``): its heartbeat
+        (control tree or node tree), incarnation, member record and its node tree copy, its
+        worker join slot and the control-plane join slot if it holds it (per-node credentials,
+        once the share holds any, belong here too). Control side only. Returns the records
+        removed (paths relative to the cluster directory); a replacement with the same name
+        then starts from nothing here. Raises ``ValueError`` when ``name`` is not a node name."""
+        node_name(name)
+        removed = []
+        paths = [
+            self._c("heartbeats", name),
+            self._n("heartbeats", name),
+            self._c("incarnations", f"{name}.json"),
+            self._c("members", f"{name}.json"),
+            self._n("members", f"{name}.json"),
+        ]
+        for path in paths:
+            if self._exists(path):
+                self._unlink(path)
+                removed.append(str(path.relative_to(self.dir)))
+        with self._slots_locked():
+            slots = self._worker_slots_path
+            held = self._record_or_none(WorkerJoinSlots, slots)
+            if held is not None and name in held.holders:
+                rest = {n: h for n, h in held.holders.items() if n != name}
+                self._atomic(slots, json.dumps(asdict(replace(held, holders=rest))))
+                removed.append(str(slots.relative_to(self.dir)))
+        with self._locked():
+            slot = self._record_or_none(JoinSlot, self._c("join_slot.json"))
+            if slot is not None and slot.holder is not None and slot.holder.node == name:
+                self._atomic(self._c("join_slot.json"), json.dumps({"holder": None}))
+                removed.append("join_slot.json")
+        return removed
+
+    # -- the published inventory (labels, taints, roles; the cluster's node list) --------
+    def publish_inventory(self, inventory: PublishedInventory) -> None:
+        """Write ``inventory.json`` (0600, atomic) and its node tree copy
+        ``nodes/inventory.json`` (0640, group :data:`ANON_GID`: a worker's agent reads it
+        before it joins, and cannot write it), making the cluster directory and its node tree
+        if the cluster never booted yet. Written by the operator's commands on the Warewulf
+        server; control side only."""
+        ensure_dir(self._c())
+        self.ensure_node_tree()
+        data = json.dumps(asdict(inventory), indent=1) + "\n"
+        self._atomic(self._c("inventory.json"), data)
+        self._atomic(self._n("inventory.json"), data)
+
+    def read_inventory(self) -> PublishedInventory | None:
+        """``inventory.json``, or None when none was published (or it has a wrong shape:
+        reported as ``invalid_record``). A worker's store reads the node tree's copy, the
+        control side the control tree's."""
+        return self._record_or_none(PublishedInventory, self._own("inventory.json"))
+
     # -- etcd snapshots ---------------------------------------------------------------
     def save_snapshot(self, generation: int, data: bytes, keep: int, secret: str | None = None) -> Path:
         """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic); with ``secret`` (what a
@@ -1225,44 +1327,82 @@ class ShareStore:
             if slot is not None and slot.holder is not None and slot.holder.node == self.node:
                 self._atomic(path, json.dumps({"holder": None}))
 
-    # -- worker join slots -------------------------------------------------------------
-    def try_worker_join_slot(self, boot_id: str, capacity: int, hold_s: float) -> int | None:
-        """Take one of ``capacity`` worker join slots (``worker_join_slots.json``), so that at
-        most that many workers join and wait for their Node at once: each joining worker costs
-        the API servers TLS handshakes, bootstrap-token lookups and a CSR, and at 100 workers
-        together the API behind the VIP stopped answering its health checks
+    # -- worker join slots and their admission window (core/admission.py) ---------------
+    @property
+    def _worker_slots_path(self) -> Path:
+        """``nodes/slots/worker_join_slots.json``: in the node tree, which workers mount."""
+        return self._n("slots", "worker_join_slots.json")
+
+    def _worker_slots(self, ceiling: int, initial: float = INITIAL) -> tuple[WorkerJoinSlots, Window]:
+        """``worker_join_slots.json`` (empty when missing or of a wrong shape, reported) and
+        its window (a new generation's, ``initial`` slots, when the file has none)."""
+        slots = self._record_or_none(WorkerJoinSlots, self._worker_slots_path) or WorkerJoinSlots()
+        if slots.window is None:
+            return slots, Window.start(ceiling, initial)
+        return slots, Window(slots.window, slots.decreased_at)
+
+    def _write_worker_slots(self, holders: dict[str, WorkerSlot], window: Window) -> None:
+        record = WorkerJoinSlots(holders=holders, window=round(window.size, 3), decreased_at=window.decreased_at)
+        self._atomic(self._worker_slots_path, json.dumps(asdict(record)))
+
+    def try_worker_join_slot(
+        self, boot_id: str, ceiling: int, hold_s: float, initial: float = INITIAL
+    ) -> tuple[int, int] | None:
+        """Take a worker join slot (``worker_join_slots.json``) if fewer workers than the
+        admission window allows hold one (:meth:`core.admission.Window.slots`, at most
+        ``ceiling``, the operator's ``kubernetes.worker_join_concurrency``): each joining
+        worker costs the API servers TLS handshakes, bootstrap-token lookups and a CSR, and at
+        100 workers together the lab's API behind the VIP stopped answering its health checks
         (docs/benchmarks.md, scale). A slot is held until its holder releases it or for
-        ``hold_s`` seconds (workers heartbeat too rarely to judge a holder by it); a node that
-        holds one and booted again takes it over. The file is read without the lock first, so
-        a worker waiting for a full set of slots costs one read per look.
+        ``hold_s`` seconds (workers heartbeat too rarely to judge a holder by it; a crashed
+        holder costs its slot that long); a node that holds one and booted again takes it
+        over. The file is read without the lock first, so a worker waiting for a full window
+        costs one read per look; the take is a read-decide-write under
+        ``nodes/slots/slots.lock`` with an atomic rename, which keeps the window. ``initial``:
+        a new generation's window (the ceiling for ``worker_join_admission: fixed``).
 
-        Returns None when this node holds a slot now, else the number of live holders."""
-        path = self._n("slots", "worker_join_slots.json")
+        Returns None when this node holds a slot now, else (live holders, slots allowed)."""
 
-        def live() -> dict[str, WorkerSlot]:
-            slots = self._record_or_none(WorkerJoinSlots, path)  # a wrong shape holds nothing
+        def live(slots: WorkerJoinSlots) -> dict[str, WorkerSlot]:
             now = time.time()  # the nodes' clocks (NTP), not the share's: hold_s is minutes
-            return {n: h for n, h in (slots.holders if slots else {}).items() if now - h.since < hold_s}
+            return {n: h for n, h in slots.holders.items() if now - h.since < hold_s}
 
-        peek = live()
-        if self.node not in peek and len(peek) >= capacity:
-            return len(peek)
+        slots, window = self._worker_slots(ceiling, initial)
+        peek, allowed = live(slots), window.slots(ceiling)
+        if self.node not in peek and len(peek) >= allowed:
+            return len(peek), allowed
         with self._slots_locked():
-            holders = live()
-            if self.node not in holders and len(holders) >= capacity:
-                return len(holders)
+            slots, window = self._worker_slots(ceiling, initial)
+            holders, allowed = live(slots), window.slots(ceiling)
+            if self.node not in holders and len(holders) >= allowed:
+                return len(holders), allowed
             holders[self.node] = WorkerSlot(boot_id=boot_id, since=time.time())
-            self._atomic(path, json.dumps(asdict(WorkerJoinSlots(holders=holders))))
+            self._write_worker_slots(holders, window)
             return None
 
     def release_worker_join_slot(self) -> None:
-        """Give back this node's worker join slot, if it holds one."""
-        path = self._n("slots", "worker_join_slots.json")
+        """Give back this node's worker join slot, if it holds one (the window stays)."""
         with self._slots_locked():
-            slots = self._record_or_none(WorkerJoinSlots, path)
+            slots = self._record_or_none(WorkerJoinSlots, self._worker_slots_path)
             holders = dict(slots.holders) if slots is not None else {}
-            if holders.pop(self.node, None) is not None:
-                self._atomic(path, json.dumps(asdict(WorkerJoinSlots(holders=holders))))
+            if slots is not None and holders.pop(self.node, None) is not None:
+                self._atomic(self._worker_slots_path, json.dumps(asdict(replace(slots, holders=holders))))
+
+    def worker_join_signal(self, signal: Signal, ceiling: int) -> Window:
+        """Apply what this worker saw of the control plane (:class:`core.admission.Signal`) to
+        the admission window: one read-decide-write under ``nodes/slots/slots.lock``, written
+        with an atomic rename (temp + fsync + rename), so a crash leaves the old window or the new one.
+        Returns the window after it."""
+        with self._slots_locked():
+            slots, window = self._worker_slots(ceiling)
+            after = window.after(signal, time.time(), ceiling)
+            if after != window or slots.window is None:
+                self._write_worker_slots(dict(slots.holders), after)
+            return after
+
+    def worker_join_window(self, ceiling: int) -> Window:
+        """The admission window as the share holds it now (one read, no lock)."""
+        return self._worker_slots(ceiling)[1]
 
     # -- events -----------------------------------------------------------------------
     def record_event(self, event: str, generation: int, message: str = "", **fields: Any) -> None:

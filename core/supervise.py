@@ -21,7 +21,6 @@ so that a loop's death is seen by the process's health check instead of going un
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,6 +32,14 @@ from prometheus_client.registry import Collector
 from core.logs import get_logger
 
 log = get_logger("ek8s.supervisor", "supervisor")
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    """``asyncio.sleep``, imported when a loop first backs off (the node agent's threads,
+    which import this module too, never load asyncio)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class Supervisor(Collector):
         self.clock = clock
         self._lock = threading.Lock()
         self._loops: dict[str, LoopStatus] = {}
-        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep
         self.wait: Callable[[threading.Event, float], bool] = lambda stop, seconds: stop.wait(seconds)
 
     # -- state ------------------------------------------------------------------------
@@ -123,6 +130,8 @@ class Supervisor(Collector):
     async def run(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run the coroutine function ``body`` as loop ``name`` until it returns or the task is
         cancelled; start it again after every exception, after the backoff."""
+        import asyncio  # already loaded in an event loop; the agent's threads do not pay for it
+
         self.register(name)
         while True:
             self._started(name)

@@ -35,6 +35,9 @@ the emulated kubeadm/k3s/kubelet and the real ``kubectl`` (Debian's 1.32 and 1.3
 * the system namespaces controller (``pkg/controlplane/controller/systemnamespaces``):
   ``default``, ``kube-system``, ``kube-public``, ``kube-node-lease`` are created when missing,
   at start and every minute; until they are, they count as existing for admission;
+* a scheduler binding Pods to Nodes, PodDisruptionBudgets and the eviction API
+  (:mod:`lab.workloads`), with the NodeRestriction admission plugin's rule for the labels a
+  node registers its own Node with;
 * kube-controller-manager's node lifecycle controller (:class:`NodeLifecycle`): a Node whose
   status this API server has not seen change for ``node_monitor_grace_s`` seconds (40 s,
   ``--node-monitor-grace-period``) since it first saw it gets ``Ready=Unknown``, written
@@ -59,7 +62,8 @@ the current data from its key on (the real one reads the snapshot of its revisio
 
 Authorisation is coarse: cluster admins and control-plane components may do anything;
 nodes may manage their own Node; bootstrap tokens may read cluster-info, kubeadm-certs and
-Nodes and submit CSRs; any authenticated user may list Nodes and read discovery; anonymous
+Nodes and submit CSRs; bootstrap tokens and nodes may read kubeadm-config; any authenticated
+user may list Nodes and read discovery; anonymous
 users reach health endpoints, ``/version`` and cluster-info only.
 """
 
@@ -93,6 +97,7 @@ from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import apimachinery as am
 from lab import apiproto, apiresources, apitables, pki
 from lab.apiresources import Resource, Target
+from lab.workloads import Workloads, node_label_refusal
 
 log = logging.getLogger("emulated-kube-apiserver")
 ADMIN_GROUPS = {"system:masters", "kubeadm:cluster-admins"}
@@ -244,6 +249,13 @@ def allowed(user: User | None, verb: str, r: Resource, ns: str, name: str, sub: 
             return True
         if r.name == "nodes" and not sub and verb in ("get", "list"):
             return True
+    if (user.bootstrapper or "system:nodes" in user.groups) and (r.name, ns, name, verb) == (
+        "configmaps",
+        "kube-system",
+        "kubeadm-config",
+        "get",
+    ):
+        return True  # kubeadm's kubeadm:nodes-kubeadm-config Role (phases/uploadconfig/uploadconfig.go)
     if r.name == "nodes":
         if verb == "list" and not sub:
             return True
@@ -365,6 +377,7 @@ class ApiServer:
         self.minor = minor_of(self.version)
         addr = conf.get("advertise_address")
         self.server_address = f"{addr}:{conf.get('port', 6443)}" if addr else None
+        self.workloads = Workloads(self)
 
     # -- storage (retrying etcd's transient refusals, like the real storage layer) ---------
     async def _kv(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -884,9 +897,15 @@ class ApiServer:
             return self._sign_csr(body)
         self._validate(r, body)
         await self._admit_namespace(r, t.namespace)
+        if r.name == "nodes" and user is not None and not user.admin:
+            why = node_label_refusal(str(meta.get("name", "")), dict(meta.get("labels") or {}))
+            if why is not None:
+                raise am.forbidden(r.group, r.name, str(meta.get("name", "")), why)
         self._defaults(r, body)
         meta.pop("resourceVersion", None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339(time.time()))
+        if r.name == "pods" and not dry:
+            await self.workloads.admit_pod(body)
         if dry:
             return self.answer(body, 201)
         assert r.prefix is not None
@@ -1024,6 +1043,8 @@ class ApiServer:
             return self.answer(obj)
         if not dry:
             await self.delete(r.key(t.namespace, t.name))
+            if r.name == "pods":
+                await self.workloads.removed(obj)
         details = {"name": t.name, "kind": r.name, "uid": obj["metadata"].get("uid", "")}
         if r.group:
             details["group"] = r.group
@@ -1149,6 +1170,7 @@ class ApiServer:
         r.add_get("/readyz", self.readyz)
         r.add_get("/readyz/{check}", self.readyz)
         r.add_get("/version", self.version_info)
+        self.workloads.routes(r)  # before the catch-all below, which takes every other path
         if "k3s" in self.conf:
             K3sSupervisor(self, self.conf["k3s"]).routes(r)
         r.add_route("*", "/{tail:.*}", self.dispatch)
@@ -1159,6 +1181,7 @@ class ApiServer:
         async def _start(_: web.Application) -> None:
             tasks.append(asyncio.create_task(lifecycle.run()))
             tasks.append(asyncio.create_task(self.system_namespaces()))
+            tasks.append(asyncio.create_task(_schedule(self.workloads)))
 
         async def _close(_: web.Application) -> None:
             for task in tasks:
@@ -1168,6 +1191,16 @@ class ApiServer:
         app.on_startup.append(_start)
         app.on_cleanup.append(_close)
         return app
+
+
+async def _schedule(workloads: Workloads, period_s: float = 2.0) -> None:
+    """The emulated scheduler's retry: bind Pending Pods that fit a Node now, every ``period_s``."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await workloads.schedule_pending()
+        except EtcdError as err:
+            log.info("scheduler: etcd: %s", err)
 
 
 class K3sSupervisor:

@@ -15,11 +15,24 @@ import yaml
 from core.versions import DEFAULT_KUBERNETES_VERSION, supported, supported_range
 from lab import runners
 from lab.cluster import Lab
+from lab.cluster import second_cluster as second_clusters
 from lab.emulation import Emulation
 from lab.image import ImageError
 from lab.netns import NetnsError
 from lab.runners import RunnerError
-from lab.state import CLUSTER, MAX_CONTROL, MAX_WORKERS, VIP_NAME, LabError, LabState
+from lab.state import (
+    CLUSTER,
+    MAX_CONTROL,
+    MAX_WORKERS,
+    SECOND_CLUSTER,
+    SECOND_VIP,
+    SECOND_VIP_NAME,
+    SECOND_VRID,
+    VIP_NAME,
+    LabError,
+    LabState,
+    merge,
+)
 from manager.wwrender import RenderError
 
 # What the lab's commands report as their failure (exit 1) rather than a traceback.
@@ -80,21 +93,25 @@ def _write_json(path: str | None, report: dict[str, Any]) -> None:
         Path(path).write_text(json.dumps(report, indent=1) + "\n")
 
 
-def _overrides(settings: tuple[str, ...]) -> dict[str, Any]:
-    """``("timeouts.lease_ttl_s=6", ...)`` -> ``{"timeouts": {"lease_ttl_s": 6}}`` (values are YAML)."""
+def _overrides(settings: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``("timeouts.lease_ttl_s=6", "worker0:node.roles=gpu", ...)`` -> the fields for every
+    node (``{"timeouts": {"lease_ttl_s": 6}}``) and those for one node (``{"worker0": {"node":
+    {"roles": "gpu"}}}``); values are YAML."""
     import yaml
 
     out: dict[str, Any] = {}
+    per_node: dict[str, dict[str, Any]] = {}
     for item in settings:
         field, sep, raw = item.partition("=")
-        if not sep or not field:
-            _fail(f"--set {item!r}: expected FIELD=VALUE", 2)
+        node_name, colon, field = field.rpartition(":")
+        if not sep or not field or (colon and not node_name):
+            _fail(f"--set {item!r}: expected [NODE:]FIELD=VALUE", 2)
         *parents, leaf = field.split(".")
-        node = out
+        node = per_node.setdefault(node_name, {}) if colon else out
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(raw)
-    return out
+    return out, per_node
 
 
 @click.group()
@@ -177,8 +194,16 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     "--set",
     "settings",
     multiple=True,
-    metavar="FIELD=VALUE",
-    help="node.yaml field for every node, e.g. --set timeouts.lease_ttl_s=6 (repeatable)",
+    metavar="[NODE:]FIELD=VALUE",
+    help="node.yaml field for every node, e.g. --set timeouts.lease_ttl_s=6, or for one node, e.g. "
+    "--set worker0:node.roles=gpu (repeatable)",
+)
+@click.option(
+    "--second-cluster",
+    default=None,
+    metavar="NODES",
+    help=f"these nodes (a hostlist) form a second cluster, {SECOND_CLUSTER!r}, on the same share with its own VIP "
+    f"({SECOND_VIP} as {SECOND_VIP_NAME}) and VRRP router id {SECOND_VRID}",
 )
 @click.pass_context
 def up(
@@ -195,18 +220,30 @@ def up(
     kubernetes_version: str,
     timeout: float,
     settings: tuple[str, ...],
+    second_cluster: str | None,
 ) -> None:
     """Boot a cluster from nothing; return when every node is Ready.
 
     Exit 1 (the lab is left for inspection) when it cannot be made or is not whole in time;
-    exit 2 for a --set without '=' or an unsupported --kubernetes-version. --distribution k3s
-    runs the emulated k3s (lab/k3s.py).
+    exit 2 for a --set without '=', a bad --second-cluster or an unsupported
+    --kubernetes-version. --distribution k3s runs the emulated k3s (lab/k3s.py). With
+    --second-cluster the report covers the lab's own cluster (`ek8s status --cluster b` from
+    the manager namespace shows the other).
     """
+    import hostlist
+
     try:
         supported(kubernetes_version)
     except ValueError as err:
         _fail(f"--kubernetes-version: {err}", 2)
-    overrides = _overrides(settings)
+    overrides, per_node = _overrides(settings)
+    if second_cluster:
+        try:
+            names = hostlist.expand_hostlist(second_cluster)
+        except hostlist.BadHostlist as err:
+            _fail(f"--second-cluster: {err}", 2)
+        for name, fields in second_clusters(names).items():
+            merge(per_node.setdefault(name, {}), fields)
     if distribution != "kubeadm":  # node.yaml's default; machines keep Warewulf's rendering as is
         overrides.setdefault("kubernetes", {})["distribution"] = distribution
     the_lab = _lab(ctx)
@@ -223,6 +260,7 @@ def up(
             ),
             overrides,
             mode=runners.MACHINES if machines else runners.PROCESSES,
+            node_overrides=per_node,
         )
         click.echo(
             f"Booting {control} control + {workers} worker nodes ({state.mode}, Kubernetes {kubernetes_version}) "
@@ -232,7 +270,7 @@ def up(
         the_lab.start_all(state)
         the_lab.wait_ready(state, timeout, since=state.t0, progress=print_event)
         # Every node Ready does not yet mean every HAProxy has seen the last API server come up.
-        report = the_lab.wait_whole(state, 15)
+        report = the_lab.report(state) if second_cluster else the_lab.wait_whole(state, 15)
     except LAB_ERRORS as err:
         _fail(f"{err}\n(the lab is left as it is for inspection; 'ek8s lab down' removes it)")
     print_report(report)
@@ -327,6 +365,33 @@ def boot(ctx: click.Context, node: str) -> None:
     except LAB_ERRORS as err:
         _fail(str(err))
     click.echo(f"{node} is booting")
+
+
+@lab.command(name="image")
+@click.argument("node")
+@click.argument("image")
+@click.pass_context
+def image_cmd(ctx: click.Context, node: str, image: str) -> None:
+    """Give NODE the node image IMAGE from its next boot on: the lab's stand-in for Warewulf's
+    per-node override (`wwctl node set --yes --image IMAGE NODE`). The image stands for the
+    Kubernetes version the node's emulated kubeadm and kubelet then run: ek8s-control,
+    ek8s-base and ek8s-k3s the lab's --kubernetes-version, ek8s-<variant>-v1.M.P that
+    release; a name the lab does not know is an image that does not boot (lab/nodeimage.py).
+    Processes mode only. Exit 1 for an unknown node or a machines-mode lab."""
+    from lab.nodeimage import image_version
+
+    the_lab = _lab(ctx)
+    try:
+        state = the_lab.load()
+        if state.mode != runners.PROCESSES:
+            raise LabError("ek8s lab image: process mode only (machines boot the lab's one node image)")
+        n = state.node(node)
+        n.image = image
+        the_lab.save(state)
+    except LAB_ERRORS as err:
+        _fail(str(err))
+    version = image_version(image, str(state.emulation.get("kubernetes_version", "")))
+    click.echo(f"{node}: image {image} from its next boot ({version or 'no such image: it will not boot'})")
 
 
 @lab.command()

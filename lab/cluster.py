@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from core.fileperm import ensure_dir
-from core.share import ShareStore
+from core.share import ShareStore, clusters_on
 from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import netns, runners
 from lab.emulation import ENV as EMULATION_ENV
@@ -37,6 +37,10 @@ from lab.state import (
     MANAGER,
     PREFIX_LEN,
     PROBE_TIMEOUT_S,
+    SECOND_CLUSTER,
+    SECOND_VIP,
+    SECOND_VIP_NAME,
+    SECOND_VRID,
     VIP,
     VIP_NAME,
     LabError,
@@ -66,6 +70,7 @@ class Lab:
     def __init__(self, directory: Path = Path("/run/ek8s-lab"), prefix: str = "ek8s") -> None:
         self.dir = directory
         self.prefix = prefix
+        self.node_overrides: dict[str, dict[str, Any]] = {}  # create()'s, per node
         self.state_path = directory / "lab.json"
 
     # -- state --------------------------------------------------------------------------
@@ -97,12 +102,14 @@ class Lab:
         emulation: Emulation,
         overrides: dict[str, Any] | None = None,
         mode: str = runners.PROCESSES,
+        node_overrides: dict[str, dict[str, Any]] | None = None,
     ) -> LabState:
         """Make namespaces, node roots, node.yaml files and the share; start nothing.
 
         ``control`` and ``workers`` are node counts; ``emulation`` is written to
         ``emulation.json`` for the ``bin/kubeadm`` shim; ``overrides`` are node.yaml fields
-        (nested dicts) merged into every node's; ``mode`` picks the node runner
+        (nested dicts) merged into every node's, then ``node_overrides[<node>]`` into that
+        node's (:func:`second_cluster` makes those of a second cluster); ``mode`` picks the node runner
         (:mod:`lab.runners`), which writes each node's configuration. Returns the state,
         saved in ``lab.json``. Raises :class:`LabError` when not root, a tool is missing, a
         lab exists already, ``control`` < 1 or ``dir`` is too long for the UNIX sockets below
@@ -129,30 +136,39 @@ class Lab:
         longest = len(str(self.dir / "nodes" / "control0" / "run/haproxy/admin.sock"))
         if longest > 100:
             raise LabError(f"--dir {self.dir} is too long for UNIX socket paths below it; use a shorter one")
+        self.node_overrides = node_overrides or {}
+        unknown = set(self.node_overrides) - {f"control{i}" for i in range(control)}
+        unknown -= {f"worker{i}" for i in range(workers)}
+        if unknown:
+            raise LabError(f"no node {', '.join(sorted(unknown))} in a lab of {control} + {workers} nodes")
         ensure_dir(self.dir, 0o700)
         ensure_dir(self.share, 0o700)
         # The cluster's trees exist before any node mounts them, as `ek8s warewulf apply`
         # makes them on the Warewulf server (a worker machine binds only <cluster>/nodes).
         self.store().ensure()
+        for other in sorted({str(o["cluster"]) for o in self.node_overrides.values() if "cluster" in o} - {CLUSTER}):
+            ShareStore(self.share, other, "lab").ensure()  # --second-cluster's trees too
         ensure_dir(self.dir / "logs", 0o700)
         bin_dir = ensure_dir(self.dir / "bin", 0o700)
         emu_path = self.dir / "emulation.json"
         emulation.dump(emu_path)
+        # The node's own settings when its boot set them (a per-node image: lab/nodeimage.py).
         shim = bin_dir / "kubeadm"
         shim.write_text(
             "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm/\n"
-            f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
+            f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
         )
         shim.chmod(0o700)
         k3s_shim = bin_dir / "k3s"
         k3s_shim.write_text(
             "#!/bin/sh\n# EMULATED k3s (ephemeral-k8s lab): see lab/k3s.py\n"
-            f'export {EMULATION_ENV}="{emu_path}"\nexec "{sys.executable}" -m lab.k3s "$@"\n'
+            f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\nexec "{sys.executable}" -m lab.k3s "$@"\n'
         )
         k3s_shim.chmod(0o700)
         nodes = [(f"control{i}", "control", control_address(i)) for i in range(control)]
         nodes += [(f"worker{i}", "worker", worker_address(i)) for i in range(workers)]
-        hosts = "127.0.0.1 localhost\n" + f"{VIP} {VIP_NAME}\n" + f"{MANAGER} manager\n"
+        hosts = "127.0.0.1 localhost\n" + f"{VIP} {VIP_NAME}\n" + f"{SECOND_VIP} {SECOND_VIP_NAME}\n"
+        hosts += f"{MANAGER} manager\n"
         hosts += "".join(f"{addr} {name}\n" for name, _, addr in nodes)
         state = LabState(
             prefix=self.prefix, dir=str(self.dir), share=str(self.share), emulation=asdict(emulation), mode=mode
@@ -217,6 +233,7 @@ class Lab:
             "service_manager": "process",
         }
         merge(cfg, overrides)
+        merge(cfg, self.node_overrides.get(name, {}))
         return cfg
 
     def boot(self, state: LabState, node: LabNode) -> None:
@@ -304,9 +321,14 @@ class Lab:
 
     # -- waiting and reporting ----------------------------------------------------------
     def events(self) -> list[dict[str, Any]]:
-        """The share's ``events.jsonl`` (docs/share-protocol.md), oldest first; unparseable
-        lines are skipped, and there are none before the first agent writes one."""
-        return self.store().events()
+        """The share's ``events.jsonl`` (docs/share-protocol.md), oldest first, of every
+        cluster on the share (a lab with a second cluster has two); unparseable lines are
+        skipped, and there are none before the first agent writes one."""
+        names = clusters_on(self.share)
+        if names in ([], [CLUSTER]):
+            return self.store().events()
+        merged = [e for name in names for e in ShareStore(self.share, name, "lab").events()]
+        return sorted(merged, key=lambda e: float(e["t"]))
 
     def store(self) -> ShareStore:
         """The lab's share, read through the share store like any operator tool."""
@@ -376,13 +398,13 @@ class Lab:
         except (OSError, ValueError):
             return None
 
-    def api(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-        """``CoreV1Api.<method>`` through the VIP with the operator's kubeconfig, from the
-        manager namespace, by the prober (:func:`lab.probe.api_call` gives the answer's
-        shape); None when the prober does not answer."""
+    def api(self, method: str, *args: Any, group: str = "CoreV1Api", **kwargs: Any) -> dict[str, Any] | None:
+        """``<group>.<method>`` (``CoreV1Api`` or ``PolicyV1Api``) through the VIP with the
+        operator's kubeconfig, from the manager namespace, by the prober (:func:`lab.probe.api_call`
+        gives the answer's shape); None when the prober does not answer."""
         return self.ask(
             {"op": "api", "kubeconfig": str(self.store().admin_kubeconfig_path), "method": method,
-             "args": list(args), "kwargs": kwargs},
+             "args": list(args), "kwargs": kwargs, "group": group},
         )  # fmt: skip
 
     def probe(self, state: LabState) -> dict[str, Any]:
@@ -589,6 +611,15 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
 
 
 _alive = runners.alive
+
+
+def second_cluster(nodes: list[str]) -> dict[str, dict[str, Any]]:
+    """``node_overrides`` that make ``nodes`` a second cluster beside the lab's own: cluster
+    :data:`lab.state.SECOND_CLUSTER` on the same share, its own VIP (``10.0.0.20`` as
+    ``vip-b.kubernetes.local``, in every namespace's hosts) and VRRP router id (52), as two
+    inventories on one Warewulf server make them (docs/operations.md)."""
+    vip = {"address": SECOND_VIP, "hostname": SECOND_VIP_NAME, "virtual_router_id": SECOND_VRID}
+    return {n: {"cluster": SECOND_CLUSTER, "vip": dict(vip)} for n in nodes}
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -342,6 +342,11 @@ class Node:
         argv = [self.emu.python, "-m", "lab.kubelet", "--kubeconfig", str(kubeconfig), "--node-name", self.name]
         argv += ["--node-ip", self.address, "--interval", str(self.emu.kubelet_interval_s)]
         argv += ["--pki-dir", str(self.p("agent/pki")), "--node-root", str(self.r.root)]
+        argv += ["--version", self.emu.kubernetes_version]
+        # k3s hands node-label and node-taint to its kubelet (registration only).
+        labels, taints = self.cfg.get("node-label") or [], self.cfg.get("node-taint") or []
+        argv += ["--node-labels", ",".join(labels)] if labels else []
+        argv += ["--register-with-taints", ",".join(taints)] if taints else []
         self.spawn("kubelet", [*argv, "--control-plane"] if control else argv)
 
     # -- server pieces ----------------------------------------------------------------------
@@ -442,7 +447,9 @@ class Node:
             "bind_address": "0.0.0.0",
             "advertise_address": self.address,
             "port": self.port,
-            "version": "v1.32.1+k3s1",
+            # k3s's version is its Kubernetes version with a +k3s suffix; the lab's, or the
+            # version of the image this node booted (lab/nodeimage.py).
+            "version": f"{self.emu.kubernetes_version}+k3s1",
             "tls_cert": str(self.tls / "serving-kube-apiserver.crt"),
             "tls_key": str(self.tls / "serving-kube-apiserver.key"),
             "client_ca": str(self.tls / "client-ca.crt"),

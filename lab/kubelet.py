@@ -3,7 +3,11 @@ status, nothing else.
 
 Static pods (``pkg/kubelet/config/file.go``, ``pkg/kubelet/kuberuntime``): every
 ``--check-interval`` seconds (0.1 s by default; the real kubelet watches the directory with
-inotify and re-lists it every 20 s) it reads ``--pod-manifest-path``. Each file there that is
+inotify and re-lists it every 20 s) it stats ``--pod-manifest-path`` and its files, and reads
+a file again only when its name, inode, size or mtime changed (as an inotify event would
+say); the processes are checked and the pods synced on such a change and otherwise once a
+second, the real kubelet's PLEG relist period (``pkg/kubelet/kubelet.go``
+``genericPlegRelistPeriod``, 1 s), so an exited static pod is noticed within ~1 s as there. Each file there that is
 not hidden (the real kubelet skips names starting with ``.``, so an atomic write through a
 ``.name.tmp`` file is never half-read) and decodes as a ``v1`` ``Pod`` is a desired pod; its
 first container's ``command`` + ``args`` is run directly (no image, no container runtime) as
@@ -30,7 +34,11 @@ Node status (``pkg/kubelet/kubelet_node_status.go``), in a thread of its own so 
 never delays the static pods: it reads ``--kubeconfig`` (client certificate
 ``system:node:<name>``), registers the Node (retried every 0.2 s until the API answers, as
 the kubelet retries registration with back-off), and every ``--interval`` seconds replaces
-its status with ``Ready=True`` and a fresh ``lastHeartbeatTime``. When it stops posting, the
+its status with ``Ready=True`` and a fresh ``lastHeartbeatTime``, over one kept-alive HTTPS
+connection as the real kubelet's client-go keeps one (HTTP/2) connection (a failed or closed
+connection is replaced at the next request; a request on a reused connection that the
+server had closed is sent once more on a new one), so a status update costs no TLS handshake
+on either side. When it stops posting, the
 emulated kube-controller-manager in :mod:`lab.apiserver` turns Ready Unknown after the grace
 period. A Node deleted while the kubelet runs is **not** registered again, as no supported
 kubelet does (:func:`core.versions.kubelet_reregisters_deleted_node`: ``registrationCompleted``
@@ -39,6 +47,10 @@ stays true; kubernetes#71398, #115761): every status update then fails with the 
 found``, five tries a round (``nodeStatusUpdateRetry``), then ``Unable to update node status``
 ``update node status exceeds retry count``, until the kubelet restarts (a restart registers
 it). ``--version`` is the kubelet's version (its ``kubeletVersion`` and the behaviour above).
+It registers the Node with the labels of ``--node-labels`` and the taints of
+``--register-with-taints`` (both only at registration, as the real kubelet:
+``kubelet_node_status.go`` ``initialNode``), and refuses to start, as the real one does, with a
+``kubernetes.io``/``k8s.io`` label a kubelet may not set.
 
 Ports as the kubelet's: ``/healthz`` on 127.0.0.1:10248 (``healthzPort``, what kubeadm's
 kubelet-check polls) and a listener on 10250 (the kubelet's API, whose port kubeadm's preflight
@@ -50,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import http.server
 import json
 import os
@@ -60,8 +73,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +81,7 @@ from typing import Any
 import psutil
 import yaml
 
-from core import versions
+from core import noderoles, versions
 from core.bootid import boot_id
 from core.services import ProcessServices
 
@@ -81,6 +93,7 @@ NODE_STATUS_UPDATE_RETRY = 5  # pkg/kubelet nodeStatusUpdateRetry
 BACKOFF_INITIAL_S = 10.0  # kubelet's CrashLoopBackOff: initial 10 s, doubling
 BACKOFF_MAX_S = 300.0  # ... up to 5 min
 STOP_GRACE_S = 30.0  # a Pod's default terminationGracePeriodSeconds
+RELIST_S = 1.0  # pkg/kubelet genericPlegRelistPeriod: how often the pods' processes are checked
 
 
 def log(msg: str) -> None:
@@ -134,6 +147,27 @@ class StaticPods:
         self.argv: dict[str, tuple[str, ...]] = {}  # service -> the command we run for it
         self.waiting: set[str] = set()  # services in back-off, already logged
         self.bad: dict[Path, str] = {}  # manifests that do not decode, already logged
+        # path -> (its stat signature, the pod or the error it decoded to): a file is read
+        # again only when the signature changes, as the real kubelet re-reads on inotify.
+        self.decoded: dict[Path, tuple[tuple[int, int, int], StaticPod | Exception]] = {}
+
+    def signature(self) -> tuple[tuple[str, int, int, int], ...] | None:
+        """Name, inode, size and mtime (ns) of every non-hidden file in the manifest
+        directory, sorted; None when there is no directory. A changed signature is what an
+        inotify event on the directory would have told the real kubelet."""
+        try:
+            entries = [e for e in os.scandir(self.dir) if not e.name.startswith(".")]
+        except FileNotFoundError:
+            return None
+        out = []
+        for e in entries:
+            try:
+                st = e.stat()
+            except FileNotFoundError:
+                continue
+            if e.is_file():
+                out.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
 
     def desired(self) -> dict[str, StaticPod]:
         """service -> :class:`StaticPod` for every manifest that decodes (a missing directory
@@ -143,9 +177,25 @@ class StaticPods:
             paths = sorted(p for p in self.dir.iterdir() if not p.name.startswith(".") and p.is_file())
         except FileNotFoundError:
             return out
+        seen = set(paths)
+        for path in [p for p in self.decoded if p not in seen]:
+            del self.decoded[path]
         for path in paths:
             try:
-                sp = read_manifest(path, self.node)
+                st = path.stat()
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+                cached = self.decoded.get(path)
+                if cached is not None and cached[0] == sig:
+                    if isinstance(cached[1], Exception):
+                        raise cached[1]
+                    sp = cached[1]
+                else:
+                    try:
+                        sp = read_manifest(path, self.node)
+                    except (ValueError, yaml.YAMLError) as err:
+                        self.decoded[path] = (sig, err)
+                        raise
+                    self.decoded[path] = (sig, sp)
             except (OSError, ValueError, yaml.YAMLError) as err:
                 if self.bad.get(path) != str(err):
                     log(f'Could not process manifest file path="{path}": {err}')
@@ -230,13 +280,21 @@ class StaticPods:
 
 
 def run_static_pods(pods: StaticPods, interval_s: float, stop: threading.Event) -> None:
-    """:meth:`StaticPods.adopt`, then :meth:`StaticPods.sync` every ``interval_s`` seconds
-    until ``stop`` is set; errors are logged and the next pass tries again."""
+    """:meth:`StaticPods.adopt`, then until ``stop`` is set: every ``interval_s`` seconds the
+    manifests' :meth:`StaticPods.signature`, and :meth:`StaticPods.sync` when it changed (the
+    real kubelet's inotify) or :data:`RELIST_S` after the previous sync (its PLEG relist);
+    errors are logged and the next pass tries again."""
     pods.adopt()
+    last_sig: object = ()  # never a signature: the first pass syncs
+    last_sync = float("-inf")
     while not stop.is_set():
         try:
-            pods.sync()
+            sig = pods.signature()
+            if sig != last_sig or time.monotonic() - last_sync >= RELIST_S:
+                last_sig, last_sync = sig, time.monotonic()
+                pods.sync()
         except Exception as err:  # the kubelet keeps going whatever one pass hits
+            last_sig = ()  # try the whole pass again next time
             log(f"static pod sync failed: {type(err).__name__}: {err}")
         stop.wait(interval_s)
 
@@ -254,15 +312,45 @@ def _context(kubeconfig: Path, workdir: Path) -> tuple[str, ssl.SSLContext]:
     return server, ctx
 
 
-def _request(server: str, ctx: ssl.SSLContext, method: str, path: str, body: object, timeout: float = 5) -> int:
-    req = urllib.request.Request(
-        server + path, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
+class ApiConnection:
+    """One kept-alive HTTPS connection to ``server`` (``https://host:port``) with ``ctx``, as
+    the kubelet's client keeps one: :meth:`request` reuses it, and opens a new one when there
+    is none or the server closed the idle one (then the request is sent once more, on the new
+    connection; a fresh connection's failure is raised)."""
+
+    def __init__(self, server: str, ctx: ssl.SSLContext) -> None:
+        url = urllib.parse.urlsplit(server)
+        self.host, self.port, self.ctx = url.hostname or "", url.port or 443, ctx
+        self.conn: http.client.HTTPSConnection | None = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def request(self, method: str, path: str, body: object, timeout: float = 5) -> int:
+        """The HTTP status of ``method path`` with ``body`` as JSON. Raises ``OSError`` when
+        the API cannot be reached or answers no HTTP (the connection is dropped)."""
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        for reused in (self.conn is not None, False):
+            if self.conn is None:
+                self.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=timeout)
+            elif self.conn.sock is not None:
+                self.conn.sock.settimeout(timeout)
+            try:
+                self.conn.request(method, path, body=data, headers=headers)
+                resp = self.conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException) as err:
+                self.close()
+                if reused and isinstance(err, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+                    continue  # the server closed the idle connection: once more, on a new one
+                raise err if isinstance(err, OSError) else OSError(f"{type(err).__name__}: {err}") from err
+            if resp.will_close:
+                self.close()
             return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
+        raise OSError("unreachable")  # the loop returns or raises
 
 
 class _Healthz(http.server.BaseHTTPRequestHandler):
@@ -313,12 +401,13 @@ def serve_ports(healthz_port: int = HEALTHZ_PORT, port: int = KUBELET_PORT) -> N
 
 def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop: threading.Event) -> None:
     """Register the Node and post its status until ``stop`` is set (see the module)."""
-    labels = {"kubernetes.io/hostname": args.node_name, "kubernetes.io/os": "linux"}
+    api = ApiConnection(server, ctx)
+    labels = {**args.labels, "kubernetes.io/hostname": args.node_name, "kubernetes.io/os": "linux"}
     if args.control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
     node = {
         "metadata": {"name": args.node_name, "labels": labels},
-        "spec": {},
+        "spec": {"taints": [t.to_api() for t in args.taints]} if args.taints else {},
         "status": {"addresses": [{"type": "InternalIP", "address": args.node_ip}]},
     }
     node_info = {
@@ -341,7 +430,7 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
     while not stop.is_set():
         try:
             if not registered:
-                code = _request(server, ctx, "POST", "/api/v1/nodes", node, timeout=2)
+                code = api.request("POST", "/api/v1/nodes", node, timeout=2)
                 registered = code in (201, 409)
                 log(f"register node {args.node_name}: HTTP {code}")
                 if not registered:
@@ -365,7 +454,7 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
                 ],
                 "nodeInfo": node_info,
             }
-            code = _request(server, ctx, "PUT", f"/api/v1/nodes/{args.node_name}/status", {"status": status})
+            code = api.request("PUT", f"/api/v1/nodes/{args.node_name}/status", {"status": status})
             if code == 404 and reregisters:
                 registered = False
                 continue
@@ -375,7 +464,7 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
                     log(f'"Error updating node status, will retry" err="{missing}"')
                 log('"Unable to update node status" err="update node status exceeds retry count"')
             failed = ""
-        except (OSError, urllib.error.URLError) as err:
+        except OSError as err:
             if str(err) != failed:  # once per distinct failure, not every 0.2 s
                 log(f"{'registration' if not registered else 'status update'} failed: {err}")
                 failed = str(err)
@@ -383,6 +472,23 @@ def post_status(args: argparse.Namespace, server: str, ctx: ssl.SSLContext, stop
                 stop.wait(0.2)
                 continue
         stop.wait(args.interval)
+
+
+def node_flags(labels_flag: str, taints_flag: str) -> tuple[dict[str, str], tuple[noderoles.Taint, ...]]:
+    """``--node-labels`` and ``--register-with-taints`` (comma-separated) as the kubelet reads
+    them, with its check (``cmd/kubelet/app/options/options.go`` ``ValidateKubeletFlags``): a
+    label in the ``kubernetes.io`` or ``k8s.io`` namespace that a kubelet may not set on its
+    own Node (:func:`core.noderoles.kubelet_may_set`) stops the kubelet. Raises
+    ``ValueError`` with the kubelet's message."""
+    labels = noderoles.parse_labels([i for i in labels_flag.split(",") if i])
+    unknown = sorted(k for k in labels if not noderoles.kubelet_may_set(k))
+    if unknown:
+        raise ValueError(
+            f"unknown 'kubernetes.io' or 'k8s.io' labels specified with --node-labels: {unknown}\n"
+            "--node-labels in the 'kubernetes.io' namespace must begin with an allowed prefix "
+            "(kubelet.kubernetes.io, node.kubernetes.io) or be in the specifically allowed set"
+        )
+    return labels, noderoles.parse_taints([i for i in taints_flag.split(",") if i])
 
 
 def _version(text: str) -> str:
@@ -416,10 +522,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pod-manifest-path", type=Path, default=None)
     p.add_argument("--node-root", type=Path, default=Path("/"))
     p.add_argument("--check-interval", type=float, default=0.1)
+    p.add_argument("--node-labels", default="", help="k=v,... set at registration")
+    p.add_argument("--register-with-taints", default="", help="k=v:Effect,... set at registration")
     p.add_argument("--version", default=versions.DEFAULT_KUBERNETES_VERSION, type=_version)
     p.add_argument("--healthz-port", type=int, default=HEALTHZ_PORT)
     p.add_argument("--port", type=int, default=KUBELET_PORT)
     args = p.parse_args(argv)
+    try:
+        args.labels, args.taints = node_flags(args.node_labels, args.register_with_taints)
+    except ValueError as err:
+        log(f"failed to validate kubelet flags: {err}")
+        return 1
     stop = threading.Event()
     pods_thread: threading.Thread | None = None
 

@@ -106,17 +106,23 @@ def probe(
 API_VERBS = ("read_", "list_", "create_", "delete_", "patch_", "replace_")
 
 
-def api_call(kubeconfig: Path, method: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``CoreV1Api.<method>(*args, **kwargs)`` with a 5 s request timeout: ``{"result": the
-    object as the API's JSON}``, ``{"status": HTTP status, "reason": ...}`` when the API
-    refused, or ``{"error": "<type>: <message>"}`` when it did not answer. ``method`` must
-    start with one of :data:`API_VERBS`."""
+API_GROUPS = ("CoreV1Api", "PolicyV1Api")
+
+
+def api_call(
+    kubeconfig: Path, method: str, args: list[Any], kwargs: dict[str, Any], group: str = "CoreV1Api"
+) -> dict[str, Any]:
+    """``<group>.<method>(*args, **kwargs)`` (``group`` one of :data:`API_GROUPS`) with a 5 s
+    request timeout: ``{"result": the object as the API's JSON}``, ``{"status": HTTP status,
+    "reason": ...}`` when the API refused, or ``{"error": "<type>: <message>"}`` when it did
+    not answer. ``method`` must start with one of :data:`API_VERBS`."""
     from kubernetes import client, config
 
-    if not method.startswith(API_VERBS) or not hasattr(client.CoreV1Api, method):
-        return {"error": f"ValueError: no CoreV1Api call {method!r}"}
+    cls = getattr(client, group) if group in API_GROUPS else None
+    if cls is None or not method.startswith(API_VERBS) or not hasattr(cls, method):
+        return {"error": f"ValueError: no {group} call {method!r}"}
     try:
-        api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        api = cls(config.new_client_from_config(config_file=str(kubeconfig)))
         result = getattr(api, method)(*args, _request_timeout=5, **kwargs)
         return {"result": api.api_client.sanitize_for_serialization(result)}
     except client.ApiException as err:
@@ -128,8 +134,8 @@ def api_call(kubeconfig: Path, method: str, args: list[Any], kwargs: dict[str, A
 def answer(request: dict[str, Any]) -> dict[str, Any]:
     """One request of the daemon: ``{"op": "probe", "kubeconfig": PATH, "phylactery": {NAME:
     URL}, "ca_file": PATH, "token_file": PATH}`` -> :func:`probe`'s document; ``{"op": "api",
-    "kubeconfig": PATH, "method": NAME, "args": [...], "kwargs": {...}}`` -> :func:`api_call`.
-    Anything else: ``{"error": ...}``."""
+    "kubeconfig": PATH, "method": NAME, "args": [...], "kwargs": {...}, "group": "CoreV1Api"}``
+    -> :func:`api_call`. Anything else: ``{"error": ...}``."""
     kubeconfig = Path(str(request.get("kubeconfig", "")))
     if request.get("op") == "probe":
         ca, token = request.get("ca_file"), request.get("token_file")
@@ -141,7 +147,7 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
         )
     if request.get("op") == "api":
         return api_call(kubeconfig, str(request.get("method")), list(request.get("args") or []),
-                        dict(request.get("kwargs") or {}))  # fmt: skip
+                        dict(request.get("kwargs") or {}), str(request.get("group") or "CoreV1Api"))  # fmt: skip
     return {"error": f"ValueError: unknown op {request.get('op')!r}"}
 
 

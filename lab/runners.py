@@ -17,6 +17,7 @@ host sees a file of the node's root (:meth:`host_path`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -37,7 +38,12 @@ from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
 from lab.emulation import etcd_tool as emulation_etcd_tool
+from lab.nodeimage import image_version
 from lab.state import CLUSTER, MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
+
+# The Warewulf whose template data the machines' overlays are rendered with: the current one
+# (the rendered files are the same for 4.5-4.7: tests/integration/test_warewulf.py).
+WAREWULF_VERSION = "4.7"
 
 
 class Lab(Protocol):
@@ -46,6 +52,7 @@ class Lab(Protocol):
 
     dir: Path
     prefix: str
+    node_overrides: dict[str, dict[str, Any]]  # node.yaml fields of one node, merged last
 
     @property
     def share(self) -> Path: ...
@@ -147,6 +154,30 @@ def alive(pid: int) -> bool:
 _alive = alive
 
 
+def boot_image(lab_dir: Path, state: LabState, node: LabNode) -> Path | None:
+    """What booting ``node``'s image means in process mode (:mod:`lab.nodeimage`): the
+    emulation settings file its tools read (``<lab>/emulation.json``, or for a node given an
+    image its own ``emulation-<node>.json`` with the image's ``kubernetes_version``), with its
+    node.yaml's ``kubernetes.version`` set to the same version. None, and a line in the node's
+    log, when the lab has no such image: the node does not boot."""
+    lab_version = str(state.emulation.get("kubernetes_version", DEFAULT_KUBERNETES_VERSION))
+    version = image_version(node.image, lab_version)
+    if version is None:
+        with open(node.log, "a") as log:
+            log.write(f"[lab] {node.name}: PXE boot failed: Warewulf has no image {node.image!r}; nothing runs\n")
+        return None
+    emulation_file = lab_dir / "emulation.json"
+    if node.image:
+        emulation_file = lab_dir / f"emulation-{node.name}.json"
+        emulation_file.write_text(json.dumps({**state.emulation, "kubernetes_version": version}, indent=1) + "\n")
+    cfg_path = Path(node.config)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    if cfg.get("kubernetes", {}).get("version") != version:
+        cfg.setdefault("kubernetes", {})["version"] = version
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return emulation_file
+
+
 class ProcessRunner:
     """Nodes as namespaces whose agent the lab starts (``service_manager: process``)."""
 
@@ -166,9 +197,18 @@ class ProcessRunner:
         """Wipe the node's root (its tmpfs is gone) and start its agent in its namespace, as
         ek8s-node.service would at boot; output to ``node.log``. The lab's etcd tools come
         first in its ``PATH`` (a node image has its etcd's ``etcdutl`` there, which the
-        kubeadm driver's restore runs). Not waited for."""
+        kubeadm driver's restore runs). Not waited for.
+
+        The node runs the version of the image it boots (:mod:`lab.nodeimage`: ``ek8s lab
+        image`` stands in for ``wwctl node set --image``): its node.yaml's
+        ``kubernetes.version`` and its own ``emulation-<node>.json`` say it. An image the lab
+        does not have boots nothing (``node.pid`` stays 0; its log says why)."""
         shutil.rmtree(node.root, ignore_errors=True)
         ensure_dir(Path(node.root), 0o755)
+        emulation_file = boot_image(lab.dir, state, node)
+        if emulation_file is None:
+            node.pid = 0
+            return
         tools = str(Path(str(state.emulation.get("etcdutl") or emulation_etcd_tool("etcdutl"))).parent)
         path = f"{tools}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         with open(node.log, "ab") as log:
@@ -178,7 +218,7 @@ class ProcessRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, EMULATION_ENV: str(lab.dir / "emulation.json"), "PATH": path},
+                env={**os.environ, EMULATION_ENV: str(emulation_file), "PATH": path},
             )
         node.pid = proc.pid
 
@@ -250,18 +290,21 @@ class MachineRunner:
             node_dir = base / node.name
             layer = ensure_dir(node_dir / "overlay", 0o755)
             for name in overlay.OVERLAYS:
-                wwrender.render_overlay(renderer, fixture, "4.6", node.name, built / name / "rootfs", layer)
+                wwrender.render_overlay(renderer, fixture, WAREWULF_VERSION, node.name, built / name / "rootfs", layer)
             (layer / "etc/hostname").write_text(node.name + "\n")
             node_yaml = layer / "etc/ek8s/node.yaml"
-            if overrides:
+            mine = lab.node_overrides.get(node.name, {})
+            if overrides or mine:
                 cfg = yaml.safe_load(node_yaml.read_text())
                 merge(cfg, overrides)
+                merge(cfg, mine)
                 node_yaml.write_text(
                     "# rendered by Warewulf's templates, then `ek8s lab up --set` merged in\n"
                     + yaml.safe_dump(cfg, sort_keys=False)
                 )
             node.config = str(node_yaml)
             node.root = str(node_dir / "ram")
+            cluster = str(mine.get("cluster", overrides.get("cluster", CLUSTER)))  # --second-cluster
             machines.MachineConfig(
                 name=node.name,
                 netns=f"/run/netns/{node.ns}",
@@ -272,7 +315,7 @@ class MachineRunner:
                 # What the role's NFS exports allow (the lab's stand-in for the client
                 # restrictions): a worker sees <share>/<cluster>/nodes only.
                 binds=[
-                    *([str(lab.share / tree), f"{SHARE_PATH}/{tree}"] for tree in mounted_trees(CLUSTER, node.role)),
+                    *([str(lab.share / tree), f"{SHARE_PATH}/{tree}"] for tree in mounted_trees(cluster, node.role)),
                     [str(emu_dir), machines.EMULATION_MOUNT],
                 ],
                 cgroups=str(node_dir / "cgroups"),

@@ -18,6 +18,11 @@ VIP = f"{NETWORK}.99"
 VIP_NAME = "vip.kubernetes.local"
 MANAGER = f"{NETWORK}.13"
 CLUSTER = "default"
+# A second cluster beside it (ek8s lab up --second-cluster): its own name, VIP and VRRP id.
+SECOND_CLUSTER = "b"
+SECOND_VIP = f"{NETWORK}.20"
+SECOND_VIP_NAME = "vip-b.kubernetes.local"
+SECOND_VRID = 52
 # Seconds one answer of the prober may take: the API call (5 s timeout, retried by the client)
 # beside the 5 s Phylactery calls.
 PROBE_TIMEOUT_S = 60.0
@@ -32,7 +37,8 @@ class LabNode:
     """One node as ``lab.json`` records it. ``role`` is "control" or "worker"; ``address`` an
     IPv4 address string; ``ns`` its namespace; ``root`` the directory standing in for its
     tmpfs root; ``config`` its node.yaml; ``log`` the agent's log; ``pid`` its agent's process
-    id (``ip netns exec`` execs the agent, in a session of its own), 0 when stopped."""
+    id (``ip netns exec`` execs the agent, in a session of its own), 0 when stopped; ``image``
+    the node image it boots (:mod:`lab.nodeimage`; empty: its profile's, the lab's version)."""
 
     name: str
     role: str
@@ -42,6 +48,7 @@ class LabNode:
     config: str
     log: str
     pid: int = 0
+    image: str = ""
 
 
 @dataclass

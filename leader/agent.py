@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core import probes, recovery
+from core.admission import INITIAL, Signal, readyz_signal
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.credentials import CONTROL
@@ -46,6 +47,7 @@ from core.share import EpochSuperseded, Fence, Heartbeat, ShareError, ShareStore
 from core.supervise import Supervisor
 from core.tls import TrustedCA
 from leader import peers
+from leader.boot import Booted, announce, since_process_start_s
 from leader.election import rule_for
 from leader.host import prepare_host
 from leader.metrics import AgentMetrics
@@ -73,11 +75,20 @@ class PruneFailed(Exception):
     another incarnation of the node is alive); the join does not go ahead."""
 
 
+class NotInInventory(Exception):
+    """The cluster's published inventory does not list this node (name, address, role): its
+    node.yaml names a cluster it does not belong to; the join does not go ahead."""
+
+
 class Probes(Protocol):
     """What the agent asks over the network (bounded in time, never raising for "no")."""
 
     def api_ready(self, ca_pem: bytes) -> bool:
         """The API answers ``/readyz`` behind the VIP with a certificate ``ca_pem`` signed."""
+        ...
+
+    def api_readyz(self, ca_pem: bytes) -> tuple[int | None, float]:
+        """``/readyz`` behind the VIP: (HTTP status or None for no answer, seconds taken)."""
         ...
 
     def node_ready(self) -> bool | None:
@@ -116,6 +127,10 @@ class NodeProbes:
     def api_ready(self, ca_pem: bytes) -> bool:
         """``GET /readyz`` behind the VIP, 1 s timeout."""
         return probes.api_ready(self.vip_url, ca_pem, timeout_s=1.0)
+
+    def api_readyz(self, ca_pem: bytes) -> tuple[int | None, float]:
+        """``GET /readyz`` behind the VIP, 1 s timeout: (status or None, seconds taken)."""
+        return probes.readyz(self.vip_url, ca_pem, timeout_s=1.0)
 
     def node_ready(self) -> bool | None:
         """This node's Ready condition through its kubelet kubeconfig."""
@@ -197,12 +212,14 @@ class Agent:
         self.generation = 0
         self.fence: Fence | None = None  # our claim while we lead an unready generation
         self.previous: Heartbeat | None = None  # this node's heartbeat from before this boot
+        self.booted: Booted | None = None  # the boot already announced on the share (leader.boot)
         self.resume_checked = False  # the first ELECT asks whether a restart can resume
         self.init_result: InitResult | None = None
         self.init_failures = 0
         self.join_attempt = 0
         self.pruned_for = 0  # the join attempt the last prune was made for
         self.slot_held = False
+        self.admission_judged = False  # this slot's /readyz was reported to the window
         self.after_reset = State.ELECT
         self.resume_at = 0.0
         self.silent_since: float | None = None
@@ -231,22 +248,28 @@ class Agent:
         self.notifier = notifier or ServiceNotifier({})
 
     @classmethod
-    def for_node(cls, cfg: NodeConfig, config_path: Path) -> Agent:
-        """The agent with the real store, driver, service manager and probes of node.yaml."""
+    def for_node(cls, cfg: NodeConfig, config_path: Path, booted: Booted | None = None) -> Agent:
+        """The agent with the real store, driver, service manager and probes of node.yaml;
+        ``booted``: what :func:`leader.boot.announce` did already (its store is reused)."""
         driver = driver_for(cfg)
         # A worker's store reads and writes the node tree only (it mounts nothing else).
-        store = ShareStore(cfg.share.path, cfg.cluster, cfg.node.name, role=cfg.role)
+        store = (
+            booted.store
+            if booted is not None
+            else ShareStore(cfg.share.path, cfg.cluster, cfg.node.name, role=cfg.role)
+        )
         agent = cls(
             cfg,
             store=store,
             driver=driver,
             services=service_manager(cfg.service_manager, cfg.root),
             probes=NodeProbes(cfg, driver, TrustedCA(functools.partial(store.read_phylactery_ca, cfg.role))),
-            boot_id=boot_id(cfg.root),
+            boot_id=booted.boot_id if booted is not None else boot_id(cfg.root),
             config_path=config_path,
             notifier=ServiceNotifier(),
         )
         agent._prepare = agent._prepare_host
+        agent.booted = booted
         return agent
 
     # -- the loop -------------------------------------------------------------------------
@@ -364,15 +387,12 @@ class Agent:
         """What happens once per boot before the first cycle: the share's directory, the
         previous heartbeat (did this node belong to the generation before?), the ``boot``
         event, and Phylactery on control nodes (HAProxy and keepalived come up beside the
-        election, before kubeadm needs the VIP)."""
-        self.store.ensure()
-        self.previous = self.store.read_heartbeat(self.cfg.node.name)
-        self.store.heartbeat(self.boot_id, self.cfg.role, self.state.value, self.generation)
-        self._event(
-            "boot",
-            f"booting as {self.cfg.role} node {self.cfg.node.name} ({self.cfg.node.address})",
-            boot_id=self.boot_id,
-        )
+        election, before kubeadm needs the VIP). The ``boot`` event carries
+        ``first_share_op_s``: seconds from the process's start to its first share operation
+        (docs/benchmarks.md), done by :func:`leader.boot.announce`."""
+        if self.booted is None:  # ek8s-node run announces the boot before importing this module
+            self.booted = announce(self.cfg, self.store, self.boot_id)
+        self.previous = self.booted.previous
         if self.cfg.is_control:
             self.start_phylactery(wait=False)
 
@@ -494,6 +514,8 @@ class Agent:
 
     def _join_failed(self, why: str) -> str:
         """A failed prune, join, or first Node Ready after a join: reset and join again."""
+        if not self.cfg.is_control and self.slot_held:
+            self._admission_signal(Signal.JOIN_FAILED)
         n = self.join_attempt
         self._event("join_failed", f"join attempt {n} failed: {why}", attempt=n)
         return self._attempt_failed("join", n, State.JOIN, f"join attempt {n}/{{N}} failed", "retrying", why)
@@ -660,7 +682,7 @@ class Agent:
         elif job is not None:
             error = job.error()
             if error is not None:
-                if isinstance(error, (DriverError, OSError, ShareError)):
+                if isinstance(error, (DriverError, OSError, ShareError, NotInInventory)):
                     return self._join_failed(str(error))  # the reset gives the slot back
                 raise error
             if self.cfg.is_control:
@@ -668,6 +690,9 @@ class Agent:
                 # not take the new member, listed under this name, for the old boot's.
                 self.store.record_incarnation(self.boot_id, self.generation)
                 self._release_slot()  # a worker keeps its slot until its Node is Ready
+            else:
+                slow = self.clock() - job.started > self.cfg.timeouts.worker_join_slot_s / 2
+                self._admission_signal(Signal.SLOW_JOIN if slow else Signal.HEALTHY)
             self.must_prune = False
             return self._go(
                 State.AWAIT_NODE,
@@ -684,11 +709,20 @@ class Agent:
         if not self.cfg.is_control and not self.slot_held:
             # Before the API probe: a worker waiting for a slot costs one share read a look.
             k = self.cfg.kubernetes.worker_join_concurrency
-            busy = self.store.try_worker_join_slot(self.boot_id, k, self.cfg.timeouts.worker_join_slot_s)
+            initial = float(k) if not self._adaptive else INITIAL
+            busy = self.store.try_worker_join_slot(self.boot_id, k, self.cfg.timeouts.worker_join_slot_s, initial)
             if busy is not None:
-                return f"all {busy} worker join slots are taken ({k} workers join at once); waiting for one"
+                held, allowed = busy
+                return (
+                    f"all {allowed} worker join slots are taken ({held} workers joining; the admission window "
+                    f"allows {allowed}, at most {k}); waiting for one"
+                )
             self.slot_held = True
-        if not self._api_alive():
+            self.admission_judged = False
+        if not self.cfg.is_control and not self.admission_judged:
+            if not self._admission_probe():
+                return self._judge_silence("before joining")
+        elif not self._api_alive():
             return self._judge_silence("before joining")
         attempt = self.join_attempt + 1
         if self._needs_prune(attempt, snap.state.restore_from is not None) and self.pruned_for != attempt:
@@ -758,7 +792,15 @@ class Agent:
         )
 
     def _run_join(self) -> None:
-        """The join job: leftovers of an earlier attempt reset, then the driver's join."""
+        """The join job: leftovers of an earlier attempt reset, then the driver's join. Refused
+        (:class:`NotInInventory`) first when the cluster's published inventory does not list
+        this node with its address and role: a node.yaml of another cluster never joins this
+        one (docs/operations.md, "Several clusters on one Warewulf server")."""
+        inventory = self.store.read_inventory()
+        if inventory is not None and inventory.cluster == self.cfg.cluster:
+            why = inventory.refusal(self.cfg.node.name, self.cfg.node.address, self.cfg.role)
+            if why is not None:
+                raise NotInInventory(f"refusing to join: {why}")
         if self.driver.is_joined():
             self.driver.reset()
         self.driver.join(self.store.read_join_material())
@@ -767,7 +809,13 @@ class Agent:
         if self.probes.node_ready():
             self.init_failures = 0
             self._release_slot()
-            return self._go(State.WATCH, f"node {self.cfg.node.name} is Ready", "node_ready")
+            return self._go(
+                State.WATCH,
+                f"node {self.cfg.node.name} is Ready",
+                "node_ready",
+                cpu_s=round(time.process_time(), 3),  # this process's threads, not kubeadm's
+                since_start_s=since_process_start_s(),
+            )
         if self._in_state_s() > self.cfg.timeouts.node_ready_s:
             why = f"my Node was not Ready within {self.cfg.timeouts.node_ready_s:.0f}s"
             if self.join_attempt == 0:
@@ -881,6 +929,42 @@ class Agent:
                 return b""
             self._ca = (self.generation, ca)
         return self._ca[1]
+
+    def _admission_probe(self) -> bool:
+        """A worker that has just taken a join slot probes ``/readyz`` behind the VIP once and
+        reports what it saw to the admission window (:mod:`core.admission`): 200 in time grows
+        it, a 429, a 5xx, no answer or a slow 200 halves it. True when the API answered 200
+        (the join may go ahead); a probe that did not is repeated by the next cycles through
+        :meth:`_api_alive` without another report."""
+        ca = self._cluster_ca()
+        if not ca:
+            return False
+        status, latency_s = self.probes.api_readyz(ca)
+        self.admission_judged = True
+        self._admission_signal(readyz_signal(status, latency_s))
+        if status != 200:
+            return False
+        self.silent_since = None
+        return True
+
+    @property
+    def _adaptive(self) -> bool:
+        return self.cfg.kubernetes.worker_join_admission == "adaptive"
+
+    def _admission_signal(self, signal: Signal) -> None:
+        """Report ``signal`` to the share's admission window; a share that fails now only
+        loses this report (the window is advice, the slots are the bound). Nothing is
+        reported with ``kubernetes.worker_join_admission: fixed``."""
+        if not self._adaptive:
+            return
+        try:
+            window = self.store.worker_join_signal(signal, self.cfg.kubernetes.worker_join_concurrency)
+        except (OSError, ShareError) as err:
+            log.warning("cannot update the join admission window", extra={"phase": self.state.value, "error": str(err)})
+            return
+        if signal.distress:  # growth is not recorded: two events per worker would flood the timeline
+            why = f"join admission: {signal.value}; the window is now {window.size:.1f} slots"
+            self._event("join_admission", why, signal=signal.value, window=round(window.size, 1))
 
     def _api_alive(self) -> bool:
         ca = self._cluster_ca()

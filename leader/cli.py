@@ -31,11 +31,14 @@ def run(config_path: str, log_level: str) -> None:
     """
     cfg = load_or_exit(config_path, "ek8s-node")
     from core.logs import log_start, setup_logging
-    from leader.agent import Agent
+    from leader.boot import announce
 
     setup_logging(cfg.node.name, log_level)
     log_start("ek8s-node", "agent", cfg)
-    sys.exit(Agent.for_node(cfg, Path(config_path).resolve()).run())
+    booted = announce(cfg)  # the first share operations, before the rest of the agent is imported
+    from leader.agent import Agent
+
+    sys.exit(Agent.for_node(cfg, Path(config_path).resolve(), booted).run())
 
 
 @node.command("check")

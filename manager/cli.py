@@ -26,12 +26,13 @@ import click
 from core.cli import fail, load_or_exit, version_option
 from core.credentials import GRACE_S
 from core.share import ShareError
-from leader.cli import node
 from manager.benchcli import bench
 from manager.clusters import CLUSTER_OPTION, SHARE_OPTION, operator_store
 from manager.credentials import credentials
 from manager.credentials import rotate as rotate_credentials
+from manager.nodecli import node
 from manager.reset import YES_OPTION, confirm, invoking_user, losses
+from manager.upgradecli import upgrade_cmd
 from manager.wwcli import overlay, warewulf
 from phylactery.cli import phylactery
 
@@ -45,8 +46,8 @@ def cli() -> None:
 
     On a node, systemd runs `ek8s-node run` (the agent, also `ek8s node run`) and
     `ek8s-phylactery` (control nodes, also `ek8s phylactery`). On the Warewulf server,
-    `ek8s warewulf`, `ek8s overlay`, `ek8s status`, `ek8s reset` and `ek8s bench` manage
-    clusters; `ek8s lab` runs the whole boot flow on one Linux machine.
+    `ek8s warewulf`, `ek8s overlay`, `ek8s status`, `ek8s node reboot|remove`, `ek8s reset`
+    and `ek8s bench` manage clusters; `ek8s lab` runs the whole boot flow on one Linux machine.
     """
 
 
@@ -56,6 +57,7 @@ cli.add_command(bench)
 cli.add_command(overlay)
 cli.add_command(warewulf)
 cli.add_command(credentials)
+cli.add_command(upgrade_cmd)
 
 
 @cli.group()

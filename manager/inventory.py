@@ -26,10 +26,15 @@ from core.config import (
     ClusterName,
     IPv4,
     KubernetesSettings,
+    Labels,
+    Roles,
+    Taints,
     VipSettings,
     format_errors,
     network_overlap,
 )
+from core.noderoles import NodeRoles
+from core.records import InventoryNode, PublishedInventory
 from manager import yamlfile
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -123,12 +128,53 @@ class NodeImages(_Strict):
     worker: str = DEFAULT_IMAGES["kubeadm"]["worker"]
 
 
-class NodeGroup(_Strict):
+def _hostlist_names(v: str) -> list[str]:
+    """The node names of hostlist ``v``; ``ValueError`` for a bad hostlist or name."""
+    try:
+        names = hostlist.expand_hostlist(v)
+    except hostlist.BadHostlist as err:
+        raise ValueError(f"not a hostlist: {err}") from None
+    for n in names:
+        if not NODE_NAME_RE.match(n):
+            raise ValueError(f"{n!r} must be a lower-case RFC 1123 label, as for a Kubernetes Node")
+    return list(names)
+
+
+class Scheduling(_Strict):
+    """Labels, taints and extra roles for Nodes (core/noderoles.py formats): ``labels`` a
+    mapping (or ``key=value`` strings), ``taints`` ``key[=value]:Effect`` strings, ``roles``
+    names that become ``node-role.kubernetes.io/<role>`` labels."""
+
+    labels: Labels = Field(default_factory=dict)
+    taints: Taints = ()
+    roles: Roles = ()
+
+    @property
+    def scheduling(self) -> NodeRoles:
+        """These as a :class:`core.noderoles.NodeRoles`."""
+        return NodeRoles(self.labels, self.taints, self.roles)
+
+
+class RoleGroup(Scheduling):
+    """A group of nodes that share labels, taints or roles (GPU nodes, a Slurm partition,
+    storage nodes): ``nodes`` a hostlist of the inventory's nodes, across entries."""
+
+    nodes: str
+
+    @field_validator("nodes")
+    @classmethod
+    def _hostlist(cls, v: str) -> str:
+        _hostlist_names(v)
+        return v
+
+
+class NodeGroup(Scheduling):
     """One inventory entry: a node, or a hostlist of nodes with consecutive addresses.
 
     ``name`` is a hostlist (``control[0-2]``) of RFC 1123 labels; ``address`` the IPv4 address
     string of its first node; ``mac`` one MAC per node, stored lower-case with colons (a single
-    string and ``-`` separators are accepted).
+    string and ``-`` separators are accepted); ``labels``, ``taints``, ``roles`` for each of
+    its nodes (:class:`Scheduling`).
     """
 
     name: str
@@ -157,13 +203,7 @@ class NodeGroup(_Strict):
     @field_validator("name")
     @classmethod
     def _hostlist(cls, v: str) -> str:
-        try:
-            names = hostlist.expand_hostlist(v)
-        except hostlist.BadHostlist as err:
-            raise ValueError(f"not a hostlist: {err}") from None
-        for n in names:
-            if not NODE_NAME_RE.match(n):
-                raise ValueError(f"{n!r} must be a lower-case RFC 1123 label, as for a Kubernetes Node")
+        _hostlist_names(v)
         return v
 
     @model_validator(mode="after")
@@ -175,13 +215,15 @@ class NodeGroup(_Strict):
 
 
 class Node(BaseModel):
-    """One expanded node: ``address`` an IPv4 address string, ``mac`` ``aa:bb:cc:dd:ee:ff``."""
+    """One expanded node: ``address`` an IPv4 address string, ``mac`` ``aa:bb:cc:dd:ee:ff``,
+    ``scheduling`` its labels, taints and roles (its entry's, its groups' on top)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     name: str
     role: Literal["control", "worker"]
     address: str
     mac: str
+    scheduling: NodeRoles = NodeRoles()
 
 
 class Inventory(_Strict):
@@ -206,6 +248,9 @@ class Inventory(_Strict):
     cni_manifest: Path | None = KUBEADM_CNI
     on_cluster_lost: Literal["reinit", "restore", "wait"] = "reinit"
     nodes: list[NodeGroup]
+    # Labels, taints and roles of groups of nodes (across entries), applied in order over each
+    # entry's own (docs/operations.md, "Roles from the inventory").
+    groups: list[RoleGroup] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +303,10 @@ class Inventory(_Strict):
                 seen[key] = n.name
         if not any(n.role == "control" for n in nodes):
             raise ValueError("nodes: at least one control node is needed")
+        for i, group in enumerate(self.groups):
+            unknown = [n for n in _hostlist_names(group.nodes) if f"name:{n}" not in seen]
+            if unknown:
+                raise ValueError(f"groups.{i}.nodes: {', '.join(unknown)} not in the inventory's nodes")
         if f"address:{self.vip.address}" in seen:
             raise ValueError(f"vip.address: {self.vip.address} is also a node's address")
         net = self.network
@@ -318,12 +367,19 @@ class Inventory(_Strict):
         return [r for r in ("control", "worker") if r in present]
 
     def expanded(self) -> list[Node]:
-        """Every node, hostlists expanded, in file order. Addresses count up within an entry."""
+        """Every node, hostlists expanded, in file order. Addresses count up within an entry;
+        ``scheduling`` is its entry's, then each of ``groups`` naming the node on top, in order
+        (a later one wins per label key and per taint key and effect; roles add up)."""
+        member_of = [(set(hostlist.expand_hostlist(g.nodes)), g.scheduling) for g in self.groups]
         out: list[Node] = []
         for group in self.nodes:
             start = ipaddress.IPv4Address(group.address)
             for i, name in enumerate(hostlist.expand_hostlist(group.name)):
-                out.append(Node(name=name, role=group.role, address=str(start + i), mac=group.mac[i]))
+                roles = group.scheduling
+                for names, scheduling in member_of:
+                    if name in names:
+                        roles = roles.merged(scheduling)
+                out.append(Node(name=name, role=group.role, address=str(start + i), mac=group.mac[i], scheduling=roles))
         return out
 
     def cluster_tags(self) -> dict[str, str]:
@@ -346,6 +402,23 @@ class Inventory(_Strict):
         if self.cni_manifest is not None:
             tags["ek8s_cni_manifest"] = str(self.cni_manifest)
         return tags
+
+
+def published(inv: Inventory, user: str, at: float) -> PublishedInventory:
+    """What ``inventory.json`` on the share says of ``inv`` (:class:`core.records.PublishedInventory`):
+    every node's role, address, labels, taints and roles, published by ``user`` at ``at``
+    (Unix seconds)."""
+    nodes = {
+        n.name: InventoryNode(
+            role=n.role,
+            address=n.address,
+            labels=dict(n.scheduling.labels),
+            taints=[str(t) for t in n.scheduling.taints],
+            roles=list(n.scheduling.roles),
+        )
+        for n in inv.expanded()
+    }
+    return PublishedInventory(cluster=inv.cluster, nodes=nodes, published_by=user, published_at=at)
 
 
 def load_inventory(path: str | Path) -> Inventory:

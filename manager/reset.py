@@ -83,17 +83,19 @@ def confirm(
     lines: list[str],
     yes: bool,
     interactive: Callable[[], bool] = lambda: sys.stdin.isatty(),
+    doing: str = "destroy the data above",
 ) -> None:
-    """Say ``lines`` (what will be lost) on stderr under ``action`` (what is about to happen),
-    then ask. Returns when confirmed, by ``yes`` or an answer ``y`` on the terminal. Exits 2
-    naming ``--yes`` when there is no terminal to ask (``interactive()`` is False: stdin is
-    not a TTY), exits 1 when the answer is no; nothing has been written then."""
+    """Say ``lines`` (what will be lost, or done) on stderr under ``action`` (what is about to
+    happen), then ask. Returns when confirmed, by ``yes`` or an answer ``y`` on the terminal.
+    Exits 2 naming ``--yes`` (and ``doing``, what it would do) when there is no terminal to ask
+    (``interactive()`` is False: stdin is not a TTY), exits 1 when the answer is no; nothing
+    has been written then."""
     click.echo(f"{action}:", err=True)
     for line in lines:
         click.echo(f"  - {line}", err=True)
     if yes:
         return
     if not interactive():
-        fail("no terminal to confirm on: add --yes to destroy the data above from a script", 2)
+        fail(f"no terminal to confirm on: add --yes to {doing} from a script", 2)
     if not click.confirm("Go ahead?", default=False, err=True):
         fail("not confirmed; nothing done")

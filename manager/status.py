@@ -99,7 +99,8 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     ``etcd_quorum`` from the first Phylactery that lists members; ``vip_holder`` (a name, a list
     when several hold it, or None); ``haproxy_backends_up`` (per control node, backends whose
     status starts with ``UP``); ``newest_snapshot_age_s``; ``attention`` (:func:`attention`);
-    ``selected`` (whether ``names`` narrowed ``nodes``); ``healthy`` (:func:`healthy`).
+    ``selected`` (whether ``names`` narrowed ``nodes``); ``rollout`` (:func:`rollout_doc`, the
+    share's rolling upgrade or None); ``healthy`` (:func:`healthy`).
     Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the API with a
     3 s timeout per attempt (the client retries a failed connection). Touches this store's
     probe file on the share to read the share's clock.
@@ -170,9 +171,37 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
         "newest_snapshot_age_s": snapshot_age,
         "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age, events=events),
         "selected": names is not None,
+        "rollout": rollout_doc(store),
     }
     doc["healthy"] = healthy(doc)
     return doc
+
+
+def rollout_doc(store: ShareStore) -> dict[str, Any] | None:
+    """The share's ``rollout.json`` (:mod:`core.upgrade`) for the status document: ``phase``,
+    ``from_version``, ``to_version``, ``nodes`` (name -> ``{state, version}``: the version its
+    image carries by its state; ``?`` while moving or failed), ``next`` (the next step, one
+    line) and ``error``; None when there is none, or ``{"error": ...}`` when it cannot be read."""
+    from core import upgrade
+    from core.share import ShareError
+
+    try:
+        r = store.read_rollout()
+    except ShareError as err:
+        return {"phase": "unreadable", "error": str(err), "nodes": {}, "next": "fix or remove rollout.json"}
+    if r is None:
+        return None
+    by_state = {"old": r.from_version, "new": r.to_version}
+    step = upgrade.next_step(r)
+    nxt = (f"{step.action} {' '.join(step.nodes)}".strip() if step else None) if r.phase != "stopped" else None
+    return {
+        "phase": r.phase,
+        "from_version": r.from_version,
+        "to_version": r.to_version,
+        "nodes": {n.name: {"state": n.state, "version": by_state.get(n.state, "?")} for n in r.nodes},
+        "next": nxt or ("ek8s upgrade --resume or --rollback" if r.phase == "stopped" else None),
+        "error": r.error,
+    }
 
 
 def healthy(doc: dict[str, Any]) -> bool:
@@ -340,6 +369,14 @@ def render(doc: dict[str, Any], output: str = "table", all_nodes: bool = False) 
     ]
     if not doc["ready"] and doc["reason"]:
         lines.append(f"reason: {doc['reason']}")
+    ro = doc.get("rollout")
+    if ro and ro["phase"] not in ("done", "rolled_back"):
+        states = ", ".join(f"{n} {v['state']} ({v['version']})" for n, v in ro["nodes"].items())
+        err = f" ({ro['error']})" if ro.get("error") else ""
+        lines.append(
+            f"upgrade {ro.get('from_version', '?')} -> {ro.get('to_version', '?')} {ro['phase']}{err}: {states}; "
+            f"next: {ro['next'] or '-'}"
+        )
     for item in doc.get("attention") or []:
         lines.append(f"! {item['problem']} -> {item['heals']}")
     lines += role_summary(doc)

@@ -10,6 +10,8 @@ Order and safety:
 - Every command runs without a terminal (stdin is /dev/null), so a confirmation prompt cannot
   wait unseen; after ``profile add`` the registry is read again and the profile must be there
   (4.5 takes an unanswered prompt as "no" and exits 0, v4.5.8 profile/add/main.go:77-88).
+- The published inventory (``inventory.json`` on the share) is written last, by the user who
+  ran apply, so Phylactery puts the running Nodes' labels, taints and roles in line.
 - One line per step on stdout (``[3/9] wwctl profile set ek8s-control ... ok``), the full
   command with ``verbose``; a failure, its exit status and the command's own output go to
   stderr, and nothing after it runs.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -96,6 +99,32 @@ def _edit(step: Step, inv: Inventory, version: str, prefix: str, r: Reporter) ->
     return True
 
 
+def _publish(inv: Inventory, prefix: str, r: Reporter) -> bool:
+    """Write the cluster's ``inventory.json`` on the share (:func:`publish`)."""
+    try:
+        path = publish(inv)
+    except OSError as err:
+        r.error(f"{prefix} failed: cannot write the share: {err}")
+        return False
+    if r.verbose:
+        r.say(f"{path}: {len(inv.expanded())} nodes")
+    return True
+
+
+def publish(inv: Inventory) -> Path:
+    """Publish ``inv``'s nodes, labels, taints and roles to ``<share>/<cluster>/inventory.json``
+    (:class:`core.records.PublishedInventory`, by the invoking user). Returns the file.
+    Raises ``OSError`` when the share cannot be written."""
+    from core.share import ShareStore
+    from manager.inventory import published
+    from manager.reset import invoking_user
+
+    user = invoking_user()
+    store = ShareStore(inv.share.path, inv.cluster, user, record_invalid=False)
+    store.publish_inventory(published(inv, user, time.time()))
+    return store.dir / "inventory.json"
+
+
 def apply(
     inv: Inventory,
     p: Plan,
@@ -136,6 +165,8 @@ def apply(
             r.say(f"{prefix} {step.shell()}")
         if step.kind == "edit":
             ok = _edit(step, inv, p.version, prefix, r)
+        elif step.kind == "share":
+            ok = _publish(inv, prefix, r)
         else:
             tool = {"wwctl": wwctl, "service": service, "exportfs": exportfs}.get(step.argv[0], step.argv[0])
             argv = [tool, *step.argv[1:]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +20,18 @@ VERSION_CHOICE = click.Choice(["auto", "4.5", "4.6", "4.7"])
 
 
 def _inventory(path: str) -> Inventory:
+    """The inventory at ``path``; exit 2 when it is invalid, or when ``$EK8S_CLUSTER`` names
+    another cluster than it does (the operator means another cluster than the file)."""
+    from manager.clusters import ENV
+
     try:
         inv = load_inventory(path)
     except InventoryError as err:
         click.echo(f"ek8s: {err}", err=True)
+        sys.exit(2)
+    meant = os.environ.get(ENV)
+    if meant and meant != inv.cluster:
+        click.echo(f"ek8s: {path} is cluster {inv.cluster}'s inventory, but ${ENV} is {meant}; nothing done", err=True)
         sys.exit(2)
     warning = inv.quorum_warning()
     if warning:
@@ -80,7 +89,15 @@ def warewulf() -> None:
 
 
 def _common(f: Callable[..., None]) -> Callable[..., None]:
-    """INVENTORY, --version, --wwctl and --conf-dir, shared by plan and apply."""
+    """INVENTORY, --version, --wwctl, --conf-dir and --with, shared by plan and apply."""
+    f = click.option(
+        "--with",
+        "others",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="another cluster's inventory on this server: refuse what collides with it (repeatable; the "
+        "clusters in Warewulf's registry are checked anyway)",
+    )(f)
     f = click.option(
         "--conf-dir",
         default="/etc/warewulf",
@@ -100,18 +117,29 @@ def _common(f: Callable[..., None]) -> Callable[..., None]:
     return click.argument("inventory", type=click.Path(dir_okay=False))(f)
 
 
-def _plan(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: bool) -> tuple[Inventory, Plan]:
+def _plan(
+    inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: bool, others: tuple[str, ...] = ()
+) -> tuple[Inventory, Plan]:
     """Inventory, version, registry and local files -> (inventory, plan); exits 2 for a bad
-    inventory or a file that cannot be edited, 1 when wwctl cannot be asked."""
-    from manager import wwconf, wwplan, wwregistry
+    inventory, one that collides with another cluster (:mod:`manager.collisions`) or a file
+    that cannot be edited, 1 when wwctl cannot be asked."""
+    from manager import collisions, wwconf, wwplan, wwregistry
 
     inv = _inventory(inventory)
+    other_invs = [(path, _inventory(path)) for path in others]
     version = _version(inv, ww_version, wwctl)
     try:
         registry = wwregistry.offline() if offline else wwregistry.read_registry(version, wwctl, conf_dir)
     except wwregistry.WarewulfError as err:
         click.echo(f"ek8s: {err} (use --offline to plan for an empty registry)", err=True)
         sys.exit(1)
+    clashes = collisions.check(inv, None if offline else registry, other_invs)
+    if clashes:
+        click.echo(f"ek8s: {inventory}: cluster {inv.cluster} collides with another cluster on this server:", err=True)
+        for line in clashes:
+            click.echo(f"  {line}", err=True)
+        click.echo("ek8s: nothing was run", err=True)
+        sys.exit(2)
     try:
         local = wwplan.Local(conf_dir=conf_dir) if offline else wwplan.local_snapshot(inv, conf_dir)
         return inv, wwplan.plan(inv, version, registry, local)
@@ -123,17 +151,21 @@ def _plan(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: 
 @warewulf.command("plan")
 @_common
 @click.option("--offline", is_flag=True, help="read neither wwctl nor the files: plan as for a fresh Warewulf")
-def warewulf_plan(inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: bool) -> None:
+def warewulf_plan(
+    inventory: str, ww_version: str, wwctl: str, conf_dir: Path, others: tuple[str, ...], offline: bool
+) -> None:
     """Print what `apply` would do for INVENTORY, as a shell script: only the wwctl commands
     that change something, and the file edits as unified diffs.
 
-    Exit 2 when INVENTORY is invalid or warewulf.conf/nodes.conf cannot be read as YAML, 1
-    when wwctl cannot be asked (for the version when neither --version nor the inventory names
+    Exit 2 when INVENTORY is invalid, collides with another cluster (its registry's role
+    profiles and nodes, or a --with inventory: the same name, VIP, VRRP router id on one
+    network, node or address), or warewulf.conf/nodes.conf cannot be read as YAML; 1 when
+    wwctl cannot be asked (for the version when neither --version nor the inventory names
     one, for the registry without --offline).
     """
     from manager.wwplan import render_plan
 
-    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, offline)
+    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, offline, others)
     click.echo(render_plan(inv, p), nl=False)
 
 
@@ -158,6 +190,7 @@ def warewulf_apply(
     ww_version: str,
     wwctl: str,
     conf_dir: Path,
+    others: tuple[str, ...],
     dry_run: bool,
     service: str,
     exportfs: str,
@@ -165,19 +198,44 @@ def warewulf_apply(
 ) -> None:
     """Run the plan for INVENTORY, one line per step; stop at the first failing step and show
     its output on stderr. warewulf.conf and nodes.conf are edited only after every wwctl
-    step that changes the registry succeeded.
+    step that changes the registry succeeded; the nodes' labels, taints and roles are
+    published to the share last (Phylactery applies them to running Nodes).
 
-    Exit 2 when INVENTORY is invalid or warewulf.conf/nodes.conf cannot be read as YAML
-    (nothing run), 1 when wwctl cannot be asked or a step fails or runs over 10 minutes.
+    Exit 2 when INVENTORY is invalid, collides with another cluster (as for plan) or
+    warewulf.conf/nodes.conf cannot be read as YAML (nothing run), 1 when wwctl cannot be
+    asked or a step fails or runs over 10 minutes.
     """
     from manager.wwapply import Reporter, apply
 
-    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, offline=False)
+    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, False, others)
     reporter = Reporter(verbose=verbose)
     code = apply(
         inv, p, wwctl=wwctl, service=service, exportfs=exportfs, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run
     )
     sys.exit(code)
+
+
+@warewulf.command("roles")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+def warewulf_roles(inventory: str) -> None:
+    """Publish INVENTORY's nodes with their labels, taints and roles to the cluster's share
+    (<share>/<cluster>/inventory.json) and nothing else: within about 10 s Phylactery puts the
+    running Nodes in line, touching only what the inventory manages. `ek8s warewulf apply`
+    does this too, after it set the nodes' tags (which the next boot's node.yaml carries: run
+    apply, or the Nodes lose the change at their next reboot until it ran).
+
+    Exit 2 when INVENTORY is invalid, 1 when the share cannot be written.
+    """
+    from manager.wwapply import publish
+
+    inv = _inventory(inventory)
+    try:
+        path = publish(inv)
+    except OSError as err:
+        click.echo(f"ek8s: cannot write the share: {err}", err=True)
+        sys.exit(1)
+    with_roles = sum(1 for n in inv.expanded() if n.scheduling)
+    click.echo(f"{path}: {len(inv.expanded())} nodes, {with_roles} with labels, taints or roles")
 
 
 @warewulf.command("nfs")

@@ -43,6 +43,11 @@ Version facts this relies on (tags v4.5.8, v4.6.5, v4.7.0):
 - ``wwctl configure dhcp``/``hostfile`` only when a node's MAC or address changed,
   ``configure nfs`` only when the exports did; ``wwctl overlay build`` only for the cluster's
   nodes, as a hostlist, and only when something changed.
+- A node's labels, taints and roles (:data:`NODE_TAGS`, space-separated: ``--tagadd``'s value
+  is read as CSV by pflag's string-to-string flag, so a comma would split it) go on the node
+  itself, one ``node set`` per set of nodes that want the same; the published inventory
+  (``<share>/<cluster>/inventory.json``, :class:`core.records.PublishedInventory`) is written
+  last, when it differs, so Phylactery puts running Nodes in line without a reboot.
 """
 
 from __future__ import annotations
@@ -56,13 +61,16 @@ from pathlib import Path
 import hostlist
 import yaml
 
-from core.share import ANON_GID, mounted_trees
+from core.records import PublishedInventory
+from core.share import ANON_GID, ShareStore, mounted_trees
 from manager import wwconf
-from manager.inventory import Inventory, Node
+from manager.inventory import Inventory, Node, published
 from manager.wwregistry import Entity, NetDev, Registry, WarewulfError, merge
 
 VERSIONS = ("4.5", "4.6", "4.7")
 NETNAME = "default"  # the network device ek8s manages on every node and role profile
+# Tags a node carries itself (its labels, taints and roles: core/noderoles.py), not its profile.
+NODE_TAGS = ("ek8s_labels", "ek8s_taints", "ek8s_roles")
 OVERLAYS = ("ek8s", "ek8s-hosts")
 # 4.5's built-in overlay lists (node/constructors.go FallBackConf), which a list set anywhere drops.
 BASE_OVERLAYS_45 = (("wwinit",), ("generic",))
@@ -85,9 +93,10 @@ def parse_version(text: str) -> str:
 @dataclass(frozen=True)
 class Step:
     """One step: ``argv`` (``argv[0]`` is ``wwctl``, ``install``, ``service``, or ``edit`` for a file
-    ``apply`` edits itself, then ``argv[1]`` is its path), ``why`` (a comment), ``kind``
-    ("local", "registry", "edit" or "server"; registry steps run before the files are edited,
-    server steps after)."""
+    ``apply`` edits itself, ``publish`` for the inventory it writes to the share, then
+    ``argv[1]`` is its path), ``why`` (a comment), ``kind`` ("local", "registry", "edit",
+    "server" or "share"; registry steps run before the files are edited, server steps after,
+    the share's last)."""
 
     argv: tuple[str, ...]
     why: str
@@ -121,6 +130,8 @@ class Local:
     conf_dir: Path = Path("/etc/warewulf")
     share_ready: bool = False
     files: Mapping[str, str | None] = field(default_factory=dict)
+    # The share's inventory.json for the cluster (None: none yet, or not read: --offline).
+    published: PublishedInventory | None = None
     # Where ek8s's own exports file goes (``ek8s-<cluster>.exports``; its text in ``files``
     # under that name, "" when it does not exist yet): ``exports.d`` beside ``conf_dir``
     # (/etc/warewulf -> /etc/exports.d).
@@ -145,8 +156,9 @@ class Plan:
 
     @property
     def commands(self) -> int:
-        """How many commands the plan runs (its steps but the file edits)."""
-        return sum(1 for s in self.steps if s.kind != "edit")
+        """How many commands the plan runs (its steps but the file edits and the published
+        inventory, which apply writes itself)."""
+        return sum(1 for s in self.steps if s.kind not in ("edit", "share"))
 
 
 def local_snapshot(inv: Inventory, conf_dir: Path) -> Local:
@@ -164,7 +176,11 @@ def local_snapshot(inv: Inventory, conf_dir: Path) -> Local:
             raise wwconf.ConfError(f"{conf_dir / name}: not found (Warewulf's own file; is --conf-dir right?)")
     exports = wwconf.exports_file(inv, conf_dir.parent / "exports.d")
     files[exports.name] = wwconf.read_text(exports) or ""
-    return Local(conf_dir=conf_dir, share_ready=ready, files=files)
+    try:
+        current = ShareStore(share, inv.cluster, "ek8s", record_invalid=False).read_inventory()
+    except OSError:
+        current = None
+    return Local(conf_dir=conf_dir, share_ready=ready, files=files, published=current)
 
 
 def wanted_profile(inv: Inventory, role: str, version: str) -> Entity:
@@ -292,9 +308,11 @@ def _node_steps(inv: Inventory, version: str, reg: Registry, wanted: Mapping[str
     profiles_change: dict[str, tuple[str, ...]] = {}
     overrides: dict[str, tuple[str, ...]] = {}
     dns: dict[str, tuple[str, ...]] = {}
+    node_tags: dict[str, tuple[str, ...]] = {}
     want_dns = dns_tags(inv)
     for node in inv.expanded():
         have = reg.nodes.get(node.name)
+        node_tags[node.name] = _node_tag_flags(node, have)
         plist = _node_profiles(inv, node, have, reg)
         if have is None:
             argv: tuple[str, ...] = ("wwctl", "node", "add", node.name, "--profile", ",".join(plist))
@@ -343,7 +361,25 @@ def _node_steps(inv: Inventory, version: str, reg: Registry, wanted: Mapping[str
             steps.append(Step(("wwctl", "node", "set", *names, "--yes", *flags), why, "registry"))
     for names, flags in _group(dns, version):
         steps.append(Step(("wwctl", "node", "set", *names, "--yes", *flags), "DNS servers (network tags)", "registry"))
+    for names, flags in _group(node_tags, version):
+        why = "the nodes' labels, taints and roles (node.yaml, kubelet at join)"
+        steps.append(Step(("wwctl", "node", "set", *names, "--yes", *flags), why, "registry"))
     return steps, addresses_changed
+
+
+def _node_tag_flags(node: Node, have: Entity | None) -> tuple[str, ...]:
+    """``node set`` flags that give ``node`` the :data:`NODE_TAGS` it wants (``--tagadd``)
+    and take away those it no longer has (``--tagdel``); empty when it has them already."""
+    want = node.scheduling.tags()
+    current = {k: v for k, v in (have.tags if have else {}).items() if k in NODE_TAGS}
+    flags: list[str] = []
+    for key, value in want.items():
+        if current.get(key) != value:
+            flags += ["--tagadd", f"{key}={value}"]
+    stale = sorted(set(current) - set(want))
+    if stale:
+        flags += ["--tagdel", ",".join(stale)]
+    return tuple(flags)
 
 
 def _override_flags(version: str, have: Entity, from_profiles: Entity, want: Entity) -> tuple[str, ...]:
@@ -358,7 +394,11 @@ def _override_flags(version: str, have: Entity, from_profiles: Entity, want: Ent
         ("--netmask", nd.netmask, pnd.netmask, wnd.netmask, True),
         ("--gateway", nd.gateway, pnd.gateway, wnd.gateway, True),
     ]
-    tags = sorted(k for k, v in have.tags.items() if k.startswith("ek8s_") and from_profiles.tags.get(k) != v)
+    tags = sorted(
+        k
+        for k, v in have.tags.items()
+        if k.startswith("ek8s_") and k not in NODE_TAGS and from_profiles.tags.get(k) != v
+    )
     if version == "4.7":
         flags = [flag for flag, mine, theirs, _w, _n in scalars if mine and mine != theirs]
         net = [f for f in flags if f in ("--netdev", "--netmask", "--gateway")]
@@ -459,7 +499,20 @@ def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan
             "nothing to change in the registry or the files; after `ek8s overlay build`, "
             f"run `{shlex.join(('wwctl', 'overlay', 'build', *nodes))}`"
         )
+    if publish_needed(inv, local.published):
+        path = inv.share.path / inv.cluster / "inventory.json"
+        why = "the nodes, their labels, taints and roles for Phylactery (running Nodes, no reboot)"
+        steps.append(Step(("publish", str(path)), why, "share"))
     return Plan(version=version, steps=tuple(steps), edits=edits, unread=tuple(unread), notes=tuple(notes))
+
+
+def publish_needed(inv: Inventory, current: PublishedInventory | None) -> bool:
+    """Whether the share's ``inventory.json`` (``current``, None when absent or not read)
+    says something else of the nodes than ``inv``."""
+    if current is None:
+        return True
+    want = published(inv, "", 0.0)
+    return (current.cluster, current.nodes) != (want.cluster, want.nodes)
 
 
 def render_plan(inv: Inventory, p: Plan) -> str:
@@ -476,6 +529,9 @@ def render_plan(inv: Inventory, p: Plan) -> str:
     ]
     for step in p.steps:
         lines += ["", f"# {step.why}"]
+        if step.argv[0] == "publish":
+            lines.append(f"# `ek8s warewulf apply` (or `ek8s warewulf roles`) writes {step.argv[1]}")
+            continue
         if step.argv[0] == "edit":
             path = Path(step.argv[1])
             old, new = p.edits[path]

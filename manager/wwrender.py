@@ -37,7 +37,8 @@ def registry_fixture(inv: Inventory, server: dict[str, str], version: str = "4.7
     has the Warewulf server's ``ipaddr``, ``netmask``, ``network`` and ``buildhost``
     (strings). The role profiles carry what :func:`manager.wwplan.wanted_profile` gives them;
     each node has profiles ``default`` and its role's, and of its own only its MAC, address
-    and DNS tags on device ``default``; the renderer merges them as Warewulf does."""
+    and DNS tags on device ``default`` and its labels, taints and roles
+    (:data:`manager.wwplan.NODE_TAGS`); the renderer merges them as Warewulf does."""
     from manager.wwplan import NETNAME, dns_tags, wanted_profile
 
     nodes = []
@@ -48,7 +49,7 @@ def registry_fixture(inv: Inventory, server: dict[str, str], version: str = "4.7
                 "profiles": ["default", inv.role_profile(n.role)],
                 "primary_netdev": NETNAME,
                 "netdevs": {NETNAME: {"hwaddr": n.mac, "ipaddr": n.address, "tags": dns_tags(inv)}},
-                "tags": {},
+                "tags": n.scheduling.tags(),
             }
         )
     profiles: dict[str, Any] = {"default": {"tags": {}}}

@@ -6,12 +6,18 @@
                                                 ``{"ok": bool}``; with it node, role,
                                                 generation, members, HAProxy backends, etcd
 ``GET /metrics``            anyone              Prometheus text format: Phylactery's metrics
+``GET /v1/etcd``            control             the etcd members, each with whether it
+                                                answers and leads (``ek8s node``)
 ``POST /v1/refresh``        control             re-read members, regenerate, reload if changed
 ``POST /v1/prune``          control or worker   body ``{"name", "address", "boot_id"}``: remove
                                                 that node's stale Node, etcd member (and k3s
                                                 node-password Secret); a worker only its own
 ``POST /v1/join-material``  control             make sure ``join.json`` holds a token and
                                                 certificate key the API still accepts
+``POST /v1/remove``         control             body ``{"name", "address", "user"}``: the
+                                                operator takes that node out for good (etcd
+                                                member, Node); refused (409) when etcd would
+                                                not stay safe or the node still runs
 ==========================  ==================  ===============================================
 
 Credentials are bearer tokens (:mod:`core.credentials`), told apart by
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -216,6 +223,42 @@ def peer_address(request: web.Request) -> str:
     return str(ip)
 
 
+async def etcd_members(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/etcd``: :meth:`Phylactery.etcd_members` (the control credential only: member
+    names and URLs are the control nodes' business, as in ``/v1/status``)."""
+    return web.json_response(await request.app[PHYLACTERY].etcd_members())
+
+
+USER_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+async def remove(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/remove`` with ``{"name", "address", "user"}`` (``user``: who decided, for
+    the log): 200 with what was removed; 400 bad body; 409 refused (unsafe for etcd, the node
+    still runs, or this node itself); 503 etcd or the API did not answer."""
+    body = await _json_body(request)
+    name, address, user = body.get("name"), body.get("address"), body.get("user")
+    if not isinstance(name, str) or not NODE_NAME_RE.match(name):
+        return error(400, "field 'name': a node name (a lower-case RFC 1123 label) is required")
+    if not isinstance(address, str):
+        return error(400, "field 'address': an IPv4 address (string) is required")
+    try:
+        address = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        return error(400, f"field 'address': {address[:80]!r} is not an IPv4 address")
+    if not isinstance(user, str) or not USER_RE.match(user):
+        return error(400, "field 'user': who decided (1-64 letters, digits, '.', '_', '@', '-') is required")
+    try:
+        result = await request.app[PHYLACTERY].remove(name, address)
+    except (ValueError, PruneRefused) as err:
+        log.warning("remove refused", extra={"node_": name, "user": user, "error": str(err)})
+        return error(409, str(err))
+    except PruneError as err:
+        return error(503, str(err))
+    log.info("removed on the operator's decision", extra={"user": user, **result.to_json()})
+    return web.json_response(result.to_json())
+
+
 async def join_material(request: web.Request) -> web.StreamResponse:
     """Ensure the published join material is still accepted (refresh what expired)."""
     try:
@@ -258,6 +301,8 @@ def make_app(
     app.router.add_post("/v1/refresh", refresh)
     app.router.add_post("/v1/prune", prune)
     app.router.add_post("/v1/join-material", join_material)
+    app.router.add_get("/v1/etcd", etcd_members)
+    app.router.add_post("/v1/remove", remove)
     return app
 
 

@@ -33,6 +33,8 @@ ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/refresh"): frozenset({CONTROL}),
     ("POST", "/v1/join-material"): frozenset({CONTROL}),
     ("POST", "/v1/prune"): frozenset({CONTROL, WORKER}),
+    ("GET", "/v1/etcd"): frozenset({CONTROL}),  # ek8s node: the members' names and URLs
+    ("POST", "/v1/remove"): frozenset({CONTROL}),  # ek8s node remove: the operator's decision
 }
 
 

@@ -8,6 +8,8 @@
   peers (multicast is often filtered on HPC networks), a track script on the local HAProxy.
   The leader of the generation starts in ``MASTER`` state so the VIP is up before
   ``kubeadm init`` needs it; priorities are equal, so a returning node never preempts.
+  Sub-second VRRPv3 adverts (``vip.advert_interval_s``) with the VRRP process on real-time
+  scheduling (``vrrp_rt_priority``, keepalived.conf(5) 2.2.7) so load does not fake a crash.
 * :func:`render_check_script` - the track script: can we open a TCP connection to the local
   HAProxy frontend?
 
@@ -79,6 +81,13 @@ def _port(field: str, value: int) -> None:
 
 def _path(field: str, value: str) -> None:
     _check(field, value, isinstance(value, str) and bool(_PATH_RE.match(value)), "is not a plain absolute path")
+
+
+# Every control node's VRRP priority (equal: a returning node never preempts the holder).
+KEEPALIVED_PRIORITY = 100
+# keepalived's VRRP process's SCHED_RR priority (1-99): above every normal process, below the
+# kernel's own real-time threads (migration, watchdog at 99; threaded IRQs at 50).
+VRRP_RT_PRIORITY = 10
 
 
 @dataclass(frozen=True)
@@ -164,7 +173,12 @@ def render_keepalived(
     _check("virtual_router_id", virtual_router_id, 1 <= virtual_router_id <= 255, "is not a VRRP id (1-255)")
     _check("advert_int", advert_int, 0 < advert_int <= 255, "is not an advertisement interval")
     _path("check_script", check_script)
+    # RFC 5798 section 6.1: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256.
+    master_down_s = 3 * advert_int + (256 - KEEPALIVED_PRIORITY) * advert_int / 256
     return _env.get_template("keepalived.conf.j2").render(
+        rt_priority=VRRP_RT_PRIORITY,
+        priority=KEEPALIVED_PRIORITY,
+        master_down_s=f"{master_down_s:.2f}",
         node=node,
         cluster=cluster,
         generation=generation,

@@ -18,11 +18,12 @@ from typing import Any
 
 import psutil
 
+from core import quorum
 from core.bootid import boot_id
 from core.config import NodeConfig
 from core.credentials import WORKER
 from core.drivers import Driver
-from core.etcd import EtcdClient, EtcdError
+from core.etcd import EtcdClient, EtcdError, member_answers
 from core.fileperm import ensure_dir, write_atomic
 from core.logs import get_logger
 from core.records import node_name
@@ -30,7 +31,7 @@ from core.services import service_manager
 from core.share import ShareStore
 from core.supervise import Supervisor
 from phylactery import controllers, daemons, render
-from phylactery.prune import PruneForbidden, PruneRefused, PruneResult, Requester, prune_node
+from phylactery.prune import PruneError, PruneForbidden, PruneRefused, PruneResult, Requester, prune_node
 
 log = get_logger(__name__, "phylactery")
 
@@ -187,6 +188,11 @@ class Phylactery:
                 f"the request comes from {requester.address}, not from {address}: the worker credential "
                 "prunes only the node it is sent from; nothing removed"
             )
+        inventory = await asyncio.to_thread(self.store.read_inventory)
+        if inventory is not None and inventory.cluster == self.cfg.cluster:
+            why = inventory.refusal(name, address)
+            if why is not None:
+                raise PruneRefused(f"{why}; nothing removed")
         # A refusal guard, not proof: a control node's heartbeat from the control tree, a
         # worker's from the node tree (which any worker can write: at worst it holds a prune back).
         hb = await asyncio.to_thread(self.store.read_any_heartbeat, name)
@@ -206,6 +212,68 @@ class Phylactery:
             requester=requester,
             member_node=self.driver.etcd_member_node,
         )
+
+    async def remove(self, name: str, address: str) -> PruneResult:
+        """Take the node ``name``/``address`` out of the cluster for good, on the operator's
+        decision (``ek8s node remove``, ``POST /v1/remove``): its etcd member, its Node (and
+        k3s's node-password Secret), as :func:`phylactery.prune.prune_node` removes them, but
+        without the prune's check that no other boot of the node is alive: the operator
+        decided, and the node was powered off first. Refused (:class:`PruneRefused`) when the
+        removal is not safe for etcd (:func:`core.quorum.removal_refusal`: the last member,
+        fewer than two control nodes, or no quorum after it) or when the node's member still
+        answers (it runs, and would join again). Raises ``ValueError`` for a name that is no
+        node's and for this node itself, :class:`PruneError` when etcd or the API does not
+        answer."""
+        node_name(name)
+        if name == self.cfg.node.name:
+            raise ValueError(f"refusing to remove {name} from its own Phylactery: ask another control node's")
+        if self.driver.etcd_client_context() is None:
+            raise PruneError("this node runs no etcd member yet: ask another control node's Phylactery")
+        view = await self.etcd_members()
+        if view["error"] is not None:
+            raise PruneError(f"etcd: {view['error']}")
+        members = [quorum.Member(m["node"], m["is_learner"], m["answers"]) for m in view["members"]]
+        why = quorum.removal_refusal(members, name)
+        if why is not None:
+            raise PruneRefused(why)
+        return await prune_node(
+            name=name,
+            address=address,
+            self_name=self.cfg.node.name,
+            kubeconfig=self.driver.admin_kubeconfig,
+            etcd_endpoint=self.driver.etcd_endpoint,
+            etcd_context=self.driver.etcd_client_context(),
+            kinds=self.driver.prune_kinds,
+            member_node=self.driver.etcd_member_node,
+        )
+
+    async def etcd_members(self) -> dict[str, Any]:
+        """``GET /v1/etcd``: ``{"members": [...], "error": str | None}``, each member as
+        :meth:`core.etcd.EtcdMember.to_json` plus ``node`` (whose it is), ``answers`` (its own
+        ``maintenance/status`` answered within 1 s) and ``leader`` (it leads etcd). Empty, with
+        the reason in ``error``, when this node runs no member or it does not answer."""
+        ctx = self.driver.etcd_client_context()
+        if ctx is None:
+            return {"members": [], "error": "no etcd member on this node"}
+        async with EtcdClient([self.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
+            try:
+                leader = int((await etcd.status()).get("leader", 0))
+                members = await etcd.member_list()
+            except (EtcdError, OSError, ValueError) as err:
+                return {"members": [], "error": str(err)}
+        answers = await asyncio.gather(*(member_answers(m, ctx) for m in members))
+        return {
+            "members": [
+                {
+                    **m.to_json(),
+                    "node": self.driver.etcd_member_node(m.name),
+                    "answers": ok,
+                    "leader": m.id == leader,
+                }
+                for m, ok in zip(members, answers, strict=True)
+            ],
+            "error": None,
+        }
 
     def vip_held(self) -> bool:
         """Whether the VIP is on one of this node's interfaces (``psutil.net_if_addrs``)."""

@@ -108,6 +108,17 @@ def breakdown(r: dict[str, Any]) -> dict[str, float]:
             [min(times("node_ready", e["node"])) - e["t"] for e in joins]
         ),
     }
+    firsts = [e["first_share_op_s"] for e in ev if e["event"] == "boot" and e.get("first_share_op_s") is not None]
+    if firsts:  # agents that report it (issue 23)
+        out["first_share_op_s (agent process start -> first share operation, median node)"] = statistics.median(firsts)
+    for role in ("control", "worker"):
+        cpu = [
+            e["cpu_s"]
+            for e in ev
+            if e["event"] == "node_ready" and e.get("cpu_s") is not None and roles[e["node"]] == role
+        ]
+        if cpu:
+            out[f"agent_cpu_to_ready_s ({role}, median node)"] = statistics.median(cpu)
     return {k: round(v, 3) for k, v in out.items()}
 
 

@@ -14,6 +14,13 @@ every agent writes to its metrics textfile.
 Run it alone, under the lab lock, as root:
 
     flock /tmp/ek8s-lab.lock .venv/bin/python scripts/bench_scale.py --workers 2 25 50 100 --runs 1
+
+``--init-seconds``/``--join-seconds`` set the emulated kubeadm's step times;
+``--admission adaptive unbounded`` alternates, run by run in this one process, the default
+adaptive join admission with ``worker_join_admission: fixed`` at a ceiling of 1000 (no bound);
+``--steady-s 0`` skips the steady-state window. Per run it also reports the admission window
+left on the share, the ``join_admission`` (distress) events and the agents' ``cpu_s`` at
+``node_ready`` per role (median).
 """
 
 from __future__ import annotations
@@ -104,15 +111,30 @@ def strace_counts(path: Path, share: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+ADMISSION = {
+    "adaptive": {},  # node.yaml's defaults: the adaptive window under a ceiling of 1000
+    "unbounded": {"worker_join_admission": "fixed", "worker_join_concurrency": 1000},
+}
+
+
 def one_run(
-    workers: int, steady_s: float, strace_node: str | None = None, join_concurrency: int | None = None
+    workers: int,
+    steady_s: float,
+    strace_node: str | None = None,
+    join_concurrency: int | None = None,
+    admission: str = "adaptive",
+    init_s: float = 0.0,
+    join_s: float = 0.0,
 ) -> dict[str, Any]:
     lab = Lab(Path("/run/ek8s-scale"), "ek8sc")
     lab.down()
     from lab.emulation import Emulation
 
-    overrides = {"kubernetes": {"worker_join_concurrency": join_concurrency}} if join_concurrency else {}
-    state = lab.create(3, workers, Emulation(), overrides)
+    kubernetes: dict[str, Any] = dict(ADMISSION[admission])
+    if join_concurrency:
+        kubernetes["worker_join_concurrency"] = join_concurrency
+    overrides = {"kubernetes": kubernetes} if kubernetes else {}
+    state = lab.create(3, workers, Emulation(init_s=init_s, join_s=join_s), overrides)
     peak, cpu_seen = [0], {}  # peak RSS; CPU seconds by pid (last seen), processes end
 
     stop = threading.Event()
@@ -134,6 +156,27 @@ def one_run(
         report_events = lab.events()
         leader_ready = min(e["t"] for e in report_events if e["event"] == "leader_ready")
         worker_ready = [e["t"] for e in report_events if e["event"] == "node_ready" and e["node"].startswith("worker")]
+        roles = {n.name: n.role for n in state.nodes}
+        cpu_to_ready: dict[str, list[float]] = {}
+        for e in report_events:
+            if e["event"] == "node_ready" and e.get("cpu_s") is not None:
+                cpu_to_ready.setdefault(roles.get(e["node"], "?"), []).append(float(e["cpu_s"]))
+        window = lab.store().worker_join_window(join_concurrency or 1000)
+        admission_doc = {
+            "mode": admission,
+            "window_left": round(window.size, 1),
+            "distress": [(e["signal"], e["window"]) for e in report_events if e["event"] == "join_admission"],
+        }
+        if steady_s <= 0:
+            return {
+                "workers": workers,
+                "leader_ready_s": round(leader_ready - state.t0, 2),
+                "all_nodes_ready_s": round(last - state.t0, 2),
+                "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
+                "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
+                "admission": admission_doc,
+                "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
+            }
         time.sleep(16)  # every agent's textfile rewritten in WATCH
         formed = {n.name: (n.role, *agent_ops(Path(n.root))) for n in state.nodes}
         tracer = None
@@ -172,6 +215,8 @@ def one_run(
             "all_nodes_ready_s": round(last - state.t0, 2),
             "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
             "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
+            "admission": admission_doc,
+            "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             "peak_rss_mib": round(peak[0] / 2**20),
             "cpu_s": cpu,
             "share_ops_per_s_steady": {r: _stats(v) for r, v in steady.items() if v},
@@ -228,6 +273,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=Path("bench-scale.json"))
     p.add_argument("--strace", metavar="NODE", help="strace NODE's agent during the steady window (first run)")
     p.add_argument("--join-concurrency", type=int, help="kubernetes.worker_join_concurrency (default: node.yaml's)")
+    p.add_argument("--init-seconds", type=float, default=0.0, help="emulated kubeadm init's total time")
+    p.add_argument("--join-seconds", type=float, default=0.0, help="emulated kubeadm join's total time")
+    p.add_argument("--admission", nargs="+", choices=sorted(ADMISSION), default=["adaptive"])
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the reports (with --from, without running)")
     p.add_argument("--from", dest="sources", type=Path, nargs="+", metavar="JSON", help="reports of earlier runs")
     args = p.parse_args()
@@ -238,15 +286,31 @@ def main() -> int:
     results = []
     for workers in args.workers:
         for run in range(args.runs):
-            try:
-                r = one_run(workers, args.steady_s, args.strace if run == 0 else None, args.join_concurrency)
-                r["worker_join_concurrency"] = args.join_concurrency or 10
-            except Exception as err:  # one failed size must not cost the others
-                r = {"workers": workers, "error": f"{type(err).__name__}: {err}"[:2000]}
-            r["run"] = run + 1
-            print(json.dumps(r), flush=True)
-            results.append(r)
-            args.json.write_text(json.dumps(results, indent=1) + "\n")
+            for admission in args.admission:  # alternated: the machine's load changes both alike
+                try:
+                    r = one_run(
+                        workers,
+                        args.steady_s,
+                        args.strace if run == 0 else None,
+                        args.join_concurrency,
+                        admission,
+                        args.init_seconds,
+                        args.join_seconds,
+                    )
+                    r["worker_join_concurrency"] = args.join_concurrency or 1000
+                except Exception as err:  # one failed size must not cost the others
+                    r = {"workers": workers, "error": f"{type(err).__name__}: {err}"[:2000]}
+                r["run"] = run + 1
+                r["admission_mode"] = admission
+                print(json.dumps(r), flush=True)
+                results.append(r)
+                args.json.write_text(json.dumps(results, indent=1) + "\n")
+    summary: dict[str, list[float]] = {}
+    for r in results:
+        if "error" not in r and r.get("leader_ready_to_last_worker_s") is not None:
+            summary.setdefault(f"{r['workers']} {r['admission_mode']}", []).append(r["leader_ready_to_last_worker_s"])
+    for key, values in sorted(summary.items()):
+        print(f"3 + {key}: leader_ready -> last worker Ready, median {statistics.median(values):.2f} s of {values}")
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -283,7 +283,18 @@ def generate_secret() -> str:
 
 
 def _common(cfg: NodeConfig) -> dict[str, Any]:
-    return {"node-name": cfg.node.name, "node-ip": cfg.node.address}
+    """Keys of every node's config: its name and address and, from the inventory
+    (core/noderoles.py), ``node-label`` (only those a kubelet may set: k3s hands them to its
+    kubelet, which refuses others) and ``node-taint``, which k3s applies when the node
+    registers (docs.k3s.io, "Node Labels and Taints")."""
+    doc: dict[str, Any] = {"node-name": cfg.node.name, "node-ip": cfg.node.address}
+    scheduling = cfg.node.scheduling
+    labels = scheduling.kubelet_labels()
+    if labels:
+        doc["node-label"] = [f"{k}={v}" for k, v in labels.items()]
+    if scheduling.taints:
+        doc["node-taint"] = [str(t) for t in scheduling.taints]
+    return doc
 
 
 def _server(cfg: NodeConfig) -> dict[str, Any]:

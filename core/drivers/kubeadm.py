@@ -49,6 +49,8 @@ from core.drivers.base import ApiUnavailable, CommandRunner, Credentials, Driver
 from core.fileperm import ensure_dir, write_atomic
 from core.joinmaterial import ca_cert_hash, generate_certificate_key, generate_token
 from core.logs import get_logger
+from core.noderoles import CONTROL_PLANE_TAINT as _CONTROL_PLANE_TAINT
+from core.noderoles import Taint
 from core.share import JoinMaterial
 
 API_VERSION = versions.KUBEADM_CONFIG_API
@@ -68,6 +70,7 @@ TOKEN_RENEW_MARGIN_S = 3600.0
 # on the node address and --listen-client-urls on 127.0.0.1) and the PKI directory.
 ETCD_ENDPOINT = "https://127.0.0.1:2379"
 PKI_DIR = "/etc/kubernetes/pki"
+CONTROL_PLANE_TAINT = Taint.parse(_CONTROL_PLANE_TAINT)
 
 ETCD_DATA_DIR = "/var/lib/etcd"  # ClusterConfiguration etcd.local.dataDir, kubeadm's default
 
@@ -105,12 +108,25 @@ def redact(text: str) -> str:
 
 
 def _node_registration(cfg: NodeConfig) -> dict[str, Any]:
-    return {
-        "name": cfg.node.name,
-        "criSocket": CRI_SOCKET,
-        "kubeletExtraArgs": [{"name": "node-ip", "value": cfg.node.address}],
-        # Workers carry no taint; control nodes keep kubeadm's default control-plane taint.
-    }
+    """v1beta4 ``NodeRegistrationOptions``: the name, the CRI socket, the kubelet's
+    ``node-ip`` and, from the inventory (core/noderoles.py), ``node-labels`` (only those a
+    kubelet may set on its own Node; Phylactery sets the rest) and ``taints``. kubeadm gives a
+    control node the control-plane taint only while ``taints`` is unset, so a control node with
+    taints of its own lists that one too; workers carry no taint unless the inventory gives
+    some. kubeadm passes a joining worker's taints as ``--register-with-taints`` and applies a
+    control node's in its mark-control-plane phase (``cmd/kubeadm/app/cmd/phases/join/kubelet.go``)."""
+    scheduling = cfg.node.scheduling
+    args = [{"name": "node-ip", "value": cfg.node.address}]
+    labels = scheduling.kubelet_labels()
+    if labels:
+        args.append({"name": "node-labels", "value": ",".join(f"{k}={v}" for k, v in labels.items())})
+    reg: dict[str, Any] = {"name": cfg.node.name, "criSocket": CRI_SOCKET, "kubeletExtraArgs": args}
+    if scheduling.taints:
+        taints = list(scheduling.taints)
+        if cfg.is_control and not any(t.ident == CONTROL_PLANE_TAINT.ident for t in taints):
+            taints.insert(0, CONTROL_PLANE_TAINT)
+        reg["taints"] = [t.to_api() for t in taints]
+    return reg
 
 
 def render_init_config(cfg: NodeConfig, token: str, certificate_key: str) -> str:

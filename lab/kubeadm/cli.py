@@ -29,10 +29,9 @@ import re
 import sys
 
 from core import versions
-from core.etcd import EtcdError
 from lab import emulation
 from lab.kubeadm import certs, config, init, join, reset
-from lab.kubeadm.workflow import TIMINGS, KubeadmError, say
+from lab.kubeadm.workflow import TIMINGS, KubeadmError, say, with_etcd_errors
 from lab.nodekit import Root, ToolError
 
 
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 jc = docs["JoinConfiguration"]
                 ignored = config.ignored_preflight_errors(args.ignore_preflight_errors, jc)
                 join.join(join.JoinData(r, emu, version, jc, ignored), _names(args.skip_phases))
-    except (ToolError, OSError, KeyError, EtcdError) as err:
+    except with_etcd_errors(ToolError, OSError, KeyError) as err:
         message = str(err) if isinstance(err, KubeadmError) else f"error execution phase {command}: {err}"
         prefix = versions.kubeadm_error_prefix(version)
         print(f"{prefix}{message}", file=sys.stderr, flush=True)

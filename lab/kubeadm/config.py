@@ -53,12 +53,15 @@ def load_docs(path: Path, kubeadm: KubernetesVersion) -> dict[str, dict[str, Any
     return docs
 
 
-def check_kubernetes_version(requested: str, kubeadm: KubernetesVersion) -> None:
-    """A ClusterConfiguration's ``kubernetesVersion`` against this kubeadm: older than one
-    minor below it is refused ("this version of kubeadm only supports deploying clusters with
-    the control plane version >= ...", ``util/config/common.go`` ``NormalizeKubernetesVersion``
-    with ``MinimumControlPlaneVersion``); a newer minor is a preflight warning
-    (``KubernetesVersionCheck``). Raises :class:`KubeadmError`."""
+def check_minimum_version(requested: str, kubeadm: KubernetesVersion) -> KubernetesVersion:
+    """A ClusterConfiguration's ``kubernetesVersion`` older than one minor below this kubeadm
+    is refused ("this version of kubeadm only supports deploying clusters with the control
+    plane version >= ...", ``util/config/common.go`` ``NormalizeKubernetesVersion`` with
+    ``constants.MinimumControlPlaneVersion``): at ``init`` for the version asked, and at
+    ``join`` for the cluster's, read from the ``kubeadm-config`` ConfigMap
+    (``FetchInitConfigurationFromCluster`` -> ``SetClusterDynamicDefaults``). So a node image
+    two minors newer than the cluster cannot join it: the one-minor-at-a-time rule, enforced
+    by the tool. Returns the parsed version; raises :class:`KubeadmError`."""
     try:
         asked = versions.parse(requested)
     except ValueError as err:
@@ -69,6 +72,14 @@ def check_kubernetes_version(requested: str, kubeadm: KubernetesVersion) -> None
             f"this version of kubeadm only supports deploying clusters with the control plane version >= "
             f"{str(minimum)[1:]}. Current version: {asked}"
         )
+    return asked
+
+
+def check_kubernetes_version(requested: str, kubeadm: KubernetesVersion) -> None:
+    """``init``'s checks of the ClusterConfiguration's ``kubernetesVersion``:
+    :func:`check_minimum_version`, then a newer minor than kubeadm's is a preflight warning
+    (``KubernetesVersionCheck``). Raises :class:`KubeadmError`."""
+    asked = check_minimum_version(requested, kubeadm)
     if (asked.major, asked.minor) > (kubeadm.major, kubeadm.minor):
         warn(
             "[preflight] Kubernetes version is greater than kubeadm version. Please consider to upgrade kubeadm. "

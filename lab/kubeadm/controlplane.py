@@ -158,18 +158,47 @@ def kubelet_server(version: KubernetesVersion, endpoint: str, address: str, port
     return f"https://{endpoint}"
 
 
+def kubelet_flags(registration: dict[str, Any], control_plane: bool) -> list[str]:
+    """The kubelet flags kubeadm derives from ``nodeRegistration`` beyond ``node-ip``:
+    ``--node-labels`` from ``kubeletExtraArgs`` (v1beta4's list of ``{name, value}``), and the
+    taints as ``--register-with-taints`` (``phases/kubelet/flags.go``). kubeadm passes the
+    taints of a joining worker this way and applies a control node's in its mark-control-plane
+    phase (the given ones, or the control-plane taint when none are given); the emulation
+    registers both with the Node, so the Node ends up the same without that phase's patch."""
+    flags = []
+    for arg in registration.get("kubeletExtraArgs") or []:
+        if arg.get("name") == "node-labels":
+            flags += ["--node-labels", str(arg.get("value", ""))]
+    taints = registration.get("taints")
+    if taints is None and control_plane:
+        taints = [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    if taints:
+        text = ",".join(
+            f"{t['key']}={t['value']}:{t['effect']}" if t.get("value") else f"{t['key']}:{t['effect']}" for t in taints
+        )
+        flags += ["--register-with-taints", text]
+    return flags
+
+
 def start_kubelet(
-    r: Root, emu: emulation.Emulation, name: str, address: str, control_plane: bool, version: KubernetesVersion
+    r: Root,
+    emu: emulation.Emulation,
+    name: str,
+    address: str,
+    control_plane: bool,
+    version: KubernetesVersion,
+    extra: list[str] | None = None,
 ) -> None:
     """(Re)start :mod:`lab.kubelet` for Node ``name`` at ``address`` (IPv4 string) with the
     node's ``kubelet.conf`` and the static pods of ``/etc/kubernetes/manifests``; a running
     kubelet is stopped first (``TryStopKubelet``, then ``TryStartKubelet``: its static pods
     keep running and the new kubelet adopts them). Control-plane Nodes get the
     ``node-role.kubernetes.io/control-plane`` label; ``version`` is the kubelet's (its
-    behaviour, :mod:`core.versions`). Its flags go to ``/var/lib/kubelet/kubeadm-flags.env``
-    as kubeadm writes them (``KUBELET_KUBEADM_ARGS``); on a systemd node ``systemctl restart
-    kubelet`` starts it from there (the lab overlay's ``kubelet.service``), otherwise the lab
-    starts it as the node's ``kubelet`` process service. Returns without waiting."""
+    behaviour, :mod:`core.versions`); ``extra``: flags from :func:`kubelet_flags` (labels and
+    taints). Its flags go to ``/var/lib/kubelet/kubeadm-flags.env`` as kubeadm writes them
+    (``KUBELET_KUBEADM_ARGS``); on a systemd node ``systemctl restart kubelet`` starts it from
+    there (the lab overlay's ``kubelet.service``), otherwise the lab starts it as the node's
+    ``kubelet`` process service. Returns without waiting."""
     argv = [
         emu.python,
         "-m",
@@ -193,6 +222,7 @@ def start_kubelet(
     ]
     if control_plane:
         argv.append("--control-plane")
+    argv += extra or []
     ensure_dir(r("/var/lib/kubelet"))
     write_atomic(r(KUBEADM_FLAGS), f"KUBELET_KUBEADM_ARGS={shlex.quote(shlex.join(argv[3:]))}\n")
     if under_systemd(r):

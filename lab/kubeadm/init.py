@@ -34,7 +34,6 @@ from core.versions import KubernetesVersion
 from lab import emulation, pki
 from lab.kubeadm import certs, controlplane, preflight
 from lab.kubeadm.config import check_kubernetes_version
-from lab.kubeadm.etcd import local_etcd, wait_etcd
 from lab.kubeadm.workflow import TIMINGS, KubeadmError, Phase, Runner, say
 from lab.nodekit import Api, Root, ctx_for, wait_local_api
 
@@ -153,7 +152,8 @@ def run_control_plane(d: InitData) -> None:
 
 def run_kubelet_start(d: InitData) -> None:
     """``kubelet-start``: the emulated kubelet, which starts the static pods."""
-    controlplane.start_kubelet(d.r, d.emu, d.name, d.address, True, d.version)
+    flags = controlplane.kubelet_flags(d.ic.get("nodeRegistration") or {}, control_plane=True)
+    controlplane.start_kubelet(d.r, d.emu, d.name, d.address, True, d.version, extra=flags)
 
 
 def run_wait_control_plane(d: InitData) -> None:
@@ -164,6 +164,8 @@ def run_wait_control_plane(d: InitData) -> None:
         f'"{controlplane.MANIFESTS}"'
     )
     controlplane.wait_kubelet_healthy(API_WAIT_S)
+
+    from lab.kubeadm.etcd import local_etcd, wait_etcd  # imports aiohttp: only where used
 
     async def _etcd_up() -> None:
         async with local_etcd(d.r) as c:

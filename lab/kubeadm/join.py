@@ -47,8 +47,7 @@ from core.joinmaterial import TOKEN_RE, ca_cert_hash
 from core.versions import KubernetesVersion
 from lab import emulation, pki
 from lab.kubeadm import certs, controlplane, preflight
-from lab.kubeadm.config import Timeouts
-from lab.kubeadm.etcd import check_etcd, join_etcd
+from lab.kubeadm.config import Timeouts, check_minimum_version
 from lab.kubeadm.workflow import TIMINGS, KubeadmError, Phase, Runner, klog, say
 from lab.nodekit import Api, Root, ctx_for, wait_local_api
 
@@ -179,9 +178,25 @@ def run_preflight(d: JoinData) -> None:
     d.server, d.ca_pem, token = discover(d.jc)
     d.boot = Api(d.server, ctx_for(d.ca_pem), bearer=token)
     if d.control is not None:
+        fetch_cluster_configuration(d)
         say("[preflight] Running pre-flight checks before initializing the new control plane instance")
         checks = preflight.init_node_checks(d.r, d.port, secondary_control_plane=True)
         preflight.run_checks(checks, d.ignored, d.version)
+
+
+def fetch_cluster_configuration(d: JoinData) -> None:
+    """The cluster's ClusterConfiguration from the ``kube-system/kubeadm-config`` ConfigMap
+    through the bootstrap client (kubeadm's ``kubeadm:nodes-kubeadm-config`` Role lets
+    bootstrap tokens ``get`` it), then :func:`lab.kubeadm.config.check_minimum_version`:
+    kubeadm ``join`` does this in ``FetchInitConfigurationFromCluster`` (``cmd/join.go``
+    ``fetchInitConfigurationFromJoinConfiguration``), in preflight for a control plane and in
+    kubelet-start for a worker. Raises :class:`KubeadmError`."""
+    assert d.boot is not None
+    say('[preflight] Reading configuration from the "kubeadm-config" ConfigMap in namespace "kube-system"...')
+    code, cm = d.boot.call("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
+    certs.expect(code, cm, "unable to fetch the kubeadm-config ConfigMap", (200,))
+    d.cc = yaml.safe_load(cm["data"]["ClusterConfiguration"])
+    check_minimum_version(str(d.cc.get("kubernetesVersion", "")), d.version)
 
 
 def run_download_certs(d: JoinData) -> None:
@@ -222,6 +237,8 @@ def run_prepare_control_plane(d: JoinData) -> None:
 
 def run_check_etcd(d: JoinData) -> None:
     """``check-etcd`` (:func:`lab.kubeadm.etcd.check_etcd`)."""
+    from lab.kubeadm.etcd import check_etcd  # imports aiohttp: a control plane's join only
+
     assert d.api is not None
     check_etcd(d.r, d.api, d.timeouts)
 
@@ -233,6 +250,7 @@ def run_kubelet_start(d: JoinData) -> None:
     ControlPlaneKubeletLocalMode (1.32) the wait for the kubelet too."""
     assert d.boot is not None
     if d.control is None:
+        fetch_cluster_configuration(d)
         ensure_dir(d.r.pki)
         write_atomic(d.r.pki / "ca.crt", d.ca_pem)
     check_node_name(d.boot, d.name)
@@ -247,7 +265,8 @@ def run_kubelet_start(d: JoinData) -> None:
         pki.kubeconfig(server, d.ca_pem, kubelet, f"system:node:{d.name}", d.cluster_name),
     )
     node_ip = next(a["value"] for a in d.jc["nodeRegistration"].get("kubeletExtraArgs", []) if a["name"] == "node-ip")
-    controlplane.start_kubelet(d.r, d.emu, d.name, node_ip, d.control is not None, d.version)
+    flags = controlplane.kubelet_flags(d.jc["nodeRegistration"], control_plane=d.control is not None)
+    controlplane.start_kubelet(d.r, d.emu, d.name, node_ip, d.control is not None, d.version, extra=flags)
     if d.control is None or not versions.kubeadm_kubelet_local_mode(d.version):
         wait_kubelet(d)
 
@@ -262,6 +281,8 @@ def wait_kubelet(d: JoinData) -> None:
 
 def run_etcd(d: JoinData) -> None:
     """``etcd-join`` or ``control-plane-join/etcd`` (:func:`lab.kubeadm.etcd.join_etcd`)."""
+    from lab.kubeadm.etcd import join_etcd
+
     assert d.api is not None
     try:
         join_etcd(d.r, d.emu, d.api, d.name, d.address, d.timeouts)

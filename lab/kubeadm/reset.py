@@ -37,14 +37,12 @@ from typing import Any
 
 import yaml
 
-from core.etcd import EtcdError
 from core.services import ProcessServices
 from core.versions import KubernetesVersion
 from lab import pki
 from lab.kubeadm import controlplane
 from lab.kubeadm.config import Timeouts
-from lab.kubeadm.etcd import remove_stacked_etcd_member
-from lab.kubeadm.workflow import KubeadmError, Phase, Runner, klog, say, warn
+from lab.kubeadm.workflow import KubeadmError, Phase, Runner, klog, say, warn, with_etcd_errors
 from lab.nodekit import Api, Root, ToolError, ctx_for
 
 ETCD_DATA_DIR = "/var/lib/etcd"
@@ -188,8 +186,10 @@ def run_remove_etcd_member(d: ResetData) -> None:
             data_dir = Path(paths[0])
     else:
         try:
+            from lab.kubeadm.etcd import remove_stacked_etcd_member  # imports aiohttp: only here
+
             asyncio.run(remove_stacked_etcd_member(r, d.cfg.api, d.cfg.address, d.timeouts))
-        except (ToolError, OSError, EtcdError) as err:
+        except with_etcd_errors(ToolError, OSError) as err:
             warn(
                 f"[reset] Failed to remove etcd member: {err}, please manually remove this etcd member using etcdctl",
                 "removeetcdmember.go",

@@ -110,6 +110,16 @@ class Runner(Generic[D]):
 
 
 # -- output ------------------------------------------------------------------------------
+def with_etcd_errors(*errors: type[Exception]) -> tuple[type[Exception], ...]:
+    """``errors`` and :class:`core.etcd.EtcdError` once :mod:`core.etcd` is imported (else
+    ``errors`` alone): what an ``except`` clause names so the commands that never talk to
+    etcd (a worker's join, token and certificate commands) do not import it (its aiohttp
+    costs ~0.1-0.25 CPU-s per process). No ``EtcdError`` can be raised before its module is
+    imported, so nothing escapes."""
+    module = sys.modules.get("core.etcd")
+    return (*errors, module.EtcdError) if module is not None else errors
+
+
 def say(msg: str) -> None:
     """One line of progress on stdout, flushed (the driver logs kubeadm's output as it comes)."""
     print(msg, flush=True)

@@ -19,6 +19,9 @@ loop                module                          job
                                                     whose member leads etcd
 ``reaper``          :mod:`.reaper`                  remove an etcd member whose node lost its
                                                     data
+``roles``           :mod:`.roles`                   every Node's labels, taints and roles in
+                                                    line with the published inventory, on the
+                                                    node whose member leads etcd
 ``join_material``   :mod:`.joinmaterial`            keep the token workers join with valid
                                                     (they cannot ask for join material)
 ==================  ==============================  =========================================
@@ -38,6 +41,7 @@ from phylactery.controllers.joinmaterial import JoinMaterialController
 from phylactery.controllers.notify import PeerNotifier
 from phylactery.controllers.reaper import ReaperController
 from phylactery.controllers.reconcile import ReconcileController
+from phylactery.controllers.roles import RolesController
 from phylactery.controllers.snapshot import SnapshotController
 
 if TYPE_CHECKING:
@@ -52,11 +56,12 @@ class Controllers:
     notify: PeerNotifier
     snapshot: SnapshotController
     reaper: ReaperController
+    roles: RolesController
     join_material: JoinMaterialController
 
     def loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """``(loop name, coroutine function)`` of each, in the order they start."""
-        loops = (self.reconcile, self.notify, self.snapshot, self.reaper, self.join_material)
+        loops = (self.reconcile, self.notify, self.snapshot, self.reaper, self.roles, self.join_material)
         return [(c.name, c.run) for c in loops]
 
 
@@ -67,5 +72,6 @@ def register(p: Phylactery) -> Controllers:
         notify=PeerNotifier(p),
         snapshot=SnapshotController(p),
         reaper=ReaperController(p),
+        roles=RolesController(p),
         join_material=JoinMaterialController(p),
     )

@@ -156,6 +156,38 @@ def test_rendered_node_yaml_is_the_inventory(tmp_path: Path, distribution: str) 
     assert "10.0.0.23 control2 control2-default control2-net0" in hosts
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_nodes_labels_taints_and_roles_reach_its_node_yaml(wwtemplate: Path, tmp_path: Path, version: str) -> None:
+    """Labels, taints and roles of a node and its groups travel as the node's own tags
+    (ek8s_labels, ek8s_taints, ek8s_roles, space-separated) and node.yaml.ww hands them to
+    ek8s unchanged, which parses them; a node without any renders as before."""
+    data = inventory_data()
+    data["groups"] = [
+        {"nodes": "worker1", "labels": {"slurm.partition": "gpu"}, "roles": ["gpu", "storage"]},
+        {"nodes": "worker1", "taints": ["nvidia.com/gpu=present:NoSchedule", "dedicated:NoExecute"]},
+    ]
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    inv = load_inventory(path)
+    fixture = tmp_path / "registry.json"
+    fixture.write_text(json.dumps(wwrender.registry_fixture(inv, SERVER, version)))
+    tpl = ROOT / "overlay/ek8s/rootfs/etc/ek8s/node.yaml.ww"
+    for node in ("worker1", "worker0"):
+        res = render(wwtemplate, fixture, version, node, tpl)
+        assert res.returncode == 0, res.stderr
+        (tmp_path / f"{node}.yaml").write_text(res.stdout)
+    cfg = load_config(tmp_path / "worker1.yaml")
+    assert cfg.node.scheduling == next(n.scheduling for n in inv.expanded() if n.name == "worker1")
+    assert cfg.node.scheduling.all_labels() == {
+        "slurm.partition": "gpu",
+        "node-role.kubernetes.io/gpu": "",
+        "node-role.kubernetes.io/storage": "",
+    }
+    assert [str(t) for t in cfg.node.taints] == ["nvidia.com/gpu=present:NoSchedule", "dedicated:NoExecute"]
+    assert "labels" not in (tmp_path / "worker0.yaml").read_text()
+    assert not load_config(tmp_path / "worker0.yaml").node.scheduling
+
+
 def test_version_shapes_are_enforced(wwtemplate: Path, tmp_path: Path) -> None:
     """The renderer is not lenient: 4.5's .Get on .AllNodes fails on 4.6 data and vice versa."""
     fixture = tmp_path / "registry.json"

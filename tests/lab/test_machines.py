@@ -142,13 +142,22 @@ def test_agent_unit_tells_systemd_its_state_metrics_parse_and_a_frozen_agent_is_
 
     control0 = state.node("control0")
     ca = str(the_lab.store().phylactery_ca_path("control"))  # Phylactery: HTTPS, verified
+    exporter = wait_show(state, "control0", "ek8s-node-exporter", lambda p: p.get("ActiveState") == "active", 60)
     for port, sample in ((9100, 'ek8s_agent_phase{phase="watch"}'), (9999, "ek8s_phylactery_generation")):
         url = f"{'https' if port == 9999 else 'http'}://{control0.address}:{port}/metrics"
-        got = subprocess.run(
-            ["ip", "netns", "exec", control0.ns, "curl", "-sf", "--cacert", ca, "-m", "5", url],
-            capture_output=True,
-            text=True,
-        )
+        deadline = time.monotonic() + 30  # a unit just restarted may not listen yet
+        while True:
+            got = subprocess.run(
+                ["ip", "netns", "exec", control0.ns, "curl", "-sf", "--cacert", ca, "-m", "5", url],
+                capture_output=True,
+                text=True,
+            )
+            if (got.returncode == 0 and samples(got.stdout).get(sample) == 1) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        if got.returncode != 0 and port == 9100:
+            journal = inside(state, "control0", "journalctl", "-u", "ek8s-node-exporter", "--no-pager", "-n", "30")
+            raise AssertionError(f"{url}: curl exit {got.returncode}; {exporter}; {journal.stdout}")
         assert got.returncode == 0, f"{url}: {got.stderr}"
         assert samples(got.stdout).get(sample) == 1, f"{url}: {sample} is not 1"
         # The whole scrape parses (promtool exits 1 on a parse error such as a family's

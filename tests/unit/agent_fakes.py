@@ -148,9 +148,17 @@ class FakeProbes:
         # whose Ready is known exists).
         self.found: bool | None = None
         self.found_calls = 0
+        self.readyz: tuple[int | None, float] | None = None  # api_readyz's answer; None: as api says
 
     def api_ready(self, ca_pem: bytes) -> bool:
         return self.api and bool(ca_pem)
+
+    def api_readyz(self, ca_pem: bytes) -> tuple[int | None, float]:
+        if not ca_pem:
+            return None, 0.0
+        if self.readyz is not None:
+            return self.readyz
+        return (200, 0.01) if self.api else (None, 1.0)
 
     def node_ready(self) -> bool | None:
         return self.node

@@ -273,7 +273,10 @@ def test_workers_join_k_at_a_time_and_a_waiting_worker_does_not_probe_the_api(tm
     assert first.cycle() == "running kubeadm join as worker (attempt 1/3)"
     assert second.cycle() == "running kubeadm join as worker (attempt 1/3)"
     third.probes.api = False  # a probe would answer "does not answer behind the VIP"
-    assert third.cycle() == "all 2 worker join slots are taken (2 workers join at once); waiting for one"
+    assert third.cycle() == (
+        "all 2 worker join slots are taken (2 workers joining; the admission window allows 2, at most 2); "
+        "waiting for one"
+    )
     first.finish_jobs()
     assert first.cycle() == "kubeadm join succeeded"
     assert third.cycle().startswith("all 2 worker join slots are taken"), "the slot is held until the Node is Ready"
@@ -296,6 +299,26 @@ def test_a_failed_worker_join_gives_its_slot_back(tmp_path: Path) -> None:
     h.finish_jobs()
     assert h.cycle().startswith("join attempt 1/3 failed")
     assert other.cycle() == "running kubeadm join as worker (attempt 1/3)"
+
+
+def test_a_node_the_published_inventory_does_not_list_never_joins(tmp_path: Path) -> None:
+    """A node.yaml of another cluster (or a machine given another's name) is refused before
+    kubeadm runs: the join fails, is retried, and gives up; nothing joined."""
+    from core.records import InventoryNode, PublishedInventory
+
+    store = ready_generation(tmp_path / "share")
+    listed = {"worker1": InventoryNode(role="worker", address="10.0.0.42")}
+    store.publish_inventory(PublishedInventory("default", listed, "alice", 1.0))
+    h = Harness(tmp_path, "worker0", role="worker", timeouts__join_attempts=1)
+    h.probes.api = True
+    h.cycle()
+    assert h.cycle() == "running kubeadm join as worker (attempt 1/1)"
+    h.finish_jobs()
+    assert h.cycle() == (
+        "giving up: join failed 1 times: refusing to join: worker0 (10.0.0.41) is not a node of cluster default: "
+        "the inventory published by alice does not list it (a node.yaml of another cluster?)"
+    )
+    assert "join" not in h.driver.calls, "kubeadm join never ran"
 
 
 def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> None:

@@ -174,6 +174,103 @@ def test_no_member_is_removed_when_the_rest_would_lose_their_majority(c: Cluster
 
 def test_every_controller_is_registered_in_one_place(tmp_path: Path) -> None:
     p = make_phylactery(tmp_path)
-    loops = ["reconcile", "notify_peers", "snapshot", "reaper", "join_material"]
+    loops = ["reconcile", "notify_peers", "snapshot", "reaper", "roles", "join_material"]
     assert [name for name, _ in register(p).loops()] == loops
     assert p.supervisor.failures() == dict.fromkeys(sorted(loops), 0)
+
+
+# -- the roles controller -----------------------------------------------------------------
+
+
+class FakeNodes:
+    """The Node API as the roles controller sees it; ``patches`` records what it sent."""
+
+    def __init__(self) -> None:
+        self.nodes = {
+            "worker0": {
+                "name": "worker0",
+                "labels": {"kubernetes.io/hostname": "worker0"},
+                "annotations": {},
+                "taints": [],
+            },
+            "worker1": {"name": "worker1", "labels": {"team": "hpc"}, "annotations": {}, "taints": []},
+            "stranger": {"name": "stranger", "labels": {}, "annotations": {}, "taints": []},
+        }
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    def list(self) -> list[dict[str, Any]]:
+        return [dict(n) for n in self.nodes.values()]
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        def merge_patch(target: Any, p: Any) -> Any:  # RFC 7386
+            if not isinstance(p, dict):
+                return p
+            out = dict(target) if isinstance(target, dict) else {}
+            for k, v in p.items():
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = merge_patch(out.get(k), v)
+            return out
+
+        self.patches.append((name, patch))
+        node = self.nodes[name]
+        merged = merge_patch({"metadata": {"labels": node["labels"], "annotations": node["annotations"]}}, patch)
+        node["labels"], node["annotations"] = (
+            merged["metadata"].get("labels", {}),
+            merged["metadata"].get("annotations", {}),
+        )
+        node["taints"] = merged.get("spec", {}).get("taints", node["taints"])
+
+
+def roles_controller(tmp: Path, leader: int = 1) -> tuple[Any, FakeNodes, Phylactery]:
+    from phylactery.controllers.roles import RolesController
+
+    p = make_phylactery(tmp)
+    p.driver = EtcdDriver(tmp / "roots/control0")  # type: ignore[assignment]
+    etcd = FakeEtcd(leader=leader)
+    nodes = FakeNodes()
+    return RolesController(p, nodes=lambda: nodes, connect=lambda endpoint, ctx: etcd), nodes, p
+
+
+def publish(p: Phylactery, worker1_roles: list[str]) -> None:
+    from core.records import InventoryNode, PublishedInventory
+
+    nodes = {
+        "worker0": InventoryNode(role="worker", address="10.0.0.41", labels={"slurm.partition": "batch"}),
+        "worker1": InventoryNode(role="worker", address="10.0.0.42", roles=worker1_roles, taints=["g=1:NoSchedule"]),
+    }
+    p.store.publish_inventory(
+        PublishedInventory(cluster="default", nodes=nodes, published_by="alice", published_at=1.0)
+    )
+
+
+def test_the_roles_controller_acts_on_the_etcd_leaders_node_only(tmp_path: Path) -> None:
+    c, nodes, p = roles_controller(tmp_path, leader=2)
+    publish(p, ["gpu"])
+    assert asyncio.run(c.reconcile_once()) == (
+        "my etcd member does not lead etcd: its leader's node puts the Nodes' roles in line"
+    )
+    assert nodes.patches == []
+
+
+def test_without_an_inventory_the_kubelets_labels_stay(tmp_path: Path) -> None:
+    c, nodes, _ = roles_controller(tmp_path)
+    assert asyncio.run(c.reconcile_once()).startswith("no inventory published")
+    assert nodes.patches == []
+
+
+def test_the_roles_controller_follows_the_inventory_and_touches_nothing_else(tmp_path: Path) -> None:
+    c, nodes, p = roles_controller(tmp_path)
+    publish(p, ["gpu"])
+    assert asyncio.run(c.reconcile_once()) == (
+        "put 2 Node(s) in line with the inventory: worker0 (+slurm.partition=batch); "
+        "worker1 (+node-role.kubernetes.io/gpu= taints g:NoSchedule)"
+    )
+    assert "stranger" not in [n for n, _ in nodes.patches], "a Node the inventory does not list is left alone"
+    assert asyncio.run(c.reconcile_once()) == "every Node is in line with the inventory"
+    publish(p, [])  # the inventory drops worker1's role: that label goes, "team" stays
+    assert asyncio.run(c.reconcile_once()) == (
+        "put 1 Node(s) in line with the inventory: worker1 (-node-role.kubernetes.io/gpu)"
+    )
+    assert nodes.nodes["worker1"]["labels"] == {"team": "hpc"}

@@ -19,7 +19,7 @@ from phylactery.app import make_app
 from phylactery.auth import Authorizer
 from phylactery.service import Phylactery
 
-POSTS = ["/v1/refresh", "/v1/prune", "/v1/join-material"]
+POSTS = ["/v1/refresh", "/v1/prune", "/v1/join-material", "/v1/remove"]
 
 
 def make_phylactery(tmp_path: Path) -> Phylactery:
@@ -254,3 +254,94 @@ def test_a_new_credential_is_taken_at_once_by_the_running_app(tmp_path: Path) ->
             return first.status, second.status
 
     assert asyncio.run(run()) == (202, 202)
+
+
+# -- the operator's removal, the etcd view and the published inventory -------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"address": "10.0.0.22", "user": "alice"}, "name"),
+        ({"name": "Control1", "address": "10.0.0.22", "user": "alice"}, "name"),
+        ({"name": "control1", "address": "10.0.0.256", "user": "alice"}, "address"),
+        ({"name": "control1", "address": "10.0.0.22"}, "user"),
+        ({"name": "control1", "address": "10.0.0.22", "user": "a b"}, "user"),
+    ],
+)
+def test_malformed_remove_bodies_get_400_naming_the_field(tmp_path: Path, body: Any, field: str) -> None:
+    [(status, answer)] = call(tmp_path, [("POST", "/v1/remove", CONTROL_AUTH, body)])
+    assert status == 400 and f"field '{field}'" in answer["error"]
+
+
+def test_remove_of_the_serving_node_is_refused_and_without_etcd_it_is_503(tmp_path: Path) -> None:
+    auth = CONTROL_AUTH
+    (s1, a1), (s2, a2) = call(
+        tmp_path,
+        [
+            ("POST", "/v1/remove", auth, {"name": "control0", "address": "10.0.0.21", "user": "alice"}),
+            ("POST", "/v1/remove", auth, {"name": "control1", "address": "10.0.0.22", "user": "alice"}),
+        ],
+    )
+    assert s1 == 409 and "its own Phylactery" in a1["error"]
+    assert s2 == 503 and "runs no etcd member yet" in a2["error"]
+
+
+def test_remove_that_would_cost_the_quorum_is_refused(tmp_path: Path) -> None:
+    p = make_phylactery(tmp_path)
+    p.driver.etcd_client_context = lambda: ssl.create_default_context()  # type: ignore[method-assign]
+
+    async def etcd_members() -> dict[str, Any]:
+        nodes = [("control0", True), ("control1", False), ("control2", True)]
+        return {"members": [{"node": n, "is_learner": False, "answers": ok} for n, ok in nodes], "error": None}
+
+    p.etcd_members = etcd_members  # type: ignore[method-assign]
+    from phylactery.prune import PruneRefused
+
+    with pytest.raises(PruneRefused, match="after removing control2, 2 voting members need 2 but only 1 answer"):
+        asyncio.run(p.remove("control2", "10.0.0.23"))
+
+
+def test_the_etcd_view_needs_the_control_credential_and_without_a_member_says_why(tmp_path: Path) -> None:
+    (s1, a1), (s2, a2), (s3, a3) = call(
+        tmp_path,
+        [("GET", "/v1/etcd", headers, None) for headers in ({}, WORKER_AUTH, CONTROL_AUTH)],
+    )
+    assert s1 == 401 and "credential" in a1["error"]
+    assert s2 == 403 and a2["error"] == "the worker credential may not call GET /v1/etcd: it needs control"
+    assert s3 == 200 and a3 == {"members": [], "error": "no etcd member on this node"}
+
+
+def test_the_worker_credential_may_not_remove_a_node(tmp_path: Path) -> None:
+    body = {"name": "worker0", "address": "127.0.0.1", "user": "root"}
+    [(status, answer)] = call(tmp_path, [("POST", "/v1/remove", WORKER_AUTH, body)])
+    assert status == 403
+    assert answer["error"] == "the worker credential may not call POST /v1/remove: it needs control"
+
+
+def test_a_node_the_published_inventory_does_not_list_is_not_pruned_for_a_join(tmp_path: Path) -> None:
+    from core.records import InventoryNode, PublishedInventory
+    from core.share import ShareStore
+
+    store = ShareStore(tmp_path / "share", "default", "operator")
+    store.publish_inventory(
+        PublishedInventory(
+            cluster="default",
+            nodes={"control1": InventoryNode(role="control", address="10.0.0.22")},
+            published_by="alice",
+            published_at=1.0,
+        )
+    )
+    auth = CONTROL_AUTH
+    (s1, a1), (s2, a2) = call(
+        tmp_path,
+        [
+            ("POST", "/v1/prune", auth, {"name": "worker0", "address": "10.0.0.41", "boot_id": "b"}),
+            ("POST", "/v1/prune", auth, {"name": "control1", "address": "10.0.0.99", "boot_id": "b"}),
+        ],
+    )
+    assert s1 == 409 and a1["error"] == (
+        "worker0 (10.0.0.41) is not a node of cluster default: the inventory published by alice does not list it "
+        "(a node.yaml of another cluster?); nothing removed"
+    )
+    assert s2 == 409 and "lists it at 10.0.0.22" in a2["error"]

@@ -236,7 +236,7 @@ def test_the_writers_bytes_are_what_they_were(tmp_path: Path) -> None:
             lambda d: json.dumps(d, indent=1) + "\n",
         ),
         "join_slot.json": (["holder"], json.dumps),
-        "nodes/slots/worker_join_slots.json": (["holders"], json.dumps),
+        "nodes/slots/worker_join_slots.json": (["holders", "window", "decreased_at"], json.dumps),
         "reform.json": (["generation", "node", "boot_id", "at"], lambda d: json.dumps(d) + "\n"),
         "heartbeats/control1": (["node", "boot_id", "role", "phase", "generation"], json.dumps),
     }

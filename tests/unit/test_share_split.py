@@ -326,3 +326,58 @@ def test_one_rule_says_which_trees_a_role_mounts_for_the_exports_and_the_lab() -
         (str(inv.share.path / inv.cluster / "nodes"), wwconf.NODE_EXPORT_OPTIONS)
     ]
     assert "no_root_squash" not in wwconf.NODE_EXPORT_OPTIONS and "root_squash" in wwconf.NODE_EXPORT_OPTIONS
+
+
+# -- the records main added beside the split (day 2, upgrades, join admission) ----------------
+def test_a_worker_announces_takes_a_slot_and_moves_the_window_in_the_node_tree_only(tmp_path: Path) -> None:
+    from core.admission import Signal
+    from leader.boot import announce
+    from tests.unit.agent_fakes import node_config
+
+    share = tmp_path / "share"
+    ready_generation(share)
+    cfg = node_config(tmp_path, "worker0", "worker")
+    with touched() as paths:
+        booted = announce(cfg, boot="boot-w0")
+        worker = booted.store
+        assert worker.role == "worker", "the boot's store is a worker's: the agent reuses it"
+        assert worker.try_worker_join_slot("boot-w0", 4, 120, initial=4) is None
+        before = worker.worker_join_window(4).size
+        after = worker.worker_join_signal(Signal.THROTTLED, 4)
+        worker.release_worker_join_slot()
+        assert worker.read_inventory() is None
+    assert after.size < before, "a worker's report moves the admission window"
+    outside = sorted({p for p in under(paths, share) if not p.startswith(str(share / "default" / "nodes"))})
+    assert outside == [], f"a worker's boot and admission opened the control-only tree: {outside}"
+    slots = json.loads((share / "default/nodes/slots/worker_join_slots.json").read_text())
+    assert slots["holders"] == {} and slots["window"] == after.size
+    assert not (share / "default/worker_join_slots.json").exists()
+    with pytest.raises(ControlTreeRefused):
+        worker.read_rollout()
+
+
+def test_the_inventory_has_a_node_tree_copy_and_a_removed_node_is_forgotten_in_both_trees(tmp_path: Path) -> None:
+    from core.records import InventoryNode, PublishedInventory
+
+    control = ready_generation(tmp_path)
+    inv = PublishedInventory(
+        cluster="default",
+        nodes={"control0": InventoryNode("control", "10.0.0.21"), "worker0": InventoryNode("worker", "10.0.0.41")},
+        published_by="root",
+        published_at=1.0,
+    )
+    ShareStore(tmp_path, "default", "root").publish_inventory(inv)
+    nodes = tmp_path / "default" / "nodes"
+    assert (nodes / "inventory.json").stat().st_mode & 0o777 == 0o640
+    worker = ShareStore(tmp_path, "default", "worker0", role="worker")
+    assert worker.read_inventory() == inv == control.read_inventory()
+    worker.heartbeat("boot-w0", "worker", "watch", 1)
+    assert worker.try_worker_join_slot("boot-w0", 4, 120) is None
+    control.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:1", "boot-control0", 1))
+    assert control.read_any_heartbeat("worker0") is not None
+    removed = control.forget_node("worker0")
+    assert removed == ["nodes/heartbeats/worker0", "nodes/slots/worker_join_slots.json"]
+    assert control.read_any_heartbeat("worker0") is None
+    assert "worker0" not in json.loads((nodes / "slots/worker_join_slots.json").read_text())["holders"]
+    assert "nodes/members/control0.json" in control.forget_node("control0")
+    assert not (nodes / "members/control0.json").exists() and not (tmp_path / "default/members/control0.json").exists()

@@ -119,7 +119,7 @@ def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_ow
     stores = [ShareStore(tmp_path, "default", f"worker{i}", role="worker") for i in range(3)]
     assert stores[0].try_worker_join_slot("b0", 2, 120) is None
     assert stores[1].try_worker_join_slot("b1", 2, 120) is None
-    assert stores[2].try_worker_join_slot("b2", 2, 120) == 2, "both slots are held"
+    assert stores[2].try_worker_join_slot("b2", 2, 120) == (2, 2), "both slots are held"
     assert stores[0].try_worker_join_slot("b0-again", 2, 120) is None, "a rebooted holder keeps its own slot"
     stores[1].release_worker_join_slot()
     assert stores[2].try_worker_join_slot("b2", 2, 120) is None
@@ -144,3 +144,31 @@ def test_a_snapshot_keeps_its_restore_secret_root_only_and_retention_removes_it(
         time.sleep(0.002)
         store.save_snapshot(2, b"y%d" % i, keep=2, secret="s")
     assert not secret_file.exists() and not first.exists()
+
+
+def test_a_removed_node_is_forgotten_and_a_replacement_starts_from_nothing(tmp_path: Path) -> None:
+    from core.records import MemberRecord
+
+    op = ShareStore(tmp_path, "default", "alice")
+    op.ensure()
+    gone = ShareStore(tmp_path, "default", "control2")
+    gone.heartbeat("boot-1", "control", "watch", 1)
+    gone.record_incarnation("boot-1", 1)
+    gone.register_member(MemberRecord("control2", "10.0.0.23", "http://10.0.0.23:9999", "boot-1", 1))
+    assert gone.try_join_slot("boot-1", 30) is None
+    worker = ShareStore(tmp_path, "default", "worker1", role="worker")
+    assert worker.try_worker_join_slot("boot-w", 10, 120) is None
+    assert op.forget_node("control2") == [
+        "heartbeats/control2",
+        "incarnations/control2.json",
+        "members/control2.json",
+        "nodes/members/control2.json",
+        "join_slot.json",
+    ]
+    assert op.read_heartbeat("control2") is None and "control2" not in op.incarnations()
+    assert [m.name for m in op.members()] == []
+    assert op.join_slot_holder(30) is None
+    assert op.forget_node("worker1") == ["nodes/slots/worker_join_slots.json"]
+    assert op.forget_node("worker1") == [], "twice: nothing left"
+    with pytest.raises(ValueError):
+        op.forget_node("../etc")

@@ -108,6 +108,9 @@ exportfs -ra
 # render node.yaml, the units and /etc/hosts for the cluster's nodes
 wwctl overlay build 'control[0-2],worker[0-1]'
 
+# the nodes, their labels, taints and roles for Phylactery (running Nodes, no reboot)
+# `ek8s warewulf apply` (or `ek8s warewulf roles`) writes /share/ek8s/inventory.json
+
 # /etc/warewulf/warewulf.conf needs (ek8s warewulf apply merges it):
 #   nfs:
 #     enabled: true
