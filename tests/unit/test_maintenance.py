@@ -195,7 +195,7 @@ class Rolling(Cluster):
         return down_refusal(self.etcd, taking)
 
     def back(self, name: str, role: str, old_boot: str | None) -> str | None:
-        hb = self.store.read_heartbeat(name)
+        hb = self.store.read_any_heartbeat(name)
         return None if hb is not None and hb.boot_id != old_boot else "a heartbeat from a new boot"
 
 
