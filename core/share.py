@@ -96,6 +96,22 @@ EVENTS_KEEP = 3
 EVENTS_CLOCK_SKEW_S = 300.0
 
 
+# The share's roles: "control" (control nodes, Phylactery, and the operator's ek8s on the
+# Warewulf server: both trees) and "worker" (the node tree ``nodes/`` only).
+ROLES = ("control", WORKER)
+# The node tree's ownership (docs/security.md, "The share split"): its export squashes a
+# worker's root to the anonymous uid and gid 65534 (``anonuid``/``anongid`` in the export).
+# What control nodes write there for workers is root's, group ANON_GID, 0640, in 0750
+# directories a worker cannot write; the directories workers write (heartbeats/, events/,
+# slots/) are 0770, group ANON_GID. Local users of a worker (other uids) read none of it.
+ANON_GID = 65534
+NODE_FILE_MODE = 0o640
+NODE_DIR_MODE = 0o750
+NODE_WRITABLE_DIR_MODE = 0o770
+NODE_WRITABLE_DIRS = ("heartbeats", "events", "slots")
+# What a worker's copy of join.json leaves out unless the driver says (both secrets).
+WITHHELD = ("certificate_key", "token")
+
 OP_KINDS = ("reads", "stats", "writes", "renames", "fsyncs", "locks")
 
 
@@ -140,6 +156,13 @@ class InvalidShareRecord(ShareError):
     def __init__(self, invalid: InvalidRecord) -> None:
         self.invalid = invalid
         super().__init__(str(invalid))
+
+
+class ControlTreeRefused(ShareError):
+    """A worker's store was asked for a record of the control-only tree (the certificate key,
+    the control or server token, kube.config, snapshots, control nodes' heartbeats...): a
+    worker mounts only ``nodes/`` (docs/share-protocol.md, "Two trees"). Nothing was read or
+    written."""
 
 
 class EpochSuperseded(Exception):
@@ -248,6 +271,23 @@ class EventCursor:
 
     file: tuple[int, int] | None = None
     offset: int = 0
+    # Where the reader stopped in the workers' timeline (``nodes/events/``), read beside the
+    # control tree's by a control store; None before anything was read there.
+    nodes: EventCursor | None = None
+
+
+def mounted_trees(cluster: str, role: str) -> tuple[str, ...]:
+    """The trees of the share a node of ``role`` mounts, relative to the share, parent first,
+    each at the same path below node.yaml's ``share.path``: a control node the control-only
+    tree ``<cluster>`` and the node tree ``<cluster>/nodes`` in it (its own mount: a file
+    system of its own on the server, docs/security.md), a worker the node tree only. The one
+    rule the exports of ``ek8s warewulf plan/apply`` (manager/wwconf.py) and the lab's
+    machines (lab/runners.py) both follow. Raises ``ValueError`` for another role."""
+    if role == WORKER:
+        return (f"{cluster}/nodes",)
+    if role == "control":
+        return (cluster, f"{cluster}/nodes")
+    raise ValueError(f"{role!r} is no node role (control, worker)")
 
 
 def clusters_on(share: Path) -> list[str]:
@@ -270,7 +310,12 @@ class ShareStore:
     events_max_bytes = EVENTS_MAX_BYTES
     events_keep = EVENTS_KEEP
 
-    def __init__(self, share: Path, cluster: str, node: str, record_invalid: bool = True) -> None:
+    def __init__(
+        self, share: Path, cluster: str, node: str, record_invalid: bool = True, role: str = "control"
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"{role!r} is no share role ({', '.join(ROLES)})")
+        self.role = role  # "worker": the node tree only (docs/share-protocol.md, "Two trees")
         self.record_invalid = record_invalid  # False: bad records are logged, not recorded as events
         self._beats: dict[str, int] = {}  # boot id -> mtime (ns) of our last heartbeat
         self._invalid_lock = threading.Lock()
@@ -281,30 +326,57 @@ class ShareStore:
         self.node = node
         self.ops = OpCounters()  # this store's operations on the share (operation_counts())
         self._lock = FileLock(str(self.dir / "cluster.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
-        self._events_lock = FileLock(str(self.dir / "events.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
+        slots_lock = self.dir / "nodes" / "slots" / "slots.lock"
+        self._slots_lock = FileLock(str(slots_lock), timeout=LOCK_TIMEOUT_S, mode=0o660)
+        self._events_lock = FileLock(str(self.events_path.with_name("events.lock")), timeout=LOCK_TIMEOUT_S, mode=0o600)
 
-    # -- layout (private) -------------------------------------------------------------
+    # -- layout: which tree each record lives in (docs/share-protocol.md, "Two trees") -----
+    def _c(self, *parts: str) -> Path:
+        """A path in the control-only tree ``<share>/<cluster>/``. Raises
+        :class:`ControlTreeRefused` on a worker's store: workers do not mount that tree."""
+        if self.role == WORKER:
+            raise ControlTreeRefused(
+                f"{'/'.join(parts)} is in the control-only tree, which a worker does not mount "
+                f"(node {self.node}: only {self.nodes_dir} is its share)"
+            )
+        return self.dir.joinpath(*parts)
+
+    def _n(self, *parts: str) -> Path:
+        """A path in the node tree ``<share>/<cluster>/nodes/`` (every role)."""
+        return self.nodes_dir.joinpath(*parts)
+
+    def _own(self, *parts: str) -> Path:
+        """A path in the tree of this store's role: the node tree for a worker, the control
+        tree otherwise (heartbeats, the probe file, events)."""
+        return self._n(*parts) if self.role == WORKER else self._c(*parts)
+
     @property
     def _state_path(self) -> Path:
-        return self.dir / "cluster.json"
+        """``cluster.json``; a worker reads the node tree's public copy (same content)."""
+        return self._own("cluster.json")
 
     def _heartbeat_path(self, node: str) -> Path:
-        return self.dir / "heartbeats" / node_name(node)
+        """``heartbeats/<node>`` in this store's role's tree: control nodes' heartbeats (proof
+        for recovery, leases, slots) in the control tree, workers' in the node tree."""
+        return self._own("heartbeats", node_name(node))
 
     @property
     def events_path(self) -> Path:
-        """``events.jsonl``, the timeline being appended to (read it, with its rotated
-        predecessors, through :meth:`events` or :meth:`read_events`)."""
-        return self.dir / "events.jsonl"
+        """The timeline this store appends to: ``events.jsonl`` in the control tree, or a
+        worker's ``nodes/events/events.jsonl`` (a control store reads both through
+        :meth:`events` or :meth:`read_events`)."""
+        return self._n("events", "events.jsonl") if self.role == WORKER else self._c("events.jsonl")
 
-    def _event_files(self) -> list[Path]:
-        """``events.jsonl``, then ``events.jsonl.1`` ... ``.<events_keep>``: newest first."""
-        return [self.events_path] + [self.dir / f"events.jsonl.{k}" for k in range(1, self.events_keep + 1)]
+    def _event_files(self, path: Path | None = None) -> list[Path]:
+        """``events.jsonl`` (``path``, default :attr:`events_path`), then ``events.jsonl.1``
+        ... ``.<events_keep>``: newest first."""
+        path = self.events_path if path is None else path
+        return [path] + [path.with_name(f"events.jsonl.{k}") for k in range(1, self.events_keep + 1)]
 
     @property
     def admin_kubeconfig_path(self) -> Path:
         """``kube.config``, for clients that need a file path (the operator's kubectl)."""
-        return self.dir / "kube.config"
+        return self._c("kube.config")
 
     @property
     def token_path(self) -> Path:
@@ -321,20 +393,20 @@ class ShareStore:
         """Where credential ``kind``'s current value lives: the control credential in the
         control-only tree, the worker credential in the node tree."""
         if kind == CONTROL:
-            return self.dir / "phylactery.token"
+            return self._c("phylactery.token")
         if kind == WORKER:
-            return self.nodes_dir / "phylactery-worker.token"
+            return self._n("phylactery-worker.token")
         raise ValueError(f"{kind!r} is no credential (control, worker)")
 
     def _ca_paths(self) -> tuple[Path, Path]:
         """(certificate, key) of Phylactery's CA in the control-only tree."""
-        return self.dir / "phylactery-ca.crt", self.dir / "phylactery-ca.key"
+        return self._c("phylactery-ca.crt"), self._c("phylactery-ca.key")
 
     def phylactery_ca_path(self, role: str = "control") -> Path:
         """The Phylactery CA certificate a node of ``role`` trusts: control nodes and the
         operator the control-only tree's copy, workers the node tree's (which every worker
         can write, so no control node reads it). For ``curl --cacert`` and Prometheus."""
-        return self._ca_paths()[0] if role == "control" else self.nodes_dir / "phylactery-ca.crt"
+        return self._ca_paths()[0] if role == "control" else self._n("phylactery-ca.crt")
 
     # -- counted file system operations (every access to the share goes through these) --
     def operation_counts(self) -> dict[str, int]:
@@ -343,7 +415,11 @@ class ShareStore:
 
     def _atomic(self, path: Path, data: bytes | str) -> None:
         self.ops.add(writes=1, fsyncs=1, renames=1)
-        write_atomic(path, data)
+        if self.role != WORKER and self.nodes_dir in path.parents:
+            write_atomic(path, data, NODE_FILE_MODE)  # for workers to read: group ANON_GID
+            _share_group(path)
+        else:
+            write_atomic(path, data)
 
     def _exists(self, path: Path) -> bool:
         self.ops.add(stats=1)
@@ -366,25 +442,141 @@ class ShareStore:
         """Create the cluster directory, its subdirectories and ``cluster.json`` (generation
         0, no leader) if missing. Idempotent; under the lock. Credentials are
         :meth:`ensure_credentials`' (control side only)."""
+        if self.role == WORKER:
+            # The node tree is the worker's mount, made by the control side or the Warewulf
+            # server (``ek8s warewulf apply``); a worker only adds a missing directory it
+            # writes, where it may (its modes are the control side's to set).
+            for sub in NODE_WRITABLE_DIRS:
+                self.ops.add(stats=1)
+                if not self._n(sub).is_dir():
+                    self._n(sub).mkdir(mode=NODE_WRITABLE_DIR_MODE, parents=True, exist_ok=True)
+            return
         ensure_dir(self.dir)
         for sub in ("heartbeats", "members", "incarnations"):
-            ensure_dir(self.dir / sub)
+            ensure_dir(self._c(sub))
+        self.ensure_node_tree()
         self.ops.add(stats=4)
+        if self._exists(self._state_path) and not self._exists(self._n("cluster.json")):
+            moved = self.migrate_layout()  # the first start of this version on an old share
+            if moved:
+                log.info("share moved to the layout by role", extra={"moved": moved})
         with self._locked():
             if not self._exists(self._state_path):
                 self._write_state(ClusterState(reason="share initialised", updated_at=time.time()))
-            slot = self.dir / "join_slot.json"
+            slot = self._c("join_slot.json")
             if not self._exists(slot):
                 self._atomic(slot, json.dumps({"holder": None}))
 
+    def ensure_node_tree(self) -> None:
+        """Create the node tree ``nodes/`` with its modes and group (:data:`ANON_GID`, when
+        this process may set it): ``nodes/`` and ``members/`` 0750, the directories workers
+        write (:data:`NODE_WRITABLE_DIRS`) 0770. Control side only; idempotent."""
+        self._c("nodes")
+        dirs = [("", NODE_DIR_MODE), ("members", NODE_DIR_MODE)]
+        dirs += [(d, NODE_WRITABLE_DIR_MODE) for d in NODE_WRITABLE_DIRS]
+        for sub, mode in dirs:
+            path = ensure_dir(self._n(sub) if sub else self.nodes_dir, mode)
+            _share_group(path)
+        self.ops.add(stats=2 + len(NODE_WRITABLE_DIRS))
+
+    def migrate_layout(self, dry_run: bool = False) -> list[str]:
+        """Move a share written before the split by role (every record in ``<cluster>/``) to
+        the two trees (docs/share-protocol.md, "Migration"); control side only, under the lock,
+        idempotent (a share already in the new layout gives ``[]``). Returns one line per
+        change, ``from -> to``; with ``dry_run`` nothing is written.
+
+        * workers' heartbeats (``heartbeats/<node>`` whose record says ``role: worker``) move
+          to ``nodes/heartbeats/`` by rename (their mtime, the share's clock, is kept); one
+          that is already there and newer wins, the old one is removed;
+        * ``worker_join_slots.json`` moves to ``nodes/slots/``;
+        * ``nodes/cluster.json``, ``nodes/join.json``, ``nodes/inventory.json`` and
+          ``nodes/members/`` are written from
+          the control tree's records. The worker copy of ``join.json`` withholds the server
+          token when ``certificate_key`` holds a k3s secure token (``K10...``: the agent token,
+          core/drivers/k3s.py), else the certificate key (kubeadm);
+        * the worker credential gets the node tree's mode and group.
+
+        Nothing is deleted but what was moved; the timeline (``events.jsonl``) stays where it
+        is, with the workers' earlier events in it."""
+        self._c("heartbeats")
+        if not self._exists(self._state_path):
+            return []
+        done: list[str] = []
+        if not dry_run:
+            self.ensure_node_tree()
+        with self._locked():
+            for path in self._glob(self._c("heartbeats"), "*"):
+                if not NODE_NAME_RE.match(path.name):
+                    continue
+                try:
+                    record = self._record(HeartbeatRecord, path)
+                except (OSError, InvalidRecord):
+                    continue
+                if record.role != WORKER:
+                    continue
+                target = self._n("heartbeats", path.name)
+                done.append(f"heartbeats/{path.name} -> nodes/heartbeats/{path.name}")
+                if dry_run:
+                    continue
+                if target.exists() and target.stat().st_mtime >= path.stat().st_mtime:
+                    self._unlink(path)
+                else:
+                    self.ops.add(renames=1)
+                    os.rename(path, target)
+            slots = self._c("worker_join_slots.json")
+            if self._exists(slots):
+                done.append("worker_join_slots.json -> nodes/slots/worker_join_slots.json")
+                if not dry_run:
+                    self.ops.add(renames=1)
+                    os.rename(slots, self._n("slots", "worker_join_slots.json"))
+            if not self._exists(self._n("cluster.json")):
+                done.append("cluster.json -> nodes/cluster.json (a copy)")
+                if not dry_run:
+                    self._write_public_state(self.read_state())
+            if self._exists(self._c("join.json")) and not self._exists(self._n("join.json")):
+                material = self._required(JoinMaterial, self._c("join.json"))
+                k3s = material.certificate_key.startswith("K10")
+                withheld = ("token",) if k3s else ("certificate_key",)
+                done.append(f"join.json -> nodes/join.json (a copy without {withheld[0]})")
+                if not dry_run:
+                    self._write_worker_join_material(material, withheld)
+            if self._exists(self._c("inventory.json")) and not self._exists(self._n("inventory.json")):
+                done.append("inventory.json -> nodes/inventory.json (a copy)")
+                if not dry_run:
+                    self._atomic(self._n("inventory.json"), self._read_bytes(self._c("inventory.json")))
+            for path in self._glob(self._c("members"), "*.json"):
+                if not self._exists(self._n("members", path.name)):
+                    done.append(f"members/{path.name} -> nodes/members/{path.name} (a copy)")
+                    if not dry_run:
+                        self._atomic(self._n("members", path.name), self._read_bytes(path))
+            token = self._n("phylactery-worker.token")
+            if self._exists(token) and token.stat().st_mode & 0o777 != NODE_FILE_MODE:
+                done.append("nodes/phylactery-worker.token: mode 0640, group 65534")
+                if not dry_run:
+                    os.chmod(token, NODE_FILE_MODE)
+                    _share_group(token)
+        return done
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """``cluster.lock`` (control tree; refused on a worker's store)."""
+        self._c("cluster.lock")
         self.ops.add(locks=1)
         try:
             with self._lock:
                 yield
         except TimeoutError as err:
             raise ShareError(f"{self.dir}/cluster.lock: not obtained in {LOCK_TIMEOUT_S}s") from err
+
+    @contextmanager
+    def _slots_locked(self) -> Iterator[None]:
+        """``nodes/slots/slots.lock``: the worker join slots' lock, every role."""
+        self.ops.add(locks=1)
+        try:
+            with self._slots_lock:
+                yield
+        except TimeoutError as err:
+            raise ShareError(f"{self.nodes_dir}/slots/slots.lock: not obtained in {LOCK_TIMEOUT_S}s") from err
 
     # -- reading records (core/records.py): a bad one is reported once and skipped --------
     def _read_bytes(self, path: Path) -> bytes:
@@ -442,18 +634,48 @@ class ShareStore:
     def read_state(self) -> ClusterState:
         """Re-open ``cluster.json`` (close-to-open revalidation) and parse it. Raises
         :class:`InvalidShareRecord` (reported as ``invalid_record``) when it has a wrong shape."""
-        state = self._required(ClusterState, self._state_path)
+        try:
+            state = self._required(ClusterState, self._state_path)
+        except FileNotFoundError:
+            if self.role != WORKER:
+                raise
+            # No control node has written the share yet: a worker waits for one.
+            return ClusterState(reason="no control node has initialised the share yet")
         self._generation_seen = state.generation
         return state
 
     def share_now(self) -> float:
         """The share's clock, in Unix seconds: the mtime of our probe file, just touched."""
         self.ops.add(writes=1, stats=1)
-        return touch(self.dir / "heartbeats" / f".probe-{self.node}")
+        return touch(self._own("heartbeats", f".probe-{self.node}"))
 
     def read_heartbeat(self, node: str, now: float | None = None) -> Heartbeat | None:
-        """The heartbeat of ``node`` with its age on the share clock, or None if absent."""
-        path = self._heartbeat_path(node)
+        """The heartbeat of ``node`` with its age on the share clock, or None if absent.
+
+        From this store's role's tree: on a control store the control tree's, which only
+        control nodes (and the Warewulf server) can write, so it is what recovery, leases and
+        slots take as proof; a worker's store reads the node tree. A worker's heartbeat is
+        :meth:`read_worker_heartbeat`'s."""
+        return self._heartbeat_at(self._heartbeat_path(node), node, now)
+
+    def read_worker_heartbeat(self, node: str, now: float | None = None) -> Heartbeat | None:
+        """The heartbeat of worker ``node`` from the node tree (``nodes/heartbeats/<node>``),
+        or None. Every worker can write every file there: it is proof of nothing, only a reason
+        to hold back (Phylactery's prune guard refuses while it is fresh)."""
+        return self._heartbeat_at(self._n("heartbeats", node_name(node)), node, now)
+
+    def read_any_heartbeat(self, node: str, now: float | None = None) -> Heartbeat | None:
+        """``node``'s heartbeat from the control tree, else from the node tree (a control
+        store; a worker's reads its tree only). For showing and for refusing (Phylactery's
+        prune guard), never as proof that a node is gone or rebooted: a worker can write any
+        node-tree heartbeat, a control node's name included."""
+        now = self.share_now() if now is None else now
+        found = self.read_heartbeat(node, now)
+        if found is None and self.role != WORKER:
+            found = self.read_worker_heartbeat(node, now)
+        return found
+
+    def _heartbeat_at(self, path: Path, node: str, now: float | None) -> Heartbeat | None:
         now = self.share_now() if now is None else now
         self.ops.add(reads=1)
         try:
@@ -482,8 +704,11 @@ class ShareStore:
 
     def heartbeat_names(self) -> list[str]:
         """Every node that ever reported to this cluster's share, sorted: the names of the
-        heartbeat files that are node names (RFC 1123 labels; anything else is no node's)."""
-        return [p.name for p in self._glob(self.dir / "heartbeats", "*") if NODE_NAME_RE.match(p.name)]
+        heartbeat files that are node names (RFC 1123 labels; anything else is no node's), in
+        both trees on a control store (control nodes', workers'), the node tree on a worker's."""
+        dirs = [self._n("heartbeats")] if self.role == WORKER else [self._c("heartbeats"), self._n("heartbeats")]
+        names = {p.name for d in dirs for p in self._glob(d, "*") if NODE_NAME_RE.match(p.name)}
+        return sorted(names)
 
     def exists(self) -> bool:
         """Whether the share holds this cluster (its ``cluster.json``)."""
@@ -502,7 +727,15 @@ class ShareStore:
 
     # -- writing ----------------------------------------------------------------------
     def _write_state(self, state: ClusterState) -> None:
-        self._atomic(self._state_path, json.dumps(state.to_json(), indent=1) + "\n")
+        """``cluster.json`` (control tree), then its public copy for workers."""
+        self._atomic(self._c("cluster.json"), json.dumps(state.to_json(), indent=1) + "\n")
+        self._write_public_state(state)
+
+    def _write_public_state(self, state: ClusterState) -> None:
+        """``nodes/cluster.json``: what workers follow (generation, epoch, ready, the leader's
+        name and address). The same record, so one parser reads both; nothing in it is a
+        secret, and nothing in the node tree is proof of anything to a control node."""
+        self._atomic(self._n("cluster.json"), json.dumps(state.to_json(), indent=1) + "\n")
 
     def heartbeat(
         self, boot_id: str, role: str, phase: str, generation: int, etcd_index: int | None = None
@@ -542,13 +775,13 @@ class ShareStore:
     def record_incarnation(self, boot_id: str, generation: int) -> None:
         """Write ``incarnations/<node>.json``: this node's etcd member was made in this boot."""
         record = Incarnation(node=self.node, boot_id=boot_id, generation=generation, at=time.time())
-        self._atomic(self.dir / "incarnations" / f"{self.node}.json", json.dumps(asdict(record)) + "\n")
+        self._atomic(self._c("incarnations", f"{self.node}.json"), json.dumps(asdict(record)) + "\n")
 
     def incarnations(self) -> dict[str, Incarnation]:
         """Every recorded incarnation by node name. A record with a wrong shape, or filed under
         another node's name, is reported (``invalid_record``) and skipped."""
         out = {}
-        for p in self._glob(self.dir / "incarnations", "*.json"):
+        for p in self._glob(self._c("incarnations"), "*.json"):
             inc = self._named(Incarnation, p, "node")
             if inc is not None:
                 out[inc.node] = inc
@@ -623,7 +856,7 @@ class ShareStore:
         survivor does it. Returns None when the claim is ours (new, or already ours), else the
         node that holds a claim from a boot that still heartbeats."""
         with self._locked():
-            path = self.dir / "reform.json"
+            path = self._c("reform.json")
             held = self._record_or_none(ReformClaim, path)  # an invalid claim is no claim
             if held is not None and held.generation == generation and held.node != self.node:
                 hb = self.read_heartbeat(held.node)
@@ -642,6 +875,12 @@ class ShareStore:
         the ``leader`` file of the proof of concept and a first heartbeat before releasing
         the lock. Returns ``(state after the round, action, why)``.
         """
+        if self.role == WORKER:  # workers never lead: the rule decides on the public record
+            snap = self.snapshot(leases=False)
+            action, why = decide(snap)
+            if action == "lead":
+                raise ControlTreeRefused(f"{self.node} is a worker: workers never lead")
+            return snap.state, action, why
         with self._locked():
             snap = self.snapshot()
             action, why = decide(snap)
@@ -668,7 +907,7 @@ class ShareStore:
                 self.heartbeat(boot_id, "control", "lead", state.generation)
                 self._write_state(state)
                 self._atomic(
-                    self.dir / "leader",
+                    self._c("leader"),
                     f"{self.node}\n" + json.dumps(asdict(record) | {"generation": state.generation}) + "\n",
                 )
             return state, action, why
@@ -688,10 +927,25 @@ class ShareStore:
                 )
             yield state
 
-    def publish_join_material(self, fence: Fence, material: JoinMaterial) -> None:
-        """Write ``join.json`` (leader-only, fenced): the first join material of the generation."""
+    def publish_join_material(self, fence: Fence, material: JoinMaterial, withheld: tuple[str, ...] = WITHHELD) -> None:
+        """Write ``join.json`` (leader-only, fenced): the first join material of the
+        generation; and the workers' copy ``nodes/join.json`` without the fields
+        ``withheld`` (the driver's :attr:`core.drivers.Driver.control_only_fields`: kubeadm's
+        certificate key, k3s's server token; by default both secrets)."""
         with self._fenced(fence):
-            self._atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
+            self._write_join_material(material, withheld)
+
+    def _write_join_material(self, material: JoinMaterial, withheld: tuple[str, ...]) -> None:
+        self._atomic(self._c("join.json"), json.dumps(asdict(material), indent=1) + "\n")
+        self._write_worker_join_material(material, withheld)
+
+    def _write_worker_join_material(self, material: JoinMaterial, withheld: tuple[str, ...]) -> None:
+        """``nodes/join.json``: ``material`` without the fields ``withheld``."""
+        blank: dict[str, Any] = {name: "" for name in withheld}
+        if "certificate_key" in withheld:
+            blank["certificate_key_expires_at"] = 0.0
+        public = replace(material, **blank)
+        self._atomic(self._n("join.json"), json.dumps(asdict(public), indent=1) + "\n")
 
     def write_admin_kubeconfig(self, fence: Fence, content: bytes) -> None:
         """``kube.config`` (leader-only, fenced): the admin kubeconfig, for the operator only,
@@ -708,7 +962,7 @@ class ShareStore:
             state = replace(state, ready=True, ready_at=now, reason="control plane up", updated_at=now)
             self._write_state(state)
             self._atomic(
-                self.dir / "leader_ready",
+                self._c("leader_ready"),
                 json.dumps({"generation": state.generation, "epoch": fence.epoch, "node": self.node, "ready_at": now})
                 + "\n",
             )
@@ -723,7 +977,7 @@ class ShareStore:
                 if state.ready:
                     return False
                 self._write_state(replace(state, leader=None, reason=reason, updated_at=time.time()))
-                self._unlink(self.dir / "leader")
+                self._unlink(self._c("leader"))
                 return True
         except EpochSuperseded:
             return False
@@ -752,9 +1006,11 @@ class ShareStore:
                 restore_from=str(restore_from) if restore_from else None,
             )
             self._write_state(state)
-            for name in ("leader_ready", "leader", "join.json", "kube.config", "worker_join_slots.json"):
-                self._unlink(self.dir / name)
-            self._atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
+            for name in ("leader_ready", "leader", "join.json", "kube.config"):
+                self._unlink(self._c(name))
+            for name in ("join.json", "slots/worker_join_slots.json"):
+                self._unlink(self._n(*name.split("/")))
+            self._atomic(self._c("join_slot.json"), json.dumps({"holder": None}))
             return state
 
     def rebuild(self, reason: str) -> ClusterState:
@@ -766,7 +1022,7 @@ class ShareStore:
         return state
 
     # -- join material and admin kubeconfig -------------------------------------------------
-    def refresh_join_material(self, material: JoinMaterial) -> None:
+    def refresh_join_material(self, material: JoinMaterial, withheld: tuple[str, ...] = WITHHELD) -> None:
         """Replace ``join.json`` with refreshed material (any live control node's Phylactery,
         not only the leader): only while ``material.generation`` is the current, ready
         generation. Raises :class:`EpochSuperseded` otherwise (nothing written)."""
@@ -777,12 +1033,13 @@ class ShareStore:
                     f"join material of generation {material.generation} not written: the share records "
                     f"generation {state.generation} ({'ready' if state.ready else 'not ready'})"
                 )
-            self._atomic(self.dir / "join.json", json.dumps(asdict(material), indent=1) + "\n")
+            self._write_join_material(material, withheld)
 
     def read_join_material(self) -> JoinMaterial:
-        """Parse ``join.json``. Raises ``FileNotFoundError`` before the leader published it,
+        """Parse ``join.json`` (a worker's store: the node tree's copy, without the withheld
+        secrets). Raises ``FileNotFoundError`` before the leader published it,
         :class:`InvalidShareRecord` (reported) when it has a wrong shape."""
-        return self._required(JoinMaterial, self.dir / "join.json")
+        return self._required(JoinMaterial, self._own("join.json"))
 
     def read_admin_kubeconfig(self) -> bytes | None:
         """``kube.config`` for the operator (``ek8s kubeconfig``), or None before a leader
@@ -808,8 +1065,7 @@ class ShareStore:
         under the lock."""
         from core.tls import make_ca
 
-        ensure_dir(self.nodes_dir)
-        self.ops.add(stats=1)
+        self.ensure_node_tree()
         with self._locked():
             for kind in KINDS:
                 path = self._credential_path(kind)
@@ -864,7 +1120,7 @@ class ShareStore:
         within seconds (``phylactery/auth.py``); clients read them before every call."""
         now = time.time()
         out = []
-        ensure_dir(self.nodes_dir)
+        self.ensure_node_tree()
         with self._locked():
             for kind in kinds:
                 path = self._credential_path(kind)
@@ -898,12 +1154,15 @@ class ShareStore:
     def register_member(self, member: MemberRecord) -> None:
         """Write ``members/<name>.json`` (each node writes only its own record; the record was
         validated when it was made, :class:`core.records.MemberRecord`)."""
-        self._atomic(self.dir / "members" / f"{member.name}.json", json.dumps(asdict(member)) + "\n")
+        self._atomic(self._c("members", f"{member.name}.json"), json.dumps(asdict(member)) + "\n")
+        # The workers' copy: where they send their prune (TLS against the CA vouches for it).
+        self._atomic(self._n("members", f"{member.name}.json"), json.dumps(asdict(member)) + "\n")
 
     def remove_member(self, name: str) -> None:
         """Delete ``members/<name>.json`` (a control node taken out of service for good).
         Raises ``ValueError`` when ``name`` is not a node name."""
-        self._unlink(self.dir / "members" / f"{node_name(name)}.json")
+        self._unlink(self._c("members", f"{node_name(name)}.json"))
+        self._unlink(self._n("members", f"{node_name(name)}.json"))
 
     def members(self, generation: int | None = None) -> list[MemberRecord]:
         """Registered control nodes, sorted by name; only ``generation``'s if given.
@@ -916,7 +1175,7 @@ class ShareStore:
         that is its file's, an IP address, a URL to that address): one that is not is reported
         as ``invalid_record`` and left out, so it never reaches haproxy.cfg or keepalived.conf."""
         out = []
-        for p in self._glob(self.dir / "members", "*.json"):
+        for p in self._glob(self._own("members"), "*.json"):
             m = self._named(MemberRecord, p, "name")
             if m is not None and (generation is None or m.generation == generation):
                 out.append(m)
@@ -925,7 +1184,8 @@ class ShareStore:
     # -- the rolling upgrade (core/upgrade.py) ----------------------------------------
     @property
     def _rollout_path(self) -> Path:
-        return self.dir / "rollout.json"
+        """``rollout.json``: control-only tree (``ek8s upgrade`` on the Warewulf server)."""
+        return self._c("rollout.json")
 
     def read_rollout(self) -> RolloutRecord | None:
         """``rollout.json`` (:class:`core.records.RolloutRecord`), or None when there is none.
@@ -962,43 +1222,57 @@ class ShareStore:
             return out
 
     def forget_node(self, name: str) -> list[str]:
-        """Forget a node taken out of service for good (``ek8s node remove``): its heartbeat,
-        incarnation and member record, its worker join slot and the control-plane join slot
-        if it holds it (per-node credentials, once the share holds any, belong here too).
-        Returns the records removed (paths relative to the cluster directory); a replacement
-        with the same name then starts from nothing here. Raises ``ValueError`` when ``name``
-        is not a node name."""
+        """Forget a node taken out of service for good (``ek8s node remove``): its heartbeat
+        (control tree or node tree), incarnation, member record and its node tree copy, its
+        worker join slot and the control-plane join slot if it holds it (per-node credentials,
+        once the share holds any, belong here too). Control side only. Returns the records
+        removed (paths relative to the cluster directory); a replacement with the same name
+        then starts from nothing here. Raises ``ValueError`` when ``name`` is not a node name."""
         node_name(name)
         removed = []
-        for rel in (f"heartbeats/{name}", f"incarnations/{name}.json", f"members/{name}.json"):
-            path = self.dir / rel
+        paths = [
+            self._c("heartbeats", name),
+            self._n("heartbeats", name),
+            self._c("incarnations", f"{name}.json"),
+            self._c("members", f"{name}.json"),
+            self._n("members", f"{name}.json"),
+        ]
+        for path in paths:
             if self._exists(path):
                 self._unlink(path)
-                removed.append(rel)
-        with self._locked():
-            slots = self.dir / "worker_join_slots.json"
+                removed.append(str(path.relative_to(self.dir)))
+        with self._slots_locked():
+            slots = self._worker_slots_path
             held = self._record_or_none(WorkerJoinSlots, slots)
             if held is not None and name in held.holders:
                 rest = {n: h for n, h in held.holders.items() if n != name}
-                self._atomic(slots, json.dumps(asdict(WorkerJoinSlots(holders=rest))))
-                removed.append("worker_join_slots.json")
-            slot = self._record_or_none(JoinSlot, self.dir / "join_slot.json")
+                self._atomic(slots, json.dumps(asdict(replace(held, holders=rest))))
+                removed.append(str(slots.relative_to(self.dir)))
+        with self._locked():
+            slot = self._record_or_none(JoinSlot, self._c("join_slot.json"))
             if slot is not None and slot.holder is not None and slot.holder.node == name:
-                self._atomic(self.dir / "join_slot.json", json.dumps({"holder": None}))
+                self._atomic(self._c("join_slot.json"), json.dumps({"holder": None}))
                 removed.append("join_slot.json")
         return removed
 
     # -- the published inventory (labels, taints, roles; the cluster's node list) --------
     def publish_inventory(self, inventory: PublishedInventory) -> None:
-        """Write ``inventory.json`` (0600, atomic), making the cluster directory if the
-        cluster never booted yet. Written by the operator's commands on the Warewulf server."""
-        ensure_dir(self.dir)
-        self._atomic(self.dir / "inventory.json", json.dumps(asdict(inventory), indent=1) + "\n")
+        """Write ``inventory.json`` (0600, atomic) and its node tree copy
+        ``nodes/inventory.json`` (0640, group :data:`ANON_GID`: a worker's agent reads it
+        before it joins, and cannot write it), making the cluster directory and its node tree
+        if the cluster never booted yet. Written by the operator's commands on the Warewulf
+        server; control side only."""
+        ensure_dir(self._c())
+        self.ensure_node_tree()
+        data = json.dumps(asdict(inventory), indent=1) + "\n"
+        self._atomic(self._c("inventory.json"), data)
+        self._atomic(self._n("inventory.json"), data)
 
     def read_inventory(self) -> PublishedInventory | None:
         """``inventory.json``, or None when none was published (or it has a wrong shape:
-        reported as ``invalid_record``)."""
-        return self._record_or_none(PublishedInventory, self.dir / "inventory.json")
+        reported as ``invalid_record``). A worker's store reads the node tree's copy, the
+        control side the control tree's."""
+        return self._record_or_none(PublishedInventory, self._own("inventory.json"))
 
     # -- etcd snapshots ---------------------------------------------------------------
     def save_snapshot(self, generation: int, data: bytes, keep: int, secret: str | None = None) -> Path:
@@ -1009,7 +1283,7 @@ class ShareStore:
         incomplete), and delete all but the newest ``keep`` with their companions. Returns the
         new file."""
         self.ops.add(stats=1)
-        d = ensure_dir(self.dir / "snapshots")
+        d = ensure_dir(self._c("snapshots"))
         path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
         write_atomic(path, data)
         if secret is not None:
@@ -1059,7 +1333,7 @@ class ShareStore:
         """Saved snapshots (``gen<G>-<unix ms>.db``), newest first; a file of another name in
         ``snapshots/`` is reported (``invalid_record``, field ``name``) and left out."""
         found = []
-        for p in self._glob(self.dir / "snapshots", "gen*-*.db"):
+        for p in self._glob(self._c("snapshots"), "gen*-*.db"):
             order = snapshot_order(p.name)
             if order is None:
                 self.report_invalid(InvalidRecord(f"snapshots/{p.name}", "name", "not gen<G>-<unix ms>.db"))
@@ -1077,7 +1351,7 @@ class ShareStore:
         None when taken, or the name of the live holder.
         """
         with self._locked():
-            path = self.dir / "join_slot.json"
+            path = self._c("join_slot.json")
             holder = self.join_slot_holder(ttl_s)
             if holder is not None and holder != self.node:
                 return holder
@@ -1089,7 +1363,7 @@ class ShareStore:
         """The node that holds the control-plane join slot and is alive (its heartbeat, from
         the boot that took the slot, is younger than ``ttl_s``), or None. A slot file with a
         wrong shape holds nobody (reported as ``invalid_record``; the next taker rewrites it)."""
-        slot = self._record_or_none(JoinSlot, self.dir / "join_slot.json")
+        slot = self._record_or_none(JoinSlot, self._c("join_slot.json"))
         holder = slot.holder if slot is not None else None
         if holder is None:
             return None
@@ -1101,7 +1375,7 @@ class ShareStore:
     def release_join_slot(self) -> None:
         """Free the slot if we hold it."""
         with self._locked():
-            path = self.dir / "join_slot.json"
+            path = self._c("join_slot.json")
             slot = self._record_or_none(JoinSlot, path)
             if slot is not None and slot.holder is not None and slot.holder.node == self.node:
                 self._atomic(path, json.dumps({"holder": None}))
@@ -1109,7 +1383,8 @@ class ShareStore:
     # -- worker join slots and their admission window (core/admission.py) ---------------
     @property
     def _worker_slots_path(self) -> Path:
-        return self.dir / "worker_join_slots.json"
+        """``nodes/slots/worker_join_slots.json``: in the node tree, which workers mount."""
+        return self._n("slots", "worker_join_slots.json")
 
     def _worker_slots(self, ceiling: int, initial: float = INITIAL) -> tuple[WorkerJoinSlots, Window]:
         """``worker_join_slots.json`` (empty when missing or of a wrong shape, reported) and
@@ -1135,9 +1410,9 @@ class ShareStore:
         ``hold_s`` seconds (workers heartbeat too rarely to judge a holder by it; a crashed
         holder costs its slot that long); a node that holds one and booted again takes it
         over. The file is read without the lock first, so a worker waiting for a full window
-        costs one read per look; the take is a read-decide-write under ``cluster.lock`` with an
-        atomic rename, which keeps the window. ``initial``: a new generation's window (the
-        ceiling for ``worker_join_admission: fixed``).
+        costs one read per look; the take is a read-decide-write under
+        ``nodes/slots/slots.lock`` with an atomic rename, which keeps the window. ``initial``:
+        a new generation's window (the ceiling for ``worker_join_admission: fixed``).
 
         Returns None when this node holds a slot now, else (live holders, slots allowed)."""
 
@@ -1149,7 +1424,7 @@ class ShareStore:
         peek, allowed = live(slots), window.slots(ceiling)
         if self.node not in peek and len(peek) >= allowed:
             return len(peek), allowed
-        with self._locked():
+        with self._slots_locked():
             slots, window = self._worker_slots(ceiling, initial)
             holders, allowed = live(slots), window.slots(ceiling)
             if self.node not in holders and len(holders) >= allowed:
@@ -1160,7 +1435,7 @@ class ShareStore:
 
     def release_worker_join_slot(self) -> None:
         """Give back this node's worker join slot, if it holds one (the window stays)."""
-        with self._locked():
+        with self._slots_locked():
             slots = self._record_or_none(WorkerJoinSlots, self._worker_slots_path)
             holders = dict(slots.holders) if slots is not None else {}
             if slots is not None and holders.pop(self.node, None) is not None:
@@ -1168,10 +1443,10 @@ class ShareStore:
 
     def worker_join_signal(self, signal: Signal, ceiling: int) -> Window:
         """Apply what this worker saw of the control plane (:class:`core.admission.Signal`) to
-        the admission window: one read-decide-write under ``cluster.lock``, written with an
-        atomic rename (temp + fsync + rename), so a crash leaves the old window or the new one.
+        the admission window: one read-decide-write under ``nodes/slots/slots.lock``, written
+        with an atomic rename (temp + fsync + rename), so a crash leaves the old window or the new one.
         Returns the window after it."""
-        with self._locked():
+        with self._slots_locked():
             slots, window = self._worker_slots(ceiling)
             after = window.after(signal, time.time(), ceiling)
             if after != window or slots.window is None:
@@ -1229,6 +1504,22 @@ class ShareStore:
         cursor to pass next time: how ``ek8s events --follow`` tails the timeline across
         rotations. ``since`` only skips whole rotated files (see :meth:`events`).
 
+        A control store reads two timelines, the control tree's ``events.jsonl`` and the
+        workers' ``nodes/events/events.jsonl`` (each with its rotations), and merges what
+        each call found by ``t``; a worker's store reads the workers' only."""
+        if self.role == WORKER:
+            return self._read_timeline(self._event_files(), cursor, since)
+        found, mine = self._read_timeline(self._event_files(), cursor, since)
+        workers = self._event_files(self._n("events", "events.jsonl"))
+        more, theirs = self._read_timeline(workers, cursor.nodes if cursor is not None else None, since)
+        merged = sorted(found + more, key=lambda e: float(e.get("t", 0))) if more else found
+        return merged, replace(mine, nodes=theirs)
+
+    def _read_timeline(
+        self, files: list[Path], cursor: EventCursor | None, since: float | None
+    ) -> tuple[list[dict[str, Any]], EventCursor]:
+        """One timeline's events after ``cursor`` (``files``: newest first), as :meth:`read_events`.
+
         The files are opened newest first and kept open while they are read: a rotation
         between two opens only moves files towards older names, so none is missed, and a file
         met twice under two names (same inode) is read once. A line being appended (no newline
@@ -1237,7 +1528,7 @@ class ShareStore:
         handles: list[tuple[Any, tuple[int, int], float]] = []
         seen: set[tuple[int, int]] = set()
         try:
-            for path in self._event_files():
+            for path in files:
                 self.ops.add(reads=1, stats=1)
                 try:
                     f = open(path, "rb")  # noqa: SIM115 (closed below, all together)
@@ -1259,7 +1550,7 @@ class ShareStore:
                 while start < len(handles) - 1 and handles[start][2] < since - EVENTS_CLOCK_SKEW_S:
                     start += 1
             out: list[dict[str, Any]] = []
-            new_cursor = EventCursor(None, 0) if cursor is None else cursor
+            new_cursor = EventCursor(None, 0) if cursor is None else replace(cursor, nodes=None)
             for i in range(start, len(handles)):
                 f, key, _ = handles[i]
                 offset = cursor.offset if cursor is not None and key == cursor.file else 0
@@ -1285,3 +1576,11 @@ def _checksum_path(snapshot: Path) -> Path:
 def _secret_path(snapshot: Path) -> Path:
     """``<snapshot>.token`` beside a snapshot file: the secret its restore needs (k3s)."""
     return snapshot.with_name(snapshot.name + ".token")
+
+
+def _share_group(path: Path) -> None:
+    """Give ``path`` the group :data:`ANON_GID` (what a worker's squashed root is on the node
+    tree's export) when this process may (root); elsewhere (unit tests, a non-root
+    operator) the mode alone applies."""
+    if os.geteuid() == 0:
+        os.chown(path, -1, ANON_GID)

@@ -143,6 +143,11 @@ class Lab:
             raise LabError(f"no node {', '.join(sorted(unknown))} in a lab of {control} + {workers} nodes")
         ensure_dir(self.dir, 0o700)
         ensure_dir(self.share, 0o700)
+        # The cluster's trees exist before any node mounts them, as `ek8s warewulf apply`
+        # makes them on the Warewulf server (a worker machine binds only <cluster>/nodes).
+        self.store().ensure()
+        for other in sorted({str(o["cluster"]) for o in self.node_overrides.values() if "cluster" in o} - {CLUSTER}):
+            ShareStore(self.share, other, "lab").ensure()  # --second-cluster's trees too
         ensure_dir(self.dir / "logs", 0o700)
         bin_dir = ensure_dir(self.dir / "bin", 0o700)
         emu_path = self.dir / "emulation.json"

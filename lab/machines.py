@@ -22,8 +22,9 @@ systemd-nspawn options used (systemd-nspawn(1), systemd 252):
 * ``--register=no`` and ``--keep-unit``: no systemd-machined or systemd on the host needed;
 * ``--capability=CAP_NET_ADMIN``: keepalived adds and removes the VIP (nspawn keeps that
   capability only with ``--private-network``, which would make a namespace of its own);
-* ``--bind=`` the share at node.yaml's ``share.path``, the emulation's directory at
-  ``/var/lib/ek8s-lab``;
+* ``--bind=`` the share's trees the node's role mounts (``core.share.mounted_trees``: a
+  worker only ``<cluster>/nodes``) below node.yaml's ``share.path``, the emulation's
+  directory at ``/var/lib/ek8s-lab``;
 * ``--link-journal=no``, ``--resolv-conf=off``, ``--timezone=off``: the host's journal and
   files stay out of the machine;
 * ``--console=read-only``: the machine's console goes to the launcher's log.

@@ -32,13 +32,14 @@ import psutil
 import yaml
 
 from core.fileperm import ensure_dir
+from core.share import mounted_trees
 from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import machines, netns
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation
 from lab.emulation import etcd_tool as emulation_etcd_tool
 from lab.nodeimage import image_version
-from lab.state import MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
+from lab.state import CLUSTER, MACHINES, MANAGER, PROCESSES, LabNode, LabState, merge
 
 # The Warewulf whose template data the machines' overlays are rendered with: the current one
 # (the rendered files are the same for 4.5-4.7: tests/integration/test_warewulf.py).
@@ -308,6 +309,7 @@ class MachineRunner:
                 )
             node.config = str(node_yaml)
             node.root = str(node_dir / "ram")
+            cluster = str(mine.get("cluster", overrides.get("cluster", CLUSTER)))  # --second-cluster
             machines.MachineConfig(
                 name=node.name,
                 netns=f"/run/netns/{node.ns}",
@@ -315,7 +317,12 @@ class MachineRunner:
                 layers=[str(layer), str(common)],
                 ram=node.root,
                 boots=str(node_dir / "boots.jsonl"),
-                binds=[[str(lab.share), SHARE_PATH], [str(emu_dir), machines.EMULATION_MOUNT]],
+                # What the role's NFS exports allow (the lab's stand-in for the client
+                # restrictions): a worker sees <share>/<cluster>/nodes only.
+                binds=[
+                    *([str(lab.share / tree), f"{SHARE_PATH}/{tree}"] for tree in mounted_trees(cluster, node.role)),
+                    [str(emu_dir), machines.EMULATION_MOUNT],
+                ],
                 cgroups=str(node_dir / "cgroups"),
             ).dump(node_dir / "machine.json")
 

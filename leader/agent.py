@@ -275,7 +275,12 @@ class Agent:
         """The agent with the real store, driver, service manager and probes of node.yaml;
         ``booted``: what :func:`leader.boot.announce` did already (its store is reused)."""
         driver = driver_for(cfg)
-        store = booted.store if booted is not None else ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
+        # A worker's store reads and writes the node tree only (it mounts nothing else).
+        store = (
+            booted.store
+            if booted is not None
+            else ShareStore(cfg.share.path, cfg.cluster, cfg.node.name, role=cfg.role)
+        )
         agent = cls(
             cfg,
             store=store,
@@ -676,7 +681,7 @@ class Agent:
         """Join material, the operator's kubeconfig, manifests, then ready: every share write
         fenced by our claim (a deposed leader writes nothing)."""
         material = self.driver.join_material(result, credentials, fence.generation, fence.epoch)
-        self.store.publish_join_material(fence, material)
+        self.store.publish_join_material(fence, material, self.driver.control_only_fields)
         self.store.write_admin_kubeconfig(fence, result.admin_kubeconfig)
         self.apply_manifests()
         self.store.mark_ready(fence)

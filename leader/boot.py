@@ -51,7 +51,7 @@ def announce(cfg: NodeConfig, store: ShareStore | None = None, boot: str | None 
     ``boot_id`` and ``first_share_op_s``). Raises ``OSError`` and
     :class:`core.share.ShareError` when the share fails."""
     first_share_op_s = since_process_start_s()
-    store = store or ShareStore(cfg.share.path, cfg.cluster, cfg.node.name)
+    store = store or ShareStore(cfg.share.path, cfg.cluster, cfg.node.name, role=cfg.role)
     boot = boot or boot_id(cfg.root)
     store.ensure()
     previous = store.read_heartbeat(cfg.node.name)

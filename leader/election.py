@@ -26,16 +26,18 @@ def decide(snap: Snapshot, *, role: str, node: str, boot_id: str, lease_ttl_s: f
     leader = state.leader
     if state.ready and leader is not None:
         return "join", f"generation {state.generation} is ready (leader {leader.node}, epoch {state.epoch})"
+    if role != "control":
+        # Workers never lead, and do not judge the leader's lease: control nodes' heartbeats
+        # are in the control-only tree, which workers do not mount (docs/share-protocol.md).
+        if leader is None:
+            return "follow", "no leader yet; workers never lead"
+        return "follow", f"{leader.node} leads epoch {leader.epoch}; waiting for generation {state.generation}"
     if leader is not None and snap.leader_alive(lease_ttl_s):
         if leader.node == node and leader.boot_id == boot_id:
             return "lead", f"I still hold epoch {leader.epoch} (my init failed or my agent restarted); claiming again"
         hb = snap.leader_heartbeat
         age = f"{hb.age_s:.1f}s" if hb else "?"
         return "follow", f"{leader.node} leads epoch {leader.epoch} (heartbeat {age} old)"
-    if role != "control":
-        if leader is None:
-            return "follow", "no leader yet; workers never lead"
-        return "follow", f"leader {leader.node} looks dead; waiting for a control node to take over"
     if leader is None:
         return "lead", f"no leader recorded for generation {max(state.generation, 1)}"
     return "lead", (

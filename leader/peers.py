@@ -23,7 +23,7 @@ from typing import Any
 
 from core.credentials import CONTROL, kind_for_role
 from core.logs import get_logger
-from core.share import ShareStore
+from core.share import ShareError, ShareStore
 from core.tls import is_https
 
 log = get_logger("ek8s.peers", "join")
@@ -34,7 +34,15 @@ def peer_urls(store: ShareStore, me: str, ttl_s: float) -> list[str]:
     """Phylactery URLs of the other registered control nodes that are alive (a heartbeat
     younger than ``ttl_s`` seconds on the share's clock) and reached over HTTPS, freshest
     heartbeat first. A node silent longer, or gone for good, is left out: no credential is
-    sent to an address that may now be another machine's."""
+    sent to an address that may now be another machine's.
+
+    A worker's store has neither the members' records nor the control nodes' heartbeats (the
+    control-only tree): it lists the node tree's copy of the member records, the generation's
+    leader first, then by name, without a liveness filter. Each is asked over HTTPS verified
+    against the Phylactery CA and the member's address, so a machine that took a gone
+    member's address fails the handshake before any credential is sent."""
+    if store.role == "worker":
+        return _worker_peer_urls(store, me)
     now = store.share_now()
     ranked = []
     for m in store.members():
@@ -48,6 +56,18 @@ def peer_urls(store: ShareStore, me: str, ttl_s: float) -> list[str]:
             continue
         ranked.append((hb.age_s, m.phylactery_url))
     return [url for _, url in sorted(ranked)]
+
+
+def _worker_peer_urls(store: ShareStore, me: str) -> list[str]:
+    """:func:`peer_urls` for a worker: the node tree's member records, leader first."""
+    try:
+        state = store.read_state()
+        leader = state.leader.node if state.leader else None
+    except (OSError, ShareError):
+        leader = None
+    members = [m for m in store.members() if m.name != me and is_https(m.phylactery_url)]
+    members.sort(key=lambda m: (m.name != leader, m.name))
+    return [m.phylactery_url for m in members]
 
 
 def prune_self(

@@ -80,7 +80,7 @@ def _boot_ids(store: ShareStore) -> dict[str, tuple[str, str]]:
     """``{node: (boot id, role)}`` of every heartbeat; ages are not needed, so no clock read."""
     out = {}
     for name in store.heartbeat_names():
-        hb = store.read_heartbeat(name, now=0.0)
+        hb = store.read_any_heartbeat(name, now=0.0)
         if hb is not None:
             out[hb.node] = (hb.boot_id, hb.role)
     return out

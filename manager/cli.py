@@ -457,6 +457,33 @@ def kubeconfig(cluster: str | None, share_path: Path, check: bool) -> None:
         click.echo(data.decode(), nl=False)
 
 
+@cli.group()
+def share() -> None:
+    """The share's layout (docs/share-protocol.md)."""
+
+
+@share.command("migrate")
+@CLUSTER_OPTION
+@SHARE_OPTION
+@click.option("--dry-run", is_flag=True, help="print what would move; write nothing")
+@share_errors
+def share_migrate(cluster: str | None, share_path: Path, dry_run: bool) -> None:
+    """Move a share written before the split by role to its two trees: workers' heartbeats
+    and join slots into nodes/, public copies of cluster.json, join.json (without the
+    control-only secret) and the member records there. Idempotent: a share already in the
+    new layout prints "nothing to move". A control node's agent does the same at its first
+    start of this version. Run it on the Warewulf server, which holds the share.
+
+    Exit 2 for a cluster the share does not hold, or several clusters and no --cluster.
+    """
+    store = operator_store(share_path, cluster, "operator")
+    moved = store.migrate_layout(dry_run=dry_run)
+    for line in moved:
+        click.echo(("would move: " if dry_run else "moved: ") + line)
+    if not moved:
+        click.echo(f"{store.dir}: nothing to move (already in the layout by role)")
+
+
 def _register_plugins() -> None:
     """Add the command groups packages above this one declare under ``ek8s.commands``."""
     for ep in entry_points(group=PLUGIN_GROUP):

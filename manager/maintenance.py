@@ -261,14 +261,14 @@ class Cluster:
     def role_of(self, name: str) -> str | None:
         """``name``'s role: its heartbeat's, else ``control`` when it has a member record, else
         None (never reported)."""
-        hb = self.store.read_heartbeat(name)
+        hb = self.store.read_any_heartbeat(name)
         if hb is not None:
             return hb.role
         return "control" if any(m.name == name for m in self.store.members()) else None
 
     def boot_of(self, name: str) -> str | None:
         """The boot id of ``name``'s heartbeat, or None."""
-        hb = self.store.read_heartbeat(name)
+        hb = self.store.read_any_heartbeat(name)
         return hb.boot_id if hb is not None else None
 
     # -- Phylactery ---------------------------------------------------------------------------
@@ -387,7 +387,7 @@ class Cluster:
         a heartbeat from a new boot (not ``old_boot``) in phase ``watch``, its Node Ready and
         schedulable or cordoned; for a control node its etcd member voting and answering,
         every member answering, and every HAProxy with every control node's backend UP."""
-        hb = self.store.read_heartbeat(name)
+        hb = self.store.read_any_heartbeat(name)
         if hb is None or hb.boot_id == old_boot:
             return "a heartbeat from a new boot"
         if hb.phase != "watch":

@@ -191,7 +191,7 @@ def _wait_stopped(c: maintenance.Cluster, name: str, wait_s: float) -> None:
     forgotten. A hard power-off writes none: go on after ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        hb = c.store.read_heartbeat(name)
+        hb = c.store.read_any_heartbeat(name)
         if hb is None or hb.phase == "stopped":
             _say(f"{name}: its agent has stopped")
             return
@@ -273,7 +273,7 @@ def remove(
     role = c.role_of(name)
     if role is None:
         fail(f"NODE: no node {name} in cluster {store.cluster} (it never reported to {store.dir})", 2)
-    hb = store.read_heartbeat(name)
+    hb = store.read_any_heartbeat(name)
     alive_s = Timeouts().liveness_ttl_s(role)  # a worker heartbeats every 90 s
     if no_poweroff and hb is not None and hb.phase != "stopped" and hb.age_s < alive_s:
         fail(

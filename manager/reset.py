@@ -61,7 +61,7 @@ def losses(store: ShareStore) -> list[str]:
     roles: dict[str, list[str]] = {}
     now = store.share_now()
     for name in store.heartbeat_names():
-        hb = store.read_heartbeat(name, now)
+        hb = store.read_any_heartbeat(name, now)
         roles.setdefault(hb.role if hb else "unknown", []).append(name)
     total = sum(len(v) for v in roles.values())
     by_role = ", ".join(f"{len(v)} {role} ({hostlist.collect_hostlist(v)})" for role, v in sorted(roles.items()))

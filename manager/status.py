@@ -125,7 +125,7 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     nodes = []
     now = store.share_now()
     for name in listed:
-        hb = store.read_heartbeat(name, now) if name in known else None
+        hb = store.read_any_heartbeat(name, now) if name in known else None
         event = last.get(name)
         in_api = api.get(name) if api is not None else None
         nodes.append(

@@ -84,6 +84,9 @@ def _edit(step: Step, inv: Inventory, version: str, prefix: str, r: Reporter) ->
         old = wwconf.read_text(path) or ""
         if path.name == "warewulf.conf":
             new = wwconf.edit_warewulf_conf(old, inv, version, path)
+        elif path.suffix == ".exports":
+            new = wwconf.exports_file_text(inv)
+            path.parent.mkdir(mode=0o755, exist_ok=True)
         else:
             new = wwconf.edit_nodes_conf(old, inv, path)
         if new != old:
@@ -127,13 +130,14 @@ def apply(
     p: Plan,
     wwctl: str = "wwctl",
     service: str = "service",
+    exportfs: str = "exportfs",
     conf_dir: Path = Path("/etc/warewulf"),
     reporter: Reporter | None = None,
     dry_run: bool = False,
     check_profile: Callable[[str], bool] | None = None,
 ) -> int:
     """Run the steps of ``p`` in order; return 0 when all passed, 1 at the first failure
-    (nothing after it runs). ``wwctl`` and ``service`` replace ``argv[0]`` of the steps
+    (nothing after it runs). ``wwctl``, ``service`` and ``exportfs`` replace ``argv[0]`` of the steps
     that run them; ``conf_dir``
     is where the registry is read again after ``profile add`` (4.5). With ``dry_run``
     nothing runs: each step is listed and each file edit shown as a unified diff.
@@ -164,7 +168,7 @@ def apply(
         elif step.kind == "share":
             ok = _publish(inv, prefix, r)
         else:
-            tool = {"wwctl": wwctl, "service": service}.get(step.argv[0], step.argv[0])
+            tool = {"wwctl": wwctl, "service": service, "exportfs": exportfs}.get(step.argv[0], step.argv[0])
             argv = [tool, *step.argv[1:]]
             ok = _run(step, argv, prefix, r)
         if ok and step.argv[1:3] == ("profile", "add"):

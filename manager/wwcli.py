@@ -178,6 +178,12 @@ def warewulf_plan(
     show_default=True,
     help="the command that reloads warewulfd after an edit of nodes.conf (`service warewulfd reload`)",
 )
+@click.option(
+    "--exportfs",
+    default="exportfs",
+    show_default=True,
+    help="the command that exports what /etc/exports.d/ek8s-<cluster>.exports lists (`exportfs -ra`)",
+)
 @click.option("-v", "--verbose", is_flag=True, help="print each full command (and each file's diff)")
 def warewulf_apply(
     inventory: str,
@@ -187,6 +193,7 @@ def warewulf_apply(
     others: tuple[str, ...],
     dry_run: bool,
     service: str,
+    exportfs: str,
     verbose: bool,
 ) -> None:
     """Run the plan for INVENTORY, one line per step; stop at the first failing step and show
@@ -202,7 +209,10 @@ def warewulf_apply(
 
     inv, p = _plan(inventory, ww_version, wwctl, conf_dir, False, others)
     reporter = Reporter(verbose=verbose)
-    sys.exit(apply(inv, p, wwctl=wwctl, service=service, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run))
+    code = apply(
+        inv, p, wwctl=wwctl, service=service, exportfs=exportfs, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run
+    )
+    sys.exit(code)
 
 
 @warewulf.command("roles")
@@ -240,5 +250,9 @@ def warewulf_nfs(inventory: str, ww_version: str) -> None:
 
     inv = _inventory(inventory)
     for fname, data in nfs_entries(inv, ww_version).items():
+        if isinstance(data, str):  # ek8s's own exports file
+            click.echo(f"# /etc/exports.d/{fname}")
+            click.echo(data, nl=False)
+            continue
         click.echo(f"# /etc/warewulf/{fname}")
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)

@@ -31,13 +31,22 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.util import load_yaml_guess_indent
 
+from core.share import ANON_GID, mounted_trees
 from manager.inventory import Inventory
 
-# Export and mount options of the share. no_root_squash: the agents run as root and keep the
-# share root-only (0700/0600); lookupcache=positive: a file another node just created is seen
-# at once (no cached "does not exist"), which the share protocol's polling relies on.
-EXPORT_OPTIONS = "rw,sync,no_root_squash,no_subtree_check"
+# Export options by client (docs/security.md, "The share split"). The control nodes:
+# no_root_squash, their agents run as root and write root-only files (0600; 0640 group 65534
+# in the node tree). The cluster's network, on the node tree only: root_squash to uid/gid
+# 65534, so a worker's root reads what is group 65534 and writes only heartbeats/, events/
+# and slots/ (0770, group 65534). lookupcache=positive (mount): a file another node just
+# created is seen at once (no cached "does not exist"), which the share protocol's polling
+# relies on.
+CONTROL_EXPORT_OPTIONS = "rw,sync,no_root_squash,no_subtree_check"
+NODE_EXPORT_OPTIONS = f"rw,sync,root_squash,anonuid={ANON_GID},anongid={ANON_GID},no_subtree_check"
 MOUNT_OPTIONS = "defaults,hard,lookupcache=positive"
+# What ek8s exported before the split: the whole share to the whole network, root as root.
+LEGACY_EXPORT_OPTIONS = "rw,sync,no_root_squash,no_subtree_check"
+EXPORTS_DIR = Path("/etc/exports.d")  # exportfs(8) reads /etc/exports and /etc/exports.d/*.exports
 
 
 class ConfError(Exception):
@@ -47,13 +56,22 @@ class ConfError(Exception):
 
 @dataclass(frozen=True)
 class Export:
-    """One tree the Warewulf server exports over NFS: ``path`` (absolute), the server's
-    ``export_options``, the nodes' ``mount_options``, and the ``roles`` whose profiles mount it."""
+    """One tree the Warewulf server exports over NFS: ``path`` (absolute), the ``roles``
+    whose profiles mount it (at the same path), the control nodes' addresses it is exported to
+    with :data:`CONTROL_EXPORT_OPTIONS`, and ``network`` (``address/netmask``), given only for
+    the node tree, which every node mounts, exported there with ``network_options``."""
 
     path: str
-    export_options: str
-    mount_options: str
     roles: tuple[str, ...]
+    control: tuple[str, ...]
+    network: str | None = None
+    network_options: str = NODE_EXPORT_OPTIONS
+    mount_options: str = MOUNT_OPTIONS
+
+    @property
+    def export_options(self) -> str:
+        """The options Warewulf's own exports line carries (the network's)."""
+        return self.network_options
 
     def fstab(self) -> dict[str, str]:
         """The ``fstab`` resource entry that mounts it (Warewulf's ``fstab`` overlay keys)."""
@@ -61,35 +79,81 @@ class Export:
 
 
 def exports(inv: Inventory) -> list[Export]:
-    """What the server exports for ``inv``: today the whole share, mounted by every role."""
-    return [Export(str(inv.share.path), EXPORT_OPTIONS, MOUNT_OPTIONS, tuple(inv.roles))]
+    """What the server exports for ``inv``, parent first, from the one rule of which trees a
+    role mounts (:func:`core.share.mounted_trees`): the control-only tree ``<share>/<cluster>``
+    to the control nodes only, the node tree ``<share>/<cluster>/nodes`` to the control nodes
+    (root as root) and to the cluster's network (root squashed)."""
+    control = tuple(n.address for n in inv.expanded() if n.role == "control")
+    trees: dict[str, list[str]] = {}
+    for role in inv.roles:
+        for tree in mounted_trees(inv.cluster, role):
+            trees.setdefault(tree, []).append(role)
+    out = []
+    for tree, roles in trees.items():
+        path = str(inv.share.path / tree)
+        network = f"{inv.network.network_address}/{inv.network.netmask}" if "worker" in roles else None
+        out.append(Export(path, tuple(roles), control, network))
+    return out
 
 
 def export_entry(exp: Export, version: str) -> dict[str, Any]:
-    """``exp`` as an ``nfs.export paths`` item of ``warewulf.conf`` for ``version``."""
+    """``exp`` as an ``nfs.export paths`` item of ``warewulf.conf`` for ``version``. Warewulf
+    exports each item to its whole network with one option string (its
+    ``overlays/host/rootfs/etc/exports.ww``: ``{{ .Path }} {{ $network }}/{{ $netmask }}({{
+    .ExportOptions }})``, 4.5 to 4.7), so only the node tree goes there; 4.5 mounts it on
+    every node (``mount: true``)."""
     entry: dict[str, Any] = {"path": exp.path, "export options": exp.export_options}
     if version == "4.5":
         entry |= {"mount options": exp.mount_options, "mount": True}
     return entry
 
 
+def warewulf_exports(inv: Inventory) -> list[Export]:
+    """The exports that go in ``warewulf.conf``: those to the whole network (the node tree)."""
+    return [e for e in exports(inv) if e.network is not None]
+
+
+def exports_file(inv: Inventory, exports_dir: Path = EXPORTS_DIR) -> Path:
+    """ek8s's own exports file for ``inv``'s cluster: ``<exports_dir>/ek8s-<cluster>.exports``."""
+    return exports_dir / f"ek8s-{inv.cluster}.exports"
+
+
+def exports_file_text(inv: Inventory) -> str:
+    """The per-client exports Warewulf's template cannot write (exports(5) format, read by
+    ``exportfs -ra``): each tree to each control node's address with
+    :data:`CONTROL_EXPORT_OPTIONS`. A node tree line adds nothing for the network, which
+    Warewulf's own line exports; a control node matches its single-address entry first (mountd
+    checks single hosts before networks: nfs-utils ``support/export``, client types in
+    ``MCL_FQDN`` .. ``MCL_SUBNETWORK`` order)."""
+    lines = [
+        f'# ek8s cluster {inv.cluster}: written by `ek8s warewulf apply` (docs/security.md, "The share split").',
+        "# The control-only tree to the control nodes only; the node tree to them as root (Warewulf's",
+        "# /etc/exports exports it to the network with root_squash).",
+    ]
+    for exp in exports(inv):
+        clients = " ".join(f"{addr}({CONTROL_EXPORT_OPTIONS})" for addr in exp.control)
+        lines.append(f"{exp.path} {clients}")
+    return "\n".join(lines) + "\n"
+
+
 def fstab_entries(inv: Inventory, role: str) -> list[dict[str, str]]:
-    """The ``fstab`` resource entries the role profile of ``role`` needs (4.6+)."""
+    """The ``fstab`` resource entries the role profile of ``role`` needs (4.6+), parent first."""
     return [e.fstab() for e in exports(inv) if role in e.roles]
 
 
 def nfs_entries(inv: Inventory, version: str) -> dict[str, Any]:
     """What the share needs in Warewulf's files, as YAML-ready data (``ek8s warewulf nfs``):
-    ``{"warewulf.conf": {...}}`` and, for 4.6+, ``{"nodes.conf": {...}}``."""
-    out: dict[str, Any] = {
-        "warewulf.conf": {"nfs": {"enabled": True, "export paths": [export_entry(e, version) for e in exports(inv)]}}
-    }
+    ``{"warewulf.conf": {...}}``, for 4.6+ ``{"nodes.conf": {...}}``, and ek8s's own exports
+    file (``exports_file(inv).name``: its text)."""
+    entries = [export_entry(e, version) for e in warewulf_exports(inv)]
+    out: dict[str, Any] = {"warewulf.conf": {"nfs": {"enabled": True, "export paths": entries}}}
     if version != "4.5":
         out["nodes.conf"] = {
             "nodeprofiles": {
                 inv.role_profile(role): {"resources": {"fstab": fstab_entries(inv, role)}} for role in inv.roles
             }
         }
+    out[exports_file(inv).name] = exports_file_text(inv)
     return out
 
 
@@ -154,7 +218,12 @@ def edit_warewulf_conf(text: str, inv: Inventory, version: str, path: Path) -> s
     changed = nfs.get("enabled") is not True
     if changed:
         nfs["enabled"] = True
-    for exp in exports(inv):
+    # Before the split ek8s exported the whole share to the network, root as root: removed.
+    legacy = str(inv.share.path)
+    for item in [i for i in paths if isinstance(i, dict) and i.get("path") == legacy]:
+        paths.remove(item)
+        changed = True
+    for exp in warewulf_exports(inv):
         wanted = export_entry(exp, version)
         for i, item in enumerate(paths):
             if isinstance(item, dict) and item.get("path") == exp.path:
@@ -187,7 +256,8 @@ def edit_nodes_conf(text: str, inv: Inventory, path: Path) -> str:
         resources = _child(prof, "resources", dict, f"nodeprofiles.{name}.resources", path)
         entries = _child(resources, "fstab", list, f"nodeprofiles.{name}.resources.fstab", path)
         files = {e["file"] for e in wanted}
-        kept = [e for e in entries if not (isinstance(e, dict) and e.get("file") in files)]
+        legacy = {str(inv.share.path)}  # before the split: the whole share on every role
+        kept = [e for e in entries if not (isinstance(e, dict) and e.get("file") in files | legacy)]
         mine = [e for e in entries if isinstance(e, dict) and e.get("file") in files]
         if [dict(e) for e in mine] == wanted and len(kept) + len(mine) == len(entries):
             continue

@@ -62,6 +62,7 @@ import hostlist
 import yaml
 
 from core.records import PublishedInventory
+from core.share import ANON_GID, ShareStore, mounted_trees
 from manager import wwconf
 from manager.inventory import Inventory, Node, published
 from manager.wwregistry import Entity, NetDev, Registry, WarewulfError, merge
@@ -131,6 +132,14 @@ class Local:
     files: Mapping[str, str | None] = field(default_factory=dict)
     # The share's inventory.json for the cluster (None: none yet, or not read: --offline).
     published: PublishedInventory | None = None
+    # Where ek8s's own exports file goes (``ek8s-<cluster>.exports``; its text in ``files``
+    # under that name, "" when it does not exist yet): ``exports.d`` beside ``conf_dir``
+    # (/etc/warewulf -> /etc/exports.d).
+
+    @property
+    def exports_dir(self) -> Path:
+        """``<conf_dir>/../exports.d``: /etc/exports.d for Warewulf's /etc/warewulf."""
+        return self.conf_dir.parent / "exports.d"
 
 
 @dataclass(frozen=True)
@@ -165,8 +174,8 @@ def local_snapshot(inv: Inventory, conf_dir: Path) -> Local:
     for name, text in files.items():
         if text is None:
             raise wwconf.ConfError(f"{conf_dir / name}: not found (Warewulf's own file; is --conf-dir right?)")
-    from core.share import ShareStore
-
+    exports = wwconf.exports_file(inv, conf_dir.parent / "exports.d")
+    files[exports.name] = wwconf.read_text(exports) or ""
     try:
         current = ShareStore(share, inv.cluster, "ek8s", record_invalid=False).read_inventory()
     except OSError:
@@ -418,27 +427,27 @@ def _edit_steps(
     steps: list[Step] = []
     edits: dict[Path, tuple[str, str]] = {}
     unread: list[str] = []
-    wanted = {"warewulf.conf": True, "nodes.conf": version != "4.5"}
+    exports = wwconf.exports_file(inv, local.exports_dir)
+    wanted = {"warewulf.conf": True, "nodes.conf": version != "4.5", exports.name: True}
     for name, needed in wanted.items():
         if not needed:
             continue
-        path = local.conf_dir / name
+        path = exports if name == exports.name else local.conf_dir / name
         old = local.files.get(name)
         if old is None:
             unread.append(name)
             continue
-        new = (
-            wwconf.edit_warewulf_conf(old, inv, version, path)
-            if name == "warewulf.conf"
-            else wwconf.edit_nodes_conf(old, inv, path)
-        )
+        if name == "warewulf.conf":
+            new = wwconf.edit_warewulf_conf(old, inv, version, path)
+            why = "the node tree's NFS export to the network (root squashed)"
+        elif name == "nodes.conf":
+            new = wwconf.edit_nodes_conf(old, inv, path)
+            why = "the share's fstab resources on the role profiles: workers the node tree only"
+        else:
+            new = wwconf.exports_file_text(inv)
+            why = "the control-only tree's NFS exports: the control nodes' addresses only"
         if new != old:
             edits[path] = (old, new)
-            why = (
-                "the share's NFS export"
-                if name == "warewulf.conf"
-                else "the share's fstab resource on the role profiles"
-            )
             steps.append(Step(("edit", str(path)), why, "edit"))
     return steps, edits, unread
 
@@ -455,6 +464,12 @@ def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan
         steps.append(
             Step(argv, "the share on the Warewulf server: root-only, as the agents keep every file in it", "local")
         )
+        control_tree, node_tree = (str(inv.share.path / t) for t in mounted_trees(inv.cluster, "control"))
+        argv = ("install", "-d", "-m", "0700", "-o", "root", "-g", "root", control_tree)
+        steps.append(Step(argv, "the control-only tree: exported to the control nodes only", "local"))
+        argv = ("install", "-d", "-m", "0750", "-o", "root", "-g", str(ANON_GID), node_tree)
+        why = "the node tree, workers read it as gid 65534 (better a file system of its own: docs/security.md)"
+        steps.append(Step(argv, why, "local"))
     wanted = {role: wanted_profile(inv, role, version) for role in inv.roles}
     steps += _profile_steps(inv, version, registry)
     node_steps, addresses_changed = _node_steps(inv, version, registry, wanted)
@@ -472,6 +487,9 @@ def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan
         steps.append(Step(("wwctl", "configure", "hostfile"), "the server's /etc/hosts: the nodes' names", "server"))
     if any(p.name == "warewulf.conf" for p in edits) or "warewulf.conf" in unread:
         steps.append(Step(("wwctl", "configure", "nfs"), "the server's NFS exports", "server"))
+    exports = wwconf.exports_file(inv, local.exports_dir)
+    if exports in edits or exports.name in unread:
+        steps.append(Step(("exportfs", "-ra"), f"export what {exports} lists (exportfs(8))", "server"))
     nodes = targets([n.name for n in inv.expanded()], version)
     if any(s.kind in ("registry", "edit") for s in steps) or unread:
         why = "render node.yaml, the units and /etc/hosts for the cluster's nodes"
@@ -523,6 +541,10 @@ def render_plan(inv: Inventory, p: Plan) -> str:
             lines.append(step.shell())
     entries = wwconf.nfs_entries(inv, p.version)
     for name in p.unread:
+        if isinstance(entries[name], str):  # ek8s's own exports file: written whole
+            lines += ["", f"# {wwconf.exports_file(inv)} (ek8s warewulf apply writes it):"]
+            lines += ["#   " + ln for ln in entries[name].splitlines()]
+            continue
         lines += ["", f"# /etc/warewulf/{name} needs (ek8s warewulf apply merges it):"]
         lines += ["#   " + ln for ln in yaml.safe_dump(entries[name], sort_keys=False).splitlines()]
     return "\n".join(lines) + "\n"

@@ -161,7 +161,7 @@ class Phylactery:
                 raise LookupError(f"generation {state.generation} is not ready; the leader publishes join material")
             material, refreshed = await asyncio.to_thread(self.driver.renew_join_material, published, parts)
             if refreshed:
-                await asyncio.to_thread(self.store.refresh_join_material, material)
+                await asyncio.to_thread(self.store.refresh_join_material, material, self.driver.control_only_fields)
                 log.info("join material refreshed", extra={"refreshed": refreshed})
             return {
                 "refreshed": refreshed,
@@ -193,7 +193,9 @@ class Phylactery:
             why = inventory.refusal(name, address)
             if why is not None:
                 raise PruneRefused(f"{why}; nothing removed")
-        hb = await asyncio.to_thread(self.store.read_heartbeat, name)
+        # A refusal guard, not proof: a control node's heartbeat from the control tree, a
+        # worker's from the node tree (which any worker can write: at worst it holds a prune back).
+        hb = await asyncio.to_thread(self.store.read_any_heartbeat, name)
         if hb is not None and hb.boot_id != boot_id and hb.age_s < self.cfg.timeouts.liveness_ttl_s(hb.role):
             raise PruneRefused(
                 f"{name} is alive in another boot than the requester's (heartbeat {hb.age_s:.1f}s old): "

@@ -188,6 +188,10 @@ class Driver(Protocol):
     # Whether a restore needs the secret kept with the snapshot (k3s: its bootstrap data in
     # etcd is encrypted with the server token the snapshot was taken with; kubeadm: no).
     restore_needs_secret: bool
+    # The fields of join.json that only control nodes may read: left out of the workers' copy
+    # in the node tree (docs/share-protocol.md; kubeadm: the certificate key; k3s: the server
+    # token, "token", while workers join with the agent token, "certificate_key").
+    control_only_fields: tuple[str, ...]
 
     def new_credentials(self, restore_secret: str | None = None) -> Credentials:
         """Fresh join credentials for ``init``. ``restore_secret``: the secret kept with the

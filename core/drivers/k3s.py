@@ -401,6 +401,7 @@ class K3sDriver:
     prune_kinds: tuple[str, ...] = ("node", "etcd_member", "node_password")
     restores_snapshots = True
     restore_needs_secret = True
+    control_only_fields: tuple[str, ...] = ("token",)  # the server token; workers use the agent token
     etcd_endpoint = ETCD_ENDPOINT
     join_stall_s = JOIN_STALL_S  # how long one of k3s's retry loops may last (:meth:`_start_and_wait`)
 

@@ -213,6 +213,7 @@ class KubeadmDriver:
     prune_kinds: tuple[str, ...] = ("node", "etcd_member")
     restores_snapshots = True
     restore_needs_secret = False
+    control_only_fields: tuple[str, ...] = ("certificate_key",)
     etcd_endpoint = ETCD_ENDPOINT
 
     # The unit (lab: the process-mode service) that runs this node's kubelet; the agent

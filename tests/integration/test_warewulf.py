@@ -455,7 +455,7 @@ def test_plan_is_valid_shell(tmp_path: Path) -> None:
 
 
 # The plan for 3 control + 120 workers on a fresh Warewulf, as docs/warewulf.md states it.
-SCALE_COMMANDS = {"4.5": 135, "4.6": 136, "4.7": 136}
+SCALE_COMMANDS = {"4.5": 138, "4.6": 139, "4.7": 139}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -474,7 +474,7 @@ def test_plan_for_3_plus_120_nodes_counts_what_the_docs_say(tmp_path: Path, vers
         [*EK8S, "warewulf", "plan", "--offline", "--version", version, str(path)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    commands = [ln for ln in res.stdout.splitlines() if ln.startswith(("wwctl ", "install ", "service "))]
+    commands = [ln for ln in res.stdout.splitlines() if ln.startswith(("wwctl ", "install ", "service ", "exportfs "))]
     assert len(commands) == SCALE_COMMANDS[version]
     assert f"123 nodes, {SCALE_COMMANDS[version]} commands" in res.stdout
     assert sum(c.startswith("wwctl node add ") for c in commands) == 123
@@ -694,7 +694,9 @@ class WW:
         return subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=120)
 
     def apply(self, *extra: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return self.ek8s("warewulf", "apply", "--service", str(self.service), *extra, inventory=inventory)
+        # `exportfs -ra` goes to the same recorder as `service` (logged as ["service", "-ra"]).
+        svc = str(self.service)
+        return self.ek8s("warewulf", "apply", "--service", svc, "--exportfs", svc, *extra, inventory=inventory)
 
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
@@ -837,22 +839,36 @@ def test_apply_runs_the_plan_once_and_a_second_apply_changes_nothing(tmp_path: P
     ]
     nodes = ["control0", "control1", "control2", "worker0", "worker1"]
     targets = nodes if version.startswith("4.5") else ["control[0-2],worker[0-1]"]
-    assert mutating[-3:] == [["configure", "hostfile"], ["configure", "nfs"], ["overlay", "build", *targets]]
+    assert mutating[-4:] == [
+        ["configure", "hostfile"],
+        ["configure", "nfs"],
+        ["service", "-ra"],  # exportfs -ra, through the recorder
+        ["overlay", "build", *targets],
+    ]
     share = tmp_path / "share"
     assert share.is_dir() and (share.stat().st_mode & 0o777) == 0o700
+    # The trees by role: the control-only tree root's 0700, the node tree 0750 group 65534.
+    assert (share / "ek8s").stat().st_mode & 0o777 == 0o700
+    assert ((share / "ek8s/nodes").stat().st_mode & 0o777, (share / "ek8s/nodes").stat().st_gid) == (0o750, 65534)
+    exports = (ww.etc.parent / "exports.d" / "ek8s-ek8s.exports").read_text()
+    assert f"{share}/ek8s 10.0.0.21(rw,sync,no_root_squash,no_subtree_check) 10.0.0.22(" in exports
+    assert "10.0.0.41" not in exports and "10.0.0.0" not in exports, "no worker, no network on the control tree"
     text = (ww.etc / "warewulf.conf").read_text()
     assert text.startswith("# site: keep this\nipaddr: 10.0.0.13  # the server\n") and "/home  # users" in text
     exports = yaml.safe_load(text)["nfs"]["export paths"]
-    assert [e["path"] for e in exports] == ["/home", str(share)] and "no_root_squash" in exports[1]["export options"]
+    assert [e["path"] for e in exports] == ["/home", f"{share}/ek8s/nodes"]
+    assert "root_squash,anonuid=65534" in exports[1]["export options"], "the node tree: a worker's root squashed"
     reg = ww.registry()
     if version.startswith("4.5"):
         assert "lookupcache=positive" in exports[1]["mount options"]
         assert "resources" not in reg["nodeprofiles"]["ek8s-control"]  # type: ignore[index]
     else:
-        for role in ("control", "worker"):
+        # Control nodes mount both trees (parent first), workers the node tree only.
+        trees = {"control": [f"{share}/ek8s", f"{share}/ek8s/nodes"], "worker": [f"{share}/ek8s/nodes"]}
+        for role, paths in trees.items():
             fstab = reg["nodeprofiles"][f"ek8s-{role}"]["resources"]["fstab"]  # type: ignore[index]
-            assert fstab == [{"spec": f"warewulf:{share}", "file": str(share), "vfstype": "nfs",
-                              "mntops": "defaults,hard,lookupcache=positive"}]  # fmt: skip
+            assert fstab == [{"spec": f"warewulf:{p}", "file": p, "vfstype": "nfs",
+                              "mntops": "defaults,hard,lookupcache=positive"} for p in paths]  # fmt: skip
     assert reg["nodeprofiles"]["default"] == {"comment": "site default"}  # type: ignore[index]
     # Second run: nothing mutating, the files unchanged, and it says so.
     before = {p.name: p.read_text() for p in ww.etc.iterdir()}
@@ -1000,7 +1016,9 @@ def test_edits_keep_comments_order_and_values_of_warewulf_files() -> None:
     new = wwconf.edit_warewulf_conf(conf, inv, "4.7", Path("warewulf.conf"))
     assert new.startswith("# Warewulf server, edited by hand\nipaddr: 10.0.0.13 # the server\n")
     assert "00:09: ipxe-snponly-x86_64.efi" in new and "rw,sync # users" in new
-    assert "- path: /share\n    export options: rw,sync,no_root_squash,no_subtree_check\n  systemd name" in new
+    # The whole share's export (before the split) is gone; the node tree goes to the network.
+    assert "- path: /share\n" not in new
+    assert "- path: /share/ek8s/nodes\n    export options: rw,sync,root_squash,anonuid=65534,anongid=65534," in new
     assert wwconf.edit_warewulf_conf(new, inv, "4.7", Path("warewulf.conf")) == new
     nodes_conf = (
         "# kept by the site\nnodeprofiles:\n    default:\n        comment: x # why\n    ek8s-control:\n"
@@ -1012,7 +1030,12 @@ def test_edits_keep_comments_order_and_values_of_warewulf_files() -> None:
     assert new.startswith("# kept by the site\n") and "comment: x # why" in new
     assert "hwaddr: 52:54:00:00:00:21" in new and "file: /scratch" in new
     data = yaml.safe_load(new)
-    assert [e["file"] for e in data["nodeprofiles"]["ek8s-control"]["resources"]["fstab"]] == ["/scratch", "/share"]
+    assert [e["file"] for e in data["nodeprofiles"]["ek8s-control"]["resources"]["fstab"]] == [
+        "/scratch",
+        "/share/ek8s",
+        "/share/ek8s/nodes",
+    ]
+    assert [e["file"] for e in data["nodeprofiles"]["ek8s-worker"]["resources"]["fstab"]] == ["/share/ek8s/nodes"]
     assert (
         data["nodeprofiles"]["ek8s-worker"]["resources"]["fstab"][0]["mntops"] == "defaults,hard,lookupcache=positive"
     )

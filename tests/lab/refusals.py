@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from core.share import ShareStore
+
 # ``ek8s(lab_dir, *args, timeout=seconds)``: ``ek8s lab --dir LAB_DIR ARGS`` as the test module runs it.
 Ek8s = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -224,7 +226,8 @@ def check_emulated_k3s_refusals(ek8s: Ek8s, lab_dir: Path, share: Path) -> None:
     # The same reboot through the agent: the prune deletes the Secret and the join succeeds.
     reboot = ek8s(lab_dir, "reboot", "worker0", timeout=240)
     assert reboot.returncode == 0, reboot.stdout + reboot.stderr
-    events = [json.loads(line) for line in (share / "events.jsonl").read_text().splitlines()]
+    # Both timelines: a worker's events are in the node tree (docs/share-protocol.md).
+    events = ShareStore(share.parent, share.name, "test").events()
     pruned = [e for e in events if e.get("node") == "worker0" and e.get("event") == "pruned"]
     assert pruned and "kube-system/worker0.node-password.k3s" in pruned[-1]["deleted_secrets"], pruned
 

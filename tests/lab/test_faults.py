@@ -275,9 +275,12 @@ def test_up_forms_the_cluster_and_reports_it(tour: Tour) -> None:
     assert "10.0.0.99" not in host and "10.0.0.21" not in host
     # Share secrets are root-only; the leader's marker names the leader.
     share = Path(r["share"]) / "default"
-    secrets = ("kube.config", "join.json", "phylactery.token", "phylactery-ca.key", "nodes/phylactery-worker.token")
+    secrets = ("kube.config", "join.json", "phylactery.token", "phylactery-ca.key")
     for p in (share / name for name in secrets):
         assert p.stat().st_mode & 0o777 == 0o600, p
+    # What workers read in the node tree: root's, group 65534 (a worker's squashed root), 0640.
+    for p in (share / "nodes" / name for name in ("phylactery-worker.token", "join.json", "cluster.json")):
+        assert (p.stat().st_mode & 0o777, p.stat().st_gid) == (0o640, 65534), p
     assert (share / "leader_ready").exists() and (share / "leader").read_text().split()[0] == r["leader"]
 
 
@@ -493,8 +496,8 @@ def test_a_workers_credential_prunes_only_its_own_node(tour: Tour) -> None:
     tour.create("before-worker-credential")
     state, share = tour.state, tour.dir / "share/default"
     worker1 = state.node("worker1")
-    copied = json.loads((share / "heartbeats/worker1").read_text())["boot_id"]  # any worker can read it
-    mine = json.loads((share / "heartbeats/worker0").read_text())["boot_id"]
+    copied = json.loads((share / "nodes/heartbeats/worker1").read_text())["boot_id"]  # any worker can read it
+    mine = json.loads((share / "nodes/heartbeats/worker0").read_text())["boot_id"]
 
     def as_worker0(path: str, body: dict[str, str] | None = None) -> tuple[int, Any]:
         return phylactery_call(state, "worker0", "control1", path, body, credential="worker")
@@ -528,6 +531,63 @@ def test_a_workers_credential_prunes_only_its_own_node(tour: Tour) -> None:
     )
     assert code == 200 and answer["deleted_nodes"] == [] and answer["deleted_secrets"] == [], answer
     assert answer["kept_nodes"][0]["name"] == "worker1"
+    tour.whole()
+    tour.all_kept()
+
+
+@pytest.mark.lab
+def test_a_workers_root_has_only_the_node_tree(tour: Tour) -> None:
+    """Issue 20, the share split: as root on worker0 (a machine mounts what its role's export
+    allows: ``<share>/<cluster>/nodes`` only), kube.config, join.json with the certificate key,
+    the control credential, the snapshots (k3s: with the server token), the Phylactery CA key
+    and the control nodes' heartbeats and incarnations are not there to read, and writing a
+    control node's heartbeat at their old place reaches nothing on the share. The worker's own
+    heartbeat and join material are in the node tree, without the control-only secret; the
+    next step reboots worker0, which prunes itself and joins again from there. Process mode
+    shares one file system: tests/unit/test_share_split.py shows a worker's agent opens
+    nothing outside ``nodes/``."""
+    if tour.mode != "machines":
+        pytest.skip("process mode has one file system; the unit test checks the worker's paths")
+    state, share = tour.state, tour.dir / "share/default"
+    full = json.loads((share / "join.json").read_text())
+    control_only = full["certificate_key"] if tour.distribution == "kubeadm" else full["token"]
+    control_token = (share / "phylactery.token").read_text().strip()
+    # What worker0 mounts: the node tree, and nothing else of the share.
+    mounts = inside(state, "worker0", "findmnt", "-rn", "-o", "TARGET,FSROOT")
+    assert mounts.returncode == 0, mounts.stderr
+    shared = [line.split() for line in mounts.stdout.splitlines() if line.startswith("/share")]
+    assert [target for target, _ in shared] == ["/share/default/nodes"], mounts.stdout
+    assert shared[0][1].endswith("/share/default/nodes"), mounts.stdout
+    for name in ("kube.config", "join.json", "phylactery.token", "phylactery-ca.key", "snapshots", "leader",
+                 "heartbeats/control0", "heartbeats/control1", "incarnations", "members", "cluster.lock"):  # fmt: skip
+        assert inside(state, "worker0", "test", "-e", f"/share/default/{name}").returncode == 1, name
+    for secret in (control_only, control_token):
+        found = inside(state, "worker0", "grep", "-rlF", secret, "/share")
+        assert found.returncode == 1 and found.stdout == "", found.stdout
+    # Its root writes a control node's heartbeat where it lived before the split: its own RAM.
+    before = (share / "heartbeats/control1").read_text()
+    forge = '{"node":"control1","boot_id":"forged","role":"control","phase":"watch","generation":1}'
+    write = inside(
+        state,
+        "worker0",
+        "sh",
+        "-c",
+        f"mkdir -p /share/default/heartbeats && echo '{forge}' > /share/default/heartbeats/control1",
+    )
+    assert write.returncode == 0, write.stderr
+    assert "forged" not in (share / "heartbeats/control1").read_text() and before, "the share is untouched"
+    assert tour.store.read_heartbeat("control1").boot_id != "forged"  # type: ignore[union-attr]
+    # What it does have: the worker join material (without the control-only secret), its
+    # credential, the CA certificate, the public cluster record, and its own heartbeat.
+    got = json.loads(inside(state, "worker0", "cat", "/share/default/nodes/join.json").stdout)
+    assert got["ca_cert_hashes"] == full["ca_cert_hashes"]
+    if tour.distribution == "kubeadm":
+        assert got["certificate_key"] == "" and got["token"] == full["token"]
+    else:
+        assert got["token"] == "" and "::node:" in got["certificate_key"], "the agent token only"
+    assert json.loads((share / "nodes/heartbeats/worker0").read_text())["node"] == "worker0"
+    assert not (share / "heartbeats/worker0").exists(), "a worker's heartbeat is not in the control tree"
+    assert any(e["node"] == "worker0" and e["event"] == "node_ready" for e in tour.store.events())
     tour.whole()
     tour.all_kept()
 

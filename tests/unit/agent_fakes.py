@@ -62,6 +62,7 @@ class FakeDriver:
     prune_kinds: tuple[str, ...] = ("node", "etcd_member")
     restores_snapshots = True
     restore_needs_secret = False
+    control_only_fields: tuple[str, ...] = ("certificate_key",)
     etcd_endpoint = "https://127.0.0.1:2379"
     kubelet_service = "kubelet"
 
@@ -258,7 +259,7 @@ class Harness:
 
     def __init__(self, tmp: Path, name: str = "control0", role: str = "control", **settings: Any) -> None:
         self.cfg = node_config(tmp, name, role, **settings)
-        self.store = ShareStore(self.cfg.share.path, self.cfg.cluster, name)
+        self.store = ShareStore(self.cfg.share.path, self.cfg.cluster, name, role=role)
         self.driver = FakeDriver(tmp / "roots" / name)
         self.probes = FakeProbes()
         self.services = FakeServices()
@@ -295,6 +296,8 @@ class Harness:
 def age_heartbeat(store: ShareStore, node: str, seconds: float) -> None:
     """Make ``node``'s heartbeat ``seconds`` older on the share's clock."""
     path = store.dir / "heartbeats" / node
+    if not path.exists():  # a worker's, in the node tree
+        path = store.nodes_dir / "heartbeats" / node
     t = path.stat().st_mtime - seconds
     os.utime(path, (t, t))
 

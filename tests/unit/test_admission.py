@@ -84,7 +84,7 @@ def test_the_share_window_bounds_the_slots_and_survives_takes_and_releases(tmp_p
     assert stores[1].worker_join_window(100).size == INITIAL / 2, "a release keeps the window"
     stores[1].worker_join_signal(Signal.HEALTHY, 100)  # 5 -> 6
     assert late.try_worker_join_slot("b9", 100, 120) is None
-    raw = json.loads((tmp_path / "default/worker_join_slots.json").read_text())
+    raw = json.loads((tmp_path / "default/nodes/slots/worker_join_slots.json").read_text())
     assert raw["window"] == 6.0 and raw["decreased_at"] > 0
     assert late.try_worker_join_slot("b9", 3, 120) is None, "a holder keeps its slot when the ceiling drops"
     assert ShareStore(tmp_path, "default", "worker8").try_worker_join_slot("b8", 3, 120) == (5, 3)
@@ -103,7 +103,7 @@ def test_a_crashed_holder_costs_its_slot_for_the_hold_time_and_leaves_the_window
 def test_an_invalid_window_is_reported_and_a_new_window_used(tmp_path: Path) -> None:
     s = ShareStore(tmp_path, "default", "worker0")
     s.ensure()
-    (tmp_path / "default/worker_join_slots.json").write_text('{"holders": {}, "window": -3}')
+    (tmp_path / "default/nodes/slots/worker_join_slots.json").write_text('{"holders": {}, "window": -3}')
     assert s.worker_join_window(100).size == INITIAL
     assert s.try_worker_join_slot("b0", 100, 120) is None
 

@@ -241,7 +241,9 @@ def test_a_first_join_of_a_restored_generation_prunes(tmp_path: Path) -> None:
     store.publish_join_material(fence, material(fence.generation, fence.epoch))
     store.mark_ready(fence)
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0b", 2))
+    ShareStore(h.cfg.share.path, "default", "control0").register_member(
+        MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0b", 2)
+    )
     h.probes.api = True
     h.cycle()
     # Its Node, restored from the snapshot, reads Ready for 40 s: kubeadm join would refuse it.
@@ -324,7 +326,9 @@ def test_rejoin_prunes_and_a_failed_join_retries_after_reset(tmp_path: Path) -> 
     before = Harness(tmp_path, "worker0", role="worker")
     before.store.heartbeat("old-boot", "worker", "watch", 1)  # this node was part of generation 1
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
+    ShareStore(h.cfg.share.path, "default", "control0").register_member(
+        MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1)
+    )
     h.probes.api = True
     h.driver.fail.add("join")
     h.cycle()
@@ -501,7 +505,9 @@ def test_phylactery_that_never_serves_fails_the_init(tmp_path: Path) -> None:
 def test_join_that_keeps_failing_gives_up(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
+    ShareStore(h.cfg.share.path, "default", "control0").register_member(
+        MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1)
+    )
     h.probes.api = True
     h.driver.fail.add("join")
     h.cycle()
@@ -743,9 +749,11 @@ def test_silence_of_an_old_generation_does_not_count_in_the_new_one(tmp_path: Pa
 
 def test_a_refused_prune_stops_the_join(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
-    ShareStore(tmp_path / "share", "default", "worker0").heartbeat("old-boot", "worker", "watch", 1)
+    ShareStore(tmp_path / "share", "default", "worker0", role="worker").heartbeat("old-boot", "worker", "watch", 1)
     h = Harness(tmp_path, "worker0", role="worker")
-    h.store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
+    ShareStore(h.cfg.share.path, "default", "control0").register_member(
+        MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1)
+    )
     h.probes.api = True
     h.probes.answers["/v1/prune"] = (409, {"error": "worker0 is alive in another boot"})
     h.cycle()

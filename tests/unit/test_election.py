@@ -158,6 +158,20 @@ def test_share_files_are_root_only(tmp_path: Path) -> None:
     store.ensure()
     store.attempt_leadership("10.0.0.21", "b0", rule_for("control", "control0", "b0", 30))
     store.record_event("boot", 1, "hello")
+    worker = ShareStore(tmp_path, "default", "worker0", role="worker")
+    worker.heartbeat("w0", "worker", "boot", 1)
+    worker.record_event("boot", 1, "hello")
+    nodes = tmp_path / "default" / "nodes"
     for path in (tmp_path / "default").rglob("*"):
         mode = path.stat().st_mode & 0o777
-        assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
+        if path == nodes or (path.parent == nodes and path.name == "members"):
+            wanted = 0o750  # the node tree: root's, group 65534 (a worker's squashed root)
+        elif path.is_dir() and path.parent == nodes:
+            wanted = 0o770  # heartbeats/, events/, slots/: what workers write
+        elif nodes in path.parents and path.parent.name in ("heartbeats", "events", "slots"):
+            wanted = 0o600  # written by workers (the anonymous uid on the real share)
+        elif nodes in path.parents:
+            wanted = 0o640  # written for workers to read
+        else:
+            wanted = 0o700 if path.is_dir() else 0o600
+        assert mode == wanted, f"{path}: {oct(mode)}"

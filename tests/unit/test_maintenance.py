@@ -195,7 +195,7 @@ class Rolling(Cluster):
         return down_refusal(self.etcd, taking)
 
     def back(self, name: str, role: str, old_boot: str | None) -> str | None:
-        hb = self.store.read_heartbeat(name)
+        hb = self.store.read_any_heartbeat(name)
         return None if hb is not None and hb.boot_id != old_boot else "a heartbeat from a new boot"
 
 
@@ -203,8 +203,8 @@ def rolling(tmp: Path, said: list[str]) -> tuple[Rolling, FakeApi]:
     store = ready_generation(tmp / "share")
     for n, role in (("control0", "control"), ("control1", "control"), ("control2", "control")):
         ShareStore(store.dir.parent, "default", n).heartbeat(f"boot-{n}", role, "watch", 1)
-    for n in ("worker0", "worker1", "worker2"):
-        ShareStore(store.dir.parent, "default", n).heartbeat(f"boot-{n}", "worker", "watch", 1)
+    for n in ("worker0", "worker1", "worker2"):  # in the node tree, as a worker writes it
+        ShareStore(store.dir.parent, "default", n, role="worker").heartbeat(f"boot-{n}", "worker", "watch", 1)
     api = FakeApi([pod("web")])
     for n in ("control0", "control1", "control2", "worker0", "worker1", "worker2"):
         api.nodes[n] = {"metadata": {"name": n}, "spec": {}}
@@ -218,7 +218,8 @@ def reboot_with(c: Rolling, log: list[list[str]]) -> Any:
     def action(batch: list[str]) -> None:
         log.append(list(batch))
         for n in batch:
-            ShareStore(c.store.dir.parent, "default", n).heartbeat(f"boot-{n}-2", c.role_of(n) or "", "watch", 1)
+            role = c.role_of(n) or ""
+            ShareStore(c.store.dir.parent, "default", n, role=role).heartbeat(f"boot-{n}-2", role, "watch", 1)
 
     return action
 

@@ -73,7 +73,8 @@ def share(tmp_path: Path) -> Iterator[tuple[Path, FakePhylactery]]:
         s = ShareStore(store.dir.parent, "default", n)
         s.heartbeat(f"boot-{n}", "control", "watch", 1)
         s.register_member(MemberRecord(n, "127.0.0.1", phyl.url, f"boot-{n}", 1))
-    ShareStore(store.dir.parent, "default", "worker0").heartbeat("boot-w", "worker", "watch", 1)
+    # A worker heartbeats in the node tree (nodes/heartbeats/): the commands read it there.
+    ShareStore(store.dir.parent, "default", "worker0", role="worker").heartbeat("boot-w", "worker", "watch", 1)
     yield tmp_path / "share", phyl
     phyl.server.shutdown()
 

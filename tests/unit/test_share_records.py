@@ -60,7 +60,12 @@ CASES: dict[str, tuple[str, Any, Callable[[ShareStore], Any], Any]] = {
     "incarnations/control1.json": ("generation", "1a", lambda s: sorted(s.incarnations()), []),
     "join.json": ("ca_cert_hashes", "sha256:00", lambda s: s.read_join_material().generation, RAISES),
     "join_slot.json": ("holder.since", "soon", lambda s: s.join_slot_holder(30), None),
-    "worker_join_slots.json": ("holders.worker0.since", "soon", lambda s: s.try_worker_join_slot("b0", 1, 120), None),
+    "nodes/slots/worker_join_slots.json": (
+        "holders.worker0.since",
+        "soon",
+        lambda s: s.try_worker_join_slot("b0", 1, 120),
+        None,
+    ),
     "reform.json": ("node", "Control1; rm -rf /", lambda s: s.claim_reform(1, "boot-control0", 30), None),
 }
 
@@ -231,7 +236,7 @@ def test_the_writers_bytes_are_what_they_were(tmp_path: Path) -> None:
             lambda d: json.dumps(d, indent=1) + "\n",
         ),
         "join_slot.json": (["holder"], json.dumps),
-        "worker_join_slots.json": (["holders", "window", "decreased_at"], json.dumps),
+        "nodes/slots/worker_join_slots.json": (["holders", "window", "decreased_at"], json.dumps),
         "reform.json": (["generation", "node", "boot_id", "at"], lambda d: json.dumps(d) + "\n"),
         "heartbeats/control1": (["node", "boot_id", "role", "phase", "generation"], json.dumps),
     }
@@ -243,7 +248,7 @@ def test_the_writers_bytes_are_what_they_were(tmp_path: Path) -> None:
     leader = json.loads((s.dir / "cluster.json").read_text())["leader"]
     assert list(leader) == ["node", "address", "boot_id", "epoch", "claimed_at"]
     assert list(json.loads((s.dir / "join_slot.json").read_text())["holder"]) == ["node", "boot_id", "since"]
-    assert list(json.loads((s.dir / "worker_join_slots.json").read_text())["holders"]["worker0"]) == [
+    assert list(json.loads((s.dir / "nodes/slots/worker_join_slots.json").read_text())["holders"]["worker0"]) == [
         "boot_id",
         "since",
     ]

@@ -115,8 +115,8 @@ def test_snapshots_carry_a_checksum_and_a_damaged_one_is_skipped(store: ShareSto
 
 
 def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_own(tmp_path: Path) -> None:
-    stores = [ShareStore(tmp_path, "default", f"worker{i}") for i in range(3)]
-    stores[0].ensure()
+    ShareStore(tmp_path, "default", "control0").ensure()
+    stores = [ShareStore(tmp_path, "default", f"worker{i}", role="worker") for i in range(3)]
     assert stores[0].try_worker_join_slot("b0", 2, 120) is None
     assert stores[1].try_worker_join_slot("b1", 2, 120) is None
     assert stores[2].try_worker_join_slot("b2", 2, 120) == (2, 2), "both slots are held"
@@ -124,7 +124,7 @@ def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_ow
     stores[1].release_worker_join_slot()
     assert stores[2].try_worker_join_slot("b2", 2, 120) is None
     assert stores[1].try_worker_join_slot("b1", 2, 0.0) is None, "with a 0 s hold every holder has expired"
-    path = tmp_path / "default/worker_join_slots.json"
+    path = tmp_path / "default/nodes/slots/worker_join_slots.json"
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -156,18 +156,19 @@ def test_a_removed_node_is_forgotten_and_a_replacement_starts_from_nothing(tmp_p
     gone.record_incarnation("boot-1", 1)
     gone.register_member(MemberRecord("control2", "10.0.0.23", "http://10.0.0.23:9999", "boot-1", 1))
     assert gone.try_join_slot("boot-1", 30) is None
-    worker = ShareStore(tmp_path, "default", "worker1")
+    worker = ShareStore(tmp_path, "default", "worker1", role="worker")
     assert worker.try_worker_join_slot("boot-w", 10, 120) is None
     assert op.forget_node("control2") == [
         "heartbeats/control2",
         "incarnations/control2.json",
         "members/control2.json",
+        "nodes/members/control2.json",
         "join_slot.json",
     ]
     assert op.read_heartbeat("control2") is None and "control2" not in op.incarnations()
     assert [m.name for m in op.members()] == []
     assert op.join_slot_holder(30) is None
-    assert op.forget_node("worker1") == ["worker_join_slots.json"]
+    assert op.forget_node("worker1") == ["nodes/slots/worker_join_slots.json"]
     assert op.forget_node("worker1") == [], "twice: nothing left"
     with pytest.raises(ValueError):
         op.forget_node("../etc")

@@ -1,13 +1,20 @@
 #!/bin/sh
-# ek8s warewulf plan: cluster ek8s, Warewulf 4.7, 5 nodes, 18 commands.
+# ek8s warewulf plan: cluster ek8s, Warewulf 4.7, 5 nodes, 21 commands.
 # Only what differs from the registry; a second run after `ek8s warewulf apply` plans nothing.
 # registry read from nothing (--offline: an empty registry but for the profile default)
 # /etc/warewulf/warewulf.conf: not read; its entries are at the end
 # /etc/warewulf/nodes.conf: not read; its entries are at the end
+# /etc/warewulf/ek8s-ek8s.exports: not read; its entries are at the end
 set -e
 
 # the share on the Warewulf server: root-only, as the agents keep every file in it
 install -d -m 0700 -o root -g root /share
+
+# the control-only tree: exported to the control nodes only
+install -d -m 0700 -o root -g root /share/ek8s
+
+# the node tree, workers read it as gid 65534 (better a file system of its own: docs/security.md)
+install -d -m 0750 -o root -g 65534 /share/ek8s/nodes
 
 # role profile for the control nodes of cluster ek8s
 wwctl profile add ek8s-control
@@ -95,6 +102,9 @@ wwctl configure hostfile
 # the server's NFS exports
 wwctl configure nfs
 
+# export what /etc/exports.d/ek8s-ek8s.exports lists (exportfs(8))
+exportfs -ra
+
 # render node.yaml, the units and /etc/hosts for the cluster's nodes
 wwctl overlay build 'control[0-2],worker[0-1]'
 
@@ -105,22 +115,33 @@ wwctl overlay build 'control[0-2],worker[0-1]'
 #   nfs:
 #     enabled: true
 #     export paths:
-#     - path: /share
-#       export options: rw,sync,no_root_squash,no_subtree_check
+#     - path: /share/ek8s/nodes
+#       export options: rw,sync,root_squash,anonuid=65534,anongid=65534,no_subtree_check
 
 # /etc/warewulf/nodes.conf needs (ek8s warewulf apply merges it):
 #   nodeprofiles:
 #     ek8s-control:
 #       resources:
 #         fstab:
-#         - spec: warewulf:/share
-#           file: /share
+#         - spec: warewulf:/share/ek8s
+#           file: /share/ek8s
+#           vfstype: nfs
+#           mntops: defaults,hard,lookupcache=positive
+#         - spec: warewulf:/share/ek8s/nodes
+#           file: /share/ek8s/nodes
 #           vfstype: nfs
 #           mntops: defaults,hard,lookupcache=positive
 #     ek8s-worker:
 #       resources:
 #         fstab:
-#         - spec: warewulf:/share
-#           file: /share
+#         - spec: warewulf:/share/ek8s/nodes
+#           file: /share/ek8s/nodes
 #           vfstype: nfs
 #           mntops: defaults,hard,lookupcache=positive
+
+# /etc/exports.d/ek8s-ek8s.exports (ek8s warewulf apply writes it):
+#   # ek8s cluster ek8s: written by `ek8s warewulf apply` (docs/security.md, "The share split").
+#   # The control-only tree to the control nodes only; the node tree to them as root (Warewulf's
+#   # /etc/exports exports it to the network with root_squash).
+#   /share/ek8s 10.0.0.21(rw,sync,no_root_squash,no_subtree_check) 10.0.0.22(rw,sync,no_root_squash,no_subtree_check) 10.0.0.23(rw,sync,no_root_squash,no_subtree_check)
+#   /share/ek8s/nodes 10.0.0.21(rw,sync,no_root_squash,no_subtree_check) 10.0.0.22(rw,sync,no_root_squash,no_subtree_check) 10.0.0.23(rw,sync,no_root_squash,no_subtree_check)
