@@ -84,13 +84,18 @@ SETTINGS = (
 # kubeadm, ~9 min for k3s with its real etcd timings and learner promotion, and make test must
 # stay under 30 minutes). EK8S_LAB_TOURS=all adds kubeadm on
 # processes and k3s on machines.
+EVERY_TOUR = os.environ.get("EK8S_LAB_TOURS") == "all"
+# Steps whose code path does not depend on the distribution, or whose distribution-specific
+# part another step covers, run on one tour only in make test (``tour_run``), so that the two
+# tours fit the budget: each such step says which and why.
+K3S, KUBEADM_MACHINES = "k3s-processes", "kubeadm-machines"
 RUNS = [
     pytest.param(("k3s", "processes"), id="k3s"),
     # systemd-nspawn machines (skipped only when the lab's node image cannot be built).
     pytest.param(("kubeadm", "machines"), id="kubeadm-machines"),
     *(
         [pytest.param(("kubeadm", "processes"), id="kubeadm"), pytest.param(("k3s", "machines"), id="k3s-machines")]
-        if os.environ.get("EK8S_LAB_TOURS") == "all"
+        if EVERY_TOUR
         else []
     ),
 ]
@@ -245,7 +250,11 @@ def boot_log(tour: Tour, node: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _in_order(request: pytest.FixtureRequest, tour: Tour) -> Iterator[None]:
-    """Skip a step once an earlier one failed; remember a failure for the next steps."""
+    """Skip a step once an earlier one failed, or (without ``EK8S_LAB_TOURS=all``) one whose
+    ``tour_run`` marker names another tour; remember a failure for the next steps."""
+    only = request.node.get_closest_marker("tour_run")
+    if only is not None and not EVERY_TOUR and f"{tour.distribution}-{tour.mode}" != only.args[0]:
+        pytest.skip(f"make test runs this step on the {only.args[0]} tour only (EK8S_LAB_TOURS=all: on every tour)")
     if tour.failed:
         pytest.skip(f"the lab is not in the state this step starts from: {tour.failed} failed")
     yield
@@ -689,6 +698,7 @@ def test_credentials_rotated_during_a_running_cluster_cause_no_failed_join(tour:
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(KUBEADM_MACHINES)  # keepalived and HAProxy do not depend on the distribution
 def test_crash_of_the_vip_holder_moves_the_vip_and_its_backend_goes_down(tour: Tour) -> None:
     """``ek8s lab crash`` of the VIP holder: gone at once without a shutdown (no ``stopped``
     from its agent; a machine: nothing of it left running, its cgroup gone), cable out. The
@@ -963,6 +973,7 @@ def frozen_agents(tour: Tour, node: str) -> list[psutil.Process]:
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(K3S)  # the judgement is the same code for both; k3s has the slower etcd timings, the harder case
 def test_a_partition_of_the_share_side_from_a_serving_majority_makes_no_second_cluster(tour: Tour) -> None:
     """issue 19's split brain: {control0 + the share} | {control1, control2}, held for 3 lease
     TTLs. Blackhole routes cut control0 off from control1, control2 and from the VIP on their
@@ -1019,6 +1030,7 @@ def test_a_partition_of_the_share_side_from_a_serving_majority_makes_no_second_c
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(KUBEADM_MACHINES)  # one reaper for both; k3s's member removal: the stale-member step
 def test_a_control_node_down_for_good_is_reaped_and_another_can_still_join(tour: Tour) -> None:
     """Issue 11, point 4: a control node crashes and stays down; past its lease it is only
     silent (a partition looks the same: issue 19), so its member stays listed and nothing is
@@ -1056,6 +1068,7 @@ def test_a_control_node_down_for_good_is_reaped_and_another_can_still_join(tour:
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(KUBEADM_MACHINES)  # k3s's re-form runs in the quorum-crash step
 def test_two_of_three_control_nodes_rebooted_reform_from_the_survivor(tour: Tour) -> None:
     """Quorum lost by reboots (new boot ids: their etcd data is provably gone): the survivor
     re-forms etcd from its own data; the cluster is kept, not rebuilt."""
@@ -1101,6 +1114,7 @@ def test_every_node_rebooted_restores_the_newest_snapshot(tour: Tour) -> None:
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(KUBEADM_MACHINES)  # kubeadm's reset leaves /var/lib/etcd, the case that fails preflight
 def test_ek8s_reset_rebuilds_on_purpose_without_a_reboot(tour: Tour) -> None:
     """``ek8s reset``: a new, empty generation on purpose; running agents rebuild."""
     generation = tour.store.read_state().generation
@@ -1124,6 +1138,7 @@ def test_ek8s_reset_rebuilds_on_purpose_without_a_reboot(tour: Tour) -> None:
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(K3S)  # kubeadm's re-form runs in the two-reboots step
 def test_quorum_lost_by_crashes_reforms_from_the_survivor_and_keeps_every_object(tour: Tour) -> None:
     """2 of 3 control nodes crash together and stay down. Past the lease TTL they are only
     silent: the survivor cannot tell them from a majority serving behind a partition, so it
@@ -1179,6 +1194,7 @@ def test_quorum_lost_by_crashes_reforms_from_the_survivor_and_keeps_every_object
 
 
 @pytest.mark.lab
+@pytest.mark.tour_run(KUBEADM_MACHINES)  # the fence service and the survivor's wait are the same code for both
 def test_with_fencing_the_survivor_reforms_only_after_the_fence(tour: Tour) -> None:
     """``fencing: warewulf-power``: 2 of 3 control nodes crash and stay down; the survivor files
     fence requests; ``ek8s fence serve`` in the manager's namespace (the Warewulf server) runs a
@@ -1188,6 +1204,7 @@ def test_with_fencing_the_survivor_reforms_only_after_the_fence(tour: Tour) -> N
     tour.create("before-fenced-crash")
     lab, state, store = tour.lab, tour.state, tour.store
     survivor, *doomed = CONTROL
+    generation = store.read_state().generation  # earlier steps of the tour made new ones
     lab_cmd = f"{sys.executable} -m manager lab --dir {tour.dir} --prefix {PREFIX}"
     power = tour.dir / "wwctl-power-standin"
     power.write_text(f"#!/bin/sh\n# wwctl power cycle NODE, for the lab\n{lab_cmd} crash \"$1\" >/dev/null 2>&1\n"
@@ -1219,7 +1236,7 @@ def test_with_fencing_the_survivor_reforms_only_after_the_fence(tour: Tour) -> N
     started = [e for e in events if e["event"] == "etcd_reform_started"]
     assert sorted(fenced) == doomed, events
     assert started and started[0]["node"] == survivor and started[0]["t"] >= max(fenced.values())
-    assert reformed[-1]["node"] == survivor and store.read_state().generation == 1
+    assert reformed[-1]["node"] == survivor and store.read_state().generation == generation, "kept, not rebuilt"
     print(f"\nfenced crash: API again {api_at - crashed:.1f}s after the crash (lease {LEASE_TTL_S:.0f}s)")
     lab.wait_ready(tour.state, 180, since=crashed, names=doomed)
     tour.whole()
