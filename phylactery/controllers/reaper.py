@@ -47,6 +47,10 @@ class ReaperController:
         self.connect = connect
         self.answers = answers
         self.reaped: list[str] = []
+        # (member id, name, why) of a removal whose answer never came (etcd may have applied it:
+        # a member remove returns after the configuration change commits, which can outlast
+        # the client's timeout); the next turn's member list says whether it happened.
+        self.unanswered: tuple[int, str, str] | None = None
 
     async def run(self) -> None:
         """:meth:`reap_once` every :data:`REAP_INTERVAL_S`; a turn whose etcd or share does
@@ -74,6 +78,12 @@ class ReaperController:
             if me is None:
                 return "my etcd member does not lead etcd: its leader's node reaps"
             members = await etcd.member_list()
+            if self.unanswered is not None:
+                member_id, member, why = self.unanswered
+                self.unanswered = None
+                if all(m.id != member_id for m in members):  # it was removed: say so once
+                    why += f" (its removal's answer timed out; the member list no longer has it); {len(members)} left"
+                    return await self._reaped(member, why)
             others = [m for m in members if m.id != me]
             answers = await asyncio.gather(*(self.answers(m, ctx) for m in others))
             silent = sorted(m.name for m, ok in zip(others, answers, strict=True) if not ok)
@@ -95,10 +105,18 @@ class ReaperController:
                 )
             doomed = next(m for m in members if node_of[m.id] == name)
             remaining = len(members) - 1
-            await etcd.member_remove(doomed.id)
-        why = f"removed etcd member {doomed.name}: it does not answer and its node {a.proof_of(name)}"
-        why += f" (data gone); {remaining} members left"
-        log.info(why, extra={"member": doomed.name})
-        self.reaped.append(doomed.name)
-        await asyncio.to_thread(p.store.record_event, "member_reaped", state.generation, why, member=doomed.name)
+            why = f"removed etcd member {doomed.name}: it does not answer and its node {a.proof_of(name)} (data gone)"
+            try:
+                await etcd.member_remove(doomed.id)
+            except EtcdError:
+                self.unanswered = (doomed.id, doomed.name, why)
+                raise
+        return await self._reaped(doomed.name, f"{why}; {remaining} members left")
+
+    async def _reaped(self, member: str, why: str) -> str:
+        """Log and record ``member_reaped`` for ``member`` (the share's current generation)."""
+        log.info(why, extra={"member": member})
+        self.reaped.append(member)
+        state = await asyncio.to_thread(self.p.store.read_state)
+        await asyncio.to_thread(self.p.store.record_event, "member_reaped", state.generation, why, member=member)
         return why

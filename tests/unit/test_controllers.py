@@ -144,6 +144,32 @@ def test_the_member_of_a_rebooted_node_is_removed(c: Cluster) -> None:
     assert event["member"] == "control2" and event["node"] == "control0"
 
 
+def test_a_removal_whose_answer_timed_out_is_recorded_once_the_member_list_lacks_it(c: Cluster) -> None:
+    """etcd answers a member remove after the configuration change commits, which may outlast
+    the client's timeout (seen in the lab: the API paused ~6 s meanwhile): the next turn's
+    member list tells whether it happened, and ``member_reaped`` is recorded then."""
+    from core.etcd import EtcdError
+
+    applied = c.etcd.member_remove
+
+    async def timed_out(member_id: int) -> None:
+        await applied(member_id)  # etcd applied it ...
+        raise EtcdError("https://127.0.0.1:2379/v3/cluster/member/remove: TimeoutError")  # ... the answer never came
+
+    c.etcd.member_remove = timed_out  # type: ignore[method-assign]
+    c.reboot("control2")
+    with pytest.raises(EtcdError):
+        c.turn()
+    assert not [e for e in c.p.store.events() if e["event"] == "member_reaped"]
+    assert c.turn() == (
+        "removed etcd member control2: it does not answer and its node rebooted (new boot id) (data gone) "
+        "(its removal's answer timed out; the member list no longer has it); 2 left"
+    )
+    [event] = [e for e in c.p.store.events() if e["event"] == "member_reaped"]
+    assert event["member"] == "control2" and c.reaper.reaped == ["control2"]
+    assert c.turn() == "every etcd member answers: nothing to reap", "recorded once"
+
+
 def test_the_member_of_a_node_merely_silent_past_the_lease_is_kept(c: Cluster) -> None:
     """Silence is not proof: control1 may be cut off from the share while its etcd serves."""
     c.answering.discard("control1")
