@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from filelock import FileLock
 
-from core.fileperm import ensure_dir
+from core.fileperm import ensure_dir, write_atomic
 from core.share import ShareStore, clusters_on
 from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import netns, runners
@@ -86,8 +87,20 @@ class Lab:
         return LabState(**d)
 
     def save(self, state: LabState) -> None:
-        """Write ``state`` to ``lab.json`` (not atomically: one writer, the ``ek8s lab`` command)."""
-        self.state_path.write_text(json.dumps(asdict(state), indent=1) + "\n")
+        """Replace ``lab.json`` with ``state`` (atomically, under ``lab.json.lock``)."""
+        with FileLock(str(self.state_path) + ".lock"):
+            write_atomic(self.state_path, json.dumps(asdict(state), indent=1) + "\n", 0o644)
+
+    def save_nodes(self, state: LabState, *nodes: LabNode) -> None:
+        """Write ``nodes`` (records of ``state``) into ``lab.json`` as it is on disk now, under
+        ``lab.json.lock``: several ``ek8s lab`` commands may run at once (a fence service's
+        power command boots one node while another crashes a second), and a whole-state save
+        from each would undo the other's pid."""
+        with FileLock(str(self.state_path) + ".lock"):
+            on_disk = self.load()
+            mine = {n.name: n for n in nodes}
+            on_disk.nodes = [mine.get(n.name, n) for n in on_disk.nodes]
+            write_atomic(self.state_path, json.dumps(asdict(on_disk), indent=1) + "\n", 0o644)
 
     @property
     def share(self) -> Path:
@@ -247,9 +260,9 @@ class Lab:
     def stop_node(self, state: LabState, node: LabNode, crash: bool) -> None:
         """Stop every process of ``node``: SIGTERM first (a clean shutdown, SIGKILL after 5 s),
         or SIGKILL with the cable pulled at the same moment (``crash``: nothing it held answers
-        any more); a machine is powered off, or killed with its cable pulled. Saves the state."""
+        any more); a machine is powered off, or killed with its cable pulled. Saves the node."""
         self.runner(state).stop(self, state, node, crash)
-        self.save(state)
+        self.save_nodes(state, node)
 
     def boot_node(self, state: LabState, node: LabNode) -> float:
         """Boot ``node`` as a PXE boot would: a fresh root (its tmpfs is gone), cable in,
@@ -260,7 +273,7 @@ class Lab:
         netns.set_link(self.prefix, node.name, up=True)
         booted = time.time()
         self.boot(state, node)
-        self.save(state)
+        self.save_nodes(state, node)
         return booted
 
     def reboot_nodes(self, state: LabState, names: list[str], timeout_s: float = 180) -> float:
