@@ -10,10 +10,11 @@ the member list, every second. The decision of each turn is :func:`decide`, a pu
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.drivers import DriverError
 from core.etcd import EtcdClient, EtcdError
@@ -118,20 +119,61 @@ class SnapshotController:
     async def save(self) -> Path | None:
         """One snapshot to the share if the generation is ready and this node's member leads
         etcd (any control node: the generation's first leader may be gone for good); returns
-        its path, or None when this node is not the one to take it. The driver takes it with
+        its path, or None when this node is not the one to take it. The same
+        ``maintenance/status`` answer that says this member leads gives the snapshot's
+        lineage: its ``header.revision`` (the snapshot, taken right after, holds at least that
+        revision; etcd's snapshot stream itself carries no revision, and ``etcdutl snapshot
+        status`` would have to read the whole file to find it) and ``header.cluster_id``
+        (:func:`snapshot_point`); the share names and orders snapshots by them, not by this
+        node's clock (:meth:`core.share.ShareStore.save_snapshot`). The driver takes it with
         the distribution's tool (k3s: ``k3s etcd-snapshot save``) and names the secret a
         restore needs, kept beside it (:meth:`core.drivers.base.Driver.save_snapshot`).
-        Raises :class:`core.etcd.EtcdError` when etcd does not answer,
-        :class:`core.drivers.DriverError` when the tool fails, ``OSError`` and
-        :class:`core.share.ShareError` from the share."""
+        Raises :class:`core.etcd.EtcdError` when etcd does not answer (or answers a status
+        without a revision or cluster id), :class:`core.drivers.DriverError` when the tool
+        fails, ``OSError`` and :class:`core.share.ShareError` from the share."""
         p = self.p
         state = await asyncio.to_thread(p.store.read_state)
         ctx = p.driver.etcd_client_context()
-        if ctx is None or not state.ready or not await self.leads_etcd():
+        if ctx is None or not state.ready:
             return None
+        async with EtcdClient([p.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
+            status = await etcd.status()
+        if leader_id(status) is None:
+            return None
+        point = snapshot_point(status)
+        if point is None:
+            raise EtcdError(f"{p.driver.etcd_endpoint}: maintenance/status has no header revision or cluster id")
+        revision, cluster_id = point
         taken = await asyncio.to_thread(p.driver.save_snapshot)
         path = await asyncio.to_thread(
-            p.store.save_snapshot, state.generation, taken.data, p.cfg.phylactery.snapshots_keep, taken.secret
+            functools.partial(
+                p.store.save_snapshot,
+                state.generation,
+                taken.data,
+                p.cfg.phylactery.snapshots_keep,
+                revision=revision,
+                cluster_id=cluster_id,
+                secret=taken.secret,
+            )
         )
-        log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(taken.data), "tool": taken.tool})
+        extra = {"path": str(path), "bytes": len(taken.data), "tool": taken.tool, "revision": revision}
+        log.info("etcd snapshot saved", extra=extra)
         return path
+
+
+def snapshot_point(status: dict[str, Any]) -> tuple[int, int] | None:
+    """``(revision, cluster id)`` from etcd's ``maintenance/status`` answer (its ``header``;
+    the JSON gateway sends 64-bit integers as decimal strings), None when either is missing
+    or not a non-negative integer. etcd fills the header of every maintenance answer with the
+    member's applied revision and its cluster id (``server/etcdserver/api/v3rpc/header.go``
+    ``fill``, v3.5.16)."""
+    header = status.get("header")
+    if not isinstance(header, dict):
+        return None
+    try:
+        revision, cluster_id = int(header.get("revision", "")), int(header.get("cluster_id", ""))
+    except (TypeError, ValueError):
+        return None
+    if revision < 0 or not 0 <= cluster_id < 2**64:
+        return None
+    return revision, cluster_id
