@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core.drivers import DriverError
 from core.etcd import EtcdClient, EtcdError
 from core.logs import get_logger
+from core.records import Incarnation
 from core.share import ShareError
 from phylactery.controllers.etcdview import leader_id
 
@@ -119,7 +120,8 @@ class SnapshotController:
     async def save(self) -> Path | None:
         """One snapshot to the share if the generation is ready and this node's member leads
         etcd (any control node: the generation's first leader may be gone for good); returns
-        its path, or None when this node is not the one to take it. The same
+        its path, or None when this node is not the one to take it, or when its etcd member
+        was not made in this boot and generation (:func:`not_of_generation`). The same
         ``maintenance/status`` answer that says this member leads gives the snapshot's
         lineage: its ``header.revision`` (the snapshot, taken right after, holds at least that
         revision; etcd's snapshot stream itself carries no revision, and ``etcdutl snapshot
@@ -135,6 +137,12 @@ class SnapshotController:
         state = await asyncio.to_thread(p.store.read_state)
         ctx = p.driver.etcd_client_context()
         if ctx is None or not state.ready:
+            return None
+        mine = (await asyncio.to_thread(p.store.incarnations)).get(p.cfg.node.name)
+        refused = not_of_generation(mine, p.boot_id, state.generation)
+        if refused:
+            self.last_sentence = refused
+            log.info("no etcd snapshot", extra={"why": refused})
             return None
         async with EtcdClient([p.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
             status = await etcd.status()
@@ -159,6 +167,22 @@ class SnapshotController:
         extra = {"path": str(path), "bytes": len(taken.data), "tool": taken.tool, "revision": revision}
         log.info("etcd snapshot saved", extra=extra)
         return path
+
+
+def not_of_generation(mine: Incarnation | None, boot_id: str, generation: int) -> str | None:
+    """Why this node's etcd data is not generation ``generation``'s (so its snapshot must not
+    be named so), or None when it is: its incarnation (``mine``, the record the agent writes
+    when its init or control-plane join completes) must be of this boot (``boot_id``) and of
+    this generation. A node still running the previous generation's etcd for the second
+    before it resets would otherwise file that data, with revisions that may be higher, under
+    the new generation's name."""
+    if mine is None:
+        return "no incarnation recorded for my etcd member: its data's generation is unknown"
+    if mine.boot_id != boot_id:
+        return f"my etcd member's incarnation is of boot {mine.boot_id}, not this boot's"
+    if mine.generation != generation:
+        return f"my etcd member was made in generation {mine.generation}, not {generation}: not its snapshot to take"
+    return None
 
 
 def snapshot_point(status: dict[str, Any]) -> tuple[int, int] | None:
