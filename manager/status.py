@@ -102,7 +102,8 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     status starts with ``UP``); ``newest_snapshot_age_s`` (the newest by etcd revision, age by
     the share's clock); ``snapshots``: ``lineage`` (those in ``snapshots/``, which a restore
     chooses from) and ``set_aside`` (``snapshots/old/``, never restored by themselves), each a
-    list per generation, highest first (:func:`snapshot_groups`); ``attention`` (:func:`attention`);
+    list per generation, highest first (:func:`snapshot_groups`); ``attention`` (:func:`attention`,
+    :func:`snapshot_attention`);
     ``selected`` (whether ``names`` narrowed ``nodes``); ``rollout`` (:func:`rollout_doc`, the
     share's rolling upgrade or None); ``healthy`` (:func:`healthy`).
     Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the API with a
@@ -178,7 +179,8 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
         },
         "newest_snapshot_age_s": snapshot_age,
         "snapshots": snapshot_doc,
-        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age, events=events),
+        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age, events=events)
+        + snapshot_attention(snapshot_doc["lineage"]),
         "selected": names is not None,
         "rollout": rollout_doc(store),
     }
@@ -190,14 +192,16 @@ def snapshot_groups(listing: list[tuple[Path, SnapshotName]], now: float) -> lis
     """Snapshots grouped by generation, highest first: ``generation``, ``count``, and the
     newest by etcd revision (:attr:`core.records.SnapshotName.order`): ``newest`` (file name),
     ``revision`` (None for a name from before revisions were recorded), ``cluster_id`` (hex or
-    None) and ``age_s`` (by ``now``, the share's clock, from the file's mtime; None when it
-    vanished meanwhile). ``listing`` is :meth:`core.share.ShareStore.snapshot_listing`'s,
-    newest first."""
+    None), ``cluster_ids`` (every cluster id the generation's snapshots name) and ``age_s``
+    (by ``now``, the share's clock, from the file's mtime; None when it vanished meanwhile).
+    ``listing`` is :meth:`core.share.ShareStore.snapshot_listing`'s, newest first."""
     groups: dict[int, dict[str, Any]] = {}
     for path, name in listing:
         g = groups.get(name.generation)
         if g is not None:
             g["count"] += 1
+            if name.cluster_id and name.cluster_id not in g["cluster_ids"]:
+                g["cluster_ids"].append(name.cluster_id)
             continue
         try:
             age: float | None = round(now - path.stat().st_mtime, 1)
@@ -209,9 +213,28 @@ def snapshot_groups(listing: list[tuple[Path, SnapshotName]], now: float) -> lis
             "newest": path.name,
             "revision": name.revision,
             "cluster_id": name.cluster_id,
+            "cluster_ids": [name.cluster_id] if name.cluster_id else [],
             "age_s": age,
         }
     return [groups[g] for g in sorted(groups, reverse=True)]
+
+
+def snapshot_attention(lineage: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """An attention item when the highest generation's snapshots come from more than one etcd
+    cluster id (:func:`snapshot_groups`' ``cluster_ids``): within a generation the id only
+    changes if two etcd clusters wrote snapshots (a split brain), and a restore would take the
+    highest revision of either."""
+    if not lineage or len(lineage[0]["cluster_ids"]) < 2:
+        return []
+    g = lineage[0]
+    return [
+        {
+            "problem": f"generation {g['generation']}'s snapshots come from {len(g['cluster_ids'])} etcd clusters "
+            f"({', '.join(g['cluster_ids'])}): two clusters wrote them",
+            "heals": f"nothing by itself: a restore takes the highest revision ({g['newest']}); "
+            "move the other cluster's snapshots aside (snapshots/old/) if that is not the data to keep",
+        }
+    ]
 
 
 def snapshot_line(doc: dict[str, Any]) -> str | None:

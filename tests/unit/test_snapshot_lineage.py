@@ -16,7 +16,7 @@ import pytest
 
 from core.records import SnapshotName, snapshot_name
 from core.share import ShareStore
-from manager.status import snapshot_groups, snapshot_line
+from manager.status import snapshot_attention, snapshot_groups, snapshot_line
 from phylactery.controllers.snapshot import snapshot_point
 
 HOUR_S = 3600.0
@@ -199,3 +199,16 @@ def test_a_restored_generation_keeps_its_parent_and_sets_nothing_aside(store: Sh
     assert state is not None and state.generation == 2
     assert store.snapshots() == [parent] and store.snapshots(set_aside=True) == []
     assert events(store, "snapshots_set_aside") == []
+
+
+def test_status_names_a_generation_whose_snapshots_come_from_two_etcd_clusters(store: ShareStore) -> None:
+    save(store, 1, revision=10)
+    lineage = snapshot_groups(store.snapshot_listing(), store.share_now())
+    assert snapshot_attention(lineage) == []
+    other = save(store, 1, revision=12, cluster_id=0x1234)
+    lineage = snapshot_groups(store.snapshot_listing(), store.share_now())
+    assert lineage[0]["cluster_ids"] == ["0000000000001234", f"{CLUSTER:016x}"]
+    [item] = snapshot_attention(lineage)
+    ids = f"0000000000001234, {CLUSTER:016x}"
+    assert item["problem"] == f"generation 1's snapshots come from 2 etcd clusters ({ids}): two clusters wrote them"
+    assert other.name in item["heals"]
