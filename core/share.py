@@ -1343,10 +1343,9 @@ class ShareStore:
         newest by etcd revision within the generation, never by a writer's clock. When the
         current generation has none yet (it was restored and lost again before its first
         snapshot), that is the previous generation's newest: the snapshot the current one was
-        restored from, or one at least as new, which is the lineage's parent. Snapshots of
-        generations that started from nothing's predecessors are not there: a generation
-        that starts from nothing sets them aside (:meth:`set_aside_snapshots`) and they are
-        never restored by themselves.
+        restored from, or one at least as new, which is the lineage's parent. Generations
+        before one that started from nothing are not there: starting it set their snapshots
+        aside (:meth:`set_aside_snapshots`), and they are never restored by themselves.
 
         Valid: its content matches its checksum (and, ``with_secret``, it has its secret beside
         it: k3s cannot restore a snapshot without the token it was taken with). A snapshot
