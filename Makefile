@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # etcd-server/etcd-client: Debian 13's are etcd 3.5.16, the lab's etcd (kubeadm 1.32 runs 3.5.16);
 # Debian 12's are 3.4.23, kept only for the 3.4 comparison (docs/lab.md, "etcd"). See `etcd`.
 # prometheus: for promtool only (tests check metrics and alert rules with it).
-SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container prometheus
+SYSTEM_PACKAGES := etcd-server etcd-client haproxy keepalived iproute2 procps golang-go shellcheck vagrant vagrant-libvirt debootstrap systemd-container prometheus libfaketime
 # Debian's real kubectl (a Go binary) of two minors, for the lab's tests and the operator:
 # $(KUBECTL_DIR)/<minor>/usr/bin/kubectl, unpacked from trixie (1.32) and sid (1.36) by
 # scripts/fetch-deb.sh without touching the host's apt sources. A kubectl on the host's PATH

@@ -40,8 +40,14 @@ RECORD = ConfigDict(extra="ignore")
 # A boot id: the kernel's (a UUID) or the lab's per-root one; never whitespace or a newline.
 BOOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-# A snapshot file: gen<generation>-<unix ms>.db (core.share.ShareStore.save_snapshot).
-SNAPSHOT_NAME_RE = re.compile(r"^gen(0|[1-9][0-9]{0,17})-([0-9]{1,18})\.db$")
+# A snapshot file (core.share.ShareStore.save_snapshot):
+#   gen<generation>-r<etcd revision>-<etcd cluster id, 16 hex>-<unix ms>.db, and the names
+#   written before revisions were recorded, gen<generation>-<unix ms>.db (revision unknown).
+SNAPSHOT_NAME_RE = re.compile(
+    r"^gen(?P<generation>0|[1-9][0-9]{0,17})"
+    r"(?:-r(?P<revision>0|[1-9][0-9]{0,18})-(?P<cluster_id>[0-9a-f]{16}))?"
+    r"-(?P<ms>[0-9]{1,18})\.db$"
+)
 
 
 def node_name(v: str) -> str:
@@ -530,8 +536,56 @@ def snapshot_secret(text: str, snapshot_name: str) -> str | None:
     return value
 
 
-def snapshot_order(name: str) -> tuple[int, int] | None:
-    """``(generation, unix ms)`` of a snapshot file name ``gen<G>-<ms>.db``, None for any other
-    name."""
+@dataclasses.dataclass(frozen=True)
+class SnapshotName:
+    """What a snapshot's file name says (docs/share-protocol.md, "Snapshots").
+
+    ``generation``: the cluster generation whose etcd it holds; ``revision``: the etcd revision
+    it holds at least (the ``header.revision`` of ``maintenance/status`` asked of the same member
+    just before the snapshot; None for a name written before revisions were recorded);
+    ``cluster_id``: the etcd cluster id of that member (its ``header.cluster_id``, 16 lower-case
+    hex digits; None with the revision); ``written_ms``: the writer's wall clock at the save,
+    Unix milliseconds: a tie-break and for display only, never an order of data.
+    """
+
+    generation: int
+    revision: int | None
+    cluster_id: str | None
+    written_ms: int
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """The sort key, oldest data first: ``(generation, revision, written_ms)``, with an
+        unknown revision as -1, below every known revision of its generation. Within one
+        generation etcd's revision only grows (a re-form with ``--force-new-cluster`` or
+        k3s's ``--cluster-reset`` keeps the data and its revision; a restore into the next
+        generation keeps the snapshot's), so the higher revision holds the newer data
+        whatever the writers' clocks say."""
+        return (self.generation, -1 if self.revision is None else self.revision, self.written_ms)
+
+    def file_name(self) -> str:
+        """The file name this describes (the inverse of :func:`snapshot_name`)."""
+        if self.revision is None or self.cluster_id is None:
+            return f"gen{self.generation}-{self.written_ms}.db"
+        return f"gen{self.generation}-r{self.revision}-{self.cluster_id}-{self.written_ms}.db"
+
+
+def snapshot_name(name: str) -> SnapshotName | None:
+    """The :class:`SnapshotName` of a snapshot file name (``gen<G>-r<revision>-<cluster id
+    hex>-<unix ms>.db``, or the older ``gen<G>-<unix ms>.db``), None for any other name."""
     m = SNAPSHOT_NAME_RE.match(name)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    if m is None:
+        return None
+    revision = m.group("revision")
+    return SnapshotName(
+        generation=int(m.group("generation")),
+        revision=int(revision) if revision is not None else None,
+        cluster_id=m.group("cluster_id"),
+        written_ms=int(m.group("ms")),
+    )
+
+
+def snapshot_order(name: str) -> tuple[int, int, int] | None:
+    """:attr:`SnapshotName.order` of a snapshot file name, None for any other name."""
+    parsed = snapshot_name(name)
+    return parsed.order if parsed else None

@@ -56,6 +56,7 @@ from core.records import (
     ReformClaim,
     RolloutRecord,
     SlotHolder,
+    SnapshotName,
     WorkerJoinSlots,
     WorkerSlot,
     credential_word,
@@ -63,7 +64,7 @@ from core.records import (
     node_name,
     parse,
     snapshot_checksum,
-    snapshot_order,
+    snapshot_name,
 )
 from core.records import snapshot_secret as parse_snapshot_secret
 
@@ -91,6 +92,8 @@ INVALID_RECORD_EVERY_S = 600.0
 # rebuilds of a 123-node cluster): it becomes events.jsonl.1, and so on up to EVENTS_KEEP.
 EVENTS_MAX_BYTES = 1 << 20
 EVENTS_KEEP = 3
+# Where snapshots of generations outside the current lineage are kept (set_aside_snapshots).
+SET_ASIDE_DIR = "old"
 # A rotated file whose mtime (the share's clock) is this much older than ``since`` holds no
 # event at or after ``since`` (events carry their writer's clock, which may run ahead).
 EVENTS_CLOCK_SKEW_S = 300.0
@@ -989,9 +992,14 @@ class ShareStore:
 
         With ``expected``, only if the generation is still ``expected`` (several nodes may
         conclude the same thing at once; one bump is enough). Removes the previous
-        generation's ``leader``, ``leader_ready``, ``join.json`` and ``kube.config``. Returns
-        the new state, or None when another node already moved on.
+        generation's ``leader``, ``leader_ready``, ``join.json`` and ``kube.config``. Without
+        ``restore_from`` the new generation starts from nothing: it has no parent in the
+        snapshots' lineage, so every snapshot of the earlier generations is set aside into
+        ``snapshots/old/`` (:meth:`set_aside_snapshots`; recorded as the event
+        ``snapshots_set_aside``) and no later restore takes the pre-reset data silently.
+        Returns the new state, or None when another node already moved on.
         """
+        moved: list[Path] = []
         with self._locked():
             state = self.read_state()
             if expected is not None and state.generation != expected:
@@ -1011,7 +1019,17 @@ class ShareStore:
             for name in ("join.json", "slots/worker_join_slots.json"):
                 self._unlink(self._n(*name.split("/")))
             self._atomic(self._c("join_slot.json"), json.dumps({"holder": None}))
-            return state
+            if restore_from is None:
+                moved = self.set_aside_snapshots(below=state.generation)
+        if moved:
+            gens = sorted({n.generation for p in moved if (n := snapshot_name(p.name))})
+            message = (
+                f"generation {state.generation} starts from nothing: {len(moved)} snapshots of generation "
+                f"{', '.join(map(str, gens))} moved to snapshots/{SET_ASIDE_DIR}/ (kept, never restored by themselves)"
+            )
+            log.info(message)
+            self.record_event("snapshots_set_aside", state.generation, message, count=len(moved))
+        return state
 
     def rebuild(self, reason: str) -> ClusterState:
         """The operator's rebuild (``ek8s reset``, ``ek8s bench``): a new generation, recorded
@@ -1275,32 +1293,65 @@ class ShareStore:
         return self._record_or_none(PublishedInventory, self._own("inventory.json"))
 
     # -- etcd snapshots ---------------------------------------------------------------
-    def save_snapshot(self, generation: int, data: bytes, keep: int, secret: str | None = None) -> Path:
-        """Write ``snapshots/gen<G>-<unix ms>.db`` (0600, atomic); with ``secret`` (what a
-        restore of this snapshot needs beside the file: k3s's server token secret, with which
-        k3s encrypted its bootstrap data in etcd) ``.db.token`` beside it (0600); then its
-        checksum (``.db.sha256``, ``sha256sum`` format, written last: a snapshot without one is
-        incomplete), and delete all but the newest ``keep`` with their companions. Returns the
-        new file."""
+    def save_snapshot(
+        self,
+        generation: int,
+        data: bytes,
+        keep: int,
+        *,
+        revision: int,
+        cluster_id: int,
+        secret: str | None = None,
+    ) -> Path:
+        """Write ``snapshots/gen<G>-r<revision>-<cluster id hex>-<unix ms>.db`` (0600, atomic);
+        with ``secret`` (what a restore of this snapshot needs beside the file: k3s's server
+        token secret, with which k3s encrypted its bootstrap data in etcd) ``.db.token`` beside
+        it (0600); then its checksum (``.db.sha256``, ``sha256sum`` format, written last: a
+        snapshot without one is incomplete). Then retention, per generation: of generation
+        ``generation``'s snapshots all but the newest ``keep`` (by revision, not by clock:
+        :attr:`core.records.SnapshotName.order`) are deleted with their companions; another
+        generation's are never touched here (an older generation's are the lineage's parent,
+        or are set aside by :meth:`set_aside_snapshots`).
+
+        ``revision`` is the etcd revision the snapshot holds at least and ``cluster_id`` the
+        etcd cluster id (uint64), both from the ``header`` of ``maintenance/status`` asked of
+        the member the snapshot is taken from, just before it (etcd's snapshot stream carries
+        no header: etcd ``server/etcdserver/api/v3rpc/maintenance.go`` ``Snapshot``, v3.5.16;
+        the backend snapshot it streams is taken after the request arrives and commits the
+        pending batch first, ``server/mvcc/backend/backend.go`` ``Snapshot``, so it holds
+        every revision applied before). The unix ms is this writer's clock: a tie-break and
+        for display only. Returns the new file. Raises ``OSError`` from the share and
+        ``ValueError`` for a negative revision or a cluster id outside uint64."""
+        if revision < 0 or not 0 <= cluster_id < 2**64:
+            raise ValueError(f"snapshot revision {revision} / cluster id {cluster_id}: out of range")
         self.ops.add(stats=1)
         d = ensure_dir(self._c("snapshots"))
-        path = d / f"gen{generation}-{int(time.time() * 1000)}.db"
+        name = SnapshotName(generation, revision, f"{cluster_id:016x}", int(time.time() * 1000))
+        path = d / name.file_name()
         write_atomic(path, data)
         if secret is not None:
             self._atomic(_secret_path(path), secret + "\n")
         self._atomic(_checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
-        for old in self.snapshots()[keep:]:
-            self._unlink(old)
-            self._unlink(_secret_path(old))
-            self._unlink(_checksum_path(old))
+        same = [p for p, n in self._snapshot_names(d) if n.generation == generation]
+        for old in same[keep:]:
+            self._remove_snapshot(old)
         return path
 
     def newest_valid_snapshot(self, with_secret: bool = False) -> Path | None:
-        """The newest snapshot whose content matches its checksum (and, ``with_secret``, that
-        has its secret beside it: k3s cannot restore a snapshot without the token it was taken
-        with), or None. A snapshot that does not (cut short, damaged on the share, no checksum
-        yet) is skipped; a checksum file that is not ``sha256sum``'s line for its snapshot is
-        reported as ``invalid_record`` too."""
+        """The snapshot a new generation restores: the newest valid one of the highest
+        generation that has a valid one, among those in ``snapshots/`` (the current lineage);
+        newest by etcd revision within the generation, never by a writer's clock. When the
+        current generation has none yet (it was restored and lost again before its first
+        snapshot), that is the previous generation's newest: the snapshot the current one was
+        restored from, or one at least as new, which is the lineage's parent. Generations
+        before one that started from nothing are not there: starting it set their snapshots
+        aside (:meth:`set_aside_snapshots`), and they are never restored by themselves.
+
+        Valid: its content matches its checksum (and, ``with_secret``, it has its secret beside
+        it: k3s cannot restore a snapshot without the token it was taken with). A snapshot
+        that does not (cut short, damaged on the share, no checksum yet) is skipped; a checksum
+        file that is not ``sha256sum``'s line for its snapshot is reported as
+        ``invalid_record`` too. None when no snapshot is valid."""
         for path in self.snapshots():
             if with_secret and self.snapshot_secret(path) is None:
                 continue
@@ -1329,17 +1380,65 @@ class ShareStore:
             self.report_invalid(invalid)
             return None
 
-    def snapshots(self) -> list[Path]:
-        """Saved snapshots (``gen<G>-<unix ms>.db``), newest first; a file of another name in
-        ``snapshots/`` is reported (``invalid_record``, field ``name``) and left out."""
+    def snapshots(self, set_aside: bool = False) -> list[Path]:
+        """Saved snapshots in ``snapshots/`` (with ``set_aside``: in ``snapshots/old/``), newest
+        data first: by (generation, etcd revision), the writer's clock only breaking ties
+        (:attr:`core.records.SnapshotName.order`; a name without a revision, from before
+        revisions were recorded, sorts below every known revision of its generation). A file
+        ``gen*-*.db`` of another name is reported (``invalid_record``, field ``name``) and left
+        out."""
+        d = self._c("snapshots", SET_ASIDE_DIR) if set_aside else self._c("snapshots")
+        return [p for p, _ in self._snapshot_names(d)]
+
+    def snapshot_listing(self, set_aside: bool = False) -> list[tuple[Path, SnapshotName]]:
+        """:meth:`snapshots` with what each name says (:class:`core.records.SnapshotName`)."""
+        d = self._c("snapshots", SET_ASIDE_DIR) if set_aside else self._c("snapshots")
+        return self._snapshot_names(d)
+
+    def _snapshot_names(self, d: Path) -> list[tuple[Path, SnapshotName]]:
         found = []
-        for p in self._glob(self._c("snapshots"), "gen*-*.db"):
-            order = snapshot_order(p.name)
-            if order is None:
-                self.report_invalid(InvalidRecord(f"snapshots/{p.name}", "name", "not gen<G>-<unix ms>.db"))
+        for p in self._glob(d, "gen*-*.db"):
+            parsed = snapshot_name(p.name)
+            if parsed is None:
+                why = "not gen<G>-r<revision>-<cluster id hex>-<unix ms>.db (nor gen<G>-<unix ms>.db)"
+                self.report_invalid(InvalidRecord(f"{d.name}/{p.name}", "name", why))
             else:
-                found.append((order[1], p))
-        return [p for _, p in sorted(found, reverse=True)]
+                found.append((parsed, p))
+        found.sort(key=lambda np: (np[0].order, np[1].name), reverse=True)
+        return [(p, n) for n, p in found]
+
+    def _remove_snapshot(self, path: Path) -> None:
+        """Delete a snapshot: its checksum first (a snapshot without one is never restored),
+        then the file, then its secret."""
+        self._unlink(_checksum_path(path))
+        self._unlink(path)
+        self._unlink(_secret_path(path))
+
+    def set_aside_snapshots(self, below: int) -> list[Path]:
+        """Move every snapshot of a generation below ``below`` from ``snapshots/`` into
+        ``snapshots/old/`` (same names; 0700 directory), each with its ``.db.token`` and
+        ``.db.sha256``: kept for the operator, listed by ``ek8s status``, never restored by
+        :meth:`newest_valid_snapshot` (an operator who wants one back moves it, with its
+        companions, into ``snapshots/``). The checksum moves first, so that a snapshot cut off
+        from it half-way is never restored from ``snapshots/``; a name already taken in
+        ``old/`` is replaced. Called when a generation starts from nothing (``ek8s reset``,
+        ``reinit``, a lost cluster without a snapshot): its lineage has no parent. Returns the
+        moved snapshots' new paths, newest first. Raises ``OSError`` from the share."""
+        d = self._c("snapshots")
+        moving = [p for p, n in self._snapshot_names(d) if n.generation < below]
+        if not moving:
+            return []
+        old = ensure_dir(d / SET_ASIDE_DIR)
+        moved = []
+        for path in moving:
+            for part in (_checksum_path(path), path, _secret_path(path)):
+                self.ops.add(renames=1)
+                try:
+                    os.replace(part, old / part.name)
+                except FileNotFoundError:
+                    continue
+            moved.append(old / path.name)
+        return moved
 
     # -- control-plane join slot ------------------------------------------------------
     def try_join_slot(self, boot_id: str, ttl_s: float) -> str | None:

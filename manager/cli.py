@@ -125,7 +125,8 @@ def reset(
     yes: bool,
 ) -> None:
     """Start a new generation of the cluster: every node resets and the cluster is rebuilt
-    EMPTY (every Kubernetes object is lost; the etcd snapshots stay on the share unused), and
+    EMPTY (every Kubernetes object is lost; the etcd snapshots are moved to snapshots/old/ on
+    the share: kept, listed by 'ek8s status', never restored by themselves), and
     Phylactery's credentials are rotated (the old ones accepted for 300 s more).
 
     It first says what will be lost (the generation, the nodes, the snapshots) and asks;

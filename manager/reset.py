@@ -3,7 +3,8 @@ act, how they ask, and whom they record.
 
 A new generation (:meth:`core.share.ShareStore.rebuild`) makes every node reset and the
 cluster start again empty: every Kubernetes object and everything in etcd is gone; the etcd
-snapshots stay on the share, but the new generation does not restore them (docs/recovery.md).
+snapshots are moved aside into ``snapshots/old/`` on the share (kept, listed by ``ek8s
+status``), where no later restore takes them by itself (docs/recovery.md).
 So these commands first say what will be lost (the generation, how many nodes, the
 snapshots), then ask on the terminal; without a terminal (cron, a script, ``ssh host cmd``)
 they refuse unless ``--yes`` says the caller means it. The ``generation_started`` event names
@@ -70,8 +71,8 @@ def losses(store: ShareStore) -> list[str]:
     if snapshots:
         age = now - snapshots[0].stat().st_mtime
         lines.append(
-            f"{len(snapshots)} etcd snapshots stay on the share (newest {age:.0f}s old), "
-            "but the new generation does not restore them"
+            f"{len(snapshots)} etcd snapshots (newest {age:.0f}s old) are moved to snapshots/old/ on the share: "
+            "kept and listed by 'ek8s status', never restored by themselves (the new generation starts empty)"
         )
     else:
         lines.append("no etcd snapshot is on the share")

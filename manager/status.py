@@ -25,6 +25,7 @@ import hostlist
 
 from core import probes, recovery
 from core.config import Timeouts
+from core.records import SnapshotName
 from core.share import ShareStore
 
 HEALTHY_PHASE = "watch"
@@ -98,7 +99,11 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     ``problem`` (:func:`node_problem`, None when healthy); ``etcd_members`` (sorted names) and
     ``etcd_quorum`` from the first Phylactery that lists members; ``vip_holder`` (a name, a list
     when several hold it, or None); ``haproxy_backends_up`` (per control node, backends whose
-    status starts with ``UP``); ``newest_snapshot_age_s``; ``attention`` (:func:`attention`);
+    status starts with ``UP``); ``newest_snapshot_age_s`` (the newest by etcd revision, age by
+    the share's clock); ``snapshots``: ``lineage`` (those in ``snapshots/``, which a restore
+    chooses from) and ``set_aside`` (``snapshots/old/``, never restored by themselves), each a
+    list per generation, highest first (:func:`snapshot_groups`); ``attention`` (:func:`attention`,
+    :func:`snapshot_attention`);
     ``selected`` (whether ``names`` narrowed ``nodes``); ``rollout`` (:func:`rollout_doc`, the
     share's rolling upgrade or None); ``healthy`` (:func:`healthy`).
     Unknowns are None. Phylacteries are asked in parallel (1.5 s timeout each), the API with a
@@ -152,6 +157,10 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
     etcd_names = sorted(m.get("node", m["name"]) for m in etcd["members"]) if etcd else None
     snapshots = store.snapshots()
     snapshot_age = round(now - snapshots[0].stat().st_mtime, 1) if snapshots else None
+    snapshot_doc = {
+        "lineage": snapshot_groups(store.snapshot_listing(), now),
+        "set_aside": snapshot_groups(store.snapshot_listing(set_aside=True), now),
+    }
     doc = {
         "cluster": store.cluster,
         "generation": state.generation,
@@ -169,12 +178,81 @@ def collect(store: ShareStore, names: set[str] | None = None) -> dict[str, Any]:
             for name, s in statuses.items()
         },
         "newest_snapshot_age_s": snapshot_age,
-        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age, events=events),
+        "snapshots": snapshot_doc,
+        "attention": attention(store, state.generation, nodes, etcd_names, snapshot_age, events=events)
+        + snapshot_attention(snapshot_doc["lineage"]),
         "selected": names is not None,
         "rollout": rollout_doc(store),
     }
     doc["healthy"] = healthy(doc)
     return doc
+
+
+def snapshot_groups(listing: list[tuple[Path, SnapshotName]], now: float) -> list[dict[str, Any]]:
+    """Snapshots grouped by generation, highest first: ``generation``, ``count``, and the
+    newest by etcd revision (:attr:`core.records.SnapshotName.order`): ``newest`` (file name),
+    ``revision`` (None for a name from before revisions were recorded), ``cluster_id`` (hex or
+    None), ``cluster_ids`` (every cluster id the generation's snapshots name) and ``age_s``
+    (by ``now``, the share's clock, from the file's mtime; None when it vanished meanwhile).
+    ``listing`` is :meth:`core.share.ShareStore.snapshot_listing`'s, newest first."""
+    groups: dict[int, dict[str, Any]] = {}
+    for path, name in listing:
+        g = groups.get(name.generation)
+        if g is not None:
+            g["count"] += 1
+            if name.cluster_id and name.cluster_id not in g["cluster_ids"]:
+                g["cluster_ids"].append(name.cluster_id)
+            continue
+        try:
+            age: float | None = round(now - path.stat().st_mtime, 1)
+        except OSError:
+            age = None
+        groups[name.generation] = {
+            "generation": name.generation,
+            "count": 1,
+            "newest": path.name,
+            "revision": name.revision,
+            "cluster_id": name.cluster_id,
+            "cluster_ids": [name.cluster_id] if name.cluster_id else [],
+            "age_s": age,
+        }
+    return [groups[g] for g in sorted(groups, reverse=True)]
+
+
+def snapshot_attention(lineage: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """An attention item when the highest generation's snapshots come from more than one etcd
+    cluster id (:func:`snapshot_groups`' ``cluster_ids``): within a generation the id only
+    changes if two etcd clusters wrote snapshots (a split brain), and a restore would take the
+    highest revision of either."""
+    if not lineage or len(lineage[0]["cluster_ids"]) < 2:
+        return []
+    g = lineage[0]
+    return [
+        {
+            "problem": f"generation {g['generation']}'s snapshots come from {len(g['cluster_ids'])} etcd clusters "
+            f"({', '.join(g['cluster_ids'])}): two clusters wrote them",
+            "heals": f"nothing by itself: a restore takes the highest revision ({g['newest']}); "
+            "move the other cluster's snapshots aside (snapshots/old/) if that is not the data to keep",
+        }
+    ]
+
+
+def snapshot_line(doc: dict[str, Any]) -> str | None:
+    """The status view's snapshot line (:func:`snapshot_groups` of both places), or None when
+    the document has no ``snapshots`` key."""
+    snaps = doc.get("snapshots")
+    if snaps is None:
+        return None
+
+    def one(g: dict[str, Any]) -> str:
+        rev = "revision ?" if g["revision"] is None else f"revision {g['revision']}"
+        return f"gen {g['generation']}: {g['count']} (newest {rev}, {_age(g['age_s'])})"
+
+    line = "etcd snapshots: " + ("; ".join(one(g) for g in snaps["lineage"]) or "none")
+    if snaps["set_aside"]:
+        line += "   set aside in snapshots/old/ (never restored by themselves): "
+        line += "; ".join(one(g) for g in snaps["set_aside"])
+    return line
 
 
 def rollout_doc(store: ShareStore) -> dict[str, Any] | None:
@@ -379,6 +457,9 @@ def render(doc: dict[str, Any], output: str = "table", all_nodes: bool = False) 
     ]
     if not doc["ready"] and doc["reason"]:
         lines.append(f"reason: {doc['reason']}")
+    snapshots = snapshot_line(doc)
+    if snapshots:
+        lines.append(snapshots)
     ro = doc.get("rollout")
     if ro and ro["phase"] not in ("done", "rolled_back"):
         states = ", ".join(f"{n} {v['state']} ({v['version']})" for n, v in ro["nodes"].items())

@@ -10,14 +10,16 @@ the member list, every second. The decision of each turn is :func:`decide`, a pu
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.drivers import DriverError
 from core.etcd import EtcdClient, EtcdError
 from core.logs import get_logger
+from core.records import Incarnation
 from core.share import ShareError
 from phylactery.controllers.etcdview import leader_id
 
@@ -118,20 +120,84 @@ class SnapshotController:
     async def save(self) -> Path | None:
         """One snapshot to the share if the generation is ready and this node's member leads
         etcd (any control node: the generation's first leader may be gone for good); returns
-        its path, or None when this node is not the one to take it. The driver takes it with
+        its path, or None when this node is not the one to take it, or when its etcd member
+        was not made in this boot and generation (:func:`not_of_generation`). The same
+        ``maintenance/status`` answer that says this member leads gives the snapshot's
+        lineage: its ``header.revision`` (the snapshot, taken right after, holds at least that
+        revision; etcd's snapshot stream itself carries no revision, and ``etcdutl snapshot
+        status`` would have to read the whole file to find it) and ``header.cluster_id``
+        (:func:`snapshot_point`); the share names and orders snapshots by them, not by this
+        node's clock (:meth:`core.share.ShareStore.save_snapshot`). The driver takes it with
         the distribution's tool (k3s: ``k3s etcd-snapshot save``) and names the secret a
         restore needs, kept beside it (:meth:`core.drivers.base.Driver.save_snapshot`).
-        Raises :class:`core.etcd.EtcdError` when etcd does not answer,
-        :class:`core.drivers.DriverError` when the tool fails, ``OSError`` and
-        :class:`core.share.ShareError` from the share."""
+        Raises :class:`core.etcd.EtcdError` when etcd does not answer (or answers a status
+        without a revision or cluster id), :class:`core.drivers.DriverError` when the tool
+        fails, ``OSError`` and :class:`core.share.ShareError` from the share."""
         p = self.p
         state = await asyncio.to_thread(p.store.read_state)
         ctx = p.driver.etcd_client_context()
-        if ctx is None or not state.ready or not await self.leads_etcd():
+        if ctx is None or not state.ready:
             return None
+        mine = (await asyncio.to_thread(p.store.incarnations)).get(p.cfg.node.name)
+        refused = not_of_generation(mine, p.boot_id, state.generation)
+        if refused:
+            self.last_sentence = refused
+            log.info("no etcd snapshot", extra={"why": refused})
+            return None
+        async with EtcdClient([p.driver.etcd_endpoint], ctx, timeout_s=2.0) as etcd:
+            status = await etcd.status()
+        if leader_id(status) is None:
+            return None
+        point = snapshot_point(status)
+        if point is None:
+            raise EtcdError(f"{p.driver.etcd_endpoint}: maintenance/status has no header revision or cluster id")
+        revision, cluster_id = point
         taken = await asyncio.to_thread(p.driver.save_snapshot)
         path = await asyncio.to_thread(
-            p.store.save_snapshot, state.generation, taken.data, p.cfg.phylactery.snapshots_keep, taken.secret
+            functools.partial(
+                p.store.save_snapshot,
+                state.generation,
+                taken.data,
+                p.cfg.phylactery.snapshots_keep,
+                revision=revision,
+                cluster_id=cluster_id,
+                secret=taken.secret,
+            )
         )
-        log.info("etcd snapshot saved", extra={"path": str(path), "bytes": len(taken.data), "tool": taken.tool})
+        extra = {"path": str(path), "bytes": len(taken.data), "tool": taken.tool, "revision": revision}
+        log.info("etcd snapshot saved", extra=extra)
         return path
+
+
+def not_of_generation(mine: Incarnation | None, boot_id: str, generation: int) -> str | None:
+    """Why this node's etcd data is not generation ``generation``'s (so its snapshot must not
+    be named so), or None when it is: its incarnation (``mine``, the record the agent writes
+    when its init or control-plane join completes) must be of this boot (``boot_id``) and of
+    this generation. A node still running the previous generation's etcd for the second
+    before it resets would otherwise file that data, with revisions that may be higher, under
+    the new generation's name."""
+    if mine is None:
+        return "no incarnation recorded for my etcd member: its data's generation is unknown"
+    if mine.boot_id != boot_id:
+        return f"my etcd member's incarnation is of boot {mine.boot_id}, not this boot's"
+    if mine.generation != generation:
+        return f"my etcd member was made in generation {mine.generation}, not {generation}: not its snapshot to take"
+    return None
+
+
+def snapshot_point(status: dict[str, Any]) -> tuple[int, int] | None:
+    """``(revision, cluster id)`` from etcd's ``maintenance/status`` answer (its ``header``;
+    the JSON gateway sends 64-bit integers as decimal strings), None when either is missing
+    or not a non-negative integer. etcd fills the header of every maintenance answer with the
+    member's applied revision and its cluster id (``server/etcdserver/api/v3rpc/header.go``
+    ``fill``, v3.5.16)."""
+    header = status.get("header")
+    if not isinstance(header, dict):
+        return None
+    try:
+        revision, cluster_id = int(header.get("revision", "")), int(header.get("cluster_id", ""))
+    except (TypeError, ValueError):
+        return None
+    if revision < 0 or not 0 <= cluster_id < 2**64:
+        return None
+    return revision, cluster_id

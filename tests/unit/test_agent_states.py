@@ -888,9 +888,11 @@ def test_a_driver_that_cannot_restore_waits_for_ek8s_reset_instead(tmp_path: Pat
 def test_k3s_restores_only_a_snapshot_with_its_token_and_leads_with_that_token(tmp_path: Path) -> None:
     ready_generation(tmp_path / "share")
     store = ShareStore(tmp_path / "share", "default", "control0")
-    store.save_snapshot(1, b"with its token", keep=5, secret="old-server-secret")
+    store.save_snapshot(1, b"with its token", keep=5, revision=100, cluster_id=1, secret="old-server-secret")
     time.sleep(0.002)
-    store.save_snapshot(1, b"newer, without a token (taken before tokens were kept)", keep=5)
+    store.save_snapshot(
+        1, b"newer, without a token (taken before tokens were kept)", keep=5, revision=101, cluster_id=1
+    )
     rebooted(tmp_path, "control0")
     h = Harness(tmp_path, "control1")
     h.driver.name, h.driver.restore_needs_secret = "k3s", True

@@ -15,7 +15,7 @@ from core.etcd import EtcdMember
 from core.share import ShareStore
 from phylactery.controllers import register
 from phylactery.controllers.reaper import ReaperController
-from phylactery.controllers.snapshot import decide
+from phylactery.controllers.snapshot import decide, not_of_generation
 from phylactery.service import Phylactery
 from tests.unit.agent_fakes import FakeDriver, age_heartbeat, ready_generation
 from tests.unit.test_phylactery_http import make_phylactery
@@ -34,6 +34,20 @@ def test_snapshot_decisions() -> None:
     assert decide(True, B, A, 5, 60).sentence == "the etcd membership changed (3 -> 2 members): snapshot now"
     assert decide(True, A, A, 61, 60).sentence == "61s since the last snapshot (every 60s): snapshot now"
     assert decide(True, A, A, 12, 60).sentence == "next snapshot in 48s"
+
+
+def test_a_snapshot_is_filed_under_the_generation_its_etcd_data_belongs_to() -> None:
+    from core.records import Incarnation
+
+    mine = Incarnation(node="control0", boot_id="b1", generation=3, at=1.0)
+    assert not_of_generation(mine, "b1", 3) is None
+    assert not_of_generation(mine, "b1", 4) == (
+        "my etcd member was made in generation 3, not 4: not its snapshot to take"
+    )
+    assert not_of_generation(mine, "b2", 3) == "my etcd member's incarnation is of boot b1, not this boot's"
+    assert not_of_generation(None, "b1", 3) == (
+        "no incarnation recorded for my etcd member: its data's generation is unknown"
+    )
     assert not decide(True, A, frozenset(), 12, 60).save, "the first membership seen is no change"
     assert decide(True, A, frozenset(), 12, 60).members == A
     assert decide(True, None, A, 12, 60).members == A, "etcd did not answer: the last one is kept"

@@ -279,7 +279,7 @@ def ready_share(tmp_path: Path) -> ShareStore:
     store.mark_ready(state.claim())
     store.heartbeat("b0", "control", "watch", 1)
     ShareStore(tmp_path, "ek8s", "worker0").heartbeat("b1", "worker", "watch", 1)
-    store.save_snapshot(1, b"snapshot", keep=3)
+    store.save_snapshot(1, b"snapshot", keep=3, revision=9, cluster_id=1)
     return store
 
 
@@ -301,7 +301,7 @@ def test_without_a_terminal_a_destructive_command_refuses_unless_yes(tmp_path: P
     # It said what would be lost: the generation, the nodes, the snapshots.
     assert "generation 1 (ready since" in res.stderr and "the cluster is rebuilt empty as generation 2" in res.stderr
     assert "2 nodes reset" in res.stderr and "1 control (control0), 1 worker (worker0)" in res.stderr
-    assert "1 etcd snapshots stay on the share" in res.stderr
+    assert "1 etcd snapshots (newest" in res.stderr and "moved to snapshots/old/" in res.stderr
     assert ((tmp_path / "ek8s/cluster.json").read_bytes(), len(store.events())) == before, "nothing written"
     assert not (tmp_path / "out").exists()
 
@@ -316,6 +316,11 @@ def test_on_a_terminal_no_keeps_everything_and_yes_resets(tmp_path: Path) -> Non
     assert code == 0 and "generation 2 started (ek8s reset by bob)" in out, out
     assert store.read_state().generation == 2
     assert store.events()[-1]["node"] == "bob"
+    # The pre-reset snapshot is set aside, kept with its checksum, never restored by itself.
+    assert store.snapshots() == [] and store.newest_valid_snapshot() is None
+    [kept] = store.snapshots(set_aside=True)
+    assert kept.name.startswith("gen1-r9-") and kept.with_name(kept.name + ".sha256").is_file()
+    assert [e["count"] for e in store.events() if e["event"] == "snapshots_set_aside"] == [1]
 
 
 def test_the_invoking_user_is_sudos_caller_else_the_login(monkeypatch: pytest.MonkeyPatch) -> None:

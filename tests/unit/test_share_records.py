@@ -164,9 +164,9 @@ def test_names_that_are_no_node_never_become_paths(tmp_path: Path) -> None:
 
 def test_snapshot_companions_and_names_with_a_wrong_shape_are_skipped(tmp_path: Path) -> None:
     s = formed(tmp_path)
-    old = s.save_snapshot(1, b"old", keep=5, secret="old-secret")
+    old = s.save_snapshot(1, b"old", keep=5, revision=10, cluster_id=7, secret="old-secret")
     time.sleep(0.002)
-    new = s.save_snapshot(1, b"new", keep=5, secret="new-secret")
+    new = s.save_snapshot(1, b"new", keep=5, revision=11, cluster_id=7, secret="new-secret")
     (s.dir / "snapshots/gen1-latest.db").write_bytes(b"not ours")  # a name that is no snapshot's
     checksum = new.with_name(new.name + ".sha256")
     checksum.write_text(checksum.read_text().replace(new.name, old.name))  # names another file

@@ -55,7 +55,7 @@ def under(paths: list[str], share: Path) -> list[str]:
 def test_each_record_lives_in_its_tree_and_the_workers_copies_hold_no_control_secret(tmp_path: Path) -> None:
     store = ready_generation(tmp_path)
     store.register_member(MemberRecord("control0", "10.0.0.21", "https://10.0.0.21:9999", "boot-control0", 1))
-    store.save_snapshot(1, b"etcd", keep=2, secret="server-secret")
+    store.save_snapshot(1, b"etcd", keep=2, revision=5, cluster_id=1, secret="server-secret")
     store.record_event("boot", 1, "hello")
     d, nodes = tmp_path / "default", tmp_path / "default" / "nodes"
     for name in ("cluster.json", "join.json", "phylactery.token", "phylactery-ca.key", "leader", "leader_ready"):
@@ -125,7 +125,7 @@ CONTROL_VERBS: dict[str, Callable[[ShareStore], Any]] = {
     "rotate_credentials": lambda s: s.rotate_credentials(),
     "snapshots": lambda s: s.snapshots(),
     "newest_valid_snapshot": lambda s: s.newest_valid_snapshot(),
-    "save_snapshot": lambda s: s.save_snapshot(1, b"x", keep=1),
+    "save_snapshot": lambda s: s.save_snapshot(1, b"x", keep=1, revision=1, cluster_id=1),
     "incarnations": lambda s: s.incarnations(),
     "record_incarnation": lambda s: s.record_incarnation("b", 1),
     "try_join_slot": lambda s: s.try_join_slot("b", 30),

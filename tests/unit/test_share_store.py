@@ -98,9 +98,9 @@ def test_exists_and_kubeconfig_before_anything(tmp_path: Path) -> None:
 def test_snapshots_carry_a_checksum_and_a_damaged_one_is_skipped(store: ShareStore) -> None:
     import time
 
-    first = store.save_snapshot(1, b"first", keep=3)
+    first = store.save_snapshot(1, b"first", keep=3, revision=1, cluster_id=1)
     time.sleep(0.002)
-    second = store.save_snapshot(1, b"second", keep=3)
+    second = store.save_snapshot(1, b"second", keep=3, revision=2, cluster_id=1)
     assert store.newest_valid_snapshot() == second
     assert (second.parent / (second.name + ".sha256")).read_text().split() == [
         "16367aacb67a4a017c8da8ab95682ccb390863780f7114dda0a0e0c55644c7c4",
@@ -110,7 +110,7 @@ def test_snapshots_carry_a_checksum_and_a_damaged_one_is_skipped(store: ShareSto
     assert store.newest_valid_snapshot() == first
     for i in range(4):
         time.sleep(0.002)
-        store.save_snapshot(1, b"x%d" % i, keep=3)
+        store.save_snapshot(1, b"x%d" % i, keep=3, revision=3 + i, cluster_id=1)
     assert len(store.snapshots()) == 3 and len(list(first.parent.glob("*.sha256"))) == 3
 
 
@@ -131,18 +131,18 @@ def test_worker_join_slots_bound_holders_expire_and_a_rebooted_node_takes_its_ow
 def test_a_snapshot_keeps_its_restore_secret_root_only_and_retention_removes_it(store: ShareStore) -> None:
     import time
 
-    first = store.save_snapshot(2, b"k3s", keep=2, secret="server-secret")
+    first = store.save_snapshot(2, b"k3s", keep=2, revision=1, cluster_id=1, secret="server-secret")
     secret_file = first.parent / (first.name + ".token")
     assert store.snapshot_secret(first) == "server-secret"
     assert secret_file.stat().st_mode & 0o777 == 0o600 and first.parent.stat().st_mode & 0o777 == 0o700
     time.sleep(0.002)
-    second = store.save_snapshot(2, b"no secret", keep=2)
+    second = store.save_snapshot(2, b"no secret", keep=2, revision=2, cluster_id=1)
     assert store.snapshot_secret(second) is None
     assert store.newest_valid_snapshot() == second
     assert store.newest_valid_snapshot(with_secret=True) == first, "k3s cannot restore without the token"
     for i in range(2):
         time.sleep(0.002)
-        store.save_snapshot(2, b"y%d" % i, keep=2, secret="s")
+        store.save_snapshot(2, b"y%d" % i, keep=2, revision=3 + i, cluster_id=1, secret="s")
     assert not secret_file.exists() and not first.exists()
 
 

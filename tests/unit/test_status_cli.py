@@ -149,7 +149,7 @@ def formed(share: Path, api: FakeApi, cluster: str = "ek8s") -> ShareStore:
         # Every Phylactery is the loopback stand-in: a member record's URL must name its address.
         store.register_member(MemberRecord(name, "127.0.0.1", phylactery_url, f"b-{name}", 1))
         ShareStore(share, cluster, name).record_incarnation(f"b-{name}", 1)
-    store.save_snapshot(1, b"etcd snapshot", keep=2)
+    store.save_snapshot(1, b"etcd snapshot", keep=2, revision=42, cluster_id=0xCAFE)
     return store
 
 
