@@ -9,6 +9,7 @@ and tears it down. Figures are printed and written as JSON; docs/benchmarks.md q
     .venv/bin/python scripts/bench_faults.py                 # everything (~10 minutes)
     .venv/bin/python scripts/bench_faults.py --only reboot vip
     .venv/bin/python scripts/bench_faults.py --only reboot --distribution k3s
+    .venv/bin/python scripts/bench_faults.py --only crash2 --data-runs 3   # fenced / ek8s recover
     .venv/bin/python scripts/bench_faults.py --only vipsoak   # 10 min, never by default
 """
 
@@ -25,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from core.share import MemberRecord, ShareStore
 from lab.cluster import Lab, LabState
@@ -432,6 +435,101 @@ def bench_quorum_reboot(n: int) -> dict[str, Any]:
         lab.down()
 
 
+def crash_two(lab: Lab, state: LabState, tag: str) -> float:
+    """Create the ConfigMap ``tag``, then crash control1 and control2 (they stay down); returns
+    the crash time (Unix seconds)."""
+    configmaps(state, "create", tag)
+    crashed = time.time()
+    for n in ("control1", "control2"):
+        lab.stop_node(state, state.node(n), crash=True)
+    return crashed
+
+
+def api_again(state: LabState, tags: list[str], since: float, timeout_s: float = 180) -> float:
+    """Seconds from ``since`` until every ConfigMap of ``tags`` reads back through the VIP."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if set(tags) <= set(configmaps(state, "read")):
+                return time.time() - since
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the API did not answer with {tags} within {timeout_s:.0f}s")
+
+
+def bench_crash_for_good(n: int, lease_s: float) -> dict[str, Any]:
+    """2 of 3 control nodes crash and stay down (issue 19: silence is not proof), ``n`` times
+    each way, on one lab with ``timeouts.lease_ttl_s`` = ``lease_s``:
+
+    * ``fenced``: ``fencing: warewulf-power`` and ``ek8s fence serve`` on the Warewulf server
+      (the manager namespace) with a ``wwctl power cycle`` stand-in (``ek8s lab crash`` then
+      ``ek8s lab boot``): seconds from the crash to the survivor's ``etcd_reformed`` and to the
+      API answering with every object;
+    * ``accepted``: no fence service; the survivor's ``recovery_waiting`` (what ``ek8s status``
+      shows meanwhile), then the operator's ``ek8s recover --accept-loss-of control1,control2``
+      as soon as it is accepted (past the lease): seconds from the crash to each, and from the
+      acceptance to the API answering.
+    The two crashed nodes boot again after each run (the fence already booted them)."""
+    lab, state = fresh_lab({"fencing": "warewulf-power", "timeouts": {"lease_ttl_s": lease_s}})
+    store = ShareStore(Path(state.share), "default", "bench")
+    share = str(Path(state.share))
+    cmd = f"{sys.executable} -m manager lab --dir {lab.dir} --prefix {lab.prefix}"
+    power = lab.dir / "wwctl-power-standin"
+    power.write_text(f'#!/bin/sh\n{cmd} crash "$1" >/dev/null 2>&1\nexec {cmd} boot "$1"\n')
+    power.chmod(0o755)
+    out: dict[str, dict[str, list[float]]] = {"fenced": {}, "accepted": {}}
+    tags: list[str] = []
+    try:
+        for i in range(2 * n):
+            way = "fenced" if i % 2 == 0 else "accepted"  # alternate, one lab
+            tag = f"crash2-{i}"
+            tags.append(tag)
+            crashed = crash_two(lab, state, tag)
+            fence = None
+            if way == "fenced":
+                fence = subprocess.Popen(
+                    ["ip", "netns", "exec", state.manager, sys.executable, "-m", "manager", "fence", "serve",
+                     "--share", share, "--lease-ttl", str(lease_s), "--interval", "0.5",
+                     "--power-command", f"{power} {{node}}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+            try:
+                row = out[way]
+                if way == "accepted":
+                    row.setdefault("recovery_waiting_s", []).append(
+                        first_event(store, "recovery_waiting", crashed) - crashed
+                    )
+                    argv = [sys.executable, "-m", "manager", "recover", "--share", share, "--accept-loss-of",
+                            "control1,control2", "--yes", "--lease-ttl", str(lease_s)]  # fmt: skip
+                    while subprocess.run(argv, capture_output=True, timeout=60).returncode != 0:
+                        time.sleep(0.5)
+                    accepted = time.time()
+                    row.setdefault("accepted_s", []).append(accepted - crashed)
+                row.setdefault("reformed_s", []).append(first_event(store, "etcd_reformed", crashed) - crashed)
+                row.setdefault("api_s", []).append(api_again(state, tags, crashed))
+                if way == "accepted":
+                    row.setdefault("api_after_acceptance_s", []).append(row["api_s"][-1] - row["accepted_s"][-1])
+            finally:
+                if fence is not None:
+                    fence.terminate()
+                    fence.wait(timeout=30)
+            state = lab.load()
+            for name in ("control1", "control2"):
+                if not state.node(name).pid or not psutil.pid_exists(state.node(name).pid):
+                    lab.boot_node(state, state.node(name))
+            lab.wait_ready(lab.load(), 180, since=crashed, names=["control1", "control2"])
+            state = lab.load()
+            lab.wait_whole(state)
+            print(f"crash for good {i + 1}/{2 * n} ({way}): " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in row.items()),
+                  flush=True)  # fmt: skip
+        return {"lease_ttl_s": lease_s} | {
+            way: {k: med(v) for k, v in rows.items()} | {"samples": rows} for way, rows in out.items()
+        }
+    finally:
+        lab.down()
+
+
 def bench_full_restore(n: int, interval_s: float) -> dict[str, Any]:
     """Reboot every node at once, ``n`` times, right after ConfigMaps were created one after another:
     seconds to every node Ready, and the RPO (reboot time minus the creation time of the
@@ -548,7 +646,7 @@ def main() -> int:
     """Run the parts chosen with ``--only`` (all by default), print the results and write them
     to ``--json``; returns 0. Needs root, as ``ek8s lab``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["reboot", "soak", "vip", "reload", "leader", "full", "quorum", "restore", "removed"]
+    parts = ["reboot", "soak", "vip", "reload", "leader", "full", "quorum", "crash2", "restore", "removed"]
     # vipsoak runs 10 minutes: only when asked for by name.
     p.add_argument("--only", nargs="*", choices=[*parts, "vipsoak"], default=parts)
     p.add_argument("--reboots", type=int, default=10)
@@ -564,6 +662,7 @@ def main() -> int:
         default=[],
         help="a directory with etcd, etcdctl, etcdutl (repeatable: the quorum, restore and removed parts take turns)",
     )
+    p.add_argument("--lease-ttl", type=float, default=30.0, help="timeouts.lease_ttl_s of the crash2 part's lab")
     p.add_argument("--json", type=Path, default=Path("bench-faults.json"))
     args = p.parse_args()
     global DISTRIBUTION
@@ -589,6 +688,8 @@ def main() -> int:
         results["leader_crash_during_init"] = bench_leader_crash(10.0, 5.0)
     if "quorum" in args.only:
         results["two_of_three_control_rebooted"] = bench_quorum_reboot(args.data_runs)
+    if "crash2" in args.only:
+        results["two_of_three_control_crashed_for_good"] = bench_crash_for_good(args.data_runs, args.lease_ttl)
     if "restore" in args.only:
         results["every_node_rebooted_restore"] = bench_full_restore(args.data_runs, 10.0)
     if "removed" in args.only:
