@@ -61,3 +61,52 @@ def test_a_fresh_process_is_seconds_old() -> None:
     assert 0.0 < age < 30.0
     mine = since_process_start_s()
     assert mine is not None and mine > age, "this test process started before the one it ran"
+
+
+# The share's records with a pydantic validator built after ``code``: their own
+# (``__pydantic_complete__``) or the TypeAdapter core.records.parse made for them.
+BUILT_RECORDS = """
+import dataclasses, json, sys
+import core.records, core.share
+built = sorted(
+    name
+    for mod in (core.records, core.share)
+    for name, v in vars(mod).items()
+    if isinstance(v, type) and v.__module__ == mod.__name__ and dataclasses.is_dataclass(v)
+    and (getattr(v, "__pydantic_complete__", False) or v in core.records._ADAPTERS)
+)
+print(json.dumps(built))
+"""
+
+
+def records_built_after(code: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{BUILT_RECORDS}"], capture_output=True, text=True, check=True
+    ).stdout
+    return list(json.loads(out.splitlines()[-1]))
+
+
+def test_the_boot_path_builds_no_record_validator_until_it_parses_one() -> None:
+    """pydantic builds a record's schema when it is first used (core.records.RECORD,
+    defer_build), so importing the share store builds none; parsing builds that one only."""
+    assert records_built_after("import leader.cli, leader.boot") == []
+    parsed = "from core.records import parse, HeartbeatRecord\n" + (
+        'parse(HeartbeatRecord, b\'{"node": "w0", "boot_id": "b", "role": "worker", '
+        '"phase": "elect", "generation": 0}\', \'heartbeats/w0\')'
+    )
+    assert records_built_after(parsed) == ["HeartbeatRecord"], "the probe sees a built record"
+
+
+def test_a_worker_announcing_its_boot_builds_no_record_and_a_control_node_only_cluster_state(tmp_path: Path) -> None:
+    for role, built in (("worker", []), ("control", ["ClusterState"])):
+        node = tmp_path / role
+        node.mkdir()
+        (node / "node.yaml").write_text(
+            f"role: {role}\nnode: {{name: {role}0, address: 10.0.0.41}}\n"
+            f"share: {{path: {node / 'share'}}}\nroot: {node}\nservice_manager: process\n"
+        )
+        code = (
+            "from core.config import load_config\nfrom leader.boot import announce\n"
+            f"announce(load_config({str(node / 'node.yaml')!r}))"
+        )
+        assert records_built_after(code) == built, role
