@@ -16,8 +16,9 @@ from tests.unit.agent_fakes import Harness, node_config, ready_generation
 
 # Packages that are heavy to import (tens to hundreds of ms each) and not needed to boot.
 LATER = ("kubernetes", "aiohttp", "urllib3", "asyncio", "cryptography", "jinja2", "ruamel")
-# ... and, before the first share operation, neither the metrics nor the process tools.
-NOT_BEFORE_FIRST_SHARE_OP = (*LATER, "prometheus_client", "psutil", "leader.agent", "core.drivers")
+# ... and, before the first share operation, neither the metrics nor the process tools, nor
+# filelock (imported by the first lock the share store takes: core.share.ShareStore._file_lock).
+NOT_BEFORE_FIRST_SHARE_OP = (*LATER, "prometheus_client", "psutil", "leader.agent", "core.drivers", "filelock")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -38,7 +39,7 @@ def test_the_path_to_the_first_share_operation_imports_no_heavy_package() -> Non
 def test_the_agent_imports_no_kubernetes_client_aiohttp_or_asyncio_until_it_needs_them() -> None:
     loaded = loaded_after("import leader.cli, leader.agent")
     assert hits(loaded, LATER) == []
-    assert "pydantic" in loaded and "filelock" in loaded, "the probe sees imports (a test that can fail)"
+    assert "pydantic" in loaded and "click" in loaded, "the probe sees imports (a test that can fail)"
 
 
 def test_announce_writes_the_boot_and_an_announced_agent_does_not_write_it_again(tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ def test_announce_writes_the_boot_and_an_announced_agent_does_not_write_it_again
     boots = h.events("boot")
     assert len(boots) == 2 and boots[-1]["boot_id"] == "boot-worker0"
     assert 0 <= boots[-1]["first_share_op_s"] < 3600
+    assert 0 < boots[-1]["first_share_op_cpu_s"] < 3600
     assert booted.previous is not None and booted.previous.boot_id == "boot-worker0"
     h.agent.booted = booted
     h.agent.boot()
@@ -110,3 +112,22 @@ def test_a_worker_announcing_its_boot_builds_no_record_and_a_control_node_only_c
             f"announce(load_config({str(node / 'node.yaml')!r}))"
         )
         assert records_built_after(code) == built, role
+
+
+def test_a_worker_reaches_the_share_and_heartbeats_before_filelock_is_imported(tmp_path: Path) -> None:
+    """The store makes its FileLocks when first taken: a worker's first share operations (its
+    directories, its heartbeat) need none; its first event (events.lock) imports filelock."""
+    code = f"""
+import sys
+from pathlib import Path
+from core.share import ShareStore
+store = ShareStore(Path({str(tmp_path)!r}), "default", "worker0", role="worker")
+store.ensure()
+store.heartbeat("boot-worker0", "worker", "elect", 0)
+before = "filelock" in sys.modules
+store.record_event("boot", 0, "booting")
+print(before, "filelock" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+    assert (tmp_path / "default" / "nodes" / "heartbeats" / "worker0").is_file()
