@@ -16,14 +16,22 @@ whose agent reports neither (``--compare DIR``: another checkout, e.g. ``git wor
 --detach /tmp/before stage``): its runs alternate with ``--tree``'s in the same process, so the
 machine's load changes both alike, and the ratio of the medians is printed per series.
 
-``--bytecode`` says where the project's own modules' bytecode comes from: ``cached`` (default)
-from ``__pycache__``, written by one start before the runs (an agent restarted on a node, or a
-node whose overlay ships bytecode); ``none``: the packages are copied without ``__pycache__``
-and run with ``PYTHONDONTWRITEBYTECODE=1``, so every start compiles them (a node's first start
-when the overlay ships no bytecode). Installed dependencies use their own ``__pycache__``
-either way, as ``pip install`` leaves them. Needs no root and no lab. Also prints the import
-time of the boot path and of the whole agent (``-X importtime``, cumulative, top level).
-``--python`` measures another interpreter with this tree on ``PYTHONPATH``.
+Each tree's packages run from a copy laid out as ``ek8s overlay build`` puts them on a node
+(with ``core/REVISION``, so no ``git describe`` at the start). ``--bytecode`` says where the
+copy's bytecode comes from: ``cached`` (default) from ``__pycache__``, written by one start
+before the runs (an agent restarted on a node, or a node whose overlay ships bytecode);
+``none``: none, and the runs have ``PYTHONDONTWRITEBYTECODE=1``, so every start compiles the
+modules it imports (a node's first start when the overlay ships no bytecode). Installed
+dependencies use their own ``__pycache__`` either way, as ``pip install`` leaves them. Needs
+no root and no lab. Also prints the import time of the boot path and of the whole agent
+(``-X importtime``, cumulative, top level). ``--python`` measures another interpreter with this
+tree on ``PYTHONPATH``.
+
+``--instructions N`` also counts the CPU instructions of the boot path, which other load does
+not change: ``valgrind --tool=callgrind`` (its ``Collected`` count) runs N times per tree a
+process that does what ``ek8s-node run`` does up to its ``boot`` event (node.yaml validated,
+logging set up, :func:`leader.boot.announce`) and exits, and once ``python -c pass`` (the
+interpreter's own share). ``PYTHONHASHSEED=0``; ~20 s per run under valgrind.
 """
 
 from __future__ import annotations
@@ -72,16 +80,16 @@ def environment(tree: Path, bytecode: str) -> dict[str, str]:
     return env
 
 
-def prepare(tree: Path, bytecode: str, python: str, keep: Path) -> Path:
-    """The directory whose packages the runs import: ``tree`` with its bytecode written once
-    (``cached``), or a copy of its packages without bytecode under ``keep`` (``none``)."""
-    if bytecode == "cached":
-        code = "import leader.cli, leader.boot, leader.agent"
-        subprocess.run([python, "-c", code], env=environment(tree, "cached"), check=True)
-        return tree
-    dest = keep / tree.name
+def prepare(tree: Path, bytecode: str, python: str, dest: Path) -> Path:
+    """A copy of ``tree``'s packages in ``dest``, as ``ek8s overlay build`` lays them out on a
+    node: without bytecode, with ``core/REVISION`` (so no ``git describe`` runs at the start,
+    as in a checkout); with its bytecode written by one import (``cached``) or none."""
     for pkg in PACKAGES:
         shutil.copytree(tree / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / "core" / "REVISION").write_text("bench\n")
+    if bytecode == "cached":
+        code = "import leader.cli, leader.boot, leader.agent"
+        subprocess.run([python, "-c", code], env=environment(dest, "cached"), check=True)
     return dest
 
 
@@ -133,6 +141,41 @@ def one_run(python: str, tree: Path, bytecode: str) -> Run:
                 proc.wait()
 
 
+# What `ek8s-node run` does up to its boot event (leader/cli.py run), then exit.
+BOOT_PATH = """
+import sys
+from core.cli import load_or_exit
+cfg = load_or_exit(sys.argv[1], "ek8s-node")
+from core.logs import log_start, setup_logging
+from leader.boot import announce
+setup_logging(cfg.node.name, "info")
+log_start("ek8s-node", "agent", cfg)
+announce(cfg)
+"""
+
+
+def instructions(python: str, tree: Path | None, bytecode: str) -> int:
+    """Instructions (callgrind's ``Collected``) of one boot path of ``tree``'s agent on a fresh
+    share, or of ``python -c pass`` when ``tree`` is None."""
+    with tempfile.TemporaryDirectory(prefix="ek8s-bench-start-") as tmp:
+        t = Path(tmp)
+        for sub in ("heartbeats", "events", "slots"):
+            (t / "share" / "default" / "nodes" / sub).mkdir(parents=True)
+        (t / "node.yaml").write_text(
+            f"role: worker\nnode: {{name: worker0, address: 10.0.0.41}}\nshare: {{path: {t / 'share'}}}\n"
+            f"root: {t}\nservice_manager: process\n"
+        )
+        code = ["-c", "pass"] if tree is None else ["-c", BOOT_PATH, str(t / "node.yaml")]
+        env = environment(tree or t, bytecode)
+        env["PYTHONHASHSEED"] = "0"
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, *code]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=t)
+    m = re.search(r"Collected : (\d+)", res.stderr)
+    if not m:
+        raise SystemExit(f"no instruction count from valgrind: {res.stderr[-500:]}")
+    return int(m.group(1))
+
+
 def import_time(python: str, tree: Path, code: str) -> float:
     """Seconds the top-level imports of ``code`` took (``-X importtime``, cumulative, summed)."""
     env = environment(tree, "cached")
@@ -170,6 +213,7 @@ def main() -> None:
     p.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose agent runs (PYTHONPATH)")
     p.add_argument("--compare", type=Path, help="another checkout, run alternately with --tree")
     p.add_argument("--bytecode", choices=("cached", "none"), default="cached")
+    p.add_argument("--instructions", type=int, default=0, metavar="N", help="N callgrind runs per tree")
     args = p.parse_args()
     print(f"{args.python} ({sys.version.split()[0]} here), bytecode {args.bytecode}, {args.runs} runs per series")
     with tempfile.TemporaryDirectory(prefix="ek8s-bench-trees-") as keep:
@@ -201,14 +245,26 @@ def main() -> None:
                     f"  ratio: wall {statistics.median(medians[0]) / statistics.median(medians[1]):.2f}, "
                     f"CPU {statistics.median(cpus[0]) / statistics.median(cpus[1]):.2f}"
                 )
-    samples: dict[tuple[Path, str], list[float]] = {}
-    for _ in range(5):  # alternating, medians
-        for tree in trees:
-            for code in ("import leader.cli, leader.boot", "import leader.cli, leader.boot, leader.agent"):
-                samples.setdefault((tree, code), []).append(import_time(args.python, tree, code))
-    for tree in trees:
-        boot = statistics.median(samples[tree, "import leader.cli, leader.boot"])
-        whole = statistics.median(samples[tree, "import leader.cli, leader.boot, leader.agent"])
+        if args.instructions:
+            counts: list[list[int]] = [[] for _ in trees]
+            for _ in range(args.instructions):
+                for i, tree in enumerate(prepared):
+                    counts[i].append(instructions(args.python, tree, args.bytecode))
+            bare = instructions(args.python, None, args.bytecode)
+            n = args.instructions
+            print(f"instructions of the boot path (callgrind, median of {n}; `python -c pass` {bare:,}):")
+            for i, tree in enumerate(trees):
+                print(f"  {tree}: {statistics.median(counts[i]):,.0f} (min {min(counts[i]):,}, max {max(counts[i]):,})")
+            if args.compare:
+                print(f"  ratio: {statistics.median(counts[0]) / statistics.median(counts[1]):.2f}")
+        codes = ("import leader.cli, leader.boot", "import leader.cli, leader.boot, leader.agent")
+        samples: dict[tuple[int, str], list[float]] = {}
+        for _ in range(5):  # alternating, medians
+            for i, tree in enumerate(prepared):
+                for code in codes:
+                    samples.setdefault((i, code), []).append(import_time(args.python, tree, code))
+    for i, tree in enumerate(trees):
+        boot, whole = (statistics.median(samples[i, code]) for code in codes)
         print(f"{tree}: imports (-X importtime, median of 5), boot path {boot:.3f} s, the whole agent {whole:.3f} s")
 
 
