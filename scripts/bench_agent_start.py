@@ -141,9 +141,13 @@ def one_run(python: str, tree: Path, bytecode: str) -> Run:
                 proc.wait()
 
 
-# What `ek8s-node run` does up to its boot event (leader/cli.py run), then exit.
+# What `ek8s-node run` does up to its boot event (the tree's leader/__main__.py but its main()
+# call, then leader/cli.py run), then exit.
 BOOT_PATH = """
 import sys
+import leader
+main_py = leader.__path__[0] + "/__main__.py"
+exec(compile(open(main_py).read().replace("\\nmain()\\n", "\\n"), main_py, "exec"))
 from core.cli import load_or_exit
 cfg = load_or_exit(sys.argv[1], "ek8s-node")
 from core.logs import log_start, setup_logging

@@ -7,6 +7,7 @@ start's time is a benchmark (scripts/bench_agent_start.py), not a test."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,25 @@ print(before, "filelock" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
     assert (tmp_path / "default" / "nodes" / "heartbeats" / "worker0").is_file()
+
+
+def test_the_agent_skips_pydantics_plugin_scan_unless_the_operator_sets_it() -> None:
+    """``python -m leader`` sets PYDANTIC_DISABLE_PLUGINS before node.yaml's models are built,
+    so pydantic never scans the installed distributions' entry points (its ``_plugins`` stays
+    None); a value already in the environment is kept."""
+    code = """
+import os, runpy, sys
+sys.argv = ["ek8s-node", "check", "/nonexistent/node.yaml"]
+try:
+    runpy.run_module("leader", run_name="__main__")
+except SystemExit:
+    pass
+import pydantic.plugin._loader as loader
+print(os.environ.get("PYDANTIC_DISABLE_PLUGINS"), loader._plugins is None)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert run.stdout.split() == ["__all__", "True"]
+    env["PYDANTIC_DISABLE_PLUGINS"] = ""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert run.stdout.split() == ["False"], "the operator's (empty) value kept: the scan ran"
