@@ -1,7 +1,8 @@
 """Benchmark the node agent's start: seconds from process start to its first share operation.
 
 Usage: ``.venv/bin/python scripts/bench_agent_start.py [--runs 9] [--series 3] [--python PY]
-[--tree DIR] [--compare DIR] [--bytecode cached|none]``
+[--tree DIR] [--compare DIR] [--bytecode cached|none] [--compare-bytecode cached|none]
+[--instructions N]``
 
 Each run starts ``PY -m leader run --config <tmp>/node.yaml`` as a worker (the boot path is the
 same for both roles up to the ``boot`` event; a control node then starts Phylactery) on a
@@ -21,7 +22,8 @@ Each tree's packages run from a copy laid out as ``ek8s overlay build`` puts the
 copy's bytecode comes from: ``cached`` (default) from ``__pycache__``, written by one start
 before the runs (an agent restarted on a node, or a node whose overlay ships bytecode);
 ``none``: none, and the runs have ``PYTHONDONTWRITEBYTECODE=1``, so every start compiles the
-modules it imports (a node's first start when the overlay ships no bytecode). Installed
+modules it imports (a node's first start when the overlay ships no bytecode);
+``--compare-bytecode`` sets it apart for the ``--compare`` tree (default: the same). Installed
 dependencies use their own ``__pycache__`` either way, as ``pip install`` leaves them. Needs
 no root and no lab. Also prints the import time of the boot path and of the whole agent
 (``-X importtime``, cumulative, top level). ``--python`` measures another interpreter with this
@@ -217,19 +219,21 @@ def main() -> None:
     p.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose agent runs (PYTHONPATH)")
     p.add_argument("--compare", type=Path, help="another checkout, run alternately with --tree")
     p.add_argument("--bytecode", choices=("cached", "none"), default="cached")
+    p.add_argument("--compare-bytecode", choices=("cached", "none"), help="default: --bytecode")
     p.add_argument("--instructions", type=int, default=0, metavar="N", help="N callgrind runs per tree")
     args = p.parse_args()
-    print(f"{args.python} ({sys.version.split()[0]} here), bytecode {args.bytecode}, {args.runs} runs per series")
+    modes = [args.bytecode, args.compare_bytecode or args.bytecode]
+    print(f"{args.python} ({sys.version.split()[0]} here), bytecode {' / '.join(modes)}, {args.runs} runs per series")
     with tempfile.TemporaryDirectory(prefix="ek8s-bench-trees-") as keep:
         trees = [args.tree] + ([args.compare] if args.compare else [])
-        prepared = [prepare(t.resolve(), args.bytecode, args.python, Path(keep) / str(i)) for i, t in enumerate(trees)]
+        prepared = [prepare(t.resolve(), modes[i], args.python, Path(keep) / str(i)) for i, t in enumerate(trees)]
         medians: list[list[float]] = [[] for _ in trees]
         cpus: list[list[float]] = [[] for _ in trees]
         for series in range(1, args.series + 1):
             runs: list[list[Run]] = [[] for _ in trees]
             for _ in range(args.runs):
                 for i, tree in enumerate(prepared):
-                    runs[i].append(one_run(args.python, tree, args.bytecode))
+                    runs[i].append(one_run(args.python, tree, modes[i]))
             print(f"series {series}:")
             for i, tree in enumerate(trees):
                 print(f"  {tree}: {describe(runs[i])}")
@@ -253,7 +257,7 @@ def main() -> None:
             counts: list[list[int]] = [[] for _ in trees]
             for _ in range(args.instructions):
                 for i, tree in enumerate(prepared):
-                    counts[i].append(instructions(args.python, tree, args.bytecode))
+                    counts[i].append(instructions(args.python, tree, modes[i]))
             bare = instructions(args.python, None, args.bytecode)
             n = args.instructions
             print(f"instructions of the boot path (callgrind, median of {n}; `python -c pass` {bare:,}):")
