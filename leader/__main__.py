@@ -4,7 +4,7 @@ import os
 
 # The agent loads no pydantic plugin, so pydantic need not read every installed distribution's
 # entry points for one (pydantic/plugin/_loader.py get_plugins, the first time a model is
-# built; PYDANTIC_DISABLE_PLUGINS since pydantic 2.7, pydantic PR #8767): ~25 million
+# built; PYDANTIC_DISABLE_PLUGINS: pydantic PR #8767, ignored by a pydantic without it): ~25 million
 # instructions of the boot path with 67 distributions installed (docs/benchmarks.md section 12).
 # A value set by the operator stays.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")

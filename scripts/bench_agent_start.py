@@ -2,7 +2,7 @@
 
 Usage: ``.venv/bin/python scripts/bench_agent_start.py [--runs 9] [--series 3] [--python PY]
 [--tree DIR] [--compare DIR] [--bytecode cached|none] [--compare-bytecode cached|none]
-[--instructions N]``
+[--instructions N] [--steps]``
 
 Each run starts ``PY -m leader run --config <tmp>/node.yaml`` as a worker (the boot path is the
 same for both roles up to the ``boot`` event; a control node then starts Phylactery) on a
@@ -28,6 +28,11 @@ dependencies use their own ``__pycache__`` either way, as ``pip install`` leaves
 no root and no lab. Also prints the import time of the boot path and of the whole agent
 (``-X importtime``, cumulative, top level). ``--python`` measures another interpreter with this
 tree on ``PYTHONPATH``.
+
+``--steps`` prints only where the instructions go: each step of the boot path (the
+interpreter, click, PyYAML, pydantic, node.yaml's models...) added in turn, one callgrind run
+each, with the cyclic garbage collector off (for a tree whose ``leader/__main__.py`` sets
+``PYDANTIC_DISABLE_PLUGINS``, set it in the environment too).
 
 ``--instructions N`` also counts the CPU instructions of the boot path, which other load does
 not change: ``valgrind --tool=callgrind`` (its ``Collected`` count) runs N times per tree a
@@ -160,9 +165,34 @@ announce(cfg)
 """
 
 
-def instructions(python: str, tree: Path | None, bytecode: str) -> int:
+# Where the boot path's instructions go (--steps): each step adds its lines to the ones above.
+STEPS = (
+    ("the interpreter", ""),
+    ("import click", "import click"),
+    ("import yaml", "import yaml"),
+    (
+        "pydantic: BaseModel, Field, field_validator, one small model",
+        "from pydantic import BaseModel, Field, field_validator\n"
+        "class A(BaseModel):\n    a: int = Field(1, ge=0)\n"
+        "    @field_validator('a')\n    @classmethod\n    def _a(cls, v): return v\nA(a=1)",
+    ),
+    ("import core.config (node.yaml's models)", "import core.config"),
+    ("node.yaml read and validated", "from core.cli import load_or_exit\ncfg = load_or_exit(sys.argv[1], 'ek8s-node')"),
+    ("import core.records", "import core.records"),
+    ("import core.share", "import core.share"),
+    (
+        "leader.cli, leader.boot, logging set up",
+        "import leader.cli, leader.boot\nfrom core.logs import log_start, setup_logging\n"
+        "setup_logging(cfg.node.name, 'info')\nlog_start('ek8s-node', 'agent', cfg)",
+    ),
+    ("announce: directories, heartbeat, boot event", "leader.boot.announce(cfg)"),
+)
+
+
+def instructions(python: str, tree: Path | None, bytecode: str, code: str | None = None) -> int:
     """Instructions (callgrind's ``Collected``) of one boot path of ``tree``'s agent on a fresh
-    share, or of ``python -c pass`` when ``tree`` is None."""
+    share (or of ``code``, given node.yaml's path as ``sys.argv[1]``), or of ``python -c pass``
+    when ``tree`` is None."""
     with tempfile.TemporaryDirectory(prefix="ek8s-bench-start-") as tmp:
         t = Path(tmp)
         for sub in ("heartbeats", "events", "slots"):
@@ -171,10 +201,10 @@ def instructions(python: str, tree: Path | None, bytecode: str) -> int:
             f"role: worker\nnode: {{name: worker0, address: 10.0.0.41}}\nshare: {{path: {t / 'share'}}}\n"
             f"root: {t}\nservice_manager: process\n"
         )
-        code = ["-c", "pass"] if tree is None else ["-c", BOOT_PATH, str(t / "node.yaml")]
+        args = ["-c", "pass"] if tree is None else ["-c", code or BOOT_PATH, str(t / "node.yaml")]
         env = environment(tree or t, bytecode)
         env["PYTHONHASHSEED"] = "0"
-        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, *code]
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, *args]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=t)
     m = re.search(r"Collected : (\d+)", res.stderr)
     if not m:
@@ -210,6 +240,22 @@ def describe(runs: list[Run]) -> str:
     return out
 
 
+def steps(python: str, tree: Path, bytecode: str) -> None:
+    """Print the instructions of each of :data:`STEPS` for ``tree`` (one callgrind run each)."""
+    with tempfile.TemporaryDirectory(prefix="ek8s-bench-trees-") as keep:
+        copy = prepare(tree, bytecode, python, Path(keep) / "tree")
+        # The cyclic collector off: where its full collections fall moves with each step's
+        # allocations (tens of millions of instructions), so with it on, a step's count moved
+        # by up to +-60 M between runs. The boot path's own count (--instructions) keeps it.
+        code, before = "import gc, sys\ngc.disable()", 0
+        print(f"{tree}, bytecode {bytecode}: instructions (callgrind), cumulative and added per step")
+        for name, lines in STEPS:
+            code = f"{code}\n{lines}" if lines else code
+            n = instructions(python, copy, bytecode, code)
+            print(f"  {n / 1e6:8.1f} M  (+{(n - before) / 1e6:6.1f} M)  {name}", flush=True)
+            before = n
+
+
 def main() -> None:
     """Run the benchmark (arguments in the module's docstring) and print the figures."""
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -221,8 +267,12 @@ def main() -> None:
     p.add_argument("--bytecode", choices=("cached", "none"), default="cached")
     p.add_argument("--compare-bytecode", choices=("cached", "none"), help="default: --bytecode")
     p.add_argument("--instructions", type=int, default=0, metavar="N", help="N callgrind runs per tree")
+    p.add_argument("--steps", action="store_true", help="only the instructions of each step of the boot path")
     args = p.parse_args()
     modes = [args.bytecode, args.compare_bytecode or args.bytecode]
+    if args.steps:
+        steps(args.python, args.tree.resolve(), args.bytecode)
+        return
     print(f"{args.python} ({sys.version.split()[0]} here), bytecode {' / '.join(modes)}, {args.runs} runs per series")
     with tempfile.TemporaryDirectory(prefix="ek8s-bench-trees-") as keep:
         trees = [args.tree] + ([args.compare] if args.compare else [])
