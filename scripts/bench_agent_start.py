@@ -31,8 +31,9 @@ tree on ``PYTHONPATH``.
 
 ``--steps`` prints only where the instructions go: each step of the boot path (the
 interpreter, click, PyYAML, pydantic, node.yaml's models...) added in turn, one callgrind run
-each, with the cyclic garbage collector off (for a tree whose ``leader/__main__.py`` sets
-``PYDANTIC_DISABLE_PLUGINS``, set it in the environment too).
+each, with the cyclic garbage collector off and without the interpreter's teardown
+(``os._exit``); for a tree whose ``leader/__main__.py`` sets
+``PYDANTIC_DISABLE_PLUGINS``, set it in the environment too.
 
 ``--instructions N`` also counts the CPU instructions of the boot path, which other load does
 not change: ``valgrind --tool=callgrind`` (its ``Collected`` count) runs N times per tree a
@@ -244,14 +245,15 @@ def steps(python: str, tree: Path, bytecode: str) -> None:
     """Print the instructions of each of :data:`STEPS` for ``tree`` (one callgrind run each)."""
     with tempfile.TemporaryDirectory(prefix="ek8s-bench-trees-") as keep:
         copy = prepare(tree, bytecode, python, Path(keep) / "tree")
-        # The cyclic collector off: where its full collections fall moves with each step's
-        # allocations (tens of millions of instructions), so with it on, a step's count moved
-        # by up to +-60 M between runs. The boot path's own count (--instructions) keeps it.
-        code, before = "import gc, sys\ngc.disable()", 0
+        # The cyclic collector off and no interpreter teardown (os._exit): where collections
+        # fall and what the teardown frees move with each step's program, and with them a
+        # step's own count moved by tens of millions (some came out negative). The boot
+        # path's count (--instructions) includes both.
+        code, before = "import gc, os, sys\ngc.disable()", 0
         print(f"{tree}, bytecode {bytecode}: instructions (callgrind), cumulative and added per step")
         for name, lines in STEPS:
             code = f"{code}\n{lines}" if lines else code
-            n = instructions(python, copy, bytecode, code)
+            n = instructions(python, copy, bytecode, f"{code}\nos._exit(0)")
             print(f"  {n / 1e6:8.1f} M  (+{(n - before) / 1e6:6.1f} M)  {name}", flush=True)
             before = n
 
