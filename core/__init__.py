@@ -12,7 +12,6 @@ It imports nothing of the programs above it (``leader``, ``phylactery``, ``manag
 from __future__ import annotations
 
 import functools
-import subprocess
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -47,6 +46,8 @@ def read_revision(here: Path) -> str:
     checkout = here.parent
     if not (checkout / ".git").exists():
         return UNKNOWN
+    import subprocess  # only for a checkout: a node's agent reaches its share without it
+
     try:
         res = subprocess.run(
             ["git", "-C", str(checkout), "describe", "--always", "--dirty"],

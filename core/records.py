@@ -35,7 +35,13 @@ from core import noderoles
 from core.config import NODE_NAME_RE
 from core.versions import parse as parse_version
 
-RECORD = ConfigDict(extra="ignore")
+# defer_build: a record's validator (its pydantic-core schema) is built the first time the
+# record is parsed or made, not when this module is imported (pydantic's ConfigDict.defer_build;
+# pydantic 2.14 pydantic/_internal/_dataclasses.py complete_dataclass honours it for dataclasses,
+# a pydantic that does not just builds them at import as before). Building all of them cost the
+# agent ~25 ms of CPU before its first share operation; a worker's boot builds none, a control
+# node's only ClusterState (docs/benchmarks.md section 12, tests/unit/test_import_budget.py).
+RECORD = ConfigDict(extra="ignore", defer_build=True)
 
 # A boot id: the kernel's (a UUID) or the lab's per-root one; never whitespace or a newline.
 BOOT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

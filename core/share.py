@@ -29,9 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from filelock import FileLock
 from pydantic.dataclasses import dataclass as record
 
 from core.admission import INITIAL, Signal, Window
@@ -67,6 +66,9 @@ from core.records import (
     snapshot_name,
 )
 from core.records import snapshot_secret as parse_snapshot_secret
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 __all__ = [
     "Count",
@@ -328,10 +330,15 @@ class ShareStore:
         self.cluster = cluster
         self.node = node
         self.ops = OpCounters()  # this store's operations on the share (operation_counts())
-        self._lock = FileLock(str(self.dir / "cluster.lock"), timeout=LOCK_TIMEOUT_S, mode=0o600)
-        slots_lock = self.dir / "nodes" / "slots" / "slots.lock"
-        self._slots_lock = FileLock(str(slots_lock), timeout=LOCK_TIMEOUT_S, mode=0o660)
-        self._events_lock = FileLock(str(self.events_path.with_name("events.lock")), timeout=LOCK_TIMEOUT_S, mode=0o600)
+        # The share's lock files and their modes; each FileLock (and filelock itself) is made
+        # when first taken (_file_lock), so a boot reaches the share before importing filelock.
+        self._lock_files: dict[str, tuple[Path, int]] = {
+            "cluster": (self.dir / "cluster.lock", 0o600),
+            "slots": (self.dir / "nodes" / "slots" / "slots.lock", 0o660),
+            "events": (self.events_path.with_name("events.lock"), 0o600),
+        }
+        self._file_locks: dict[str, FileLock] = {}
+        self._file_locks_made = threading.Lock()
 
     # -- layout: which tree each record lives in (docs/share-protocol.md, "Two trees") -----
     def _c(self, *parts: str) -> Path:
@@ -560,13 +567,26 @@ class ShareStore:
                     _share_group(token)
         return done
 
+    def _file_lock(self, which: str) -> FileLock:
+        """The ``filelock.FileLock`` on lock file ``which`` (``cluster``, ``slots``, ``events``),
+        made on first use (one per store and file, also when threads ask at once); acquiring
+        it waits at most ``LOCK_TIMEOUT_S`` seconds, then raises ``filelock.Timeout``."""
+        with self._file_locks_made:
+            lock = self._file_locks.get(which)
+            if lock is None:
+                from filelock import FileLock  # ~15 ms of imports, paid by the first lock taken
+
+                path, mode = self._lock_files[which]
+                lock = self._file_locks[which] = FileLock(str(path), timeout=LOCK_TIMEOUT_S, mode=mode)
+            return lock
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """``cluster.lock`` (control tree; refused on a worker's store)."""
         self._c("cluster.lock")
         self.ops.add(locks=1)
         try:
-            with self._lock:
+            with self._file_lock("cluster"):
                 yield
         except TimeoutError as err:
             raise ShareError(f"{self.dir}/cluster.lock: not obtained in {LOCK_TIMEOUT_S}s") from err
@@ -576,7 +596,7 @@ class ShareStore:
         """``nodes/slots/slots.lock``: the worker join slots' lock, every role."""
         self.ops.add(locks=1)
         try:
-            with self._slots_lock:
+            with self._file_lock("slots"):
                 yield
         except TimeoutError as err:
             raise ShareError(f"{self.nodes_dir}/slots/slots.lock: not obtained in {LOCK_TIMEOUT_S}s") from err
@@ -1572,7 +1592,7 @@ class ShareStore:
             **fields,
         }
         self.ops.add(locks=1, writes=1, fsyncs=1)
-        with self._events_lock:
+        with self._file_lock("events"):
             size = append_line(self.events_path, json.dumps(line, sort_keys=False))
             if size >= self.events_max_bytes:
                 self._rotate_events()

@@ -47,10 +47,12 @@ class Booted:
 
 def announce(cfg: NodeConfig, store: ShareStore | None = None, boot: str | None = None) -> Booted:
     """The cluster directory (:meth:`ShareStore.ensure`), the previous heartbeat, this boot's
-    first heartbeat (state ``elect``, generation 0) and the ``boot`` event (with
-    ``boot_id`` and ``first_share_op_s``). Raises ``OSError`` and
-    :class:`core.share.ShareError` when the share fails."""
+    first heartbeat (state ``elect``, generation 0) and the ``boot`` event (with ``boot_id``,
+    ``first_share_op_s`` and ``first_share_op_cpu_s``: this process's CPU seconds, all
+    threads, user and system, before its first share operation; less moved by other load than
+    the wall time). Raises ``OSError`` and :class:`core.share.ShareError` when the share fails."""
     first_share_op_s = since_process_start_s()
+    first_share_op_cpu_s = round(time.process_time(), 3)
     store = store or ShareStore(cfg.share.path, cfg.cluster, cfg.node.name, role=cfg.role)
     boot = boot or boot_id(cfg.root)
     store.ensure()
@@ -63,5 +65,6 @@ def announce(cfg: NodeConfig, store: ShareStore | None = None, boot: str | None 
         role=cfg.role,
         boot_id=boot,
         first_share_op_s=first_share_op_s,
+        first_share_op_cpu_s=first_share_op_cpu_s,
     )
     return Booted(store, boot, previous)

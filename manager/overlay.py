@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import core
@@ -82,6 +84,28 @@ def _ignore(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))]
 
 
+def compile_bytecode(lib: Path) -> None:
+    """Compile every module under ``lib`` to ``__pycache__/<module>.<tag>.pyc`` for the Python
+    that runs this (``sys.implementation.cache_tag``, e.g. ``cpython-311``: the nodes' python3.11
+    when the server runs ek8s with python3.11, docs/warewulf.md), so a node's agent does not
+    compile its modules at every boot (its root is in RAM: ~50 million instructions, ~15 ms,
+    before its first share operation, and more for the rest of the agent; docs/benchmarks.md
+    section 12). Another Python on the node ignores them and compiles, as without them.
+
+    The bytecode is checked against a hash of its source (PEP 552 ``checked-hash``), not the
+    source's mtime, which Warewulf's overlay images need not keep: an edited source on a node
+    is compiled again. The same tree gives the same bytes wherever it is built: the source paths
+    recorded are the node's (``compileall -d``; the import system puts the real path in
+    tracebacks anyway) and the child runs with ``PYTHONHASHSEED=0`` (the order of a set
+    constant follows string hashes). Raises :class:`OverlayError` when a module does not
+    compile."""
+    node_dir = f"/{LIB_DIR}/python"
+    cmd = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", "-d", node_dir, str(lib)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False)
+    if res.returncode != 0:
+        raise OverlayError(f"compiling the node's code failed: {(res.stdout + res.stderr).strip()[-2000:]}")
+
+
 def build(out: Path) -> list[Path]:
     """Write the overlays under ``out`` (e.g. ``/var/lib/warewulf/overlays``); return their dirs.
 
@@ -89,8 +113,9 @@ def build(out: Path) -> list[Path]:
     build (it has ``.ek8s-overlay``, which holds ``core.__version__`` and
     :func:`core.revision`, also written to the copied code's ``core/REVISION``) is replaced
     whole; any other existing directory of the same name is refused with
-    :class:`OverlayError`, before anything is written. Raises ``OSError`` (``shutil``) when
-    ``out`` cannot be written; Warewulf renders the result with ``wwctl overlay build``.
+    :class:`OverlayError`, before anything is written. The copied code comes with its
+    bytecode (:func:`compile_bytecode`). Raises ``OSError`` (``shutil``) when ``out`` cannot
+    be written; Warewulf renders the result with ``wwctl overlay build``.
     """
     src = source_dir()
     targets = [out / name for name in OVERLAYS]
@@ -117,6 +142,7 @@ def build(out: Path) -> list[Path]:
         shutil.copytree(pkg_dir, lib / pkg_dir.name, ignore=_ignore)
     # The node's copy of core says which tree it came from (core.revision(): no git there).
     (lib / "core" / core.REVISION_FILE).write_text(f"{core.revision()}\n")
+    compile_bytecode(lib)
     (root / LIB_DIR / "VERSION").write_text(f"{version}\n")
     for name, package in PROGRAMS.items():
         wrapper = root / "usr" / "local" / "sbin" / name
