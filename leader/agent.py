@@ -566,6 +566,7 @@ class Agent:
         self.generation = state.generation
         if action == "lead":
             self.term = LeaderTerm(state.claim())
+            self.join = JoinEpisode()  # a leader has joined nothing: AWAIT_NODE keeps its control plane
             fence = self.term.fence
             epoch = fence.epoch if fence else state.epoch
             return self._go(

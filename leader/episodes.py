@@ -42,7 +42,8 @@ class LeaderTerm:
 @dataclass
 class JoinEpisode:
     """This node's way into a ready generation, over attempts. Starts when the election says
-    join (ELECT -> JOIN: ``JoinEpisode()``) or when this node must rejoin after its Node or
+    join (ELECT -> JOIN: ``JoinEpisode()``; leading starts an empty one too, so that a leader
+    that joined an earlier generation is not taken for a joiner) or when this node must rejoin after its Node or
     etcd member was removed or its member's data was declared lost
     (``JoinEpisode(must_prune=True)``, then RESET -> JOIN); ends when the next one replaces
     it. A join that succeeds keeps it: a Node that is not Ready in time fails attempt

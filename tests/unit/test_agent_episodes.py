@@ -78,3 +78,28 @@ def test_a_new_generations_join_does_not_inherit_the_last_episodes_prune(tmp_pat
     h.probes.etcd = LocalView(members=(OTHER, ME), member_id=2, raft_index=1, quorum=True)
     assert h.cycle() == "running kubeadm join as control (attempt 1/3)"
     assert not h.events("pruned")
+
+
+def test_a_node_that_joined_before_and_now_leads_keeps_its_control_plane(tmp_path: Path) -> None:
+    """Leading a generation ends the join episode of the one before: a leader whose Node is
+    not Ready in time keeps the control plane that serves its generation, whether or not this
+    node joined an earlier generation."""
+    h = watching_control(tmp_path)  # control1 joined generation 1 (attempt 1)
+    ShareStore(h.cfg.share.path, "default", "operator").rebuild("ek8s reset")
+    h.clock.advance(h.cfg.timeouts.watch_share_interval_s)
+    assert h.cycle() == "generation 2 replaced 1; resetting to follow it"
+    h.finish_jobs()
+    assert h.cycle() == "reset done; elect again"
+    assert h.cycle().startswith("I lead generation 2")
+    assert h.cycle() == "running kubeadm init"
+    h.finish_jobs()
+    assert h.cycle().startswith("kubeadm init finished")
+    assert h.cycle() == "the API answers behind the VIP; publishing join material and applying manifests"
+    h.finish_jobs()
+    assert h.cycle() == "generation 2 is ready; join material published"
+    h.probes.node = False
+    h.clock.advance(h.cfg.timeouts.node_ready_s + 1)
+    assert h.cycle() == (
+        "my Node was not Ready within 300s; my control plane serves generation 2, so I keep it and wait"
+    )
+    assert h.state == "AWAIT_NODE" and not h.events("join_failed")
