@@ -49,6 +49,7 @@ from core.tls import TrustedCA
 from leader import peers
 from leader.boot import Booted, announce, since_process_start_s
 from leader.election import rule_for
+from leader.episodes import JoinEpisode, JoinSlot, LeaderTerm, PendingReset, Silence
 from leader.host import prepare_host
 from leader.metrics import AgentMetrics
 from leader.states import CYCLE_S, Jobs, State
@@ -233,33 +234,23 @@ class Agent:
         self.state = State.ELECT
         self.entered_at = clock()
         self.generation = 0
-        self.fence: Fence | None = None  # our claim while we lead an unready generation
+        # The episodes (leader/episodes.py), each replaced whole when it starts, None between.
+        self.term: LeaderTerm | None = None  # while we lead an unready generation
+        self.join = JoinEpisode()
+        self.slot: JoinSlot | None = None
+        self.silence: Silence | None = None
+        self.pending_reset: PendingReset | None = None
         self.previous: Heartbeat | None = None  # this node's heartbeat from before this boot
         self.booted: Booted | None = None  # the boot already announced on the share (leader.boot)
         self.resume_checked = False  # the first ELECT asks whether a restart can resume
-        self.init_result: InitResult | None = None
-        self.init_failures = 0
-        self.join_attempt = 0
-        self.pruned_for = 0  # the join attempt the last prune was made for
-        self.slot_held = False
-        self.admission_judged = False  # this slot's /readyz was reported to the window
-        self.after_reset = State.ELECT
-        self.resume_at = 0.0
-        self.silent_since: float | None = None
+        self.init_failures = 0  # failed inits since the last Node Ready (across leader terms)
         self.lease_checked_at = clock()
-        self.lost_reported = False
-        self.waiting_reported = False  # recovery_waiting recorded in this silence
-        self.api_seen = False
         self.phylactery_started = False
         self.phylactery_up = False
         self._ca: tuple[int, bytes] | None = None  # (generation, cluster CA PEM)
-        self._credentials: Credentials | None = None
-        self.etcd_index: int | None = None  # reported in heartbeats while quorum is lost
         self.member_checked_at = clock()
         self.node_checked_at = clock()
         self.node_missing = 0  # consecutive checks whose API answered that this node's Node is gone
-        self.must_prune = False  # rejoining after the member was removed: prune first
-        self.kubeadm_s = 0.0
         self._last_snap: tuple[float, Snapshot] | None = None  # (clock, snapshot) of the share
         self.jitter: Callable[[], float] = random.random  # in [0, 1): spreads workers' polls
         self.metrics = AgentMetrics(store, cfg.node.name, cfg.role, cfg.kubernetes.distribution)
@@ -400,7 +391,7 @@ class Agent:
         now, t = self.clock(), self.cfg.timeouts
         every = t.watch_share_interval_s if self.cfg.is_control else t.worker_share_interval_s
         cached = self._last_snap
-        if self.state is State.WATCH and self.silent_since is None and cached and now - cached[0] < every:
+        if self.state is State.WATCH and self.silence is None and cached and now - cached[0] < every:
             return cached[1]
         snap = self.store.snapshot(leases=self.state is State.FOLLOW and self.cfg.is_control)
         self._last_snap = (now, snap)
@@ -427,8 +418,9 @@ class Agent:
         self.jobs.cancel(wait_s=10.0)
         try:
             self._release_slot()
-            if self.fence is not None and self.store.release_leadership(
-                self.fence, f"{self.cfg.node.name} stopped ({why}) before its generation was ready"
+            fence = self.term.fence if self.term is not None else None
+            if fence is not None and self.store.release_leadership(
+                fence, f"{self.cfg.node.name} stopped ({why}) before its generation was ready"
             ):
                 log.info("released my unfinished leader claim", extra={"phase": self.state.value})
             self._event("stopped", f"agent stopped ({why}) in state {self.state.value}")
@@ -465,9 +457,9 @@ class Agent:
         had_job = self.jobs.current is not None
         self.jobs.cancel()
         self._release_slot()
-        self.fence = None
+        self.term = None
         self.generation = new
-        self.silent_since, self.lost_reported = None, False  # silence is judged per generation
+        self.silence = None  # silence is judged per generation
         if self.phylactery_started:
             self.refresh_phylactery()
         if had_job or self.driver.is_joined():
@@ -495,8 +487,7 @@ class Agent:
         self.jobs.cancel()
         self._release_slot()
         self.jobs.start("reset", lambda: self.driver.reset(whole_cluster))
-        self.after_reset = then
-        self.resume_at = self.clock() + backoff_s
+        self.pending_reset = PendingReset(then, self.clock() + backoff_s)
         return self._go(State.RESET, sentence, event, **fields)
 
     def _resume(self, snap: Snapshot) -> str | None:
@@ -534,7 +525,7 @@ class Agent:
         return any(self.driver.etcd_member_node(m.name) == self.cfg.node.name for m in members)
 
     def _deposed(self, why: str) -> str:
-        self.fence = None
+        self.term = None
         return self._reset(State.ELECT, f"deposed ({why}); resetting and following the new leader", "deposed")
 
     def _init_failed(self, why: str) -> str:
@@ -546,9 +537,9 @@ class Agent:
 
     def _join_failed(self, why: str) -> str:
         """A failed prune, join, or first Node Ready after a join: reset and join again."""
-        if not self.cfg.is_control and self.slot_held:
+        if not self.cfg.is_control and self.slot is not None:
             self._admission_signal(Signal.JOIN_FAILED)
-        n = self.join_attempt
+        n = self.join.attempt
         self._event("join_failed", f"join attempt {n} failed: {why}", attempt=n)
         return self._attempt_failed("join", n, State.JOIN, f"join attempt {n}/{{N}} failed", "retrying", why)
 
@@ -574,9 +565,10 @@ class Agent:
             self.refresh_phylactery()
         self.generation = state.generation
         if action == "lead":
-            self.fence = state.claim()
-            self.init_result, self.api_seen = None, False
-            epoch = self.fence.epoch if self.fence else state.epoch
+            self.term = LeaderTerm(state.claim())
+            self.join = JoinEpisode()  # a leader has joined nothing: AWAIT_NODE keeps its control plane
+            fence = self.term.fence
+            epoch = fence.epoch if fence else state.epoch
             return self._go(
                 State.LEAD,
                 f"I lead generation {state.generation} with epoch {epoch}: {why}",
@@ -586,7 +578,7 @@ class Agent:
         if action == "follow":
             self.lease_checked_at = self.clock()
             return self._go(State.FOLLOW, f"following: {why}")
-        self.join_attempt = self.pruned_for = 0
+        self.join = JoinEpisode()
         return self._go(State.JOIN, f"joining: {why}")
 
     def _on_follow(self, snap: Snapshot) -> str:
@@ -606,7 +598,8 @@ class Agent:
         return f"waiting for {leader.node} to make generation {state.generation} ready"
 
     def _on_lead(self, snap: Snapshot) -> str:
-        if self.fence is None or not self.fence.holds(snap.state):
+        term = self.term
+        if term is None or term.fence is None or not term.fence.holds(snap.state):
             return self._deposed(f"the share records epoch {snap.state.epoch}")
         if self.jobs.current is None:
             if not self._host_ready():
@@ -617,7 +610,7 @@ class Agent:
             credentials = self.driver.new_credentials(restore_secret=secret)
             if restore is not None:
                 self._event("etcd_restore", f"restoring etcd from the snapshot {restore}")
-            self._credentials = credentials
+            term.credentials = credentials
             self.jobs.start("init", lambda: self._run_init(credentials, restore))
             return f"running {self.driver.name} init" + (f" with etcd restored from {restore.name}" if restore else "")
         job = self.jobs.take()
@@ -628,10 +621,10 @@ class Agent:
             if isinstance(error, (DriverError, OSError)):
                 return self._init_failed(str(error))
             raise error
-        self.init_result = job.result()
-        self.kubeadm_s = round(self.clock() - job.started, 3)
+        term.init_result = job.result()
+        term.kubeadm_s = round(self.clock() - job.started, 3)
         self.store.record_incarnation(self.boot_id, self.generation)
-        return self._go(State.PUBLISH, f"{self.driver.name} init finished in {self.kubeadm_s:.1f}s")
+        return self._go(State.PUBLISH, f"{self.driver.name} init finished in {term.kubeadm_s:.1f}s")
 
     def _run_init(self, credentials: Credentials, restore: Path | None) -> InitResult:
         if self.driver.is_joined():
@@ -640,25 +633,26 @@ class Agent:
         return self.driver.init(credentials, restore)
 
     def _on_publish(self, snap: Snapshot) -> str:
-        if self.fence is None or not self.fence.holds(snap.state):
+        term = self.term
+        if term is None or term.fence is None or not term.fence.holds(snap.state):
             return self._deposed(f"the share records epoch {snap.state.epoch}")
-        assert self.init_result is not None
+        assert term.init_result is not None
         if self.cfg.is_control and not self.phylactery_up and not self._phylactery_healthy():
             if self._in_state_s() > PHYLACTERY_UP_S:
                 return self._init_failed(f"Phylactery did not serve /healthz within {PHYLACTERY_UP_S:.0f}s")
             return "waiting for my Phylactery (HAProxy and keepalived) to serve /healthz"
-        if not self.api_seen:
-            if not self.probes.api_ready(self.init_result.ca_cert_pem):
+        if not term.api_seen:
+            if not self.probes.api_ready(term.init_result.ca_cert_pem):
                 if self._in_state_s() > API_UP_S:
                     return self._init_failed(f"the API did not answer behind the VIP within {API_UP_S:.0f}s")
                 return f"waiting for the API behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}"
-            self.api_seen = True
+            term.api_seen = True
             self._event(
                 "api_ready",
                 f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}",
-                kubeadm_s=self.kubeadm_s,
+                kubeadm_s=term.kubeadm_s,
             )
-            fence, result, credentials = self.fence, self.init_result, self._credentials
+            fence, result, credentials = term.fence, term.init_result, term.credentials
             assert credentials is not None
             self.jobs.start("publish", lambda: self._publish(fence, result, credentials))
             return "the API answers behind the VIP; publishing join material and applying manifests"
@@ -674,7 +668,7 @@ class Agent:
             if isinstance(error, (OSError, ShareError, FailToCreateError, *probes.kube_errors())):
                 return self._init_failed(f"publishing failed: {error}")
             raise error
-        self.fence = None  # the generation is ready: nothing of the claim is left to release
+        self.term = None  # the generation is ready: nothing of the claim is left to release
         return self._go(State.AWAIT_NODE, f"generation {self.generation} is ready; join material published")
 
     def _publish(self, fence: Fence, result: InitResult, credentials: Credentials) -> None:
@@ -709,7 +703,7 @@ class Agent:
             if error is not None:
                 if not isinstance(error, (PruneFailed, OSError, ShareError)):
                     raise error
-                self.join_attempt += 1  # a failed prune is a failed attempt: no join follows it
+                self.join.attempt += 1  # a failed prune is a failed attempt: no join follows it
                 return self._join_failed(str(error))
         elif job is not None:
             error = job.error()
@@ -725,20 +719,20 @@ class Agent:
             else:
                 slow = self.clock() - job.started > self.cfg.timeouts.worker_join_slot_s / 2
                 self._admission_signal(Signal.SLOW_JOIN if slow else Signal.HEALTHY)
-            self.must_prune = False
+            self.join.must_prune = False
             return self._go(
                 State.AWAIT_NODE,
                 f"{self.driver.name} join succeeded",
                 "joined",
-                attempt=self.join_attempt,
+                attempt=self.join.attempt,
                 kubeadm_s=round(self.clock() - job.started, 3),
             )
         running = self.jobs.running
         if running is not None:
             if running.name == "prune":
                 return self._prune_sentence()
-            return f"{self.driver.name} join is running (attempt {self.join_attempt})"
-        if not self.cfg.is_control and not self.slot_held:
+            return f"{self.driver.name} join is running (attempt {self.join.attempt})"
+        if not self.cfg.is_control and self.slot is None:
             # Before the API probe: a worker waiting for a slot costs one share read a look.
             k = self.cfg.kubernetes.worker_join_concurrency
             initial = float(k) if not self._adaptive else INITIAL
@@ -749,19 +743,18 @@ class Agent:
                     f"all {allowed} worker join slots are taken ({held} workers joining; the admission window "
                     f"allows {allowed}, at most {k}); waiting for one"
                 )
-            self.slot_held = True
-            self.admission_judged = False
-        if not self.cfg.is_control and not self.admission_judged:
+            self.slot = JoinSlot()
+        if not self.cfg.is_control and (self.slot is None or not self.slot.admission_judged):
             if not self._admission_probe():
                 return self._judge_silence("before joining")
         elif not self._api_alive():
             return self._judge_silence("before joining")
-        attempt = self.join_attempt + 1
-        if self._needs_prune(attempt, snap.state.restore_from is not None) and self.pruned_for != attempt:
+        attempt = self.join.attempt + 1
+        if self._needs_prune(attempt, snap.state.restore_from is not None) and self.join.pruned_for != attempt:
             # Beside our own Phylactery's start-up, not after it: other nodes' Phylacteries do
             # both, since a rejoin may come days after init (certificates last 2 h, the token
             # 24 h) and a rebooted node leaves its Node and etcd member behind.
-            self.pruned_for = attempt
+            self.join.pruned_for = attempt
             self.jobs.start("prune", self._prune_and_renew)
             return self._prune_sentence()
         if not self._host_ready():
@@ -772,8 +765,8 @@ class Agent:
             holder = self.store.try_join_slot(self.boot_id, self.cfg.timeouts.lease_ttl_s)
             if holder is not None:
                 return f"{holder} is joining the control plane; waiting for my turn"
-            self.slot_held = True
-        self.join_attempt = attempt
+            self.slot = JoinSlot()
+        self.join.attempt = attempt
         self.jobs.start("join", self._run_join)
         attempts = self.cfg.timeouts.join_attempts
         sentence = f"running {self.driver.name} join as {self.cfg.role} (attempt {attempt}/{attempts})"
@@ -793,7 +786,7 @@ class Agent:
         Node is Ready, so every first join of a restored generation prunes too."""
         prev = self.previous
         same_generation = prev is not None and prev.generation == self.generation
-        return attempt > 1 or self.must_prune or restored or same_generation
+        return attempt > 1 or self.join.must_prune or restored or same_generation
 
     def _prune_and_renew(self) -> None:
         """The prune job: other control nodes' Phylacteries remove this node's stale Node and
@@ -850,7 +843,7 @@ class Agent:
             )
         if self._in_state_s() > self.cfg.timeouts.node_ready_s:
             why = f"my Node was not Ready within {self.cfg.timeouts.node_ready_s:.0f}s"
-            if self.join_attempt == 0:
+            if self.join.attempt == 0:
                 # The leader: its control plane serves the ready generation; resetting it would
                 # take the cluster down for a kubelet or CNI problem. Keep it, and say so.
                 return f"{why}; my control plane serves generation {self.generation}, so I keep it and wait"
@@ -872,7 +865,7 @@ class Agent:
             found = self.probes.node_found()
             if found is not None:
                 answered = True  # the API answered: this cycle needs no other probe of it
-                self.silent_since = None
+                self.silence = None
                 vanished = self._node_vanished(found)
                 if vanished is not None:
                     return vanished
@@ -905,7 +898,7 @@ class Agent:
         try:
             self.services.restart(service)
         except ServiceError as err:
-            self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+            self.join = JoinEpisode(must_prune=True)
             return self._reset(
                 State.JOIN, f"{why}; restarting {service} failed ({err}): resetting and rejoining", "node_vanished"
             )
@@ -931,7 +924,7 @@ class Agent:
         quorum = self.probes.quorum_members(peers.peer_urls(self.store, me, ttl), self.store.read_credential(CONTROL))
         if quorum is None or me in quorum:
             return None
-        self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+        self.join = JoinEpisode(must_prune=True)
         asked = "my etcd member does not answer" if view is None else "my etcd member does not list itself"
         why = f"{asked}, and a quorum's member list (asked through another member) lacks it: it was removed"
         return self._reset(State.JOIN, f"{why}; resetting and rejoining", "member_removed")
@@ -941,7 +934,6 @@ class Agent:
         if reform is not None:
             return reform
         if self._api_alive():
-            self.lost_reported = False
             return self._go(State.WATCH, f"the API of generation {self.generation} answers again")
         return f"generation {self.generation} is lost; on_cluster_lost is 'wait': waiting for 'ek8s reset'"
 
@@ -952,10 +944,11 @@ class Agent:
         done = self.jobs.take()
         if done is not None and done.error() is not None:
             log.warning("reset failed; going on", extra={"phase": "reset", "error": str(done.error())})
-        left = self.resume_at - self.clock()
+        pending = self.pending_reset or PendingReset(State.ELECT, 0.0)
+        left = pending.resume_at - self.clock()
         if left > 0:
-            return f"backing off before {self.after_reset.value}"
-        return self._go(self.after_reset, f"reset done; {self.after_reset.value} again")
+            return f"backing off before {pending.then.value}"
+        return self._go(pending.then, f"reset done; {pending.then.value} again")
 
     # -- the API behind the VIP, and a lost cluster ---------------------------------------
     def _cluster_ca(self) -> bytes:
@@ -978,11 +971,12 @@ class Agent:
         if not ca:
             return False
         status, latency_s = self.probes.api_readyz(ca)
-        self.admission_judged = True
+        if self.slot is not None:
+            self.slot.admission_judged = True
         self._admission_signal(readyz_signal(status, latency_s))
         if status != 200:
             return False
-        self.silent_since = None
+        self.silence = None
         return True
 
     @property
@@ -1007,10 +1001,10 @@ class Agent:
     def _api_alive(self) -> bool:
         ca = self._cluster_ca()
         if ca and self.probes.api_ready(ca):
-            self.silent_since, self.waiting_reported = None, False
+            self.silence = None
             return True
-        if self.silent_since is None:
-            self.silent_since = self.clock()
+        if self.silence is None:
+            self.silence = Silence(since=self.clock())
         return False
 
     def _judge_silence(self, when: str) -> str:
@@ -1026,7 +1020,7 @@ class Agent:
         generation at once (the next cycle follows it), ``wait`` enters LOST. Workers only
         wait."""
         grace = self.cfg.timeouts.cluster_lost_grace_s
-        silent = self.clock() - (self.silent_since or self.clock())
+        silent = self._silent_s()
         vip = f"{self.cfg.vip.address}:{self.cfg.vip.port}"
         silence = f"the API of generation {self.generation} does not answer behind {vip} {when}"
         if not self.cfg.is_control:
@@ -1040,7 +1034,7 @@ class Agent:
             and mine.boot_id == self.boot_id  # the proof is about this boot's member, not an earlier boot's
             and self.driver.is_joined()
         ):
-            self.must_prune, self.join_attempt, self.pruned_for = True, 0, 0
+            self.join = JoinEpisode(must_prune=True)
             why = f"my etcd member's data was declared lost ({me} {a.proof_of(me)}) while this node runs"
             why += ": it must not serve its old data; resetting and rejoining"
             return self._reset(State.JOIN, why, "member_removed")
@@ -1053,12 +1047,10 @@ class Agent:
         why = f"cluster lost: generation {self.generation} is marked ready but no API answered"
         why += f" behind {vip} for {silent:.0f}s"
         if self.cfg.on_cluster_lost == "wait":
-            self.lost_reported = True
             return self._go(State.LOST, f"{why}; on_cluster_lost is 'wait': waiting for 'ek8s reset'", "cluster_lost")
         if self.cfg.on_cluster_lost == "restore" and not self.driver.restores_snapshots:
             # Starting from nothing is the operator's call ('reinit' or 'ek8s reset'), never a
             # silent stand-in for a restore; failing init after init would not help either.
-            self.lost_reported = True
             cannot = f"{self.driver.name} cannot restore a snapshot into a new generation"
             sentence = f"{why}; on_cluster_lost is 'restore' but {cannot}: waiting for 'ek8s reset'"
             return self._go(State.LOST, sentence, "cluster_lost")
@@ -1071,8 +1063,27 @@ class Agent:
         outcome = f"started generation {new.generation}, {plan}" if new else "another node started a new one"
         sentence = f"{why}; {outcome}"
         self._event("cluster_lost", sentence)
-        self.silent_since = None
+        self.silence = None
         return sentence
+
+    def _silence(self) -> Silence:
+        """The current silence of the API (a control node judges silence only after a probe
+        behind the VIP went unanswered, which started it; one starts now otherwise)."""
+        if self.silence is None:
+            self.silence = Silence(since=self.clock())
+        return self.silence
+
+    @property
+    def etcd_index(self) -> int | None:
+        """The raft index this node's heartbeats report: its member's while the API is silent
+        and etcd has no quorum (:class:`leader.episodes.Silence`), else None."""
+        silence = self.silence
+        return silence.etcd_index if silence is not None else None
+
+    def _silent_s(self) -> float:
+        """Seconds the API has been silent (0 when it is not)."""
+        silence = self.silence
+        return self.clock() - silence.since if silence is not None else 0.0
 
     def _assess(self) -> recovery.Assessment:
         """The generation's etcd members and what became of their data, from the share
@@ -1093,8 +1104,9 @@ class Agent:
             if filed:
                 self._event("fence_requested", f"asked the Warewulf server to fence {', '.join(filed)}", nodes=filed)
             sentence += f"; fence requested for {', '.join(a.silent)} (fencing: warewulf-power)"
-        if not self.waiting_reported and silent_s >= self.cfg.timeouts.cluster_lost_grace_s:
-            self.waiting_reported = True
+        episode = self._silence()
+        if not episode.waiting_reported and silent_s >= self.cfg.timeouts.cluster_lost_grace_s:
+            episode.waiting_reported = True
             self._event("recovery_waiting", sentence, silent=a.silent, lost=a.lost, survivors=a.survivors)
         return sentence
 
@@ -1107,12 +1119,12 @@ class Agent:
         if view is None:
             return f"{silence}; my etcd member does not answer"
         if view.quorum:
-            self.etcd_index = None
+            self._silence().etcd_index = None
             return f"{silence}; etcd has quorum, the API should come back"
-        self.etcd_index = view.raft_index
+        self._silence().etcd_index = view.raft_index
         if not a.quorum_lost:
             if a.silent:
-                silent = self.clock() - (self.silent_since or self.clock())
+                silent = self._silent_s()
                 return self._wait_for_proof(a, f"{silence}; etcd lost quorum", silent, survivor=True)
             return f"{silence}; etcd lost quorum, but a majority of members may come back ({', '.join(a.lost)} lost)"
         me = self.cfg.node.name
@@ -1141,8 +1153,7 @@ class Agent:
         job = self.jobs.take()
         if job is None:
             return None
-        self.etcd_index = None
-        self.silent_since = None
+        self.silence = None
         error = job.error()
         if error is not None:
             if not isinstance(error, (DriverError, OSError)):
@@ -1189,12 +1200,12 @@ class Agent:
     def _release_slot(self) -> None:
         """Give back the join slot this node holds: the control-plane slot after its join,
         a worker's once its Node is Ready; either on a reset, a new generation or a stop."""
-        if self.slot_held:
+        if self.slot is not None:
             if self.cfg.is_control:
                 self.store.release_join_slot()
             else:
                 self.store.release_worker_join_slot()
-            self.slot_held = False
+            self.slot = None
 
     def _host_ready(self) -> bool:
         """The host preparation is done, or has taken longer than ``timeouts.command_s`` (then
@@ -1222,7 +1233,7 @@ class Agent:
         ``last_phase``: on a new phase, and every :meth:`core.config.Timeouts.heartbeat_every_s`
         (a control node beats faster outside a healthy WATCH, and while it reports its raft
         index for an etcd re-form)."""
-        steady = self.state is State.WATCH and self.silent_since is None and self.etcd_index is None
+        steady = self.state is State.WATCH and self.silence is None
         every = self.cfg.timeouts.heartbeat_every_s(self.cfg.role, steady)
         return self.state.value != last_phase or self.clock() - last_at >= every
 

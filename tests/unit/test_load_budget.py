@@ -15,6 +15,7 @@ from core.etcd import EtcdMember, LocalView
 from core.share import ShareStore
 from leader.agent import follow_backoff_s
 from leader.election import rule_for
+from leader.episodes import Silence
 from tests.unit.agent_fakes import Harness
 from tests.unit.test_agent_states import joined_worker, watching_control
 
@@ -102,9 +103,9 @@ def test_a_control_node_heartbeats_fast_enough_for_its_lease(tmp_path: Path) -> 
 
 def test_a_watching_control_node_heartbeats_fast_while_the_api_is_silent(tmp_path: Path) -> None:
     h = watching_control(tmp_path)
-    h.agent.silent_since = h.clock.now
+    h.agent.silence = Silence(since=h.clock.now)
     assert h.agent.heartbeat_due(h.clock.now - h.cfg.timeouts.heartbeat_interval_s, "watch")
-    h.agent.silent_since = None
+    h.agent.silence = None
     assert not h.agent.heartbeat_due(h.clock.now - h.cfg.timeouts.heartbeat_interval_s, "watch")
     assert h.agent.heartbeat_due(h.clock.now, "join"), "a new phase is reported at once"
 
