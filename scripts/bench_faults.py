@@ -476,7 +476,8 @@ def bench_crash_for_good(n: int, lease_s: float) -> dict[str, Any]:
     share = str(Path(state.share))
     cmd = f"{sys.executable} -m manager lab --dir {lab.dir} --prefix {lab.prefix}"
     power = lab.dir / "wwctl-power-standin"
-    power.write_text(f'#!/bin/sh\n{cmd} crash "$1" >/dev/null 2>&1\nexec {cmd} boot "$1"\n')
+    host = f"nsenter --mount=/proc/{os.getpid()}/ns/mnt --net=/proc/{os.getpid()}/ns/net --"  # a BMC: out of band
+    power.write_text(f'#!/bin/sh\n{host} {cmd} crash "$1" >/dev/null 2>&1\nexec {host} {cmd} boot "$1"\n')
     power.chmod(0o755)
     out: dict[str, dict[str, list[float]]] = {"fenced": {}, "accepted": {}}
     tags: list[str] = []

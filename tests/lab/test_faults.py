@@ -995,18 +995,22 @@ def test_a_partition_of_the_share_side_from_a_serving_majority_makes_no_second_c
             assert in_ns(state, node, "ip", "route", "add", "blackhole", f"{address}/32").returncode == 0
         for p in frozen:
             p.suspend()
-        wrote = False
+        wrote, answered = False, 0
         while time.time() - cut < 3 * LEASE_TTL_S:
             # etcdctl 3.5 asks for a linearizable member list, which control0 cannot give
             # without quorum; its Phylactery falls back to its member's own view.
             etcd = phylactery_status(state, side, via=side)["etcd"]
             assert len(etcd["members"]) == 3, f"control0 re-formed etcd alone: a second cluster ({etcd})"
             assert etcd["quorum"] is not True, "control0's side accepts writes: a second cluster"
-            assert len(members(state, "control1") or {}) == 3
+            # The majority side may be electing a leader (control0 led: k3s's 5 s election
+            # timeout): its linearizable list fails meanwhile. When it answers, all 3 are there.
+            listed = members(state, "control1")
+            assert listed is None or len(listed) == 3, listed
+            answered += listed is not None
             if not wrote:
                 wrote = etcdctl(state, "control1", "put", "/ek8s-test/partition", "majority").returncode == 0
             time.sleep(1.0)
-        assert wrote, "the majority side accepts writes during the partition"
+        assert wrote and answered, "the majority side lists its members and accepts writes during the partition"
         a = recovery.assess_share(store, store.read_state().generation, LEASE_TTL_S)
         assert a.silent == majority and a.lost == [] and a.survivors == [side], a.explain()
     finally:
@@ -1211,8 +1215,11 @@ def test_with_fencing_the_survivor_reforms_only_after_the_fence(tour: Tour) -> N
     generation = store.read_state().generation  # earlier steps of the tour made new ones
     lab_cmd = f"{sys.executable} -m manager lab --dir {tour.dir} --prefix {PREFIX}"
     power = tour.dir / "wwctl-power-standin"
-    power.write_text(f"#!/bin/sh\n# wwctl power cycle NODE, for the lab\n{lab_cmd} crash \"$1\" >/dev/null 2>&1\n"
-                     f"exec {lab_cmd} boot \"$1\"\n")  # fmt: skip
+    # A BMC is out of band: the stand-in acts from this process's namespaces, not the fence
+    # service's (``ip netns exec`` gives it a /sys without the cgroup hierarchy nspawn needs).
+    host = f"nsenter --mount=/proc/{os.getpid()}/ns/mnt --net=/proc/{os.getpid()}/ns/net --"
+    power.write_text(f"#!/bin/sh\n# wwctl power cycle NODE, for the lab\n{host} {lab_cmd} crash \"$1\" >/dev/null\n"
+                     f"exec {host} {lab_cmd} boot \"$1\"\n")  # fmt: skip
     power.chmod(0o755)
     crashed = time.time()
     for n in doomed:
