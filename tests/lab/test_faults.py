@@ -1166,7 +1166,10 @@ def test_quorum_lost_by_crashes_reforms_from_the_survivor_and_keeps_every_object
         0.5,
         "recovery_waiting",
     )
-    assert waiting[0]["node"] == survivor and waiting[0]["silent"] == doomed, waiting
+    # Recorded once the grace ran out; one of the two may not be past the lease yet (their
+    # heartbeats age at different times), but the other is, and nothing calls it lost.
+    assert waiting[0]["node"] == survivor and waiting[0]["silent"] and set(waiting[0]["silent"]) <= set(doomed), waiting
+    assert waiting[0]["lost"] == [], waiting
     assert "not proven gone: may be partitioned and serving" in waiting[0]["message"]
     assert not [e for e in store.events() if e["event"].startswith("etcd_reform") and e["t"] >= crashed]
     accepted = accept_loss(tour, ",".join(doomed))
