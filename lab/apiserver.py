@@ -1133,11 +1133,12 @@ class ApiServer:
 
     async def version_info(self, request: web.Request) -> web.StreamResponse:
         """``/version`` and ``/version/`` (anonymous; the official Python client's
-        ``VersionApi.get_code`` asks the latter): ``major``, ``minor`` and ``gitVersion`` from
-        the configured version, ``platform`` ``emulated``."""
+        ``VersionApi.get_code`` asks the latter and needs every field of apimachinery's
+        ``version.Info``): ``major``, ``minor`` and ``gitVersion`` from the configured version,
+        ``platform`` ``emulated``, the build fields empty."""
         return self.answer(
             {"major": "1", "minor": str(self.minor), "gitVersion": self.version, "gitCommit": "", "gitTreeState": "",
-             "platform": "emulated"}
+             "buildDate": "", "goVersion": "", "compiler": "gc", "platform": "emulated"}
         )  # fmt: skip
 
     # -- the system namespaces controller ------------------------------------------------
