@@ -136,7 +136,10 @@ def upgrade_cmd(
         record = _new(store.cluster, stored, api, distribution, to_version, new_images, old_images, max_unavailable)
     lines = plan_lines(record)
     what = "resume" if resume else "roll back" if rollback else "upgrade"
-    head = f"ek8s upgrade ({what}) of cluster {store.cluster}: {record.from_version} -> {record.to_version}"
+    head = (
+        f"ek8s upgrade ({what}) of cluster {store.cluster} ({record.distribution}): "
+        f"{record.from_version} -> {record.to_version}"
+    )
     if dry_run:
         click.echo(f"{head} (dry run: nothing done):")
         for line in lines:

@@ -45,6 +45,7 @@ def test_a_k3s_rolling_upgrade_servers_then_agents_keeps_the_api_the_budget_and_
     assert up.up is not None and up.up.returncode == 0, (up.up.stdout + up.up.stderr)[-3000:]
     up.create("before-k3s-upgrade-a", "before-k3s-upgrade-b")
     plan = up.upgrade("--to", TO, "--dry-run")  # the distribution found from the API
+    assert f"of cluster default (k3s): {FROM} -> {TO}" in plan.stdout, plan.stdout
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "cluster config" not in plan.stdout and "addons" not in plan.stdout, plan.stdout
     assert f"control0 -> ek8s-k3s-{TO}" in plan.stdout and f"worker1 -> ek8s-k3s-{TO}" in plan.stdout

@@ -302,7 +302,7 @@ def test_the_cli_dry_run_of_a_stopped_rollout_says_the_rollback_plan(tmp_path: P
     res = ek8s("upgrade", "--share", str(tmp_path / "share"), "--rollback", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
-        "ek8s upgrade (roll back) of cluster default: v1.35.2 -> v1.36.4 (dry run: nothing done):",
+        "ek8s upgrade (roll back) of cluster default (kubeadm): v1.35.2 -> v1.36.4 (dry run: nothing done):",
         "  - revert cluster config: ClusterConfiguration back to v1.35.2 before control1 rejoins",
         "  - cordon, drain, switch the image back (control1 -> ek8s-control), reboot, wait for v1.35.2",
     ]
