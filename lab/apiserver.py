@@ -1132,11 +1132,13 @@ class ApiServer:
         return await self._health(request, "readyz", ("ping", "log", "etcd"))
 
     async def version_info(self, request: web.Request) -> web.StreamResponse:
-        """``/version`` (anonymous): ``major``, ``minor`` and ``gitVersion`` from the
-        configured version, ``platform`` ``emulated``."""
+        """``/version`` and ``/version/`` (anonymous; the official Python client's
+        ``VersionApi.get_code`` asks the latter and needs every field of apimachinery's
+        ``version.Info``): ``major``, ``minor`` and ``gitVersion`` from the configured version,
+        ``platform`` ``emulated``, the build fields empty."""
         return self.answer(
             {"major": "1", "minor": str(self.minor), "gitVersion": self.version, "gitCommit": "", "gitTreeState": "",
-             "platform": "emulated"}
+             "buildDate": "", "goVersion": "", "compiler": "gc", "platform": "emulated"}
         )  # fmt: skip
 
     # -- the system namespaces controller ------------------------------------------------
@@ -1170,6 +1172,7 @@ class ApiServer:
         r.add_get("/readyz", self.readyz)
         r.add_get("/readyz/{check}", self.readyz)
         r.add_get("/version", self.version_info)
+        r.add_get("/version/", self.version_info)
         self.workloads.routes(r)  # before the catch-all below, which takes every other path
         if "k3s" in self.conf:
             K3sSupervisor(self, self.conf["k3s"]).routes(r)

@@ -73,6 +73,12 @@ Facts from k3s-io/k3s (paths in that repository) and docs.k3s.io; messages are k
   ``server/db/snapshots``, made 0700; another ``D`` must exist) and answers the files it made;
   the command says "Snapshot <file> saved." for each, or fails "see server log for details:
   ..." (401 for a wrong token).
+* **Versions**: each part runs the version of the image the node booted
+  (:mod:`lab.nodeimage`). Like k3s, nothing here compares versions: the supervisor serves its
+  CA, bootstrap data and kubelet certificates to a server or agent of any version
+  (``pkg/server/handlers/handlers.go``; k3s-io/k3s#943: "There should probably be some
+  version checking"), so an agent newer than the servers is *not* refused; real k3s fails
+  then only where the supervisor's answers changed (#2996). ``ek8s upgrade`` keeps the order.
 * A fatal error prints ``level=fatal msg="..."`` and exits 1 (the service stops). A server
   URL that does not answer is fatal for a joining server; the emulated agent gives up the
   same way (whether k3s's agent retries it instead was not checked).

@@ -103,6 +103,8 @@ class UpgradeApi(Protocol):
 
     def set_kube_proxy_image(self, image: str) -> None: ...
 
+    def server_version(self) -> str: ...
+
 
 class KubeUpgradeApi:
     """:class:`UpgradeApi` through the official ``kubernetes`` client with the admin
@@ -166,6 +168,13 @@ class KubeUpgradeApi:
             KUBE_PROXY[1], KUBE_PROXY[0], body, _request_timeout=self.timeout_s
         )
 
+    def server_version(self) -> str:
+        """The answering API server's ``/version`` ``gitVersion`` (``v1.35.2``, ``v1.35.2+k3s1``)."""
+        from kubernetes import client
+
+        info = client.VersionApi(self._client()).get_code(_request_timeout=self.timeout_s)
+        return str(info.git_version)
+
 
 @dataclass
 class VersionedCluster(maintenance.Cluster):
@@ -208,6 +217,30 @@ class Commands:
             maintenance.command_argvs(self.reboot, ["x"])
         except ValueError as err:
             raise ValueError(f"--reboot-command: {err}") from None
+
+
+def cluster_distribution(api: UpgradeApi, given: str | None) -> str:
+    """Which distribution the cluster behind ``api`` runs, checked against ``given``
+    (``--distribution``, or None). The evidence: kubeadm's ``upload-config`` phase stores the
+    ClusterConfiguration in ``kube-system/kubeadm-config`` at ``kubeadm init``
+    (``cmd/kubeadm/app/phases/uploadconfig``), which k3s never writes; a k3s server's
+    ``/version`` names k3s in its ``gitVersion`` (``v1.35.2+k3s1``: k3s's ``pkg/version``
+    builds it from the Kubernetes version and a ``+k3s<N>`` suffix). Raises ``ValueError``
+    when ``given`` contradicts the evidence (a kubeadm rollout of a k3s cluster would stop at
+    its ClusterConfiguration step; a k3s rollout of a kubeadm cluster would skip it and run
+    new kubelets under the old control plane), or when there is neither kind of evidence and
+    no ``given``."""
+    kubeadm = api.cluster_configuration() is not None
+    k3s = "+k3s" in api.server_version()
+    found = "kubeadm" if kubeadm and not k3s else "k3s" if k3s and not kubeadm else None
+    evidence = (
+        "kube-system/kubeadm-config holds a ClusterConfiguration" if kubeadm else "no kube-system/kubeadm-config"
+    ) + (", the API server's version names k3s" if k3s else ", the API server's version does not name k3s")
+    if found is None and given is None:
+        raise ValueError(f"cannot tell the cluster's distribution ({evidence}): say --distribution kubeadm or k3s")
+    if found is not None and given is not None and given != found:
+        raise ValueError(f"--distribution {given}: the cluster runs {found} ({evidence})")
+    return str(found or given)
 
 
 def cluster_versions(api: UpgradeApi) -> tuple[dict[str, str], dict[str, str]]:

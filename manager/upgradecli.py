@@ -23,6 +23,7 @@ from manager.upgrade import (
     Driver,
     KubeUpgradeApi,
     VersionedCluster,
+    cluster_distribution,
     cluster_versions,
     plan_lines,
 )
@@ -49,9 +50,8 @@ def _images(pairs: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option(
     "--distribution",
     type=click.Choice(["kubeadm", "k3s"]),
-    default="kubeadm",
-    show_default=True,
-    help="the cluster's (as its inventory says)",
+    default=None,
+    help="the cluster's (default: found from the API: kubeadm-config, or a k3s API server); a contradiction is refused",
 )
 @click.option(
     "--image",
@@ -88,7 +88,7 @@ def upgrade_cmd(
     cluster: str | None,
     share_path: Path,
     to_version: str | None,
-    distribution: str,
+    distribution: str | None,
     new_images: tuple[str, ...],
     old_images: tuple[str, ...],
     max_unavailable: int,
@@ -136,7 +136,10 @@ def upgrade_cmd(
         record = _new(store.cluster, stored, api, distribution, to_version, new_images, old_images, max_unavailable)
     lines = plan_lines(record)
     what = "resume" if resume else "roll back" if rollback else "upgrade"
-    head = f"ek8s upgrade ({what}) of cluster {store.cluster}: {record.from_version} -> {record.to_version}"
+    head = (
+        f"ek8s upgrade ({what}) of cluster {store.cluster} ({record.distribution}): "
+        f"{record.from_version} -> {record.to_version}"
+    )
     if dry_run:
         click.echo(f"{head} (dry run: nothing done):")
         for line in lines:
@@ -204,7 +207,7 @@ def _new(
     cluster: str,
     stored: RolloutRecord | None,
     api: KubeUpgradeApi,
-    distribution: str,
+    distribution: str | None,
     to_version: str | None,
     new_images: tuple[str, ...],
     old_images: tuple[str, ...],
@@ -225,14 +228,17 @@ def _new(
         fail(f"--to: {err}", 2)
     try:
         current, roles = cluster_versions(api)
+        found = cluster_distribution(api, distribution)
     except probes.kube_errors() as err:
         fail(f"the API behind the VIP does not answer: {type(err).__name__}: {err}")
-    defaults = DEFAULT_IMAGES[distribution]
+    except ValueError as err:
+        fail(f"refused (distribution): {err}; nothing done")
+    defaults = DEFAULT_IMAGES[found]
     images = {r: (old.get(r, defaults[r]), new.get(r, f"{defaults[r]}-{to_version}")) for r in ("control", "worker")}
     try:
         return upgrade.new_rollout(
             cluster,
-            "k3s" if distribution == "k3s" else "kubeadm",
+            "k3s" if found == "k3s" else "kubeadm",
             current,
             roles,
             to_version,

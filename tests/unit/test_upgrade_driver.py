@@ -21,7 +21,14 @@ from core import upgrade
 from core.records import RolloutRecord
 from core.share import ShareStore
 from manager import maintenance
-from manager.upgrade import Commands, Driver, VersionedCluster, plan_lines, with_kubernetes_version
+from manager.upgrade import (
+    Commands,
+    Driver,
+    VersionedCluster,
+    cluster_distribution,
+    plan_lines,
+    with_kubernetes_version,
+)
 from tests.unit.agent_fakes import ready_generation
 
 NODES = {"control1": "control", "control2": "control", "control3": "control", "worker1": "worker", "worker2": "worker"}
@@ -225,6 +232,46 @@ def test_bad_commands_are_refused_naming_the_option() -> None:
         Commands(reboot="reboot").check()
 
 
+class Evidence:
+    """What :func:`manager.upgrade.cluster_distribution` reads: kubeadm-config and /version."""
+
+    def __init__(self, config: str | None, version: str) -> None:
+        self.config, self.version = config, version
+
+    def cluster_configuration(self) -> str | None:
+        return self.config
+
+    def server_version(self) -> str:
+        return self.version
+
+
+@pytest.mark.parametrize(
+    ("config", "version", "given", "found"),
+    [
+        ("kubernetesVersion: v1.35.2\n", "v1.35.2", None, "kubeadm"),
+        ("kubernetesVersion: v1.35.2\n", "v1.35.2", "kubeadm", "kubeadm"),
+        (None, "v1.35.2+k3s1", None, "k3s"),
+        (None, "v1.35.2+k3s1", "k3s", "k3s"),
+        (None, "v1.35.2", "k3s", "k3s"),  # no evidence either way: the operator's word
+    ],
+)
+def test_the_distribution_comes_from_the_cluster(
+    config: str | None, version: str, given: str | None, found: str
+) -> None:
+    assert cluster_distribution(Evidence(config, version), given) == found  # type: ignore[arg-type]
+
+
+def test_a_distribution_the_cluster_contradicts_is_refused_naming_the_evidence() -> None:
+    with pytest.raises(
+        ValueError, match=r"--distribution kubeadm: the cluster runs k3s \(no kube-system/kubeadm-config"
+    ):
+        cluster_distribution(Evidence(None, "v1.35.2+k3s1"), "kubeadm")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--distribution k3s: the cluster runs kubeadm"):
+        cluster_distribution(Evidence("kubernetesVersion: v1.35.2\n", "v1.35.2"), "k3s")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"cannot tell the cluster's distribution .*: say --distribution"):
+        cluster_distribution(Evidence(None, "v1.35.2"), None)  # type: ignore[arg-type]
+
+
 def ek8s(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "manager", *args], capture_output=True, text=True, timeout=60)
 
@@ -255,7 +302,7 @@ def test_the_cli_dry_run_of_a_stopped_rollout_says_the_rollback_plan(tmp_path: P
     res = ek8s("upgrade", "--share", str(tmp_path / "share"), "--rollback", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
-        "ek8s upgrade (roll back) of cluster default: v1.35.2 -> v1.36.4 (dry run: nothing done):",
+        "ek8s upgrade (roll back) of cluster default (kubeadm): v1.35.2 -> v1.36.4 (dry run: nothing done):",
         "  - revert cluster config: ClusterConfiguration back to v1.35.2 before control1 rejoins",
         "  - cordon, drain, switch the image back (control1 -> ek8s-control), reboot, wait for v1.35.2",
     ]
