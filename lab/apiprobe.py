@@ -14,12 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.probes import kube_errors
+
+if TYPE_CHECKING:
+    from lab.cluster import Lab, LabState
+
+
+def start(the_lab: Lab, state: LabState, kubeconfig: Path, out: Path) -> subprocess.Popen[bytes]:
+    """Create the ConfigMap ``probe`` through the lab's API, then start this probe in the
+    manager's namespace (the Warewulf server), appending to ``out``; the caller terminates it.
+    Raises ``AssertionError`` when the ConfigMap could not be made."""
+    made = the_lab.api("create_namespaced_config_map", "default", {"metadata": {"name": "probe"}, "data": {}})
+    assert made is not None and "result" in made, made
+    argv = ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.apiprobe",
+            "--kubeconfig", str(kubeconfig), "--configmap", "probe", "--out", str(out)]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def summary(path: Path, since: float = 0.0, until: float | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.share import ShareStore
+from lab import apiprobe
 from lab.apiprobe import summary
 from lab.cluster import Lab
 
@@ -68,15 +69,9 @@ def main() -> int:
             raise SystemExit(f"lab up failed:\n{up.stdout}\n{up.stderr}")
         the_lab = Lab(LAB_DIR, PREFIX)
         state = the_lab.load()
-        made = the_lab.api("create_namespaced_config_map", "default", {"metadata": {"name": "probe"}, "data": {}})
-        assert made is not None and "result" in made, made
         store = ShareStore(LAB_DIR / "share", "default", "bench")
         probe_out = LAB_DIR / "probe.jsonl"
-        probe = subprocess.Popen(
-            ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.apiprobe", "--kubeconfig",
-             str(store.admin_kubeconfig_path), "--configmap", "probe", "--out", str(probe_out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        probe = apiprobe.start(the_lab, state, store.admin_kubeconfig_path, probe_out)
         try:
             time.sleep(2)
             for i in range(args.rounds):
