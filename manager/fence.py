@@ -10,16 +10,24 @@ registry; the ``power_command`` is a template with ``{node}``), waits for it to 
 only then writes the fence record (``losses/<node>.json``, ``kind: fenced``, who and how) and a
 ``node_fenced`` event. A request whose node heartbeats again from that boot, or whose loss is
 already proven, is dropped unfenced; a failed power command is recorded (``fence_failed``) and
-tried again at a later turn. After the power cycle the node's RAM (its etcd data) is gone: the
+tried again ``retry_s`` later (not at every turn: a BMC that does not answer would otherwise
+flood the events with one failure a second). After the power cycle the node's RAM (its etcd data) is gone: the
 record is the truth, not a guess.
+
+``ek8s warewulf apply`` runs it as the systemd unit :func:`unit_name` (``ek8s-fence@<cluster>.service``,
+the text of :func:`unit_text`) when the inventory sets ``fencing: warewulf-power``, one instance
+per cluster on the server, and stops and removes it when the inventory no longer does.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from core import recovery
 from core.logs import get_logger
@@ -28,12 +36,74 @@ from core.share import LossProof, ShareStore
 log = get_logger("ek8s.fence", "fence")
 POWER_COMMAND = "wwctl power cycle {node}"
 POWER_TIMEOUT_S = 120.0
+RETRY_S = 10.0
+
+
+def unit_name(cluster: str) -> str:
+    """The fence service's systemd unit for ``cluster``: an instance of ``ek8s-fence@``, one per
+    cluster on the server (each serves its own share tree)."""
+    return f"ek8s-fence@{cluster}.service"
+
+
+def ek8s_argv() -> tuple[str, ...]:
+    """How the unit starts ``ek8s``: the ``ek8s`` on ``$PATH`` (absolute, as systemd wants
+    ``ExecStart``), else this interpreter with ``-m manager`` (a run from a source tree)."""
+    found = shutil.which("ek8s")
+    return (str(Path(found).absolute()),) if found else (sys.executable, "-m", "manager")
+
+
+def _exec_word(word: str) -> str:
+    """One ``ExecStart`` word: shell-quoted where needed (systemd.syntax(7) takes single and
+    double quotes), ``%`` doubled (systemd.unit(5) specifiers) and ``$`` doubled
+    (systemd.service(5): ``$$`` is a literal dollar)."""
+    return shlex.quote(word).replace("%", "%%").replace("$", "$$")
+
+
+def unit_text(cluster: str, share: Path, ek8s: tuple[str, ...], lease_ttl_s: float = 30.0) -> str:
+    """The text of :func:`unit_name`'s unit file: ``ek8s fence serve --cluster C --share S``
+    restarted whenever it stops (it must be there when a survivor asks), after the network and
+    ``warewulfd`` (whose ``wwctl power`` it runs). ``lease_ttl_s``: the nodes'
+    ``timeouts.lease_ttl_s`` (seconds; the inventory keeps the default, 30 s)."""
+    argv = (*ek8s, "fence", "serve", "--cluster", cluster, "--share", str(share), "--lease-ttl", f"{lease_ttl_s:g}")
+    return (
+        f"# Written by `ek8s warewulf apply` for cluster {cluster} (inventory: fencing: warewulf-power);\n"
+        "# the next apply overwrites changes, and removes the unit when fencing is off.\n"
+        "[Unit]\n"
+        f"Description=ek8s fencing of cluster {cluster}: power-cycle silent control nodes on request\n"
+        "Documentation=https://github.com/ephemeral-k8s/ephemeral-k8s/blob/main/docs/recovery.md#fencing\n"
+        "Wants=network-online.target\n"
+        "After=network-online.target warewulfd.service\n"
+        "\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart={' '.join(_exec_word(a) for a in argv)}\n"
+        "Restart=always\n"
+        "RestartSec=5\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
+def unit_state(systemctl: str, cluster: str) -> tuple[bool, bool] | None:
+    """(enabled, active) of the cluster's fence unit, from ``systemctl is-enabled`` and
+    ``is-active`` (exit 0 each: yes); None when ``systemctl`` cannot be run (no systemd)."""
+    name = unit_name(cluster)
+    try:
+        enabled, active = (
+            subprocess.run([systemctl, verb, name], capture_output=True, timeout=30, check=False).returncode == 0
+            for verb in ("is-enabled", "is-active")
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return enabled, active
 
 
 class FenceService:
     """The fence service of ``store``'s cluster. ``power_command``: the template run per node
     (``{node}`` replaced; split like a shell word list, run without a shell); ``lease_ttl_s``:
-    how long a node must be silent to be fenced (the nodes' ``timeouts.lease_ttl_s``)."""
+    how long a node must be silent to be fenced (the nodes' ``timeouts.lease_ttl_s``);
+    ``retry_s``: seconds before a node whose power command failed is tried again."""
 
     def __init__(
         self,
@@ -41,11 +111,15 @@ class FenceService:
         power_command: str = POWER_COMMAND,
         lease_ttl_s: float = 30.0,
         timeout_s: float = POWER_TIMEOUT_S,
+        retry_s: float = RETRY_S,
     ) -> None:
         self.store = store
         self.power_command = power_command
         self.lease_ttl_s = lease_ttl_s
         self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        # node -> time.monotonic() before which a failed node is not tried again
+        self.retry_at: dict[str, float] = {}
         self.by = f"ek8s-fence@{socket.gethostname()}"
 
     def argv(self, node: str) -> list[str]:
@@ -74,6 +148,8 @@ class FenceService:
                 self.store.remove_fence_request(node)
                 said.append(f"{node}: not fenced, {why}; request dropped")
                 continue
+            if time.monotonic() < self.retry_at.get(node, 0.0):
+                continue  # its last power command failed; said then, tried again later
             said.append(self._fence(req.node, req.boot_id, req.generation, req.incarnation_at, req.requested_by))
         for line in said:
             log.info(line)
@@ -91,7 +167,8 @@ class FenceService:
             failed = err.strerror or str(err)
         how = " ".join(argv)
         if failed:
-            why = f"fencing {node} failed: {how} {failed}; trying again"
+            self.retry_at[node] = time.monotonic() + self.retry_s
+            why = f"fencing {node} failed: {how} {failed}; trying again in {self.retry_s:g}s"
             self.store.record_event("fence_failed", generation, why, target=node)
             return why
         proof = LossProof(
@@ -105,6 +182,7 @@ class FenceService:
             at=time.time(),
             reason=f"requested by {requested_by}",
         )
+        self.retry_at.pop(node, None)
         self.store.record_loss(proof)
         self.store.remove_fence_request(node)
         why = f"fenced {node} ({how}, {time.monotonic() - started:.1f}s), requested by {requested_by}"

@@ -10,6 +10,9 @@ Order and safety:
 - Every command runs without a terminal (stdin is /dev/null), so a confirmation prompt cannot
   wait unseen; after ``profile add`` the registry is read again and the profile must be there
   (4.5 takes an unanswered prompt as "no" and exits 0, v4.5.8 profile/add/main.go:77-88).
+- With ``fencing: warewulf-power`` the fence service's unit (``ek8s-fence@<cluster>.service``,
+  :mod:`manager.fence`) is written, enabled and started after the server steps; without, one
+  an earlier apply left is stopped, disabled and removed.
 - The published inventory (``inventory.json`` on the share) is written last, by the user who
   ran apply, so Phylactery puts the running Nodes' labels, taints and roles in line.
 - One line per step on stdout (``[3/9] wwctl profile set ek8s-control ... ok``), the full
@@ -78,11 +81,15 @@ def _run(step: Step, argv: list[str], prefix: str, r: Reporter) -> bool:
     return True
 
 
-def _edit(step: Step, inv: Inventory, version: str, prefix: str, r: Reporter) -> bool:
+def _edit(step: Step, inv: Inventory, p: Plan, prefix: str, r: Reporter) -> bool:
     path = Path(step.argv[1])
+    version = p.version
     try:
         old = wwconf.read_text(path) or ""
-        if path.name == "warewulf.conf":
+        if path.suffix == ".service":  # the fence unit: nothing else writes it, the plan's text stands
+            new = p.edits[path][1]
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        elif path.name == "warewulf.conf":
             new = wwconf.edit_warewulf_conf(old, inv, version, path)
         elif path.suffix == ".exports":
             new = wwconf.exports_file_text(inv)
@@ -131,14 +138,15 @@ def apply(
     wwctl: str = "wwctl",
     service: str = "service",
     exportfs: str = "exportfs",
+    systemctl: str = "systemctl",
     conf_dir: Path = Path("/etc/warewulf"),
     reporter: Reporter | None = None,
     dry_run: bool = False,
     check_profile: Callable[[str], bool] | None = None,
 ) -> int:
     """Run the steps of ``p`` in order; return 0 when all passed, 1 at the first failure
-    (nothing after it runs). ``wwctl``, ``service`` and ``exportfs`` replace ``argv[0]`` of the steps
-    that run them; ``conf_dir``
+    (nothing after it runs). ``wwctl``, ``service``, ``exportfs`` and ``systemctl`` replace
+    ``argv[0]`` of the steps that run them; ``conf_dir``
     is where the registry is read again after ``profile add`` (4.5). With ``dry_run``
     nothing runs: each step is listed and each file edit shown as a unified diff.
     ``check_profile(name)`` (default: read the registry) says whether a profile exists."""
@@ -164,11 +172,12 @@ def apply(
         if r.verbose:
             r.say(f"{prefix} {step.shell()}")
         if step.kind == "edit":
-            ok = _edit(step, inv, p.version, prefix, r)
+            ok = _edit(step, inv, p, prefix, r)
         elif step.kind == "share":
             ok = _publish(inv, prefix, r)
         else:
-            tool = {"wwctl": wwctl, "service": service, "exportfs": exportfs}.get(step.argv[0], step.argv[0])
+            tools = {"wwctl": wwctl, "service": service, "exportfs": exportfs, "systemctl": systemctl}
+            tool = tools.get(step.argv[0], step.argv[0])
             argv = [tool, *step.argv[1:]]
             ok = _run(step, argv, prefix, r)
         if ok and step.argv[1:3] == ("profile", "add"):

@@ -118,7 +118,13 @@ def _common(f: Callable[..., None]) -> Callable[..., None]:
 
 
 def _plan(
-    inventory: str, ww_version: str, wwctl: str, conf_dir: Path, offline: bool, others: tuple[str, ...] = ()
+    inventory: str,
+    ww_version: str,
+    wwctl: str,
+    conf_dir: Path,
+    offline: bool,
+    others: tuple[str, ...] = (),
+    systemctl: str = "systemctl",
 ) -> tuple[Inventory, Plan]:
     """Inventory, version, registry and local files -> (inventory, plan); exits 2 for a bad
     inventory, one that collides with another cluster (:mod:`manager.collisions`) or a file
@@ -141,7 +147,7 @@ def _plan(
         click.echo("ek8s: nothing was run", err=True)
         sys.exit(2)
     try:
-        local = wwplan.Local(conf_dir=conf_dir) if offline else wwplan.local_snapshot(inv, conf_dir)
+        local = wwplan.Local(conf_dir=conf_dir) if offline else wwplan.local_snapshot(inv, conf_dir, systemctl)
         return inv, wwplan.plan(inv, version, registry, local)
     except wwconf.ConfError as err:
         click.echo(f"ek8s: {err}; nothing was run", err=True)
@@ -184,6 +190,12 @@ def warewulf_plan(
     show_default=True,
     help="the command that exports what /etc/exports.d/ek8s-<cluster>.exports lists (`exportfs -ra`)",
 )
+@click.option(
+    "--systemctl",
+    default="systemctl",
+    show_default=True,
+    help="the command that installs and starts the fence service (fencing: warewulf-power)",
+)
 @click.option("-v", "--verbose", is_flag=True, help="print each full command (and each file's diff)")
 def warewulf_apply(
     inventory: str,
@@ -194,12 +206,15 @@ def warewulf_apply(
     dry_run: bool,
     service: str,
     exportfs: str,
+    systemctl: str,
     verbose: bool,
 ) -> None:
     """Run the plan for INVENTORY, one line per step; stop at the first failing step and show
     its output on stderr. warewulf.conf and nodes.conf are edited only after every wwctl
     step that changes the registry succeeded; the nodes' labels, taints and roles are
-    published to the share last (Phylactery applies them to running Nodes).
+    published to the share last (Phylactery applies them to running Nodes). With fencing:
+    warewulf-power in INVENTORY it installs, enables and starts ek8s-fence@<cluster>.service
+    (ek8s fence serve) on this server; without, it stops and removes one an earlier apply left.
 
     Exit 2 when INVENTORY is invalid, collides with another cluster (as for plan) or
     warewulf.conf/nodes.conf cannot be read as YAML (nothing run), 1 when wwctl cannot be
@@ -207,10 +222,18 @@ def warewulf_apply(
     """
     from manager.wwapply import Reporter, apply
 
-    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, False, others)
+    inv, p = _plan(inventory, ww_version, wwctl, conf_dir, False, others, systemctl)
     reporter = Reporter(verbose=verbose)
     code = apply(
-        inv, p, wwctl=wwctl, service=service, exportfs=exportfs, conf_dir=conf_dir, reporter=reporter, dry_run=dry_run
+        inv,
+        p,
+        wwctl=wwctl,
+        service=service,
+        exportfs=exportfs,
+        systemctl=systemctl,
+        conf_dir=conf_dir,
+        reporter=reporter,
+        dry_run=dry_run,
     )
     sys.exit(code)
 

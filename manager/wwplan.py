@@ -55,7 +55,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import hostlist
@@ -63,7 +63,7 @@ import yaml
 
 from core.records import PublishedInventory
 from core.share import ANON_GID, ShareStore, mounted_trees
-from manager import wwconf
+from manager import fence, wwconf
 from manager.inventory import Inventory, Node, published
 from manager.wwregistry import Entity, NetDev, Registry, WarewulfError, merge
 
@@ -92,7 +92,8 @@ def parse_version(text: str) -> str:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: ``argv`` (``argv[0]`` is ``wwctl``, ``install``, ``service``, or ``edit`` for a file
+    """One step: ``argv`` (``argv[0]`` is ``wwctl``, ``install``, ``service``, ``exportfs``,
+    ``systemctl``, ``rm``, or ``edit`` for a file
     ``apply`` edits itself, ``publish`` for the inventory it writes to the share, then
     ``argv[1]`` is its path), ``why`` (a comment), ``kind`` ("local", "registry", "edit",
     "server" or "share"; registry steps run before the files are edited, server steps after,
@@ -134,12 +135,21 @@ class Local:
     published: PublishedInventory | None = None
     # Where ek8s's own exports file goes (``ek8s-<cluster>.exports``; its text in ``files``
     # under that name, "" when it does not exist yet): ``exports.d`` beside ``conf_dir``
-    # (/etc/warewulf -> /etc/exports.d).
+    # (/etc/warewulf -> /etc/exports.d). The fence unit's file likewise, under its unit name.
+    # The fence unit's (enabled, active) (None: not asked, or no systemd) and the command its
+    # ExecStart runs (:func:`manager.fence.ek8s_argv`).
+    fence_unit: tuple[bool, bool] | None = None
+    ek8s: tuple[str, ...] = ("/usr/local/bin/ek8s",)
 
     @property
     def exports_dir(self) -> Path:
         """``<conf_dir>/../exports.d``: /etc/exports.d for Warewulf's /etc/warewulf."""
         return self.conf_dir.parent / "exports.d"
+
+    @property
+    def unit_dir(self) -> Path:
+        """``<conf_dir>/../systemd/system``: /etc/systemd/system for Warewulf's /etc/warewulf."""
+        return self.conf_dir.parent / "systemd" / "system"
 
 
 @dataclass(frozen=True)
@@ -161,8 +171,9 @@ class Plan:
         return sum(1 for s in self.steps if s.kind not in ("edit", "share"))
 
 
-def local_snapshot(inv: Inventory, conf_dir: Path) -> Local:
-    """Read :class:`Local` for ``inv``: the share directory's state and the two files. Raises
+def local_snapshot(inv: Inventory, conf_dir: Path, systemctl: str = "systemctl") -> Local:
+    """Read :class:`Local` for ``inv``: the share directory's state, the two files, ek8s's
+    exports file and fence unit file, and the fence unit's state (``systemctl``). Raises
     :class:`manager.wwconf.ConfError` for a file that is missing or cannot be read."""
     share = inv.share.path
     try:
@@ -180,7 +191,10 @@ def local_snapshot(inv: Inventory, conf_dir: Path) -> Local:
         current = ShareStore(share, inv.cluster, "ek8s", record_invalid=False).read_inventory()
     except OSError:
         current = None
-    return Local(conf_dir=conf_dir, share_ready=ready, files=files, published=current)
+    local = Local(conf_dir=conf_dir, share_ready=ready, files=files, published=current, ek8s=fence.ek8s_argv())
+    unit = fence.unit_name(inv.cluster)
+    files[unit] = wwconf.read_text(local.unit_dir / unit) or ""
+    return replace(local, fence_unit=fence.unit_state(systemctl, inv.cluster))
 
 
 def wanted_profile(inv: Inventory, role: str, version: str) -> Entity:
@@ -455,7 +469,8 @@ def _edit_steps(
 def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan:
     """The steps that make Warewulf match ``inv``, in order: the share directory (local),
     the role profiles and the nodes (registry), the file edits, then ``wwctl configure`` and
-    ``wwctl overlay build`` (server). Pure; raises :class:`manager.wwconf.ConfError` when a
+    ``wwctl overlay build`` (server), the fence service (:func:`_fence_steps`) and the
+    published inventory (share). Pure; raises :class:`manager.wwconf.ConfError` when a
     file in ``local`` cannot be edited (not YAML, a field of another shape)."""
     steps: list[Step] = []
     notes = [f"registry read from {registry.source}"]
@@ -499,11 +514,49 @@ def plan(inv: Inventory, version: str, registry: Registry, local: Local) -> Plan
             "nothing to change in the registry or the files; after `ek8s overlay build`, "
             f"run `{shlex.join(('wwctl', 'overlay', 'build', *nodes))}`"
         )
+    fence_steps, fence_edits = _fence_steps(inv, local)
+    steps += fence_steps
+    edits.update(fence_edits)
     if publish_needed(inv, local.published):
         path = inv.share.path / inv.cluster / "inventory.json"
         why = "the nodes, their labels, taints and roles for Phylactery (running Nodes, no reboot)"
         steps.append(Step(("publish", str(path)), why, "share"))
     return Plan(version=version, steps=tuple(steps), edits=edits, unread=tuple(unread), notes=tuple(notes))
+
+
+def _fence_steps(inv: Inventory, local: Local) -> tuple[list[Step], dict[Path, tuple[str, str]]]:
+    """The fence service on this server (:mod:`manager.fence`): with ``fencing:
+    warewulf-power``, its unit file written when it differs, ``daemon-reload``, then enabled and
+    started (restarted when it ran an older text); without, a unit left by an earlier apply
+    stopped, disabled and removed. Nothing when the unit is as wanted."""
+    name = fence.unit_name(inv.cluster)
+    path = local.unit_dir / name
+    old = local.files.get(name) or ""
+    enabled, active = local.fence_unit or (False, False)
+    steps: list[Step] = []
+    if inv.fencing == "none":
+        if not old and not (enabled or active):
+            return [], {}
+        if enabled or active or local.fence_unit is None:
+            why = "fencing is off in the inventory: stop the fence service an earlier apply started"
+            steps.append(Step(("systemctl", "disable", "--now", name), why, "server"))
+        if old:
+            steps.append(Step(("rm", "-f", str(path)), "fencing is off: its unit file goes", "server"))
+            steps.append(Step(("systemctl", "daemon-reload"), "systemd forgets the unit", "server"))
+        return steps, {}
+    new = fence.unit_text(inv.cluster, inv.share.path, local.ek8s)
+    edits: dict[Path, tuple[str, str]] = {}
+    if new != old:
+        edits[path] = (old, new)
+        why = "the fence service's unit (fencing: warewulf-power): ek8s fence serve for this cluster"
+        steps.append(Step(("edit", str(path)), why, "edit"))
+        steps.append(Step(("systemctl", "daemon-reload"), "systemd reads the unit file", "server"))
+    if not (enabled and active):
+        why = "start the fence service now and at every boot of this server"
+        steps.append(Step(("systemctl", "enable", "--now", name), why, "server"))
+    elif new != old:
+        steps.append(Step(("systemctl", "restart", name), "the running fence service takes the new unit", "server"))
+    return steps, edits
 
 
 def publish_needed(inv: Inventory, current: PublishedInventory | None) -> bool:

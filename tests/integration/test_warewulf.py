@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -662,6 +663,26 @@ class WW:
             f"open({str(self.log)!r}, 'a').write(json.dumps(['service', *sys.argv[1:]]) + '\\n')\n"
         )
         self.service.chmod(0o755)
+        # systemctl: is-enabled/is-active answer from a state file (not logged), the other
+        # verbs are logged and change it (enable/disable, --now also starts/stops).
+        self.units = tmp_path / "units.json"
+        self.systemctl = tmp_path / "systemctl"
+        self.systemctl.write_text(
+            f"#!{sys.executable}\nimport json, os, sys\n"
+            f"state = json.load(open({str(self.units)!r})) if os.path.exists({str(self.units)!r}) else {{}}\n"
+            "verb, args = sys.argv[1], [a for a in sys.argv[2:] if a != '--now']\n"
+            "if verb in ('is-enabled', 'is-active'):\n"
+            "    sys.exit(0 if state.get(args[0], {}).get(verb) else 1)\n"
+            f"open({str(self.log)!r}, 'a').write(json.dumps(['systemctl', *sys.argv[1:]]) + '\\n')\n"
+            "for unit in args:\n"
+            "    u = state.setdefault(unit, {})\n"
+            "    if verb in ('enable', 'disable'):\n"
+            "        u['is-enabled'] = verb == 'enable'\n"
+            "        if '--now' in sys.argv: u['is-active'] = verb == 'enable'\n"
+            "    if verb == 'restart': u['is-active'] = True\n"
+            f"json.dump(state, open({str(self.units)!r}, 'w'))\n"
+        )
+        self.systemctl.chmod(0o755)
         self.fail = fail
         # As the packages install them (etc/warewulf.conf, etc/nodes.conf of each tag, shortened).
         (self.etc / "warewulf.conf").write_text(
@@ -696,7 +717,8 @@ class WW:
     def apply(self, *extra: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
         # `exportfs -ra` goes to the same recorder as `service` (logged as ["service", "-ra"]).
         svc = str(self.service)
-        return self.ek8s("warewulf", "apply", "--service", svc, "--exportfs", svc, *extra, inventory=inventory)
+        tools = ("--service", svc, "--exportfs", svc, "--systemctl", str(self.systemctl))
+        return self.ek8s("warewulf", "apply", *tools, *extra, inventory=inventory)
 
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
@@ -878,6 +900,57 @@ def test_apply_runs_the_plan_once_and_a_second_apply_changes_nothing(tmp_path: P
     assert ww.mutating() == [] and "nothing to do" in res.stdout
     assert "wwctl overlay build" in res.stdout  # says how to rebuild the overlays by hand
     assert {p.name: p.read_text() for p in ww.etc.iterdir()} == before
+
+
+def test_apply_installs_and_starts_the_fence_service_only_with_fencing(tmp_path: Path) -> None:
+    """fencing: warewulf-power: the unit ek8s-fence@<cluster>.service is written (ek8s fence
+    serve for this cluster's share), systemd reloaded, the unit enabled and started; a second
+    apply does nothing; a changed unit is restarted; fencing off stops, disables and removes it."""
+    ww = WW(tmp_path, "4.7.0")
+    unit = ww.etc.parent / "systemd" / "system" / "ek8s-fence@ek8s.service"
+    res = ww.apply(inventory=ww.inventory())
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not unit.exists() and not [c for c in ww.calls() if c[0] == "systemctl"], "fencing is off by default"
+    ww.log.unlink()
+    res = ww.apply(inventory=ww.inventory(fencing="warewulf-power"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = unit.read_text()
+    exec_start = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[argv.index("fence") :] == [
+        "fence", "serve", "--cluster", "ek8s", "--share", str(tmp_path / "share"), "--lease-ttl", "30",
+    ]  # fmt: skip
+    assert "Restart=always" in text and "WantedBy=multi-user.target" in text
+    systemctl = [c for c in ww.mutating() if c[0] == "systemctl"]
+    assert systemctl == [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "ek8s-fence@ek8s.service"]]
+    assert "systemctl enable --now ek8s-fence@ek8s.service ok" in res.stdout
+    # The unit's command runs: its --help is the fence service's.
+    help_ = subprocess.run([*argv[: argv.index("fence") + 2], "--help"], capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0 and "--power-command" in help_.stdout, help_.stderr
+    ww.log.unlink()
+    res = ww.apply(inventory=ww.inventory(fencing="warewulf-power"))
+    assert res.returncode == 0 and ww.mutating() == [], ww.mutating()
+    # Stopped by hand: the next apply starts it again, without rewriting the file.
+    ww.units.write_text(json.dumps({"ek8s-fence@ek8s.service": {"is-enabled": True, "is-active": False}}))
+    res = ww.apply(inventory=ww.inventory(fencing="warewulf-power"))
+    assert res.returncode == 0 and ww.mutating() == [["systemctl", "enable", "--now", "ek8s-fence@ek8s.service"]]
+    # An edited unit file is put back and the running service restarted.
+    unit.write_text(text.replace("Restart=always", "Restart=no"))
+    ww.log.unlink()
+    res = ww.apply(inventory=ww.inventory(fencing="warewulf-power"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert unit.read_text() == text
+    assert ww.mutating() == [["systemctl", "daemon-reload"], ["systemctl", "restart", "ek8s-fence@ek8s.service"]]
+    # Fencing off again: stopped, disabled, the file removed.
+    ww.log.unlink()
+    res = ww.apply(inventory=ww.inventory())
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not unit.exists()
+    assert [c for c in ww.mutating() if c[0] == "systemctl"] == [
+        ["systemctl", "disable", "--now", "ek8s-fence@ek8s.service"],
+        ["systemctl", "daemon-reload"],
+    ]
+    assert json.loads(ww.units.read_text())["ek8s-fence@ek8s.service"] == {"is-enabled": False, "is-active": False}
 
 
 def test_apply_keeps_the_sites_profiles_and_order(tmp_path: Path) -> None:

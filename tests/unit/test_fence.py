@@ -66,8 +66,11 @@ def test_a_survivor_is_fenced_for_only_after_the_power_cycle_succeeded(tmp_path:
     assert "reform" not in h.driver.calls and not h.cycle().startswith("etcd lost quorum (")
     assert recovery.assess_share(h.store, 1, 30).lost == [], "a failed power cycle proves nothing"
     assert len(h.store.fence_requests()) == 2, "kept for the next turn"
+    assert service.serve_once() == [] and len(powered(tmp_path)) == 2, "not again before retry_s"
+    assert [e["target"] for e in h.store.events() if e["event"] == "fence_failed"] == ["control0", "control2"]
 
     service.power_command = power_standin(tmp_path, 0)
+    service.retry_at.clear()  # retry_s (10 s) has passed
     done = service.serve_once()
     assert [line.split(" (")[0] for line in done] == ["fenced control0", "fenced control2"]
     assert powered(tmp_path) == ["cycle control0", "cycle control2"] * 2
