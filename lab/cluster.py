@@ -497,7 +497,7 @@ class Lab:
                     "t": round(e["t"] - state.t0, 3),
                     "node": e["node"],
                     "event": e["event"],
-                    **{k: e[k] for k in ("kubeadm_s", "attempt", "epoch") if k in e},
+                    **{k: e[k] for k in ("kubeadm_s", "attempt", "epoch", "first_share_op_s", "cpu_s") if k in e},
                 }
                 for e in events
             ],
