@@ -26,7 +26,9 @@ left on the share, the ``join_admission`` (distress) events and the agents' ``cp
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -161,6 +163,10 @@ def one_run(
         for e in report_events:
             if e["event"] == "node_ready" and e.get("cpu_s") is not None:
                 cpu_to_ready.setdefault(roles.get(e["node"], "?"), []).append(float(e["cpu_s"]))
+        # Why joins failed: the agents' messages with numbers blanked, most frequent first.
+        why = collections.Counter(
+            re.sub(r"\d+(\.\d+)?", "N", str(e.get("message", ""))) for e in report_events if e["event"] == "join_failed"
+        )
         window = lab.store().worker_join_window(join_concurrency or 1000)
         admission_doc = {
             "mode": admission,
@@ -174,6 +180,7 @@ def one_run(
                 "all_nodes_ready_s": round(last - state.t0, 2),
                 "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
                 "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
+                "join_failed_why": why.most_common(8),
                 "admission": admission_doc,
                 "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             }
@@ -215,6 +222,7 @@ def one_run(
             "all_nodes_ready_s": round(last - state.t0, 2),
             "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
             "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
+            "join_failed_why": why.most_common(8),
             "admission": admission_doc,
             "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             "peak_rss_mib": round(peak[0] / 2**20),
