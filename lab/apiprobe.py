@@ -38,8 +38,9 @@ def start(the_lab: Lab, state: LabState, kubeconfig: Path, out: Path) -> subproc
 
 
 def summary(path: Path, since: float = 0.0, until: float | None = None) -> dict[str, Any]:
-    """``{"tries", "failed", "longest_gap_s", "gap_started_at"}`` of the probe lines in
-    ``path`` with ``since <= t <= until``. The gap counts from the first try of the window,
+    """``{"tries", "failed", "longest_gap_s", "gap_started_at", "gap_failures"}`` of the probe
+    lines in ``path`` with ``since <= t <= until`` (``gap_failures``: ``[seconds into the gap,
+    ms, error]`` per failed read in the longest gap). The gap counts from the first try of the window,
     and up to its last one, so a window that ends in failures shows them."""
     tries = []
     for line in path.read_text().splitlines():
@@ -60,11 +61,18 @@ def summary(path: Path, since: float = 0.0, until: float | None = None) -> dict[
             last_ok = d["t"]
     if tries[-1]["t"] - last_ok > longest:
         longest, started = tries[-1]["t"] - last_ok, last_ok
+    ended = (started or 0.0) + longest
     return {
         "tries": len(tries),
         "failed": sum(1 for d in tries if not d["ok"]),
         "longest_gap_s": round(longest, 3),
         "gap_started_at": started,
+        # The failed reads inside the longest gap: seconds into it, how long each took, why.
+        "gap_failures": [
+            [round(d["t"] - (started or 0.0), 2), round(d.get("ms", 0.0)), str(d.get("error", ""))[:160]]
+            for d in tries
+            if not d["ok"] and started is not None and started <= d["t"] <= ended
+        ],
     }
 
 

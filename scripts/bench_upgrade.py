@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,14 +93,33 @@ def one_run(distribution: str, args: argparse.Namespace) -> dict[str, Any]:
             probe.wait(10)
         if res.returncode != 0:
             raise SystemExit(f"ek8s upgrade failed:\n{res.stdout[-4000:]}\n{res.stderr[-3000:]}")
+        api = summary(probe_out, started, ended)
+        if (api["longest_gap_s"] or 0.0) > KEEP_GAP_S:
+            api["kept"] = keep_evidence(probe_out, res.stdout)
         return {
             "distribution": distribution,
             "total_s": round(ended - started, 2),
-            "api": summary(probe_out, started, ended),
+            "api": api,
             "per_node_s": downtime(store.events(since=started)),
         }
     finally:
         lab("down", timeout=180)
+
+
+KEEP_GAP_S = 2.0  # an API gap longer than this keeps the lab's logs for a look afterwards
+
+
+def keep_evidence(probe_out: Path, driver_out: str) -> str:
+    """Copy the probe's lines, the lab's logs (every node's agent, Phylactery, keepalived,
+    HAProxy), the share's events and the driver's output to a new directory under /tmp before
+    the lab goes; returns its path."""
+    kept = Path(tempfile.mkdtemp(prefix="ek8s-bench-upgrade-gap-", dir="/tmp"))
+    shutil.copy(probe_out, kept / "probe.jsonl")
+    shutil.copytree(LAB_DIR / "logs", kept / "logs", dirs_exist_ok=True)
+    for events in (LAB_DIR / "share").glob("*/events.jsonl*"):
+        shutil.copy(events, kept / events.name)
+    (kept / "upgrade.out").write_text(driver_out)
+    return str(kept)
 
 
 def main() -> int:

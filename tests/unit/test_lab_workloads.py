@@ -156,8 +156,15 @@ def test_the_probes_longest_gap_is_between_two_successful_reads(tmp_path: Any) -
 
     tries = [(10.0, True), (10.1, True), (10.2, False), (10.9, False), (11.6, True), (11.7, True), (11.8, False)]
     path = tmp_path / "probe.jsonl"
-    path.write_text("".join(json.dumps({"t": t, "ok": ok, "ms": 1, "error": ""}) + "\n" for t, ok in tries) + '{"t": 1')
-    assert summary(path) == {"tries": 7, "failed": 3, "longest_gap_s": 1.5, "gap_started_at": 10.1}
+    lines = [{"t": t, "ok": ok, "ms": 1, "error": "" if ok else f"timeout {t}"} for t, ok in tries]
+    path.write_text("".join(json.dumps(d) + "\n" for d in lines) + '{"t": 1')
+    assert summary(path) == {
+        "tries": 7,
+        "failed": 3,
+        "longest_gap_s": 1.5,
+        "gap_started_at": 10.1,
+        "gap_failures": [[0.1, 1, "timeout 10.2"], [0.8, 1, "timeout 10.9"]],
+    }
     assert summary(path, since=11.65)["longest_gap_s"] == 0.1, "the window ends in a failure: counted to its end"
     assert summary(path, since=20)["tries"] == 0
 
