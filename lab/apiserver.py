@@ -1386,10 +1386,24 @@ def main(argv: list[str] | None = None) -> None:
         host=conf["bind_address"],
         port=int(conf["port"]),
         ssl_context=server_ssl(conf),
+        backlog=listen_backlog(),
         access_log=None,
         print=None,
         handle_signals=True,
     )
+
+
+def listen_backlog(path: Path = Path("/proc/sys/net/core/somaxconn")) -> int:
+    """The listen backlog the real kube-apiserver gets: Go's ``net.Listen`` passes the
+    kernel's ``net.core.somaxconn`` (``net/sock_linux.go`` ``maxListenerBacklog``; 4096 on
+    kernels since 5.4), where aiohttp's default is 128. With 128, a burst of joins and kubelets
+    on the lab's busy API servers overflows the accept queue, the kernel drops SYNs, HAProxy's
+    200 ms ``timeout connect`` expires and the client's TLS handshake sees EOF: a refusal the
+    real server would not give. 4096 when the file cannot be read."""
+    try:
+        return max(128, int(path.read_text()))
+    except (OSError, ValueError):
+        return 4096
 
 
 if __name__ == "__main__":

@@ -416,3 +416,16 @@ def test_the_project_clients_calls_keep_working(server: Server) -> None:
     with pytest.raises(client.ApiException) as err:
         core.read_node("w9")
     assert err.value.status == 404
+
+
+def test_it_listens_with_the_kernels_backlog_as_the_real_server_does(server: Server) -> None:
+    """Go's net.Listen gives kube-apiserver a backlog of net.core.somaxconn, not aiohttp's
+    128 (lab.apiserver.listen_backlog): a burst of joins must not overflow the emulated one's
+    accept queue where the real one's holds. ``ss`` shows a listening socket's backlog as its
+    Send-Q."""
+    port = server.url.rsplit(":", 1)[1]
+    res = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+    assert res.returncode == 0, res.stderr
+    [line] = res.stdout.splitlines()
+    send_q = int(line.split()[2])
+    assert send_q == int(Path("/proc/sys/net/core/somaxconn").read_text()) > 128, line
