@@ -119,6 +119,17 @@ ADMISSION = {
 }
 
 
+def listen_overflows(ns: str) -> int:
+    """``TcpExtListenOverflows`` of network namespace ``ns`` (/proc/net/netstat, counted per
+    namespace): how often a listening socket's accept queue was full and a SYN or a handshake's
+    last ACK was dropped. -1 when it cannot be read."""
+    res = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/netstat"], capture_output=True, text=True)
+    lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("TcpExt:")]
+    if res.returncode != 0 or len(lines) < 2:
+        return -1
+    return int(dict(zip(lines[0], lines[1], strict=False)).get("ListenOverflows", -1))
+
+
 def one_run(
     workers: int,
     steady_s: float,
@@ -167,6 +178,7 @@ def one_run(
         why = collections.Counter(
             re.sub(r"\d+(\.\d+)?", "N", str(e.get("message", ""))) for e in report_events if e["event"] == "join_failed"
         )
+        overflows = {n.name: listen_overflows(n.ns) for n in state.nodes if n.role == "control"}
         window = lab.store().worker_join_window(join_concurrency or 1000)
         admission_doc = {
             "mode": admission,
@@ -181,6 +193,7 @@ def one_run(
                 "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
                 "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
                 "join_failed_why": why.most_common(8),
+                "listen_overflows": overflows,
                 "admission": admission_doc,
                 "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             }
@@ -223,6 +236,7 @@ def one_run(
             "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
             "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
             "join_failed_why": why.most_common(8),
+            "listen_overflows": overflows,
             "admission": admission_doc,
             "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             "peak_rss_mib": round(peak[0] / 2**20),
