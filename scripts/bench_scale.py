@@ -130,6 +130,24 @@ def listen_overflows(ns: str) -> int:
     return int(dict(zip(lines[0], lines[1], strict=False)).get("ListenOverflows", -1))
 
 
+def haproxy_says(logs: list[Path]) -> dict[str, int]:
+    """How often the control nodes' HAProxy logged a backend going DOWN or UP, and a backend
+    with no server left (``logs``: their output, ``<root>/var/log/ek8s/haproxy.log`` in
+    process mode)."""
+    said = {"DOWN": 0, "UP": 0, "no server available": 0}
+    for log in logs:
+        if not log.exists():
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            if "kube-apiserver/" in line and " is DOWN" in line:
+                said["DOWN"] += 1
+            elif "kube-apiserver/" in line and " is UP" in line:
+                said["UP"] += 1
+            if "has no server available" in line:
+                said["no server available"] += 1
+    return said
+
+
 def one_run(
     workers: int,
     steady_s: float,
@@ -179,6 +197,7 @@ def one_run(
             re.sub(r"\d+(\.\d+)?", "N", str(e.get("message", ""))) for e in report_events if e["event"] == "join_failed"
         )
         overflows = {n.name: listen_overflows(n.ns) for n in state.nodes if n.role == "control"}
+        haproxy = haproxy_says([Path(n.root) / "var/log/ek8s/haproxy.log" for n in state.nodes if n.role == "control"])
         window = lab.store().worker_join_window(join_concurrency or 1000)
         admission_doc = {
             "mode": admission,
@@ -194,6 +213,7 @@ def one_run(
                 "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
                 "join_failed_why": why.most_common(8),
                 "listen_overflows": overflows,
+                "haproxy": haproxy,
                 "admission": admission_doc,
                 "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             }
@@ -237,6 +257,7 @@ def one_run(
             "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
             "join_failed_why": why.most_common(8),
             "listen_overflows": overflows,
+            "haproxy": haproxy,
             "admission": admission_doc,
             "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
             "peak_rss_mib": round(peak[0] / 2**20),
