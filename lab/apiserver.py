@@ -1396,10 +1396,11 @@ def main(argv: list[str] | None = None) -> None:
 def listen_backlog(path: Path = Path("/proc/sys/net/core/somaxconn")) -> int:
     """The listen backlog the real kube-apiserver gets: Go's ``net.Listen`` passes the
     kernel's ``net.core.somaxconn`` (``net/sock_linux.go`` ``maxListenerBacklog``; 4096 on
-    kernels since 5.4), where aiohttp's default is 128. With 128, a burst of joins and kubelets
-    on the lab's busy API servers overflows the accept queue, the kernel drops SYNs, HAProxy's
-    200 ms ``timeout connect`` expires and the client's TLS handshake sees EOF: a refusal the
-    real server would not give. 4096 when the file cannot be read."""
+    kernels since 5.4), where aiohttp's default is 128: a full accept queue makes the kernel
+    drop SYNs, which HAProxy's 200 ms ``timeout connect`` turns into a closed connection the
+    real server would not cause. (At 3 + 100 no queue overflowed either way,
+    docs/benchmarks.md section 12: fidelity, not the cause of the failed joins there.) 4096
+    when the file cannot be read."""
     try:
         return max(128, int(path.read_text()))
     except (OSError, ValueError):

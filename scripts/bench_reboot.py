@@ -27,6 +27,7 @@ from core.share import ShareStore
 from lab import apiprobe
 from lab.apiprobe import summary
 from lab.cluster import Lab
+from lab.command import lab_cmd
 
 LAB_DIR, PREFIX = Path("/run/ek8s-benchr"), "ek8sbr"
 NODES = ["control0", "control1", "control2", "worker0", "worker1"]
@@ -34,8 +35,7 @@ NODES = ["control0", "control1", "control2", "worker0", "worker1"]
 
 def lab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``ek8s lab ARGS`` on the bench's own lab."""
-    cmd = [sys.executable, "-m", "manager", "lab", "--dir", str(LAB_DIR), "--prefix", PREFIX, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return lab_cmd(LAB_DIR, PREFIX, *args, timeout=timeout)
 
 
 def one_round(store: ShareStore, probe_out: Path) -> dict[str, Any]:

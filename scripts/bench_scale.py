@@ -204,19 +204,20 @@ def one_run(
             "window_left": round(window.size, 1),
             "distress": [(e["signal"], e["window"]) for e in report_events if e["event"] == "join_admission"],
         }
+        formed_doc = {
+            "workers": workers,
+            "leader_ready_s": round(leader_ready - state.t0, 2),
+            "all_nodes_ready_s": round(last - state.t0, 2),
+            "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
+            "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
+            "join_failed_why": why.most_common(8),
+            "listen_overflows": overflows,
+            "haproxy": haproxy,
+            "admission": admission_doc,
+            "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
+        }
         if steady_s <= 0:
-            return {
-                "workers": workers,
-                "leader_ready_s": round(leader_ready - state.t0, 2),
-                "all_nodes_ready_s": round(last - state.t0, 2),
-                "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
-                "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
-                "join_failed_why": why.most_common(8),
-                "listen_overflows": overflows,
-                "haproxy": haproxy,
-                "admission": admission_doc,
-                "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
-            }
+            return formed_doc
         time.sleep(16)  # every agent's textfile rewritten in WATCH
         formed = {n.name: (n.role, *agent_ops(Path(n.root))) for n in state.nodes}
         tracer = None
@@ -250,16 +251,7 @@ def one_run(
         for k, c in cpu_seen.values():
             cpu[k] = round(cpu.get(k, 0.0) + c, 1)
         return {
-            "workers": workers,
-            "leader_ready_s": round(leader_ready - state.t0, 2),
-            "all_nodes_ready_s": round(last - state.t0, 2),
-            "leader_ready_to_last_worker_s": round(max(worker_ready) - leader_ready, 2) if worker_ready else None,
-            "join_failed": sum(1 for e in report_events if e["event"] == "join_failed"),
-            "join_failed_why": why.most_common(8),
-            "listen_overflows": overflows,
-            "haproxy": haproxy,
-            "admission": admission_doc,
-            "agent_cpu_s_to_ready": {r: _stats(v) for r, v in cpu_to_ready.items()},
+            **formed_doc,
             "peak_rss_mib": round(peak[0] / 2**20),
             "cpu_s": cpu,
             "share_ops_per_s_steady": {r: _stats(v) for r, v in steady.items() if v},

@@ -32,24 +32,15 @@ from core.share import ShareStore
 from lab import apiprobe
 from lab.apiprobe import summary
 from lab.cluster import Lab
+from lab.command import DAY2_SETTINGS, lab_cmd, set_args
 
 LAB_DIR, PREFIX = Path("/run/ek8s-benchu"), "ek8sbu"
 NODES = ["control0", "control1", "control2", "worker0", "worker1"]
-# As tests/lab/test_upgrade.py runs its lab (tests/lab/test_day2.py SETTINGS): leases of 8 s,
-# heartbeats every second, Phylactery reconciling every 2 s.
-SETTINGS = (
-    "timeouts.lease_ttl_s=8",
-    "timeouts.heartbeat_interval_s=1",
-    "phylactery.reconcile_interval_s=2",
-    "phylactery.snapshot_interval_s=2",
-    "phylactery.snapshots_keep=3",
-)
 
 
 def lab(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """``ek8s lab ARGS`` on the bench's own lab."""
-    cmd = [sys.executable, "-m", "manager", "lab", "--dir", str(LAB_DIR), "--prefix", PREFIX, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return lab_cmd(LAB_DIR, PREFIX, *args, timeout=timeout)
 
 
 def downtime(events: list[dict[str, Any]]) -> dict[str, float]:
@@ -65,7 +56,7 @@ def downtime(events: list[dict[str, Any]]) -> dict[str, float]:
 def one_run(distribution: str, args: argparse.Namespace) -> dict[str, Any]:
     """Boot the lab at ``args.from_version``, upgrade it to ``args.to_version``, tear it down."""
     lab("down", timeout=180)
-    sets = [a for s in SETTINGS for a in ("--set", s)]
+    sets = set_args(DAY2_SETTINGS)  # as tests/lab/test_upgrade.py runs its lab
     try:
         up = lab("up", "--control", "3", "--workers", "2", "--timeout", "300", "--distribution", distribution,
                  "--kubernetes-version", args.from_version, "--init-seconds", str(args.init_seconds),

@@ -28,28 +28,17 @@ from core.share import ShareStore
 from lab import netns
 from lab.apiprobe import summary
 from lab.cluster import Lab, LabState
+from lab.command import DAY2_SETTINGS, lab_cmd, set_args
 from tests.conftest import keep_logs, wait_for
 from tests.lab.kit import ALL, CONTROL, in_order, kubectl, lab_processes
 
 PREFIX = "ek8sd"
-SETTINGS = (
-    "timeouts.lease_ttl_s=8",
-    "timeouts.heartbeat_interval_s=1",
-    "phylactery.reconcile_interval_s=2",
-    "phylactery.snapshot_interval_s=2",
-    "phylactery.snapshots_keep=3",
-)
+SETTINGS = DAY2_SETTINGS
 GPU = ("worker1:node.labels=slurm.partition=gpu", "worker1:node.roles=gpu",
        "worker1:node.taints=nvidia.com/gpu=present:NoSchedule")  # fmt: skip
 GPU_ROLE = "node-role.kubernetes.io/gpu"
 WEB_OWNER = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-web", "controller": True}
 TOLERATE_GPU = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
-
-
-def lab_cmd(lab_dir: Path, prefix: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``ek8s lab --dir LAB_DIR --prefix PREFIX ARGS``."""
-    cmd = [sys.executable, "-m", "manager", "lab", "--dir", str(lab_dir), "--prefix", prefix, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def operator(lab_dir: Path, prefix: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -147,7 +136,7 @@ def day2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day2]:
     afterwards, failed or not, leaving nothing."""
     tmp = tmp_path_factory.mktemp("day2")
     d = Day2(Path(f"/run/{PREFIX}-{uuid.uuid4().hex[:8]}"), tmp)
-    sets = [arg for s in (*SETTINGS, *GPU) for arg in ("--set", s)]
+    sets = set_args((*SETTINGS, *GPU))
     try:
         d.up = lab_cmd(d.dir, PREFIX, "up", "--control", "3", "--workers", "2", "--timeout", "180", *sets)
         if d.up.returncode != 0:
