@@ -3,7 +3,8 @@
 * :func:`render_haproxy` - ``haproxy.cfg``: a TCP frontend on the VIP port, one backend server
   per registered control node on the API server port, HTTPS ``GET /readyz`` checks
   (``check-ssl verify none``: the check proves liveness; the API's clients verify TLS
-  themselves through the TCP pass-through).
+  themselves through the TCP pass-through); when none passes, a second backend of the same
+  servers checked leniently (HTTPS ``GET /livez``, a longer period) takes the clients.
 * :func:`render_keepalived` - ``keepalived.conf``: one VRRPv3 instance for the VIP, unicast
   peers (multicast is often filtered on HPC networks), a track script on the local HAProxy.
   The leader of the generation starts in ``MASTER`` state so the VIP is up before
@@ -113,11 +114,15 @@ def render_haproxy(
     api_port: int,
     stats_socket: str,
     check_interval: str = "1s",
+    alive_interval: str = "2s",
     frontend_bind: str = "",
     server_state_file: str = "/run/haproxy/server-state",
 ) -> str:
     """haproxy.cfg text. ``members`` are sorted by name so the output is stable;
-    ``frontend_bind`` empty binds every address (the VIP comes and goes). Raises
+    ``check_interval`` is the strict ``/readyz`` check's period (and time limit) that decides
+    which servers get clients, ``alive_interval`` the lenient ``/livez`` check's that decides
+    which still get them when none passes the strict one (HAProxy times, e.g. ``"1s"``,
+    ``"500ms"``); ``frontend_bind`` empty binds every address (the VIP comes and goes). Raises
     :class:`RenderRefused` for a value that could break the file."""
     _name("node", node)
     _name("cluster", cluster)
@@ -128,6 +133,7 @@ def render_haproxy(
     _path("stats_socket", stats_socket)
     _path("server_state_file", server_state_file)
     _check("check_interval", check_interval, bool(_INTERVAL_RE.match(check_interval)), "is not a HAProxy time")
+    _check("alive_interval", alive_interval, bool(_INTERVAL_RE.match(alive_interval)), "is not a HAProxy time")
     if frontend_bind:
         _ip("frontend_bind", frontend_bind)
     return _env.get_template("haproxy.cfg.j2").render(
@@ -139,6 +145,7 @@ def render_haproxy(
         api_port=api_port,
         stats_socket=stats_socket,
         check_interval=check_interval,
+        alive_interval=alive_interval,
         frontend_bind=frontend_bind,
         server_state_file=server_state_file,
     )

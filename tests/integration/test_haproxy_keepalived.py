@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import ssl
 import threading
 import time
@@ -60,16 +61,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _NotReady(_Handler):
+    """An API server that serves but whose /readyz fails (etcd slow, or too busy to answer a
+    check in time): HAProxy's checks mark it DOWN."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/readyz"):
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
 @pytest.fixture
-def tls_backends(tmp_path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Two HTTPS servers (stand-ins for API servers) on 127.0.0.2 and 127.0.0.3, one port."""
+def tls_backends(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, list[str]]]:
+    """Two HTTPS servers (stand-ins for API servers) on 127.0.0.2 and 127.0.0.3, one port;
+    ``indirect`` parametrization "not-ready" makes their /readyz fail."""
+    handler = _NotReady if getattr(request, "param", "") == "not-ready" else _Handler
     ca = pki.new_ca("test-ca")
     hosts = ["127.0.0.2", "127.0.0.3"]
     pki.write_pair(tmp_path, "srv", pki.issue(ca, "srv", ips=tuple(hosts), server=True))
     port = free_port("127.0.0.2")
     servers = []
     for h in hosts:
-        srv = http.server.ThreadingHTTPServer((h, port), _Handler)
+        srv = http.server.ThreadingHTTPServer((h, port), handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
@@ -168,6 +184,40 @@ def test_backend_states_come_from_the_stats_socket(
     sock = daemons.haproxy_stats_socket(root)
     states = wait_for(lambda: (s := daemons.backend_states(sock)) and s.get("dead", "").startswith("DOWN") and s, 15)
     assert states["alive"].startswith("UP")
+
+
+@pytest.mark.parametrize("tls_backends", ["not-ready"], indirect=True)
+def test_with_no_server_ready_haproxy_uses_the_live_ones_only(
+    tmp_path: Path, haproxy_daemon: daemons.ManagedDaemon, tls_backends
+) -> None:  # type: ignore[no-untyped-def]
+    """Both API servers fail their /readyz checks (DOWN) but serve: a client behind HAProxy
+    still gets an answer from one of them (the backend checked on /livez) instead of a closed
+    connection. A third server that accepts TCP and never completes TLS (an API server still
+    starting) and a fourth address nothing answers never get a client: with them in the
+    rotation one request in two would hang until its timeout."""
+    api_port, hosts = tls_backends
+    root = haproxy_daemon.config_path.parents[2]
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.4", api_port))
+    stalled.listen(64)  # accepts into the queue, never reads: the TLS handshake never ends
+    try:
+        members = [render.Backend("control0", hosts[0]), render.Backend("control1", hosts[1])]
+        members += [render.Backend("starting", "127.0.0.4"), render.Backend("dead", "127.0.0.9")]
+        front = free_port()
+        haproxy_daemon.apply(haproxy_cfg(root, members, front, api_port))
+        sock = daemons.haproxy_stats_socket(root)
+        wait_for(lambda: all(v.startswith("DOWN") for v in (daemons.backend_states(sock) or {"x": "UP"}).values()), 15)
+        alive = lambda: daemons.backend_states(sock, "kube-apiserver-alive")  # noqa: E731
+        wait_for(lambda: [k for k, v in alive().items() if v.startswith("UP")] == ["control0", "control1"], 15)
+        ctx = ssl._create_unverified_context()
+        answers = []
+        for _ in range(8):
+            with urllib.request.urlopen(f"https://127.0.0.1:{front}/", context=ctx, timeout=3) as resp:
+                answers.append(resp.read().decode().strip())
+        assert set(answers) == {f"ok from {h}" for h in hosts}, answers
+        assert all(v.startswith("DOWN") for v in daemons.backend_states(sock).values()), "strict backend unchanged"
+    finally:
+        stalled.close()
 
 
 @pytest.mark.parametrize("peers", [["10.0.0.22", "10.0.0.23"], []], ids=["unicast", "alone"])
