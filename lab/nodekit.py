@@ -6,6 +6,7 @@ both sides, and the wait for this node's own API server.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import time
@@ -39,6 +40,20 @@ class Root:
 
 
 # -- a minimal API client (urllib; the real kubeadm uses client-go) ---------------------
+GET_RETRIES = 10  # client-go's rest.Request: "about ten retry attempts" (maxRetries)
+GET_RETRY_AFTER_S = 1.0  # the artificial "Retry-After: 1" client-go sets on such an error
+
+
+def probable_eof(err: BaseException) -> bool:
+    """Whether ``err`` is what client-go's ``IsProbableEOF`` or ``IsConnectionReset``
+    (``k8s.io/apimachinery/pkg/util/net/http.go``) call a transient error: the server, or a
+    proxy in front of it such as HAProxy with no server to send to, closed the connection
+    without an answer (an EOF during the TLS handshake or before the response, a reset).
+    ``URLError`` is looked into; a refused connection or a timeout is not one."""
+    reason = err.reason if isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException) else err
+    return isinstance(reason, (ssl.SSLEOFError, ConnectionResetError, http.client.IncompleteRead))
+
+
 class Api:
     """An API server at ``server`` (``https://host:port``) over ``ctx``, optionally with a
     bootstrap token as bearer (``<id>.<secret>``)."""
@@ -49,8 +64,20 @@ class Api:
     def call(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> tuple[int, Any]:
         """One request with ``body`` as JSON. Returns (HTTP status, the answer parsed as JSON
         when it starts with ``{``, else its text); error statuses are returned, not raised.
-        Raises ``OSError`` (``URLError``, ``ssl.SSLError``, a timeout after ``timeout``
-        seconds) when there is no answer."""
+        A ``GET`` closed without an answer (:func:`probable_eof`) is tried again after 1 s,
+        up to :data:`GET_RETRIES` times, as client-go's ``Request.request`` does for GETs
+        only (writes are not idempotent). Raises ``OSError`` (``URLError``, ``ssl.SSLError``,
+        a timeout after ``timeout`` seconds) when there is no answer."""
+        for attempt in range(GET_RETRIES + 1):
+            try:
+                return self._once(method, path, body, timeout)
+            except OSError as err:
+                if method != "GET" or attempt == GET_RETRIES or not probable_eof(err):
+                    raise
+            time.sleep(GET_RETRY_AFTER_S)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    def _once(self, method: str, path: str, body: object | None, timeout: float) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
         if self.bearer:
             headers["Authorization"] = f"Bearer {self.bearer}"

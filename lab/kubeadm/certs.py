@@ -132,25 +132,43 @@ def create_token(api: Api, token: str, ttl: str) -> None:
     say(f"[bootstrap-token] Created bootstrap token {m.group(1)} (expires {expiration})")
 
 
+KUBELET_RESTART_S = 10.0  # kubelet.service's RestartSec in the Kubernetes packages
+KUBELET_BOOTSTRAP_S = 240.0  # kubeadm's wait for the kubelet (KubeletHealthCheckTimeout, 4 min)
+
+
 def tls_bootstrap(boot: Api, name: str) -> pki.Pair:
     """The kubelet's TLS bootstrap, done by kubeadm here: a CSR for ``system:node:<name>``
     with the bootstrap token, signed at once by the emulated API server (the CSR approver and
-    signer). Returns the (certificate, key) PEM pair. Raises :class:`KubeadmError`."""
+    signer). Returns the (certificate, key) PEM pair. Raises :class:`KubeadmError` for an
+    answer other than 201 and ``OSError`` when no answer came within kubeadm's 4 min wait.
+
+    On a real node the kubelet makes this request and exits when it gets no answer
+    (``certificate/csr`` ``RequestCertificate`` returns the error, the kubelet's start
+    fails); systemd starts it again :data:`KUBELET_RESTART_S` later and it asks again, while
+    kubeadm waits up to :data:`KUBELET_BOOTSTRAP_S` for it. So a request that got no answer
+    (a busy API server, HAProxy closing the connection) is made again 10 s later here too
+    instead of failing the join."""
     csr_pem, key = pki.new_csr(f"system:node:{name}", ("system:nodes",))
-    code, body = boot.call(
-        "POST",
-        "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-        {
-            "apiVersion": "certificates.k8s.io/v1",
-            "kind": "CertificateSigningRequest",
-            "metadata": {"generateName": "csr-"},
-            "spec": {
-                "request": b64(csr_pem),
-                "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
-                "usages": ["digital signature", "client auth"],
-            },
+    request = {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "csr-"},
+        "spec": {
+            "request": b64(csr_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
         },
-    )
+    }
+    deadline = time.monotonic() + KUBELET_BOOTSTRAP_S
+    while True:
+        try:
+            code, body = boot.call("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", request)
+            break
+        except OSError as err:
+            if time.monotonic() + KUBELET_RESTART_S >= deadline:
+                raise
+            say(f"[kubelet-start] the kubelet's TLS bootstrap got no answer ({err}); it starts again in 10 s")
+            time.sleep(KUBELET_RESTART_S)
     expect(code, body, "[kubelet-start] TLS bootstrap", (201,))
     say("[kubelet-start] TLS bootstrap: the kubelet client certificate was signed")
     return base64.b64decode(body["status"]["certificate"]), key
