@@ -178,6 +178,16 @@ def boot_image(lab_dir: Path, state: LabState, node: LabNode) -> Path | None:
     return emulation_file
 
 
+def node_environ() -> dict[str, str]:
+    """The environment a process node's agent starts with: the lab's own, without
+    ``PYTHONDONTWRITEBYTECODE``. A node runs the bytecode ``ek8s overlay build`` ships
+    (:func:`manager.overlay.compile_bytecode`); a process node runs the checkout, so without
+    its ``__pycache__`` every agent, Phylactery and emulated kubeadm, API server and kubelet
+    would compile the project's modules at each start (~0.05-0.09 CPU-s a process here), a
+    cost no node pays. The first of them writes the bytecode, the rest read it."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 class ProcessRunner:
     """Nodes as namespaces whose agent the lab starts (``service_manager: process``)."""
 
@@ -218,7 +228,7 @@ class ProcessRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, EMULATION_ENV: str(emulation_file), "PATH": path},
+                env={**node_environ(), EMULATION_ENV: str(emulation_file), "PATH": path},
             )
         node.pid = proc.pid
 
