@@ -3,7 +3,8 @@
 * :func:`api_ready` - ``GET https://<vip>:<port>/readyz`` (anonymous, TLS checked against the
   cluster CA): the API behind the VIP answers (kube-apiserver's ``/readyz`` is readable
   without credentials through the ``system:public-info-viewer`` ClusterRole);
-* :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client);
+* :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client, without
+  its generated ``CoreV1Api``: :func:`get_json`);
 * :func:`node_found` - whether a Node exists (the API answered with it, or with 404);
 * :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
   HTTPS API (docs/phylactery.md), the server verified with the Phylactery CA
@@ -91,19 +92,42 @@ def kube_client(kubeconfig: Path, retries: int | None = None) -> Any:
     return _clients[key]
 
 
+def get_json(kubeconfig: Path, path: str, timeout_s: float, retries: int | None = None) -> dict[str, Any]:
+    """``GET path`` (``/api/v1/nodes/<name>``) on the API server of ``kubeconfig`` through the
+    official client's ``ApiClient`` (its kubeconfig loading, TLS, credentials and retries:
+    :func:`kube_client`), the answer as parsed JSON. It is what ``CoreV1Api.read_node(...,
+    _preload_content=False)`` does (``ApiClient.param_serialize``, ``call_api``, an error
+    status raised as ``ApiException``) without importing ``kubernetes.client.api.core_v1_api``:
+    that generated module (4.5 MB, every method wrapped by pydantic's ``validate_call``) costs
+    ~0.7-1 CPU-s to import, more than the rest of an agent's start, for one Node read. Raises
+    what :func:`kube_errors` lists."""
+    from kubernetes.client.rest import ApiException
+
+    api = kube_client(kubeconfig, retries)
+    request = api.param_serialize(
+        method="GET", resource_path=path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+    )
+    response = api.call_api(*request, _request_timeout=timeout_s)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    answer = json.loads(response.data)
+    if not isinstance(answer, dict):
+        raise ValueError(f"GET {path}: the answer is not a JSON object")
+    return answer
+
+
 def node_ready(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | None:
     """The ``Ready`` condition of Node ``name`` as the API behind ``kubeconfig`` reports it:
     True or False, or None when the Node does not exist, the kubeconfig is missing, or the API
     does not answer within ``timeout_s`` seconds."""
-    from kubernetes import client
-
     try:
-        node = client.CoreV1Api(kube_client(kubeconfig)).read_node(name, _request_timeout=timeout_s)
+        node = get_json(kubeconfig, f"/api/v1/nodes/{name}", timeout_s)
     except kube_errors():
         return None
-    for cond in (node.status.conditions or []) if node.status else []:
-        if cond.type == "Ready":
-            return bool(cond.status == "True")
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
     return False
 
 
@@ -111,11 +135,10 @@ def node_found(kubeconfig: Path, name: str, timeout_s: float = 2.0) -> bool | No
     """Whether Node ``name`` exists as the API behind ``kubeconfig`` says: True (it answered
     with the Node), False (it answered 404 Not Found), or None when there is no such answer
     (no API, another error, the kubeconfig missing) within ``timeout_s`` seconds."""
-    from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     try:  # one try: this runs in the agent's cycle
-        client.CoreV1Api(kube_client(kubeconfig, retries=0)).read_node(name, _request_timeout=timeout_s)
+        get_json(kubeconfig, f"/api/v1/nodes/{name}", timeout_s, retries=0)
     except ApiException as err:
         return False if err.status == 404 else None
     except kube_errors():

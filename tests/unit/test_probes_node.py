@@ -1,0 +1,91 @@
+"""A Node's Ready condition read through the official client's ApiClient (core/probes.py),
+against an HTTPS server on loopback that checks the client certificate as kube-apiserver does:
+Ready, NotReady, 404, no answer; and without importing the generated CoreV1Api module."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import probes
+from lab import pki
+
+NODES = {"worker0": "True", "worker1": "False"}
+
+
+class _Api(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        name = self.path.removeprefix("/api/v1/nodes/")
+        if name in NODES and self.headers.get("Accept") == "application/json":
+            status = {
+                "conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": NODES[name]}]
+            }
+            body, code = json.dumps({"kind": "Node", "metadata": {"name": name}, "status": status}).encode(), 200
+        else:
+            body, code = json.dumps({"kind": "Status", "code": 404, "reason": "NotFound"}).encode(), 404
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> Iterator[Path]:
+    ca = pki.new_ca("kubernetes")
+    pki.write_pair(tmp_path, "srv", pki.issue(ca, "kube-apiserver", ips=("127.0.0.1",), server=True))
+    (tmp_path / "ca.crt").write_bytes(ca[0])
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+    ctx.load_verify_locations(tmp_path / "ca.crt")
+    ctx.verify_mode = ssl.CERT_REQUIRED  # a client certificate or nothing, as the kubelet's credential
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    path = tmp_path / "kubelet.conf"
+    user = pki.issue(ca, "system:node:worker0", orgs=("system:nodes",), client=True)
+    path.write_bytes(
+        pki.kubeconfig(f"https://127.0.0.1:{srv.server_address[1]}", ca[0], user, "system:node:worker0", "c")
+    )
+    yield path
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_nodes_ready_condition_and_whether_it_exists(kubeconfig: Path, tmp_path: Path) -> None:
+    assert probes.node_ready(kubeconfig, "worker0") is True
+    assert probes.node_ready(kubeconfig, "worker1") is False
+    assert probes.node_ready(kubeconfig, "worker9") is None
+    assert probes.node_found(kubeconfig, "worker1") is True
+    assert probes.node_found(kubeconfig, "worker9") is False
+    assert probes.node_ready(tmp_path / "missing.conf", "worker0") is None
+
+
+def test_no_answer_is_none(tmp_path: Path, kubeconfig: Path) -> None:
+    text = kubeconfig.read_text()
+    port = text.split("https://127.0.0.1:")[1].split()[0]
+    dead = tmp_path / "dead.conf"
+    dead.write_text(text.replace(f"https://127.0.0.1:{port}", "https://127.0.0.1:1"))
+    assert probes.node_ready(dead, "worker0", timeout_s=1.0) is None
+    assert probes.node_found(dead, "worker0", timeout_s=1.0) is None
+
+
+def test_reading_a_node_does_not_import_the_generated_core_v1_api(kubeconfig: Path) -> None:
+    code = (
+        "import sys, json\nfrom pathlib import Path\nfrom core import probes\n"
+        f"ready = probes.node_ready(Path({str(kubeconfig)!r}), 'worker0')\n"
+        "print(json.dumps([ready, 'kubernetes.client.api.core_v1_api' in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout) == [True, False], out.stderr
