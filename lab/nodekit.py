@@ -58,19 +58,21 @@ class Api:
     """An API server at ``server`` (``https://host:port``) over ``ctx``, optionally with a
     bootstrap token as bearer (``<id>.<secret>``)."""
 
-    def __init__(self, server: str, ctx: ssl.SSLContext, bearer: str | None = None) -> None:
-        self.server, self.ctx, self.bearer = server.rstrip("/"), ctx, bearer
+    def __init__(self, server: str, ctx: ssl.SSLContext, bearer: str | None = None, timeout: float = 5.0) -> None:
+        self.server, self.ctx, self.bearer, self.timeout = server.rstrip("/"), ctx, bearer, timeout
 
-    def call(self, method: str, path: str, body: object | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+    def call(self, method: str, path: str, body: object | None = None, timeout: float | None = None) -> tuple[int, Any]:
         """One request with ``body`` as JSON. Returns (HTTP status, the answer parsed as JSON
         when it starts with ``{``, else its text); error statuses are returned, not raised.
+        ``timeout`` (seconds, for the connection, the TLS handshake and each read; None: the
+        client's, 5 s unless it was made with another) bounds a server that does not answer.
         A ``GET`` closed without an answer (:func:`probable_eof`) is tried again after 1 s,
         up to :data:`GET_RETRIES` times, as client-go's ``Request.request`` does for GETs
         only (writes are not idempotent). Raises ``OSError`` (``URLError``, ``ssl.SSLError``,
         a timeout after ``timeout`` seconds) when there is no answer."""
         for attempt in range(GET_RETRIES + 1):
             try:
-                return self._once(method, path, body, timeout)
+                return self._once(method, path, body, self.timeout if timeout is None else timeout)
             except OSError as err:
                 if method != "GET" or attempt == GET_RETRIES or not probable_eof(err):
                     raise

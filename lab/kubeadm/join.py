@@ -52,6 +52,11 @@ from lab.kubeadm.workflow import TIMINGS, KubeadmError, Phase, Runner, klog, say
 from lab.nodekit import Api, Root, ctx_for, wait_local_api
 
 KUBELET_WAIT_S = 240.0  # KubeletHealthCheckTimeout, 4 min
+# kubeadm join's clients (the bootstrap token's, a control plane's admin one) are client-go
+# clientsets built from a kubeconfig with no request timeout (rest.Config.Timeout 0), on
+# client-go's transport (a 10 s TLS handshake timeout): a busy API server is waited for, not
+# given up on after the emulation's usual 5 s. Bounded here so a hung lab still fails.
+JOIN_API_TIMEOUT_S = 30.0
 
 
 def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
@@ -176,7 +181,7 @@ def run_preflight(d: JoinData) -> None:
     say(f"[preflight] Running pre-flight checks (EMULATED kubeadm {d.version}, ephemeral-k8s lab) for {d.name}")
     preflight.run_checks(preflight.join_node_checks(d.r, d.control is not None), d.ignored, d.version)
     d.server, d.ca_pem, token = discover(d.jc)
-    d.boot = Api(d.server, ctx_for(d.ca_pem), bearer=token)
+    d.boot = Api(d.server, ctx_for(d.ca_pem), bearer=token, timeout=JOIN_API_TIMEOUT_S)
     if d.control is not None:
         fetch_cluster_configuration(d)
         say("[preflight] Running pre-flight checks before initializing the new control plane instance")
@@ -223,7 +228,7 @@ def run_prepare_certs(d: JoinData) -> None:
     the ClusterConfiguration read with an admin client."""
     ca = pki.read_pair(d.r.pki, "ca")
     d.admin = pki.issue(ca, "kubernetes-admin", orgs=("kubeadm:cluster-admins",), client=True)
-    d.api = Api(d.server, ctx_for(d.ca_pem, d.admin, d.r.pki))
+    d.api = Api(d.server, ctx_for(d.ca_pem, d.admin, d.r.pki), timeout=JOIN_API_TIMEOUT_S)
     code, cm = d.api.call("GET", "/api/v1/namespaces/kube-system/configmaps/kubeadm-config")
     certs.expect(code, cm, "[preflight] kubeadm-config", (200,))
     d.cc = yaml.safe_load(cm["data"]["ClusterConfiguration"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 from collections.abc import Iterator
 
@@ -94,3 +95,24 @@ def test_the_kubelets_tls_bootstrap_asks_again_after_a_restart(flaky, monkeypatc
     cert, key = certs.tls_bootstrap(Signed(url, ssl.create_default_context()), "worker0")
     assert cert == b"cert" and key.startswith(b"-----BEGIN")
     assert calls == ["POST", "POST", "POST"]
+
+
+def test_a_client_waits_its_own_timeout_for_a_server_that_never_answers() -> None:
+    """kubeadm join's clients wait longer than the emulation's usual 5 s (client-go sets no
+    request timeout): the bound is the client's, or the call's when given."""
+    from lab.kubeadm.join import JOIN_API_TIMEOUT_S
+
+    assert nodekit.Api("http://x", ssl.create_default_context()).timeout < JOIN_API_TIMEOUT_S
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts into its queue, never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        for client, call_timeout in (
+            (nodekit.Api(url, ssl.create_default_context(), timeout=0.3), None),
+            (api(url), 0.3),
+        ):
+            started = time.monotonic()
+            with pytest.raises(OSError):
+                client.call("GET", "/api/v1/nodes/worker0", timeout=call_timeout)
+            assert 0.25 <= time.monotonic() - started < 3.0
+    finally:
+        silent.close()
