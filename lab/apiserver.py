@@ -97,6 +97,7 @@ from core.versions import DEFAULT_KUBERNETES_VERSION
 from lab import apimachinery as am
 from lab import apiproto, apiresources, apitables, pki
 from lab.apiresources import Resource, Target
+from lab.pki import jws_signature
 from lab.workloads import Workloads, node_label_refusal
 
 log = logging.getLogger("emulated-kube-apiserver")
@@ -121,17 +122,6 @@ def parse_rfc3339(s: str) -> float:
     """Inverse of :func:`rfc3339`: Unix seconds. Raises ``ValueError`` on any other format
     (fractional seconds or an offset included)."""
     return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-
-
-def jws_signature(token_id: str, token_secret: str, payload: bytes) -> str:
-    """Detached JWS (HS256, ``kid`` the token id) over ``payload`` keyed by the token secret,
-    as the bootstrap signer writes into ``cluster-info`` as ``jws-kubeconfig-<token id>``
-    (``pkg/controller/bootstrap/bootstrapsigner.go``, ``k8s.io/cluster-bootstrap/token/jws``
-    ``ComputeDetachedSignature``). Returns ``header..signature`` (base64url, no padding)."""
-    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": token_id}).encode()).rstrip(b"=")
-    body = base64.urlsafe_b64encode(payload).rstrip(b"=")
-    sig = hmac.new(token_secret.encode(), header + b"." + body, hashlib.sha256).digest()
-    return (header + b".." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode()
 
 
 def minor_of(version: str) -> int:

@@ -3,14 +3,19 @@
 ECDSA P-256 keys (what ``encryptionAlgorithm: ECDSA-P256`` gives with real kubeadm), X.509
 certificates signed with ``cryptography``, kubeconfigs with embedded data, and the
 AES-256-GCM sealing kubeadm applies to the ``kubeadm-certs`` Secret (random 12-byte nonce
-prepended to the ciphertext, key = the hex-decoded certificate key).
+prepended to the ciphertext, key = the hex-decoded certificate key), and the detached JWS the
+bootstrap signer writes into ``cluster-info`` (the emulated API server signs with it, the
+emulated kubeadm's discovery checks it without importing the API server).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import hmac
 import ipaddress
+import json
 import os
 from pathlib import Path
 
@@ -183,3 +188,14 @@ def unseal(certificate_key: str, blob: bytes) -> bytes:
     """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` on a wrong key
     or altered data, ``ValueError`` on a key :func:`seal` would refuse."""
     return AESGCM(bytes.fromhex(certificate_key)).decrypt(blob[:12], blob[12:], None)
+
+
+def jws_signature(token_id: str, token_secret: str, payload: bytes) -> str:
+    """Detached JWS (HS256, ``kid`` the token id) over ``payload`` keyed by the token secret,
+    as the bootstrap signer writes into ``cluster-info`` as ``jws-kubeconfig-<token id>``
+    (``pkg/controller/bootstrap/bootstrapsigner.go``, ``k8s.io/cluster-bootstrap/token/jws``
+    ``ComputeDetachedSignature``). Returns ``header..signature`` (base64url, no padding)."""
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": token_id}).encode()).rstrip(b"=")
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=")
+    sig = hmac.new(token_secret.encode(), header + b"." + body, hashlib.sha256).digest()
+    return (header + b".." + base64.urlsafe_b64encode(sig).rstrip(b"=")).decode()

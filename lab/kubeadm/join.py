@@ -84,9 +84,7 @@ def discover(jc: dict[str, Any]) -> tuple[str, bytes, str]:
             "couldn't validate the identity of the API Server: could not find a JWS signature in the "
             f'cluster-info ConfigMap for token ID "{tid}" (the token is unknown or has expired)'
         )
-    from lab.apiserver import jws_signature
-
-    if not hmac.compare_digest(sig, jws_signature(tid, tsecret, kubeconfig.encode())):
+    if not hmac.compare_digest(sig, pki.jws_signature(tid, tsecret, kubeconfig.encode())):
         raise KubeadmError(
             "couldn't validate the identity of the API Server: "
             "failed to verify JWS signature of received cluster info object"
