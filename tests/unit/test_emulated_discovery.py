@@ -8,10 +8,8 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,51 +18,39 @@ import yaml
 
 from core.joinmaterial import ca_cert_hash
 from lab import pki
+from tests.unit.https_stub import serve_https
 
 TOKEN_ID, SECRET = "abcdef", "0123456789abcdef"
 
 
+class _ClusterInfo(http.server.BaseHTTPRequestHandler):
+    body = b""  # set by the fixture: the cluster-info ConfigMap as JSON
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path.endswith("/configmaps/cluster-info") else 404)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
-    ca = pki.new_ca("kubernetes")
-    pki.write_pair(tmp_path, "srv", pki.issue(ca, "kube-apiserver", ips=("127.0.0.1",), server=True))
-    kubeconfig = yaml.safe_dump(
-        {
-            "clusters": [
-                {
-                    "name": "",
-                    "cluster": {
-                        "server": "https://vip:8443",
-                        "certificate-authority-data": base64.b64encode(ca[0]).decode(),
-                    },
-                }
-            ]
-        }
-    )
-    data = {
-        "kubeconfig": kubeconfig,
-        f"jws-kubeconfig-{TOKEN_ID}": pki.jws_signature(TOKEN_ID, SECRET, kubeconfig.encode()),
-    }
-    body = json.dumps({"kind": "ConfigMap", "data": data}).encode()
-
-    class ClusterInfo(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path.endswith("/configmaps/cluster-info") else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ClusterInfo)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{srv.server_address[1]}", ca[0]
-    srv.shutdown()
-    srv.server_close()
+    with serve_https(_ClusterInfo, tmp_path) as (_, url, ca):
+        authority = base64.b64encode(ca[0]).decode()
+        kubeconfig = yaml.safe_dump(
+            {
+                "clusters": [
+                    {"name": "", "cluster": {"server": "https://vip:8443", "certificate-authority-data": authority}}
+                ]
+            }
+        )
+        signature = pki.jws_signature(TOKEN_ID, SECRET, kubeconfig.encode())
+        data = {"kubeconfig": kubeconfig, f"jws-kubeconfig-{TOKEN_ID}": signature}
+        _ClusterInfo.body = json.dumps({"kind": "ConfigMap", "data": data}).encode()
+        yield url.removeprefix("https://"), ca[0]
 
 
 def discover_in_a_fresh_process(endpoint: str, secret: str, pin: str) -> dict[str, object]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import http.server
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab import pki
 from lab.kubelet import ApiConnection
+from tests.unit.https_stub import serve_https
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -49,21 +48,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[_Server, ssl.SSLContext]]:
-    ca = pki.new_ca("kubernetes")
-    cert, key = pki.issue(ca, "kube-apiserver", ips=("127.0.0.1",), server=True)
-    (tmp_path / "server.pem").write_bytes(cert + key)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(str(tmp_path / "server.pem"))
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.requests = []
-    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client_ctx = ssl.create_default_context(cadata=ca[0].decode())
-    try:
-        yield server, client_ctx
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_https(_Handler, tmp_path, server_class=_Server) as (server, _, ca):
+        assert isinstance(server, _Server)
+        server.requests = []
+        yield server, ssl.create_default_context(cadata=ca[0].decode())
 
 
 def test_status_updates_reuse_one_connection(api: tuple[_Server, ssl.SSLContext]) -> None:

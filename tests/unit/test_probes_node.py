@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import http.server
 import json
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from core import probes
 from lab import pki
+from tests.unit.https_stub import serve_https
 
 NODES = {"worker0": "True", "worker1": "False"}
 
@@ -43,24 +42,11 @@ class _Api(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def kubeconfig(tmp_path: Path) -> Iterator[Path]:
-    ca = pki.new_ca("kubernetes")
-    pki.write_pair(tmp_path, "srv", pki.issue(ca, "kube-apiserver", ips=("127.0.0.1",), server=True))
-    (tmp_path / "ca.crt").write_bytes(ca[0])
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
-    ctx.load_verify_locations(tmp_path / "ca.crt")
-    ctx.verify_mode = ssl.CERT_REQUIRED  # a client certificate or nothing, as the kubelet's credential
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    path = tmp_path / "kubelet.conf"
-    user = pki.issue(ca, "system:node:worker0", orgs=("system:nodes",), client=True)
-    path.write_bytes(
-        pki.kubeconfig(f"https://127.0.0.1:{srv.server_address[1]}", ca[0], user, "system:node:worker0", "c")
-    )
-    yield path
-    srv.shutdown()
-    srv.server_close()
+    with serve_https(_Api, tmp_path, client_certificates=True) as (_, url, ca):
+        path = tmp_path / "kubelet.conf"
+        user = pki.issue(ca, "system:node:worker0", orgs=("system:nodes",), client=True)
+        path.write_bytes(pki.kubeconfig(url, ca[0], user, "system:node:worker0", "c"))
+        yield path
 
 
 def test_a_nodes_ready_condition_and_whether_it_exists(kubeconfig: Path, tmp_path: Path) -> None:
