@@ -70,14 +70,14 @@ class Api:
         up to :data:`GET_RETRIES` times, as client-go's ``Request.request`` does for GETs
         only (writes are not idempotent). Raises ``OSError`` (``URLError``, ``ssl.SSLError``,
         a timeout after ``timeout`` seconds) when there is no answer."""
-        for attempt in range(GET_RETRIES + 1):
+        for _ in range(GET_RETRIES):
             try:
                 return self._once(method, path, body, self.timeout if timeout is None else timeout)
             except OSError as err:
-                if method != "GET" or attempt == GET_RETRIES or not probable_eof(err):
+                if method != "GET" or not probable_eof(err):
                     raise
             time.sleep(GET_RETRY_AFTER_S)
-        raise AssertionError("unreachable")  # the last attempt returned or raised
+        return self._once(method, path, body, self.timeout if timeout is None else timeout)
 
     def _once(self, method: str, path: str, body: object | None, timeout: float) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
@@ -94,14 +94,15 @@ class Api:
             return int(err.code), (json.loads(raw) if raw.startswith(b"{") else raw.decode())
 
     def wait(self, method: str, path: str, body: object | None = None, timeout_s: float = 60.0) -> tuple[int, Any]:
-        """:meth:`call` every 50 ms until the endpoint answers at all (kubeadm's API client
-        retries likewise); returns that answer. Raises :class:`ToolError` after
+        """One request every 50 ms until the endpoint answers at all (kubeadm's API client
+        retries likewise); returns that answer. This poll is the retry, so each try is one
+        request, without :meth:`call`'s GET retries inside it. Raises :class:`ToolError` after
         ``timeout_s`` seconds without one."""
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                return self.call(method, path, body)
+                return self._once(method, path, body, self.timeout)
             except (OSError, urllib.error.URLError) as err:
                 last = err
                 time.sleep(0.05)

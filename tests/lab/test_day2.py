@@ -33,7 +33,6 @@ from tests.conftest import keep_logs, wait_for
 from tests.lab.kit import ALL, CONTROL, in_order, kubectl, lab_processes
 
 PREFIX = "ek8sd"
-SETTINGS = DAY2_SETTINGS
 GPU = ("worker1:node.labels=slurm.partition=gpu", "worker1:node.roles=gpu",
        "worker1:node.taints=nvidia.com/gpu=present:NoSchedule")  # fmt: skip
 GPU_ROLE = "node-role.kubernetes.io/gpu"
@@ -136,7 +135,7 @@ def day2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day2]:
     afterwards, failed or not, leaving nothing."""
     tmp = tmp_path_factory.mktemp("day2")
     d = Day2(Path(f"/run/{PREFIX}-{uuid.uuid4().hex[:8]}"), tmp)
-    sets = set_args((*SETTINGS, *GPU))
+    sets = set_args((*DAY2_SETTINGS, *GPU))
     try:
         d.up = lab_cmd(d.dir, PREFIX, "up", "--control", "3", "--workers", "2", "--timeout", "180", *sets)
         if d.up.returncode != 0:

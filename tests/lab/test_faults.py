@@ -39,6 +39,7 @@ from core import recovery
 from core.share import MemberRecord, ShareStore
 from lab import netns
 from lab.cluster import Lab, LabState
+from lab.command import set_args
 from tests.conftest import keep_logs, wait_for
 from tests.lab.conftest import keep_journals
 from tests.lab.kit import (
@@ -208,7 +209,7 @@ def tour(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         require_image()
     tmp = tmp_path_factory.mktemp(f"tour-{distribution}-{mode}")
     t = Tour(Path(f"/run/{PREFIX}-{uuid.uuid4().hex[:8]}"), distribution, mode, tmp / "up.json")
-    sets = [arg for s in SETTINGS for arg in ("--set", s)]
+    sets = set_args(SETTINGS)
     runner = ["--machines"] if mode == "machines" else []
     try:
         t.up = ek8s(

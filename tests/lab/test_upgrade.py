@@ -26,10 +26,11 @@ import pytest
 
 from lab import netns
 from lab.apiprobe import summary
+from lab.command import DAY2_SETTINGS, set_args
 from manager.upgrade import kubelet_version
 from tests.conftest import keep_logs, wait_for
 from tests.lab.kit import ALL, in_order, lab_processes
-from tests.lab.test_day2 import SETTINGS, TOLERATE_GPU, WEB_OWNER, Day2, lab_cmd, operator
+from tests.lab.test_day2 import TOLERATE_GPU, WEB_OWNER, Day2, lab_cmd, operator
 
 PREFIX = "ek8su"
 FROM, TO, SKIP = "v1.34.2", "v1.35.2", "v1.36.4"
@@ -66,7 +67,7 @@ def boot(tmp_path_factory: pytest.TempPathFactory, cls: type[Upgrade], *up_args:
     ``cls``; ``ek8s lab down`` afterwards, failed or not, leaving nothing."""
     tmp = tmp_path_factory.mktemp(cls.prefix)
     d = cls(Path(f"/run/{cls.prefix}-{uuid.uuid4().hex[:8]}"), tmp)
-    sets = [arg for s in SETTINGS for arg in ("--set", s)]
+    sets = set_args(DAY2_SETTINGS)
     try:
         d.up = lab_cmd(d.dir, cls.prefix, "up", "--control", "3", "--workers", "2", "--timeout", "180", *up_args, *sets)
         if d.up.returncode != 0:
