@@ -168,8 +168,9 @@ class VipSettings(_Strict):
     # ((256 - priority) / 256 intervals; priority 100: 0.61), so 0.1 s moves the VIP 0.36 s
     # after the holder's last advert (0.5 s: 1.8 s; VRRPv2's whole seconds: 3.6 s). A false
     # takeover needs the holder's adverts stalled for those 0.36 s: keepalived's VRRP process
-    # runs with real-time scheduling (keepalived.conf vrrp_rt_priority) so CPU load does not
-    # stall it; docs/benchmarks.md section 3 has the soak that counts them.
+    # runs with real-time scheduling (keepalived.conf vrrp_rt_priority; nice -20 on a node
+    # without CAP_SYS_RESOURCE, docs/phylactery.md) so CPU load does not stall it;
+    # docs/benchmarks.md sections 10 and 15 have the soaks that count them.
     advert_interval_s: float = Field(0.1, ge=0.01, le=40.95)
 
     @field_validator("hostname")

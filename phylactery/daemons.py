@@ -190,6 +190,33 @@ def keepalived(root: Path, services: ServiceManager, check_script: str) -> Manag
     )
 
 
+# Linux capability number of CAP_SYS_RESOURCE (linux/capability.h).
+CAP_SYS_RESOURCE = 24
+
+
+def vrrp_realtime_allowed(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether keepalived's VRRP process may run on real-time scheduling here: True when
+    ``CAP_SYS_RESOURCE`` is in this process's bounding set (``CapBnd:`` of ``status``, a hex
+    mask, proc(5)), which bounds keepalived's as well, since it runs as root beside us
+    (process mode) or from a unit that does not narrow it (keepalived.service).
+
+    Why that capability: keepalived (lib/process.c, 2.2.7 to today) lowers its VRRP process's
+    ``RLIMIT_RTTIME`` to ``vrrp_rlimit_rttime`` when it starts it on ``SCHED_RR``, and on every
+    reload (SIGHUP) first restores a saved limit that it never read, so 0, then raises it
+    again, which setrlimit(2) allows only with ``CAP_SYS_RESOURCE``. Without it the process is
+    left on ``SCHED_RR`` with a limit of 0 and the kernel SIGKILLs it at its next scheduler
+    tick ("exited due to signal 9 - has rlimit_rttime been exceeded?"); keepalived respawns
+    it and the VIP can move. Seen in the lab, whose host lacks the capability. False also
+    when ``status`` cannot be read or has no ``CapBnd:`` line."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
 def backend_states(stats_socket: Path, backend: str = "kube-apiserver", timeout_s: float = 2.0) -> dict[str, str]:
     """``{server name: status}`` from HAProxy's ``show stat`` (CSV, HAProxy management
     guide §9.3); status is ``UP``, ``DOWN``, ``MAINT``, ``no check``... Empty when HAProxy

@@ -10,7 +10,9 @@
   The leader of the generation starts in ``MASTER`` state so the VIP is up before
   ``kubeadm init`` needs it; priorities are equal, so a returning node never preempts.
   Sub-second VRRPv3 adverts (``vip.advert_interval_s``) with the VRRP process on real-time
-  scheduling (``vrrp_rt_priority``, keepalived.conf(5) 2.2.7) so load does not fake a crash.
+  scheduling (``vrrp_rt_priority``, keepalived.conf(5) 2.2.7) so load does not fake a crash,
+  or at nice -20 (``vrrp_priority``) where keepalived could not keep real-time scheduling
+  through a reload (:func:`phylactery.daemons.vrrp_realtime_allowed`).
 * :func:`render_check_script` - the track script: can we open a TCP connection to the local
   HAProxy frontend?
 
@@ -89,6 +91,9 @@ KEEPALIVED_PRIORITY = 100
 # keepalived's VRRP process's SCHED_RR priority (1-99): above every normal process, below the
 # kernel's own real-time threads (migration, watchdog at 99; threaded IRQs at 50).
 VRRP_RT_PRIORITY = 10
+# Its nice value where real-time scheduling cannot be kept (-20 to 19; -20: the largest CFS
+# weight, 88761 against a normal process's 1024, so a waking VRRP process runs at once).
+VRRP_NICE = -20
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,11 @@ def render_keepalived(
     advert_int: float,
     is_leader: bool,
     check_script: str,
+    realtime: bool = True,
 ) -> str:
-    """keepalived.conf text; ``peers`` are the other control nodes' addresses. Raises
+    """keepalived.conf text; ``peers`` are the other control nodes' addresses; ``realtime``
+    puts the VRRP process on ``SCHED_RR`` (``vrrp_rt_priority``), else at nice ``VRRP_NICE``
+    (``vrrp_priority``): see :func:`phylactery.daemons.vrrp_realtime_allowed`. Raises
     :class:`RenderRefused` for a value that could break the file (a peer with a newline and a
     ``notify_master`` directive, an interface with a space, ...)."""
     _name("node", node)
@@ -183,7 +191,8 @@ def render_keepalived(
     # RFC 5798 section 6.1: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256.
     master_down_s = 3 * advert_int + (256 - KEEPALIVED_PRIORITY) * advert_int / 256
     return _env.get_template("keepalived.conf.j2").render(
-        rt_priority=VRRP_RT_PRIORITY,
+        rt_priority=VRRP_RT_PRIORITY if realtime else None,
+        nice=VRRP_NICE,
         priority=KEEPALIVED_PRIORITY,
         master_down_s=f"{master_down_s:.2f}",
         node=node,

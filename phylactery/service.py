@@ -49,6 +49,7 @@ class Phylactery:
         self.haproxy = daemons.haproxy(cfg.root, self.services)
         self.keepalived = daemons.keepalived(cfg.root, self.services, render.render_check_script(cfg.vip.port))
         self.stats_socket = daemons.haproxy_stats_socket(cfg.root)
+        self.vrrp_realtime = daemons.vrrp_realtime_allowed()
         self.started = False
         self.supervisor = supervisor or Supervisor("phylactery")
         self._join_material_lock = asyncio.Lock()
@@ -105,6 +106,13 @@ class Phylactery:
         every controller under the supervisor (the peers are notified first thing)."""
         ensure_dir(self.stats_socket.parent)
         ensure_dir(self.cfg.root / "run/keepalived")
+        if not self.vrrp_realtime:
+            log.warning(
+                "keepalived's VRRP process runs at nice -20, not on real-time scheduling: this node "
+                "lacks CAP_SYS_RESOURCE, without which keepalived loses its RLIMIT_RTTIME at a reload "
+                "and the kernel kills the process (docs/phylactery.md, keepalived)",
+                extra={"vrrp_priority": render.VRRP_NICE},
+            )
         self.store.ensure()
         await self.controllers.reconcile.register()
         await self.controllers.reconcile.reconcile("start")

@@ -109,6 +109,7 @@ class ReconcileController:
             advert_int=c.vip.advert_interval_s,
             is_leader=state.leader is not None and state.leader.node == c.node.name,
             check_script=str(c.root / "etc/keepalived/check_haproxy.sh"),
+            realtime=p.vrrp_realtime,
         )
         result = {
             "reason": reason,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import http.server
+import os
+import resource
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import urllib.request
@@ -32,7 +36,7 @@ def haproxy_cfg(root: Path, backends: list[render.Backend], port: int, api_port:
     )
 
 
-def keepalived_cfg(root: Path, peers: list[str]) -> str:
+def keepalived_cfg(root: Path, peers: list[str], realtime: bool = True) -> str:
     return render.render_keepalived(
         node="control0",
         cluster="default",
@@ -46,6 +50,7 @@ def keepalived_cfg(root: Path, peers: list[str]) -> str:
         advert_int=0.5,
         is_leader=True,
         check_script=str(root / "etc/keepalived/check_haproxy.sh"),
+        realtime=realtime,
     )
 
 
@@ -229,3 +234,57 @@ def test_rendered_keepalived_config_passes_config_test(tmp_path: Path, peers: li
     assert ("unicast_peer" in cfg) == bool(peers)
     with pytest.raises(daemons.ConfigRejected):
         d.validate(cfg.replace("virtual_router_id 51", "virtual_router_id 999"))
+
+
+def test_keepalived_vrrp_process_keeps_a_safe_scheduling_through_reloads(tmp_path: Path) -> None:
+    """The rendered scheduling survives SIGHUP reloads: on this host's capabilities
+    (:func:`daemons.vrrp_realtime_allowed`), the VRRP process after two reloads is either on
+    SCHED_RR with a non-zero RLIMIT_RTTIME, or at normal scheduling with nice -20; never on
+    SCHED_RR with the limit of 0 keepalived leaves without CAP_SYS_RESOURCE, which the kernel
+    answers with SIGKILL (seen in the lab: the VIP moved during formation)."""
+    realtime = daemons.vrrp_realtime_allowed()
+    root = tmp_path / "root"
+    d = daemons.keepalived(root, ProcessServices(root), render.render_check_script(8443))
+    cfg = keepalived_cfg(root, ["10.0.0.22"], realtime=realtime)
+    d.validate(cfg)
+    d.config_path.write_text(cfg)
+    (root / "run/keepalived").mkdir(parents=True)
+    ns = f"ek8s-it-vrrp-{os.getpid()}"
+    log = tmp_path / "keepalived.log"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    proc = None
+    try:
+        for args in (
+            ["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+            ["addr", "add", "10.0.0.21/24", "dev", "eth0"],
+        ):
+            subprocess.run(["ip", "-n", ns, *args], check=True)
+        for dev in ("lo", "eth0", "eth1"):
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *d.start_argv], stdout=out, stderr=subprocess.STDOUT)
+        vrrp_pid = root / "run/keepalived/vrrp.pid"
+        child = wait_for(lambda: vrrp_pid.exists() and int(vrrp_pid.read_text()), what="VRRP process started")
+        wait_for(lambda: "Startup complete" in log.read_text(), what="keepalived started")
+        for n in (1, 2):
+            os.kill(proc.pid, signal.SIGHUP)
+            wait_for(lambda n=n: log.read_text().count("Reload complete") >= n, what=f"reload {n} complete")
+        policy = os.sched_getscheduler(child) & ~os.SCHED_RESET_ON_FORK
+        rttime = resource.prlimit(child, resource.RLIMIT_RTTIME)
+        if realtime:
+            assert policy == os.SCHED_RR, policy
+            assert 0 not in rttime, f"RLIMIT_RTTIME {rttime} after a reload: the kernel kills it"
+        else:
+            assert policy == os.SCHED_OTHER, f"SCHED_RR with RLIMIT_RTTIME {rttime}: the kernel kills it"
+            assert os.getpriority(os.PRIO_PROCESS, child) == render.VRRP_NICE
+        time.sleep(1.0)  # ten adverts later, the same process, never killed
+        assert int(vrrp_pid.read_text()) == child and "signal 9" not in log.read_text(), log.read_text()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
