@@ -310,6 +310,8 @@ class Phylactery:
                 "reloads": self.keepalived.reloads,
                 "vip": self.cfg.vip.address,
                 "vip_held": self.vip_held(),
+                # What the rendered keepalived.conf asks for its VRRP process (docs/phylactery.md).
+                "scheduling": "realtime" if self.vrrp_realtime else f"nice {render.VRRP_NICE}",
             },
             "etcd": etcd,
             "last_reconcile": self.last_reconcile,

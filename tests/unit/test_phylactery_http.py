@@ -15,6 +15,7 @@ from core.config import parse_config
 from core.credentials import CONTROL, WORKER
 from core.drivers import driver_for
 from core.tls import client_context, issue_server_certificate, server_context
+from phylactery import render
 from phylactery.app import make_app
 from phylactery.auth import Authorizer
 from phylactery.service import Phylactery
@@ -199,7 +200,8 @@ def test_status_with_the_control_credential_has_the_documented_keys_and_no_boot_
         "etcd",
     }
     assert set(status["haproxy"]) >= {"running", "reloads", "backends"}
-    assert set(status["keepalived"]) >= {"running", "vip", "vip_held"}
+    assert set(status["keepalived"]) >= {"running", "vip", "vip_held", "scheduling"}
+    assert status["keepalived"]["scheduling"] in ("realtime", f"nice {render.VRRP_NICE}")
     assert set(status["etcd"]) == {"members", "quorum", "error"}
     assert status["node"] == "control0" and status["role"] == "control"
     assert status["members"] == [
