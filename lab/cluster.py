@@ -574,9 +574,9 @@ class Lab:
             for n in state.nodes:
                 netns.kill_all(n.ns, grace_s=0.0, sig=signal.SIGKILL)
                 runners.MachineRunner.remove_cgroups(self, n)
-        for ns in sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub")):
-            netns.delete(ns)
-            removed.append(f"namespace {ns}")
+        namespaces = sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub"))
+        netns.delete_all(namespaces)  # every namespace's processes stopped together, the hub deleted last
+        removed += [f"namespace {ns}" for ns in namespaces]
         for etc in Path("/etc/netns").glob(f"{self.prefix}-*"):
             shutil.rmtree(etc, ignore_errors=True)
         left = wait_gone(procs, DOWN_REAP_S)

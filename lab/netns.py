@@ -22,6 +22,7 @@ class NetnsError(Exception):
     """An ``ip`` command failed (its stderr is the message), hung, or could not start."""
 
 
+NETNS_DIR = Path("/run/netns")  # where `ip netns add` keeps the namespaces' files
 IP_TIMEOUT_S = 30.0  # one `ip` command; they take milliseconds unless the kernel is stuck
 
 
@@ -89,30 +90,71 @@ def pids(ns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
+def pids_in(namespaces: list[str]) -> list[int]:
+    """Process ids running in any of ``namespaces``, found as ``ip netns pids`` finds them (a
+    process whose ``/proc/<pid>/ns/net`` is the namespace's file under ``/run/netns``), in one
+    pass over ``/proc`` for all of them; a namespace that does not exist has none."""
+    wanted = set()
+    for ns in namespaces:
+        with contextlib.suppress(OSError):
+            st = os.stat(NETNS_DIR / ns)
+            wanted.add((st.st_dev, st.st_ino))
+    found = []
+    if wanted:
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    st = os.stat(f"/proc/{entry.name}/ns/net")
+                except OSError:  # gone, or a kernel thread's
+                    continue
+                if (st.st_dev, st.st_ino) in wanted:
+                    found.append(int(entry.name))
+    return found
+
+
 def kill_all(ns: str, grace_s: float = 2.0, sig: int = signal.SIGTERM) -> int:
     """Send ``sig`` to every process in ``ns``, SIGKILL what is left after ``grace_s`` seconds,
     and wait up to 5 s more for them to go. Returns how many there were at first."""
-    victims = pids(ns)
+    return kill_all_in([ns], grace_s, sig)
+
+
+def kill_all_in(namespaces: list[str], grace_s: float = 2.0, sig: int = signal.SIGTERM) -> int:
+    """:func:`kill_all` for several namespaces at once: ``sig`` to every process of each, one
+    grace of ``grace_s`` seconds for all, then SIGKILL to what is left in any, and up to 5 s more
+    for them to go. Returns how many processes there were at first."""
+
+    def running() -> list[int]:
+        return pids_in(namespaces)
+
+    victims = running()
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pids(ns):
+    while time.monotonic() < deadline and running():
         time.sleep(0.05)
-    for pid in pids(ns):
+    for pid in running():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and pids(ns):
+    while time.monotonic() < deadline and running():
         time.sleep(0.05)
     return len(victims)
 
 
 def delete(ns: str) -> None:
     """Kill what runs in ``ns``, delete it and its ``/etc/netns`` directory."""
-    kill_all(ns)
-    ip("netns", "delete", ns, check=False)
-    shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+    delete_all([ns])
+
+
+def delete_all(namespaces: list[str]) -> None:
+    """Kill what runs in every one of ``namespaces`` at once (:func:`kill_all_in`: their
+    processes stop together, as on a power cut, rather than one namespace after the other),
+    then delete them in the order given, each with its ``/etc/netns`` directory."""
+    kill_all_in(namespaces)
+    for ns in namespaces:
+        ip("netns", "delete", ns, check=False)
+        shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
 
 def addresses(ns: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The lab's own commands: ``down`` with no lab, ``bench`` against a small lab. Booting 3 + 2
+"""The lab's own commands: ``down`` with no lab, ``bench`` against a small lab; how ``down``
+finds and stops the processes of its namespaces. Booting 3 + 2
 with ``ek8s lab up`` and what the operator sees of it are the first steps of the fault tour
 (test_faults.py), which boots that lab anyway."""
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab import netns
+from tests.conftest import wait_for
 from tests.lab.kit import lab_processes
 
 PREFIX = "ek8st"
@@ -66,3 +68,29 @@ def test_bench_two_runs_against_the_lab_writes_csv_and_png(lab_dir: Path, tmp_pa
     assert state["generation"] == 3 and state["ready"]
     status = ek8s(lab_dir, "status")
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+@pytest.mark.lab
+def test_the_processes_of_several_namespaces_are_found_as_ip_finds_them_and_stopped_together() -> None:
+    """``down`` stops every namespace's processes at once (:func:`lab.netns.kill_all_in`),
+    finding them in one pass over /proc (:func:`lab.netns.pids_in`): the same processes as
+    ``ip netns pids`` lists, none of another namespace, and none left afterwards."""
+    names = [f"{PREFIX}-pids{i}" for i in range(2)]
+    procs = []
+    try:
+        for ns in names:
+            netns.ip("netns", "add", ns)
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"]))
+        wait_for(lambda: all(netns.pids(ns) for ns in names), 10, 0.05, "a process in each namespace")
+        assert sorted(netns.pids_in(names)) == sorted(p.pid for p in procs)
+        assert [netns.pids_in([ns]) for ns in names] == [netns.pids(ns) for ns in names] == [[p.pid] for p in procs]
+        assert netns.pids_in([f"{PREFIX}-none"]) == []
+        assert netns.kill_all_in(names) == 2
+        assert netns.pids_in(names) == [] and [p.wait(5) for p in procs] == [-15, -15], "ended by the SIGTERM"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for ns in names:
+            netns.ip("netns", "delete", ns, check=False)
+    assert netns.existing(PREFIX) == []
