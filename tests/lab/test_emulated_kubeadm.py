@@ -137,7 +137,7 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
     # (b)+(d): `gone` crashes, reboots, joins again without anyone pruning its member.
     lab.stop_node(state, state.node(gone), crash=True)
     root = reboot_without_agent(lab, state, gone)
-    path = join_config(state, gone, gone_addr, timeouts={"etcdAPICall": "3s"})
+    path = join_config(state, gone, gone_addr, timeouts={"etcdAPICall": "1s"})
     res = kubeadm(lab, state, gone, "join", "--config", path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert (
@@ -163,7 +163,9 @@ def test_stale_member_check_etcd_reset_and_force_new_cluster_as_kubeadm_1_32(lab
     root = reboot_without_agent(lab, state, gone)
     assert kubectl(state, "delete-node", gone) == {}
     assert etcd_leader(state, lead) == lead
-    path = join_config(state, gone, gone_addr, skipPhases=["check-etcd"], timeouts={"etcdAPICall": "2s"})
+    # kubeadm checks etcd's availability 8 times, 5 s apart, each retrying the crash-looping
+    # member's endpoint for etcdAPICall before it gives up: 1 s of it makes the join ~43 s.
+    path = join_config(state, gone, gone_addr, skipPhases=["check-etcd"], timeouts={"etcdAPICall": "1s"})
     res = kubeadm(lab, state, gone, "join", "--config", path)
     assert res.returncode == 1, res.stdout + res.stderr
     assert (
