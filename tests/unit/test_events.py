@@ -175,6 +175,10 @@ def test_ek8s_events_follow_prints_what_comes_across_a_rotation(tmp_path: Path) 
         [sys.executable, "-m", "manager", "events", "--share", str(tmp_path), "--follow", "-o", "json",
          "--interval", "0.1", "--node", "control0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        # Ctrl-C's SIGINT as at a terminal: a test run started in the background by a shell
+        # without job control inherits it ignored, and Python then never raises
+        # KeyboardInterrupt for it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
