@@ -4,8 +4,9 @@ What is real: TLS with the cluster CA, client-certificate authentication, storag
 object as JSON in the node's real etcd member (keys as the real API server uses them,
 ``/registry/minions/<name>``, ``/registry/secrets/<ns>/<name>`` ...), ``resourceVersion`` as
 the key's etcd ``mod_revision``, creates as an etcd transaction on ``create_revision == 0``
-(two API servers cannot both create one name) and updates with a ``resourceVersion`` as one
-on ``mod_revision``, so the API is exactly as available and as consistent as etcd's quorum.
+(two API servers cannot both create one name) and every update as one on the
+``mod_revision`` it read (a ``resourceVersion`` the client sent must be that one), so the API
+is exactly as available and as consistent as etcd's quorum.
 
 What is emulated, as far as the node agent, Phylactery, the official ``kubernetes`` client,
 the emulated kubeadm/k3s/kubelet and the real ``kubectl`` (Debian's 1.32 and 1.36) need it:
@@ -909,7 +910,11 @@ class ApiServer:
         """PUT of an object: replace it (kept: ``uid``, ``creationTimestamp``); with a
         ``resourceVersion`` only if it is still current (409 ``Conflict``); of ``/status``:
         only its ``status`` (404 when the object is missing). A missing object is created
-        (201): see the module docstring."""
+        (201): see the module docstring. As the real storage's ``GuaranteedUpdate``, every
+        write is a transaction on what was read (the key's ``mod_revision``, or its absence),
+        tried again from a fresh read when the key changed meanwhile (3 tries, then 409): a
+        kubelet's status update racing a ``kubectl delete node`` gets 404, never brings the
+        Node back."""
         r = t.resource
         assert r is not None and r.prefix is not None
         body = self._check_body(await self._body(request, r), t)
@@ -921,43 +926,43 @@ class ApiServer:
             )
         meta["name"] = t.name
         key = r.key(t.namespace, t.name)
-        current = await self.load(key)
         want = meta.get("resourceVersion")
-        if current is not None and want and want != current["metadata"].get("resourceVersion"):
-            raise am.conflict(
-                r.group,
-                r.name,
-                t.name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
-        if t.subresource:
-            if current is None:
-                raise am.not_found(r.group, r.name, t.name)
-            new = {**current, "status": body.get("status") or {}}
-        else:
-            new = body
-            self._validate(r, new)
-            if current is None:
-                await self._admit_namespace(r, t.namespace)
-                self._defaults(r, new)
-                meta.update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339(time.time()))
+        for _ in range(3):
+            current = await self.load(key)
+            if current is not None and want and want != current["metadata"].get("resourceVersion"):
+                break
+            if t.subresource:
+                if current is None:
+                    raise am.not_found(r.group, r.name, t.name)
+                new = {**current, "status": body.get("status") or {}}
             else:
-                for k in ("uid", "creationTimestamp"):
-                    if current["metadata"].get(k):
-                        meta[k] = current["metadata"][k]
-        if dry:
-            return self.answer(new, 200 if current is not None else 201)
-        expect = int(current["metadata"]["resourceVersion"]) if current is not None and want else None
-        revision = await self.update(key, new, expect)
-        if revision is None:
-            raise am.conflict(
-                r.group,
-                r.name,
-                t.name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
-        new["metadata"]["resourceVersion"] = str(revision)
-        return self.answer(new, 200 if current is not None else 201)
+                new = json.loads(json.dumps(body))  # each try starts from the request's object
+                self._validate(r, new)
+                if current is None:
+                    await self._admit_namespace(r, t.namespace)
+                    self._defaults(r, new)
+                    new["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339(time.time()))
+                else:
+                    for k in ("uid", "creationTimestamp"):
+                        if current["metadata"].get(k):
+                            new["metadata"][k] = current["metadata"][k]
+            if dry:
+                return self.answer(new, 200 if current is not None else 201)
+            if current is None:
+                revision = await self.create(key, new)
+            else:
+                revision = await self.update(key, new, int(current["metadata"]["resourceVersion"]))
+            if revision is not None:
+                new["metadata"]["resourceVersion"] = str(revision)
+                return self.answer(new, 200 if current is not None else 201)
+            if want:
+                break
+        raise am.conflict(
+            r.group,
+            r.name,
+            t.name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
 
     async def patch_one(self, request: web.Request, t: Target) -> web.StreamResponse:
         """PATCH of an object or its ``/status``: a JSON merge patch (a strategic merge
