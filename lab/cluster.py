@@ -534,8 +534,7 @@ class Lab:
         runs in the lab's namespaces (nodes, the manager with the prober), and anything whose
         command line names the lab's directory; never this process or its parents."""
         pids = {n.pid for n in state.nodes if n.pid} if state else set()
-        for ns in netns.existing(self.prefix):
-            pids.update(netns.pids(ns))
+        pids.update(netns.pids_in(netns.existing(self.prefix)))
         me = psutil.Process()
         mine = {me.pid, *(p.pid for p in me.parents())}  # `ek8s lab --dir <dir> down` itself
         found = []
@@ -571,8 +570,8 @@ class Lab:
             for n in running:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(n.pid, signal.SIGKILL)
+            netns.kill_all_in([n.ns for n in state.nodes], grace_s=0.0, sig=signal.SIGKILL)
             for n in state.nodes:
-                netns.kill_all(n.ns, grace_s=0.0, sig=signal.SIGKILL)
                 runners.MachineRunner.remove_cgroups(self, n)
         namespaces = sorted(netns.existing(self.prefix), key=lambda s: s.endswith("-hub"))
         netns.delete_all(namespaces)  # every namespace's processes stopped together, the hub deleted last

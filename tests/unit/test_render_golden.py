@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -54,6 +55,27 @@ K3S_MATERIAL = JoinMaterial(
     published_at=0.0,
 )
 
+# control0's keepalived.conf among three control nodes; each case changes what it names.
+KEEPALIVED_ARGS: dict[str, Any] = dict(
+    node="control0",
+    cluster="default",
+    generation=1,
+    address="10.0.0.21",
+    interface="eth0",
+    peers=["10.0.0.21", "10.0.0.23", "10.0.0.22"],
+    vip="10.0.0.99",
+    prefix_length=24,
+    virtual_router_id=51,
+    advert_int=0.1,
+    is_leader=False,
+    check_script="/etc/keepalived/check_haproxy.sh",
+)
+
+
+def keepalived(**changes: Any) -> str:
+    return render.render_keepalived(**{**KEEPALIVED_ARGS, **changes})
+
+
 CASES = {
     "haproxy.cfg": lambda: render.render_haproxy(
         node="control0",
@@ -68,49 +90,9 @@ CASES = {
             render.Backend("control2", "10.0.0.23"),
         ],
     ),
-    "keepalived.conf": lambda: render.render_keepalived(
-        node="control0",
-        cluster="default",
-        generation=1,
-        address="10.0.0.21",
-        interface="eth0",
-        peers=["10.0.0.21", "10.0.0.23", "10.0.0.22"],
-        vip="10.0.0.99",
-        prefix_length=24,
-        virtual_router_id=51,
-        advert_int=0.1,
-        is_leader=False,
-        check_script="/etc/keepalived/check_haproxy.sh",
-    ),
-    "keepalived-alone-leader.conf": lambda: render.render_keepalived(
-        node="control0",
-        cluster="default",
-        generation=1,
-        address="10.0.0.21",
-        interface="eth0",
-        peers=["10.0.0.21"],
-        vip="10.0.0.99",
-        prefix_length=24,
-        virtual_router_id=51,
-        advert_int=0.1,
-        is_leader=True,
-        check_script="/etc/keepalived/check_haproxy.sh",
-    ),
-    "keepalived-no-realtime.conf": lambda: render.render_keepalived(
-        node="control0",
-        cluster="default",
-        generation=1,
-        address="10.0.0.21",
-        interface="eth0",
-        peers=["10.0.0.21", "10.0.0.23", "10.0.0.22"],
-        vip="10.0.0.99",
-        prefix_length=24,
-        virtual_router_id=51,
-        advert_int=0.1,
-        is_leader=False,
-        check_script="/etc/keepalived/check_haproxy.sh",
-        realtime=False,
-    ),
+    "keepalived.conf": lambda: keepalived(),
+    "keepalived-alone-leader.conf": lambda: keepalived(peers=["10.0.0.21"], is_leader=True),
+    "keepalived-no-realtime.conf": lambda: keepalived(realtime=False),
     "check_haproxy.sh": lambda: render.render_check_script(8443),
     "kubeadm-init.yaml": lambda: render_init_config(cfg("control", "control0", "10.0.0.21"), TOKEN, KEY),
     "kubeadm-join-control.yaml": lambda: render_join_config(cfg("control", "control1", "10.0.0.22"), MATERIAL),
@@ -165,3 +147,16 @@ def test_a_node_yaml_warewulf_rendered_drives_its_distribution(distribution: str
     join = yaml.safe_load(k3s.render_join_config(worker, K3S_MATERIAL))
     assert join["server"] == "https://vip.kubernetes.local:8443" and join["node-name"] == "worker1"
     assert join["token"] == K3S_MATERIAL.certificate_key  # the agent token, never the server token
+
+
+def directives(text: str) -> set[str]:
+    return {line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
+
+
+def test_keepalived_conf_asks_for_exactly_one_scheduling() -> None:
+    """Real-time (``vrrp_rt_priority``) or nice (``vrrp_priority``), never both:
+    :func:`phylactery.daemons.vrrp_realtime_allowed` picks one."""
+    rt, nice = directives(keepalived(realtime=True)), directives(keepalived(realtime=False))
+    assert "vrrp_rt_priority" in rt and "vrrp_priority" not in rt
+    assert "vrrp_priority" in nice and "vrrp_rt_priority" not in nice
+    assert f"vrrp_priority {render.VRRP_NICE}" in keepalived(realtime=False)

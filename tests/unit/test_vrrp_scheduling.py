@@ -1,5 +1,6 @@
 """keepalived's VRRP scheduling follows what the node allows: real-time only with
-CAP_SYS_RESOURCE (phylactery.daemons.vrrp_realtime_allowed), else nice -20."""
+CAP_SYS_RESOURCE (phylactery.daemons.vrrp_realtime_allowed), else nice -20 (the rendered
+directive: test_render_golden)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phylactery import daemons, render
+from phylactery import daemons
 
 # /proc/self/status lines around CapBnd, as Linux prints them (proc(5)).
 STATUS = "Name:\tpython3\nCapInh:\t0000000000000000\nCapBnd:\t{mask}\nNoNewPrivs:\t0\n"
@@ -34,32 +35,3 @@ def test_an_unreadable_bounding_set_means_no_realtime(tmp_path: Path, text: str)
     status.write_text(text)
     assert daemons.vrrp_realtime_allowed(status) is False
     assert daemons.vrrp_realtime_allowed(tmp_path / "missing") is False
-
-
-def keepalived_conf(realtime: bool) -> str:
-    return render.render_keepalived(
-        node="control0",
-        cluster="default",
-        generation=1,
-        address="10.0.0.21",
-        interface="eth0",
-        peers=["10.0.0.22"],
-        vip="10.0.0.99",
-        prefix_length=24,
-        virtual_router_id=51,
-        advert_int=0.1,
-        is_leader=True,
-        check_script="/etc/keepalived/check_haproxy.sh",
-        realtime=realtime,
-    )
-
-
-def directives(text: str) -> set[str]:
-    return {line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
-
-
-def test_the_config_asks_for_exactly_one_scheduling() -> None:
-    rt, nice = directives(keepalived_conf(True)), directives(keepalived_conf(False))
-    assert "vrrp_rt_priority" in rt and "vrrp_priority" not in rt
-    assert "vrrp_priority" in nice and "vrrp_rt_priority" not in nice
-    assert f"vrrp_priority {render.VRRP_NICE}" in keepalived_conf(False)
