@@ -6,6 +6,8 @@
 * :func:`node_ready` - a Node's ``Ready`` condition (official ``kubernetes`` client, without
   its generated ``CoreV1Api``: :func:`get_json`);
 * :func:`node_found` - whether a Node exists (the API answered with it, or with 404);
+* :func:`serves_another_ca` - an API server whose certificate the cluster CA did not sign
+  answers at an address (a control node not yet reset after ``ek8s reset``);
 * :func:`phylactery_healthy`, :func:`phylactery_get`, :func:`phylactery_post` - Phylactery's
   HTTPS API (docs/phylactery.md), the server verified with the Phylactery CA
   (:func:`core.tls.client_context`); nothing is sent to a URL that is not ``https://``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import ssl
 import time
 import urllib.error
@@ -68,6 +71,24 @@ def readyz(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> tuple[int | None,
         return int(err.code), time.monotonic() - started
     except (OSError, urllib.error.URLError, ssl.SSLError):
         return None, time.monotonic() - started
+
+
+def serves_another_ca(host: str, port: int, ca_pem: bytes, timeout_s: float = 0.3) -> bool:
+    """True when ``host:port`` completes a TLS handshake within ``timeout_s`` seconds with a
+    certificate that ``ca_pem`` (PEM bytes) did not sign: an API server of another cluster, or
+    of this cluster's generation before ``ek8s reset`` (kubeadm init and k3s make a new CA).
+    False for the CA's own server, and when nothing answers (refused, no route, timeout): the
+    question is only whether a server that is not ours is serving there. The host name is not
+    checked, the chain is (the server's SANs are not ours to know)."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    ctx.check_hostname = False
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, ctx.wrap_socket(raw):
+            return False
+    except ssl.SSLCertVerificationError:
+        return True
+    except OSError:  # refused, unreachable, timed out, reset, another TLS failure
+        return False
 
 
 _clients: dict[tuple[str, int | None], Any] = {}

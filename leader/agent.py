@@ -61,6 +61,9 @@ log = get_logger("ek8s.agent", "agent")
 
 PHYLACTERY_UP_S = 60.0  # Phylactery must serve /healthz this soon after init or before a join
 API_UP_S = 120.0  # the API must answer behind the VIP this soon after kubeadm init
+# The leader waits at most this long for other control nodes' API servers of another CA (the
+# generation before a reset) to stop before it publishes: kubeadm reset stops them in seconds.
+OTHER_API_WAIT_S = 30.0
 LEASE_CHECK_S = 1.0  # a control node that follows judges the leader's lease at most this often
 PROGRESS_S = 10.0  # while a wait goes on, say so this often
 HEARTBEAT_LOOP = "heartbeat"  # the supervised loop's name (ek8s_loop_failures_total{loop})
@@ -104,6 +107,11 @@ class Probes(Protocol):
         """The Phylactery at ``url`` serves ``/healthz`` (HAProxy and keepalived run)."""
         ...
 
+    def serves_another_ca(self, address: str, ca_pem: bytes) -> bool:
+        """An API server answers at ``address`` (the API port) with a certificate ``ca_pem``
+        did not sign (False when nothing answers there)."""
+        ...
+
     def post(self, url: str, path: str, token: str, body: dict[str, Any], timeout_s: float) -> tuple[int, Any]:
         """POST to a Phylactery; raises ``OSError`` when it does not answer."""
         ...
@@ -128,6 +136,7 @@ class NodeProbes:
     def __init__(self, cfg: NodeConfig, driver: Driver, ca: TrustedCA) -> None:
         self.driver = driver
         self.vip_url = f"https://{cfg.vip.address}:{cfg.vip.port}/readyz"
+        self.api_port = cfg.kubernetes.api_server_port
         self.kubeconfig = driver.kubelet_kubeconfig
         self.node = cfg.node.name
         self.ca = ca
@@ -147,6 +156,11 @@ class NodeProbes:
     def node_found(self) -> bool | None:
         """Whether this node's Node exists, through its kubelet kubeconfig."""
         return probes.node_found(self.kubeconfig, self.node)
+
+    def serves_another_ca(self, address: str, ca_pem: bytes) -> bool:
+        """A TLS handshake with ``address``'s API port, 0.3 s timeout
+        (:func:`core.probes.serves_another_ca`)."""
+        return probes.serves_another_ca(address, self.api_port, ca_pem, timeout_s=0.3)
 
     def phylactery_healthy(self, url: str) -> bool:
         """``GET <url>/healthz`` over TLS, 0.5 s timeout (False while no CA is on the share)."""
@@ -652,6 +666,11 @@ class Agent:
                 f"the API answers behind the VIP {self.cfg.vip.address}:{self.cfg.vip.port}",
                 kubeadm_s=term.kubeadm_s,
             )
+        if not term.publishing:
+            waiting = self._await_other_api_servers(term)
+            if waiting:
+                return waiting
+            term.publishing = True
             fence, result, credentials = term.fence, term.init_result, term.credentials
             assert credentials is not None
             self.jobs.start("publish", lambda: self._publish(fence, result, credentials))
@@ -670,6 +689,42 @@ class Agent:
             raise error
         self.term = None  # the generation is ready: nothing of the claim is left to release
         return self._go(State.AWAIT_NODE, f"generation {self.generation} is ready; join material published")
+
+    def _await_other_api_servers(self, term: LeaderTerm) -> str | None:
+        """Before joiners are let in: the sentence to wait with while another registered
+        control node still serves an API server whose certificate our CA did not sign (one
+        of the generation before ``ek8s reset`` whose reset has not stopped it yet: HAProxy
+        checks only that ``/readyz`` answers, so it would send joiners there and their TLS
+        would fail); None once none does, or after ``OTHER_API_WAIT_S`` (said once, as a
+        warning: a join that meets one then fails and is tried again)."""
+        assert term.init_result is not None
+        try:
+            peers = [m for m in self.store.members() if m.name != self.cfg.node.name]
+        except (OSError, ShareError):
+            return None
+        ca = term.init_result.ca_cert_pem
+        others = sorted(m.name for m in peers if self.probes.serves_another_ca(m.address, ca))
+        if not others:
+            if term.others_since is not None:
+                log.info(
+                    "no API server of another CA is left behind the VIP",
+                    extra={"phase": self.state.value, "waited_s": round(self.clock() - term.others_since, 1)},
+                )
+            return None
+        now = self.clock()
+        if term.others_since is None:
+            term.others_since = now
+        waited = now - term.others_since
+        if waited >= OTHER_API_WAIT_S:
+            log.warning(
+                "API servers of another CA still answer; publishing anyway (a join that meets one fails and retries)",
+                extra={"phase": self.state.value, "nodes": others, "waited_s": round(waited, 1)},
+            )
+            return None
+        return (
+            f"waiting for the API servers on {', '.join(others)} (another CA: the generation before) to stop "
+            f"before joiners are let in ({waited:.0f}s of {OTHER_API_WAIT_S:.0f}s)"
+        )
 
     def _publish(self, fence: Fence, result: InitResult, credentials: Credentials) -> None:
         """Join material, the operator's kubeconfig, manifests, then ready: every share write

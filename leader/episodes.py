@@ -29,14 +29,18 @@ class LeaderTerm:
     against, None when the share's claim did not return one (the next LEAD cycle deposes);
     ``credentials``: the bootstrap token and certificate key made for this init;
     ``init_result``: what the driver's init returned (CA, admin kubeconfig);
-    ``kubeadm_s``: seconds the init job took; ``api_seen``: the API answered behind the VIP
-    (publishing runs)."""
+    ``kubeadm_s``: seconds the init job took; ``api_seen``: the API answered behind the VIP;
+    ``publishing``: the publish job was started; ``others_since``: when (agent clock) API
+    servers of another CA were first found at other control nodes' addresses, None while
+    none were (publishing waits for them, bounded)."""
 
     fence: Fence | None
     credentials: Credentials | None = None
     init_result: InitResult | None = None
     kubeadm_s: float = 0.0
     api_seen: bool = False
+    publishing: bool = False
+    others_since: float | None = None
 
 
 @dataclass

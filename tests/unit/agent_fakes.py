@@ -153,6 +153,7 @@ class FakeProbes:
         self.found: bool | None = None
         self.found_calls = 0
         self.readyz: tuple[int | None, float] | None = None  # api_readyz's answer; None: as api says
+        self.other_ca: set[str] = set()  # addresses where an API server of another CA answers
 
     def api_ready(self, ca_pem: bytes) -> bool:
         return self.api and bool(ca_pem)
@@ -175,6 +176,9 @@ class FakeProbes:
 
     def phylactery_healthy(self, url: str) -> bool:
         return self.phylactery
+
+    def serves_another_ca(self, address: str, ca_pem: bytes) -> bool:
+        return address in self.other_ca
 
     def etcd_view(self) -> LocalView | None:
         return self.etcd

@@ -11,7 +11,7 @@ import pytest
 
 from core.etcd import EtcdMember, LocalView
 from core.share import LossProof, MemberRecord, ShareStore
-from leader.agent import API_UP_S, LEASE_CHECK_S
+from leader.agent import API_UP_S, LEASE_CHECK_S, OTHER_API_WAIT_S
 from leader.election import rule_for
 from tests.unit.agent_fakes import Harness, age_heartbeat, material, ready_generation
 
@@ -131,6 +131,42 @@ def test_leader_initialises_publishes_and_marks_ready(tmp_path: Path) -> None:
     assert h.store.read_admin_kubeconfig() == b"admin kubeconfig"
     assert h.store.read_join_material().epoch == 1
     assert h.events("api_ready") and h.events("leader_ready")
+
+
+def test_leader_lets_joiners_in_only_once_the_api_servers_of_the_generation_before_stopped(tmp_path: Path) -> None:
+    # After ek8s reset, control1's API server (the old CA) still answers until its reset
+    # stops it; control2's does not answer at all (no proof of anything: not waited for).
+    h = Harness(tmp_path)
+    for n, address in (("control0", "10.0.0.20"), ("control1", "10.0.0.21"), ("control2", "10.0.0.22")):
+        h.store.register_member(MemberRecord(n, address, f"https://{address}:9999", f"boot-{n}", 1))
+    h.probes.other_ca = {"10.0.0.20", "10.0.0.21"}  # my own address is never asked about
+    lead_to_publish(h)
+    h.probes.api = True
+    waiting = (
+        "waiting for the API servers on control1 (another CA: the generation before) to stop before joiners are let in"
+    )
+    assert h.cycle() == f"{waiting} (0s of 30s)"
+    assert h.events("api_ready") and not h.events("leader_ready")
+    h.clock.advance(3)
+    assert h.cycle() == f"{waiting} (3s of 30s)"
+    h.probes.other_ca = {"10.0.0.20"}
+    assert h.cycle() == "the API answers behind the VIP; publishing join material and applying manifests"
+    h.finish_jobs()
+    assert h.cycle() == "generation 1 is ready; join material published"
+    assert len(h.events("api_ready")) == 1
+
+
+def test_leader_publishes_after_a_bounded_wait_for_api_servers_of_another_ca(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.store.register_member(MemberRecord("control1", "10.0.0.21", "https://10.0.0.21:9999", "boot-control1", 1))
+    h.probes.other_ca = {"10.0.0.21"}  # never stops (a node whose reset hangs): joins retry
+    lead_to_publish(h)
+    h.probes.api = True
+    assert h.cycle().startswith("waiting for the API servers on control1")
+    h.clock.advance(OTHER_API_WAIT_S)
+    assert h.cycle() == "the API answers behind the VIP; publishing join material and applying manifests"
+    h.finish_jobs()
+    assert h.cycle() == "generation 1 is ready; join material published"
 
 
 def test_leader_waits_for_host_preparation_before_init(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,3 +76,16 @@ def test_reading_a_node_does_not_import_the_generated_core_v1_api(kubeconfig: Pa
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert json.loads(out.stdout) == [True, False], out.stderr
+
+
+def test_an_api_server_of_another_ca_is_told_from_ours_and_from_silence(tmp_path: Path) -> None:
+    other = pki.new_ca("kubernetes")  # the generation before ek8s reset: another CA
+    with serve_https(_Api, tmp_path) as (_, url, ca):
+        port = int(url.rsplit(":", 1)[1])
+        assert not probes.serves_another_ca("127.0.0.1", port, ca[0])
+        assert probes.serves_another_ca("127.0.0.1", port, other[0])
+    # Nothing listens there any more, or a listener never completes TLS (still starting):
+    # neither proves a server of another CA.
+    assert not probes.serves_another_ca("127.0.0.1", port, other[0])
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        assert not probes.serves_another_ca("127.0.0.1", silent.getsockname()[1], other[0], timeout_s=0.2)
