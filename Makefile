@@ -103,7 +103,7 @@ labtests: deps
 	$(BIN)/pytest -q -ra tests/lab
 
 test: deps lint typecheck
-	$(BIN)/pytest -q -ra --durations=15 tests/unit tests/integration tests/lab
+	$(BIN)/pytest -q -ra --durations=40 tests/unit tests/integration tests/lab
 
 bench: deps
 	$(BIN)/python scripts/bench_lab.py --runs 5

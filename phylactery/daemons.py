@@ -10,6 +10,7 @@ or ``systemctl reload``). A daemon is never restarted, so established connection
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -132,6 +133,24 @@ def haproxy(root: Path, services: ServiceManager) -> ManagedDaemon:
 def haproxy_stats_socket(root: Path) -> Path:
     """HAProxy's admin socket, ``<root>/run/haproxy/admin.sock`` (a UNIX path: at most 107 bytes)."""
     return root / "run/haproxy/admin.sock"
+
+
+def haproxy_ca_file(root: Path, ca_pem: str) -> Path:
+    """Where the generation's cluster CA ``ca_pem`` is written for HAProxy's checks
+    (``ca-file``): ``<root>/etc/haproxy/cluster-ca-<first 16 hex digits of its SHA-256>.pem``.
+    Named by content, so another CA changes haproxy.cfg and a reload loads it (HAProxy reads a
+    ca-file only when it starts or reloads)."""
+    digest = hashlib.sha256(ca_pem.encode()).hexdigest()[:16]
+    return root / "etc/haproxy" / f"cluster-ca-{digest}.pem"
+
+
+def remove_other_ca_files(root: Path, keep: Path | None) -> None:
+    """Delete ``cluster-ca-*.pem`` under ``<root>/etc/haproxy`` other than ``keep`` (the CA
+    files of earlier generations, once haproxy.cfg no longer names them)."""
+    for path in (root / "etc/haproxy").glob("cluster-ca-*.pem"):
+        if path != keep:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def haproxy_server_state_file(root: Path) -> Path:

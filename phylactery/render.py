@@ -122,13 +122,19 @@ def render_haproxy(
     alive_interval: str = "2s",
     frontend_bind: str = "",
     server_state_file: str = "/run/haproxy/server-state",
+    ca_file: str = "",
 ) -> str:
     """haproxy.cfg text. ``members`` are sorted by name so the output is stable;
     ``check_interval`` is the strict ``/readyz`` check's period (and time limit) that decides
     which servers get clients, ``alive_interval`` the lenient ``/livez`` check's that decides
     which still get them when none passes the strict one (HAProxy times, e.g. ``"1s"``,
-    ``"500ms"``); ``frontend_bind`` empty binds every address (the VIP comes and goes). Raises
-    :class:`RenderRefused` for a value that could break the file."""
+    ``"500ms"``); ``frontend_bind`` empty binds every address (the VIP comes and goes).
+    ``ca_file`` (a PEM file: the generation's cluster CA) makes both checks verify each API
+    server's certificate chain against it (``verify required``; no ``sni`` or ``verifyhost``,
+    so HAProxy checks the chain, not the names), so a server of another CA (the generation
+    before ``ek8s reset``, another cluster) is DOWN and gets no client; empty: not verified
+    (before the generation's CA is published). Raises :class:`RenderRefused` for a value that
+    could break the file."""
     _name("node", node)
     _name("cluster", cluster)
     for m in members:
@@ -141,6 +147,8 @@ def render_haproxy(
     _check("alive_interval", alive_interval, bool(_INTERVAL_RE.match(alive_interval)), "is not a HAProxy time")
     if frontend_bind:
         _ip("frontend_bind", frontend_bind)
+    if ca_file:
+        _path("ca_file", ca_file)
     return _env.get_template("haproxy.cfg.j2").render(
         node=node,
         cluster=cluster,
@@ -153,6 +161,7 @@ def render_haproxy(
         alive_interval=alive_interval,
         frontend_bind=frontend_bind,
         server_state_file=server_state_file,
+        ca_file=ca_file,
     )
 
 

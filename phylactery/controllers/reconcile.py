@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
+from core.fileperm import FILE_MODE
 from core.logs import get_logger
 from core.services import ServiceError
 from core.share import MemberRecord, ShareError
@@ -74,10 +76,29 @@ class ReconcileController:
         if changed:
             p.controllers.notify.request()
 
+    def generation_ca(self, generation: int) -> str | None:
+        """The cluster CA (PEM) of ``generation`` from its published join material, which
+        HAProxy's checks verify the API servers against; None before that generation's is
+        published (``join.json`` absent or of an earlier generation) or when it is not a
+        certificate (logged: the checks then stay unverified rather than the config refused)."""
+        try:
+            material = self.p.store.read_join_material()
+        except (OSError, ShareError):
+            return None
+        if material.generation != generation:
+            return None
+        try:
+            ssl.create_default_context(cadata=material.ca_cert)
+        except (ssl.SSLError, ValueError) as err:
+            log.error("join.json's ca_cert is no certificate; checks unverified", extra={"error": str(err)})
+            return None
+        return material.ca_cert
+
     async def reconcile(self, reason: str) -> dict[str, Any]:
         """Re-read the registry, render both configs, apply what changed. Returns what it did
         (``reason``, ``at``, ``generation``, ``members``, ``haproxy``, ``keepalived``: each
-        ``unchanged``, ``reloaded`` or ``started``). Raises what :meth:`run` logs."""
+        ``unchanged``, ``reloaded`` or ``started``; ``verify``: the CA file HAProxy's checks
+        verify against, or ``none``). Raises what :meth:`run` logs."""
         p, c = self.p, self.p.cfg
         state = await asyncio.to_thread(p.store.read_state)
         if state.generation != self.generation:
@@ -86,6 +107,9 @@ class ReconcileController:
         if not any(m.name == c.node.name for m in members):
             await self.register()
             members = await asyncio.to_thread(p.store.members)
+        ca_pem = await asyncio.to_thread(self.generation_ca, state.generation)
+        ca_file = daemons.haproxy_ca_file(c.root, ca_pem) if ca_pem else None
+        p.haproxy.extra_files = {ca_file: (ca_pem, FILE_MODE)} if ca_file and ca_pem else {}
         haproxy_cfg = render.render_haproxy(
             node=c.node.name,
             cluster=c.cluster,
@@ -95,6 +119,7 @@ class ReconcileController:
             api_port=c.kubernetes.api_server_port,
             stats_socket=str(p.stats_socket),
             server_state_file=str(daemons.haproxy_server_state_file(c.root)),
+            ca_file=str(ca_file) if ca_file else "",
         )
         keepalived_cfg = render.render_keepalived(
             node=c.node.name,
@@ -128,6 +153,8 @@ class ReconcileController:
                 why = f"HAProxy serves {sorted(running)}, the registry lists {sorted(m.name for m in members)}"
                 await asyncio.to_thread(p.haproxy.reload, why)
                 result["haproxy"] = "reloaded"
+        await asyncio.to_thread(daemons.remove_other_ca_files, c.root, ca_file)
+        result["verify"] = ca_file.name if ca_file else "none"
         self.last_result = result
         if result["haproxy"] != "unchanged" or result["keepalived"] != "unchanged":
             log.info("reconciled", extra={k: v for k, v in result.items() if k not in ("at",)})

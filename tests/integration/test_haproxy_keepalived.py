@@ -23,7 +23,7 @@ from phylactery import daemons, render
 from tests.conftest import free_port, wait_for
 
 
-def haproxy_cfg(root: Path, backends: list[render.Backend], port: int, api_port: int) -> str:
+def haproxy_cfg(root: Path, backends: list[render.Backend], port: int, api_port: int, ca_file: str = "") -> str:
     return render.render_haproxy(
         node="control0",
         cluster="default",
@@ -33,6 +33,7 @@ def haproxy_cfg(root: Path, backends: list[render.Backend], port: int, api_port:
         api_port=api_port,
         stats_socket=str(daemons.haproxy_stats_socket(root)),
         frontend_bind="127.0.0.1",
+        ca_file=ca_file,
     )
 
 
@@ -81,18 +82,24 @@ class _NotReady(_Handler):
 
 @pytest.fixture
 def tls_backends(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, list[str]]]:
-    """Two HTTPS servers (stand-ins for API servers) on 127.0.0.2 and 127.0.0.3, one port;
-    ``indirect`` parametrization "not-ready" makes their /readyz fail."""
-    handler = _NotReady if getattr(request, "param", "") == "not-ready" else _Handler
-    ca = pki.new_ca("test-ca")
+    """Two HTTPS servers (stand-ins for API servers) on 127.0.0.2 and 127.0.0.3, one port,
+    certificates of one CA (its certificate in ``tmp_path/ca.pem``); ``indirect``
+    parametrization "not-ready" makes their /readyz fail, "two-cas" gives 127.0.0.3 a
+    certificate of another CA (an API server of the generation before ``ek8s reset``)."""
+    param = getattr(request, "param", "")
+    handler = _NotReady if param == "not-ready" else _Handler
+    ca, other = pki.new_ca("test-ca"), pki.new_ca("test-ca")
+    (tmp_path / "ca.pem").write_bytes(ca[0])
     hosts = ["127.0.0.2", "127.0.0.3"]
     pki.write_pair(tmp_path, "srv", pki.issue(ca, "srv", ips=tuple(hosts), server=True))
+    second = other if param == "two-cas" else ca
+    pki.write_pair(tmp_path, "old", pki.issue(second, "srv", ips=tuple(hosts), server=True))
     port = free_port("127.0.0.2")
     servers = []
-    for h in hosts:
+    for h, pair in zip(hosts, ("srv", "old"), strict=True):
         srv = http.server.ThreadingHTTPServer((h, port), handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+        ctx.load_cert_chain(tmp_path / f"{pair}.crt", tmp_path / f"{pair}.key")
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
@@ -223,6 +230,41 @@ def test_with_no_server_ready_haproxy_uses_the_live_ones_only(
         assert all(v.startswith("DOWN") for v in daemons.backend_states(sock).values()), "strict backend unchanged"
     finally:
         stalled.close()
+
+
+@pytest.mark.parametrize("tls_backends", ["two-cas"], indirect=True)
+def test_an_api_server_of_another_ca_gets_no_client_once_the_generations_ca_is_known(
+    tmp_path: Path, haproxy_daemon: daemons.ManagedDaemon, tls_backends
+) -> None:  # type: ignore[no-untyped-def]
+    """127.0.0.3 serves with a certificate of another CA (the generation before ek8s reset,
+    its reset not done). Unverified checks (no CA published yet) let it take clients; with
+    the generation's CA as ca-file, both checks (the /readyz one and the /livez one used
+    when no server is ready) mark it DOWN and every request goes to 127.0.0.2."""
+    api_port, hosts = tls_backends
+    root = haproxy_daemon.config_path.parents[2]
+    members = [render.Backend("control0", hosts[0]), render.Backend("control1", hosts[1])]
+    front = free_port()
+    sock = daemons.haproxy_stats_socket(root)
+    haproxy_daemon.apply(haproxy_cfg(root, members, front, api_port))
+    wait_for(lambda: set(daemons.backend_states(sock).values()) == {"UP"}, 15, 0.1, "both UP unverified")
+    ca_pem = (tmp_path / "ca.pem").read_text()
+    ca_file = daemons.haproxy_ca_file(root, ca_pem)
+    haproxy_daemon.extra_files = {ca_file: (ca_pem, 0o600)}
+    assert haproxy_daemon.apply(haproxy_cfg(root, members, front, api_port, str(ca_file))) == "reloaded"
+    for backend in ("kube-apiserver", "kube-apiserver-alive"):
+        states = wait_for(
+            lambda b=backend: (s := daemons.backend_states(sock, b)) and s.get("control1", "").startswith("DOWN") and s,
+            15,
+            0.1,
+            f"control1 DOWN in {backend}",
+        )
+        assert states["control0"] == "UP", states
+    ctx = ssl._create_unverified_context()
+    answers = set()
+    for _ in range(6):
+        with urllib.request.urlopen(f"https://127.0.0.1:{front}/", context=ctx, timeout=3) as resp:
+            answers.add(resp.read().decode().strip())
+    assert answers == {f"ok from {hosts[0]}"}
 
 
 @pytest.mark.parametrize("peers", [["10.0.0.22", "10.0.0.23"], []], ids=["unicast", "alone"])

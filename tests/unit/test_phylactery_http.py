@@ -347,3 +347,31 @@ def test_a_node_the_published_inventory_does_not_list_is_not_pruned_for_a_join(t
         "(a node.yaml of another cluster?); nothing removed"
     )
     assert s2 == 409 and "lists it at 10.0.0.22" in a2["error"]
+
+
+def test_haproxy_checks_verify_against_the_published_ca_of_the_current_generation_only(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from lab import pki
+    from leader.election import rule_for
+    from phylactery import daemons
+    from tests.unit.agent_fakes import material
+
+    p = make_phylactery(tmp_path)
+    reconcile = p.controllers.reconcile
+    assert reconcile.generation_ca(1) is None, "nothing published yet: checks stay unverified"
+    rule = rule_for("control", "control0", "b", 30)
+    state, action, _ = p.store.attempt_leadership("10.0.0.21", "boot-control0", rule)
+    fence = state.claim()
+    assert action == "lead" and fence is not None
+    ca = pki.new_ca("kubernetes")[0].decode()
+    p.store.publish_join_material(fence, replace(material(fence.generation, fence.epoch), ca_cert=ca))
+    assert reconcile.generation_ca(1) == ca
+    assert reconcile.generation_ca(2) is None, "join.json of the generation before names the old CA"
+    # Named by content: another CA is another file, so haproxy.cfg changes and HAProxy reloads.
+    first = daemons.haproxy_ca_file(p.cfg.root, ca)
+    assert first.parent == p.cfg.root / "etc/haproxy" and first.name.startswith("cluster-ca-")
+    assert daemons.haproxy_ca_file(p.cfg.root, pki.new_ca("kubernetes")[0].decode()) != first
+    # A ca_cert that is no certificate leaves the checks unverified rather than the config refused.
+    p.store.publish_join_material(fence, material(fence.generation, fence.epoch))  # ca_cert "CA PEM"
+    assert reconcile.generation_ca(1) is None

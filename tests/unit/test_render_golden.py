@@ -89,6 +89,7 @@ CASES = {
             render.Backend("control0", "10.0.0.21"),
             render.Backend("control2", "10.0.0.23"),
         ],
+        ca_file="/etc/haproxy/cluster-ca-0123456789abcdef.pem",  # the generation's CA is published
     ),
     "keepalived.conf": lambda: keepalived(),
     "keepalived-alone-leader.conf": lambda: keepalived(peers=["10.0.0.21"], is_leader=True),
