@@ -47,7 +47,19 @@ STAGES = [
 
 
 def _lab(ctx: click.Context) -> Lab:
-    return Lab(Path(ctx.obj["dir"]), ctx.obj["prefix"])
+    """The lab in ``--dir``, with the namespace prefix its ``lab.json`` records (the one it was
+    made with: ``ek8s lab --dir D down`` must find ``up --prefix P``'s namespaces). A
+    ``--prefix`` or ``$EK8S_LAB_PREFIX`` that names another one is refused (exit 2)."""
+    directory, prefix = Path(ctx.obj["dir"]), ctx.obj["prefix"]
+    try:
+        recorded = json.loads((directory / "lab.json").read_text()).get("prefix")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and recorded and recorded != prefix:
+        if ctx.obj.get("prefix_given"):
+            _fail(f"--prefix {prefix}: the lab in {directory} was made with --prefix {recorded}", 2)
+        prefix = recorded
+    return Lab(directory, prefix)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -135,7 +147,8 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     Real: node agent, Phylactery, etcd, HAProxy, keepalived (VRRP), file locks.
     EMULATED: kubeadm or k3s, kube-apiserver, kubelet (see lab/kubeadm/, lab/k3s.py).
     """
-    ctx.obj = {"dir": directory, "prefix": prefix}
+    given = ctx.get_parameter_source("prefix") is not click.core.ParameterSource.DEFAULT
+    ctx.obj = {"dir": directory, "prefix": prefix, "prefix_given": given or "EK8S_LAB_PREFIX" in os.environ}
 
 
 @lab.command()
