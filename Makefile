@@ -93,17 +93,26 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy $(PACKAGES)
 
+# The unit and integration tiers run on two pytest-xdist workers, each test file on one worker
+# (--dist loadfile: a file's tests share fixtures and loopback ports); the lab tier runs alone,
+# one lab at a time (its tests hold the lab lock and measure the machine).
+PARALLEL ?= -n 2 --dist loadfile
+
 unit: venv
-	$(BIN)/pytest -q -ra tests/unit
+	$(BIN)/pytest -q -ra $(PARALLEL) tests/unit
 
 integration: deps
-	$(BIN)/pytest -q -ra tests/integration
+	$(BIN)/pytest -q -ra $(PARALLEL) tests/integration
 
 labtests: deps
 	$(BIN)/pytest -q -ra tests/lab
 
+# Both runs happen whatever the first's result; make test fails when either failed.
 test: deps lint typecheck
-	$(BIN)/pytest -q -ra --durations=40 tests/unit tests/integration tests/lab
+	@rc=0; set -x; \
+	$(BIN)/pytest -q -ra --durations=15 $(PARALLEL) tests/unit tests/integration || rc=$$?; \
+	$(BIN)/pytest -q -ra --durations=40 tests/lab || rc=$$?; \
+	exit $$rc
 
 bench: deps
 	$(BIN)/python scripts/bench_lab.py --runs 5

@@ -5,10 +5,12 @@ from __future__ import annotations
 import http.server
 import os
 import resource
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -112,8 +114,10 @@ def tls_backends(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tup
 
 
 @pytest.fixture
-def haproxy_daemon(tmp_path: Path) -> Iterator[daemons.ManagedDaemon]:
-    root = tmp_path / "root"
+def haproxy_daemon() -> Iterator[daemons.ManagedDaemon]:
+    # A short root of its own: HAProxy refuses a stats socket path over 97 bytes, which
+    # pytest's tmp_path under a parallel run's worker directory can exceed.
+    root = Path(tempfile.mkdtemp(prefix="ek8s-hap-"))
     services = ProcessServices(root)
     d = daemons.haproxy(root, services)
     daemons.haproxy_stats_socket(root).parent.mkdir(parents=True, exist_ok=True)
@@ -121,12 +125,14 @@ def haproxy_daemon(tmp_path: Path) -> Iterator[daemons.ManagedDaemon]:
         yield d
     finally:
         d.stop()
+        shutil.rmtree(root, ignore_errors=True)
         assert not services.is_running("haproxy")
 
 
 def test_rendered_haproxy_config_passes_haproxy_check(tmp_path: Path, haproxy_daemon: daemons.ManagedDaemon) -> None:
+    root = haproxy_daemon.config_path.parents[2]
     cfg = haproxy_cfg(
-        tmp_path, [render.Backend("control0", "10.0.0.21"), render.Backend("control1", "10.0.0.22")], 8443, 6443
+        root, [render.Backend("control0", "10.0.0.21"), render.Backend("control1", "10.0.0.22")], 8443, 6443
     )
     haproxy_daemon.validate(cfg)  # raises ConfigRejected if haproxy -c refuses
     with pytest.raises(daemons.ConfigRejected, match="haproxy"):
