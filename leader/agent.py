@@ -694,9 +694,10 @@ class Agent:
         """Before joiners are let in: the sentence to wait with while another registered
         control node still serves an API server whose certificate our CA did not sign (one
         of the generation before ``ek8s reset`` whose reset has not stopped it yet: HAProxy
-        checks only that ``/readyz`` answers, so it would send joiners there and their TLS
-        would fail); None once none does, or after ``OTHER_API_WAIT_S`` (said once, as a
-        warning: a join that meets one then fails and is tried again)."""
+        verifies servers against the new CA only once it is published, so until then it would
+        send joiners there and their TLS would fail); None once none does, or after
+        ``OTHER_API_WAIT_S`` (said once, as a warning: a join that meets one then fails and is
+        tried again)."""
         assert term.init_result is not None
         try:
             peers = [m for m in self.store.members() if m.name != self.cfg.node.name]
