@@ -98,6 +98,9 @@ async def render(p: Phylactery, prunes: PruneCounts) -> bytes:
     if "members" in p.last_reconcile:
         doc = "Control nodes in the member registry (HAProxy's backends, keepalived's peers) at the last reconcile"
         families.append(_gauge("ek8s_phylactery_members", doc, len(p.last_reconcile["members"])))
+    if "verify" in p.last_reconcile:
+        doc = "1 when HAProxy's checks verify the API servers against the generation's CA (0: unverified)"
+        families.append(_gauge("ek8s_haproxy_checks_verified", doc, int(p.last_reconcile["verify"] != "none")))
     reloads = CounterMetricFamily("ek8s_phylactery_reloads", "Reloads of a daemon's configuration", labels=["daemon"])
     reloads.add_metric(["haproxy"], p.haproxy.reloads)
     reloads.add_metric(["keepalived"], p.keepalived.reloads)

@@ -80,13 +80,18 @@ def test_both_say_which_code_runs(tmp_path: Path) -> None:
 
 
 def test_phylactery_says_how_many_members_and_how_often_it_snapshots(tmp_path: Path) -> None:
-    async def _run() -> str:
+    async def _run() -> tuple[str, str]:
         p = make_phylactery(tmp_path)
-        p.controllers.reconcile.last_result = {"members": ["control0", "control1", "control2"]}
+        p.controllers.reconcile.last_result = {"members": ["control0", "control1", "control2"], "verify": "none"}
         async with TestClient(TestServer(make_app(p))) as client:
-            return await (await client.get("/metrics")).text()
+            unverified = await (await client.get("/metrics")).text()
+            p.controllers.reconcile.last_result["verify"] = "cluster-ca-0123456789abcdef.pem"
+            return unverified, await (await client.get("/metrics")).text()
 
-    got = samples(asyncio.run(_run()))
+    unverified, verified = asyncio.run(_run())
+    assert samples(unverified)["ek8s_haproxy_checks_verified"] == 0
+    got = samples(verified)
+    assert got["ek8s_haproxy_checks_verified"] == 1
     assert got["ek8s_phylactery_members"] == 3
     assert got["ek8s_etcd_snapshot_interval_seconds"] == 60.0
 
@@ -133,6 +138,11 @@ def test_every_metric_is_documented(tmp_path: Path) -> None:
     served = doc.split("## Reserved names")[0]
     documented = set(re.findall(r"^\| `(ek8s_[a-z_]+)`", served, re.M))
     # Families the scrape may leave out (no etcd member, no snapshot, no reconcile in a unit test).
-    optional = {"ek8s_etcd_members", "ek8s_etcd_snapshot_age_seconds", "ek8s_phylactery_members"}
+    optional = {
+        "ek8s_etcd_members",
+        "ek8s_etcd_snapshot_age_seconds",
+        "ek8s_phylactery_members",
+        "ek8s_haproxy_checks_verified",
+    }
     assert names - {d.removesuffix("_total") for d in documented} == set()
     assert {d.removesuffix("_total") for d in documented} - names <= optional

@@ -59,6 +59,7 @@ def test_the_rules_cover_what_the_operators_asked_for() -> None:
         'ek8s_agent_phase{phase="watch"}',  # a phase stuck too long
         "ek8s_etcd_snapshot_age_seconds",  # newest snapshot older than 3 intervals
         "ek8s_haproxy_backends_up < ek8s_phylactery_members",  # HAProxy backends UP < control nodes
+        "ek8s_haproxy_checks_verified == 0",  # HAProxy routes to servers it does not verify
         "ek8s_etcd_members != ek8s_phylactery_members",  # etcd members != control nodes
         "ek8s_agent_join_failures_total",
         "ek8s_loop_failures_total",
