@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from core.tls import client_context
+
 
 @functools.cache
 def kube_errors() -> tuple[type[BaseException], ...]:
@@ -60,8 +62,7 @@ def readyz(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> tuple[int | None,
     checks otherwise, 429 when its max-in-flight limit throttles the request
     (kubernetes staging/src/k8s.io/apiserver/pkg/server/filters/maxinflight.go), and HAProxy
     503 when no backend is up."""
-    ctx = ssl.create_default_context(cadata=ca_pem.decode())
-    ctx.check_hostname = False  # the VIP address is a SAN, but callers may use either name
+    ctx = _chain_context(ca_pem)  # the VIP address is a SAN, but callers may use either name
     started = time.monotonic()
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=timeout_s) as resp:
@@ -73,6 +74,13 @@ def readyz(url: str, ca_pem: bytes, timeout_s: float = 1.0) -> tuple[int | None,
         return None, time.monotonic() - started
 
 
+def _chain_context(ca_pem: bytes) -> ssl.SSLContext:
+    """:func:`core.tls.client_context` for ``ca_pem`` that checks the chain only, not the name."""
+    ctx = client_context(ca_pem)
+    ctx.check_hostname = False
+    return ctx
+
+
 def serves_another_ca(host: str, port: int, ca_pem: bytes, timeout_s: float = 0.3) -> bool:
     """True when ``host:port`` completes a TLS handshake within ``timeout_s`` seconds with a
     certificate that ``ca_pem`` (PEM bytes) did not sign: an API server of another cluster, or
@@ -80,8 +88,7 @@ def serves_another_ca(host: str, port: int, ca_pem: bytes, timeout_s: float = 0.
     False for the CA's own server, and when nothing answers (refused, no route, timeout): the
     question is only whether a server that is not ours is serving there. The host name is not
     checked, the chain is (the server's SANs are not ours to know)."""
-    ctx = ssl.create_default_context(cadata=ca_pem.decode())
-    ctx.check_hostname = False
+    ctx = _chain_context(ca_pem)
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as raw, ctx.wrap_socket(raw):
             return False

@@ -50,16 +50,16 @@ def _lab(ctx: click.Context) -> Lab:
     """The lab in ``--dir``, with the namespace prefix its ``lab.json`` records (the one it was
     made with: ``ek8s lab --dir D down`` must find ``up --prefix P``'s namespaces). A
     ``--prefix`` or ``$EK8S_LAB_PREFIX`` that names another one is refused (exit 2)."""
-    directory, prefix = Path(ctx.obj["dir"]), ctx.obj["prefix"]
+    the_lab = Lab(Path(ctx.obj["dir"]), ctx.obj["prefix"])
     try:
-        recorded = json.loads((directory / "lab.json").read_text()).get("prefix")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if isinstance(recorded, str) and recorded and recorded != prefix:
+        recorded = the_lab.load().prefix
+    except (LabError, OSError, ValueError, TypeError, KeyError):
+        return the_lab  # no lab there yet (or not a lab's lab.json: down copes with it)
+    if recorded and recorded != the_lab.prefix:
         if ctx.obj.get("prefix_given"):
-            _fail(f"--prefix {prefix}: the lab in {directory} was made with --prefix {recorded}", 2)
-        prefix = recorded
-    return Lab(directory, prefix)
+            _fail(f"--prefix {the_lab.prefix}: the lab in {the_lab.dir} was made with --prefix {recorded}", 2)
+        return Lab(the_lab.dir, recorded)
+    return the_lab
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -19,6 +19,7 @@ from core.fileperm import FILE_MODE
 from core.logs import get_logger
 from core.services import ServiceError
 from core.share import MemberRecord, ShareError
+from core.tls import client_context
 from phylactery import daemons, render
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class ReconcileController:
         if material.generation != generation:
             return None
         try:
-            ssl.create_default_context(cadata=material.ca_cert)
+            client_context(material.ca_cert.encode())
         except (ssl.SSLError, ValueError) as err:
             log.error("join.json's ca_cert is no certificate; checks unverified", extra={"error": str(err)})
             return None
@@ -109,7 +110,7 @@ class ReconcileController:
             members = await asyncio.to_thread(p.store.members)
         ca_pem = await asyncio.to_thread(self.generation_ca, state.generation)
         ca_file = daemons.haproxy_ca_file(c.root, ca_pem) if ca_pem else None
-        p.haproxy.extra_files = {ca_file: (ca_pem, FILE_MODE)} if ca_file and ca_pem else {}
+        p.haproxy.extra_files = {ca_file: (ca_pem, FILE_MODE)} if ca_pem and ca_file else {}
         haproxy_cfg = render.render_haproxy(
             node=c.node.name,
             cluster=c.cluster,
