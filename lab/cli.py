@@ -202,6 +202,13 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     help="version of the emulated kubeadm, API server and kubelet, and every node's kubernetes.version "
     f"(supported: {supported_range()}; core/versions.py says what differs)",
 )
+@click.option(
+    "--fork-server/--no-fork-server",
+    default=True,
+    show_default=True,
+    help="processes only: fork each emulated kubeadm or k3s from one process that has them imported "
+    "(lab/forkserver.py), or start each in an interpreter of its own",
+)
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(
     "--set",
@@ -231,6 +238,7 @@ def up(
     certs_ttl: float,
     token_ttl: float | None,
     kubernetes_version: str,
+    fork_server: bool,
     timeout: float,
     settings: tuple[str, ...],
     second_cluster: str | None,
@@ -270,6 +278,7 @@ def up(
                 certs_ttl_s=certs_ttl,
                 token_ttl_s=token_ttl,
                 kubernetes_version=kubernetes_version,
+                fork_server=fork_server,
             ),
             overrides,
             mode=runners.MACHINES if machines else runners.PROCESSES,

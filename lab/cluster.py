@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -30,7 +31,7 @@ from filelock import FileLock
 from core.fileperm import ensure_dir, write_atomic
 from core.share import ShareStore, clusters_on
 from core.versions import DEFAULT_KUBERNETES_VERSION
-from lab import netns, runners
+from lab import forkclient, netns, runners
 from lab.emulation import ENV as EMULATION_ENV
 from lab.emulation import Emulation, etcd_version
 from lab.state import (
@@ -59,6 +60,9 @@ def _etcd_before_35(etcd: str) -> bool:
         return etcd_version(etcd) < (3, 5, 0)
     except (OSError, ValueError, subprocess.SubprocessError):
         return False
+
+
+FORK_SERVER_START_S = 30.0  # how long create waits for the fork server's socket
 
 
 class Lab:
@@ -166,18 +170,18 @@ class Lab:
         emu_path = self.dir / "emulation.json"
         emulation.dump(emu_path)
         # The node's own settings when its boot set them (a per-node image: lab/nodeimage.py).
-        shim = bin_dir / "kubeadm"
-        shim.write_text(
-            "#!/bin/sh\n# EMULATED kubeadm (ephemeral-k8s lab): see lab/kubeadm/\n"
-            f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\nexec "{sys.executable}" -m lab.kubeadm "$@"\n'
-        )
-        shim.chmod(0o700)
-        k3s_shim = bin_dir / "k3s"
-        k3s_shim.write_text(
-            "#!/bin/sh\n# EMULATED k3s (ephemeral-k8s lab): see lab/k3s.py\n"
-            f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\nexec "{sys.executable}" -m lab.k3s "$@"\n'
-        )
-        k3s_shim.chmod(0o700)
+        forked = mode == runners.PROCESSES and emulation.fork_server
+        for tool, where in (("kubeadm", "lab/kubeadm/"), ("k3s", "lab/k3s.py")):
+            # Through the fork server (lab/forkclient.py), or an interpreter of its own.
+            sock = str(self.fork_socket) if forked else ""
+            run = shlex.join(forkclient.launcher(tool, sys.executable, sock))
+            export = f"export {forkclient.SOCKET_ENV}={shlex.quote(sock)}\n" if forked else ""
+            shim = bin_dir / tool
+            shim.write_text(
+                f"#!/bin/sh\n# EMULATED {tool} (ephemeral-k8s lab): see {where}\n"
+                f'export {EMULATION_ENV}="${{{EMULATION_ENV}:-{emu_path}}}"\n{export}exec {run} "$@"\n'
+            )
+            shim.chmod(0o700)
         nodes = [(f"control{i}", "control", control_address(i)) for i in range(control)]
         nodes += [(f"worker{i}", "worker", worker_address(i)) for i in range(workers)]
         hosts = "127.0.0.1 localhost\n" + f"{VIP} {VIP_NAME}\n" + f"{SECOND_VIP} {SECOND_VIP_NAME}\n"
@@ -190,6 +194,8 @@ class Lab:
         netns.create_hub(self.prefix)
         state.manager = netns.add_node(self.prefix, "manager", MANAGER, PREFIX_LEN, hosts)
         self.start_prober(state)
+        if forked:
+            self.start_fork_server(state)
         for name, role, addr in nodes:
             ns = netns.add_node(self.prefix, name, addr, PREFIX_LEN, hosts)
             root = self.dir / "nodes" / name
@@ -392,6 +398,30 @@ class Lab:
                  "--socket", str(self.probe_socket)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+
+    @property
+    def fork_socket(self) -> Path:
+        """The UNIX socket of the lab's fork server (:mod:`lab.forkserver`)."""
+        return self.dir / "fork.sock"
+
+    def start_fork_server(self, state: LabState, timeout_s: float = FORK_SERVER_START_S) -> None:
+        """Start the fork server in the manager namespace (it goes when the namespace is
+        deleted; its children run in the nodes' namespaces and go with theirs); its output
+        goes to ``logs/forkserver.log``. Returns once its socket exists (it imports the
+        emulated tools first, ~1 s). Raises :class:`LabError` with the log's tail when it
+        exits or has no socket within ``timeout_s`` seconds."""
+        log_path = self.dir / "logs" / "forkserver.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.forkserver",
+                 "--socket", str(self.fork_socket)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while not self.fork_socket.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the lab's fork server did not start:\n{_tail(log_path)}")
+            time.sleep(0.05)
 
     def ask(self, request: dict[str, Any], timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:
         """One request to the prober (:func:`lab.probe.answer` gives the shapes), or None when

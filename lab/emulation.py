@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -84,6 +85,9 @@ class Emulation:
     etcdctl: str = field(default_factory=lambda: etcd_tool("etcdctl"))
     etcdutl: str = field(default_factory=lambda: etcd_tool("etcdutl"))
     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
+    # Process mode: node commands (kubeadm, k3s) are forks of the lab's fork server, which has
+    # them imported (lab.forkserver); False: each is a new interpreter (`--no-fork-server`).
+    fork_server: bool = True
 
     def dump(self, path: Path) -> None:
         """Write the settings to ``path`` as JSON (what :func:`load` reads). Raises ``OSError``."""
@@ -102,6 +106,43 @@ def load() -> Emulation:
     return Emulation(**{k: v for k, v in data.items() if k in known})
 
 
+# The process the tool's caller started: this one (None), or, for a tool the lab's fork server
+# forked, its client (lab.forkclient), whose command line the node's users see and whose start
+# is the tool's start. Set by started_for.
+CLIENT_PID: int | None = None
+_AT_START: list[Callable[[], None]] = []
+
+
+def process_pid() -> int:
+    """The pid of the process the tool's caller started (:data:`CLIENT_PID`, else this one)."""
+    return CLIENT_PID or os.getpid()
+
+
+def process_started() -> float:
+    """Unix seconds when the process of :func:`process_pid` started, to a clock tick (10 ms):
+    now less its age, ``/proc/uptime`` less its ``starttime`` (proc(5) ``stat`` field 22, clock
+    ticks since boot). ``psutil``'s ``create_time`` adds ``btime``, which is whole seconds, so
+    it may be up to 1 s early. Raises ``OSError`` when the process is gone."""
+    fields = Path(f"/proc/{process_pid()}/stat").read_text().rsplit(")", 1)[1].split()
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+
+
+def at_start(reset: Callable[[], None]) -> None:
+    """Have :func:`started_for` call ``reset``: for state a module makes when imported that
+    belongs to one run of the tool (a fork server's child starts with its server's)."""
+    _AT_START.append(reset)
+
+
+def started_for(client_pid: int) -> None:
+    """In a child of the lab's fork server, before the tool's entry: the tool runs for
+    ``client_pid`` (:data:`CLIENT_PID`), and each :func:`at_start` reset runs."""
+    global CLIENT_PID
+    CLIENT_PID = client_pid
+    for reset in _AT_START:
+        reset()
+
+
 def record_cmdline(tool: str) -> None:
     """Append this process's command line as the kernel shows it to every user of the node
     (``/proc/self/cmdline``, NUL-separated; proc(5)) to ``cmdlines.jsonl`` beside the file
@@ -113,11 +154,12 @@ def record_cmdline(tool: str) -> None:
     if not path:
         return
     try:
-        raw = Path("/proc/self/cmdline").read_bytes()
+        pid = process_pid()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         line = {
             "t": time.time(),
             "tool": tool,
-            "pid": os.getpid(),
+            "pid": pid,
             "cmdline": [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a],
         }
         with open(Path(path).parent / "cmdlines.jsonl", "a") as f:

@@ -118,7 +118,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psutil
 import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -252,7 +251,7 @@ class Node:
         self.port = int(config.get("https-listen-port", 6443))
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         # From the process's start, interpreter start-up included, as the emulated kubeadm pads.
-        self.started = psutil.Process().create_time()
+        self.started = emulation.process_started()
 
     # -- paths --------------------------------------------------------------------------
     def p(self, rel: str) -> Path:
@@ -1090,6 +1089,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
 
-if __name__ == "__main__":
+def run() -> int:
+    """``python -m lab.k3s``'s entry (and the fork server's): :func:`main` under umask 077."""
     os.umask(0o077)
-    sys.exit(main())
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

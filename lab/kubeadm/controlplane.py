@@ -21,7 +21,7 @@ from core import versions
 from core.fileperm import ensure_dir, write_atomic
 from core.services import ProcessServices
 from core.versions import KubernetesVersion
-from lab import emulation
+from lab import emulation, forkclient
 from lab.kubeadm.workflow import KubeadmError, say
 from lab.nodekit import Root, etcd_argv
 
@@ -198,11 +198,9 @@ def start_kubelet(
     taints). Its flags go to ``/var/lib/kubelet/kubeadm-flags.env`` as kubeadm writes them
     (``KUBELET_KUBEADM_ARGS``); on a systemd node ``systemctl restart kubelet`` starts it from
     there (the lab overlay's ``kubelet.service``), otherwise the lab starts it as the node's
-    ``kubelet`` process service. Returns without waiting."""
-    argv = [
-        emu.python,
-        "-m",
-        "lab.kubelet",
+    ``kubelet`` process service (through the lab's fork server when this kubeadm came through
+    it: :func:`lab.forkclient.launcher`). Returns without waiting."""
+    flags = [
         "--kubeconfig",
         str(r("/etc/kubernetes/kubelet.conf")),
         "--node-name",
@@ -221,10 +219,10 @@ def start_kubelet(
         str(version),
     ]
     if control_plane:
-        argv.append("--control-plane")
-    argv += extra or []
+        flags.append("--control-plane")
+    flags += extra or []
     ensure_dir(r("/var/lib/kubelet"))
-    write_atomic(r(KUBEADM_FLAGS), f"KUBELET_KUBEADM_ARGS={shlex.quote(shlex.join(argv[3:]))}\n")
+    write_atomic(r(KUBEADM_FLAGS), f"KUBELET_KUBEADM_ARGS={shlex.quote(shlex.join(flags))}\n")
     if under_systemd(r):
         res = subprocess.run(["systemctl", "restart", "kubelet.service"], capture_output=True, text=True, timeout=60)
         if res.returncode != 0:
@@ -232,7 +230,7 @@ def start_kubelet(
     else:
         services = ProcessServices(r.root)
         services.stop("kubelet")
-        services.start("kubelet", argv)
+        services.start("kubelet", forkclient.launcher("kubelet", emu.python) + flags)
     say("[kubelet-start] Starting the kubelet")
 
 

@@ -145,9 +145,13 @@ class Timings:
     ``timings.jsonl`` beside ``$EK8S_EMULATION`` (the lab's benchmark reads it)."""
 
     def __init__(self) -> None:
-        import psutil
+        self.restart()
 
-        self.started = psutil.Process().create_time()
+    def restart(self) -> None:
+        """Start over, from the start of the process the caller started
+        (:func:`lab.emulation.process_pid`; a fork server's child calls it through
+        :func:`lab.emulation.at_start`, as it starts with its server's)."""
+        self.started = emulation.process_started()
         self.last = time.time()
         self.phases: dict[str, float] = {"python_start": round(self.last - self.started, 3)}
         self.node = ""
@@ -159,12 +163,14 @@ class Timings:
         self.last = now
 
     def save(self, command: str, ok: bool) -> None:
-        """Append ``{t, node, command, ok, phases}`` to ``timings.jsonl`` beside the file
-        ``$EK8S_EMULATION`` names; nothing without it. Raises ``OSError``."""
+        """Append ``{t, started, node, command, ok, phases}`` to ``timings.jsonl`` beside the
+        file ``$EK8S_EMULATION`` names (``t`` and ``started``, the process's start, in Unix
+        seconds); nothing without it. Raises ``OSError``."""
         path = os.environ.get(emulation.ENV)
         if not path:
             return
-        line = {"t": time.time(), "node": self.node, "command": command, "ok": ok, "phases": self.phases}
+        line = {"t": time.time(), "started": self.started, "node": self.node, "command": command, "ok": ok}
+        line["phases"] = self.phases
         with open(Path(path).parent / "timings.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -180,3 +186,4 @@ class Timings:
 
 
 TIMINGS = Timings()
+emulation.at_start(TIMINGS.restart)
