@@ -17,15 +17,20 @@ every node is Ready, then reads from ``/proc`` (proc(5) ``stat`` fields 14-17, c
 * the commands each agent ran and waited for: ``cutime + cstime`` of the agent, which is the
   emulated ``kubeadm`` (init, join, token and certificate commands; kubeadm's ``reset`` when
   one ran) and the few ``modprobe`` calls of its kernel preparation. They exit before anyone
-  could sample them; the kernel adds a reaped child's CPU to its parent's;
+  could sample them; the kernel adds a reaped child's CPU to its parent's. With the lab's
+  fork server (:mod:`lab.forkserver`, the default) the agent's child is the small client and
+  the command is the server's child: the server's ``cutime + cstime`` counts too, and its own
+  CPU (importing the tools once, then accepting and forking) is ``fork_server``;
 * the long-lived emulated processes still running: ``kube-apiserver`` (``-m lab.apiserver``)
   and ``kubelet`` (``-m lab.kubelet``), ``utime + stime``;
 
 at Ready ("formation") and again ``--steady-s`` seconds later ("steady", per minute). Each
-``--runs`` run prints one JSON line; the last line is the medians. Run it alone, under the
-lab lock, as root:
+``--runs`` run prints one JSON line; the last line is the medians. ``--compare`` runs each of
+the ``--runs`` twice, without the fork server (``--no-fork-server``'s lab) and with it,
+alternating, and gives both medians and their ratio. Run it alone, under the lab lock, as
+root:
 
-    flock /tmp/ek8s-lab.lock .venv/bin/python scripts/bench_emulation.py --workers 20 --runs 3
+    flock /tmp/ek8s-lab.lock .venv/bin/python scripts/bench_emulation.py --workers 20 --runs 3 --compare
 """
 
 from __future__ import annotations
@@ -48,9 +53,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _stat(pid: int) -> tuple[str, float, float] | None:
-    """(command line, own CPU seconds, reaped children's CPU seconds) of ``pid``, or None."""
+    """(command line and name, own CPU seconds, reaped children's CPU seconds) of ``pid``, or
+    None. A tool the fork server forked has the server's command line and the tool's name."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmd += " comm=" + Path(f"/proc/{pid}/comm").read_text().strip()
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
@@ -59,9 +66,16 @@ def _stat(pid: int) -> tuple[str, float, float] | None:
 
 
 def snapshot(lab: Lab, agent_pids: set[int]) -> dict[str, float]:
-    """CPU seconds so far of the emulated parts in every node's namespace (see the module)."""
-    out = {"kubeadm_commands": 0.0, "apiserver": 0.0, "kubelet": 0.0}
-    for node in lab.load().nodes:
+    """CPU seconds so far of the emulated parts in every node's namespace and of the fork
+    server in the manager's (see the module)."""
+    out = {"kubeadm_commands": 0.0, "apiserver": 0.0, "kubelet": 0.0, "fork_server": 0.0}
+    state = lab.load()
+    for pid in netns.pids(state.manager):
+        s = _stat(pid)
+        if s is not None and "lab.forkserver" in s[0]:
+            out["fork_server"] += s[1]
+            out["kubeadm_commands"] += s[2]
+    for node in state.nodes:
         for pid in netns.pids(node.ns):
             s = _stat(pid)
             if s is None:
@@ -71,16 +85,16 @@ def snapshot(lab: Lab, agent_pids: set[int]) -> dict[str, float]:
                 out["kubeadm_commands"] += children
             elif "lab.apiserver" in cmd:
                 out["apiserver"] += own
-            elif "lab.kubelet" in cmd:
+            elif "lab.kubelet" in cmd or cmd.endswith(" comm=kubelet"):
                 out["kubelet"] += own
     return out
 
 
-def one_run(workers: int, steady_s: float) -> dict[str, Any]:
+def one_run(workers: int, steady_s: float, fork_server: bool = True) -> dict[str, Any]:
     """One lab of 3 + ``workers``: formation and steady CPU of the emulated parts."""
     lab = Lab(Path("/run/ek8s-emubench"), "ek8se")
     lab.down()
-    state = lab.create(3, workers, Emulation(), {})
+    state = lab.create(3, workers, Emulation(fork_server=fork_server), {})
     try:
         lab.start_all(state)
         lab.wait_ready(state, 900, since=state.t0)
@@ -90,6 +104,7 @@ def one_run(workers: int, steady_s: float) -> dict[str, Any]:
         later = snapshot(lab, agents)
         nodes = 3 + workers
         return {
+            "fork_server": fork_server,
             "nodes": nodes,
             "formation_cpu_s": {k: round(v, 2) for k, v in formed.items()},
             "formation_cpu_s_per_node": round(sum(formed.values()) / nodes, 3),
@@ -237,17 +252,28 @@ def main() -> int:
     p.add_argument("--steady-s", type=float, default=30.0)
     p.add_argument("--json", type=Path, default=Path("bench-emulation.json"))
     p.add_argument("--micro", action="store_true", help="the figures that need no lab (see above)")
+    p.add_argument("--compare", action="store_true", help="each run without the fork server, then with it")
+    p.add_argument("--no-fork-server", action="store_true", help="labs without the fork server")
     args = p.parse_args()
     if args.micro:
         print(json.dumps(micro(), indent=1), flush=True)
         return 0
+    modes = [False, True] if args.compare else [not args.no_fork_server]
     runs = []
     for _ in range(args.runs):
-        runs.append(one_run(args.workers, args.steady_s))
-        print(json.dumps(runs[-1]), flush=True)
+        for fork_server in modes:
+            runs.append(one_run(args.workers, args.steady_s, fork_server))
+            print(json.dumps(runs[-1]), flush=True)
+    keys = ("formation_cpu_s_per_node", "steady_cpu_s_per_node_per_min")
     medians = {
-        k: statistics.median(r[k] for r in runs) for k in ("formation_cpu_s_per_node", "steady_cpu_s_per_node_per_min")
+        ("with fork server" if m else "without fork server"): {
+            k: statistics.median(r[k] for r in runs if r["fork_server"] == m) for k in keys
+        }
+        for m in modes
     }
+    if args.compare:
+        a, b = medians["with fork server"], medians["without fork server"]
+        medians["ratio, with / without"] = {k: round(a[k] / b[k], 3) if b[k] else 0.0 for k in keys}
     args.json.write_text(json.dumps({"runs": runs, "median": medians}, indent=1) + "\n")
     print(json.dumps({"median": medians}), flush=True)
     return 0

@@ -37,11 +37,18 @@ def ek8s(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 def one_run(
-    control: int, workers: int, init_s: float, join_s: float, out: Path, distribution: str = "kubeadm"
+    control: int,
+    workers: int,
+    init_s: float,
+    join_s: float,
+    out: Path,
+    distribution: str = "kubeadm",
+    fork_server: bool = True,
 ) -> dict[str, Any]:
     """One ``ek8s lab up --distribution D`` from nothing (emulated init and join durations
-    ``init_s`` and ``join_s`` seconds); returns its report (docs/lab.md), also written to
-    ``out``. The lab is removed before and after. Exits the script when ``up`` fails."""
+    ``init_s`` and ``join_s`` seconds; ``--no-fork-server`` unless ``fork_server``); returns its
+    report (docs/lab.md), also written to ``out``. The lab is removed before and after. Exits
+    the script when ``up`` fails."""
     ek8s("down", timeout=120)
     try:
         res = ek8s(
@@ -60,6 +67,7 @@ def one_run(
             "300",
             "--distribution",
             distribution,
+            "--fork-server" if fork_server else "--no-fork-server",
         )
         if res.returncode != 0:
             raise SystemExit(f"lab up failed:\n{res.stdout}\n{res.stderr}")
@@ -162,11 +170,20 @@ def main() -> int:
     p.add_argument("--join-seconds", type=float, default=0.0)
     p.add_argument("--distribution", choices=["kubeadm", "k3s"], default="kubeadm")
     p.add_argument("--json", type=Path, default=Path("bench-lab.json"), help="all reports and the summary")
+    p.add_argument("--no-fork-server", action="store_true", help="labs without the fork server for the emulated tools")
     args = p.parse_args()
     reports = []
     for i in range(args.runs):
         out = Path(f"/tmp/ek8s-bench-{i}.json")
-        r = one_run(args.control, args.workers, args.init_seconds, args.join_seconds, out, args.distribution)
+        r = one_run(
+            args.control,
+            args.workers,
+            args.init_seconds,
+            args.join_seconds,
+            out,
+            args.distribution,
+            not args.no_fork_server,
+        )
         reports.append(r)
         print(f"run {i + 1}/{args.runs}: all_nodes_ready_s={r['all_nodes_ready_s']}", file=sys.stderr, flush=True)
     stages = ["leader_claimed_s", "api_ready_s", "leader_ready_s", "all_nodes_ready_s"]

@@ -18,9 +18,10 @@ Run it alone, under the lab lock, as root:
 ``--init-seconds``/``--join-seconds`` set the emulated kubeadm's step times;
 ``--admission adaptive unbounded`` alternates, run by run in this one process, the default
 adaptive join admission with ``worker_join_admission: fixed`` at a ceiling of 1000 (no bound);
-``--steady-s 0`` skips the steady-state window. Per run it also reports the admission window
-left on the share, the ``join_admission`` (distress) events and the agents' ``cpu_s`` at
-``node_ready`` per role (median).
+``--fork-server on off`` alternates labs with and without the lab's fork server for the
+emulated tools (lab/forkserver.py); ``--steady-s 0`` skips the steady-state window. Per run
+it also reports the admission window left on the share, the ``join_admission`` (distress)
+events and the agents' ``cpu_s`` at ``node_ready`` per role (median).
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ TICKS = 100  # USER_HZ
 
 
 def _proc(pid: int) -> tuple[str, int, float] | None:
-    """(command line, RSS bytes, CPU seconds) of ``pid``, or None when it is gone."""
+    """(command line and `` comm=<name>``, RSS bytes, CPU seconds) of ``pid``, or None when it
+    is gone. A tool the lab's fork server forked has the server's command line and the tool's
+    name."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmd += " comm=" + Path(f"/proc/{pid}/comm").read_text().strip()
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
@@ -59,7 +63,11 @@ def _proc(pid: int) -> tuple[str, int, float] | None:
 
 
 def kind(cmd: str) -> str:
-    """Which part a process is: ours (agent, phylactery), emulated, or a real daemon."""
+    """Which part a process is: ours (agent, phylactery), emulated, or a real daemon; the lab's
+    fork server (its own CPU: importing the tools once, accepting and forking)."""
+    if "lab.forkserver" in cmd:
+        tool = cmd.rsplit(" comm=", 1)[-1]
+        return f"emulated {tool}" if tool in ("kubeadm", "kubelet", "k3s") else "fork server"
     for needle, name in (
         ("-m leader", "agent"),
         ("-m phylactery", "phylactery"),
@@ -76,9 +84,11 @@ def kind(cmd: str) -> str:
 
 
 def lab_processes(lab: Lab) -> dict[int, tuple[str, int, float]]:
+    """Every process in the nodes' namespaces and the manager's (the fork server)."""
     out = {}
-    for n in lab.load().nodes:
-        for pid in netns.pids(n.ns):
+    state = lab.load()
+    for ns in [n.ns for n in state.nodes] + [state.manager]:
+        for pid in netns.pids(ns):
             p = _proc(pid)
             if p is not None:
                 out[pid] = p
@@ -156,6 +166,7 @@ def one_run(
     admission: str = "adaptive",
     init_s: float = 0.0,
     join_s: float = 0.0,
+    fork_server: bool = True,
 ) -> dict[str, Any]:
     lab = Lab(Path("/run/ek8s-scale"), "ek8sc")
     lab.down()
@@ -165,7 +176,7 @@ def one_run(
     if join_concurrency:
         kubernetes["worker_join_concurrency"] = join_concurrency
     overrides = {"kubernetes": kubernetes} if kubernetes else {}
-    state = lab.create(3, workers, Emulation(init_s=init_s, join_s=join_s), overrides)
+    state = lab.create(3, workers, Emulation(init_s=init_s, join_s=join_s, fork_server=fork_server), overrides)
     peak, cpu_seen = [0], {}  # peak RSS; CPU seconds by pid (last seen), processes end
 
     stop = threading.Event()
@@ -311,6 +322,13 @@ def main() -> int:
     p.add_argument("--init-seconds", type=float, default=0.0, help="emulated kubeadm init's total time")
     p.add_argument("--join-seconds", type=float, default=0.0, help="emulated kubeadm join's total time")
     p.add_argument("--admission", nargs="+", choices=sorted(ADMISSION), default=["adaptive"])
+    p.add_argument(
+        "--fork-server",
+        nargs="+",
+        choices=["on", "off"],
+        default=["on"],
+        help="the lab's fork server for the emulated tools (both: alternated run by run)",
+    )
     p.add_argument("--plot", type=Path, metavar="PNG", help="draw the reports (with --from, without running)")
     p.add_argument("--from", dest="sources", type=Path, nargs="+", metavar="JSON", help="reports of earlier runs")
     args = p.parse_args()
@@ -321,7 +339,8 @@ def main() -> int:
     results = []
     for workers in args.workers:
         for run in range(args.runs):
-            for admission in args.admission:  # alternated: the machine's load changes both alike
+            for admission, forked in [(a, f) for a in args.admission for f in args.fork_server]:
+                # alternated: the machine's load changes both alike
                 try:
                     r = one_run(
                         workers,
@@ -331,19 +350,22 @@ def main() -> int:
                         admission,
                         args.init_seconds,
                         args.join_seconds,
+                        forked == "on",
                     )
                     r["worker_join_concurrency"] = args.join_concurrency or 1000
                 except Exception as err:  # one failed size must not cost the others
                     r = {"workers": workers, "error": f"{type(err).__name__}: {err}"[:2000]}
                 r["run"] = run + 1
                 r["admission_mode"] = admission
+                r["fork_server"] = forked
                 print(json.dumps(r), flush=True)
                 results.append(r)
                 args.json.write_text(json.dumps(results, indent=1) + "\n")
     summary: dict[str, list[float]] = {}
     for r in results:
         if "error" not in r and r.get("leader_ready_to_last_worker_s") is not None:
-            summary.setdefault(f"{r['workers']} {r['admission_mode']}", []).append(r["leader_ready_to_last_worker_s"])
+            key = f"{r['workers']} {r['admission_mode']}, fork server {r.get('fork_server', 'on')}"
+            summary.setdefault(key, []).append(r["leader_ready_to_last_worker_s"])
     for key, values in sorted(summary.items()):
         print(f"3 + {key}: leader_ready -> last worker Ready, median {statistics.median(values):.2f} s of {values}")
     if args.plot:
