@@ -81,7 +81,9 @@ def main() -> int:
     try:
         sock.connect(path)
         fds = array.array("i", [0, 1, 2])
-        sock.sendmsg([request(tool, args)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        message = request(tool, args)
+        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        sock.sendall(message[sent:])  # the rest, if a signal cut the first send short
     except OSError:
         sock.close()
         return run_alone(tool, args)

@@ -112,9 +112,10 @@ def parse_request(body: bytes, fds: list[int], pid: int, entries: dict[str, tupl
 
 
 def read_request(conn: socket.socket, entries: dict[str, tuple[str, str]] = ENTRIES) -> Request:
-    """Read one request from ``conn`` (blocking, at most :data:`READ_TIMEOUT_S`); ``entries``
-    are the tools served. Raises
-    :class:`RequestError` for a bad or foreign one, ``OSError`` when the client went away."""
+    """Read one request from ``conn`` (blocking, at most :data:`READ_TIMEOUT_S`: the server
+    serves one connection at a time until it has forked); ``entries`` are the tools served.
+    Raises :class:`RequestError` for a bad or foreign one, ``OSError`` when the client went
+    away."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", creds)
     conn.settimeout(READ_TIMEOUT_S)
@@ -271,7 +272,16 @@ class Server:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as err:  # EAGAIN, ENOMEM: this command fails, the server goes on
+            print(f"cannot fork {req.tool}: {err}", flush=True)
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"error": f"fork: {err}"}).encode() + b"\n")
+            conn.close()
+            for fd in req.fds:
+                os.close(fd)
+            return
         if pid == 0:  # the child: nothing of the server's is kept
             code = FAILED_TO_START
             try:
