@@ -206,8 +206,8 @@ def lab(ctx: click.Context, directory: str, prefix: str) -> None:
     "--fork-server/--no-fork-server",
     default=True,
     show_default=True,
-    help="processes only: fork each emulated kubeadm or k3s from one process that has them imported "
-    "(lab/forkserver.py), or start each in an interpreter of its own",
+    help="processes only: fork each emulated kubeadm, k3s or kubelet from one process that has them "
+    "imported (lab/forkserver.py), or start each in an interpreter of its own",
 )
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for every node Ready")
 @click.option(

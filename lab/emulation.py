@@ -85,8 +85,8 @@ class Emulation:
     etcdctl: str = field(default_factory=lambda: etcd_tool("etcdctl"))
     etcdutl: str = field(default_factory=lambda: etcd_tool("etcdutl"))
     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
-    # Process mode: node commands (kubeadm, k3s) are forks of the lab's fork server, which has
-    # them imported (lab.forkserver); False: each is a new interpreter (`--no-fork-server`).
+    # Process mode: the nodes' kubeadm, k3s and kubelet are forks of the lab's fork server, which
+    # has them imported (lab.forkserver); False: each is a new interpreter (`--no-fork-server`).
     fork_server: bool = True
 
     def dump(self, path: Path) -> None:
@@ -144,8 +144,9 @@ def started_for(client_pid: int) -> None:
 
 
 def record_cmdline(tool: str) -> None:
-    """Append this process's command line as the kernel shows it to every user of the node
-    (``/proc/self/cmdline``, NUL-separated; proc(5)) to ``cmdlines.jsonl`` beside the file
+    """Append the command line of the process the caller started (:func:`process_pid`: this
+    one, or a forked tool's client) as the kernel shows it to every user of the node
+    (``/proc/<pid>/cmdline``, NUL-separated; proc(5)) to ``cmdlines.jsonl`` beside the file
     ``$EK8S_EMULATION`` names: ``{"t", "tool", "pid", "cmdline": [...]}``. The emulated
     kubeadm and k3s call it first thing, so the lab's tests can check that no token or key is
     on a command line while the tools run (docs/security.md). Nothing without the variable;

@@ -644,8 +644,9 @@ def test_reboots_of_a_worker_a_control_node_and_the_leader_leave_nothing_stale(t
 
 @pytest.mark.lab
 def test_no_token_or_key_was_ever_on_a_command_line(tour: Tour) -> None:
-    """Every run of the emulated kubeadm and k3s recorded its ``/proc/self/cmdline`` while it
-    ran (lab/emulation.py): none carries a bootstrap token, a certificate key or a k3s token
+    """Every run of the emulated kubeadm and k3s recorded the command line the node's users saw
+    while it ran (lab/emulation.py; on process nodes the fork server's client's, which is what
+    the driver started): none carries a bootstrap token, a certificate key or a k3s token
     secret, though inits, joins and (kubeadm) join-material renewals all ran by now."""
     # Beside emulation.json: the lab's own (process nodes, the refusal checks run from the
     # host), and the one bound into machines.
@@ -662,6 +663,8 @@ def test_no_token_or_key_was_ever_on_a_command_line(tour: Tour) -> None:
         assert not re.search(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b|\b[0-9a-f]{64}\b", line), line
     if tour.distribution == "kubeadm":
         assert any("token create --config" in " ".join(r["cmdline"]) for r in runs), "the renewal ran"
+    if tour.mode == "processes":  # every run came through the lab's fork server (lab/forkserver.py)
+        assert all("forkclient.py" in " ".join(r["cmdline"]) for r in runs), runs
 
 
 @pytest.mark.lab
