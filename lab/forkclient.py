@@ -77,15 +77,19 @@ def main() -> int:
         sys.stderr.write(f"usage: forkclient.py SOCKET {{{','.join(MODULES)}}} [ARG ...]\n")
         return 2
     path, tool, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    # A stop that comes before the handlers below are in place waits for them, so it reaches
+    # the tool instead of killing this process (the server would then SIGKILL the tool).
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    message = request(tool, args)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
-        fds = array.array("i", [0, 1, 2])
-        message = request(tool, args)
-        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        sock.sendall(message[sent:])  # the rest, if a signal cut the first send short
-    except OSError:
+        sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+        if sent < len(message):  # never after the whole request: the server may have answered and closed
+            sock.sendall(message[sent:])
+    except OSError:  # nothing started: the server starts a tool once it has the whole request
         sock.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # an exec keeps the mask
         return run_alone(tool, args)
 
     def forward(signum: int, _frame: object) -> None:
@@ -94,6 +98,7 @@ def main() -> int:
 
     for s in FORWARDED:
         signal.signal(s, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     for line in sock.makefile("rb"):
         answer = json.loads(line)
         if "error" in answer:
