@@ -17,7 +17,7 @@ command line the one the node's users see (``/proc/<pid>/cmdline``), and
 * the tool's exit is this process's: the same exit code, or death by the same signal.
 
 Only the standard library, run with ``-I -S`` (no ``site``, no venv, no project import): this
-process costs ~15 ms of CPU where an interpreter importing the emulated kubeadm costs ~0.3 s.
+process costs ~20-30 ms of CPU where an interpreter importing the emulated kubeadm costs ~0.3 s.
 When the server does not answer (not started yet, gone), the client runs the tool in a new
 interpreter of its own (``python -m lab.kubeadm``), as ``--no-fork-server`` labs always do; a
 request the server refuses is an error (exit 126, its reason on stderr).
