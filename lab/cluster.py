@@ -129,9 +129,9 @@ class Lab:
         node's (:func:`second_cluster` makes those of a second cluster); ``mode`` picks the node runner
         (:mod:`lab.runners`), which writes each node's configuration. Returns the state,
         saved in ``lab.json``. Raises :class:`LabError` when not root, a tool is missing, a
-        lab exists already, ``control`` < 1 or ``dir`` is too long for the UNIX sockets below
-        it; machines add :class:`lab.image.ImageError` (no image), :class:`lab.runners.RunnerError`
-        and :class:`manager.wwrender.RenderError`.
+        lab exists already, ``control`` < 1, ``dir`` is too long for the UNIX sockets below
+        it or the fork server does not start; machines add :class:`lab.image.ImageError` (no
+        image), :class:`lab.runners.RunnerError` and :class:`manager.wwrender.RenderError`.
         """
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, VRRP)")
@@ -194,8 +194,8 @@ class Lab:
         netns.create_hub(self.prefix)
         state.manager = netns.add_node(self.prefix, "manager", MANAGER, PREFIX_LEN, hosts)
         self.start_prober(state)
-        if forked:
-            self.start_fork_server(state)
+        # It imports the emulated tools (~1 s) while the nodes' namespaces are made.
+        fork_server = self.start_fork_server(state) if forked else None
         for name, role, addr in nodes:
             ns = netns.add_node(self.prefix, name, addr, PREFIX_LEN, hosts)
             root = self.dir / "nodes" / name
@@ -214,6 +214,8 @@ class Lab:
         self.save(state)
         self.runner(state).configure(self, state, emulation, overrides or {})
         self.save(state)
+        if fork_server is not None:
+            self.wait_fork_server(fork_server)
         return state
 
     @staticmethod
@@ -392,11 +394,15 @@ class Lab:
         """Start the prober daemon in the manager namespace (it goes when the namespace is
         deleted); its output goes to ``logs/probe.log``. Not waited for: until its socket
         answers, :meth:`probe` says so and the waits poll again."""
-        with open(self.dir / "logs" / "probe.log", "ab") as log:
-            subprocess.Popen(
-                ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.probe", "serve",
-                 "--socket", str(self.probe_socket)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        self._in_manager(state, "probe", ["lab.probe", "serve", "--socket", str(self.probe_socket)])
+
+    def _in_manager(self, state: LabState, log: str, module_argv: list[str]) -> subprocess.Popen[bytes]:
+        """``python -m <module_argv>`` in the manager namespace, in a session of its own, its
+        output to ``logs/<log>.log``."""
+        with open(self.dir / "logs" / f"{log}.log", "ab") as out:
+            return subprocess.Popen(
+                ["ip", "netns", "exec", state.manager, sys.executable, "-m", *module_argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
     @property
@@ -404,23 +410,20 @@ class Lab:
         """The UNIX socket of the lab's fork server (:mod:`lab.forkserver`)."""
         return self.dir / "fork.sock"
 
-    def start_fork_server(self, state: LabState, timeout_s: float = FORK_SERVER_START_S) -> None:
+    def start_fork_server(self, state: LabState) -> subprocess.Popen[bytes]:
         """Start the fork server in the manager namespace (it goes when the namespace is
         deleted; its children run in the nodes' namespaces and go with theirs); its output
-        goes to ``logs/forkserver.log``. Returns once its socket exists (it imports the
-        emulated tools first, ~1 s). Raises :class:`LabError` with the log's tail when it
-        exits or has no socket within ``timeout_s`` seconds."""
-        log_path = self.dir / "logs" / "forkserver.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", state.manager, sys.executable, "-m", "lab.forkserver",
-                 "--socket", str(self.fork_socket)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        goes to ``logs/forkserver.log``. :meth:`wait_fork_server` waits for it."""
+        return self._in_manager(state, "forkserver", ["lab.forkserver", "--socket", str(self.fork_socket)])
+
+    def wait_fork_server(self, proc: subprocess.Popen[bytes], timeout_s: float = FORK_SERVER_START_S) -> None:
+        """Return once the fork server ``proc`` has its socket (it imports the emulated tools
+        first, ~1 s). Raises :class:`LabError` with its log's tail when it exits or has no
+        socket within ``timeout_s`` seconds."""
         deadline = time.monotonic() + timeout_s
         while not self.fork_socket.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"the lab's fork server did not start:\n{_tail(log_path)}")
+                raise LabError(f"the lab's fork server did not start:\n{_tail(self.dir / 'logs' / 'forkserver.log')}")
             time.sleep(0.05)
 
     def ask(self, request: dict[str, Any], timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 
+from core.bootid import since_process_start_s
 from core.versions import DEFAULT_KUBERNETES_VERSION
 
 ENV = "EK8S_EMULATION"
@@ -120,12 +121,10 @@ def process_pid() -> int:
 
 def process_started() -> float:
     """Unix seconds when the process of :func:`process_pid` started, to a clock tick (10 ms):
-    now less its age, ``/proc/uptime`` less its ``starttime`` (proc(5) ``stat`` field 22, clock
-    ticks since boot). ``psutil``'s ``create_time`` adds ``btime``, which is whole seconds, so
-    it may be up to 1 s early. Raises ``OSError`` when the process is gone."""
-    fields = Path(f"/proc/{process_pid()}/stat").read_text().rsplit(")", 1)[1].split()
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    return time.time() - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    now less its age (:func:`core.bootid.since_process_start_s`; ``psutil``'s ``create_time``
+    adds ``btime``, which is whole seconds, so it may be up to 1 s early). Now when it cannot
+    be read."""
+    return time.time() - (since_process_start_s(process_pid()) or 0.0)
 
 
 def at_start(reset: Callable[[], None]) -> None:

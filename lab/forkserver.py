@@ -34,6 +34,7 @@ import argparse
 import array
 import contextlib
 import ctypes
+import functools
 import gc
 import importlib
 import importlib.util
@@ -49,11 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# tool -> (module, function): the function the tool's `python -m` entry runs. A child's sys.argv[0]
-# is the file `python -m` runs (argparse's program name where none is set): the entry's module,
-# or the package's __main__ (MAIN_MODULES).
+from lab import emulation, forkclient
+
+# tool -> (module, function): the function the tool's `python -m` entry (lab.forkclient.MODULES) runs.
 ENTRIES = {"kubeadm": ("lab.kubeadm.cli", "main"), "k3s": ("lab.k3s", "run"), "kubelet": ("lab.kubelet", "main")}
-MAIN_MODULES = {"kubeadm": "lab.kubeadm.__main__"}
 # Imported once here, so no command imports them: what the tools import at start and in their
 # phases (lazily, there, to keep a fresh interpreter's start short).
 PRELOAD = ("lab.kubeadm.cli", "lab.kubeadm.etcd", "lab.k3s", "lab.kubelet", "psutil", "cryptography.exceptions")
@@ -147,10 +147,14 @@ def read_request(conn: socket.socket, entries: dict[str, tuple[str, str]] = ENTR
         raise
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _libc_call(name: str, *args: int | bytes) -> None:
     """Call libc's ``name`` (setns(2), prctl(2): ``os.setns`` is Python 3.12's). Raises ``OSError``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, name)(*args) != 0:
+    if getattr(_libc(), name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
 
@@ -167,6 +171,15 @@ def _enter_namespaces(pid: int) -> None:
             _libc_call("setns", fd, nstype)
         finally:
             os.close(fd)
+
+
+def _main_file(module: str) -> str:
+    """The file ``python -m <module>`` runs, which it makes ``sys.argv[0]`` (argparse's program
+    name where none is set): the module's, or its ``__main__``'s for a package."""
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations is not None:
+        spec = importlib.util.find_spec(f"{module}.__main__")
+    return spec.origin if spec is not None and spec.origin else module
 
 
 def run_child(req: Request, entries: dict[str, tuple[str, str]] = ENTRIES) -> int:
@@ -186,12 +199,9 @@ def run_child(req: Request, entries: dict[str, tuple[str, str]] = ENTRIES) -> in
     os.umask(req.umask)
     os.environ.clear()
     os.environ.update(req.env)
-    from lab import emulation
-
     emulation.started_for(req.pid)  # the tool's start, command line and per-run state: the client's
     module, function = entries[req.tool]
-    spec = importlib.util.find_spec(MAIN_MODULES.get(req.tool, module))
-    sys.argv = [spec.origin if spec and spec.origin else req.tool, *req.argv]
+    sys.argv = [_main_file(forkclient.MODULES.get(req.tool, module)), *req.argv]
     try:
         code: Any = getattr(importlib.import_module(module), function)()
     except SystemExit as exit_:
@@ -205,6 +215,15 @@ def run_child(req: Request, entries: dict[str, tuple[str, str]] = ENTRIES) -> in
         print(code, file=sys.stderr)
         code = 1
     return int(code) & 0xFF
+
+
+def _answer(conn: socket.socket, doc: dict[str, Any]) -> None:
+    """Send ``doc`` as the connection's one answer line (a client that is gone loses it) and
+    close it."""
+    conn.setblocking(True)
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(doc).encode() + b"\n")
+    conn.close()
 
 
 class Server:
@@ -229,8 +248,9 @@ class Server:
         self.wake_w.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ)
         self.sel.register(self.wake_r, selectors.EVENT_READ)
-        self.children: dict[int, socket.socket | None] = {}  # pid -> its client's connection
-        self.pids: dict[socket.socket, int] = {}
+        # pid -> its client's connection (None once the client is gone); each connection is
+        # registered with its child's pid as the selector key's data.
+        self.children: dict[int, socket.socket | None] = {}
 
     def serve(self) -> None:
         """Serve until SIGTERM or SIGINT; then the socket is removed (running commands go on)."""
@@ -251,7 +271,7 @@ class Server:
                         self.reap()
                     else:
                         assert isinstance(key.fileobj, socket.socket)
-                        self.from_client(key.fileobj)
+                        self.from_client(key.fileobj, key.data)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -262,9 +282,7 @@ class Server:
             req = read_request(conn, self.entries)
         except RequestError as err:
             print(f"refused a request: {err}", flush=True)
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
-            conn.close()
+            _answer(conn, {"error": str(err)})
             return
         except OSError as err:
             print(f"dropped a connection: {err}", flush=True)
@@ -276,9 +294,7 @@ class Server:
             pid = os.fork()
         except OSError as err:  # EAGAIN, ENOMEM: this command fails, the server goes on
             print(f"cannot fork {req.tool}: {err}", flush=True)
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"error": f"fork: {err}"}).encode() + b"\n")
-            conn.close()
+            _answer(conn, {"error": f"fork: {err}"})
             for fd in req.fds:
                 os.close(fd)
             return
@@ -289,8 +305,9 @@ class Server:
                 for s in (signal.SIGCHLD, signal.SIGTERM):
                     signal.signal(s, signal.SIG_DFL)
                 self.sel.close()
-                for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.pids):
-                    sock.close()
+                for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.children.values()):
+                    if sock is not None:
+                        sock.close()
                 code = run_child(req, self.entries)
             except BaseException as err:  # a child never returns into the server
                 with contextlib.suppress(OSError):
@@ -304,11 +321,9 @@ class Server:
             os.close(fd)  # the caller's pipes end when the tool and the client close them
         conn.setblocking(False)
         self.children[pid] = conn
-        self.pids[conn] = pid
-        self.sel.register(conn, selectors.EVENT_READ)
+        self.sel.register(conn, selectors.EVENT_READ, pid)
 
-    def from_client(self, conn: socket.socket) -> None:
-        pid = self.pids[conn]
+    def from_client(self, conn: socket.socket, pid: int) -> None:
         try:
             data = conn.recv(4096)
         except BlockingIOError:
@@ -318,19 +333,15 @@ class Server:
         if not data:  # the client died (SIGKILL): so does the tool's process group
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            self.forget(conn)
+            self.children[pid] = None
+            self.sel.unregister(conn)
+            conn.close()
             return
         for line in data.splitlines():
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 signum = int(json.loads(line)["signal"])
                 with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
                     os.killpg(pid, signum)
-
-    def forget(self, conn: socket.socket) -> None:
-        pid = self.pids.pop(conn)
-        self.children[pid] = None
-        self.sel.unregister(conn)
-        conn.close()
 
     def reap(self) -> None:
         while True:
@@ -343,12 +354,8 @@ class Server:
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue
-            conn.setblocking(True)
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
-            self.pids.pop(conn, None)
             self.sel.unregister(conn)
-            conn.close()
+            _answer(conn, {"exit": os.waitstatus_to_exitcode(status)})
 
 
 def main(argv: list[str] | None = None) -> int:

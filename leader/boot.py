@@ -11,28 +11,14 @@ manager, the drivers, recovery) are still being imported. ``first_share_op_s`` i
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from core.bootid import boot_id
+from core.bootid import boot_id, since_process_start_s
 from core.config import NodeConfig
 from core.share import Heartbeat, ShareStore
 
 FIRST_STATE = "elect"  # leader.states.State.ELECT, the state every boot starts in
-
-
-def since_process_start_s() -> float | None:
-    """Seconds since this process started: ``CLOCK_BOOTTIME`` now minus the start time in
-    ``/proc/self/stat`` (field 22, clock ticks since boot; proc(5)); None without ``/proc``.
-    Resolution: one clock tick (10 ms)."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (comm)": field 3 is index 0
-    except (OSError, IndexError, ValueError):
-        return None
-    return round(time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"), 3)
 
 
 @dataclass(frozen=True)
